@@ -1,0 +1,151 @@
+//! Composition root: builds every stage from its config section, binds listeners, runs the
+//! SMTP server, the delivery dispatcher and the HTTP API on one task tracker under one
+//! cancellation token, and shuts them down in order.
+//!
+//! Shutdown order: stop accepting SMTP and tell idle sessions `421`; let sessions in DATA finish;
+//! stop the API; let in-flight delivery attempts finish; all within a hard deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::db::Db;
+use crate::deliver::Dispatcher;
+use crate::directory::Directory;
+use crate::intake::Intake;
+use crate::smtp::{self, SessionContext};
+use crate::store::Store;
+
+/// How long shutdown waits for sessions and attempts before it stops waiting.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Binds the configured listeners and runs until `shutdown` completes.
+///
+/// # Errors
+/// Startup failures (listeners, storage, database), with context naming the object.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let smtp_listener = TcpListener::bind(config.smtp.listen)
+        .await
+        .with_context(|| format!("binding SMTP listener on {}", config.smtp.listen))?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on {}", config.http.listen))?;
+    run_with_listeners(config, smtp_listener, http_listener, shutdown).await
+}
+
+/// Runs the gateway on listeners the caller bound (tests bind port 0).
+///
+/// # Errors
+/// Startup failures (storage, database), with context naming the object.
+pub async fn run_with_listeners(
+    config: Config,
+    smtp_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = Store::from_config(&config.storage).context("configuring storage")?;
+    let db = Db::connect(&config.database)
+        .await
+        .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
+    db.migrate().await.context("migrating database")?;
+    for inbox in &config.inboxes {
+        db.upsert_config_inbox(inbox)
+            .await
+            .with_context(|| format!("saving inbox `{}` from config", inbox.id))?;
+    }
+    let inboxes = db.load_inboxes().await.context("loading inboxes")?;
+    let directory = Directory::new(&inboxes);
+
+    let node_id = format!("{}@{}", config.smtp.hostname, config.smtp.listen);
+    let released = db
+        .release_leases(&node_id)
+        .await
+        .context("releasing old leases")?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "resuming deliveries this node held before it stopped"
+        );
+    }
+
+    let wakeup = Arc::new(Notify::new());
+    let intake = Arc::new(Intake::new(
+        &config.storage,
+        config.delivery.max_payload_bytes,
+        store.clone(),
+        db.clone(),
+        directory.clone(),
+        Arc::clone(&wakeup),
+    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(&config.delivery, db.clone(), node_id, Arc::clone(&wakeup))
+            .context("building the webhook client")?,
+    );
+    let api_state = Arc::new(ApiState {
+        db: db.clone(),
+        store,
+        admin_keys: config.http.admin_keys.clone(),
+        dispatcher_wakeup: Arc::clone(&wakeup),
+    });
+    let session_ctx = Arc::new(SessionContext {
+        config: config.smtp.clone(),
+        directory,
+        intake,
+    });
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let smtp_addr = smtp_listener.local_addr().ok();
+    let http_addr = http_listener.local_addr().ok();
+    tracing::info!(smtp = ?smtp_addr, http = ?http_addr, inboxes = inboxes.len(), "mxhook started");
+
+    tracker.spawn(smtp::serve(
+        smtp_listener,
+        session_ctx,
+        tracker.clone(),
+        token.child_token(),
+    ));
+    tracker.spawn(Arc::clone(&dispatcher).run(tracker.clone(), token.child_token()));
+    let api_token = token.child_token();
+    let router = api::router(api_state);
+    tracker.spawn(async move {
+        let served = axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move { api_token.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed with tasks still running; leases will expire");
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,653 @@
+//! Configuration: one typed tree, loaded as embedded defaults ⊕ TOML file ⊕ `MXHOOK_*` env vars.
+//!
+//! Every value is validated here, at startup, and every error names the key it is about
+//! (`smtp.listen`, `inbox[0].webhook_url`, `MXHOOK_DELIVERY__RETRY_BASE_S`), so a broken config
+//! never reaches a running stage. Stages receive only their own section.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Prefix of environment variables that override config keys (`MXHOOK_SMTP__LISTEN`).
+pub const ENV_PREFIX: &str = "MXHOOK_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default, rename = "inbox")]
+    pub inboxes: Vec<InboxConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: SocketAddr,
+    /// Name in the greeting, the EHLO reply and the Received header.
+    pub hostname: String,
+    /// Largest message accepted, in bytes; advertised in the EHLO `SIZE` keyword.
+    pub max_message_size: u64,
+    /// Simultaneous SMTP connections; the next one waits in the kernel backlog.
+    pub max_connections: usize,
+    /// RCPT commands accepted per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512).
+    pub max_command_line: usize,
+    /// Longest line inside DATA, CRLF included. RFC 5321 §4.5.3.1.6 sets 1000, but §4.5.3.1
+    /// asks receivers to accept longer ones where they can, and real HTML mail often has them;
+    /// the message size bounds memory anyway.
+    pub max_text_line: usize,
+    /// Seconds a client may stay silent between commands or DATA lines (RFC 5321 §4.5.3.2.7).
+    pub idle_timeout_s: f64,
+    /// Seconds one connection may last in all.
+    pub session_timeout_s: f64,
+    /// Error replies tolerated in one session before it is closed with 421.
+    pub max_errors: usize,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            hostname: "localhost".to_owned(),
+            max_message_size: 26_214_400,
+            max_connections: 1000,
+            max_recipients: 100,
+            max_command_line: 512,
+            max_text_line: 1 << 20,
+            idle_timeout_s: 300.0,
+            session_timeout_s: 1800.0,
+            max_errors: 20,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Bearer keys with full access to the API.
+    pub admin_keys: Vec<String>,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field(
+                "admin_keys",
+                &format_args!("[{} redacted]", self.admin_keys.len()),
+            )
+            .finish()
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Fs,
+    S3,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// fs backend: each object is the file `<path>/<key>`.
+    pub path: PathBuf,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "redacted"),
+            )
+            .finish()
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Fs,
+            path: PathBuf::from("./data/mail"),
+            bucket: "mxhook".to_owned(),
+            prefix: "inbound/".to_owned(),
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./data/mxhook.db".to_owned(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// DNS servers for SPF/DKIM/DMARC lookups; empty means the system resolver.
+    pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Allow plain-http webhook URLs (development, tests).
+    pub allow_http: bool,
+    /// Allow webhook targets on loopback, private and link-local addresses (development, tests).
+    pub allow_private_targets: bool,
+    /// First retry delay in seconds; each later one is four times the previous.
+    pub retry_base_s: f64,
+    /// Retries after the first attempt before a delivery is dead-lettered.
+    pub max_retries: u32,
+    /// Seconds one webhook request may take.
+    pub timeout_s: f64,
+    /// Concurrent delivery attempts on this node.
+    pub workers: usize,
+    /// Seconds a node holds a claimed job before another node may take it over.
+    pub lease_s: f64,
+    /// Largest JSON body sent; past it the bodies are left out with an `omitted_reason`.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            allow_private_targets: false,
+            retry_base_s: 30.0,
+            max_retries: 6,
+            timeout_s: 30.0,
+            workers: 16,
+            lease_s: 330.0,
+            max_payload_bytes: 10 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureScheme {
+    Agentmail,
+    Standard,
+    Botmailroom,
+    HmacSha256,
+}
+
+impl SignatureScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agentmail => "agentmail",
+            Self::Standard => "standard",
+            Self::Botmailroom => "botmailroom",
+            Self::HmacSha256 => "hmac-sha256",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::Agentmail,
+            Self::Standard,
+            Self::Botmailroom,
+            Self::HmacSha256,
+        ]
+        .into_iter()
+        .find(|scheme| scheme.as_str() == value)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    Mxhook,
+    Botmailroom,
+}
+
+impl PayloadFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mxhook => "mxhook",
+            Self::Botmailroom => "botmailroom",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Mxhook, Self::Botmailroom]
+            .into_iter()
+            .find(|format| format.as_str() == value)
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    pub id: String,
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    #[serde(default = "default_signature")]
+    pub signature: SignatureScheme,
+    #[serde(default = "default_payload")]
+    pub payload: PayloadFormat,
+}
+
+impl fmt::Debug for InboxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboxConfig")
+            .field("id", &self.id)
+            .field("addresses", &self.addresses)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "redacted"),
+            )
+            .field("signature", &self.signature)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+fn default_signature() -> SignatureScheme {
+    SignatureScheme::Agentmail
+}
+
+fn default_payload() -> PayloadFormat {
+    PayloadFormat::Mxhook
+}
+
+impl Config {
+    /// Loads the config: embedded defaults, then `path` if given, then `MXHOOK_*` variables
+    /// from `env`, then validation.
+    ///
+    /// # Errors
+    /// An [`Error`] naming the file, variable or key that is wrong.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        let mut tree = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|err| Error::Syntax {
+                    path: path.to_owned(),
+                    message: err.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut tree, env)?;
+        Self::from_table(tree)
+    }
+
+    /// Parses and validates a TOML document (used by `load` and by tests of example configs).
+    ///
+    /// # Errors
+    /// An [`Error`] naming the key that is wrong.
+    pub fn from_toml_str(text: &str) -> Result<Self, Error> {
+        let tree = text.parse::<toml::Table>().map_err(|err| Error::Syntax {
+            path: PathBuf::from("<string>"),
+            message: err.to_string(),
+        })?;
+        Self::from_table(tree)
+    }
+
+    fn from_table(tree: toml::Table) -> Result<Self, Error> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|err| {
+                let key = err.path().to_string();
+                invalid(key, err.into_inner().to_string())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let smtp = &self.smtp;
+        if smtp.hostname.trim().is_empty() || smtp.hostname.contains(char::is_whitespace) {
+            return Err(invalid(
+                "smtp.hostname",
+                "must be a host name without spaces",
+            ));
+        }
+        if smtp.max_message_size == 0 {
+            return Err(invalid("smtp.max_message_size", "must be greater than 0"));
+        }
+        for (key, value) in [
+            ("smtp.max_connections", smtp.max_connections),
+            ("smtp.max_recipients", smtp.max_recipients),
+            ("smtp.max_errors", smtp.max_errors),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if smtp.max_command_line < 512 {
+            return Err(invalid(
+                "smtp.max_command_line",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+            ));
+        }
+        if smtp.max_text_line < 1000 {
+            return Err(invalid(
+                "smtp.max_text_line",
+                "must be at least 1000 (RFC 5321 §4.5.3.1.6)",
+            ));
+        }
+        positive_seconds("smtp.idle_timeout_s", smtp.idle_timeout_s)?;
+        positive_seconds("smtp.session_timeout_s", smtp.session_timeout_s)?;
+
+        if self.http.admin_keys.iter().any(|key| key.trim().is_empty()) {
+            return Err(invalid("http.admin_keys", "keys must not be empty"));
+        }
+
+        let storage = &self.storage;
+        if storage.bucket.trim().is_empty() {
+            return Err(invalid("storage.bucket", "must not be empty"));
+        }
+        if storage.prefix.starts_with('/') || storage.prefix.split('/').any(|seg| seg == "..") {
+            return Err(invalid(
+                "storage.prefix",
+                "must be relative and must not contain `..`",
+            ));
+        }
+        if storage.access_key_id.is_some() != storage.secret_access_key.is_some() {
+            return Err(invalid(
+                "storage.access_key_id",
+                "set both access_key_id and secret_access_key, or neither",
+            ));
+        }
+
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid(
+                "database.max_connections",
+                "must be greater than 0",
+            ));
+        }
+
+        let delivery = &self.delivery;
+        positive_seconds("delivery.retry_base_s", delivery.retry_base_s)?;
+        positive_seconds("delivery.timeout_s", delivery.timeout_s)?;
+        positive_seconds("delivery.lease_s", delivery.lease_s)?;
+        if delivery.timeout_s > 300.0 {
+            return Err(invalid("delivery.timeout_s", "must be at most 300"));
+        }
+        if delivery.lease_s <= delivery.timeout_s {
+            return Err(invalid(
+                "delivery.lease_s",
+                "must be longer than delivery.timeout_s, or a slow attempt would be taken over",
+            ));
+        }
+        if delivery.max_retries > 10 {
+            return Err(invalid("delivery.max_retries", "must be at most 10"));
+        }
+        if delivery.workers == 0 {
+            return Err(invalid("delivery.workers", "must be greater than 0"));
+        }
+        if delivery.max_payload_bytes < 4096 {
+            return Err(invalid(
+                "delivery.max_payload_bytes",
+                "must be at least 4096",
+            ));
+        }
+
+        let mut ids = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (idx, inbox) in self.inboxes.iter().enumerate() {
+            let key = |field: &str| format!("inbox[{idx}].{field}");
+            if !is_valid_inbox_id(&inbox.id) {
+                return Err(invalid(
+                    key("id"),
+                    "must be 1-64 characters of a-z, A-Z, 0-9, `.`, `_`, `-`, not starting with `.`",
+                ));
+            }
+            if !ids.insert(inbox.id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!("`{}` is declared twice", inbox.id),
+                ));
+            }
+            if inbox.addresses.is_empty() {
+                return Err(invalid(key("addresses"), "must list at least one address"));
+            }
+            for address in &inbox.addresses {
+                let normalized = normalize_address(address).ok_or_else(|| {
+                    invalid(
+                        key("addresses"),
+                        format!("`{address}` is not a plain local@domain address"),
+                    )
+                })?;
+                if !addresses.insert(normalized) {
+                    return Err(invalid(
+                        key("addresses"),
+                        format!("`{address}` belongs to more than one inbox"),
+                    ));
+                }
+            }
+            if let Some(url) = &inbox.webhook_url {
+                validate_webhook_url(url, delivery)
+                    .map_err(|message| invalid(key("webhook_url"), message))?;
+            }
+            if let Some(secret) = &inbox.webhook_secret {
+                if secret.is_empty() {
+                    return Err(invalid(key("webhook_secret"), "must not be empty when set"));
+                }
+                if inbox.signature == SignatureScheme::Standard {
+                    crate::deliver::signature::decode_standard_secret(secret).map_err(|_| {
+                        invalid(
+                            key("webhook_secret"),
+                            "the standard scheme needs a `whsec_<base64>` secret",
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be a positive number of seconds"))
+    }
+}
+
+/// Inbox ids become path segments of stored objects, so they must never carry `/` or `..`.
+pub fn is_valid_inbox_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Lowercases a `local@domain` address, or returns `None` if it is not one we would route:
+/// quoted local parts, source routes and `%`/`!` relay syntax are refused outright.
+pub fn normalize_address(address: &str) -> Option<String> {
+    let address = address.trim();
+    let (local, domain) = address.rsplit_once('@')?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        // RFC 5322 atext without `!` and `%`, which old relays read as routing syntax.
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "#$&'*+-/=?^_`{|}~.".contains(c));
+    let domain_ok = !domain.is_empty()
+        && domain.len() <= 255
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    (local_ok && domain_ok).then(|| address.to_lowercase())
+}
+
+/// Checks a webhook URL against the delivery policy; the address check on the resolved IP
+/// happens again at connect time.
+pub fn validate_webhook_url(url: &str, delivery: &DeliveryConfig) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(url).map_err(|err| format!("not a valid URL: {err}"))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if delivery.allow_http => {}
+        "http" => {
+            return Err("must be https (set delivery.allow_http for development)".to_owned());
+        }
+        other => return Err(format!("unsupported scheme `{other}`")),
+    }
+    if parsed.host().is_none() {
+        return Err("has no host".to_owned());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "must not carry credentials; use custom headers or a signing secret".to_owned(),
+        );
+    }
+    Ok(parsed)
+}
+
+/// Applies `MXHOOK_SECTION__KEY=value` variables to the TOML tree. A value is read as TOML
+/// when it parses as one (`true`, `8`, `["a","b"]`), else as a plain string.
+fn apply_env_overrides(
+    tree: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), Error> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|segment| segment.to_ascii_lowercase())
+            .collect();
+        if path.len() != 2 || path.iter().any(String::is_empty) {
+            return Err(Error::Env {
+                var,
+                message: "expected MXHOOK_<SECTION>__<KEY>, e.g. MXHOOK_SMTP__LISTEN".to_owned(),
+            });
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut table| table.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let section = tree
+            .entry(path[0].clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section {
+            toml::Value::Table(section) => {
+                section.insert(path[1].clone(), value);
+            }
+            _ => {
+                return Err(Error::Env {
+                    var,
+                    message: format!("`{}` is not a config section", path[0]),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[track_caller]
+fn check_error(toml: &str, vars: &[(&str, &str)], expected_fragment: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mxhook.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let err = Config::load(Some(&path), env(vars)).expect_err("config should be rejected");
+    let message = err.to_string();
+    assert!(
+        message.contains(expected_fragment),
+        "`{message}` lacks `{expected_fragment}`"
+    );
+}
+
+#[test]
+fn embedded_defaults_match_spec() {
+    let config = Config::load(None, Vec::new()).expect("defaults are valid");
+    assert_eq!(config.smtp.listen.to_string(), "127.0.0.1:2525");
+    assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.database.url, "sqlite://./data/mxhook.db");
+    assert_eq!(config.storage.path, PathBuf::from("./data/mail"));
+    assert_eq!(config.storage.prefix, "inbound/");
+    assert_eq!(config.smtp.max_message_size, 26_214_400);
+    assert!(!config.delivery.allow_http);
+    assert!(!config.delivery.allow_private_targets);
+    assert!((config.delivery.retry_base_s - 30.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn env_overrides_file_values_with_typed_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mxhook.toml");
+    std::fs::write(&path, "[smtp]\nlisten = \"127.0.0.1:2600\"\n").expect("write");
+    let config = Config::load(
+        Some(&path),
+        env(&[
+            ("MXHOOK_SMTP__LISTEN", "127.0.0.1:2700"),
+            ("MXHOOK_DELIVERY__ALLOW_HTTP", "true"),
+            ("MXHOOK_DELIVERY__RETRY_BASE_S", "0.05"),
+            ("MXHOOK_HTTP__ADMIN_KEYS", "[\"k1\", \"k2\"]"),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(config.smtp.listen.to_string(), "127.0.0.1:2700");
+    assert!(config.delivery.allow_http);
+    assert!((config.delivery.retry_base_s - 0.05).abs() < 1e-9);
+    assert_eq!(config.http.admin_keys, ["k1", "k2"]);
+}
+
+#[test]
+fn errors_name_the_key() {
+    check_error("[smtp]\nlisten = \"nowhere\"\n", &[], "smtp.listen");
+    check_error("[smtp]\nlisen = \"127.0.0.1:25\"\n", &[], "lisen");
+    check_error(
+        "[delivery]\nretry_base_s = -1\n",
+        &[],
+        "delivery.retry_base_s",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a/b\"\naddresses = [\"a@example.com\"]\n",
+        &[],
+        "inbox[0].id",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nwebhook_url = \"http://example.com/h\"\n",
+        &[],
+        "inbox[0].webhook_url",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nsignature = \"md5\"\n",
+        &[],
+        "inbox[0].signature",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"x@example.com\"]\n[[inbox]]\nid = \"b\"\naddresses = [\"X@example.com\"]\n",
+        &[],
+        "inbox[1].addresses",
+    );
+    check_error("", &[("MXHOOK_SMTP", "x")], "MXHOOK_SMTP");
+    check_error(
+        "",
+        &[("MXHOOK_SMTP__MAX_MESSAGE_SIZE", "lots")],
+        "smtp.max_message_size",
+    );
+    check_error("[smtp\n", &[], "not valid TOML");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_output() {
+    let config = Config::from_toml_str(
+        "[http]\nadmin_keys = [\"admin-secret\"]\n[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nwebhook_secret = \"hook-secret\"\n",
+    )
+    .expect("valid");
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("admin-secret") && !debug.contains("hook-secret"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn address_normalization_refuses_routing_syntax() {
+    assert_eq!(
+        normalize_address("Agent@Example.COM").as_deref(),
+        Some("agent@example.com")
+    );
+    for bad in [
+        "a%b@c.d",
+        "a!b@c.d",
+        "\"a b\"@c.d",
+        "@a:b@c.d",
+        "nodomain",
+        "a@",
+        "a@-x.com",
+        ".a@b.c",
+    ] {
+        assert_eq!(normalize_address(bad), None, "{bad} accepted");
+    }
+}

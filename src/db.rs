@@ -1,0 +1,713 @@
+//! The database: inboxes, accepted messages with their events, delivery jobs and attempts.
+//!
+//! One SQL dialect serves SQLite (the default) and PostgreSQL (several nodes): TEXT and BIGINT
+//! columns, `$n` placeholders in order of first use, times in ms since the epoch. This module owns
+//! every statement; stages call its functions and never write SQL themselves.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureScheme};
+use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
+
+/// Schema migrations, applied in order at start; each runs once per database.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("preparing the database directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("applying migration {version}: {source}")]
+    Migrate { version: i64, source: sqlx::Error },
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("stored row is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// One accepted copy of a message (one per inbox), committed with its delivery jobs.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub inbox_id: String,
+    pub event_id: String,
+    pub storage_bucket: String,
+    pub storage_key: String,
+    pub size: i64,
+    pub envelope_from: Option<String>,
+    pub envelope_to: Vec<String>,
+    pub remote_ip: Option<String>,
+    pub helo: String,
+    pub header_message_id: Option<String>,
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+    pub received_at: i64,
+    pub event_json: String,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub channel: String,
+    pub endpoint_ref: String,
+    pub target: String,
+}
+
+/// A job this node holds a lease on, with everything an attempt needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub delivery_id: String,
+    pub message_id: String,
+    pub inbox_id: String,
+    pub event_id: String,
+    pub attempts: i64,
+    pub failures: i64,
+    pub event_json: String,
+    pub endpoint: Option<WebhookEndpoint>,
+}
+
+/// What one attempt did to its job.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    pub started_at: i64,
+    pub latency_ms: i64,
+    pub status_code: Option<u16>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub next: JobUpdate,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum JobUpdate {
+    Delivered,
+    RetryAt(i64),
+    Dead,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub message_id: String,
+    pub inbox_id: String,
+    pub event_id: String,
+    pub channel: String,
+    pub target: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptView {
+    pub attempt: i64,
+    pub started_at: String,
+    pub latency_ms: i64,
+    pub status_code: Option<i64>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: String,
+    pub inbox_id: String,
+    pub storage_key: String,
+    pub event_json: String,
+}
+
+impl Db {
+    /// Connects, creating the SQLite file and its directory when needed.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] or [`Error::Directory`].
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if config.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut url = config.url.clone();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(parent) = std::path::Path::new(&path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(|source| Error::Directory {
+                        path: parent.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+            if !url.contains("mode=") {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str("mode=rwc");
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; synchronous=FULL makes every
+                        // commit durable before it returns, which the SMTP 250 relies on.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(Error::Connect)?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations. On PostgreSQL an advisory lock keeps two starting nodes
+    /// from migrating at once.
+    ///
+    /// # Errors
+    /// [`Error::Migrate`] naming the version that failed.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_lock(7262737)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        let result = async {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS mxhook_migrations \
+                 (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            for (version, sql) in MIGRATIONS {
+                let applied: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM mxhook_migrations WHERE version = $1")
+                        .bind(*version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if applied.is_some() {
+                    continue;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                for statement in split_statements(sql) {
+                    sqlx::query(&statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|source| Error::Migrate {
+                            version: *version,
+                            source,
+                        })?;
+                }
+                sqlx::query("INSERT INTO mxhook_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(*version)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock(7262737)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        result
+    }
+
+    /// Writes a config-declared inbox, replacing what an earlier start wrote for it: the config
+    /// file is the source of truth for the inboxes it declares.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn upsert_config_inbox(&self, inbox: &InboxConfig) -> Result<(), Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
+             webhook_signature, webhook_payload, created_at, updated_at) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $6, $6) \
+             ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
+             webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
+             webhook_payload = $5, updated_at = $6",
+        )
+        .bind(&inbox.id)
+        .bind(inbox.webhook_url.clone())
+        .bind(inbox.webhook_secret.clone())
+        .bind(inbox.signature.as_str())
+        .bind(inbox.payload.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
+            .bind(&inbox.id)
+            .execute(&mut *tx)
+            .await?;
+        for address in &inbox.addresses {
+            let normalized =
+                crate::config::normalize_address(address).unwrap_or_else(|| address.to_lowercase());
+            // An address that moved here from another inbox in the config follows the config.
+            sqlx::query("DELETE FROM inbox_addresses WHERE address = $1")
+                .bind(&normalized)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO inbox_addresses (address, inbox_id) VALUES ($1, $2)")
+                .bind(&normalized)
+                .bind(&inbox.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every inbox with its addresses.
+    ///
+    /// # Errors
+    /// [`Error::Query`] or [`Error::Corrupt`].
+    pub async fn load_inboxes(&self) -> Result<Vec<Inbox>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
+             webhook_payload FROM inboxes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let addresses =
+            sqlx::query("SELECT address, inbox_id FROM inbox_addresses ORDER BY address")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut inboxes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let inbox_addresses = addresses
+                .iter()
+                .filter(|a| {
+                    a.try_get::<String, _>("inbox_id")
+                        .is_ok_and(|owner| owner == id)
+                })
+                .filter_map(|a| a.try_get::<String, _>("address").ok())
+                .collect();
+            inboxes.push(Inbox {
+                webhook: endpoint_from_row(&row, "")?,
+                addresses: inbox_addresses,
+                id,
+            });
+        }
+        Ok(inboxes)
+    }
+
+    /// Commits accepted messages and their delivery jobs in one transaction: after this returns
+    /// `Ok`, the SMTP session may answer 250.
+    ///
+    /// # Errors
+    /// [`Error::Query`]; nothing is committed then.
+    pub async fn commit_accepted(&self, messages: &[NewMessage]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for message in messages {
+            let envelope_to = serde_json::to_string(&message.envelope_to)
+                .map_err(|err| Error::Corrupt(err.to_string()))?;
+            sqlx::query(
+                "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, storage_key, size, \
+                 envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, subject, \
+                 received_at, event_json) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(&message.id)
+            .bind(&message.inbox_id)
+            .bind(&message.event_id)
+            .bind(&message.storage_bucket)
+            .bind(&message.storage_key)
+            .bind(message.size)
+            .bind(message.envelope_from.clone())
+            .bind(envelope_to)
+            .bind(message.remote_ip.clone())
+            .bind(&message.helo)
+            .bind(message.header_message_id.clone())
+            .bind(message.sender.clone())
+            .bind(message.subject.clone())
+            .bind(message.received_at)
+            .bind(&message.event_json)
+            .execute(&mut *tx)
+            .await?;
+            for delivery in &message.deliveries {
+                sqlx::query(
+                    "INSERT INTO deliveries (id, message_id, inbox_id, event_id, channel, \
+                     endpoint_ref, target, status, attempts, failures, next_attempt_at, \
+                     created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8)",
+                )
+                .bind(&delivery.id)
+                .bind(&message.id)
+                .bind(&message.inbox_id)
+                .bind(&message.event_id)
+                .bind(&delivery.channel)
+                .bind(&delivery.endpoint_ref)
+                .bind(&delivery.target)
+                .bind(message.received_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes a lease on up to `limit` due jobs. A job whose lease ran out (its node died) is due
+    /// again. The conditions are repeated outside the sub-select so that on PostgreSQL a row
+    /// claimed concurrently by another node is re-checked and skipped.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn claim_due(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
+             WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' \
+                 AND next_attempt_at <= $3 AND (locked_until IS NULL OR locked_until < $3) \
+                 ORDER BY next_attempt_at LIMIT $4) \
+             AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
+             RETURNING id",
+        )
+        .bind(lease_until)
+        .bind(worker)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = sqlx::query(
+                "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
+                 d.endpoint_ref, m.event_json, i.webhook_url, i.webhook_enabled, \
+                 i.webhook_secret, i.webhook_signature, i.webhook_payload \
+                 FROM deliveries d JOIN messages m ON m.id = d.message_id \
+                 LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
+            )
+            .bind(&id)
+            .fetch_one(&self.pool)
+            .await?;
+            let endpoint_ref: String = row.try_get("endpoint_ref")?;
+            let endpoint = if endpoint_ref == "inbox" {
+                endpoint_from_row(&row, "")?
+            } else {
+                None
+            };
+            jobs.push(ClaimedJob {
+                delivery_id: row.try_get("id")?,
+                message_id: row.try_get("message_id")?,
+                inbox_id: row.try_get("inbox_id")?,
+                event_id: row.try_get("event_id")?,
+                attempts: row.try_get("attempts")?,
+                failures: row.try_get("failures")?,
+                event_json: row.try_get("event_json")?,
+                endpoint,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Releases the leases an earlier run of this node held: that process is gone, so its
+    /// jobs need not wait for the leases to expire.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn release_leases(&self, node_id: &str) -> Result<u64, Error> {
+        let result = sqlx::query(
+            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+             WHERE status = 'pending' AND locked_by = $1",
+        )
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// When the next pending job falls due, if any.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn next_due_at(&self) -> Result<Option<i64>, Error> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at \
+             THEN locked_until ELSE next_attempt_at END) FROM deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
+    /// Logs one attempt and moves its job on, releasing the lease.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let attempt: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1",
+        )
+        .bind(&record.delivery_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
+             status_code, outcome, error, response_excerpt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(crate::model::new_id("att"))
+        .bind(&record.delivery_id)
+        .bind(attempt)
+        .bind(record.started_at)
+        .bind(record.latency_ms)
+        .bind(record.status_code.map(i64::from))
+        .bind(&record.outcome)
+        .bind(record.error.clone())
+        .bind(record.response_excerpt.clone())
+        .execute(&mut *tx)
+        .await?;
+        let now = now_ms();
+        let (status, next_attempt_at, failed, delivered_at) = match record.next {
+            JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
+            JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1_i64, None),
+            JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
+             failures = failures + $3, delivered_at = $4, last_status_code = $5, \
+             last_error = $6, locked_until = NULL, locked_by = NULL, updated_at = $7 \
+             WHERE id = $8",
+        )
+        .bind(status.as_str())
+        .bind(next_attempt_at)
+        .bind(failed)
+        .bind(delivered_at)
+        .bind(record.status_code.map(i64::from))
+        .bind(record.error.clone())
+        .bind(now)
+        .bind(&record.delivery_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts a delivery back in the queue, due now, with a fresh retry budget. The event (and so
+    /// its `event_id`) stays the same.
+    ///
+    /// # Errors
+    /// [`Error::Query`]. Returns `false` when there is no such delivery.
+    pub async fn resend(&self, delivery_id: &str) -> Result<bool, Error> {
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = $1, \
+             locked_until = NULL, locked_by = NULL, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(delivery_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Deliveries, newest first, optionally of one status and one inbox.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        inbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryView>, Error> {
+        let rows = sqlx::query(
+            "SELECT * FROM deliveries WHERE ($1 = '' OR status = $1) AND ($2 = '' OR inbox_id = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(status.map(DeliveryStatus::as_str).unwrap_or_default())
+        .bind(inbox_id.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// One delivery.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryView>, Error> {
+        let row = sqlx::query("SELECT * FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    /// Every attempt of one delivery, in order.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<AttemptView>, Error> {
+        let rows =
+            sqlx::query("SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt")
+                .bind(delivery_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptView {
+                    attempt: row.try_get("attempt")?,
+                    started_at: crate::model::rfc3339(row.try_get("started_at")?),
+                    latency_ms: row.try_get("latency_ms")?,
+                    status_code: row.try_get("status_code")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                    response_excerpt: row.try_get("response_excerpt")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One stored message.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, Error> {
+        let row =
+            sqlx::query("SELECT id, inbox_id, storage_key, event_json FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(MessageRow {
+                id: row.try_get("id")?,
+                inbox_id: row.try_get("inbox_id")?,
+                storage_key: row.try_get("storage_key")?,
+                event_json: row.try_get("event_json")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A cheap round trip, for readiness.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoint>, Error> {
+    let column = |name: &str| format!("{prefix}{name}");
+    let url: Option<String> = row.try_get(column("webhook_url").as_str())?;
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let signature: String = row.try_get(column("webhook_signature").as_str())?;
+    let payload: String = row.try_get(column("webhook_payload").as_str())?;
+    let enabled: i64 = row.try_get(column("webhook_enabled").as_str())?;
+    Ok(Some(WebhookEndpoint {
+        url,
+        enabled: enabled != 0,
+        secret: row.try_get(column("webhook_secret").as_str())?,
+        signature: SignatureScheme::parse(&signature)
+            .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
+        payload: PayloadFormat::parse(&payload)
+            .ok_or_else(|| Error::Corrupt(format!("unknown payload format `{payload}`")))?,
+    }))
+}
+
+fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
+    let status: String = row.try_get("status")?;
+    let next_attempt_at: i64 = row.try_get("next_attempt_at")?;
+    Ok(DeliveryView {
+        id: row.try_get("id")?,
+        message_id: row.try_get("message_id")?,
+        inbox_id: row.try_get("inbox_id")?,
+        event_id: row.try_get("event_id")?,
+        channel: row.try_get("channel")?,
+        target: row.try_get("target")?,
+        next_attempt_at: (status == "pending").then(|| crate::model::rfc3339(next_attempt_at)),
+        status,
+        attempts: row.try_get("attempts")?,
+        last_status_code: row.try_get("last_status_code")?,
+        last_error: row.try_get("last_error")?,
+        created_at: crate::model::rfc3339(row.try_get("created_at")?),
+        delivered_at: row
+            .try_get::<Option<i64>, _>("delivered_at")?
+            .map(crate::model::rfc3339),
+    })
+}
+
+/// Splits a migration file into statements. Migrations are ours and contain no `;` inside
+/// literals, so a plain split is exact.
+fn split_statements(sql: &str) -> Vec<String> {
+    sql.split(';')
+        .map(|statement| {
+            statement
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|statement| !statement.trim().is_empty())
+        .collect()
+}

@@ -1,0 +1,259 @@
+//! Stage 6, deliver: the dispatcher that turns committed delivery jobs into signed webhook POSTs,
+//! with retries, a dead-letter state and an attempt log.
+//!
+//! Jobs live in the database, not in memory: the dispatcher claims due jobs with a lease, attempts
+//! them under a concurrency limit, and records each attempt and the job's next state in one
+//! commit. A node that dies mid-attempt leaves a lease that expires, after which the job is due
+//! again (at-least-once). Receivers deduplicate on `webhook-id` / `event_id`.
+
+pub mod retry;
+pub mod signature;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::{DeliveryConfig, PayloadFormat};
+use crate::db::{AttemptRecord, ClaimedJob, Db, JobUpdate};
+use crate::model::now_ms;
+use retry::{NextStep, RetryPolicy};
+
+/// Longest the dispatcher sleeps without looking at the queue; bounds how late a job whose
+/// wake-up was missed (another node enqueued it, a lease expired) can start.
+const MAX_IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Jobs claimed per database round trip.
+const CLAIM_BATCH: usize = 32;
+
+pub struct Dispatcher {
+    db: Db,
+    client: webhook::WebhookClient,
+    policy: RetryPolicy,
+    lease: Duration,
+    workers: usize,
+    node_id: String,
+    wakeup: Arc<Notify>,
+}
+
+impl Dispatcher {
+    /// # Errors
+    /// [`webhook::Error`] when the HTTP client cannot be built.
+    pub fn new(
+        config: &DeliveryConfig,
+        db: Db,
+        node_id: String,
+        wakeup: Arc<Notify>,
+    ) -> Result<Self, webhook::Error> {
+        Ok(Self {
+            db,
+            client: webhook::WebhookClient::new(
+                Duration::from_secs_f64(config.timeout_s),
+                config.allow_http,
+                config.allow_private_targets,
+            )?,
+            policy: RetryPolicy {
+                base: Duration::from_secs_f64(config.retry_base_s),
+                max_retries: config.max_retries,
+            },
+            lease: Duration::from_secs_f64(config.lease_s),
+            workers: config.workers,
+            node_id,
+            wakeup,
+        })
+    }
+
+    /// Claims and attempts jobs until `shutdown`; attempts already started are left to finish
+    /// on `tracker`.
+    pub async fn run(self: Arc<Self>, tracker: TaskTracker, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.workers));
+        loop {
+            let notified = self.wakeup.notified();
+            tokio::pin!(notified);
+            // Registered before the queue is read, so an enqueue between the read and the wait
+            // still wakes us.
+            notified.as_mut().enable();
+
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let mut held = vec![first];
+            while held.len() < CLAIM_BATCH {
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => held.push(permit),
+                    Err(_) => break,
+                }
+            }
+
+            let now = now_ms();
+            let lease_until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+            let limit = i64::try_from(held.len()).unwrap_or(1);
+            let jobs = match self
+                .db
+                .claim_due(&self.node_id, now, lease_until, limit)
+                .await
+            {
+                Ok(jobs) => jobs,
+                Err(err) => {
+                    tracing::error!(error = %err, "claiming delivery jobs failed");
+                    drop(held);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(MAX_IDLE_POLL) => continue,
+                    }
+                }
+            };
+
+            if jobs.is_empty() {
+                drop(held);
+                let wait = match self.db.next_due_at().await {
+                    Ok(Some(due)) => {
+                        Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
+                    }
+                    _ => MAX_IDLE_POLL,
+                }
+                .min(MAX_IDLE_POLL);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = &mut notified => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+
+            for (job, permit) in jobs.into_iter().zip(held.drain(..)) {
+                let dispatcher = Arc::clone(&self);
+                let span = tracing::info_span!(
+                    "delivery",
+                    delivery_id = %job.delivery_id,
+                    message_id = %job.message_id,
+                    attempt = job.attempts + 1,
+                );
+                tracker.spawn(
+                    async move {
+                        dispatcher.attempt(job).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    async fn attempt(&self, job: ClaimedJob) {
+        let started_at = now_ms();
+        let result = match &job.endpoint {
+            None => Err("the inbox has no webhook any more".to_owned()),
+            Some(endpoint) if !endpoint.enabled => Err("the webhook is disabled".to_owned()),
+            Some(endpoint) => {
+                let body = match endpoint.payload {
+                    // The stored event is sent byte for byte.
+                    PayloadFormat::Mxhook => Ok(job.event_json.clone().into_bytes()),
+                    format => serde_json::from_str(&job.event_json)
+                        .map(|event| {
+                            crate::event::payload_for(&event, format)
+                                .to_string()
+                                .into_bytes()
+                        })
+                        .map_err(|err| format!("stored event is not JSON: {err}")),
+                };
+                match body {
+                    Ok(body) => Ok(self
+                        .client
+                        .post(endpoint, &job.event_id, body, started_at / 1000)
+                        .await),
+                    Err(err) => Err(err),
+                }
+            }
+        };
+
+        let failures = u32::try_from(job.failures)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let schedule = |retry_after: Option<Duration>| match self.policy.next_step(
+            failures,
+            jitter,
+            retry_after,
+        ) {
+            NextStep::RetryAfter(delay) => JobUpdate::RetryAt(
+                now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+            ),
+            NextStep::DeadLetter => JobUpdate::Dead,
+        };
+        let mut record = AttemptRecord {
+            delivery_id: job.delivery_id.clone(),
+            started_at,
+            latency_ms: 0,
+            status_code: None,
+            outcome: String::new(),
+            error: None,
+            response_excerpt: None,
+            next: JobUpdate::Dead,
+        };
+        match result {
+            Err(reason) => {
+                record.outcome = "not_sent".to_owned();
+                record.error = Some(reason);
+            }
+            Ok(Err(err)) => {
+                record.latency_ms = now_ms() - started_at;
+                record.outcome = "error".to_owned();
+                record.next = if err.is_transient() {
+                    schedule(None)
+                } else {
+                    JobUpdate::Dead
+                };
+                record.error = Some(err.to_string());
+            }
+            Ok(Ok(response)) => {
+                record.latency_ms = i64::try_from(response.latency.as_millis()).unwrap_or(i64::MAX);
+                record.status_code = Some(response.status);
+                record.response_excerpt = Some(response.excerpt);
+                if (200..300).contains(&response.status) {
+                    record.outcome = "delivered".to_owned();
+                    record.next = JobUpdate::Delivered;
+                } else {
+                    record.outcome = "http_error".to_owned();
+                    record.error = Some(format!("HTTP {}", response.status));
+                    let retry_after = match response.status {
+                        429 | 503 => response
+                            .retry_after
+                            .as_deref()
+                            .and_then(|value| retry::parse_retry_after(value, now_ms() / 1000)),
+                        _ => None,
+                    };
+                    record.next = if response.status == 410 {
+                        // 410 Gone: the receiver says this endpoint will never accept again.
+                        JobUpdate::Dead
+                    } else {
+                        schedule(retry_after)
+                    };
+                }
+            }
+        }
+        tracing::info!(
+            outcome = %record.outcome,
+            status = record.status_code,
+            latency_ms = record.latency_ms,
+            error = record.error.as_deref(),
+            next = ?record.next,
+            "webhook attempt"
+        );
+        if let Err(err) = self.db.record_attempt(&record).await {
+            // The lease runs out and the job is attempted again: at-least-once holds.
+            tracing::error!(error = %err, "recording delivery attempt failed");
+        }
+        if matches!(record.next, JobUpdate::RetryAt(_)) {
+            self.wakeup.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The pre-`250` sequence, in one place: parse → store → build event → commit message and
+//! delivery jobs → wake the dispatcher.
+//!
+//! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
+//! bytes are durable in the store and the database commit that holds the event and its jobs has
+//! returned. Any failure undoes what was stored and returns [`Outcome::TempFail`], which the SMTP
+//! session turns into `451 4.3.0` so the sender retries.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::StorageConfig;
+use crate::db::{Db, NewDelivery, NewMessage};
+use crate::directory::Directory;
+use crate::event::{self, EventContext};
+use crate::model::{Envelope, new_id, now_ms};
+use crate::store::{self, Store};
+
+/// What happened to one DATA transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored and committed: one message id per inbox the recipients resolved to.
+    Accepted { message_ids: Vec<String> },
+    /// Nothing was kept; the sender should retry later.
+    TempFail { reason: String },
+}
+
+pub struct Intake {
+    store: Store,
+    db: Db,
+    directory: Directory,
+    bucket: String,
+    prefix: String,
+    max_payload_bytes: usize,
+    dispatcher_wakeup: Arc<Notify>,
+}
+
+impl Intake {
+    pub fn new(
+        storage: &StorageConfig,
+        max_payload_bytes: usize,
+        store: Store,
+        db: Db,
+        directory: Directory,
+        dispatcher_wakeup: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            db,
+            directory,
+            bucket: storage.bucket.clone(),
+            prefix: storage.prefix.clone(),
+            max_payload_bytes,
+            dispatcher_wakeup,
+        }
+    }
+
+    /// Makes one received message durable for every inbox among its recipients.
+    pub async fn accept(&self, envelope: &Envelope, raw: &[u8]) -> Outcome {
+        let received_at = now_ms();
+        let parsed = crate::parse::parse(raw);
+
+        let mut inbox_ids: Vec<&str> = Vec::new();
+        for recipient in &envelope.recipients {
+            if !inbox_ids.contains(&recipient.inbox_id.as_str()) {
+                inbox_ids.push(&recipient.inbox_id);
+            }
+        }
+
+        let mut messages = Vec::with_capacity(inbox_ids.len());
+        let mut stored_keys = Vec::with_capacity(inbox_ids.len());
+        for inbox_id in inbox_ids {
+            let message_id = new_id("msg");
+            let event_id = new_id("evt");
+            let key = store::object_key(&self.prefix, inbox_id, &message_id);
+            let inbox_recipients: Vec<String> = envelope
+                .recipients
+                .iter()
+                .filter(|recipient| recipient.inbox_id == inbox_id)
+                .map(|recipient| recipient.address.clone())
+                .collect();
+            let event = event::build(
+                &EventContext {
+                    event_id: &event_id,
+                    message_id: &message_id,
+                    agent_id: inbox_id,
+                    received_at_ms: received_at,
+                    envelope,
+                    inbox_recipients: &inbox_recipients,
+                    s3_bucket: &self.bucket,
+                    s3_key: &key,
+                    size: raw.len(),
+                    max_payload_bytes: self.max_payload_bytes,
+                },
+                &parsed,
+            );
+            let deliveries = self
+                .directory
+                .inbox(inbox_id)
+                .and_then(|inbox| inbox.webhook)
+                .filter(|webhook| webhook.enabled)
+                .map(|webhook| NewDelivery {
+                    id: new_id("dlv"),
+                    channel: "webhook".to_owned(),
+                    endpoint_ref: "inbox".to_owned(),
+                    target: webhook.url,
+                })
+                .into_iter()
+                .collect();
+
+            if let Err(err) = self.store.put(&key, raw).await {
+                tracing::error!(error = %err, key, "storing raw message failed");
+                self.undo(&stored_keys).await;
+                return Outcome::TempFail {
+                    reason: "storage unavailable".to_owned(),
+                };
+            }
+            stored_keys.push(key.clone());
+            messages.push(NewMessage {
+                id: message_id,
+                inbox_id: inbox_id.to_owned(),
+                event_id,
+                storage_bucket: self.bucket.clone(),
+                storage_key: key,
+                size: i64::try_from(raw.len()).unwrap_or(i64::MAX),
+                envelope_from: envelope.mail_from.clone(),
+                envelope_to: inbox_recipients,
+                remote_ip: envelope.remote_ip.map(|ip| ip.to_string()),
+                helo: envelope.helo.clone(),
+                header_message_id: parsed.message_id.clone(),
+                sender: parsed.from.as_ref().map(|from| from.address.clone()),
+                subject: parsed.subject.clone(),
+                received_at,
+                event_json: event.to_string(),
+                deliveries,
+            });
+        }
+
+        if let Err(err) = self.db.commit_accepted(&messages).await {
+            tracing::error!(error = %err, "committing accepted message failed");
+            self.undo(&stored_keys).await;
+            return Outcome::TempFail {
+                reason: "database unavailable".to_owned(),
+            };
+        }
+        self.dispatcher_wakeup.notify_waiters();
+        Outcome::Accepted {
+            message_ids: messages.into_iter().map(|message| message.id).collect(),
+        }
+    }
+
+    /// Removes objects of a transaction that will not be committed. A failure here leaves an
+    /// orphan object no row points to: harmless, and logged.
+    async fn undo(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(err) = self.store.delete(key).await {
+                tracing::warn!(error = %err, key, "removing uncommitted object failed");
+            }
+        }
+    }
+}

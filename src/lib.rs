@@ -1,0 +1,26 @@
+//! mxhook: an inbound email-to-webhook gateway.
+//!
+//! ```text
+//! TCP :25 ─► smtp::serve ─► smtp::session (mailin engine + proto) ─(Envelope, raw)─► intake::accept
+//!              permits         RCPT: directory lookup (550, never relay)         parse → store
+//!                              ◄── 250 only after store + commit ◄──────────────  → event → db commit
+//!                                                                                      │
+//! deliver::Dispatcher ─ claims jobs (leases) ─► webhook (signed POST, retries, dead-letter)
+//! HTTP :8080 ─► api::router ─► db (messages, deliveries, attempts), store (raw .eml)
+//! ```
+//!
+//! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`intake`],
+//! [`parse`], [`event`], [`store`], [`db`], [`deliver`], [`api`], [`app`].
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod deliver;
+pub mod directory;
+pub mod event;
+pub mod intake;
+pub mod model;
+pub mod parse;
+pub mod smtp;
+pub mod store;

@@ -1,0 +1,133 @@
+//! Nouns that cross stage boundaries: ids, the SMTP envelope, inboxes and delivery states.
+//!
+//! No behaviour beyond constructors and formatting; no IO.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::config::{PayloadFormat, SignatureScheme};
+
+/// A prefixed, time-sortable id such as `msg_01jd3k…`: 48 bits of milliseconds since the epoch
+/// followed by 80 random bits, in lowercase Crockford base32 (the ULID layout), so ids sort by
+/// creation time in the database and in object listings.
+pub fn new_id(prefix: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let millis = u128::try_from(now_ms().max(0)).unwrap_or(0) & ((1 << 48) - 1);
+    let value = (millis << 80) | (rand::random::<u128>() & ((1 << 80) - 1));
+    let mut out = String::with_capacity(prefix.len() + 27);
+    out.push_str(prefix);
+    out.push('_');
+    for idx in (0..26).rev() {
+        let digit = (value >> (idx * 5)) & 0x1f;
+        out.push(char::from(ALPHABET[digit as usize]));
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch; every stored time uses this unit.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 rendering with an explicit `+00:00` offset, as the AgentMail payload has it.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3f+00:00")
+        .to_string()
+}
+
+/// What the SMTP session learned about one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    pub remote_ip: Option<IpAddr>,
+    pub helo: String,
+    /// The reverse path; `None` is the null sender `<>` of bounces.
+    pub mail_from: Option<String>,
+    /// Accepted recipients with the inbox each one resolved to, in RCPT order.
+    pub recipients: Vec<Recipient>,
+    pub smtputf8: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    pub inbox_id: String,
+}
+
+/// An agent inbox as the pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub id: String,
+    pub addresses: Vec<String>,
+    pub webhook: Option<WebhookEndpoint>,
+}
+
+/// Where and how one event is POSTed.
+#[derive(Clone)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    pub enabled: bool,
+    pub secret: Option<String>,
+    pub signature: SignatureScheme,
+    pub payload: PayloadFormat,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("url", &self.url)
+            .field("enabled", &self.enabled)
+            .field("secret", &self.secret.as_ref().map(|_| "redacted"))
+            .field("signature", &self.signature)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+/// Life of one delivery job. `Dead` is the dead-letter queue: shown by the API, resendable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Dead]
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_unique_and_sort_by_time() {
+        let first = new_id("msg");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_id("msg");
+        assert!(first.starts_with("msg_"));
+        assert_eq!(first.len(), 4 + 26);
+        assert!(first < second, "{first} should sort before {second}");
+        assert_ne!(new_id("evt"), new_id("evt"));
+    }
+
+    #[test]
+    fn rfc3339_has_explicit_utc_offset() {
+        assert_eq!(rfc3339(1_776_340_800_000), "2026-04-16T12:00:00.000+00:00");
+    }
+}

@@ -1,0 +1,222 @@
+//! Raw bytes → [`ParsedMessage`]: addresses, subject, dates, threading headers, bodies and
+//! attachment metadata, via mail-parser.
+//!
+//! Pure and total: any input yields a `ParsedMessage` (possibly empty) plus warnings, never an
+//! error and never a panic, because a message that fails to parse is still stored and delivered.
+
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mailbox {
+    pub address: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub id: String,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub content_encoding: Option<String>,
+    pub content_id: Option<String>,
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedMessage {
+    pub from: Option<Mailbox>,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    pub bcc: Vec<Mailbox>,
+    pub reply_to: Vec<Mailbox>,
+    pub subject: Option<String>,
+    /// The Date header in ms since the epoch, when present and valid.
+    pub date_ms: Option<i64>,
+    /// The Message-ID header, without angle brackets.
+    pub message_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    /// The first text/plain body part, decoded to UTF-8.
+    pub plain_text: Option<String>,
+    /// The first text/html body part, decoded to UTF-8.
+    pub html: Option<String>,
+    /// Text rendering of the body for prompts: plain text, or the HTML converted to text.
+    pub body_as_text: Option<String>,
+    /// True when `plain_text` and `html` are the two sides of one multipart/alternative.
+    pub alternative_content: bool,
+    pub attachments: Vec<Attachment>,
+    pub warnings: Vec<String>,
+}
+
+/// Parses a raw RFC 5322 message. Never fails: see the module docs.
+pub fn parse(raw: &[u8]) -> ParsedMessage {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return ParsedMessage {
+            warnings: vec!["message has no parsable header section".to_owned()],
+            ..ParsedMessage::default()
+        };
+    };
+    let mut warnings = Vec::new();
+    let from = message
+        .from()
+        .and_then(|list| mailboxes(list).into_iter().next());
+    if from.is_none() {
+        warnings.push("no From address".to_owned());
+    }
+    let date_ms = message.date().and_then(|date| {
+        date.is_valid()
+            .then(|| date.to_timestamp().checked_mul(1000))
+            .flatten()
+    });
+    if date_ms.is_none() {
+        warnings.push("no valid Date header".to_owned());
+    }
+
+    let plain_index = message.text_body.iter().copied().find(|&idx| {
+        matches!(
+            message.parts.get(idx as usize).map(|p| &p.body),
+            Some(PartType::Text(_))
+        )
+    });
+    let html_index = message.html_body.iter().copied().find(|&idx| {
+        matches!(
+            message.parts.get(idx as usize).map(|p| &p.body),
+            Some(PartType::Html(_))
+        )
+    });
+    let part_text = |idx: Option<u32>| {
+        idx.and_then(|idx| message.parts.get(idx as usize))
+            .and_then(|part| part.text_contents())
+            .map(str::to_owned)
+    };
+    let plain_text = part_text(plain_index);
+    let html = part_text(html_index);
+    let body_as_text = plain_text
+        .clone()
+        .or_else(|| message.body_text(0).map(|text| text.into_owned()));
+    if message.parts.iter().any(|part| part.is_encoding_problem) {
+        warnings.push("a body part could not be decoded as declared".to_owned());
+    }
+
+    ParsedMessage {
+        from,
+        to: message.to().map(mailboxes).unwrap_or_default(),
+        cc: message.cc().map(mailboxes).unwrap_or_default(),
+        bcc: message.bcc().map(mailboxes).unwrap_or_default(),
+        reply_to: message.reply_to().map(mailboxes).unwrap_or_default(),
+        subject: message.subject().map(str::to_owned),
+        date_ms,
+        message_id: message.message_id().map(str::to_owned),
+        in_reply_to: text_values(message.in_reply_to()).into_iter().next(),
+        references: text_values(message.references()),
+        alternative_content: match (plain_index, html_index) {
+            (Some(plain), Some(html)) => share_alternative(&message, plain, html),
+            _ => false,
+        },
+        plain_text,
+        html,
+        body_as_text,
+        attachments: attachments(&message),
+        warnings,
+    }
+}
+
+fn mailboxes(list: &Address<'_>) -> Vec<Mailbox> {
+    list.iter()
+        .filter_map(|addr| {
+            let address = addr.address()?.trim();
+            (!address.is_empty()).then(|| Mailbox {
+                address: address.to_owned(),
+                name: addr
+                    .name()
+                    .map(str::trim)
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+fn text_values(value: &HeaderValue<'_>) -> Vec<String> {
+    match value {
+        HeaderValue::Text(text) => vec![text.to_string()],
+        HeaderValue::TextList(list) => list.iter().map(|text| text.to_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// True when some multipart/alternative part holds both body parts among its direct children
+/// (or their descendants), i.e. they are two renderings of one content.
+fn share_alternative(message: &Message<'_>, plain: u32, html: u32) -> bool {
+    message.parts.iter().any(|part| {
+        let is_alternative = part.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("multipart")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("alternative"))
+        });
+        match (&part.body, is_alternative) {
+            (PartType::Multipart(children), true) => {
+                contains_part(message, children, plain, 0)
+                    && contains_part(message, children, html, 0)
+            }
+            _ => false,
+        }
+    })
+}
+
+fn contains_part(message: &Message<'_>, children: &[u32], target: u32, depth: usize) -> bool {
+    // Depth bound: mail-parser already limits nesting, this keeps a hostile tree from recursing
+    // without end here.
+    if depth > 32 {
+        return false;
+    }
+    children.iter().any(|&child| {
+        child == target
+            || matches!(
+                message.parts.get(child as usize).map(|part| &part.body),
+                Some(PartType::Multipart(grandchildren)) if contains_part(message, grandchildren, target, depth + 1)
+            )
+    })
+}
+
+fn attachments(message: &Message<'_>) -> Vec<Attachment> {
+    message
+        .attachments
+        .iter()
+        .enumerate()
+        .filter_map(|(position, &idx)| {
+            let part = message.parts.get(idx as usize)?;
+            let content_type = part
+                .content_type()
+                .map(|ct| match ct.subtype() {
+                    Some(subtype) => format!("{}/{}", ct.ctype(), subtype),
+                    None => ct.ctype().to_owned(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".to_owned())
+                .to_ascii_lowercase();
+            let size = match &part.body {
+                PartType::Message(_) => {
+                    part.raw_end_offset().saturating_sub(part.raw_body_offset()) as usize
+                }
+                _ => part.contents().len(),
+            };
+            Some(Attachment {
+                id: format!("att_{position}"),
+                filename: part.attachment_name().map(str::to_owned),
+                content_type,
+                content_encoding: part
+                    .content_transfer_encoding()
+                    .map(str::to_ascii_lowercase),
+                content_id: part
+                    .content_id()
+                    .map(|id| id.trim_matches(|c| c == '<' || c == '>').to_owned()),
+                size,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

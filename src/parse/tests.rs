@@ -1,0 +1,93 @@
+use super::*;
+
+#[test]
+fn multipart_alternative_with_attachment() {
+    let raw = b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\n\
+To: Agent <agent@example.com>, other@example.com\r\n\
+Cc: cc@example.net\r\n\
+Subject: =?utf-8?b?SGVsbG8g8J+Riw==?=\r\n\
+Date: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+Message-ID: <abc@example.org>\r\n\
+In-Reply-To: <prev@example.org>\r\n\
+References: <root@example.org> <prev@example.org>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=outer\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: multipart/alternative; boundary=inner\r\n\
+\r\n\
+--inner\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+Hi there\r\n\
+--inner\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+\r\n\
+<p>Hi there</p>\r\n\
+--inner--\r\n\
+--outer\r\n\
+Content-Type: application/pdf; name=report.pdf\r\n\
+Content-Disposition: attachment; filename=report.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+JVBERi0xLjQK\r\n\
+--outer--\r\n";
+    let parsed = parse(raw);
+    assert_eq!(
+        parsed.from,
+        Some(Mailbox {
+            address: "j@example.org".into(),
+            name: Some("Jürgen".into())
+        })
+    );
+    assert_eq!(parsed.to.len(), 2);
+    assert_eq!(parsed.to[0].name.as_deref(), Some("Agent"));
+    assert_eq!(parsed.cc[0].address, "cc@example.net");
+    assert_eq!(parsed.subject.as_deref(), Some("Hello 👋"));
+    assert_eq!(parsed.date_ms, Some(1_776_340_800_000));
+    assert_eq!(parsed.message_id.as_deref(), Some("abc@example.org"));
+    assert_eq!(parsed.in_reply_to.as_deref(), Some("prev@example.org"));
+    assert_eq!(parsed.references, ["root@example.org", "prev@example.org"]);
+    assert_eq!(
+        parsed.plain_text.as_deref().map(str::trim),
+        Some("Hi there")
+    );
+    assert_eq!(
+        parsed.html.as_deref().map(str::trim),
+        Some("<p>Hi there</p>")
+    );
+    assert!(parsed.alternative_content);
+    assert_eq!(parsed.attachments.len(), 1);
+    let attachment = &parsed.attachments[0];
+    assert_eq!(attachment.filename.as_deref(), Some("report.pdf"));
+    assert_eq!(attachment.content_type, "application/pdf");
+    assert_eq!(attachment.content_encoding.as_deref(), Some("base64"));
+    assert_eq!(attachment.size, 9);
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+}
+
+#[test]
+fn html_only_has_no_plain_text_but_a_text_rendering() {
+    let raw = b"From: a@example.org\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+Content-Type: text/html\r\n\r\n<p>Only <b>html</b></p>\r\n";
+    let parsed = parse(raw);
+    assert_eq!(parsed.plain_text, None);
+    assert!(parsed.html.is_some());
+    assert!(!parsed.alternative_content);
+    let text = parsed.body_as_text.expect("html converted to text");
+    assert!(text.contains("Only") && !text.contains("<b>"), "{text}");
+}
+
+#[test]
+fn garbage_and_empty_input_never_fail() {
+    for raw in [
+        &b""[..],
+        b"\r\n",
+        b"\x00\xff\xfe",
+        b"no colon here",
+        b"From: <<<@>>>\r\n\r\n",
+    ] {
+        let parsed = parse(raw);
+        assert!(!parsed.warnings.is_empty(), "{raw:?} gave no warning");
+    }
+}

@@ -1,0 +1,142 @@
+use super::*;
+
+/// Feeds `input` to a receiver split at LF, like the session's reader does, and returns what
+/// follows the end-of-data marker (None when there was none) plus the result.
+#[track_caller]
+fn receive(input: &[u8], max_size: u64) -> (Option<Vec<u8>>, Result<Vec<u8>, DataRejection>) {
+    let mut receiver = DataReceiver::new(max_size, 1000);
+    let mut rest = input;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(rest.len(), |idx| idx + 1);
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        if receiver.push(DataLine::Complete(line)) {
+            return (Some(rest.to_vec()), receiver.finish());
+        }
+    }
+    (None, receiver.finish())
+}
+
+#[test]
+fn plain_message_ends_at_crlf_dot_crlf_and_is_unstuffed() {
+    let (after, message) = receive(
+        b"Subject: a\r\n\r\n..leading dot\r\nend\r\n.\r\nQUIT\r\n",
+        1000,
+    );
+    assert_eq!(after.as_deref(), Some(&b"QUIT\r\n"[..]));
+    assert_eq!(
+        message.expect("accepted"),
+        b"Subject: a\r\n\r\n.leading dot\r\nend\r\n"
+    );
+}
+
+#[test]
+fn smuggling_end_markers_never_end_the_data() {
+    for vector in [
+        &b"a\n.\r\nMAIL FROM:<x@y>\r\n"[..],
+        b"a\n.\nMAIL FROM:<x@y>\r\n",
+        b"a\r\n.\nMAIL FROM:<x@y>\r\n",
+    ] {
+        let (after, _) = receive(vector, 1000);
+        assert_eq!(
+            after,
+            None,
+            "{:?} ended the data",
+            String::from_utf8_lossy(vector)
+        );
+    }
+}
+
+#[test]
+fn bare_cr_smuggling_is_rejected() {
+    let (after, result) = receive(b"a\r.\r\nMAIL FROM:<x@y>\r\n\r\n.\r\n", 1000);
+    assert_eq!(after.as_deref(), Some(&b""[..]));
+    assert_eq!(result, Err(DataRejection::BareCarriageReturn));
+}
+
+#[test]
+fn bare_lf_lines_are_normalized_to_crlf() {
+    let (_, result) = receive(b"Subject: a\n\nbody\n\r\n.\r\n", 1000);
+    assert_eq!(result.expect("accepted"), b"Subject: a\r\n\r\nbody\r\n\r\n");
+}
+
+#[test]
+fn oversize_is_read_to_the_end_then_rejected() {
+    let (after, result) = receive(b"0123456789\r\n0123456789\r\n.\r\nNOOP\r\n", 15);
+    assert_eq!(after.as_deref(), Some(&b"NOOP\r\n"[..]));
+    assert_eq!(result, Err(DataRejection::TooBig { limit: 15 }));
+}
+
+#[test]
+fn mail_from_accepts_null_sender_and_esmtp_params() {
+    let mail =
+        parse_mail_from(b"MAIL FROM:<> SIZE=1000 BODY=8BITMIME SMTPUTF8\r\n", 5000).expect("ok");
+    assert_eq!(
+        mail,
+        MailFrom {
+            reverse_path: None,
+            declared_size: Some(1000),
+            body_8bit: true,
+            smtputf8: true
+        }
+    );
+    let mail = parse_mail_from(b"mail from: <@relay.example:Bob@Example.org>", 10).expect("ok");
+    assert_eq!(mail.reverse_path.as_deref(), Some("Bob@Example.org"));
+}
+
+#[test]
+fn mail_from_errors_have_precise_codes() {
+    let code = |line: &[u8]| parse_mail_from(line, 100).err().map(|reply| reply.code);
+    assert_eq!(code(b"MAIL FROM:<a@b> SIZE=101"), Some(552));
+    assert_eq!(code(b"MAIL FROM:<a@b> SIZE=big"), Some(501));
+    assert_eq!(code(b"MAIL FROM:<a@b> RET=FULL"), Some(555));
+    assert_eq!(code(b"MAIL FROM:<a@b"), Some(501));
+    assert_eq!(code(b"MAIL FROM:<not an address>"), Some(553));
+    assert_eq!(code(b"MAIL TO:<a@b>"), Some(501));
+}
+
+#[test]
+fn rcpt_to_classifies_relay_tricks() {
+    let parse = |line: &[u8]| parse_rcpt_to(line).expect("parsed");
+    assert_eq!(
+        parse(b"RCPT TO:<Agent@Example.com>"),
+        RcptTo::Mailbox("agent@example.com".into())
+    );
+    for trick in [
+        &b"RCPT TO:<user%other.org@example.com>"[..],
+        b"RCPT TO:<other.org!user@example.com>",
+        b"RCPT TO:<\"user@other.org\"@example.com>",
+        b"RCPT TO:<@example.com:user@other.org>",
+        b"RCPT TO:<postmaster>",
+    ] {
+        assert!(
+            matches!(parse(trick), RcptTo::RelayAttempt(_)),
+            "{} not treated as relay attempt",
+            String::from_utf8_lossy(trick)
+        );
+    }
+    assert_eq!(
+        parse_rcpt_to(b"RCPT TO:<>").err().map(|r| r.code),
+        Some(501)
+    );
+    assert_eq!(
+        parse_rcpt_to(b"RCPT TO:<a@b.c> NOTIFY=NEVER")
+            .err()
+            .map(|r| r.code),
+        Some(555)
+    );
+}
+
+#[test]
+fn replies_are_crlf_terminated_and_never_split_by_injected_newlines() {
+    let mut out = Vec::new();
+    Reply::new(550, "5.1.1", "no such user <a\r\nb>").write_to(&mut out);
+    Reply::multiline(250, vec!["host".into(), "SIZE 10".into()]).write_to(&mut out);
+    assert_eq!(
+        out,
+        b"550 5.1.1 no such user <ab>\r\n250-host\r\n250 SIZE 10\r\n"
+    );
+}

@@ -1,0 +1,479 @@
+//! One SMTP session over any byte stream: reads lines under the configured limits and timeouts,
+//! lets the `mailin` engine sequence the commands, answers RCPT from the directory, receives DATA
+//! itself and hands the message to intake.
+//!
+//! The engine owns command order (HELO before MAIL, RCPT before DATA, RSET). This module owns what
+//! the engine cannot do: the null sender and ESMTP parameters (parsed here, then passed to the
+//! engine in a form it accepts), enhanced status codes, DATA with size and smuggling rules, and the
+//! asynchronous steps (intake) whose answers the engine's synchronous handler merely relays.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailin::{Action, Handler, Response};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{self, DataLine, DataReceiver, RcptTo, Reply, replies};
+use crate::config::SmtpConfig;
+use crate::directory::Directory;
+use crate::intake::{Intake, Outcome};
+use crate::model::{Envelope, Recipient};
+
+/// What every session of one listener shares.
+pub struct SessionContext {
+    pub config: SmtpConfig,
+    pub directory: Directory,
+    pub intake: Arc<Intake>,
+}
+
+/// Stands in for the placeholder reverse path handed to the engine for `MAIL FROM:<>`, which its
+/// parser cannot read; the real (null) path lives in our envelope.
+const NULL_SENDER_PLACEHOLDER: &str = "null-sender@invalid";
+
+/// The engine's view of our decisions. The engine calls the handler synchronously inside
+/// `process`, so the session decides first (possibly asynchronously) and leaves the answer here.
+#[derive(Clone, Default)]
+struct EngineHandler {
+    rcpt_decision: Arc<Mutex<Option<Reply>>>,
+}
+
+impl Handler for EngineHandler {
+    fn rcpt(&mut self, _to: &str) -> Response {
+        let decision = self
+            .rcpt_decision
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match decision {
+            Some(reply) if !reply.is_error() => mailin::response::OK,
+            Some(reply) => Response::custom(reply.code, String::new()),
+            None => mailin::response::NO_MAILBOX,
+        }
+    }
+}
+
+enum LineRead {
+    Line,
+    TooLong { ended_crlf: bool },
+    Eof,
+}
+
+/// Why the session loop stopped reading.
+enum Stop {
+    Quit,
+    Closed,
+}
+
+struct Session<'a, R, W> {
+    ctx: &'a SessionContext,
+    reader: R,
+    writer: W,
+    out: Vec<u8>,
+    line: Vec<u8>,
+    engine: mailin::Session<EngineHandler>,
+    handler: EngineHandler,
+    envelope: Envelope,
+    errors: usize,
+    deadline: Instant,
+    shutdown: CancellationToken,
+}
+
+/// Runs one session to its end. Errors of the connection itself (reset, broken pipe) end the
+/// session quietly; nothing is accepted without a 250 having been written.
+pub async fn run<S>(stream: S, peer: SocketAddr, ctx: &SessionContext, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let handler = EngineHandler::default();
+    let engine =
+        mailin::SessionBuilder::new(ctx.config.hostname.clone()).build(peer.ip(), handler.clone());
+    let mut session = Session {
+        ctx,
+        reader: BufReader::with_capacity(8 * 1024, read_half),
+        writer: write_half,
+        out: Vec::with_capacity(512),
+        line: Vec::with_capacity(512),
+        engine,
+        handler,
+        envelope: Envelope {
+            remote_ip: Some(peer.ip()),
+            ..Envelope::default()
+        },
+        errors: 0,
+        deadline: Instant::now() + Duration::from_secs_f64(ctx.config.session_timeout_s),
+        shutdown,
+    };
+    if let Err(err) = session.serve().await {
+        tracing::debug!(error = %err, "session ended by connection error");
+    }
+}
+
+impl<R, W> Session<'_, tokio::io::BufReader<R>, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    async fn serve(&mut self) -> std::io::Result<()> {
+        self.queue(&Reply::plain(
+            220,
+            format!("{} ESMTP mxhook", self.ctx.config.hostname),
+        ));
+        self.flush().await?;
+        loop {
+            let shutdown = self.shutdown.clone();
+            let limit = self.ctx.config.max_command_line;
+            let read = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                read = self.read_line_timed(limit) => Some(read?),
+            };
+            let read = match read {
+                None => {
+                    self.queue(&replies::shutting_down());
+                    break;
+                }
+                Some(None) => break,
+                Some(Some(read)) => read,
+            };
+            match read {
+                LineRead::Eof => return Ok(()),
+                LineRead::TooLong { .. } => {
+                    self.queue_error(&replies::line_too_long(self.ctx.config.max_command_line));
+                }
+                LineRead::Line => match self.handle_command().await? {
+                    Some(Stop::Quit) => break,
+                    Some(Stop::Closed) => return Ok(()),
+                    None => {}
+                },
+            }
+            if self.errors >= self.ctx.config.max_errors {
+                self.queue(&replies::too_many_errors());
+                break;
+            }
+            // RFC 2920: answers to pipelined commands may wait until the client has to wait.
+            if self.reader.buffer().is_empty() {
+                self.flush().await?;
+            }
+        }
+        self.flush().await?;
+        self.writer.shutdown().await
+    }
+
+    /// Reads a line, bounded by the idle timeout and the session deadline. `None` means a
+    /// timeout reply was queued and the session must end.
+    async fn read_line_timed(&mut self, limit: usize) -> std::io::Result<Option<LineRead>> {
+        let idle = Instant::now() + Duration::from_secs_f64(self.ctx.config.idle_timeout_s);
+        let (until, timeout_reply) = if idle < self.deadline {
+            (idle, replies::idle_timeout())
+        } else {
+            (self.deadline, replies::session_timeout())
+        };
+        match tokio::time::timeout_at(until, read_line(&mut self.reader, &mut self.line, limit))
+            .await
+        {
+            Ok(read) => read.map(Some),
+            Err(_) => {
+                self.queue(&timeout_reply);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn handle_command(&mut self) -> std::io::Result<Option<Stop>> {
+        let verb = proto::verb(&self.line);
+        match verb.as_str() {
+            "EHLO" | "HELO" => self.handle_hello(&verb),
+            "MAIL" => self.handle_mail(),
+            "RCPT" => self.handle_rcpt(),
+            "DATA" => return self.handle_data().await,
+            "RSET" => {
+                let response = self.engine.process(b"RSET\r\n");
+                if response.code == 250 {
+                    self.reset_transaction();
+                }
+                self.queue_engine(&response, None);
+            }
+            "QUIT" => {
+                self.queue(&Reply::new(
+                    221,
+                    "2.0.0",
+                    format!("{} closing connection", self.ctx.config.hostname),
+                ));
+                return Ok(Some(Stop::Quit));
+            }
+            "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" | "EXPN" => {
+                self.queue_error(&replies::not_implemented(&verb));
+            }
+            _ => {
+                let line = normalized_line(&self.line);
+                let response = self.engine.process(&line);
+                self.queue_engine(&response, None);
+                if response.action == Action::Close {
+                    return Ok(Some(Stop::Quit));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn handle_hello(&mut self, verb: &str) {
+        let line = normalized_line(&self.line);
+        let response = self.engine.process(&line);
+        if response.code != 250 {
+            let reply = if response.code == 500 {
+                replies::bad_arguments("HELO/EHLO needs a domain or address literal")
+            } else {
+                proto::enhance_engine_reply(response.code)
+            };
+            self.queue_error(&reply);
+            return;
+        }
+        let domain = String::from_utf8_lossy(&line[verb.len()..])
+            .trim()
+            .to_owned();
+        self.reset_transaction();
+        self.envelope.helo = domain.clone();
+        let hostname = &self.ctx.config.hostname;
+        let reply = if verb == "EHLO" {
+            Reply::multiline(
+                250,
+                vec![
+                    format!("{hostname} greets {domain}"),
+                    format!("SIZE {}", self.ctx.config.max_message_size),
+                    "PIPELINING".to_owned(),
+                    "8BITMIME".to_owned(),
+                    "SMTPUTF8".to_owned(),
+                    "ENHANCEDSTATUSCODES".to_owned(),
+                ],
+            )
+        } else {
+            Reply::plain(250, hostname.clone())
+        };
+        self.queue(&reply);
+    }
+
+    fn handle_mail(&mut self) {
+        let mail = match proto::parse_mail_from(&self.line, self.ctx.config.max_message_size) {
+            Ok(mail) => mail,
+            Err(reply) => {
+                self.queue_error(&reply);
+                return;
+            }
+        };
+        let engine_path = mail
+            .reverse_path
+            .as_deref()
+            .filter(|path| !path.contains(|c: char| c.is_whitespace() || c == '<' || c == '>'))
+            .unwrap_or(NULL_SENDER_PLACEHOLDER);
+        let body = if mail.body_8bit { " BODY=8BITMIME" } else { "" };
+        let response = self
+            .engine
+            .process(format!("MAIL FROM:<{engine_path}>{body}\r\n").as_bytes());
+        if response.code == 250 {
+            self.envelope.mail_from = mail.reverse_path;
+            self.envelope.smtputf8 = mail.smtputf8;
+            self.envelope.recipients.clear();
+            self.queue(&Reply::new(250, "2.1.0", "Sender OK"));
+        } else {
+            self.queue_engine(&response, None);
+        }
+    }
+
+    fn handle_rcpt(&mut self) {
+        let decision = match proto::parse_rcpt_to(&self.line) {
+            Err(reply) => {
+                self.queue_error(&reply);
+                return;
+            }
+            Ok(_) if self.envelope.recipients.len() >= self.ctx.config.max_recipients => {
+                Reply::new(452, "4.5.3", "Too many recipients")
+            }
+            Ok(RcptTo::RelayAttempt(path)) => {
+                Reply::new(550, "5.7.1", format!("<{path}>: relay access denied"))
+            }
+            Ok(RcptTo::Mailbox(address)) => match self.ctx.directory.lookup(&address) {
+                Some(inbox_id) => {
+                    *self
+                        .handler
+                        .rcpt_decision
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(Reply::new(250, "2.1.5", "Recipient OK"));
+                    let response = self
+                        .engine
+                        .process(format!("RCPT TO:<{address}>\r\n").as_bytes());
+                    if response.code == 250 {
+                        self.envelope
+                            .recipients
+                            .push(Recipient { address, inbox_id });
+                        self.queue(&Reply::new(250, "2.1.5", "Recipient OK"));
+                    } else {
+                        self.queue_engine(&response, None);
+                    }
+                    return;
+                }
+                None => Reply::new(550, "5.1.1", format!("<{address}>: recipient not found")),
+            },
+        };
+        // A refusal still goes through the engine so that RCPT before MAIL gets its 503.
+        *self
+            .handler
+            .rcpt_decision
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(decision.clone());
+        let response = self.engine.process(b"RCPT TO:<refused@invalid>\r\n");
+        self.queue_engine(&response, Some(&decision));
+    }
+
+    async fn handle_data(&mut self) -> std::io::Result<Option<Stop>> {
+        let response = self.engine.process(b"DATA\r\n");
+        if response.code != 354 {
+            self.queue_engine(&response, None);
+            return Ok(None);
+        }
+        self.queue(&proto::enhance_engine_reply(354));
+        self.flush().await?;
+
+        let config = &self.ctx.config;
+        let mut receiver = DataReceiver::new(config.max_message_size, config.max_text_line);
+        loop {
+            let Some(read) = self.read_line_timed(config.max_text_line).await? else {
+                // Timed out mid-DATA: nothing is kept, the 421 is queued.
+                self.flush().await?;
+                return Ok(Some(Stop::Closed));
+            };
+            let ended = match read {
+                LineRead::Eof => return Ok(Some(Stop::Closed)),
+                LineRead::TooLong { ended_crlf } => receiver.push(DataLine::TooLong { ended_crlf }),
+                LineRead::Line => receiver.push(DataLine::Complete(&self.line)),
+            };
+            if ended {
+                break;
+            }
+        }
+        // The engine only learns that the transaction is over; the reply is intake's.
+        let _ = self.engine.process(b".\r\n");
+        let reply = match receiver.finish() {
+            Err(rejection) => rejection.reply(),
+            Ok(message) => reply_for(self.ctx.intake.accept(&self.envelope, &message).await),
+        };
+        if reply.is_error() {
+            self.errors += 1;
+        }
+        self.queue(&reply);
+        self.reset_transaction();
+        Ok(None)
+    }
+
+    fn reset_transaction(&mut self) {
+        self.envelope.mail_from = None;
+        self.envelope.recipients.clear();
+        self.envelope.smtputf8 = false;
+    }
+
+    /// Queues the engine's answer, using `ours` when the engine relayed our decision.
+    fn queue_engine(&mut self, response: &Response, ours: Option<&Reply>) {
+        let reply = match ours {
+            Some(reply) if reply.code == response.code => reply.clone(),
+            _ => proto::enhance_engine_reply(response.code),
+        };
+        if reply.is_error() {
+            self.errors += 1;
+        }
+        self.queue(&reply);
+    }
+
+    fn queue_error(&mut self, reply: &Reply) {
+        self.errors += 1;
+        self.queue(reply);
+    }
+
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.writer.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The one mapping from intake outcomes to SMTP replies.
+fn reply_for(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Accepted { message_ids } => Reply::new(
+            250,
+            "2.0.0",
+            format!("OK queued as {}", message_ids.join(",")),
+        ),
+        Outcome::TempFail { reason } => {
+            tracing::warn!(reason, "message not accepted, sender asked to retry");
+            replies::temp_failure()
+        }
+    }
+}
+
+/// The command line with a CRLF ending whatever the client sent, as the engine expects.
+fn normalized_line(line: &[u8]) -> Vec<u8> {
+    let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    let trimmed = trimmed.trim_ascii_end();
+    let mut out = Vec::with_capacity(trimmed.len() + 2);
+    out.extend_from_slice(trimmed);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Reads through the next LF into `out`, keeping at most `limit` bytes; a longer line is
+/// consumed and reported as `TooLong` without being kept, so memory stays bounded.
+async fn read_line<R>(reader: &mut R, out: &mut Vec<u8>, limit: usize) -> std::io::Result<LineRead>
+where
+    R: AsyncBufRead + Unpin,
+{
+    out.clear();
+    let mut too_long = false;
+    let mut last_two = [0u8; 2];
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            // EOF, possibly mid-line: a partial command or DATA line is never acted on.
+            return Ok(LineRead::Eof);
+        }
+        let (chunk, complete) = match available.iter().position(|b| *b == b'\n') {
+            Some(idx) => (&available[..=idx], true),
+            None => (available, false),
+        };
+        if !too_long && out.len() + chunk.len() > limit {
+            too_long = true;
+            out.clear();
+        }
+        if too_long {
+            match chunk {
+                [.., a, b] => last_two = [*a, *b],
+                [b] => last_two = [last_two[1], *b],
+                [] => {}
+            }
+        } else {
+            out.extend_from_slice(chunk);
+        }
+        let consumed = chunk.len();
+        reader.consume(consumed);
+        if complete {
+            return Ok(if too_long {
+                LineRead::TooLong {
+                    ended_crlf: last_two == *b"\r\n",
+                }
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
