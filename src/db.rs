@@ -161,13 +161,13 @@ impl Db {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            if let Some(parent) = std::path::Path::new(&path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent).map_err(|source| Error::Directory {
-                        path: parent.display().to_string(),
-                        source,
-                    })?;
-                }
+            if let Some(parent) = std::path::Path::new(&path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|source| Error::Directory {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
             }
             if !url.contains("mode=") {
                 url.push(if url.contains('?') { '&' } else { '?' });

@@ -184,11 +184,11 @@ fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
     }
     let mut omitted = Vec::new();
     for field in OMITTABLE {
-        if let Some(email) = event.get_mut("email").and_then(Value::as_object_mut) {
-            if email.get(field).is_some_and(|value| !value.is_null()) {
-                email.insert(field.to_owned(), Value::Null);
-                omitted.push(field);
-            }
+        if let Some(email) = event.get_mut("email").and_then(Value::as_object_mut)
+            && email.get(field).is_some_and(|value| !value.is_null())
+        {
+            email.insert(field.to_owned(), Value::Null);
+            omitted.push(field);
         }
         if size(event) <= max_bytes {
             break;

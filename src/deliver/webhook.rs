@@ -101,10 +101,11 @@ impl WebhookClient {
             "http" => return Err(Error::InsecureScheme),
             other => return Err(Error::BadUrl(format!("unsupported scheme `{other}`"))),
         }
-        if let Some(ip) = literal_ip(&url) {
-            if !self.allow_private && !is_public(ip) {
-                return Err(Error::BlockedAddress(ip));
-            }
+        if let Some(ip) = literal_ip(&url)
+            && !self.allow_private
+            && !is_public(ip)
+        {
+            return Err(Error::BlockedAddress(ip));
         }
         let secrets: Vec<String> = endpoint.secret.iter().cloned().collect();
         let signature_headers = signature::sign(&SigningInput {

@@ -400,9 +400,18 @@ impl DataReceiver {
         let line = match line {
             DataLine::Complete(line) => line,
             DataLine::TooLong { ended_crlf } => {
-                self.reject(DataRejection::LineTooLong {
-                    limit: self.max_line,
-                });
+                // A line that alone outgrows the message limit is reported as the size
+                // problem it is.
+                let rejection = if self.max_line as u64 >= self.max_size {
+                    DataRejection::TooBig {
+                        limit: self.max_size,
+                    }
+                } else {
+                    DataRejection::LineTooLong {
+                        limit: self.max_line,
+                    }
+                };
+                self.reject(rejection);
                 self.previous_ended_crlf = ended_crlf;
                 return false;
             }

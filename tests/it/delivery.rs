@@ -1,0 +1,207 @@
+//! Retries, the dead-letter queue, resend, the durability promise when storage fails, and the
+//! SSRF guard.
+
+use std::time::Duration;
+
+use crate::support::{
+    GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,
+};
+
+async fn send_one(gateway: &TestGateway, subject: &str) -> (u16, String) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message("a@sender.example", "agent@example.com", subject, "body");
+    client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await
+}
+
+#[tokio::test]
+async fn failure_then_success_is_delivered_once_with_two_attempts_logged() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    assert_eq!(send_one(&gateway, "retry me").await.0, 250);
+
+    let first = receiver.recv().await;
+    let second = receiver.recv().await;
+    assert_eq!(first.body, second.body, "a retry sends the same event");
+    assert_eq!(first.header("webhook-id"), second.header("webhook-id"));
+    receiver.assert_silent(Duration::from_millis(500)).await;
+
+    let delivered = eventually("the delivery to be marked delivered", || async {
+        let list = gateway.deliveries("delivered").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(delivered.len(), 1);
+    let id = delivered[0]["id"].as_str().expect("id");
+    let (status, body) = gateway
+        .api_get(&format!("/v1/deliveries/{id}/attempts"))
+        .await
+        .expect("api");
+    assert_eq!(status, 200);
+    let attempts = body["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{body}");
+    assert_eq!(attempts[0]["status_code"], 500);
+    assert_eq!(attempts[0]["outcome"], "http_error");
+    assert_eq!(attempts[0]["response_excerpt"], "ok");
+    assert_eq!(attempts[1]["status_code"], 200);
+    assert_eq!(attempts[1]["outcome"], "delivered");
+    assert!(attempts[0]["latency_ms"].as_i64().is_some());
+    assert!(gateway.deliveries("pending").await.is_empty());
+    assert!(gateway.deliveries("dead").await.is_empty());
+}
+
+#[tokio::test]
+async fn always_failing_receiver_dead_letters_and_resend_delivers_with_the_same_event_id() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500); 50]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 2;
+    let gateway = TestGateway::start(options).await;
+    assert_eq!(send_one(&gateway, "doomed").await.0, 250);
+
+    for _ in 0..3 {
+        receiver.recv().await;
+    }
+    let dead = eventually("the delivery to be dead-lettered", || async {
+        let list = gateway.deliveries("dead").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(dead[0]["last_status_code"], 500);
+    let id = dead[0]["id"].as_str().expect("id").to_owned();
+    let event_id = dead[0]["event_id"].as_str().expect("event id").to_owned();
+
+    receiver.set_script(vec![]);
+    let (status, body) = gateway
+        .api_post(&format!("/v1/deliveries/{id}/resend"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let resent = receiver.recv().await;
+    assert_eq!(
+        resent.header("webhook-id").as_deref(),
+        Some(event_id.as_str())
+    );
+    assert_eq!(resent.json()["event_id"], event_id.as_str());
+    eventually("the resent delivery to be delivered", || async {
+        let (_, body) = gateway
+            .api_get(&format!("/v1/deliveries/{id}"))
+            .await
+            .ok()?;
+        (body["status"] == "delivered").then_some(())
+    })
+    .await;
+    let (_, body) = gateway
+        .api_get(&format!("/v1/deliveries/{id}"))
+        .await
+        .expect("api");
+    assert_eq!(body["attempt_log"].as_array().map(Vec::len), Some(4));
+
+    let (status, body) = gateway.api_post("/v1/deliveries/dlv_unknown/resend").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn retry_after_on_503_is_honoured() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::StatusRetryAfter(503, 1)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    assert_eq!(send_one(&gateway, "slow down").await.0, 250);
+    let first_at = {
+        receiver.recv().await;
+        tokio::time::Instant::now()
+    };
+    receiver.recv().await;
+    let waited = first_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "retried after {waited:?}, before Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn unwritable_store_answers_451_and_nothing_is_delivered() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let blocker = tempfile::NamedTempFile::new().expect("temp file");
+    let mut options = GatewayOptions::webhook(receiver.url());
+    // A path below a regular file can never be created, even by root.
+    options.storage_path = Some(blocker.path().join("mail"));
+    let gateway = TestGateway::start(options).await;
+    let (code, text) = send_one(&gateway, "cannot store").await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    receiver.assert_silent(Duration::from_millis(700)).await;
+    let (_, body) = gateway.api_get("/v1/deliveries").await.expect("api");
+    assert_eq!(body["deliveries"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn private_webhook_targets_are_refused_unless_allowed() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.allow_private_targets = false;
+    let gateway = TestGateway::start(options).await;
+    assert_eq!(send_one(&gateway, "ssrf").await.0, 250);
+    let dead = eventually("the blocked delivery to be dead-lettered", || async {
+        let list = gateway.deliveries("dead").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    let error = dead[0]["last_error"].as_str().expect("error");
+    assert!(error.contains("127.0.0.1"), "{error}");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn localhost_name_is_refused_at_connect_time() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let url = format!("http://localhost:{}/hook", receiver.addr.port());
+    let mut options = GatewayOptions::webhook(url);
+    options.allow_private_targets = false;
+    let gateway = TestGateway::start(options).await;
+    assert_eq!(send_one(&gateway, "rebinding").await.0, 250);
+    let dead = eventually("the blocked delivery to be dead-lettered", || async {
+        let list = gateway.deliveries("dead").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    let error = dead[0]["last_error"].as_str().expect("error");
+    assert!(error.contains("private, loopback or link-local"), "{error}");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn api_requires_a_key_and_answers_json_errors() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", gateway.http);
+    let response = client
+        .get(format!("{base}/v1/deliveries"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let response = client
+        .get(format!("{base}/v1/deliveries"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    let (status, body) = gateway
+        .api_get("/v1/deliveries?status=bogus")
+        .await
+        .expect("api");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, body) = gateway.api_get("/v1/messages/msg_nope").await.expect("api");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = gateway.api_get("/nope").await.expect("api");
+    assert_eq!(status, 404);
+}

@@ -1,0 +1,176 @@
+//! The real `mxhook` binary as a process: embedded defaults, config errors at startup, and
+//! `kill -9` at the worst moments followed by a restart.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::gateway::{API_KEY, config_toml};
+use crate::support::{
+    GatewayOptions, Reply, SmtpClient, WebhookReceiver, eventually, simple_message,
+};
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+struct Process {
+    child: Child,
+    smtp: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Process {
+    async fn start(cwd: &Path, config: Option<&Path>, smtp: SocketAddr, http: SocketAddr) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mxhook"));
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
+            .current_dir(cwd)
+            .env("MXHOOK_SMTP__LISTEN", smtp.to_string())
+            .env("MXHOOK_HTTP__LISTEN", http.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mxhook");
+        let process = Self { child, smtp, http };
+        let client = reqwest::Client::new();
+        eventually("the binary to answer /healthz", || {
+            let client = client.clone();
+            async move {
+                let response = client
+                    .get(format!("http://{http}/healthz"))
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status() == 200).then_some(())
+            }
+        })
+        .await;
+        process
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn runs_on_embedded_defaults_with_data_under_the_working_directory() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let process = Process::start(cwd.path(), None, free_addr(), free_addr()).await;
+    let mut client = SmtpClient::connect(process.smtp).await;
+    assert_eq!(client.greeting.0, 220);
+    client.expect("EHLO defaults.test", 250).await;
+    client.expect("MAIL FROM:<a@sender.example>", 250).await;
+    // No inbox is configured, so nothing is accepted: never an open relay by default.
+    client.expect("RCPT TO:<anyone@example.com>", 550).await;
+    assert!(
+        cwd.path().join("data/mxhook.db").exists(),
+        "SQLite database not under ./data"
+    );
+    process.kill_9();
+}
+
+#[test]
+fn a_broken_config_fails_at_startup_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[delivery]\nretry_base_s = \"soon\"\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run mxhook");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("delivery.retry_base_s"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .arg("check-config")
+        .env("MXHOOK_SMTP__LISTEN", "not-an-address")
+        .output()
+        .expect("run mxhook");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("smtp.listen"), "{stderr}");
+}
+
+/// Accepted mail survives `kill -9` at two moments: while its delivery is pending (the receiver
+/// is down) and while an attempt is in flight (the receiver hangs). Each restart delivers it.
+#[tokio::test]
+async fn kill_9_after_250_and_mid_delivery_then_restart_delivers_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver_addr = free_addr();
+    let mut options = GatewayOptions::webhook(format!("http://{receiver_addr}/hook"));
+    options.retry_base_s = 0.2;
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+
+    // 1. Receiver down: the message is accepted, its delivery stays pending, then SIGKILL.
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    let mut client = SmtpClient::connect(process.smtp).await;
+    let message = simple_message(
+        "k@sender.example",
+        "agent@example.com",
+        "survives kill",
+        "body",
+    );
+    let (code, text) = client
+        .send_message("k@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    process.kill_9();
+
+    // 2. Receiver up but hanging on its first request: SIGKILL while the attempt is in flight.
+    let listener = tokio::net::TcpListener::bind(receiver_addr)
+        .await
+        .expect("bind receiver");
+    let mut receiver = WebhookReceiver::serve(listener, vec![Reply::Hang]);
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    let hung = receiver.recv().await;
+    assert_eq!(hung.json()["subject"], "survives kill");
+    process.kill_9();
+
+    // 3. Restart: the job held by the dead process is released and delivered.
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    let delivered = receiver.recv().await;
+    assert_eq!(delivered.json()["event_id"], hung.json()["event_id"]);
+    let client = reqwest::Client::new();
+    eventually("the delivery to be recorded as delivered", || {
+        let client = client.clone();
+        async move {
+            let body: serde_json::Value = client
+                .get(format!(
+                    "http://{}/v1/deliveries?status=delivered",
+                    process.http
+                ))
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["deliveries"].as_array()?.len() == 1).then_some(())
+        }
+    })
+    .await;
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    process.kill_9();
+}

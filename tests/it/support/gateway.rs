@@ -1,0 +1,219 @@
+//! The gateway running in-process on port-0 loopback listeners, with its own temporary data
+//! directory, plus a small client for its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mxhook::config::Config;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const API_KEY: &str = "test-admin-key";
+pub const SECRET: &str = "test-signing-secret";
+
+/// What a test changes from the standard test setup.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub webhook_url: Option<String>,
+    pub secret: Option<String>,
+    pub retry_base_s: f64,
+    pub max_retries: u32,
+    pub max_message_size: u64,
+    /// Overrides `storage.path` (to make the store fail).
+    pub storage_path: Option<PathBuf>,
+    /// Whether private targets are allowed (true in nearly every test).
+    pub allow_private_targets: bool,
+    /// Appended to the generated config.
+    pub extra_toml: String,
+}
+
+impl GatewayOptions {
+    pub fn webhook(url: String) -> Self {
+        Self {
+            webhook_url: Some(url),
+            secret: Some(SECRET.to_owned()),
+            retry_base_s: 0.05,
+            max_retries: 6,
+            max_message_size: 1 << 20,
+            storage_path: None,
+            allow_private_targets: true,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub smtp: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    http_client: reqwest::Client,
+}
+
+/// The config file the tests run with; also used by the process tests.
+pub fn config_toml(dir: &std::path::Path, options: &GatewayOptions) -> String {
+    let storage = options
+        .storage_path
+        .clone()
+        .unwrap_or_else(|| dir.join("mail"));
+    let webhook = options
+        .webhook_url
+        .as_ref()
+        .map(|url| format!("webhook_url = \"{url}\"\n"))
+        .unwrap_or_default();
+    let secret = options
+        .secret
+        .as_ref()
+        .map(|secret| format!("webhook_secret = \"{secret}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[smtp]
+hostname = "mx.test.example"
+max_message_size = {max_size}
+[http]
+admin_keys = ["{API_KEY}"]
+[storage]
+path = "{storage}"
+bucket = "test-bucket"
+[database]
+url = "sqlite://{db}"
+[delivery]
+allow_http = true
+allow_private_targets = {allow_private}
+retry_base_s = {retry}
+max_retries = {max_retries}
+timeout_s = 5
+lease_s = 10
+
+[[inbox]]
+id = "agent"
+addresses = ["agent@example.com", "alias@example.com"]
+{webhook}{secret}
+[[inbox]]
+id = "other"
+addresses = ["other@example.com"]
+{webhook}{secret}
+{extra}
+"#,
+        max_size = options.max_message_size,
+        storage = storage.display(),
+        db = dir.join("mxhook.db").display(),
+        allow_private = options.allow_private_targets,
+        retry = options.retry_base_s,
+        max_retries = options.max_retries,
+        extra = options.extra_toml,
+    )
+}
+
+impl TestGateway {
+    pub async fn start(options: GatewayOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::from_toml_str(&config_toml(dir.path(), &options))
+            .expect("test config is valid");
+        Self::start_with(dir, config).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
+        let smtp_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let smtp = smtp_listener.local_addr().expect("smtp addr");
+        let http = http_listener.local_addr().expect("http addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(mxhook::app::run_with_listeners(
+            config,
+            smtp_listener,
+            http_listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let gateway = Self {
+            smtp,
+            http,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+            http_client: reqwest::Client::new(),
+        };
+        super::eventually("the API to answer /healthz", || async {
+            gateway
+                .api_get("/healthz")
+                .await
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        })
+        .await;
+        gateway
+    }
+
+    pub async fn api_get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
+        let response = self
+            .http_client
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(API_KEY)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    pub async fn api_post(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http_client
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("API request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn api_get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let response = self
+            .http_client
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("API request");
+        let status = response.status().as_u16();
+        (status, response.bytes().await.expect("body").to_vec())
+    }
+
+    /// The deliveries the API lists with this status.
+    pub async fn deliveries(&self, status: &str) -> Vec<Value> {
+        let (code, body) = self
+            .api_get(&format!("/v1/deliveries?status={status}"))
+            .await
+            .expect("API request");
+        assert_eq!(code, 200, "{body}");
+        body["deliveries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Asks the gateway to stop and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(super::SOON, task)
+                .await
+                .expect("gateway stops in time")
+                .expect("gateway task joins")
+                .expect("gateway exits cleanly");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
