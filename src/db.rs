@@ -401,8 +401,10 @@ impl Db {
     }
 
     /// Takes a lease on up to `limit` due jobs. A job whose lease ran out (its node died) is due
-    /// again. The conditions are repeated outside the sub-select so that on PostgreSQL a row
-    /// claimed concurrently by another node is re-checked and skipped.
+    /// again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several nodes claim at once without
+    /// waiting on each other or taking the same row; the conditions are repeated outside the
+    /// sub-select so a row changed meanwhile is re-checked. SQLite has one writer at a time, so
+    /// the plain form is already exclusive there.
     ///
     /// # Errors
     /// [`Error::Query`].
@@ -413,20 +415,25 @@ impl Db {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedJob>, Error> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let row_lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let claim = format!(
             "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
              WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' \
                  AND next_attempt_at <= $3 AND (locked_until IS NULL OR locked_until < $3) \
-                 ORDER BY next_attempt_at LIMIT $4) \
+                 ORDER BY next_attempt_at LIMIT $4 {row_lock}) \
              AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
-             RETURNING id",
-        )
-        .bind(lease_until)
-        .bind(worker)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             RETURNING id"
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&claim)
+            .bind(lease_until)
+            .bind(worker)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
             let row = sqlx::query(

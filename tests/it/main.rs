@@ -6,5 +6,6 @@ mod delivery;
 mod end_to_end;
 mod fixtures;
 mod process;
+mod scale_out;
 mod smtp_session;
 mod tidy;

@@ -11,19 +11,24 @@ use crate::support::{
     GatewayOptions, Reply, SmtpClient, WebhookReceiver, eventually, simple_message,
 };
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
 
-struct Process {
+pub(crate) struct Process {
     child: Child,
-    smtp: SocketAddr,
-    http: SocketAddr,
+    pub(crate) smtp: SocketAddr,
+    pub(crate) http: SocketAddr,
 }
 
 impl Process {
-    async fn start(cwd: &Path, config: Option<&Path>, smtp: SocketAddr, http: SocketAddr) -> Self {
+    pub(crate) async fn start(
+        cwd: &Path,
+        config: Option<&Path>,
+        smtp: SocketAddr,
+        http: SocketAddr,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mxhook"));
         command.arg("serve");
         if let Some(config) = config {
@@ -56,7 +61,7 @@ impl Process {
         process
     }
 
-    fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
     }

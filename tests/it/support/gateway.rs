@@ -52,6 +52,39 @@ pub struct TestGateway {
     http_client: reqwest::Client,
 }
 
+/// The database a test gateway uses: a SQLite file in its directory, or, when
+/// `MXTEST_DB_BACKEND=postgres`, a fresh database on the PostgreSQL at 127.0.0.1:5432
+/// (`MXTEST_PG_URL` overrides the server URL), so the same tests run on both backends.
+pub fn test_database_url(dir: &std::path::Path) -> String {
+    if std::env::var("MXTEST_DB_BACKEND").as_deref() == Ok("postgres") {
+        postgres_database_url()
+    } else {
+        format!("sqlite://{}", dir.join("mxhook.db").display())
+    }
+}
+
+/// A new, empty database on the test PostgreSQL server.
+pub fn postgres_database_url() -> String {
+    let server = std::env::var("MXTEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let name = format!(
+        "mxhook_t_{}",
+        super::rand_token().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let output = std::process::Command::new("psql")
+        .arg(format!("{server}/test"))
+        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "creating test database: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    format!("{server}/{name}")
+}
+
 /// The config file the tests run with; also used by the process tests.
 pub fn config_toml(dir: &std::path::Path, options: &GatewayOptions) -> String {
     let storage = options
@@ -79,7 +112,7 @@ admin_keys = ["{API_KEY}"]
 path = "{storage}"
 bucket = "test-bucket"
 [database]
-url = "sqlite://{db}"
+url = "{db}"
 [delivery]
 allow_http = true
 allow_private_targets = {allow_private}
@@ -100,7 +133,7 @@ addresses = ["other@example.com"]
 "#,
         max_size = options.max_message_size,
         storage = storage.display(),
-        db = dir.join("mxhook.db").display(),
+        db = test_database_url(dir),
         allow_private = options.allow_private_targets,
         retry = options.retry_base_s,
         max_retries = options.max_retries,

@@ -108,6 +108,11 @@ impl WebhookReceiver {
             .expect("receiver channel closed")
     }
 
+    /// The next request, however long it takes (the caller bounds the wait).
+    pub async fn recv_any(&mut self) -> Received {
+        self.requests.recv().await.expect("receiver channel closed")
+    }
+
     /// Asserts that no request arrives within `quiet`.
     pub async fn assert_silent(&mut self, quiet: Duration) {
         if let Ok(Some(request)) = tokio::time::timeout(quiet, self.requests.recv()).await {

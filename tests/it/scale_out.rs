@@ -1,0 +1,186 @@
+//! Several nodes, one PostgreSQL database and one shared store: real `mxhook` processes on
+//! different loopback ports take mail concurrently, one is killed with SIGKILL mid-run, and every
+//! message that got a 250 is still delivered. Runs on PostgreSQL whatever the suite's backend.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use tokio::sync::Mutex;
+
+use crate::process::{Process, free_addr};
+use crate::support::gateway::{API_KEY, postgres_database_url};
+use crate::support::{SOON, WebhookReceiver, eventually};
+
+const NODES: usize = 3;
+const SENDERS: usize = 6;
+const MESSAGES_PER_SENDER: usize = 250;
+/// SIGKILL node 1 once this many messages have been accepted in all.
+const KILL_AFTER: usize = 500;
+
+fn node_config(storage: &std::path::Path, database_url: &str, webhook_url: &str) -> String {
+    format!(
+        r#"
+[smtp]
+hostname = "mx.test.example"
+[http]
+admin_keys = ["{API_KEY}"]
+[storage]
+path = "{storage}"
+[database]
+url = "{database_url}"
+max_connections = 4
+[delivery]
+allow_http = true
+allow_private_targets = true
+retry_base_s = 0.2
+timeout_s = 1
+lease_s = 2
+[[inbox]]
+id = "agent"
+addresses = ["agent@example.com"]
+webhook_url = "{webhook_url}"
+webhook_secret = "scale-out-secret"
+"#,
+        storage = storage.display(),
+    )
+}
+
+/// Sends one message to the first node that answers 250, like a sending MTA with several MX
+/// hosts; returns the gateway's message id from the 250 reply.
+async fn send_anywhere(
+    nodes: &[std::net::SocketAddr],
+    start: usize,
+    sequence: usize,
+) -> Option<String> {
+    for offset in 0..nodes.len() {
+        let addr = nodes[(start + offset) % nodes.len()];
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(addr.port())
+            .timeout(Some(Duration::from_secs(10)))
+            .build();
+        let message = lettre::Message::builder()
+            .from("load@sender.example".parse().ok()?)
+            .to("agent@example.com".parse().ok()?)
+            .subject(format!("load {sequence}"))
+            .body(format!("message number {sequence}"))
+            .ok()?;
+        if let Ok(response) = transport.send(message).await {
+            let text: Vec<&str> = response.message().collect();
+            return text.join(" ").split_whitespace().last().map(str::to_owned);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = dir.path().join("shared-store");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(
+        &config_path,
+        node_config(&storage, &postgres_database_url(), &receiver.url()),
+    )
+    .expect("write config");
+
+    let mut processes = Vec::new();
+    for _ in 0..NODES {
+        processes.push(Some(
+            Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await,
+        ));
+    }
+    let smtp_addrs: Vec<_> = processes.iter().flatten().map(|p| p.smtp).collect();
+    let surviving_http = processes[0].as_ref().map(|p| p.http).expect("node 0");
+
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut senders = Vec::new();
+    for sender in 0..SENDERS {
+        let accepted = Arc::clone(&accepted);
+        let nodes = smtp_addrs.clone();
+        senders.push(tokio::spawn(async move {
+            for n in 0..MESSAGES_PER_SENDER {
+                let sequence = sender * MESSAGES_PER_SENDER + n;
+                if let Some(id) = send_anywhere(&nodes, sequence, sequence).await {
+                    accepted.lock().await.push(id);
+                }
+            }
+        }));
+    }
+
+    eventually("enough messages accepted to kill a node mid-run", || {
+        let accepted = Arc::clone(&accepted);
+        async move { (accepted.lock().await.len() >= KILL_AFTER).then_some(()) }
+    })
+    .await;
+    processes[1].take().expect("node 1").kill_9();
+
+    for sender in senders {
+        tokio::time::timeout(Duration::from_secs(300), sender)
+            .await
+            .expect("senders finish")
+            .expect("sender task");
+    }
+    let accepted: HashSet<String> = accepted.lock().await.iter().cloned().collect();
+    assert!(
+        accepted.len() >= SENDERS * MESSAGES_PER_SENDER * 9 / 10,
+        "only {} accepted",
+        accepted.len()
+    );
+
+    let mut deliveries: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !accepted.iter().all(|id| deliveries.contains_key(id)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} accepted messages never delivered",
+            accepted
+                .iter()
+                .filter(|id| !deliveries.contains_key(*id))
+                .count(),
+            accepted.len()
+        );
+        if let Ok(request) = tokio::time::timeout(SOON, receiver.recv_any()).await {
+            let event = request.json();
+            let id = event["message_id"].as_str().expect("message id").to_owned();
+            *deliveries.entry(id).or_default() += 1;
+        }
+    }
+    // Let retries of the killed node's in-flight attempts land before counting duplicates.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Ok(request) =
+        tokio::time::timeout(Duration::from_millis(200), receiver.recv_any()).await
+    {
+        let id = request.json()["message_id"]
+            .as_str()
+            .expect("message id")
+            .to_owned();
+        *deliveries.entry(id).or_default() += 1;
+    }
+    let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
+    // Only attempts in flight on the killed node can repeat: at most its worker count.
+    assert!(duplicates <= 16, "{duplicates} duplicate deliveries");
+
+    let client = reqwest::Client::new();
+    let body: serde_json::Value = client
+        .get(format!(
+            "http://{surviving_http}/v1/deliveries?status=pending&limit=1000"
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("api")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        body["deliveries"],
+        serde_json::json!([]),
+        "jobs left pending"
+    );
+    for process in processes.into_iter().flatten() {
+        process.kill_9();
+    }
+}
