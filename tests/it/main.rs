@@ -3,6 +3,7 @@
 mod support;
 
 mod delivery;
+mod deploy;
 mod end_to_end;
 mod fixtures;
 mod process;
