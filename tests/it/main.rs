@@ -8,5 +8,6 @@ mod end_to_end;
 mod fixtures;
 mod process;
 mod scale_out;
+mod signatures;
 mod smtp_session;
 mod tidy;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use gateway::{GatewayOptions, TestGateway};
-pub use receiver::{Reply, WebhookReceiver};
+pub use receiver::{Received, Reply, WebhookReceiver};
 pub use smtp_client::SmtpClient;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core CI machine.
