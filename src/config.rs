@@ -51,6 +51,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub forward: ForwardConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -240,6 +242,32 @@ impl Default for DeliveryConfig {
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
         }
+    }
+}
+
+/// The email-forward channel's outgoing relay.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// `smtp://host:port` (STARTTLS when offered; `?tls=required` to insist) or
+    /// `smtps://host:port`; credentials as `smtp://user:pass@host`. Unset: email channels fail
+    /// their deliveries with a clear error and stay resendable.
+    pub smarthost: Option<String>,
+    /// Envelope and header From of forwards; defaults to `mxhook@<smtp.hostname>`.
+    pub from_address: Option<String>,
+}
+
+impl fmt::Debug for ForwardConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = self
+            .smarthost
+            .as_deref()
+            .and_then(|url| url::Url::parse(url).ok())
+            .map(|url| format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default()));
+        f.debug_struct("ForwardConfig")
+            .field("smarthost", &host)
+            .field("from_address", &self.from_address)
+            .finish()
     }
 }
 
@@ -480,6 +508,25 @@ impl Config {
             return Err(invalid(
                 "delivery.max_payload_bytes",
                 "must be at least 4096",
+            ));
+        }
+
+        if let Some(smarthost) = &self.forward.smarthost {
+            let parsed = url::Url::parse(smarthost)
+                .map_err(|err| invalid("forward.smarthost", format!("not a valid URL: {err}")))?;
+            if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
+                return Err(invalid(
+                    "forward.smarthost",
+                    "must be smtp://host[:port] or smtps://host[:port]",
+                ));
+            }
+        }
+        if let Some(from) = &self.forward.from_address
+            && normalize_address(from).is_none()
+        {
+            return Err(invalid(
+                "forward.from_address",
+                "must be a local@domain address",
             ));
         }
 

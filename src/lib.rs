@@ -22,5 +22,6 @@ pub mod event;
 pub mod intake;
 pub mod model;
 pub mod parse;
+pub mod route;
 pub mod smtp;
 pub mod store;

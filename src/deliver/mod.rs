@@ -6,6 +6,7 @@
 //! commit. A node that dies mid-attempt leaves a lease that expires, after which the job is due
 //! again (at-least-once). Receivers deduplicate on `webhook-id` / `event_id`.
 
+pub mod forward;
 pub mod retry;
 pub mod signature;
 pub mod webhook;

@@ -6,6 +6,7 @@ mod delivery;
 mod deploy;
 mod end_to_end;
 mod fixtures;
+mod forward;
 mod process;
 mod scale_out;
 mod signatures;

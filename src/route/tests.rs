@@ -1,0 +1,152 @@
+use serde_json::json;
+
+use super::*;
+
+fn flags(verified: bool, types: &[&str], sender: &str, tier: &str) -> EventFlags {
+    EventFlags::from_event(&json!({
+        "sender_verified": verified,
+        "traffic_types": types,
+        "sender": sender,
+        "peer_trust_tier": tier,
+    }))
+}
+
+#[track_caller]
+fn check(rules: serde_json::Value, event_flags: &EventFlags, expected: &[&str]) {
+    let rules: Vec<Rule> = serde_json::from_value(rules).expect("rules parse");
+    let got: Vec<String> = routes(&rules, event_flags, |address| {
+        address == "agent@example.com"
+    })
+    .into_iter()
+    .map(|route| match route {
+        Route::Webhook { rule_id } => format!("webhook:{rule_id}"),
+        Route::Email {
+            rule_id,
+            recipients,
+        } => format!("email:{rule_id}:{}", recipients.join(",")),
+    })
+    .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn all_set_filters_must_match() {
+    let rules = json!([{
+        "id": "r1",
+        "filters": {"sender_verified": true, "traffic_types": ["human"], "sender_domains": ["example.org"], "trust_tiers": ["verified", "trusted"]},
+        "channels": {"webhook": {"url": "https://hooks.example.net/a"}}
+    }]);
+    check(
+        rules.clone(),
+        &flags(true, &["human"], "a@mail.example.org", "verified"),
+        &["webhook:r1"],
+    );
+    check(
+        rules.clone(),
+        &flags(false, &["human"], "a@example.org", "verified"),
+        &[],
+    );
+    check(
+        rules.clone(),
+        &flags(true, &["bulk"], "a@example.org", "verified"),
+        &[],
+    );
+    check(
+        rules.clone(),
+        &flags(true, &["human"], "a@notexample.org", "verified"),
+        &[],
+    );
+    check(
+        rules,
+        &flags(true, &["human"], "a@example.org", "suspicious"),
+        &[],
+    );
+}
+
+#[test]
+fn empty_filters_match_everything_and_disabled_rules_nothing() {
+    let rules = json!([
+        {"id": "all", "channels": {"email": {"recipients": ["ops@elsewhere.example"]}}},
+        {"id": "off", "enabled": false, "channels": {"webhook": {"url": "https://hooks.example.net/b"}}},
+        {"id": "off-channel", "channels": {"webhook": {"enabled": false, "url": "https://hooks.example.net/c"}}}
+    ]);
+    check(
+        rules,
+        &flags(false, &[], "x@y.example", "unverified"),
+        &["email:all:ops@elsewhere.example"],
+    );
+}
+
+#[test]
+fn forwards_never_go_to_the_gateways_own_inboxes() {
+    let rules = json!([
+        {"id": "loop", "channels": {"email": {"recipients": ["Agent@Example.com", "ops@elsewhere.example"]}}},
+        {"id": "only-loop", "channels": {"email": {"recipients": ["agent@example.com"]}}}
+    ]);
+    check(
+        rules,
+        &flags(true, &[], "x@y.example", "verified"),
+        &["email:loop:ops@elsewhere.example"],
+    );
+}
+
+#[test]
+fn validation_names_the_field() {
+    let delivery = DeliveryConfig::default();
+    let parse = |value: serde_json::Value| serde_json::from_value::<Rule>(value).expect("parses");
+    let cases = [
+        (
+            json!({"id": "r", "channels": {"webhook": {"url": "http://hooks.example.net"}}}),
+            "channels.webhook.url",
+        ),
+        (
+            json!({"id": "r", "channels": {"webhook": {"url": "https://h.example", "timeout_s": 301}}}),
+            "timeout_s",
+        ),
+        (
+            json!({"id": "r", "channels": {"webhook": {"url": "https://h.example", "max_retries": 11}}}),
+            "max_retries",
+        ),
+        (
+            json!({"id": "r", "channels": {"webhook": {"url": "https://h.example", "custom_headers": {"webhook-id": "x"}}}}),
+            "custom_headers",
+        ),
+        (
+            json!({"id": "r", "channels": {"email": {"recipients": ["not an address"]}}}),
+            "recipients",
+        ),
+        (
+            json!({"id": "r", "filters": {"trust_tiers": ["golden"]}}),
+            "trust_tiers",
+        ),
+        (json!({"id": ""}), "id"),
+    ];
+    for (rule, field) in cases {
+        let message = parse(rule.clone())
+            .validate(&delivery)
+            .expect_err("invalid rule accepted");
+        assert!(
+            message.contains(field),
+            "{rule}: `{message}` does not name {field}"
+        );
+    }
+    assert!(serde_json::from_value::<Rule>(json!({"id": "r", "bogus": 1})).is_err());
+}
+
+#[test]
+fn webhook_secret_is_write_only() {
+    let rule: Rule = serde_json::from_value(json!({
+        "id": "r", "channels": {"webhook": {"url": "https://h.example", "secret": "hush"}}
+    }))
+    .expect("parses");
+    assert_eq!(
+        rule.channels
+            .webhook
+            .as_ref()
+            .and_then(|w| w.secret.as_deref()),
+        Some("hush")
+    );
+    let shown = serde_json::to_string(&rule).expect("serializes");
+    assert!(!shown.contains("hush"), "{shown}");
+    assert!(!format!("{rule:?}").contains("hush"));
+}
