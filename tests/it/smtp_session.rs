@@ -280,3 +280,76 @@ async fn shutdown_tells_idle_sessions_421_and_finishes_a_message_in_flight() {
     // the next start does (the process tests cover restarts).
     let _ = &mut receiver;
 }
+
+#[tokio::test]
+async fn connection_cap_holds_extra_clients_until_a_session_ends() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml =
+        crate::support::gateway::config_toml(dir.path(), &GatewayOptions::webhook(receiver.url()))
+            .replace(
+                "hostname = \"mx.test.example\"",
+                "hostname = \"mx.test.example\"\nmax_connections = 2\nsession_timeout_s = 30",
+            );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
+    let gateway = TestGateway::start_with(dir, config).await;
+    let first = SmtpClient::connect(gateway.smtp).await;
+    let _second = SmtpClient::connect(gateway.smtp).await;
+
+    // The third connection is made by the kernel but gets no greeting while two sessions run.
+    let third = tokio::net::TcpStream::connect(gateway.smtp)
+        .await
+        .expect("tcp connect");
+    let mut third = tokio::io::BufReader::new(third);
+    let mut line = String::new();
+    let early = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncBufReadExt::read_line(&mut third, &mut line),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "third client greeted over the cap: {line:?}"
+    );
+
+    drop(first);
+    tokio::time::timeout(
+        crate::support::SOON,
+        tokio::io::AsyncBufReadExt::read_line(&mut third, &mut line),
+    )
+    .await
+    .expect("greeting once a slot is free")
+    .expect("read");
+    assert!(line.starts_with("220 "), "{line:?}");
+}
+
+#[tokio::test]
+async fn whole_session_deadline_closes_a_busy_but_endless_session() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml =
+        crate::support::gateway::config_toml(dir.path(), &GatewayOptions::webhook(receiver.url()))
+            .replace(
+                "hostname = \"mx.test.example\"",
+                "hostname = \"mx.test.example\"\nsession_timeout_s = 1",
+            );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
+    let gateway = TestGateway::start_with(dir, config).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let started = tokio::time::Instant::now();
+    // Never idle, so only the session deadline can end it.
+    loop {
+        let (code, text) = client.cmd("NOOP").await;
+        if code == 421 {
+            assert!(text.starts_with("4.4.2"), "{text}");
+            break;
+        }
+        assert_eq!(code, 250);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "session never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(client.is_closed().await);
+}
