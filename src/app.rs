@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::deliver::Dispatcher;
 use crate::directory::Directory;
+use crate::ingress::{self, IngressState};
 use crate::intake::Intake;
 use crate::smtp::{self, SessionContext};
 use crate::store::Store;
@@ -95,6 +96,14 @@ pub async fn run_with_listeners(
         admin_keys: config.http.admin_keys.clone(),
         dispatcher_wakeup: Arc::clone(&wakeup),
     });
+    let ingress_state = Arc::new(IngressState {
+        db: db.clone(),
+        intake: Arc::clone(&intake),
+        directory: directory.clone(),
+        config: config.ingress.clone(),
+        admin_keys: config.http.admin_keys.clone(),
+        calendar_types: IngressState::calendar_types(&config),
+    });
     let session_ctx = Arc::new(SessionContext {
         config: config.smtp.clone(),
         directory,
@@ -115,7 +124,7 @@ pub async fn run_with_listeners(
     ));
     tracker.spawn(Arc::clone(&dispatcher).run(tracker.clone(), token.child_token()));
     let api_token = token.child_token();
-    let router = api::router(api_state);
+    let router = api::router(api_state).merge(ingress::router(ingress_state));
     tracker.spawn(async move {
         let served = axum::serve(http_listener, router)
             .with_graceful_shutdown(async move { api_token.cancelled().await })

@@ -53,6 +53,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub forward: ForwardConfig,
+    #[serde(default)]
+    pub ingress: IngressConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -245,6 +247,32 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// Webhooks from mail and calendar providers (`/v1/ingress/...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// Accept provider webhooks for inboxes that have no secret for that provider. Off: such
+    /// requests get 401.
+    pub allow_unsigned: bool,
+    /// How far a signed timestamp may be from now, in seconds (Calendly, SendGrid).
+    pub timestamp_tolerance_s: i64,
+    /// How long a rotated-out secret stays valid, in seconds.
+    pub rotation_grace_s: f64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            allow_unsigned: false,
+            timestamp_tolerance_s: 300,
+            rotation_grace_s: 86_400.0,
+            max_body_bytes: 30 << 20,
+        }
+    }
+}
+
 /// The email-forward channel's outgoing relay.
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -337,6 +365,10 @@ pub struct InboxConfig {
     pub signature: SignatureScheme,
     #[serde(default = "default_payload")]
     pub payload: PayloadFormat,
+    /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
+    /// `calendly:<event type URI>`.
+    #[serde(default)]
+    pub calendar_event_types: Vec<String>,
 }
 
 impl fmt::Debug for InboxConfig {
@@ -351,6 +383,7 @@ impl fmt::Debug for InboxConfig {
             )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("calendar_event_types", &self.calendar_event_types)
             .finish()
     }
 }
@@ -530,8 +563,22 @@ impl Config {
             ));
         }
 
+        if self.ingress.timestamp_tolerance_s <= 0 {
+            return Err(invalid(
+                "ingress.timestamp_tolerance_s",
+                "must be greater than 0",
+            ));
+        }
+        if !(self.ingress.rotation_grace_s.is_finite() && self.ingress.rotation_grace_s >= 0.0) {
+            return Err(invalid(
+                "ingress.rotation_grace_s",
+                "must be 0 or more seconds",
+            ));
+        }
+
         let mut ids = HashSet::new();
         let mut addresses = HashSet::new();
+        let mut calendar_types = HashSet::new();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             let key = |field: &str| format!("inbox[{idx}].{field}");
             if !is_valid_inbox_id(&inbox.id) {
@@ -566,6 +613,27 @@ impl Config {
             if let Some(url) = &inbox.webhook_url {
                 validate_webhook_url(url, delivery)
                     .map_err(|message| invalid(key("webhook_url"), message))?;
+            }
+            for event_type in &inbox.calendar_event_types {
+                let known = ["calcom:", "calendly:"].iter().any(|prefix| {
+                    event_type
+                        .strip_prefix(prefix)
+                        .is_some_and(|id| !id.is_empty())
+                });
+                if !known {
+                    return Err(invalid(
+                        key("calendar_event_types"),
+                        format!(
+                            "`{event_type}` is not `calcom:<id>` or `calendly:<event type URI>`"
+                        ),
+                    ));
+                }
+                if !calendar_types.insert(event_type.as_str()) {
+                    return Err(invalid(
+                        key("calendar_event_types"),
+                        format!("`{event_type}` belongs to more than one inbox"),
+                    ));
+                }
             }
             if let Some(secret) = &inbox.webhook_secret {
                 if secret.is_empty() {

@@ -159,4 +159,87 @@ impl Intake {
             }
         }
     }
+
+    /// Makes a non-mail event durable for one inbox (calendar bookings from provider webhooks):
+    /// the provider's request body is stored as the raw object, `build` makes the event from
+    /// the ids, and the event and its delivery job are committed in one transaction, as for mail.
+    pub async fn accept_event(
+        &self,
+        inbox_id: &str,
+        raw: &[u8],
+        build: impl FnOnce(&EventIds<'_>) -> serde_json::Value,
+    ) -> Outcome {
+        let received_at = now_ms();
+        let message_id = new_id("msg");
+        let event_id = new_id("evt");
+        let key = format!("{}{inbox_id}/{message_id}.json", self.prefix);
+        let event = build(&EventIds {
+            event_id: &event_id,
+            message_id: &message_id,
+            received_at_ms: received_at,
+            s3_bucket: &self.bucket,
+            s3_key: &key,
+        });
+        let deliveries = self
+            .directory
+            .inbox(inbox_id)
+            .and_then(|inbox| inbox.webhook)
+            .filter(|webhook| webhook.enabled)
+            .map(|webhook| NewDelivery {
+                id: new_id("dlv"),
+                channel: "webhook".to_owned(),
+                endpoint_ref: "inbox".to_owned(),
+                target: webhook.url,
+            })
+            .into_iter()
+            .collect();
+        if let Err(err) = self.store.put(&key, raw).await {
+            tracing::error!(error = %err, key, "storing provider payload failed");
+            return Outcome::TempFail {
+                reason: "storage unavailable".to_owned(),
+            };
+        }
+        let message = NewMessage {
+            id: message_id,
+            inbox_id: inbox_id.to_owned(),
+            event_id,
+            storage_bucket: self.bucket.clone(),
+            storage_key: key.clone(),
+            size: i64::try_from(raw.len()).unwrap_or(i64::MAX),
+            envelope_from: None,
+            envelope_to: Vec::new(),
+            remote_ip: None,
+            helo: String::new(),
+            header_message_id: None,
+            sender: None,
+            subject: event["booking"]["title"].as_str().map(str::to_owned),
+            received_at,
+            event_json: event.to_string(),
+            deliveries,
+        };
+        if let Err(err) = self
+            .db
+            .commit_accepted(std::slice::from_ref(&message))
+            .await
+        {
+            tracing::error!(error = %err, "committing provider event failed");
+            self.undo(std::slice::from_ref(&key)).await;
+            return Outcome::TempFail {
+                reason: "database unavailable".to_owned(),
+            };
+        }
+        self.dispatcher_wakeup.notify_waiters();
+        Outcome::Accepted {
+            message_ids: vec![message.id],
+        }
+    }
+}
+
+/// The ids and storage location a non-mail event is built with.
+pub struct EventIds<'a> {
+    pub event_id: &'a str,
+    pub message_id: &'a str,
+    pub received_at_ms: i64,
+    pub s3_bucket: &'a str,
+    pub s3_key: &'a str,
 }

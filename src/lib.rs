@@ -19,6 +19,7 @@ pub mod db;
 pub mod deliver;
 pub mod directory;
 pub mod event;
+pub mod ingress;
 pub mod intake;
 pub mod model;
 pub mod parse;

@@ -64,6 +64,15 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    authorize_admin(&state.admin_keys, &headers)?;
+    Ok(next.run(request).await)
+}
+
+/// Checks `Authorization: Bearer <key>` against the admin keys.
+///
+/// # Errors
+/// [`ApiError::Unauthorized`] when the header is missing or the key is not an admin key.
+pub fn authorize_admin(admin_keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -72,11 +81,11 @@ async fn require_admin(
         .ok_or(ApiError::Unauthorized("missing Bearer token"))?;
     // Every key is compared, matched or not, so timing reveals neither which key nor how much
     // of it matched.
-    let matched = state.admin_keys.iter().fold(false, |found, key| {
+    let matched = admin_keys.iter().fold(false, |found, key| {
         found | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
     });
     if matched {
-        Ok(next.run(request).await)
+        Ok(())
     } else {
         Err(ApiError::Unauthorized("invalid API key"))
     }

@@ -7,6 +7,7 @@ mod deploy;
 mod end_to_end;
 mod fixtures;
 mod forward;
+mod ingress;
 mod process;
 mod scale_out;
 mod signatures;

@@ -1,0 +1,369 @@
+//! Pure per-provider rules: how each provider signs its webhooks, and what its payload says.
+//! Signatures are checked in constant time over the exact request bytes. No IO, no clock: the
+//! caller passes the current time.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// The providers mxhook accepts webhooks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    MailerSend,
+    CalCom,
+    Calendly,
+    SendGrid,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [
+        Self::MailerSend,
+        Self::CalCom,
+        Self::Calendly,
+        Self::SendGrid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MailerSend => "mailersend",
+            Self::CalCom => "calcom",
+            Self::Calendly => "calendly",
+            Self::SendGrid => "sendgrid",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|provider| provider.as_str() == value)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("the {0} header is missing")]
+    MissingSignature(&'static str),
+    #[error("the signature header is malformed")]
+    MalformedSignature,
+    #[error("the signature does not match")]
+    BadSignature,
+    #[error("the signed timestamp is outside the accepted window")]
+    StaleTimestamp,
+    #[error("the payload is not what the provider sends: {0}")]
+    BadPayload(String),
+}
+
+/// Request headers, as lowercase name → value.
+pub type Headers<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Checks one request against every secret that is currently valid for it (two during a
+/// rotation). `now_s` and `tolerance_s` bound timestamps where the provider signs one.
+///
+/// # Errors
+/// Why the request is not authentic.
+pub fn verify(
+    provider: Provider,
+    headers: Headers<'_>,
+    body: &[u8],
+    secrets: &[String],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<(), Error> {
+    match provider {
+        Provider::MailerSend => {
+            let signature = headers("signature").ok_or(Error::MissingSignature("Signature"))?;
+            any_secret(secrets, |secret| {
+                hex_hmac_matches(secret, &[body], &signature)
+            })
+        }
+        Provider::CalCom => {
+            let signature = headers("x-cal-signature-256")
+                .ok_or(Error::MissingSignature("X-Cal-Signature-256"))?;
+            any_secret(secrets, |secret| {
+                hex_hmac_matches(secret, &[body], &signature)
+            })
+        }
+        Provider::Calendly => {
+            let header = headers("calendly-webhook-signature")
+                .ok_or(Error::MissingSignature("Calendly-Webhook-Signature"))?;
+            let mut timestamp = None;
+            let mut signature = None;
+            for part in header.split(',') {
+                match part.trim().split_once('=') {
+                    Some(("t", value)) => timestamp = Some(value.to_owned()),
+                    Some(("v1", value)) => signature = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+            let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
+                return Err(Error::MalformedSignature);
+            };
+            check_window(&timestamp, now_s, tolerance_s)?;
+            any_secret(secrets, |secret| {
+                hex_hmac_matches(secret, &[timestamp.as_bytes(), b".", body], &signature)
+            })
+        }
+        Provider::SendGrid => {
+            let signature = headers("x-twilio-email-event-webhook-signature").ok_or(
+                Error::MissingSignature("X-Twilio-Email-Event-Webhook-Signature"),
+            )?;
+            let timestamp = headers("x-twilio-email-event-webhook-timestamp").ok_or(
+                Error::MissingSignature("X-Twilio-Email-Event-Webhook-Timestamp"),
+            )?;
+            check_window(&timestamp, now_s, tolerance_s)?;
+            let signature = BASE64
+                .decode(signature.trim())
+                .map_err(|_| Error::MalformedSignature)?;
+            let mut signed = Vec::with_capacity(timestamp.len() + body.len());
+            signed.extend_from_slice(timestamp.as_bytes());
+            signed.extend_from_slice(body);
+            // The "secret" of SendGrid is its verification public key (base64 DER
+            // SubjectPublicKeyInfo, as SendGrid shows it), checked with ECDSA P-256 / SHA-256.
+            any_secret(secrets, |public_key| {
+                let Ok(key) = BASE64.decode(public_key.trim()) else {
+                    return false;
+                };
+                aws_lc_rs::signature::UnparsedPublicKey::new(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+                    key,
+                )
+                .verify(&signed, &signature)
+                .is_ok()
+            })
+        }
+    }
+}
+
+fn any_secret(secrets: &[String], matches: impl Fn(&str) -> bool) -> Result<(), Error> {
+    // Every secret is tried, so timing does not reveal which one matched.
+    let matched = secrets
+        .iter()
+        .fold(false, |found, secret| found | matches(secret));
+    if matched {
+        Ok(())
+    } else {
+        Err(Error::BadSignature)
+    }
+}
+
+fn hex_hmac_matches(secret: &str, parts: &[&[u8]], signature_hex: &str) -> bool {
+    let Ok(expected) = hex::decode(signature_hex.trim().trim_start_matches("sha256=")) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(&expected).is_ok()
+}
+
+fn check_window(timestamp: &str, now_s: i64, tolerance_s: i64) -> Result<(), Error> {
+    let signed_at: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| Error::MalformedSignature)?;
+    if (now_s - signed_at).abs() > tolerance_s {
+        return Err(Error::StaleTimestamp);
+    }
+    Ok(())
+}
+
+/// An inbound mail handed over by a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMail {
+    /// The provider's id for this delivery, for replay protection.
+    pub event_key: String,
+    pub mail_from: Option<String>,
+    pub recipients: Vec<String>,
+    /// The message as MIME: the provider's raw copy when it sends one, else one built from the
+    /// parsed fields.
+    pub raw: Vec<u8>,
+}
+
+/// Reads a MailerSend `inbound.message` webhook.
+///
+/// # Errors
+/// [`Error::BadPayload`] naming what is missing.
+pub fn mailersend_mail(payload: &Value) -> Result<InboundMail, Error> {
+    let data = payload
+        .get("data")
+        .ok_or_else(|| Error::BadPayload("no `data` object".to_owned()))?;
+    let event_key = data["id"].as_str().map(str::to_owned).unwrap_or_default();
+    let mut recipients: Vec<String> = data["recipients"]["rcptTo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            data["recipients"]["to"]["data"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|recipient| recipient["email"].as_str())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    recipients.dedup();
+    if recipients.is_empty() {
+        return Err(Error::BadPayload("no recipients".to_owned()));
+    }
+    let mail_from = data["from"]["email"].as_str().map(str::to_owned);
+    let raw = match data["raw"].as_str() {
+        Some(raw) if !raw.is_empty() => raw.as_bytes().to_vec(),
+        _ => build_mime(data, mail_from.as_deref().unwrap_or_default(), &recipients),
+    };
+    Ok(InboundMail {
+        event_key,
+        mail_from,
+        recipients,
+        raw,
+    })
+}
+
+/// A minimal MIME message from parsed fields, for payloads without the raw message.
+fn build_mime(data: &Value, from: &str, recipients: &[String]) -> Vec<u8> {
+    let clean = |text: &str| text.replace(['\r', '\n'], " ");
+    let subject = clean(data["subject"].as_str().unwrap_or_default());
+    let text = data["text"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    let html = data["html"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    let boundary = "mxhook-ingress-boundary";
+    format!(
+        "From: {}\r\nTo: {}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
+--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n\
+--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{html}\r\n\
+--{boundary}--\r\n",
+        clean(from),
+        clean(&recipients.join(", ")),
+    )
+    .into_bytes()
+}
+
+/// What happened to a booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingChange {
+    Created,
+    Cancelled,
+    Rescheduled,
+}
+
+impl BookingChange {
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Self::Created => "calendar.booking.created",
+            Self::Cancelled => "calendar.booking.cancelled",
+            Self::Rescheduled => "calendar.booking.rescheduled",
+        }
+    }
+}
+
+/// A calendar booking change, normalised across providers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Booking {
+    pub change: BookingChange,
+    /// `<provider>:<event type id>`, matched against the inboxes' `calendar_event_types`.
+    pub event_type_key: String,
+    /// Provider id of this delivery, for replay protection.
+    pub event_key: String,
+    /// The normalised booking fields sent in the event's `booking` object.
+    pub booking: Value,
+}
+
+/// Reads a Cal.com webhook (`BOOKING_CREATED`, `BOOKING_CANCELLED`, `BOOKING_RESCHEDULED`).
+/// Other triggers are `Ok(None)`: authentic, but not an event mxhook delivers.
+///
+/// # Errors
+/// [`Error::BadPayload`] naming what is missing.
+pub fn calcom_booking(payload: &Value) -> Result<Option<Booking>, Error> {
+    let change = match payload["triggerEvent"].as_str() {
+        Some("BOOKING_CREATED") => BookingChange::Created,
+        Some("BOOKING_CANCELLED") => BookingChange::Cancelled,
+        Some("BOOKING_RESCHEDULED") => BookingChange::Rescheduled,
+        Some(_) => return Ok(None),
+        None => return Err(Error::BadPayload("no `triggerEvent`".to_owned())),
+    };
+    let booking = &payload["payload"];
+    let event_type_id = match &booking["eventTypeId"] {
+        Value::Number(number) => number.to_string(),
+        Value::String(text) => text.clone(),
+        _ => return Err(Error::BadPayload("no `payload.eventTypeId`".to_owned())),
+    };
+    let uid = booking["uid"].as_str().unwrap_or_default();
+    Ok(Some(Booking {
+        change,
+        event_type_key: format!("calcom:{event_type_id}"),
+        event_key: format!(
+            "{}:{uid}:{}",
+            change.event_type(),
+            payload["createdAt"].as_str().unwrap_or_default()
+        ),
+        booking: serde_json::json!({
+            "provider": "calcom",
+            "uid": uid,
+            "title": booking["title"],
+            "start_time": booking["startTime"],
+            "end_time": booking["endTime"],
+            "event_type_id": event_type_id,
+            "organizer": {"email": booking["organizer"]["email"], "name": booking["organizer"]["name"]},
+            "attendees": booking["attendees"].as_array().into_iter().flatten()
+                .map(|a| serde_json::json!({"email": a["email"], "name": a["name"]}))
+                .collect::<Vec<_>>(),
+            "cancellation_reason": booking["cancellationReason"],
+        }),
+    }))
+}
+
+/// Reads a Calendly webhook (`invitee.created`, `invitee.canceled`). A cancellation that is half
+/// of a reschedule is `Ok(None)`: the paired `invitee.created` (with `old_invitee`) carries the
+/// reschedule, so the agent hears about it once.
+///
+/// # Errors
+/// [`Error::BadPayload`] naming what is missing.
+pub fn calendly_booking(payload: &Value) -> Result<Option<Booking>, Error> {
+    let inner = &payload["payload"];
+    let change = match payload["event"].as_str() {
+        Some("invitee.created") if !inner["old_invitee"].is_null() => BookingChange::Rescheduled,
+        Some("invitee.created") => BookingChange::Created,
+        Some("invitee.canceled") if inner["rescheduled"].as_bool() == Some(true) => {
+            return Ok(None);
+        }
+        Some("invitee.canceled") => BookingChange::Cancelled,
+        Some(_) => return Ok(None),
+        None => return Err(Error::BadPayload("no `event`".to_owned())),
+    };
+    let scheduled = &inner["scheduled_event"];
+    let event_type = scheduled["event_type"]
+        .as_str()
+        .ok_or_else(|| Error::BadPayload("no `payload.scheduled_event.event_type`".to_owned()))?;
+    let invitee = inner["uri"].as_str().unwrap_or_default();
+    Ok(Some(Booking {
+        change,
+        event_type_key: format!("calendly:{event_type}"),
+        event_key: format!("{}:{invitee}", change.event_type()),
+        booking: serde_json::json!({
+            "provider": "calendly",
+            "uid": invitee,
+            "title": scheduled["name"],
+            "start_time": scheduled["start_time"],
+            "end_time": scheduled["end_time"],
+            "event_type_id": event_type,
+            "organizer": {"email": scheduled["event_memberships"][0]["user_email"], "name": scheduled["event_memberships"][0]["user_name"]},
+            "attendees": [{"email": inner["email"], "name": inner["name"]}],
+            "cancellation_reason": inner["cancellation"]["reason"],
+        }),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

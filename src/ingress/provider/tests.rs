@@ -1,0 +1,166 @@
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+
+use super::*;
+
+fn hmac_hex(secret: &str, data: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(data);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn headers(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[test]
+fn hmac_providers_accept_only_the_right_secret_and_body() {
+    let body = br#"{"x":1}"#;
+    let secrets = vec!["old".to_owned(), "new".to_owned()];
+    for (provider, header) in [
+        (Provider::MailerSend, "signature"),
+        (Provider::CalCom, "x-cal-signature-256"),
+    ] {
+        let good = headers(&[(header, hmac_hex("new", body))]);
+        assert_eq!(verify(provider, &good, body, &secrets, 0, 300), Ok(()));
+        assert_eq!(
+            verify(provider, &good, b"{\"x\":2}", &secrets, 0, 300),
+            Err(Error::BadSignature)
+        );
+        let wrong = headers(&[(header, hmac_hex("other", body))]);
+        assert_eq!(
+            verify(provider, &wrong, body, &secrets, 0, 300),
+            Err(Error::BadSignature)
+        );
+        assert!(matches!(
+            verify(provider, &headers(&[]), body, &secrets, 0, 300),
+            Err(Error::MissingSignature(_))
+        ));
+    }
+}
+
+#[test]
+fn calendly_checks_the_timestamp_window() {
+    let body = br#"{"event":"invitee.created"}"#;
+    let signed = |t: i64| {
+        let mut data = format!("{t}.").into_bytes();
+        data.extend_from_slice(body);
+        headers(&[(
+            "calendly-webhook-signature",
+            format!("t={t},v1={}", hmac_hex("key", &data)),
+        )])
+    };
+    let secrets = vec!["key".to_owned()];
+    assert_eq!(
+        verify(Provider::Calendly, &signed(1000), body, &secrets, 1100, 300),
+        Ok(())
+    );
+    assert_eq!(
+        verify(Provider::Calendly, &signed(1000), body, &secrets, 2000, 300),
+        Err(Error::StaleTimestamp)
+    );
+    let garbled = headers(&[("calendly-webhook-signature", "v1=abc".to_owned())]);
+    assert_eq!(
+        verify(Provider::Calendly, &garbled, body, &secrets, 0, 300),
+        Err(Error::MalformedSignature)
+    );
+}
+
+#[test]
+fn sendgrid_ecdsa_signature_over_timestamp_and_body() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+    let public = BASE64.encode(key.public_key().as_der().expect("spki").as_ref());
+    let body = b"--x\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nraw\r\n--x--\r\n";
+    let signature = BASE64.encode(
+        key.sign(&rng, &[b"1000".as_slice(), body].concat())
+            .expect("sign"),
+    );
+    let good = headers(&[
+        ("x-twilio-email-event-webhook-signature", signature.clone()),
+        ("x-twilio-email-event-webhook-timestamp", "1000".to_owned()),
+    ]);
+    assert_eq!(
+        verify(
+            Provider::SendGrid,
+            &good,
+            body,
+            std::slice::from_ref(&public),
+            1000,
+            300
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        verify(
+            Provider::SendGrid,
+            &good,
+            b"tampered",
+            std::slice::from_ref(&public),
+            1000,
+            300
+        ),
+        Err(Error::BadSignature)
+    );
+    let other = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+    let other_public = BASE64.encode(other.public_key().as_der().expect("spki").as_ref());
+    assert_eq!(
+        verify(Provider::SendGrid, &good, body, &[other_public], 1000, 300),
+        Err(Error::BadSignature)
+    );
+}
+
+#[test]
+fn payloads_are_read_as_documented() {
+    let mail = mailersend_mail(&json!({"type": "inbound.message", "data": {
+        "id": "ms1", "from": {"email": "a@x.example"},
+        "recipients": {"rcptTo": [{"email": "Agent@Example.com"}], "to": {"data": [{"email": "agent@example.com"}]}},
+        "subject": "Hi", "text": "line\nnext", "html": "<p>hi</p>"
+    }}))
+    .expect("mail");
+    assert_eq!(mail.recipients, ["agent@example.com"]);
+    let raw = String::from_utf8(mail.raw).expect("utf8");
+    assert!(
+        raw.contains("Subject: Hi\r\n") && raw.contains("line\r\nnext"),
+        "{raw}"
+    );
+    assert!(mailersend_mail(&json!({"data": {"recipients": {}}})).is_err());
+
+    let created = calcom_booking(&json!({"triggerEvent": "BOOKING_CREATED", "createdAt": "t",
+        "payload": {"eventTypeId": 42, "uid": "u1", "title": "Intro", "attendees": [{"email": "p@x.example", "name": "P"}]}}))
+    .expect("ok")
+    .expect("booking");
+    assert_eq!(created.event_type_key, "calcom:42");
+    assert_eq!(created.change, BookingChange::Created);
+    assert_eq!(created.booking["attendees"][0]["email"], "p@x.example");
+    assert_eq!(
+        calcom_booking(&json!({"triggerEvent": "MEETING_ENDED", "payload": {}})),
+        Ok(None)
+    );
+
+    let rescheduled = calendly_booking(&json!({"event": "invitee.created", "payload": {
+        "uri": "inv1", "old_invitee": "inv0", "email": "p@x.example",
+        "scheduled_event": {"event_type": "https://api.calendly.com/event_types/ET1"}}}))
+    .expect("ok")
+    .expect("booking");
+    assert_eq!(rescheduled.change, BookingChange::Rescheduled);
+    assert_eq!(
+        rescheduled.event_type_key,
+        "calendly:https://api.calendly.com/event_types/ET1"
+    );
+    let half =
+        calendly_booking(&json!({"event": "invitee.canceled", "payload": {"rescheduled": true}}));
+    assert_eq!(half, Ok(None));
+}

@@ -1,0 +1,399 @@
+//! Provider ingress over the real HTTP API: payloads and signatures built as each provider
+//! documents them, tampered bodies, wrong secrets, stale timestamps, unknown recipients, replays
+//! and a rotated secret; accepted requests come out as signed webhooks like SMTP mail.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::Mac as _;
+use serde_json::{Value, json};
+
+use crate::support::gateway::API_KEY;
+use crate::support::{GatewayOptions, TestGateway, WebhookReceiver};
+
+const CALENDLY_TYPE: &str = "https://api.calendly.com/event_types/ET1";
+
+async fn gateway(receiver: &WebhookReceiver) -> TestGateway {
+    let mut options = GatewayOptions::webhook(receiver.url());
+    // Lands in the last [[inbox]] table ("other"), then opens [ingress].
+    options.extra_toml = format!(
+        "calendar_event_types = [\"calcom:42\", \"calendly:{CALENDLY_TYPE}\"]\n[ingress]\nrotation_grace_s = 1.5\n"
+    );
+    TestGateway::start(options).await
+}
+
+fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn post(
+    gateway: &TestGateway,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{}{path}", gateway.http))
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn put_secret(
+    gateway: &TestGateway,
+    inbox: &str,
+    provider: &str,
+    secret: &str,
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/inboxes/{inbox}/ingress/{provider}",
+            gateway.http
+        ))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "secret": secret }))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn mailersend_payload(id: &str, to: &str, subject: &str) -> Vec<u8> {
+    let raw = format!(
+        "From: Sender <sender@ext.example>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{id}@ext.example>\r\n\r\nbody of {id}\r\n"
+    );
+    serde_json::to_vec(&json!({
+        "type": "inbound.message",
+        "inbound_id": "route1",
+        "data": {
+            "object": "message",
+            "id": id,
+            "raw": raw,
+            "from": {"email": "sender@ext.example", "name": "Sender"},
+            "recipients": {"rcptTo": [{"email": to}], "to": {"data": [{"email": to, "name": ""}]}},
+            "subject": subject,
+        }
+    }))
+    .expect("json")
+}
+
+#[tokio::test]
+async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp_mail() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let body = mailersend_payload("ms-1", "agent@example.com", "via mailersend");
+
+    // No secret configured and unsigned ingress not allowed: refused.
+    let signature = hmac_hex("ms-secret", &[&body]);
+    let (status, reply) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", signature.clone())],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{reply}");
+
+    let (status, reply) = put_secret(&gateway, "agent", "mailersend", "ms-secret").await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        !reply.to_string().contains("ms-secret"),
+        "secret echoed: {reply}"
+    );
+
+    let mut tampered = body.clone();
+    tampered.insert(tampered.len() - 1, b' ');
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", signature.clone())],
+        tampered,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let wrong = hmac_hex("not-the-secret", &[&body]);
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", wrong)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    // The path users already configured in MailerSend works too.
+    let (status, reply) = post(
+        &gateway,
+        "/api/v1/webhooks/mailersend/inbound",
+        &[("signature", signature.clone())],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["status"], "accepted");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "mail.received");
+    assert_eq!(event["agent_id"], "agent");
+    assert_eq!(event["subject"], "via mailersend");
+    assert_eq!(event["sender"], "sender@ext.example");
+    assert_eq!(event["helo"], "mailersend");
+
+    // A replay of the same provider event id is acknowledged and not delivered again.
+    let (status, reply) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", signature)],
+        body,
+    )
+    .await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("duplicate")));
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    // Unknown recipient.
+    let stray = mailersend_payload("ms-2", "nobody@example.com", "stray");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", hmac_hex("ms-secret", &[&stray]))],
+        stray,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", "00".to_owned())],
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_rotated_secret_stays_valid_for_the_grace_period_only() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "first").await;
+    put_secret(&gateway, "agent", "mailersend", "second").await;
+    let old = mailersend_payload("rot-1", "agent@example.com", "old secret in grace");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", hmac_hex("first", &[&old]))],
+        old,
+    )
+    .await;
+    assert_eq!(status, 200);
+    receiver.recv().await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let late = mailersend_payload("rot-2", "agent@example.com", "old secret after grace");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", hmac_hex("first", &[&late]))],
+        late.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", hmac_hex("second", &[&late]))],
+        late,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/v1/inboxes/agent/ingress", gateway.http))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("request");
+    let flags: Value = response.json().await.expect("json");
+    assert_eq!(flags["providers"]["mailersend"]["configured"], true);
+    assert_eq!(flags["providers"]["calcom"]["configured"], false);
+    assert!(!flags.to_string().contains("second"));
+    let unauthorized = reqwest::Client::new()
+        .get(format!("http://{}/v1/inboxes/agent/ingress", gateway.http))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unauthorized.status(), 401);
+}
+
+#[tokio::test]
+async fn calcom_and_calendly_bookings_become_calendar_events() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    put_secret(&gateway, "other", "calendly", "calendly-key").await;
+
+    let calcom = serde_json::to_vec(&json!({
+        "triggerEvent": "BOOKING_CREATED",
+        "createdAt": "2026-11-23T10:00:00.000Z",
+        "payload": {
+            "type": "intro-call", "title": "Intro call", "eventTypeId": 42, "uid": "bk_1",
+            "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
+            "organizer": {"email": "host@example.com", "name": "Host"},
+            "attendees": [{"email": "guest@ext.example", "name": "Guest"}]
+        }
+    }))
+    .expect("json");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calcom",
+        &[("x-cal-signature-256", hmac_hex("wrong", &[&calcom]))],
+        calcom.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, reply) = post(
+        &gateway,
+        "/v1/ingress/calcom",
+        &[("x-cal-signature-256", hmac_hex("cal-secret", &[&calcom]))],
+        calcom,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let request = receiver.recv().await;
+    let event = request.json();
+    assert_eq!(event["type"], "calendar.booking.created");
+    assert_eq!(event["agent_id"], "other");
+    assert_eq!(event["booking"]["title"], "Intro call");
+    assert_eq!(
+        event["booking"]["attendees"][0]["email"],
+        "guest@ext.example"
+    );
+    assert!(
+        request.header("x-agentmail-signature").is_some(),
+        "calendar events are signed like mail"
+    );
+
+    let calendly = serde_json::to_vec(&json!({
+        "event": "invitee.canceled",
+        "created_at": "2026-11-23T10:00:00.000000Z",
+        "payload": {
+            "uri": "https://api.calendly.com/scheduled_events/EV1/invitees/INV1",
+            "email": "guest@ext.example", "name": "Guest", "rescheduled": false,
+            "cancellation": {"reason": "conflict"},
+            "scheduled_event": {"name": "Demo", "event_type": CALENDLY_TYPE,
+                "start_time": "2026-12-02T10:00:00Z", "end_time": "2026-12-02T11:00:00Z"}
+        }
+    }))
+    .expect("json");
+    let now = chrono::Utc::now().timestamp();
+    let signed = |t: i64| {
+        format!(
+            "t={t},v1={}",
+            hmac_hex("calendly-key", &[t.to_string().as_bytes(), b".", &calendly])
+        )
+    };
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calendly",
+        &[("calendly-webhook-signature", signed(now - 3600))],
+        calendly.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "a stale timestamp is refused");
+    let (status, reply) = post(
+        &gateway,
+        "/v1/ingress/calendly",
+        &[("calendly-webhook-signature", signed(now))],
+        calendly,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.cancelled");
+    assert_eq!(event["booking"]["cancellation_reason"], "conflict");
+
+    let unknown_type = serde_json::to_vec(
+        &json!({"triggerEvent": "BOOKING_CREATED", "payload": {"eventTypeId": 7}}),
+    )
+    .expect("json");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calcom",
+        &[(
+            "x-cal-signature-256",
+            hmac_hex("cal-secret", &[&unknown_type]),
+        )],
+        unknown_type,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn sendgrid_inbound_parse_is_verified_with_ecdsa_p256() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+    let public = b64.encode(key.public_key().as_der().expect("spki").as_ref());
+    put_secret(&gateway, "agent", "sendgrid", &public).await;
+
+    let raw = "From: grid@ext.example\r\nTo: agent@example.com\r\nSubject: via sendgrid\r\n\r\nparsed by sendgrid\r\n";
+    let boundary = "xYzZY";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n{{\"to\":[\"agent@example.com\"],\"from\":\"grid@ext.example\"}}\r\n\
+--{boundary}\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n{raw}\r\n--{boundary}--\r\n"
+    )
+    .into_bytes();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let signature = b64.encode(
+        key.sign(&rng, &[timestamp.as_bytes(), &form].concat())
+            .expect("sign"),
+    );
+    let headers = |sig: &str| {
+        vec![
+            (
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            ),
+            ("x-twilio-email-event-webhook-signature", sig.to_owned()),
+            ("x-twilio-email-event-webhook-timestamp", timestamp.clone()),
+        ]
+    };
+    let forged = b64.encode(key.sign(&rng, b"something else").expect("sign"));
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/sendgrid/inbound",
+        &headers(&forged),
+        form.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, reply) = post(
+        &gateway,
+        "/v1/ingress/sendgrid/inbound",
+        &headers(&signature),
+        form,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "via sendgrid");
+    assert_eq!(event["envelope_from"], "grid@ext.example");
+    let message_id = event["message_id"].as_str().expect("id");
+    let (status, stored) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(stored == raw.as_bytes(), "raw MIME not stored as sent");
+}
