@@ -192,6 +192,25 @@ fn bcc_addresses(parsed: &ParsedMessage, inbox_recipients: &[String]) -> Vec<Val
     out
 }
 
+/// The length of `value` as JSON, counted without building the text.
+fn serialized_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Leaves out the large fields, biggest first, until the event fits, naming each one in
 /// `omitted_reason` so a handler knows to fetch the raw message instead.
 fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
@@ -205,29 +224,39 @@ fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
         "plain_text",
         "extracted_text",
     ];
-    let size = |event: &Value| {
-        serde_json::to_vec(event)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX)
-    };
-    if size(event) <= max_bytes {
+    let mut total = serialized_len(event);
+    if total <= max_bytes {
         return;
     }
+    // Room for the omitted_reason itself, so the event with it still fits.
+    let budget = max_bytes.saturating_sub(256);
     let mut omitted = Vec::new();
     for field in OMITTABLE {
-        if let Some(email) = event.get_mut("email").and_then(Value::as_object_mut)
-            && email.get(field).is_some_and(|value| !value.is_null())
+        if total <= budget {
+            break;
+        }
+        let mut left_out = |object: &mut serde_json::Map<String, Value>| {
+            if let Some(value) = object.get_mut(field).filter(|value| !value.is_null()) {
+                // Swapping a value for `null` changes only its own bytes, so the new size
+                // follows without serializing the whole event again.
+                total = total.saturating_sub(serialized_len(value)) + "null".len();
+                *value = Value::Null;
+                true
+            } else {
+                false
+            }
+        };
+        if event
+            .get_mut("email")
+            .and_then(Value::as_object_mut)
+            .is_some_and(&mut left_out)
         {
-            email.insert(field.to_owned(), Value::Null);
             omitted.push(field);
             if field == "extracted_text"
                 && let Some(object) = event.as_object_mut()
             {
-                object.insert(field.to_owned(), Value::Null);
+                left_out(object);
             }
-        }
-        if size(event) <= max_bytes {
-            break;
         }
     }
     if let Some(object) = event.as_object_mut() {

@@ -198,10 +198,13 @@ pub fn render_thread(templates: &Templates, subject: &str, prompts: &[&str]) -> 
     } else {
         subject.trim()
     };
-    render(
+    let mut out = render(
         &templates.thread_prompt.source,
         &[("subject", subject), ("count", &count), ("emails", &emails)],
-    )
+    );
+    out.truncate(out.trim_end().len());
+    out.push('\n');
+    out
 }
 
 fn display_mailbox(mailbox: &Mailbox) -> String {

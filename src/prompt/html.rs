@@ -36,6 +36,7 @@ pub fn to_markdown(html: &str) -> String {
             "embed", "iframe", "svg", "math", "form", "button", "input", "select", "textarea",
         ])
         .add_handler(vec!["img"], image_handler)
+        .add_handler(vec!["a"], link_handler)
         .build();
     match converter.convert(html) {
         Ok(markdown) => tidy(&markdown),
@@ -43,8 +44,8 @@ pub fn to_markdown(html: &str) -> String {
     }
 }
 
-/// Tracking pixels and inline data blobs say nothing to a reader: they are dropped, and other
-/// images keep their alt text and link.
+/// Tracking pixels, images without alt text and inline data blobs say nothing to a reader: they
+/// are dropped, and other images keep their alt text (and link, when it is a URL).
 fn image_handler(handlers: &dyn Handlers, element: Element<'_>) -> Option<HandlerResult> {
     let attr = |name: &str| {
         element
@@ -66,15 +67,23 @@ fn image_handler(handlers: &dyn Handlers, element: Element<'_>) -> Option<Handle
     if tiny(attr("width")) || tiny(attr("height")) || hidden || is_tracker_url(&src) {
         return None;
     }
-    if src.trim_start().to_ascii_lowercase().starts_with("data:") {
-        let alt = attr("alt").unwrap_or_default();
-        return Some(HandlerResult::from(if alt.trim().is_empty() {
-            String::new()
-        } else {
-            format!("[image: {}]", alt.trim())
-        }));
+    // An image says nothing to a reader but its alt text: without one it is left out, and an
+    // inline one (cid:, data:) has no link worth giving.
+    let alt = attr("alt").unwrap_or_default();
+    if alt.trim().is_empty() {
+        return None;
+    }
+    let scheme = src.trim_start().to_ascii_lowercase();
+    if scheme.starts_with("data:") || scheme.starts_with("cid:") {
+        return Some(HandlerResult::from(format!("[image: {}]", alt.trim())));
     }
     handlers.fallback(element)
+}
+
+/// A link around nothing readable (typically an image left out above) is left out too.
+fn link_handler(handlers: &dyn Handlers, element: Element<'_>) -> Option<HandlerResult> {
+    let link = handlers.fallback(element)?;
+    (!link.content.trim_start().starts_with("[](")).then_some(link)
 }
 
 /// URL shapes of open-tracking beacons from common mailing services.

@@ -21,7 +21,11 @@ pub struct Quoted {
 /// within a few lines) or after an attribution that no `>` lines follow, because those clients
 /// put the whole earlier mail below the reply without marking it line by line.
 pub fn split(body: &str) -> Quoted {
-    let lines: Vec<&str> = body.lines().collect();
+    // Leading blank lines (a body that starts with an empty line) carry nothing.
+    let lines: Vec<&str> = body
+        .lines()
+        .skip_while(|line| line.trim().is_empty())
+        .collect();
     let mut quoted = vec![false; lines.len()];
     let mut idx = 0;
     while idx < lines.len() {

@@ -64,6 +64,9 @@ fn html_keeps_structure_and_drops_noise() {
 <img src="https://list-manage.com/track/open.php?u=2">
 <img src="https://cdn.example.com/logo.png" alt="Logo">
 <img src="data:image/png;base64,AAAA" alt="">
+<img src="cid:part1@x" alt="Chart">
+<img src="https://cdn.example.com/spacer.gif">
+<a href="https://example.com/banner"><img src="https://cdn.example.com/banner.png"></a>
 </body></html>"#;
     let markdown = html::to_markdown(html);
     for kept in [
@@ -73,6 +76,7 @@ fn html_keeps_structure_and_drops_noise() {
         "| k | v |",
         "> quoted words",
         "![Logo](https://cdn.example.com/logo.png)",
+        "[image: Chart]",
     ] {
         assert!(
             markdown.contains(kept),

@@ -5,6 +5,8 @@ mod support;
 mod delivery;
 mod end_to_end;
 mod fixtures;
+mod payload;
 mod process;
 mod smtp_session;
+mod threading;
 mod tidy;
