@@ -88,8 +88,7 @@ pub fn normalize_subject(subject: &str) -> (String, bool) {
     ];
     let mut rest = subject.trim();
     let mut had_prefix = false;
-    loop {
-        let Some(colon) = rest.find(':') else { break };
+    while let Some(colon) = rest.find(':') {
         let head = rest[..colon].trim();
         // "Re[2]" and "Re(2)" count replies.
         let word = head
