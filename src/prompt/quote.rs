@@ -72,8 +72,27 @@ pub fn split(body: &str) -> Quoted {
     }
     Quoted {
         marked: marked.trim_end().to_owned(),
-        extracted: strip_blank_runs(extracted.trim()),
+        extracted: strip_blank_runs(trim_trailing_rules(&extracted)),
     }
+}
+
+/// Clients put a rule (`____`, `---`, `- - -` once converted from `<hr>`) above the quoted
+/// mail; at the end of the new text it belongs to the quote.
+fn trim_trailing_rules(text: &str) -> &str {
+    let mut text = text.trim();
+    loop {
+        let (rest, last) = text.rsplit_once('\n').unwrap_or(("", text));
+        let is_rule = last.trim().len() >= 3
+            && last
+                .trim()
+                .chars()
+                .all(|c| matches!(c, '-' | '_' | '*' | '=' | ' '));
+        if !is_rule {
+            break;
+        }
+        text = rest.trim();
+    }
+    text
 }
 
 fn is_quote_line(line: &str) -> bool {

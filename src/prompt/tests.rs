@@ -28,6 +28,11 @@ fn wrapped_attribution_and_interleaved_answers() {
 #[test]
 fn outlook_separators_quote_the_rest() {
     check_quote(
+        "Fine.\n\n________________________________\nFrom: Bob\nSent: Monday\n\nOk?",
+        "Fine.\n\n________________________________\n> From: Bob\n> Sent: Monday\n>\n> Ok?",
+        "Fine.",
+    );
+    check_quote(
         "Approved.\n\n-----Original Message-----\nFrom: Bob\nSent: Monday\nSubject: Budget\n\nPlease approve.",
         "Approved.\n\n> -----Original Message-----\n> From: Bob\n> Sent: Monday\n> Subject: Budget\n>\n> Please approve.",
         "Approved.",
@@ -162,4 +167,16 @@ fn templates_render_and_validate() {
         "{err}"
     );
     assert!(Templates::from_sources(None, Some("{{emails".into()), None).is_err());
+}
+
+#[test]
+fn outlook_html_reply_header_quotes_the_earlier_mail() {
+    let html = r#"<div>Approved, go ahead.</div><div id="appendonsend"></div><hr style="display:inline-block;width:98%"><div id="divRplyFwdMsg" dir="ltr"><font face="Calibri"><b>From:</b> Bob &lt;bob@example.org&gt;<br><b>Sent:</b> Monday, January 1, 2024 10:00 AM<br><b>To:</b> Agent<br><b>Subject:</b> Budget</font></div><div>Please approve the budget.</div>"#;
+    let quoted = quote::split(&html::to_markdown(html));
+    assert_eq!(quoted.extracted, "Approved, go ahead.", "{}", quoted.marked);
+    assert!(
+        quoted.marked.contains("> Please approve the budget."),
+        "{}",
+        quoted.marked
+    );
 }

@@ -337,3 +337,79 @@ fn fixture_events_match_their_snapshots() {
         insta::assert_json_snapshot!(event);
     });
 }
+
+/// `templates.dir` replaces the embedded prompt templates (a file left out keeps its default),
+/// and a template naming a field that does not exist stops startup with the key in the message.
+#[tokio::test]
+async fn templates_dir_replaces_the_prompt_and_a_broken_one_stops_startup() {
+    use crate::support::{
+        GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, simple_message,
+    };
+
+    let templates = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        templates.path().join("prompt.md"),
+        "NEW TEXT FROM {{from}}: {{extracted_text}}\n",
+    )
+    .expect("write template");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.extra_toml = format!("[templates]\ndir = \"{}\"\n", templates.path().display());
+    let gateway = TestGateway::start(options.clone()).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let raw = simple_message(
+        "jane@client.example",
+        "agent@example.com",
+        "Hi",
+        "Hello agent",
+    );
+    let (code, text) = client
+        .send_message("jane@client.example", &["agent@example.com"], &raw)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let event = receiver.recv().await.json();
+    let expected = "NEW TEXT FROM Sender Name <jane@client.example>: Hello agent\n";
+    assert_eq!(event["email"]["prompt"], expected);
+    let thread_prompt = event["email"]["thread_prompt"]
+        .as_str()
+        .expect("thread prompt");
+    assert!(
+        thread_prompt.starts_with("# Thread: Hi") && thread_prompt.contains(expected),
+        "{thread_prompt}"
+    );
+    gateway.stop().await;
+
+    std::fs::write(
+        templates.path().join("thread_entry.md"),
+        "{{no_such_field}}\n",
+    )
+    .expect("write template");
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = mxhook::config::Config::from_toml_str(&crate::support::gateway::config_toml(
+        data.path(),
+        &options,
+    ))
+    .expect("config");
+    let smtp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let started = tokio::time::timeout(
+        crate::support::SOON,
+        mxhook::app::run_with_listeners(config, smtp, http, std::future::pending::<()>()),
+    )
+    .await
+    .expect("startup fails promptly");
+    let message = format!(
+        "{:#}",
+        started.expect_err("a broken template stops startup")
+    );
+    assert!(
+        message.contains("templates.dir")
+            && message.contains("thread_entry.md")
+            && message.contains("no_such_field"),
+        "{message}"
+    );
+}
