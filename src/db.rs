@@ -380,14 +380,14 @@ impl Db {
             .bind(envelope_to)
             .bind(message.remote_ip.clone())
             .bind(&message.helo)
-            .bind(message.header_message_id.clone())
-            .bind(message.sender.clone())
-            .bind(message.subject.clone())
+            .bind(message.header_message_id.as_deref().map(header_text))
+            .bind(message.sender.as_deref().map(header_text))
+            .bind(message.subject.as_deref().map(header_text))
             .bind(message.received_at)
             .bind(&message.event_json)
             .bind(&message.thread_id)
-            .bind(message.subject_key.clone())
-            .bind(message.participants.join(" "))
+            .bind(message.subject_key.as_deref().map(header_text))
+            .bind(header_text(&message.participants.join(" ")))
             .execute(&mut *tx)
             .await?;
             for delivery in &message.deliveries {
@@ -680,7 +680,7 @@ impl Db {
             );
             let mut query = sqlx::query(&sql).bind(inbox_id);
             for reference in references {
-                query = query.bind(reference);
+                query = query.bind(header_text(reference));
             }
             rows.extend(query.fetch_all(&self.pool).await?);
         }
@@ -691,7 +691,7 @@ impl Db {
                  ORDER BY received_at DESC LIMIT 50"
             ))
             .bind(inbox_id)
-            .bind(subject_key)
+            .bind(header_text(subject_key))
             .bind(since)
             .fetch_all(&self.pool)
             .await?;
@@ -795,6 +795,12 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
             .try_get::<Option<i64>, _>("delivered_at")?
             .map(crate::model::rfc3339),
     })
+}
+
+/// A header value as a column value. PostgreSQL TEXT cannot hold NUL, which a hostile header
+/// can; the event JSON escapes it, these columns replace it, so such mail is still accepted.
+fn header_text(value: &str) -> String {
+    value.replace('\0', "\u{fffd}")
 }
 
 /// Splits a migration file into statements. Migrations are ours and contain no `;` inside

@@ -133,24 +133,33 @@ fn cpython_corpus() -> PathBuf {
     dir
 }
 
-/// The mail-parser crate's own test messages, from the cargo registry this build used.
+/// The mail-parser crate's own test messages, from the cargo registry this build used (the
+/// version Cargo.lock pins, so an upgrade reads the new crate's messages).
 fn mail_parser_corpus() -> PathBuf {
+    let lock =
+        std::fs::read_to_string(crate::support::repo_path("Cargo.lock")).expect("Cargo.lock");
+    let version = lock
+        .split("[[package]]")
+        .find(|package| package.contains("name = \"mail-parser\""))
+        .and_then(|package| {
+            package
+                .lines()
+                .find_map(|line| line.strip_prefix("version = "))
+        })
+        .map(|version| version.trim_matches('"').to_owned())
+        .expect("mail-parser in Cargo.lock");
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
         .expect("CARGO_HOME or HOME");
     let registry = cargo_home.join("registry/src");
+    let crate_dir = format!("mail-parser-{version}/resources/eml");
     let found = std::fs::read_dir(&registry)
         .unwrap_or_else(|err| panic!("reading {}: {err}", registry.display()))
         .filter_map(Result::ok)
-        .map(|index| index.path().join("mail-parser-0.11.9/resources/eml"))
+        .map(|index| index.path().join(&crate_dir))
         .find(|dir| dir.is_dir());
-    found.unwrap_or_else(|| {
-        panic!(
-            "mail-parser 0.11.9 sources not found under {}",
-            registry.display()
-        )
-    })
+    found.unwrap_or_else(|| panic!("{crate_dir} not found under {}", registry.display()))
 }
 
 fn files(dir: &Path, accept: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
