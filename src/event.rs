@@ -321,6 +321,31 @@ mod tests {
     }
 
     #[test]
+    fn earlier_emails_go_first_when_the_event_is_too_large() {
+        let envelope = Envelope::default();
+        let thread = Thread {
+            thread_id: "thr_big".to_owned(),
+            previous_emails: vec![json!({"id": "msg_0", "prompt": "y".repeat(30_000)})],
+        };
+        let parsed =
+            crate::parse::parse(b"From: a@example.org\r\nSubject: Re: big\r\n\r\nshort\r\n");
+        let mut ctx = context(&envelope, &[], 32_000);
+        ctx.thread = &thread;
+        let event = build(&ctx, &parsed);
+        assert!(serde_json::to_vec(&event).expect("json").len() <= 32_000);
+        assert!(event["email"]["previous_emails"].is_null());
+        let reason = event["omitted_reason"].as_str().expect("reason");
+        assert!(reason.contains("previous_emails"), "{reason}");
+        // The thread prompt still holds both, so the agent keeps the context.
+        let thread_prompt = event["email"]["thread_prompt"]
+            .as_str()
+            .expect("thread prompt");
+        assert!(thread_prompt.contains("yyyy") && thread_prompt.contains("short"));
+        assert_eq!(event["email"]["extracted_text"], "short");
+        assert_eq!(event["thread_id"], "thr_big");
+    }
+
+    #[test]
     fn oversize_bodies_are_left_out_with_a_reason() {
         let envelope = Envelope::default();
         let body = "x".repeat(20_000);

@@ -36,7 +36,7 @@ pub struct Intake {
     prefix: String,
     max_payload_bytes: usize,
     dispatcher_wakeup: Arc<Notify>,
-    templates: Arc<Templates>,
+    templates: Templates,
 }
 
 impl Intake {
@@ -56,13 +56,13 @@ impl Intake {
             prefix: storage.prefix.clone(),
             max_payload_bytes,
             dispatcher_wakeup,
-            templates: Arc::new(Templates::default()),
+            templates: Templates::default(),
         }
     }
 
     /// Prompts are rendered from these instead of the embedded `templates/`.
     pub fn with_templates(mut self, templates: Templates) -> Self {
-        self.templates = Arc::new(templates);
+        self.templates = templates;
         self
     }
 
@@ -202,7 +202,13 @@ impl Intake {
                 received_at - thread::SUBJECT_WINDOW_MS,
             )
             .await?;
-        let Some(thread_id) = thread::resolve(keys, &candidates, inbox_recipients) else {
+        let mut own_addresses = self
+            .directory
+            .inbox(inbox_id)
+            .map(|inbox| inbox.addresses)
+            .unwrap_or_default();
+        own_addresses.extend_from_slice(inbox_recipients);
+        let Some(thread_id) = thread::resolve(keys, &candidates, &own_addresses) else {
             return Ok(Thread {
                 thread_id: new_id("thr"),
                 previous_emails: Vec::new(),

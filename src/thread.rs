@@ -130,9 +130,10 @@ pub fn resolve(
     }
     let subject_key = keys.subject_key.as_deref()?;
     let own = |address: &String| {
+        let address = without_tag(address);
         inbox_addresses
             .iter()
-            .any(|inbox| inbox.eq_ignore_ascii_case(address))
+            .any(|inbox| without_tag(inbox).eq_ignore_ascii_case(&address))
     };
     candidates
         .iter()
@@ -151,6 +152,17 @@ pub fn resolve(
         })
         .max_by_key(|candidate| candidate.received_at)
         .map(|candidate| candidate.thread_id.clone())
+}
+
+/// `agent+tag@example.com` → `agent@example.com`: tagged addresses reach the same inbox.
+fn without_tag(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            let local = local.split_once('+').map_or(local, |(base, _)| base);
+            format!("{local}@{domain}")
+        }
+        None => address.to_owned(),
+    }
 }
 
 /// The earlier emails of the thread from their stored events (oldest first), each the
