@@ -130,6 +130,12 @@ fn hostile_html_nesting_falls_back_to_flat_text() {
     let _ = html::to_markdown(&unclosed_script);
     let shallow = format!("{}ok{}", "<div>".repeat(50), "</div>".repeat(50));
     assert_eq!(html::to_markdown(&shallow), "ok");
+    // Just under the limit the structured converter runs, within a test thread's stack.
+    let near_limit = format!(
+        "{}<a href=\"https://example.com/\">near</a>",
+        "<blockquote><div><ul><li><table><tr><td><span><b>".repeat(33)
+    );
+    assert!(html::to_markdown(&near_limit).contains("[near](https://example.com/)"));
 }
 
 #[test]
