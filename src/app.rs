@@ -16,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, TemplatesConfig};
 use crate::db::Db;
 use crate::deliver::Dispatcher;
 use crate::directory::Directory;
 use crate::ingress::{self, IngressState};
 use crate::intake::Intake;
+use crate::prompt::Templates;
 use crate::smtp::{self, SessionContext};
 use crate::store::Store;
 
@@ -78,14 +79,18 @@ pub async fn run_with_listeners(
     }
 
     let wakeup = Arc::new(Notify::new());
-    let intake = Arc::new(Intake::new(
-        &config.storage,
-        config.delivery.max_payload_bytes,
-        store.clone(),
-        db.clone(),
-        directory.clone(),
-        Arc::clone(&wakeup),
-    ));
+    let templates = load_templates(&config.templates)?;
+    let intake = Arc::new(
+        Intake::new(
+            &config.storage,
+            config.delivery.max_payload_bytes,
+            store.clone(),
+            db.clone(),
+            directory.clone(),
+            Arc::clone(&wakeup),
+        )
+        .with_templates(templates),
+    );
     let dispatcher = Arc::new(
         Dispatcher::new(&config.delivery, db.clone(), node_id, Arc::clone(&wakeup))
             .context("building the webhook client")?,
@@ -146,6 +151,31 @@ pub async fn run_with_listeners(
     }
     db.close().await;
     Ok(())
+}
+
+/// The prompt templates: embedded, or from `templates.dir` where it has a file. A broken
+/// template stops startup, so it never shows up as a half-rendered prompt.
+fn load_templates(config: &TemplatesConfig) -> anyhow::Result<Templates> {
+    let Some(dir) = &config.dir else {
+        return Ok(Templates::default());
+    };
+    let read = |name: &str| -> anyhow::Result<Option<String>> {
+        let path = std::path::Path::new(dir).join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(anyhow::anyhow!(
+                "config key `templates.dir`: reading {}: {err}",
+                path.display()
+            )),
+        }
+    };
+    Templates::from_sources(
+        read("prompt.md")?,
+        read("thread_prompt.md")?,
+        read("thread_entry.md")?,
+    )
+    .map_err(|err| anyhow::anyhow!("config key `templates.dir`: {err}"))
 }
 
 /// A database URL without its password, for messages.

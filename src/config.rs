@@ -55,6 +55,8 @@ pub struct Config {
     pub forward: ForwardConfig,
     #[serde(default)]
     pub ingress: IngressConfig,
+    #[serde(default)]
+    pub templates: TemplatesConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -209,6 +211,14 @@ impl Default for DatabaseConfig {
 pub struct AuthConfig {
     /// DNS servers for SPF/DKIM/DMARC lookups; empty means the system resolver.
     pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplatesConfig {
+    /// A directory with `prompt.md`, `thread_prompt.md` and `thread_entry.md` replacing the
+    /// embedded templates (a file left out keeps its default); read and checked at startup.
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

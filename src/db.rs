@@ -13,6 +13,7 @@ use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
 /// Schema migrations, applied in order at start; each runs once per database.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_threads.sql")),
     (6, include_str!("../migrations/0006_ingress.sql")),
 ];
 
@@ -64,6 +65,12 @@ pub struct NewMessage {
     pub received_at: i64,
     pub event_json: String,
     pub deliveries: Vec<NewDelivery>,
+    /// The conversation this message belongs to (`thr_…`), see `thread`.
+    pub thread_id: String,
+    /// The normalised reply subject, the key of the subject fallback of threading.
+    pub subject_key: Option<String>,
+    /// Lower-cased From, To and Cc addresses.
+    pub participants: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -360,8 +367,9 @@ impl Db {
             sqlx::query(
                 "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, storage_key, size, \
                  envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, subject, \
-                 received_at, event_json) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 received_at, event_json, thread_id, subject_key, participants) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17, $18)",
             )
             .bind(&message.id)
             .bind(&message.inbox_id)
@@ -373,11 +381,14 @@ impl Db {
             .bind(envelope_to)
             .bind(message.remote_ip.clone())
             .bind(&message.helo)
-            .bind(message.header_message_id.clone())
-            .bind(message.sender.clone())
-            .bind(message.subject.clone())
+            .bind(message.header_message_id.as_deref().map(header_text))
+            .bind(message.sender.as_deref().map(header_text))
+            .bind(message.subject.as_deref().map(header_text))
             .bind(message.received_at)
             .bind(&message.event_json)
+            .bind(&message.thread_id)
+            .bind(message.subject_key.as_deref().map(header_text))
+            .bind(header_text(&message.participants.join(" ")))
             .execute(&mut *tx)
             .await?;
             for delivery in &message.deliveries {
@@ -651,6 +662,93 @@ impl Db {
         .transpose()
     }
 
+    /// Earlier messages of one inbox a new message may continue: those whose Message-ID is among
+    /// `references`, and those since `since` whose normalised subject is `subject_key`.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn thread_candidates(
+        &self,
+        inbox_id: &str,
+        references: &[String],
+        subject_key: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<crate::thread::Candidate>, Error> {
+        const COLUMNS: &str =
+            "thread_id, header_message_id, subject_key, sender, participants, received_at";
+        let mut rows = Vec::new();
+        if !references.is_empty() {
+            let placeholders = (0..references.len())
+                .map(|idx| format!("${}", idx + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM messages WHERE inbox_id = $1 \
+                 AND header_message_id IN ({placeholders}) AND thread_id IS NOT NULL"
+            );
+            let mut query = sqlx::query(&sql).bind(inbox_id);
+            for reference in references {
+                query = query.bind(header_text(reference));
+            }
+            rows.extend(query.fetch_all(&self.pool).await?);
+        }
+        if let Some(subject_key) = subject_key {
+            let found = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM messages WHERE inbox_id = $1 AND subject_key = $2 \
+                 AND received_at >= $3 AND thread_id IS NOT NULL \
+                 ORDER BY received_at DESC LIMIT 50"
+            ))
+            .bind(inbox_id)
+            .bind(header_text(subject_key))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.extend(found);
+        }
+        rows.iter()
+            .map(|row| {
+                let participants: Option<String> = row.try_get("participants")?;
+                Ok(crate::thread::Candidate {
+                    thread_id: row.try_get("thread_id")?,
+                    header_message_id: row.try_get("header_message_id")?,
+                    subject_key: row.try_get("subject_key")?,
+                    sender: row
+                        .try_get::<Option<String>, _>("sender")?
+                        .map(|sender| sender.to_lowercase()),
+                    participants: participants
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                    received_at: row.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The stored events of the newest `limit` messages of a thread, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn thread_history(
+        &self,
+        inbox_id: &str,
+        thread_id: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, Error> {
+        let mut events: Vec<String> = sqlx::query_scalar(
+            "SELECT event_json FROM messages WHERE inbox_id = $1 AND thread_id = $2 \
+             ORDER BY received_at DESC, id DESC LIMIT $3",
+        )
+        .bind(inbox_id)
+        .bind(thread_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        events.reverse();
+        Ok(events)
+    }
+
     /// A cheap round trip, for readiness.
     ///
     /// # Errors
@@ -835,6 +933,12 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
             .try_get::<Option<i64>, _>("delivered_at")?
             .map(crate::model::rfc3339),
     })
+}
+
+/// A header value as a column value. PostgreSQL TEXT cannot hold NUL, which a hostile header
+/// can; the event JSON escapes it, these columns replace it, so such mail is still accepted.
+fn header_text(value: &str) -> String {
+    value.replace('\0', "\u{fffd}")
 }
 
 /// Splits a migration file into statements. Migrations are ours and contain no `;` inside

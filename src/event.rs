@@ -2,13 +2,40 @@
 //! level, the BotMailRoom fields in `email`, and the per-endpoint payload variants.
 //!
 //! Pure: it takes what the earlier stages learned and returns JSON. Fields a later stage will fill
-//! (authentication verdicts, threading) carry honest defaults here, never guesses.
+//! (authentication verdicts) carry honest defaults here, never guesses.
 
 use serde_json::{Value, json};
 
 use crate::config::PayloadFormat;
 use crate::model::{Envelope, rfc3339};
 use crate::parse::{Mailbox, ParsedMessage};
+use crate::prompt::{self, Templates};
+use crate::thread::Thread;
+
+/// The BotMailRoom email fields (SPEC.md), in order: `payload = "botmailroom"` sends exactly
+/// these, so a BotMailRoom handler sees no field it does not know.
+const BOTMAILROOM_FIELDS: &[&str] = &[
+    "id",
+    "inbox_id",
+    "from_address",
+    "to_addresses",
+    "cc_addresses",
+    "bcc_addresses",
+    "reply_to_addresses",
+    "subject",
+    "date",
+    "plain_text",
+    "html",
+    "alternative_content",
+    "message_id",
+    "in_reply_to_id",
+    "references",
+    "previous_emails",
+    "attachments",
+    "prompt",
+    "thread_prompt",
+    "timestamp",
+];
 
 /// What the event says about where and when the message arrived.
 pub struct EventContext<'a> {
@@ -24,13 +51,33 @@ pub struct EventContext<'a> {
     pub size: usize,
     /// Largest serialized event; past it bodies are left out with an `omitted_reason`.
     pub max_payload_bytes: usize,
+    /// The thread this message joined or started.
+    pub thread: &'a Thread,
+    pub templates: &'a Templates,
 }
 
 /// Builds the event. The result is stored once and sent as is (per payload format) on every
 /// attempt, so `event_id` and content are stable across retries and resends.
 pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
     let timestamp = rfc3339(ctx.received_at_ms);
-    let prompt = render_prompt(parsed, ctx.received_at_ms);
+    let date = rfc3339(parsed.date_ms.unwrap_or(ctx.received_at_ms));
+    let rendered = prompt::render_email(ctx.templates, parsed, &date);
+    let previous = &ctx.thread.previous_emails;
+    let mut prompts: Vec<&str> = previous
+        .iter()
+        .map(|email| {
+            email["prompt"]
+                .as_str()
+                .unwrap_or("(this email was too large to include; fetch its raw message)")
+        })
+        .collect();
+    prompts.push(&rendered.prompt);
+    let subject = parsed.subject.as_deref().unwrap_or("");
+    let thread_subject = previous
+        .first()
+        .and_then(|email| email["subject"].as_str())
+        .unwrap_or(subject);
+    let thread_prompt = prompt::render_thread(ctx.templates, thread_subject, &prompts);
     let email = json!({
         "id": ctx.message_id,
         "inbox_id": ctx.agent_id,
@@ -39,19 +86,21 @@ pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
         "cc_addresses": parsed.cc.iter().map(mailbox_json).collect::<Vec<_>>(),
         "bcc_addresses": bcc_addresses(parsed, ctx.inbox_recipients),
         "reply_to_addresses": parsed.reply_to.iter().map(mailbox_json).collect::<Vec<_>>(),
-        "subject": parsed.subject.as_deref().unwrap_or(""),
-        "date": rfc3339(parsed.date_ms.unwrap_or(ctx.received_at_ms)),
+        "subject": subject,
+        "date": date,
         "plain_text": parsed.plain_text,
         "html": parsed.html,
         "alternative_content": parsed.alternative_content,
         "message_id": parsed.message_id,
         "in_reply_to_id": parsed.in_reply_to,
         "references": (!parsed.references.is_empty()).then_some(&parsed.references),
-        "previous_emails": null,
+        "previous_emails": (!previous.is_empty()).then_some(previous),
         "attachments": parsed.attachments,
-        "prompt": prompt,
-        "thread_prompt": prompt,
+        "prompt": rendered.prompt,
+        "thread_prompt": thread_prompt,
         "timestamp": timestamp,
+        "thread_id": ctx.thread.thread_id,
+        "extracted_text": rendered.extracted_text,
     });
     let mut event = json!({
         "type": "mail.received",
@@ -61,8 +110,10 @@ pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
         "sender": parsed.from.as_ref().map(|from| from.address.as_str()),
         "envelope_from": ctx.envelope.mail_from.as_deref().unwrap_or(""),
         "envelope_to": ctx.inbox_recipients,
-        "subject": parsed.subject.as_deref().unwrap_or(""),
+        "subject": subject,
         "timestamp": timestamp,
+        "thread_id": ctx.thread.thread_id,
+        "extracted_text": rendered.extracted_text,
         "sender_verified": false,
         "peer_trust_tier": "unverified",
         "traffic_types": [],
@@ -86,14 +137,38 @@ pub fn payload_for(event: &Value, format: PayloadFormat) -> Value {
     match format {
         PayloadFormat::Mxhook => event.clone(),
         PayloadFormat::Botmailroom => {
-            let mut email = event.get("email").cloned().unwrap_or_else(|| json!({}));
-            if let (Some(email), Some(timestamp)) = (email.as_object_mut(), event.get("timestamp"))
-            {
-                email.insert("timestamp".to_owned(), timestamp.clone());
+            let email = event.get("email").cloned().unwrap_or_else(|| json!({}));
+            let mut out = botmailroom_email(&email);
+            if let Some(out) = out.as_object_mut() {
+                if let Some(timestamp) = event.get("timestamp") {
+                    out.insert("timestamp".to_owned(), timestamp.clone());
+                }
+                if let Some(previous) = email.get("previous_emails").and_then(Value::as_array) {
+                    out.insert(
+                        "previous_emails".to_owned(),
+                        previous.iter().map(botmailroom_email).collect(),
+                    );
+                }
+                // Left-out bodies are never silent (SPEC), so the reason travels here too.
+                if let Some(reason) = event.get("omitted_reason") {
+                    out.insert("omitted_reason".to_owned(), reason.clone());
+                }
             }
-            email
+            out
         }
     }
+}
+
+/// Exactly the BotMailRoom fields of an `email` object, in SPEC order.
+fn botmailroom_email(email: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for field in BOTMAILROOM_FIELDS {
+        out.insert(
+            (*field).to_owned(),
+            email.get(*field).cloned().unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(out)
 }
 
 fn mailbox_json(mailbox: &Mailbox) -> Value {
@@ -117,81 +192,71 @@ fn bcc_addresses(parsed: &ParsedMessage, inbox_recipients: &[String]) -> Vec<Val
     out
 }
 
-/// The message as markdown for an LLM: a header block, the body, the attachment list.
-fn render_prompt(parsed: &ParsedMessage, received_at_ms: i64) -> String {
-    let list = |mailboxes: &[Mailbox]| {
-        mailboxes
-            .iter()
-            .map(display_mailbox)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut out = String::new();
-    if let Some(from) = &parsed.from {
-        out.push_str(&format!("**From:** {}\n", display_mailbox(from)));
-    }
-    if !parsed.to.is_empty() {
-        out.push_str(&format!("**To:** {}\n", list(&parsed.to)));
-    }
-    if !parsed.cc.is_empty() {
-        out.push_str(&format!("**Cc:** {}\n", list(&parsed.cc)));
-    }
-    out.push_str(&format!(
-        "**Date:** {}\n",
-        rfc3339(parsed.date_ms.unwrap_or(received_at_ms))
-    ));
-    out.push_str(&format!(
-        "**Subject:** {}\n\n",
-        parsed.subject.as_deref().unwrap_or("(no subject)")
-    ));
-    match parsed.body_as_text.as_deref().map(str::trim) {
-        Some(body) if !body.is_empty() => out.push_str(body),
-        _ => out.push_str("(no text body)"),
-    }
-    out.push('\n');
-    if !parsed.attachments.is_empty() {
-        out.push_str("\n**Attachments:**\n");
-        for attachment in &parsed.attachments {
-            out.push_str(&format!(
-                "- {} ({}, {} bytes)\n",
-                attachment.filename.as_deref().unwrap_or("(unnamed)"),
-                attachment.content_type,
-                attachment.size
-            ));
+/// The length of `value` as JSON, counted without building the text.
+fn serialized_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
-    out
-}
-
-fn display_mailbox(mailbox: &Mailbox) -> String {
-    match &mailbox.name {
-        Some(name) => format!("{name} <{}>", mailbox.address),
-        None => mailbox.address.clone(),
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
     }
 }
 
 /// Leaves out the large fields, biggest first, until the event fits, naming each one in
 /// `omitted_reason` so a handler knows to fetch the raw message instead.
 fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
-    const OMITTABLE: [&str; 4] = ["html", "thread_prompt", "prompt", "plain_text"];
-    let size = |event: &Value| {
-        serde_json::to_vec(event)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX)
-    };
-    if size(event) <= max_bytes {
+    // Biggest and most redundant first: the earlier emails are also in thread_prompt, and the
+    // html is also in prompt (as markdown).
+    const OMITTABLE: [&str; 6] = [
+        "previous_emails",
+        "html",
+        "thread_prompt",
+        "prompt",
+        "plain_text",
+        "extracted_text",
+    ];
+    let mut total = serialized_len(event);
+    if total <= max_bytes {
         return;
     }
+    // Room for the omitted_reason itself, so the event with it still fits.
+    let budget = max_bytes.saturating_sub(256);
     let mut omitted = Vec::new();
     for field in OMITTABLE {
-        if let Some(email) = event.get_mut("email").and_then(Value::as_object_mut)
-            && email.get(field).is_some_and(|value| !value.is_null())
-        {
-            email.insert(field.to_owned(), Value::Null);
-            omitted.push(field);
-        }
-        if size(event) <= max_bytes {
+        if total <= budget {
             break;
+        }
+        let mut left_out = |object: &mut serde_json::Map<String, Value>| {
+            if let Some(value) = object.get_mut(field).filter(|value| !value.is_null()) {
+                // Swapping a value for `null` changes only its own bytes, so the new size
+                // follows without serializing the whole event again.
+                total = total.saturating_sub(serialized_len(value)) + "null".len();
+                *value = Value::Null;
+                true
+            } else {
+                false
+            }
+        };
+        if event
+            .get_mut("email")
+            .and_then(Value::as_object_mut)
+            .is_some_and(&mut left_out)
+        {
+            omitted.push(field);
+            if field == "extracted_text"
+                && let Some(object) = event.as_object_mut()
+            {
+                left_out(object);
+            }
         }
     }
     if let Some(object) = event.as_object_mut() {
@@ -209,6 +274,12 @@ fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
 mod tests {
     use super::*;
 
+    static NO_THREAD: std::sync::LazyLock<Thread> = std::sync::LazyLock::new(|| Thread {
+        thread_id: "thr_1".to_owned(),
+        previous_emails: Vec::new(),
+    });
+    static TEMPLATES: std::sync::LazyLock<Templates> = std::sync::LazyLock::new(Templates::default);
+
     fn context<'a>(
         envelope: &'a Envelope,
         recipients: &'a [String],
@@ -225,6 +296,8 @@ mod tests {
             s3_key: "inbound/agent/msg_1.eml",
             size: 10,
             max_payload_bytes: max,
+            thread: &NO_THREAD,
+            templates: &TEMPLATES,
         }
     }
 
@@ -245,6 +318,31 @@ mod tests {
         assert_eq!(bmr["id"], "msg_1");
         assert_eq!(bmr["timestamp"], event["timestamp"]);
         assert!(bmr.get("event_id").is_none());
+    }
+
+    #[test]
+    fn earlier_emails_go_first_when_the_event_is_too_large() {
+        let envelope = Envelope::default();
+        let thread = Thread {
+            thread_id: "thr_big".to_owned(),
+            previous_emails: vec![json!({"id": "msg_0", "prompt": "y".repeat(30_000)})],
+        };
+        let parsed =
+            crate::parse::parse(b"From: a@example.org\r\nSubject: Re: big\r\n\r\nshort\r\n");
+        let mut ctx = context(&envelope, &[], 32_000);
+        ctx.thread = &thread;
+        let event = build(&ctx, &parsed);
+        assert!(serde_json::to_vec(&event).expect("json").len() <= 32_000);
+        assert!(event["email"]["previous_emails"].is_null());
+        let reason = event["omitted_reason"].as_str().expect("reason");
+        assert!(reason.contains("previous_emails"), "{reason}");
+        // The thread prompt still holds both, so the agent keeps the context.
+        let thread_prompt = event["email"]["thread_prompt"]
+            .as_str()
+            .expect("thread prompt");
+        assert!(thread_prompt.contains("yyyy") && thread_prompt.contains("short"));
+        assert_eq!(event["email"]["extracted_text"], "short");
+        assert_eq!(event["thread_id"], "thr_big");
     }
 
     #[test]

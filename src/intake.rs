@@ -1,5 +1,5 @@
-//! The pre-`250` sequence, in one place: parse → store → build event → commit message and
-//! delivery jobs → wake the dispatcher.
+//! The pre-`250` sequence, in one place: parse → resolve the thread → store → build event →
+//! commit message and delivery jobs → wake the dispatcher.
 //!
 //! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
 //! bytes are durable in the store and the database commit that holds the event and its jobs has
@@ -15,7 +15,9 @@ use crate::db::{Db, NewDelivery, NewMessage};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
 use crate::model::{Envelope, new_id, now_ms};
+use crate::prompt::Templates;
 use crate::store::{self, Store};
+use crate::thread::{self, Thread};
 
 /// What happened to one DATA transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,7 @@ pub struct Intake {
     prefix: String,
     max_payload_bytes: usize,
     dispatcher_wakeup: Arc<Notify>,
+    templates: Templates,
 }
 
 impl Intake {
@@ -53,13 +56,21 @@ impl Intake {
             prefix: storage.prefix.clone(),
             max_payload_bytes,
             dispatcher_wakeup,
+            templates: Templates::default(),
         }
+    }
+
+    /// Prompts are rendered from these instead of the embedded `templates/`.
+    pub fn with_templates(mut self, templates: Templates) -> Self {
+        self.templates = templates;
+        self
     }
 
     /// Makes one received message durable for every inbox among its recipients.
     pub async fn accept(&self, envelope: &Envelope, raw: &[u8]) -> Outcome {
         let received_at = now_ms();
         let parsed = crate::parse::parse(raw);
+        let thread_keys = thread::keys(&parsed);
 
         let mut inbox_ids: Vec<&str> = Vec::new();
         for recipient in &envelope.recipients {
@@ -80,6 +91,19 @@ impl Intake {
                 .filter(|recipient| recipient.inbox_id == inbox_id)
                 .map(|recipient| recipient.address.clone())
                 .collect();
+            let thread = match self
+                .thread_of(inbox_id, &thread_keys, &inbox_recipients, received_at)
+                .await
+            {
+                Ok(thread) => thread,
+                Err(err) => {
+                    tracing::error!(error = %err, "resolving the thread failed");
+                    self.undo(&stored_keys).await;
+                    return Outcome::TempFail {
+                        reason: "database unavailable".to_owned(),
+                    };
+                }
+            };
             let event = event::build(
                 &EventContext {
                     event_id: &event_id,
@@ -92,6 +116,8 @@ impl Intake {
                     s3_key: &key,
                     size: raw.len(),
                     max_payload_bytes: self.max_payload_bytes,
+                    thread: &thread,
+                    templates: &self.templates,
                 },
                 &parsed,
             );
@@ -134,6 +160,14 @@ impl Intake {
                 received_at,
                 event_json: event.to_string(),
                 deliveries,
+                thread_id: thread.thread_id,
+                // Every subject is keyed, so a later "Re:" finds the mail it answers.
+                subject_key: parsed
+                    .subject
+                    .as_deref()
+                    .map(|subject| thread::normalize_subject(subject).0)
+                    .filter(|key| !key.is_empty()),
+                participants: thread_keys.participants.clone(),
             });
         }
 
@@ -148,6 +182,46 @@ impl Intake {
         Outcome::Accepted {
             message_ids: messages.into_iter().map(|message| message.id).collect(),
         }
+    }
+
+    /// The thread the message continues in this inbox (with its newest earlier emails), or a
+    /// new one.
+    async fn thread_of(
+        &self,
+        inbox_id: &str,
+        keys: &thread::ThreadKeys,
+        inbox_recipients: &[String],
+        received_at: i64,
+    ) -> Result<Thread, crate::db::Error> {
+        let candidates = self
+            .db
+            .thread_candidates(
+                inbox_id,
+                &keys.references,
+                keys.subject_key.as_deref(),
+                received_at - thread::SUBJECT_WINDOW_MS,
+            )
+            .await?;
+        let mut own_addresses = self
+            .directory
+            .inbox(inbox_id)
+            .map(|inbox| inbox.addresses)
+            .unwrap_or_default();
+        own_addresses.extend_from_slice(inbox_recipients);
+        let Some(thread_id) = thread::resolve(keys, &candidates, &own_addresses) else {
+            return Ok(Thread {
+                thread_id: new_id("thr"),
+                previous_emails: Vec::new(),
+            });
+        };
+        let history = self
+            .db
+            .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS)
+            .await?;
+        Ok(Thread {
+            previous_emails: thread::previous_emails(&history),
+            thread_id,
+        })
     }
 
     /// Removes objects of a transaction that will not be committed. A failure here leaves an
@@ -215,6 +289,10 @@ impl Intake {
             subject: event["booking"]["title"].as_str().map(str::to_owned),
             received_at,
             event_json: event.to_string(),
+            // A booking is its own thread: calendar events never join mail threads.
+            thread_id: new_id("thr"),
+            subject_key: None,
+            participants: Vec::new(),
             deliveries,
         };
         if let Err(err) = self

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`intake`],
-//! [`parse`], [`event`], [`store`], [`db`], [`deliver`], [`api`], [`app`].
+//! [`parse`], [`thread`], [`prompt`], [`event`], [`store`], [`db`], [`deliver`], [`api`],
+//! [`app`].
 
 pub mod api;
 pub mod app;
@@ -23,6 +24,8 @@ pub mod ingress;
 pub mod intake;
 pub mod model;
 pub mod parse;
+pub mod prompt;
 pub mod route;
 pub mod smtp;
 pub mod store;
+pub mod thread;

@@ -41,7 +41,7 @@ pub struct ParsedMessage {
     pub plain_text: Option<String>,
     /// The first text/html body part, decoded to UTF-8.
     pub html: Option<String>,
-    /// Text rendering of the body for prompts: plain text, or the HTML converted to text.
+    /// Text rendering of the body for prompts: plain text, or the HTML converted to markdown.
     pub body_as_text: Option<String>,
     /// True when `plain_text` and `html` are the two sides of one multipart/alternative.
     pub alternative_content: bool,
@@ -92,8 +92,10 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
     };
     let plain_text = part_text(plain_index);
     let html = part_text(html_index);
+    // HTML-only mail becomes markdown, so links, lists, tables and quotes survive for the prompt.
     let body_as_text = plain_text
         .clone()
+        .or_else(|| html.as_deref().map(crate::prompt::html::to_markdown))
         .or_else(|| message.body_text(0).map(|text| text.into_owned()));
     if message.parts.iter().any(|part| part.is_encoding_problem) {
         warnings.push("a body part could not be decoded as declared".to_owned());

@@ -159,7 +159,13 @@ async fn lettre_message_arrives_signed_with_every_field() {
         prompt.contains("Plain body line") && prompt.contains("notes.txt"),
         "{prompt}"
     );
-    assert_eq!(email["thread_prompt"], email["prompt"]);
+    // A thread of one: the thread prompt holds just this email.
+    let thread_prompt = email["thread_prompt"].as_str().expect("thread prompt");
+    assert!(
+        thread_prompt.contains(prompt.trim_end())
+            && thread_prompt.contains("Emails in this thread: 1,"),
+        "{thread_prompt}"
+    );
     assert_eq!(email["timestamp"], event["timestamp"]);
 
     // The API serves the same event and the raw bytes from the store.

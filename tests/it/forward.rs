@@ -110,6 +110,11 @@ fn sample_event(raw: &[u8]) -> serde_json::Value {
             s3_key: "k",
             size: raw.len(),
             max_payload_bytes: 1 << 20,
+            thread: &mxhook::thread::Thread {
+                thread_id: "thr_forward".to_owned(),
+                previous_emails: Vec::new(),
+            },
+            templates: &mxhook::prompt::Templates::default(),
         },
         &parsed,
     )

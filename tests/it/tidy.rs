@@ -39,6 +39,10 @@ fn pure_stages_do_no_io() {
         "src/smtp/proto.rs",
         "src/parse.rs",
         "src/event.rs",
+        "src/thread.rs",
+        "src/prompt.rs",
+        "src/prompt/html.rs",
+        "src/prompt/quote.rs",
         "src/deliver/retry.rs",
         "src/deliver/signature.rs",
     ] {
