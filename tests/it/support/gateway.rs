@@ -57,7 +57,11 @@ pub struct TestGateway {
 /// (`MXTEST_PG_URL` overrides the server URL), so the same tests run on both backends.
 pub fn test_database_url(dir: &std::path::Path) -> String {
     if std::env::var("MXTEST_DB_BACKEND").as_deref() == Ok("postgres") {
-        postgres_database_url()
+        // One database per data directory, so a gateway restarted on the same directory finds
+        // its data again, as it does with SQLite.
+        use sha2::Digest as _;
+        let digest = hex::encode(sha2::Sha256::digest(dir.display().to_string().as_bytes()));
+        postgres_database(&format!("mxhook_t_{}", &digest[..24]))
     } else {
         format!("sqlite://{}", dir.join("mxhook.db").display())
     }
@@ -65,23 +69,36 @@ pub fn test_database_url(dir: &std::path::Path) -> String {
 
 /// A new, empty database on the test PostgreSQL server.
 pub fn postgres_database_url() -> String {
-    let server = std::env::var("MXTEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
     let name = format!(
         "mxhook_t_{}",
         super::rand_token().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
     );
-    let output = std::process::Command::new("psql")
-        .arg(format!("{server}/test"))
-        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "creating test database: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    postgres_database(&name)
+}
+
+/// The URL of database `name` on the test PostgreSQL server, created if it does not exist.
+fn postgres_database(name: &str) -> String {
+    let server = std::env::var("MXTEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let psql = |sql: String| {
+        std::process::Command::new("psql")
+            .arg(format!("{server}/test"))
+            .args(["-v", "ON_ERROR_STOP=1", "-tAqc"])
+            .arg(sql)
+            .output()
+            .expect("psql runs")
+    };
+    let exists = psql(format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+    ));
+    if String::from_utf8_lossy(&exists.stdout).trim() != "1" {
+        let output = psql(format!("CREATE DATABASE {name}"));
+        assert!(
+            output.status.success(),
+            "creating test database: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     format!("{server}/{name}")
 }
 
