@@ -20,9 +20,11 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::deliver::Dispatcher;
 use crate::directory::Directory;
-use crate::intake::Intake;
+use crate::intake::{Checks, Intake};
+use crate::ratelimit::RateLimiter;
 use crate::smtp::{self, SessionContext};
 use crate::store::Store;
+use crate::verify::Verifier;
 
 /// How long shutdown waits for sessions and attempts before it stops waiting.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -77,14 +79,23 @@ pub async fn run_with_listeners(
     }
 
     let wakeup = Arc::new(Notify::new());
-    let intake = Arc::new(Intake::new(
-        &config.storage,
-        config.delivery.max_payload_bytes,
-        store.clone(),
-        db.clone(),
-        directory.clone(),
-        Arc::clone(&wakeup),
-    ));
+    let intake = Arc::new(
+        Intake::new(
+            &config.storage,
+            config.delivery.max_payload_bytes,
+            store.clone(),
+            db.clone(),
+            directory.clone(),
+            Arc::clone(&wakeup),
+        )
+        .with_checks(Checks::new(
+            Verifier::new(&config.auth, &config.smtp.hostname)
+                .context("building the DNS resolver")?,
+            RateLimiter::new(&config.rate_limit, db.clone()),
+            &config.auth,
+            &config.inboxes,
+        )),
+    );
     let dispatcher = Arc::new(
         Dispatcher::new(&config.delivery, db.clone(), node_id, Arc::clone(&wakeup))
             .context("building the webhook client")?,

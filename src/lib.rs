@@ -22,5 +22,7 @@ pub mod event;
 pub mod intake;
 pub mod model;
 pub mod parse;
+pub mod ratelimit;
 pub mod smtp;
 pub mod store;
+pub mod verify;

@@ -1,0 +1,161 @@
+//! Rate limits per envelope sender, sender domain and inbox: leaky buckets whose state lives in
+//! the database, so every node and every restart sees the same levels.
+//!
+//! Each accepted message adds one to its three buckets; a bucket drains its soft limit once per
+//! window. Above the soft level the event says `rate_limited: true`; at the hard level RCPT is
+//! refused with `451 4.7.1`, so the sender retries later. A database error never refuses mail
+//! here: it is logged and the message counts as under the limits (storage errors are caught
+//! where they matter, before the 250).
+
+use std::net::IpAddr;
+
+use crate::config::RateLimitConfig;
+use crate::db::Db;
+use crate::model::now_ms;
+
+/// Writes lost to a concurrent writer before a bucket update gives up for this message.
+const MAX_SWAPS: usize = 8;
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    config: RateLimitConfig,
+    db: Db,
+}
+
+/// One bucket and its limits.
+struct Bucket {
+    key: String,
+    soft: u64,
+    hard: u64,
+}
+
+impl RateLimiter {
+    pub fn new(config: &RateLimitConfig, db: Db) -> Self {
+        Self {
+            config: config.clone(),
+            db,
+        }
+    }
+
+    fn buckets(
+        &self,
+        mail_from: Option<&str>,
+        remote_ip: Option<IpAddr>,
+        inbox_id: &str,
+    ) -> Vec<Bucket> {
+        let config = &self.config;
+        let mut buckets = Vec::with_capacity(3);
+        match mail_from.map(str::to_ascii_lowercase) {
+            Some(sender) => {
+                if let Some((_, domain)) = sender.rsplit_once('@') {
+                    buckets.push(Bucket {
+                        key: format!("domain:{domain}"),
+                        soft: config.domain_soft,
+                        hard: config.domain_hard,
+                    });
+                }
+                buckets.push(Bucket {
+                    key: format!("sender:{sender}"),
+                    soft: config.sender_soft,
+                    hard: config.sender_hard,
+                });
+            }
+            // Bounces have no sender to count; the connecting address stands in for it.
+            None => buckets.push(Bucket {
+                key: format!(
+                    "sender:<>@{}",
+                    remote_ip.map(|ip| ip.to_string()).unwrap_or_default()
+                ),
+                soft: config.sender_soft,
+                hard: config.sender_hard,
+            }),
+        }
+        buckets.push(Bucket {
+            key: format!("inbox:{inbox_id}"),
+            soft: config.inbox_soft,
+            hard: config.inbox_hard,
+        });
+        buckets
+    }
+
+    /// Thousandths of a message a bucket with this soft limit drains per millisecond.
+    fn drained(&self, soft: u64, elapsed_ms: i64) -> i64 {
+        let per_ms = soft as f64 * 1000.0 / (self.config.window_s * 1000.0);
+        (per_ms * elapsed_ms.max(0) as f64) as i64
+    }
+
+    /// True when a bucket of this recipient is at its hard limit (asked at RCPT).
+    pub async fn over_hard_limit(
+        &self,
+        mail_from: Option<&str>,
+        remote_ip: Option<IpAddr>,
+        inbox_id: &str,
+    ) -> bool {
+        let now = now_ms();
+        for bucket in self.buckets(mail_from, remote_ip, inbox_id) {
+            if bucket.hard == 0 {
+                continue;
+            }
+            match self.db.rate_bucket(&bucket.key).await {
+                Ok(Some((level, updated_at))) => {
+                    let level = (level - self.drained(bucket.soft, now - updated_at)).max(0);
+                    if level >= i64::try_from(bucket.hard.saturating_mul(1000)).unwrap_or(i64::MAX)
+                    {
+                        return true;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "reading a rate bucket failed"),
+            }
+        }
+        false
+    }
+
+    /// Counts one message for this inbox and says whether a bucket is now above its soft limit.
+    pub async fn count_message(
+        &self,
+        mail_from: Option<&str>,
+        remote_ip: Option<IpAddr>,
+        inbox_id: &str,
+    ) -> bool {
+        let mut over_soft = false;
+        for bucket in self.buckets(mail_from, remote_ip, inbox_id) {
+            if bucket.soft == 0 && bucket.hard == 0 {
+                continue;
+            }
+            match self.add_one(&bucket).await {
+                Ok(level) => {
+                    over_soft |= bucket.soft != 0
+                        && level
+                            > i64::try_from(bucket.soft.saturating_mul(1000)).unwrap_or(i64::MAX);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, bucket = bucket.key, "counting a message failed")
+                }
+            }
+        }
+        over_soft
+    }
+
+    async fn add_one(&self, bucket: &Bucket) -> Result<i64, crate::db::Error> {
+        let mut level = 0;
+        for _ in 0..MAX_SWAPS {
+            let now = now_ms();
+            let seen = self.db.rate_bucket(&bucket.key).await?;
+            level = match seen {
+                Some((level, updated_at)) => {
+                    (level - self.drained(bucket.soft, now - updated_at)).max(0) + 1000
+                }
+                None => 1000,
+            };
+            if self
+                .db
+                .swap_rate_bucket(&bucket.key, seen, level, now)
+                .await?
+            {
+                return Ok(level);
+            }
+        }
+        Ok(level)
+    }
+}

@@ -1,0 +1,1 @@
+//! Unit tests of verification over a pre-loaded resolver cache.
