@@ -328,6 +328,12 @@ fn spf_name(result: SpfResult) -> &'static str {
 fn dkim_result(result: &DkimResult) -> (&'static str, Option<String>) {
     match result {
         DkimResult::Pass => ("pass", None),
+        // RFC 6376 §3.7: a body hash mismatch is a failed signature (PERMFAIL), though
+        // mail-auth files it under neutral.
+        DkimResult::Neutral(
+            err @ (mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch)
+            | mail_auth::Error::Arc(mail_auth::arc::ArcError::FailedBodyHashMatch)),
+        ) => ("fail", Some(err.to_string())),
         DkimResult::Neutral(err) => ("neutral", Some(err.to_string())),
         DkimResult::Fail(err) => ("fail", Some(err.to_string())),
         DkimResult::PermError(err) => ("permerror", Some(err.to_string())),
