@@ -205,6 +205,8 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Run SPF, DKIM, DMARC and ARC; off, events say `auth.checked: false` and no DNS is asked.
+    pub enabled: bool,
     /// DNS servers for SPF/DKIM/DMARC lookups; empty means the system resolver.
     pub nameservers: Vec<String>,
     /// Seconds one DNS query may take (two attempts per server).
@@ -223,6 +225,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             nameservers: Vec::new(),
             dns_timeout_s: 5.0,
             verify_timeout_s: 20.0,

@@ -39,7 +39,7 @@ pub enum Error {
 /// Structured results, as the event's `auth` object carries them.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct AuthVerdict {
-    /// False only when verification did not run (no connecting address, e.g. a local test).
+    /// False only when verification did not run (`auth.enabled = false`, or no client address).
     pub checked: bool,
     pub spf: Option<SpfVerdict>,
     pub dkim: Vec<DkimVerdict>,
@@ -123,6 +123,7 @@ pub struct Verifier {
     cache: Arc<DnsCache>,
     hostname: String,
     deadline: Duration,
+    enabled: bool,
 }
 
 impl Verifier {
@@ -135,12 +136,14 @@ impl Verifier {
             &config.nameservers,
             Duration::from_secs_f64(config.dns_timeout_s),
         )?;
-        Ok(Self::with_resolver(
+        let mut verifier = Self::with_resolver(
             authenticator,
             DnsCache::default(),
             hostname,
             Duration::from_secs_f64(config.verify_timeout_s),
-        ))
+        );
+        verifier.enabled = config.enabled;
+        Ok(verifier)
     }
 
     /// A verifier over a given resolver and cache (tests pre-load the cache).
@@ -155,13 +158,14 @@ impl Verifier {
             cache: Arc::new(cache),
             hostname: hostname.to_owned(),
             deadline,
+            enabled: true,
         }
     }
 
     /// Verifies one message as received. Never fails: resolver trouble or running past the
     /// deadline is `temperror` in the verdict.
     pub async fn verify(&self, envelope: &Envelope, raw: &[u8]) -> AuthVerdict {
-        let Some(remote_ip) = envelope.remote_ip else {
+        let Some(remote_ip) = envelope.remote_ip.filter(|_| self.enabled) else {
             return AuthVerdict::default();
         };
         match tokio::time::timeout(self.deadline, self.verify_from(remote_ip, envelope, raw)).await

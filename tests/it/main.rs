@@ -8,3 +8,4 @@ mod fixtures;
 mod process;
 mod smtp_session;
 mod tidy;
+mod verification;
