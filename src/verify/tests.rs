@@ -429,3 +429,58 @@ fn fingerprints_use_the_message_id_or_else_the_content() {
         trust::fingerprint(None, other)
     );
 }
+
+#[tokio::test]
+async fn mail_forwarded_by_a_list_that_changed_it_fails_dkim_but_carries_a_valid_arc_chain() {
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::{AuthenticatedMessage, AuthenticationResults};
+
+    let origin = Domain::with_signer("example.org");
+    let list = Domain::with_signer("lists.test");
+    let cache = cache_for(&origin);
+    cache
+        .preload_txt("lists.test", &format!("v=spf1 ip4:{OTHER_IP} -all"))
+        .expect("spf");
+    cache
+        .preload_txt(
+            "s1._domainkey.lists.test",
+            &format!("v=DKIM1; k=ed25519; p={}", list.public_key_b64),
+        )
+        .expect("dkim");
+    let verifier = verifier(cache);
+
+    // The list receives the signed mail, appends its footer, records what it saw and seals.
+    let forwarded = origin
+        .sign(&message("alice@example.org", "Minutes"))
+        .replace("Minutes\r\n", "Minutes\r\n-- \r\nlist footer\r\n");
+    let parsed = AuthenticatedMessage::parse(forwarded.as_bytes()).expect("parse");
+    let dkim_seen = verifier
+        .authenticator
+        .verify_dkim(verifier.cache.params(&parsed))
+        .await;
+    let arc_seen = verifier
+        .authenticator
+        .verify_arc(verifier.cache.params(&parsed))
+        .await;
+    let results = AuthenticationResults::new("lists.test")
+        .with_dkim_results(&dkim_seen, "alice@example.org")
+        .with_arc_result(&arc_seen, SENDER_IP.parse().expect("ip"));
+    let seal = ArcSealer::from_key(Ed25519Key::from_pkcs8_der(&list.pkcs8).expect("key"))
+        .domain("lists.test")
+        .selector("s1")
+        .headers(["From", "To", "Subject", "DKIM-Signature"])
+        .seal(&parsed, &results, &arc_seen)
+        .expect("seal");
+    let raw = format!("{}{forwarded}", seal.to_header());
+
+    let verdict = verifier
+        .verify(
+            &envelope(OTHER_IP, Some("bounces@lists.test")),
+            raw.as_bytes(),
+        )
+        .await;
+    assert_eq!(verdict.dkim[0].result, "fail", "{verdict:?}");
+    let arc = verdict.arc.as_ref().expect("arc verdict");
+    assert_eq!((arc.result, arc.instances), ("pass", 1), "{verdict:?}");
+    assert_eq!(verdict.dmarc.as_ref().expect("dmarc").result, "fail");
+}

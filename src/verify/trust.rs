@@ -199,12 +199,11 @@ pub fn policy_violations(policy: &InboxPolicy, facts: &Facts<'_>) -> Vec<String>
     if blocked(facts.from) || blocked(facts.envelope_from) {
         violations.push("sender is blocked".to_owned());
     }
-    if !policy.allow_senders.is_empty()
-        && !(verdict.dmarc_pass()
-            && facts
-                .from
-                .is_some_and(|from| sender_listed(&policy.allow_senders, from)))
-    {
+    let verified_and_allowed = verdict.dmarc_pass()
+        && facts
+            .from
+            .is_some_and(|from| sender_listed(&policy.allow_senders, from));
+    if !policy.allow_senders.is_empty() && !verified_and_allowed {
         violations.push("sender is not on the verified allow list".to_owned());
     }
     if policy.spf_pass_required && verdict.spf.as_ref().is_none_or(|spf| spf.result != "pass") {
