@@ -81,6 +81,8 @@ struct Received<'a> {
     verdict: &'a AuthVerdict,
     headers: &'a trust::HeaderFacts,
     from: Option<&'a str>,
+    /// The envelope sender or its domain is above its soft rate limit.
+    sender_rate_limited: bool,
 }
 
 /// What the checks concluded for one inbox's copy.
@@ -160,6 +162,10 @@ impl Intake {
 
         let mut inbox_flags = Vec::with_capacity(inbox_ids.len());
         if let Some(checks) = &self.checks {
+            let sender_rate_limited = checks
+                .rate_limiter
+                .count_sender(envelope.mail_from.as_deref(), envelope.remote_ip)
+                .await;
             let headers = trust::header_facts(raw);
             let from = parsed.from.as_ref().map(|from| from.address.as_str());
             for inbox_id in &inbox_ids {
@@ -170,6 +176,7 @@ impl Intake {
                     verdict: &verdict,
                     headers: &headers,
                     from,
+                    sender_rate_limited,
                 };
                 let flags = self.inbox_flags(checks, &message, inbox_id).await;
                 match flags {
@@ -265,7 +272,6 @@ impl Intake {
                 reason: "database unavailable".to_owned(),
             };
         }
-        self.dispatcher_wakeup.notify_waiters();
         if let Some(checks) = &self.checks {
             // After the commit: a message that did not commit must not make its retry a duplicate.
             let window_ms = (checks.auth.duplicate_window_s * 1000.0) as i64;
@@ -285,6 +291,7 @@ impl Intake {
                 }
             }
         }
+        self.dispatcher_wakeup.notify_waiters();
         Outcome::Accepted {
             message_ids: messages.into_iter().map(|message| message.id).collect(),
         }
@@ -304,6 +311,7 @@ impl Intake {
             verdict,
             headers,
             from,
+            sender_rate_limited,
         } = *message;
         let (policy, action) = checks.policies.get(inbox_id).cloned().unwrap_or_default();
         let allow_listed = from.is_some_and(|from| {
@@ -339,10 +347,7 @@ impl Intake {
                 false
             }
         };
-        let rate_limited = checks
-            .rate_limiter
-            .count_message(envelope.mail_from.as_deref(), envelope.remote_ip, inbox_id)
-            .await;
+        let rate_limited = sender_rate_limited | checks.rate_limiter.count_inbox(inbox_id).await;
         let flags = serde_json::json!({
             "sender_verified": verdict.dmarc_pass(),
             "peer_trust_tier": trust::trust_tier(&facts),

@@ -37,14 +37,9 @@ impl RateLimiter {
         }
     }
 
-    fn buckets(
-        &self,
-        mail_from: Option<&str>,
-        remote_ip: Option<IpAddr>,
-        inbox_id: &str,
-    ) -> Vec<Bucket> {
+    fn sender_buckets(&self, mail_from: Option<&str>, remote_ip: Option<IpAddr>) -> Vec<Bucket> {
         let config = &self.config;
-        let mut buckets = Vec::with_capacity(3);
+        let mut buckets = Vec::with_capacity(2);
         match mail_from.map(str::to_ascii_lowercase) {
             Some(sender) => {
                 if let Some((_, domain)) = sender.rsplit_once('@') {
@@ -70,17 +65,26 @@ impl RateLimiter {
                 hard: config.sender_hard,
             }),
         }
-        buckets.push(Bucket {
-            key: format!("inbox:{inbox_id}"),
-            soft: config.inbox_soft,
-            hard: config.inbox_hard,
-        });
         buckets
     }
 
-    /// Thousandths of a message a bucket with this soft limit drains per millisecond.
-    fn drained(&self, soft: u64, elapsed_ms: i64) -> i64 {
-        let per_ms = soft as f64 * 1000.0 / (self.config.window_s * 1000.0);
+    fn inbox_bucket(&self, inbox_id: &str) -> Bucket {
+        Bucket {
+            key: format!("inbox:{inbox_id}"),
+            soft: self.config.inbox_soft,
+            hard: self.config.inbox_hard,
+        }
+    }
+
+    /// Thousandths of a message a bucket drains in `elapsed_ms`: its soft limit per window, or
+    /// its hard limit when the soft one is off, so that a bucket always empties in time.
+    fn drained(&self, bucket: &Bucket, elapsed_ms: i64) -> i64 {
+        let per_window = if bucket.soft > 0 {
+            bucket.soft
+        } else {
+            bucket.hard
+        };
+        let per_ms = per_window as f64 / self.config.window_s;
         (per_ms * elapsed_ms.max(0) as f64) as i64
     }
 
@@ -92,15 +96,16 @@ impl RateLimiter {
         inbox_id: &str,
     ) -> bool {
         let now = now_ms();
-        for bucket in self.buckets(mail_from, remote_ip, inbox_id) {
+        let mut buckets = self.sender_buckets(mail_from, remote_ip);
+        buckets.push(self.inbox_bucket(inbox_id));
+        for bucket in buckets {
             if bucket.hard == 0 {
                 continue;
             }
             match self.db.rate_bucket(&bucket.key).await {
                 Ok(Some((level, updated_at))) => {
-                    let level = (level - self.drained(bucket.soft, now - updated_at)).max(0);
-                    if level >= i64::try_from(bucket.hard.saturating_mul(1000)).unwrap_or(i64::MAX)
-                    {
+                    let level = (level - self.drained(&bucket, now - updated_at)).max(0);
+                    if level >= milli(bucket.hard) {
                         return true;
                     }
                 }
@@ -111,26 +116,27 @@ impl RateLimiter {
         false
     }
 
-    /// Counts one message for this inbox and says whether a bucket is now above its soft limit.
-    pub async fn count_message(
-        &self,
-        mail_from: Option<&str>,
-        remote_ip: Option<IpAddr>,
-        inbox_id: &str,
-    ) -> bool {
+    /// Counts one message against its sender and sender domain; true when either is now above
+    /// its soft limit.
+    pub async fn count_sender(&self, mail_from: Option<&str>, remote_ip: Option<IpAddr>) -> bool {
+        self.count(self.sender_buckets(mail_from, remote_ip)).await
+    }
+
+    /// Counts one message against an inbox; true when it is now above its soft limit.
+    pub async fn count_inbox(&self, inbox_id: &str) -> bool {
+        self.count(vec![self.inbox_bucket(inbox_id)]).await
+    }
+
+    async fn count(&self, buckets: Vec<Bucket>) -> bool {
         let mut over_soft = false;
-        for bucket in self.buckets(mail_from, remote_ip, inbox_id) {
+        for bucket in buckets {
             if bucket.soft == 0 && bucket.hard == 0 {
                 continue;
             }
             match self.add_one(&bucket).await {
-                Ok(level) => {
-                    over_soft |= bucket.soft != 0
-                        && level
-                            > i64::try_from(bucket.soft.saturating_mul(1000)).unwrap_or(i64::MAX);
-                }
+                Ok(level) => over_soft |= bucket.soft != 0 && level > milli(bucket.soft),
                 Err(err) => {
-                    tracing::warn!(error = %err, bucket = bucket.key, "counting a message failed")
+                    tracing::warn!(error = %err, bucket = bucket.key, "counting a message failed");
                 }
             }
         }
@@ -144,7 +150,7 @@ impl RateLimiter {
             let seen = self.db.rate_bucket(&bucket.key).await?;
             level = match seen {
                 Some((level, updated_at)) => {
-                    (level - self.drained(bucket.soft, now - updated_at)).max(0) + 1000
+                    (level - self.drained(bucket, now - updated_at)).max(0) + 1000
                 }
                 None => 1000,
             };
@@ -158,4 +164,9 @@ impl RateLimiter {
         }
         Ok(level)
     }
+}
+
+/// A limit in the buckets' unit, thousandths of a message.
+fn milli(limit: u64) -> i64 {
+    i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX)
 }

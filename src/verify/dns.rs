@@ -18,6 +18,7 @@ use mail_auth::common::verify::DomainKey;
 use mail_auth::dmarc::Dmarc;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
+use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use mail_auth::spf::Spf;
 use mail_auth::{DnsError, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache, Txt};
 
@@ -35,13 +36,17 @@ pub fn authenticator(
     nameservers: &[String],
     timeout: Duration,
 ) -> Result<MessageAuthenticator, Error> {
+    if nameservers.is_empty() {
+        let (config, mut options) = read_system_conf()
+            .map_err(|err| Error::Resolver(format!("reading the system resolver config: {err}")))?;
+        options.timeout = timeout;
+        options.attempts = 2;
+        return MessageAuthenticator::new(config, options)
+            .map_err(|err| Error::Resolver(err.to_string()));
+    }
     let mut options = ResolverOpts::default();
     options.timeout = timeout;
     options.attempts = 2;
-    if nameservers.is_empty() {
-        return MessageAuthenticator::new_system_conf()
-            .map_err(|err| Error::Resolver(format!("reading the system resolver config: {err}")));
-    }
     let mut servers = Vec::with_capacity(nameservers.len());
     for server in nameservers {
         let addr = server
