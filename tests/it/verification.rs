@@ -12,7 +12,7 @@ use mail_auth::dkim::DkimSigner;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, eventually};
+use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver};
 
 /// dnsmasq answering for `*.test` on a loopback port, killed when dropped.
 struct LocalDns {
@@ -24,41 +24,51 @@ impl LocalDns {
     /// Starts dnsmasq with these TXT records. Every other name under `.test` is NXDOMAIN, and
     /// there is no upstream: nothing is asked beyond this process.
     async fn start(txt_records: &[(String, String)]) -> Self {
-        let port = {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("pick a port");
-            socket.local_addr().expect("addr").port()
-        };
-        let mut command = Command::new("dnsmasq");
-        command
-            .arg("--keep-in-foreground")
-            .arg(format!("--port={port}"))
-            .arg("--listen-address=127.0.0.1")
-            .arg("--bind-interfaces")
-            .arg("--no-resolv")
-            .arg("--no-hosts")
-            .arg("--pid-file=")
-            .arg("--local=/test/");
-        for (name, text) in txt_records {
-            command.arg(format!("--txt-record={name},{text}"));
+        // A port picked free can be taken again before dnsmasq binds it (both UDP and TCP are
+        // needed); then dnsmasq exits and another port is tried.
+        for _ in 0..5 {
+            let port = {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("pick a port");
+                socket.local_addr().expect("addr").port()
+            };
+            let mut command = Command::new("dnsmasq");
+            command
+                .arg("--keep-in-foreground")
+                .arg(format!("--port={port}"))
+                .arg("--listen-address=127.0.0.1")
+                .arg("--bind-interfaces")
+                .arg("--no-resolv")
+                .arg("--no-hosts")
+                .arg("--pid-file=")
+                .arg("--local=/test/");
+            for (name, text) in txt_records {
+                command.arg(format!("--txt-record={name},{text}"));
+            }
+            let mut child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("dnsmasq runs (scripts/test installs dnsmasq-base)");
+            let deadline = tokio::time::Instant::now() + crate::support::SOON;
+            while tokio::time::Instant::now() < deadline {
+                if child.try_wait().expect("dnsmasq status").is_some() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Self {
+                        port,
+                        _child: child,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
         }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("dnsmasq runs (scripts/test installs dnsmasq-base)");
-        eventually("dnsmasq to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        Self {
-            port,
-            _child: child,
-        }
+        panic!("dnsmasq did not start on a loopback port");
     }
 
     fn auth_toml(&self) -> String {
@@ -173,8 +183,11 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
         "Invoice",
         "Please pay 10 EUR.",
     ));
-    assert_eq!(send(&gateway, "alice@sender.test", &signed).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &signed).await,
+    )
+    .await;
     let auth = &event["auth"];
     assert_eq!(auth["checked"], true, "{auth}");
     assert_eq!(auth["spf"]["result"], "pass", "{auth}");
@@ -200,8 +213,11 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
 
     // The same mail with its body changed after signing.
     let tampered = signed.replace("10 EUR", "9000 EUR");
-    assert_eq!(send(&gateway, "alice@sender.test", &tampered).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &tampered).await,
+    )
+    .await;
     assert_eq!(
         event["auth"]["dkim"][0]["result"], "fail",
         "{}",
@@ -216,8 +232,11 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
          dkim=pass header.d=bank.test; dmarc=pass header.from=bank.test\r\n{}",
         message("ceo@bank.test", "Urgent wire", "Send it now.")
     );
-    assert_eq!(send(&gateway, "ceo@bank.test", &spoof).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "ceo@bank.test", &spoof).await,
+    )
+    .await;
     assert_eq!(event["auth"]["spf"]["result"], "fail", "{}", event["auth"]);
     assert_eq!(event["auth"]["dmarc"]["result"], "fail");
     assert_eq!(event["auth"]["dmarc"]["domain"], "bank.test");
@@ -229,8 +248,11 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
         "From: <ceo@bank.test>\r\n{}",
         message("alice@sender.test", "Hello", "Hi")
     ));
-    assert_eq!(send(&gateway, "alice@sender.test", &two_from).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &two_from).await,
+    )
+    .await;
     assert_eq!(event["peer_trust_tier"], "suspicious", "{}", event["auth"]);
     assert_eq!(event["sender_verified"], false);
 
@@ -250,8 +272,11 @@ async fn an_unreachable_resolver_is_temperror_and_the_mail_is_still_accepted() {
         format!("[auth]\nnameservers = [\"127.0.0.1:{port}\"]\ndns_timeout_s = 0.2\n");
     let gateway = TestGateway::start(options).await;
     let raw = message("alice@sender.test", "Hi", "Hello");
-    assert_eq!(send(&gateway, "alice@sender.test", &raw).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &raw).await,
+    )
+    .await;
     assert_eq!(
         event["auth"]["spf"]["result"], "temperror",
         "{}",
@@ -276,23 +301,32 @@ async fn traffic_types_and_peer_mail_between_inboxes() {
         "List-Id: <news.sender.test>\r\nList-Unsubscribe: <mailto:u@sender.test>\r\n{}",
         message("news@sender.test", "Weekly", "News")
     );
-    assert_eq!(send(&gateway, "news@sender.test", &list_mail).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "news@sender.test", &list_mail).await,
+    )
+    .await;
     assert_eq!(event["traffic_types"], serde_json::json!(["bulk"]));
     assert_eq!(event["auth"]["checked"], false);
     assert_eq!(event["peer_trust_tier"], "unverified");
 
     let ci = message("noreply@github.test", "Build failed", "Red");
-    assert_eq!(send(&gateway, "noreply@github.test", &ci).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "noreply@github.test", &ci).await,
+    )
+    .await;
     assert_eq!(
         event["traffic_types"],
         serde_json::json!(["automated", "notifications"])
     );
 
     let peer = message("other@example.com", "From a colleague", "Hi");
-    assert_eq!(send(&gateway, "other@example.com", &peer).await.0, 250);
-    let event = received_event(&mut receiver).await;
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "other@example.com", &peer).await,
+    )
+    .await;
     assert_eq!(event["traffic_types"], serde_json::json!(["human", "peer"]));
     gateway.stop().await;
 }
@@ -339,11 +373,19 @@ async fn over_the_soft_limit_is_flagged_and_at_the_hard_limit_rcpt_gets_451() {
     let gateway = TestGateway::start(options).await;
 
     let first = message("burst@sender.test", "1", "one");
-    assert_eq!(send(&gateway, "burst@sender.test", &first).await.0, 250);
-    assert_eq!(received_event(&mut receiver).await["rate_limited"], false);
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "burst@sender.test", &first).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], false);
     let second = message("burst@sender.test", "2", "two");
-    assert_eq!(send(&gateway, "burst@sender.test", &second).await.0, 250);
-    assert_eq!(received_event(&mut receiver).await["rate_limited"], true);
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "burst@sender.test", &second).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], true);
 
     let mut client = SmtpClient::connect(gateway.smtp).await;
     client.expect("EHLO client.test", 250).await;
