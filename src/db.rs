@@ -747,12 +747,12 @@ impl Db {
             .await?,
             Some((old_level, old_updated)) => {
                 sqlx::query(
-                    "UPDATE rate_buckets SET level_milli = $2, updated_at = $3 \
-                     WHERE bucket = $1 AND level_milli = $4 AND updated_at = $5",
+                    "UPDATE rate_buckets SET level_milli = $1, updated_at = $2 \
+                     WHERE bucket = $3 AND level_milli = $4 AND updated_at = $5",
                 )
-                .bind(bucket)
                 .bind(level_milli)
                 .bind(now)
+                .bind(bucket)
                 .bind(old_level)
                 .bind(old_updated)
                 .execute(&self.pool)
