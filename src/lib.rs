@@ -9,8 +9,8 @@
 //! HTTP :8080 ─► api::router ─► db (messages, deliveries, attempts), store (raw .eml)
 //! ```
 //!
-//! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`intake`],
-//! [`parse`], [`event`], [`store`], [`db`], [`deliver`], [`api`], [`app`].
+//! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
+//! [`intake`], [`parse`], [`verify`], [`event`], [`store`], [`db`], [`deliver`], [`api`], [`app`].
 
 pub mod api;
 pub mod app;

@@ -170,3 +170,88 @@ impl RateLimiter {
 fn milli(limit: u64) -> i64 {
     i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+
+    async fn limiter(dir: &tempfile::TempDir, config: RateLimitConfig) -> RateLimiter {
+        let db = Db::connect(&DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().join("rate.db").display()),
+            max_connections: 2,
+        })
+        .await
+        .expect("db");
+        db.migrate().await.expect("migrate");
+        RateLimiter::new(&config, db)
+    }
+
+    #[tokio::test]
+    async fn buckets_fill_per_sender_and_drain_their_soft_limit_per_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            window_s: 3600.0,
+            sender_soft: 1,
+            sender_hard: 2,
+            domain_soft: 0,
+            domain_hard: 0,
+            inbox_soft: 0,
+            inbox_hard: 0,
+        };
+        let limiter = limiter(&dir, config).await;
+        let alice = Some("alice@example.org");
+        assert!(!limiter.count_sender(alice, None).await);
+        assert!(
+            limiter.count_sender(alice, None).await,
+            "second is over soft"
+        );
+        assert!(limiter.over_hard_limit(alice, None, "agent").await);
+        assert!(
+            !limiter
+                .over_hard_limit(Some("bob@example.org"), None, "agent")
+                .await
+        );
+
+        // The same level written one window ago has drained by the soft limit (one message).
+        let key = "sender:alice@example.org";
+        let seen = limiter.db.rate_bucket(key).await.expect("read");
+        let an_hour_ago = now_ms() - 3_600_000;
+        assert!(
+            limiter
+                .db
+                .swap_rate_bucket(key, seen, 2000, an_hour_ago)
+                .await
+                .expect("write")
+        );
+        assert!(!limiter.over_hard_limit(alice, None, "agent").await);
+        assert!(
+            limiter.count_sender(alice, None).await,
+            "1 left + 1 new > 1"
+        );
+        assert!(limiter.over_hard_limit(alice, None, "agent").await);
+    }
+
+    #[tokio::test]
+    async fn bounces_are_counted_per_connecting_address_and_zero_turns_a_limit_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            window_s: 3600.0,
+            sender_soft: 1,
+            sender_hard: 1,
+            domain_soft: 0,
+            domain_hard: 0,
+            inbox_soft: 0,
+            inbox_hard: 0,
+        };
+        let limiter = limiter(&dir, config).await;
+        let first: IpAddr = "192.0.2.1".parse().expect("ip");
+        let second: IpAddr = "192.0.2.2".parse().expect("ip");
+        assert!(!limiter.count_sender(None, Some(first)).await);
+        assert!(limiter.over_hard_limit(None, Some(first), "agent").await);
+        assert!(!limiter.over_hard_limit(None, Some(second), "agent").await);
+        for _ in 0..5 {
+            assert!(!limiter.count_inbox("agent").await, "inbox limits are off");
+        }
+    }
+}
