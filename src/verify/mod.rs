@@ -132,10 +132,15 @@ impl Verifier {
     /// # Errors
     /// [`Error::Resolver`] when the resolver cannot be built.
     pub fn new(config: &AuthConfig, hostname: &str) -> Result<Self, Error> {
-        let authenticator = dns::authenticator(
-            &config.nameservers,
-            Duration::from_secs_f64(config.dns_timeout_s),
-        )?;
+        let authenticator = if config.enabled {
+            dns::authenticator(
+                &config.nameservers,
+                Duration::from_secs_f64(config.dns_timeout_s),
+            )?
+        } else {
+            // Never asked; built without reading the system configuration, which may be absent.
+            dns::unused_authenticator()?
+        };
         let mut verifier = Self::with_resolver(
             authenticator,
             DnsCache::default(),
