@@ -21,10 +21,12 @@ use crate::db::Db;
 use crate::deliver::Dispatcher;
 use crate::directory::Directory;
 use crate::ingress::{self, IngressState};
-use crate::intake::Intake;
+use crate::intake::{Checks, Intake};
 use crate::prompt::Templates;
+use crate::ratelimit::RateLimiter;
 use crate::smtp::{self, SessionContext};
 use crate::store::Store;
+use crate::verify::Verifier;
 
 /// How long shutdown waits for sessions and attempts before it stops waiting.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -89,7 +91,14 @@ pub async fn run_with_listeners(
             directory.clone(),
             Arc::clone(&wakeup),
         )
-        .with_templates(templates),
+        .with_templates(templates)
+        .with_checks(Checks::new(
+            Verifier::new(&config.auth, &config.smtp.hostname)
+                .context("building the DNS resolver")?,
+            RateLimiter::new(&config.rate_limit, db.clone()),
+            &config.auth,
+            &config.inboxes,
+        )),
     );
     let dispatcher = Arc::new(
         Dispatcher::new(&config.delivery, db.clone(), node_id, Arc::clone(&wakeup))

@@ -57,6 +57,8 @@ pub struct Config {
     pub ingress: IngressConfig,
     #[serde(default)]
     pub templates: TemplatesConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -206,11 +208,80 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Run SPF, DKIM, DMARC and ARC; off, events say `auth.checked: false` and no DNS is asked.
+    pub enabled: bool,
     /// DNS servers for SPF/DKIM/DMARC lookups; empty means the system resolver.
     pub nameservers: Vec<String>,
+    /// Seconds one DNS query may take (two attempts per server).
+    pub dns_timeout_s: f64,
+    /// Seconds all checks of one message may take; past it the verdict is `temperror`.
+    pub verify_timeout_s: f64,
+    /// Senders trusted for every inbox once DMARC passes: addresses or domains.
+    pub allow_senders: Vec<String>,
+    /// From domain (and its subdomains) → an extra entry in `traffic_types`.
+    pub sender_domain_types: std::collections::BTreeMap<String, String>,
+    /// Seconds within which a message with the same Message-ID (or content) for the same inbox
+    /// is flagged `is_duplicate`.
+    pub duplicate_window_s: f64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            nameservers: Vec::new(),
+            dns_timeout_s: 5.0,
+            verify_timeout_s: 20.0,
+            allow_senders: Vec::new(),
+            sender_domain_types: std::collections::BTreeMap::new(),
+            duplicate_window_s: 7.0 * 24.0 * 3600.0,
+        }
+    }
+}
+
+/// How an inbox treats mail that breaks its policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    /// Accept and deliver; the event lists the violations.
+    #[default]
+    Tag,
+    /// `550 5.7.1` at the end of DATA; nothing is stored.
+    Reject,
+    /// Stored and visible by API, but not delivered.
+    Quarantine,
+}
+
+/// Leaky buckets per envelope sender, sender domain and inbox: each accepted message adds one,
+/// and a bucket drains its soft limit once per window. Above the soft level events carry
+/// `rate_limited: true`; at the hard level RCPT is answered `451 4.7.1`. 0 turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub window_s: f64,
+    pub sender_soft: u64,
+    pub sender_hard: u64,
+    pub domain_soft: u64,
+    pub domain_hard: u64,
+    pub inbox_soft: u64,
+    pub inbox_hard: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            window_s: 3600.0,
+            sender_soft: 100,
+            sender_hard: 500,
+            domain_soft: 1000,
+            domain_hard: 5000,
+            inbox_soft: 5000,
+            inbox_hard: 20000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -379,6 +450,21 @@ pub struct InboxConfig {
     /// `calendly:<event type URI>`.
     #[serde(default)]
     pub calendar_event_types: Vec<String>,
+    #[serde(default)]
+    pub spf_pass_required: bool,
+    #[serde(default)]
+    pub dkim_pass_required: bool,
+    #[serde(default)]
+    pub dmarc_pass_required: bool,
+    /// Addresses or domains; when set, only these senders (with a DMARC pass) meet the policy,
+    /// and they are `trusted`.
+    #[serde(default)]
+    pub allow_senders: Vec<String>,
+    /// Addresses or domains that never meet the policy.
+    #[serde(default)]
+    pub block_senders: Vec<String>,
+    #[serde(default)]
+    pub policy_action: PolicyAction,
 }
 
 impl fmt::Debug for InboxConfig {
@@ -394,6 +480,12 @@ impl fmt::Debug for InboxConfig {
             .field("signature", &self.signature)
             .field("payload", &self.payload)
             .field("calendar_event_types", &self.calendar_event_types)
+            .field("spf_pass_required", &self.spf_pass_required)
+            .field("dkim_pass_required", &self.dkim_pass_required)
+            .field("dmarc_pass_required", &self.dmarc_pass_required)
+            .field("allow_senders", &self.allow_senders)
+            .field("block_senders", &self.block_senders)
+            .field("policy_action", &self.policy_action)
             .finish()
     }
 }
@@ -526,6 +618,30 @@ impl Config {
                 "database.max_connections",
                 "must be greater than 0",
             ));
+        }
+
+        positive_seconds("auth.dns_timeout_s", self.auth.dns_timeout_s)?;
+        positive_seconds("auth.verify_timeout_s", self.auth.verify_timeout_s)?;
+        positive_seconds("auth.duplicate_window_s", self.auth.duplicate_window_s)?;
+        for server in &self.auth.nameservers {
+            if server.parse::<SocketAddr>().is_err() && server.parse::<std::net::IpAddr>().is_err()
+            {
+                return Err(invalid(
+                    "auth.nameservers",
+                    format!("`{server}` is not an address (\"127.0.0.1:5353\" or \"9.9.9.9\")"),
+                ));
+            }
+        }
+        let rate = &self.rate_limit;
+        positive_seconds("rate_limit.window_s", rate.window_s)?;
+        for (key, soft, hard) in [
+            ("rate_limit.sender_hard", rate.sender_soft, rate.sender_hard),
+            ("rate_limit.domain_hard", rate.domain_soft, rate.domain_hard),
+            ("rate_limit.inbox_hard", rate.inbox_soft, rate.inbox_hard),
+        ] {
+            if hard != 0 && hard < soft {
+                return Err(invalid(key, "must be 0 (off) or at least the soft limit"));
+            }
         }
 
         let delivery = &self.delivery;

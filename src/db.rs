@@ -14,6 +14,7 @@ use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_threads.sql")),
+    (3, include_str!("../migrations/0003_verification.sql")),
     (6, include_str!("../migrations/0006_ingress.sql")),
 ];
 
@@ -516,28 +517,8 @@ impl Db {
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
-        let attempt: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1",
-        )
-        .bind(&record.delivery_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
-             status_code, outcome, error, response_excerpt) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(crate::model::new_id("att"))
-        .bind(&record.delivery_id)
-        .bind(attempt)
-        .bind(record.started_at)
-        .bind(record.latency_ms)
-        .bind(record.status_code.map(i64::from))
-        .bind(&record.outcome)
-        .bind(record.error.clone())
-        .bind(record.response_excerpt.clone())
-        .execute(&mut *tx)
-        .await?;
+        // The write comes first: on SQLite a transaction that reads and then writes fails with
+        // "database is locked" when another connection wrote in between, instead of waiting.
         let now = now_ms();
         let (status, next_attempt_at, failed, delivered_at) = match record.next {
             JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
@@ -558,6 +539,28 @@ impl Db {
         .bind(record.error.clone())
         .bind(now)
         .bind(&record.delivery_id)
+        .execute(&mut *tx)
+        .await?;
+        let attempt: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1",
+        )
+        .bind(&record.delivery_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
+             status_code, outcome, error, response_excerpt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(crate::model::new_id("att"))
+        .bind(&record.delivery_id)
+        .bind(attempt)
+        .bind(record.started_at)
+        .bind(record.latency_ms)
+        .bind(record.status_code.map(i64::from))
+        .bind(&record.outcome)
+        .bind(record.error.clone())
+        .bind(record.response_excerpt.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -753,6 +756,118 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`].
+    /// True when this inbox received a message with this fingerprint at or after `since`.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn fingerprint_seen(
+        &self,
+        inbox_id: &str,
+        fingerprint: &str,
+        since: i64,
+    ) -> Result<bool, Error> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT message_id FROM message_fingerprints \
+             WHERE inbox_id = $1 AND fingerprint = $2 AND received_at >= $3 LIMIT 1",
+        )
+        .bind(inbox_id)
+        .bind(fingerprint)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Remembers that `message_id` carried this fingerprint, and forgets fingerprints older
+    /// than `forget_before`, so the table holds one duplicate window.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn record_fingerprint(
+        &self,
+        inbox_id: &str,
+        fingerprint: &str,
+        message_id: &str,
+        received_at: i64,
+        forget_before: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO message_fingerprints (inbox_id, fingerprint, message_id, received_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(inbox_id)
+        .bind(fingerprint)
+        .bind(message_id)
+        .bind(received_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM message_fingerprints WHERE inbox_id = $1 AND received_at < $2")
+            .bind(inbox_id)
+            .bind(forget_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A rate bucket's stored level (thousandths of a message) and when it was written.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn rate_bucket(&self, bucket: &str) -> Result<Option<(i64, i64)>, Error> {
+        let row = sqlx::query("SELECT level_milli, updated_at FROM rate_buckets WHERE bucket = $1")
+            .bind(bucket)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some((
+                row.try_get("level_milli")?,
+                row.try_get("updated_at")?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a bucket level if the row is still as it was read (`None`: still absent). False
+    /// means another session or node wrote first; the caller reads again.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn swap_rate_bucket(
+        &self,
+        bucket: &str,
+        seen: Option<(i64, i64)>,
+        level_milli: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let result = match seen {
+            None => sqlx::query(
+                "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (bucket) DO NOTHING",
+            )
+            .bind(bucket)
+            .bind(level_milli)
+            .bind(now)
+            .execute(&self.pool)
+            .await?,
+            Some((old_level, old_updated)) => {
+                sqlx::query(
+                    "UPDATE rate_buckets SET level_milli = $1, updated_at = $2 \
+                     WHERE bucket = $3 AND level_milli = $4 AND updated_at = $5",
+                )
+                .bind(level_milli)
+                .bind(now)
+                .bind(bucket)
+                .bind(old_level)
+                .bind(old_updated)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(result.rows_affected() == 1)
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -132,6 +132,18 @@ pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
     event
 }
 
+/// Sets the fields verification computed (`sender_verified`, `peer_trust_tier`,
+/// `traffic_types`, `rate_limited`, `is_duplicate`, `quarantined`, `auth`, …) on a built event,
+/// then applies the size cap again.
+pub fn apply_flags(event: &mut Value, flags: Value, max_payload_bytes: usize) {
+    if let (Some(event), Value::Object(flags)) = (event.as_object_mut(), flags) {
+        for (key, value) in flags {
+            event.insert(key, value);
+        }
+    }
+    enforce_size_cap(event, max_payload_bytes);
+}
+
 /// The body to POST for one endpoint.
 pub fn payload_for(event: &Value, format: PayloadFormat) -> Value {
     match format {

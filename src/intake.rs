@@ -1,23 +1,28 @@
-//! The pre-`250` sequence, in one place: parse → resolve the thread → store → build event →
-//! commit message and delivery jobs → wake the dispatcher.
+//! The pre-`250` sequence, in one place: parse → verify (SPF, DKIM, DMARC, ARC) → per-inbox
+//! flags and policy → resolve the thread → store → build event → commit message and delivery
+//! jobs → wake the dispatcher.
 //!
 //! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
 //! bytes are durable in the store and the database commit that holds the event and its jobs has
 //! returned. Any failure undoes what was stored and returns [`Outcome::TempFail`], which the SMTP
 //! session turns into `451 4.3.0` so the sender retries.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::config::StorageConfig;
+use crate::config::{AuthConfig, InboxConfig, PolicyAction, StorageConfig};
 use crate::db::{Db, NewDelivery, NewMessage};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
 use crate::model::{Envelope, new_id, now_ms};
 use crate::prompt::Templates;
+use crate::ratelimit::RateLimiter;
 use crate::store::{self, Store};
 use crate::thread::{self, Thread};
+use crate::verify::trust::{self, Facts, InboxPolicy};
+use crate::verify::{AuthVerdict, Verifier};
 
 /// What happened to one DATA transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +31,67 @@ pub enum Outcome {
     Accepted { message_ids: Vec<String> },
     /// Nothing was kept; the sender should retry later.
     TempFail { reason: String },
+    /// Nothing was kept; an inbox's policy refuses the message for good.
+    Reject { reason: String },
+}
+
+/// Sender verification and what follows from it: the flags, the per-inbox policy, duplicate
+/// detection and rate limits. Without it events keep their unverified defaults.
+pub struct Checks {
+    pub verifier: Verifier,
+    pub rate_limiter: RateLimiter,
+    pub auth: AuthConfig,
+    /// Inbox id → its policy and what to do when a message breaks it.
+    pub policies: HashMap<String, (InboxPolicy, PolicyAction)>,
+}
+
+impl Checks {
+    pub fn new(
+        verifier: Verifier,
+        rate_limiter: RateLimiter,
+        auth: &AuthConfig,
+        inboxes: &[InboxConfig],
+    ) -> Self {
+        let policies = inboxes
+            .iter()
+            .map(|inbox| {
+                let policy = InboxPolicy {
+                    spf_pass_required: inbox.spf_pass_required,
+                    dkim_pass_required: inbox.dkim_pass_required,
+                    dmarc_pass_required: inbox.dmarc_pass_required,
+                    allow_senders: inbox.allow_senders.clone(),
+                    block_senders: inbox.block_senders.clone(),
+                };
+                (inbox.id.clone(), (policy, inbox.policy_action))
+            })
+            .collect();
+        Self {
+            verifier,
+            rate_limiter,
+            auth: auth.clone(),
+            policies,
+        }
+    }
+}
+
+/// One received message with what parsing and verification learned about it.
+#[derive(Clone, Copy)]
+struct Received<'a> {
+    envelope: &'a Envelope,
+    raw: &'a [u8],
+    parsed: &'a crate::parse::ParsedMessage,
+    verdict: &'a AuthVerdict,
+    headers: &'a trust::HeaderFacts,
+    from: Option<&'a str>,
+    /// The envelope sender or its domain is above its soft rate limit.
+    sender_rate_limited: bool,
+}
+
+/// What the checks concluded for one inbox's copy.
+struct InboxFlags {
+    flags: serde_json::Value,
+    quarantined: bool,
+    fingerprint: Option<String>,
 }
 
 pub struct Intake {
@@ -37,6 +103,7 @@ pub struct Intake {
     max_payload_bytes: usize,
     dispatcher_wakeup: Arc<Notify>,
     templates: Templates,
+    checks: Option<Checks>,
 }
 
 impl Intake {
@@ -57,6 +124,27 @@ impl Intake {
             max_payload_bytes,
             dispatcher_wakeup,
             templates: Templates::default(),
+            checks: None,
+        }
+    }
+
+    /// Turns on verification, flags, policy, duplicate detection and rate limits.
+    pub fn with_checks(mut self, checks: Checks) -> Self {
+        self.checks = Some(checks);
+        self
+    }
+
+    /// True when this recipient's sender, sender domain or inbox is at its hard rate limit;
+    /// the session then answers RCPT with `451 4.7.1`.
+    pub async fn over_hard_limit(&self, envelope: &Envelope, inbox_id: &str) -> bool {
+        match &self.checks {
+            Some(checks) => {
+                checks
+                    .rate_limiter
+                    .over_hard_limit(envelope.mail_from.as_deref(), envelope.remote_ip, inbox_id)
+                    .await
+            }
+            None => false,
         }
     }
 
@@ -71,6 +159,10 @@ impl Intake {
         let received_at = now_ms();
         let parsed = crate::parse::parse(raw);
         let thread_keys = thread::keys(&parsed);
+        let verdict = match &self.checks {
+            Some(checks) => checks.verifier.verify(envelope, raw).await,
+            None => AuthVerdict::default(),
+        };
 
         let mut inbox_ids: Vec<&str> = Vec::new();
         for recipient in &envelope.recipients {
@@ -79,9 +171,38 @@ impl Intake {
             }
         }
 
+        let mut inbox_flags = Vec::with_capacity(inbox_ids.len());
+        if let Some(checks) = &self.checks {
+            let sender_rate_limited = checks
+                .rate_limiter
+                .count_sender(envelope.mail_from.as_deref(), envelope.remote_ip)
+                .await;
+            let headers = trust::header_facts(raw);
+            let from = parsed.from.as_ref().map(|from| from.address.as_str());
+            for inbox_id in &inbox_ids {
+                let message = Received {
+                    envelope,
+                    raw,
+                    parsed: &parsed,
+                    verdict: &verdict,
+                    headers: &headers,
+                    from,
+                    sender_rate_limited,
+                };
+                let flags = self.inbox_flags(checks, &message, inbox_id).await;
+                match flags {
+                    Ok(flags) => inbox_flags.push(Some(flags)),
+                    Err(reason) => return Outcome::Reject { reason },
+                }
+            }
+        } else {
+            inbox_flags.resize_with(inbox_ids.len(), || None);
+        }
+
         let mut messages = Vec::with_capacity(inbox_ids.len());
+        let mut fingerprints = Vec::new();
         let mut stored_keys = Vec::with_capacity(inbox_ids.len());
-        for inbox_id in inbox_ids {
+        for (inbox_id, flags) in inbox_ids.into_iter().zip(inbox_flags) {
             let message_id = new_id("msg");
             let event_id = new_id("evt");
             let key = store::object_key(&self.prefix, inbox_id, &message_id);
@@ -104,7 +225,7 @@ impl Intake {
                     };
                 }
             };
-            let event = event::build(
+            let mut event = event::build(
                 &EventContext {
                     event_id: &event_id,
                     message_id: &message_id,
@@ -121,11 +242,18 @@ impl Intake {
                 },
                 &parsed,
             );
+            let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
+            if let Some(flags) = flags {
+                event::apply_flags(&mut event, flags.flags, self.max_payload_bytes);
+                if let Some(fingerprint) = flags.fingerprint {
+                    fingerprints.push((inbox_id.to_owned(), fingerprint, message_id.clone()));
+                }
+            }
             let deliveries = self
                 .directory
                 .inbox(inbox_id)
                 .and_then(|inbox| inbox.webhook)
-                .filter(|webhook| webhook.enabled)
+                .filter(|webhook| webhook.enabled && !quarantined)
                 .map(|webhook| NewDelivery {
                     id: new_id("dlv"),
                     channel: "webhook".to_owned(),
@@ -178,6 +306,25 @@ impl Intake {
                 reason: "database unavailable".to_owned(),
             };
         }
+        if let Some(checks) = &self.checks {
+            // After the commit: a message that did not commit must not make its retry a duplicate.
+            let window_ms = (checks.auth.duplicate_window_s * 1000.0) as i64;
+            for (inbox_id, fingerprint, message_id) in &fingerprints {
+                let recorded = self
+                    .db
+                    .record_fingerprint(
+                        inbox_id,
+                        fingerprint,
+                        message_id,
+                        received_at,
+                        received_at - window_ms,
+                    )
+                    .await;
+                if let Err(err) = recorded {
+                    tracing::warn!(error = %err, message_id, "recording the duplicate fingerprint failed");
+                }
+            }
+        }
         self.dispatcher_wakeup.notify_waiters();
         Outcome::Accepted {
             message_ids: messages.into_iter().map(|message| message.id).collect(),
@@ -221,6 +368,74 @@ impl Intake {
         Ok(Thread {
             previous_emails: thread::previous_emails(&history),
             thread_id,
+        })
+    }
+
+    /// The flags of one inbox's copy, or the reason its policy rejects the message.
+    async fn inbox_flags(
+        &self,
+        checks: &Checks,
+        message: &Received<'_>,
+        inbox_id: &str,
+    ) -> Result<InboxFlags, String> {
+        let Received {
+            envelope,
+            raw,
+            parsed,
+            verdict,
+            headers,
+            from,
+            sender_rate_limited,
+        } = *message;
+        let (policy, action) = checks.policies.get(inbox_id).cloned().unwrap_or_default();
+        let allow_listed = from.is_some_and(|from| {
+            trust::sender_listed(&checks.auth.allow_senders, from)
+                || trust::sender_listed(&policy.allow_senders, from)
+        });
+        let facts = Facts {
+            verdict,
+            headers,
+            from,
+            envelope_from: envelope.mail_from.as_deref(),
+            from_is_gateway_inbox: from
+                .is_some_and(|from| self.directory.lookup(&from.to_ascii_lowercase()).is_some()),
+            allow_listed,
+        };
+        let violations = trust::policy_violations(&policy, &facts);
+        if !violations.is_empty() && action == PolicyAction::Reject {
+            tracing::info!(inbox_id, ?violations, "message rejected by inbox policy");
+            return Err(violations.join("; "));
+        }
+        let quarantined = !violations.is_empty() && action == PolicyAction::Quarantine;
+
+        let fingerprint = trust::fingerprint(parsed.message_id.as_deref(), raw);
+        let window_ms = (checks.auth.duplicate_window_s * 1000.0) as i64;
+        let is_duplicate = match self
+            .db
+            .fingerprint_seen(inbox_id, &fingerprint, now_ms() - window_ms)
+            .await
+        {
+            Ok(seen) => seen,
+            Err(err) => {
+                tracing::warn!(error = %err, "duplicate lookup failed; message not flagged");
+                false
+            }
+        };
+        let rate_limited = sender_rate_limited | checks.rate_limiter.count_inbox(inbox_id).await;
+        let flags = serde_json::json!({
+            "sender_verified": verdict.dmarc_pass(),
+            "peer_trust_tier": trust::trust_tier(&facts),
+            "traffic_types": trust::traffic_types(&facts, &checks.auth.sender_domain_types),
+            "rate_limited": rate_limited,
+            "is_duplicate": is_duplicate,
+            "quarantined": quarantined,
+            "policy_violations": violations,
+            "auth": verdict,
+        });
+        Ok(InboxFlags {
+            flags,
+            quarantined,
+            fingerprint: Some(fingerprint),
         })
     }
 

@@ -9,9 +9,9 @@
 //! HTTP :8080 ─► api::router ─► db (messages, deliveries, attempts), store (raw .eml)
 //! ```
 //!
-//! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`intake`],
-//! [`parse`], [`thread`], [`prompt`], [`event`], [`store`], [`db`], [`deliver`], [`api`],
-//! [`app`].
+//! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
+//! [`intake`], [`parse`], [`verify`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
+//! [`db`], [`deliver`], [`ingress`], [`api`], [`app`].
 
 pub mod api;
 pub mod app;
@@ -25,7 +25,9 @@ pub mod intake;
 pub mod model;
 pub mod parse;
 pub mod prompt;
+pub mod ratelimit;
 pub mod route;
 pub mod smtp;
 pub mod store;
 pub mod thread;
+pub mod verify;

@@ -153,7 +153,7 @@ async fn start_mxhook(binary: &Path, dir: &Path, receiver: SocketAddr) -> anyhow
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = 2000\n[http]\nlisten = \"{http}\"\n\
+            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = 2000\n[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
 [delivery]\nallow_http = true\nallow_private_targets = true\n\
 [[inbox]]\nid = \"agent\"\naddresses = [\"agent@example.com\"]\nwebhook_url = \"http://{receiver}/hook\"\n\
 webhook_secret = \"bench-secret\"\n"

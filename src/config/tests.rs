@@ -125,3 +125,30 @@ fn address_normalization_refuses_routing_syntax() {
         assert_eq!(normalize_address(bad), None, "{bad} accepted");
     }
 }
+
+#[test]
+fn verification_keys_are_validated_by_name() {
+    check_error(
+        "[auth]\nnameservers = [\"dns.example\"]\n",
+        &[],
+        "auth.nameservers",
+    );
+    check_error(
+        "[auth]\nverify_timeout_s = 0\n",
+        &[],
+        "auth.verify_timeout_s",
+    );
+    check_error(
+        "[rate_limit]\nsender_soft = 10\nsender_hard = 5\n",
+        &[],
+        "rate_limit.sender_hard",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\npolicy_action = \"drop\"\n",
+        &[],
+        "inbox[0].policy_action",
+    );
+    let config = Config::load(None, Vec::new()).expect("defaults are valid");
+    assert!(config.auth.enabled);
+    assert!((config.auth.duplicate_window_s - 604_800.0).abs() < f64::EPSILON);
+}

@@ -87,6 +87,8 @@ enum Refusal {
     Unauthorized(String),
     UnknownTarget(String),
     BadPayload(String),
+    /// The inbox's sender policy refuses the message; retrying will not help.
+    Rejected(String),
     Unavailable,
     Internal(String),
 }
@@ -97,6 +99,7 @@ impl IntoResponse for Refusal {
             Self::Unauthorized(message) => (StatusCode::UNAUTHORIZED, "unauthorized", message),
             Self::UnknownTarget(message) => (StatusCode::NOT_FOUND, "not_found", message),
             Self::BadPayload(message) => (StatusCode::BAD_REQUEST, "bad_request", message),
+            Self::Rejected(reason) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason),
             // 503 asks the provider to retry, like 451 asks an SMTP sender.
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -284,6 +287,7 @@ impl IngressState {
                     .into_response())
             }
             Outcome::TempFail { .. } => Err(Refusal::Unavailable),
+            Outcome::Reject { reason } => Err(Refusal::Rejected(reason)),
         }
     }
 }

@@ -188,7 +188,7 @@ where
         match verb.as_str() {
             "EHLO" | "HELO" => self.handle_hello(&verb),
             "MAIL" => self.handle_mail(),
-            "RCPT" => self.handle_rcpt(),
+            "RCPT" => self.handle_rcpt().await,
             "DATA" => return self.handle_data().await,
             "RSET" => {
                 let response = self.engine.process(b"RSET\r\n");
@@ -283,7 +283,7 @@ where
         }
     }
 
-    fn handle_rcpt(&mut self) {
+    async fn handle_rcpt(&mut self) {
         let decision = match proto::parse_rcpt_to(&self.line) {
             Err(reply) => {
                 self.queue_error(&reply);
@@ -296,6 +296,15 @@ where
                 Reply::new(550, "5.7.1", format!("<{path}>: relay access denied"))
             }
             Ok(RcptTo::Mailbox(address)) => match self.ctx.directory.lookup(&address) {
+                Some(inbox_id)
+                    if self
+                        .ctx
+                        .intake
+                        .over_hard_limit(&self.envelope, &inbox_id)
+                        .await =>
+                {
+                    Reply::new(451, "4.7.1", "Rate limit reached, try again later")
+                }
                 Some(inbox_id) => {
                     *self
                         .handler
@@ -417,6 +426,9 @@ fn reply_for(outcome: Outcome) -> Reply {
         Outcome::TempFail { reason } => {
             tracing::warn!(reason, "message not accepted, sender asked to retry");
             replies::temp_failure()
+        }
+        Outcome::Reject { reason } => {
+            Reply::new(550, "5.7.1", format!("Message refused by policy: {reason}"))
         }
     }
 }

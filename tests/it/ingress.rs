@@ -15,11 +15,17 @@ const CALENDLY_TYPE: &str = "https://api.calendly.com/event_types/ET1";
 
 async fn gateway(receiver: &WebhookReceiver) -> TestGateway {
     let mut options = GatewayOptions::webhook(receiver.url());
-    // Lands in the last [[inbox]] table ("other"), then opens [ingress].
-    options.extra_toml = format!(
-        "calendar_event_types = [\"calcom:42\", \"calendly:{CALENDLY_TYPE}\"]\n[ingress]\nrotation_grace_s = 1.5\n"
+    options.extra_toml = "[ingress]\nrotation_grace_s = 1.5\n".to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
+        "id = \"other\"\n",
+        &format!(
+            "id = \"other\"\ncalendar_event_types = [\"calcom:42\", \"calendly:{CALENDLY_TYPE}\"]\n"
+        ),
+        1,
     );
-    TestGateway::start(options).await
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    TestGateway::start_with(dir, config).await
 }
 
 fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {

@@ -15,3 +15,4 @@ mod signatures;
 mod smtp_session;
 mod threading;
 mod tidy;
+mod verification;

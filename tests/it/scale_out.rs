@@ -19,7 +19,13 @@ const MESSAGES_PER_SENDER: usize = 250;
 /// SIGKILL node 1 once this many messages have been accepted in all.
 const KILL_AFTER: usize = 500;
 
-fn node_config(storage: &std::path::Path, database_url: &str, webhook_url: &str) -> String {
+/// The config every node of one test shares; `rate` is every rate limit (per hour).
+fn node_config(
+    storage: &std::path::Path,
+    database_url: &str,
+    webhook_url: &str,
+    rate: u64,
+) -> String {
     format!(
         r#"
 [smtp]
@@ -31,6 +37,15 @@ path = "{storage}"
 [database]
 url = "{database_url}"
 max_connections = 4
+[auth]
+enabled = false
+[rate_limit]
+sender_soft = {rate}
+sender_hard = {rate}
+domain_soft = {rate}
+domain_hard = {rate}
+inbox_soft = {rate}
+inbox_hard = {rate}
 [delivery]
 allow_http = true
 allow_private_targets = true
@@ -82,7 +97,12 @@ async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
     let config_path = dir.path().join("mxhook.toml");
     std::fs::write(
         &config_path,
-        node_config(&storage, &postgres_database_url(), &receiver.url()),
+        node_config(
+            &storage,
+            &postgres_database_url(),
+            &receiver.url(),
+            1_000_000,
+        ),
     )
     .expect("write config");
 
@@ -183,4 +203,79 @@ async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
     for process in processes.into_iter().flatten() {
         process.kill_9();
     }
+}
+
+/// Duplicate detection and rate limits live in the shared database, so they hold across nodes:
+/// the same Message-ID through a second node is flagged, and a sender's hard limit counts what
+/// every node accepted.
+#[tokio::test]
+async fn duplicates_and_rate_limits_are_shared_across_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(
+        &config_path,
+        node_config(
+            &dir.path().join("store"),
+            &postgres_database_url(),
+            &receiver.url(),
+            4,
+        ),
+    )
+    .expect("write config");
+    let first = Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let second = Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+
+    let message =
+        crate::support::simple_message("dup@sender.example", "agent@example.com", "twice", "same");
+    let mut client = crate::support::SmtpClient::connect(first.smtp).await;
+    assert_eq!(
+        client
+            .send_message("dup@sender.example", &["agent@example.com"], &message)
+            .await
+            .0,
+        250
+    );
+    let mut client = crate::support::SmtpClient::connect(second.smtp).await;
+    assert_eq!(
+        client
+            .send_message("dup@sender.example", &["agent@example.com"], &message)
+            .await
+            .0,
+        250
+    );
+    let mut flags = vec![
+        receiver.recv().await.json()["is_duplicate"].clone(),
+        receiver.recv().await.json()["is_duplicate"].clone(),
+    ];
+    flags.sort_by_key(|flag| flag.to_string());
+    assert_eq!(flags, [serde_json::json!(false), serde_json::json!(true)]);
+
+    // Four messages per hour for this sender across the cluster: two more pass, then 451.
+    let mut codes = Vec::new();
+    for (n, node) in [&first, &second, &first].iter().enumerate() {
+        let mut client = crate::support::SmtpClient::connect(node.smtp).await;
+        client.expect("EHLO limits.test", 250).await;
+        client.expect("MAIL FROM:<dup@sender.example>", 250).await;
+        let (code, text) = client.cmd("RCPT TO:<agent@example.com>").await;
+        if code == 250 {
+            let body = crate::support::simple_message(
+                "dup@sender.example",
+                "agent@example.com",
+                &format!("n{n}"),
+                "x",
+            );
+            assert_eq!(client.data(&body).await.0, 250);
+        } else {
+            assert!(text.starts_with("4.7.1"), "{text}");
+        }
+        codes.push(code);
+    }
+    assert_eq!(
+        codes,
+        [250, 250, 451],
+        "the hard limit counts both nodes' mail"
+    );
+    first.kill_9();
+    second.kill_9();
 }

@@ -26,6 +26,9 @@ pub struct GatewayOptions {
     pub allow_private_targets: bool,
     /// Appended to the generated config.
     pub extra_toml: String,
+    /// The `[auth]` section. Verification is off by default so that no test asks a DNS server
+    /// it did not start; the verification tests point it at their own.
+    pub auth_toml: String,
 }
 
 impl GatewayOptions {
@@ -39,6 +42,7 @@ impl GatewayOptions {
             storage_path: None,
             allow_private_targets: true,
             extra_toml: String::new(),
+            auth_toml: "[auth]\nenabled = false\n".to_owned(),
         }
     }
 }
@@ -146,6 +150,7 @@ addresses = ["agent@example.com", "alias@example.com"]
 id = "other"
 addresses = ["other@example.com"]
 {webhook}{secret}
+{auth}
 {extra}
 "#,
         max_size = options.max_message_size,
@@ -154,6 +159,7 @@ addresses = ["other@example.com"]
         allow_private = options.allow_private_targets,
         retry = options.retry_base_s,
         max_retries = options.max_retries,
+        auth = options.auth_toml,
         extra = options.extra_toml,
     )
 }

@@ -1,0 +1,467 @@
+//! Sender verification end to end: a real DNS server (dnsmasq on a loopback port) publishes
+//! SPF, DKIM and DMARC records, mail signed with a key generated here goes in over SMTP, and the
+//! webhook shows the verdicts and the flags. Also duplicates, rate limits and inbox policies.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver};
+
+/// dnsmasq answering for `*.test` on a loopback port, killed when dropped.
+struct LocalDns {
+    port: u16,
+    _child: Child,
+}
+
+impl LocalDns {
+    /// Starts dnsmasq with these TXT records. Every other name under `.test` is NXDOMAIN, and
+    /// there is no upstream: nothing is asked beyond this process.
+    async fn start(txt_records: &[(String, String)]) -> Self {
+        // A port picked free can be taken again before dnsmasq binds it (both UDP and TCP are
+        // needed); then dnsmasq exits and another port is tried.
+        for _ in 0..5 {
+            let port = {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("pick a port");
+                socket.local_addr().expect("addr").port()
+            };
+            let mut command = Command::new("dnsmasq");
+            command
+                .arg("--keep-in-foreground")
+                .arg(format!("--port={port}"))
+                .arg("--listen-address=127.0.0.1")
+                .arg("--bind-interfaces")
+                .arg("--no-resolv")
+                .arg("--no-hosts")
+                .arg("--pid-file=")
+                .arg("--local=/test/");
+            for (name, text) in txt_records {
+                command.arg(format!("--txt-record={name},{text}"));
+            }
+            let mut child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("dnsmasq runs (scripts/test installs dnsmasq-base)");
+            let deadline = tokio::time::Instant::now() + crate::support::SOON;
+            while tokio::time::Instant::now() < deadline {
+                if child.try_wait().expect("dnsmasq status").is_some() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Self {
+                        port,
+                        _child: child,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        panic!("dnsmasq did not start on a loopback port");
+    }
+
+    fn auth_toml(&self) -> String {
+        format!(
+            "[auth]\nnameservers = [\"127.0.0.1:{}\"]\ndns_timeout_s = 2\n",
+            self.port
+        )
+    }
+}
+
+/// A signing domain with a key generated for this test.
+struct Signer {
+    domain: &'static str,
+    pkcs8: Vec<u8>,
+}
+
+impl Signer {
+    fn new(domain: &'static str) -> Self {
+        Self {
+            domain,
+            pkcs8: Ed25519Key::generate_pkcs8().expect("generate key"),
+        }
+    }
+
+    fn key(&self) -> Ed25519Key {
+        Ed25519Key::from_pkcs8_der(&self.pkcs8).expect("load key")
+    }
+
+    /// The records the domain publishes: SPF for loopback, the DKIM key, DMARC `p=reject`.
+    fn records(&self) -> Vec<(String, String)> {
+        let public = base64::engine::general_purpose::STANDARD.encode(self.key().public_key());
+        vec![
+            (
+                self.domain.to_owned(),
+                "v=spf1 ip4:127.0.0.1 -all".to_owned(),
+            ),
+            (
+                format!("s1._domainkey.{}", self.domain),
+                format!("v=DKIM1; k=ed25519; p={public}"),
+            ),
+            (
+                format!("_dmarc.{}", self.domain),
+                "v=DMARC1; p=reject".to_owned(),
+            ),
+        ]
+    }
+
+    fn sign(&self, message: &str) -> String {
+        let signature = DkimSigner::from_key(self.key())
+            .domain(self.domain)
+            .selector("s1")
+            .headers(["From", "To", "Subject", "Date", "Message-ID"])
+            .sign(message.as_bytes())
+            .expect("sign");
+        format!("{}{message}", signature.to_header())
+    }
+}
+
+fn message(from: &str, subject: &str, body: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: agent@example.com\r\nSubject: {subject}\r\n\
+         Date: Mon, 16 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{}@sender.test>\r\n\r\n{body}\r\n",
+        crate::support::rand_token()
+    )
+}
+
+async fn send(gateway: &TestGateway, mail_from: &str, raw: &str) -> (u16, String) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client
+        .send_message(mail_from, &["agent@example.com"], raw.as_bytes())
+        .await
+}
+
+async fn received_event(receiver: &mut WebhookReceiver) -> Value {
+    receiver.recv().await.json()
+}
+
+/// The event of the message a 250 reply named, skipping redeliveries of earlier messages
+/// (delivery is at-least-once, e.g. across a restart).
+async fn event_of(receiver: &mut WebhookReceiver, reply: &(u16, String)) -> Value {
+    assert_eq!(reply.0, 250, "{}", reply.1);
+    let message_id = reply.1.rsplit(' ').next().expect("queued as id");
+    loop {
+        let event = received_event(receiver).await;
+        if event["message_id"] == message_id {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_server() {
+    let sender = Signer::new("sender.test");
+    let mut records = sender.records();
+    records.push((
+        "_dmarc.bank.test".to_owned(),
+        "v=DMARC1; p=reject".to_owned(),
+    ));
+    records.push((
+        "bank.test".to_owned(),
+        "v=spf1 ip4:192.0.2.1 -all".to_owned(),
+    ));
+    let dns = LocalDns::start(&records).await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = dns.auth_toml();
+    let gateway = TestGateway::start(options).await;
+
+    // Signed by the From domain, sent from an address its SPF record names.
+    let signed = sender.sign(&message(
+        "alice@sender.test",
+        "Invoice",
+        "Please pay 10 EUR.",
+    ));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &signed).await,
+    )
+    .await;
+    let auth = &event["auth"];
+    assert_eq!(auth["checked"], true, "{auth}");
+    assert_eq!(auth["spf"]["result"], "pass", "{auth}");
+    assert_eq!(auth["spf"]["domain"], "sender.test");
+    assert_eq!(auth["spf"]["client_ip"], "127.0.0.1");
+    assert_eq!(auth["dkim"][0]["result"], "pass", "{auth}");
+    assert_eq!(auth["dkim"][0]["domain"], "sender.test");
+    assert_eq!(auth["dkim"][0]["selector"], "s1");
+    assert_eq!(auth["dmarc"]["result"], "pass");
+    assert_eq!(auth["dmarc"]["policy"], "reject");
+    assert_eq!(event["sender_verified"], true);
+    assert_eq!(event["peer_trust_tier"], "verified");
+    assert_eq!(event["traffic_types"], serde_json::json!(["human"]));
+    assert_eq!(event["is_duplicate"], false);
+
+    // The stored copy is still exactly what was sent: verification adds nothing to it.
+    let message_id = event["message_id"].as_str().expect("message id");
+    let (status, stored) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stored, signed.as_bytes());
+
+    // The same mail with its body changed after signing.
+    let tampered = signed.replace("10 EUR", "9000 EUR");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &tampered).await,
+    )
+    .await;
+    assert_eq!(
+        event["auth"]["dkim"][0]["result"], "fail",
+        "{}",
+        event["auth"]
+    );
+    assert_eq!(event["is_duplicate"], true, "same Message-ID as the first");
+
+    // A From in a p=reject domain, from an address it does not authorise, with forged
+    // Authentication-Results claiming everything passed.
+    let spoof = format!(
+        "Authentication-Results: mx.test.example; spf=pass smtp.mailfrom=bank.test; \
+         dkim=pass header.d=bank.test; dmarc=pass header.from=bank.test\r\n{}",
+        message("ceo@bank.test", "Urgent wire", "Send it now.")
+    );
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "ceo@bank.test", &spoof).await,
+    )
+    .await;
+    assert_eq!(event["auth"]["spf"]["result"], "fail", "{}", event["auth"]);
+    assert_eq!(event["auth"]["dmarc"]["result"], "fail");
+    assert_eq!(event["auth"]["dmarc"]["domain"], "bank.test");
+    assert_eq!(event["sender_verified"], false);
+    assert_eq!(event["peer_trust_tier"], "suspicious");
+
+    // Two From headers: whatever the signature says, the author is ambiguous.
+    let two_from = sender.sign(&format!(
+        "From: <ceo@bank.test>\r\n{}",
+        message("alice@sender.test", "Hello", "Hi")
+    ));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &two_from).await,
+    )
+    .await;
+    assert_eq!(event["peer_trust_tier"], "suspicious", "{}", event["auth"]);
+    assert_eq!(event["sender_verified"], false);
+
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_resolver_is_temperror_and_the_mail_is_still_accepted() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    // A loopback port with no DNS server behind it.
+    let port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("pick a port");
+        socket.local_addr().expect("addr").port()
+    };
+    options.auth_toml =
+        format!("[auth]\nnameservers = [\"127.0.0.1:{port}\"]\ndns_timeout_s = 0.2\n");
+    let gateway = TestGateway::start(options).await;
+    let raw = message("alice@sender.test", "Hi", "Hello");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &raw).await,
+    )
+    .await;
+    assert_eq!(
+        event["auth"]["spf"]["result"], "temperror",
+        "{}",
+        event["auth"]
+    );
+    assert_eq!(event["auth"]["dmarc"]["result"], "temperror");
+    assert_eq!(event["sender_verified"], false);
+    assert_eq!(event["peer_trust_tier"], "unverified");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn traffic_types_and_peer_mail_between_inboxes() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = "[auth]\nenabled = false\n\
+                         [auth.sender_domain_types]\n\"github.test\" = \"notifications\"\n"
+        .to_owned();
+    let gateway = TestGateway::start(options).await;
+
+    let list_mail = format!(
+        "List-Id: <news.sender.test>\r\nList-Unsubscribe: <mailto:u@sender.test>\r\n{}",
+        message("news@sender.test", "Weekly", "News")
+    );
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "news@sender.test", &list_mail).await,
+    )
+    .await;
+    assert_eq!(event["traffic_types"], serde_json::json!(["bulk"]));
+    assert_eq!(event["auth"]["checked"], false);
+    assert_eq!(event["peer_trust_tier"], "unverified");
+
+    let ci = message("noreply@github.test", "Build failed", "Red");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "noreply@github.test", &ci).await,
+    )
+    .await;
+    assert_eq!(
+        event["traffic_types"],
+        serde_json::json!(["automated", "notifications"])
+    );
+
+    let peer = message("other@example.com", "From a colleague", "Hi");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "other@example.com", &peer).await,
+    )
+    .await;
+    assert_eq!(event["traffic_types"], serde_json::json!(["human", "peer"]));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_is_flagged_across_a_restart_and_still_delivered() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || {
+        mxhook::config::Config::from_toml_str(&crate::support::gateway::config_toml(
+            dir.path(),
+            &options,
+        ))
+        .expect("config")
+    };
+    // No Message-ID: the content hash identifies it.
+    let raw =
+        "From: <alice@sender.test>\r\nTo: agent@example.com\r\nSubject: Same\r\n\r\nSame body\r\n";
+
+    let gateway = TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config()).await;
+    let reply = send(&gateway, "alice@sender.test", raw).await;
+    assert_eq!(event_of(&mut receiver, &reply).await["is_duplicate"], false);
+    gateway.stop().await;
+
+    let gateway = TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config()).await;
+    let reply = send(&gateway, "alice@sender.test", raw).await;
+    assert_eq!(event_of(&mut receiver, &reply).await["is_duplicate"], true);
+    // Another inbox has not seen it.
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let reply = client
+        .send_message("alice@sender.test", &["other@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(event_of(&mut receiver, &reply).await["is_duplicate"], false);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_soft_limit_is_flagged_and_at_the_hard_limit_rcpt_gets_451() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.extra_toml =
+        "[rate_limit]\nwindow_s = 86400\nsender_soft = 1\nsender_hard = 2\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+
+    let first = message("burst@sender.test", "1", "one");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "burst@sender.test", &first).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], false);
+    let second = message("burst@sender.test", "2", "two");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "burst@sender.test", &second).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], true);
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    client.expect("MAIL FROM:<burst@sender.test>", 250).await;
+    let text = client.expect("RCPT TO:<agent@example.com>", 451).await;
+    assert!(text.starts_with("4.7.1"), "{text}");
+    // Another sender is not held back.
+    client.expect("RSET", 250).await;
+    client.expect("MAIL FROM:<calm@elsewhere.test>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn inbox_policies_reject_quarantine_or_tag() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    let hook = receiver.url();
+    options.extra_toml = format!(
+        "[[inbox]]\nid = \"strict\"\naddresses = [\"strict@example.com\"]\nwebhook_url = \"{hook}\"\n\
+         block_senders = [\"spam.test\"]\npolicy_action = \"reject\"\n\
+         [[inbox]]\nid = \"held\"\naddresses = [\"held@example.com\"]\nwebhook_url = \"{hook}\"\n\
+         dmarc_pass_required = true\npolicy_action = \"quarantine\"\n\
+         [[inbox]]\nid = \"tagged\"\naddresses = [\"tagged@example.com\"]\nwebhook_url = \"{hook}\"\n\
+         dkim_pass_required = true\n"
+    );
+    let gateway = TestGateway::start(options).await;
+    let raw = message("promo@spam.test", "Deal", "Buy");
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, text) = client
+        .send_message("promo@spam.test", &["strict@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.1"), "{text}");
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, text) = client
+        .send_message("promo@spam.test", &["held@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let message_id = text.rsplit(' ').next().expect("queued as id").to_owned();
+    let (status, stored_event) = gateway
+        .api_get(&format!("/v1/messages/{message_id}"))
+        .await
+        .expect("API");
+    assert_eq!(status, 200, "{stored_event}");
+    assert_eq!(stored_event["quarantined"], true, "{stored_event}");
+    assert_eq!(
+        stored_event["policy_violations"],
+        serde_json::json!(["DMARC did not pass"])
+    );
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, _) = client
+        .send_message("promo@spam.test", &["tagged@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(code, 250);
+    // Only the tagged copy is delivered: nothing was stored for the rejected one and the
+    // quarantined one has no delivery job.
+    let event = received_event(&mut receiver).await;
+    assert_eq!(event["agent_id"], "tagged");
+    assert_eq!(event["quarantined"], false);
+    assert_eq!(
+        event["policy_violations"],
+        serde_json::json!(["no DKIM signature passed"])
+    );
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    let pending = gateway.deliveries("pending").await;
+    let delivered = gateway.deliveries("delivered").await;
+    assert!(
+        pending
+            .iter()
+            .chain(&delivered)
+            .all(|delivery| delivery["inbox_id"] == "tagged"),
+        "{pending:?} {delivered:?}"
+    );
+    gateway.stop().await;
+}
