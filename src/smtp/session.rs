@@ -118,6 +118,11 @@ where
     W: AsyncWrite + Unpin,
 {
     async fn serve(&mut self) -> std::io::Result<()> {
+        if self.talks_before_greeting().await? {
+            self.queue(&replies::early_talker());
+            self.flush().await?;
+            return self.writer.shutdown().await;
+        }
         self.queue(&Reply::plain(
             220,
             format!("{} ESMTP mxhook", self.ctx.config.hostname),
@@ -161,6 +166,19 @@ where
         }
         self.flush().await?;
         self.writer.shutdown().await
+    }
+
+    /// Waits `smtp.greet_pause_s` for input that no well-behaved client sends before the 220.
+    async fn talks_before_greeting(&mut self) -> std::io::Result<bool> {
+        let pause = Duration::from_secs_f64(self.ctx.config.greet_pause_s);
+        if pause.is_zero() {
+            return Ok(false);
+        }
+        match tokio::time::timeout(pause, self.reader.fill_buf()).await {
+            // A client that connects and hangs up at once has not talked; the next read sees EOF.
+            Ok(read) => Ok(!read?.is_empty()),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Reads a line, bounded by the idle timeout and the session deadline. `None` means a

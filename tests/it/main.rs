@@ -5,6 +5,8 @@ mod support;
 mod delivery;
 mod end_to_end;
 mod fixtures;
+mod hostile_smtp;
 mod process;
+mod s3_storage;
 mod smtp_session;
 mod tidy;

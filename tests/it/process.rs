@@ -174,3 +174,127 @@ async fn kill_9_after_250_and_mid_delivery_then_restart_delivers_everything() {
     receiver.assert_silent(Duration::from_millis(500)).await;
     process.kill_9();
 }
+
+#[tokio::test]
+async fn kill_9_in_the_middle_of_data_keeps_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let config_path = dir.path().join("mxhook.toml");
+    let options = GatewayOptions::webhook(receiver.url());
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    let mut client = SmtpClient::connect(process.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    client.expect("MAIL FROM:<k@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    client.expect("DATA", 354).await;
+    client
+        .send_raw(b"Subject: cut short\r\n\r\nhalf of the body\r\n")
+        .await;
+    process.kill_9();
+
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    receiver.assert_silent(Duration::from_millis(800)).await;
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/deliveries?status=pending", process.http))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("API request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(body["deliveries"], serde_json::json!([]));
+    process.kill_9();
+}
+
+/// Thousands of messages from concurrent retrying senders while the binary is SIGKILLed and
+/// restarted several times: every message that got a `250` is delivered (at least once).
+#[tokio::test]
+async fn under_load_with_repeated_kill_9_no_accepted_message_is_lost() {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+    const MESSAGES: usize = 2000;
+    const SENDERS: usize = 8;
+    const KILL_AFTER: [usize; 4] = [300, 700, 1100, 1500];
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let config_path = dir.path().join("mxhook.toml");
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.retry_base_s = 0.2;
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let accepted = Arc::clone(&accepted);
+        senders.spawn(async move {
+            let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(smtp.port())
+                .timeout(Some(Duration::from_secs(10)))
+                .build();
+            let mut sent = Vec::new();
+            for n in (sender..MESSAGES).step_by(SENDERS) {
+                let subject = format!("load-{n}");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                // An MTA's retry loop: a 4xx, a reset or a refused connection means try again.
+                loop {
+                    let email = lettre::Message::builder()
+                        .from("load@sender.example".parse().expect("from"))
+                        .to("agent@example.com".parse().expect("to"))
+                        .subject(subject.clone())
+                        .body(format!("message {n}\r\n"))
+                        .expect("message");
+                    match transport.send(email).await {
+                        Ok(response) if response.is_positive() => break,
+                        _ => {
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "{subject} never accepted"
+                            );
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                accepted.fetch_add(1, Ordering::SeqCst);
+                sent.push(subject);
+            }
+            sent
+        });
+    }
+
+    let mut process = process;
+    for threshold in KILL_AFTER {
+        eventually("enough accepted messages before the next kill", || {
+            let accepted = Arc::clone(&accepted);
+            async move { (accepted.load(Ordering::SeqCst) >= threshold).then_some(()) }
+        })
+        .await;
+        process.kill_9();
+        process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    }
+
+    let mut accepted_subjects = HashSet::new();
+    while let Some(sent) = senders.join_next().await {
+        accepted_subjects.extend(sent.expect("sender task"));
+    }
+    assert_eq!(accepted_subjects.len(), MESSAGES);
+
+    let mut delivered = HashSet::new();
+    while !accepted_subjects.is_subset(&delivered) {
+        let event = receiver.recv().await.json();
+        if let Some(subject) = event["subject"].as_str() {
+            delivered.insert(subject.to_owned());
+        }
+    }
+    process.kill_9();
+}
