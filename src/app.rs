@@ -97,10 +97,17 @@ pub async fn run_with_listeners(
         admin_keys: config.http.admin_keys.clone(),
         dispatcher_wakeup: Arc::clone(&wakeup),
     });
+    let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::smtp::tls::acceptor(cert, key).context("loading the STARTTLS certificate")?,
+        ),
+        _ => None,
+    };
     let session_ctx = Arc::new(SessionContext {
         config: config.smtp.clone(),
         directory,
         intake,
+        tls,
     });
 
     let token = CancellationToken::new();

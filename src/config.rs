@@ -84,6 +84,10 @@ pub struct SmtpConfig {
     /// Seconds the greeting waits; a client that talks before it is refused with 554 and closed
     /// (RFC 5321 §4.3.1: the client waits for the greeting; spam engines often do not). 0 = off.
     pub greet_pause_s: f64,
+    /// PEM certificate chain for STARTTLS; STARTTLS is offered only when this and `tls_key` are set.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for SmtpConfig {
@@ -101,6 +105,8 @@ impl Default for SmtpConfig {
             max_errors: 20,
             max_connections_per_ip: 20,
             greet_pause_s: 0.5,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -432,6 +438,12 @@ impl Config {
         positive_seconds("smtp.session_timeout_s", smtp.session_timeout_s)?;
         if !(0.0..=30.0).contains(&smtp.greet_pause_s) {
             return Err(invalid("smtp.greet_pause_s", "must be between 0 and 30"));
+        }
+        if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
+            return Err(invalid(
+                "smtp.tls_cert",
+                "set both tls_cert and tls_key, or neither",
+            ));
         }
 
         if self.http.admin_keys.iter().any(|key| key.trim().is_empty()) {

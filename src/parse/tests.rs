@@ -119,7 +119,12 @@ fn mime_bomb_parses_with_a_bounded_attachment_list() {
     }
     let parsed = parse(raw.as_bytes());
     assert_eq!(parsed.subject.as_deref(), Some("bomb"));
-    assert_eq!(parsed.attachments.len(), MAX_LISTED_ATTACHMENTS, "{:?}", parsed.warnings);
+    assert_eq!(
+        parsed.attachments.len(),
+        MAX_LISTED_ATTACHMENTS,
+        "{:?}",
+        parsed.warnings
+    );
     assert!(
         parsed
             .warnings

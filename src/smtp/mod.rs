@@ -9,6 +9,7 @@
 
 pub mod proto;
 pub mod session;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -95,7 +96,10 @@ impl PeerCounts {
     fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PeerSlot> {
         // An IPv4 client on a dual-stack listener is one host whichever way it is written.
         let ip = ip.to_canonical();
-        let mut counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = counts.entry(ip).or_insert(0);
         if *count >= max {
             return None;

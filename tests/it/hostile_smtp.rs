@@ -12,10 +12,7 @@ use crate::support::gateway::config_toml;
 use crate::support::{GatewayOptions, SOON, SmtpClient, TestGateway, WebhookReceiver};
 
 /// A gateway whose `[smtp]` section gets `smtp_lines` added.
-async fn gateway_with(
-    smtp_lines: &str,
-    max_message_size: u64,
-) -> (TestGateway, WebhookReceiver) {
+async fn gateway_with(smtp_lines: &str, max_message_size: u64) -> (TestGateway, WebhookReceiver) {
     let receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
     options.max_message_size = max_message_size;
@@ -117,7 +114,10 @@ async fn two_pipelined_transactions_are_exactly_two_messages() {
         receiver.recv().await.json()["subject"].clone(),
     ];
     subjects.sort_by_key(ToString::to_string);
-    assert_eq!(subjects, [serde_json::json!("first"), serde_json::json!("second")]);
+    assert_eq!(
+        subjects,
+        [serde_json::json!("first"), serde_json::json!("second")]
+    );
     receiver.assert_silent(Duration::from_millis(300)).await;
 }
 
@@ -243,7 +243,11 @@ async fn a_header_bomb_is_accepted_and_bounded() {
     message.push_str("\r\nbody\r\n");
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let (code, text) = client
-        .send_message("a@sender.example", &["agent@example.com"], message.as_bytes())
+        .send_message(
+            "a@sender.example",
+            &["agent@example.com"],
+            message.as_bytes(),
+        )
         .await;
     assert_eq!(code, 250, "{text}");
     let request = receiver.recv().await;
@@ -283,7 +287,11 @@ async fn a_mime_bomb_of_deep_and_wide_parts_is_accepted_and_bounded() {
     }
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let (code, text) = client
-        .send_message("a@sender.example", &["agent@example.com"], message.as_bytes())
+        .send_message(
+            "a@sender.example",
+            &["agent@example.com"],
+            message.as_bytes(),
+        )
         .await;
     assert_eq!(code, 250, "{text}");
     let request = receiver.recv().await;

@@ -9,4 +9,5 @@ mod hostile_smtp;
 mod process;
 mod s3_storage;
 mod smtp_session;
+mod starttls;
 mod tidy;

@@ -198,7 +198,10 @@ async fn kill_9_in_the_middle_of_data_keeps_nothing() {
     let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
     receiver.assert_silent(Duration::from_millis(800)).await;
     let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/v1/deliveries?status=pending", process.http))
+        .get(format!(
+            "http://{}/v1/deliveries?status=pending",
+            process.http
+        ))
         .bearer_auth(API_KEY)
         .send()
         .await

@@ -49,7 +49,10 @@ async fn accepted_mail_is_in_the_bucket_byte_exact_and_readable_through_the_api(
     assert_eq!(event["s3_key"], key);
     assert_eq!(s3.keys(), vec![key.clone()]);
     let stored = std::fs::read(s3.object_path(&key)).expect("object in the bucket");
-    assert!(stored == message, "stored object differs from the bytes sent");
+    assert!(
+        stored == message,
+        "stored object differs from the bytes sent"
+    );
 
     let (status, raw) = gateway
         .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
