@@ -51,9 +51,7 @@ pub async fn run_with_listeners(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let store = Store::from_config(&config.storage)
-        .await
-        .context("configuring storage")?;
+    let store = Store::from_config(&config.storage).await;
     let db = Db::connect(&config.database)
         .await
         .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;

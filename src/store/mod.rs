@@ -23,8 +23,6 @@ pub enum Error {
     NotFound { key: String },
     #[error("object key {key} is not allowed")]
     BadKey { key: String },
-    #[error("storage backend `{backend}` is not available in this build")]
-    Unsupported { backend: &'static str },
     #[error("S3 {operation} {key}: {message}")]
     Remote {
         operation: &'static str,
@@ -46,14 +44,12 @@ pub enum Store {
 }
 
 impl Store {
-    /// Builds the configured backend.
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] for a backend this build cannot serve.
-    pub async fn from_config(config: &StorageConfig) -> Result<Self, Error> {
+    /// Builds the configured backend. Nothing is contacted yet: an unreachable S3 shows up as
+    /// `451` on the first message, not as a failed start.
+    pub async fn from_config(config: &StorageConfig) -> Self {
         match config.backend {
-            StorageBackend::Fs => Ok(Self::Fs(FsStore::new(config.path.clone()))),
-            StorageBackend::S3 => Ok(Self::S3(S3Store::new(config).await)),
+            StorageBackend::Fs => Self::Fs(FsStore::new(config.path.clone())),
+            StorageBackend::S3 => Self::S3(S3Store::new(config).await),
         }
     }
 
