@@ -24,7 +24,18 @@ struct Process {
 
 impl Process {
     async fn start(cwd: &Path, config: Option<&Path>, smtp: SocketAddr, http: SocketAddr) -> Self {
+        Self::start_with_env(cwd, config, smtp, http, &[]).await
+    }
+
+    async fn start_with_env(
+        cwd: &Path,
+        config: Option<&Path>,
+        smtp: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mxhook"));
+        command.envs(env.iter().copied());
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);
@@ -309,5 +320,66 @@ async fn under_load_with_repeated_kill_9_no_accepted_message_is_lost() {
             delivered.insert(subject.to_owned());
         }
     }
+    process.kill_9();
+}
+
+/// `storage.backend = "s3"` in the real binary with no keys in the config: the default AWS
+/// credential chain finds them in the environment, and S3 rejects a wrong one.
+#[tokio::test]
+async fn s3_backend_in_the_binary_takes_credentials_from_the_default_chain() {
+    use crate::support::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
+
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("mxhook.toml");
+    let storage: String = s3
+        .storage_toml(10.0)
+        .lines()
+        .filter(|line| !line.starts_with("access_key_id") && !line.starts_with("secret_access_key"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
+        "bucket = \"test-bucket\"\n",
+        &storage,
+        1,
+    );
+    std::fs::write(&config_path, toml).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+    let home = dir.path().to_string_lossy().into_owned();
+    let chain_env = |secret: &'static str| {
+        [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            // Nothing from the machine's own ~/.aws, and no instance-metadata probing.
+            ("HOME", home.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+    };
+    let message = simple_message("c@sender.example", "agent@example.com", "chain", "body");
+
+    let env = chain_env("not-the-secret");
+    let process = Process::start_with_env(dir.path(), Some(&config_path), smtp, http, &env).await;
+    let mut client = SmtpClient::connect(process.smtp).await;
+    let (code, text) = client
+        .send_message("c@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 451, "a wrong secret must not store anything: {text}");
+    process.kill_9();
+
+    let env = chain_env(SECRET_KEY);
+    let process = Process::start_with_env(dir.path(), Some(&config_path), smtp, http, &env).await;
+    let mut client = SmtpClient::connect(process.smtp).await;
+    let (code, text) = client
+        .send_message("c@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let event = receiver.recv().await.json();
+    let key = event["s3_key"].as_str().expect("s3_key");
+    let stored = std::fs::read(s3.object_path(key)).expect("object in the bucket");
+    assert!(
+        stored == message,
+        "stored object differs from the bytes sent"
+    );
     process.kill_9();
 }
