@@ -55,7 +55,7 @@ pub async fn run_with_listeners(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let store = Store::from_config(&config.storage).context("configuring storage")?;
+    let store = Store::from_config(&config.storage).await;
     let db = Db::connect(&config.database)
         .await
         .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
@@ -118,10 +118,17 @@ pub async fn run_with_listeners(
         admin_keys: config.http.admin_keys.clone(),
         calendar_types: IngressState::calendar_types(&config),
     });
+    let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::smtp::tls::acceptor(cert, key).context("loading the STARTTLS certificate")?,
+        ),
+        _ => None,
+    };
     let session_ctx = Arc::new(SessionContext {
         config: config.smtp.clone(),
         directory,
         intake,
+        tls,
     });
 
     let token = CancellationToken::new();

@@ -87,6 +87,15 @@ pub struct SmtpConfig {
     pub session_timeout_s: f64,
     /// Error replies tolerated in one session before it is closed with 421.
     pub max_errors: usize,
+    /// Simultaneous connections from one IP address; more are told 421 and closed.
+    pub max_connections_per_ip: usize,
+    /// Seconds the greeting waits; a client that talks before it is refused with 554 and closed
+    /// (RFC 5321 §4.3.1: the client waits for the greeting; spam engines often do not). 0 = off.
+    pub greet_pause_s: f64,
+    /// PEM certificate chain for STARTTLS; STARTTLS is offered only when this and `tls_key` are set.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for SmtpConfig {
@@ -102,6 +111,10 @@ impl Default for SmtpConfig {
             idle_timeout_s: 300.0,
             session_timeout_s: 1800.0,
             max_errors: 20,
+            max_connections_per_ip: 20,
+            greet_pause_s: 0.5,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -155,6 +168,8 @@ pub struct StorageConfig {
     pub path_style: bool,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// Seconds one storage call (a PUT at end of DATA) may take before the message gets `451`.
+    pub timeout_s: f64,
 }
 
 impl fmt::Debug for StorageConfig {
@@ -172,6 +187,7 @@ impl fmt::Debug for StorageConfig {
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "redacted"),
             )
+            .field("timeout_s", &self.timeout_s)
             .finish()
     }
 }
@@ -188,6 +204,7 @@ impl Default for StorageConfig {
             path_style: false,
             access_key_id: None,
             secret_access_key: None,
+            timeout_s: 30.0,
         }
     }
 }
@@ -562,6 +579,7 @@ impl Config {
             ("smtp.max_connections", smtp.max_connections),
             ("smtp.max_recipients", smtp.max_recipients),
             ("smtp.max_errors", smtp.max_errors),
+            ("smtp.max_connections_per_ip", smtp.max_connections_per_ip),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -581,6 +599,15 @@ impl Config {
         }
         positive_seconds("smtp.idle_timeout_s", smtp.idle_timeout_s)?;
         positive_seconds("smtp.session_timeout_s", smtp.session_timeout_s)?;
+        if !(0.0..=30.0).contains(&smtp.greet_pause_s) {
+            return Err(invalid("smtp.greet_pause_s", "must be between 0 and 30"));
+        }
+        if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
+            return Err(invalid(
+                "smtp.tls_cert",
+                "set both tls_cert and tls_key, or neither",
+            ));
+        }
 
         if self.http.admin_keys.iter().any(|key| key.trim().is_empty()) {
             return Err(invalid("http.admin_keys", "keys must not be empty"));
@@ -602,6 +629,7 @@ impl Config {
                 "set both access_key_id and secret_access_key, or neither",
             ));
         }
+        positive_seconds("storage.timeout_s", storage.timeout_s)?;
 
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")

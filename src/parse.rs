@@ -49,6 +49,11 @@ pub struct ParsedMessage {
     pub warnings: Vec<String>,
 }
 
+/// Most attachments listed in one event. A MIME bomb of many tiny parts would otherwise turn a
+/// message within the size limit into an event many times larger; the rest is counted in a
+/// warning, and the stored `.eml` still has every part.
+pub const MAX_LISTED_ATTACHMENTS: usize = 1000;
+
 /// Parses a raw RFC 5322 message. Never fails: see the module docs.
 pub fn parse(raw: &[u8]) -> ParsedMessage {
     let Some(message) = MessageParser::default().parse(raw) else {
@@ -99,6 +104,12 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         .or_else(|| message.body_text(0).map(|text| text.into_owned()));
     if message.parts.iter().any(|part| part.is_encoding_problem) {
         warnings.push("a body part could not be decoded as declared".to_owned());
+    }
+    if message.attachments.len() > MAX_LISTED_ATTACHMENTS {
+        warnings.push(format!(
+            "{} attachments not listed (more than {MAX_LISTED_ATTACHMENTS})",
+            message.attachments.len() - MAX_LISTED_ATTACHMENTS
+        ));
     }
 
     ParsedMessage {
@@ -187,6 +198,7 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
     message
         .attachments
         .iter()
+        .take(MAX_LISTED_ATTACHMENTS)
         .enumerate()
         .filter_map(|(position, &idx)| {
             let part = message.parts.get(idx as usize)?;

@@ -38,6 +38,9 @@ struct Args {
     /// The mxhook binary to measure.
     #[arg(long, default_value = "target/release/mxhook")]
     binary: PathBuf,
+    /// Override `smtp.greet_pause_s` (the server default pauses 0.5 s before each greeting).
+    #[arg(long)]
+    greet_pause: Option<f64>,
     /// Also run each load against `smtp-sink` (Postfix) and print the ratio.
     #[arg(long)]
     smtp_sink: bool,
@@ -146,14 +149,22 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-async fn start_mxhook(binary: &Path, dir: &Path, receiver: SocketAddr) -> anyhow::Result<Server> {
+async fn start_mxhook(
+    binary: &Path,
+    dir: &Path,
+    receiver: SocketAddr,
+    greet_pause: Option<f64>,
+) -> anyhow::Result<Server> {
+    let greet = greet_pause
+        .map(|pause| format!("greet_pause_s = {pause}\n"))
+        .unwrap_or_default();
     let smtp = free_addr()?;
     let http = free_addr()?;
     let config = dir.join("mxhook.toml");
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = 2000\n[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
+            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = 2000\nmax_connections_per_ip = 2000\n{greet}[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
 [delivery]\nallow_http = true\nallow_private_targets = true\n\
 [[inbox]]\nid = \"agent\"\naddresses = [\"agent@example.com\"]\nwebhook_url = \"http://{receiver}/hook\"\n\
 webhook_secret = \"bench-secret\"\n"
@@ -372,7 +383,7 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
     let dir = ScratchDir::new()?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let receiver = start_receiver(Arc::clone(&seen)).await?;
-    let server = start_mxhook(&args.binary, dir.path(), receiver).await?;
+    let server = start_mxhook(&args.binary, dir.path(), receiver, args.greet_pause).await?;
     let pid = server.child.id();
     let (cpu_before, _) = process_usage(pid);
     let run = run_load(server.smtp, args, concurrency, reuse).await;

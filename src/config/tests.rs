@@ -152,3 +152,24 @@ fn verification_keys_are_validated_by_name() {
     assert!(config.auth.enabled);
     assert!((config.auth.duplicate_window_s - 604_800.0).abs() < f64::EPSILON);
 }
+
+#[test]
+fn storage_timeout_tls_pair_and_connection_keys_are_validated() {
+    check_error("[storage]\ntimeout_s = 0\n", &[], "`storage.timeout_s`");
+    check_error(
+        "[smtp]\ntls_cert = \"/etc/cert.pem\"\n",
+        &[],
+        "`smtp.tls_cert`: set both",
+    );
+    check_error(
+        "[smtp]\nmax_connections_per_ip = 0\n",
+        &[],
+        "`smtp.max_connections_per_ip`",
+    );
+    check_error("[smtp]\ngreet_pause_s = -1\n", &[], "`smtp.greet_pause_s`");
+    let config =
+        Config::load(None, env(&[("MXHOOK_STORAGE__BACKEND", "s3")])).expect("s3 is valid");
+    assert_eq!(config.storage.backend, StorageBackend::S3);
+    assert!((config.storage.timeout_s - 30.0).abs() < f64::EPSILON);
+    assert_eq!(config.smtp.max_connections_per_ip, 20);
+}

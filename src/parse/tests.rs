@@ -91,3 +91,58 @@ fn garbage_and_empty_input_never_fail() {
         assert!(!parsed.warnings.is_empty(), "{raw:?} gave no warning");
     }
 }
+
+/// 10k nested multiparts around 10k sibling attachments: parsed without blowing the stack, and
+/// the attachment list in the event is capped.
+#[test]
+fn mime_bomb_parses_with_a_bounded_attachment_list() {
+    let depth = 10_000;
+    let mut raw = String::from(
+        "From: a@example.org\r\nSubject: bomb\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n",
+    );
+    for level in 1..depth {
+        raw.push_str(&format!(
+            "--b{}\r\nContent-Type: multipart/mixed; boundary=\"b{level}\"\r\n\r\n",
+            level - 1
+        ));
+    }
+    for n in 0..10_000 {
+        raw.push_str(&format!(
+            "--b{}\r\nContent-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"f{n}.bin\"\r\n\r\nx\r\n",
+            depth - 1
+        ));
+    }
+    for level in (0..depth).rev() {
+        raw.push_str(&format!("--b{level}--\r\n"));
+    }
+    let parsed = parse(raw.as_bytes());
+    assert_eq!(parsed.subject.as_deref(), Some("bomb"));
+    assert_eq!(
+        parsed.attachments.len(),
+        MAX_LISTED_ATTACHMENTS,
+        "{:?}",
+        parsed.warnings
+    );
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|warning| warning.ends_with("attachments not listed (more than 1000)")),
+        "{:?}",
+        parsed.warnings
+    );
+}
+
+#[test]
+fn header_bomb_parses() {
+    let mut raw = String::from("From: a@example.org\r\nSubject: many headers\r\n");
+    for n in 0..100_000 {
+        raw.push_str(&format!("X-Bomb-{n}: v\r\n"));
+    }
+    raw.push_str("\r\nbody\r\n");
+    let parsed = parse(raw.as_bytes());
+    assert_eq!(parsed.subject.as_deref(), Some("many headers"));
+    assert_eq!(parsed.body_as_text.as_deref(), Some("body\r\n"));
+}

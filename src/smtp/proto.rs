@@ -110,6 +110,20 @@ pub mod replies {
     pub fn too_busy() -> Reply {
         Reply::new(421, "4.3.2", "Too many connections, try again later")
     }
+    pub fn too_many_from_address() -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            "Too many connections from your address, try again later",
+        )
+    }
+    pub fn early_talker() -> Reply {
+        Reply::new(
+            554,
+            "5.5.1",
+            "Protocol error: client sent data before the greeting",
+        )
+    }
     pub fn message_too_big(limit: u64) -> Reply {
         Reply::new(
             552,

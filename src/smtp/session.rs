@@ -27,6 +27,8 @@ pub struct SessionContext {
     pub config: SmtpConfig,
     pub directory: Directory,
     pub intake: Arc<Intake>,
+    /// Present when `smtp.tls_cert`/`smtp.tls_key` are set: STARTTLS is offered.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Stands in for the placeholder reverse path handed to the engine for `MAIL FROM:<>`, which its
@@ -65,6 +67,14 @@ enum LineRead {
 enum Stop {
     Quit,
     Closed,
+    StartTls,
+}
+
+/// How one (plaintext or TLS) leg of a connection ended.
+enum Ending {
+    Closed,
+    /// `220` to STARTTLS was sent; the caller performs the handshake.
+    StartTls,
 }
 
 struct Session<'a, R, W> {
@@ -79,6 +89,8 @@ struct Session<'a, R, W> {
     errors: usize,
     deadline: Instant,
     shutdown: CancellationToken,
+    /// True after STARTTLS: not offered again.
+    secured: bool,
 }
 
 /// Runs one session to its end. Errors of the connection itself (reset, broken pipe) end the
@@ -87,28 +99,88 @@ pub async fn run<S>(stream: S, peer: SocketAddr, ctx: &SessionContext, shutdown:
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let deadline = Instant::now() + Duration::from_secs_f64(ctx.config.session_timeout_s);
     let (read_half, write_half) = tokio::io::split(stream);
-    let handler = EngineHandler::default();
-    let engine =
-        mailin::SessionBuilder::new(ctx.config.hostname.clone()).build(peer.ip(), handler.clone());
-    let mut session = Session {
-        ctx,
-        reader: BufReader::with_capacity(8 * 1024, read_half),
-        writer: write_half,
-        out: Vec::with_capacity(512),
-        line: Vec::with_capacity(512),
-        engine,
-        handler,
-        envelope: Envelope {
-            remote_ip: Some(peer.ip()),
-            ..Envelope::default()
-        },
-        errors: 0,
-        deadline: Instant::now() + Duration::from_secs_f64(ctx.config.session_timeout_s),
-        shutdown,
+    let mut session = Session::new(ctx, peer, read_half, write_half, deadline, shutdown.clone());
+    match session.serve(true).await {
+        Ok(Ending::Closed) => return,
+        Ok(Ending::StartTls) => {}
+        Err(err) => {
+            tracing::debug!(error = %err, "session ended by connection error");
+            return;
+        }
+    }
+    let Some(acceptor) = ctx.tls.clone() else {
+        return;
     };
-    if let Err(err) = session.serve().await {
+    let Session {
+        reader,
+        writer,
+        errors,
+        ..
+    } = session;
+    // RFC 3207 §4.2: commands the client pipelined behind STARTTLS came in plaintext and must
+    // not be acted on over TLS (the CVE-2011-0411 injection); they go with the read buffer.
+    let stream = reader.into_inner().unsplit(writer);
+    let handshake_deadline = Instant::now() + Duration::from_secs_f64(ctx.config.idle_timeout_s);
+    let stream =
+        match tokio::time::timeout_at(handshake_deadline.min(deadline), acceptor.accept(stream))
+            .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+    let (read_half, write_half) = tokio::io::split(stream);
+    // RFC 3207 §4.2: the server forgets everything from before the handshake; the client
+    // starts again with EHLO.
+    let mut session = Session::new(ctx, peer, read_half, write_half, deadline, shutdown);
+    session.secured = true;
+    session.errors = errors;
+    if let Err(err) = session.serve(false).await {
         tracing::debug!(error = %err, "session ended by connection error");
+    }
+}
+
+impl<'a, R, W> Session<'a, tokio::io::BufReader<R>, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn new(
+        ctx: &'a SessionContext,
+        peer: SocketAddr,
+        read_half: R,
+        writer: W,
+        deadline: Instant,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let handler = EngineHandler::default();
+        let engine = mailin::SessionBuilder::new(ctx.config.hostname.clone())
+            .build(peer.ip(), handler.clone());
+        Session {
+            ctx,
+            reader: BufReader::with_capacity(8 * 1024, read_half),
+            writer,
+            out: Vec::with_capacity(512),
+            line: Vec::with_capacity(512),
+            engine,
+            handler,
+            envelope: Envelope {
+                remote_ip: Some(peer.ip()),
+                ..Envelope::default()
+            },
+            errors: 0,
+            deadline,
+            shutdown,
+            secured: false,
+        }
     }
 }
 
@@ -117,12 +189,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    async fn serve(&mut self) -> std::io::Result<()> {
-        self.queue(&Reply::plain(
-            220,
-            format!("{} ESMTP mxhook", self.ctx.config.hostname),
-        ));
-        self.flush().await?;
+    /// Serves commands until the connection ends or STARTTLS hands it to the caller. `greet`
+    /// is false for the TLS leg, which RFC 3207 starts without a new greeting.
+    async fn serve(&mut self, greet: bool) -> std::io::Result<Ending> {
+        if greet {
+            if self.talks_before_greeting().await? {
+                self.queue(&replies::early_talker());
+                self.flush().await?;
+                self.writer.shutdown().await?;
+                return Ok(Ending::Closed);
+            }
+            self.queue(&Reply::plain(
+                220,
+                format!("{} ESMTP mxhook", self.ctx.config.hostname),
+            ));
+            self.flush().await?;
+        }
         loop {
             let shutdown = self.shutdown.clone();
             let limit = self.ctx.config.max_command_line;
@@ -140,13 +222,17 @@ where
                 Some(Some(read)) => read,
             };
             match read {
-                LineRead::Eof => return Ok(()),
+                LineRead::Eof => return Ok(Ending::Closed),
                 LineRead::TooLong { .. } => {
                     self.queue_error(&replies::line_too_long(self.ctx.config.max_command_line));
                 }
                 LineRead::Line => match self.handle_command().await? {
                     Some(Stop::Quit) => break,
-                    Some(Stop::Closed) => return Ok(()),
+                    Some(Stop::Closed) => return Ok(Ending::Closed),
+                    Some(Stop::StartTls) => {
+                        self.flush().await?;
+                        return Ok(Ending::StartTls);
+                    }
                     None => {}
                 },
             }
@@ -160,7 +246,21 @@ where
             }
         }
         self.flush().await?;
-        self.writer.shutdown().await
+        self.writer.shutdown().await?;
+        Ok(Ending::Closed)
+    }
+
+    /// Waits `smtp.greet_pause_s` for input that no well-behaved client sends before the 220.
+    async fn talks_before_greeting(&mut self) -> std::io::Result<bool> {
+        let pause = Duration::from_secs_f64(self.ctx.config.greet_pause_s);
+        if pause.is_zero() {
+            return Ok(false);
+        }
+        match tokio::time::timeout(pause, self.reader.fill_buf()).await {
+            // A client that connects and hangs up at once has not talked; the next read sees EOF.
+            Ok(read) => Ok(!read?.is_empty()),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Reads a line, bounded by the idle timeout and the session deadline. `None` means a
@@ -205,6 +305,7 @@ where
                 ));
                 return Ok(Some(Stop::Quit));
             }
+            "STARTTLS" if self.ctx.tls.is_some() => return Ok(self.handle_starttls()),
             "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" | "EXPN" => {
                 self.queue_error(&replies::not_implemented(&verb));
             }
@@ -218,6 +319,19 @@ where
             }
         }
         Ok(None)
+    }
+
+    fn handle_starttls(&mut self) -> Option<Stop> {
+        if self.secured {
+            self.queue_error(&Reply::new(503, "5.5.1", "TLS already active"));
+            return None;
+        }
+        if normalized_line(&self.line).len() != "STARTTLS\r\n".len() {
+            self.queue_error(&replies::bad_arguments("STARTTLS takes no parameters"));
+            return None;
+        }
+        self.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+        Some(Stop::StartTls)
     }
 
     fn handle_hello(&mut self, verb: &str) {
@@ -248,7 +362,10 @@ where
                     "8BITMIME".to_owned(),
                     "SMTPUTF8".to_owned(),
                     "ENHANCEDSTATUSCODES".to_owned(),
-                ],
+                ]
+                .into_iter()
+                .chain((self.ctx.tls.is_some() && !self.secured).then(|| "STARTTLS".to_owned()))
+                .collect(),
             )
         } else {
             Reply::plain(250, hostname.clone())

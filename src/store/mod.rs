@@ -2,13 +2,16 @@
 //!
 //! A `put` returns only once the object is durable (for the fs backend: written to a temporary
 //! file, fsync'd, renamed into place and the directory fsync'd), because the SMTP `250` waits on
-//! it. Nothing here parses or rewrites the bytes.
+//! it (for the s3 backend: acknowledged by S3 after it verified the body's checksum). Nothing
+//! here parses or rewrites the bytes.
 
 mod fs;
+mod s3;
 
 use crate::config::{StorageBackend, StorageConfig};
 
 pub use fs::FsStore;
+pub use s3::S3Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,25 +23,33 @@ pub enum Error {
     NotFound { key: String },
     #[error("object key {key} is not allowed")]
     BadKey { key: String },
-    #[error("storage backend `{backend}` is not available in this build")]
-    Unsupported { backend: &'static str },
+    #[error("S3 {operation} {key}: {message}")]
+    Remote {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("storage call for {key} took longer than {after:?}")]
+    Timeout {
+        key: String,
+        after: std::time::Duration,
+    },
 }
 
 /// Where raw messages live. One variant per backend.
 #[derive(Debug, Clone)]
 pub enum Store {
     Fs(FsStore),
+    S3(S3Store),
 }
 
 impl Store {
-    /// Builds the configured backend.
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] for a backend this build cannot serve.
-    pub fn from_config(config: &StorageConfig) -> Result<Self, Error> {
+    /// Builds the configured backend. Nothing is contacted yet: an unreachable S3 shows up as
+    /// `451` on the first message, not as a failed start.
+    pub async fn from_config(config: &StorageConfig) -> Self {
         match config.backend {
-            StorageBackend::Fs => Ok(Self::Fs(FsStore::new(config.path.clone()))),
-            StorageBackend::S3 => Err(Error::Unsupported { backend: "s3" }),
+            StorageBackend::Fs => Self::Fs(FsStore::new(config.path.clone())),
+            StorageBackend::S3 => Self::S3(S3Store::new(config).await),
         }
     }
 
@@ -49,6 +60,7 @@ impl Store {
     pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
         match self {
             Self::Fs(store) => store.put(key, bytes).await,
+            Self::S3(store) => store.put(key, bytes).await,
         }
     }
 
@@ -59,6 +71,7 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
         match self {
             Self::Fs(store) => store.get(key).await,
+            Self::S3(store) => store.get(key).await,
         }
     }
 
@@ -69,6 +82,7 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         match self {
             Self::Fs(store) => store.delete(key).await,
+            Self::S3(store) => store.delete(key).await,
         }
     }
 }

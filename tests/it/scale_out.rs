@@ -30,6 +30,8 @@ fn node_config(
         r#"
 [smtp]
 hostname = "mx.test.example"
+# Every message is a new connection; the greeting pause would dominate the run.
+greet_pause_s = 0
 [http]
 admin_keys = ["{API_KEY}"]
 [storage]

@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod receiver;
+pub mod s3;
 pub mod smtp_client;
 
 use std::path::PathBuf;

@@ -1,0 +1,145 @@
+//! S3 backend (any S3-compatible service): each object is `s3://<bucket>/<key>`.
+//!
+//! A `put` is durable once S3 acknowledged the PUT; the body carries an `x-amz-checksum-sha256`
+//! that S3 verifies before it acknowledges, so a corrupted upload is refused rather than stored.
+//! Every call runs under `storage.timeout_s`: a slow or hanging S3 becomes an error (and so a
+//! `451` at end of DATA) instead of holding the SMTP session open.
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+use super::Error;
+use crate::config::StorageConfig;
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    timeout: Duration,
+}
+
+impl S3Store {
+    /// Builds the client from `storage.*`: static credentials when both keys are set, otherwise
+    /// the default AWS chain (environment, profile, web identity, container, instance metadata),
+    /// which is resolved lazily on the first request.
+    pub async fn new(config: &StorageConfig) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()));
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                id.clone(),
+                secret.clone(),
+                None,
+                None,
+                "mxhook-config",
+            ));
+        }
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let shared = loader.load().await;
+        // The checksum is computed here and sent as a header; the SDK's own default would use
+        // a chunked trailer that not every S3-compatible server accepts.
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .build();
+        Self {
+            client: aws_sdk_s3::Client::from_conf(s3_config),
+            bucket: config.bucket.clone(),
+            timeout: Duration::from_secs_f64(config.timeout_s),
+        }
+    }
+
+    pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes));
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("message/rfc822")
+            .checksum_sha256(checksum)
+            .body(ByteStream::from(bytes.to_vec()))
+            .send();
+        self.within_deadline(key, request)
+            .await?
+            .map(|_| ())
+            .map_err(|err| remote("PUT", key, &err))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let read = async {
+            let output = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|err| match &err {
+                    SdkError::ServiceError(service) if service.err().is_no_such_key() => {
+                        Error::NotFound {
+                            key: key.to_owned(),
+                        }
+                    }
+                    _ => remote("GET", key, &err),
+                })?;
+            output
+                .body
+                .collect()
+                .await
+                .map(|body| body.into_bytes().to_vec())
+                .map_err(|err| Error::Remote {
+                    operation: "GET",
+                    key: key.to_owned(),
+                    message: err.to_string(),
+                })
+        };
+        self.within_deadline(key, read).await?
+    }
+
+    /// S3 answers a DELETE of a missing key with success, which is what `undo` wants.
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        let request = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send();
+        self.within_deadline(key, request)
+            .await?
+            .map(|_| ())
+            .map_err(|err| remote("DELETE", key, &err))
+    }
+
+    async fn within_deadline<T>(
+        &self,
+        key: &str,
+        request: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| Error::Timeout {
+                key: key.to_owned(),
+                after: self.timeout,
+            })
+    }
+}
+
+fn remote<E, R>(operation: &'static str, key: &str, err: &SdkError<E, R>) -> Error
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    Error::Remote {
+        operation,
+        key: key.to_owned(),
+        message: DisplayErrorContext(err).to_string(),
+    }
+}

@@ -1,0 +1,152 @@
+//! `storage.backend = "s3"` against a real S3 protocol server (s3s over s3s-fs) on loopback:
+//! the stored object is the exact bytes, the event points at it, the API reads it back, and an
+//! S3 that is down, failing or slow at end of DATA turns into `451 4.3.0` with nothing delivered,
+//! after which a retrying client gets exactly one event through.
+
+use std::time::Duration;
+
+use mxhook::config::Config;
+
+use crate::support::gateway::config_toml;
+use crate::support::s3::{BUCKET, Behaviour, TestS3};
+use crate::support::{
+    GatewayOptions, SOON, SmtpClient, TestGateway, WebhookReceiver, fixture, simple_message,
+};
+
+async fn gateway_on(s3: &TestS3, receiver: &WebhookReceiver, timeout_s: f64) -> TestGateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
+        "bucket = \"test-bucket\"\n",
+        &s3.storage_toml(timeout_s),
+        1,
+    );
+    let config = Config::from_toml_str(&toml).expect("s3 test config is valid");
+    TestGateway::start_with(dir, config).await
+}
+
+async fn send(gateway: &TestGateway, message: &[u8]) -> (u16, String) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client
+        .send_message("sender@elsewhere.example", &["agent@example.com"], message)
+        .await
+}
+
+#[tokio::test]
+async fn accepted_mail_is_in_the_bucket_byte_exact_and_readable_through_the_api() {
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_on(&s3, &receiver, 10.0).await;
+    // A real message with attachments, CRLF and 8-bit bytes, exactly as the fixture holds it.
+    let message = fixture("eml/multipart_mixed_attachment.eml");
+
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 250, "{text}");
+
+    let event = receiver.recv().await.json();
+    let message_id = event["message_id"].as_str().expect("message id");
+    let key = format!("inbound/agent/{message_id}.eml");
+    assert_eq!(event["s3_bucket"], BUCKET);
+    assert_eq!(event["s3_key"], key);
+    assert_eq!(s3.keys(), vec![key.clone()]);
+    let stored = std::fs::read(s3.object_path(&key)).expect("object in the bucket");
+    assert!(
+        stored == message,
+        "stored object differs from the bytes sent"
+    );
+
+    let (status, raw) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(raw == message, "raw endpoint differs from the bytes sent");
+    let (status, _) = gateway
+        .api_get_bytes("/v1/messages/msg_doesnotexist/raw")
+        .await;
+    assert_eq!(status, 404);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn s3_down_at_end_of_data_is_451_and_a_retrying_client_gets_exactly_one_event() {
+    let mut s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_on(&s3, &receiver, 5.0).await;
+    let message = simple_message(
+        "sender@elsewhere.example",
+        "agent@example.com",
+        "while S3 is down",
+        "hello",
+    );
+
+    s3.stop().await;
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    assert!(gateway.deliveries("pending").await.is_empty());
+    assert!(gateway.deliveries("delivered").await.is_empty());
+
+    // A sending MTA's queue, in miniature: retry on 4xx until a 250, with S3 coming back while
+    // it is retrying.
+    let mut attempts = 0;
+    let mut restarted = false;
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        attempts += 1;
+        let (code, text) = send(&gateway, &message).await;
+        if code == 250 {
+            break;
+        }
+        assert_eq!(code, 451, "{text}");
+        assert!(tokio::time::Instant::now() < deadline, "never accepted");
+        if attempts == 3 && !restarted {
+            s3.restart().await;
+            restarted = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(restarted && attempts > 3, "accepted while S3 was down");
+
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "while S3 is down");
+    receiver.assert_silent(Duration::from_millis(800)).await;
+    assert_eq!(s3.keys().len(), 1, "one object for one accepted message");
+    assert_eq!(gateway.deliveries("delivered").await.len(), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn s3_answering_5xx_is_451_and_nothing_is_delivered() {
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_on(&s3, &receiver, 10.0).await;
+
+    s3.set_behaviour(Behaviour::ServiceUnavailable);
+    let message = simple_message("a@elsewhere.example", "agent@example.com", "5xx", "x");
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    assert!(s3.keys().is_empty());
+
+    s3.set_behaviour(Behaviour::Normal);
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(receiver.recv().await.json()["subject"], "5xx");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn s3_hanging_past_the_deadline_is_451() {
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_on(&s3, &receiver, 0.5).await;
+
+    s3.set_behaviour(Behaviour::Hang);
+    let message = simple_message("a@elsewhere.example", "agent@example.com", "slow", "x");
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    assert!(gateway.deliveries("pending").await.is_empty());
+    gateway.stop().await;
+}

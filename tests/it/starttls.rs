@@ -1,0 +1,178 @@
+//! STARTTLS with a certificate generated for the test: a real TLS client (Python's smtplib over
+//! OpenSSL) upgrades and sends mail, and plaintext pipelined behind STARTTLS is never executed
+//! over TLS.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+
+use crate::support::gateway::config_toml;
+use crate::support::{GatewayOptions, SOON, SmtpClient, TestGateway, WebhookReceiver};
+
+struct TlsGateway {
+    gateway: TestGateway,
+    receiver: WebhookReceiver,
+    cert_pem: String,
+    cert_path: std::path::PathBuf,
+}
+
+/// A gateway with STARTTLS on a fresh self-signed certificate for 127.0.0.1.
+async fn tls_gateway() -> TlsGateway {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certified = rcgen::generate_simple_self_signed(vec![
+        "127.0.0.1".to_owned(),
+        "mx.test.example".to_owned(),
+    ])
+    .expect("generate certificate");
+    let cert_pem = certified.cert.pem();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, &cert_pem).expect("write cert");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
+        "hostname = \"mx.test.example\"\n",
+        &format!(
+            "hostname = \"mx.test.example\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    TlsGateway {
+        gateway,
+        receiver,
+        cert_pem,
+        cert_path,
+    }
+}
+
+#[tokio::test]
+async fn python_smtplib_upgrades_with_starttls_and_delivers() {
+    let mut setup = tls_gateway().await;
+    let script = r#"
+import smtplib, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=cafile)
+with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+    smtp.ehlo("python.test")
+    assert smtp.has_extn("starttls"), smtp.esmtp_features
+    code, _ = smtp.starttls(context=context)
+    assert code == 220, code
+    assert smtp.sock.version() in ("TLSv1.2", "TLSv1.3"), smtp.sock.version()
+    smtp.ehlo("python.test")
+    assert not smtp.has_extn("starttls"), "STARTTLS offered again inside TLS"
+    smtp.sendmail("py@sender.example", ["agent@example.com"],
+                  b"From: py@sender.example\r\nSubject: over TLS\r\n\r\nsecret body\r\n")
+"#;
+    let output = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(setup.gateway.smtp.port().to_string())
+        .arg(&setup.cert_path)
+        .output();
+    let output = tokio::time::timeout(SOON, output)
+        .await
+        .expect("python finished")
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let event = setup.receiver.recv().await.json();
+    assert_eq!(event["subject"], "over TLS");
+}
+
+#[tokio::test]
+async fn plaintext_pipelined_after_starttls_is_discarded() {
+    let setup = tls_gateway().await;
+    let stream = TcpStream::connect(setup.gateway.smtp)
+        .await
+        .expect("connect");
+    let mut plain = BufReader::new(stream);
+    let mut line = String::new();
+    plain.read_line(&mut line).await.expect("greeting");
+    assert!(line.starts_with("220 "), "{line:?}");
+    plain
+        .get_mut()
+        .write_all(b"EHLO injector.example\r\n")
+        .await
+        .expect("write");
+    loop {
+        line.clear();
+        plain.read_line(&mut line).await.expect("EHLO reply");
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+    // The attack: commands smuggled in the same packet as STARTTLS, to be run "inside" TLS.
+    plain
+        .get_mut()
+        .write_all(b"STARTTLS\r\nMAIL FROM:<injected@attacker.example>\r\nQUIT\r\n")
+        .await
+        .expect("write");
+    line.clear();
+    plain.read_line(&mut line).await.expect("STARTTLS reply");
+    assert!(line.starts_with("220 2.0.0"), "{line:?}");
+    assert!(plain.buffer().is_empty(), "server said more: {line:?}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(setup.cert_pem.as_bytes())
+        .expect("parse cert");
+    roots.add(der).expect("trust test cert");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, plain.into_inner())
+        .await
+        .expect("TLS handshake");
+    let mut secure = BufReader::new(tls);
+
+    // The first thing said over TLS answers our EHLO: the smuggled MAIL and QUIT are gone.
+    secure
+        .get_mut()
+        .write_all(b"EHLO injector.example\r\n")
+        .await
+        .expect("write");
+    line.clear();
+    secure.read_line(&mut line).await.expect("EHLO reply");
+    assert!(line.starts_with("250-mx.test.example"), "{line:?}");
+    loop {
+        line.clear();
+        secure.read_line(&mut line).await.expect("EHLO reply");
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+    // No MAIL was carried over: a RCPT now is out of sequence.
+    secure
+        .get_mut()
+        .write_all(b"RCPT TO:<agent@example.com>\r\n")
+        .await
+        .expect("write");
+    line.clear();
+    secure.read_line(&mut line).await.expect("RCPT reply");
+    assert!(line.starts_with("503"), "{line:?}");
+}
+
+#[tokio::test]
+async fn starttls_is_not_offered_without_a_certificate() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let ehlo = client.expect("EHLO client.test", 250).await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    let (code, _) = client.cmd("STARTTLS").await;
+    assert_eq!(code, 502);
+}
