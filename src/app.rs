@@ -94,6 +94,10 @@ pub async fn run_with_listeners(
         store,
         admin_keys: config.http.admin_keys.clone(),
         dispatcher_wakeup: Arc::clone(&wakeup),
+        directory: directory.clone(),
+        delivery: config.delivery.clone(),
+        intake: Arc::clone(&intake),
+        directory_refresh: tokio::sync::Mutex::new(()),
     });
     let session_ctx = Arc::new(SessionContext {
         config: config.smtp.clone(),

@@ -11,7 +11,10 @@ use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureScheme}
 use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
 
 /// Schema migrations, applied in order at start; each runs once per database.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (4, include_str!("../migrations/0004_api.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,6 +31,9 @@ pub enum Error {
     Query(#[from] sqlx::Error),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(String),
+    /// A uniqueness rule the caller can act on (an id or an address already taken).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,7 +322,8 @@ impl Db {
     pub async fn load_inboxes(&self) -> Result<Vec<Inbox>, Error> {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
-             webhook_payload FROM inboxes ORDER BY id",
+             webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at \
+             FROM inboxes WHERE status = 'enabled' ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -432,7 +439,8 @@ impl Db {
             let row = sqlx::query(
                 "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
                  d.endpoint_ref, m.event_json, i.webhook_url, i.webhook_enabled, \
-                 i.webhook_secret, i.webhook_signature, i.webhook_payload \
+                 i.webhook_secret, i.webhook_signature, i.webhook_payload, \
+                 i.webhook_previous_secret, i.webhook_previous_secret_expires_at \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
             )
@@ -664,10 +672,15 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
     let signature: String = row.try_get(column("webhook_signature").as_str())?;
     let payload: String = row.try_get(column("webhook_payload").as_str())?;
     let enabled: i64 = row.try_get(column("webhook_enabled").as_str())?;
+    let previous_expires_at: Option<i64> =
+        row.try_get(column("webhook_previous_secret_expires_at").as_str())?;
+    let previous_secret: Option<String> =
+        row.try_get(column("webhook_previous_secret").as_str())?;
     Ok(Some(WebhookEndpoint {
         url,
         enabled: enabled != 0,
         secret: row.try_get(column("webhook_secret").as_str())?,
+        previous_secret: previous_secret.filter(|_| previous_expires_at > Some(now_ms())),
         signature: SignatureScheme::parse(&signature)
             .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
         payload: PayloadFormat::parse(&payload)
@@ -696,6 +709,12 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
             .map(crate::model::rfc3339),
     })
 }
+
+mod management;
+pub use management::{
+    ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
+    WebhookSettings,
+};
 
 /// Splits a migration file into statements. Migrations are ours and contain no `;` inside
 /// literals, so a plain split is exact.
