@@ -21,10 +21,7 @@ pub enum ApiError {
     Conflict(String),
     /// A request body or query axum could not take: its status (400, 413, 415, 422) is kept.
     #[error("{message}")]
-    Rejected {
-        status: StatusCode,
-        message: String,
-    },
+    Rejected { status: StatusCode, message: String },
     #[error("internal error")]
     Internal(String),
 }

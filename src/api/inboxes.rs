@@ -48,10 +48,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/inboxes/{id}/keys", post(create_key))
         .route("/v1/inboxes/{id}/messages", get(list_messages))
         .route("/v1/inboxes/{id}/deliveries", get(list_deliveries))
-        .route(
-            "/v1/inboxes/{id}/deliveries/resend-dead",
-            post(resend_dead),
-        )
+        .route("/v1/inboxes/{id}/deliveries/resend-dead", post(resend_dead))
         .route("/v1/inboxes/{id}/test-event", post(send_test_event))
 }
 
@@ -184,7 +181,11 @@ async fn create_inbox(
         .create_inbox(&NewInbox {
             id: id.clone(),
             name: body.name,
-            status: body.status.unwrap_or(InboxStatus::Enabled).as_str().to_owned(),
+            status: body
+                .status
+                .unwrap_or(InboxStatus::Enabled)
+                .as_str()
+                .to_owned(),
             addresses,
         })
         .await?;
@@ -198,7 +199,9 @@ async fn get_inbox(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(inbox_json(&visible_inbox(&state, &caller, &id).await?)))
+    Ok(Json(inbox_json(
+        &visible_inbox(&state, &caller, &id).await?,
+    )))
 }
 
 async fn update_inbox(
@@ -222,7 +225,9 @@ async fn update_inbox(
         return Err(ApiError::NotFound("inbox"));
     }
     state.refresh_directory().await?;
-    Ok(Json(inbox_json(&visible_inbox(&state, &caller, &id).await?)))
+    Ok(Json(inbox_json(
+        &visible_inbox(&state, &caller, &id).await?,
+    )))
 }
 
 async fn delete_inbox(
@@ -460,7 +465,9 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         }
         if let Some(webhook) = &rule.channels.webhook {
             crate::config::validate_webhook_url(&webhook.url, &state.delivery).map_err(
-                |reason| ApiError::BadRequest(format!("rules[{idx}].channels.webhook.url: {reason}")),
+                |reason| {
+                    ApiError::BadRequest(format!("rules[{idx}].channels.webhook.url: {reason}"))
+                },
             )?;
             if webhook.timeout_s.is_some_and(|t| !(1..=300).contains(&t)) {
                 return Err(ApiError::BadRequest(format!(
@@ -661,7 +668,11 @@ async fn send_test_event(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let inbox = visible_inbox(&state, &caller, &id).await?;
-    if inbox.status != "enabled" || !inbox.webhook.as_ref().is_some_and(|webhook| webhook.enabled)
+    if inbox.status != "enabled"
+        || !inbox
+            .webhook
+            .as_ref()
+            .is_some_and(|webhook| webhook.enabled)
     {
         return Err(ApiError::Conflict(
             "the inbox is disabled or has no enabled webhook".to_owned(),

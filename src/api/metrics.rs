@@ -79,11 +79,7 @@ pub async fn metrics(
         count = snapshot.latency_count,
         sum = snapshot.latency_sum_ms as f64 / 1000.0,
     );
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 fn count(pairs: &[(String, i64)], key: &str) -> i64 {

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod delivery;
 mod end_to_end;
 mod fixtures;
