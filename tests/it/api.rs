@@ -801,3 +801,93 @@ async fn readyz_and_metrics_report_from_the_database() {
         );
     }
 }
+
+async fn mxhook(args: &[&str], api_key: &str) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .args(args)
+        .env("MXHOOKCTL_API_KEY", api_key)
+        .output()
+        .await
+        .expect("mxhook runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn cli_manages_inboxes_sends_test_events_and_verifies_signatures() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let api_url = format!("http://{}", gateway.http);
+
+    let (ok, out) = mxhook(
+        &[
+            "inbox",
+            "create",
+            "--id",
+            "cli-inbox",
+            "--address",
+            "cli@example.com",
+            "--api-url",
+            &api_url,
+        ],
+        API_KEY,
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(rcpt(&gateway, "cli@example.com").await, 250);
+    let (ok, out) = mxhook(&["inbox", "list", "--api-url", &api_url], API_KEY).await;
+    assert!(ok && out.contains("\"cli-inbox\""), "{out}");
+    let (ok, out) = mxhook(&["inbox", "list", "--api-url", &api_url], "wrong-key").await;
+    assert!(!ok && out.contains("401"), "{out}");
+
+    let (ok, out) = mxhook(
+        &["send-test", "--inbox", "agent", "--api-url", &api_url],
+        API_KEY,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let got = receiver.recv().await;
+    assert_eq!(got.json()["subject"], "mxhook test event");
+    let body_file = gateway.dir.path().join("received-body");
+    std::fs::write(&body_file, &got.body).expect("write body");
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    let body_path = body_file.to_str().expect("utf-8 path");
+    let verify = |secret: &'static str| {
+        let args = [
+            "verify",
+            "--secret",
+            secret,
+            "--timestamp",
+            &timestamp,
+            "--signature",
+            &signature,
+            "--body-file",
+            body_path,
+        ]
+        .map(str::to_owned);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            mxhook(&refs, "").await
+        }
+    };
+    let (ok, out) = verify(SECRET).await;
+    assert!(ok, "{out}");
+    let (ok, out) = verify("another-secret").await;
+    assert!(!ok, "{out}");
+
+    let config = gateway.dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        crate::support::gateway::config_toml(gateway.dir.path(), &no_webhook()),
+    )
+    .expect("write config");
+    let (ok, out) = mxhook(&["check", "--config", config.to_str().expect("path")], "").await;
+    assert!(ok, "{out}");
+}
