@@ -7,6 +7,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// The body of every error response (documented in the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // only its schema is used; responses are built with `json!`
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable machine code: unauthorized, forbidden, not_found, bad_request, conflict,
+    /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal.
+    code: String,
+    message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use super::{ApiError, ApiState, Caller, DeliveryQuery};
+use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
 use crate::config::{PayloadFormat, SignatureScheme};
 use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
 use crate::intake::Outcome;
@@ -97,7 +97,7 @@ fn webhook_json(webhook: &WebhookSettings) -> Value {
     })
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum InboxStatus {
     Enabled,
@@ -113,7 +113,7 @@ impl InboxStatus {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateInbox {
     id: Option<String>,
@@ -122,7 +122,7 @@ struct CreateInbox {
     status: Option<InboxStatus>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchInbox {
     name: Option<String>,
@@ -148,6 +148,16 @@ fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes",
+    tag = "inboxes",
+    summary = "Inboxes the key can see",
+    responses(
+        (status = 200, description = "{inboxes: [...]}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+    ),
+)]
 async fn list_inboxes(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -162,6 +172,23 @@ async fn list_inboxes(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes",
+    tag = "inboxes",
+    summary = "Create an inbox (admin)",
+    request_body = CreateInbox,
+    responses(
+        (status = 201, description = "The inbox", body = serde_json::Value),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 409, description = "Id or address taken", body = ErrorBody),
+    ),
+)]
 async fn create_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -194,6 +221,18 @@ async fn create_inbox(
     Ok((StatusCode::CREATED, Json(inbox_json(&inbox))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    summary = "One inbox",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -204,6 +243,24 @@ async fn get_inbox(
     )))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    summary = "Change name, addresses or status",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = PatchInbox,
+    responses(
+        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 409, description = "Address taken", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn update_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -230,6 +287,19 @@ async fn update_inbox(
     )))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    summary = "Delete an inbox (admin)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn delete_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -244,6 +314,18 @@ async fn delete_inbox(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "The inbox webhook, without secrets",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The webhook", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_webhook(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -258,7 +340,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutWebhook {
     url: String,
@@ -266,7 +348,11 @@ struct PutWebhook {
     enabled: bool,
     #[serde(default)]
     rotate_secret: bool,
+    /// agentmail (default), standard, botmailroom or hmac-sha256.
+    #[schema(value_type = Option<String>)]
     signature: Option<SignatureScheme>,
+    /// mxhook (default) or botmailroom.
+    #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
 }
 
@@ -288,6 +374,23 @@ fn generate_secret(scheme: SignatureScheme) -> String {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "Set the inbox webhook; signing_secret is returned on first setup or rotation only",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = PutWebhook,
+    responses(
+        (status = 200, description = "The webhook, with signing_secret when one was created", body = serde_json::Value),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn put_webhook(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -363,6 +466,18 @@ async fn put_webhook(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "Remove the inbox webhook",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn delete_webhook(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -379,7 +494,7 @@ async fn delete_webhook(
 
 /// One notification rule, in the shape SPEC.md gives. Stored and returned; the dispatcher does
 /// not act on rules yet.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rule {
     #[serde(default)]
@@ -393,7 +508,7 @@ struct Rule {
     channels: RuleChannels,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleFilters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,7 +521,7 @@ struct RuleFilters {
     trust_tiers: Vec<TrustTier>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum TrustTier {
     Trusted,
@@ -415,7 +530,7 @@ enum TrustTier {
     Suspicious,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleChannels {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,15 +539,17 @@ struct RuleChannels {
     email: Option<RuleEmail>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleWebhook {
     #[serde(default = "yes")]
     enabled: bool,
     url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     signature: Option<SignatureScheme>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     custom_headers: Option<std::collections::BTreeMap<String, String>>,
@@ -444,7 +561,7 @@ struct RuleWebhook {
     verify_tls: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleEmail {
     #[serde(default = "yes")]
@@ -452,7 +569,7 @@ struct RuleEmail {
     recipients: Vec<String>,
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Notifications {
     rules: Vec<Rule>,
@@ -493,6 +610,18 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/notifications",
+    tag = "notifications",
+    summary = "Notification rules",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -512,6 +641,23 @@ async fn get_notifications(
     Ok(Json(json!({ "rules": rules })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/notifications",
+    tag = "notifications",
+    summary = "Replace the notification rules (stored; not yet acted on)",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = Notifications,
+    responses(
+        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn put_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -529,12 +675,27 @@ async fn put_notifications(
     Ok(Json(json!(body)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{id}/keys",
+    tag = "keys",
+    summary = "Create a per-inbox API key (admin); the key is returned once",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = Option<CreateKey>,
+    responses(
+        (status = 201, description = "The key", body = serde_json::Value),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn create_key(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -570,7 +731,8 @@ async fn create_key(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct MessagesQuery {
     limit: Option<i64>,
@@ -592,6 +754,19 @@ fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/messages",
+    tag = "messages",
+    summary = "Messages of an inbox, newest first, paged",
+    params(("id" = String, Path, description = "Inbox id"), MessagesQuery),
+    responses(
+        (status = 200, description = "{messages: [...], next_cursor}", body = serde_json::Value),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn list_messages(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -623,13 +798,28 @@ async fn list_messages(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct InboxDeliveriesQuery {
     status: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/deliveries",
+    operation_id = "list_inbox_deliveries",
+    tag = "deliveries",
+    summary = "Deliveries of an inbox, by status",
+    params(("id" = String, Path, description = "Inbox id"), InboxDeliveriesQuery),
+    responses(
+        (status = 200, description = "{deliveries: [...]}", body = serde_json::Value),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -649,6 +839,18 @@ async fn list_deliveries(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{id}/deliveries/resend-dead",
+    tag = "deliveries",
+    summary = "Queue every dead delivery of an inbox again",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 202, description = "{requeued}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn resend_dead(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -662,6 +864,19 @@ async fn resend_dead(
 
 /// Sends a synthetic message through intake, so the test event is stored, signed, retried and
 /// logged exactly like one from real mail.
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{id}/test-event",
+    tag = "webhook",
+    summary = "Send a test mail.received event through the delivery path",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 202, description = "{message_id}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 409, description = "No enabled webhook", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn send_test_event(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,

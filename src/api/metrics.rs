@@ -10,8 +10,19 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiState, Caller};
+use super::{ApiError, ApiState, Caller, ErrorBody};
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics (admin)",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+    ),
+)]
 pub async fn metrics(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,

@@ -10,6 +10,7 @@
 mod error;
 mod inboxes;
 mod metrics;
+mod openapi;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
 pub use error::ApiError;
+use error::ErrorBody;
 
 use crate::config::DeliveryConfig;
 use crate::db::Db;
@@ -103,7 +105,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         ));
     axum::Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async { ApiError::NotFound("route") })
@@ -151,6 +154,17 @@ async fn authenticate(
     Ok(next.run(request).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    security(()),
+    summary = "Liveness and database reachability",
+    responses(
+        (status = 200, description = "Up", body = serde_json::Value),
+        (status = 503, description = "Database unreachable", body = serde_json::Value),
+    ),
+)]
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     match state.db.ping().await {
         Ok(()) => Json(json!({"status": "ok"})).into_response(),
@@ -165,6 +179,33 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    security(()),
+    summary = "Readiness: the database answers",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value),
+        (status = 503, description = "Database unreachable", body = serde_json::Value),
+    ),
+)]
+async fn readyz(state: State<Arc<ApiState>>) -> Response {
+    healthz(state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "messages",
+    summary = "The stored mail.received event",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "The event", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_message(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -181,6 +222,18 @@ async fn get_message(
     Ok(Json(event))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}/raw",
+    tag = "messages",
+    summary = "The raw .eml, byte for byte",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "message/rfc822 bytes", content_type = "message/rfc822", body = String),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_raw_message(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -213,14 +266,29 @@ async fn get_raw_message(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveryQuery {
+    /// pending, delivered or dead (the dead-letter queue).
     status: Option<String>,
     inbox_id: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    summary = "Deliveries, newest first",
+    params(DeliveryQuery),
+    responses(
+        (status = 200, description = "{deliveries: [...]}", body = serde_json::Value),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -264,6 +332,18 @@ async fn list_deliveries_of(
     Ok(Json(json!({ "deliveries": deliveries })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    summary = "One delivery with its attempt_log",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 200, description = "The delivery", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_delivery(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -277,6 +357,18 @@ async fn get_delivery(
     Ok(Json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}/attempts",
+    tag = "deliveries",
+    summary = "Every attempt of one delivery",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 200, description = "{attempts: [...]}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn list_attempts(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -287,6 +379,18 @@ async fn list_attempts(
     Ok(Json(json!({ "attempts": attempts })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/resend",
+    tag = "deliveries",
+    summary = "Queue a delivery again now, same event_id",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 202, description = "Queued", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn resend_delivery(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,

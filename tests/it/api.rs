@@ -891,3 +891,78 @@ async fn cli_manages_inboxes_sends_test_events_and_verifies_signatures() {
     let (ok, out) = mxhook(&["check", "--config", config.to_str().expect("path")], "").await;
     assert!(ok, "{out}");
 }
+
+#[tokio::test]
+async fn openapi_document_is_valid_and_lists_every_route() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, document) = call(&gateway, "GET", "/openapi.json", "", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .expect("version")
+            .starts_with("3.1")
+    );
+    for (method, path) in [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/openapi.json"),
+        ("get", "/metrics"),
+        ("get", "/v1/messages/{id}"),
+        ("get", "/v1/messages/{id}/raw"),
+        ("get", "/v1/deliveries"),
+        ("get", "/v1/deliveries/{id}"),
+        ("get", "/v1/deliveries/{id}/attempts"),
+        ("post", "/v1/deliveries/{id}/resend"),
+        ("get", "/v1/inboxes"),
+        ("post", "/v1/inboxes"),
+        ("get", "/v1/inboxes/{id}"),
+        ("patch", "/v1/inboxes/{id}"),
+        ("delete", "/v1/inboxes/{id}"),
+        ("get", "/v1/inboxes/{id}/webhook"),
+        ("put", "/v1/inboxes/{id}/webhook"),
+        ("delete", "/v1/inboxes/{id}/webhook"),
+        ("get", "/v1/inboxes/{id}/notifications"),
+        ("put", "/v1/inboxes/{id}/notifications"),
+        ("post", "/v1/inboxes/{id}/keys"),
+        ("get", "/v1/inboxes/{id}/messages"),
+        ("get", "/v1/inboxes/{id}/deliveries"),
+        ("post", "/v1/inboxes/{id}/deliveries/resend-dead"),
+        ("post", "/v1/inboxes/{id}/test-event"),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        assert!(
+            operation["responses"].is_object(),
+            "{method} {path} has no responses"
+        );
+    }
+    let request_body = &document["paths"]["/v1/inboxes/{id}/webhook"]["put"]["requestBody"];
+    let schema_ref = request_body["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .expect("PUT webhook body schema");
+    let schema_name = schema_ref.rsplit('/').next().expect("name");
+    let properties = &document["components"]["schemas"][schema_name]["properties"];
+    for field in ["url", "enabled", "rotate_secret", "signature", "payload"] {
+        assert!(
+            properties[field].is_object(),
+            "{field} missing in {properties}"
+        );
+    }
+
+    // An independent validator, against the OpenAPI 3.1 meta-schema.
+    let file = gateway.dir.path().join("openapi.json");
+    std::fs::write(&file, document.to_string()).expect("write document");
+    let output = tokio::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "openapi-spec-validator rejects the document:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
