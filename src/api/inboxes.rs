@@ -269,6 +269,11 @@ async fn update_inbox(
 ) -> Result<Json<Value>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let Json(body) = body?;
+    if body.addresses.is_some() {
+        // Addresses decide which mail the gateway accepts for whom: an inbox key must not
+        // claim addresses for itself.
+        caller.require_admin()?;
+    }
     let update = InboxUpdate {
         name: body.name.map(Some),
         status: body.status.map(|status| status.as_str().to_owned()),

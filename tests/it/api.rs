@@ -405,6 +405,24 @@ async fn inbox_keys_reach_only_their_own_inbox() {
     assert_eq!(status, 403);
     let (status, _) = call(
         &gateway,
+        "PATCH",
+        "/v1/inboxes/agent",
+        &key,
+        Some(json!({"addresses": ["unclaimed@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body) = call(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/agent",
+        &key,
+        Some(json!({"name": "renamed by its own key"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(
+        &gateway,
         "POST",
         "/v1/inboxes",
         &key,
