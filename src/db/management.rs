@@ -169,17 +169,10 @@ impl Db {
     /// [`Error::Conflict`] when the id or an address is taken; [`Error::Query`].
     pub async fn create_inbox(&self, inbox: &NewInbox) -> Result<(), Error> {
         let now = now_ms();
+        // Every transaction here starts with a write: on SQLite a transaction that reads first
+        // and writes later fails at once (not after busy_timeout) when another connection
+        // wrote in between.
         let mut tx = self.pool.begin().await?;
-        let taken: Option<String> = sqlx::query_scalar("SELECT id FROM inboxes WHERE id = $1")
-            .bind(&inbox.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if taken.is_some() {
-            return Err(Error::Conflict(format!(
-                "an inbox with id `{}` exists",
-                inbox.id
-            )));
-        }
         sqlx::query(
             "INSERT INTO inboxes (id, source, name, status, webhook_enabled, webhook_signature, \
              webhook_payload, created_at, updated_at) \
@@ -191,7 +184,12 @@ impl Db {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(conflict_or_query)?;
+        .map_err(|err| match conflict_or_query(err) {
+            Error::Conflict(_) => {
+                Error::Conflict(format!("an inbox with id `{}` exists", inbox.id))
+            }
+            other => other,
+        })?;
         insert_addresses(&mut tx, &inbox.id, &inbox.addresses).await?;
         tx.commit().await?;
         Ok(())
@@ -203,11 +201,13 @@ impl Db {
     /// [`Error::Conflict`] when an address belongs to another inbox; [`Error::Query`].
     pub async fn update_inbox(&self, id: &str, update: &InboxUpdate) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM inboxes WHERE id = $1")
+        let touched = sqlx::query("UPDATE inboxes SET updated_at = $1 WHERE id = $2")
+            .bind(now_ms())
             .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if touched == 0 {
             return Ok(false);
         }
         if let Some(name) = &update.name {
@@ -231,11 +231,6 @@ impl Db {
                 .await?;
             insert_addresses(&mut tx, id, addresses).await?;
         }
-        sqlx::query("UPDATE inboxes SET updated_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(true)
     }
