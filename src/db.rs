@@ -503,28 +503,9 @@ impl Db {
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
-        let attempt: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1",
-        )
-        .bind(&record.delivery_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
-             status_code, outcome, error, response_excerpt) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(crate::model::new_id("att"))
-        .bind(&record.delivery_id)
-        .bind(attempt)
-        .bind(record.started_at)
-        .bind(record.latency_ms)
-        .bind(record.status_code.map(i64::from))
-        .bind(&record.outcome)
-        .bind(record.error.clone())
-        .bind(record.response_excerpt.clone())
-        .execute(&mut *tx)
-        .await?;
+        // The write comes first: on SQLite a transaction that reads and then writes fails at
+        // once with "database is locked" when another attempt committed in between, and the
+        // job would then wait for its lease to run out and be sent again.
         let now = now_ms();
         let (status, next_attempt_at, failed, delivered_at) = match record.next {
             JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
@@ -545,6 +526,28 @@ impl Db {
         .bind(record.error.clone())
         .bind(now)
         .bind(&record.delivery_id)
+        .execute(&mut *tx)
+        .await?;
+        let attempt: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1",
+        )
+        .bind(&record.delivery_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
+             status_code, outcome, error, response_excerpt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(crate::model::new_id("att"))
+        .bind(&record.delivery_id)
+        .bind(attempt)
+        .bind(record.started_at)
+        .bind(record.latency_ms)
+        .bind(record.status_code.map(i64::from))
+        .bind(&record.outcome)
+        .bind(record.error.clone())
+        .bind(record.response_excerpt.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
