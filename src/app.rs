@@ -109,6 +109,10 @@ pub async fn run_with_listeners(
         store,
         admin_keys: config.http.admin_keys.clone(),
         dispatcher_wakeup: Arc::clone(&wakeup),
+        directory: directory.clone(),
+        delivery: config.delivery.clone(),
+        intake: Arc::clone(&intake),
+        directory_refresh: tokio::sync::Mutex::new(()),
     });
     let ingress_state = Arc::new(IngressState {
         db: db.clone(),

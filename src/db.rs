@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_threads.sql")),
     (3, include_str!("../migrations/0003_verification.sql")),
+    (4, include_str!("../migrations/0004_api.sql")),
     (6, include_str!("../migrations/0006_ingress.sql")),
 ];
 
@@ -33,6 +34,9 @@ pub enum Error {
     Query(#[from] sqlx::Error),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(String),
+    /// A uniqueness rule the caller can act on (an id or an address already taken).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +331,8 @@ impl Db {
     pub async fn load_inboxes(&self) -> Result<Vec<Inbox>, Error> {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
-             webhook_payload FROM inboxes ORDER BY id",
+             webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at \
+             FROM inboxes WHERE status = 'enabled' ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -454,7 +459,8 @@ impl Db {
             let row = sqlx::query(
                 "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
                  d.endpoint_ref, m.event_json, i.webhook_url, i.webhook_enabled, \
-                 i.webhook_secret, i.webhook_signature, i.webhook_payload \
+                 i.webhook_secret, i.webhook_signature, i.webhook_payload, \
+                 i.webhook_previous_secret, i.webhook_previous_secret_expires_at \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
             )
@@ -517,8 +523,9 @@ impl Db {
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
-        // The write comes first: on SQLite a transaction that reads and then writes fails with
-        // "database is locked" when another connection wrote in between, instead of waiting.
+        // The write comes first: on SQLite a transaction that reads and then writes fails at
+        // once with "database is locked" when another attempt committed in between, and the
+        // job would then wait for its lease to run out and be sent again.
         let now = now_ms();
         let (status, next_attempt_at, failed, delivered_at) = match record.next {
             JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
@@ -1017,10 +1024,15 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
     let signature: String = row.try_get(column("webhook_signature").as_str())?;
     let payload: String = row.try_get(column("webhook_payload").as_str())?;
     let enabled: i64 = row.try_get(column("webhook_enabled").as_str())?;
+    let previous_expires_at: Option<i64> =
+        row.try_get(column("webhook_previous_secret_expires_at").as_str())?;
+    let previous_secret: Option<String> =
+        row.try_get(column("webhook_previous_secret").as_str())?;
     Ok(Some(WebhookEndpoint {
         url,
         enabled: enabled != 0,
         secret: row.try_get(column("webhook_secret").as_str())?,
+        previous_secret: previous_secret.filter(|_| previous_expires_at > Some(now_ms())),
         signature: SignatureScheme::parse(&signature)
             .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
         payload: PayloadFormat::parse(&payload)
@@ -1055,6 +1067,11 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
 fn header_text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
+mod management;
+pub use management::{
+    ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
+    WebhookSettings,
+};
 
 /// Splits a migration file into statements. Migrations are ours and contain no `;` inside
 /// literals, so a plain split is exact.

@@ -70,6 +70,9 @@ pub struct WebhookEndpoint {
     pub url: String,
     pub enabled: bool,
     pub secret: Option<String>,
+    /// The secret replaced by the last rotation, while its grace period runs: deliveries are
+    /// signed with both, so receivers can switch over without dropping events.
+    pub previous_secret: Option<String>,
     pub signature: SignatureScheme,
     pub payload: PayloadFormat,
 }
@@ -80,6 +83,10 @@ impl std::fmt::Debug for WebhookEndpoint {
             .field("url", &self.url)
             .field("enabled", &self.enabled)
             .field("secret", &self.secret.as_ref().map(|_| "redacted"))
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "redacted"),
+            )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
             .finish()

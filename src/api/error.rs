@@ -7,6 +7,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// The body of every error response (documented in the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // only its schema is used; responses are built with `json!`
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable machine code: unauthorized, forbidden, not_found, bad_request, conflict,
+    /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal.
+    code: String,
+    message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -15,6 +31,13 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    /// A request body or query axum could not take: its status (400, 413, 415, 422) is kept.
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -25,6 +48,17 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Rejected { status, .. } => (
+                *status,
+                match status.as_u16() {
+                    413 => "payload_too_large",
+                    415 => "unsupported_media_type",
+                    422 => "invalid_body",
+                    _ => "bad_request",
+                },
+            ),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -32,7 +66,25 @@ impl ApiError {
 
 impl From<crate::db::Error> for ApiError {
     fn from(err: crate::db::Error) -> Self {
-        Self::Internal(err.to_string())
+        match err {
+            crate::db::Error::Conflict(message) => Self::Conflict(message),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        Self::Rejected {
+            status: rejection.status(),
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
     }
 }
 

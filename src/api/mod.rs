@@ -1,40 +1,98 @@
-//! The management HTTP API (axum): health, messages and their raw bytes, deliveries with their
-//! attempt logs, and resend.
+//! The management HTTP API (axum): health, readiness and metrics, inboxes with their webhook,
+//! notification rules and API keys, messages and their raw bytes, deliveries with their attempt
+//! logs, and resend.
 //!
-//! Every `/v1` route needs `Authorization: Bearer <admin key>`, compared in constant time.
-//! Responses never contain signing secrets or internal error detail.
+//! Every `/v1` route needs `Authorization: Bearer <key>`: an admin key from the config (compared
+//! in constant time) reaches everything; a per-inbox key reaches only its own inbox, and anything
+//! of another inbox answers 404, as if it did not exist. Responses never contain signing secrets
+//! (except the one response that creates or rotates one) or internal error detail.
 
 mod error;
+mod inboxes;
+mod metrics;
+mod openapi;
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
 pub use error::ApiError;
+use error::ErrorBody;
 
+use crate::config::DeliveryConfig;
 use crate::db::Db;
+use crate::directory::Directory;
+use crate::intake::Intake;
 use crate::model::DeliveryStatus;
 use crate::store::Store;
+
+/// Largest request body the API reads; inbox settings and rules are small.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub struct ApiState {
     pub db: Db,
     pub store: Store,
     pub admin_keys: Vec<String>,
     pub dispatcher_wakeup: Arc<Notify>,
+    /// Refreshed after every inbox change, so RCPT sees it at once.
+    pub directory: Directory,
+    /// Webhook URLs set through the API obey the same policy as configured ones.
+    pub delivery: DeliveryConfig,
+    /// Test events go through the same pre-250 sequence as received mail.
+    pub intake: Arc<Intake>,
+    /// Serialises directory refreshes, so a slower refresh never installs an older snapshot
+    /// over a newer one.
+    pub directory_refresh: tokio::sync::Mutex<()>,
+}
+
+impl ApiState {
+    /// Reloads the routable inboxes into the RCPT directory.
+    async fn refresh_directory(&self) -> Result<(), ApiError> {
+        let _guard = self.directory_refresh.lock().await;
+        let inboxes = self.db.load_inboxes().await?;
+        self.directory.replace(&inboxes);
+        Ok(())
+    }
+}
+
+/// Who is calling, as the Bearer key says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    /// A per-inbox key: only this inbox exists for it.
+    Inbox(String),
+}
+
+impl Caller {
+    fn sees(&self, inbox_id: &str) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Inbox(own) => own == inbox_id,
+        }
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Admin => Ok(()),
+            Self::Inbox(_) => Err(ApiError::Forbidden("this needs an admin key")),
+        }
+    }
 }
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {
     let v1 = axum::Router::new()
+        .merge(inboxes::routes())
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/messages/{id}", get(get_message))
         .route("/v1/messages/{id}/raw", get(get_raw_message))
         .route("/v1/deliveries", get(list_deliveries))
@@ -43,11 +101,14 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/deliveries/{id}/resend", post(resend_delivery))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
-            require_admin,
+            authenticate,
         ));
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
         .merge(v1)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             (
@@ -58,39 +119,72 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .with_state(state)
 }
 
-async fn require_admin(
+async fn authenticate(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    authorize_admin(&state.admin_keys, &headers)?;
+    let presented = bearer_token(&headers)?;
+    let caller = if is_admin_key(&state.admin_keys, presented) {
+        Caller::Admin
+    } else if presented.starts_with(inboxes::INBOX_KEY_PREFIX) {
+        // Looked up by hash: the database never holds a usable key, and the lookup reveals
+        // nothing about keys that do not hash alike.
+        let inbox_id = state
+            .db
+            .inbox_for_key_hash(&inboxes::hash_key(presented))
+            .await?
+            .ok_or(ApiError::Unauthorized("invalid API key"))?;
+        Caller::Inbox(inbox_id)
+    } else {
+        return Err(ApiError::Unauthorized("invalid API key"));
+    };
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 
-/// Checks `Authorization: Bearer <key>` against the admin keys.
+/// Checks `Authorization: Bearer <key>` against the admin keys, for routes outside this
+/// router (provider ingress secrets).
 ///
 /// # Errors
 /// [`ApiError::Unauthorized`] when the header is missing or the key is not an admin key.
 pub fn authorize_admin(admin_keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized("missing Bearer token"))?;
-    // Every key is compared, matched or not, so timing reveals neither which key nor how much
-    // of it matched.
-    let matched = admin_keys.iter().fold(false, |found, key| {
-        found | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
-    });
-    if matched {
+    if is_admin_key(admin_keys, bearer_token(headers)?) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized("invalid API key"))
     }
 }
 
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized("missing Bearer token"))
+}
+
+/// Every key is compared, matched or not, so timing reveals neither which key nor how much of
+/// it matched.
+fn is_admin_key(admin_keys: &[String], presented: &str) -> bool {
+    admin_keys.iter().fold(false, |found, key| {
+        found | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    security(()),
+    summary = "Liveness and database reachability",
+    responses(
+        (status = 200, description = "Up", body = serde_json::Value),
+        (status = 503, description = "Database unreachable", body = serde_json::Value),
+    ),
+)]
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     match state.db.ping().await {
         Ok(()) => Json(json!({"status": "ok"})).into_response(),
@@ -105,28 +199,71 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    security(()),
+    summary = "Readiness: the database answers",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value),
+        (status = 503, description = "Database unreachable", body = serde_json::Value),
+    ),
+)]
+async fn readyz(state: State<Arc<ApiState>>) -> Response {
+    healthz(state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "messages",
+    summary = "The stored mail.received event",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "The event", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_message(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let message = state
         .db
         .get_message(&id)
         .await?
+        .filter(|message| caller.sees(&message.inbox_id))
         .ok_or(ApiError::NotFound("message"))?;
     let event: Value = serde_json::from_str(&message.event_json)
         .map_err(|err| ApiError::Internal(format!("stored event of {id} is not JSON: {err}")))?;
     Ok(Json(event))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}/raw",
+    tag = "messages",
+    summary = "The raw .eml, byte for byte",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "message/rfc822 bytes", content_type = "message/rfc822", body = String),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_raw_message(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let message = state
         .db
         .get_message(&id)
         .await?
+        .filter(|message| caller.sees(&message.inbox_id))
         .ok_or(ApiError::NotFound("message"))?;
     let bytes = state
         .store
@@ -149,19 +286,48 @@ async fn get_raw_message(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveryQuery {
+    /// pending, delivered or dead (the dead-letter queue).
     status: Option<String>,
     inbox_id: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    summary = "Deliveries, newest first",
+    params(DeliveryQuery),
+    responses(
+        (status = 200, description = "{deliveries: [...]}", body = serde_json::Value),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|err| ApiError::BadRequest(err.body_text()))?;
+    let Query(mut query) = query?;
+    if let Caller::Inbox(own) = &caller {
+        if query.inbox_id.as_ref().is_some_and(|asked| asked != own) {
+            return Err(ApiError::NotFound("inbox"));
+        }
+        query.inbox_id = Some(own.clone());
+    }
+    list_deliveries_of(&state, query).await
+}
+
+async fn list_deliveries_of(
+    state: &ApiState,
+    query: DeliveryQuery,
+) -> Result<Json<Value>, ApiError> {
     let status = query
         .status
         .as_deref()
@@ -186,15 +352,24 @@ async fn list_deliveries(
     Ok(Json(json!({ "deliveries": deliveries })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    summary = "One delivery with its attempt_log",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 200, description = "The delivery", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn get_delivery(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let delivery = state
-        .db
-        .get_delivery(&id)
-        .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
+    let delivery = visible_delivery(&state, &caller, &id).await?;
     let attempts = state.db.list_attempts(&id).await?;
     let mut body =
         serde_json::to_value(delivery).map_err(|err| ApiError::Internal(err.to_string()))?;
@@ -202,23 +377,46 @@ async fn get_delivery(
     Ok(Json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}/attempts",
+    tag = "deliveries",
+    summary = "Every attempt of one delivery",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 200, description = "{attempts: [...]}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn list_attempts(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .db
-        .get_delivery(&id)
-        .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
+    visible_delivery(&state, &caller, &id).await?;
     let attempts = state.db.list_attempts(&id).await?;
     Ok(Json(json!({ "attempts": attempts })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/resend",
+    tag = "deliveries",
+    summary = "Queue a delivery again now, same event_id",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 202, description = "Queued", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
 async fn resend_delivery(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    visible_delivery(&state, &caller, &id).await?;
     if !state.db.resend(&id).await? {
         return Err(ApiError::NotFound("delivery"));
     }
@@ -227,4 +425,18 @@ async fn resend_delivery(
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "status": "pending" })),
     ))
+}
+
+/// A delivery the caller may see; another inbox's delivery does not exist for it.
+async fn visible_delivery(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::db::DeliveryView, ApiError> {
+    state
+        .db
+        .get_delivery(id)
+        .await?
+        .filter(|delivery| caller.sees(&delivery.inbox_id))
+        .ok_or(ApiError::NotFound("delivery"))
 }

@@ -107,7 +107,12 @@ impl WebhookClient {
         {
             return Err(Error::BlockedAddress(ip));
         }
-        let secrets: Vec<String> = endpoint.secret.iter().cloned().collect();
+        let secrets: Vec<String> = endpoint
+            .secret
+            .iter()
+            .chain(endpoint.previous_secret.iter())
+            .cloned()
+            .collect();
         let signature_headers = signature::sign(&SigningInput {
             scheme: endpoint.signature,
             secrets: &secrets,

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod delivery;
 mod deploy;
 mod end_to_end;

@@ -1,0 +1,938 @@
+//! Inbox routes: create, list, change and delete inboxes; their webhook (with the signing secret
+//! shown only when created or rotated), notification rules, per-inbox API keys, messages,
+//! deliveries, bulk resend of the dead-letter queue and test events.
+//!
+//! Every route looks the inbox up through [`visible_inbox`], so a per-inbox key meets a 404 for
+//! any other inbox. Every change refreshes the RCPT directory before it answers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
+use crate::config::{PayloadFormat, SignatureScheme};
+use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
+use crate::intake::Outcome;
+use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
+
+/// Per-inbox keys start with this, so the middleware knows to look one up.
+pub const INBOX_KEY_PREFIX: &str = "mxk_";
+
+/// How long the secret replaced by a rotation still signs deliveries.
+const SECRET_GRACE_MS: i64 = 24 * 60 * 60 * 1000;
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/v1/inboxes", get(list_inboxes).post(create_inbox))
+        .route(
+            "/v1/inboxes/{id}",
+            get(get_inbox).patch(update_inbox).delete(delete_inbox),
+        )
+        .route(
+            "/v1/inboxes/{id}/webhook",
+            get(get_webhook).put(put_webhook).delete(delete_webhook),
+        )
+        .route(
+            "/v1/inboxes/{id}/notifications",
+            get(get_notifications).put(put_notifications),
+        )
+        .route("/v1/inboxes/{id}/keys", post(create_key))
+        .route("/v1/inboxes/{id}/messages", get(list_messages))
+        .route("/v1/inboxes/{id}/deliveries", get(list_deliveries))
+        .route("/v1/inboxes/{id}/deliveries/resend-dead", post(resend_dead))
+        .route("/v1/inboxes/{id}/test-event", post(send_test_event))
+}
+
+/// The SHA-256 (hex) a per-inbox key is stored and looked up as.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// The inbox, if it exists and the caller may see it; otherwise 404 either way.
+async fn visible_inbox(state: &ApiState, caller: &Caller, id: &str) -> Result<InboxRow, ApiError> {
+    if !caller.sees(id) {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    state
+        .db
+        .get_inbox_row(id)
+        .await?
+        .ok_or(ApiError::NotFound("inbox"))
+}
+
+fn inbox_json(inbox: &InboxRow) -> Value {
+    json!({
+        "id": inbox.id,
+        "name": inbox.name,
+        "status": inbox.status,
+        "source": inbox.source,
+        "addresses": inbox.addresses,
+        "webhook": inbox.webhook.as_ref().map(webhook_json),
+        "created_at": rfc3339(inbox.created_at),
+        "updated_at": rfc3339(inbox.updated_at),
+    })
+}
+
+/// The webhook without its secrets: only whether one is set and until when the old one signs.
+fn webhook_json(webhook: &WebhookSettings) -> Value {
+    json!({
+        "url": webhook.url,
+        "enabled": webhook.enabled,
+        "signature": webhook.signature,
+        "payload": webhook.payload,
+        "has_secret": webhook.secret.is_some(),
+        "previous_secret_expires_at": webhook
+            .previous_secret_expires_at
+            .filter(|at| *at > now_ms() && webhook.previous_secret.is_some())
+            .map(rfc3339),
+    })
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum InboxStatus {
+    Enabled,
+    Disabled,
+}
+
+impl InboxStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateInbox {
+    id: Option<String>,
+    name: Option<String>,
+    addresses: Vec<String>,
+    status: Option<InboxStatus>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PatchInbox {
+    name: Option<String>,
+    addresses: Option<Vec<String>>,
+    status: Option<InboxStatus>,
+}
+
+fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
+    if addresses.is_empty() {
+        return Err(ApiError::BadRequest(
+            "addresses: an inbox needs at least one address".to_owned(),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let normalized = crate::config::normalize_address(address).ok_or_else(|| {
+            ApiError::BadRequest(format!("addresses: `{address}` is not a routable address"))
+        })?;
+        if !out.contains(&normalized) {
+            out.push(normalized);
+        }
+    }
+    Ok(out)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes",
+    tag = "inboxes",
+    summary = "Inboxes the key can see",
+    responses(
+        (status = 200, description = "{inboxes: [...]}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+    ),
+)]
+async fn list_inboxes(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let only = match &caller {
+        Caller::Admin => None,
+        Caller::Inbox(own) => Some(own.as_str()),
+    };
+    let inboxes = state.db.list_inbox_rows(only).await?;
+    Ok(Json(
+        json!({ "inboxes": inboxes.iter().map(inbox_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes",
+    tag = "inboxes",
+    summary = "Create an inbox (admin)",
+    request_body = CreateInbox,
+    responses(
+        (status = 201, description = "The inbox", body = serde_json::Value),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 409, description = "Id or address taken", body = ErrorBody),
+    ),
+)]
+async fn create_inbox(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<CreateInbox>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_admin()?;
+    let Json(body) = body?;
+    let id = body.id.unwrap_or_else(|| new_id("inb"));
+    if !crate::config::is_valid_inbox_id(&id) {
+        return Err(ApiError::BadRequest(
+            "id: 1 to 64 of a-z A-Z 0-9 . _ -, not starting with `.`".to_owned(),
+        ));
+    }
+    let addresses = normalized_addresses(&body.addresses)?;
+    state
+        .db
+        .create_inbox(&NewInbox {
+            id: id.clone(),
+            name: body.name,
+            status: body
+                .status
+                .unwrap_or(InboxStatus::Enabled)
+                .as_str()
+                .to_owned(),
+            addresses,
+        })
+        .await?;
+    state.refresh_directory().await?;
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    Ok((StatusCode::CREATED, Json(inbox_json(&inbox))))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    summary = "One inbox",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn get_inbox(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(inbox_json(
+        &visible_inbox(&state, &caller, &id).await?,
+    )))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    summary = "Change name, addresses or status",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = PatchInbox,
+    responses(
+        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 409, description = "Address taken", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn update_inbox(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<PatchInbox>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let Json(body) = body?;
+    if body.addresses.is_some() {
+        // Addresses decide which mail the gateway accepts for whom: an inbox key must not
+        // claim addresses for itself.
+        caller.require_admin()?;
+    }
+    let update = InboxUpdate {
+        name: body.name.map(Some),
+        status: body.status.map(|status| status.as_str().to_owned()),
+        addresses: body
+            .addresses
+            .as_deref()
+            .map(normalized_addresses)
+            .transpose()?,
+    };
+    if !state.db.update_inbox(&id, &update).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    state.refresh_directory().await?;
+    Ok(Json(inbox_json(
+        &visible_inbox(&state, &caller, &id).await?,
+    )))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    summary = "Delete an inbox (admin)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn delete_inbox(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    if !state.db.delete_inbox(&id).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    state.refresh_directory().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "The inbox webhook, without secrets",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The webhook", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn get_webhook(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    let webhook = inbox.webhook.ok_or(ApiError::NotFound("webhook"))?;
+    Ok(Json(webhook_json(&webhook)))
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PutWebhook {
+    url: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    rotate_secret: bool,
+    /// agentmail (default), standard, botmailroom or hmac-sha256.
+    #[schema(value_type = Option<String>)]
+    signature: Option<SignatureScheme>,
+    /// mxhook (default) or botmailroom.
+    #[schema(value_type = Option<String>)]
+    payload: Option<PayloadFormat>,
+}
+
+/// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
+fn secret_fits(scheme: SignatureScheme, secret: &str) -> bool {
+    scheme != SignatureScheme::Standard
+        || crate::deliver::signature::decode_standard_secret(secret).is_ok()
+}
+
+/// 32 random bytes, written the way the scheme expects them.
+fn generate_secret(scheme: SignatureScheme) -> String {
+    let bytes: [u8; 32] = rand::random();
+    match scheme {
+        SignatureScheme::Standard => format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+        _ => hex::encode(bytes),
+    }
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "Set the inbox webhook; signing_secret is returned on first setup or rotation only",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = PutWebhook,
+    responses(
+        (status = 200, description = "The webhook, with signing_secret when one was created", body = serde_json::Value),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn put_webhook(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<PutWebhook>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    let Json(body) = body?;
+    crate::config::validate_webhook_url(&body.url, &state.delivery)
+        .map_err(|reason| ApiError::BadRequest(format!("url: {reason}")))?;
+    let existing = inbox.webhook;
+    let signature = body
+        .signature
+        .or(existing.as_ref().map(|webhook| webhook.signature))
+        .unwrap_or(SignatureScheme::Agentmail);
+    let payload = body
+        .payload
+        .or(existing.as_ref().map(|webhook| webhook.payload))
+        .unwrap_or(PayloadFormat::Mxhook);
+    let now = now_ms();
+    let current = existing
+        .as_ref()
+        .and_then(|webhook| webhook.secret.clone())
+        .filter(|secret| secret_fits(signature, secret));
+    let (secret, previous_secret, previous_secret_expires_at, revealed) = match current {
+        Some(current) if body.rotate_secret => {
+            let fresh = generate_secret(signature);
+            (
+                fresh.clone(),
+                Some(current),
+                Some(now + SECRET_GRACE_MS),
+                Some(fresh),
+            )
+        }
+        Some(current) => {
+            let kept = existing.as_ref().and_then(|webhook| {
+                webhook
+                    .previous_secret
+                    .clone()
+                    .filter(|secret| secret_fits(signature, secret))
+                    .zip(webhook.previous_secret_expires_at)
+                    .filter(|(_, until)| *until > now)
+            });
+            (
+                current,
+                kept.as_ref().map(|(secret, _)| secret.clone()),
+                kept.map(|(_, until)| until),
+                None,
+            )
+        }
+        None => {
+            let fresh = generate_secret(signature);
+            (fresh.clone(), None, None, Some(fresh))
+        }
+    };
+    let settings = WebhookSettings {
+        url: body.url,
+        enabled: body.enabled,
+        signature,
+        payload,
+        secret: Some(secret),
+        previous_secret,
+        previous_secret_expires_at,
+    };
+    if !state.db.set_webhook(&id, Some(&settings)).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    state.refresh_directory().await?;
+    let mut view = webhook_json(&settings);
+    if let Some(secret) = revealed {
+        view["signing_secret"] = Value::String(secret);
+    }
+    Ok(Json(view))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "Remove the inbox webhook",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn delete_webhook(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    if inbox.webhook.is_none() {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    state.db.set_webhook(&id, None).await?;
+    state.refresh_directory().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One notification rule, in the shape SPEC.md gives. Stored and returned; the dispatcher does
+/// not act on rules yet.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    filters: RuleFilters,
+    #[serde(default)]
+    channels: RuleChannels,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RuleFilters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sender_verified: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    traffic_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sender_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    trust_tiers: Vec<TrustTier>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum TrustTier {
+    Trusted,
+    Verified,
+    Unverified,
+    Suspicious,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RuleChannels {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook: Option<RuleWebhook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<RuleEmail>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RuleWebhook {
+    #[serde(default = "yes")]
+    enabled: bool,
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    signature: Option<SignatureScheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    payload: Option<PayloadFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    custom_headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verify_tls: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RuleEmail {
+    #[serde(default = "yes")]
+    enabled: bool,
+    recipients: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Notifications {
+    rules: Vec<Rule>,
+}
+
+fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> {
+    for (idx, rule) in rules.iter_mut().enumerate() {
+        if rule.id.is_none() {
+            rule.id = Some(new_id("rule"));
+        }
+        if let Some(webhook) = &rule.channels.webhook {
+            crate::config::validate_webhook_url(&webhook.url, &state.delivery).map_err(
+                |reason| {
+                    ApiError::BadRequest(format!("rules[{idx}].channels.webhook.url: {reason}"))
+                },
+            )?;
+            if webhook.timeout_s.is_some_and(|t| !(1..=300).contains(&t)) {
+                return Err(ApiError::BadRequest(format!(
+                    "rules[{idx}].channels.webhook.timeout_s: must be 1 to 300"
+                )));
+            }
+            if webhook.max_retries.is_some_and(|n| n > 10) {
+                return Err(ApiError::BadRequest(format!(
+                    "rules[{idx}].channels.webhook.max_retries: at most 10"
+                )));
+            }
+        }
+        if let Some(email) = &rule.channels.email {
+            for recipient in &email.recipients {
+                if crate::config::normalize_address(recipient).is_none() {
+                    return Err(ApiError::BadRequest(format!(
+                        "rules[{idx}].channels.email.recipients: `{recipient}` is not an address"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/notifications",
+    tag = "notifications",
+    summary = "Notification rules",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn get_notifications(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let stored = state
+        .db
+        .get_notifications(&id)
+        .await?
+        .ok_or(ApiError::NotFound("inbox"))?;
+    let rules: Value = match stored {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|err| ApiError::Internal(format!("stored rules of {id}: {err}")))?,
+        None => json!([]),
+    };
+    Ok(Json(json!({ "rules": rules })))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/notifications",
+    tag = "notifications",
+    summary = "Replace the notification rules (stored; not yet acted on)",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = Notifications,
+    responses(
+        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn put_notifications(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<Notifications>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let Json(mut body) = body?;
+    validate_rules(&state, &mut body.rules)?;
+    let text =
+        serde_json::to_string(&body.rules).map_err(|err| ApiError::Internal(err.to_string()))?;
+    if !state.db.set_notifications(&id, &text).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    Ok(Json(json!(body)))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{id}/keys",
+    tag = "keys",
+    summary = "Create a per-inbox API key (admin); the key is returned once",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = Option<CreateKey>,
+    responses(
+        (status = 201, description = "The key", body = serde_json::Value),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn create_key(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    let request: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateKey::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))?
+    };
+    let secret_bytes: [u8; 32] = rand::random();
+    let key = format!("{INBOX_KEY_PREFIX}{}", hex::encode(secret_bytes));
+    let row = ApiKeyRow {
+        id: new_id("key"),
+        inbox_id: id,
+        name: request.name,
+        created_at: now_ms(),
+    };
+    state.db.create_api_key(&row, &hash_key(&key)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": row.id,
+            "inbox_id": row.inbox_id,
+            "name": row.name,
+            "created_at": rfc3339(row.created_at),
+            "key": key,
+        })),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    sender: Option<String>,
+    subject: Option<String>,
+    received_after: Option<String>,
+    received_before: Option<String>,
+}
+
+fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|time| time.timestamp_millis())
+                .map_err(|_| ApiError::BadRequest(format!("{key}: expected an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/messages",
+    tag = "messages",
+    summary = "Messages of an inbox, newest first, paged",
+    params(("id" = String, Path, description = "Inbox id"), MessagesQuery),
+    responses(
+        (status = 200, description = "{messages: [...], next_cursor}", body = serde_json::Value),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn list_messages(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    query: Result<Query<MessagesQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".to_owned(),
+        ));
+    }
+    let filter = MessageFilter {
+        before: query.cursor,
+        sender: query.sender,
+        subject_contains: query.subject,
+        received_after_ms: parse_time("received_after", query.received_after.as_deref())?,
+        received_before_ms: parse_time("received_before", query.received_before.as_deref())?,
+        limit,
+    };
+    let messages = state.db.list_messages(&id, &filter).await?;
+    let next_cursor = (i64::try_from(messages.len()).ok() == Some(limit))
+        .then(|| messages.last().map(|message| message.id.clone()))
+        .flatten();
+    Ok(Json(
+        json!({ "messages": messages, "next_cursor": next_cursor }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct InboxDeliveriesQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/deliveries",
+    operation_id = "list_inbox_deliveries",
+    tag = "deliveries",
+    summary = "Deliveries of an inbox, by status",
+    params(("id" = String, Path, description = "Inbox id"), InboxDeliveriesQuery),
+    responses(
+        (status = 200, description = "{deliveries: [...]}", body = serde_json::Value),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn list_deliveries(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    query: Result<Query<InboxDeliveriesQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let Query(query) = query?;
+    super::list_deliveries_of(
+        &state,
+        DeliveryQuery {
+            status: query.status,
+            inbox_id: Some(id),
+            limit: query.limit,
+        },
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{id}/deliveries/resend-dead",
+    tag = "deliveries",
+    summary = "Queue every dead delivery of an inbox again",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 202, description = "{requeued}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn resend_dead(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let requeued = state.db.resend_dead(&id).await?;
+    state.dispatcher_wakeup.notify_waiters();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+}
+
+/// Sends a synthetic message through intake, so the test event is stored, signed, retried and
+/// logged exactly like one from real mail.
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{id}/test-event",
+    tag = "webhook",
+    summary = "Send a test mail.received event through the delivery path",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 202, description = "{message_id}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 409, description = "No enabled webhook", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn send_test_event(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    if inbox.status != "enabled"
+        || !inbox
+            .webhook
+            .as_ref()
+            .is_some_and(|webhook| webhook.enabled)
+    {
+        return Err(ApiError::Conflict(
+            "the inbox is disabled or has no enabled webhook".to_owned(),
+        ));
+    }
+    let address = inbox
+        .addresses
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("{id}@mxhook.invalid"));
+    let raw = format!(
+        "From: mxhook <test@mxhook.invalid>\r\nTo: <{address}>\r\n\
+         Subject: mxhook test event\r\nDate: {date}\r\n\
+         Message-ID: <{token}@mxhook.invalid>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         This is a test event sent by mxhook to check the webhook of inbox {id}.\r\n",
+        date = chrono::Utc::now().to_rfc2822(),
+        token = new_id("test"),
+    );
+    let envelope = Envelope {
+        remote_ip: None,
+        helo: "mxhook-test-event".to_owned(),
+        mail_from: Some("test@mxhook.invalid".to_owned()),
+        recipients: vec![Recipient {
+            address,
+            inbox_id: id,
+        }],
+        smtputf8: false,
+    };
+    match state.intake.accept(&envelope, raw.as_bytes()).await {
+        Outcome::Accepted { message_ids } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "message_id": message_ids.first() })),
+        )),
+        Outcome::TempFail { reason } => Err(ApiError::Internal(format!(
+            "test event not accepted: {reason}"
+        ))),
+        // The inbox's own sender policy refuses the synthetic sender: say so plainly.
+        Outcome::Reject { reason } => Err(ApiError::Conflict(format!(
+            "the inbox policy rejects the test event: {reason}"
+        ))),
+    }
+}

@@ -1,0 +1,109 @@
+//! `GET /metrics` in the Prometheus text format. Every value is read from the database at scrape
+//! time (messages, deliveries, attempts), so the numbers are the cluster's, not one node's, and
+//! survive restarts.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, ApiState, Caller, ErrorBody};
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics (admin)",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+    ),
+)]
+pub async fn metrics(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    // The numbers span every inbox, so a per-inbox key may not read them.
+    caller.require_admin()?;
+    let snapshot = state.db.metrics().await?;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        "mxhook_messages_accepted_total",
+        "counter",
+        "Messages accepted (250) and stored, per inbox.",
+    );
+    for (inbox, n) in &snapshot.messages_by_inbox {
+        let _ = writeln!(
+            out,
+            "mxhook_messages_accepted_total{{inbox=\"{}\"}} {n}",
+            label(inbox)
+        );
+    }
+    out.push_str(
+        "# HELP mxhook_deliveries Delivery jobs by current status; pending is the queue depth.\n\
+         # TYPE mxhook_deliveries gauge\n",
+    );
+    for status in ["pending", "delivered", "dead"] {
+        let n = count(&snapshot.deliveries_by_status, status);
+        let _ = writeln!(out, "mxhook_deliveries{{status=\"{status}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP mxhook_queue_depth Delivery jobs waiting to be attempted.\n\
+         # TYPE mxhook_queue_depth gauge\nmxhook_queue_depth {}",
+        count(&snapshot.deliveries_by_status, "pending")
+    );
+    out.push_str(
+        "# HELP mxhook_delivery_attempts_total Webhook attempts by outcome.\n\
+         # TYPE mxhook_delivery_attempts_total counter\n",
+    );
+    for (outcome, n) in &snapshot.attempts_by_outcome {
+        let _ = writeln!(
+            out,
+            "mxhook_delivery_attempts_total{{outcome=\"{}\"}} {n}",
+            label(outcome)
+        );
+    }
+    out.push_str(
+        "# HELP mxhook_delivery_attempt_duration_seconds Webhook request latency.\n\
+         # TYPE mxhook_delivery_attempt_duration_seconds histogram\n",
+    );
+    for (bound_ms, n) in &snapshot.latency_buckets_ms {
+        let seconds = *bound_ms as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "mxhook_delivery_attempt_duration_seconds_bucket{{le=\"{seconds}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "mxhook_delivery_attempt_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+         mxhook_delivery_attempt_duration_seconds_sum {sum}\n\
+         mxhook_delivery_attempt_duration_seconds_count {count}",
+        count = snapshot.latency_count,
+        sum = snapshot.latency_sum_ms as f64 / 1000.0,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+fn count(pairs: &[(String, i64)], key: &str) -> i64 {
+    pairs
+        .iter()
+        .find(|(label, _)| label == key)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Escapes a label value (Prometheus text format: backslash, quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,72 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the route handlers'
+//! `#[utoipa::path]` attributes and the request types, so it cannot drift from the code.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{inboxes, metrics};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mxhook management API",
+        description = "Inboxes, webhooks, notification rules, API keys, messages and deliveries. \
+                       Every /v1 route and /metrics need `Authorization: Bearer <key>`."
+    ),
+    paths(
+        super::healthz,
+        super::readyz,
+        document,
+        metrics::metrics,
+        super::get_message,
+        super::get_raw_message,
+        super::list_deliveries,
+        super::get_delivery,
+        super::list_attempts,
+        super::resend_delivery,
+        inboxes::list_inboxes,
+        inboxes::create_inbox,
+        inboxes::get_inbox,
+        inboxes::update_inbox,
+        inboxes::delete_inbox,
+        inboxes::get_webhook,
+        inboxes::put_webhook,
+        inboxes::delete_webhook,
+        inboxes::get_notifications,
+        inboxes::put_notifications,
+        inboxes::create_key,
+        inboxes::list_messages,
+        inboxes::list_deliveries,
+        inboxes::resend_dead,
+        inboxes::send_test_event,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// Declares the Bearer scheme every operation refers to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    summary = "This OpenAPI document",
+    security(()),
+    responses((status = 200, description = "OpenAPI 3.1 JSON", body = serde_json::Value))
+)]
+pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,986 @@
+//! The management API over the real HTTP server: inboxes and the RCPT directory, webhook secrets
+//! and rotation, per-inbox keys and cross-inbox access, message paging, bulk resend, test events,
+//! readiness, metrics, and JSON errors for bad requests.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::gateway::{API_KEY, SECRET};
+use crate::support::{
+    GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually,
+    python_verifies_agentmail, simple_message,
+};
+
+/// One API call with any key and an optional JSON body; returns the status and the JSON body
+/// (`Null` when the body is not JSON).
+async fn call(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(
+            method.parse().expect("method"),
+            format!("http://{}{path}", gateway.http),
+        )
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("API request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn admin(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    call(gateway, method, path, API_KEY, body).await
+}
+
+/// The RCPT reply code for one address, in a fresh session.
+async fn rcpt(gateway: &TestGateway, address: &str) -> u16 {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    client.expect("MAIL FROM:<a@sender.example>", 250).await;
+    client.cmd(&format!("RCPT TO:<{address}>")).await.0
+}
+
+async fn send(gateway: &TestGateway, to: &str, subject: &str, from: &str) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message(from, to, subject, "body");
+    let (code, text) = client.send_message(from, &[to], &message).await;
+    assert_eq!(code, 250, "{text}");
+}
+
+fn no_webhook() -> GatewayOptions {
+    let mut options = GatewayOptions::webhook(String::new());
+    options.webhook_url = None;
+    options.secret = None;
+    options
+}
+
+#[tokio::test]
+async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
+
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "sales", "name": "Sales", "addresses": ["Sales@Example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["addresses"], json!(["sales@example.com"]));
+    assert_eq!(created["status"], "enabled");
+    assert_eq!(created["source"], "api");
+    assert_eq!(created["webhook"], Value::Null);
+    assert_eq!(rcpt(&gateway, "sales@example.com").await, 250);
+
+    let (status, generated) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"addresses": ["support@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{generated}");
+    assert!(generated["id"].as_str().expect("id").starts_with("inb_"));
+
+    let (status, list) = admin(&gateway, "GET", "/v1/inboxes", None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list["inboxes"]
+        .as_array()
+        .expect("inboxes")
+        .iter()
+        .filter_map(|inbox| inbox["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"agent") && ids.contains(&"other") && ids.contains(&"sales"),
+        "{list}"
+    );
+    let (_, agent) = admin(&gateway, "GET", "/v1/inboxes/agent", None).await;
+    assert_eq!(
+        agent["source"], "config",
+        "config inboxes are the same objects"
+    );
+    assert_eq!(
+        agent["addresses"],
+        json!(["agent@example.com", "alias@example.com"])
+    );
+
+    // An address belongs to one inbox; an id to one inbox.
+    let (status, body) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "thief", "addresses": ["agent@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    let (status, _) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "sales", "addresses": ["new@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/sales",
+        Some(json!({"addresses": ["other@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        rcpt(&gateway, "sales@example.com").await,
+        250,
+        "a refused change changes nothing"
+    );
+
+    let (status, body) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/sales",
+        Some(json!({"status": "disabled"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "disabled");
+    assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
+
+    let (status, body) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/sales",
+        Some(json!({"status": "enabled", "name": "Deals", "addresses": ["deals@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "Deals");
+    assert_eq!(rcpt(&gateway, "deals@example.com").await, 250);
+    assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
+
+    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/sales", None).await;
+    assert_eq!(status, 204);
+    assert_eq!(rcpt(&gateway, "deals@example.com").await, 550);
+    let (status, body) = admin(&gateway, "GET", "/v1/inboxes/sales", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/sales", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, _) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "hooked", "addresses": ["hooked@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = admin(&gateway, "GET", "/v1/inboxes/hooked/webhook", None).await;
+    assert_eq!(status, 404);
+
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/hooked/webhook",
+        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first_secret = body["signing_secret"]
+        .as_str()
+        .expect("secret on first setup")
+        .to_owned();
+    assert_eq!(first_secret.len(), 64, "32 random bytes, hex");
+    assert_eq!(body["signature"], "agentmail");
+
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/hooked/webhook",
+        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.get("signing_secret").is_none(),
+        "not shown again: {body}"
+    );
+    let (_, body) = admin(&gateway, "GET", "/v1/inboxes/hooked/webhook", None).await;
+    assert_eq!(body["has_secret"], true);
+    assert!(body.get("signing_secret").is_none());
+    let (_, inbox) = admin(&gateway, "GET", "/v1/inboxes/hooked", None).await;
+    assert!(!inbox.to_string().contains(&first_secret), "{inbox}");
+
+    send(&gateway, "hooked@example.com", "first", "a@sender.example").await;
+    let got = receiver.recv().await;
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    assert!(python_verifies_agentmail(
+        &first_secret,
+        &timestamp,
+        &got.body,
+        &signature
+    ));
+
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/hooked/webhook",
+        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let second_secret = body["signing_secret"]
+        .as_str()
+        .expect("secret on rotation")
+        .to_owned();
+    assert_ne!(first_secret, second_secret);
+    assert!(body["previous_secret_expires_at"].is_string(), "{body}");
+
+    send(&gateway, "hooked@example.com", "second", "a@sender.example").await;
+    let got = receiver.recv().await;
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    assert_eq!(signature.split(' ').count(), 2, "{signature}");
+    assert!(python_verifies_agentmail(
+        &second_secret,
+        &timestamp,
+        &got.body,
+        &signature
+    ));
+    assert!(
+        python_verifies_agentmail(&first_secret, &timestamp, &got.body, &signature),
+        "the old secret stays valid during the grace period"
+    );
+
+    // The standard scheme needs a `whsec_` secret, so switching to it issues one.
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/hooked/webhook",
+        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false, "signature": "standard"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["signing_secret"]
+            .as_str()
+            .expect("new secret")
+            .starts_with("whsec_")
+    );
+    send(&gateway, "hooked@example.com", "third", "a@sender.example").await;
+    let got = receiver.recv().await;
+    assert!(
+        got.header("webhook-signature")
+            .expect("standard signature")
+            .starts_with("v1,")
+    );
+
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/hooked/webhook",
+        Some(json!({"url": "ftp://example.com/hook", "enabled": true, "rotate_secret": false})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("url:")
+    );
+
+    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/hooked/webhook", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = admin(&gateway, "GET", "/v1/inboxes/hooked/webhook", None).await;
+    assert_eq!(status, 404);
+    send(
+        &gateway,
+        "hooked@example.com",
+        "unhooked",
+        "a@sender.example",
+    )
+    .await;
+    receiver.assert_silent(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn inbox_keys_reach_only_their_own_inbox() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes/agent/keys",
+        Some(json!({"name": "agent bot"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("key").to_owned();
+    assert!(key.starts_with("mxk_"));
+
+    send(&gateway, "agent@example.com", "mine", "a@sender.example").await;
+    send(&gateway, "other@example.com", "theirs", "a@sender.example").await;
+    receiver.recv().await;
+    receiver.recv().await;
+    let (_, other_messages) = admin(&gateway, "GET", "/v1/inboxes/other/messages", None).await;
+    let other_message = other_messages["messages"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (_, other_deliveries) = admin(&gateway, "GET", "/v1/inboxes/other/deliveries", None).await;
+    let other_delivery = other_deliveries["deliveries"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Its own inbox is all there is.
+    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &key, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, list) = call(&gateway, "GET", "/v1/inboxes", &key, None).await;
+    assert_eq!(list["inboxes"].as_array().expect("inboxes").len(), 1);
+    assert_eq!(list["inboxes"][0]["id"], "agent");
+    let (status, mine) = call(&gateway, "GET", "/v1/inboxes/agent/messages", &key, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(mine["messages"].as_array().expect("messages").len(), 1);
+    let (status, deliveries) = call(&gateway, "GET", "/v1/deliveries", &key, None).await;
+    assert_eq!(status, 200);
+    let deliveries = deliveries["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0]["inbox_id"], "agent");
+
+    // Everything of another inbox answers 404, as if it did not exist.
+    for (method, path) in [
+        ("GET", "/v1/inboxes/other".to_owned()),
+        ("PATCH", "/v1/inboxes/other".to_owned()),
+        ("DELETE", "/v1/inboxes/other".to_owned()),
+        ("GET", "/v1/inboxes/other/webhook".to_owned()),
+        ("PUT", "/v1/inboxes/other/webhook".to_owned()),
+        ("GET", "/v1/inboxes/other/notifications".to_owned()),
+        ("GET", "/v1/inboxes/other/messages".to_owned()),
+        ("GET", "/v1/inboxes/other/deliveries".to_owned()),
+        (
+            "POST",
+            "/v1/inboxes/other/deliveries/resend-dead".to_owned(),
+        ),
+        ("POST", "/v1/inboxes/other/test-event".to_owned()),
+        ("POST", "/v1/inboxes/other/keys".to_owned()),
+        ("GET", "/v1/deliveries?inbox_id=other".to_owned()),
+        ("GET", format!("/v1/messages/{other_message}")),
+        ("GET", format!("/v1/messages/{other_message}/raw")),
+        ("GET", format!("/v1/deliveries/{other_delivery}")),
+        ("GET", format!("/v1/deliveries/{other_delivery}/attempts")),
+        ("POST", format!("/v1/deliveries/{other_delivery}/resend")),
+    ] {
+        let body =
+            matches!(method, "PATCH" | "PUT").then(|| json!({"url": "http://127.0.0.1:1/x"}));
+        let (status, answer) = call(&gateway, method, &path, &key, body).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    // Admin-only actions on its own inbox are forbidden.
+    let (status, _) = call(&gateway, "POST", "/v1/inboxes/agent/keys", &key, None).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&gateway, "DELETE", "/v1/inboxes/agent", &key, None).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/agent",
+        &key,
+        Some(json!({"addresses": ["unclaimed@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body) = call(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/agent",
+        &key,
+        Some(json!({"name": "renamed by its own key"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        &key,
+        Some(json!({"addresses": ["x@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&gateway, "GET", "/metrics", &key, None).await;
+    assert_eq!(status, 403);
+    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", "mxk_not-a-key", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    // Only the key's hash is stored.
+    for entry in std::fs::read_dir(gateway.dir.path())
+        .expect("data dir")
+        .flatten()
+    {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            assert!(
+                !bytes
+                    .windows(key.len())
+                    .any(|window| window == key.as_bytes()),
+                "{} holds the key",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_page_newest_first_and_filter() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    send(
+        &gateway,
+        "agent@example.com",
+        "Invoice 1",
+        "billing@vendor.example",
+    )
+    .await;
+    send(
+        &gateway,
+        "agent@example.com",
+        "Hello",
+        "friend@people.example",
+    )
+    .await;
+    send(
+        &gateway,
+        "agent@example.com",
+        "Invoice 2",
+        "billing@vendor.example",
+    )
+    .await;
+    send(
+        &gateway,
+        "other@example.com",
+        "Invoice 3",
+        "billing@vendor.example",
+    )
+    .await;
+
+    let (status, page) = admin(&gateway, "GET", "/v1/inboxes/agent/messages?limit=2", None).await;
+    assert_eq!(status, 200, "{page}");
+    let subjects = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|message| message["subject"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(subjects(&page), ["Invoice 2", "Hello"]);
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
+    let (_, next) = admin(
+        &gateway,
+        "GET",
+        &format!("/v1/inboxes/agent/messages?limit=2&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(subjects(&next), ["Invoice 1"]);
+    assert_eq!(next["next_cursor"], Value::Null);
+
+    let (_, invoices) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/agent/messages?subject=invoice",
+        None,
+    )
+    .await;
+    assert_eq!(subjects(&invoices), ["Invoice 2", "Invoice 1"]);
+    let (_, friend) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/agent/messages?sender=Friend@People.example",
+        None,
+    )
+    .await;
+    assert_eq!(subjects(&friend), ["Hello"]);
+    let (_, future) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/agent/messages?received_after=2999-01-01T00:00:00Z",
+        None,
+    )
+    .await;
+    assert_eq!(subjects(&future), Vec::<String>::new());
+    let (status, body) = admin(&gateway, "GET", "/v1/inboxes/agent/messages?limit=0", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/agent/messages?colour=red",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivered() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500); 1000]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 1;
+    let gateway = TestGateway::start(options).await;
+    send(&gateway, "agent@example.com", "one", "a@sender.example").await;
+    send(&gateway, "agent@example.com", "two", "a@sender.example").await;
+    let dead_count = || async {
+        let (_, body) = admin(
+            &gateway,
+            "GET",
+            "/v1/inboxes/agent/deliveries?status=dead",
+            None,
+        )
+        .await;
+        body["deliveries"].as_array().map_or(0, Vec::len)
+    };
+    eventually("both deliveries to be dead", || async {
+        (dead_count().await == 2).then_some(())
+    })
+    .await;
+    receiver.set_script(Vec::new());
+    while tokio::time::timeout(Duration::from_millis(200), receiver.recv())
+        .await
+        .is_ok()
+    {}
+
+    let (status, body) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes/agent/deliveries/resend-dead",
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["requeued"], 2);
+    let mut subjects = Vec::new();
+    while subjects.len() < 2 {
+        let subject = receiver.recv().await.json()["subject"].clone();
+        if !subjects.contains(&subject) {
+            subjects.push(subject);
+        }
+    }
+    subjects.sort_by_key(ToString::to_string);
+    assert_eq!(subjects, [json!("one"), json!("two")]);
+    eventually("both deliveries to be delivered", || async {
+        let (_, body) = admin(
+            &gateway,
+            "GET",
+            "/v1/inboxes/agent/deliveries?status=delivered",
+            None,
+        )
+        .await;
+        (body["deliveries"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(dead_count().await, 0);
+
+    let (status, body) = admin(&gateway, "POST", "/v1/inboxes/agent/test-event", None).await;
+    assert_eq!(status, 202, "{body}");
+    let message_id = body["message_id"].as_str().expect("message id").to_owned();
+    // Deliveries are at-least-once, so a repeat of an earlier event may still arrive first.
+    let got = loop {
+        let got = receiver.recv().await;
+        if got.json()["message_id"] == message_id.as_str() {
+            break got;
+        }
+    };
+    let event = got.json();
+    assert_eq!(event["type"], "mail.received");
+    assert_eq!(event["agent_id"], "agent");
+    assert_eq!(event["subject"], "mxhook test event");
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    assert!(python_verifies_agentmail(
+        SECRET, &timestamp, &got.body, &signature
+    ));
+
+    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/agent/webhook", None).await;
+    assert_eq!(status, 204);
+    let (status, body) = admin(&gateway, "POST", "/v1/inboxes/agent/test-event", None).await;
+    assert_eq!(status, 409, "{body}");
+}
+
+#[tokio::test]
+async fn notification_rules_are_validated_and_stored() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, body) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"rules": []}));
+    let rules = json!({"rules": [{
+        "name": "verified humans",
+        "filters": {"sender_verified": true, "traffic_types": ["human"], "trust_tiers": ["verified"]},
+        "channels": {
+            "webhook": {"enabled": true, "url": "https://hooks.example.com/x", "timeout_s": 10},
+            "email": {"enabled": true, "recipients": ["ops@example.com"]}
+        }
+    }]});
+    let (status, stored) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/agent/notifications",
+        Some(rules),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(
+        stored["rules"][0]["id"]
+            .as_str()
+            .expect("rule id")
+            .starts_with("rule_")
+    );
+    let (_, fetched) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    assert_eq!(fetched, stored);
+
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/agent/notifications",
+        Some(json!({"rules": [{"name": "x", "filters": {"trust_tiers": ["godlike"]}}]})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/agent/notifications",
+        Some(json!({"rules": [{"name": "x", "channels": {"email": {"recipients": ["not an address"]}}}]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("rules[0]")
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/inboxes", gateway.http);
+    let raw = |body: Vec<u8>, content_type: Option<&'static str>| {
+        let mut request = client.post(&url).bearer_auth(API_KEY).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.expect("JSON error body"),
+            )
+        }
+    };
+    let json_type = Some("application/json");
+    let cases: Vec<(Vec<u8>, Option<&'static str>, u16, &str)> = vec![
+        (b"{\"addresses\": [".to_vec(), json_type, 400, "bad_request"),
+        (
+            b"{\"addresses\": \"a@example.com\"}".to_vec(),
+            json_type,
+            422,
+            "invalid_body",
+        ),
+        (
+            b"{\"addresses\": [\"a@example.com\"], \"colour\": 1}".to_vec(),
+            json_type,
+            422,
+            "invalid_body",
+        ),
+        (
+            b"{\"addresses\": [\"a@example.com\"]}".to_vec(),
+            None,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            format!(
+                "{{\"addresses\": [\"{}@example.com\"]}}",
+                "a".repeat(100_000)
+            )
+            .into_bytes(),
+            json_type,
+            413,
+            "payload_too_large",
+        ),
+        (
+            b"{\"addresses\": [\"not-an-address\"]}".to_vec(),
+            json_type,
+            400,
+            "bad_request",
+        ),
+        (
+            b"{\"addresses\": []}".to_vec(),
+            json_type,
+            400,
+            "bad_request",
+        ),
+        (
+            b"{\"id\": \"../etc\", \"addresses\": [\"a@example.com\"]}".to_vec(),
+            json_type,
+            400,
+            "bad_request",
+        ),
+    ];
+    for (body, content_type, want_status, want_code) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        let (status, answer) = raw(body, content_type).await;
+        assert_eq!(status, want_status, "{shown}: {answer}");
+        assert_eq!(answer["error"]["code"], want_code, "{shown}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (status, body) = admin(&gateway, "GET", "/v1/nothing-here", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let (status, body) = admin(&gateway, "PUT", "/v1/inboxes", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (405, json!("method_not_allowed"))
+    );
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes", "wrong", None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn readyz_and_metrics_report_from_the_database() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let (status, body) = call(&gateway, "GET", "/readyz", "", None).await;
+    assert_eq!(status, 200, "{body}");
+    send(
+        &gateway,
+        "agent@example.com",
+        "count me",
+        "a@sender.example",
+    )
+    .await;
+    receiver.recv().await;
+    let text = eventually("metrics to show the delivery", || async {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/metrics", gateway.http))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        text.contains("mxhook_delivery_attempts_total{outcome=\"delivered\"} 1")
+            .then_some(text)
+    })
+    .await;
+    for line in [
+        "mxhook_messages_accepted_total{inbox=\"agent\"} 1",
+        "mxhook_deliveries{status=\"delivered\"} 1",
+        "mxhook_deliveries{status=\"dead\"} 0",
+        "mxhook_queue_depth 0",
+        "mxhook_delivery_attempt_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "mxhook_delivery_attempt_duration_seconds_count 1",
+        "# TYPE mxhook_delivery_attempt_duration_seconds histogram",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+}
+
+async fn mxhook(args: &[&str], api_key: &str) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .args(args)
+        .env("MXHOOKCTL_API_KEY", api_key)
+        .output()
+        .await
+        .expect("mxhook runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn cli_manages_inboxes_sends_test_events_and_verifies_signatures() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let api_url = format!("http://{}", gateway.http);
+
+    let (ok, out) = mxhook(
+        &[
+            "inbox",
+            "create",
+            "--id",
+            "cli-inbox",
+            "--address",
+            "cli@example.com",
+            "--api-url",
+            &api_url,
+        ],
+        API_KEY,
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(rcpt(&gateway, "cli@example.com").await, 250);
+    let (ok, out) = mxhook(&["inbox", "list", "--api-url", &api_url], API_KEY).await;
+    assert!(ok && out.contains("\"cli-inbox\""), "{out}");
+    let (ok, out) = mxhook(&["inbox", "list", "--api-url", &api_url], "wrong-key").await;
+    assert!(!ok && out.contains("401"), "{out}");
+
+    let (ok, out) = mxhook(
+        &["send-test", "--inbox", "agent", "--api-url", &api_url],
+        API_KEY,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let got = receiver.recv().await;
+    assert_eq!(got.json()["subject"], "mxhook test event");
+    let body_file = gateway.dir.path().join("received-body");
+    std::fs::write(&body_file, &got.body).expect("write body");
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    let body_path = body_file.to_str().expect("utf-8 path");
+    let verify = |secret: &'static str| {
+        let args = [
+            "verify",
+            "--secret",
+            secret,
+            "--timestamp",
+            &timestamp,
+            "--signature",
+            &signature,
+            "--body-file",
+            body_path,
+        ]
+        .map(str::to_owned);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            mxhook(&refs, "").await
+        }
+    };
+    let (ok, out) = verify(SECRET).await;
+    assert!(ok, "{out}");
+    let (ok, out) = verify("another-secret").await;
+    assert!(!ok, "{out}");
+
+    let config = gateway.dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        crate::support::gateway::config_toml(gateway.dir.path(), &no_webhook()),
+    )
+    .expect("write config");
+    let (ok, out) = mxhook(&["check", "--config", config.to_str().expect("path")], "").await;
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn openapi_document_is_valid_and_lists_every_route() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, document) = call(&gateway, "GET", "/openapi.json", "", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .expect("version")
+            .starts_with("3.1")
+    );
+    for (method, path) in [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/openapi.json"),
+        ("get", "/metrics"),
+        ("get", "/v1/messages/{id}"),
+        ("get", "/v1/messages/{id}/raw"),
+        ("get", "/v1/deliveries"),
+        ("get", "/v1/deliveries/{id}"),
+        ("get", "/v1/deliveries/{id}/attempts"),
+        ("post", "/v1/deliveries/{id}/resend"),
+        ("get", "/v1/inboxes"),
+        ("post", "/v1/inboxes"),
+        ("get", "/v1/inboxes/{id}"),
+        ("patch", "/v1/inboxes/{id}"),
+        ("delete", "/v1/inboxes/{id}"),
+        ("get", "/v1/inboxes/{id}/webhook"),
+        ("put", "/v1/inboxes/{id}/webhook"),
+        ("delete", "/v1/inboxes/{id}/webhook"),
+        ("get", "/v1/inboxes/{id}/notifications"),
+        ("put", "/v1/inboxes/{id}/notifications"),
+        ("post", "/v1/inboxes/{id}/keys"),
+        ("get", "/v1/inboxes/{id}/messages"),
+        ("get", "/v1/inboxes/{id}/deliveries"),
+        ("post", "/v1/inboxes/{id}/deliveries/resend-dead"),
+        ("post", "/v1/inboxes/{id}/test-event"),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        assert!(
+            operation["responses"].is_object(),
+            "{method} {path} has no responses"
+        );
+    }
+    let request_body = &document["paths"]["/v1/inboxes/{id}/webhook"]["put"]["requestBody"];
+    let schema_ref = request_body["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .expect("PUT webhook body schema");
+    let schema_name = schema_ref.rsplit('/').next().expect("name");
+    let properties = &document["components"]["schemas"][schema_name]["properties"];
+    for field in ["url", "enabled", "rotate_secret", "signature", "payload"] {
+        assert!(
+            properties[field].is_object(),
+            "{field} missing in {properties}"
+        );
+    }
+
+    // An independent validator, against the OpenAPI 3.1 meta-schema.
+    let file = gateway.dir.path().join("openapi.json");
+    std::fs::write(&file, document.to_string()).expect("write document");
+    let output = tokio::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "openapi-spec-validator rejects the document:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
