@@ -100,9 +100,18 @@ pub async fn run_with_listeners(
             &config.inboxes,
         )),
     );
+    let forwarder = crate::deliver::forward::Forwarder::new(&config.forward, &config.smtp.hostname)
+        .context("configuring the email-forward smarthost")?;
     let dispatcher = Arc::new(
-        Dispatcher::new(&config.delivery, db.clone(), node_id, Arc::clone(&wakeup))
-            .context("building the webhook client")?,
+        Dispatcher::new(
+            &config.delivery,
+            db.clone(),
+            store.clone(),
+            forwarder,
+            node_id,
+            Arc::clone(&wakeup),
+        )
+        .context("building the webhook client")?,
     );
     let api_state = Arc::new(ApiState {
         db: db.clone(),

@@ -4,6 +4,7 @@
 //! columns, `$n` placeholders in order of first use, times in ms since the epoch. This module owns
 //! every statement; stages call its functions and never write SQL themselves.
 
+use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -96,7 +97,21 @@ pub struct ClaimedJob {
     pub attempts: i64,
     pub failures: i64,
     pub event_json: String,
-    pub endpoint: Option<WebhookEndpoint>,
+    /// Where the raw message is, for channels that send it on (email forwards).
+    pub storage_key: String,
+    pub target: JobTarget,
+}
+
+/// What a job delivers to, read at attempt time so that edits to endpoints and rules apply to
+/// pending jobs.
+#[derive(Debug, Clone)]
+pub enum JobTarget {
+    Webhook(WebhookEndpoint),
+    Email {
+        recipients: Vec<String>,
+    },
+    /// The endpoint or rule was removed, or its channel switched off, since the job was made.
+    Gone(String),
 }
 
 /// What one attempt did to its job.
@@ -331,8 +346,8 @@ impl Db {
     pub async fn load_inboxes(&self) -> Result<Vec<Inbox>, Error> {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
-             webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at \
-             FROM inboxes WHERE status = 'enabled' ORDER BY id",
+             webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
+             notifications_json FROM inboxes WHERE status = 'enabled' ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -351,9 +366,11 @@ impl Db {
                 })
                 .filter_map(|a| a.try_get::<String, _>("address").ok())
                 .collect();
+            let rules_json: Option<String> = row.try_get("notifications_json")?;
             inboxes.push(Inbox {
                 webhook: endpoint_from_row(&row, "")?,
                 addresses: inbox_addresses,
+                rules: rules_from_json(&id, rules_json.as_deref()),
                 id,
             });
         }
@@ -458,9 +475,10 @@ impl Db {
         for id in ids {
             let row = sqlx::query(
                 "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-                 d.endpoint_ref, m.event_json, i.webhook_url, i.webhook_enabled, \
-                 i.webhook_secret, i.webhook_signature, i.webhook_payload, \
-                 i.webhook_previous_secret, i.webhook_previous_secret_expires_at \
+                 d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
+                 i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
+                 i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
+                 i.notifications_json \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
             )
@@ -468,10 +486,43 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
             let endpoint_ref: String = row.try_get("endpoint_ref")?;
-            let endpoint = if endpoint_ref == "inbox" {
-                endpoint_from_row(&row, "")?
-            } else {
-                None
+            let channel: String = row.try_get("channel")?;
+            let inbox_id: String = row.try_get("inbox_id")?;
+            let inbox_webhook = endpoint_from_row(&row, "")?;
+            let target = match endpoint_ref.strip_prefix("rule:") {
+                None => inbox_webhook.map(JobTarget::Webhook).unwrap_or_else(|| {
+                    JobTarget::Gone("the inbox has no webhook any more".to_owned())
+                }),
+                Some(rule_id) => {
+                    let rules_json: Option<String> = row.try_get("notifications_json")?;
+                    let rules = rules_from_json(&inbox_id, rules_json.as_deref());
+                    let rule = rules.iter().find(|rule| rule.id == rule_id);
+                    match (channel.as_str(), rule) {
+                        (_, None) => JobTarget::Gone(format!("rule {rule_id} was removed")),
+                        (_, Some(rule)) if !rule.enabled => {
+                            JobTarget::Gone(format!("rule {rule_id} is disabled"))
+                        }
+                        ("email", Some(rule)) => {
+                            match rule.channels.email.as_ref().filter(|email| email.enabled) {
+                                Some(email) => JobTarget::Email {
+                                    recipients: email.recipients.clone(),
+                                },
+                                None => JobTarget::Gone(format!(
+                                    "rule {rule_id} has no email channel any more"
+                                )),
+                            }
+                        }
+                        (_, Some(rule)) => match &rule.channels.webhook {
+                            Some(webhook) => JobTarget::Webhook(WebhookEndpoint::for_rule(
+                                webhook,
+                                inbox_webhook.as_ref(),
+                            )),
+                            None => {
+                                JobTarget::Gone(format!("rule {rule_id} has no webhook any more"))
+                            }
+                        },
+                    }
+                }
             };
             jobs.push(ClaimedJob {
                 delivery_id: row.try_get("id")?,
@@ -481,7 +532,8 @@ impl Db {
                 attempts: row.try_get("attempts")?,
                 failures: row.try_get("failures")?,
                 event_json: row.try_get("event_json")?,
-                endpoint,
+                storage_key: row.try_get("storage_key")?,
+                target,
             });
         }
         Ok(jobs)
@@ -1037,7 +1089,34 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
             .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
         payload: PayloadFormat::parse(&payload)
             .ok_or_else(|| Error::Corrupt(format!("unknown payload format `{payload}`")))?,
+        custom_headers: std::collections::BTreeMap::new(),
+        timeout: None,
+        max_retries: None,
     }))
+}
+
+/// An inbox's stored notification rules. Rules that no longer parse are skipped with a warning
+/// rather than failing every delivery of the inbox.
+fn rules_from_json(inbox_id: &str, json: Option<&str>) -> Vec<crate::route::Rule> {
+    let Some(json) = json else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Vec<Value>>(json) {
+        Ok(values) => values
+            .into_iter()
+            .filter_map(|value| match serde_json::from_value(value) {
+                Ok(rule) => Some(rule),
+                Err(err) => {
+                    tracing::warn!(inbox_id, error = %err, "skipping a stored rule that does not parse");
+                    None
+                }
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(inbox_id, error = %err, "stored notification rules are not a list");
+            Vec::new()
+        }
+    }
 }
 
 fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {

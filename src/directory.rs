@@ -88,6 +88,7 @@ mod tests {
             id: "agent".into(),
             addresses: vec!["Agent@Example.com".into()],
             webhook: None,
+            rules: Vec::new(),
         }]);
         assert_eq!(
             directory.lookup("agent@example.com").as_deref(),

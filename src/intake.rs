@@ -19,6 +19,7 @@ use crate::event::{self, EventContext};
 use crate::model::{Envelope, new_id, now_ms};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
+use crate::route;
 use crate::store::{self, Store};
 use crate::thread::{self, Thread};
 use crate::verify::trust::{self, Facts, InboxPolicy};
@@ -249,19 +250,11 @@ impl Intake {
                     fingerprints.push((inbox_id.to_owned(), fingerprint, message_id.clone()));
                 }
             }
-            let deliveries = self
-                .directory
-                .inbox(inbox_id)
-                .and_then(|inbox| inbox.webhook)
-                .filter(|webhook| webhook.enabled && !quarantined)
-                .map(|webhook| NewDelivery {
-                    id: new_id("dlv"),
-                    channel: "webhook".to_owned(),
-                    endpoint_ref: "inbox".to_owned(),
-                    target: webhook.url,
-                })
-                .into_iter()
-                .collect();
+            let deliveries = if quarantined {
+                Vec::new()
+            } else {
+                self.deliveries_for(inbox_id, &event)
+            };
 
             if let Err(err) = self.store.put(&key, raw).await {
                 tracing::error!(error = %err, key, "storing raw message failed");
@@ -439,6 +432,52 @@ impl Intake {
         })
     }
 
+    /// The delivery jobs of one event: the inbox webhook (every event) and each route its
+    /// notification rules add (webhooks and email forwards).
+    fn deliveries_for(&self, inbox_id: &str, event: &serde_json::Value) -> Vec<NewDelivery> {
+        let Some(inbox) = self.directory.inbox(inbox_id) else {
+            return Vec::new();
+        };
+        let mut deliveries: Vec<NewDelivery> = inbox
+            .webhook
+            .filter(|webhook| webhook.enabled)
+            .map(|webhook| NewDelivery {
+                id: new_id("dlv"),
+                channel: "webhook".to_owned(),
+                endpoint_ref: "inbox".to_owned(),
+                target: webhook.url,
+            })
+            .into_iter()
+            .collect();
+        let flags = route::EventFlags::from_event(event);
+        let own_address = |address: &str| self.directory.lookup(address).is_some();
+        for route in route::routes(&inbox.rules, &flags, own_address) {
+            let (channel, rule_id, target) = match route {
+                route::Route::Webhook { rule_id } => {
+                    let url = inbox
+                        .rules
+                        .iter()
+                        .find(|rule| rule.id == rule_id)
+                        .and_then(|rule| rule.channels.webhook.as_ref())
+                        .map(|webhook| webhook.url.clone())
+                        .unwrap_or_default();
+                    ("webhook", rule_id, url)
+                }
+                route::Route::Email {
+                    rule_id,
+                    recipients,
+                } => ("email", rule_id, recipients.join(", ")),
+            };
+            deliveries.push(NewDelivery {
+                id: new_id("dlv"),
+                channel: channel.to_owned(),
+                endpoint_ref: format!("rule:{rule_id}"),
+                target,
+            });
+        }
+        deliveries
+    }
+
     /// Removes objects of a transaction that will not be committed. A failure here leaves an
     /// orphan object no row points to: harmless, and logged.
     async fn undo(&self, keys: &[String]) {
@@ -469,19 +508,7 @@ impl Intake {
             s3_bucket: &self.bucket,
             s3_key: &key,
         });
-        let deliveries = self
-            .directory
-            .inbox(inbox_id)
-            .and_then(|inbox| inbox.webhook)
-            .filter(|webhook| webhook.enabled)
-            .map(|webhook| NewDelivery {
-                id: new_id("dlv"),
-                channel: "webhook".to_owned(),
-                endpoint_ref: "inbox".to_owned(),
-                target: webhook.url,
-            })
-            .into_iter()
-            .collect();
+        let deliveries = self.deliveries_for(inbox_id, &event);
         if let Err(err) = self.store.put(&key, raw).await {
             tracing::error!(error = %err, key, "storing provider payload failed");
             return Outcome::TempFail {

@@ -62,6 +62,8 @@ pub struct Inbox {
     pub id: String,
     pub addresses: Vec<String>,
     pub webhook: Option<WebhookEndpoint>,
+    /// Notification rules: routes added to the inbox webhook, per event.
+    pub rules: Vec<crate::route::Rule>,
 }
 
 /// Where and how one event is POSTed.
@@ -75,6 +77,33 @@ pub struct WebhookEndpoint {
     pub previous_secret: Option<String>,
     pub signature: SignatureScheme,
     pub payload: PayloadFormat,
+    /// Extra request headers (a rule webhook's `custom_headers`).
+    pub custom_headers: std::collections::BTreeMap<String, String>,
+    /// Per-endpoint request timeout; `None` uses `delivery.timeout_s`.
+    pub timeout: Option<std::time::Duration>,
+    /// Per-endpoint retries; `None` uses `delivery.max_retries`.
+    pub max_retries: Option<u32>,
+}
+
+impl WebhookEndpoint {
+    /// A rule's webhook, signed with its inbox's secrets (rules carry no secret of their own, so
+    /// one receiver-side key verifies everything an inbox sends).
+    pub fn for_rule(
+        channel: &crate::route::WebhookChannel,
+        inbox: Option<&WebhookEndpoint>,
+    ) -> Self {
+        Self {
+            url: channel.url.clone(),
+            enabled: channel.enabled,
+            secret: inbox.and_then(|inbox| inbox.secret.clone()),
+            previous_secret: inbox.and_then(|inbox| inbox.previous_secret.clone()),
+            signature: channel.signature,
+            payload: channel.payload,
+            custom_headers: channel.custom_headers.clone(),
+            timeout: Some(std::time::Duration::from_secs_f64(channel.timeout_s)),
+            max_retries: Some(channel.max_retries),
+        }
+    }
 }
 
 impl std::fmt::Debug for WebhookEndpoint {

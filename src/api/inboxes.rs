@@ -585,6 +585,14 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         if rule.id.is_none() {
             rule.id = Some(new_id("rule"));
         }
+        // The dispatcher reads rules as `route::Rule`; its checks (reserved custom headers
+        // among them) apply to what is stored.
+        let routed: crate::route::Rule = serde_json::to_value(&*rule)
+            .and_then(serde_json::from_value)
+            .map_err(|err| ApiError::BadRequest(format!("rules[{idx}]: {err}")))?;
+        routed
+            .validate(&state.delivery)
+            .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
         if let Some(webhook) = &rule.channels.webhook {
             crate::config::validate_webhook_url(&webhook.url, &state.delivery).map_err(
                 |reason| {
@@ -677,6 +685,8 @@ async fn put_notifications(
     if !state.db.set_notifications(&id, &text).await? {
         return Err(ApiError::NotFound("inbox"));
     }
+    // The rules route the next message at once.
+    state.refresh_directory().await?;
     Ok(Json(json!(body)))
 }
 

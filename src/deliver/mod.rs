@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::{DeliveryConfig, PayloadFormat};
-use crate::db::{AttemptRecord, ClaimedJob, Db, JobUpdate};
+use crate::db::{AttemptRecord, ClaimedJob, Db, JobTarget, JobUpdate};
 use crate::model::now_ms;
 use retry::{NextStep, RetryPolicy};
 
@@ -33,6 +33,8 @@ const CLAIM_BATCH: usize = 32;
 
 pub struct Dispatcher {
     db: Db,
+    store: crate::store::Store,
+    forwarder: forward::Forwarder,
     client: webhook::WebhookClient,
     policy: RetryPolicy,
     lease: Duration,
@@ -47,11 +49,15 @@ impl Dispatcher {
     pub fn new(
         config: &DeliveryConfig,
         db: Db,
+        store: crate::store::Store,
+        forwarder: forward::Forwarder,
         node_id: String,
         wakeup: Arc<Notify>,
     ) -> Result<Self, webhook::Error> {
         Ok(Self {
             db,
+            store,
+            forwarder,
             client: webhook::WebhookClient::new(
                 Duration::from_secs_f64(config.timeout_s),
                 config.allow_http,
@@ -151,10 +157,12 @@ impl Dispatcher {
 
     async fn attempt(&self, job: ClaimedJob) {
         let started_at = now_ms();
-        let result = match &job.endpoint {
-            None => Err("the inbox has no webhook any more".to_owned()),
-            Some(endpoint) if !endpoint.enabled => Err("the webhook is disabled".to_owned()),
-            Some(endpoint) => {
+        let (result, max_retries) = match &job.target {
+            JobTarget::Gone(reason) => (Err(reason.clone()), None),
+            JobTarget::Webhook(endpoint) if !endpoint.enabled => {
+                (Err("the webhook is disabled".to_owned()), None)
+            }
+            JobTarget::Webhook(endpoint) => {
                 let body = match endpoint.payload {
                     // The stored event is sent byte for byte.
                     PayloadFormat::Mxhook => Ok(job.event_json.clone().into_bytes()),
@@ -166,30 +174,35 @@ impl Dispatcher {
                         })
                         .map_err(|err| format!("stored event is not JSON: {err}")),
                 };
-                match body {
+                let result = match body {
                     Ok(body) => Ok(self
                         .client
                         .post(endpoint, &job.event_id, body, started_at / 1000)
                         .await),
                     Err(err) => Err(err),
-                }
+                };
+                (result, endpoint.max_retries)
+            }
+            JobTarget::Email { recipients } => {
+                self.forward(&job, recipients, started_at).await;
+                return;
             }
         };
-
         let failures = u32::try_from(job.failures)
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
-        let schedule = |retry_after: Option<Duration>| match self.policy.next_step(
-            failures,
-            jitter,
-            retry_after,
-        ) {
-            NextStep::RetryAfter(delay) => JobUpdate::RetryAt(
-                now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
-            ),
-            NextStep::DeadLetter => JobUpdate::Dead,
+        let policy = RetryPolicy {
+            max_retries: max_retries.unwrap_or(self.policy.max_retries),
+            ..self.policy
         };
+        let schedule =
+            |retry_after: Option<Duration>| match policy.next_step(failures, jitter, retry_after) {
+                NextStep::RetryAfter(delay) => JobUpdate::RetryAt(
+                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                ),
+                NextStep::DeadLetter => JobUpdate::Dead,
+            };
         let mut record = AttemptRecord {
             delivery_id: job.delivery_id.clone(),
             started_at,
@@ -255,6 +268,60 @@ impl Dispatcher {
         }
         if matches!(record.next, JobUpdate::RetryAt(_)) {
             self.wakeup.notify_waiters();
+        }
+    }
+
+    /// One attempt of an email-forward job: the original from the store, the forward through
+    /// the smarthost, the attempt logged like a webhook attempt (no HTTP status).
+    async fn forward(&self, job: &ClaimedJob, recipients: &[String], started_at: i64) {
+        let outcome = match (
+            serde_json::from_str::<serde_json::Value>(&job.event_json),
+            self.store.get(&job.storage_key).await,
+        ) {
+            (Ok(event), Ok(raw)) => self
+                .forwarder
+                .forward(&event, &raw, recipients)
+                .await
+                .map_err(|err| (err.is_transient(), err.to_string())),
+            (Err(err), _) => Err((false, format!("stored event is not JSON: {err}"))),
+            (_, Err(err)) => Err((err.is_transient(), format!("reading the original: {err}"))),
+        };
+        let failures = u32::try_from(job.failures)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let next = match &outcome {
+            Ok(()) => JobUpdate::Delivered,
+            Err((true, _)) => {
+                match self
+                    .policy
+                    .next_step(failures, rand::random::<f64>() * 2.0 - 1.0, None)
+                {
+                    NextStep::RetryAfter(delay) => JobUpdate::RetryAt(
+                        now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                    ),
+                    NextStep::DeadLetter => JobUpdate::Dead,
+                }
+            }
+            Err((false, _)) => JobUpdate::Dead,
+        };
+        let record = AttemptRecord {
+            delivery_id: job.delivery_id.clone(),
+            started_at,
+            latency_ms: now_ms() - started_at,
+            status_code: None,
+            outcome: if outcome.is_ok() {
+                "forwarded"
+            } else {
+                "error"
+            }
+            .to_owned(),
+            error: outcome.err().map(|(_, message)| message),
+            response_excerpt: None,
+            next,
+        };
+        tracing::info!(outcome = %record.outcome, error = record.error.as_deref(), next = ?record.next, "email forward attempt");
+        if let Err(err) = self.db.record_attempt(&record).await {
+            tracing::error!(error = %err, "recording forward attempt failed");
         }
     }
 }

@@ -126,6 +126,14 @@ impl WebhookClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::USER_AGENT, &self.user_agent)
             .header("webhook-id", webhook_id);
+        // Custom headers go first and reserved names were refused when the rule was saved, so
+        // they can add to a request but never replace its signature or identity.
+        for (name, value) in &endpoint.custom_headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(timeout) = endpoint.timeout {
+            request = request.timeout(timeout);
+        }
         for (name, value) in signature_headers {
             request = request.header(name, value);
         }

@@ -36,6 +36,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether trying again later could succeed (a missing object or a refused key will not).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::NotFound { .. } | Self::BadKey { .. })
+    }
+}
+
 /// Where raw messages live. One variant per backend.
 #[derive(Debug, Clone)]
 pub enum Store {

@@ -10,15 +10,15 @@ use mxhook::deliver::forward::{Error, Forwarder};
 
 use crate::support::{eventually, fixture};
 
-struct Aiosmtpd {
+pub(crate) struct Aiosmtpd {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     maildir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Aiosmtpd {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let maildir = dir.path().join("maildir");
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -64,7 +64,7 @@ asyncio.get_event_loop().run_forever()
         }
     }
 
-    fn delivered(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn delivered(&self) -> Vec<Vec<u8>> {
         let new = self.maildir.join("new");
         std::fs::read_dir(&new)
             .map(|entries| {

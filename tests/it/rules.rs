@@ -1,0 +1,123 @@
+//! Notification rules through the whole pipeline: rules set over the API route each event to
+//! extra webhooks (with their custom headers, signed with the inbox's secret) and email forwards
+//! (through a real SMTP server), only when every filter matches.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::forward::Aiosmtpd;
+use crate::support::gateway::{API_KEY, SECRET};
+use crate::support::{
+    GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, eventually,
+    python_verifies_agentmail, simple_message,
+};
+
+#[tokio::test]
+async fn rules_add_webhook_and_email_routes_when_their_filters_match() {
+    let mut inbox_hook = WebhookReceiver::start(vec![]).await;
+    let mut rule_hook = WebhookReceiver::start(vec![]).await;
+    let mut unmatched_hook = WebhookReceiver::start(vec![]).await;
+    let smarthost = Aiosmtpd::start().await;
+    let mut options = GatewayOptions::webhook(inbox_hook.url());
+    options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
+    let gateway = TestGateway::start(options).await;
+
+    let rules = json!({"rules": [
+        {"name": "to ops", "filters": {"sender_domains": ["sender.example"]},
+         "channels": {"webhook": {"url": rule_hook.url(), "custom_headers": {"X-Team": "ops"}},
+                      "email": {"recipients": ["ops@elsewhere.example"]}}},
+        {"name": "never", "filters": {"sender_domains": ["nomatch.example"]},
+         "channels": {"webhook": {"url": unmatched_hook.url()}}}
+    ]});
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/inboxes/agent/notifications",
+            gateway.http
+        ))
+        .bearer_auth(API_KEY)
+        .json(&rules)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+
+    let bad = json!({"rules": [{"name": "x", "channels": {"webhook": {"url": rule_hook.url(), "custom_headers": {"webhook-id": "forged"}}}}]});
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/inboxes/agent/notifications",
+            gateway.http
+        ))
+        .bearer_auth(API_KEY)
+        .json(&bad)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        400,
+        "a reserved custom header must be refused"
+    );
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message(
+        "ann@sender.example",
+        "agent@example.com",
+        "routed",
+        "for the rules",
+    );
+    let (code, text) = client
+        .send_message("ann@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+
+    let to_inbox = inbox_hook.recv().await;
+    let to_rule = rule_hook.recv().await;
+    assert_eq!(to_rule.header("x-team").as_deref(), Some("ops"));
+    assert_eq!(to_rule.json()["event_id"], to_inbox.json()["event_id"]);
+    let timestamp = to_rule.header("x-agentmail-timestamp").expect("signed");
+    let signature = to_rule.header("x-agentmail-signature").expect("signed");
+    assert!(python_verifies_agentmail(
+        SECRET,
+        &timestamp,
+        &to_rule.body,
+        &signature
+    ));
+    unmatched_hook
+        .assert_silent(Duration::from_millis(500))
+        .await;
+
+    let forwards = eventually("the forward at the smarthost", || async {
+        let all = smarthost.delivered();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let forward = mail_parser::MessageParser::default()
+        .parse(&forwards[0])
+        .expect("forward parses");
+    assert_eq!(forward.subject(), Some("Fwd: routed"));
+    assert_eq!(
+        forward
+            .to()
+            .and_then(|to| to.first())
+            .and_then(|a| a.address()),
+        Some("ops@elsewhere.example")
+    );
+
+    let delivered = eventually("all three deliveries recorded", || async {
+        let list = gateway.deliveries("delivered").await;
+        (list.len() == 3).then_some(list)
+    })
+    .await;
+    let mut channels: Vec<String> = delivered
+        .iter()
+        .map(|d| d["channel"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    channels.sort();
+    assert_eq!(channels, ["email", "webhook", "webhook"]);
+}
