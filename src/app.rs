@@ -108,6 +108,7 @@ pub async fn run_with_listeners(
             db.clone(),
             store.clone(),
             forwarder,
+            directory.clone(),
             node_id,
             Arc::clone(&wakeup),
         )

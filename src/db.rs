@@ -99,6 +99,8 @@ pub struct ClaimedJob {
     pub event_json: String,
     /// Where the raw message is, for channels that send it on (email forwards).
     pub storage_key: String,
+    /// `inbox` or `rule:<id>`: which endpoint to switch off when the receiver answers 410.
+    pub endpoint_ref: String,
     pub target: JobTarget,
 }
 
@@ -533,10 +535,54 @@ impl Db {
                 failures: row.try_get("failures")?,
                 event_json: row.try_get("event_json")?,
                 storage_key: row.try_get("storage_key")?,
+                endpoint_ref,
                 target,
             });
         }
         Ok(jobs)
+    }
+
+    /// Switches off the endpoint a job delivers to: the inbox webhook, or a rule's webhook
+    /// channel. Used when a receiver answers 410 Gone.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn disable_endpoint(&self, inbox_id: &str, endpoint_ref: &str) -> Result<(), Error> {
+        let now = now_ms();
+        let Some(rule_id) = endpoint_ref.strip_prefix("rule:") else {
+            sqlx::query("UPDATE inboxes SET webhook_enabled = 0, updated_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(inbox_id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        };
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT notifications_json FROM inboxes WHERE id = $1")
+                .bind(inbox_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(Ok(mut rules)) = stored
+            .flatten()
+            .map(|json| serde_json::from_str::<Vec<Value>>(&json))
+        else {
+            return Ok(());
+        };
+        for rule in &mut rules {
+            if rule["id"] == rule_id
+                && let Some(webhook) = rule["channels"]["webhook"].as_object_mut()
+            {
+                webhook.insert("enabled".to_owned(), Value::Bool(false));
+            }
+        }
+        let json = serde_json::to_string(&rules).map_err(|err| Error::Corrupt(err.to_string()))?;
+        sqlx::query("UPDATE inboxes SET notifications_json = $1, updated_at = $2 WHERE id = $3")
+            .bind(json)
+            .bind(now)
+            .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Releases the leases an earlier run of this node held: that process is gone, so its

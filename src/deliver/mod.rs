@@ -35,6 +35,7 @@ pub struct Dispatcher {
     db: Db,
     store: crate::store::Store,
     forwarder: forward::Forwarder,
+    directory: crate::directory::Directory,
     client: webhook::WebhookClient,
     policy: RetryPolicy,
     lease: Duration,
@@ -51,6 +52,7 @@ impl Dispatcher {
         db: Db,
         store: crate::store::Store,
         forwarder: forward::Forwarder,
+        directory: crate::directory::Directory,
         node_id: String,
         wakeup: Arc<Notify>,
     ) -> Result<Self, webhook::Error> {
@@ -58,6 +60,7 @@ impl Dispatcher {
             db,
             store,
             forwarder,
+            directory,
             client: webhook::WebhookClient::new(
                 Duration::from_secs_f64(config.timeout_s),
                 config.allow_http,
@@ -246,7 +249,10 @@ impl Dispatcher {
                         _ => None,
                     };
                     record.next = if response.status == 410 {
-                        // 410 Gone: the receiver says this endpoint will never accept again.
+                        // 410 Gone: the receiver says this endpoint will never accept again, so
+                        // the endpoint is switched off (and says so) instead of being retried.
+                        self.disable_endpoint(&job).await;
+                        record.error = Some("HTTP 410: endpoint disabled".to_owned());
                         JobUpdate::Dead
                     } else {
                         schedule(retry_after)
@@ -322,6 +328,23 @@ impl Dispatcher {
         tracing::info!(outcome = %record.outcome, error = record.error.as_deref(), next = ?record.next, "email forward attempt");
         if let Err(err) = self.db.record_attempt(&record).await {
             tracing::error!(error = %err, "recording forward attempt failed");
+        }
+    }
+
+    async fn disable_endpoint(&self, job: &ClaimedJob) {
+        tracing::warn!(inbox_id = %job.inbox_id, endpoint = %job.endpoint_ref, "receiver answered 410 Gone; disabling the endpoint");
+        if let Err(err) = self
+            .db
+            .disable_endpoint(&job.inbox_id, &job.endpoint_ref)
+            .await
+        {
+            tracing::error!(error = %err, "disabling the endpoint failed");
+            return;
+        }
+        // New messages stop creating jobs for it on this node at once.
+        match self.db.load_inboxes().await {
+            Ok(inboxes) => self.directory.replace(&inboxes),
+            Err(err) => tracing::warn!(error = %err, "reloading inboxes after disabling failed"),
         }
     }
 }

@@ -205,3 +205,34 @@ async fn api_requires_a_key_and_answers_json_errors() {
     let (status, _) = gateway.api_get("/nope").await.expect("api");
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn gone_410_dead_letters_and_disables_the_endpoint() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(410)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    assert_eq!(send_one(&gateway, "gone").await.0, 250);
+    receiver.recv().await;
+    let dead = eventually("the 410 delivery to be dead-lettered", || async {
+        let list = gateway.deliveries("dead").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(dead[0]["attempts"], 1, "410 is not retried");
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("disabled")),
+        "{}",
+        dead[0]
+    );
+
+    // The endpoint is off: the next message is stored but makes no delivery job.
+    assert_eq!(send_one(&gateway, "after gone").await.0, 250);
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    let (_, body) = gateway.api_get("/v1/deliveries").await.expect("api");
+    assert_eq!(
+        body["deliveries"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+}
