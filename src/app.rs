@@ -114,7 +114,9 @@ pub async fn run_with_listeners(
         )
         .context("building the webhook client")?,
     );
+    let counters = Arc::new(crate::counters::Counters::default());
     let api_state = Arc::new(ApiState {
+        counters: Arc::clone(&counters),
         db: db.clone(),
         store,
         admin_keys: config.http.admin_keys.clone(),
@@ -125,6 +127,7 @@ pub async fn run_with_listeners(
         directory_refresh: tokio::sync::Mutex::new(()),
     });
     let ingress_state = Arc::new(IngressState {
+        counters: Arc::clone(&counters),
         db: db.clone(),
         intake: Arc::clone(&intake),
         directory: directory.clone(),
@@ -143,6 +146,7 @@ pub async fn run_with_listeners(
         directory,
         intake,
         tls,
+        counters,
     });
 
     let token = CancellationToken::new();

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod counters;
 pub mod db;
 pub mod deliver;
 pub mod directory;

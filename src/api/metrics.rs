@@ -90,6 +90,28 @@ pub async fn metrics(
         count = snapshot.latency_count,
         sum = snapshot.latency_sum_ms as f64 / 1000.0,
     );
+    out.push_str(
+        "# HELP mxhook_messages_rejected_total Recipients and messages this node refused or \
+         deferred, by reason (in memory, since this node started).\n\
+         # TYPE mxhook_messages_rejected_total counter\n",
+    );
+    for (reason, n) in state.counters.rejected() {
+        let _ = writeln!(
+            out,
+            "mxhook_messages_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out.push_str(
+        "# HELP mxhook_ingress_unauthorized_total Provider webhooks this node refused as \
+         unauthenticated (401), by provider.\n\
+         # TYPE mxhook_ingress_unauthorized_total counter\n",
+    );
+    for (provider, n) in state.counters.ingress_unauthorized() {
+        let _ = writeln!(
+            out,
+            "mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}} {n}"
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -40,6 +40,8 @@ use crate::store::Store;
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub struct ApiState {
+    /// Per-node counts of refusals, which leave no row in the database.
+    pub counters: Arc<crate::counters::Counters>,
     pub db: Db,
     pub store: Store,
     pub admin_keys: Vec<String>,

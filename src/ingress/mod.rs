@@ -30,6 +30,7 @@ use crate::model::{Envelope, Recipient, now_ms, rfc3339};
 use provider::{Booking, Provider};
 
 pub struct IngressState {
+    pub counters: Arc<crate::counters::Counters>,
     pub db: Db,
     pub intake: Arc<Intake>,
     pub directory: Directory,
@@ -152,6 +153,7 @@ impl IngressState {
                 inbox_id,
                 "ingress refused: no secret configured"
             );
+            self.counters.unauthorized(provider);
             return Err(Refusal::Unauthorized(format!(
                 "no {} secret is configured for this inbox",
                 provider.as_str()
@@ -160,6 +162,7 @@ impl IngressState {
         let reader = header_reader(headers);
         provider::verify(provider, &reader, body, &secrets, now / 1000, self.config.timestamp_tolerance_s).map_err(|err| {
             tracing::warn!(provider = provider.as_str(), inbox_id, error = %err, "ingress refused: signature");
+            self.counters.unauthorized(provider);
             Refusal::Unauthorized(err.to_string())
         })
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proto::{self, DataLine, DataReceiver, RcptTo, Reply, replies};
 use crate::config::SmtpConfig;
+use crate::counters::{Counters, Rejection};
 use crate::directory::Directory;
 use crate::intake::{Intake, Outcome};
 use crate::model::{Envelope, Recipient};
@@ -29,6 +30,7 @@ pub struct SessionContext {
     pub intake: Arc<Intake>,
     /// Present when `smtp.tls_cert`/`smtp.tls_key` are set: STARTTLS is offered.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub counters: Arc<Counters>,
 }
 
 /// Stands in for the placeholder reverse path handed to the engine for `MAIL FROM:<>`, which its
@@ -410,6 +412,7 @@ where
                 Reply::new(452, "4.5.3", "Too many recipients")
             }
             Ok(RcptTo::RelayAttempt(path)) => {
+                self.ctx.counters.reject(Rejection::RelayDenied);
                 Reply::new(550, "5.7.1", format!("<{path}>: relay access denied"))
             }
             Ok(RcptTo::Mailbox(address)) => match self.ctx.directory.lookup(&address) {
@@ -420,6 +423,7 @@ where
                         .over_hard_limit(&self.envelope, &inbox_id)
                         .await =>
                 {
+                    self.ctx.counters.reject(Rejection::RateLimited);
                     Reply::new(451, "4.7.1", "Rate limit reached, try again later")
                 }
                 Some(inbox_id) => {
@@ -442,7 +446,10 @@ where
                     }
                     return;
                 }
-                None => Reply::new(550, "5.1.1", format!("<{address}>: recipient not found")),
+                None => {
+                    self.ctx.counters.reject(Rejection::UnknownRecipient);
+                    Reply::new(550, "5.1.1", format!("<{address}>: recipient not found"))
+                }
             },
         };
         // A refusal still goes through the engine so that RCPT before MAIL gets its 503.
@@ -484,8 +491,22 @@ where
         // The engine only learns that the transaction is over; the reply is intake's.
         let _ = self.engine.process(b".\r\n");
         let reply = match receiver.finish() {
-            Err(rejection) => rejection.reply(),
-            Ok(message) => reply_for(self.ctx.intake.accept(&self.envelope, &message).await),
+            Err(rejection) => {
+                self.ctx.counters.reject(match rejection {
+                    proto::DataRejection::TooBig { .. } => Rejection::TooBig,
+                    _ => Rejection::Malformed,
+                });
+                rejection.reply()
+            }
+            Ok(message) => {
+                let outcome = self.ctx.intake.accept(&self.envelope, &message).await;
+                match &outcome {
+                    Outcome::TempFail { .. } => self.ctx.counters.reject(Rejection::TempFailure),
+                    Outcome::Reject { .. } => self.ctx.counters.reject(Rejection::Policy),
+                    Outcome::Accepted { .. } => {}
+                }
+                reply_for(outcome)
+            }
         };
         if reply.is_error() {
             self.errors += 1;

@@ -183,6 +183,15 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     )
     .await;
     assert_eq!(status, 400);
+
+    // The three refused requests above (no secret, tampered, wrong secret) are counted.
+    let (_, metrics) = gateway.api_get_bytes("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 3";
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in\n{metrics}"
+    );
 }
 
 #[tokio::test]

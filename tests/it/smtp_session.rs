@@ -80,6 +80,19 @@ async fn unknown_recipients_and_relay_attempts_are_refused_at_rcpt() {
     assert_eq!(code, 250);
     let request = receiver.recv().await;
     assert_eq!(request.json()["subject"], "after refusals");
+
+    let (status, metrics) = gateway.api_get_bytes("/metrics").await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        "mxhook_messages_rejected_total{reason=\"unknown_recipient\"} 2",
+        "mxhook_messages_rejected_total{reason=\"relay_denied\"} 4",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
