@@ -449,8 +449,18 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
 
 async fn bench_smtp_sink(args: &Args, concurrency: usize, reuse: bool) -> anyhow::Result<f64> {
     let addr = free_addr()?;
-    let child = Command::new("smtp-sink")
-        .args(["-c", &addr.to_string(), "2000"])
+    let mut command = Command::new("smtp-sink");
+    // As root, smtp-sink insists on dropping privileges to a named user.
+    if std::env::var("USER").as_deref() == Ok("root")
+        || std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+    {
+        command.args(["-u", "nobody"]);
+    }
+    let child = command
+        .args([&addr.to_string(), "2000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
