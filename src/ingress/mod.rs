@@ -394,12 +394,14 @@ async fn calcom(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let payload = parse_json(&body)?;
-    let booking =
-        provider::calcom_booking(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
-    state
-        .booking(Provider::CalCom, &headers, &body, booking)
-        .await
+    calendar(
+        &state,
+        Provider::CalCom,
+        provider::calcom_booking,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 async fn calendly(
@@ -407,12 +409,27 @@ async fn calendly(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let payload = parse_json(&body)?;
-    let booking =
-        provider::calendly_booking(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
-    state
-        .booking(Provider::Calendly, &headers, &body, booking)
-        .await
+    calendar(
+        &state,
+        Provider::Calendly,
+        provider::calendly_booking,
+        &headers,
+        &body,
+    )
+    .await
+}
+
+/// A calendar webhook: its JSON read by the provider's `read`, then the booking flow.
+async fn calendar(
+    state: &IngressState,
+    provider: Provider,
+    read: fn(&Value) -> Result<Option<Booking>, provider::Error>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let payload = parse_json(body)?;
+    let booking = read(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
+    state.booking(provider, headers, body, booking).await
 }
 
 #[derive(Deserialize)]
