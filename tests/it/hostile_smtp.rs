@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::gateway::config_toml;
 use crate::support::{GatewayOptions, SOON, SmtpClient, TestGateway, WebhookReceiver};
 
 /// A gateway whose `[smtp]` section gets `smtp_lines` added.
@@ -16,14 +15,8 @@ async fn gateway_with(smtp_lines: &str, max_message_size: u64) -> (TestGateway, 
     let receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
     options.max_message_size = max_message_size;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        "hostname = \"mx.test.example\"\n",
-        &format!("hostname = \"mx.test.example\"\n{smtp_lines}\n"),
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    (TestGateway::start_with(dir, config).await, receiver)
+    options.smtp_toml = smtp_lines.to_owned();
+    (TestGateway::start(options).await, receiver)
 }
 
 /// Everything the server sends until it closes the connection. A reset after the server closed

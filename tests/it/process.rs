@@ -254,12 +254,8 @@ async fn under_load_with_repeated_kill_9_no_accepted_message_is_lost() {
                           inbox_soft = 1000000\ninbox_hard = 1000000\n"
         .to_owned();
     // Each send is a new connection (as from many MTAs); the greeting pause would dominate.
-    let toml = config_toml(dir.path(), &options).replacen(
-        "hostname = \"mx.test.example\"\n",
-        "hostname = \"mx.test.example\"\ngreet_pause_s = 0\n",
-        1,
-    );
-    std::fs::write(&config_path, toml).expect("write config");
+    options.smtp_toml = "greet_pause_s = 0".to_owned();
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
     let (smtp, http) = (free_addr(), free_addr());
     let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
 

@@ -245,14 +245,8 @@ async fn too_many_errors_close_the_session() {
 async fn idle_session_is_closed_with_421() {
     let receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
-    options.extra_toml = String::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = crate::support::gateway::config_toml(dir.path(), &options).replace(
-        "hostname = \"mx.test.example\"",
-        "hostname = \"mx.test.example\"\nidle_timeout_s = 0.3",
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
-    let gateway = TestGateway::start_with(dir, config).await;
+    options.smtp_toml = "idle_timeout_s = 0.3".to_owned();
+    let gateway = TestGateway::start(options).await;
     let mut client = SmtpClient::connect(gateway.smtp).await;
     client.expect("EHLO client.test", 250).await;
     let (code, text) = client.read_reply().await;
@@ -297,15 +291,9 @@ async fn shutdown_tells_idle_sessions_421_and_finishes_a_message_in_flight() {
 #[tokio::test]
 async fn connection_cap_holds_extra_clients_until_a_session_ends() {
     let receiver = WebhookReceiver::start(vec![]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml =
-        crate::support::gateway::config_toml(dir.path(), &GatewayOptions::webhook(receiver.url()))
-            .replace(
-                "hostname = \"mx.test.example\"",
-                "hostname = \"mx.test.example\"\nmax_connections = 2\nsession_timeout_s = 30",
-            );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.smtp_toml = "max_connections = 2\nsession_timeout_s = 30".to_owned();
+    let gateway = TestGateway::start(options).await;
     let first = SmtpClient::connect(gateway.smtp).await;
     let _second = SmtpClient::connect(gateway.smtp).await;
 
@@ -339,15 +327,9 @@ async fn connection_cap_holds_extra_clients_until_a_session_ends() {
 #[tokio::test]
 async fn whole_session_deadline_closes_a_busy_but_endless_session() {
     let receiver = WebhookReceiver::start(vec![]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml =
-        crate::support::gateway::config_toml(dir.path(), &GatewayOptions::webhook(receiver.url()))
-            .replace(
-                "hostname = \"mx.test.example\"",
-                "hostname = \"mx.test.example\"\nsession_timeout_s = 1",
-            );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.smtp_toml = "session_timeout_s = 1".to_owned();
+    let gateway = TestGateway::start(options).await;
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let started = tokio::time::Instant::now();
     // Never idle, so only the session deadline can end it.

@@ -32,15 +32,13 @@ async fn tls_gateway() -> TlsGateway {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, &cert_pem).expect("write cert");
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
-    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
-        "hostname = \"mx.test.example\"\n",
-        &format!(
-            "hostname = \"mx.test.example\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert_path.display(),
-            key_path.display()
-        ),
-        1,
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.smtp_toml = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert_path.display(),
+        key_path.display()
     );
+    let toml = config_toml(dir.path(), &options);
     let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
     let gateway = TestGateway::start_with(dir, config).await;
     TlsGateway {

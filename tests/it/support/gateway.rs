@@ -24,6 +24,8 @@ pub struct GatewayOptions {
     pub storage_path: Option<PathBuf>,
     /// Whether private targets are allowed (true in nearly every test).
     pub allow_private_targets: bool,
+    /// Extra `key = value` lines of the `[smtp]` section (limits, timeouts, TLS).
+    pub smtp_toml: String,
     /// Appended to the generated config.
     pub extra_toml: String,
     /// The `[auth]` section. Verification is off by default so that no test asks a DNS server
@@ -41,6 +43,7 @@ impl GatewayOptions {
             max_message_size: 1 << 20,
             storage_path: None,
             allow_private_targets: true,
+            smtp_toml: String::new(),
             extra_toml: String::new(),
             auth_toml: "[auth]\nenabled = false\n".to_owned(),
         }
@@ -127,6 +130,7 @@ pub fn config_toml(dir: &std::path::Path, options: &GatewayOptions) -> String {
 [smtp]
 hostname = "mx.test.example"
 max_message_size = {max_size}
+{smtp}
 [http]
 admin_keys = ["{API_KEY}"]
 [storage]
@@ -154,6 +158,7 @@ addresses = ["other@example.com"]
 {extra}
 "#,
         max_size = options.max_message_size,
+        smtp = options.smtp_toml,
         storage = storage.display(),
         db = test_database_url(dir),
         allow_private = options.allow_private_targets,
