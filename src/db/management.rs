@@ -427,6 +427,14 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn metrics(&self) -> Result<MetricsSnapshot, Error> {
+        // One snapshot: read separately, a delivery committed between two reads would show its
+        // attempt but not its new status, and the numbers would disagree with each other.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
         let pairs = |rows: Vec<AnyRow>| -> Result<Vec<(String, i64)>, Error> {
             rows.iter()
                 .map(|row| Ok((row.try_get("label")?, row.try_get("n")?)))
@@ -437,7 +445,7 @@ impl Db {
                 "SELECT inbox_id AS label, COUNT(*) AS n FROM messages GROUP BY inbox_id \
                  ORDER BY inbox_id",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?,
         )?;
         let deliveries_by_status = pairs(
@@ -445,7 +453,7 @@ impl Db {
                 "SELECT status AS label, COUNT(*) AS n FROM deliveries GROUP BY status \
                  ORDER BY status",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?,
         )?;
         let attempts_by_outcome = pairs(
@@ -453,7 +461,7 @@ impl Db {
                 "SELECT outcome AS label, COUNT(*) AS n FROM delivery_attempts GROUP BY outcome \
                  ORDER BY outcome",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?,
         )?;
         let mut latency_buckets_ms = Vec::with_capacity(LATENCY_BUCKETS_MS.len());
@@ -463,7 +471,7 @@ impl Db {
                  AND latency_ms <= $1",
             )
             .bind(*bound)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
             latency_buckets_ms.push((*bound, n));
         }
@@ -472,8 +480,9 @@ impl Db {
              FROM delivery_attempts \
              WHERE outcome <> 'not_sent'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(MetricsSnapshot {
             messages_by_inbox,
             deliveries_by_status,
