@@ -1192,7 +1192,9 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
 fn header_text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
+mod dashboard;
 mod management;
+pub use dashboard::{EndpointStats, MessageListing};
 pub use management::{
     ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
     WebhookSettings,

@@ -7,11 +7,12 @@
 //!                                                                                      │
 //! deliver::Dispatcher ─ claims jobs (leases) ─► webhook (signed POST, retries, dead-letter)
 //! HTTP :8080 ─► api::router ─► db (messages, deliveries, attempts), store (raw .eml)
+//!               └─ /ui: ui::router (HTML dashboard; same handlers and db functions as /v1)
 //! ```
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
 //! [`intake`], [`parse`], [`verify`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
-//! [`db`], [`deliver`], [`ingress`], [`api`], [`app`].
+//! [`db`], [`deliver`], [`ingress`], [`api`], [`ui`], [`app`].
 
 pub mod api;
 pub mod app;
@@ -31,4 +32,5 @@ pub mod route;
 pub mod smtp;
 pub mod store;
 pub mod thread;
+pub mod ui;
 pub mod verify;

@@ -58,7 +58,7 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// The inbox, if it exists and the caller may see it; otherwise 404 either way.
-async fn visible_inbox(state: &ApiState, caller: &Caller, id: &str) -> Result<InboxRow, ApiError> {
+pub(crate) async fn visible_inbox(state: &ApiState, caller: &Caller, id: &str) -> Result<InboxRow, ApiError> {
     if !caller.sees(id) {
         return Err(ApiError::NotFound("inbox"));
     }
@@ -347,7 +347,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutWebhook {
+pub(crate) struct PutWebhook {
     url: String,
     #[serde(default = "yes")]
     enabled: bool,
@@ -396,7 +396,7 @@ fn generate_secret(scheme: SignatureScheme) -> String {
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn put_webhook(
+pub(crate) async fn put_webhook(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -576,7 +576,7 @@ struct RuleEmail {
 
 #[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Notifications {
+pub(crate) struct Notifications {
     rules: Vec<Rule>,
 }
 
@@ -635,7 +635,7 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn get_notifications(
+pub(crate) async fn get_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -671,7 +671,7 @@ async fn get_notifications(
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn put_notifications(
+pub(crate) async fn put_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -866,7 +866,7 @@ async fn list_deliveries(
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn resend_dead(
+pub(crate) async fn resend_dead(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -892,7 +892,7 @@ async fn resend_dead(
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn send_test_event(
+pub(crate) async fn send_test_event(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,

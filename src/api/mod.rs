@@ -8,7 +8,7 @@
 //! (except the one response that creates or rotates one) or internal error detail.
 
 mod error;
-mod inboxes;
+pub(crate) mod inboxes;
 mod metrics;
 mod openapi;
 
@@ -76,7 +76,7 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn sees(&self, inbox_id: &str) -> bool {
+    pub(crate) fn sees(&self, inbox_id: &str) -> bool {
         match self {
             Self::Admin => true,
             Self::Inbox(own) => own == inbox_id,
@@ -118,7 +118,9 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
                 Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed"}})),
             )
         })
-        .with_state(state)
+        .with_state(Arc::clone(&state))
+        // The dashboard: HTML, cookie sessions, its own body limit and headers.
+        .merge(crate::ui::router(state))
 }
 
 async fn authenticate(
@@ -127,9 +129,18 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = bearer_token(&headers)?;
-    let caller = if is_admin_key(&state.admin_keys, presented) {
-        Caller::Admin
+    let caller = caller_for_key(&state, bearer_token(&headers)?).await?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Who a presented key is: the one check behind both the Bearer header and the dashboard login.
+///
+/// # Errors
+/// [`ApiError::Unauthorized`] for an unknown key; [`ApiError::Internal`] when the lookup fails.
+pub(crate) async fn caller_for_key(state: &ApiState, presented: &str) -> Result<Caller, ApiError> {
+    if is_admin_key(&state.admin_keys, presented) {
+        Ok(Caller::Admin)
     } else if presented.starts_with(inboxes::INBOX_KEY_PREFIX) {
         // Looked up by hash: the database never holds a usable key, and the lookup reveals
         // nothing about keys that do not hash alike.
@@ -138,12 +149,10 @@ async fn authenticate(
             .inbox_for_key_hash(&inboxes::hash_key(presented))
             .await?
             .ok_or(ApiError::Unauthorized("invalid API key"))?;
-        Caller::Inbox(inbox_id)
+        Ok(Caller::Inbox(inbox_id))
     } else {
-        return Err(ApiError::Unauthorized("invalid API key"));
-    };
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+        Err(ApiError::Unauthorized("invalid API key"))
+    }
 }
 
 /// Checks `Authorization: Bearer <key>` against the admin keys, for routes outside this
@@ -256,7 +265,7 @@ async fn get_message(
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn get_raw_message(
+pub(crate) async fn get_raw_message(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -413,7 +422,7 @@ async fn list_attempts(
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
-async fn resend_delivery(
+pub(crate) async fn resend_delivery(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,

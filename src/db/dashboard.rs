@@ -1,0 +1,169 @@
+//! The statements behind the dashboard (`/ui`) and the endpoint statistics of the inbox API:
+//! delivery statistics per endpoint, recent messages with the status of their webhook delivery,
+//! and the deliveries of one message. Read-only; computed from the existing tables. Part of
+//! [`crate::db`], which owns every SQL statement.
+
+use sqlx::Row;
+
+use super::{DeliveryView, Db, Error, delivery_from_row};
+
+/// How one endpoint of an inbox has been doing, over every attempt recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointStats {
+    pub inbox_id: String,
+    /// `inbox` for the inbox webhook, `rule:<id>` for a notification rule.
+    pub endpoint_ref: String,
+    pub channel: String,
+    pub attempts: i64,
+    /// Attempts the endpoint accepted (2xx, or the relay took the mail).
+    pub delivered: i64,
+    /// `delivered / attempts`, 0 to 1; absent before the first attempt.
+    pub success_rate: Option<f64>,
+    /// When the last attempt started, ms since the epoch.
+    pub last_triggered_ms: Option<i64>,
+    pub last_status_code: Option<i64>,
+    /// `delivered`, `http_error`, `error` or `not_sent`.
+    pub last_outcome: Option<String>,
+}
+
+/// A message as the dashboard lists it: the summary columns, the stored event (for the flags)
+/// and the state of its webhook delivery.
+#[derive(Debug, Clone)]
+pub struct MessageListing {
+    pub id: String,
+    pub inbox_id: String,
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+    pub received_at: i64,
+    pub event_json: String,
+    /// The inbox webhook delivery when there is one, otherwise the newest delivery.
+    pub delivery_id: Option<String>,
+    pub delivery_status: Option<String>,
+    pub delivery_status_code: Option<i64>,
+}
+
+/// The delivery the webhook column shows: the inbox webhook first, then the newest.
+const WEBHOOK_DELIVERY: &str = "SELECT d.id FROM deliveries d WHERE d.message_id = m.id \
+     ORDER BY CASE WHEN d.endpoint_ref = 'inbox' THEN 0 ELSE 1 END, d.created_at DESC, d.id DESC \
+     LIMIT 1";
+
+impl Db {
+    /// Delivery statistics per endpoint; only of inbox `only` when given.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn endpoint_stats(&self, only: Option<&str>) -> Result<Vec<EndpointStats>, Error> {
+        let totals = sqlx::query(
+            "SELECT d.inbox_id, d.endpoint_ref, d.channel, COUNT(a.id) AS attempts, \
+             SUM(CASE WHEN a.outcome = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
+             MAX(a.started_at) AS last_triggered \
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+             WHERE ($1 = '' OR d.inbox_id = $1) \
+             GROUP BY d.inbox_id, d.endpoint_ref, d.channel \
+             ORDER BY d.inbox_id, d.endpoint_ref, d.channel",
+        )
+        .bind(only.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        // The newest attempt of each endpoint, for its last status.
+        let latest = sqlx::query(
+            "SELECT d.inbox_id, d.endpoint_ref, d.channel, a.status_code, a.outcome, a.started_at \
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+             WHERE ($1 = '' OR d.inbox_id = $1) AND a.started_at = ( \
+               SELECT MAX(a2.started_at) FROM delivery_attempts a2 \
+               JOIN deliveries d2 ON d2.id = a2.delivery_id \
+               WHERE d2.inbox_id = d.inbox_id AND d2.endpoint_ref = d.endpoint_ref \
+               AND d2.channel = d.channel)",
+        )
+        .bind(only.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = Vec::with_capacity(totals.len());
+        for row in &totals {
+            let inbox_id: String = row.try_get("inbox_id")?;
+            let endpoint_ref: String = row.try_get("endpoint_ref")?;
+            let channel: String = row.try_get("channel")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let delivered: i64 = row.try_get::<Option<i64>, _>("delivered")?.unwrap_or(0);
+            let mut last_status_code = None;
+            let mut last_outcome = None;
+            for last in &latest {
+                if last.try_get::<String, _>("inbox_id")? == inbox_id
+                    && last.try_get::<String, _>("endpoint_ref")? == endpoint_ref
+                    && last.try_get::<String, _>("channel")? == channel
+                {
+                    last_status_code = last.try_get("status_code")?;
+                    last_outcome = Some(last.try_get("outcome")?);
+                }
+            }
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            let success_rate = (attempts > 0).then(|| delivered as f64 / attempts as f64);
+            stats.push(EndpointStats {
+                inbox_id,
+                endpoint_ref,
+                channel,
+                attempts,
+                delivered,
+                success_rate,
+                last_triggered_ms: row.try_get("last_triggered")?,
+                last_status_code,
+                last_outcome,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// The newest messages, newest first; only of inbox `only` when given, and only those whose
+    /// id sorts before `before` (the paging cursor) when given.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn recent_messages(
+        &self,
+        only: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<MessageListing>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT m.id, m.inbox_id, m.sender, m.subject, m.received_at, m.event_json, \
+             w.id AS delivery_id, w.status AS delivery_status, \
+             w.last_status_code AS delivery_status_code \
+             FROM messages m LEFT JOIN deliveries w ON w.id = ({WEBHOOK_DELIVERY}) \
+             WHERE ($1 = '' OR m.inbox_id = $1) AND ($2 = '' OR m.id < $2) \
+             ORDER BY m.id DESC LIMIT $3"
+        ))
+        .bind(only.unwrap_or_default())
+        .bind(before.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MessageListing {
+                    id: row.try_get("id")?,
+                    inbox_id: row.try_get("inbox_id")?,
+                    sender: row.try_get("sender")?,
+                    subject: row.try_get("subject")?,
+                    received_at: row.try_get("received_at")?,
+                    event_json: row.try_get("event_json")?,
+                    delivery_id: row.try_get("delivery_id")?,
+                    delivery_status: row.try_get("delivery_status")?,
+                    delivery_status_code: row.try_get("delivery_status_code")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every delivery of one message, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn message_deliveries(&self, message_id: &str) -> Result<Vec<DeliveryView>, Error> {
+        let rows =
+            sqlx::query("SELECT * FROM deliveries WHERE message_id = $1 ORDER BY created_at, id")
+                .bind(message_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+}

@@ -1,0 +1,398 @@
+//! Message pages: the list (newest first, filtered by flag, trust tier and webhook status, with a
+//! rows fragment the page polls for new mail), one message with its prompt, thread, verdicts in
+//! words, attachments and delivery timeline, and the dead-letter queue with resend. Resend calls
+//! the JSON API's own handlers.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Auth, Error, UiState, explain, render, when, when_text};
+use crate::db::{DeliveryView, MessageListing};
+use crate::model::DeliveryStatus;
+
+/// How many recent messages the list looks through for matches, and how many it shows.
+const SCAN_LIMIT: i64 = 500;
+const SHOW_LIMIT: usize = 100;
+
+const FLAGS: &[(&str, &str)] = &[
+    ("verified", "Sender verified"),
+    ("unverified", "Sender not verified"),
+    ("duplicate", "Duplicate"),
+    ("rate_limited", "Rate limited"),
+    ("quarantined", "Quarantined"),
+];
+const TIERS: &[&str] = &["trusted", "verified", "unverified", "suspicious"];
+const STATUSES: &[&str] = &["pending", "delivered", "dead", "none"];
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    inbox: Option<String>,
+    #[serde(default)]
+    flag: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+impl ListQuery {
+    /// Empty form fields mean "any".
+    fn normalized(self) -> Self {
+        let keep = |value: Option<String>| value.filter(|value| !value.is_empty());
+        Self {
+            inbox: keep(self.inbox),
+            flag: keep(self.flag),
+            tier: keep(self.tier),
+            status: keep(self.status),
+        }
+    }
+
+    fn query_string(&self) -> String {
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [
+            ("inbox", &self.inbox),
+            ("flag", &self.flag),
+            ("tier", &self.tier),
+            ("status", &self.status),
+        ] {
+            if let Some(value) = value {
+                out.append_pair(key, value);
+            }
+        }
+        out.finish()
+    }
+}
+
+fn flag_set(event: &Value, key: &str) -> bool {
+    event.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// The flags of an event as short labels.
+fn flags_of(event: &Value) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    if flag_set(event, "sender_verified") {
+        flags.push("verified");
+    }
+    if flag_set(event, "is_duplicate") {
+        flags.push("duplicate");
+    }
+    if flag_set(event, "rate_limited") {
+        flags.push("rate limited");
+    }
+    if flag_set(event, "quarantined") {
+        flags.push("quarantined");
+    }
+    flags
+}
+
+fn matches(query: &ListQuery, message: &MessageListing, event: &Value) -> bool {
+    let flag_ok = match query.flag.as_deref() {
+        None => true,
+        Some("verified") => flag_set(event, "sender_verified"),
+        Some("unverified") => !flag_set(event, "sender_verified"),
+        Some("duplicate") => flag_set(event, "is_duplicate"),
+        Some("rate_limited") => flag_set(event, "rate_limited"),
+        Some("quarantined") => flag_set(event, "quarantined"),
+        Some(_) => false,
+    };
+    let tier_ok = query
+        .tier
+        .as_deref()
+        .is_none_or(|tier| event.get("peer_trust_tier").and_then(Value::as_str) == Some(tier));
+    let status_ok = match query.status.as_deref() {
+        None => true,
+        Some("none") => message.delivery_status.is_none(),
+        Some(status) => message.delivery_status.as_deref() == Some(status),
+    };
+    flag_ok && tier_ok && status_ok
+}
+
+fn row_view(message: &MessageListing, event: &Value) -> Value {
+    json!({
+        "id": message.id,
+        "inbox_id": message.inbox_id,
+        "sender": message.sender,
+        "subject": message.subject,
+        "received": when(message.received_at),
+        "tier": event.get("peer_trust_tier").and_then(Value::as_str),
+        "flags": flags_of(event),
+        "delivery_id": message.delivery_id,
+        "delivery_status": message.delivery_status,
+        "delivery_code": message.delivery_status_code,
+    })
+}
+
+/// The rows the list shows for this query.
+async fn rows_for(state: &UiState, auth: &Auth, query: &ListQuery) -> Result<Vec<Value>, Error> {
+    let only = match (auth.only(), query.inbox.as_deref()) {
+        (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("inbox")),
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
+    let messages = state
+        .api
+        .db
+        .recent_messages(only, None, SCAN_LIMIT)
+        .await?;
+    Ok(messages
+        .iter()
+        .filter_map(|message| {
+            // A stored event that is not JSON still lists, without flags.
+            let event: Value = serde_json::from_str(&message.event_json).unwrap_or(Value::Null);
+            matches(query, message, &event).then(|| row_view(message, &event))
+        })
+        .take(SHOW_LIMIT)
+        .collect())
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, Error> {
+    let query = query.normalized();
+    let rows = rows_for(&state, &auth, &query).await?;
+    let inboxes: Vec<String> = match auth.only() {
+        Some(own) => vec![own.to_owned()],
+        None => state
+            .api
+            .db
+            .list_inbox_rows(None)
+            .await?
+            .into_iter()
+            .map(|inbox| inbox.id)
+            .collect(),
+    };
+    let query_string = query.query_string();
+    let back = if query_string.is_empty() {
+        "/ui/messages".to_owned()
+    } else {
+        format!("/ui/messages?{query_string}")
+    };
+    Ok(render(
+        "messages.html",
+        json!({
+            "base": auth.base(),
+            "page": "messages",
+            "rows": rows,
+            "rows_url": format!("/ui/messages/rows?{query_string}"),
+            "back": back,
+            "inboxes": inboxes,
+            "flags": FLAGS,
+            "tiers": TIERS,
+            "statuses": STATUSES,
+            "selected": json!({
+                "inbox": query.inbox, "flag": query.flag,
+                "tier": query.tier, "status": query.status,
+            }),
+        }),
+    )?
+    .into_response())
+}
+
+/// The table rows alone, for the script that refreshes the list when mail arrives.
+pub(super) async fn rows(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, Error> {
+    let query = query.normalized();
+    let rows = rows_for(&state, &auth, &query).await?;
+    let back = format!("/ui/messages?{}", query.query_string());
+    Ok(render(
+        "message_rows.html",
+        json!({ "base": auth.base(), "rows": rows, "back": back }),
+    )?
+    .into_response())
+}
+
+fn delivery_view(delivery: &DeliveryView, attempts: Vec<Value>) -> Value {
+    json!({
+        "id": delivery.id,
+        "message_id": delivery.message_id,
+        "inbox_id": delivery.inbox_id,
+        "channel": delivery.channel,
+        "target": delivery.target,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "created": when_text(&delivery.created_at),
+        "next_attempt": delivery.next_attempt_at.as_deref().map(when_text),
+        "delivered": delivery.delivered_at.as_deref().map(when_text),
+        "log": attempts,
+    })
+}
+
+pub(super) async fn detail(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let db = &state.api.db;
+    let message = db
+        .get_message(&id)
+        .await?
+        .filter(|message| auth.caller.sees(&message.inbox_id))
+        .ok_or(Error::NotFound("message"))?;
+    let event: Value = serde_json::from_str(&message.event_json)
+        .map_err(|err| Error::Internal(format!("stored event of {id} is not JSON: {err}")))?;
+    let email = event.get("email").cloned().unwrap_or(Value::Null);
+    let thread_id = event.get("thread_id").and_then(Value::as_str).unwrap_or("");
+    let thread: Vec<Value> = if thread_id.is_empty() {
+        Vec::new()
+    } else {
+        db.thread_history(&message.inbox_id, thread_id, 50)
+            .await?
+            .iter()
+            .filter_map(|text| serde_json::from_str::<Value>(text).ok())
+            .map(|other| {
+                json!({
+                    "id": other.get("message_id"),
+                    "sender": other.get("sender"),
+                    "subject": other.get("subject"),
+                    "timestamp": other.get("timestamp").and_then(Value::as_str).map(when_text),
+                    "current": other.get("message_id").and_then(Value::as_str) == Some(id.as_str()),
+                })
+            })
+            .collect()
+    };
+    let mut deliveries = Vec::new();
+    for delivery in db.message_deliveries(&id).await? {
+        let attempts = db
+            .list_attempts(&delivery.id)
+            .await?
+            .into_iter()
+            .map(|attempt| {
+                json!({
+                    "attempt": attempt.attempt,
+                    "started": when_text(&attempt.started_at),
+                    "latency_ms": attempt.latency_ms,
+                    "status_code": attempt.status_code,
+                    "outcome": attempt.outcome,
+                    "error": attempt.error,
+                    "response_excerpt": attempt.response_excerpt,
+                })
+            })
+            .collect();
+        deliveries.push(delivery_view(&delivery, attempts));
+    }
+    let auth_lines = explain::auth_in_words(event.get("auth").unwrap_or(&Value::Null));
+    Ok(render(
+        "message.html",
+        json!({
+            "base": auth.base(),
+            "page": "messages",
+            "id": id,
+            "back": format!("/ui/messages/{id}"),
+            "inbox_id": message.inbox_id,
+            "event": event,
+            "email": email,
+            "flags": flags_of(&event),
+            "auth_lines": auth_lines,
+            "thread": thread,
+            "deliveries": deliveries,
+        }),
+    )?
+    .into_response())
+}
+
+pub(super) async fn raw(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    Ok(crate::api::get_raw_message(
+        State(Arc::clone(&state.api)),
+        Extension(auth.caller.clone()),
+        Path(id),
+    )
+    .await?)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct BackForm {
+    #[serde(default)]
+    back: Option<String>,
+}
+
+/// Where to go after an action: a page of the dashboard, never elsewhere.
+fn back_to(back: Option<&str>, default: &str) -> String {
+    back.filter(|path| {
+        path.starts_with("/ui") && !path.starts_with("//") && !path.contains(['\\', '\r', '\n'])
+    })
+    .unwrap_or(default)
+    .to_owned()
+}
+
+pub(super) async fn resend(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+    Form(form): Form<BackForm>,
+) -> Result<Response, Error> {
+    let _queued = crate::api::resend_delivery(
+        State(Arc::clone(&state.api)),
+        Extension(auth.caller.clone()),
+        Path(id),
+    )
+    .await?;
+    Ok(Redirect::to(&back_to(form.back.as_deref(), "/ui/dead")).into_response())
+}
+
+pub(super) async fn dead(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+) -> Result<Response, Error> {
+    let deliveries = state
+        .api
+        .db
+        .list_deliveries(Some(DeliveryStatus::Dead), auth.only(), 200)
+        .await?;
+    let views: Vec<Value> = deliveries
+        .iter()
+        .map(|delivery| delivery_view(delivery, Vec::new()))
+        .collect();
+    Ok(render(
+        "dead.html",
+        json!({ "base": auth.base(), "page": "dead", "deliveries": views, "back": "/ui/dead" }),
+    )?
+    .into_response())
+}
+
+/// Requeues the whole dead-letter queue the caller can see, inbox by inbox through the API's
+/// bulk resend.
+pub(super) async fn resend_all(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+) -> Result<Response, Error> {
+    let inboxes = state.api.db.list_inbox_rows(auth.only()).await?;
+    for inbox in inboxes {
+        let _requeued = crate::api::inboxes::resend_dead(
+            State(Arc::clone(&state.api)),
+            Extension(auth.caller.clone()),
+            Path(inbox.id),
+        )
+        .await?;
+    }
+    Ok(Redirect::to("/ui/dead").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_links_stay_inside_the_dashboard() {
+        assert_eq!(back_to(Some("/ui/messages?x=1"), "/ui"), "/ui/messages?x=1");
+        assert_eq!(back_to(Some("https://evil.example"), "/ui"), "/ui");
+        assert_eq!(back_to(Some("//evil.example"), "/ui"), "/ui");
+        assert_eq!(back_to(None, "/ui/dead"), "/ui/dead");
+    }
+}
