@@ -323,7 +323,7 @@ async fn delete_inbox(
     get,
     path = "/v1/inboxes/{id}/webhook",
     tag = "webhook",
-    summary = "The inbox webhook, without secrets",
+    summary = "The inbox webhook, without secrets, with its delivery stats (attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
         (status = 200, description = "The webhook", body = serde_json::Value),
@@ -338,7 +338,22 @@ async fn get_webhook(
 ) -> Result<Json<Value>, ApiError> {
     let inbox = visible_inbox(&state, &caller, &id).await?;
     let webhook = inbox.webhook.ok_or(ApiError::NotFound("webhook"))?;
-    Ok(Json(webhook_json(&webhook)))
+    let stats = state
+        .db
+        .endpoint_stats(Some(&id))
+        .await?
+        .into_iter()
+        .find(|stats| stats.endpoint_ref == "inbox");
+    let mut view = webhook_json(&webhook);
+    view["stats"] = json!({
+        "attempts": stats.as_ref().map_or(0, |stats| stats.attempts),
+        "delivered": stats.as_ref().map_or(0, |stats| stats.delivered),
+        "success_rate": stats.as_ref().and_then(|stats| stats.success_rate),
+        "last_triggered": stats.as_ref().and_then(|stats| stats.last_triggered_ms).map(rfc3339),
+        "last_status_code": stats.as_ref().and_then(|stats| stats.last_status_code),
+        "last_outcome": stats.as_ref().and_then(|stats| stats.last_outcome.clone()),
+    });
+    Ok(Json(view))
 }
 
 fn yes() -> bool {

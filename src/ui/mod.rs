@@ -51,6 +51,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 const APP_CSS: &str = include_str!("../../templates/ui/static/app.css");
 const APP_JS: &str = include_str!("../../templates/ui/static/app.js");
+const ICON_SVG: &str = include_str!("../../templates/ui/static/icon.svg");
 
 /// The templates, embedded so the binary works without the repository.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -309,6 +310,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/static/app.css", get(app_css))
         .route("/ui/static/app.js", get(app_js))
+        .route("/ui/static/icon.svg", get(icon_svg))
         .merge(pages)
         .layer(middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
@@ -449,6 +451,10 @@ async fn app_css() -> Response {
 
 async fn app_js() -> Response {
     static_file("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn icon_svg() -> Response {
+    static_file("image/svg+xml", ICON_SVG)
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {

@@ -20,4 +20,5 @@ mod smtp_session;
 mod starttls;
 mod threading;
 mod tidy;
+mod ui;
 mod verification;

@@ -1,0 +1,540 @@
+//! The dashboard at `/ui` over real HTTP: login and session cookies, CSRF on every form, an inbox
+//! key confined to its inbox, hostile mail escaped; and the whole flow in a real browser
+//! (headless chromium driven by tests/browser/dashboard.mjs).
+
+use std::time::Duration;
+
+use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::support::gateway::API_KEY;
+use crate::support::{
+    GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, rand_token,
+    repo_path, simple_message,
+};
+
+/// A browser-like client: no automatic redirects, cookies carried by hand.
+struct Ui {
+    base: String,
+    http: reqwest::Client,
+    session: Option<String>,
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The value of the first hidden `csrf` field.
+    fn csrf(&self) -> String {
+        let marker = "name=\"csrf\" value=\"";
+        let start = self.body.find(marker).expect("a form with a csrf field") + marker.len();
+        let end = self.body[start..].find('"').expect("end of value") + start;
+        self.body[start..end].to_owned()
+    }
+}
+
+fn cookie_value(set_cookie: &[String], name: &str) -> Option<String> {
+    set_cookie.iter().find_map(|line| {
+        line.split(';')
+            .next()
+            .and_then(|pair| pair.trim().strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    })
+}
+
+impl Ui {
+    fn new(gateway: &TestGateway) -> Self {
+        Self {
+            base: format!("http://{}", gateway.http),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            session: None,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, cookie: Option<String>) -> Page {
+        let cookie = cookie.or_else(|| {
+            self.session
+                .as_ref()
+                .map(|session| format!("mxhook_session={session}"))
+        });
+        let request = match cookie {
+            Some(cookie) => request.header(COOKIE, cookie),
+            None => request,
+        };
+        let response = request.send().await.expect("dashboard request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.expect("body");
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        self.send(self.http.get(format!("{}{path}", self.base)), None)
+            .await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.send(
+            form_post(self.http.post(format!("{}{path}", self.base)), form),
+            None,
+        )
+        .await
+    }
+
+    /// Logs in through the form; returns the answer to the POST.
+    async fn login(&mut self, key: &str) -> Page {
+        let form = self.get("/ui/login").await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let login_cookie =
+            cookie_value(&form.set_cookies(), "mxhook_login_csrf").expect("login csrf cookie");
+        let answer = self
+            .send(
+                form_post(
+                    self.http.post(format!("{}/ui/login", self.base)),
+                    &[("key", key), ("csrf", &form.csrf())],
+                ),
+                Some(format!("mxhook_login_csrf={login_cookie}")),
+            )
+            .await;
+        if let Some(session) = cookie_value(&answer.set_cookies(), "mxhook_session") {
+            self.session = Some(session);
+        }
+        answer
+    }
+}
+
+/// A urlencoded form body, as a browser posts it.
+fn form_post(request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    request
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+}
+
+async fn send_mail(gateway: &TestGateway, to: &str, message: &[u8]) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, text) = client
+        .send_message("sender@client.example", &[to], message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+}
+
+/// The id of the newest message of an inbox with this subject, once it is listed.
+async fn message_id(gateway: &TestGateway, inbox: &str, subject: &str) -> String {
+    eventually("the message to be listed", || async {
+        let (_, body) = gateway
+            .api_get(&format!("/v1/inboxes/{inbox}/messages"))
+            .await
+            .ok()?;
+        body["messages"].as_array()?.iter().find_map(|message| {
+            (message["subject"].as_str() == Some(subject))
+                .then(|| message["id"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn dashboard_needs_a_login_and_sets_safe_cookies() {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+
+    for path in ["/ui", "/ui/messages", "/ui/inboxes/agent", "/ui/dead"] {
+        let page = ui.get(path).await;
+        assert_eq!(page.status, 303, "{path} without a session");
+        assert_eq!(page.location(), "/ui/login", "{path}");
+    }
+    // A forged session id is no session.
+    let forged = ui
+        .send(
+            ui.http.get(format!("{}/ui", ui.base)),
+            Some("mxhook_session=00".to_owned()),
+        )
+        .await;
+    assert_eq!(forged.status, 303);
+
+    let refused = ui.login("not-a-key").await;
+    assert_eq!(refused.status, 303);
+    assert_eq!(refused.location(), "/ui/login?error=1");
+    assert!(ui.session.is_none(), "a bad key got a session");
+    let refused = ui.login("mxk_0000").await;
+    assert_eq!(refused.location(), "/ui/login?error=1");
+    assert!(ui.session.is_none());
+
+    let accepted = ui.login(API_KEY).await;
+    assert_eq!(accepted.status, 303);
+    assert_eq!(accepted.location(), "/ui");
+    let session_cookie = accepted
+        .set_cookies()
+        .into_iter()
+        .find(|line| line.starts_with("mxhook_session="))
+        .expect("session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(session_cookie.contains(flag), "{session_cookie} lacks {flag}");
+    }
+
+    let inboxes = ui.get("/ui").await;
+    assert_eq!(inboxes.status, 200, "{}", inboxes.body);
+    assert!(inboxes.body.contains("/ui/inboxes/agent"), "{}", inboxes.body);
+    assert!(inboxes.body.contains("/ui/inboxes/other"));
+    assert!(inboxes.body.contains("Signing: Configured"));
+    let csp = inboxes
+        .headers
+        .get("content-security-policy")
+        .and_then(|value| value.to_str().ok())
+        .expect("CSP header");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(
+        inboxes.headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    for path in ["/ui/messages", "/ui/inboxes/agent", "/ui/dead"] {
+        let page = ui.get(path).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+    }
+
+    // Logging out ends the session on the server, not only in the browser.
+    let csrf = inboxes.csrf();
+    let out = ui.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(ui.get("/ui").await.status, 303);
+}
+
+#[tokio::test]
+async fn every_post_needs_the_session_csrf_token() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+
+    // The login form itself: without the cookie that pairs with its token, refused.
+    let form = ui.get("/ui/login").await;
+    let no_cookie = ui
+        .post("/ui/login", &[("key", API_KEY), ("csrf", &form.csrf())])
+        .await;
+    assert_eq!(no_cookie.status, 403);
+    assert!(ui.session.is_none());
+
+    ui.login(API_KEY).await;
+    let csrf = ui.get("/ui/inboxes/agent").await.csrf();
+    for path in [
+        "/ui/inboxes/agent/test-event",
+        "/ui/inboxes/agent/rotate",
+        "/ui/inboxes/agent/rules",
+        "/ui/dead/resend-all",
+        "/ui/logout",
+    ] {
+        let missing = ui.post(path, &[("rules", "[]")]).await;
+        assert_eq!(missing.status, 403, "{path} without a token");
+        let wrong = ui.post(path, &[("csrf", "0123"), ("rules", "[]")]).await;
+        assert_eq!(wrong.status, 403, "{path} with a wrong token");
+    }
+    // Nothing was sent or changed by the refused forms.
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert!(ui.get("/ui").await.status == 200, "still logged in");
+
+    // Another session's token is no good either.
+    let mut other = Ui::new(&gateway);
+    other.login(API_KEY).await;
+    let theirs = other.get("/ui/inboxes/agent").await.csrf();
+    assert_ne!(theirs, csrf);
+    let crossed = ui
+        .post("/ui/inboxes/agent/test-event", &[("csrf", &theirs)])
+        .await;
+    assert_eq!(crossed.status, 403);
+
+    let sent = ui
+        .post("/ui/inboxes/agent/test-event", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    assert_eq!(sent.location(), "/ui/inboxes/agent?done=test-event");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "mxhook test event");
+
+    // The rules editor: invalid JSON comes back with the reason and the text kept.
+    let refused = ui
+        .post(
+            "/ui/inboxes/agent/rules",
+            &[("csrf", &csrf), ("rules", "[{\"nme\": 1}]")],
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("rules"), "{}", refused.body);
+    assert!(refused.body.contains("[{&quot;nme&quot;: 1}]"), "{}", refused.body);
+    let rules = r#"[{"name": "verified only", "filters": {"sender_verified": true}}]"#;
+    let saved = ui
+        .post("/ui/inboxes/agent/rules", &[("csrf", &csrf), ("rules", rules)])
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, stored) = gateway
+        .api_get("/v1/inboxes/agent/notifications")
+        .await
+        .expect("API");
+    assert_eq!(stored["rules"][0]["name"], "verified only");
+}
+
+#[tokio::test]
+async fn an_inbox_key_sees_only_its_inbox() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let (status, created) = gateway.api_post("/v1/inboxes/agent/keys").await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("key").to_owned();
+
+    let mine = format!("mine {}", rand_token());
+    let theirs = format!("theirs {}", rand_token());
+    send_mail(
+        &gateway,
+        "agent@example.com",
+        &simple_message("a@sender.example", "agent@example.com", &mine, "hello"),
+    )
+    .await;
+    send_mail(
+        &gateway,
+        "other@example.com",
+        &simple_message("a@sender.example", "other@example.com", &theirs, "hello"),
+    )
+    .await;
+    receiver.recv().await;
+    receiver.recv().await;
+    let their_id = message_id(&gateway, "other", &theirs).await;
+    let their_delivery = eventually("their delivery to be listed", || async {
+        gateway
+            .deliveries("delivered")
+            .await
+            .into_iter()
+            .find(|delivery| delivery["message_id"] == json!(their_id))
+            .and_then(|delivery| delivery["id"].as_str().map(str::to_owned))
+    })
+    .await;
+
+    let mut ui = Ui::new(&gateway);
+    assert_eq!(ui.login(&key).await.location(), "/ui");
+    let inboxes = ui.get("/ui").await;
+    assert!(inboxes.body.contains("/ui/inboxes/agent"));
+    assert!(!inboxes.body.contains("/ui/inboxes/other"), "{}", inboxes.body);
+    let messages = ui.get("/ui/messages").await;
+    assert!(messages.body.contains(&mine), "{}", messages.body);
+    assert!(!messages.body.contains(&theirs));
+    let rows = ui.get("/ui/messages/rows").await;
+    assert!(rows.body.contains(&mine));
+    assert!(!rows.body.contains(&theirs));
+
+    for path in [
+        "/ui/inboxes/other".to_owned(),
+        "/ui/messages?inbox=other".to_owned(),
+        "/ui/messages/rows?inbox=other".to_owned(),
+        format!("/ui/messages/{their_id}"),
+        format!("/ui/messages/{their_id}/raw"),
+    ] {
+        let page = ui.get(&path).await;
+        assert_eq!(page.status, 404, "{path}");
+        assert!(!page.body.contains(&theirs), "{path}");
+    }
+    let csrf = inboxes.csrf();
+    for path in [
+        format!("/ui/deliveries/{their_delivery}/resend"),
+        "/ui/inboxes/other/test-event".to_owned(),
+        "/ui/inboxes/other/rotate".to_owned(),
+    ] {
+        let page = ui.post(&path, &[("csrf", &csrf)]).await;
+        assert_eq!(page.status, 404, "{path}: {}", page.body);
+    }
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    // Resend-all touches only the caller's inbox (nothing is dead here, so nothing moves).
+    let all = ui.post("/ui/dead/resend-all", &[("csrf", &csrf)]).await;
+    assert_eq!(all.status, 303);
+}
+
+#[tokio::test]
+async fn hostile_mail_is_escaped_and_html_bodies_are_sandboxed() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let token = rand_token();
+    let subject = format!("<script>alert('{token}')</script> \"quoted\" {}", "long".repeat(80));
+    let message = format!(
+        "From: \"<b>Evil</b>\" <evil@sender.example>\r\nTo: agent@example.com\r\n\
+         Subject: {subject}\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+         Message-ID: <{token}@sender.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n<script>plain()</script>\r\n\
+         --b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+         <p onclick=\"x()\">hi</p><script>html()</script><img src=x onerror=\"y()\">\
+         \"></iframe><script>escape()</script>\r\n--b--\r\n"
+    );
+    send_mail(&gateway, "agent@example.com", message.as_bytes()).await;
+    receiver.recv().await;
+    let id = eventually("the message to be listed", || async {
+        let (_, body) = gateway.api_get("/v1/inboxes/agent/messages").await.ok()?;
+        body["messages"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    for path in ["/ui/messages".to_owned(), format!("/ui/messages/{id}")] {
+        let page = ui.get(&path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains("<script>"), "{path}: unescaped script");
+        assert!(!page.body.contains("<b>Evil"), "{path}");
+        assert!(
+            page.body.contains(&format!("&lt;script&gt;alert(&#x27;{token}&#x27;)"))
+                || page.body.contains(&format!("&lt;script&gt;alert(&#39;{token}&#39;)")),
+            "{path}: subject not shown escaped"
+        );
+    }
+    let detail = ui.get(&format!("/ui/messages/{id}")).await;
+    // The HTML body is only inside a sandboxed srcdoc, with no allow-scripts anywhere.
+    assert!(detail.body.contains("<iframe class=\"html-body\" sandbox "), "{}", detail.body);
+    assert!(!detail.body.contains("allow-scripts"));
+    assert!(!detail.body.contains("</iframe><script>"));
+    assert!(detail.body.contains("&lt;script&gt;html()"));
+    assert!(detail.body.contains("&lt;script&gt;plain()"));
+    assert_eq!(detail.body.matches("<iframe").count(), 1);
+    let raw = ui.get(&format!("/ui/messages/{id}/raw")).await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(
+        raw.headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"message/rfc822"[..])
+    );
+    assert!(raw.body.contains(&format!("Message-ID: <{token}@sender.example>")));
+}
+
+#[tokio::test]
+async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    send_mail(
+        &gateway,
+        "agent@example.com",
+        &simple_message("a@sender.example", "agent@example.com", "stats", "hello"),
+    )
+    .await;
+    receiver.recv().await;
+    receiver.recv().await;
+    let stats = eventually("both attempts to be recorded", || async {
+        let (_, webhook) = gateway.api_get("/v1/inboxes/agent/webhook").await.ok()?;
+        let stats = webhook["stats"].clone();
+        (stats["attempts"] == json!(2)).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["delivered"], 1, "{stats}");
+    assert_eq!(stats["success_rate"], 0.5, "{stats}");
+    assert_eq!(stats["last_status_code"], 200, "{stats}");
+    assert!(stats["last_triggered"].as_str().is_some(), "{stats}");
+    let (_, never) = gateway.api_get("/v1/inboxes/other/webhook").await.expect("API");
+    assert_eq!(never["stats"]["attempts"], 0, "{never}");
+    assert_eq!(never["stats"]["last_triggered"], Value::Null);
+
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let list = ui.get("/ui").await;
+    assert!(list.body.contains("50%"), "{}", list.body);
+    let detail = ui.get("/ui/inboxes/agent").await;
+    assert!(detail.body.contains("1/2"), "{}", detail.body);
+}
+
+/// The whole flow in headless chromium. Fails (never skips) when chromium or playwright-core is
+/// missing: scripts/test installs both.
+#[tokio::test]
+async fn dashboard_works_in_a_real_browser() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    let browser_dir = repo_path("tests/browser");
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (scripts/test does)"
+    );
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci` in tests/browser (scripts/test does)"
+    );
+
+    // Two failures kill the delivery (max_retries 1); the resend then meets a 200.
+    let mut receiver =
+        WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 1;
+    let gateway = TestGateway::start(options).await;
+    let subject = format!("Browser test {}", rand_token());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_path("target"));
+    let screenshots = target.join("screenshots");
+
+    let mut child = tokio::process::Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .current_dir(&browser_dir)
+        .env("MXHOOK_URL", format!("http://{}", gateway.http))
+        .env("MXHOOK_KEY", API_KEY)
+        .env("MXHOOK_SUBJECT", &subject)
+        .env("MXHOOK_SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", &chromium)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.expect("read node output") {
+            if line == "READY_FOR_MAIL" {
+                send_mail(
+                    &gateway,
+                    "agent@example.com",
+                    &simple_message("a@sender.example", "agent@example.com", &subject, "hi"),
+                )
+                .await;
+            }
+            seen.push(line);
+        }
+        child.wait().await.expect("node exits")
+    };
+    let status = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser test finishes within 4 minutes");
+    assert!(
+        status.success(),
+        "the browser test failed (stderr above); its steps:\n{}",
+        seen.join("\n")
+    );
+    assert!(seen.iter().any(|line| line == "BROWSER_TEST_OK"));
+    // Two failures, then the resend delivered.
+    for _ in 0..3 {
+        receiver.recv().await;
+    }
+    for name in ["messages-laptop.png", "messages-phone.png", "secret-laptop.png"] {
+        assert!(screenshots.join(name).exists(), "{name} not saved");
+    }
+}
