@@ -58,7 +58,11 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// The inbox, if it exists and the caller may see it; otherwise 404 either way.
-pub(crate) async fn visible_inbox(state: &ApiState, caller: &Caller, id: &str) -> Result<InboxRow, ApiError> {
+pub(crate) async fn visible_inbox(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<InboxRow, ApiError> {
     if !caller.sees(id) {
         return Err(ApiError::NotFound("inbox"));
     }

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{DeliveryView, Db, Error, delivery_from_row};
+use super::{Db, DeliveryView, Error, delivery_from_row};
 
 /// How one endpoint of an inbox has been doing, over every attempt recorded.
 #[derive(Debug, Clone, serde::Serialize)]

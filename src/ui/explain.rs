@@ -6,7 +6,11 @@ use serde_json::Value;
 /// One sentence per check, in the order a reader needs them: DMARC (the conclusion), then SPF,
 /// DKIM and ARC (the evidence).
 pub(super) fn auth_in_words(auth: &Value) -> Vec<String> {
-    if !auth.get("checked").and_then(Value::as_bool).unwrap_or(false) {
+    if !auth
+        .get("checked")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         return vec![
             "The sender was not verified: verification is turned off, or the client address \
              was unknown (a test event, or mail from provider ingress)."
@@ -57,7 +61,9 @@ pub(super) fn auth_in_words(auth: &Value) -> Vec<String> {
         lines.push(match text(spf, "result").as_str() {
             "pass" => format!("SPF passes: {domain} authorises the sending server {ip}."),
             "fail" => format!("SPF fails: {domain} says {ip} may not send its mail."),
-            "softfail" => format!("SPF soft-fails: {domain} suggests {ip} should not send its mail."),
+            "softfail" => {
+                format!("SPF soft-fails: {domain} suggests {ip} should not send its mail.")
+            }
             "neutral" => format!("SPF is neutral: {domain} makes no statement about {ip}."),
             "none" => format!("SPF: {domain} publishes no SPF record."),
             other => format!("SPF could not be evaluated for {domain} (`{other}`)."),
@@ -80,7 +86,9 @@ pub(super) fn auth_in_words(auth: &Value) -> Vec<String> {
             format!(" ({reason})")
         };
         lines.push(match text(signature, "result").as_str() {
-            "pass" => format!("A DKIM signature of {domain} is valid: the signed content is unchanged."),
+            "pass" => {
+                format!("A DKIM signature of {domain} is valid: the signed content is unchanged.")
+            }
             "fail" => format!("A DKIM signature of {domain} does not verify{why}."),
             other => format!("A DKIM signature of {domain} could not be checked: `{other}`{why}."),
         });

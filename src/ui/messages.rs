@@ -135,11 +135,7 @@ async fn rows_for(state: &UiState, auth: &Auth, query: &ListQuery) -> Result<Vec
         (Some(own), _) => Some(own),
         (None, asked) => asked,
     };
-    let messages = state
-        .api
-        .db
-        .recent_messages(only, None, SCAN_LIMIT)
-        .await?;
+    let messages = state.api.db.recent_messages(only, None, SCAN_LIMIT).await?;
     Ok(messages
         .iter()
         .filter_map(|message| {

@@ -58,7 +58,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../templates/ui/base.html")),
     ("login.html", include_str!("../../templates/ui/login.html")),
     ("error.html", include_str!("../../templates/ui/error.html")),
-    ("inboxes.html", include_str!("../../templates/ui/inboxes.html")),
+    (
+        "inboxes.html",
+        include_str!("../../templates/ui/inboxes.html"),
+    ),
     ("inbox.html", include_str!("../../templates/ui/inbox.html")),
     (
         "secret.html",
@@ -72,7 +75,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "message_rows.html",
         include_str!("../../templates/ui/message_rows.html"),
     ),
-    ("message.html", include_str!("../../templates/ui/message.html")),
+    (
+        "message.html",
+        include_str!("../../templates/ui/message.html"),
+    ),
     ("dead.html", include_str!("../../templates/ui/dead.html")),
 ];
 
@@ -152,10 +158,9 @@ fn render(name: &str, context: serde_json::Value) -> Result<axum::response::Html
     let env = TEMPLATE_ENV
         .as_ref()
         .map_err(|err| Error::Internal(format!("templates: {err:#}")))?;
-    Ok(axum::response::Html(
-        env.get_template(name)?
-            .render(minijinja::Value::from(minijinja::value::Serde(context)))?,
-    ))
+    Ok(axum::response::Html(env.get_template(name)?.render(
+        minijinja::Value::from(minijinja::value::Serde(context)),
+    )?))
 }
 
 /// A logged-in caller, as the session middleware hands it to the pages.
@@ -328,7 +333,10 @@ async fn security_headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -343,7 +351,8 @@ async fn require_session(
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let Some(auth) = cookie(request.headers(), SESSION_COOKIE).and_then(|id| state.sessions.get(id))
+    let Some(auth) =
+        cookie(request.headers(), SESSION_COOKIE).and_then(|id| state.sessions.get(id))
     else {
         return Ok(if request.method() == Method::GET {
             Redirect::to("/ui/login").into_response()
@@ -392,7 +401,10 @@ async fn login_page(Query(query): Query<LoginQuery>) -> Result<Response, Error> 
         }),
     )?;
     Ok((
-        [(header::SET_COOKIE, set_cookie(LOGIN_CSRF_COOKIE, &token, None))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(LOGIN_CSRF_COOKIE, &token, None),
+        )],
         html,
     )
         .into_response())
@@ -425,7 +437,10 @@ async fn login(
     let session = state.sessions.start(caller);
     let mut response = Redirect::to("/ui").into_response();
     let headers = response.headers_mut();
-    headers.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &session, None));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &session, None),
+    );
     headers.append(
         header::SET_COOKIE,
         set_cookie(LOGIN_CSRF_COOKIE, "", Some(0)),
@@ -438,10 +453,9 @@ async fn logout(State(state): State<Arc<UiState>>, headers: HeaderMap) -> Respon
         state.sessions.end(id);
     }
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, "", Some(0)),
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", Some(0)));
     response
 }
 

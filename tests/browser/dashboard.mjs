@@ -74,8 +74,12 @@ try {
   await row.locator(".pill.dead").waitFor({ timeout: SOON });
   await page.screenshot({ path: join(shots, "messages-laptop.png"), fullPage: true });
 
-  step("open the message");
-  await row.getByRole("link", { name: subject }).click();
+  step("the dead-letter queue lists it; open the message from there");
+  await page.getByRole("link", { name: "Dead letters" }).click();
+  const deadRow = page.locator("tbody tr", { hasText: "webhook" }).first();
+  await deadRow.waitFor();
+  await page.screenshot({ path: join(shots, "dead-laptop.png"), fullPage: true });
+  await deadRow.getByRole("link").first().click();
   await page.getByRole("heading", { name: subject }).waitFor();
   await page.getByRole("heading", { name: "Sender verification" }).waitFor();
   const dead = page.locator('.delivery[data-status="dead"]');
@@ -104,10 +108,13 @@ try {
   await page.screenshot({ path: join(shots, "messages-phone.png"), fullPage: true });
   await page.goto(`${base}/ui`);
   await page.screenshot({ path: join(shots, "inboxes-phone.png"), fullPage: true });
+  await page.goto(`${base}/ui/inboxes/agent`);
+  await page.screenshot({ path: join(shots, "inbox-phone.png"), fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
 
   step("rotate the signing secret: shown once");
   await page.goto(`${base}/ui/inboxes/agent`);
+  await page.screenshot({ path: join(shots, "inbox-laptop.png"), fullPage: true });
   await page.getByRole("button", { name: "Rotate signing secret" }).click();
   await page.getByRole("heading", { name: /New signing secret/ }).waitFor();
   const secret = await page.getByLabel("Signing secret").inputValue();

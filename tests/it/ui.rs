@@ -201,12 +201,19 @@ async fn dashboard_needs_a_login_and_sets_safe_cookies() {
         .find(|line| line.starts_with("mxhook_session="))
         .expect("session cookie");
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
-        assert!(session_cookie.contains(flag), "{session_cookie} lacks {flag}");
+        assert!(
+            session_cookie.contains(flag),
+            "{session_cookie} lacks {flag}"
+        );
     }
 
     let inboxes = ui.get("/ui").await;
     assert_eq!(inboxes.status, 200, "{}", inboxes.body);
-    assert!(inboxes.body.contains("/ui/inboxes/agent"), "{}", inboxes.body);
+    assert!(
+        inboxes.body.contains("/ui/inboxes/agent"),
+        "{}",
+        inboxes.body
+    );
     assert!(inboxes.body.contains("/ui/inboxes/other"));
     assert!(inboxes.body.contains("Signing: Configured"));
     let csp = inboxes
@@ -291,10 +298,17 @@ async fn every_post_needs_the_session_csrf_token() {
         .await;
     assert_eq!(refused.status, 400);
     assert!(refused.body.contains("rules"), "{}", refused.body);
-    assert!(refused.body.contains("[{&quot;nme&quot;: 1}]"), "{}", refused.body);
+    assert!(
+        refused.body.contains("[{&quot;nme&quot;: 1}]"),
+        "{}",
+        refused.body
+    );
     let rules = r#"[{"name": "verified only", "filters": {"sender_verified": true}}]"#;
     let saved = ui
-        .post("/ui/inboxes/agent/rules", &[("csrf", &csrf), ("rules", rules)])
+        .post(
+            "/ui/inboxes/agent/rules",
+            &[("csrf", &csrf), ("rules", rules)],
+        )
         .await;
     assert_eq!(saved.status, 303, "{}", saved.body);
     let (_, stored) = gateway
@@ -343,7 +357,11 @@ async fn an_inbox_key_sees_only_its_inbox() {
     assert_eq!(ui.login(&key).await.location(), "/ui");
     let inboxes = ui.get("/ui").await;
     assert!(inboxes.body.contains("/ui/inboxes/agent"));
-    assert!(!inboxes.body.contains("/ui/inboxes/other"), "{}", inboxes.body);
+    assert!(
+        !inboxes.body.contains("/ui/inboxes/other"),
+        "{}",
+        inboxes.body
+    );
     let messages = ui.get("/ui/messages").await;
     assert!(messages.body.contains(&mine), "{}", messages.body);
     assert!(!messages.body.contains(&theirs));
@@ -382,7 +400,10 @@ async fn hostile_mail_is_escaped_and_html_bodies_are_sandboxed() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
     let token = rand_token();
-    let subject = format!("<script>alert('{token}')</script> \"quoted\" {}", "long".repeat(80));
+    let subject = format!(
+        "<script>alert('{token}')</script> \"quoted\" {}",
+        "long".repeat(80)
+    );
     let message = format!(
         "From: \"<b>Evil</b>\" <evil@sender.example>\r\nTo: agent@example.com\r\n\
          Subject: {subject}\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
@@ -409,14 +430,21 @@ async fn hostile_mail_is_escaped_and_html_bodies_are_sandboxed() {
         assert!(!page.body.contains("<script>"), "{path}: unescaped script");
         assert!(!page.body.contains("<b>Evil"), "{path}");
         assert!(
-            page.body.contains(&format!("&lt;script&gt;alert(&#x27;{token}&#x27;)"))
-                || page.body.contains(&format!("&lt;script&gt;alert(&#39;{token}&#39;)")),
+            page.body
+                .contains(&format!("&lt;script&gt;alert(&#x27;{token}&#x27;)"))
+                || page
+                    .body
+                    .contains(&format!("&lt;script&gt;alert(&#39;{token}&#39;)")),
             "{path}: subject not shown escaped"
         );
     }
     let detail = ui.get(&format!("/ui/messages/{id}")).await;
     // The HTML body is only inside a sandboxed srcdoc, with no allow-scripts anywhere.
-    assert!(detail.body.contains("<iframe class=\"html-body\" sandbox "), "{}", detail.body);
+    assert!(
+        detail.body.contains("<iframe class=\"html-body\" sandbox "),
+        "{}",
+        detail.body
+    );
     assert!(!detail.body.contains("allow-scripts"));
     assert!(!detail.body.contains("</iframe><script>"));
     assert!(detail.body.contains("&lt;script&gt;html()"));
@@ -428,7 +456,10 @@ async fn hostile_mail_is_escaped_and_html_bodies_are_sandboxed() {
         raw.headers.get("content-type").map(|v| v.as_bytes()),
         Some(&b"message/rfc822"[..])
     );
-    assert!(raw.body.contains(&format!("Message-ID: <{token}@sender.example>")));
+    assert!(
+        raw.body
+            .contains(&format!("Message-ID: <{token}@sender.example>"))
+    );
 }
 
 #[tokio::test]
@@ -453,7 +484,10 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     assert_eq!(stats["success_rate"], 0.5, "{stats}");
     assert_eq!(stats["last_status_code"], 200, "{stats}");
     assert!(stats["last_triggered"].as_str().is_some(), "{stats}");
-    let (_, never) = gateway.api_get("/v1/inboxes/other/webhook").await.expect("API");
+    let (_, never) = gateway
+        .api_get("/v1/inboxes/other/webhook")
+        .await
+        .expect("API");
     assert_eq!(never["stats"]["attempts"], 0, "{never}");
     assert_eq!(never["stats"]["last_triggered"], Value::Null);
 
@@ -481,8 +515,7 @@ async fn dashboard_works_in_a_real_browser() {
     );
 
     // Two failures kill the delivery (max_retries 1); the resend then meets a 200.
-    let mut receiver =
-        WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
     options.max_retries = 1;
     let gateway = TestGateway::start(options).await;
@@ -534,7 +567,11 @@ async fn dashboard_works_in_a_real_browser() {
     for _ in 0..3 {
         receiver.recv().await;
     }
-    for name in ["messages-laptop.png", "messages-phone.png", "secret-laptop.png"] {
+    for name in [
+        "messages-laptop.png",
+        "messages-phone.png",
+        "secret-laptop.png",
+    ] {
         assert!(screenshots.join(name).exists(), "{name} not saved");
     }
 }
