@@ -33,6 +33,13 @@ function fail(message) {
   throw new Error(message);
 }
 
+async function noSidewaysScroll(page, what) {
+  const overflow = await page.evaluate(
+    () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
+  );
+  if (overflow > 0) fail(`${what} scrolls sideways at phone width by ${overflow}px`);
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
@@ -70,6 +77,10 @@ try {
   if (!(await page.evaluate(() => window.__notReloaded === true))) {
     fail("the page reloaded instead of updating in place");
   }
+  // The subject carries markup: it must arrive as text, never as elements or script.
+  if (await page.evaluate(() => window.__xss !== undefined || !!document.querySelector("#message-rows b"))) {
+    fail("markup from the subject was interpreted");
+  }
   step("the webhook column shows the delivery going dead (the receiver answers 500 twice)");
   await row.locator(".pill.dead").waitFor({ timeout: SOON });
   await page.screenshot({ path: join(shots, "messages-laptop.png"), fullPage: true });
@@ -98,15 +109,15 @@ try {
 
   step("phone width");
   await page.setViewportSize({ width: 390, height: 844 });
+  await noSidewaysScroll(page, "the message page");
   await page.screenshot({ path: join(shots, "message-phone.png"), fullPage: true });
   await page.goto(`${base}/ui/messages`);
   await page.locator("#message-rows tr", { hasText: subject }).waitFor();
-  const overflow = await page.evaluate(
-    () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
-  );
-  if (overflow > 0) fail(`the messages page scrolls sideways at phone width by ${overflow}px`);
+  await noSidewaysScroll(page, "the messages page");
+  if (await page.evaluate(() => window.__xss !== undefined)) fail("the subject's script ran");
   await page.screenshot({ path: join(shots, "messages-phone.png"), fullPage: true });
   await page.goto(`${base}/ui`);
+  await noSidewaysScroll(page, "the inboxes page");
   await page.screenshot({ path: join(shots, "inboxes-phone.png"), fullPage: true });
   await page.goto(`${base}/ui/inboxes/agent`);
   await page.screenshot({ path: join(shots, "inbox-phone.png"), fullPage: true });

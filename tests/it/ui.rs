@@ -519,7 +519,12 @@ async fn dashboard_works_in_a_real_browser() {
     let mut options = GatewayOptions::webhook(receiver.url());
     options.max_retries = 1;
     let gateway = TestGateway::start(options).await;
-    let subject = format!("Browser test {}", rand_token());
+    // Hostile and long: it must show as text and must not widen the page at phone width.
+    let subject = format!(
+        "Browser test {} <b>bold</b> <script>window.__xss=1</script> {}",
+        rand_token(),
+        "x".repeat(150)
+    );
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| repo_path("target"));
