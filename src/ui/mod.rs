@@ -316,6 +316,11 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/ui/static/app.css", get(app_css))
         .route("/ui/static/app.js", get(app_js))
         .route("/ui/static/icon.svg", get(icon_svg))
+        // Unknown dashboard paths answer an HTML page, not the API's JSON 404.
+        .route(
+            "/ui/{*rest}",
+            get(|| async { Error::NotFound("page") }).post(|| async { Error::NotFound("page") }),
+        )
         .merge(pages)
         .layer(middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))

@@ -231,6 +231,9 @@ async fn dashboard_needs_a_login_and_sets_safe_cookies() {
         let page = ui.get(path).await;
         assert_eq!(page.status, 200, "{path}: {}", page.body);
     }
+    let missing = ui.get("/ui/no/such/page").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("<!doctype html>"), "{}", missing.body);
 
     // Logging out ends the session on the server, not only in the browser.
     let csrf = inboxes.csrf();
