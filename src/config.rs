@@ -463,6 +463,10 @@ pub struct InboxConfig {
     pub signature: SignatureScheme,
     #[serde(default = "default_payload")]
     pub payload: PayloadFormat,
+    /// Whether the webhook receiver's TLS certificate must verify; false accepts any
+    /// certificate (self-signed receivers on a private network).
+    #[serde(default = "default_true")]
+    pub verify_tls: bool,
     /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
     /// `calendly:<event type URI>`.
     #[serde(default)]
@@ -496,6 +500,7 @@ impl fmt::Debug for InboxConfig {
             )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("verify_tls", &self.verify_tls)
             .field("calendar_event_types", &self.calendar_event_types)
             .field("spf_pass_required", &self.spf_pass_required)
             .field("dkim_pass_required", &self.dkim_pass_required)
@@ -513,6 +518,10 @@ fn default_signature() -> SignatureScheme {
 
 fn default_payload() -> PayloadFormat {
     PayloadFormat::Mxhook
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Config {

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_verification.sql")),
     (4, include_str!("../migrations/0004_api.sql")),
     (6, include_str!("../migrations/0006_ingress.sql")),
+    (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -305,11 +306,11 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
-             webhook_signature, webhook_payload, created_at, updated_at) \
-             VALUES ($1, 'config', $2, 1, $3, $4, $5, $6, $6) \
+             webhook_signature, webhook_payload, webhook_verify_tls, created_at, updated_at) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $6, $6) \
              ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
              webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
-             webhook_payload = $5, updated_at = $6",
+             webhook_payload = $5, webhook_verify_tls = $7, updated_at = $6",
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
@@ -317,6 +318,7 @@ impl Db {
         .bind(inbox.signature.as_str())
         .bind(inbox.payload.as_str())
         .bind(now)
+        .bind(i64::from(inbox.verify_tls))
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
@@ -349,7 +351,8 @@ impl Db {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
-             notifications_json FROM inboxes WHERE status = 'enabled' ORDER BY id",
+             webhook_verify_tls, notifications_json FROM inboxes WHERE status = 'enabled' \
+             ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -480,7 +483,7 @@ impl Db {
                  d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
                  i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
                  i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
-                 i.notifications_json \
+                 i.webhook_verify_tls, i.notifications_json \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
             )
@@ -1126,6 +1129,7 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         row.try_get(column("webhook_previous_secret_expires_at").as_str())?;
     let previous_secret: Option<String> =
         row.try_get(column("webhook_previous_secret").as_str())?;
+    let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
     Ok(Some(WebhookEndpoint {
         url,
         enabled: enabled != 0,
@@ -1138,6 +1142,7 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         custom_headers: std::collections::BTreeMap::new(),
         timeout: None,
         max_retries: None,
+        verify_tls: verify_tls != 0,
     }))
 }
 

@@ -89,6 +89,7 @@ fn webhook_json(webhook: &WebhookSettings) -> Value {
         "enabled": webhook.enabled,
         "signature": webhook.signature,
         "payload": webhook.payload,
+        "verify_tls": webhook.verify_tls,
         "has_secret": webhook.secret.is_some(),
         "previous_secret_expires_at": webhook
             .previous_secret_expires_at
@@ -359,6 +360,8 @@ struct PutWebhook {
     /// mxhook (default) or botmailroom.
     #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
+    /// Whether the receiver's certificate must verify (default true; unchanged when left out).
+    verify_tls: Option<bool>,
 }
 
 /// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
@@ -459,6 +462,10 @@ async fn put_webhook(
         secret: Some(secret),
         previous_secret,
         previous_secret_expires_at,
+        verify_tls: body
+            .verify_tls
+            .or(existing.as_ref().map(|webhook| webhook.verify_tls))
+            .unwrap_or(true),
     };
     if !state.db.set_webhook(&id, Some(&settings)).await? {
         return Err(ApiError::NotFound("inbox"));

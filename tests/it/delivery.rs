@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::gateway::config_toml;
 use crate::support::{
     GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,
 };
@@ -235,4 +236,71 @@ async fn gone_410_dead_letters_and_disables_the_endpoint() {
         Some(1),
         "{body}"
     );
+}
+
+/// A gateway whose `agent` inbox keeps the default `verify_tls = true` and whose `other` inbox
+/// has `verify_tls = false`, both posting to `url`.
+async fn gateway_with_unverified_other_inbox(url: String) -> TestGateway {
+    let options = GatewayOptions::webhook(url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "id = \"other\"\n",
+        "id = \"other\"\nverify_tls = false\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    TestGateway::start_with(dir, config).await
+}
+
+async fn send_to(gateway: &TestGateway, to: &str, subject: &str) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message("a@sender.example", to, subject, "body");
+    let (code, text) = client
+        .send_message("a@sender.example", &[to], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+}
+
+#[tokio::test]
+async fn verify_tls_is_honoured_per_endpoint() {
+    let mut receiver = WebhookReceiver::start_tls(vec![]).await;
+    let gateway = gateway_with_unverified_other_inbox(receiver.url()).await;
+
+    send_to(&gateway, "agent@example.com", "verified").await;
+    let failing = eventually(
+        "the verified endpoint to fail twice on the certificate",
+        || async {
+            let (_, body) = gateway.api_get("/v1/inboxes/agent/deliveries").await.ok()?;
+            let delivery = body["deliveries"].get(0)?.clone();
+            (delivery["attempts"].as_i64()? >= 2).then_some(delivery)
+        },
+    )
+    .await;
+    assert_eq!(
+        failing["status"], "pending",
+        "a TLS failure is retried: {failing}"
+    );
+    let error = failing["last_error"].as_str().expect("error");
+    assert!(error.contains("certificate"), "{error}");
+
+    send_to(&gateway, "other@example.com", "unverified").await;
+    let request = receiver.recv().await;
+    assert_eq!(
+        request.json()["agent_id"],
+        "other",
+        "only the unverified endpoint gets through"
+    );
+    eventually("the unverified delivery to be delivered", || async {
+        let (_, body) = gateway
+            .api_get("/v1/inboxes/other/deliveries?status=delivered")
+            .await
+            .ok()?;
+        (body["deliveries"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    let (_, body) = gateway
+        .api_get("/v1/inboxes/agent/deliveries?status=delivered")
+        .await
+        .expect("api");
+    assert_eq!(body["deliveries"], serde_json::json!([]));
 }

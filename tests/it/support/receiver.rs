@@ -1,5 +1,6 @@
 //! A real HTTP server on loopback that records every webhook request and answers with a
-//! scripted sequence of replies.
+//! scripted sequence of replies; [`WebhookReceiver::start_tls`] serves HTTPS with a self-signed
+//! certificate.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ impl Received {
 
 pub struct WebhookReceiver {
     pub addr: SocketAddr,
+    scheme: &'static str,
     requests: mpsc::UnboundedReceiver<Received>,
     script: Arc<Mutex<VecDeque<Reply>>>,
     _server: tokio::task::JoinHandle<()>,
@@ -56,6 +58,35 @@ impl WebhookReceiver {
     }
 
     pub fn serve(listener: tokio::net::TcpListener, script: Vec<Reply>) -> Self {
+        Self::serve_on(listener, "http", script)
+    }
+
+    /// Answers like [`Self::start`], over TLS with a fresh self-signed certificate for
+    /// 127.0.0.1 that no client trusts.
+    pub async fn start_tls(script: Vec<Reply>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("generate certificate");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .expect("private key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve_on(TlsListener { listener, acceptor }, "https", script)
+    }
+
+    fn serve_on<L>(listener: L, scheme: &'static str, script: Vec<Reply>) -> Self
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let addr = listener.local_addr().expect("receiver addr");
         let (tx, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
@@ -85,6 +116,7 @@ impl WebhookReceiver {
         });
         Self {
             addr,
+            scheme,
             requests,
             script,
             _server: server,
@@ -92,7 +124,7 @@ impl WebhookReceiver {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
     }
 
     /// Replaces the remaining scripted replies.
@@ -126,4 +158,33 @@ impl WebhookReceiver {
 
 fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).expect("valid status code")
+}
+
+/// TCP accept plus TLS handshake; a failed handshake (a client that refuses the certificate) is
+/// dropped and the next connection accepted.
+struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, peer)) = self.listener.accept().await else {
+                continue;
+            };
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
+            {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
