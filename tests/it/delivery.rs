@@ -304,3 +304,32 @@ async fn verify_tls_is_honoured_per_endpoint() {
         .expect("api");
     assert_eq!(body["deliveries"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn redirects_are_failures_and_never_followed() {
+    let mut elsewhere = WebhookReceiver::start(vec![]).await;
+    let mut receiver = WebhookReceiver::start(vec![Reply::Redirect(302, elsewhere.url())]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    assert_eq!(send_one(&gateway, "moved").await.0, 250);
+
+    let first = receiver.recv().await;
+    let retry = receiver.recv().await;
+    assert_eq!(
+        first.body, retry.body,
+        "the 302 was retried at the same URL"
+    );
+    let delivered = eventually("the retry to be delivered", || async {
+        let list = gateway.deliveries("delivered").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    let id = delivered[0]["id"].as_str().expect("id");
+    let (_, body) = gateway
+        .api_get(&format!("/v1/deliveries/{id}/attempts"))
+        .await
+        .expect("api");
+    assert_eq!(body["attempts"][0]["status_code"], 302, "{body}");
+    assert_eq!(body["attempts"][0]["outcome"], "http_error", "{body}");
+    assert_eq!(body["attempts"][1]["status_code"], 200, "{body}");
+    elsewhere.assert_silent(Duration::from_millis(500)).await;
+}

@@ -12,9 +12,11 @@ use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
 /// How the receiver answers one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16),
+    /// A redirect status with a `Location` header.
+    Redirect(u16, String),
     /// Status with a `Retry-After` header, in seconds.
     StatusRetryAfter(u16, u64),
     /// Never answer (the request is recorded first).
@@ -103,6 +105,11 @@ impl WebhookReceiver {
                         let mut headers = HeaderMap::new();
                         headers.insert("retry-after", seconds.to_string().parse().expect("header"));
                         (status(code), headers, "later")
+                    }
+                    Reply::Redirect(code, location) => {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("location", location.parse().expect("header"));
+                        (status(code), headers, "moved")
                     }
                     Reply::Hang => {
                         std::future::pending::<()>().await;
