@@ -328,6 +328,9 @@ pub struct DeliveryConfig {
     pub lease_s: f64,
     /// Largest JSON body sent; past it the bodies are left out with an `omitted_reason`.
     pub max_payload_bytes: usize,
+    /// Seconds an endpoint may fail without a single success before it is disabled (with a
+    /// `disabled_reason`); 0 never disables for failing.
+    pub disable_after_s: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -341,6 +344,7 @@ impl Default for DeliveryConfig {
             workers: 16,
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
+            disable_after_s: 5.0 * 86_400.0,
         }
     }
 }
@@ -692,6 +696,12 @@ impl Config {
             return Err(invalid(
                 "delivery.lease_s",
                 "must be longer than delivery.timeout_s, or a slow attempt would be taken over",
+            ));
+        }
+        if !(delivery.disable_after_s.is_finite() && delivery.disable_after_s >= 0.0) {
+            return Err(invalid(
+                "delivery.disable_after_s",
+                "must be 0 (never) or a number of seconds",
             ));
         }
         if delivery.max_retries > 10 {

@@ -351,7 +351,8 @@ impl Db {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
-             webhook_verify_tls, notifications_json FROM inboxes WHERE status = 'enabled' \
+             webhook_verify_tls, webhook_disabled_reason, notifications_json FROM inboxes \
+             WHERE status = 'enabled' \
              ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -483,7 +484,7 @@ impl Db {
                  d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
                  i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
                  i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
-                 i.webhook_verify_tls, i.notifications_json \
+                 i.webhook_verify_tls, i.webhook_disabled_reason, i.notifications_json \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
             )
@@ -545,47 +546,131 @@ impl Db {
         Ok(jobs)
     }
 
-    /// Switches off the endpoint a job delivers to: the inbox webhook, or a rule's webhook
-    /// channel. Used when a receiver answers 410 Gone.
+    /// Switches off the endpoint a job delivers to (the inbox webhook, or a rule's webhook
+    /// channel) and stores why. Its pending jobs fall due at once, so they dead-letter with the
+    /// reason instead of waiting out their retry delays.
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn disable_endpoint(&self, inbox_id: &str, endpoint_ref: &str) -> Result<(), Error> {
+    pub async fn disable_endpoint(
+        &self,
+        inbox_id: &str,
+        endpoint_ref: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
         let now = now_ms();
-        let Some(rule_id) = endpoint_ref.strip_prefix("rule:") else {
-            sqlx::query("UPDATE inboxes SET webhook_enabled = 0, updated_at = $1 WHERE id = $2")
+        let mut tx = self.pool.begin().await?;
+        if let Some(rule_id) = endpoint_ref.strip_prefix("rule:") {
+            // The write comes first (see record_attempt): touch the row, then read it.
+            sqlx::query("UPDATE inboxes SET updated_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(inbox_id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-            return Ok(());
-        };
-        let stored: Option<Option<String>> =
-            sqlx::query_scalar("SELECT notifications_json FROM inboxes WHERE id = $1")
-                .bind(inbox_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(Ok(mut rules)) = stored
-            .flatten()
-            .map(|json| serde_json::from_str::<Vec<Value>>(&json))
-        else {
-            return Ok(());
-        };
-        for rule in &mut rules {
-            if rule["id"] == rule_id
-                && let Some(webhook) = rule["channels"]["webhook"].as_object_mut()
+            let stored: Option<Option<String>> =
+                sqlx::query_scalar("SELECT notifications_json FROM inboxes WHERE id = $1")
+                    .bind(inbox_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(Ok(mut rules)) = stored
+                .flatten()
+                .map(|json| serde_json::from_str::<Vec<Value>>(&json))
             {
-                webhook.insert("enabled".to_owned(), Value::Bool(false));
+                for rule in &mut rules {
+                    if rule["id"] == rule_id
+                        && let Some(webhook) = rule["channels"]["webhook"].as_object_mut()
+                    {
+                        webhook.insert("enabled".to_owned(), Value::Bool(false));
+                        webhook.insert(
+                            "disabled_reason".to_owned(),
+                            Value::String(reason.to_owned()),
+                        );
+                    }
+                }
+                let json =
+                    serde_json::to_string(&rules).map_err(|err| Error::Corrupt(err.to_string()))?;
+                sqlx::query("UPDATE inboxes SET notifications_json = $1 WHERE id = $2")
+                    .bind(json)
+                    .bind(inbox_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
-        }
-        let json = serde_json::to_string(&rules).map_err(|err| Error::Corrupt(err.to_string()))?;
-        sqlx::query("UPDATE inboxes SET notifications_json = $1, updated_at = $2 WHERE id = $3")
-            .bind(json)
+        } else {
+            sqlx::query(
+                "UPDATE inboxes SET webhook_enabled = 0, webhook_disabled_reason = $1, \
+                 updated_at = $2 WHERE id = $3",
+            )
+            .bind(reason)
             .bind(now)
             .bind(inbox_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $1 WHERE inbox_id = $2 \
+             AND endpoint_ref = $3 AND channel = 'webhook' AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(inbox_id)
+        .bind(endpoint_ref)
+        .execute(&mut *tx)
+        .await?;
+        // Enabled again later, the endpoint starts with a clean record.
+        sqlx::query("DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2")
+            .bind(inbox_id)
+            .bind(endpoint_ref)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes the outcome of a webhook attempt for the failing-period check. A success clears
+    /// the endpoint's record; a failure returns since when the endpoint has been failing
+    /// without a success (this failure's time when it is the first).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn note_endpoint_outcome(
+        &self,
+        inbox_id: &str,
+        endpoint_ref: &str,
+        url: &str,
+        success: bool,
+        now: i64,
+    ) -> Result<Option<i64>, Error> {
+        if success {
+            sqlx::query(
+                "DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2 \
+                 AND url = $3",
+            )
+            .bind(inbox_id)
+            .bind(endpoint_ref)
+            .bind(url)
             .execute(&self.pool)
             .await?;
-        Ok(())
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO endpoint_failures (inbox_id, endpoint_ref, url, failing_since) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (inbox_id, endpoint_ref, url) DO NOTHING",
+        )
+        .bind(inbox_id)
+        .bind(endpoint_ref)
+        .bind(url)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let since: Option<i64> = sqlx::query_scalar(
+            "SELECT failing_since FROM endpoint_failures WHERE inbox_id = $1 \
+             AND endpoint_ref = $2 AND url = $3",
+        )
+        .bind(inbox_id)
+        .bind(endpoint_ref)
+        .bind(url)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(since)
     }
 
     /// Releases the leases an earlier run of this node held: that process is gone, so its
@@ -1143,6 +1228,7 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         timeout: None,
         max_retries: None,
         verify_tls: verify_tls != 0,
+        disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
     }))
 }
 

@@ -86,6 +86,8 @@ pub struct WebhookEndpoint {
     /// Whether the receiver's TLS certificate must verify (SPEC default true). Off, any
     /// certificate is accepted; the SSRF guard and the no-redirect policy still apply.
     pub verify_tls: bool,
+    /// Why the dispatcher switched the endpoint off (410 Gone, failing too long), if it did.
+    pub disabled_reason: Option<String>,
 }
 
 impl WebhookEndpoint {
@@ -106,6 +108,7 @@ impl WebhookEndpoint {
             timeout: Some(std::time::Duration::from_secs_f64(channel.timeout_s)),
             max_retries: Some(channel.max_retries),
             verify_tls: channel.verify_tls,
+            disabled_reason: channel.disabled_reason.clone(),
         }
     }
 }

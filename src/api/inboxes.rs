@@ -90,6 +90,7 @@ fn webhook_json(webhook: &WebhookSettings) -> Value {
         "signature": webhook.signature,
         "payload": webhook.payload,
         "verify_tls": webhook.verify_tls,
+        "disabled_reason": webhook.disabled_reason,
         "has_secret": webhook.secret.is_some(),
         "previous_secret_expires_at": webhook
             .previous_secret_expires_at
@@ -466,6 +467,7 @@ async fn put_webhook(
             .verify_tls
             .or(existing.as_ref().map(|webhook| webhook.verify_tls))
             .unwrap_or(true),
+        disabled_reason: None,
     };
     if !state.db.set_webhook(&id, Some(&settings)).await? {
         return Err(ApiError::NotFound("inbox"));
@@ -571,6 +573,10 @@ struct RuleWebhook {
     max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verify_tls: Option<bool>,
+    /// Set by the gateway when it switches the channel off (410 Gone, failing too long);
+    /// dropped when the channel is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -600,6 +606,11 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         routed
             .validate(&state.delivery)
             .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
+        if let Some(webhook) = rule.channels.webhook.as_mut()
+            && webhook.enabled
+        {
+            webhook.disabled_reason = None;
+        }
         if let Some(webhook) = &rule.channels.webhook {
             crate::config::validate_webhook_url(&webhook.url, &state.delivery).map_err(
                 |reason| {

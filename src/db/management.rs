@@ -34,6 +34,8 @@ pub struct WebhookSettings {
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<i64>,
     pub verify_tls: bool,
+    /// Why the dispatcher switched the webhook off; setting the webhook clears it.
+    pub disabled_reason: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -49,6 +51,7 @@ impl std::fmt::Debug for WebhookSettings {
                 &self.previous_secret_expires_at,
             )
             .field("verify_tls", &self.verify_tls)
+            .field("disabled_reason", &self.disabled_reason)
             .finish()
     }
 }
@@ -119,7 +122,7 @@ pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000
 
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
-    webhook_previous_secret_expires_at, webhook_verify_tls, created_at, updated_at";
+    webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, created_at, updated_at";
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -275,7 +278,8 @@ impl Db {
         let result = sqlx::query(
             "UPDATE inboxes SET webhook_url = $1, webhook_enabled = $2, webhook_secret = $3, \
              webhook_signature = $4, webhook_payload = $5, webhook_previous_secret = $6, \
-             webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10 \
+             webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10, \
+             webhook_disabled_reason = NULL \
              WHERE id = $9",
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
@@ -555,6 +559,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 previous_secret: row.try_get("webhook_previous_secret")?,
                 previous_secret_expires_at: row.try_get("webhook_previous_secret_expires_at")?,
                 verify_tls: verify_tls != 0,
+                disabled_reason: row.try_get("webhook_disabled_reason")?,
             })
         }
     };

@@ -333,3 +333,71 @@ async fn redirects_are_failures_and_never_followed() {
     assert_eq!(body["attempts"][1]["status_code"], 200, "{body}");
     elsewhere.assert_silent(Duration::from_millis(500)).await;
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500); 200]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "lease_s = 10\n",
+        "lease_s = 10\ndisable_after_s = 2\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    assert_eq!(send_one(&gateway, "first").await.0, 250);
+    assert_eq!(send_one(&gateway, "second").await.0, 250);
+    receiver.recv().await;
+
+    let dead = eventually("both deliveries to be dead-lettered", || async {
+        let list = gateway.deliveries("dead").await;
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    for delivery in &dead {
+        let error = delivery["last_error"].as_str().expect("error");
+        assert!(error.contains("disabled"), "{delivery}");
+        assert!(
+            error.contains("failing without a success since"),
+            "{delivery}"
+        );
+    }
+    let (status, webhook) = gateway
+        .api_get("/v1/inboxes/agent/webhook")
+        .await
+        .expect("api");
+    assert_eq!(status, 200);
+    assert_eq!(webhook["enabled"], false, "{webhook}");
+    let reason = webhook["disabled_reason"].as_str().expect("a reason");
+    assert!(reason.contains("HTTP 500"), "{reason}");
+
+    // Disabled: the next message makes no job; the other inbox's webhook is untouched.
+    while receiver
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+    assert_eq!(send_one(&gateway, "after").await.0, 250);
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    let (_, other) = gateway
+        .api_get("/v1/inboxes/other/webhook")
+        .await
+        .expect("api");
+    assert_eq!(other["enabled"], true, "{other}");
+    assert_eq!(other["disabled_reason"], serde_json::Value::Null);
+
+    // Setting the webhook again enables it and clears the reason.
+    let response = reqwest::Client::new()
+        .put(format!("http://{}/v1/inboxes/agent/webhook", gateway.http))
+        .bearer_auth(crate::support::gateway::API_KEY)
+        .json(&serde_json::json!({"url": receiver.url()}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let webhook: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(webhook["enabled"], true, "{webhook}");
+    assert_eq!(webhook["disabled_reason"], serde_json::Value::Null);
+}

@@ -152,6 +152,14 @@ impl WebhookReceiver {
         self.requests.recv().await.expect("receiver channel closed")
     }
 
+    /// The next request if one arrives within `wait`.
+    pub async fn recv_timeout(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.requests.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Asserts that no request arrives within `quiet`.
     pub async fn assert_silent(&mut self, quiet: Duration) {
         if let Ok(Some(request)) = tokio::time::timeout(quiet, self.requests.recv()).await {
