@@ -15,3 +15,13 @@ CREATE TABLE endpoint_failures (
     failing_since BIGINT NOT NULL,
     PRIMARY KEY (inbox_id, endpoint_ref, url)
 );
+
+-- Per-thread ordering: an endpoint with `ordered` gets one thread's events in acceptance order.
+-- Jobs carry their thread and whether their endpoint was ordered when they were made.
+ALTER TABLE inboxes ADD COLUMN webhook_ordered BIGINT NOT NULL DEFAULT 0;
+
+ALTER TABLE deliveries ADD COLUMN thread_id TEXT;
+
+ALTER TABLE deliveries ADD COLUMN ordered BIGINT NOT NULL DEFAULT 0;
+
+CREATE INDEX deliveries_thread ON deliveries (inbox_id, endpoint_ref, thread_id, status);

@@ -471,6 +471,10 @@ pub struct InboxConfig {
     /// certificate (self-signed receivers on a private network).
     #[serde(default = "default_true")]
     pub verify_tls: bool,
+    /// Deliver one thread's events to the webhook in the order the messages were accepted: a
+    /// delivery waits while an earlier one of its thread is pending (retries included).
+    #[serde(default)]
+    pub ordered: bool,
     /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
     /// `calendly:<event type URI>`.
     #[serde(default)]
@@ -505,6 +509,7 @@ impl fmt::Debug for InboxConfig {
             .field("signature", &self.signature)
             .field("payload", &self.payload)
             .field("verify_tls", &self.verify_tls)
+            .field("ordered", &self.ordered)
             .field("calendar_event_types", &self.calendar_event_types)
             .field("spf_pass_required", &self.spf_pass_required)
             .field("dkim_pass_required", &self.dkim_pass_required)

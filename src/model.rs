@@ -88,6 +88,8 @@ pub struct WebhookEndpoint {
     pub verify_tls: bool,
     /// Why the dispatcher switched the endpoint off (410 Gone, failing too long), if it did.
     pub disabled_reason: Option<String>,
+    /// Deliver one thread's events in acceptance order (a job waits for the earlier ones).
+    pub ordered: bool,
 }
 
 impl WebhookEndpoint {
@@ -109,6 +111,7 @@ impl WebhookEndpoint {
             max_retries: Some(channel.max_retries),
             verify_tls: channel.verify_tls,
             disabled_reason: channel.disabled_reason.clone(),
+            ordered: channel.ordered,
         }
     }
 }
@@ -126,6 +129,7 @@ impl std::fmt::Debug for WebhookEndpoint {
             .field("signature", &self.signature)
             .field("payload", &self.payload)
             .field("verify_tls", &self.verify_tls)
+            .field("ordered", &self.ordered)
             .finish()
     }
 }

@@ -91,6 +91,7 @@ fn webhook_json(webhook: &WebhookSettings) -> Value {
         "payload": webhook.payload,
         "verify_tls": webhook.verify_tls,
         "disabled_reason": webhook.disabled_reason,
+        "ordered": webhook.ordered,
         "has_secret": webhook.secret.is_some(),
         "previous_secret_expires_at": webhook
             .previous_secret_expires_at
@@ -363,6 +364,8 @@ struct PutWebhook {
     payload: Option<PayloadFormat>,
     /// Whether the receiver's certificate must verify (default true; unchanged when left out).
     verify_tls: Option<bool>,
+    /// Deliver one thread's events in acceptance order (default false; unchanged when left out).
+    ordered: Option<bool>,
 }
 
 /// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
@@ -468,6 +471,10 @@ async fn put_webhook(
             .or(existing.as_ref().map(|webhook| webhook.verify_tls))
             .unwrap_or(true),
         disabled_reason: None,
+        ordered: body
+            .ordered
+            .or(existing.as_ref().map(|webhook| webhook.ordered))
+            .unwrap_or(false),
     };
     if !state.db.set_webhook(&id, Some(&settings)).await? {
         return Err(ApiError::NotFound("inbox"));
@@ -573,6 +580,8 @@ struct RuleWebhook {
     max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verify_tls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ordered: Option<bool>,
     /// Set by the gateway when it switches the channel off (410 Gone, failing too long);
     /// dropped when the channel is enabled again.
     #[serde(default, skip_serializing_if = "Option::is_none")]

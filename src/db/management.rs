@@ -36,6 +36,7 @@ pub struct WebhookSettings {
     pub verify_tls: bool,
     /// Why the dispatcher switched the webhook off; setting the webhook clears it.
     pub disabled_reason: Option<String>,
+    pub ordered: bool,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -52,6 +53,7 @@ impl std::fmt::Debug for WebhookSettings {
             )
             .field("verify_tls", &self.verify_tls)
             .field("disabled_reason", &self.disabled_reason)
+            .field("ordered", &self.ordered)
             .finish()
     }
 }
@@ -122,7 +124,7 @@ pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000
 
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
-    webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, created_at, updated_at";
+    webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, created_at, updated_at";
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -279,7 +281,7 @@ impl Db {
             "UPDATE inboxes SET webhook_url = $1, webhook_enabled = $2, webhook_secret = $3, \
              webhook_signature = $4, webhook_payload = $5, webhook_previous_secret = $6, \
              webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10, \
-             webhook_disabled_reason = NULL \
+             webhook_disabled_reason = NULL, webhook_ordered = $11 \
              WHERE id = $9",
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
@@ -292,6 +294,7 @@ impl Db {
         .bind(now_ms())
         .bind(inbox_id)
         .bind(i64::from(webhook.is_none_or(|webhook| webhook.verify_tls)))
+        .bind(i64::from(webhook.is_some_and(|webhook| webhook.ordered)))
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
@@ -560,6 +563,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 previous_secret_expires_at: row.try_get("webhook_previous_secret_expires_at")?,
                 verify_tls: verify_tls != 0,
                 disabled_reason: row.try_get("webhook_disabled_reason")?,
+                ordered: row.try_get::<i64, _>("webhook_ordered")? != 0,
             })
         }
     };

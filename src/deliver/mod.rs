@@ -291,9 +291,9 @@ impl Dispatcher {
             // The lease runs out and the job is attempted again: at-least-once holds.
             tracing::error!(error = %err, "recording delivery attempt failed");
         }
-        if matches!(record.next, JobUpdate::RetryAt(_)) {
-            self.wakeup.notify_waiters();
-        }
+        // A retry falls due later, and a job that ended may unblock the next job of its
+        // thread on an ordered endpoint.
+        self.wakeup.notify_waiters();
     }
 
     /// One attempt of an email-forward job: the original from the store, the forward through

@@ -401,3 +401,66 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
     assert_eq!(webhook["enabled"], true, "{webhook}");
     assert_eq!(webhook["disabled_reason"], serde_json::Value::Null);
 }
+
+fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{headers}\r\nFrom: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
+         Date: Thu, 16 Apr 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn an_ordered_endpoint_gets_a_reply_only_after_the_message_it_answers() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::StatusRetryAfter(503, 2)]).await;
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "id = \"agent\"\n",
+        "id = \"agent\"\nordered = true\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    let token = crate::support::rand_token();
+    let root_id = format!("<root-{token}@client.example>");
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let root = threaded_mail(
+        &format!("Subject: Plan\r\nMessage-ID: {root_id}"),
+        "Shall we plan?",
+    );
+    let (code, text) = client
+        .send_message("jane@client.example", &["agent@example.com"], &root)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let refused = receiver.recv().await.json();
+    assert_eq!(refused["subject"], "Plan");
+
+    // The first delivery now waits out Retry-After; the reply is accepted meanwhile.
+    let reply = threaded_mail(
+        &format!(
+            "Subject: Re: Plan\r\nMessage-ID: <reply-{token}@client.example>\r\nIn-Reply-To: {root_id}"
+        ),
+        "Yes.",
+    );
+    let (code, text) = client
+        .send_message("jane@client.example", &["agent@example.com"], &reply)
+        .await;
+    assert_eq!(code, 250, "{text}");
+
+    let second = receiver.recv().await.json();
+    let third = receiver.recv().await.json();
+    assert_eq!(
+        second["subject"], "Plan",
+        "the retry of the first message comes first"
+    );
+    assert_eq!(third["subject"], "Re: Plan");
+    assert_eq!(second["thread_id"], third["thread_id"]);
+    eventually("both deliveries delivered", || async {
+        let list = gateway.deliveries("delivered").await;
+        (list.iter().filter(|d| d["inbox_id"] == "agent").count() == 2).then_some(())
+    })
+    .await;
+}
