@@ -602,6 +602,14 @@ struct Notifications {
     rules: Vec<Rule>,
 }
 
+/// What PUT takes: the bare list SPEC describes, or the list wrapped as `{"rules": [...]}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum NotificationsBody {
+    List(Vec<Rule>),
+    Wrapped(Notifications),
+}
+
 fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> {
     for (idx, rule) in rules.iter_mut().enumerate() {
         if rule.id.is_none() {
@@ -657,7 +665,7 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
     summary = "Notification rules",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 200, description = "The rules, as a list", body = Vec<Rule>),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -678,18 +686,18 @@ async fn get_notifications(
             .map_err(|err| ApiError::Internal(format!("stored rules of {id}: {err}")))?,
         None => json!([]),
     };
-    Ok(Json(json!({ "rules": rules })))
+    Ok(Json(rules))
 }
 
 #[utoipa::path(
     put,
     path = "/v1/inboxes/{id}/notifications",
     tag = "notifications",
-    summary = "Replace the notification rules (stored; not yet acted on)",
+    summary = "Replace the notification rules: a list, or {rules: [...]}",
     params(("id" = String, Path, description = "Inbox id")),
-    request_body = Notifications,
+    request_body = NotificationsBody,
     responses(
-        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 200, description = "The stored rules, as a list, ids filled in", body = Vec<Rule>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -702,19 +710,23 @@ async fn put_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Json<Notifications>, JsonRejection>,
+    body: Result<Json<NotificationsBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
-    let Json(mut body) = body?;
-    validate_rules(&state, &mut body.rules)?;
-    let text =
-        serde_json::to_string(&body.rules).map_err(|err| ApiError::Internal(err.to_string()))?;
+    let Json(body) = body?;
+    let mut rules = match body {
+        NotificationsBody::List(rules) | NotificationsBody::Wrapped(Notifications { rules }) => {
+            rules
+        }
+    };
+    validate_rules(&state, &mut rules)?;
+    let text = serde_json::to_string(&rules).map_err(|err| ApiError::Internal(err.to_string()))?;
     if !state.db.set_notifications(&id, &text).await? {
         return Err(ApiError::NotFound("inbox"));
     }
     // The rules route the next message at once.
     state.refresh_directory().await?;
-    Ok(Json(json!(body)))
+    Ok(Json(json!(rules)))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
