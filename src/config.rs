@@ -328,6 +328,9 @@ pub struct DeliveryConfig {
     pub lease_s: f64,
     /// Largest JSON body sent; past it the bodies are left out with an `omitted_reason`.
     pub max_payload_bytes: usize,
+    /// Seconds an endpoint may fail without a single success before it is disabled (with a
+    /// `disabled_reason`); 0 never disables for failing.
+    pub disable_after_s: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -341,6 +344,7 @@ impl Default for DeliveryConfig {
             workers: 16,
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
+            disable_after_s: 5.0 * 86_400.0,
         }
     }
 }
@@ -463,6 +467,14 @@ pub struct InboxConfig {
     pub signature: SignatureScheme,
     #[serde(default = "default_payload")]
     pub payload: PayloadFormat,
+    /// Whether the webhook receiver's TLS certificate must verify; false accepts any
+    /// certificate (self-signed receivers on a private network).
+    #[serde(default = "default_true")]
+    pub verify_tls: bool,
+    /// Deliver one thread's events to the webhook in the order the messages were accepted: a
+    /// delivery waits while an earlier one of its thread is pending (retries included).
+    #[serde(default)]
+    pub ordered: bool,
     /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
     /// `calendly:<event type URI>`.
     #[serde(default)]
@@ -496,6 +508,8 @@ impl fmt::Debug for InboxConfig {
             )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("verify_tls", &self.verify_tls)
+            .field("ordered", &self.ordered)
             .field("calendar_event_types", &self.calendar_event_types)
             .field("spf_pass_required", &self.spf_pass_required)
             .field("dkim_pass_required", &self.dkim_pass_required)
@@ -513,6 +527,10 @@ fn default_signature() -> SignatureScheme {
 
 fn default_payload() -> PayloadFormat {
     PayloadFormat::Mxhook
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Config {
@@ -683,6 +701,12 @@ impl Config {
             return Err(invalid(
                 "delivery.lease_s",
                 "must be longer than delivery.timeout_s, or a slow attempt would be taken over",
+            ));
+        }
+        if !(delivery.disable_after_s.is_finite() && delivery.disable_after_s >= 0.0) {
+            return Err(invalid(
+                "delivery.disable_after_s",
+                "must be 0 (never) or a number of seconds",
             ));
         }
         if delivery.max_retries > 10 {

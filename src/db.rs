@@ -11,6 +11,13 @@ use sqlx::{AnyPool, Row};
 use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureScheme};
 use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
 
+/// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
+const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (\
+    SELECT 1 FROM deliveries e WHERE e.inbox_id = d.inbox_id \
+    AND e.endpoint_ref = d.endpoint_ref AND e.channel = d.channel \
+    AND e.thread_id = d.thread_id AND e.status = 'pending' \
+    AND (e.created_at < d.created_at OR (e.created_at = d.created_at AND e.id < d.id))))";
+
 /// Schema migrations, applied in order at start; each runs once per database.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
@@ -18,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_verification.sql")),
     (4, include_str!("../migrations/0004_api.sql")),
     (6, include_str!("../migrations/0006_ingress.sql")),
+    (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +93,8 @@ pub struct NewDelivery {
     pub channel: String,
     pub endpoint_ref: String,
     pub target: String,
+    /// The endpoint wants one thread's events in order: this job waits for earlier ones.
+    pub ordered: bool,
 }
 
 /// A job this node holds a lease on, with everything an attempt needs.
@@ -305,11 +315,13 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
-             webhook_signature, webhook_payload, created_at, updated_at) \
-             VALUES ($1, 'config', $2, 1, $3, $4, $5, $6, $6) \
+             webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
+             created_at, updated_at) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6) \
              ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
              webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
-             webhook_payload = $5, updated_at = $6",
+             webhook_payload = $5, webhook_verify_tls = $7, webhook_ordered = $8, \
+             webhook_disabled_reason = NULL, updated_at = $6",
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
@@ -317,6 +329,8 @@ impl Db {
         .bind(inbox.signature.as_str())
         .bind(inbox.payload.as_str())
         .bind(now)
+        .bind(i64::from(inbox.verify_tls))
+        .bind(i64::from(inbox.ordered))
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
@@ -349,7 +363,10 @@ impl Db {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
-             notifications_json FROM inboxes WHERE status = 'enabled' ORDER BY id",
+             webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json \
+             FROM inboxes \
+             WHERE status = 'enabled' \
+             ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -420,8 +437,8 @@ impl Db {
                 sqlx::query(
                     "INSERT INTO deliveries (id, message_id, inbox_id, event_id, channel, \
                      endpoint_ref, target, status, attempts, failures, next_attempt_at, \
-                     created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8)",
+                     created_at, updated_at, thread_id, ordered) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10)",
                 )
                 .bind(&delivery.id)
                 .bind(&message.id)
@@ -431,6 +448,8 @@ impl Db {
                 .bind(&delivery.endpoint_ref)
                 .bind(&delivery.target)
                 .bind(message.received_at)
+                .bind(&message.thread_id)
+                .bind(i64::from(delivery.ordered))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -444,6 +463,9 @@ impl Db {
     /// waiting on each other or taking the same row; the conditions are repeated outside the
     /// sub-select so a row changed meanwhile is re-checked. SQLite has one writer at a time, so
     /// the plain form is already exclusive there.
+    ///
+    /// A job of an ordered endpoint is not due while an earlier job (by acceptance, then id) of
+    /// the same thread, endpoint and channel is still pending, leased or not.
     ///
     /// # Errors
     /// [`Error::Query`].
@@ -460,9 +482,10 @@ impl Db {
         };
         let claim = format!(
             "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
-             WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' \
-                 AND next_attempt_at <= $3 AND (locked_until IS NULL OR locked_until < $3) \
-                 ORDER BY next_attempt_at LIMIT $4 {row_lock}) \
+             WHERE id IN (SELECT d.id FROM deliveries d WHERE d.status = 'pending' \
+                 AND d.next_attempt_at <= $3 AND (d.locked_until IS NULL OR d.locked_until < $3) \
+                 AND {NOT_BLOCKED} \
+                 ORDER BY d.next_attempt_at LIMIT $4 {row_lock}) \
              AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
              RETURNING id"
         );
@@ -480,6 +503,7 @@ impl Db {
                  d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
                  i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
                  i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
+                 i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
                  i.notifications_json \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
@@ -542,47 +566,131 @@ impl Db {
         Ok(jobs)
     }
 
-    /// Switches off the endpoint a job delivers to: the inbox webhook, or a rule's webhook
-    /// channel. Used when a receiver answers 410 Gone.
+    /// Switches off the endpoint a job delivers to (the inbox webhook, or a rule's webhook
+    /// channel) and stores why. Its pending jobs fall due at once, so they dead-letter with the
+    /// reason instead of waiting out their retry delays.
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn disable_endpoint(&self, inbox_id: &str, endpoint_ref: &str) -> Result<(), Error> {
+    pub async fn disable_endpoint(
+        &self,
+        inbox_id: &str,
+        endpoint_ref: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
         let now = now_ms();
-        let Some(rule_id) = endpoint_ref.strip_prefix("rule:") else {
-            sqlx::query("UPDATE inboxes SET webhook_enabled = 0, updated_at = $1 WHERE id = $2")
+        let mut tx = self.pool.begin().await?;
+        if let Some(rule_id) = endpoint_ref.strip_prefix("rule:") {
+            // The write comes first (see record_attempt): touch the row, then read it.
+            sqlx::query("UPDATE inboxes SET updated_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(inbox_id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-            return Ok(());
-        };
-        let stored: Option<Option<String>> =
-            sqlx::query_scalar("SELECT notifications_json FROM inboxes WHERE id = $1")
-                .bind(inbox_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(Ok(mut rules)) = stored
-            .flatten()
-            .map(|json| serde_json::from_str::<Vec<Value>>(&json))
-        else {
-            return Ok(());
-        };
-        for rule in &mut rules {
-            if rule["id"] == rule_id
-                && let Some(webhook) = rule["channels"]["webhook"].as_object_mut()
+            let stored: Option<Option<String>> =
+                sqlx::query_scalar("SELECT notifications_json FROM inboxes WHERE id = $1")
+                    .bind(inbox_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(Ok(mut rules)) = stored
+                .flatten()
+                .map(|json| serde_json::from_str::<Vec<Value>>(&json))
             {
-                webhook.insert("enabled".to_owned(), Value::Bool(false));
+                for rule in &mut rules {
+                    if rule["id"] == rule_id
+                        && let Some(webhook) = rule["channels"]["webhook"].as_object_mut()
+                    {
+                        webhook.insert("enabled".to_owned(), Value::Bool(false));
+                        webhook.insert(
+                            "disabled_reason".to_owned(),
+                            Value::String(reason.to_owned()),
+                        );
+                    }
+                }
+                let json =
+                    serde_json::to_string(&rules).map_err(|err| Error::Corrupt(err.to_string()))?;
+                sqlx::query("UPDATE inboxes SET notifications_json = $1 WHERE id = $2")
+                    .bind(json)
+                    .bind(inbox_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
-        }
-        let json = serde_json::to_string(&rules).map_err(|err| Error::Corrupt(err.to_string()))?;
-        sqlx::query("UPDATE inboxes SET notifications_json = $1, updated_at = $2 WHERE id = $3")
-            .bind(json)
+        } else {
+            sqlx::query(
+                "UPDATE inboxes SET webhook_enabled = 0, webhook_disabled_reason = $1, \
+                 updated_at = $2 WHERE id = $3",
+            )
+            .bind(reason)
             .bind(now)
             .bind(inbox_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $1 WHERE inbox_id = $2 \
+             AND endpoint_ref = $3 AND channel = 'webhook' AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(inbox_id)
+        .bind(endpoint_ref)
+        .execute(&mut *tx)
+        .await?;
+        // Enabled again later, the endpoint starts with a clean record.
+        sqlx::query("DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2")
+            .bind(inbox_id)
+            .bind(endpoint_ref)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes the outcome of a webhook attempt for the failing-period check. A success clears
+    /// the endpoint's record; a failure returns since when the endpoint has been failing
+    /// without a success (this failure's time when it is the first).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn note_endpoint_outcome(
+        &self,
+        inbox_id: &str,
+        endpoint_ref: &str,
+        url: &str,
+        success: bool,
+        now: i64,
+    ) -> Result<Option<i64>, Error> {
+        if success {
+            sqlx::query(
+                "DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2 \
+                 AND url = $3",
+            )
+            .bind(inbox_id)
+            .bind(endpoint_ref)
+            .bind(url)
             .execute(&self.pool)
             .await?;
-        Ok(())
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO endpoint_failures (inbox_id, endpoint_ref, url, failing_since) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (inbox_id, endpoint_ref, url) DO NOTHING",
+        )
+        .bind(inbox_id)
+        .bind(endpoint_ref)
+        .bind(url)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let since: Option<i64> = sqlx::query_scalar(
+            "SELECT failing_since FROM endpoint_failures WHERE inbox_id = $1 \
+             AND endpoint_ref = $2 AND url = $3",
+        )
+        .bind(inbox_id)
+        .bind(endpoint_ref)
+        .bind(url)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(since)
     }
 
     /// Releases the leases an earlier run of this node held: that process is gone, so its
@@ -606,10 +714,14 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn next_due_at(&self) -> Result<Option<i64>, Error> {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at \
-             THEN locked_until ELSE next_attempt_at END) FROM deliveries WHERE status = 'pending'",
-        )
+        // Blocked jobs are left out, or the dispatcher would spin on a job it cannot claim;
+        // the job blocking them is counted, and its end wakes the dispatcher.
+        let due: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL \
+             AND d.locked_until > d.next_attempt_at \
+             THEN d.locked_until ELSE d.next_attempt_at END) FROM deliveries d \
+             WHERE d.status = 'pending' AND {NOT_BLOCKED}"
+        ))
         .fetch_one(&self.pool)
         .await?;
         Ok(due)
@@ -1126,6 +1238,8 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         row.try_get(column("webhook_previous_secret_expires_at").as_str())?;
     let previous_secret: Option<String> =
         row.try_get(column("webhook_previous_secret").as_str())?;
+    let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
+    let ordered: i64 = row.try_get(column("webhook_ordered").as_str())?;
     Ok(Some(WebhookEndpoint {
         url,
         enabled: enabled != 0,
@@ -1138,6 +1252,9 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         custom_headers: std::collections::BTreeMap::new(),
         timeout: None,
         max_retries: None,
+        verify_tls: verify_tls != 0,
+        disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
+        ordered: ordered != 0,
     }))
 }
 

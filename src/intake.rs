@@ -446,33 +446,37 @@ impl Intake {
                 channel: "webhook".to_owned(),
                 endpoint_ref: "inbox".to_owned(),
                 target: webhook.url,
+                ordered: webhook.ordered,
             })
             .into_iter()
             .collect();
         let flags = route::EventFlags::from_event(event);
         let own_address = |address: &str| self.directory.lookup(address).is_some();
         for route in route::routes(&inbox.rules, &flags, own_address) {
-            let (channel, rule_id, target) = match route {
+            let (channel, rule_id, target, ordered) = match route {
                 route::Route::Webhook { rule_id } => {
-                    let url = inbox
+                    let webhook = inbox
                         .rules
                         .iter()
                         .find(|rule| rule.id == rule_id)
-                        .and_then(|rule| rule.channels.webhook.as_ref())
+                        .and_then(|rule| rule.channels.webhook.as_ref());
+                    let url = webhook
                         .map(|webhook| webhook.url.clone())
                         .unwrap_or_default();
-                    ("webhook", rule_id, url)
+                    let ordered = webhook.is_some_and(|webhook| webhook.ordered);
+                    ("webhook", rule_id, url, ordered)
                 }
                 route::Route::Email {
                     rule_id,
                     recipients,
-                } => ("email", rule_id, recipients.join(", ")),
+                } => ("email", rule_id, recipients.join(", "), false),
             };
             deliveries.push(NewDelivery {
                 id: new_id("dlv"),
                 channel: channel.to_owned(),
                 endpoint_ref: format!("rule:{rule_id}"),
                 target,
+                ordered,
             });
         }
         deliveries

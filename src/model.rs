@@ -83,6 +83,13 @@ pub struct WebhookEndpoint {
     pub timeout: Option<std::time::Duration>,
     /// Per-endpoint retries; `None` uses `delivery.max_retries`.
     pub max_retries: Option<u32>,
+    /// Whether the receiver's TLS certificate must verify (SPEC default true). Off, any
+    /// certificate is accepted; the SSRF guard and the no-redirect policy still apply.
+    pub verify_tls: bool,
+    /// Why the dispatcher switched the endpoint off (410 Gone, failing too long), if it did.
+    pub disabled_reason: Option<String>,
+    /// Deliver one thread's events in acceptance order (a job waits for the earlier ones).
+    pub ordered: bool,
 }
 
 impl WebhookEndpoint {
@@ -102,6 +109,9 @@ impl WebhookEndpoint {
             custom_headers: channel.custom_headers.clone(),
             timeout: Some(std::time::Duration::from_secs_f64(channel.timeout_s)),
             max_retries: Some(channel.max_retries),
+            verify_tls: channel.verify_tls,
+            disabled_reason: channel.disabled_reason.clone(),
+            ordered: channel.ordered,
         }
     }
 }
@@ -118,6 +128,8 @@ impl std::fmt::Debug for WebhookEndpoint {
             )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("verify_tls", &self.verify_tls)
+            .field("ordered", &self.ordered)
             .finish()
     }
 }

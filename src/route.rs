@@ -70,6 +70,12 @@ pub struct WebhookChannel {
     pub max_retries: u32,
     #[serde(default = "enabled_by_default")]
     pub verify_tls: bool,
+    /// One thread's events in acceptance order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// Set by the dispatcher when it switches the channel off (410 Gone, failing too long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookChannel {
@@ -87,6 +93,8 @@ impl std::fmt::Debug for WebhookChannel {
             .field("timeout_s", &self.timeout_s)
             .field("max_retries", &self.max_retries)
             .field("verify_tls", &self.verify_tls)
+            .field("ordered", &self.ordered)
+            .field("disabled_reason", &self.disabled_reason)
             .finish()
     }
 }

@@ -93,6 +93,9 @@ fn webhook_json(webhook: &WebhookSettings) -> Value {
         "enabled": webhook.enabled,
         "signature": webhook.signature,
         "payload": webhook.payload,
+        "verify_tls": webhook.verify_tls,
+        "disabled_reason": webhook.disabled_reason,
+        "ordered": webhook.ordered,
         "has_secret": webhook.secret.is_some(),
         "previous_secret_expires_at": webhook
             .previous_secret_expires_at
@@ -378,6 +381,10 @@ pub(crate) struct PutWebhook {
     /// mxhook (default) or botmailroom.
     #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
+    /// Whether the receiver's certificate must verify (default true; unchanged when left out).
+    verify_tls: Option<bool>,
+    /// Deliver one thread's events in acceptance order (default false; unchanged when left out).
+    ordered: Option<bool>,
 }
 
 /// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
@@ -478,6 +485,15 @@ pub(crate) async fn put_webhook(
         secret: Some(secret),
         previous_secret,
         previous_secret_expires_at,
+        verify_tls: body
+            .verify_tls
+            .or(existing.as_ref().map(|webhook| webhook.verify_tls))
+            .unwrap_or(true),
+        disabled_reason: None,
+        ordered: body
+            .ordered
+            .or(existing.as_ref().map(|webhook| webhook.ordered))
+            .unwrap_or(false),
     };
     if !state.db.set_webhook(&id, Some(&settings)).await? {
         return Err(ApiError::NotFound("inbox"));
@@ -583,6 +599,12 @@ struct RuleWebhook {
     max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verify_tls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ordered: Option<bool>,
+    /// Set by the gateway when it switches the channel off (410 Gone, failing too long);
+    /// dropped when the channel is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -599,6 +621,14 @@ pub(crate) struct Notifications {
     rules: Vec<Rule>,
 }
 
+/// What PUT takes: the bare list SPEC describes, or the list wrapped as `{"rules": [...]}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum NotificationsBody {
+    List(Vec<Rule>),
+    Wrapped(Notifications),
+}
+
 fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> {
     for (idx, rule) in rules.iter_mut().enumerate() {
         if rule.id.is_none() {
@@ -612,6 +642,11 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         routed
             .validate(&state.delivery)
             .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
+        if let Some(webhook) = rule.channels.webhook.as_mut()
+            && webhook.enabled
+        {
+            webhook.disabled_reason = None;
+        }
         if let Some(webhook) = &rule.channels.webhook {
             crate::config::validate_webhook_url(&webhook.url, &state.delivery).map_err(
                 |reason| {
@@ -649,7 +684,7 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
     summary = "Notification rules",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 200, description = "The rules, as a list", body = Vec<Rule>),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -670,18 +705,18 @@ pub(crate) async fn get_notifications(
             .map_err(|err| ApiError::Internal(format!("stored rules of {id}: {err}")))?,
         None => json!([]),
     };
-    Ok(Json(json!({ "rules": rules })))
+    Ok(Json(rules))
 }
 
 #[utoipa::path(
     put,
     path = "/v1/inboxes/{id}/notifications",
     tag = "notifications",
-    summary = "Replace the notification rules (stored; not yet acted on)",
+    summary = "Replace the notification rules: a list, or {rules: [...]}",
     params(("id" = String, Path, description = "Inbox id")),
-    request_body = Notifications,
+    request_body = NotificationsBody,
     responses(
-        (status = 200, description = "{rules: [...]}", body = Notifications),
+        (status = 200, description = "The stored rules, as a list, ids filled in", body = Vec<Rule>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -694,19 +729,23 @@ pub(crate) async fn put_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Json<Notifications>, JsonRejection>,
+    body: Result<Json<NotificationsBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
-    let Json(mut body) = body?;
-    validate_rules(&state, &mut body.rules)?;
-    let text =
-        serde_json::to_string(&body.rules).map_err(|err| ApiError::Internal(err.to_string()))?;
+    let Json(body) = body?;
+    let mut rules = match body {
+        NotificationsBody::List(rules) | NotificationsBody::Wrapped(Notifications { rules }) => {
+            rules
+        }
+    };
+    validate_rules(&state, &mut rules)?;
+    let text = serde_json::to_string(&rules).map_err(|err| ApiError::Internal(err.to_string()))?;
     if !state.db.set_notifications(&id, &text).await? {
         return Err(ApiError::NotFound("inbox"));
     }
     // The rules route the next message at once.
     state.refresh_directory().await?;
-    Ok(Json(json!(body)))
+    Ok(Json(json!(rules)))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -33,6 +33,10 @@ pub struct WebhookSettings {
     pub secret: Option<String>,
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<i64>,
+    pub verify_tls: bool,
+    /// Why the dispatcher switched the webhook off; setting the webhook clears it.
+    pub disabled_reason: Option<String>,
+    pub ordered: bool,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -47,6 +51,9 @@ impl std::fmt::Debug for WebhookSettings {
                 "previous_secret_expires_at",
                 &self.previous_secret_expires_at,
             )
+            .field("verify_tls", &self.verify_tls)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("ordered", &self.ordered)
             .finish()
     }
 }
@@ -117,7 +124,7 @@ pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000
 
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
-    webhook_previous_secret_expires_at, created_at, updated_at";
+    webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, created_at, updated_at";
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -273,7 +280,9 @@ impl Db {
         let result = sqlx::query(
             "UPDATE inboxes SET webhook_url = $1, webhook_enabled = $2, webhook_secret = $3, \
              webhook_signature = $4, webhook_payload = $5, webhook_previous_secret = $6, \
-             webhook_previous_secret_expires_at = $7, updated_at = $8 WHERE id = $9",
+             webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10, \
+             webhook_disabled_reason = NULL, webhook_ordered = $11 \
+             WHERE id = $9",
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
         .bind(i64::from(webhook.is_none_or(|webhook| webhook.enabled)))
@@ -284,6 +293,8 @@ impl Db {
         .bind(webhook.and_then(|webhook| webhook.previous_secret_expires_at))
         .bind(now_ms())
         .bind(inbox_id)
+        .bind(i64::from(webhook.is_none_or(|webhook| webhook.verify_tls)))
+        .bind(i64::from(webhook.is_some_and(|webhook| webhook.ordered)))
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
@@ -538,6 +549,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
             let signature: String = row.try_get("webhook_signature")?;
             let payload: String = row.try_get("webhook_payload")?;
             let enabled: i64 = row.try_get("webhook_enabled")?;
+            let verify_tls: i64 = row.try_get("webhook_verify_tls")?;
             Some(WebhookSettings {
                 url,
                 enabled: enabled != 0,
@@ -549,6 +561,9 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 secret: row.try_get("webhook_secret")?,
                 previous_secret: row.try_get("webhook_previous_secret")?,
                 previous_secret_expires_at: row.try_get("webhook_previous_secret_expires_at")?,
+                verify_tls: verify_tls != 0,
+                disabled_reason: row.try_get("webhook_disabled_reason")?,
+                ordered: row.try_get::<i64, _>("webhook_ordered")? != 0,
             })
         }
     };

@@ -5,6 +5,10 @@
 //! them under a concurrency limit, and records each attempt and the job's next state in one
 //! commit. A node that dies mid-attempt leaves a lease that expires, after which the job is due
 //! again (at-least-once). Receivers deduplicate on `webhook-id` / `event_id`.
+//!
+//! An endpoint is switched off, with a stored reason, when its receiver answers 410 Gone or
+//! when it has failed without a single success for `delivery.disable_after_s`; its pending jobs
+//! then dead-letter with that reason.
 
 pub mod forward;
 pub mod retry;
@@ -39,6 +43,8 @@ pub struct Dispatcher {
     client: webhook::WebhookClient,
     policy: RetryPolicy,
     lease: Duration,
+    /// `None`: endpoints are never disabled for failing.
+    disable_after: Option<Duration>,
     workers: usize,
     node_id: String,
     wakeup: Arc<Notify>,
@@ -71,6 +77,8 @@ impl Dispatcher {
                 max_retries: config.max_retries,
             },
             lease: Duration::from_secs_f64(config.lease_s),
+            disable_after: (config.disable_after_s > 0.0)
+                .then(|| Duration::from_secs_f64(config.disable_after_s)),
             workers: config.workers,
             node_id,
             wakeup,
@@ -163,7 +171,11 @@ impl Dispatcher {
         let (result, max_retries) = match &job.target {
             JobTarget::Gone(reason) => (Err(reason.clone()), None),
             JobTarget::Webhook(endpoint) if !endpoint.enabled => {
-                (Err("the webhook is disabled".to_owned()), None)
+                let reason = match &endpoint.disabled_reason {
+                    Some(why) => format!("the webhook is disabled: {why}"),
+                    None => "the webhook is disabled".to_owned(),
+                };
+                (Err(reason), None)
             }
             JobTarget::Webhook(endpoint) => {
                 let body = match endpoint.payload {
@@ -251,7 +263,8 @@ impl Dispatcher {
                     record.next = if response.status == 410 {
                         // 410 Gone: the receiver says this endpoint will never accept again, so
                         // the endpoint is switched off (and says so) instead of being retried.
-                        self.disable_endpoint(&job).await;
+                        self.disable_endpoint(&job, "the receiver answered 410 Gone")
+                            .await;
                         record.error = Some("HTTP 410: endpoint disabled".to_owned());
                         JobUpdate::Dead
                     } else {
@@ -259,6 +272,12 @@ impl Dispatcher {
                     };
                 }
             }
+        }
+        if let JobTarget::Webhook(endpoint) = &job.target
+            && record.outcome != "not_sent"
+            && record.status_code != Some(410)
+        {
+            self.check_failing_period(&job, endpoint, &mut record).await;
         }
         tracing::info!(
             outcome = %record.outcome,
@@ -272,9 +291,9 @@ impl Dispatcher {
             // The lease runs out and the job is attempted again: at-least-once holds.
             tracing::error!(error = %err, "recording delivery attempt failed");
         }
-        if matches!(record.next, JobUpdate::RetryAt(_)) {
-            self.wakeup.notify_waiters();
-        }
+        // A retry falls due later, and a job that ended may unblock the next job of its
+        // thread on an ordered endpoint.
+        self.wakeup.notify_waiters();
     }
 
     /// One attempt of an email-forward job: the original from the store, the forward through
@@ -331,16 +350,67 @@ impl Dispatcher {
         }
     }
 
-    async fn disable_endpoint(&self, job: &ClaimedJob) {
-        tracing::warn!(inbox_id = %job.inbox_id, endpoint = %job.endpoint_ref, "receiver answered 410 Gone; disabling the endpoint");
+    /// Records a webhook attempt's outcome for its endpoint and, when the endpoint has now
+    /// failed without a success for longer than `disable_after`, disables it and dead-letters
+    /// this job with the reason.
+    async fn check_failing_period(
+        &self,
+        job: &ClaimedJob,
+        endpoint: &crate::model::WebhookEndpoint,
+        record: &mut AttemptRecord,
+    ) {
+        let Some(period) = self.disable_after else {
+            return;
+        };
+        let success = matches!(record.next, JobUpdate::Delivered);
+        let now = now_ms();
+        let since = match self
+            .db
+            .note_endpoint_outcome(
+                &job.inbox_id,
+                &job.endpoint_ref,
+                &endpoint.url,
+                success,
+                now,
+            )
+            .await
+        {
+            Ok(since) => since,
+            Err(err) => {
+                tracing::error!(error = %err, "recording the endpoint's outcome failed");
+                return;
+            }
+        };
+        let Some(since) = since else {
+            return;
+        };
+        let failing_for = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+        if failing_for < period {
+            return;
+        }
+        let reason = format!(
+            "failing without a success since {} (delivery.disable_after_s = {}); last error: {}",
+            crate::model::rfc3339(since),
+            period.as_secs_f64(),
+            record.error.as_deref().unwrap_or("unknown"),
+        );
+        self.disable_endpoint(job, &reason).await;
+        record.error = Some(format!("endpoint disabled: {reason}"));
+        record.next = JobUpdate::Dead;
+    }
+
+    async fn disable_endpoint(&self, job: &ClaimedJob, reason: &str) {
+        tracing::warn!(inbox_id = %job.inbox_id, endpoint = %job.endpoint_ref, reason, "disabling the webhook endpoint");
         if let Err(err) = self
             .db
-            .disable_endpoint(&job.inbox_id, &job.endpoint_ref)
+            .disable_endpoint(&job.inbox_id, &job.endpoint_ref, reason)
             .await
         {
             tracing::error!(error = %err, "disabling the endpoint failed");
             return;
         }
+        // Its pending jobs fell due; they dead-letter now rather than at the next poll.
+        self.wakeup.notify_waiters();
         // New messages stop creating jobs for it on this node at once.
         match self.db.load_inboxes().await {
             Ok(inboxes) => self.directory.replace(&inboxes),

@@ -4,6 +4,9 @@
 //! The guard lives in the client's DNS resolver, so the address checked is the address used: a
 //! name that resolves to a public address at validation time and to 127.0.0.1 at send time
 //! (DNS rebinding) is still refused. IP-literal URLs skip the resolver and are checked first.
+//!
+//! Endpoints with `verify_tls = false` go through a second client that accepts any certificate;
+//! both clients are built by one function, so the guard and the no-redirect policy cannot differ.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -56,6 +59,8 @@ pub struct Response {
 #[derive(Clone)]
 pub struct WebhookClient {
     client: reqwest::Client,
+    /// For endpoints with `verify_tls = false`.
+    unverified_client: reqwest::Client,
     allow_http: bool,
     allow_private: bool,
     user_agent: String,
@@ -65,17 +70,21 @@ impl WebhookClient {
     /// # Errors
     /// [`Error::Request`] when the TLS stack cannot be initialised.
     pub fn new(timeout: Duration, allow_http: bool, allow_private: bool) -> Result<Self, Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .no_proxy()
-            .pool_max_idle_per_host(32)
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .build()
-            .map_err(|err| Error::Request(err.to_string()))?;
+        let build = |verify_tls: bool| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .no_proxy()
+                .pool_max_idle_per_host(32)
+                .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+                .tls_danger_accept_invalid_certs(!verify_tls)
+                .build()
+                .map_err(|err| Error::Request(err.to_string()))
+        };
         Ok(Self {
-            client,
+            client: build(true)?,
+            unverified_client: build(false)?,
             allow_http,
             allow_private,
             user_agent: format!("mxhook/{}", env!("CARGO_PKG_VERSION")),
@@ -120,8 +129,12 @@ impl WebhookClient {
             timestamp,
             body: &body,
         })?;
-        let mut request = self
-            .client
+        let client = if endpoint.verify_tls {
+            &self.client
+        } else {
+            &self.unverified_client
+        };
+        let mut request = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::USER_AGENT, &self.user_agent)

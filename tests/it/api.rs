@@ -634,15 +634,15 @@ async fn notification_rules_are_validated_and_stored() {
     let gateway = TestGateway::start(no_webhook()).await;
     let (status, body) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"rules": []}));
-    let rules = json!({"rules": [{
+    assert_eq!(body, json!([]), "GET is the bare list SPEC describes");
+    let rules = json!([{
         "name": "verified humans",
         "filters": {"sender_verified": true, "traffic_types": ["human"], "trust_tiers": ["verified"]},
         "channels": {
             "webhook": {"enabled": true, "url": "https://hooks.example.com/x", "timeout_s": 10},
             "email": {"enabled": true, "recipients": ["ops@example.com"]}
         }
-    }]});
+    }]);
     let (status, stored) = admin(
         &gateway,
         "PUT",
@@ -652,13 +652,24 @@ async fn notification_rules_are_validated_and_stored() {
     .await;
     assert_eq!(status, 200, "{stored}");
     assert!(
-        stored["rules"][0]["id"]
+        stored[0]["id"]
             .as_str()
             .expect("rule id")
             .starts_with("rule_")
     );
     let (_, fetched) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
     assert_eq!(fetched, stored);
+
+    // The wrapped form is accepted too, and answered as the list.
+    let (status, wrapped) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/agent/notifications",
+        Some(json!({"rules": fetched})),
+    )
+    .await;
+    assert_eq!(status, 200, "{wrapped}");
+    assert_eq!(wrapped, stored);
 
     let (status, body) = admin(
         &gateway,

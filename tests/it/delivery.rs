@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::gateway::config_toml;
 use crate::support::{
     GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,
 };
@@ -235,4 +236,231 @@ async fn gone_410_dead_letters_and_disables_the_endpoint() {
         Some(1),
         "{body}"
     );
+}
+
+/// A gateway whose `agent` inbox keeps the default `verify_tls = true` and whose `other` inbox
+/// has `verify_tls = false`, both posting to `url`.
+async fn gateway_with_unverified_other_inbox(url: String) -> TestGateway {
+    let options = GatewayOptions::webhook(url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "id = \"other\"\n",
+        "id = \"other\"\nverify_tls = false\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    TestGateway::start_with(dir, config).await
+}
+
+async fn send_to(gateway: &TestGateway, to: &str, subject: &str) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message("a@sender.example", to, subject, "body");
+    let (code, text) = client
+        .send_message("a@sender.example", &[to], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+}
+
+#[tokio::test]
+async fn verify_tls_is_honoured_per_endpoint() {
+    let mut receiver = WebhookReceiver::start_tls(vec![]).await;
+    let gateway = gateway_with_unverified_other_inbox(receiver.url()).await;
+
+    send_to(&gateway, "agent@example.com", "verified").await;
+    let failing = eventually(
+        "the verified endpoint to fail twice on the certificate",
+        || async {
+            let (_, body) = gateway.api_get("/v1/inboxes/agent/deliveries").await.ok()?;
+            let delivery = body["deliveries"].get(0)?.clone();
+            (delivery["attempts"].as_i64()? >= 2).then_some(delivery)
+        },
+    )
+    .await;
+    assert_eq!(
+        failing["status"], "pending",
+        "a TLS failure is retried: {failing}"
+    );
+    let error = failing["last_error"].as_str().expect("error");
+    assert!(error.contains("certificate"), "{error}");
+
+    send_to(&gateway, "other@example.com", "unverified").await;
+    let request = receiver.recv().await;
+    assert_eq!(
+        request.json()["agent_id"],
+        "other",
+        "only the unverified endpoint gets through"
+    );
+    eventually("the unverified delivery to be delivered", || async {
+        let (_, body) = gateway
+            .api_get("/v1/inboxes/other/deliveries?status=delivered")
+            .await
+            .ok()?;
+        (body["deliveries"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    let (_, body) = gateway
+        .api_get("/v1/inboxes/agent/deliveries?status=delivered")
+        .await
+        .expect("api");
+    assert_eq!(body["deliveries"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn redirects_are_failures_and_never_followed() {
+    let mut elsewhere = WebhookReceiver::start(vec![]).await;
+    let mut receiver = WebhookReceiver::start(vec![Reply::Redirect(302, elsewhere.url())]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    assert_eq!(send_one(&gateway, "moved").await.0, 250);
+
+    let first = receiver.recv().await;
+    let retry = receiver.recv().await;
+    assert_eq!(
+        first.body, retry.body,
+        "the 302 was retried at the same URL"
+    );
+    let delivered = eventually("the retry to be delivered", || async {
+        let list = gateway.deliveries("delivered").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    let id = delivered[0]["id"].as_str().expect("id");
+    let (_, body) = gateway
+        .api_get(&format!("/v1/deliveries/{id}/attempts"))
+        .await
+        .expect("api");
+    assert_eq!(body["attempts"][0]["status_code"], 302, "{body}");
+    assert_eq!(body["attempts"][0]["outcome"], "http_error", "{body}");
+    assert_eq!(body["attempts"][1]["status_code"], 200, "{body}");
+    elsewhere.assert_silent(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500); 200]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "lease_s = 10\n",
+        "lease_s = 10\ndisable_after_s = 2\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    assert_eq!(send_one(&gateway, "first").await.0, 250);
+    assert_eq!(send_one(&gateway, "second").await.0, 250);
+    receiver.recv().await;
+
+    let dead = eventually("both deliveries to be dead-lettered", || async {
+        let list = gateway.deliveries("dead").await;
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    for delivery in &dead {
+        let error = delivery["last_error"].as_str().expect("error");
+        assert!(error.contains("disabled"), "{delivery}");
+        assert!(
+            error.contains("failing without a success since"),
+            "{delivery}"
+        );
+    }
+    let (status, webhook) = gateway
+        .api_get("/v1/inboxes/agent/webhook")
+        .await
+        .expect("api");
+    assert_eq!(status, 200);
+    assert_eq!(webhook["enabled"], false, "{webhook}");
+    let reason = webhook["disabled_reason"].as_str().expect("a reason");
+    assert!(reason.contains("HTTP 500"), "{reason}");
+
+    // Disabled: the next message makes no job; the other inbox's webhook is untouched.
+    while receiver
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+    assert_eq!(send_one(&gateway, "after").await.0, 250);
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    let (_, other) = gateway
+        .api_get("/v1/inboxes/other/webhook")
+        .await
+        .expect("api");
+    assert_eq!(other["enabled"], true, "{other}");
+    assert_eq!(other["disabled_reason"], serde_json::Value::Null);
+
+    // Setting the webhook again enables it and clears the reason.
+    let response = reqwest::Client::new()
+        .put(format!("http://{}/v1/inboxes/agent/webhook", gateway.http))
+        .bearer_auth(crate::support::gateway::API_KEY)
+        .json(&serde_json::json!({"url": receiver.url()}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let webhook: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(webhook["enabled"], true, "{webhook}");
+    assert_eq!(webhook["disabled_reason"], serde_json::Value::Null);
+}
+
+fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{headers}\r\nFrom: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
+         Date: Thu, 16 Apr 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn an_ordered_endpoint_gets_a_reply_only_after_the_message_it_answers() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::StatusRetryAfter(503, 2)]).await;
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "id = \"agent\"\n",
+        "id = \"agent\"\nordered = true\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    let token = crate::support::rand_token();
+    let root_id = format!("<root-{token}@client.example>");
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let root = threaded_mail(
+        &format!("Subject: Plan\r\nMessage-ID: {root_id}"),
+        "Shall we plan?",
+    );
+    let (code, text) = client
+        .send_message("jane@client.example", &["agent@example.com"], &root)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let refused = receiver.recv().await.json();
+    assert_eq!(refused["subject"], "Plan");
+
+    // The first delivery now waits out Retry-After; the reply is accepted meanwhile.
+    let reply = threaded_mail(
+        &format!(
+            "Subject: Re: Plan\r\nMessage-ID: <reply-{token}@client.example>\r\nIn-Reply-To: {root_id}"
+        ),
+        "Yes.",
+    );
+    let (code, text) = client
+        .send_message("jane@client.example", &["agent@example.com"], &reply)
+        .await;
+    assert_eq!(code, 250, "{text}");
+
+    let second = receiver.recv().await.json();
+    let third = receiver.recv().await.json();
+    assert_eq!(
+        second["subject"], "Plan",
+        "the retry of the first message comes first"
+    );
+    assert_eq!(third["subject"], "Re: Plan");
+    assert_eq!(second["thread_id"], third["thread_id"]);
+    eventually("both deliveries delivered", || async {
+        let list = gateway.deliveries("delivered").await;
+        (list.iter().filter(|d| d["inbox_id"] == "agent").count() == 2).then_some(())
+    })
+    .await;
 }

@@ -1,5 +1,6 @@
 //! A real HTTP server on loopback that records every webhook request and answers with a
-//! scripted sequence of replies.
+//! scripted sequence of replies; [`WebhookReceiver::start_tls`] serves HTTPS with a self-signed
+//! certificate.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -11,9 +12,11 @@ use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
 /// How the receiver answers one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16),
+    /// A redirect status with a `Location` header.
+    Redirect(u16, String),
     /// Status with a `Retry-After` header, in seconds.
     StatusRetryAfter(u16, u64),
     /// Never answer (the request is recorded first).
@@ -41,6 +44,7 @@ impl Received {
 
 pub struct WebhookReceiver {
     pub addr: SocketAddr,
+    scheme: &'static str,
     requests: mpsc::UnboundedReceiver<Received>,
     script: Arc<Mutex<VecDeque<Reply>>>,
     _server: tokio::task::JoinHandle<()>,
@@ -56,6 +60,35 @@ impl WebhookReceiver {
     }
 
     pub fn serve(listener: tokio::net::TcpListener, script: Vec<Reply>) -> Self {
+        Self::serve_on(listener, "http", script)
+    }
+
+    /// Answers like [`Self::start`], over TLS with a fresh self-signed certificate for
+    /// 127.0.0.1 that no client trusts.
+    pub async fn start_tls(script: Vec<Reply>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("generate certificate");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .expect("private key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve_on(TlsListener { listener, acceptor }, "https", script)
+    }
+
+    fn serve_on<L>(listener: L, scheme: &'static str, script: Vec<Reply>) -> Self
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let addr = listener.local_addr().expect("receiver addr");
         let (tx, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
@@ -73,6 +106,11 @@ impl WebhookReceiver {
                         headers.insert("retry-after", seconds.to_string().parse().expect("header"));
                         (status(code), headers, "later")
                     }
+                    Reply::Redirect(code, location) => {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("location", location.parse().expect("header"));
+                        (status(code), headers, "moved")
+                    }
                     Reply::Hang => {
                         std::future::pending::<()>().await;
                         (StatusCode::OK, HeaderMap::new(), "")
@@ -85,6 +123,7 @@ impl WebhookReceiver {
         });
         Self {
             addr,
+            scheme,
             requests,
             script,
             _server: server,
@@ -92,7 +131,7 @@ impl WebhookReceiver {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
     }
 
     /// Replaces the remaining scripted replies.
@@ -113,6 +152,14 @@ impl WebhookReceiver {
         self.requests.recv().await.expect("receiver channel closed")
     }
 
+    /// The next request if one arrives within `wait`.
+    pub async fn recv_timeout(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.requests.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Asserts that no request arrives within `quiet`.
     pub async fn assert_silent(&mut self, quiet: Duration) {
         if let Ok(Some(request)) = tokio::time::timeout(quiet, self.requests.recv()).await {
@@ -126,4 +173,33 @@ impl WebhookReceiver {
 
 fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).expect("valid status code")
+}
+
+/// TCP accept plus TLS handshake; a failed handshake (a client that refuses the certificate) is
+/// dropped and the next connection accepted.
+struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, peer)) = self.listener.accept().await else {
+                continue;
+            };
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
+            {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
