@@ -536,7 +536,7 @@ async fn delete_webhook(
 /// not act on rules yet.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Rule {
+pub(crate) struct Rule {
     #[serde(default)]
     id: Option<String>,
     name: String,
@@ -624,7 +624,7 @@ pub(crate) struct Notifications {
 /// What PUT takes: the bare list SPEC describes, or the list wrapped as `{"rules": [...]}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum NotificationsBody {
+pub(crate) enum NotificationsBody {
     List(Vec<Rule>),
     Wrapped(Notifications),
 }

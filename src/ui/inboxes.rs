@@ -279,7 +279,7 @@ pub(super) async fn save_rules(
             State(Arc::clone(&state.api)),
             Extension(auth.caller.clone()),
             Path(id.clone()),
-            Ok(Json(rules)),
+            Ok(Json(api::NotificationsBody::Wrapped(rules))),
         )
         .await
         {
