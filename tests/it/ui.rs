@@ -318,7 +318,7 @@ async fn every_post_needs_the_session_csrf_token() {
         .api_get("/v1/inboxes/agent/notifications")
         .await
         .expect("API");
-    assert_eq!(stored["rules"][0]["name"], "verified only");
+    assert_eq!(stored[0]["name"], "verified only");
 }
 
 #[tokio::test]
