@@ -319,6 +319,13 @@ async fn every_post_needs_the_session_csrf_token() {
         .await
         .expect("API");
     assert_eq!(stored[0]["name"], "verified only");
+    // The editor shows the stored rules again, not an empty box.
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(
+        page.body.contains("&quot;verified only&quot;"),
+        "{}",
+        page.body
+    );
 }
 
 #[tokio::test]
