@@ -136,8 +136,7 @@ async fn detail_page(
                 Path(id.to_owned()),
             )
             .await?;
-            serde_json::to_string_pretty(&rules)
-                .map_err(|err| Error::Internal(err.to_string()))?
+            serde_json::to_string_pretty(&rules).map_err(|err| Error::Internal(err.to_string()))?
         }
     };
     let html = render(
