@@ -324,6 +324,9 @@ pub struct DeliveryConfig {
     pub timeout_s: f64,
     /// Concurrent delivery attempts on this node.
     pub workers: usize,
+    /// Concurrent attempts to one endpoint on this node, so that a slow receiver holds at most
+    /// this many workers and never delays other endpoints.
+    pub max_in_flight_per_endpoint: usize,
     /// Seconds a node holds a claimed job before another node may take it over.
     pub lease_s: f64,
     /// Largest JSON body sent; past it the bodies are left out with an `omitted_reason`.
@@ -341,7 +344,8 @@ impl Default for DeliveryConfig {
             retry_base_s: 30.0,
             max_retries: 6,
             timeout_s: 30.0,
-            workers: 16,
+            workers: 64,
+            max_in_flight_per_endpoint: 4,
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
             disable_after_s: 5.0 * 86_400.0,
@@ -714,6 +718,12 @@ impl Config {
         }
         if delivery.workers == 0 {
             return Err(invalid("delivery.workers", "must be greater than 0"));
+        }
+        if delivery.max_in_flight_per_endpoint == 0 {
+            return Err(invalid(
+                "delivery.max_in_flight_per_endpoint",
+                "must be greater than 0",
+            ));
         }
         if delivery.max_payload_bytes < 4096 {
             return Err(invalid(

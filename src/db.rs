@@ -111,7 +111,44 @@ pub struct ClaimedJob {
     pub storage_key: String,
     /// `inbox` or `rule:<id>`: which endpoint to switch off when the receiver answers 410.
     pub endpoint_ref: String,
+    /// `webhook` or `email`.
+    pub channel: String,
     pub target: JobTarget,
+}
+
+impl ClaimedJob {
+    pub fn endpoint(&self) -> EndpointKey {
+        EndpointKey {
+            inbox_id: self.inbox_id.clone(),
+            endpoint_ref: self.endpoint_ref.clone(),
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+/// One endpoint jobs go to: the inbox webhook (`inbox`) or a rule (`rule:<id>`) of an inbox,
+/// and the channel (a rule's webhook and its email forward are separate endpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub inbox_id: String,
+    pub endpoint_ref: String,
+    pub channel: String,
+}
+
+/// A condition (on a `deliveries d` row) leaving out the jobs of `skip`, with placeholders
+/// numbered from `$first`.
+fn not_to(skip: &[EndpointKey], first: usize) -> String {
+    skip.iter()
+        .enumerate()
+        .map(|(idx, _)| {
+            let n = first + 3 * idx;
+            format!(
+                " AND NOT (d.inbox_id = ${n} AND d.endpoint_ref = ${} AND d.channel = ${})",
+                n + 1,
+                n + 2
+            )
+        })
+        .collect()
 }
 
 /// What a job delivers to, read at attempt time so that edits to endpoints and rules apply to
@@ -465,7 +502,8 @@ impl Db {
     /// the plain form is already exclusive there.
     ///
     /// A job of an ordered endpoint is not due while an earlier job (by acceptance, then id) of
-    /// the same thread, endpoint and channel is still pending, leased or not.
+    /// the same thread, endpoint and channel is still pending, leased or not. Jobs of the
+    /// endpoints in `skip` (those at their in-flight limit on this node) are left for later.
     ///
     /// # Errors
     /// [`Error::Query`].
@@ -475,27 +513,44 @@ impl Db {
         now: i64,
         lease_until: i64,
         limit: i64,
+        skip: &[EndpointKey],
     ) -> Result<Vec<ClaimedJob>, Error> {
         let row_lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // Placeholders go in order of first use: the skipped endpoints come before the limit.
+        let skipped = not_to(skip, 4);
+        let limit_param = 4 + 3 * skip.len();
         let claim = format!(
             "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
              WHERE id IN (SELECT d.id FROM deliveries d WHERE d.status = 'pending' \
                  AND d.next_attempt_at <= $3 AND (d.locked_until IS NULL OR d.locked_until < $3) \
-                 AND {NOT_BLOCKED} \
-                 ORDER BY d.next_attempt_at LIMIT $4 {row_lock}) \
+                 AND {NOT_BLOCKED}{skipped} \
+                 ORDER BY d.next_attempt_at LIMIT ${limit_param} {row_lock}) \
              AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
              RETURNING id"
         );
-        let ids: Vec<String> = sqlx::query_scalar(&claim)
+        let mut query = sqlx::query_scalar(&claim)
             .bind(lease_until)
             .bind(worker)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(now);
+        for endpoint in skip {
+            query = query
+                .bind(&endpoint.inbox_id)
+                .bind(&endpoint.endpoint_ref)
+                .bind(&endpoint.channel);
+        }
+        let mut ids: Vec<String> = query.bind(limit).fetch_all(&self.pool).await?;
+        // On PostgreSQL the statement can take more rows than the limit: when a row it meets was
+        // changed concurrently, the re-check runs the sub-select again and SKIP LOCKED finds
+        // further rows. The caller has workers for `limit` jobs only, and a surplus job would
+        // sit out its whole lease, so the surplus goes back at once.
+        let limit_len = usize::try_from(limit).unwrap_or(0);
+        if ids.len() > limit_len {
+            let surplus = ids.split_off(limit_len);
+            self.release_claims(worker, &surplus).await?;
+        }
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
             let row = sqlx::query(
@@ -560,6 +615,7 @@ impl Db {
                 event_json: row.try_get("event_json")?,
                 storage_key: row.try_get("storage_key")?,
                 endpoint_ref,
+                channel,
                 target,
             });
         }
@@ -709,21 +765,49 @@ impl Db {
         Ok(result.rows_affected())
     }
 
-    /// When the next pending job falls due, if any.
+    /// Gives back leases this node took but will not use now (jobs of an endpoint that
+    /// reached its in-flight limit within one claimed batch): they are due again at once, for
+    /// this node once a slot frees up or for another node.
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn next_due_at(&self) -> Result<Option<i64>, Error> {
-        // Blocked jobs are left out, or the dispatcher would spin on a job it cannot claim;
-        // the job blocking them is counted, and its end wakes the dispatcher.
-        let due: Option<i64> = sqlx::query_scalar(&format!(
+    pub async fn release_claims(&self, worker: &str, ids: &[String]) -> Result<(), Error> {
+        for id in ids {
+            sqlx::query(
+                "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+                 WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// When the next pending job that is not of an endpoint in `skip` falls due, if any.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn next_due_at(&self, skip: &[EndpointKey]) -> Result<Option<i64>, Error> {
+        // Blocked jobs and those of saturated endpoints are left out, or the dispatcher would
+        // spin on jobs it cannot claim; the job blocking them is counted, and its end (like a
+        // freed endpoint slot) wakes the dispatcher.
+        let skipped = not_to(skip, 1);
+        let sql = format!(
             "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL \
              AND d.locked_until > d.next_attempt_at \
              THEN d.locked_until ELSE d.next_attempt_at END) FROM deliveries d \
-             WHERE d.status = 'pending' AND {NOT_BLOCKED}"
-        ))
-        .fetch_one(&self.pool)
-        .await?;
+             WHERE d.status = 'pending' AND {NOT_BLOCKED}{skipped}"
+        );
+        let mut query = sqlx::query_scalar(&sql);
+        for endpoint in skip {
+            query = query
+                .bind(&endpoint.inbox_id)
+                .bind(&endpoint.endpoint_ref)
+                .bind(&endpoint.channel);
+        }
+        let due: Option<i64> = query.fetch_one(&self.pool).await?;
         Ok(due)
     }
 

@@ -31,6 +31,8 @@ fn embedded_defaults_match_spec() {
     assert!(!config.delivery.allow_http);
     assert!(!config.delivery.allow_private_targets);
     assert!((config.delivery.retry_base_s - 30.0).abs() < f64::EPSILON);
+    assert_eq!(config.delivery.workers, 64);
+    assert_eq!(config.delivery.max_in_flight_per_endpoint, 4);
 }
 
 #[test]
@@ -91,6 +93,11 @@ fn errors_name_the_key() {
         "smtp.max_message_size",
     );
     check_error("[smtp\n", &[], "not valid TOML");
+    check_error(
+        "[delivery]\nmax_in_flight_per_endpoint = 0\n",
+        &[],
+        "delivery.max_in_flight_per_endpoint",
+    );
 }
 
 #[test]

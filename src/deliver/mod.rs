@@ -3,7 +3,9 @@
 //!
 //! Jobs live in the database, not in memory: the dispatcher claims due jobs with a lease, attempts
 //! them under a concurrency limit, and records each attempt and the job's next state in one
-//! commit. A node that dies mid-attempt leaves a lease that expires, after which the job is due
+//! commit. Each endpoint also has a per-node limit of attempts in flight
+//! (`delivery.max_in_flight_per_endpoint`): a receiver that hangs until the timeout holds only
+//! that many workers, and jobs of other endpoints keep being claimed past its backlog. A node that dies mid-attempt leaves a lease that expires, after which the job is due
 //! again (at-least-once). Receivers deduplicate on `webhook-id` / `event_id`.
 //!
 //! An endpoint is switched off, with a stored reason, when its receiver answers 410 Gone or
@@ -15,7 +17,8 @@ pub mod retry;
 pub mod signature;
 pub mod webhook;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -24,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::{DeliveryConfig, PayloadFormat};
-use crate::db::{AttemptRecord, ClaimedJob, Db, JobTarget, JobUpdate};
+use crate::db::{AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate};
 use crate::model::now_ms;
 use retry::{NextStep, RetryPolicy};
 
@@ -46,8 +49,45 @@ pub struct Dispatcher {
     /// `None`: endpoints are never disabled for failing.
     disable_after: Option<Duration>,
     workers: usize,
+    per_endpoint: usize,
+    /// Attempts in flight on this node, per endpoint; endpoints with none are absent.
+    in_flight: Arc<Mutex<HashMap<EndpointKey, usize>>>,
     node_id: String,
     wakeup: Arc<Notify>,
+}
+
+/// One of an endpoint's in-flight slots, given back when dropped.
+struct EndpointSlot {
+    in_flight: Arc<Mutex<HashMap<EndpointKey, usize>>>,
+    key: EndpointKey,
+    limit: usize,
+    wakeup: Arc<Notify>,
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let was_full = match in_flight.get_mut(&self.key) {
+            Some(count) => {
+                let was_full = *count >= self.limit;
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    in_flight.remove(&self.key);
+                }
+                was_full
+            }
+            None => false,
+        };
+        drop(in_flight);
+        // The endpoint's waiting jobs were left out of claims and of the next-due time, so
+        // nothing else would wake the dispatcher for them.
+        if was_full {
+            self.wakeup.notify_waiters();
+        }
+    }
 }
 
 impl Dispatcher {
@@ -80,8 +120,41 @@ impl Dispatcher {
             disable_after: (config.disable_after_s > 0.0)
                 .then(|| Duration::from_secs_f64(config.disable_after_s)),
             workers: config.workers,
+            per_endpoint: config.max_in_flight_per_endpoint,
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
             node_id,
             wakeup,
+        })
+    }
+
+    /// The endpoints at their in-flight limit on this node.
+    fn saturated(&self) -> Vec<EndpointKey> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, count)| **count >= self.per_endpoint)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Takes a slot of `key`, unless the endpoint is at its limit.
+    fn take_slot(&self, key: EndpointKey) -> Option<EndpointSlot> {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = in_flight.entry(key.clone()).or_insert(0);
+        if *count >= self.per_endpoint {
+            return None;
+        }
+        *count += 1;
+        drop(in_flight);
+        Some(EndpointSlot {
+            in_flight: Arc::clone(&self.in_flight),
+            key,
+            limit: self.per_endpoint,
+            wakeup: Arc::clone(&self.wakeup),
         })
     }
 
@@ -114,9 +187,10 @@ impl Dispatcher {
             let now = now_ms();
             let lease_until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
             let limit = i64::try_from(held.len()).unwrap_or(1);
+            let saturated = self.saturated();
             let jobs = match self
                 .db
-                .claim_due(&self.node_id, now, lease_until, limit)
+                .claim_due(&self.node_id, now, lease_until, limit, &saturated)
                 .await
             {
                 Ok(jobs) => jobs,
@@ -132,7 +206,7 @@ impl Dispatcher {
 
             if jobs.is_empty() {
                 drop(held);
-                let wait = match self.db.next_due_at().await {
+                let wait = match self.db.next_due_at(&saturated).await {
                     Ok(Some(due)) => {
                         Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
                     }
@@ -147,7 +221,25 @@ impl Dispatcher {
                 continue;
             }
 
-            for (job, permit) in jobs.into_iter().zip(held.drain(..)) {
+            // Saturated endpoints were left out of the claim, but one batch can still hold more
+            // jobs of an endpoint than it has free slots; those go back to the queue. The first
+            // job of each endpoint always gets a slot, so this never loops without progress.
+            let mut startable = Vec::with_capacity(jobs.len());
+            let mut over_limit = Vec::new();
+            for job in jobs {
+                match self.take_slot(job.endpoint()) {
+                    Some(slot) => startable.push((job, slot)),
+                    None => over_limit.push(job.delivery_id),
+                }
+            }
+            if !over_limit.is_empty()
+                && let Err(err) = self.db.release_claims(&self.node_id, &over_limit).await
+            {
+                // Their leases run out and they are claimed again then: only late, not lost.
+                tracing::warn!(error = %err, "giving back claimed delivery jobs failed");
+            }
+
+            for ((job, slot), permit) in startable.into_iter().zip(held.drain(..)) {
                 let dispatcher = Arc::clone(&self);
                 let span = tracing::info_span!(
                     "delivery",
@@ -158,6 +250,7 @@ impl Dispatcher {
                 tracker.spawn(
                     async move {
                         dispatcher.attempt(job).await;
+                        drop(slot);
                         drop(permit);
                     }
                     .instrument(span),

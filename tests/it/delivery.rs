@@ -1,6 +1,7 @@
 //! Retries, the dead-letter queue, resend, the durability promise when storage fails, and the
 //! SSRF guard.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::gateway::config_toml;
@@ -463,4 +464,132 @@ async fn an_ordered_endpoint_gets_a_reply_only_after_the_message_it_answers() {
         (list.iter().filter(|d| d["inbox_id"] == "agent").count() == 2).then_some(())
     })
     .await;
+}
+
+/// A receiver that holds every request until [`GatedReceiver::release`], counting the requests
+/// in flight and the most it ever had at once.
+struct GatedReceiver {
+    url: String,
+    state: std::sync::Arc<GateState>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+struct GateState {
+    received: AtomicUsize,
+    current: AtomicUsize,
+    max: AtomicUsize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+/// Counts a request out of flight however its handler ends (answered or dropped).
+struct InFlight(std::sync::Arc<GateState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl GatedReceiver {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let state = std::sync::Arc::new(GateState {
+            received: AtomicUsize::new(0),
+            current: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+            open: tokio::sync::watch::Sender::new(false),
+        });
+        let shared = std::sync::Arc::clone(&state);
+        let app = axum::Router::new().fallback(move || {
+            let state = std::sync::Arc::clone(&shared);
+            async move {
+                state.received.fetch_add(1, Ordering::SeqCst);
+                let now = state.current.fetch_add(1, Ordering::SeqCst) + 1;
+                state.max.fetch_max(now, Ordering::SeqCst);
+                let _in_flight = InFlight(std::sync::Arc::clone(&state));
+                let mut open = state.open.subscribe();
+                let _ = open.wait_for(|open| *open).await;
+                "ok"
+            }
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            state,
+            _server: server,
+        }
+    }
+
+    fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_inbox() {
+    const LIMIT: usize = 2;
+    const TO_SLOW: usize = 5;
+    let slow = GatedReceiver::start().await;
+    let mut fast = WebhookReceiver::start(vec![]).await;
+    let options = GatewayOptions::webhook(slow.url.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Fewer workers than messages to the slow endpoint: without the per-endpoint limit its
+    // hanging requests would take every worker. Its requests never time out during the test.
+    let toml = config_toml(dir.path(), &options)
+        .replacen(
+            "timeout_s = 5\nlease_s = 10\n",
+            &format!("timeout_s = 120\nlease_s = 300\nworkers = 3\nmax_in_flight_per_endpoint = {LIMIT}\n"),
+            1,
+        )
+        .replacen(
+            &format!("addresses = [\"other@example.com\"]\nwebhook_url = \"{}\"", slow.url),
+            &format!("addresses = [\"other@example.com\"]\nwebhook_url = \"{}\"", fast.url()),
+            1,
+        );
+    assert!(
+        toml.contains(&fast.url()) && toml.contains("workers = 3"),
+        "{toml}"
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+
+    for idx in 0..TO_SLOW {
+        send_to(&gateway, "agent@example.com", &format!("slow {idx}")).await;
+    }
+    eventually(
+        "the slow endpoint to hold its limit of requests",
+        || async { (slow.state.current.load(Ordering::SeqCst) >= LIMIT).then_some(()) },
+    )
+    .await;
+
+    send_to(&gateway, "other@example.com", "fast").await;
+    let request = fast.recv().await;
+    assert_eq!(request.json()["agent_id"], "other");
+    assert_eq!(
+        slow.state.received.load(Ordering::SeqCst),
+        LIMIT,
+        "the slow endpoint got no request past its limit while the others hang"
+    );
+
+    slow.release();
+    eventually("every message to the slow endpoint delivered", || async {
+        let (_, body) = gateway
+            .api_get("/v1/inboxes/agent/deliveries?status=delivered")
+            .await
+            .ok()?;
+        (body["deliveries"].as_array()?.len() == TO_SLOW).then_some(())
+    })
+    .await;
+    assert_eq!(slow.state.received.load(Ordering::SeqCst), TO_SLOW);
+    assert!(
+        slow.state.max.load(Ordering::SeqCst) <= LIMIT,
+        "at most {LIMIT} requests at once, saw {}",
+        slow.state.max.load(Ordering::SeqCst)
+    );
+    gateway.stop().await;
 }
