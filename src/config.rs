@@ -436,6 +436,70 @@ impl SignatureScheme {
     }
 }
 
+/// How the `hmac-sha256` scheme writes its signature value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum SignatureFormat {
+    /// `sha256=<hex>`.
+    #[default]
+    #[serde(rename = "sha256=hex")]
+    Sha256Hex,
+    /// Bare lowercase hex.
+    #[serde(rename = "hex")]
+    Hex,
+}
+
+impl SignatureFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256Hex => "sha256=hex",
+            Self::Hex => "hex",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Sha256Hex, Self::Hex]
+            .into_iter()
+            .find(|format| format.as_str() == value)
+    }
+}
+
+/// Whether a request header is the gateway's own (framing, identity, signatures of the other
+/// schemes), so an endpoint setting may neither add nor replace it.
+pub fn is_reserved_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("webhook-")
+        || lower.starts_with("x-agentmail-")
+        || matches!(
+            lower.as_str(),
+            "content-type"
+                | "content-length"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "connection"
+                | "host"
+                | "user-agent"
+                | "x-signature"
+        )
+}
+
+/// Checks the header name an `hmac-sha256` endpoint signs in: an HTTP field name (RFC 9110
+/// token) that is not reserved.
+///
+/// # Errors
+/// A message saying what is wrong with `name`.
+pub fn validate_signature_header(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1-64 characters".to_owned());
+    }
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a valid HTTP header name"));
+    }
+    if is_reserved_header(name) {
+        return Err(format!("`{name}` is reserved"));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
@@ -471,6 +535,12 @@ pub struct InboxConfig {
     pub signature: SignatureScheme,
     #[serde(default = "default_payload")]
     pub payload: PayloadFormat,
+    /// The `hmac-sha256` scheme's header (default `X-Webhook-Signature`).
+    #[serde(default)]
+    pub signature_header: Option<String>,
+    /// The `hmac-sha256` scheme's value: `sha256=hex` (default) or `hex`.
+    #[serde(default)]
+    pub signature_format: SignatureFormat,
     /// Whether the webhook receiver's TLS certificate must verify; false accepts any
     /// certificate (self-signed receivers on a private network).
     #[serde(default = "default_true")]
@@ -512,6 +582,8 @@ impl fmt::Debug for InboxConfig {
             )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("signature_header", &self.signature_header)
+            .field("signature_format", &self.signature_format)
             .field("verify_tls", &self.verify_tls)
             .field("ordered", &self.ordered)
             .field("calendar_event_types", &self.calendar_event_types)
@@ -801,6 +873,10 @@ impl Config {
             if let Some(url) = &inbox.webhook_url {
                 validate_webhook_url(url, delivery)
                     .map_err(|message| invalid(key("webhook_url"), message))?;
+            }
+            if let Some(header) = &inbox.signature_header {
+                validate_signature_header(header)
+                    .map_err(|message| invalid(key("signature_header"), message))?;
             }
             for event_type in &inbox.calendar_event_types {
                 let known = ["calcom:", "calendly:"].iter().any(|prefix| {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureScheme};
+use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureFormat, SignatureScheme};
 use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
 
 /// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_api.sql")),
     (6, include_str!("../migrations/0006_ingress.sql")),
     (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
+    (8, include_str!("../migrations/0008_hmac_header.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -353,12 +354,13 @@ impl Db {
         sqlx::query(
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
              webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
-             created_at, updated_at) \
-             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6) \
+             created_at, updated_at, webhook_signature_header, webhook_signature_format) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10) \
              ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
              webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
              webhook_payload = $5, webhook_verify_tls = $7, webhook_ordered = $8, \
-             webhook_disabled_reason = NULL, updated_at = $6",
+             webhook_disabled_reason = NULL, updated_at = $6, \
+             webhook_signature_header = $9, webhook_signature_format = $10",
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
@@ -368,6 +370,8 @@ impl Db {
         .bind(now)
         .bind(i64::from(inbox.verify_tls))
         .bind(i64::from(inbox.ordered))
+        .bind(inbox.signature_header.clone())
+        .bind(inbox.signature_format.as_str())
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
@@ -400,7 +404,8 @@ impl Db {
         let rows = sqlx::query(
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
-             webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json \
+             webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json, \
+             webhook_signature_header, webhook_signature_format \
              FROM inboxes \
              WHERE status = 'enabled' \
              ORDER BY id",
@@ -559,7 +564,7 @@ impl Db {
                  i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
                  i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
                  i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
-                 i.notifications_json \
+                 i.notifications_json, i.webhook_signature_header, i.webhook_signature_format \
                  FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
             )
@@ -1324,6 +1329,7 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         row.try_get(column("webhook_previous_secret").as_str())?;
     let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
     let ordered: i64 = row.try_get(column("webhook_ordered").as_str())?;
+    let signature_format: String = row.try_get(column("webhook_signature_format").as_str())?;
     Ok(Some(WebhookEndpoint {
         url,
         enabled: enabled != 0,
@@ -1333,6 +1339,10 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
             .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
         payload: PayloadFormat::parse(&payload)
             .ok_or_else(|| Error::Corrupt(format!("unknown payload format `{payload}`")))?,
+        signature_header: row.try_get(column("webhook_signature_header").as_str())?,
+        signature_format: SignatureFormat::parse(&signature_format).ok_or_else(|| {
+            Error::Corrupt(format!("unknown signature format `{signature_format}`"))
+        })?,
         custom_headers: std::collections::BTreeMap::new(),
         timeout: None,
         max_retries: None,

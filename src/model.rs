@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::config::{PayloadFormat, SignatureScheme};
+use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
 
 /// A prefixed, time-sortable id such as `msg_01jd3k…`: 48 bits of milliseconds since the epoch
 /// followed by 80 random bits, in lowercase Crockford base32 (the ULID layout), so ids sort by
@@ -77,6 +77,10 @@ pub struct WebhookEndpoint {
     pub previous_secret: Option<String>,
     pub signature: SignatureScheme,
     pub payload: PayloadFormat,
+    /// The `hmac-sha256` scheme's header; `None` is `X-Webhook-Signature`.
+    pub signature_header: Option<String>,
+    /// The `hmac-sha256` scheme's value format.
+    pub signature_format: SignatureFormat,
     /// Extra request headers (a rule webhook's `custom_headers`).
     pub custom_headers: std::collections::BTreeMap<String, String>,
     /// Per-endpoint request timeout; `None` uses `delivery.timeout_s`.
@@ -106,6 +110,8 @@ impl WebhookEndpoint {
             previous_secret: inbox.and_then(|inbox| inbox.previous_secret.clone()),
             signature: channel.signature,
             payload: channel.payload,
+            signature_header: channel.signature_header.clone(),
+            signature_format: channel.signature_format,
             custom_headers: channel.custom_headers.clone(),
             timeout: Some(std::time::Duration::from_secs_f64(channel.timeout_s)),
             max_retries: Some(channel.max_retries),
@@ -128,6 +134,8 @@ impl std::fmt::Debug for WebhookEndpoint {
             )
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("signature_header", &self.signature_header)
+            .field("signature_format", &self.signature_format)
             .field("verify_tls", &self.verify_tls)
             .field("ordered", &self.ordered)
             .finish()

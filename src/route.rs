@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{DeliveryConfig, PayloadFormat, SignatureScheme};
+use crate::config::{DeliveryConfig, PayloadFormat, SignatureFormat, SignatureScheme};
 
 /// One notification rule of an inbox.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -59,6 +59,12 @@ pub struct WebhookChannel {
     pub signature: SignatureScheme,
     #[serde(default = "default_payload")]
     pub payload: PayloadFormat,
+    /// The `hmac-sha256` scheme's header; `None` is `X-Webhook-Signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_header: Option<String>,
+    /// The `hmac-sha256` scheme's value format.
+    #[serde(default)]
+    pub signature_format: SignatureFormat,
     /// Write-only: accepted on input, never serialized back out.
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,
@@ -85,6 +91,8 @@ impl std::fmt::Debug for WebhookChannel {
             .field("url", &self.url)
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("signature_header", &self.signature_header)
+            .field("signature_format", &self.signature_format)
             .field("secret", &self.secret.as_ref().map(|_| "redacted"))
             .field(
                 "custom_headers",
@@ -149,15 +157,21 @@ impl Rule {
             if webhook.max_retries > 10 {
                 return Err("channels.webhook.max_retries: must be at most 10".to_owned());
             }
+            if let Some(header) = &webhook.signature_header {
+                crate::config::validate_signature_header(header)
+                    .map_err(|message| format!("channels.webhook.signature_header: {message}"))?;
+            }
+            let signature_header = webhook
+                .signature_header
+                .as_deref()
+                .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER);
             for name in webhook.custom_headers.keys() {
-                let lower = name.to_ascii_lowercase();
-                let reserved = lower.starts_with("webhook-")
-                    || lower.starts_with("x-agentmail-")
-                    || matches!(
-                        lower.as_str(),
-                        "content-type" | "content-length" | "host" | "x-signature"
-                    );
-                if reserved
+                // A custom header is added beside the signature, so one named like the
+                // signature header would send two values and no receiver could verify.
+                let signs_in_it = webhook.signature == SignatureScheme::HmacSha256
+                    && name.eq_ignore_ascii_case(signature_header);
+                if crate::config::is_reserved_header(name)
+                    || signs_in_it
                     || name.is_empty()
                     || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
                 {

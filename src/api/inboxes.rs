@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
-use crate::config::{PayloadFormat, SignatureScheme};
+use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
 use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
 use crate::intake::Outcome;
 use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
@@ -93,6 +93,11 @@ fn webhook_json(webhook: &WebhookSettings) -> Value {
         "enabled": webhook.enabled,
         "signature": webhook.signature,
         "payload": webhook.payload,
+        "signature_header": webhook
+            .signature_header
+            .as_deref()
+            .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER),
+        "signature_format": webhook.signature_format,
         "verify_tls": webhook.verify_tls,
         "disabled_reason": webhook.disabled_reason,
         "ordered": webhook.ordered,
@@ -381,6 +386,11 @@ pub(crate) struct PutWebhook {
     /// mxhook (default) or botmailroom.
     #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
+    /// The hmac-sha256 scheme's header (default X-Webhook-Signature; unchanged when left out).
+    signature_header: Option<String>,
+    /// The hmac-sha256 scheme's value: sha256=hex (default) or hex; unchanged when left out.
+    #[schema(value_type = Option<String>)]
+    signature_format: Option<SignatureFormat>,
     /// Whether the receiver's certificate must verify (default true; unchanged when left out).
     verify_tls: Option<bool>,
     /// Deliver one thread's events in acceptance order (default false; unchanged when left out).
@@ -432,6 +442,10 @@ pub(crate) async fn put_webhook(
     let Json(body) = body?;
     crate::config::validate_webhook_url(&body.url, &state.delivery)
         .map_err(|reason| ApiError::BadRequest(format!("url: {reason}")))?;
+    if let Some(header) = &body.signature_header {
+        crate::config::validate_signature_header(header)
+            .map_err(|reason| ApiError::BadRequest(format!("signature_header: {reason}")))?;
+    }
     let existing = inbox.webhook;
     let signature = body
         .signature
@@ -482,6 +496,15 @@ pub(crate) async fn put_webhook(
         enabled: body.enabled,
         signature,
         payload,
+        signature_header: body.signature_header.or_else(|| {
+            existing
+                .as_ref()
+                .and_then(|webhook| webhook.signature_header.clone())
+        }),
+        signature_format: body
+            .signature_format
+            .or(existing.as_ref().map(|webhook| webhook.signature_format))
+            .unwrap_or_default(),
         secret: Some(secret),
         previous_secret,
         previous_secret_expires_at,
@@ -591,6 +614,13 @@ struct RuleWebhook {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
+    /// The hmac-sha256 scheme's header (default X-Webhook-Signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature_header: Option<String>,
+    /// The hmac-sha256 scheme's value: sha256=hex (default) or hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    signature_format: Option<SignatureFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     custom_headers: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

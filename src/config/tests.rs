@@ -94,6 +94,21 @@ fn errors_name_the_key() {
     );
     check_error("[smtp\n", &[], "not valid TOML");
     check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nsignature_header = \"X Sig\"\n",
+        &[],
+        "inbox[0].signature_header",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nsignature_header = \"Host\"\n",
+        &[],
+        "inbox[0].signature_header",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nsignature_format = \"b64\"\n",
+        &[],
+        "signature_format",
+    );
+    check_error(
         "[delivery]\nmax_in_flight_per_endpoint = 0\n",
         &[],
         "delivery.max_in_flight_per_endpoint",

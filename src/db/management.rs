@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Db, Error};
-use crate::config::{PayloadFormat, SignatureScheme};
+use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
 use crate::model::now_ms;
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
@@ -30,6 +30,9 @@ pub struct WebhookSettings {
     pub enabled: bool,
     pub signature: SignatureScheme,
     pub payload: PayloadFormat,
+    /// The `hmac-sha256` scheme's header; `None` is `X-Webhook-Signature`.
+    pub signature_header: Option<String>,
+    pub signature_format: SignatureFormat,
     pub secret: Option<String>,
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<i64>,
@@ -46,6 +49,8 @@ impl std::fmt::Debug for WebhookSettings {
             .field("enabled", &self.enabled)
             .field("signature", &self.signature)
             .field("payload", &self.payload)
+            .field("signature_header", &self.signature_header)
+            .field("signature_format", &self.signature_format)
             .field("has_secret", &self.secret.is_some())
             .field(
                 "previous_secret_expires_at",
@@ -124,7 +129,8 @@ pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000
 
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
-    webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, created_at, updated_at";
+    webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
+    webhook_signature_header, webhook_signature_format, created_at, updated_at";
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -281,7 +287,8 @@ impl Db {
             "UPDATE inboxes SET webhook_url = $1, webhook_enabled = $2, webhook_secret = $3, \
              webhook_signature = $4, webhook_payload = $5, webhook_previous_secret = $6, \
              webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10, \
-             webhook_disabled_reason = NULL, webhook_ordered = $11 \
+             webhook_disabled_reason = NULL, webhook_ordered = $11, \
+             webhook_signature_header = $12, webhook_signature_format = $13 \
              WHERE id = $9",
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
@@ -295,6 +302,14 @@ impl Db {
         .bind(inbox_id)
         .bind(i64::from(webhook.is_none_or(|webhook| webhook.verify_tls)))
         .bind(i64::from(webhook.is_some_and(|webhook| webhook.ordered)))
+        .bind(webhook.and_then(|webhook| webhook.signature_header.clone()))
+        .bind(
+            webhook
+                .map_or(SignatureFormat::default(), |webhook| {
+                    webhook.signature_format
+                })
+                .as_str(),
+        )
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
@@ -550,6 +565,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
             let payload: String = row.try_get("webhook_payload")?;
             let enabled: i64 = row.try_get("webhook_enabled")?;
             let verify_tls: i64 = row.try_get("webhook_verify_tls")?;
+            let signature_format: String = row.try_get("webhook_signature_format")?;
             Some(WebhookSettings {
                 url,
                 enabled: enabled != 0,
@@ -558,6 +574,10 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 })?,
                 payload: PayloadFormat::parse(&payload)
                     .ok_or_else(|| Error::Corrupt(format!("unknown payload format `{payload}`")))?,
+                signature_header: row.try_get("webhook_signature_header")?,
+                signature_format: SignatureFormat::parse(&signature_format).ok_or_else(|| {
+                    Error::Corrupt(format!("unknown signature format `{signature_format}`"))
+                })?,
                 secret: row.try_get("webhook_secret")?,
                 previous_secret: row.try_get("webhook_previous_secret")?,
                 previous_secret_expires_at: row.try_get("webhook_previous_secret_expires_at")?,

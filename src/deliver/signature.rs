@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::SignatureScheme;
+use crate::config::{SignatureFormat, SignatureScheme};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -29,6 +29,10 @@ pub struct SigningInput<'a> {
     pub webhook_id: &'a str,
     pub timestamp: i64,
     pub body: &'a [u8],
+    /// The `hmac-sha256` scheme's header; `None` is [`DEFAULT_HMAC_HEADER`].
+    pub hmac_header: Option<&'a str>,
+    /// The `hmac-sha256` scheme's value format.
+    pub hmac_format: SignatureFormat,
 }
 
 /// Returns the signature headers for one request, in order.
@@ -89,9 +93,13 @@ pub fn sign(input: &SigningInput<'_>) -> Result<Vec<(String, String)>, Error> {
         SignatureScheme::HmacSha256 => {
             let mut mac = hmac(input.secrets[0].as_bytes());
             mac.update(input.body);
+            let digest = hex::encode(mac.finalize().into_bytes());
             headers.push((
-                DEFAULT_HMAC_HEADER.to_owned(),
-                format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+                input.hmac_header.unwrap_or(DEFAULT_HMAC_HEADER).to_owned(),
+                match input.hmac_format {
+                    SignatureFormat::Sha256Hex => format!("sha256={digest}"),
+                    SignatureFormat::Hex => digest,
+                },
             ));
         }
     }

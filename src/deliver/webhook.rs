@@ -128,6 +128,8 @@ impl WebhookClient {
             webhook_id,
             timestamp,
             body: &body,
+            hmac_header: endpoint.signature_header.as_deref(),
+            hmac_format: endpoint.signature_format,
         })?;
         let client = if endpoint.verify_tls {
             &self.client

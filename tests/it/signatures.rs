@@ -8,7 +8,9 @@ use std::process::Command;
 use mxhook::config::SignatureScheme;
 use mxhook::deliver::signature::{SigningInput, sign};
 
-use crate::support::gateway::config_toml;
+use serde_json::{Value, json};
+
+use crate::support::gateway::{API_KEY, SECRET, config_toml};
 use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, simple_message};
 
 const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -64,14 +66,44 @@ else:
 sys.exit(0 if ok else 1)
 "#;
 
+/// Checks `hmac-sha256` with a configured header (argv 3) and value format (argv 4): exactly
+/// one signature header, the configured one, whose value is the HMAC of the raw body.
+const CONFIGURED_HMAC_VERIFIER: &str = r#"
+import sys, json, hmac, hashlib
+secret, headers = sys.argv[1].encode(), {k.lower(): v for k, v in json.loads(sys.argv[2]).items()}
+header, fmt = sys.argv[3].lower(), sys.argv[4]
+digest = hmac.new(secret, sys.stdin.buffer.read(), hashlib.sha256).hexdigest()
+expected = digest if fmt == "hex" else "sha256=" + digest
+others = {"x-webhook-signature", "x-signature", "x-agentmail-signature"} - {header}
+ok = header in headers and not (others & headers.keys())
+sys.exit(0 if ok and hmac.compare_digest(expected, headers[header]) else 1)
+"#;
+
+fn python_accepts_configured(
+    secret: &str,
+    header: &str,
+    format: &str,
+    request: &crate::support::Received,
+) -> bool {
+    let script =
+        format!("import sys\nsys.argv[3:] = [{header:?}, {format:?}]\n{CONFIGURED_HMAC_VERIFIER}");
+    python_accepts(&script, secret, &headers_of(request), &request.body)
+}
+
 /// Sends one mail through a gateway whose inbox uses `scheme` and returns the request.
 async fn delivered_with(scheme: &str, secret: &str) -> crate::support::Received {
+    delivered_with_lines(&format!("signature = \"{scheme}\"\n"), secret).await
+}
+
+/// Sends one mail through a gateway whose `agent` inbox has `lines` and `secret`, and returns
+/// the request.
+async fn delivered_with_lines(lines: &str, secret: &str) -> crate::support::Received {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let options = GatewayOptions::webhook(receiver.url());
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = config_toml(dir.path(), &options).replacen(
         "webhook_secret = \"test-signing-secret\"\n",
-        &format!("webhook_secret = \"{secret}\"\nsignature = \"{scheme}\"\n"),
+        &format!("webhook_secret = \"{secret}\"\n{lines}"),
         1,
     );
     let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
@@ -80,7 +112,7 @@ async fn delivered_with(scheme: &str, secret: &str) -> crate::support::Received 
     let message = simple_message(
         "s@sender.example",
         "agent@example.com",
-        scheme,
+        "signed",
         "signed body ✓",
     );
     let (code, text) = client
@@ -165,6 +197,8 @@ fn rotation_sends_a_signature_each_secret_verifies() {
         webhook_id: "evt_rotation",
         timestamp,
         body,
+        hmac_header: None,
+        hmac_format: mxhook::config::SignatureFormat::Sha256Hex,
     })
     .expect("sign");
     headers.push(("webhook-id".to_owned(), "evt_rotation".to_owned()));
@@ -190,5 +224,160 @@ fn rotation_sends_a_signature_each_secret_verifies() {
         "whsec_bm90IGEgcm90YXRlZCBzZWNyZXQ=",
         &headers,
         body
+    ));
+}
+
+#[tokio::test]
+async fn hmac_sha256_header_and_format_from_toml_verify_with_python_hmac() {
+    let request = delivered_with_lines(
+        "signature = \"hmac-sha256\"\nsignature_header = \"X-Hub-Signature-256\"\n\
+         signature_format = \"hex\"\n",
+        "plain-secret",
+    )
+    .await;
+    let value = request
+        .header("x-hub-signature-256")
+        .expect("configured header");
+    assert_eq!(value.len(), 64, "bare hex: {value}");
+    assert!(request.header("x-webhook-signature").is_none());
+    assert!(python_accepts_configured(
+        "plain-secret",
+        "X-Hub-Signature-256",
+        "hex",
+        &request
+    ));
+    assert!(!python_accepts_configured(
+        "other-secret",
+        "X-Hub-Signature-256",
+        "hex",
+        &request
+    ));
+    assert!(!python_accepts_configured(
+        "plain-secret",
+        "X-Hub-Signature-256",
+        "sha256=hex",
+        &request
+    ));
+}
+
+async fn put_json(gateway: &TestGateway, path: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .put(format!("http://{}{path}", gateway.http))
+        .bearer_auth(API_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
+    let mut inbox_hook = WebhookReceiver::start(vec![]).await;
+    let mut rule_hook = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(inbox_hook.url())).await;
+
+    for (header, why) in [
+        ("Bad Header", "not a header name"),
+        ("X-Sig:", "not a header name"),
+        ("", "empty"),
+        ("Content-Type", "reserved"),
+        ("user-agent", "reserved"),
+        ("webhook-id", "reserved"),
+        ("Host", "reserved"),
+    ] {
+        let (status, body) = put_json(
+            &gateway,
+            "/v1/inboxes/agent/webhook",
+            &json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                    "signature_header": header}),
+        )
+        .await;
+        assert_eq!(status, 400, "`{header}` ({why}): {body}");
+        let message = body["error"]["message"].as_str().expect("JSON error");
+        assert!(message.contains("signature_header"), "{message}");
+    }
+    let (status, body) = put_json(
+        &gateway,
+        "/v1/inboxes/agent/webhook",
+        &json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                "signature_format": "base64"}),
+    )
+    .await;
+    assert_eq!(status, 422, "an unknown format is refused: {body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+
+    // The config secret fits the new scheme and is kept (and not shown).
+    let (status, body) = put_json(
+        &gateway,
+        "/v1/inboxes/agent/webhook",
+        &json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                "signature_header": "X-Hub-Signature-256", "signature_format": "hex"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("signing_secret").is_none(), "{body}");
+    let (_, view) = gateway
+        .api_get("/v1/inboxes/agent/webhook")
+        .await
+        .expect("api");
+    assert_eq!(view["signature_header"], "X-Hub-Signature-256", "{view}");
+    assert_eq!(view["signature_format"], "hex", "{view}");
+
+    let bad_rule = json!([{"name": "x", "channels": {"webhook": {"url": rule_hook.url(),
+        "signature": "hmac-sha256", "signature_header": "Content-Length"}}}]);
+    let (status, body) = put_json(&gateway, "/v1/inboxes/agent/notifications", &bad_rule).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().expect("JSON error");
+    assert!(
+        message.contains("channels.webhook.signature_header"),
+        "{message}"
+    );
+    let clash = json!([{"name": "x", "channels": {"webhook": {"url": rule_hook.url(),
+        "signature": "hmac-sha256", "signature_header": "X-Rule-Sig",
+        "custom_headers": {"x-rule-sig": "forged"}}}}]);
+    let (status, body) = put_json(&gateway, "/v1/inboxes/agent/notifications", &clash).await;
+    assert_eq!(
+        status, 400,
+        "a custom header cannot shadow the signature: {body}"
+    );
+
+    let rule = json!([{"name": "signed", "channels": {"webhook": {"url": rule_hook.url(),
+        "signature": "hmac-sha256", "signature_header": "X-Rule-Sig"}}}]);
+    let (status, body) = put_json(&gateway, "/v1/inboxes/agent/notifications", &rule).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body[0]["channels"]["webhook"]["signature_header"],
+        "X-Rule-Sig"
+    );
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message("s@sender.example", "agent@example.com", "api", "body ✓");
+    let (code, text) = client
+        .send_message("s@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+
+    let to_inbox = inbox_hook.recv().await;
+    assert!(python_accepts_configured(
+        SECRET,
+        "X-Hub-Signature-256",
+        "hex",
+        &to_inbox
+    ));
+    // The rule signs with the inbox secret, in its own header and the default format.
+    let to_rule = rule_hook.recv().await;
+    assert!(python_accepts_configured(
+        SECRET,
+        "X-Rule-Sig",
+        "sha256=hex",
+        &to_rule
+    ));
+    assert!(!python_accepts_configured(
+        "other-secret",
+        "X-Rule-Sig",
+        "sha256=hex",
+        &to_rule
     ));
 }

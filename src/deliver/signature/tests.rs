@@ -10,6 +10,8 @@ fn check(scheme: SignatureScheme, secrets: &[&str]) -> Vec<(String, String)> {
         webhook_id: "evt_1",
         timestamp: 1_700_000_000,
         body: BODY,
+        hmac_header: None,
+        hmac_format: SignatureFormat::Sha256Hex,
     })
     .expect("signing succeeds")
 }
@@ -78,6 +80,8 @@ fn standard_rejects_malformed_secret() {
         webhook_id: "evt_1",
         timestamp: 1,
         body: BODY,
+        hmac_header: None,
+        hmac_format: SignatureFormat::Sha256Hex,
     });
     assert_eq!(result, Err(Error::MalformedStandardSecret));
 }
@@ -89,4 +93,24 @@ fn botmailroom_and_hmac_sign_the_body_alone() {
     assert_eq!(bmr[0].0, "X-Signature");
     assert_eq!(plain[0].0, DEFAULT_HMAC_HEADER);
     assert_eq!(plain[0].1, format!("sha256={}", bmr[0].1));
+}
+
+#[test]
+fn hmac_sha256_takes_its_header_and_format_from_the_endpoint() {
+    let secrets = vec!["k".to_owned()];
+    let headers = sign(&SigningInput {
+        scheme: SignatureScheme::HmacSha256,
+        secrets: &secrets,
+        webhook_id: "evt_1",
+        timestamp: 1,
+        body: BODY,
+        hmac_header: Some("X-Hub-Signature"),
+        hmac_format: SignatureFormat::Hex,
+    })
+    .expect("signing succeeds");
+    let bmr = check(SignatureScheme::Botmailroom, &["k"]);
+    assert_eq!(
+        headers,
+        vec![("X-Hub-Signature".to_owned(), bmr[0].1.clone())]
+    );
 }
