@@ -59,6 +59,9 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Where accepted messages and attempt records are committed, in groups (see `commit`).
+    /// `None` in the committer's own handle, which writes directly.
+    writes: Option<commit::GroupCommit>,
 }
 
 /// One accepted copy of a message (one per inbox), committed with its delivery jobs.
@@ -86,6 +89,16 @@ pub struct NewMessage {
     pub subject_key: Option<String>,
     /// Lower-cased From, To and Cc addresses.
     pub participants: Vec<String>,
+    /// Recorded for duplicate detection in the same commit, so a message that did not commit
+    /// never makes its own retry look like a duplicate.
+    pub fingerprint: Option<NewFingerprint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewFingerprint {
+    pub fingerprint: String,
+    /// Fingerprints of the inbox older than this fall out of the duplicate window.
+    pub forget_before: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +269,10 @@ impl Db {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections)
+            // A SQLite connection is a file handle in this process: it cannot go stale, and the
+            // liveness ping before every acquire would double the round trips to its worker
+            // thread. A PostgreSQL connection can be cut by the server, so it is still tested.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -280,7 +297,15 @@ impl Db {
             .connect(&url)
             .await
             .map_err(Error::Connect)?;
-        Ok(Self { pool, backend })
+        let direct = Self {
+            pool,
+            backend,
+            writes: None,
+        };
+        Ok(Self {
+            writes: Some(commit::GroupCommit::start(direct.clone())),
+            ..direct
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -443,8 +468,60 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`]; nothing is committed then.
-    pub async fn commit_accepted(&self, messages: &[NewMessage]) -> Result<(), Error> {
+    pub async fn commit_accepted(&self, messages: Vec<NewMessage>) -> Result<(), Error> {
+        self.write(commit::Write::Accepted(messages))
+            .await
+            .map(|_| ())
+    }
+
+    /// One critical-path write, through the group committer when there is one.
+    async fn write(&self, write: commit::Write) -> Result<commit::Reply, Error> {
+        match &self.writes {
+            Some(writes) => writes.write(write).await,
+            None => {
+                let mut replies = self.write_together(&[&write]).await?;
+                Ok(replies.pop().unwrap_or(commit::Reply::Done))
+            }
+        }
+    }
+
+    /// Commits writes of the group committer in one transaction: all or none. One reply per
+    /// write, in order.
+    async fn write_together(&self, writes: &[&commit::Write]) -> Result<Vec<commit::Reply>, Error> {
         let mut tx = self.pool.begin().await?;
+        let mut replies = Vec::with_capacity(writes.len());
+        for write in writes {
+            replies.push(match write {
+                commit::Write::Accepted(messages) => {
+                    insert_messages(&mut tx, messages).await?;
+                    commit::Reply::Done
+                }
+                commit::Write::Attempt(record) => {
+                    write_attempt(&mut tx, record).await?;
+                    commit::Reply::Done
+                }
+                commit::Write::RateCount { buckets, now } => {
+                    commit::Reply::Levels(count_in_buckets(&mut tx, buckets, *now).await?)
+                }
+                commit::Write::Claim(claim) => {
+                    commit::Reply::Claimed(claim_ids(&mut tx, self.backend, claim).await?)
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(replies)
+    }
+}
+
+/// How often accepted messages prune fingerprints that left the duplicate window.
+const FINGERPRINT_PRUNE_EVERY_MS: i64 = 60_000;
+static LAST_FINGERPRINT_PRUNE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+async fn insert_messages(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    messages: &[NewMessage],
+) -> Result<(), Error> {
+    {
         for message in messages {
             let envelope_to = serde_json::to_string(&message.envelope_to)
                 .map_err(|err| Error::Corrupt(err.to_string()))?;
@@ -473,7 +550,7 @@ impl Db {
             .bind(&message.thread_id)
             .bind(message.subject_key.as_deref().map(header_text))
             .bind(header_text(&message.participants.join(" ")))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             for delivery in &message.deliveries {
                 sqlx::query(
@@ -492,14 +569,163 @@ impl Db {
                 .bind(message.received_at)
                 .bind(&message.thread_id)
                 .bind(i64::from(delivery.ordered))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
+            if let Some(fingerprint) = &message.fingerprint {
+                sqlx::query(
+                    "INSERT INTO message_fingerprints (inbox_id, fingerprint, message_id, \
+                     received_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&message.inbox_id)
+                .bind(&fingerprint.fingerprint)
+                .bind(&message.id)
+                .bind(message.received_at)
+                .execute(&mut **tx)
+                .await?;
+                // Lookups only see the window, so old rows are dead weight, not wrong answers:
+                // they are pruned once a minute, not on every message.
+                let last = LAST_FINGERPRINT_PRUNE.load(std::sync::atomic::Ordering::Relaxed);
+                if message.received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
+                    && LAST_FINGERPRINT_PRUNE
+                        .compare_exchange(
+                            last,
+                            message.received_at,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    sqlx::query("DELETE FROM message_fingerprints WHERE received_at < $1")
+                        .bind(fingerprint.forget_before)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(())
     }
+    Ok(())
+}
 
+/// Leases up to `claim.limit` due jobs; see [`Db::claim_due`].
+async fn claim_ids(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    claim: &commit::Claim,
+) -> Result<Vec<String>, Error> {
+    let row_lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    // Placeholders go in order of first use: the skipped endpoints come before the limit.
+    let skipped = not_to(&claim.skip, 4);
+    let limit_param = 4 + 3 * claim.skip.len();
+    let sql = format!(
+        "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
+         WHERE id IN (SELECT d.id FROM deliveries d WHERE d.status = 'pending' \
+             AND d.next_attempt_at <= $3 AND (d.locked_until IS NULL OR d.locked_until < $3) \
+             AND {NOT_BLOCKED}{skipped} \
+             ORDER BY d.next_attempt_at LIMIT ${limit_param} {row_lock}) \
+         AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
+         RETURNING id"
+    );
+    let mut query = sqlx::query_scalar(&sql)
+        .bind(claim.lease_until)
+        .bind(&claim.worker)
+        .bind(claim.now);
+    for endpoint in &claim.skip {
+        query = query
+            .bind(&endpoint.inbox_id)
+            .bind(&endpoint.endpoint_ref)
+            .bind(&endpoint.channel);
+    }
+    Ok(query.bind(claim.limit).fetch_all(&mut **tx).await?)
+}
+
+/// Adds one message to each bucket, draining it first; see [`Db::add_to_rate_buckets`].
+async fn count_in_buckets(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    buckets: &[(String, f64)],
+    now: i64,
+) -> Result<Vec<i64>, Error> {
+    let mut levels = Vec::with_capacity(buckets.len());
+    for (bucket, drain_per_ms) in buckets {
+        let level: i64 = sqlx::query_scalar(
+            "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES ($1, 1000, $2) \
+             ON CONFLICT (bucket) DO UPDATE SET \
+             level_milli = 1000 + CASE \
+                 WHEN rate_buckets.updated_at >= $2 THEN rate_buckets.level_milli \
+                 WHEN rate_buckets.level_milli > CAST(($2 - rate_buckets.updated_at) * $3 AS BIGINT) \
+                 THEN rate_buckets.level_milli - CAST(($2 - rate_buckets.updated_at) * $3 AS BIGINT) \
+                 ELSE 0 END, \
+             updated_at = CASE WHEN rate_buckets.updated_at > $2 THEN rate_buckets.updated_at ELSE $2 END \
+             RETURNING level_milli",
+        )
+        .bind(bucket)
+        .bind(now)
+        .bind(*drain_per_ms)
+        .fetch_one(&mut **tx)
+        .await?;
+        levels.push(level);
+    }
+    Ok(levels)
+}
+
+/// Logs one attempt and moves its job on, releasing the lease.
+async fn write_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    record: &AttemptRecord,
+) -> Result<(), Error> {
+    // The write comes first: on SQLite a transaction that reads and then writes fails at
+    // once with "database is locked" when another attempt committed in between, and the
+    // job would then wait for its lease to run out and be sent again.
+    let now = now_ms();
+    let (status, next_attempt_at, failed, delivered_at) = match record.next {
+        JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
+        JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1_i64, None),
+        JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
+    };
+    // The job's attempt counter numbers the attempt, so no second read is needed.
+    let attempt: Option<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
+             failures = failures + $3, delivered_at = $4, last_status_code = $5, \
+             last_error = $6, locked_until = NULL, locked_by = NULL, updated_at = $7 \
+             WHERE id = $8 RETURNING attempts",
+    )
+    .bind(status.as_str())
+    .bind(next_attempt_at)
+    .bind(failed)
+    .bind(delivered_at)
+    .bind(record.status_code.map(i64::from))
+    .bind(record.error.clone())
+    .bind(now)
+    .bind(&record.delivery_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    // The delivery is gone (its inbox was deleted): nothing to log against.
+    let Some(attempt) = attempt else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
+             status_code, outcome, error, response_excerpt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(crate::model::new_id("att"))
+    .bind(&record.delivery_id)
+    .bind(attempt)
+    .bind(record.started_at)
+    .bind(record.latency_ms)
+    .bind(record.status_code.map(i64::from))
+    .bind(&record.outcome)
+    .bind(record.error.clone())
+    .bind(record.response_excerpt.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Db {
     /// Takes a lease on up to `limit` due jobs. A job whose lease ran out (its node died) is due
     /// again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several nodes claim at once without
     /// waiting on each other or taking the same row; the conditions are repeated outside the
@@ -520,33 +746,17 @@ impl Db {
         limit: i64,
         skip: &[EndpointKey],
     ) -> Result<Vec<ClaimedJob>, Error> {
-        let row_lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
+        let claim = commit::Claim {
+            worker: worker.to_owned(),
+            now,
+            lease_until,
+            limit,
+            skip: skip.to_vec(),
         };
-        // Placeholders go in order of first use: the skipped endpoints come before the limit.
-        let skipped = not_to(skip, 4);
-        let limit_param = 4 + 3 * skip.len();
-        let claim = format!(
-            "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
-             WHERE id IN (SELECT d.id FROM deliveries d WHERE d.status = 'pending' \
-                 AND d.next_attempt_at <= $3 AND (d.locked_until IS NULL OR d.locked_until < $3) \
-                 AND {NOT_BLOCKED}{skipped} \
-                 ORDER BY d.next_attempt_at LIMIT ${limit_param} {row_lock}) \
-             AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
-             RETURNING id"
-        );
-        let mut query = sqlx::query_scalar(&claim)
-            .bind(lease_until)
-            .bind(worker)
-            .bind(now);
-        for endpoint in skip {
-            query = query
-                .bind(&endpoint.inbox_id)
-                .bind(&endpoint.endpoint_ref)
-                .bind(&endpoint.channel);
-        }
-        let mut ids: Vec<String> = query.bind(limit).fetch_all(&self.pool).await?;
+        let mut ids = match self.write(commit::Write::Claim(claim)).await? {
+            commit::Reply::Claimed(ids) => ids,
+            _ => Vec::new(),
+        };
         // On PostgreSQL the statement can take more rows than the limit: when a row it meets was
         // changed concurrently, the re-check runs the sub-select again and SKIP LOCKED finds
         // further rows. The caller has workers for `limit` jobs only, and a surplus job would
@@ -556,21 +766,30 @@ impl Db {
             let surplus = ids.split_off(limit_len);
             self.release_claims(worker, &surplus).await?;
         }
-        let mut jobs = Vec::with_capacity(ids.len());
-        for id in ids {
-            let row = sqlx::query(
-                "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-                 d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
-                 i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
-                 i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
-                 i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
-                 i.notifications_json, i.webhook_signature_header, i.webhook_signature_format \
-                 FROM deliveries d JOIN messages m ON m.id = d.message_id \
-                 LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id = $1",
-            )
-            .bind(&id)
-            .fetch_one(&self.pool)
-            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One read for the whole claim, in claim order.
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let load = format!(
+            "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
+             d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
+             i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
+             i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
+             i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
+             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format \
+             FROM deliveries d JOIN messages m ON m.id = d.message_id \
+             LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
+             ORDER BY d.next_attempt_at, d.id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&load);
+        for id in &ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
             let endpoint_ref: String = row.try_get("endpoint_ref")?;
             let channel: String = row.try_get("channel")?;
             let inbox_id: String = row.try_get("inbox_id")?;
@@ -721,6 +940,20 @@ impl Db {
         now: i64,
     ) -> Result<Option<i64>, Error> {
         if success {
+            // Nearly every success finds nothing to clear; a read does not take SQLite's write
+            // lock, so the common case stays off the writers' path.
+            let failing: Option<i64> = sqlx::query_scalar(
+                "SELECT failing_since FROM endpoint_failures WHERE inbox_id = $1 \
+                 AND endpoint_ref = $2 AND url = $3",
+            )
+            .bind(inbox_id)
+            .bind(endpoint_ref)
+            .bind(url)
+            .fetch_optional(&self.pool)
+            .await?;
+            if failing.is_none() {
+                return Ok(None);
+            }
             sqlx::query(
                 "DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2 \
                  AND url = $3",
@@ -821,56 +1054,9 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        // The write comes first: on SQLite a transaction that reads and then writes fails at
-        // once with "database is locked" when another attempt committed in between, and the
-        // job would then wait for its lease to run out and be sent again.
-        let now = now_ms();
-        let (status, next_attempt_at, failed, delivered_at) = match record.next {
-            JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
-            JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1_i64, None),
-            JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
-        };
-        sqlx::query(
-            "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
-             failures = failures + $3, delivered_at = $4, last_status_code = $5, \
-             last_error = $6, locked_until = NULL, locked_by = NULL, updated_at = $7 \
-             WHERE id = $8",
-        )
-        .bind(status.as_str())
-        .bind(next_attempt_at)
-        .bind(failed)
-        .bind(delivered_at)
-        .bind(record.status_code.map(i64::from))
-        .bind(record.error.clone())
-        .bind(now)
-        .bind(&record.delivery_id)
-        .execute(&mut *tx)
-        .await?;
-        let attempt: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1",
-        )
-        .bind(&record.delivery_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
-             status_code, outcome, error, response_excerpt) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(crate::model::new_id("att"))
-        .bind(&record.delivery_id)
-        .bind(attempt)
-        .bind(record.started_at)
-        .bind(record.latency_ms)
-        .bind(record.status_code.map(i64::from))
-        .bind(&record.outcome)
-        .bind(record.error.clone())
-        .bind(record.response_excerpt.clone())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(commit::Write::Attempt(record.clone()))
+            .await
+            .map(|_| ())
     }
 
     /// Puts a delivery back in the queue, due now, with a fresh retry budget. The event (and so
@@ -1084,37 +1270,36 @@ impl Db {
         Ok(found.is_some())
     }
 
-    /// Remembers that `message_id` carried this fingerprint, and forgets fingerprints older
-    /// than `forget_before`, so the table holds one duplicate window.
+    /// The stored buckets among `buckets`: (bucket, level in thousandths of a message, when it
+    /// was written). Absent buckets are empty.
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn record_fingerprint(
-        &self,
-        inbox_id: &str,
-        fingerprint: &str,
-        message_id: &str,
-        received_at: i64,
-        forget_before: i64,
-    ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO message_fingerprints (inbox_id, fingerprint, message_id, received_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(inbox_id)
-        .bind(fingerprint)
-        .bind(message_id)
-        .bind(received_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM message_fingerprints WHERE inbox_id = $1 AND received_at < $2")
-            .bind(inbox_id)
-            .bind(forget_before)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+    pub async fn rate_buckets(&self, buckets: &[&str]) -> Result<Vec<(String, i64, i64)>, Error> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=buckets.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT bucket, level_milli, updated_at FROM rate_buckets WHERE bucket IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for bucket in buckets {
+            query = query.bind(*bucket);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("bucket")?,
+                    row.try_get("level_milli")?,
+                    row.try_get("updated_at")?,
+                ))
+            })
+            .collect()
     }
 
     /// A rate bucket's stored level (thousandths of a message) and when it was written.
@@ -1135,43 +1320,52 @@ impl Db {
         }
     }
 
-    /// Writes a bucket level if the row is still as it was read (`None`: still absent). False
-    /// means another session or node wrote first; the caller reads again.
+    /// Adds one message to each bucket, draining it first by `drain_per_ms` thousandths per
+    /// millisecond since its last write, and returns the new levels in order. One statement per
+    /// bucket does the read, the drain and the write atomically, so concurrent sessions and nodes
+    /// never lose a count and never retry; one transaction for all of a message's buckets means
+    /// one commit (one WAL sync on SQLite) instead of one per bucket.
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn swap_rate_bucket(
+    pub async fn add_to_rate_buckets(
+        &self,
+        buckets: &[(&str, f64)],
+        now: i64,
+    ) -> Result<Vec<i64>, Error> {
+        let buckets = buckets
+            .iter()
+            .map(|(bucket, drain)| ((*bucket).to_owned(), *drain))
+            .collect();
+        match self
+            .write(commit::Write::RateCount { buckets, now })
+            .await?
+        {
+            commit::Reply::Levels(levels) => Ok(levels),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Sets a bucket's level as of `updated_at` (tests age a bucket with it).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn set_rate_bucket(
         &self,
         bucket: &str,
-        seen: Option<(i64, i64)>,
         level_milli: i64,
-        now: i64,
-    ) -> Result<bool, Error> {
-        let result = match seen {
-            None => sqlx::query(
-                "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (bucket) DO NOTHING",
-            )
-            .bind(bucket)
-            .bind(level_milli)
-            .bind(now)
-            .execute(&self.pool)
-            .await?,
-            Some((old_level, old_updated)) => {
-                sqlx::query(
-                    "UPDATE rate_buckets SET level_milli = $1, updated_at = $2 \
-                     WHERE bucket = $3 AND level_milli = $4 AND updated_at = $5",
-                )
-                .bind(level_milli)
-                .bind(now)
-                .bind(bucket)
-                .bind(old_level)
-                .bind(old_updated)
-                .execute(&self.pool)
-                .await?
-            }
-        };
-        Ok(result.rows_affected() == 1)
+        updated_at: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (bucket) DO UPDATE SET level_milli = $2, updated_at = $3",
+        )
+        .bind(bucket)
+        .bind(level_milli)
+        .bind(updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
@@ -1403,6 +1597,7 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
 fn header_text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
+mod commit;
 mod dashboard;
 mod management;
 pub use dashboard::{EndpointStats, MessageListing};

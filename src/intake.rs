@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::{AuthConfig, InboxConfig, PolicyAction, StorageConfig};
-use crate::db::{Db, NewDelivery, NewMessage};
+use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
 use crate::model::{Envelope, new_id, now_ms};
@@ -84,8 +84,8 @@ struct Received<'a> {
     verdict: &'a AuthVerdict,
     headers: &'a trust::HeaderFacts,
     from: Option<&'a str>,
-    /// The envelope sender or its domain is above its soft rate limit.
-    sender_rate_limited: bool,
+    /// The envelope sender, its domain or this inbox is above its soft rate limit.
+    rate_limited: bool,
 }
 
 /// What the checks concluded for one inbox's copy.
@@ -174,13 +174,17 @@ impl Intake {
 
         let mut inbox_flags = Vec::with_capacity(inbox_ids.len());
         if let Some(checks) = &self.checks {
-            let sender_rate_limited = checks
+            let rate_limited = checks
                 .rate_limiter
-                .count_sender(envelope.mail_from.as_deref(), envelope.remote_ip)
+                .count_message(
+                    envelope.mail_from.as_deref(),
+                    envelope.remote_ip,
+                    &inbox_ids,
+                )
                 .await;
             let headers = trust::header_facts(raw);
             let from = parsed.from.as_ref().map(|from| from.address.as_str());
-            for inbox_id in &inbox_ids {
+            for (inbox_id, rate_limited) in inbox_ids.iter().zip(rate_limited) {
                 let message = Received {
                     envelope,
                     raw,
@@ -188,7 +192,7 @@ impl Intake {
                     verdict: &verdict,
                     headers: &headers,
                     from,
-                    sender_rate_limited,
+                    rate_limited,
                 };
                 let flags = self.inbox_flags(checks, &message, inbox_id).await;
                 match flags {
@@ -201,7 +205,6 @@ impl Intake {
         }
 
         let mut messages = Vec::with_capacity(inbox_ids.len());
-        let mut fingerprints = Vec::new();
         let mut stored_keys = Vec::with_capacity(inbox_ids.len());
         for (inbox_id, flags) in inbox_ids.into_iter().zip(inbox_flags) {
             let message_id = new_id("msg");
@@ -244,11 +247,18 @@ impl Intake {
                 &parsed,
             );
             let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
+            let mut fingerprint = None;
             if let Some(flags) = flags {
                 event::apply_flags(&mut event, flags.flags, self.max_payload_bytes);
-                if let Some(fingerprint) = flags.fingerprint {
-                    fingerprints.push((inbox_id.to_owned(), fingerprint, message_id.clone()));
-                }
+                fingerprint =
+                    flags
+                        .fingerprint
+                        .zip(self.checks.as_ref())
+                        .map(|(fingerprint, checks)| NewFingerprint {
+                            fingerprint,
+                            forget_before: received_at
+                                - (checks.auth.duplicate_window_s * 1000.0) as i64,
+                        });
             }
             let deliveries = if quarantined {
                 Vec::new()
@@ -289,39 +299,20 @@ impl Intake {
                     .map(|subject| thread::normalize_subject(subject).0)
                     .filter(|key| !key.is_empty()),
                 participants: thread_keys.participants.clone(),
+                fingerprint,
             });
         }
 
-        if let Err(err) = self.db.commit_accepted(&messages).await {
+        let message_ids: Vec<String> = messages.iter().map(|message| message.id.clone()).collect();
+        if let Err(err) = self.db.commit_accepted(messages).await {
             tracing::error!(error = %err, "committing accepted message failed");
             self.undo(&stored_keys).await;
             return Outcome::TempFail {
                 reason: "database unavailable".to_owned(),
             };
         }
-        if let Some(checks) = &self.checks {
-            // After the commit: a message that did not commit must not make its retry a duplicate.
-            let window_ms = (checks.auth.duplicate_window_s * 1000.0) as i64;
-            for (inbox_id, fingerprint, message_id) in &fingerprints {
-                let recorded = self
-                    .db
-                    .record_fingerprint(
-                        inbox_id,
-                        fingerprint,
-                        message_id,
-                        received_at,
-                        received_at - window_ms,
-                    )
-                    .await;
-                if let Err(err) = recorded {
-                    tracing::warn!(error = %err, message_id, "recording the duplicate fingerprint failed");
-                }
-            }
-        }
         self.dispatcher_wakeup.notify_waiters();
-        Outcome::Accepted {
-            message_ids: messages.into_iter().map(|message| message.id).collect(),
-        }
+        Outcome::Accepted { message_ids }
     }
 
     /// The thread the message continues in this inbox (with its newest earlier emails), or a
@@ -378,7 +369,7 @@ impl Intake {
             verdict,
             headers,
             from,
-            sender_rate_limited,
+            rate_limited,
         } = *message;
         let (policy, action) = checks.policies.get(inbox_id).cloned().unwrap_or_default();
         let allow_listed = from.is_some_and(|from| {
@@ -414,7 +405,6 @@ impl Intake {
                 false
             }
         };
-        let rate_limited = sender_rate_limited | checks.rate_limiter.count_inbox(inbox_id).await;
         let flags = serde_json::json!({
             "sender_verified": verdict.dmarc_pass(),
             "peer_trust_tier": trust::trust_tier(&facts),
@@ -540,12 +530,10 @@ impl Intake {
             subject_key: None,
             participants: Vec::new(),
             deliveries,
+            fingerprint: None,
         };
-        if let Err(err) = self
-            .db
-            .commit_accepted(std::slice::from_ref(&message))
-            .await
-        {
+        let message_id = message.id.clone();
+        if let Err(err) = self.db.commit_accepted(vec![message]).await {
             tracing::error!(error = %err, "committing provider event failed");
             self.undo(std::slice::from_ref(&key)).await;
             return Outcome::TempFail {
@@ -554,7 +542,7 @@ impl Intake {
         }
         self.dispatcher_wakeup.notify_waiters();
         Outcome::Accepted {
-            message_ids: vec![message.id],
+            message_ids: vec![message_id],
         }
     }
 }

@@ -13,9 +13,6 @@ use crate::config::RateLimitConfig;
 use crate::db::Db;
 use crate::model::now_ms;
 
-/// Writes lost to a concurrent writer before a bucket update gives up for this message.
-const MAX_SWAPS: usize = 8;
-
 #[derive(Clone)]
 pub struct RateLimiter {
     config: RateLimitConfig,
@@ -76,16 +73,20 @@ impl RateLimiter {
         }
     }
 
-    /// Thousandths of a message a bucket drains in `elapsed_ms`: its soft limit per window, or
+    /// Thousandths of a message a bucket drains per millisecond: its soft limit per window, or
     /// its hard limit when the soft one is off, so that a bucket always empties in time.
-    fn drained(&self, bucket: &Bucket, elapsed_ms: i64) -> i64 {
+    fn drain_per_ms(&self, bucket: &Bucket) -> f64 {
         let per_window = if bucket.soft > 0 {
             bucket.soft
         } else {
             bucket.hard
         };
-        let per_ms = per_window as f64 / self.config.window_s;
-        (per_ms * elapsed_ms.max(0) as f64) as i64
+        per_window as f64 / self.config.window_s
+    }
+
+    /// Thousandths of a message a bucket drains in `elapsed_ms`.
+    fn drained(&self, bucket: &Bucket, elapsed_ms: i64) -> i64 {
+        (self.drain_per_ms(bucket) * elapsed_ms.max(0) as f64) as i64
     }
 
     /// True when a bucket of this recipient is at its hard limit (asked at RCPT).
@@ -98,71 +99,63 @@ impl RateLimiter {
         let now = now_ms();
         let mut buckets = self.sender_buckets(mail_from, remote_ip);
         buckets.push(self.inbox_bucket(inbox_id));
-        for bucket in buckets {
-            if bucket.hard == 0 {
-                continue;
+        buckets.retain(|bucket| bucket.hard != 0);
+        let keys: Vec<&str> = buckets.iter().map(|bucket| bucket.key.as_str()).collect();
+        let stored = match self.db.rate_buckets(&keys).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the rate buckets failed");
+                return false;
             }
-            match self.db.rate_bucket(&bucket.key).await {
-                Ok(Some((level, updated_at))) => {
-                    let level = (level - self.drained(&bucket, now - updated_at)).max(0);
-                    if level >= milli(bucket.hard) {
-                        return true;
+        };
+        stored.iter().any(|(key, level, updated_at)| {
+            buckets.iter().any(|bucket| {
+                &bucket.key == key
+                    && (level - self.drained(bucket, now - updated_at)).max(0) >= milli(bucket.hard)
+            })
+        })
+    }
+
+    /// Counts one message against its sender, its sender domain and each of its inboxes, all
+    /// in one commit. For each inbox (in order): true when the sender, the sender domain or
+    /// that inbox is now above its soft limit.
+    pub async fn count_message(
+        &self,
+        mail_from: Option<&str>,
+        remote_ip: Option<IpAddr>,
+        inbox_ids: &[&str],
+    ) -> Vec<bool> {
+        let sender_buckets = self.sender_buckets(mail_from, remote_ip);
+        let sender_count = sender_buckets.len();
+        let buckets: Vec<Bucket> = sender_buckets
+            .into_iter()
+            .chain(inbox_ids.iter().map(|inbox_id| self.inbox_bucket(inbox_id)))
+            .collect();
+        let counted: Vec<(usize, &Bucket)> = buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, bucket)| bucket.soft != 0 || bucket.hard != 0)
+            .collect();
+        let mut over_soft = vec![false; buckets.len()];
+        if !counted.is_empty() {
+            let keys: Vec<(&str, f64)> = counted
+                .iter()
+                .map(|(_, bucket)| (bucket.key.as_str(), self.drain_per_ms(bucket)))
+                .collect();
+            match self.db.add_to_rate_buckets(&keys, now_ms()).await {
+                Ok(levels) => {
+                    for ((index, bucket), level) in counted.iter().zip(levels) {
+                        over_soft[*index] = bucket.soft != 0 && level > milli(bucket.soft);
                     }
                 }
-                Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "reading a rate bucket failed"),
+                Err(err) => tracing::warn!(error = %err, "counting a message failed"),
             }
         }
-        false
-    }
-
-    /// Counts one message against its sender and sender domain; true when either is now above
-    /// its soft limit.
-    pub async fn count_sender(&self, mail_from: Option<&str>, remote_ip: Option<IpAddr>) -> bool {
-        self.count(self.sender_buckets(mail_from, remote_ip)).await
-    }
-
-    /// Counts one message against an inbox; true when it is now above its soft limit.
-    pub async fn count_inbox(&self, inbox_id: &str) -> bool {
-        self.count(vec![self.inbox_bucket(inbox_id)]).await
-    }
-
-    async fn count(&self, buckets: Vec<Bucket>) -> bool {
-        let mut over_soft = false;
-        for bucket in buckets {
-            if bucket.soft == 0 && bucket.hard == 0 {
-                continue;
-            }
-            match self.add_one(&bucket).await {
-                Ok(level) => over_soft |= bucket.soft != 0 && level > milli(bucket.soft),
-                Err(err) => {
-                    tracing::warn!(error = %err, bucket = bucket.key, "counting a message failed");
-                }
-            }
-        }
-        over_soft
-    }
-
-    async fn add_one(&self, bucket: &Bucket) -> Result<i64, crate::db::Error> {
-        let mut level = 0;
-        for _ in 0..MAX_SWAPS {
-            let now = now_ms();
-            let seen = self.db.rate_bucket(&bucket.key).await?;
-            level = match seen {
-                Some((level, updated_at)) => {
-                    (level - self.drained(bucket, now - updated_at)).max(0) + 1000
-                }
-                None => 1000,
-            };
-            if self
-                .db
-                .swap_rate_bucket(&bucket.key, seen, level, now)
-                .await?
-            {
-                return Ok(level);
-            }
-        }
-        Ok(level)
+        let sender_over = over_soft[..sender_count].iter().any(|over| *over);
+        over_soft[sender_count..]
+            .iter()
+            .map(|inbox_over| sender_over || *inbox_over)
+            .collect()
     }
 }
 
@@ -201,9 +194,13 @@ mod tests {
         };
         let limiter = limiter(&dir, config).await;
         let alice = Some("alice@example.org");
-        assert!(!limiter.count_sender(alice, None).await);
-        assert!(
-            limiter.count_sender(alice, None).await,
+        assert_eq!(
+            limiter.count_message(alice, None, &["agent"]).await,
+            [false]
+        );
+        assert_eq!(
+            limiter.count_message(alice, None, &["agent"]).await,
+            [true],
             "second is over soft"
         );
         assert!(limiter.over_hard_limit(alice, None, "agent").await);
@@ -215,18 +212,16 @@ mod tests {
 
         // The same level written one window ago has drained by the soft limit (one message).
         let key = "sender:alice@example.org";
-        let seen = limiter.db.rate_bucket(key).await.expect("read");
         let an_hour_ago = now_ms() - 3_600_000;
-        assert!(
-            limiter
-                .db
-                .swap_rate_bucket(key, seen, 2000, an_hour_ago)
-                .await
-                .expect("write")
-        );
+        limiter
+            .db
+            .set_rate_bucket(key, 2000, an_hour_ago)
+            .await
+            .expect("write");
         assert!(!limiter.over_hard_limit(alice, None, "agent").await);
-        assert!(
-            limiter.count_sender(alice, None).await,
+        assert_eq!(
+            limiter.count_message(alice, None, &["agent"]).await,
+            [true],
             "1 left + 1 new > 1"
         );
         assert!(limiter.over_hard_limit(alice, None, "agent").await);
@@ -247,11 +242,59 @@ mod tests {
         let limiter = limiter(&dir, config).await;
         let first: IpAddr = "192.0.2.1".parse().expect("ip");
         let second: IpAddr = "192.0.2.2".parse().expect("ip");
-        assert!(!limiter.count_sender(None, Some(first)).await);
+        assert_eq!(
+            limiter.count_message(None, Some(first), &[]).await,
+            [] as [bool; 0]
+        );
         assert!(limiter.over_hard_limit(None, Some(first), "agent").await);
         assert!(!limiter.over_hard_limit(None, Some(second), "agent").await);
         for _ in 0..5 {
-            assert!(!limiter.count_inbox("agent").await, "inbox limits are off");
+            assert_eq!(
+                limiter.count_message(None, Some(second), &["agent"]).await,
+                [false],
+                "inbox limits are off and the sender is under its soft limit once"
+            );
+            limiter
+                .db
+                .set_rate_bucket("sender:<>@192.0.2.2", 0, now_ms())
+                .await
+                .expect("reset");
         }
+    }
+
+    #[tokio::test]
+    async fn concurrent_sessions_never_lose_a_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            // A window so long that nothing measurable drains during the test.
+            window_s: 1e12,
+            sender_soft: 0,
+            sender_hard: 1_000_000,
+            domain_soft: 0,
+            domain_hard: 0,
+            inbox_soft: 0,
+            inbox_hard: 0,
+        };
+        let limiter = limiter(&dir, config).await;
+        let sessions: Vec<_> = (0..40)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    limiter
+                        .count_message(Some("carol@example.org"), None, &["agent"])
+                        .await
+                })
+            })
+            .collect();
+        for session in sessions {
+            session.await.expect("session");
+        }
+        let (level, _) = limiter
+            .db
+            .rate_bucket("sender:carol@example.org")
+            .await
+            .expect("read")
+            .expect("bucket exists");
+        assert_eq!(level, 40_000);
     }
 }

@@ -44,6 +44,11 @@ struct Args {
     /// Also run each load against `smtp-sink` (Postfix) and print the ratio.
     #[arg(long)]
     smtp_sink: bool,
+    /// Instead of the load runs: hold this many idle SMTP connections open (after the greeting
+    /// and EHLO), report the server's memory per connection, and check that mail still flows.
+    /// Needs `ulimit -n` above twice this number.
+    #[arg(long)]
+    idle: Option<usize>,
 }
 
 /// One message of ~10 KB: multipart/mixed with text, HTML and a base64 attachment.
@@ -154,6 +159,7 @@ async fn start_mxhook(
     dir: &Path,
     receiver: SocketAddr,
     greet_pause: Option<f64>,
+    max_connections: usize,
 ) -> anyhow::Result<Server> {
     let greet = greet_pause
         .map(|pause| format!("greet_pause_s = {pause}\n"))
@@ -164,7 +170,7 @@ async fn start_mxhook(
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = 2000\nmax_connections_per_ip = 2000\n{greet}[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
+            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = {max_connections}\nmax_connections_per_ip = {max_connections}\n{greet}[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
 [delivery]\nallow_http = true\nallow_private_targets = true\n\
 [[inbox]]\nid = \"agent\"\naddresses = [\"agent@example.com\"]\nwebhook_url = \"http://{receiver}/hook\"\n\
 webhook_secret = \"bench-secret\"\n"
@@ -174,7 +180,12 @@ webhook_secret = \"bench-secret\"\n"
         .args(["serve", "--config"])
         .arg(&config)
         .current_dir(dir)
-        .env("RUST_LOG", "warn")
+        // MXBENCH_SERVER_LOG lets a profiling run see the server's own logs (e.g.
+        // `sqlx::query=debug` for every statement's time).
+        .env(
+            "RUST_LOG",
+            std::env::var("MXBENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
@@ -383,7 +394,7 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
     let dir = ScratchDir::new()?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let receiver = start_receiver(Arc::clone(&seen)).await?;
-    let server = start_mxhook(&args.binary, dir.path(), receiver, args.greet_pause).await?;
+    let server = start_mxhook(&args.binary, dir.path(), receiver, args.greet_pause, 2000).await?;
     let pid = server.child.id();
     let (cpu_before, _) = process_usage(pid);
     let run = run_load(server.smtp, args, concurrency, reuse).await;
@@ -479,6 +490,83 @@ async fn bench_smtp_sink(args: &Args, concurrency: usize, reuse: bool) -> anyhow
     Ok(rate)
 }
 
+/// Resident memory of a process now, in KiB.
+fn current_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+async fn bench_idle(args: &Args, idle: usize) -> anyhow::Result<()> {
+    let dir = ScratchDir::new()?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let receiver = start_receiver(Arc::clone(&seen)).await?;
+    let server = start_mxhook(
+        &args.binary,
+        dir.path(),
+        receiver,
+        args.greet_pause,
+        idle + 100,
+    )
+    .await?;
+    let pid = server.child.id();
+    // One message first, so the lazily built parts (pools, templates) are in the baseline.
+    let mut warm = SmtpConnection::open(server.smtp).await?;
+    warm.send(&message(0)).await?;
+    warm.quit().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = current_rss_kib(pid);
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(idle);
+    for opened in 0..idle {
+        match SmtpConnection::open(server.smtp).await {
+            Ok(connection) => held.push(connection),
+            Err(err) => bail!("idle connection {opened} failed: {err}"),
+        }
+    }
+    let opening = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = current_rss_kib(pid);
+    // Mail must still flow while every idle session is held.
+    let mut probe = SmtpConnection::open(server.smtp).await?;
+    let (sent, _) = probe.send(&message(1)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let arrived = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .arrivals
+            .get(&1)
+            .map(|(at, _)| at.saturating_duration_since(sent));
+        if let Some(latency) = arrived {
+            break Some(latency);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (_, peak_kib) = process_usage(pid);
+    println!(
+        "mxhook    idle={idle} opened in {:.1}s  rss before={}MiB after={}MiB ({:.1} KiB/connection)  peak_rss={}MiB  mail while held: {}",
+        opening.as_secs_f64(),
+        before / 1024,
+        after / 1024,
+        after.saturating_sub(before) as f64 / idle.max(1) as f64,
+        peak_kib / 1024,
+        match delivered {
+            Some(latency) => format!("delivered, e2e {:.1}ms", ms(latency)),
+            None => "NOT delivered within 30 s".to_owned(),
+        }
+    );
+    drop(held);
+    Ok(())
+}
+
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -502,6 +590,9 @@ async fn main() -> anyhow::Result<()> {
             format!("{}/s", args.rate)
         }
     );
+    if let Some(idle) = args.idle {
+        return bench_idle(&args, idle).await;
+    }
     for mode in &args.connections {
         let reuse = match mode.as_str() {
             "new" => false,

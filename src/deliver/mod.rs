@@ -249,9 +249,8 @@ impl Dispatcher {
                 );
                 tracker.spawn(
                     async move {
-                        dispatcher.attempt(job).await;
+                        dispatcher.attempt(job, permit).await;
                         drop(slot);
-                        drop(permit);
                     }
                     .instrument(span),
                 );
@@ -259,7 +258,10 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, job: ClaimedJob) {
+    /// `permit` is a worker slot: it is given back once the receiver has answered, before the
+    /// attempt is recorded, so commit latency does not idle the workers. The job keeps its
+    /// lease until the record commits, so no other worker can take it meanwhile.
+    async fn attempt(&self, job: ClaimedJob, permit: tokio::sync::OwnedSemaphorePermit) {
         let started_at = now_ms();
         let (result, max_retries) = match &job.target {
             JobTarget::Gone(reason) => (Err(reason.clone()), None),
@@ -292,7 +294,7 @@ impl Dispatcher {
                 (result, endpoint.max_retries)
             }
             JobTarget::Email { recipients } => {
-                self.forward(&job, recipients, started_at).await;
+                self.forward(&job, recipients, started_at, permit).await;
                 return;
             }
         };
@@ -380,6 +382,7 @@ impl Dispatcher {
             next = ?record.next,
             "webhook attempt"
         );
+        drop(permit);
         if let Err(err) = self.db.record_attempt(&record).await {
             // The lease runs out and the job is attempted again: at-least-once holds.
             tracing::error!(error = %err, "recording delivery attempt failed");
@@ -391,7 +394,13 @@ impl Dispatcher {
 
     /// One attempt of an email-forward job: the original from the store, the forward through
     /// the smarthost, the attempt logged like a webhook attempt (no HTTP status).
-    async fn forward(&self, job: &ClaimedJob, recipients: &[String], started_at: i64) {
+    async fn forward(
+        &self,
+        job: &ClaimedJob,
+        recipients: &[String],
+        started_at: i64,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let outcome = match (
             serde_json::from_str::<serde_json::Value>(&job.event_json),
             self.store.get(&job.storage_key).await,
@@ -438,6 +447,7 @@ impl Dispatcher {
             next,
         };
         tracing::info!(outcome = %record.outcome, error = record.error.as_deref(), next = ?record.next, "email forward attempt");
+        drop(permit);
         if let Err(err) = self.db.record_attempt(&record).await {
             tracing::error!(error = %err, "recording forward attempt failed");
         }
