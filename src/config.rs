@@ -345,7 +345,7 @@ impl Default for DeliveryConfig {
             max_retries: 6,
             timeout_s: 30.0,
             workers: 64,
-            max_in_flight_per_endpoint: 4,
+            max_in_flight_per_endpoint: 32,
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
             disable_after_s: 5.0 * 86_400.0,

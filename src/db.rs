@@ -1010,16 +1010,20 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn release_claims(&self, worker: &str, ids: &[String]) -> Result<(), Error> {
-        for id in ids {
-            sqlx::query(
-                "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
-                 WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
-            )
-            .bind(id)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let placeholders: Vec<String> = (2..ids.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+             WHERE locked_by = $1 AND status = 'pending' AND id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(worker);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.execute(&self.pool).await?;
         Ok(())
     }
 

@@ -56,6 +56,13 @@ pub struct Dispatcher {
     wakeup: Arc<Notify>,
 }
 
+/// What an attempt holds while its request is in flight: a worker and a slot of its endpoint.
+/// Only ever dropped.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: EndpointSlot,
+}
+
 /// One of an endpoint's in-flight slots, given back when dropped.
 struct EndpointSlot {
     in_flight: Arc<Mutex<HashMap<EndpointKey, usize>>>,
@@ -177,7 +184,9 @@ impl Dispatcher {
                 },
             };
             let mut held = vec![first];
-            while held.len() < CLAIM_BATCH {
+            // A claim larger than an endpoint's limit would mostly be given back when the queue
+            // holds one busy endpoint's jobs.
+            while held.len() < CLAIM_BATCH.min(self.per_endpoint) {
                 match Arc::clone(&permits).try_acquire_owned() {
                     Ok(permit) => held.push(permit),
                     Err(_) => break,
@@ -249,8 +258,15 @@ impl Dispatcher {
                 );
                 tracker.spawn(
                     async move {
-                        dispatcher.attempt(job, permit).await;
-                        drop(slot);
+                        dispatcher
+                            .attempt(
+                                job,
+                                Held {
+                                    _permit: permit,
+                                    _slot: slot,
+                                },
+                            )
+                            .await;
                     }
                     .instrument(span),
                 );
@@ -258,10 +274,11 @@ impl Dispatcher {
         }
     }
 
-    /// `permit` is a worker slot: it is given back once the receiver has answered, before the
-    /// attempt is recorded, so commit latency does not idle the workers. The job keeps its
-    /// lease until the record commits, so no other worker can take it meanwhile.
-    async fn attempt(&self, job: ClaimedJob, permit: tokio::sync::OwnedSemaphorePermit) {
+    /// `held` (a worker and an endpoint slot) is given back once the receiver has answered,
+    /// before the attempt is recorded, so commit latency idles neither the workers nor the
+    /// endpoint. The job keeps its lease until the record commits, so no other worker can take
+    /// it meanwhile.
+    async fn attempt(&self, job: ClaimedJob, held: Held) {
         let started_at = now_ms();
         let (result, max_retries) = match &job.target {
             JobTarget::Gone(reason) => (Err(reason.clone()), None),
@@ -294,7 +311,7 @@ impl Dispatcher {
                 (result, endpoint.max_retries)
             }
             JobTarget::Email { recipients } => {
-                self.forward(&job, recipients, started_at, permit).await;
+                self.forward(&job, recipients, started_at, held).await;
                 return;
             }
         };
@@ -382,7 +399,7 @@ impl Dispatcher {
             next = ?record.next,
             "webhook attempt"
         );
-        drop(permit);
+        drop(held);
         if let Err(err) = self.db.record_attempt(&record).await {
             // The lease runs out and the job is attempted again: at-least-once holds.
             tracing::error!(error = %err, "recording delivery attempt failed");
@@ -394,13 +411,7 @@ impl Dispatcher {
 
     /// One attempt of an email-forward job: the original from the store, the forward through
     /// the smarthost, the attempt logged like a webhook attempt (no HTTP status).
-    async fn forward(
-        &self,
-        job: &ClaimedJob,
-        recipients: &[String],
-        started_at: i64,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn forward(&self, job: &ClaimedJob, recipients: &[String], started_at: i64, held: Held) {
         let outcome = match (
             serde_json::from_str::<serde_json::Value>(&job.event_json),
             self.store.get(&job.storage_key).await,
@@ -447,7 +458,7 @@ impl Dispatcher {
             next,
         };
         tracing::info!(outcome = %record.outcome, error = record.error.as_deref(), next = ?record.next, "email forward attempt");
-        drop(permit);
+        drop(held);
         if let Err(err) = self.db.record_attempt(&record).await {
             tracing::error!(error = %err, "recording forward attempt failed");
         }
