@@ -79,6 +79,9 @@ enum Ending {
     StartTls,
 }
 
+/// Bytes each session buffers from its socket.
+const READ_BUFFER: usize = 2 * 1024;
+
 struct Session<'a, R, W> {
     ctx: &'a SessionContext,
     reader: R,
@@ -112,6 +115,21 @@ where
             return;
         }
     }
+    // Boxed: only sessions that upgrade carry the TLS half's state (the handshake, the TLS
+    // stream, a second session); an idle plaintext session's future stays small.
+    Box::pin(continue_in_tls(session, peer, ctx, deadline, shutdown)).await;
+}
+
+/// The rest of a session after `STARTTLS`: the handshake, then a fresh session inside TLS.
+async fn continue_in_tls<S>(
+    session: Session<'_, tokio::io::BufReader<tokio::io::ReadHalf<S>>, tokio::io::WriteHalf<S>>,
+    peer: SocketAddr,
+    ctx: &SessionContext,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(acceptor) = ctx.tls.clone() else {
         return;
     };
@@ -168,7 +186,9 @@ where
             .build(peer.ip(), handler.clone());
         Session {
             ctx,
-            reader: BufReader::with_capacity(8 * 1024, read_half),
+            // Small on purpose: every idle session holds this buffer, and a command line fits
+            // in it many times over; DATA just takes a few more reads.
+            reader: BufReader::with_capacity(READ_BUFFER, read_half),
             writer,
             out: Vec::with_capacity(512),
             line: Vec::with_capacity(512),
@@ -499,7 +519,9 @@ where
                 rejection.reply()
             }
             Ok(message) => {
-                let outcome = self.ctx.intake.accept(&self.envelope, &message).await;
+                // Boxed: the intake's state lives on the heap only while a message is being
+                // accepted, instead of in every idle session's future.
+                let outcome = Box::pin(self.ctx.intake.accept(&self.envelope, &message)).await;
                 match &outcome {
                     Outcome::TempFail { .. } => self.ctx.counters.reject(Rejection::TempFailure),
                     Outcome::Reject { .. } => self.ctx.counters.reject(Rejection::Policy),
