@@ -32,7 +32,7 @@ fn embedded_defaults_match_spec() {
     assert!(!config.delivery.allow_private_targets);
     assert!((config.delivery.retry_base_s - 30.0).abs() < f64::EPSILON);
     assert_eq!(config.delivery.workers, 64);
-    assert_eq!(config.delivery.max_in_flight_per_endpoint, 4);
+    assert_eq!(config.delivery.max_in_flight_per_endpoint, 32);
 }
 
 #[test]
