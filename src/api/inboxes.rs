@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
             "/v1/inboxes/{id}/notifications",
             get(get_notifications).put(put_notifications),
         )
+        .route("/v1/inboxes/{id}/endpoints", get(list_endpoints))
         .route("/v1/inboxes/{id}/keys", post(create_key))
         .route("/v1/inboxes/{id}/messages", get(list_messages))
         .route("/v1/inboxes/{id}/deliveries", get(list_deliveries))
@@ -357,15 +358,53 @@ async fn get_webhook(
         .into_iter()
         .find(|stats| stats.endpoint_ref == "inbox");
     let mut view = webhook_json(&webhook);
-    view["stats"] = json!({
-        "attempts": stats.as_ref().map_or(0, |stats| stats.attempts),
-        "delivered": stats.as_ref().map_or(0, |stats| stats.delivered),
-        "success_rate": stats.as_ref().and_then(|stats| stats.success_rate),
-        "last_triggered": stats.as_ref().and_then(|stats| stats.last_triggered_ms).map(rfc3339),
-        "last_status_code": stats.as_ref().and_then(|stats| stats.last_status_code),
-        "last_outcome": stats.as_ref().and_then(|stats| stats.last_outcome.clone()),
-    });
+    view["stats"] = stats_json(stats.as_ref());
     Ok(Json(view))
+}
+
+/// One endpoint's delivery statistics as the API shows them.
+fn stats_json(stats: Option<&crate::db::EndpointStats>) -> Value {
+    json!({
+        "attempts": stats.map_or(0, |stats| stats.attempts),
+        "delivered": stats.map_or(0, |stats| stats.delivered),
+        "success_rate": stats.and_then(|stats| stats.success_rate),
+        "last_triggered": stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
+        "last_status_code": stats.and_then(|stats| stats.last_status_code),
+        "last_outcome": stats.and_then(|stats| stats.last_outcome.clone()),
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/endpoints",
+    tag = "webhook",
+    summary = "Delivery stats of every endpoint of the inbox that has been attempted: the inbox webhook (`inbox`) and each rule's channels (`rule:<id>`)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "`[{endpoint_ref, channel, attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome}]`", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn list_endpoints(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let endpoints: Vec<Value> = state
+        .db
+        .endpoint_stats(Some(&id))
+        .await?
+        .iter()
+        .map(|stats| {
+            let mut view = stats_json(Some(stats));
+            view["endpoint_ref"] = json!(stats.endpoint_ref);
+            view["channel"] = json!(stats.channel);
+            view
+        })
+        .collect();
+    Ok(Json(Value::Array(endpoints)))
 }
 
 fn yes() -> bool {

@@ -31,6 +31,7 @@ use super::{inboxes, metrics};
         inboxes::update_inbox,
         inboxes::delete_inbox,
         inboxes::get_webhook,
+        inboxes::list_endpoints,
         inboxes::put_webhook,
         inboxes::delete_webhook,
         inboxes::get_notifications,

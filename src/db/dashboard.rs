@@ -55,7 +55,7 @@ impl Db {
     pub async fn endpoint_stats(&self, only: Option<&str>) -> Result<Vec<EndpointStats>, Error> {
         let totals = sqlx::query(
             "SELECT d.inbox_id, d.endpoint_ref, d.channel, COUNT(a.id) AS attempts, \
-             SUM(CASE WHEN a.outcome = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
+             SUM(CASE WHEN a.outcome IN ('delivered', 'forwarded') THEN 1 ELSE 0 END) AS delivered, \
              MAX(a.started_at) AS last_triggered \
              FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
              WHERE ($1 = '' OR d.inbox_id = $1) \

@@ -949,6 +949,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         ("patch", "/v1/inboxes/{id}"),
         ("delete", "/v1/inboxes/{id}"),
         ("get", "/v1/inboxes/{id}/webhook"),
+        ("get", "/v1/inboxes/{id}/endpoints"),
         ("put", "/v1/inboxes/{id}/webhook"),
         ("delete", "/v1/inboxes/{id}/webhook"),
         ("get", "/v1/inboxes/{id}/notifications"),

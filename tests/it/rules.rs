@@ -120,4 +120,39 @@ async fn rules_add_webhook_and_email_routes_when_their_filters_match() {
         .collect();
     channels.sort();
     assert_eq!(channels, ["email", "webhook", "webhook"]);
+
+    // Every endpoint that was attempted has its own statistics.
+    let (status, endpoints) = gateway
+        .api_get("/v1/inboxes/agent/endpoints")
+        .await
+        .expect("API");
+    assert_eq!(status, 200, "{endpoints}");
+    let mut seen: Vec<(String, String)> = endpoints
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|endpoint| {
+            assert_eq!(endpoint["attempts"], 1, "{endpoint}");
+            assert_eq!(endpoint["success_rate"], 1.0, "{endpoint}");
+            assert!(endpoint["last_triggered"].is_string(), "{endpoint}");
+            (
+                endpoint["endpoint_ref"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                endpoint["channel"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 3, "{endpoints}");
+    assert_eq!(seen[0], ("inbox".to_owned(), "webhook".to_owned()));
+    assert!(
+        seen[1].0.starts_with("rule:") && seen[1].1 == "email",
+        "{seen:?}"
+    );
+    assert!(
+        seen[2].0.starts_with("rule:") && seen[2].1 == "webhook",
+        "{seen:?}"
+    );
 }
