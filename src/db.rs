@@ -939,43 +939,9 @@ impl Db {
         success: bool,
         now: i64,
     ) -> Result<Option<i64>, Error> {
-        if success {
-            // Nearly every success finds nothing to clear; a read does not take SQLite's write
-            // lock, so the common case stays off the writers' path.
-            let failing: Option<i64> = sqlx::query_scalar(
-                "SELECT failing_since FROM endpoint_failures WHERE inbox_id = $1 \
-                 AND endpoint_ref = $2 AND url = $3",
-            )
-            .bind(inbox_id)
-            .bind(endpoint_ref)
-            .bind(url)
-            .fetch_optional(&self.pool)
-            .await?;
-            if failing.is_none() {
-                return Ok(None);
-            }
-            sqlx::query(
-                "DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2 \
-                 AND url = $3",
-            )
-            .bind(inbox_id)
-            .bind(endpoint_ref)
-            .bind(url)
-            .execute(&self.pool)
-            .await?;
-            return Ok(None);
-        }
-        sqlx::query(
-            "INSERT INTO endpoint_failures (inbox_id, endpoint_ref, url, failing_since) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (inbox_id, endpoint_ref, url) DO NOTHING",
-        )
-        .bind(inbox_id)
-        .bind(endpoint_ref)
-        .bind(url)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let since: Option<i64> = sqlx::query_scalar(
+        // A read first: nearly every success finds nothing to clear and nearly every failure
+        // of a failing endpoint finds its record, and a read does not take SQLite's write lock.
+        let failing_since: Option<i64> = sqlx::query_scalar(
             "SELECT failing_since FROM endpoint_failures WHERE inbox_id = $1 \
              AND endpoint_ref = $2 AND url = $3",
         )
@@ -984,7 +950,37 @@ impl Db {
         .bind(url)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(since)
+        match (success, failing_since) {
+            (true, None) => Ok(None),
+            (true, Some(_)) => {
+                sqlx::query(
+                    "DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2 \
+                     AND url = $3",
+                )
+                .bind(inbox_id)
+                .bind(endpoint_ref)
+                .bind(url)
+                .execute(&self.pool)
+                .await?;
+                Ok(None)
+            }
+            (false, Some(since)) => Ok(Some(since)),
+            (false, None) => {
+                // Another node may record the same first failure at the same moment; either
+                // time will do, so the conflict is ignored.
+                sqlx::query(
+                    "INSERT INTO endpoint_failures (inbox_id, endpoint_ref, url, failing_since) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (inbox_id, endpoint_ref, url) DO NOTHING",
+                )
+                .bind(inbox_id)
+                .bind(endpoint_ref)
+                .bind(url)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(Some(now))
+            }
+        }
     }
 
     /// Releases the leases an earlier run of this node held: that process is gone, so its
