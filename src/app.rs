@@ -1,6 +1,6 @@
 //! Composition root: builds every stage from its config section, binds listeners, runs the
-//! SMTP server, the delivery dispatcher and the HTTP API on one task tracker under one
-//! cancellation token, and shuts them down in order.
+//! SMTP server, the delivery dispatcher, the directory refresher and the HTTP API on one task
+//! tracker under one cancellation token, and shuts them down in order.
 //!
 //! Shutdown order: stop accepting SMTP and tell idle sessions `421`; let sessions in DATA finish;
 //! stop the API; let in-flight delivery attempts finish; all within a hard deadline.
@@ -65,8 +65,8 @@ pub async fn run_with_listeners(
             .await
             .with_context(|| format!("saving inbox `{}` from config", inbox.id))?;
     }
-    let inboxes = db.load_inboxes().await.context("loading inboxes")?;
-    let directory = Directory::new(&inboxes);
+    let directory = Directory::default();
+    let inbox_count = directory.reload(&db).await.context("loading inboxes")?;
 
     let node_id = format!("{}@{}", config.smtp.hostname, config.smtp.listen);
     let released = db
@@ -124,7 +124,6 @@ pub async fn run_with_listeners(
         directory: directory.clone(),
         delivery: config.delivery.clone(),
         intake: Arc::clone(&intake),
-        directory_refresh: tokio::sync::Mutex::new(()),
     });
     let ingress_state = Arc::new(IngressState {
         counters: Arc::clone(&counters),
@@ -143,7 +142,7 @@ pub async fn run_with_listeners(
     };
     let session_ctx = Arc::new(SessionContext {
         config: config.smtp.clone(),
-        directory,
+        directory: directory.clone(),
         intake,
         tls,
         counters,
@@ -153,7 +152,7 @@ pub async fn run_with_listeners(
     let tracker = TaskTracker::new();
     let smtp_addr = smtp_listener.local_addr().ok();
     let http_addr = http_listener.local_addr().ok();
-    tracing::info!(smtp = ?smtp_addr, http = ?http_addr, inboxes = inboxes.len(), "mxhook started");
+    tracing::info!(smtp = ?smtp_addr, http = ?http_addr, inboxes = inbox_count, "mxhook started");
 
     tracker.spawn(smtp::serve(
         smtp_listener,
@@ -162,6 +161,11 @@ pub async fn run_with_listeners(
         token.child_token(),
     ));
     tracker.spawn(Arc::clone(&dispatcher).run(tracker.clone(), token.child_token()));
+    tracker.spawn(directory.follow(
+        db.clone(),
+        Duration::try_from_secs_f64(config.database.directory_refresh_s).unwrap_or(Duration::MAX),
+        token.child_token(),
+    ));
     let api_token = token.child_token();
     let router = api::router(api_state).merge(ingress::router(ingress_state));
     tracker.spawn(async move {

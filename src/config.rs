@@ -214,6 +214,9 @@ impl Default for StorageConfig {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    /// Seconds between checks for inbox changes made through another node (or before this one
+    /// started); a change reaches this node's RCPT directory within about this long.
+    pub directory_refresh_s: f64,
 }
 
 impl Default for DatabaseConfig {
@@ -221,6 +224,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "sqlite://./data/mxhook.db".to_owned(),
             max_connections: 8,
+            directory_refresh_s: 2.0,
         }
     }
 }
@@ -741,6 +745,10 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        positive_seconds(
+            "database.directory_refresh_s",
+            self.database.directory_refresh_s,
+        )?;
 
         positive_seconds("auth.dns_timeout_s", self.auth.dns_timeout_s)?;
         positive_seconds("auth.verify_timeout_s", self.auth.verify_timeout_s)?;

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_ingress.sql")),
     (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
     (8, include_str!("../migrations/0008_hmac_header.sql")),
+    (9, include_str!("../migrations/0009_directory_version.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +377,7 @@ impl Db {
     pub async fn upsert_config_inbox(&self, inbox: &InboxConfig) -> Result<(), Error> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
         sqlx::query(
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
              webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
@@ -461,6 +463,21 @@ impl Db {
             });
         }
         Ok(inboxes)
+    }
+
+    /// The directory's change marker: it moves with every committed change to an inbox or its
+    /// addresses (see [`bump_directory_version`]), so a node reloads only when it moved. Read it
+    /// before [`Db::load_inboxes`]: a change committed in between then shows up as a newer
+    /// version at the next poll instead of being missed.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn directory_version(&self) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM directory_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Commits accepted messages and their delivery jobs in one transaction: after this returns
@@ -860,6 +877,8 @@ impl Db {
     ) -> Result<(), Error> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // The disabled endpoint must stop receiving new jobs on every node, not only this one.
+        bump_directory_version(&mut tx).await?;
         if let Some(rule_id) = endpoint_ref.strip_prefix("rule:") {
             // The write comes first (see record_attempt): touch the row, then read it.
             sqlx::query("UPDATE inboxes SET updated_at = $1 WHERE id = $2")
@@ -1597,6 +1616,21 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
 fn header_text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
+/// Moves the directory's change marker (see [`Db::directory_version`]) inside the transaction
+/// that changes an inbox, so the change and the marker commit together. Called first in the
+/// transaction: it is then a write first (which SQLite needs, see `create_inbox`), and on
+/// PostgreSQL every inbox change takes the counter's row lock before any other, so two changes
+/// never wait on each other in opposite orders.
+///
+/// # Errors
+/// [`Error::Query`].
+async fn bump_directory_version(conn: &mut sqlx::AnyConnection) -> Result<(), Error> {
+    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 mod commit;
 mod dashboard;
 mod management;

@@ -1,16 +1,31 @@
-//! The address → inbox lookup consulted at RCPT time.
+//! The address → inbox lookup consulted at RCPT time, and the task that keeps it current.
 //!
-//! An in-memory snapshot of the `inbox_addresses` table, swapped whole when inboxes change, so
-//! the SMTP session never waits on the database to answer RCPT.
+//! An in-memory snapshot of the routable inboxes and their addresses, swapped whole when inboxes
+//! change, so the SMTP session never waits on the database to answer RCPT. The node that makes a
+//! change reloads at once; every node also polls the database's change marker
+//! ([`Db::directory_version`]) every `database.directory_refresh_s` and reloads when it moved, so
+//! changes made through other nodes arrive too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, Db};
 use crate::model::Inbox;
+
+/// Bounds on the poll period: tokio's interval refuses zero, and a period past a day is a typo.
+const MIN_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// The change marker the snapshot was loaded at (`None`: not loaded from the database).
+    /// Held across a reload, so reloads run one at a time and a slower one never installs an
+    /// older snapshot over a newer one.
+    loaded_version: Arc<tokio::sync::Mutex<Option<i64>>>,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +61,64 @@ impl Directory {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *guard = Arc::new(Snapshot { by_address, by_id });
+    }
+
+    /// Reloads the snapshot from the database. Returns how many inboxes it holds.
+    ///
+    /// # Errors
+    /// [`db::Error`]; the previous snapshot stays.
+    pub async fn reload(&self, db: &Db) -> Result<usize, db::Error> {
+        let mut loaded = self.loaded_version.lock().await;
+        self.load(db, &mut loaded).await
+    }
+
+    /// Reloads only when the database's change marker moved since the last load. Returns whether
+    /// it reloaded.
+    ///
+    /// # Errors
+    /// [`db::Error`]; the previous snapshot stays.
+    pub async fn reload_if_changed(&self, db: &Db) -> Result<bool, db::Error> {
+        let mut loaded = self.loaded_version.lock().await;
+        if *loaded == Some(db.directory_version().await?) {
+            return Ok(false);
+        }
+        self.load(db, &mut loaded).await?;
+        Ok(true)
+    }
+
+    async fn load(&self, db: &Db, loaded: &mut Option<i64>) -> Result<usize, db::Error> {
+        // The marker first: a change committed during the load then reads as a newer marker at
+        // the next poll, and is loaded then, instead of being taken as already seen.
+        let version = db.directory_version().await?;
+        let inboxes = db.load_inboxes().await?;
+        self.replace(&inboxes);
+        *loaded = Some(version);
+        Ok(inboxes.len())
+    }
+
+    /// Polls the change marker every `every` until `token` is cancelled, reloading when it
+    /// moved. A database error keeps the current snapshot (an outage must not make every
+    /// address unknown) and is retried at the next tick.
+    pub async fn follow(self, db: Db, every: Duration, token: CancellationToken) {
+        let mut ticker = tokio::time::interval(every.clamp(MIN_POLL, MAX_POLL));
+        // After a stall (a slow database), one check is enough, not a burst of them.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let checked = tokio::select! {
+                () = token.cancelled() => return,
+                checked = async {
+                    ticker.tick().await;
+                    self.reload_if_changed(&db).await
+                } => checked,
+            };
+            match checked {
+                Ok(true) => tracing::debug!("inboxes changed in the database; directory reloaded"),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "checking for inbox changes failed; keeping the current directory");
+                }
+            }
+        }
     }
 
     fn current(&self) -> Arc<Snapshot> {
@@ -100,5 +173,123 @@ mod tests {
         );
         assert_eq!(directory.lookup("other@example.com"), None);
         assert_eq!(directory.lookup("agent@example.org"), None);
+    }
+
+    async fn assert_moved(directory: &Directory, db: &Db, change: &str) {
+        assert!(
+            directory.reload_if_changed(db).await.expect("poll"),
+            "{change} left the change marker where it was"
+        );
+    }
+
+    /// Every path that changes what the directory holds moves the marker other nodes poll; a
+    /// refused change does not; a database error keeps the snapshot.
+    #[tokio::test]
+    async fn every_inbox_change_moves_the_marker() {
+        use crate::config::{
+            DatabaseConfig, InboxConfig, PayloadFormat, SignatureFormat, SignatureScheme,
+        };
+        use crate::db::{InboxUpdate, NewInbox, WebhookSettings};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().join("directory.db").display()),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("db");
+        db.migrate().await.expect("migrate");
+        let directory = Directory::default();
+        assert_eq!(directory.reload(&db).await.expect("load"), 0);
+        assert!(!directory.reload_if_changed(&db).await.expect("poll"));
+
+        let configured: InboxConfig = serde_json::from_value(serde_json::json!({
+            "id": "conf", "addresses": ["conf@example.com"]
+        }))
+        .expect("inbox config");
+        db.upsert_config_inbox(&configured).await.expect("upsert");
+        assert_moved(&directory, &db, "a config inbox").await;
+        assert_eq!(
+            directory.lookup("conf@example.com").as_deref(),
+            Some("conf")
+        );
+
+        db.create_inbox(&NewInbox {
+            id: "api".into(),
+            name: None,
+            status: "enabled".into(),
+            addresses: vec!["api@example.com".into()],
+        })
+        .await
+        .expect("create");
+        assert_moved(&directory, &db, "create_inbox").await;
+        assert_eq!(directory.lookup("api@example.com").as_deref(), Some("api"));
+
+        let readdress = InboxUpdate {
+            addresses: Some(vec!["renamed@example.com".into()]),
+            ..InboxUpdate::default()
+        };
+        assert!(db.update_inbox("api", &readdress).await.expect("update"));
+        assert_moved(&directory, &db, "an address change").await;
+        assert_eq!(directory.lookup("api@example.com"), None);
+        assert_eq!(
+            directory.lookup("renamed@example.com").as_deref(),
+            Some("api")
+        );
+        assert!(
+            !db.update_inbox("missing", &readdress)
+                .await
+                .expect("update")
+        );
+        assert!(
+            !directory.reload_if_changed(&db).await.expect("poll"),
+            "a change to no inbox is rolled back, marker included"
+        );
+
+        let webhook = WebhookSettings {
+            url: "https://hooks.example.com/in".into(),
+            enabled: true,
+            signature: SignatureScheme::Agentmail,
+            payload: PayloadFormat::Mxhook,
+            signature_header: None,
+            signature_format: SignatureFormat::default(),
+            secret: Some("secret".into()),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            verify_tls: true,
+            disabled_reason: None,
+            ordered: false,
+        };
+        assert!(
+            db.set_webhook("api", Some(&webhook))
+                .await
+                .expect("webhook")
+        );
+        assert_moved(&directory, &db, "set_webhook").await;
+        assert!(
+            directory
+                .inbox("api")
+                .is_some_and(|inbox| inbox.webhook.is_some())
+        );
+
+        assert!(db.set_notifications("api", "[]").await.expect("rules"));
+        assert_moved(&directory, &db, "set_notifications").await;
+        db.disable_endpoint("api", "inbox", "gone")
+            .await
+            .expect("disable");
+        assert_moved(&directory, &db, "disable_endpoint").await;
+
+        assert!(db.delete_inbox("api").await.expect("delete"));
+        assert_moved(&directory, &db, "delete_inbox").await;
+        assert_eq!(directory.lookup("renamed@example.com"), None);
+
+        db.close().await;
+        assert!(directory.reload_if_changed(&db).await.is_err());
+        assert!(directory.reload(&db).await.is_err());
+        assert_eq!(
+            directory.lookup("conf@example.com").as_deref(),
+            Some("conf"),
+            "an unreachable database keeps the last snapshot"
+        );
     }
 }

@@ -173,6 +173,7 @@ mod tests {
         let db = Db::connect(&DatabaseConfig {
             url: format!("sqlite://{}", dir.path().join("rate.db").display()),
             max_connections: 2,
+            ..DatabaseConfig::default()
         })
         .await
         .expect("db");

@@ -46,23 +46,19 @@ pub struct ApiState {
     pub store: Store,
     pub admin_keys: Vec<String>,
     pub dispatcher_wakeup: Arc<Notify>,
-    /// Refreshed after every inbox change, so RCPT sees it at once.
+    /// Refreshed after every inbox change, so RCPT on this node sees it at once.
     pub directory: Directory,
     /// Webhook URLs set through the API obey the same policy as configured ones.
     pub delivery: DeliveryConfig,
     /// Test events go through the same pre-250 sequence as received mail.
     pub intake: Arc<Intake>,
-    /// Serialises directory refreshes, so a slower refresh never installs an older snapshot
-    /// over a newer one.
-    pub directory_refresh: tokio::sync::Mutex<()>,
 }
 
 impl ApiState {
-    /// Reloads the routable inboxes into the RCPT directory.
+    /// Reloads the routable inboxes into the RCPT directory. Other nodes see the change at
+    /// their next poll of the change marker ([`Directory::follow`]).
     async fn refresh_directory(&self) -> Result<(), ApiError> {
-        let _guard = self.directory_refresh.lock().await;
-        let inboxes = self.db.load_inboxes().await?;
-        self.directory.replace(&inboxes);
+        self.directory.reload(&self.db).await?;
         Ok(())
     }
 }

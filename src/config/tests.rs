@@ -179,6 +179,16 @@ fn verification_keys_are_validated_by_name() {
 fn storage_timeout_tls_pair_and_connection_keys_are_validated() {
     check_error("[storage]\ntimeout_s = 0\n", &[], "`storage.timeout_s`");
     check_error(
+        "[database]\ndirectory_refresh_s = 0\n",
+        &[],
+        "`database.directory_refresh_s`",
+    );
+    check_error(
+        "[database]\ndirectory_refresh_s = -2\n",
+        &[],
+        "`database.directory_refresh_s`",
+    );
+    check_error(
         "[smtp]\ntls_cert = \"/etc/cert.pem\"\n",
         &[],
         "`smtp.tls_cert`: set both",
@@ -193,5 +203,6 @@ fn storage_timeout_tls_pair_and_connection_keys_are_validated() {
         Config::load(None, env(&[("MXHOOK_STORAGE__BACKEND", "s3")])).expect("s3 is valid");
     assert_eq!(config.storage.backend, StorageBackend::S3);
     assert!((config.storage.timeout_s - 30.0).abs() < f64::EPSILON);
+    assert!((config.database.directory_refresh_s - 2.0).abs() < f64::EPSILON);
     assert_eq!(config.smtp.max_connections_per_ip, 20);
 }

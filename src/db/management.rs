@@ -5,7 +5,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, Error};
+use super::{Db, Error, bump_directory_version};
 use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
 use crate::model::now_ms;
 
@@ -186,6 +186,7 @@ impl Db {
         // and writes later fails at once (not after busy_timeout) when another connection
         // wrote in between.
         let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
         sqlx::query(
             "INSERT INTO inboxes (id, source, name, status, webhook_enabled, webhook_signature, \
              webhook_payload, created_at, updated_at) \
@@ -214,6 +215,7 @@ impl Db {
     /// [`Error::Conflict`] when an address belongs to another inbox; [`Error::Query`].
     pub async fn update_inbox(&self, id: &str, update: &InboxUpdate) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
         let touched = sqlx::query("UPDATE inboxes SET updated_at = $1 WHERE id = $2")
             .bind(now_ms())
             .bind(id)
@@ -255,6 +257,7 @@ impl Db {
     /// [`Error::Query`]. Returns `false` when there is no such inbox.
     pub async fn delete_inbox(&self, id: &str) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
         for statement in [
             "DELETE FROM api_keys WHERE inbox_id = $1",
             "DELETE FROM inbox_addresses WHERE inbox_id = $1",
@@ -283,6 +286,8 @@ impl Db {
             (SignatureScheme::Agentmail, PayloadFormat::Mxhook),
             |webhook| (webhook.signature, webhook.payload),
         );
+        let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
         let result = sqlx::query(
             "UPDATE inboxes SET webhook_url = $1, webhook_enabled = $2, webhook_secret = $3, \
              webhook_signature = $4, webhook_payload = $5, webhook_previous_secret = $6, \
@@ -310,8 +315,9 @@ impl Db {
                 })
                 .as_str(),
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -334,14 +340,17 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn set_notifications(&self, inbox_id: &str, rules_json: &str) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
         let result = sqlx::query(
             "UPDATE inboxes SET notifications_json = $1, updated_at = $2 WHERE id = $3",
         )
         .bind(rules_json)
         .bind(now_ms())
         .bind(inbox_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 

@@ -525,10 +525,10 @@ impl Dispatcher {
         }
         // Its pending jobs fell due; they dead-letter now rather than at the next poll.
         self.wakeup.notify_waiters();
-        // New messages stop creating jobs for it on this node at once.
-        match self.db.load_inboxes().await {
-            Ok(inboxes) => self.directory.replace(&inboxes),
-            Err(err) => tracing::warn!(error = %err, "reloading inboxes after disabling failed"),
+        // New messages stop creating jobs for it on this node at once, on the others at their
+        // next directory poll.
+        if let Err(err) = self.directory.reload(&self.db).await {
+            tracing::warn!(error = %err, "reloading inboxes after disabling failed");
         }
     }
 }

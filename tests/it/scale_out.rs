@@ -1,6 +1,8 @@
 //! Several nodes, one PostgreSQL database and one shared store: real `mxhook` processes on
 //! different loopback ports take mail concurrently, one is killed with SIGKILL mid-run, and every
-//! message that got a 250 is still delivered. Runs on PostgreSQL whatever the suite's backend.
+//! message that got a 250 is still delivered; duplicates and rate limits count every node's
+//! mail; an inbox created or deleted through one node's API reaches the other nodes' RCPT
+//! answers and deliveries. Runs on PostgreSQL whatever the suite's backend.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -39,6 +41,8 @@ path = "{storage}"
 [database]
 url = "{database_url}"
 max_connections = 4
+# Inbox changes made through one node reach the others within this; short, so tests wait little.
+directory_refresh_s = 0.2
 [auth]
 enabled = false
 [rate_limit]
@@ -280,4 +284,120 @@ async fn duplicates_and_rate_limits_are_shared_across_nodes() {
     );
     first.kill_9();
     second.kill_9();
+}
+
+/// RCPT's answer from the node at `smtp` for `address`.
+async fn rcpt(smtp: std::net::SocketAddr, address: &str) -> (u16, String) {
+    let mut client = crate::support::SmtpClient::connect(smtp).await;
+    client.expect("EHLO sync.test", 250).await;
+    client
+        .expect("MAIL FROM:<someone@sender.example>", 250)
+        .await;
+    client.cmd(&format!("RCPT TO:<{address}>")).await
+}
+
+/// Sends an admin request to a node's API; returns the status and the JSON body (null if none).
+async fn admin(
+    http: std::net::SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{http}{path}"))
+        .bearer_auth(API_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("api answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// Each node answers RCPT from its own snapshot of the inboxes; an inbox created, given its
+/// webhook and deleted through node A's API reaches node B's snapshot without a restart.
+#[tokio::test]
+async fn inbox_changes_through_one_node_reach_the_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let configured = WebhookReceiver::start(vec![]).await;
+    let mut hook = WebhookReceiver::start(vec![]).await;
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(
+        &config_path,
+        node_config(
+            &dir.path().join("store"),
+            &postgres_database_url(),
+            &configured.url(),
+            1_000_000,
+        ),
+    )
+    .expect("write config");
+    let a = Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let b = Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let address = "synced@example.com";
+    assert_eq!(
+        rcpt(b.smtp, address).await.0,
+        550,
+        "unknown before it exists"
+    );
+
+    // Created disabled and enabled last, so once B routes the address its snapshot holds the
+    // webhook too: B's intake builds the delivery job from it.
+    let (status, body) = admin(
+        a.http,
+        reqwest::Method::POST,
+        "/v1/inboxes",
+        Some(serde_json::json!({"id": "synced", "addresses": [address], "status": "disabled"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin(
+        a.http,
+        reqwest::Method::PUT,
+        "/v1/inboxes/synced/webhook",
+        Some(serde_json::json!({"url": hook.url(), "enabled": true, "rotate_secret": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin(
+        a.http,
+        reqwest::Method::PATCH,
+        "/v1/inboxes/synced",
+        Some(serde_json::json!({"status": "enabled"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    eventually(
+        "node B to accept RCPT for the inbox created on node A",
+        || async { (rcpt(b.smtp, address).await.0 == 250).then_some(()) },
+    )
+    .await;
+    let message = crate::support::simple_message(
+        "someone@sender.example",
+        address,
+        "through node B",
+        "hello",
+    );
+    let mut client = crate::support::SmtpClient::connect(b.smtp).await;
+    let (code, text) = client
+        .send_message("someone@sender.example", &[address], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let event = hook.recv().await.json();
+    assert_eq!(event["agent_id"], "synced", "{event}");
+    assert_eq!(event["subject"], "through node B", "{event}");
+
+    let (status, body) = admin(a.http, reqwest::Method::DELETE, "/v1/inboxes/synced", None).await;
+    assert_eq!(status, 204, "{body}");
+    let (code, text) = eventually("node B to refuse the inbox deleted on node A", || async {
+        let (code, text) = rcpt(b.smtp, address).await;
+        (code != 250).then_some((code, text))
+    })
+    .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.1.1"), "{text}");
+    a.kill_9();
+    b.kill_9();
 }
