@@ -787,7 +787,9 @@ impl Config {
                 "must be longer than delivery.timeout_s, or a slow attempt would be taken over",
             ));
         }
-        if !(delivery.disable_after_s.is_finite() && delivery.disable_after_s >= 0.0) {
+        if !(delivery.disable_after_s.is_finite()
+            && (0.0..=MAX_SECONDS).contains(&delivery.disable_after_s))
+        {
             return Err(invalid(
                 "delivery.disable_after_s",
                 "must be 0 (never) or a number of seconds",
@@ -837,7 +839,9 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        if !(self.ingress.rotation_grace_s.is_finite() && self.ingress.rotation_grace_s >= 0.0) {
+        if !(self.ingress.rotation_grace_s.is_finite()
+            && (0.0..=MAX_SECONDS).contains(&self.ingress.rotation_grace_s))
+        {
             return Err(invalid(
                 "ingress.rotation_grace_s",
                 "must be 0 or more seconds",
@@ -925,11 +929,18 @@ impl Config {
     }
 }
 
+/// The longest duration any `_s` key takes. Far beyond any sensible setting, and far enough
+/// below what `Duration` and `Instant` can hold that no deadline computed from it overflows.
+const MAX_SECONDS: f64 = 315_360_000.0;
+
 fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
-    if value.is_finite() && value > 0.0 {
+    if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {
         Ok(())
     } else {
-        Err(invalid(key, "must be a positive number of seconds"))
+        Err(invalid(
+            key,
+            "must be a positive number of seconds, at most 315360000 (ten years)",
+        ))
     }
 }
 

@@ -66,6 +66,17 @@ fn errors_name_the_key() {
         &[],
         "delivery.retry_base_s",
     );
+    // Durations too large for a deadline are refused by name, not a panic at first use.
+    check_error(
+        "[smtp]\nsession_timeout_s = 1e30\n",
+        &[],
+        "smtp.session_timeout_s",
+    );
+    check_error(
+        "[delivery]\ndisable_after_s = 1e300\n",
+        &[],
+        "delivery.disable_after_s",
+    );
     check_error(
         "[[inbox]]\nid = \"a/b\"\naddresses = [\"a@example.com\"]\n",
         &[],
