@@ -509,6 +509,260 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     assert!(detail.body.contains("1/2"), "{}", detail.body);
 }
 
+/// Text as the templates escape it (minijinja also escapes `/`).
+fn escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
+        .replace('/', "&#x2f;")
+}
+
+/// Whether the page's checkbox `name` is ticked.
+fn checked(page: &Page, name: &str) -> bool {
+    let marker = format!("name=\"{name}\" value=\"1\"");
+    let start = page.body.find(&marker).expect("the checkbox") + marker.len();
+    let end = page.body[start..].find('>').expect("end of tag") + start;
+    page.body[start..end].contains("checked")
+}
+
+/// Whether `<option value="{value}">` is the selected one.
+fn selected(page: &Page, value: &str) -> bool {
+    page.body
+        .contains(&format!("<option value=\"{value}\" selected>"))
+}
+
+#[tokio::test]
+async fn webhook_form_round_trips_every_setting_and_keeps_refused_input() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(410)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let csrf = ui.get("/ui/inboxes/agent").await.csrf();
+    let url = receiver.url();
+    let api_webhook = || async {
+        let (status, webhook) = gateway
+            .api_get("/v1/inboxes/agent/webhook")
+            .await
+            .expect("API");
+        assert_eq!(status, 200, "{webhook}");
+        webhook
+    };
+
+    // Every setting away from its default at once.
+    let saved = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("enabled", "1"),
+                ("signature", "hmac-sha256"),
+                ("payload", "botmailroom"),
+                ("signature_header", "X-Hub-Sig"),
+                ("signature_format", "hex"),
+                ("ordered", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert_eq!(saved.location(), "/ui/inboxes/agent?done=webhook");
+    let webhook = api_webhook().await;
+    for (key, value) in [
+        ("enabled", json!(true)),
+        ("signature", json!("hmac-sha256")),
+        ("payload", json!("botmailroom")),
+        ("signature_header", json!("X-Hub-Sig")),
+        ("signature_format", json!("hex")),
+        ("verify_tls", json!(false)),
+        ("ordered", json!(true)),
+    ] {
+        assert_eq!(webhook[key], value, "{key}: {webhook}");
+    }
+    let page = ui.get("/ui/inboxes/agent?done=webhook").await;
+    assert!(page.body.contains("Webhook settings saved."));
+    assert!(page.body.contains("value=\"X-Hub-Sig\""), "{}", page.body);
+    for value in ["hmac-sha256", "botmailroom", "hex"] {
+        assert!(selected(&page, value), "{value} not selected");
+    }
+    assert!(checked(&page, "enabled") && checked(&page, "ordered"));
+    assert!(!checked(&page, "verify_tls"));
+
+    // And back the other way. The hmac-only fields are left alone under another scheme, even
+    // when what they hold would be refused.
+    let saved = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("signature", "standard"),
+                ("payload", "mxhook"),
+                ("signature_header", "Not A Header"),
+                ("signature_format", "sha256=hex"),
+                ("verify_tls", "1"),
+            ],
+        )
+        .await;
+    // A hex secret cannot sign `standard`: the new one is shown once.
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert!(saved.body.contains("whsec_"), "{}", saved.body);
+    let webhook = api_webhook().await;
+    for (key, value) in [
+        ("enabled", json!(false)),
+        ("signature", json!("standard")),
+        ("payload", json!("mxhook")),
+        ("signature_header", json!("X-Hub-Sig")),
+        ("signature_format", json!("hex")),
+        ("verify_tls", json!(true)),
+        ("ordered", json!(false)),
+    ] {
+        assert_eq!(webhook[key], value, "{key}: {webhook}");
+    }
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(selected(&page, "standard") && selected(&page, "mxhook"));
+    assert!(checked(&page, "verify_tls"));
+    assert!(!checked(&page, "enabled") && !checked(&page, "ordered"));
+
+    // Refused values come back next to the form with the reason and everything typed kept;
+    // nothing is stored.
+    let typed_url = format!("{url}?typed=1");
+    for (field, value, reason) in [
+        (
+            "signature_header",
+            "Bad Header",
+            "is not a valid HTTP header name",
+        ),
+        ("signature_header", "Content-Type", "is reserved"),
+        ("signature_format", "base64", "unknown variant"),
+        ("signature", "rot13", "unknown variant"),
+    ] {
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("url", typed_url.as_str()),
+            ("enabled", "1"),
+            ("signature", "hmac-sha256"),
+            ("payload", "botmailroom"),
+            ("signature_header", "X-Typed"),
+            ("signature_format", "hex"),
+            ("ordered", "1"),
+        ];
+        for pair in &mut form {
+            if pair.0 == field {
+                pair.1 = value;
+            }
+        }
+        let refused = ui.post("/ui/inboxes/agent/webhook", &form).await;
+        assert_eq!(refused.status, 400, "{field}={value}: {}", refused.body);
+        let error_at = refused
+            .body
+            .find("id=\"webhook-error\"")
+            .expect("the error next to the webhook form");
+        let form_at = refused.body.find("id=\"webhook-form\"").expect("form");
+        assert!(error_at < form_at, "the error is not next to the form");
+        assert!(
+            refused.body[error_at..form_at].contains(reason),
+            "{field}: {}",
+            refused.body
+        );
+        assert!(
+            refused
+                .body
+                .contains(&format!("value=\"{}\"", escaped(&typed_url))),
+            "{field}: the typed URL was dropped"
+        );
+        if field == "signature_header" {
+            assert!(refused.body.contains(&format!("value=\"{value}\"")));
+        } else {
+            assert!(refused.body.contains("value=\"X-Typed\""));
+        }
+        assert!(checked(&refused, "ordered") && !checked(&refused, "verify_tls"));
+        assert!(selected(&refused, "botmailroom"));
+    }
+    let refused = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[("csrf", &csrf), ("url", "ftp://nowhere.example/<x>")],
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("url: "), "{}", refused.body);
+    assert!(
+        refused.body.contains(&format!(
+            "value=\"{}\"",
+            escaped("ftp://nowhere.example/<x>")
+        )),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        api_webhook().await["signature"],
+        "standard",
+        "a refused form changed it"
+    );
+
+    // A 410 makes the gateway switch the webhook off; the page says why and re-enables it.
+    let saved = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("enabled", "1"),
+                ("signature", "standard"),
+                ("payload", "mxhook"),
+                ("verify_tls", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    send_mail(
+        &gateway,
+        "agent@example.com",
+        &simple_message("a@sender.example", "agent@example.com", "gone", "hello"),
+    )
+    .await;
+    receiver.recv().await;
+    eventually("the webhook to be switched off", || async {
+        api_webhook().await["disabled_reason"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(
+        page.body.contains("switched this webhook off"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("410 Gone"), "{}", page.body);
+    assert!(!checked(&page, "enabled"));
+    assert!(
+        page.body
+            .contains("form=\"webhook-form\" name=\"reenable\"")
+    );
+    let again = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("signature", "standard"),
+                ("payload", "mxhook"),
+                ("verify_tls", "1"),
+                ("reenable", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, 303, "{}", again.body);
+    let webhook = api_webhook().await;
+    assert_eq!(webhook["enabled"], true, "{webhook}");
+    assert_eq!(webhook["disabled_reason"], Value::Null, "{webhook}");
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(!page.body.contains("switched this webhook off"));
+}
+
 /// The whole flow in headless chromium. Fails (never skips) when chromium or playwright-core is
 /// missing: scripts/test installs both.
 #[tokio::test]

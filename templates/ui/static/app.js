@@ -35,6 +35,16 @@
     window.setTimeout(function () { window.location.reload(); }, 2000);
   }
 
+  // The hmac-only webhook settings: shown only while that scheme is picked. The server ignores
+  // them for other schemes, so without this script they are merely always visible.
+  var scheme = document.getElementById("signature");
+  var hmac = document.getElementById("hmac-settings");
+  if (scheme && hmac) {
+    var sync = function () { hmac.hidden = scheme.value !== hmac.dataset.scheme; };
+    scheme.addEventListener("change", sync);
+    sync();
+  }
+
   // Forms that ask before they act.
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (event) {
