@@ -113,8 +113,9 @@ impl Db {
         Ok(stats)
     }
 
-    /// The newest messages, newest first; only of inbox `only` when given, and only those whose
-    /// id sorts before `before` (the paging cursor) when given.
+    /// A run of messages next to a paging cursor, only of inbox `only` when given: with `after`,
+    /// those just after it, oldest first; otherwise the newest, or those just before `before`,
+    /// newest first. Ids sort by creation time, so an id is the cursor.
     ///
     /// # Errors
     /// [`Error::Query`].
@@ -122,18 +123,22 @@ impl Db {
         &self,
         only: Option<&str>,
         before: Option<&str>,
+        after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<MessageListing>, Error> {
+        let order = if after.is_some() { "ASC" } else { "DESC" };
         let rows = sqlx::query(&format!(
             "SELECT m.id, m.inbox_id, m.sender, m.subject, m.received_at, m.event_json, \
              w.id AS delivery_id, w.status AS delivery_status, \
              w.last_status_code AS delivery_status_code \
              FROM messages m LEFT JOIN deliveries w ON w.id = ({WEBHOOK_DELIVERY}) \
              WHERE ($1 = '' OR m.inbox_id = $1) AND ($2 = '' OR m.id < $2) \
-             ORDER BY m.id DESC LIMIT $3"
+             AND ($3 = '' OR m.id > $3) \
+             ORDER BY m.id {order} LIMIT $4"
         ))
         .bind(only.unwrap_or_default())
         .bind(before.unwrap_or_default())
+        .bind(after.unwrap_or_default())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -763,6 +763,162 @@ async fn webhook_form_round_trips_every_setting_and_keeps_refused_input() {
     assert!(!page.body.contains("switched this webhook off"));
 }
 
+/// An attribute value as the browser reads it.
+fn unescaped(text: &str) -> String {
+    text.replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The `href` of the link with this id, if the page shows it.
+fn link(page: &Page, id: &str) -> Option<String> {
+    let start = page.body.find(&format!("id=\"{id}\""))?;
+    let tag_start = page.body[..start].rfind('<')?;
+    let tag_end = page.body[start..].find('>')? + start;
+    let tag = &page.body[tag_start..tag_end];
+    if tag.contains(" hidden") {
+        return None;
+    }
+    let href = tag.split("href=\"").nth(1)?.split('"').next()?;
+    Some(unescaped(href))
+}
+
+/// The paging subjects a messages page lists.
+fn paged_subjects(page: &Page) -> Vec<String> {
+    page.body
+        .split("paging-")
+        .skip(1)
+        .map(|rest| format!("paging-{}", &rest[..2]))
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_page_through_older_and_newer_with_filters_kept() {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    // 30 for the filtered inbox, with mail for another inbox in between that must never show.
+    for n in 1..=30 {
+        send_mail(
+            &gateway,
+            "agent@example.com",
+            &simple_message(
+                "a@sender.example",
+                "agent@example.com",
+                &format!("paging-{n:02}"),
+                "hi",
+            ),
+        )
+        .await;
+        if n % 6 == 0 {
+            send_mail(
+                &gateway,
+                "other@example.com",
+                &simple_message(
+                    "a@sender.example",
+                    "other@example.com",
+                    &format!("paging-x{}", n / 6),
+                    "hi",
+                ),
+            )
+            .await;
+        }
+    }
+    eventually("all 30 to be listed", || async {
+        let (_, body) = gateway
+            .api_get("/v1/inboxes/agent/messages?limit=100")
+            .await
+            .ok()?;
+        (body["messages"].as_array()?.len() == 30).then_some(())
+    })
+    .await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+
+    let first = ui.get("/ui/messages?inbox=agent&per_page=10").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let page1 = paged_subjects(&first);
+    assert_eq!(page1.len(), 10, "{page1:?}");
+    assert!(page1.contains(&"paging-30".to_owned()), "{page1:?}");
+    assert!(
+        link(&first, "newer").is_none(),
+        "the first page has nothing newer"
+    );
+    // Only the first page follows new mail.
+    assert!(first.body.contains("data-rows-url="));
+    let older = link(&first, "older").expect("an older link");
+    for kept in ["inbox=agent", "per_page=10", "before="] {
+        assert!(older.contains(kept), "{older} lacks {kept}");
+    }
+
+    let second = ui.get(&older).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    let page2 = paged_subjects(&second);
+    assert_eq!(page2.len(), 10, "{page2:?}");
+    assert!(!second.body.contains("data-rows-url="));
+    // Resend on page 2 comes back to page 2.
+    assert!(
+        second
+            .body
+            .contains(&format!("name=\"back\" value=\"{}\"", escaped(&older))),
+        "{}",
+        second.body
+    );
+    let third = ui.get(&link(&second, "older").expect("older again")).await;
+    let page3 = paged_subjects(&third);
+    assert_eq!(page3.len(), 10, "{page3:?}");
+    assert!(page3.contains(&"paging-01".to_owned()), "{page3:?}");
+    assert!(
+        link(&third, "older").is_none(),
+        "nothing is older than the first mail"
+    );
+
+    let mut all: Vec<String> = [&page1, &page2, &page3]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "pages overlap or miss mail: {all:?}");
+    assert!(
+        all.iter().all(|subject| !subject.starts_with("paging-x")),
+        "{all:?}"
+    );
+    // Newest first within each page, and every page older than the one before.
+    for pages in [[&page1, &page2], [&page2, &page3]] {
+        assert!(pages[0].last() > pages[1].first(), "{pages:?}");
+    }
+    for page in [&page1, &page2, &page3] {
+        assert!(page.windows(2).all(|pair| pair[0] > pair[1]), "{page:?}");
+    }
+
+    // And back: "newer" from page 3 is page 2 again, filters kept.
+    let newer = link(&third, "newer").expect("a newer link");
+    assert!(
+        newer.contains("inbox=agent") && newer.contains("after="),
+        "{newer}"
+    );
+    let back = ui.get(&newer).await;
+    assert_eq!(paged_subjects(&back), page2);
+    let top = ui.get(&link(&back, "newer").expect("newer again")).await;
+    assert_eq!(paged_subjects(&top), page1);
+    assert!(link(&top, "newer").is_none(), "{}", top.body);
+
+    // A filter that matches nothing older: an empty page that still links back.
+    let none = ui
+        .get("/ui/messages?inbox=agent&status=dead&per_page=10")
+        .await;
+    assert!(paged_subjects(&none).is_empty());
+    assert!(link(&none, "older").is_none());
+    // A page size that is not a number is the default, not an error.
+    let junk = ui.get("/ui/messages?per_page=lots").await;
+    assert_eq!(junk.status, 200);
+    assert_eq!(paged_subjects(&junk).len(), 35);
+}
+
 /// The whole flow in headless chromium. Fails (never skips) when chromium or playwright-core is
 /// missing: scripts/test installs both.
 #[tokio::test]

@@ -13,6 +13,12 @@
       fetch(rows.dataset.rowsUrl, { credentials: "same-origin", cache: "no-store" })
         .then(function (response) {
           if (!response.ok) throw new Error("HTTP " + response.status);
+          var older = document.getElementById("older");
+          var olderUrl = response.headers.get("x-older-url");
+          if (older && olderUrl !== null) {
+            older.hidden = olderUrl === "";
+            if (olderUrl) older.setAttribute("href", olderUrl);
+          }
           return response.text();
         })
         .then(function (html) {
