@@ -42,6 +42,13 @@ pub struct MessageListing {
     pub delivery_status_code: Option<i64>,
 }
 
+/// Who sent a message and what it is about, as a list of deliveries names it.
+#[derive(Debug, Clone)]
+pub struct MessageHeadline {
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+}
+
 /// The delivery the webhook column shows: the inbox webhook first, then the newest.
 const WEBHOOK_DELIVERY: &str = "SELECT d.id FROM deliveries d WHERE d.message_id = m.id \
      ORDER BY CASE WHEN d.endpoint_ref = 'inbox' THEN 0 ELSE 1 END, d.created_at DESC, d.id DESC \
@@ -157,6 +164,40 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// The sender and subject of each of these messages, by id, for lists of deliveries; one
+    /// statement for the whole list.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn message_headlines(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, MessageHeadline>, Error> {
+        let mut headlines = std::collections::HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(headlines);
+        }
+        let placeholders = (1..=ids.len())
+            .map(|idx| format!("${idx}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT id, sender, subject FROM messages WHERE id IN ({placeholders})");
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&self.pool).await? {
+            headlines.insert(
+                row.try_get("id")?,
+                MessageHeadline {
+                    sender: row.try_get("sender")?,
+                    subject: row.try_get("subject")?,
+                },
+            );
+        }
+        Ok(headlines)
     }
 
     /// Every delivery of one message, oldest first.

@@ -537,9 +537,21 @@ pub(super) async fn dead(
         .db
         .list_deliveries(Some(DeliveryStatus::Dead), auth.only(), 200)
         .await?;
+    let ids: Vec<&str> = deliveries
+        .iter()
+        .map(|delivery| delivery.message_id.as_str())
+        .collect();
+    let headlines = state.api.db.message_headlines(&ids).await?;
     let views: Vec<Value> = deliveries
         .iter()
-        .map(|delivery| delivery_view(delivery, Vec::new()))
+        .map(|delivery| {
+            let mut view = delivery_view(delivery, Vec::new());
+            if let Some(headline) = headlines.get(&delivery.message_id) {
+                view["sender"] = json!(headline.sender);
+                view["subject"] = json!(headline.subject);
+            }
+            view
+        })
         .collect();
     Ok(render(
         "dead.html",

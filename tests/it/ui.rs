@@ -919,6 +919,55 @@ async fn messages_page_through_older_and_newer_with_filters_kept() {
     assert_eq!(paged_subjects(&junk).len(), 35);
 }
 
+#[tokio::test]
+async fn dead_letters_show_the_escaped_subject_and_sender() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 1;
+    let gateway = TestGateway::start(options).await;
+    let token = rand_token();
+    let subject = format!("<img src=x onerror=alert(1)> dead {token}");
+    let message = format!(
+        "From: \"<b>Mallory</b>\" <mallory@sender.example>\r\nTo: agent@example.com\r\n\
+         Subject: {subject}\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+         Message-ID: <{token}@sender.example>\r\n\r\nhi\r\n"
+    );
+    send_mail(&gateway, "agent@example.com", message.as_bytes()).await;
+    receiver.recv().await;
+    receiver.recv().await;
+    let id = message_id(&gateway, "agent", &subject).await;
+    eventually("the delivery to be dead-lettered", || async {
+        (!gateway.deliveries("dead").await.is_empty()).then_some(())
+    })
+    .await;
+
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let page = ui.get("/ui/dead").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let row_at = page
+        .body
+        .find(&format!("/ui/messages/{id}"))
+        .expect("the dead message");
+    let row = &page.body[row_at..];
+    let row = &row[..row.find("</tr>").expect("end of row")];
+    assert!(row.contains(&escaped(&subject)), "{row}");
+    assert!(row.contains(&id), "{row}");
+    assert!(!page.body.contains("<img"), "{}", page.body);
+    let (_, listed) = gateway
+        .api_get("/v1/inboxes/agent/messages")
+        .await
+        .expect("API");
+    let sender = listed["messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().find(|message| message["id"] == json!(id)))
+        .and_then(|message| message["sender"].as_str())
+        .expect("the stored sender");
+    assert!(sender.contains("mallory@sender.example"), "{sender}");
+    assert!(row.contains(&escaped(sender)), "{sender} not in {row}");
+    assert!(!page.body.contains("<b>Mallory"));
+}
+
 /// The whole flow in headless chromium. Fails (never skips) when chromium or playwright-core is
 /// missing: scripts/test installs both.
 #[tokio::test]
