@@ -968,6 +968,39 @@ async fn dead_letters_show_the_escaped_subject_and_sender() {
     assert!(!page.body.contains("<b>Mallory"));
 }
 
+#[tokio::test]
+async fn repeated_failed_logins_are_answered_429() {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+    for attempt in 1..=10 {
+        let refused = ui.login(&format!("wrong-{attempt}")).await;
+        assert_eq!(refused.status, 303, "attempt {attempt}: {}", refused.body);
+        assert_eq!(refused.location(), "/ui/login?error=1", "attempt {attempt}");
+    }
+    let blocked = ui.login("wrong-11").await;
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    assert!(
+        blocked.body.contains("too many failed logins"),
+        "{}",
+        blocked.body
+    );
+    let retry: u64 = blocked
+        .headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("Retry-After seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // While blocked even the right key is not checked, so a lucky guess is not confirmed.
+    let right = ui.login(API_KEY).await;
+    assert_eq!(right.status, 429);
+    assert!(ui.session.is_none());
+    // The API's Bearer check is not the dashboard's throttle.
+    let (status, _) = gateway.api_get("/v1/inboxes").await.expect("API");
+    assert_eq!(status, 200);
+}
+
 /// The whole flow in headless chromium. Fails (never skips) when chromium or playwright-core is
 /// missing: scripts/test installs both.
 #[tokio::test]
