@@ -42,6 +42,13 @@ pub struct MessageListing {
     pub delivery_status_code: Option<i64>,
 }
 
+/// Who sent a message and what it is about, as a list of deliveries names it.
+#[derive(Debug, Clone)]
+pub struct MessageHeadline {
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+}
+
 /// The delivery the webhook column shows: the inbox webhook first, then the newest.
 const WEBHOOK_DELIVERY: &str = "SELECT d.id FROM deliveries d WHERE d.message_id = m.id \
      ORDER BY CASE WHEN d.endpoint_ref = 'inbox' THEN 0 ELSE 1 END, d.created_at DESC, d.id DESC \
@@ -113,8 +120,9 @@ impl Db {
         Ok(stats)
     }
 
-    /// The newest messages, newest first; only of inbox `only` when given, and only those whose
-    /// id sorts before `before` (the paging cursor) when given.
+    /// A run of messages next to a paging cursor, only of inbox `only` when given: with `after`,
+    /// those just after it, oldest first; otherwise the newest, or those just before `before`,
+    /// newest first. Ids sort by creation time, so an id is the cursor.
     ///
     /// # Errors
     /// [`Error::Query`].
@@ -122,18 +130,22 @@ impl Db {
         &self,
         only: Option<&str>,
         before: Option<&str>,
+        after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<MessageListing>, Error> {
+        let order = if after.is_some() { "ASC" } else { "DESC" };
         let rows = sqlx::query(&format!(
             "SELECT m.id, m.inbox_id, m.sender, m.subject, m.received_at, m.event_json, \
              w.id AS delivery_id, w.status AS delivery_status, \
              w.last_status_code AS delivery_status_code \
              FROM messages m LEFT JOIN deliveries w ON w.id = ({WEBHOOK_DELIVERY}) \
              WHERE ($1 = '' OR m.inbox_id = $1) AND ($2 = '' OR m.id < $2) \
-             ORDER BY m.id DESC LIMIT $3"
+             AND ($3 = '' OR m.id > $3) \
+             ORDER BY m.id {order} LIMIT $4"
         ))
         .bind(only.unwrap_or_default())
         .bind(before.unwrap_or_default())
+        .bind(after.unwrap_or_default())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -152,6 +164,40 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// The sender and subject of each of these messages, by id, for lists of deliveries; one
+    /// statement for the whole list.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn message_headlines(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, MessageHeadline>, Error> {
+        let mut headlines = std::collections::HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(headlines);
+        }
+        let placeholders = (1..=ids.len())
+            .map(|idx| format!("${idx}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT id, sender, subject FROM messages WHERE id IN ({placeholders})");
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&self.pool).await? {
+            headlines.insert(
+                row.try_get("id")?,
+                MessageHeadline {
+                    sender: row.try_get("sender")?,
+                    subject: row.try_get("subject")?,
+                },
+            );
+        }
+        Ok(headlines)
     }
 
     /// Every delivery of one message, oldest first.

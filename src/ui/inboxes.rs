@@ -8,16 +8,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Auth, Error, UiState, render, when};
 use crate::api::inboxes as api;
-use crate::db::{EndpointStats, InboxRow};
+use crate::db::{EndpointStats, InboxRow, WebhookSettings};
+use crate::deliver::signature::DEFAULT_HMAC_HEADER;
 use crate::ingress::provider::Provider;
 
 const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
 const PAYLOADS: &[&str] = &["mxhook", "botmailroom"];
+const SIGNATURE_FORMATS: &[&str] = &["sha256=hex", "hex"];
+/// The only scheme that reads `signature_header` and `signature_format`.
+const HMAC_SCHEME: &str = "hmac-sha256";
 
 /// The statistics of one endpoint as the pages show them.
 fn stats_view(stats: &EndpointStats) -> Value {
@@ -53,6 +57,7 @@ fn inbox_view(inbox: &InboxRow, stats: &[EndpointStats], providers: &[String]) -
         "signature": webhook.map(|webhook| webhook.signature.as_str()),
         "payload": webhook.map(|webhook| webhook.payload.as_str()),
         "has_secret": webhook.is_some_and(|webhook| webhook.secret.is_some()),
+        "disabled_reason": webhook.and_then(|webhook| webhook.disabled_reason.clone()),
         "providers": Provider::ALL.iter().map(|provider| json!({
             "name": provider.as_str(),
             "configured": providers.iter().any(|name| name == provider.as_str()),
@@ -108,26 +113,90 @@ pub(super) async fn detail(
         &id,
         StatusCode::OK,
         notice(query.done.as_deref()),
-        None,
-        None,
+        Refusal::default(),
     )
     .await
 }
 
-/// The inbox page; after a refused form, with the reason and what was typed.
+/// What a refused form brings back to the inbox page: the reason, the form it belongs next to,
+/// and what the user typed, so nothing has to be typed twice.
+#[derive(Debug, Default)]
+struct Refusal {
+    /// `webhook`, `rules` or `page`.
+    section: &'static str,
+    message: Option<String>,
+    rules_text: Option<String>,
+    webhook: Option<WebhookFields>,
+}
+
+/// The webhook form's fields, from the stored settings or from what was typed.
+#[derive(Debug, Serialize)]
+struct WebhookFields {
+    url: String,
+    enabled: bool,
+    signature: String,
+    payload: String,
+    signature_header: String,
+    signature_format: String,
+    verify_tls: bool,
+    ordered: bool,
+}
+
+impl WebhookFields {
+    /// The API's defaults when the inbox has no webhook yet.
+    fn stored(webhook: Option<&WebhookSettings>) -> Self {
+        Self {
+            url: webhook
+                .map(|webhook| webhook.url.clone())
+                .unwrap_or_default(),
+            enabled: webhook.is_none_or(|webhook| webhook.enabled),
+            signature: webhook
+                .map_or("agentmail", |webhook| webhook.signature.as_str())
+                .to_owned(),
+            payload: webhook
+                .map_or("mxhook", |webhook| webhook.payload.as_str())
+                .to_owned(),
+            signature_header: webhook
+                .and_then(|webhook| webhook.signature_header.clone())
+                .unwrap_or_else(|| DEFAULT_HMAC_HEADER.to_owned()),
+            signature_format: webhook
+                .map_or("sha256=hex", |webhook| webhook.signature_format.as_str())
+                .to_owned(),
+            verify_tls: webhook.is_none_or(|webhook| webhook.verify_tls),
+            ordered: webhook.is_some_and(|webhook| webhook.ordered),
+        }
+    }
+
+    fn typed(form: &WebhookForm) -> Self {
+        Self {
+            url: form.url.clone(),
+            enabled: form.enabled.is_some(),
+            signature: form.signature.clone(),
+            payload: form.payload.clone(),
+            signature_header: form.signature_header.clone(),
+            signature_format: form.signature_format.clone(),
+            verify_tls: form.verify_tls.is_some(),
+            ordered: form.ordered.is_some(),
+        }
+    }
+}
+
+/// The inbox page; after a refused form, with the reason next to that form and what was typed.
 async fn detail_page(
     state: &UiState,
     auth: &Auth,
     id: &str,
     status: StatusCode,
     notice: Option<&str>,
-    error: Option<String>,
-    rules_text: Option<String>,
+    refusal: Refusal,
 ) -> Result<Response, Error> {
     let inbox = api::visible_inbox(&state.api, &auth.caller, id).await?;
     let stats = state.api.db.endpoint_stats(Some(id)).await?;
     let providers = state.api.db.ingress_providers(id).await?;
-    let rules_text = match rules_text {
+    let webhook = refusal
+        .webhook
+        .unwrap_or_else(|| WebhookFields::stored(inbox.webhook.as_ref()));
+    let rules_text = match refusal.rules_text {
         Some(text) => text,
         None => {
             let Json(rules) = api::get_notifications(
@@ -147,22 +216,65 @@ async fn detail_page(
             "inbox": inbox_view(&inbox, &stats, &providers),
             "endpoints": stats.iter().map(stats_view).collect::<Vec<_>>(),
             "rules_text": rules_text,
+            "webhook": webhook,
             "signatures": SIGNATURES,
             "payloads": PAYLOADS,
+            "signature_formats": SIGNATURE_FORMATS,
+            "hmac_scheme": HMAC_SCHEME,
             "notice": notice,
-            "error": error,
+            "error": refusal.message,
+            "error_at": refusal.section,
         }),
     )?;
     Ok((status, html).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The webhook form. Every field is optional so that a tampered form gets the API's reason on
+/// the page rather than a bare extractor rejection; unchecked boxes are simply absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub(super) struct WebhookForm {
     url: String,
-    #[serde(default)]
     enabled: Option<String>,
+    /// The "re-enable" button of a webhook the gateway switched off.
+    reenable: Option<String>,
     signature: String,
     payload: String,
+    signature_header: String,
+    signature_format: String,
+    verify_tls: Option<String>,
+    ordered: Option<String>,
+}
+
+impl WebhookForm {
+    /// The `PUT /v1/inboxes/{id}/webhook` body: the form always holds every setting, so each is
+    /// sent; the hmac-only ones only with that scheme, which leaves them unchanged otherwise.
+    fn api_body(&self) -> Value {
+        let mut body = json!({
+            "url": self.url.trim(),
+            "enabled": self.enabled.is_some() || self.reenable.is_some(),
+            "verify_tls": self.verify_tls.is_some(),
+            "ordered": self.ordered.is_some(),
+        });
+        if !self.signature.is_empty() {
+            body["signature"] = json!(self.signature);
+        }
+        if !self.payload.is_empty() {
+            body["payload"] = json!(self.payload);
+        }
+        if self.signature == HMAC_SCHEME {
+            let header = self.signature_header.trim();
+            body["signature_header"] = json!(if header.is_empty() {
+                DEFAULT_HMAC_HEADER
+            } else {
+                header
+            });
+            if !self.signature_format.is_empty() {
+                body["signature_format"] = json!(self.signature_format);
+            }
+        }
+        body
+    }
 }
 
 /// The page that shows a new signing secret, once: it is not stored anywhere it can be read
@@ -182,8 +294,11 @@ async fn put_webhook(
     id: &str,
     body: Value,
 ) -> Result<Result<Value, Error>, Error> {
-    let body: api::PutWebhook =
-        serde_json::from_value(body).map_err(|err| Error::BadRequest(err.to_string()))?;
+    // A value the API's types refuse (an unknown scheme) is a form error like any other.
+    let body: api::PutWebhook = match serde_json::from_value(body) {
+        Ok(body) => body,
+        Err(err) => return Ok(Err(Error::BadRequest(err.to_string()))),
+    };
     match api::put_webhook(
         State(Arc::clone(&state.api)),
         Extension(auth.caller.clone()),
@@ -206,13 +321,7 @@ pub(super) async fn save_webhook(
     Path(id): Path<String>,
     Form(form): Form<WebhookForm>,
 ) -> Result<Response, Error> {
-    let body = json!({
-        "url": form.url.trim(),
-        "enabled": form.enabled.is_some(),
-        "signature": form.signature,
-        "payload": form.payload,
-    });
-    match put_webhook(&state, &auth, &id, body).await? {
+    match put_webhook(&state, &auth, &id, form.api_body()).await? {
         Ok(view) => match view.get("signing_secret").and_then(Value::as_str) {
             // The first webhook of an inbox gets a secret: this is the one time to show it.
             Some(secret) => secret_page(&auth, &id, secret),
@@ -225,8 +334,12 @@ pub(super) async fn save_webhook(
                 &id,
                 StatusCode::BAD_REQUEST,
                 None,
-                Some(refused.to_string()),
-                None,
+                Refusal {
+                    section: "webhook",
+                    message: Some(refused.to_string()),
+                    webhook: Some(WebhookFields::typed(&form)),
+                    ..Refusal::default()
+                },
             )
             .await
         }
@@ -298,8 +411,12 @@ pub(super) async fn save_rules(
                 &id,
                 StatusCode::BAD_REQUEST,
                 None,
-                Some(message),
-                Some(form.rules),
+                Refusal {
+                    section: "rules",
+                    message: Some(message),
+                    rules_text: Some(form.rules),
+                    ..Refusal::default()
+                },
             )
             .await
         }
@@ -327,8 +444,11 @@ pub(super) async fn test_event(
                     &id,
                     StatusCode::CONFLICT,
                     None,
-                    Some(message),
-                    None,
+                    Refusal {
+                        section: "page",
+                        message: Some(message),
+                        ..Refusal::default()
+                    },
                 )
                 .await
             }

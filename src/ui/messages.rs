@@ -15,9 +15,16 @@ use super::{Auth, Error, UiState, explain, render, when, when_text};
 use crate::db::{DeliveryView, MessageListing};
 use crate::model::DeliveryStatus;
 
-/// How many recent messages the list looks through for matches, and how many it shows.
-const SCAN_LIMIT: i64 = 500;
-const SHOW_LIMIT: usize = 100;
+/// Messages a page shows unless `per_page` says otherwise, and the most it may ask for.
+const PER_PAGE: usize = 50;
+const MAX_PER_PAGE: usize = 200;
+/// The flag and tier filters read the stored event, so a page is found by reading messages in
+/// batches; past this many read, the page stops short and its "older" link goes on from there,
+/// which bounds the work a rare filter costs one request.
+const SCAN_BATCH: i64 = 200;
+const SCAN_BUDGET: usize = 2_000;
+/// The rows fragment's link to the next older page; empty when there is none.
+const OLDER_HEADER: &str = "x-older-url";
 
 const FLAGS: &[(&str, &str)] = &[
     ("verified", "Sender verified"),
@@ -39,6 +46,13 @@ pub(super) struct ListQuery {
     tier: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    /// Paging cursors: message ids.
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    per_page: Option<String>,
 }
 
 impl ListQuery {
@@ -50,9 +64,23 @@ impl ListQuery {
             flag: keep(self.flag),
             tier: keep(self.tier),
             status: keep(self.status),
+            before: keep(self.before),
+            after: keep(self.after),
+            per_page: keep(self.per_page),
         }
     }
 
+    /// Page size; a value that is not a number is the default rather than an error page.
+    fn per_page(&self) -> usize {
+        self.per_page
+            .as_deref()
+            .and_then(|value| value.parse::<usize>().ok())
+            .unwrap_or(PER_PAGE)
+            .clamp(1, MAX_PER_PAGE)
+    }
+
+    /// The filters (and page size) as a query string, without the cursor: what every link of
+    /// the list keeps.
     fn query_string(&self) -> String {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
         for (key, value) in [
@@ -60,12 +88,32 @@ impl ListQuery {
             ("flag", &self.flag),
             ("tier", &self.tier),
             ("status", &self.status),
+            ("per_page", &self.per_page),
         ] {
             if let Some(value) = value {
                 out.append_pair(key, value);
             }
         }
         out.finish()
+    }
+
+    /// This list's URL at a cursor (`before` or `after` a message id), or its first page.
+    fn url(&self, path: &str, cursor: Option<(&str, &str)>) -> String {
+        let mut query = self.query_string();
+        if let Some((key, id)) = cursor {
+            let pair = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair(key, id)
+                .finish();
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(&pair);
+        }
+        if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        }
     }
 }
 
@@ -128,23 +176,149 @@ fn row_view(message: &MessageListing, event: &Value) -> Value {
     })
 }
 
-/// The rows the list shows for this query.
-async fn rows_for(state: &UiState, auth: &Auth, query: &ListQuery) -> Result<Vec<Value>, Error> {
+/// One page of the list: its rows, newest first, and the links to the pages on either side.
+struct MessagePage {
+    rows: Vec<Value>,
+    older: Option<String>,
+    newer: Option<String>,
+}
+
+/// What a scan from a cursor found.
+struct Scan {
+    /// Matching messages in scan order.
+    found: Vec<(MessageListing, Value)>,
+    /// Every message past the cursor was read.
+    exhausted: bool,
+    /// The last message read, when the scan budget ran out before `want` matched.
+    stopped_at: Option<String>,
+}
+
+/// Reads messages from a cursor (`after` goes forward in time, otherwise back) until `want`
+/// match the filters, the messages run out, or the budget is spent.
+async fn scan(
+    state: &UiState,
+    only: Option<&str>,
+    query: &ListQuery,
+    before: Option<&str>,
+    after: Option<&str>,
+    want: usize,
+) -> Result<Scan, Error> {
+    let forward = after.is_some();
+    let mut cursor = before.or(after).map(str::to_owned);
+    let mut found = Vec::new();
+    let mut read = 0;
+    loop {
+        let (before, after) = if forward {
+            (None, cursor.as_deref())
+        } else {
+            (cursor.as_deref(), None)
+        };
+        let batch = state
+            .api
+            .db
+            .recent_messages(only, before, after, SCAN_BATCH)
+            .await?;
+        let exhausted = i64::try_from(batch.len()).map_or(true, |len| len < SCAN_BATCH);
+        for message in batch {
+            read += 1;
+            cursor = Some(message.id.clone());
+            // A stored event that is not JSON still lists, without flags.
+            let event: Value = serde_json::from_str(&message.event_json).unwrap_or(Value::Null);
+            if matches(query, &message, &event) {
+                found.push((message, event));
+                if found.len() == want {
+                    return Ok(Scan {
+                        found,
+                        exhausted: false,
+                        stopped_at: None,
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Scan {
+                found,
+                exhausted: true,
+                stopped_at: None,
+            });
+        }
+        if read >= SCAN_BUDGET {
+            return Ok(Scan {
+                found,
+                exhausted: false,
+                stopped_at: cursor,
+            });
+        }
+    }
+}
+
+/// The page this query asks for: the newest, the one just before `before`, or the one just
+/// after `after`. One more match than the page holds is looked for, to know whether a link
+/// onwards leads anywhere.
+async fn page_for(state: &UiState, auth: &Auth, query: &ListQuery) -> Result<MessagePage, Error> {
     let only = match (auth.only(), query.inbox.as_deref()) {
         (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("inbox")),
         (Some(own), _) => Some(own),
         (None, asked) => asked,
     };
-    let messages = state.api.db.recent_messages(only, None, SCAN_LIMIT).await?;
-    Ok(messages
-        .iter()
-        .filter_map(|message| {
-            // A stored event that is not JSON still lists, without flags.
-            let event: Value = serde_json::from_str(&message.event_json).unwrap_or(Value::Null);
-            matches(query, message, &event).then(|| row_view(message, &event))
-        })
-        .take(SHOW_LIMIT)
-        .collect())
+    let per_page = query.per_page();
+    let link = |key: &str, id: &str| Some(query.url("/ui/messages", Some((key, id))));
+    if let Some(after) = query.after.as_deref() {
+        let scan = scan(state, only, query, None, Some(after), per_page + 1).await?;
+        // Nothing newer beyond this page: it is the first page, shown as such so it fills up.
+        if !(scan.exhausted && scan.found.len() <= per_page) {
+            let mut found = scan.found;
+            found.truncate(per_page);
+            let newer = match (found.last(), scan.stopped_at) {
+                (_, Some(stopped)) => link("after", &stopped),
+                (Some((newest, _)), None) => link("after", &newest.id),
+                (None, None) => None,
+            };
+            let older = found
+                .first()
+                .and_then(|(oldest, _)| link("before", &oldest.id));
+            found.reverse();
+            return Ok(MessagePage {
+                rows: found.iter().map(|(m, e)| row_view(m, e)).collect(),
+                older,
+                newer,
+            });
+        }
+        return older_page(state, only, query, None).await;
+    }
+    older_page(state, only, query, query.before.as_deref()).await
+}
+
+/// The page just before `before` (or the newest), newest first.
+async fn older_page(
+    state: &UiState,
+    only: Option<&str>,
+    query: &ListQuery,
+    before: Option<&str>,
+) -> Result<MessagePage, Error> {
+    let per_page = query.per_page();
+    let scan = scan(state, only, query, before, None, per_page + 1).await?;
+    let full = scan.found.len() > per_page;
+    let mut found = scan.found;
+    found.truncate(per_page);
+    let older = match (full, scan.stopped_at, found.last()) {
+        (true, _, Some((oldest, _))) => Some(("before", oldest.id.clone())),
+        (_, Some(stopped), _) => Some(("before", stopped)),
+        _ => None,
+    };
+    let newer = match (before, found.first()) {
+        (None, _) => None,
+        (Some(_), Some((newest, _))) => {
+            Some(query.url("/ui/messages", Some(("after", &newest.id))))
+        }
+        // Nothing matched down here: newer is the first page.
+        (Some(_), None) => Some(query.url("/ui/messages", None)),
+    };
+    Ok(MessagePage {
+        rows: found.iter().map(|(m, e)| row_view(m, e)).collect(),
+        older: older.map(|(key, id)| query.url("/ui/messages", Some((key, &id)))),
+        newer,
+    })
 }
 
 pub(super) async fn list(
@@ -153,7 +327,7 @@ pub(super) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, Error> {
     let query = query.normalized();
-    let rows = rows_for(&state, &auth, &query).await?;
+    let page = page_for(&state, &auth, &query).await?;
     let inboxes: Vec<String> = match auth.only() {
         Some(own) => vec![own.to_owned()],
         None => state
@@ -165,20 +339,21 @@ pub(super) async fn list(
             .map(|inbox| inbox.id)
             .collect(),
     };
-    let query_string = query.query_string();
-    let back = if query_string.is_empty() {
-        "/ui/messages".to_owned()
-    } else {
-        format!("/ui/messages?{query_string}")
-    };
+    let cursor = current_cursor(&query);
+    let first_page = cursor.is_none();
     Ok(render(
         "messages.html",
         json!({
             "base": auth.base(),
             "page": "messages",
-            "rows": rows,
-            "rows_url": format!("/ui/messages/rows?{query_string}"),
-            "back": back,
+            "rows": page.rows,
+            // Only the first page follows new mail; an older page stays where it is.
+            "rows_url": first_page.then(|| query.url("/ui/messages/rows", None)),
+            "back": query.url("/ui/messages", cursor),
+            "older": page.older,
+            "newer": page.newer,
+            "first_page": query.url("/ui/messages", None),
+            "per_page": query.per_page,
             "inboxes": inboxes,
             "flags": FLAGS,
             "tiers": TIERS,
@@ -199,13 +374,24 @@ pub(super) async fn rows(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, Error> {
     let query = query.normalized();
-    let rows = rows_for(&state, &auth, &query).await?;
-    let back = format!("/ui/messages?{}", query.query_string());
-    Ok(render(
+    let page = page_for(&state, &auth, &query).await?;
+    let back = query.url("/ui/messages", current_cursor(&query));
+    let html = render(
         "message_rows.html",
-        json!({ "base": auth.base(), "rows": rows, "back": back }),
-    )?
-    .into_response())
+        json!({ "base": auth.base(), "rows": page.rows, "back": back }),
+    )?;
+    // New mail pushes rows off the first page, so its "older" link moves too; the script reads
+    // it here rather than from a second request.
+    Ok(([(OLDER_HEADER, page.older.unwrap_or_default())], html).into_response())
+}
+
+/// The cursor of the page asked for, so that actions come back to the same page.
+fn current_cursor(query: &ListQuery) -> Option<(&'static str, &str)> {
+    match (query.after.as_deref(), query.before.as_deref()) {
+        (Some(after), _) => Some(("after", after)),
+        (None, Some(before)) => Some(("before", before)),
+        (None, None) => None,
+    }
 }
 
 fn delivery_view(delivery: &DeliveryView, attempts: Vec<Value>) -> Value {
@@ -351,9 +537,21 @@ pub(super) async fn dead(
         .db
         .list_deliveries(Some(DeliveryStatus::Dead), auth.only(), 200)
         .await?;
+    let ids: Vec<&str> = deliveries
+        .iter()
+        .map(|delivery| delivery.message_id.as_str())
+        .collect();
+    let headlines = state.api.db.message_headlines(&ids).await?;
     let views: Vec<Value> = deliveries
         .iter()
-        .map(|delivery| delivery_view(delivery, Vec::new()))
+        .map(|delivery| {
+            let mut view = delivery_view(delivery, Vec::new());
+            if let Some(headline) = headlines.get(&delivery.message_id) {
+                view["sender"] = json!(headline.sender);
+                view["subject"] = json!(headline.subject);
+            }
+            view
+        })
         .collect();
     Ok(render(
         "dead.html",

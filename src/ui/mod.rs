@@ -2,7 +2,8 @@
 //! functions as the JSON API, behind a login with an admin or inbox key.
 //!
 //! Login checks the key exactly as the API's Bearer check does ([`crate::api::caller_for_key`])
-//! and starts a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie, mapped in memory
+//! (after [`throttle`]: ten failures from one client in a minute block it for a minute) and
+//! starts a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie, mapped in memory
 //! to the caller and a CSRF token. Sessions live in this process only, so a restart (or another
 //! node behind a load balancer) logs users out. Every POST is checked for the session's CSRF token
 //! in one middleware before any handler runs, so no form can forget it. An inbox key sees only its
@@ -16,23 +17,26 @@
 mod explain;
 mod inboxes;
 mod messages;
+mod throttle;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::{Extension, Form, Router};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 
 use crate::api::{ApiError, ApiState, Caller};
+use throttle::{Client, LoginThrottle};
 
 /// The session cookie; scoped to `/ui`.
 const SESSION_COOKIE: &str = "mxhook_session";
@@ -100,6 +104,8 @@ pub enum Error {
     Forbidden(&'static str),
     #[error("{0}")]
     BadRequest(String),
+    #[error("too many failed logins from your address; try again in {0} s")]
+    TooManyLogins(u64),
     #[error("internal error")]
     Internal(String),
 }
@@ -137,19 +143,26 @@ impl IntoResponse for Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooManyLogins(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "dashboard request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
         let message = self.to_string();
-        match render(
+        let mut response = match render(
             "error.html",
             json!({ "status": status.as_u16(), "message": message }),
         ) {
             Ok(html) => (status, html).into_response(),
             Err(_) => (status, message).into_response(),
+        };
+        if let Self::TooManyLogins(seconds) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        response
     }
 }
 
@@ -254,6 +267,7 @@ impl Sessions {
 pub(crate) struct UiState {
     api: Arc<ApiState>,
     sessions: Sessions,
+    login_throttle: LoginThrottle,
 }
 
 fn random_token() -> String {
@@ -290,6 +304,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
     let state = Arc::new(UiState {
         api,
         sessions: Sessions::default(),
+        login_throttle: LoginThrottle::default(),
     });
     let pages = Router::new()
         .route("/ui", get(inboxes::list))
@@ -423,6 +438,7 @@ struct LoginForm {
 
 async fn login(
     State(state): State<Arc<UiState>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Error> {
@@ -432,13 +448,20 @@ async fn login(
             "the login form expired; reload the page and try again",
         ));
     }
+    let client = Client::from_ip(peer.map(|Extension(ConnectInfo(addr))| addr.ip()));
+    // Checked before the key, so that a blocked client learns nothing about its guesses.
+    if let Some(wait) = state.login_throttle.blocked(client, Instant::now()) {
+        return Err(Error::TooManyLogins(wait.as_secs().max(1)));
+    }
     let caller = match crate::api::caller_for_key(&state.api, form.key.trim()).await {
         Ok(caller) => caller,
         Err(ApiError::Unauthorized(_)) => {
+            state.login_throttle.failed(client, Instant::now());
             return Ok(Redirect::to("/ui/login?error=1").into_response());
         }
         Err(other) => return Err(other.into()),
     };
+    state.login_throttle.succeeded(client);
     let session = state.sessions.start(caller);
     let mut response = Redirect::to("/ui").into_response();
     let headers = response.headers_mut();

@@ -120,8 +120,17 @@ try {
   await noSidewaysScroll(page, "the inboxes page");
   await page.screenshot({ path: join(shots, "inboxes-phone.png"), fullPage: true });
   await page.goto(`${base}/ui/inboxes/agent`);
+  // The hmac-only webhook settings appear with their scheme (not saved: the page is reloaded).
+  const hmac = page.locator("#hmac-settings");
+  if (await hmac.isVisible()) fail("the hmac-sha256 settings show under another scheme");
+  await page.getByLabel("Signature scheme").selectOption("hmac-sha256");
+  await hmac.waitFor({ state: "visible" });
+  await noSidewaysScroll(page, "the inbox page");
   await page.screenshot({ path: join(shots, "inbox-phone.png"), fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
+  await page.screenshot({ path: join(shots, "inbox-hmac-laptop.png"), fullPage: true });
+  await page.getByLabel("Signature scheme").selectOption("agentmail");
+  await hmac.waitFor({ state: "hidden" });
 
   step("rotate the signing secret: shown once");
   await page.goto(`${base}/ui/inboxes/agent`);

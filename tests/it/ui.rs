@@ -509,6 +509,498 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     assert!(detail.body.contains("1/2"), "{}", detail.body);
 }
 
+/// Text as the templates escape it (minijinja also escapes `/`).
+fn escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
+        .replace('/', "&#x2f;")
+}
+
+/// Whether the page's checkbox `name` is ticked.
+fn checked(page: &Page, name: &str) -> bool {
+    let marker = format!("name=\"{name}\" value=\"1\"");
+    let start = page.body.find(&marker).expect("the checkbox") + marker.len();
+    let end = page.body[start..].find('>').expect("end of tag") + start;
+    page.body[start..end].contains("checked")
+}
+
+/// Whether `<option value="{value}">` is the selected one.
+fn selected(page: &Page, value: &str) -> bool {
+    page.body
+        .contains(&format!("<option value=\"{value}\" selected>"))
+}
+
+#[tokio::test]
+async fn webhook_form_round_trips_every_setting_and_keeps_refused_input() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(410)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let csrf = ui.get("/ui/inboxes/agent").await.csrf();
+    let url = receiver.url();
+    let api_webhook = || async {
+        let (status, webhook) = gateway
+            .api_get("/v1/inboxes/agent/webhook")
+            .await
+            .expect("API");
+        assert_eq!(status, 200, "{webhook}");
+        webhook
+    };
+
+    // Every setting away from its default at once.
+    let saved = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("enabled", "1"),
+                ("signature", "hmac-sha256"),
+                ("payload", "botmailroom"),
+                ("signature_header", "X-Hub-Sig"),
+                ("signature_format", "hex"),
+                ("ordered", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert_eq!(saved.location(), "/ui/inboxes/agent?done=webhook");
+    let webhook = api_webhook().await;
+    for (key, value) in [
+        ("enabled", json!(true)),
+        ("signature", json!("hmac-sha256")),
+        ("payload", json!("botmailroom")),
+        ("signature_header", json!("X-Hub-Sig")),
+        ("signature_format", json!("hex")),
+        ("verify_tls", json!(false)),
+        ("ordered", json!(true)),
+    ] {
+        assert_eq!(webhook[key], value, "{key}: {webhook}");
+    }
+    let page = ui.get("/ui/inboxes/agent?done=webhook").await;
+    assert!(page.body.contains("Webhook settings saved."));
+    assert!(page.body.contains("value=\"X-Hub-Sig\""), "{}", page.body);
+    for value in ["hmac-sha256", "botmailroom", "hex"] {
+        assert!(selected(&page, value), "{value} not selected");
+    }
+    assert!(checked(&page, "enabled") && checked(&page, "ordered"));
+    assert!(!checked(&page, "verify_tls"));
+
+    // And back the other way. The hmac-only fields are left alone under another scheme, even
+    // when what they hold would be refused.
+    let saved = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("signature", "standard"),
+                ("payload", "mxhook"),
+                ("signature_header", "Not A Header"),
+                ("signature_format", "sha256=hex"),
+                ("verify_tls", "1"),
+            ],
+        )
+        .await;
+    // A hex secret cannot sign `standard`: the new one is shown once.
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert!(saved.body.contains("whsec_"), "{}", saved.body);
+    let webhook = api_webhook().await;
+    for (key, value) in [
+        ("enabled", json!(false)),
+        ("signature", json!("standard")),
+        ("payload", json!("mxhook")),
+        ("signature_header", json!("X-Hub-Sig")),
+        ("signature_format", json!("hex")),
+        ("verify_tls", json!(true)),
+        ("ordered", json!(false)),
+    ] {
+        assert_eq!(webhook[key], value, "{key}: {webhook}");
+    }
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(selected(&page, "standard") && selected(&page, "mxhook"));
+    assert!(checked(&page, "verify_tls"));
+    assert!(!checked(&page, "enabled") && !checked(&page, "ordered"));
+
+    // Refused values come back next to the form with the reason and everything typed kept;
+    // nothing is stored.
+    let typed_url = format!("{url}?typed=1");
+    for (field, value, reason) in [
+        (
+            "signature_header",
+            "Bad Header",
+            "is not a valid HTTP header name",
+        ),
+        ("signature_header", "Content-Type", "is reserved"),
+        ("signature_format", "base64", "unknown variant"),
+        ("signature", "rot13", "unknown variant"),
+    ] {
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("url", typed_url.as_str()),
+            ("enabled", "1"),
+            ("signature", "hmac-sha256"),
+            ("payload", "botmailroom"),
+            ("signature_header", "X-Typed"),
+            ("signature_format", "hex"),
+            ("ordered", "1"),
+        ];
+        for pair in &mut form {
+            if pair.0 == field {
+                pair.1 = value;
+            }
+        }
+        let refused = ui.post("/ui/inboxes/agent/webhook", &form).await;
+        assert_eq!(refused.status, 400, "{field}={value}: {}", refused.body);
+        let error_at = refused
+            .body
+            .find("id=\"webhook-error\"")
+            .expect("the error next to the webhook form");
+        let form_at = refused.body.find("id=\"webhook-form\"").expect("form");
+        assert!(error_at < form_at, "the error is not next to the form");
+        assert!(
+            refused.body[error_at..form_at].contains(reason),
+            "{field}: {}",
+            refused.body
+        );
+        assert!(
+            refused
+                .body
+                .contains(&format!("value=\"{}\"", escaped(&typed_url))),
+            "{field}: the typed URL was dropped"
+        );
+        if field == "signature_header" {
+            assert!(refused.body.contains(&format!("value=\"{value}\"")));
+        } else {
+            assert!(refused.body.contains("value=\"X-Typed\""));
+        }
+        assert!(checked(&refused, "ordered") && !checked(&refused, "verify_tls"));
+        assert!(selected(&refused, "botmailroom"));
+    }
+    let refused = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[("csrf", &csrf), ("url", "ftp://nowhere.example/<x>")],
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("url: "), "{}", refused.body);
+    assert!(
+        refused.body.contains(&format!(
+            "value=\"{}\"",
+            escaped("ftp://nowhere.example/<x>")
+        )),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        api_webhook().await["signature"],
+        "standard",
+        "a refused form changed it"
+    );
+
+    // A 410 makes the gateway switch the webhook off; the page says why and re-enables it.
+    let saved = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("enabled", "1"),
+                ("signature", "standard"),
+                ("payload", "mxhook"),
+                ("verify_tls", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    send_mail(
+        &gateway,
+        "agent@example.com",
+        &simple_message("a@sender.example", "agent@example.com", "gone", "hello"),
+    )
+    .await;
+    receiver.recv().await;
+    eventually("the webhook to be switched off", || async {
+        api_webhook().await["disabled_reason"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(
+        page.body.contains("switched this webhook off"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("410 Gone"), "{}", page.body);
+    assert!(!checked(&page, "enabled"));
+    assert!(
+        page.body
+            .contains("form=\"webhook-form\" name=\"reenable\"")
+    );
+    let again = ui
+        .post(
+            "/ui/inboxes/agent/webhook",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("signature", "standard"),
+                ("payload", "mxhook"),
+                ("verify_tls", "1"),
+                ("reenable", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, 303, "{}", again.body);
+    let webhook = api_webhook().await;
+    assert_eq!(webhook["enabled"], true, "{webhook}");
+    assert_eq!(webhook["disabled_reason"], Value::Null, "{webhook}");
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(!page.body.contains("switched this webhook off"));
+}
+
+/// An attribute value as the browser reads it.
+fn unescaped(text: &str) -> String {
+    text.replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The `href` of the link with this id, if the page shows it.
+fn link(page: &Page, id: &str) -> Option<String> {
+    let start = page.body.find(&format!("id=\"{id}\""))?;
+    let tag_start = page.body[..start].rfind('<')?;
+    let tag_end = page.body[start..].find('>')? + start;
+    let tag = &page.body[tag_start..tag_end];
+    if tag.contains(" hidden") {
+        return None;
+    }
+    let href = tag.split("href=\"").nth(1)?.split('"').next()?;
+    Some(unescaped(href))
+}
+
+/// The paging subjects a messages page lists.
+fn paged_subjects(page: &Page) -> Vec<String> {
+    page.body
+        .split("paging-")
+        .skip(1)
+        .map(|rest| format!("paging-{}", &rest[..2]))
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_page_through_older_and_newer_with_filters_kept() {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    // 30 for the filtered inbox, with mail for another inbox in between that must never show.
+    for n in 1..=30 {
+        send_mail(
+            &gateway,
+            "agent@example.com",
+            &simple_message(
+                "a@sender.example",
+                "agent@example.com",
+                &format!("paging-{n:02}"),
+                "hi",
+            ),
+        )
+        .await;
+        if n % 6 == 0 {
+            send_mail(
+                &gateway,
+                "other@example.com",
+                &simple_message(
+                    "a@sender.example",
+                    "other@example.com",
+                    &format!("paging-x{}", n / 6),
+                    "hi",
+                ),
+            )
+            .await;
+        }
+    }
+    eventually("all 30 to be listed", || async {
+        let (_, body) = gateway
+            .api_get("/v1/inboxes/agent/messages?limit=100")
+            .await
+            .ok()?;
+        (body["messages"].as_array()?.len() == 30).then_some(())
+    })
+    .await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+
+    let first = ui.get("/ui/messages?inbox=agent&per_page=10").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let page1 = paged_subjects(&first);
+    assert_eq!(page1.len(), 10, "{page1:?}");
+    assert!(page1.contains(&"paging-30".to_owned()), "{page1:?}");
+    assert!(
+        link(&first, "newer").is_none(),
+        "the first page has nothing newer"
+    );
+    // Only the first page follows new mail.
+    assert!(first.body.contains("data-rows-url="));
+    let older = link(&first, "older").expect("an older link");
+    for kept in ["inbox=agent", "per_page=10", "before="] {
+        assert!(older.contains(kept), "{older} lacks {kept}");
+    }
+
+    let second = ui.get(&older).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    let page2 = paged_subjects(&second);
+    assert_eq!(page2.len(), 10, "{page2:?}");
+    assert!(!second.body.contains("data-rows-url="));
+    // Resend on page 2 comes back to page 2.
+    assert!(
+        second
+            .body
+            .contains(&format!("name=\"back\" value=\"{}\"", escaped(&older))),
+        "{}",
+        second.body
+    );
+    let third = ui.get(&link(&second, "older").expect("older again")).await;
+    let page3 = paged_subjects(&third);
+    assert_eq!(page3.len(), 10, "{page3:?}");
+    assert!(page3.contains(&"paging-01".to_owned()), "{page3:?}");
+    assert!(
+        link(&third, "older").is_none(),
+        "nothing is older than the first mail"
+    );
+
+    let mut all: Vec<String> = [&page1, &page2, &page3]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "pages overlap or miss mail: {all:?}");
+    assert!(
+        all.iter().all(|subject| !subject.starts_with("paging-x")),
+        "{all:?}"
+    );
+    // Newest first within each page, and every page older than the one before.
+    for pages in [[&page1, &page2], [&page2, &page3]] {
+        assert!(pages[0].last() > pages[1].first(), "{pages:?}");
+    }
+    for page in [&page1, &page2, &page3] {
+        assert!(page.windows(2).all(|pair| pair[0] > pair[1]), "{page:?}");
+    }
+
+    // And back: "newer" from page 3 is page 2 again, filters kept.
+    let newer = link(&third, "newer").expect("a newer link");
+    assert!(
+        newer.contains("inbox=agent") && newer.contains("after="),
+        "{newer}"
+    );
+    let back = ui.get(&newer).await;
+    assert_eq!(paged_subjects(&back), page2);
+    let top = ui.get(&link(&back, "newer").expect("newer again")).await;
+    assert_eq!(paged_subjects(&top), page1);
+    assert!(link(&top, "newer").is_none(), "{}", top.body);
+
+    // A filter that matches nothing older: an empty page that still links back.
+    let none = ui
+        .get("/ui/messages?inbox=agent&status=dead&per_page=10")
+        .await;
+    assert!(paged_subjects(&none).is_empty());
+    assert!(link(&none, "older").is_none());
+    // A page size that is not a number is the default, not an error.
+    let junk = ui.get("/ui/messages?per_page=lots").await;
+    assert_eq!(junk.status, 200);
+    assert_eq!(paged_subjects(&junk).len(), 35);
+}
+
+#[tokio::test]
+async fn dead_letters_show_the_escaped_subject_and_sender() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 1;
+    let gateway = TestGateway::start(options).await;
+    let token = rand_token();
+    let subject = format!("<img src=x onerror=alert(1)> dead {token}");
+    let message = format!(
+        "From: \"<b>Mallory</b>\" <mallory@sender.example>\r\nTo: agent@example.com\r\n\
+         Subject: {subject}\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+         Message-ID: <{token}@sender.example>\r\n\r\nhi\r\n"
+    );
+    send_mail(&gateway, "agent@example.com", message.as_bytes()).await;
+    receiver.recv().await;
+    receiver.recv().await;
+    let id = message_id(&gateway, "agent", &subject).await;
+    eventually("the delivery to be dead-lettered", || async {
+        (!gateway.deliveries("dead").await.is_empty()).then_some(())
+    })
+    .await;
+
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let page = ui.get("/ui/dead").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let row_at = page
+        .body
+        .find(&format!("/ui/messages/{id}"))
+        .expect("the dead message");
+    let row = &page.body[row_at..];
+    let row = &row[..row.find("</tr>").expect("end of row")];
+    assert!(row.contains(&escaped(&subject)), "{row}");
+    assert!(row.contains(&id), "{row}");
+    assert!(!page.body.contains("<img"), "{}", page.body);
+    let (_, listed) = gateway
+        .api_get("/v1/inboxes/agent/messages")
+        .await
+        .expect("API");
+    let sender = listed["messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().find(|message| message["id"] == json!(id)))
+        .and_then(|message| message["sender"].as_str())
+        .expect("the stored sender");
+    assert!(sender.contains("mallory@sender.example"), "{sender}");
+    assert!(row.contains(&escaped(sender)), "{sender} not in {row}");
+    assert!(!page.body.contains("<b>Mallory"));
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_answered_429() {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+    for attempt in 1..=10 {
+        let refused = ui.login(&format!("wrong-{attempt}")).await;
+        assert_eq!(refused.status, 303, "attempt {attempt}: {}", refused.body);
+        assert_eq!(refused.location(), "/ui/login?error=1", "attempt {attempt}");
+    }
+    let blocked = ui.login("wrong-11").await;
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    assert!(
+        blocked.body.contains("too many failed logins"),
+        "{}",
+        blocked.body
+    );
+    let retry: u64 = blocked
+        .headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("Retry-After seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // While blocked even the right key is not checked, so a lucky guess is not confirmed.
+    let right = ui.login(API_KEY).await;
+    assert_eq!(right.status, 429);
+    assert!(ui.session.is_none());
+    // The API's Bearer check is not the dashboard's throttle.
+    let (status, _) = gateway.api_get("/v1/inboxes").await.expect("API");
+    assert_eq!(status, 200);
+}
+
 /// The whole flow in headless chromium. Fails (never skips) when chromium or playwright-core is
 /// missing: scripts/test installs both.
 #[tokio::test]

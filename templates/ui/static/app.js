@@ -13,6 +13,12 @@
       fetch(rows.dataset.rowsUrl, { credentials: "same-origin", cache: "no-store" })
         .then(function (response) {
           if (!response.ok) throw new Error("HTTP " + response.status);
+          var older = document.getElementById("older");
+          var olderUrl = response.headers.get("x-older-url");
+          if (older && olderUrl !== null) {
+            older.hidden = olderUrl === "";
+            if (olderUrl) older.setAttribute("href", olderUrl);
+          }
           return response.text();
         })
         .then(function (html) {
@@ -33,6 +39,16 @@
   // A message whose delivery is still pending: reload until every delivery settled.
   if (document.querySelector('.delivery[data-status="pending"]')) {
     window.setTimeout(function () { window.location.reload(); }, 2000);
+  }
+
+  // The hmac-only webhook settings: shown only while that scheme is picked. The server ignores
+  // them for other schemes, so without this script they are merely always visible.
+  var scheme = document.getElementById("signature");
+  var hmac = document.getElementById("hmac-settings");
+  if (scheme && hmac) {
+    var sync = function () { hmac.hidden = scheme.value !== hmac.dataset.scheme; };
+    scheme.addEventListener("change", sync);
+    sync();
   }
 
   // Forms that ask before they act.
