@@ -169,9 +169,13 @@ pub async fn run_with_listeners(
     let api_token = token.child_token();
     let router = api::router(api_state).merge(ingress::router(ingress_state));
     tracker.spawn(async move {
-        let served = axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move { api_token.cancelled().await })
-            .await;
+        // Peer addresses reach the handlers, so the dashboard's login throttle counts per client.
+        let served = axum::serve(
+            http_listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { api_token.cancelled().await })
+        .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "HTTP server failed");
         }

@@ -64,10 +64,17 @@ fn cookie_value(set_cookie: &[String], name: &str) -> Option<String> {
 
 impl Ui {
     fn new(gateway: &TestGateway) -> Self {
+        Self::from_address(gateway, None)
+    }
+
+    /// A client whose connections come from `local` (another loopback address: another client
+    /// as far as the gateway can tell).
+    fn from_address(gateway: &TestGateway, local: Option<std::net::IpAddr>) -> Self {
         Self {
             base: format!("http://{}", gateway.http),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .local_address(local)
                 .build()
                 .expect("client"),
             session: None,
@@ -996,6 +1003,11 @@ async fn repeated_failed_logins_are_answered_429() {
     let right = ui.login(API_KEY).await;
     assert_eq!(right.status, 429);
     assert!(ui.session.is_none());
+    // The block is per client address: another client still logs in.
+    let mut other = Ui::from_address(&gateway, "127.0.0.2".parse().ok());
+    let welcomed = other.login(API_KEY).await;
+    assert_eq!(welcomed.status, 303, "{}", welcomed.body);
+    assert!(other.session.is_some(), "another address is not blocked");
     // The API's Bearer check is not the dashboard's throttle.
     let (status, _) = gateway.api_get("/v1/inboxes").await.expect("API");
     assert_eq!(status, 200);
