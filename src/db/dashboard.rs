@@ -72,19 +72,6 @@ impl Db {
         .bind(only.unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
-        // The newest attempt of each endpoint, for its last status.
-        let latest = sqlx::query(
-            "SELECT d.inbox_id, d.endpoint_ref, d.channel, a.status_code, a.outcome, a.started_at \
-             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
-             WHERE ($1 = '' OR d.inbox_id = $1) AND a.started_at = ( \
-               SELECT MAX(a2.started_at) FROM delivery_attempts a2 \
-               JOIN deliveries d2 ON d2.id = a2.delivery_id \
-               WHERE d2.inbox_id = d.inbox_id AND d2.endpoint_ref = d.endpoint_ref \
-               AND d2.channel = d.channel)",
-        )
-        .bind(only.unwrap_or_default())
-        .fetch_all(&self.pool)
-        .await?;
         let mut stats = Vec::with_capacity(totals.len());
         for row in &totals {
             let inbox_id: String = row.try_get("inbox_id")?;
@@ -92,17 +79,26 @@ impl Db {
             let channel: String = row.try_get("channel")?;
             let attempts: i64 = row.try_get("attempts")?;
             let delivered: i64 = row.try_get::<Option<i64>, _>("delivered")?.unwrap_or(0);
-            let mut last_status_code = None;
-            let mut last_outcome = None;
-            for last in &latest {
-                if last.try_get::<String, _>("inbox_id")? == inbox_id
-                    && last.try_get::<String, _>("endpoint_ref")? == endpoint_ref
-                    && last.try_get::<String, _>("channel")? == channel
-                {
-                    last_status_code = last.try_get("status_code")?;
-                    last_outcome = Some(last.try_get("outcome")?);
-                }
-            }
+            let last_triggered: Option<i64> = row.try_get("last_triggered")?;
+            // The newest attempt, for the last status: looked up per endpoint by its time, one
+            // pass over the endpoint's attempts, where a correlated MAX per attempt row would
+            // grow with the square of the attempt log.
+            let latest = sqlx::query(
+                "SELECT a.status_code, a.outcome FROM delivery_attempts a \
+                 JOIN deliveries d ON d.id = a.delivery_id \
+                 WHERE d.inbox_id = $1 AND d.endpoint_ref = $2 AND d.channel = $3 \
+                 AND a.started_at = $4 ORDER BY a.id DESC LIMIT 1",
+            )
+            .bind(&inbox_id)
+            .bind(&endpoint_ref)
+            .bind(&channel)
+            .bind(last_triggered)
+            .fetch_optional(&self.pool)
+            .await?;
+            let (last_status_code, last_outcome) = match &latest {
+                Some(last) => (last.try_get("status_code")?, Some(last.try_get("outcome")?)),
+                None => (None, None),
+            };
             #[allow(clippy::cast_precision_loss)] // counts far below 2^52
             let success_rate = (attempts > 0).then(|| delivered as f64 / attempts as f64);
             stats.push(EndpointStats {
@@ -112,7 +108,7 @@ impl Db {
                 attempts,
                 delivered,
                 success_rate,
-                last_triggered_ms: row.try_get("last_triggered")?,
+                last_triggered_ms: last_triggered,
                 last_status_code,
                 last_outcome,
             });
