@@ -150,6 +150,14 @@ pub struct EndpointKey {
     pub channel: String,
 }
 
+/// `$first, $first+1, …`: `count` placeholders for an `IN (…)` list.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A condition (on a `deliveries d` row) leaving out the jobs of `skip`, with placeholders
 /// numbered from `$first`.
 fn not_to(skip: &[EndpointKey], first: usize) -> String {
@@ -787,7 +795,6 @@ impl Db {
             return Ok(Vec::new());
         }
         // One read for the whole claim, in claim order.
-        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let load = format!(
             "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
              d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
@@ -798,7 +805,7 @@ impl Db {
              FROM deliveries d JOIN messages m ON m.id = d.message_id \
              LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
              ORDER BY d.next_attempt_at, d.id",
-            placeholders.join(", ")
+            placeholders(1, ids.len())
         );
         let mut query = sqlx::query(&load);
         for id in &ids {
@@ -1028,11 +1035,10 @@ impl Db {
         if ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (2..ids.len() + 2).map(|n| format!("${n}")).collect();
         let sql = format!(
             "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
              WHERE locked_by = $1 AND status = 'pending' AND id IN ({})",
-            placeholders.join(", ")
+            placeholders(2, ids.len())
         );
         let mut query = sqlx::query(&sql).bind(worker);
         for id in ids {
@@ -1192,13 +1198,10 @@ impl Db {
             "thread_id, header_message_id, subject_key, sender, participants, received_at";
         let mut rows = Vec::new();
         if !references.is_empty() {
-            let placeholders = (0..references.len())
-                .map(|idx| format!("${}", idx + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
             let sql = format!(
                 "SELECT {COLUMNS} FROM messages WHERE inbox_id = $1 \
-                 AND header_message_id IN ({placeholders}) AND thread_id IS NOT NULL"
+                 AND header_message_id IN ({}) AND thread_id IS NOT NULL",
+                placeholders(2, references.len())
             );
             let mut query = sqlx::query(&sql).bind(inbox_id);
             for reference in references {
@@ -1298,10 +1301,9 @@ impl Db {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (1..=buckets.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
             "SELECT bucket, level_milli, updated_at FROM rate_buckets WHERE bucket IN ({})",
-            placeholders.join(", ")
+            placeholders(1, buckets.len())
         );
         let mut query = sqlx::query(&sql);
         for bucket in buckets {
@@ -1319,24 +1321,6 @@ impl Db {
                 ))
             })
             .collect()
-    }
-
-    /// A rate bucket's stored level (thousandths of a message) and when it was written.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn rate_bucket(&self, bucket: &str) -> Result<Option<(i64, i64)>, Error> {
-        let row = sqlx::query("SELECT level_milli, updated_at FROM rate_buckets WHERE bucket = $1")
-            .bind(bucket)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some((
-                row.try_get("level_milli")?,
-                row.try_get("updated_at")?,
-            ))),
-            None => Ok(None),
-        }
     }
 
     /// Adds one message to each bucket, draining it first by `drain_per_ms` thousandths per

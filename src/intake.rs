@@ -92,7 +92,7 @@ struct Received<'a> {
 struct InboxFlags {
     flags: serde_json::Value,
     quarantined: bool,
-    fingerprint: Option<String>,
+    fingerprint: NewFingerprint,
 }
 
 pub struct Intake {
@@ -250,15 +250,7 @@ impl Intake {
             let mut fingerprint = None;
             if let Some(flags) = flags {
                 event::apply_flags(&mut event, flags.flags, self.max_payload_bytes);
-                fingerprint =
-                    flags
-                        .fingerprint
-                        .zip(self.checks.as_ref())
-                        .map(|(fingerprint, checks)| NewFingerprint {
-                            fingerprint,
-                            forget_before: received_at
-                                - (checks.auth.duplicate_window_s * 1000.0) as i64,
-                        });
+                fingerprint = Some(flags.fingerprint);
             }
             let deliveries = if quarantined {
                 Vec::new()
@@ -392,11 +384,18 @@ impl Intake {
         }
         let quarantined = !violations.is_empty() && action == PolicyAction::Quarantine;
 
-        let fingerprint = trust::fingerprint(parsed.message_id.as_deref(), raw);
-        let window_ms = (checks.auth.duplicate_window_s * 1000.0) as i64;
+        // Lookups ignore what is older than the window, and pruning removes just that.
+        let fingerprint = NewFingerprint {
+            fingerprint: trust::fingerprint(parsed.message_id.as_deref(), raw),
+            forget_before: now_ms() - (checks.auth.duplicate_window_s * 1000.0) as i64,
+        };
         let is_duplicate = match self
             .db
-            .fingerprint_seen(inbox_id, &fingerprint, now_ms() - window_ms)
+            .fingerprint_seen(
+                inbox_id,
+                &fingerprint.fingerprint,
+                fingerprint.forget_before,
+            )
             .await
         {
             Ok(seen) => seen,
@@ -418,7 +417,7 @@ impl Intake {
         Ok(InboxFlags {
             flags,
             quarantined,
-            fingerprint: Some(fingerprint),
+            fingerprint,
         })
     }
 

@@ -290,12 +290,14 @@ mod tests {
         for session in sessions {
             session.await.expect("session");
         }
-        let (level, _) = limiter
+        let stored = limiter
             .db
-            .rate_bucket("sender:carol@example.org")
+            .rate_buckets(&["sender:carol@example.org"])
             .await
-            .expect("read")
-            .expect("bucket exists");
-        assert_eq!(level, 40_000);
+            .expect("read");
+        let [(_, level, _)] = stored.as_slice() else {
+            panic!("one bucket expected, got {stored:?}");
+        };
+        assert_eq!(*level, 40_000);
     }
 }

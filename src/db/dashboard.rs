@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{Db, DeliveryView, Error, delivery_from_row};
+use super::{Db, DeliveryView, Error, delivery_from_row, placeholders};
 
 /// How one endpoint of an inbox has been doing, over every attempt recorded.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,8 +22,22 @@ pub struct EndpointStats {
     /// When the last attempt started, ms since the epoch.
     pub last_triggered_ms: Option<i64>,
     pub last_status_code: Option<i64>,
-    /// `delivered`, `http_error`, `error` or `not_sent`.
+    /// `delivered`, `forwarded`, `http_error`, `error` or `not_sent`.
     pub last_outcome: Option<String>,
+}
+
+/// Attempt outcomes in which the endpoint took the event: a 2xx from a webhook, or the relay
+/// taking an email forward. `delivered` counts these, and `last_succeeded` reads them.
+const SUCCESS_OUTCOMES: &str = "('delivered', 'forwarded')";
+
+impl EndpointStats {
+    /// Whether the newest attempt succeeded (see [`SUCCESS_OUTCOMES`]).
+    pub fn last_succeeded(&self) -> bool {
+        matches!(
+            self.last_outcome.as_deref(),
+            Some("delivered" | "forwarded")
+        )
+    }
 }
 
 /// A message as the dashboard lists it: the summary columns, the stored event (for the flags)
@@ -60,15 +74,15 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn endpoint_stats(&self, only: Option<&str>) -> Result<Vec<EndpointStats>, Error> {
-        let totals = sqlx::query(
+        let totals = sqlx::query(&format!(
             "SELECT d.inbox_id, d.endpoint_ref, d.channel, COUNT(a.id) AS attempts, \
-             SUM(CASE WHEN a.outcome IN ('delivered', 'forwarded') THEN 1 ELSE 0 END) AS delivered, \
+             SUM(CASE WHEN a.outcome IN {SUCCESS_OUTCOMES} THEN 1 ELSE 0 END) AS delivered, \
              MAX(a.started_at) AS last_triggered \
              FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
              WHERE ($1 = '' OR d.inbox_id = $1) \
              GROUP BY d.inbox_id, d.endpoint_ref, d.channel \
-             ORDER BY d.inbox_id, d.endpoint_ref, d.channel",
-        )
+             ORDER BY d.inbox_id, d.endpoint_ref, d.channel"
+        ))
         .bind(only.unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
@@ -175,11 +189,10 @@ impl Db {
         if ids.is_empty() {
             return Ok(headlines);
         }
-        let placeholders = (1..=ids.len())
-            .map(|idx| format!("${idx}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("SELECT id, sender, subject FROM messages WHERE id IN ({placeholders})");
+        let sql = format!(
+            "SELECT id, sender, subject FROM messages WHERE id IN ({})",
+            placeholders(1, ids.len())
+        );
         let mut query = sqlx::query(&sql);
         for id in ids {
             query = query.bind(*id);

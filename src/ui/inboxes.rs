@@ -36,7 +36,7 @@ fn stats_view(stats: &EndpointStats) -> Value {
             (Some(code), _) => Some(code.to_string()),
             (None, outcome) => outcome.map(str::to_owned),
         },
-        "last_ok": stats.last_outcome.as_deref() == Some("delivered"),
+        "last_ok": stats.last_succeeded(),
     })
 }
 
