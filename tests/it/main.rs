@@ -12,6 +12,7 @@ mod hostile_smtp;
 mod ingress;
 mod payload;
 mod process;
+mod readme_tour;
 mod rules;
 mod s3_storage;
 mod scale_out;
