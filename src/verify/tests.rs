@@ -561,6 +561,24 @@ fn fingerprints_use_the_message_id_or_else_the_content() {
     );
 }
 
+#[test]
+fn fingerprints_read_the_body_after_a_bare_lf_blank_line_too() {
+    let lf = b"From: a@example.org\nSubject: s\n\nfirst body\n";
+    let other_lf = b"From: a@example.org\nSubject: s\n\nsecond body\n";
+    let crlf = b"From: a@example.org\r\nSubject: s\r\n\r\nfirst body\r\n";
+    assert_ne!(
+        trust::fingerprint(None, lf),
+        trust::fingerprint(None, other_lf)
+    );
+    assert_eq!(trust::fingerprint(None, lf), trust::fingerprint(None, crlf));
+    // A header moved into the body is another message, though the hashed lines are the same.
+    let header_as_body = b"From: a@example.org\r\n\r\nSubject: s\r\nfirst body\r\n";
+    assert_ne!(
+        trust::fingerprint(None, crlf),
+        trust::fingerprint(None, header_as_body)
+    );
+}
+
 #[tokio::test]
 async fn mail_forwarded_by_a_list_that_changed_it_fails_dkim_but_carries_a_valid_arc_chain() {
     use mail_auth::arc::ArcSealer;

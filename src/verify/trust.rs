@@ -267,21 +267,23 @@ pub fn policy_violations(policy: &InboxPolicy, facts: &Facts<'_>) -> Vec<String>
 
 /// What identifies a message for duplicate detection: its Message-ID, or without one a hash
 /// of the author, subject, date and body (the header section changes on every hop).
+///
+/// Line endings are normalised first: the same message may arrive with CRLF from one relay
+/// and bare LF from another (SMTP stores bare-LF lines with CRLF, provider ingress may not),
+/// and the header section ends at the first empty line either way.
 pub fn fingerprint(message_id: Option<&str>, raw: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     if let Some(id) = message_id.map(str::trim).filter(|id| !id.is_empty()) {
         return format!("mid:{}", id.to_ascii_lowercase());
     }
     let mut hasher = Sha256::new();
-    let mut body_start = raw.len();
-    for (idx, window) in raw.windows(4).enumerate() {
-        if window == b"\r\n\r\n" {
-            body_start = idx + 4;
+    let mut lines = raw
+        .split(|byte| *byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    for line in lines.by_ref() {
+        if line.is_empty() {
             break;
         }
-    }
-    let headers = &raw[..body_start.min(raw.len())];
-    for line in headers.split(|byte| *byte == b'\n') {
         let lower = line.to_ascii_lowercase();
         if ["from:", "subject:", "date:", "to:"]
             .iter()
@@ -291,6 +293,11 @@ pub fn fingerprint(message_id: Option<&str>, raw: &[u8]) -> String {
             hasher.update(b"\n");
         }
     }
-    hasher.update(&raw[body_start.min(raw.len())..]);
+    // A separator the header lines above can never produce, so a header cannot pass for body.
+    hasher.update(b"\0");
+    for line in lines {
+        hasher.update(line);
+        hasher.update(b"\n");
+    }
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
