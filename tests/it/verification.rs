@@ -256,6 +256,25 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
     assert_eq!(event["peer_trust_tier"], "suspicious", "{}", event["auth"]);
     assert_eq!(event["sender_verified"], false);
 
+    // Two From headers in one domain: DMARC passes for the domain, but which author wrote it
+    // is still ambiguous.
+    let two_from_one_domain = sender.sign(&format!(
+        "From: <bob@sender.test>\r\n{}",
+        message("alice@sender.test", "Hello", "Hi")
+    ));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &two_from_one_domain).await,
+    )
+    .await;
+    assert_eq!(
+        event["auth"]["dmarc"]["result"], "pass",
+        "{}",
+        event["auth"]
+    );
+    assert_eq!(event["sender_verified"], false);
+    assert_eq!(event["peer_trust_tier"], "suspicious");
+
     gateway.stop().await;
 }
 
