@@ -384,6 +384,43 @@ async fn a_duplicate_is_flagged_across_a_restart_and_still_delivered() {
 }
 
 #[tokio::test]
+async fn at_the_sender_domain_hard_limit_rcpt_gets_451_for_every_address_of_the_domain() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.extra_toml =
+        "[rate_limit]\nwindow_s = 86400\ndomain_soft = 1\ndomain_hard = 2\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+
+    let first = message("ann@burst.test", "1", "one");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "ann@burst.test", &first).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], false);
+    // Another address of the domain, its first message: only the domain is over its soft limit.
+    let second = message("ben@burst.test", "2", "two");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "ben@burst.test", &second).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], true);
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    for sender in ["ann@burst.test", "cat@burst.test"] {
+        client.expect(&format!("MAIL FROM:<{sender}>"), 250).await;
+        let text = client.expect("RCPT TO:<agent@example.com>", 451).await;
+        assert!(text.starts_with("4.7.1"), "{sender}: {text}");
+        client.expect("RSET", 250).await;
+    }
+    client.expect("MAIL FROM:<calm@elsewhere.test>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn over_the_soft_limit_is_flagged_and_at_the_hard_limit_rcpt_gets_451() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
