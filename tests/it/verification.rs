@@ -384,6 +384,40 @@ async fn a_duplicate_is_flagged_across_a_restart_and_still_delivered() {
 }
 
 #[tokio::test]
+async fn a_copy_is_a_duplicate_within_the_window_and_not_after_it() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = format!(
+        "[auth]\nenabled = false\nduplicate_window_s = {}\n",
+        WINDOW.as_secs_f64()
+    );
+    let gateway = TestGateway::start(options).await;
+    let raw = message("alice@sender.test", "Same", "Same body");
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let first = client
+        .send_message("alice@sender.test", &["agent@example.com"], raw.as_bytes())
+        .await;
+    // Sent as soon as the first is accepted, on the same connection: well within the window.
+    let within = client
+        .send_message("alice@sender.test", &["agent@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(event_of(&mut receiver, &first).await["is_duplicate"], false);
+    assert_eq!(event_of(&mut receiver, &within).await["is_duplicate"], true);
+
+    // Every copy was recorded before its 250, so once a window has passed since the last
+    // reply, no earlier copy is inside the window.
+    tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let after = client
+        .send_message("alice@sender.test", &["agent@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(event_of(&mut receiver, &after).await["is_duplicate"], false);
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn at_the_sender_domain_hard_limit_rcpt_gets_451_for_every_address_of_the_domain() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
