@@ -279,6 +279,88 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
 }
 
 #[tokio::test]
+async fn allow_listed_senders_with_a_dmarc_pass_are_trusted() {
+    let sender = Signer::new("sender.test");
+    let partner = Signer::new("partner.test");
+    // A relay that signs with a key other than the one it publishes.
+    let relay = Signer::new("relay.test");
+    let relay_published = Signer::new("relay.test");
+    let mut records = sender.records();
+    records.extend(partner.records());
+    records.extend(
+        relay_published
+            .records()
+            .into_iter()
+            .filter(|(name, _)| name.contains("_domainkey")),
+    );
+    let dns = LocalDns::start(&records).await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = format!(
+        "{}allow_senders = [\"boss@sender.test\"]\n",
+        dns.auth_toml()
+    );
+    options.extra_toml = format!(
+        "[[inbox]]\nid = \"vip\"\naddresses = [\"vip@example.com\"]\nwebhook_url = \"{}\"\n\
+         allow_senders = [\"partner.test\"]\n",
+        receiver.url()
+    );
+    let gateway = TestGateway::start(options).await;
+
+    // On auth.allow_senders, signed by its domain and by the relay with the wrong key.
+    let boss = relay.sign(&sender.sign(&message("boss@sender.test", "Budget", "Approved.")));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "boss@sender.test", &boss).await,
+    )
+    .await;
+    let dkim: Vec<(&str, &str)> = event["auth"]["dkim"]
+        .as_array()
+        .expect("dkim verdicts")
+        .iter()
+        .map(|dkim| {
+            (
+                dkim["domain"].as_str().unwrap_or_default(),
+                dkim["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dkim,
+        [("relay.test", "fail"), ("sender.test", "pass")],
+        "{}",
+        event["auth"]
+    );
+    assert_eq!(event["sender_verified"], true);
+    assert_eq!(event["peer_trust_tier"], "trusted");
+
+    // Same domain, not on the list: verified only.
+    let alice = sender.sign(&message("alice@sender.test", "Hi", "Hello"));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &alice).await,
+    )
+    .await;
+    assert_eq!(event["peer_trust_tier"], "verified", "{}", event["auth"]);
+
+    // On the vip inbox's allow list, which the agent inbox does not have.
+    let partner_mail = partner.sign(&message("ops@partner.test", "Status", "All green."));
+    for (inbox, tier) in [
+        ("vip@example.com", "trusted"),
+        ("agent@example.com", "verified"),
+    ] {
+        let mut client = SmtpClient::connect(gateway.smtp).await;
+        let reply = client
+            .send_message("ops@partner.test", &[inbox], partner_mail.as_bytes())
+            .await;
+        let event = event_of(&mut receiver, &reply).await;
+        assert_eq!(event["peer_trust_tier"], tier, "{inbox}: {}", event["auth"]);
+        assert_eq!(event["policy_violations"], serde_json::json!([]), "{inbox}");
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_resolver_is_temperror_and_the_mail_is_still_accepted() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
