@@ -361,6 +361,61 @@ async fn allow_listed_senders_with_a_dmarc_pass_are_trusted() {
 }
 
 #[tokio::test]
+async fn mail_a_list_changed_and_sealed_with_arc_arrives_with_arc_pass() {
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+
+    let origin = Signer::new("sender.test");
+    let list = Signer::new("lists.test");
+    let mut records = origin.records();
+    records.extend(list.records());
+    let dns = LocalDns::start(&records).await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = dns.auth_toml();
+    let gateway = TestGateway::start(options).await;
+
+    // The list checks the signed mail against the same DNS, appends its footer, records what
+    // it saw and seals.
+    let signed = origin.sign(&message("alice@sender.test", "Minutes", "Minutes"));
+    let list_resolver = mxhook::verify::dns::authenticator(
+        &[format!("127.0.0.1:{}", dns.port)],
+        Duration::from_secs(2),
+    )
+    .expect("resolver");
+    let original = AuthenticatedMessage::parse(signed.as_bytes()).expect("parse");
+    let dkim_seen = list_resolver.verify_dkim(&original).await;
+    assert_eq!(
+        dkim_seen.first().map(|output| output.result()),
+        Some(&mail_auth::DkimResult::Pass)
+    );
+    let results = AuthenticationResults::new("lists.test")
+        .with_dkim_results(&dkim_seen, "alice@sender.test")
+        .with_arc_result(&ArcOutput::default(), [127, 0, 0, 1].into());
+    let forwarded = signed.replace("Minutes\r\n", "Minutes\r\n-- \r\nlist footer\r\n");
+    let parsed = AuthenticatedMessage::parse(forwarded.as_bytes()).expect("parse");
+    let seal = ArcSealer::from_key(list.key())
+        .domain("lists.test")
+        .selector("s1")
+        .headers(["From", "To", "Subject", "DKIM-Signature"])
+        .seal(&parsed, &results, &ArcOutput::default())
+        .expect("seal");
+    let sealed = format!("{}{forwarded}", seal.to_header());
+
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "bounces@lists.test", &sealed).await,
+    )
+    .await;
+    let auth = &event["auth"];
+    assert_eq!(auth["dkim"][0]["domain"], "sender.test", "{auth}");
+    assert_eq!(auth["dkim"][0]["result"], "fail", "{auth}");
+    assert_eq!(auth["arc"]["result"], "pass", "{auth}");
+    assert_eq!(auth["arc"]["instances"], 1, "{auth}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_resolver_is_temperror_and_the_mail_is_still_accepted() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
