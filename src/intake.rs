@@ -405,7 +405,7 @@ impl Intake {
             }
         };
         let flags = serde_json::json!({
-            "sender_verified": verdict.dmarc_pass(),
+            "sender_verified": trust::sender_verified(&facts),
             "peer_trust_tier": trust::trust_tier(&facts),
             "traffic_types": trust::traffic_types(&facts, &checks.auth.sender_domain_types),
             "rate_limited": rate_limited,

@@ -228,6 +228,94 @@ mod tests {
         assert!(limiter.over_hard_limit(alice, None, "agent").await);
     }
 
+    /// The stored level of one bucket, in thousandths of a message.
+    async fn level(limiter: &RateLimiter, key: &str) -> i64 {
+        let stored = limiter.db.rate_buckets(&[key]).await.expect("read");
+        stored.first().map_or(0, |(_, level, _)| *level)
+    }
+
+    #[tokio::test]
+    async fn two_senders_of_one_domain_fill_the_domain_bucket_while_their_own_stay_low() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            // Nothing measurable drains while the test runs, however slowly.
+            window_s: 1e9,
+            sender_soft: 10,
+            sender_hard: 20,
+            domain_soft: 1,
+            domain_hard: 2,
+            inbox_soft: 0,
+            inbox_hard: 0,
+        };
+        let limiter = limiter(&dir, config).await;
+        let alice = Some("alice@example.org");
+        let bob = Some("Bob@Example.org");
+        assert_eq!(
+            limiter.count_message(alice, None, &["agent"]).await,
+            [false]
+        );
+        assert!(!limiter.over_hard_limit(bob, None, "agent").await);
+        assert_eq!(
+            limiter.count_message(bob, None, &["agent"]).await,
+            [true],
+            "the domain's second message is over its soft limit"
+        );
+        assert_eq!(level(&limiter, "sender:alice@example.org").await, 1000);
+        assert_eq!(level(&limiter, "sender:bob@example.org").await, 1000);
+        assert_eq!(level(&limiter, "domain:example.org").await, 2000);
+        // Any sender of the domain is held back now, even one never seen; another domain is not.
+        assert!(
+            limiter
+                .over_hard_limit(Some("carol@example.org"), None, "agent")
+                .await
+        );
+        assert!(
+            !limiter
+                .over_hard_limit(Some("carol@elsewhere.test"), None, "agent")
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn two_domains_fill_one_inbox_bucket_while_another_inbox_still_accepts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            // Nothing measurable drains while the test runs, however slowly.
+            window_s: 1e9,
+            sender_soft: 10,
+            sender_hard: 20,
+            domain_soft: 10,
+            domain_hard: 20,
+            inbox_soft: 1,
+            inbox_hard: 2,
+        };
+        let limiter = limiter(&dir, config).await;
+        assert_eq!(
+            limiter
+                .count_message(Some("alice@one.test"), None, &["agent"])
+                .await,
+            [false]
+        );
+        assert_eq!(
+            limiter
+                .count_message(Some("bob@two.test"), None, &["agent", "other"])
+                .await,
+            [true, false],
+            "only the inbox that got two messages is over its soft limit"
+        );
+        assert_eq!(level(&limiter, "domain:one.test").await, 1000);
+        assert_eq!(level(&limiter, "domain:two.test").await, 1000);
+        let carol = Some("carol@three.test");
+        assert!(limiter.over_hard_limit(carol, None, "agent").await);
+        assert!(!limiter.over_hard_limit(carol, None, "other").await);
+        assert_eq!(
+            limiter.count_message(carol, None, &["other"]).await,
+            [true],
+            "the other inbox reaches its own soft limit with its second message"
+        );
+        assert!(limiter.over_hard_limit(carol, None, "other").await);
+    }
+
     #[tokio::test]
     async fn bounces_are_counted_per_connecting_address_and_zero_turns_a_limit_off() {
         let dir = tempfile::tempdir().expect("tempdir");

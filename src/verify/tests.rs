@@ -96,15 +96,21 @@ fn message(from: &str, body: &str) -> String {
 }
 
 fn tier(verdict: &AuthVerdict, raw: &str, from: &str) -> &'static str {
+    flags(verdict, raw, from, false).1
+}
+
+/// `(sender_verified, peer_trust_tier)` as intake computes them.
+fn flags(verdict: &AuthVerdict, raw: &str, from: &str, allow_listed: bool) -> (bool, &'static str) {
     let headers = trust::header_facts(raw.as_bytes());
-    trust::trust_tier(&Facts {
+    let facts = Facts {
         verdict,
         headers: &headers,
         from: Some(from),
         envelope_from: Some(from),
         from_is_gateway_inbox: false,
-        allow_listed: false,
-    })
+        allow_listed,
+    };
+    (trust::sender_verified(&facts), trust::trust_tier(&facts))
 }
 
 #[tokio::test]
@@ -217,20 +223,145 @@ async fn a_spoofed_from_under_dmarc_reject_is_suspicious_even_with_forged_result
 }
 
 #[tokio::test]
-async fn two_from_headers_are_suspicious_whatever_authentication_says() {
+async fn two_from_addresses_in_one_domain_pass_dmarc_but_are_neither_verified_nor_trusted() {
     let domain = Domain::with_signer("example.org");
-    let raw = domain.sign(&format!(
+    let verifier = verifier(cache_for(&domain));
+    let two_headers = domain.sign(&format!(
         "From: <alice@example.org>\r\n{}",
         message("boss@example.org", "Hi")
     ));
+    let one_header_two_addresses =
+        domain.sign(&message("boss@example.org>, <alice@example.org", "Hi"));
+    for raw in [&two_headers, &one_header_two_addresses] {
+        let verdict = verifier
+            .verify(
+                &envelope(SENDER_IP, Some("alice@example.org")),
+                raw.as_bytes(),
+            )
+            .await;
+        // mail-auth judges the shared domain, so DMARC alone would call this verified.
+        assert!(verdict.dmarc_pass(), "{verdict:?}");
+        assert_eq!(
+            flags(&verdict, raw, "alice@example.org", true),
+            (false, "suspicious"),
+            "{raw}"
+        );
+    }
+    let headers = trust::header_facts(two_headers.as_bytes());
+    assert_eq!((headers.from_headers, headers.from_addresses), (2, 2));
+    let headers = trust::header_facts(one_header_two_addresses.as_bytes());
+    assert_eq!((headers.from_headers, headers.from_addresses), (1, 2));
+}
+
+#[tokio::test]
+async fn an_allow_listed_sender_is_trusted_only_with_a_dmarc_pass() {
+    let domain = Domain::with_signer("example.org");
+    let raw = domain.sign(&message("boss@example.org", "Approve the budget"));
     let verdict = verifier(cache_for(&domain))
+        .verify(
+            &envelope(SENDER_IP, Some("boss@example.org")),
+            raw.as_bytes(),
+        )
+        .await;
+    assert!(verdict.dmarc_pass(), "{verdict:?}");
+    assert_eq!(
+        flags(&verdict, &raw, "boss@example.org", true),
+        (true, "trusted")
+    );
+    assert_eq!(
+        flags(&verdict, &raw, "boss@example.org", false),
+        (true, "verified")
+    );
+
+    // The same allow-listed address, unsigned and from an address SPF does not name: a forgery
+    // under p=reject.
+    let forged = message("boss@example.org", "Approve the budget");
+    let verdict = verifier(cache_for(&domain))
+        .verify(
+            &envelope(OTHER_IP, Some("boss@example.org")),
+            forged.as_bytes(),
+        )
+        .await;
+    assert_eq!(verdict.dmarc.as_ref().expect("dmarc").result, "fail");
+    assert_eq!(
+        flags(&verdict, &forged, "boss@example.org", true),
+        (false, "suspicious")
+    );
+
+    // Nothing could be checked (resolver down): allow-listed, yet only unverified.
+    let verdict = verifier(DnsCache::default())
+        .verify(
+            &envelope(SENDER_IP, Some("boss@example.org")),
+            raw.as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        flags(&verdict, &raw, "boss@example.org", true),
+        (false, "unverified")
+    );
+}
+
+#[tokio::test]
+async fn an_spf_fail_with_dmarc_passing_on_an_aligned_dkim_signature_stays_verified() {
+    let domain = Domain::with_signer("example.org");
+    // Forwarded unchanged by a host the domain's SPF does not name.
+    let raw = domain.sign(&message("alice@example.org", "Forwarded as is"));
+    let verdict = verifier(cache_for(&domain))
+        .verify(
+            &envelope(OTHER_IP, Some("alice@example.org")),
+            raw.as_bytes(),
+        )
+        .await;
+    assert_eq!(verdict.spf.as_ref().expect("spf").result, "fail");
+    assert_eq!(verdict.dkim[0].result, "pass");
+    let dmarc = verdict.dmarc.as_ref().expect("dmarc");
+    assert_eq!(
+        (dmarc.result, dmarc.spf_aligned, dmarc.dkim_aligned),
+        ("pass", false, true)
+    );
+    assert_eq!(
+        flags(&verdict, &raw, "alice@example.org", false),
+        (true, "verified")
+    );
+}
+
+#[tokio::test]
+async fn each_dkim_signature_gets_its_own_verdict() {
+    let domain = Domain::with_signer("example.org");
+    // Publishes a key, but not the one it signs with.
+    let wrong_key = Domain::with_signer("relay.test");
+    let published = Domain::with_signer("relay.test");
+    let cache = cache_for(&domain);
+    cache
+        .preload_txt(
+            "s1._domainkey.relay.test",
+            &format!("v=DKIM1; k=ed25519; p={}", published.public_key_b64),
+        )
+        .expect("dkim");
+    let raw = wrong_key.sign(&domain.sign(&message("alice@example.org", "Twice signed")));
+    let verdict = verifier(cache)
         .verify(
             &envelope(SENDER_IP, Some("alice@example.org")),
             raw.as_bytes(),
         )
         .await;
-    assert_eq!(trust::header_facts(raw.as_bytes()).from_headers, 2);
-    assert_eq!(tier(&verdict, &raw, "alice@example.org"), "suspicious");
+    let results: Vec<(&str, &str)> = verdict
+        .dkim
+        .iter()
+        .map(|dkim| (dkim.domain.as_str(), dkim.result))
+        .collect();
+    assert_eq!(
+        results,
+        [("relay.test", "fail"), ("example.org", "pass")],
+        "{verdict:?}"
+    );
+    assert!(verdict.dkim[0].reason.is_some());
+    assert!(verdict.dkim[1].reason.is_none());
+    // The broken outer signature does not outweigh the aligned pass.
+    assert_eq!(
+        flags(&verdict, &raw, "alice@example.org", false),
+        (true, "verified")
+    );
 }
 
 #[tokio::test]
@@ -427,6 +558,24 @@ fn fingerprints_use_the_message_id_or_else_the_content() {
     assert_ne!(
         trust::fingerprint(None, first),
         trust::fingerprint(None, other)
+    );
+}
+
+#[test]
+fn fingerprints_read_the_body_after_a_bare_lf_blank_line_too() {
+    let lf = b"From: a@example.org\nSubject: s\n\nfirst body\n";
+    let other_lf = b"From: a@example.org\nSubject: s\n\nsecond body\n";
+    let crlf = b"From: a@example.org\r\nSubject: s\r\n\r\nfirst body\r\n";
+    assert_ne!(
+        trust::fingerprint(None, lf),
+        trust::fingerprint(None, other_lf)
+    );
+    assert_eq!(trust::fingerprint(None, lf), trust::fingerprint(None, crlf));
+    // A header moved into the body is another message, though the hashed lines are the same.
+    let header_as_body = b"From: a@example.org\r\n\r\nSubject: s\r\nfirst body\r\n";
+    assert_ne!(
+        trust::fingerprint(None, crlf),
+        trust::fingerprint(None, header_as_body)
     );
 }
 

@@ -12,6 +12,8 @@ use super::AuthVerdict;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
     pub from_headers: usize,
+    /// Mailboxes named across all From headers (`From: a@x, b@x` is one header, two authors).
+    pub from_addresses: usize,
     /// `Auto-Submitted` with a value other than `no` (RFC 3834).
     pub auto_submitted: bool,
     pub list_id: bool,
@@ -22,7 +24,10 @@ pub struct HeaderFacts {
 
 /// Reads the header section (up to the first empty line), unfolding nothing it does not need.
 pub fn header_facts(raw: &[u8]) -> HeaderFacts {
-    let mut facts = HeaderFacts::default();
+    let mut facts = HeaderFacts {
+        from_addresses: from_addresses(raw),
+        ..HeaderFacts::default()
+    };
     for line in raw.split(|byte| *byte == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
@@ -54,6 +59,40 @@ pub fn header_facts(raw: &[u8]) -> HeaderFacts {
     facts
 }
 
+/// The From mailboxes, counted the way mail-auth collects them for DMARC (every From header,
+/// groups included), so "one author" here means the same as the author DMARC judged.
+fn from_addresses(raw: &[u8]) -> usize {
+    use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
+    let Some(headers) = MessageParser::new().parse_headers(raw) else {
+        return 0;
+    };
+    headers
+        .headers()
+        .iter()
+        .filter(|header| header.name == HeaderName::From)
+        .map(|header| match &header.value {
+            HeaderValue::Address(address @ (Address::List(_) | Address::Group(_))) => address
+                .iter()
+                .filter(|mailbox| mailbox.address.is_some())
+                .count(),
+            _ => 0,
+        })
+        .sum()
+}
+
+impl HeaderFacts {
+    /// Exactly one From header naming exactly one mailbox: the only case where "the author"
+    /// means one address an agent can act on.
+    pub fn single_author(&self) -> bool {
+        self.from_headers == 1 && self.from_addresses == 1
+    }
+
+    /// More than one author claimed, in several headers or one list.
+    fn several_authors(&self) -> bool {
+        self.from_headers > 1 || self.from_addresses > 1
+    }
+}
+
 /// Everything the tier and the traffic types are computed from.
 pub struct Facts<'a> {
     pub verdict: &'a AuthVerdict,
@@ -68,24 +107,32 @@ pub struct Facts<'a> {
     pub allow_listed: bool,
 }
 
+/// `sender_verified`: DMARC passed for the From domain *and* the message has one author.
+/// mail-auth still runs DMARC when several From addresses share a domain, and a pass then
+/// vouches only for the domain, not for which of the addresses wrote the message.
+pub fn sender_verified(facts: &Facts<'_>) -> bool {
+    facts.verdict.dmarc_pass() && facts.headers.single_author()
+}
+
 /// `trusted | verified | unverified | suspicious`.
 ///
-/// `suspicious` wins: two From headers, a DMARC failure under a `quarantine` or `reject`
-/// policy, or an SPF or DKIM failure without a DMARC pass to outweigh it. `trusted` needs the
-/// allow list *and* a DMARC pass, because an allow-listed From address is trivial to forge.
+/// `suspicious` wins: several From headers or addresses, a DMARC failure under a `quarantine`
+/// or `reject` policy, or an SPF or DKIM failure without a verified sender to outweigh it.
+/// `trusted` needs the allow list *and* a verified sender, because an allow-listed From
+/// address is trivial to forge.
 pub fn trust_tier(facts: &Facts<'_>) -> &'static str {
     let verdict = facts.verdict;
-    let dmarc_pass = verdict.dmarc_pass();
+    let verified = sender_verified(facts);
     let dmarc_enforced_fail = verdict.dmarc.as_ref().is_some_and(|dmarc| {
         dmarc.result == "fail" && matches!(dmarc.policy, "reject" | "quarantine")
     });
     let auth_fail = verdict.spf.as_ref().is_some_and(|spf| spf.result == "fail")
         || verdict.dkim.iter().any(|dkim| dkim.result == "fail");
-    if facts.headers.from_headers > 1 || dmarc_enforced_fail || (auth_fail && !dmarc_pass) {
+    if facts.headers.several_authors() || dmarc_enforced_fail || (auth_fail && !verified) {
         "suspicious"
-    } else if dmarc_pass && facts.allow_listed {
+    } else if verified && facts.allow_listed {
         "trusted"
-    } else if dmarc_pass {
+    } else if verified {
         "verified"
     } else {
         "unverified"
@@ -199,7 +246,7 @@ pub fn policy_violations(policy: &InboxPolicy, facts: &Facts<'_>) -> Vec<String>
     if blocked(facts.from) || blocked(facts.envelope_from) {
         violations.push("sender is blocked".to_owned());
     }
-    let verified_and_allowed = verdict.dmarc_pass()
+    let verified_and_allowed = sender_verified(facts)
         && facts
             .from
             .is_some_and(|from| sender_listed(&policy.allow_senders, from));
@@ -220,21 +267,23 @@ pub fn policy_violations(policy: &InboxPolicy, facts: &Facts<'_>) -> Vec<String>
 
 /// What identifies a message for duplicate detection: its Message-ID, or without one a hash
 /// of the author, subject, date and body (the header section changes on every hop).
+///
+/// Line endings are normalised first: the same message may arrive with CRLF from one relay
+/// and bare LF from another (SMTP stores bare-LF lines with CRLF, provider ingress may not),
+/// and the header section ends at the first empty line either way.
 pub fn fingerprint(message_id: Option<&str>, raw: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     if let Some(id) = message_id.map(str::trim).filter(|id| !id.is_empty()) {
         return format!("mid:{}", id.to_ascii_lowercase());
     }
     let mut hasher = Sha256::new();
-    let mut body_start = raw.len();
-    for (idx, window) in raw.windows(4).enumerate() {
-        if window == b"\r\n\r\n" {
-            body_start = idx + 4;
+    let mut lines = raw
+        .split(|byte| *byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    for line in lines.by_ref() {
+        if line.is_empty() {
             break;
         }
-    }
-    let headers = &raw[..body_start.min(raw.len())];
-    for line in headers.split(|byte| *byte == b'\n') {
         let lower = line.to_ascii_lowercase();
         if ["from:", "subject:", "date:", "to:"]
             .iter()
@@ -244,6 +293,11 @@ pub fn fingerprint(message_id: Option<&str>, raw: &[u8]) -> String {
             hasher.update(b"\n");
         }
     }
-    hasher.update(&raw[body_start.min(raw.len())..]);
+    // A separator the header lines above can never produce, so a header cannot pass for body.
+    hasher.update(b"\0");
+    for line in lines {
+        hasher.update(line);
+        hasher.update(b"\n");
+    }
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }

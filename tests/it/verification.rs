@@ -256,6 +256,162 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
     assert_eq!(event["peer_trust_tier"], "suspicious", "{}", event["auth"]);
     assert_eq!(event["sender_verified"], false);
 
+    // Two From headers in one domain: DMARC passes for the domain, but which author wrote it
+    // is still ambiguous.
+    let two_from_one_domain = sender.sign(&format!(
+        "From: <bob@sender.test>\r\n{}",
+        message("alice@sender.test", "Hello", "Hi")
+    ));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &two_from_one_domain).await,
+    )
+    .await;
+    assert_eq!(
+        event["auth"]["dmarc"]["result"], "pass",
+        "{}",
+        event["auth"]
+    );
+    assert_eq!(event["sender_verified"], false);
+    assert_eq!(event["peer_trust_tier"], "suspicious");
+
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn allow_listed_senders_with_a_dmarc_pass_are_trusted() {
+    let sender = Signer::new("sender.test");
+    let partner = Signer::new("partner.test");
+    // A relay that signs with a key other than the one it publishes.
+    let relay = Signer::new("relay.test");
+    let relay_published = Signer::new("relay.test");
+    let mut records = sender.records();
+    records.extend(partner.records());
+    records.extend(
+        relay_published
+            .records()
+            .into_iter()
+            .filter(|(name, _)| name.contains("_domainkey")),
+    );
+    let dns = LocalDns::start(&records).await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = format!(
+        "{}allow_senders = [\"boss@sender.test\"]\n",
+        dns.auth_toml()
+    );
+    options.extra_toml = format!(
+        "[[inbox]]\nid = \"vip\"\naddresses = [\"vip@example.com\"]\nwebhook_url = \"{}\"\n\
+         allow_senders = [\"partner.test\"]\n",
+        receiver.url()
+    );
+    let gateway = TestGateway::start(options).await;
+
+    // On auth.allow_senders, signed by its domain and by the relay with the wrong key.
+    let boss = relay.sign(&sender.sign(&message("boss@sender.test", "Budget", "Approved.")));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "boss@sender.test", &boss).await,
+    )
+    .await;
+    let dkim: Vec<(&str, &str)> = event["auth"]["dkim"]
+        .as_array()
+        .expect("dkim verdicts")
+        .iter()
+        .map(|dkim| {
+            (
+                dkim["domain"].as_str().unwrap_or_default(),
+                dkim["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dkim,
+        [("relay.test", "fail"), ("sender.test", "pass")],
+        "{}",
+        event["auth"]
+    );
+    assert_eq!(event["sender_verified"], true);
+    assert_eq!(event["peer_trust_tier"], "trusted");
+
+    // Same domain, not on the list: verified only.
+    let alice = sender.sign(&message("alice@sender.test", "Hi", "Hello"));
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "alice@sender.test", &alice).await,
+    )
+    .await;
+    assert_eq!(event["peer_trust_tier"], "verified", "{}", event["auth"]);
+
+    // On the vip inbox's allow list, which the agent inbox does not have.
+    let partner_mail = partner.sign(&message("ops@partner.test", "Status", "All green."));
+    for (inbox, tier) in [
+        ("vip@example.com", "trusted"),
+        ("agent@example.com", "verified"),
+    ] {
+        let mut client = SmtpClient::connect(gateway.smtp).await;
+        let reply = client
+            .send_message("ops@partner.test", &[inbox], partner_mail.as_bytes())
+            .await;
+        let event = event_of(&mut receiver, &reply).await;
+        assert_eq!(event["peer_trust_tier"], tier, "{inbox}: {}", event["auth"]);
+        assert_eq!(event["policy_violations"], serde_json::json!([]), "{inbox}");
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn mail_a_list_changed_and_sealed_with_arc_arrives_with_arc_pass() {
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+
+    let origin = Signer::new("sender.test");
+    let list = Signer::new("lists.test");
+    let mut records = origin.records();
+    records.extend(list.records());
+    let dns = LocalDns::start(&records).await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = dns.auth_toml();
+    let gateway = TestGateway::start(options).await;
+
+    // The list checks the signed mail against the same DNS, appends its footer, records what
+    // it saw and seals.
+    let signed = origin.sign(&message("alice@sender.test", "Minutes", "Minutes"));
+    let list_resolver = mxhook::verify::dns::authenticator(
+        &[format!("127.0.0.1:{}", dns.port)],
+        Duration::from_secs(2),
+    )
+    .expect("resolver");
+    let original = AuthenticatedMessage::parse(signed.as_bytes()).expect("parse");
+    let dkim_seen = list_resolver.verify_dkim(&original).await;
+    assert_eq!(
+        dkim_seen.first().map(|output| output.result()),
+        Some(&mail_auth::DkimResult::Pass)
+    );
+    let results = AuthenticationResults::new("lists.test")
+        .with_dkim_results(&dkim_seen, "alice@sender.test")
+        .with_arc_result(&ArcOutput::default(), [127, 0, 0, 1].into());
+    let forwarded = signed.replace("Minutes\r\n", "Minutes\r\n-- \r\nlist footer\r\n");
+    let parsed = AuthenticatedMessage::parse(forwarded.as_bytes()).expect("parse");
+    let seal = ArcSealer::from_key(list.key())
+        .domain("lists.test")
+        .selector("s1")
+        .headers(["From", "To", "Subject", "DKIM-Signature"])
+        .seal(&parsed, &results, &ArcOutput::default())
+        .expect("seal");
+    let sealed = format!("{}{forwarded}", seal.to_header());
+
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "bounces@lists.test", &sealed).await,
+    )
+    .await;
+    let auth = &event["auth"];
+    assert_eq!(auth["dkim"][0]["domain"], "sender.test", "{auth}");
+    assert_eq!(auth["dkim"][0]["result"], "fail", "{auth}");
+    assert_eq!(auth["arc"]["result"], "pass", "{auth}");
+    assert_eq!(auth["arc"]["instances"], 1, "{auth}");
     gateway.stop().await;
 }
 
@@ -361,6 +517,77 @@ async fn a_duplicate_is_flagged_across_a_restart_and_still_delivered() {
         .send_message("alice@sender.test", &["other@example.com"], raw.as_bytes())
         .await;
     assert_eq!(event_of(&mut receiver, &reply).await["is_duplicate"], false);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_copy_is_a_duplicate_within_the_window_and_not_after_it() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = format!(
+        "[auth]\nenabled = false\nduplicate_window_s = {}\n",
+        WINDOW.as_secs_f64()
+    );
+    let gateway = TestGateway::start(options).await;
+    let raw = message("alice@sender.test", "Same", "Same body");
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let first = client
+        .send_message("alice@sender.test", &["agent@example.com"], raw.as_bytes())
+        .await;
+    // Sent as soon as the first is accepted, on the same connection: well within the window.
+    let within = client
+        .send_message("alice@sender.test", &["agent@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(event_of(&mut receiver, &first).await["is_duplicate"], false);
+    assert_eq!(event_of(&mut receiver, &within).await["is_duplicate"], true);
+
+    // Every copy was recorded before its 250, so once a window has passed since the last
+    // reply, no earlier copy is inside the window.
+    tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let after = client
+        .send_message("alice@sender.test", &["agent@example.com"], raw.as_bytes())
+        .await;
+    assert_eq!(event_of(&mut receiver, &after).await["is_duplicate"], false);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_sender_domain_hard_limit_rcpt_gets_451_for_every_address_of_the_domain() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.extra_toml =
+        "[rate_limit]\nwindow_s = 86400\ndomain_soft = 1\ndomain_hard = 2\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+
+    let first = message("ann@burst.test", "1", "one");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "ann@burst.test", &first).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], false);
+    // Another address of the domain, its first message: only the domain is over its soft limit.
+    let second = message("ben@burst.test", "2", "two");
+    let event = event_of(
+        &mut receiver,
+        &send(&gateway, "ben@burst.test", &second).await,
+    )
+    .await;
+    assert_eq!(event["rate_limited"], true);
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    for sender in ["ann@burst.test", "cat@burst.test"] {
+        client.expect(&format!("MAIL FROM:<{sender}>"), 250).await;
+        let text = client.expect("RCPT TO:<agent@example.com>", 451).await;
+        assert!(text.starts_with("4.7.1"), "{sender}: {text}");
+        client.expect("RSET", 250).await;
+    }
+    client.expect("MAIL FROM:<calm@elsewhere.test>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
     gateway.stop().await;
 }
 
