@@ -256,7 +256,7 @@ async fn idle_session_is_closed_with_421() {
 }
 
 #[tokio::test]
-async fn shutdown_tells_idle_sessions_421_and_finishes_a_message_in_flight() {
+async fn shutdown_tells_idle_and_new_sessions_421_and_finishes_a_message_in_flight() {
     let mut receiver = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
     let mut idle = SmtpClient::connect(gateway.smtp).await;
@@ -274,6 +274,22 @@ async fn shutdown_tells_idle_sessions_421_and_finishes_a_message_in_flight() {
     let (code, text) = idle.read_reply().await;
     assert_eq!(code, 421, "{text}");
     assert!(idle.is_closed().await);
+
+    // While the message in flight drains, a new client is told to come back later rather than
+    // refused at TCP level.
+    let mut late = tokio::net::TcpStream::connect(smtp_addr)
+        .await
+        .expect("the listener stays open during the drain");
+    let mut refusal = String::new();
+    tokio::time::timeout(
+        crate::support::SOON,
+        tokio::io::AsyncReadExt::read_to_string(&mut late, &mut refusal),
+    )
+    .await
+    .expect("refused and closed in time")
+    .expect("read the refusal");
+    assert!(refusal.starts_with("421 4.3.2 "), "{refusal:?}");
+    assert_eq!(refusal.matches("\r\n").count(), 1, "{refusal:?}");
 
     busy.send_raw(b"second half\r\n.\r\n").await;
     let (code, text) = busy.read_reply().await;
