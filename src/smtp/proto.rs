@@ -6,6 +6,7 @@
 //! tested directly.
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 /// One SMTP reply. With ENHANCEDSTATUSCODES advertised, every reply but the greeting, EHLO and
 /// 354 carries an RFC 3463 code.
@@ -96,6 +97,13 @@ pub mod replies {
     }
     pub fn idle_timeout() -> Reply {
         Reply::new(421, "4.4.2", "Idle timeout, closing connection")
+    }
+    pub fn data_too_slow(min_rate: u64) -> Reply {
+        Reply::new(
+            421,
+            "4.4.2",
+            format!("Data arriving slower than {min_rate} bytes/s, closing connection"),
+        )
     }
     pub fn session_timeout() -> Reply {
         Reply::new(
@@ -479,6 +487,50 @@ impl DataReceiver {
             Some(rejection) => Err(rejection),
             None => Ok(self.message),
         }
+    }
+}
+
+/// The minimum transfer rate in DATA, as Postfix's `smtpd_min_data_rate`: the transfer starts
+/// with `budget` (the idle timeout) to spend, each byte received earns `1/min_rate` seconds, and
+/// the credit never exceeds `budget` ahead of now. A client below the rate runs out after about
+/// `budget / (1 - rate / min_rate)`; one sending one line per idle timeout is cut after a few
+/// lines instead of holding its slot until the session deadline. A small message on a slow link
+/// is fine as long as it arrives within `budget`.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferDeadline {
+    deadline: Instant,
+    budget: Duration,
+    min_rate: u64,
+}
+
+impl TransferDeadline {
+    pub fn new(now: Instant, budget: Duration, min_rate: u64) -> Self {
+        Self {
+            deadline: now.checked_add(budget).unwrap_or(now),
+            budget,
+            min_rate: min_rate.max(1),
+        }
+    }
+
+    /// When the transfer is too slow unless more bytes have come by then.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn min_rate(&self) -> u64 {
+        self.min_rate
+    }
+
+    /// Credits `bytes` received at `now`.
+    pub fn received(&mut self, now: Instant, bytes: usize) {
+        let earned = Duration::try_from_secs_f64(bytes as f64 / self.min_rate as f64)
+            .unwrap_or(self.budget);
+        let cap = now.checked_add(self.budget).unwrap_or(self.deadline);
+        self.deadline = self
+            .deadline
+            .checked_add(earned)
+            .unwrap_or(cap)
+            .min(cap);
     }
 }
 
