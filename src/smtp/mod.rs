@@ -72,14 +72,16 @@ pub async fn serve(
         let ctx = Arc::clone(&ctx);
         let session_shutdown = shutdown.child_token();
         let span = tracing::info_span!("smtp_session", %peer);
-        tracker.spawn(sessions.track_future(
-            async move {
-                session::run(stream, peer, &ctx, session_shutdown).await;
-                drop(peer_slot);
-                drop(permit);
-            }
-            .instrument(span),
-        ));
+        tracker.spawn(
+            sessions.track_future(
+                async move {
+                    session::run(stream, peer, &ctx, session_shutdown).await;
+                    drop(peer_slot);
+                    drop(permit);
+                }
+                .instrument(span),
+            ),
+        );
     }
     drain(&listener, &permits, &sessions, &tracker).await;
 }
