@@ -81,6 +81,9 @@ pub struct SmtpConfig {
     /// asks receivers to accept longer ones where they can, and real HTML mail often has them;
     /// the message size bounds memory anyway.
     pub max_text_line: usize,
+    /// Largest header section (everything before the first empty line), in bytes; a message
+    /// with a larger one is read to its end and refused with 552 5.3.4 (Exim's `header_maxsize`).
+    pub max_header_bytes: usize,
     /// Seconds a client may stay silent between commands or DATA lines (RFC 5321 §4.5.3.2.7).
     pub idle_timeout_s: f64,
     /// Seconds one connection may last in all.
@@ -112,6 +115,7 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             max_command_line: 512,
             max_text_line: 1 << 20,
+            max_header_bytes: 1 << 20,
             idle_timeout_s: 300.0,
             session_timeout_s: 1800.0,
             min_data_rate: 500,
@@ -700,6 +704,12 @@ impl Config {
                 "must be at least 1000 (RFC 5321 §4.5.3.1.6)",
             ));
         }
+        if !(1024..=MAX_HEADER_BYTES).contains(&smtp.max_header_bytes) {
+            return Err(invalid(
+                "smtp.max_header_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
         positive_seconds("smtp.idle_timeout_s", smtp.idle_timeout_s)?;
         positive_seconds("smtp.session_timeout_s", smtp.session_timeout_s)?;
         if !(1..=MAX_MIN_DATA_RATE).contains(&smtp.min_data_rate) {
@@ -943,6 +953,9 @@ impl Config {
 /// The longest duration any `_s` key takes. Far beyond any sensible setting, and far enough
 /// below what `Duration` and `Instant` can hold that no deadline computed from it overflows.
 const MAX_SECONDS: f64 = 315_360_000.0;
+
+/// 64 MiB: no real header section comes near it.
+const MAX_HEADER_BYTES: usize = 64 << 20;
 
 /// 1 GiB/s: any higher minimum would cut off every real link.
 const MAX_MIN_DATA_RATE: u64 = 1 << 30;

@@ -359,6 +359,7 @@ fn looks_like_mailbox(address: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataRejection {
     TooBig { limit: u64 },
+    HeaderTooBig { limit: usize },
     LineTooLong { limit: usize },
     BareCarriageReturn,
 }
@@ -367,6 +368,11 @@ impl DataRejection {
     pub fn reply(&self) -> Reply {
         match self {
             Self::TooBig { limit } => replies::message_too_big(*limit),
+            Self::HeaderTooBig { limit } => Reply::new(
+                552,
+                "5.3.4",
+                format!("Message header section exceeds fixed limit of {limit} octets"),
+            ),
             Self::LineTooLong { limit } => Reply::new(
                 554,
                 "5.6.0",
@@ -387,12 +393,18 @@ impl DataRejection {
 /// A line ended by a bare LF is stored with CRLF (as Postfix's `normalize` does), and the line
 /// after it can never end the data, so `<LF>.<CRLF>` and `<LF>.<LF>` cannot smuggle a second
 /// message. A bare CR inside a line rejects the message: a downstream MTA could read it as a
-/// line break.
+/// line break. A header section (everything before the first empty line) over `max_header`
+/// rejects the message too, after it has been read to its end like an oversize one: the stored
+/// `.eml` is exactly what was received, so it cannot be trimmed, and a header bomb would
+/// otherwise cost the parser and every event consumer many times its size.
 #[derive(Debug)]
 pub struct DataReceiver {
     message: Vec<u8>,
     max_size: u64,
     max_line: usize,
+    max_header: usize,
+    /// Bytes of the header section so far; `None` once its empty line has passed.
+    header_bytes: Option<usize>,
     previous_ended_crlf: bool,
     rejection: Option<DataRejection>,
 }
@@ -407,11 +419,13 @@ pub enum DataLine<'a> {
 }
 
 impl DataReceiver {
-    pub fn new(max_size: u64, max_line: usize) -> Self {
+    pub fn new(max_size: u64, max_line: usize, max_header: usize) -> Self {
         Self {
             message: Vec::with_capacity(16 * 1024),
             max_size,
             max_line,
+            max_header,
+            header_bytes: Some(0),
             previous_ended_crlf: true,
             rejection: None,
         }
@@ -456,6 +470,18 @@ impl DataReceiver {
             self.reject(DataRejection::BareCarriageReturn);
         }
         self.previous_ended_crlf = ended_crlf;
+        if let Some(header_bytes) = self.header_bytes {
+            self.header_bytes = (!content.is_empty()).then(|| header_bytes + content.len() + 2);
+            if self
+                .header_bytes
+                .is_some_and(|bytes| bytes > self.max_header)
+            {
+                self.reject(DataRejection::HeaderTooBig {
+                    limit: self.max_header,
+                });
+                self.message = Vec::new();
+            }
+        }
         if self.rejection.is_some() {
             return false;
         }
@@ -523,14 +549,10 @@ impl TransferDeadline {
 
     /// Credits `bytes` received at `now`.
     pub fn received(&mut self, now: Instant, bytes: usize) {
-        let earned = Duration::try_from_secs_f64(bytes as f64 / self.min_rate as f64)
-            .unwrap_or(self.budget);
+        let earned =
+            Duration::try_from_secs_f64(bytes as f64 / self.min_rate as f64).unwrap_or(self.budget);
         let cap = now.checked_add(self.budget).unwrap_or(self.deadline);
-        self.deadline = self
-            .deadline
-            .checked_add(earned)
-            .unwrap_or(cap)
-            .min(cap);
+        self.deadline = self.deadline.checked_add(earned).unwrap_or(cap).min(cap);
     }
 }
 

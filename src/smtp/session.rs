@@ -508,7 +508,11 @@ where
         self.flush().await?;
 
         let config = &self.ctx.config;
-        let mut receiver = DataReceiver::new(config.max_message_size, config.max_text_line);
+        let mut receiver = DataReceiver::new(
+            config.max_message_size,
+            config.max_text_line,
+            config.max_header_bytes,
+        );
         let mut rate = proto::TransferDeadline::new(
             Instant::now().into_std(),
             Duration::from_secs_f64(config.idle_timeout_s),
@@ -537,7 +541,8 @@ where
         let reply = match receiver.finish() {
             Err(rejection) => {
                 self.ctx.counters.reject(match rejection {
-                    proto::DataRejection::TooBig { .. } => Rejection::TooBig,
+                    proto::DataRejection::TooBig { .. }
+                    | proto::DataRejection::HeaderTooBig { .. } => Rejection::TooBig,
                     _ => Rejection::Malformed,
                 });
                 rejection.reply()

@@ -227,31 +227,102 @@ async fn connections_past_the_global_cap_wait_for_a_free_slot() {
     assert_eq!(&greeting, b"220");
 }
 
-#[tokio::test]
-async fn a_header_bomb_is_accepted_and_bounded() {
-    let (gateway, mut receiver) = gateway_with("", 8 << 20).await;
-    let mut message = String::from("From: a@sender.example\r\nSubject: header bomb\r\n");
-    for n in 0..100_000 {
+/// A message of `headers` small header fields after From and Subject.
+fn header_bomb(subject: &str, headers: usize) -> String {
+    let mut message = format!("From: a@sender.example\r\nSubject: {subject}\r\n");
+    for n in 0..headers {
         message.push_str(&format!("X-Bomb-{n}: v\r\n"));
     }
     message.push_str("\r\nbody\r\n");
+    message
+}
+
+#[tokio::test]
+async fn a_header_section_over_max_header_bytes_is_refused_and_one_under_it_is_bounded() {
+    let (gateway, mut receiver) = gateway_with("max_header_bytes = 100000", 8 << 20).await;
     let mut client = SmtpClient::connect(gateway.smtp).await;
+    // About 1.5 MB of header fields in a message well within the size limit.
+    let bomb = header_bomb("header bomb", 100_000);
     let (code, text) = client
-        .send_message(
-            "a@sender.example",
-            &["agent@example.com"],
-            message.as_bytes(),
-        )
+        .send_message("a@sender.example", &["agent@example.com"], bomb.as_bytes())
         .await;
+    assert_eq!(code, 552, "{text}");
+    assert!(
+        text.starts_with("5.3.4 ") && text.contains("header section"),
+        "{text}"
+    );
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert!(stored_messages(&gateway).is_empty());
+
+    // Just under the cap, on the same session: accepted, and the event stays in proportion.
+    let message = header_bomb("many headers", 6_000);
+    assert!(message.find("\r\n\r\n").expect("header end") < 100_000);
+    client.expect("MAIL FROM:<a@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    let (code, text) = client.data(message.as_bytes()).await;
     assert_eq!(code, 250, "{text}");
     let request = receiver.recv().await;
-    assert_eq!(request.json()["subject"], "header bomb");
+    assert_eq!(request.json()["subject"], "many headers");
     assert!(
         request.body.len() < 4 * message.len(),
         "event of {} bytes for a {}-byte message",
         request.body.len(),
         message.len()
     );
+}
+
+/// A multipart/mixed message with `parts` small attachments side by side.
+fn wide_mime(subject: &str, parts: usize) -> String {
+    let mut message = format!(
+        "From: a@sender.example\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+    );
+    for n in 0..parts {
+        message.push_str(&format!(
+            "--b\r\nContent-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"f{n}.bin\"\r\n\r\nx\r\n"
+        ));
+    }
+    message.push_str("--b--\r\n");
+    message
+}
+
+#[tokio::test]
+async fn mime_parts_past_the_parse_cap_are_left_unparsed_with_a_warning_and_stored_whole() {
+    let (gateway, mut receiver) = gateway_with("greet_pause_s = 0", 8 << 20).await;
+    for (parts, cut) in [(1_500, false), (2_500, true)] {
+        let message = wide_mime(&format!("{parts} parts"), parts);
+        let mut client = SmtpClient::connect(gateway.smtp).await;
+        let (code, text) = client
+            .send_message(
+                "a@sender.example",
+                &["agent@example.com"],
+                message.as_bytes(),
+            )
+            .await;
+        assert_eq!(code, 250, "{text}");
+        let event = receiver.recv().await.json();
+        assert_eq!(event["subject"], format!("{parts} parts"));
+        let warnings = event["warnings"].to_string();
+        assert_eq!(
+            warnings.contains("MIME structure cut after 2000 boundary lines"),
+            cut,
+            "{parts} parts: {warnings}"
+        );
+        // Listed attachments stop at 1000 either way; the count of the rest tells how many
+        // parts were parsed.
+        let unlisted = if cut { 2_000 - 1_000 } else { parts - 1_000 };
+        assert!(
+            warnings.contains(&format!("{unlisted} attachments not listed")),
+            "{parts} parts: {warnings}"
+        );
+        let message_id = text.rsplit(' ').next().expect("queued as id");
+        let (status, raw) = gateway
+            .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(raw, message.as_bytes(), "the stored message is whole");
+    }
 }
 
 #[tokio::test]
@@ -292,6 +363,13 @@ async fn a_mime_bomb_of_deep_and_wide_parts_is_accepted_and_bounded() {
     let event = request.json();
     assert_eq!(event["subject"], "mime bomb");
     assert!(
+        event["warnings"]
+            .to_string()
+            .contains("MIME structure cut after 2000 boundary lines"),
+        "{}",
+        event["warnings"]
+    );
+    assert!(
         request.body.len() < 4 * message.len(),
         "event of {} bytes for a {}-byte message",
         request.body.len(),
@@ -318,7 +396,11 @@ RCPT TO:<agent@example.com>\r\nDATA\r\nSubject: trickled\r\n\r\n";
         }
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if write_half.write_all(b"a line of body text\r\n").await.is_err() {
+            if write_half
+                .write_all(b"a line of body text\r\n")
+                .await
+                .is_err()
+            {
                 return;
             }
         }

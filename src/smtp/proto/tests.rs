@@ -6,7 +6,7 @@ use super::*;
 /// follows the end-of-data marker (None when there was none) plus the result.
 #[track_caller]
 fn receive(input: &[u8], max_size: u64) -> (Option<Vec<u8>>, Result<Vec<u8>, DataRejection>) {
-    let mut receiver = DataReceiver::new(max_size, 1000);
+    let mut receiver = DataReceiver::new(max_size, 1000, 1 << 20);
     let mut rest = input;
     while !rest.is_empty() {
         let end = rest
@@ -97,7 +97,7 @@ fn bare_cr_smuggling_is_rejected() {
 
 #[test]
 fn an_overlong_line_rejects_the_message_but_the_data_still_ends_at_its_marker() {
-    let mut receiver = DataReceiver::new(100_000, 1000);
+    let mut receiver = DataReceiver::new(100_000, 1000, 1 << 20);
     assert!(!receiver.push(DataLine::Complete(b"Subject: a\r\n")));
     assert!(!receiver.push(DataLine::Complete(b"\r\n")));
     assert!(!receiver.push(DataLine::TooLong { ended_crlf: true }));
@@ -109,13 +109,13 @@ fn an_overlong_line_rejects_the_message_but_the_data_still_ends_at_its_marker() 
     );
 
     // An overlong line ended by a bare LF is no line start for the end marker either.
-    let mut receiver = DataReceiver::new(100_000, 1000);
+    let mut receiver = DataReceiver::new(100_000, 1000, 1 << 20);
     assert!(!receiver.push(DataLine::TooLong { ended_crlf: false }));
     assert!(!receiver.push(DataLine::Complete(b".\r\n")));
     assert!(receiver.push(DataLine::Complete(b".\r\n")));
 
     // One line longer than the whole message limit is the size problem it is.
-    let mut receiver = DataReceiver::new(1000, 1000);
+    let mut receiver = DataReceiver::new(1000, 1000, 1 << 20);
     assert!(!receiver.push(DataLine::TooLong { ended_crlf: true }));
     assert!(receiver.push(DataLine::Complete(b".\r\n")));
     assert_eq!(
@@ -162,6 +162,32 @@ fn oversize_is_read_to_the_end_then_rejected() {
     let (after, result) = receive(b"0123456789\r\n0123456789\r\n.\r\nNOOP\r\n", 15);
     assert_eq!(after.as_deref(), Some(&b"NOOP\r\n"[..]));
     assert_eq!(result, Err(DataRejection::TooBig { limit: 15 }));
+}
+
+#[test]
+fn a_header_section_over_its_limit_is_read_to_the_end_then_rejected() {
+    let mut receiver = DataReceiver::new(100_000, 1000, 30);
+    for line in [&b"Subject: 12345678901234\r\n"[..], b"X: 1\r\n", b"\r\n"] {
+        assert!(!receiver.push(DataLine::Complete(line)));
+    }
+    // 25 + 6 octets: one past the limit, found before the body; the body is still read.
+    assert!(!receiver.push(DataLine::Complete(b"body\r\n")));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+    assert_eq!(
+        receiver.finish(),
+        Err(DataRejection::HeaderTooBig { limit: 30 })
+    );
+
+    // Exactly at the limit, and a body larger than it: only the header section counts.
+    let mut receiver = DataReceiver::new(100_000, 1000, 30);
+    for line in [&b"Subject: 1234567890123\r\n"[..], b"X: 1\r\n", b"\r\n"] {
+        assert!(!receiver.push(DataLine::Complete(line)));
+    }
+    assert!(!receiver.push(DataLine::Complete(
+        b"a body line longer than thirty octets\r\n"
+    )));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+    assert!(receiver.finish().is_ok());
 }
 
 #[test]
