@@ -215,13 +215,16 @@ async fn smuggled_second_message_is_not_a_second_message() {
     client
         .send_raw(
             b"From: s@sender.example\r\nSubject: first\r\n\r\nhello\n.\r\nMAIL FROM:<evil@sender.example>\r\n\
-RCPT TO:<agent@example.com>\r\nDATA\r\nFrom: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n",
+RCPT TO:<agent@example.com>\r\nDATA\r\nFrom: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n",
         )
         .await;
-    // One message, one reply: everything up to the real end of data is its content.
-    let (code, _) = client.read_reply().await;
-    assert_eq!(code, 250);
-    client.expect("NOOP", 250).await;
+    // One message, one reply: everything up to the real end of data is its content, so the
+    // next reply on the wire is QUIT's, not a smuggled MAIL's.
+    let (code, text) = client.read_reply().await;
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = client.read_reply().await;
+    assert_eq!(code, 221, "{text}");
+    assert!(client.is_closed().await);
     let event = receiver.recv().await.json();
     assert_eq!(event["subject"], "first");
     receiver.assert_silent(Duration::from_millis(300)).await;
