@@ -84,7 +84,8 @@ pub struct SmtpConfig {
     /// Largest header section (everything before the first empty line), in bytes; a message
     /// with a larger one is read to its end and refused with 552 5.3.4 (Exim's `header_maxsize`).
     pub max_header_bytes: usize,
-    /// Seconds a client may stay silent between commands or DATA lines (RFC 5321 §4.5.3.2.7).
+    /// Seconds a client may take over one command line (RFC 5321 §4.5.3.2.7); in DATA, the
+    /// credit `min_data_rate` starts from and never exceeds.
     pub idle_timeout_s: f64,
     /// Seconds one connection may last in all.
     pub session_timeout_s: f64,
