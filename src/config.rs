@@ -81,10 +81,18 @@ pub struct SmtpConfig {
     /// asks receivers to accept longer ones where they can, and real HTML mail often has them;
     /// the message size bounds memory anyway.
     pub max_text_line: usize,
-    /// Seconds a client may stay silent between commands or DATA lines (RFC 5321 §4.5.3.2.7).
+    /// Largest header section (everything before the first empty line), in bytes; a message
+    /// with a larger one is read to its end and refused with 552 5.3.4 (Exim's `header_maxsize`).
+    pub max_header_bytes: usize,
+    /// Seconds a client may take over one command line (RFC 5321 §4.5.3.2.7); in DATA, the
+    /// credit `min_data_rate` starts from and never exceeds.
     pub idle_timeout_s: f64,
     /// Seconds one connection may last in all.
     pub session_timeout_s: f64,
+    /// Slowest DATA transfer kept going, in bytes/s (Postfix's `smtpd_min_data_rate`): DATA
+    /// starts with `idle_timeout_s` of credit, each byte earns `1/min_data_rate` s, and a
+    /// transfer that runs out is told `421 4.4.2` and closed, nothing stored.
+    pub min_data_rate: u64,
     /// Error replies tolerated in one session before it is closed with 421.
     pub max_errors: usize,
     /// Simultaneous connections from one IP address; more are told 421 and closed.
@@ -108,8 +116,10 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             max_command_line: 512,
             max_text_line: 1 << 20,
+            max_header_bytes: 1 << 20,
             idle_timeout_s: 300.0,
             session_timeout_s: 1800.0,
+            min_data_rate: 500,
             max_errors: 20,
             max_connections_per_ip: 20,
             greet_pause_s: 0.5,
@@ -695,8 +705,20 @@ impl Config {
                 "must be at least 1000 (RFC 5321 §4.5.3.1.6)",
             ));
         }
+        if !(1024..=MAX_HEADER_BYTES).contains(&smtp.max_header_bytes) {
+            return Err(invalid(
+                "smtp.max_header_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
         positive_seconds("smtp.idle_timeout_s", smtp.idle_timeout_s)?;
         positive_seconds("smtp.session_timeout_s", smtp.session_timeout_s)?;
+        if !(1..=MAX_MIN_DATA_RATE).contains(&smtp.min_data_rate) {
+            return Err(invalid(
+                "smtp.min_data_rate",
+                "must be between 1 and 1073741824 bytes/s",
+            ));
+        }
         if !(0.0..=30.0).contains(&smtp.greet_pause_s) {
             return Err(invalid("smtp.greet_pause_s", "must be between 0 and 30"));
         }
@@ -932,6 +954,12 @@ impl Config {
 /// The longest duration any `_s` key takes. Far beyond any sensible setting, and far enough
 /// below what `Duration` and `Instant` can hold that no deadline computed from it overflows.
 const MAX_SECONDS: f64 = 315_360_000.0;
+
+/// 64 MiB: no real header section comes near it.
+const MAX_HEADER_BYTES: usize = 64 << 20;
+
+/// 1 GiB/s: any higher minimum would cut off every real link.
+const MAX_MIN_DATA_RATE: u64 = 1 << 30;
 
 fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
     if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {

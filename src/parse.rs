@@ -54,8 +54,18 @@ pub struct ParsedMessage {
 /// warning, and the stored `.eml` still has every part.
 pub const MAX_LISTED_ATTACHMENTS: usize = 1000;
 
+/// Most lines starting with `--` (possible MIME boundaries) that the parser reads. mail-parser
+/// keeps every part, and a frame per multipart nesting level, in memory, so a message of many
+/// tiny or deeply nested parts costs many times its size. Past this line the rest of the message
+/// is not parsed: the event says so in a warning, and the stored `.eml` still has every part.
+/// Depth cannot exceed the part count, so this bounds depth too (mail-parser itself only limits
+/// nested message/rfc822 parts, to 3).
+pub const MAX_MIME_BOUNDARY_LINES: usize = 2000;
+
 /// Parses a raw RFC 5322 message. Never fails: see the module docs.
 pub fn parse(raw: &[u8]) -> ParsedMessage {
+    let full_len = raw.len();
+    let raw = raw.get(..mime_part_limit(raw)).unwrap_or(raw);
     let Some(message) = MessageParser::default().parse(raw) else {
         return ParsedMessage {
             warnings: vec!["message has no parsable header section".to_owned()],
@@ -63,6 +73,12 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         };
     };
     let mut warnings = Vec::new();
+    if raw.len() < full_len {
+        warnings.push(format!(
+            "MIME structure cut after {MAX_MIME_BOUNDARY_LINES} boundary lines: the last {} of {full_len} bytes were not parsed",
+            full_len - raw.len()
+        ));
+    }
     let from = message
         .from()
         .and_then(|list| mailboxes(list).into_iter().next());
@@ -230,6 +246,26 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
             })
         })
         .collect()
+}
+
+/// Where the parser must stop reading: the start of the line past the last boundary line it
+/// may read, or the whole message.
+fn mime_part_limit(raw: &[u8]) -> usize {
+    let mut boundary_lines = 0;
+    let mut line_start = 0;
+    while let Some(line) = raw.get(line_start..).filter(|line| !line.is_empty()) {
+        if line.starts_with(b"--") {
+            boundary_lines += 1;
+            if boundary_lines > MAX_MIME_BOUNDARY_LINES {
+                return line_start;
+            }
+        }
+        match line.iter().position(|b| *b == b'\n') {
+            Some(idx) => line_start += idx + 1,
+            None => break,
+        }
+    }
+    raw.len()
 }
 
 #[cfg(test)]

@@ -210,6 +210,12 @@ fn storage_timeout_tls_pair_and_connection_keys_are_validated() {
         "`smtp.max_connections_per_ip`",
     );
     check_error("[smtp]\ngreet_pause_s = -1\n", &[], "`smtp.greet_pause_s`");
+    check_error("[smtp]\nmin_data_rate = 0\n", &[], "`smtp.min_data_rate`");
+    check_error(
+        "[smtp]\nmax_header_bytes = 100\n",
+        &[],
+        "`smtp.max_header_bytes`",
+    );
     let config =
         Config::load(None, env(&[("MXHOOK_STORAGE__BACKEND", "s3")])).expect("s3 is valid");
     assert_eq!(config.storage.backend, StorageBackend::S3);

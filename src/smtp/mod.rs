@@ -4,8 +4,10 @@
 //! The cap is a semaphore permit taken *before* `accept`, so excess clients wait in the kernel
 //! backlog instead of costing memory here. A second cap counts live sessions per peer address:
 //! one address past `smtp.max_connections_per_ip` is told `421 4.7.0` and closed, so a single
-//! host cannot take every global slot. On shutdown the listener stops accepting, idle
-//! sessions are told `421 4.3.2`, and a session in the middle of DATA finishes its message.
+//! host cannot take every global slot. On shutdown idle sessions are told `421 4.3.2` and a
+//! session in the middle of DATA finishes its message; while they drain the listener stays open
+//! and greets each new connection with `421 4.3.2`, so senders learn to retry later instead of
+//! seeing a refused connection, and it closes once the last session has ended.
 
 pub mod proto;
 pub mod session;
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,8 +27,8 @@ use tracing::Instrument as _;
 
 pub use session::SessionContext;
 
-/// Serves SMTP on `listener` until `shutdown` is cancelled. Session tasks go on `tracker`, so
-/// the caller can wait for them to drain.
+/// Serves SMTP on `listener` until `shutdown` is cancelled and the sessions have drained.
+/// Session tasks go on `tracker` too, so the caller can wait for them.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<SessionContext>,
@@ -35,8 +37,12 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
     let per_peer = Arc::new(PeerCounts::default());
+    // Only sessions count toward the drain: a refusal during it must not prolong it.
+    let sessions = TaskTracker::new();
     loop {
+        // Biased: once shutdown is asked, no connection waiting in the backlog gets a 220.
         let permit = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -44,14 +50,12 @@ pub async fn serve(
             },
         };
         let (stream, peer) = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    // Usually EMFILE or a connection reset before accept; back off briefly
-                    // rather than spin.
-                    tracing::warn!(error = %err, "accepting SMTP connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    back_off_after_accept_error(&err).await;
                     continue;
                 }
             },
@@ -60,15 +64,7 @@ pub async fn serve(
         let Some(peer_slot) = per_peer.take(peer.ip(), ctx.config.max_connections_per_ip) else {
             tracing::warn!(%peer, "refusing connection: too many from this address");
             tracker.spawn(async move {
-                let mut stream = stream;
-                let mut reply = Vec::new();
-                proto::replies::too_many_from_address().write_to(&mut reply);
-                // Bounded, so a peer that never reads cannot keep the slot.
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    stream.write_all(&reply).await?;
-                    stream.shutdown().await
-                })
-                .await;
+                refuse(stream, &proto::replies::too_many_from_address()).await;
                 drop(permit);
             });
             continue;
@@ -77,14 +73,71 @@ pub async fn serve(
         let session_shutdown = shutdown.child_token();
         let span = tracing::info_span!("smtp_session", %peer);
         tracker.spawn(
-            async move {
-                session::run(stream, peer, &ctx, session_shutdown).await;
-                drop(peer_slot);
-                drop(permit);
-            }
-            .instrument(span),
+            sessions.track_future(
+                async move {
+                    session::run(stream, peer, &ctx, session_shutdown).await;
+                    drop(peer_slot);
+                    drop(permit);
+                }
+                .instrument(span),
+            ),
         );
     }
+    drain(&listener, &permits, &sessions, &tracker).await;
+}
+
+/// Answers every new connection with `421 4.3.2` until the last session has ended. The
+/// refusals still take a connection permit, so a flood during the drain stays bounded.
+async fn drain(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    sessions: &TaskTracker,
+    tracker: &TaskTracker,
+) {
+    sessions.close();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = sessions.wait() => return,
+            permit = Arc::clone(permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            () = sessions.wait() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    back_off_after_accept_error(&err).await;
+                    continue;
+                }
+            },
+        };
+        tracker.spawn(async move {
+            refuse(stream, &proto::replies::shutting_down()).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn back_off_after_accept_error(err: &std::io::Error) {
+    // Usually EMFILE or a connection reset before accept; back off briefly rather than spin.
+    tracing::warn!(error = %err, "accepting SMTP connection failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Sends `reply` instead of a greeting and closes the connection.
+async fn refuse(mut stream: TcpStream, reply: &proto::Reply) {
+    let mut bytes = Vec::new();
+    reply.write_to(&mut bytes);
+    // Bounded, so a peer that never reads cannot keep the slot.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Live sessions per peer address.

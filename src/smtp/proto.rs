@@ -6,6 +6,7 @@
 //! tested directly.
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 /// One SMTP reply. With ENHANCEDSTATUSCODES advertised, every reply but the greeting, EHLO and
 /// 354 carries an RFC 3463 code.
@@ -96,6 +97,13 @@ pub mod replies {
     }
     pub fn idle_timeout() -> Reply {
         Reply::new(421, "4.4.2", "Idle timeout, closing connection")
+    }
+    pub fn data_too_slow(min_rate: u64) -> Reply {
+        Reply::new(
+            421,
+            "4.4.2",
+            format!("Data arriving slower than {min_rate} bytes/s, closing connection"),
+        )
     }
     pub fn session_timeout() -> Reply {
         Reply::new(
@@ -351,6 +359,7 @@ fn looks_like_mailbox(address: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataRejection {
     TooBig { limit: u64 },
+    HeaderTooBig { limit: usize },
     LineTooLong { limit: usize },
     BareCarriageReturn,
 }
@@ -359,6 +368,11 @@ impl DataRejection {
     pub fn reply(&self) -> Reply {
         match self {
             Self::TooBig { limit } => replies::message_too_big(*limit),
+            Self::HeaderTooBig { limit } => Reply::new(
+                552,
+                "5.3.4",
+                format!("Message header section exceeds fixed limit of {limit} octets"),
+            ),
             Self::LineTooLong { limit } => Reply::new(
                 554,
                 "5.6.0",
@@ -379,12 +393,18 @@ impl DataRejection {
 /// A line ended by a bare LF is stored with CRLF (as Postfix's `normalize` does), and the line
 /// after it can never end the data, so `<LF>.<CRLF>` and `<LF>.<LF>` cannot smuggle a second
 /// message. A bare CR inside a line rejects the message: a downstream MTA could read it as a
-/// line break.
+/// line break. A header section (everything before the first empty line) over `max_header`
+/// rejects the message too, after it has been read to its end like an oversize one: the stored
+/// `.eml` is exactly what was received, so it cannot be trimmed, and a header bomb would
+/// otherwise cost the parser and every event consumer many times its size.
 #[derive(Debug)]
 pub struct DataReceiver {
     message: Vec<u8>,
     max_size: u64,
     max_line: usize,
+    max_header: usize,
+    /// Bytes of the header section so far; `None` once its empty line has passed.
+    header_bytes: Option<usize>,
     previous_ended_crlf: bool,
     rejection: Option<DataRejection>,
 }
@@ -399,11 +419,13 @@ pub enum DataLine<'a> {
 }
 
 impl DataReceiver {
-    pub fn new(max_size: u64, max_line: usize) -> Self {
+    pub fn new(max_size: u64, max_line: usize, max_header: usize) -> Self {
         Self {
             message: Vec::with_capacity(16 * 1024),
             max_size,
             max_line,
+            max_header,
+            header_bytes: Some(0),
             previous_ended_crlf: true,
             rejection: None,
         }
@@ -448,6 +470,18 @@ impl DataReceiver {
             self.reject(DataRejection::BareCarriageReturn);
         }
         self.previous_ended_crlf = ended_crlf;
+        if let Some(header_bytes) = self.header_bytes {
+            self.header_bytes = (!content.is_empty()).then(|| header_bytes + content.len() + 2);
+            if self
+                .header_bytes
+                .is_some_and(|bytes| bytes > self.max_header)
+            {
+                self.reject(DataRejection::HeaderTooBig {
+                    limit: self.max_header,
+                });
+                self.message = Vec::new();
+            }
+        }
         if self.rejection.is_some() {
             return false;
         }
@@ -479,6 +513,46 @@ impl DataReceiver {
             Some(rejection) => Err(rejection),
             None => Ok(self.message),
         }
+    }
+}
+
+/// The minimum transfer rate in DATA, as Postfix's `smtpd_min_data_rate`: the transfer starts
+/// with `budget` (the idle timeout) to spend, each byte received earns `1/min_rate` seconds, and
+/// the credit never exceeds `budget` ahead of now. A client below the rate runs out after about
+/// `budget / (1 - rate / min_rate)`; one sending one line per idle timeout is cut after a few
+/// lines instead of holding its slot until the session deadline. A small message on a slow link
+/// is fine as long as it arrives within `budget`.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferDeadline {
+    deadline: Instant,
+    budget: Duration,
+    min_rate: u64,
+}
+
+impl TransferDeadline {
+    pub fn new(now: Instant, budget: Duration, min_rate: u64) -> Self {
+        Self {
+            deadline: now.checked_add(budget).unwrap_or(now),
+            budget,
+            min_rate: min_rate.max(1),
+        }
+    }
+
+    /// When the transfer is too slow unless more bytes have come by then.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn min_rate(&self) -> u64 {
+        self.min_rate
+    }
+
+    /// Credits `bytes` received at `now`.
+    pub fn received(&mut self, now: Instant, bytes: usize) {
+        let earned =
+            Duration::try_from_secs_f64(bytes as f64 / self.min_rate as f64).unwrap_or(self.budget);
+        let cap = now.checked_add(self.budget).unwrap_or(self.deadline);
+        self.deadline = self.deadline.checked_add(earned).unwrap_or(cap).min(cap);
     }
 }
 

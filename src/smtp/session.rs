@@ -233,7 +233,7 @@ where
             let read = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => None,
-                read = self.read_line_timed(limit) => Some(read?),
+                read = self.read_line_timed(limit, None) => Some(read?),
             };
             let read = match read {
                 None => {
@@ -285,24 +285,40 @@ where
         }
     }
 
-    /// Reads a line, bounded by the idle timeout and the session deadline. `None` means a
-    /// timeout reply was queued and the session must end.
-    async fn read_line_timed(&mut self, limit: usize) -> std::io::Result<Option<LineRead>> {
-        let idle = Instant::now() + Duration::from_secs_f64(self.ctx.config.idle_timeout_s);
-        let (until, timeout_reply) = if idle < self.deadline {
-            (idle, replies::idle_timeout())
+    /// Reads a line, bounded by the session deadline and either the idle timeout (a command:
+    /// the whole line must come within it, so trickling does not extend it) or, in DATA, the
+    /// minimum transfer rate. `None` means a timeout reply was queued and the session must end.
+    async fn read_line_timed(
+        &mut self,
+        limit: usize,
+        mut rate: Option<&mut proto::TransferDeadline>,
+    ) -> std::io::Result<Option<LineRead>> {
+        let fixed = if rate.is_some() {
+            self.deadline
         } else {
-            (self.deadline, replies::session_timeout())
+            let idle = Instant::now() + Duration::from_secs_f64(self.ctx.config.idle_timeout_s);
+            idle.min(self.deadline)
         };
-        match tokio::time::timeout_at(until, read_line(&mut self.reader, &mut self.line, limit))
-            .await
-        {
-            Ok(read) => read.map(Some),
-            Err(_) => {
-                self.queue(&timeout_reply);
-                Ok(None)
-            }
+        let read = read_line(
+            &mut self.reader,
+            &mut self.line,
+            limit,
+            fixed,
+            rate.as_deref_mut(),
+        )
+        .await?;
+        if read.is_none() {
+            let reply = match rate {
+                _ if Instant::now() >= self.deadline => replies::session_timeout(),
+                Some(rate) => {
+                    tracing::info!(min_rate = rate.min_rate(), "DATA too slow, closing");
+                    replies::data_too_slow(rate.min_rate())
+                }
+                None => replies::idle_timeout(),
+            };
+            self.queue(&reply);
         }
+        Ok(read)
     }
 
     async fn handle_command(&mut self) -> std::io::Result<Option<Stop>> {
@@ -492,9 +508,21 @@ where
         self.flush().await?;
 
         let config = &self.ctx.config;
-        let mut receiver = DataReceiver::new(config.max_message_size, config.max_text_line);
+        let mut receiver = DataReceiver::new(
+            config.max_message_size,
+            config.max_text_line,
+            config.max_header_bytes,
+        );
+        let mut rate = proto::TransferDeadline::new(
+            Instant::now().into_std(),
+            Duration::from_secs_f64(config.idle_timeout_s),
+            config.min_data_rate,
+        );
         loop {
-            let Some(read) = self.read_line_timed(config.max_text_line).await? else {
+            let Some(read) = self
+                .read_line_timed(config.max_text_line, Some(&mut rate))
+                .await?
+            else {
                 // Timed out mid-DATA: nothing is kept, the 421 is queued.
                 self.flush().await?;
                 return Ok(Some(Stop::Closed));
@@ -513,7 +541,8 @@ where
         let reply = match receiver.finish() {
             Err(rejection) => {
                 self.ctx.counters.reject(match rejection {
-                    proto::DataRejection::TooBig { .. } => Rejection::TooBig,
+                    proto::DataRejection::TooBig { .. }
+                    | proto::DataRejection::HeaderTooBig { .. } => Rejection::TooBig,
                     _ => Rejection::Malformed,
                 });
                 rejection.reply()
@@ -605,8 +634,15 @@ fn normalized_line(line: &[u8]) -> Vec<u8> {
 }
 
 /// Reads through the next LF into `out`, keeping at most `limit` bytes; a longer line is
-/// consumed and reported as `TooLong` without being kept, so memory stays bounded.
-async fn read_line<R>(reader: &mut R, out: &mut Vec<u8>, limit: usize) -> std::io::Result<LineRead>
+/// consumed and reported as `TooLong` without being kept, so memory stays bounded. `None` when
+/// `until` (or the rate's deadline, moved on by every chunk received) passes first.
+async fn read_line<R>(
+    reader: &mut R,
+    out: &mut Vec<u8>,
+    limit: usize,
+    until: Instant,
+    mut rate: Option<&mut proto::TransferDeadline>,
+) -> std::io::Result<Option<LineRead>>
 where
     R: AsyncBufRead + Unpin,
 {
@@ -614,10 +650,16 @@ where
     let mut too_long = false;
     let mut last_two = [0u8; 2];
     loop {
-        let available = reader.fill_buf().await?;
+        let until = rate
+            .as_deref()
+            .map_or(until, |rate| until.min(Instant::from_std(rate.deadline())));
+        let Ok(available) = tokio::time::timeout_at(until, reader.fill_buf()).await else {
+            return Ok(None);
+        };
+        let available = available?;
         if available.is_empty() {
             // EOF, possibly mid-line: a partial command or DATA line is never acted on.
-            return Ok(LineRead::Eof);
+            return Ok(Some(LineRead::Eof));
         }
         let (chunk, complete) = match available.iter().position(|b| *b == b'\n') {
             Some(idx) => (&available[..=idx], true),
@@ -638,14 +680,17 @@ where
         }
         let consumed = chunk.len();
         reader.consume(consumed);
+        if let Some(rate) = rate.as_deref_mut() {
+            rate.received(Instant::now().into_std(), consumed);
+        }
         if complete {
-            return Ok(if too_long {
+            return Ok(Some(if too_long {
                 LineRead::TooLong {
                     ended_crlf: last_two == *b"\r\n",
                 }
             } else {
                 LineRead::Line
-            });
+            }));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Hostile SMTP clients over real sockets: early talkers, pipelining floods, endless lines,
 //! slowloris, connection floods (per address and global), header and MIME bombs.
 //!
-//! Smuggling variants and relay tricks are covered in `smtp_session.rs` and the proto unit tests.
+//! Also every end-of-data variant of SMTP smuggling, the DATA line limit and the minimum DATA
+//! rate. Relay tricks are covered in `smtp_session.rs`.
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ async fn gateway_with(smtp_lines: &str, max_message_size: u64) -> (TestGateway, 
 
 /// Everything the server sends until it closes the connection. A reset after the server closed
 /// with input still unread counts as closed.
-async fn read_until_closed(stream: &mut TcpStream) -> String {
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
     let mut received = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = tokio::time::Instant::now() + SOON;
@@ -226,31 +227,102 @@ async fn connections_past_the_global_cap_wait_for_a_free_slot() {
     assert_eq!(&greeting, b"220");
 }
 
-#[tokio::test]
-async fn a_header_bomb_is_accepted_and_bounded() {
-    let (gateway, mut receiver) = gateway_with("", 8 << 20).await;
-    let mut message = String::from("From: a@sender.example\r\nSubject: header bomb\r\n");
-    for n in 0..100_000 {
+/// A message of `headers` small header fields after From and Subject.
+fn header_bomb(subject: &str, headers: usize) -> String {
+    let mut message = format!("From: a@sender.example\r\nSubject: {subject}\r\n");
+    for n in 0..headers {
         message.push_str(&format!("X-Bomb-{n}: v\r\n"));
     }
     message.push_str("\r\nbody\r\n");
+    message
+}
+
+#[tokio::test]
+async fn a_header_section_over_max_header_bytes_is_refused_and_one_under_it_is_bounded() {
+    let (gateway, mut receiver) = gateway_with("max_header_bytes = 100000", 8 << 20).await;
     let mut client = SmtpClient::connect(gateway.smtp).await;
+    // About 1.5 MB of header fields in a message well within the size limit.
+    let bomb = header_bomb("header bomb", 100_000);
     let (code, text) = client
-        .send_message(
-            "a@sender.example",
-            &["agent@example.com"],
-            message.as_bytes(),
-        )
+        .send_message("a@sender.example", &["agent@example.com"], bomb.as_bytes())
         .await;
+    assert_eq!(code, 552, "{text}");
+    assert!(
+        text.starts_with("5.3.4 ") && text.contains("header section"),
+        "{text}"
+    );
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert!(stored_messages(&gateway).is_empty());
+
+    // Just under the cap, on the same session: accepted, and the event stays in proportion.
+    let message = header_bomb("many headers", 6_000);
+    assert!(message.find("\r\n\r\n").expect("header end") < 100_000);
+    client.expect("MAIL FROM:<a@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    let (code, text) = client.data(message.as_bytes()).await;
     assert_eq!(code, 250, "{text}");
     let request = receiver.recv().await;
-    assert_eq!(request.json()["subject"], "header bomb");
+    assert_eq!(request.json()["subject"], "many headers");
     assert!(
         request.body.len() < 4 * message.len(),
         "event of {} bytes for a {}-byte message",
         request.body.len(),
         message.len()
     );
+}
+
+/// A multipart/mixed message with `parts` small attachments side by side.
+fn wide_mime(subject: &str, parts: usize) -> String {
+    let mut message = format!(
+        "From: a@sender.example\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+    );
+    for n in 0..parts {
+        message.push_str(&format!(
+            "--b\r\nContent-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"f{n}.bin\"\r\n\r\nx\r\n"
+        ));
+    }
+    message.push_str("--b--\r\n");
+    message
+}
+
+#[tokio::test]
+async fn mime_parts_past_the_parse_cap_are_left_unparsed_with_a_warning_and_stored_whole() {
+    let (gateway, mut receiver) = gateway_with("greet_pause_s = 0", 8 << 20).await;
+    for (parts, cut) in [(1_500, false), (2_500, true)] {
+        let message = wide_mime(&format!("{parts} parts"), parts);
+        let mut client = SmtpClient::connect(gateway.smtp).await;
+        let (code, text) = client
+            .send_message(
+                "a@sender.example",
+                &["agent@example.com"],
+                message.as_bytes(),
+            )
+            .await;
+        assert_eq!(code, 250, "{text}");
+        let event = receiver.recv().await.json();
+        assert_eq!(event["subject"], format!("{parts} parts"));
+        let warnings = event["warnings"].to_string();
+        assert_eq!(
+            warnings.contains("MIME structure cut after 2000 boundary lines"),
+            cut,
+            "{parts} parts: {warnings}"
+        );
+        // Listed attachments stop at 1000 either way; the count of the rest tells how many
+        // parts were parsed.
+        let unlisted = if cut { 2_000 - 1_000 } else { parts - 1_000 };
+        assert!(
+            warnings.contains(&format!("{unlisted} attachments not listed")),
+            "{parts} parts: {warnings}"
+        );
+        let message_id = text.rsplit(' ').next().expect("queued as id");
+        let (status, raw) = gateway
+            .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(raw, message.as_bytes(), "the stored message is whole");
+    }
 }
 
 #[tokio::test]
@@ -291,9 +363,200 @@ async fn a_mime_bomb_of_deep_and_wide_parts_is_accepted_and_bounded() {
     let event = request.json();
     assert_eq!(event["subject"], "mime bomb");
     assert!(
+        event["warnings"]
+            .to_string()
+            .contains("MIME structure cut after 2000 boundary lines"),
+        "{}",
+        event["warnings"]
+    );
+    assert!(
         request.body.len() < 4 * message.len(),
         "event of {} bytes for a {}-byte message",
         request.body.len(),
         message.len()
     );
+}
+
+#[tokio::test]
+async fn data_slower_than_the_minimum_rate_is_cut_with_421_and_nothing_is_stored() {
+    // A high minimum rate, so the 1 s of credit DATA starts with runs out within a few lines.
+    let (gateway, mut receiver) =
+        gateway_with("idle_timeout_s = 1\nmin_data_rate = 100000", 1 << 20).await;
+    let stream = TcpStream::connect(gateway.smtp).await.expect("connect");
+    let (mut read_half, mut write_half) = stream.into_split();
+    let mut greeting = [0u8; 4];
+    read_half.read_exact(&mut greeting).await.expect("greeting");
+    assert_eq!(&greeting, b"220 ");
+    // Each line comes well within the idle timeout, so only the rate can end this.
+    let trickle = tokio::spawn(async move {
+        let start = b"EHLO slow.example\r\nMAIL FROM:<s@sender.example>\r\n\
+RCPT TO:<agent@example.com>\r\nDATA\r\nSubject: trickled\r\n\r\n";
+        if write_half.write_all(start).await.is_err() {
+            return;
+        }
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write_half
+                .write_all(b"a line of body text\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = write_half.write_all(b".\r\n").await;
+    });
+    let received = read_until_closed(&mut read_half).await;
+    trickle.abort();
+    // The first line is the rest of the greeting; EHLO's continuation lines are left out.
+    let replies: Vec<&str> = received
+        .lines()
+        .skip(1)
+        .filter(|line| !line.starts_with("250-"))
+        .collect();
+    assert_eq!(replies.len(), 5, "{received:?}");
+    assert!(replies[3].starts_with("354 "), "{received:?}");
+    assert!(
+        replies[4].starts_with("421 4.4.2 ") && replies[4].contains("100000 bytes/s"),
+        "{received:?}"
+    );
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert!(stored_messages(&gateway).is_empty());
+
+    // A message sent at the speed of the link is not affected.
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let body = "a line of body text\r\n".repeat(500);
+    let message = crate::support::simple_message(
+        "s@sender.example",
+        "agent@example.com",
+        "at full speed",
+        &body,
+    );
+    let (code, text) = client
+        .send_message("s@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(receiver.recv().await.json()["subject"], "at full speed");
+}
+
+#[tokio::test]
+async fn a_data_line_over_max_text_line_gets_554_and_the_session_goes_on() {
+    let (gateway, mut receiver) = gateway_with("max_text_line = 1000", 1 << 20).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    // 1001 octets with its CRLF: one past the limit.
+    let long_line = "x".repeat(999);
+    let message = crate::support::simple_message(
+        "s@sender.example",
+        "agent@example.com",
+        "long line",
+        &long_line,
+    );
+    let (code, text) = client
+        .send_message("s@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 554, "{text}");
+    assert!(text.starts_with("5.6.0 "), "{text}");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert!(stored_messages(&gateway).is_empty());
+
+    // Exactly at the limit, on the same session.
+    client.expect("MAIL FROM:<s@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    let message = crate::support::simple_message(
+        "s@sender.example",
+        "agent@example.com",
+        "line at the limit",
+        &"x".repeat(998),
+    );
+    let (code, text) = client.data(&message).await;
+    assert_eq!(code, 250, "{text}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "line at the limit");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+}
+
+/// Every end-of-data look-alike of the SMTP smuggling research, inside a body and followed by a
+/// smuggled transaction, then the real end. Lone CRs refuse the message (a downstream MTA could
+/// read them as line ends); lone LFs never end the data, so the smuggled text stays content.
+#[tokio::test]
+async fn no_end_of_data_variant_smuggles_a_second_message() {
+    let (gateway, mut receiver) = gateway_with("greet_pause_s = 0", 1 << 20).await;
+    for (variant, name, expected) in [
+        (&b"\r.\n"[..], "CR.LF", 554),
+        (b"\r\n.\r", "CRLF.CR", 554),
+        (b"\r.\r", "CR.CR", 554),
+        (b"\r.\r\n", "CR.CRLF", 554),
+        (b"\n.\n", "LF.LF", 250),
+        (b"\n.\r\n", "LF.CRLF", 250),
+        (b"\r\n.\n", "CRLF.LF", 250),
+    ] {
+        let mut client = SmtpClient::connect(gateway.smtp).await;
+        client.expect("EHLO smuggler.example", 250).await;
+        client.expect("MAIL FROM:<s@sender.example>", 250).await;
+        client.expect("RCPT TO:<agent@example.com>", 250).await;
+        client.expect("DATA", 354).await;
+        let script = [
+            format!("From: s@sender.example\r\nSubject: smuggling {name}\r\n\r\nhello").as_bytes(),
+            variant,
+            b"MAIL FROM:<evil@sender.example>\r\nRCPT TO:<agent@example.com>\r\nDATA\r\n\
+From: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil",
+            variant,
+            b"\r\n.\r\nQUIT\r\n",
+        ]
+        .concat();
+        client.send_raw(&script).await;
+        // The raw replies: one for the transaction, then QUIT's; nothing from a second one.
+        let (code, text) = client.read_reply().await;
+        assert_eq!(code, expected, "{name}: {text}");
+        assert_eq!(client.read_reply().await.0, 221, "{name}");
+        assert!(client.is_closed().await, "{name}");
+        if code != 250 {
+            continue;
+        }
+        let event = receiver.recv().await.json();
+        assert_eq!(event["subject"], format!("smuggling {name}"));
+        let message_id = text.rsplit(' ').next().expect("queued as id");
+        let (status, raw) = gateway
+            .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+            .await;
+        assert_eq!(status, 200, "{name}");
+        assert!(
+            !has_bare_cr_or_lf(&raw),
+            "{name}: stored {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        assert!(
+            String::from_utf8_lossy(&raw).contains("MAIL FROM:<evil@sender.example>"),
+            "{name}: the smuggled text is not part of the one message"
+        );
+    }
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(stored_messages(&gateway).len(), 3);
+}
+
+fn has_bare_cr_or_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(idx, byte)| match byte {
+        b'\r' => bytes.get(idx + 1) != Some(&b'\n'),
+        b'\n' => idx == 0 || bytes[idx - 1] != b'\r',
+        _ => false,
+    })
+}
+
+/// The `.eml` files in the gateway's store.
+fn stored_messages(gateway: &TestGateway) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "eml") {
+                out.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&gateway.dir.path().join("mail"), &mut found);
+    found
 }

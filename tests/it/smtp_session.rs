@@ -215,13 +215,16 @@ async fn smuggled_second_message_is_not_a_second_message() {
     client
         .send_raw(
             b"From: s@sender.example\r\nSubject: first\r\n\r\nhello\n.\r\nMAIL FROM:<evil@sender.example>\r\n\
-RCPT TO:<agent@example.com>\r\nDATA\r\nFrom: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n",
+RCPT TO:<agent@example.com>\r\nDATA\r\nFrom: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n",
         )
         .await;
-    // One message, one reply: everything up to the real end of data is its content.
-    let (code, _) = client.read_reply().await;
-    assert_eq!(code, 250);
-    client.expect("NOOP", 250).await;
+    // One message, one reply: everything up to the real end of data is its content, so the
+    // next reply on the wire is QUIT's, not a smuggled MAIL's.
+    let (code, text) = client.read_reply().await;
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = client.read_reply().await;
+    assert_eq!(code, 221, "{text}");
+    assert!(client.is_closed().await);
     let event = receiver.recv().await.json();
     assert_eq!(event["subject"], "first");
     receiver.assert_silent(Duration::from_millis(300)).await;
@@ -256,7 +259,7 @@ async fn idle_session_is_closed_with_421() {
 }
 
 #[tokio::test]
-async fn shutdown_tells_idle_sessions_421_and_finishes_a_message_in_flight() {
+async fn shutdown_tells_idle_and_new_sessions_421_and_finishes_a_message_in_flight() {
     let mut receiver = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
     let mut idle = SmtpClient::connect(gateway.smtp).await;
@@ -274,6 +277,22 @@ async fn shutdown_tells_idle_sessions_421_and_finishes_a_message_in_flight() {
     let (code, text) = idle.read_reply().await;
     assert_eq!(code, 421, "{text}");
     assert!(idle.is_closed().await);
+
+    // While the message in flight drains, a new client is told to come back later rather than
+    // refused at TCP level.
+    let mut late = tokio::net::TcpStream::connect(smtp_addr)
+        .await
+        .expect("the listener stays open during the drain");
+    let mut refusal = String::new();
+    tokio::time::timeout(
+        crate::support::SOON,
+        tokio::io::AsyncReadExt::read_to_string(&mut late, &mut refusal),
+    )
+    .await
+    .expect("refused and closed in time")
+    .expect("read the refusal");
+    assert!(refusal.starts_with("421 4.3.2 "), "{refusal:?}");
+    assert_eq!(refusal.matches("\r\n").count(), 1, "{refusal:?}");
 
     busy.send_raw(b"second half\r\n.\r\n").await;
     let (code, text) = busy.read_reply().await;

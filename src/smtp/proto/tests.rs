@@ -1,10 +1,12 @@
+use std::time::Duration;
+
 use super::*;
 
 /// Feeds `input` to a receiver split at LF, like the session's reader does, and returns what
 /// follows the end-of-data marker (None when there was none) plus the result.
 #[track_caller]
 fn receive(input: &[u8], max_size: u64) -> (Option<Vec<u8>>, Result<Vec<u8>, DataRejection>) {
-    let mut receiver = DataReceiver::new(max_size, 1000);
+    let mut receiver = DataReceiver::new(max_size, 1000, 1 << 20);
     let mut rest = input;
     while !rest.is_empty() {
         let end = rest
@@ -33,21 +35,57 @@ fn plain_message_ends_at_crlf_dot_crlf_and_is_unstuffed() {
     );
 }
 
+/// Every end-of-data look-alike of the SMTP smuggling research, each followed by a smuggled
+/// transaction and then the real `<CR><LF>.<CR><LF>`: none ends the data early, and what the
+/// receiver keeps never has a bare CR or LF. Lone-CR variants refuse the message; lone-LF ones
+/// keep the smuggled text as content, with its line ends made CRLF.
 #[test]
-fn smuggling_end_markers_never_end_the_data() {
-    for vector in [
-        &b"a\n.\r\nMAIL FROM:<x@y>\r\n"[..],
-        b"a\n.\nMAIL FROM:<x@y>\r\n",
-        b"a\r\n.\nMAIL FROM:<x@y>\r\n",
+fn no_end_of_data_variant_ends_the_data_early() {
+    const SMUGGLED: &[u8] = b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<a@b.example>\r\nDATA\r\nevil";
+    for (variant, expected) in [
+        (&b"\r.\n"[..], Err(DataRejection::BareCarriageReturn)),
+        (b"\r\n.\r", Err(DataRejection::BareCarriageReturn)),
+        (b"\r.\r", Err(DataRejection::BareCarriageReturn)),
+        (b"\r.\r\n", Err(DataRejection::BareCarriageReturn)),
+        (b"\n.\n", Ok(())),
+        (b"\n.\r\n", Ok(())),
+        (b"\r\n.\n", Ok(())),
     ] {
-        let (after, _) = receive(vector, 1000);
+        let shown = String::from_utf8_lossy(variant).escape_debug().to_string();
+        let input = [
+            &b"Subject: a\r\n\r\nhello"[..],
+            variant,
+            SMUGGLED,
+            variant,
+            b"\r\n.\r\nQUIT\r\n",
+        ]
+        .concat();
+        let (after, result) = receive(&input, 10_000);
         assert_eq!(
-            after,
-            None,
-            "{:?} ended the data",
-            String::from_utf8_lossy(vector)
+            after.as_deref(),
+            Some(&b"QUIT\r\n"[..]),
+            "{shown}: data did not end exactly at the real end"
         );
+        match (result, expected) {
+            (Err(rejection), Err(expected)) => assert_eq!(rejection, expected, "{shown}"),
+            (Ok(message), Ok(())) => {
+                assert!(!has_bare_cr_or_lf(&message), "{shown}: kept {message:?}");
+                assert!(
+                    String::from_utf8_lossy(&message).contains("MAIL FROM:<evil@x.example>"),
+                    "{shown}: smuggled text is not content"
+                );
+            }
+            (result, expected) => panic!("{shown}: got {result:?}, expected {expected:?}"),
+        }
     }
+}
+
+fn has_bare_cr_or_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(idx, byte)| match byte {
+        b'\r' => bytes.get(idx + 1) != Some(&b'\n'),
+        b'\n' => idx == 0 || bytes[idx - 1] != b'\r',
+        _ => false,
+    })
 }
 
 #[test]
@@ -55,6 +93,62 @@ fn bare_cr_smuggling_is_rejected() {
     let (after, result) = receive(b"a\r.\r\nMAIL FROM:<x@y>\r\n\r\n.\r\n", 1000);
     assert_eq!(after.as_deref(), Some(&b""[..]));
     assert_eq!(result, Err(DataRejection::BareCarriageReturn));
+}
+
+#[test]
+fn an_overlong_line_rejects_the_message_but_the_data_still_ends_at_its_marker() {
+    let mut receiver = DataReceiver::new(100_000, 1000, 1 << 20);
+    assert!(!receiver.push(DataLine::Complete(b"Subject: a\r\n")));
+    assert!(!receiver.push(DataLine::Complete(b"\r\n")));
+    assert!(!receiver.push(DataLine::TooLong { ended_crlf: true }));
+    assert!(!receiver.push(DataLine::Complete(b"after\r\n")));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+    assert_eq!(
+        receiver.finish(),
+        Err(DataRejection::LineTooLong { limit: 1000 })
+    );
+
+    // An overlong line ended by a bare LF is no line start for the end marker either.
+    let mut receiver = DataReceiver::new(100_000, 1000, 1 << 20);
+    assert!(!receiver.push(DataLine::TooLong { ended_crlf: false }));
+    assert!(!receiver.push(DataLine::Complete(b".\r\n")));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+
+    // One line longer than the whole message limit is the size problem it is.
+    let mut receiver = DataReceiver::new(1000, 1000, 1 << 20);
+    assert!(!receiver.push(DataLine::TooLong { ended_crlf: true }));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+    assert_eq!(
+        receiver.finish(),
+        Err(DataRejection::TooBig { limit: 1000 })
+    );
+}
+
+#[test]
+fn transfer_deadline_starts_with_the_budget_and_earns_time_per_byte_up_to_it() {
+    let start = std::time::Instant::now();
+    let budget = Duration::from_secs(10);
+    let mut rate = TransferDeadline::new(start, budget, 100);
+    assert_eq!(rate.deadline(), start + budget);
+
+    // 4 s later, 100 bytes earned 1 s: 7 s left rather than the idle timeout's fresh 10.
+    rate.received(start + Duration::from_secs(4), 100);
+    assert_eq!(rate.deadline(), start + Duration::from_secs(11));
+
+    // A burst can never buy more than the budget ahead of now.
+    rate.received(start + Duration::from_secs(5), 1_000_000);
+    assert_eq!(rate.deadline(), start + Duration::from_secs(15));
+
+    // One line per (budget - 1 s) runs out after a few lines.
+    let mut rate = TransferDeadline::new(start, budget, 100);
+    let mut now = start;
+    let mut lines = 0;
+    while now + Duration::from_secs(9) < rate.deadline() {
+        now += Duration::from_secs(9);
+        rate.received(now, 80);
+        lines += 1;
+    }
+    assert!(lines < 5, "a slowloris kept going for {lines} lines");
 }
 
 #[test]
@@ -68,6 +162,32 @@ fn oversize_is_read_to_the_end_then_rejected() {
     let (after, result) = receive(b"0123456789\r\n0123456789\r\n.\r\nNOOP\r\n", 15);
     assert_eq!(after.as_deref(), Some(&b"NOOP\r\n"[..]));
     assert_eq!(result, Err(DataRejection::TooBig { limit: 15 }));
+}
+
+#[test]
+fn a_header_section_over_its_limit_is_read_to_the_end_then_rejected() {
+    let mut receiver = DataReceiver::new(100_000, 1000, 30);
+    for line in [&b"Subject: 12345678901234\r\n"[..], b"X: 1\r\n", b"\r\n"] {
+        assert!(!receiver.push(DataLine::Complete(line)));
+    }
+    // 25 + 6 octets: one past the limit, found before the body; the body is still read.
+    assert!(!receiver.push(DataLine::Complete(b"body\r\n")));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+    assert_eq!(
+        receiver.finish(),
+        Err(DataRejection::HeaderTooBig { limit: 30 })
+    );
+
+    // Exactly at the limit, and a body larger than it: only the header section counts.
+    let mut receiver = DataReceiver::new(100_000, 1000, 30);
+    for line in [&b"Subject: 1234567890123\r\n"[..], b"X: 1\r\n", b"\r\n"] {
+        assert!(!receiver.push(DataLine::Complete(line)));
+    }
+    assert!(!receiver.push(DataLine::Complete(
+        b"a body line longer than thirty octets\r\n"
+    )));
+    assert!(receiver.push(DataLine::Complete(b".\r\n")));
+    assert!(receiver.finish().is_ok());
 }
 
 #[test]
