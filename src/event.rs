@@ -59,6 +59,18 @@ pub struct EventContext<'a> {
 /// Builds the event. The result is stored once and sent as is (per payload format) on every
 /// attempt, so `event_id` and content are stable across retries and resends.
 pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
+    build_with_flags(ctx, parsed, None)
+}
+
+/// Builds the event with the fields verification computed (`sender_verified`,
+/// `peer_trust_tier`, `traffic_types`, `rate_limited`, `is_duplicate`, `quarantined`, `auth`,
+/// …) set over the defaults. The size cap runs once, on the finished event, so
+/// `omitted_reason` names every field left out.
+pub fn build_with_flags(
+    ctx: &EventContext<'_>,
+    parsed: &ParsedMessage,
+    flags: Option<Value>,
+) -> Value {
     let timestamp = rfc3339(ctx.received_at_ms);
     let date = rfc3339(parsed.date_ms.unwrap_or(ctx.received_at_ms));
     let rendered = prompt::render_email(ctx.templates, parsed, &date);
@@ -128,20 +140,13 @@ pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
         "warnings": parsed.warnings,
         "email": email,
     });
-    enforce_size_cap(&mut event, ctx.max_payload_bytes);
-    event
-}
-
-/// Sets the fields verification computed (`sender_verified`, `peer_trust_tier`,
-/// `traffic_types`, `rate_limited`, `is_duplicate`, `quarantined`, `auth`, …) on a built event,
-/// then applies the size cap again.
-pub fn apply_flags(event: &mut Value, flags: Value, max_payload_bytes: usize) {
-    if let (Some(event), Value::Object(flags)) = (event.as_object_mut(), flags) {
+    if let (Some(event), Some(Value::Object(flags))) = (event.as_object_mut(), flags) {
         for (key, value) in flags {
             event.insert(key, value);
         }
     }
-    enforce_size_cap(event, max_payload_bytes);
+    enforce_size_cap(&mut event, ctx.max_payload_bytes);
+    event
 }
 
 /// The body to POST for one endpoint.
@@ -271,11 +276,12 @@ fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
             }
         }
     }
+    let message_id = event["message_id"].as_str().unwrap_or_default().to_owned();
     if let Some(object) = event.as_object_mut() {
         object.insert(
             "omitted_reason".to_owned(),
             json!(format!(
-                "payload larger than {max_bytes} bytes: left out {}; fetch GET /v1/messages/{{id}}/raw",
+                "payload larger than {max_bytes} bytes: left out {}; fetch GET /v1/messages/{message_id}/raw",
                 omitted.join(", ")
             )),
         );
@@ -355,6 +361,34 @@ mod tests {
         assert!(thread_prompt.contains("yyyy") && thread_prompt.contains("short"));
         assert_eq!(event["email"]["extracted_text"], "short");
         assert_eq!(event["thread_id"], "thr_big");
+    }
+
+    #[test]
+    fn omitted_reason_names_every_field_left_out_with_the_flags_counted() {
+        let envelope = Envelope::default();
+        let body = "x".repeat(5_000);
+        let raw = format!("From: a@example.org\r\nSubject: big\r\n\r\n{body}\r\n");
+        let parsed = crate::parse::parse(raw.as_bytes());
+        let ctx = context(&envelope, &[], 16_384);
+        // Alone, the event fits once the two prompts are out; the verdicts added at intake
+        // push the plain text out too, and the reason must still name all three.
+        let alone = build(&ctx, &parsed);
+        let reason = alone["omitted_reason"].as_str().expect("reason");
+        assert!(reason.contains("left out thread_prompt, prompt;"), "{reason}");
+        let flags = json!({ "auth": { "checked": true, "reason": "v".repeat(4_000) } });
+        let flagged = build_with_flags(&ctx, &parsed, Some(flags));
+        assert!(serde_json::to_vec(&flagged).expect("json").len() <= 16_384);
+        assert!(flagged["email"]["plain_text"].is_null());
+        assert_eq!(flagged["auth"]["checked"], true);
+        let reason = flagged["omitted_reason"].as_str().expect("reason");
+        assert!(
+            reason.contains("left out thread_prompt, prompt, plain_text;"),
+            "{reason}"
+        );
+        assert!(
+            reason.ends_with("fetch GET /v1/messages/msg_1/raw"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -229,7 +229,12 @@ impl Intake {
                     };
                 }
             };
-            let mut event = event::build(
+            let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
+            let (flags, fingerprint) = match flags {
+                Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
+                None => (None, None),
+            };
+            let event = event::build_with_flags(
                 &EventContext {
                     event_id: &event_id,
                     message_id: &message_id,
@@ -245,13 +250,8 @@ impl Intake {
                     templates: &self.templates,
                 },
                 &parsed,
+                flags,
             );
-            let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
-            let mut fingerprint = None;
-            if let Some(flags) = flags {
-                event::apply_flags(&mut event, flags.flags, self.max_payload_bytes);
-                fingerprint = Some(flags.fingerprint);
-            }
             let deliveries = if quarantined {
                 Vec::new()
             } else {
