@@ -347,6 +347,74 @@ fn fixture_events_match_their_snapshots() {
     });
 }
 
+/// Past `delivery.max_payload_bytes` the webhook still arrives, its bodies left out and named
+/// in `omitted_reason`, which points at the raw message; that serves the bytes sent, exactly.
+#[tokio::test]
+async fn an_event_over_the_payload_cap_arrives_without_its_bodies_and_the_raw_mail_stays_whole() {
+    use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver};
+
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
+        "[delivery]\n",
+        "[delivery]\nmax_payload_bytes = 4096\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
+    let gateway = TestGateway::start_with(dir, config).await;
+
+    let paragraph = "The quarterly numbers are attached below in full detail. ".repeat(40);
+    let html = format!("<p>{paragraph}</p>").repeat(5);
+    let text = format!("{paragraph}\r\n").repeat(5);
+    let raw = format!(
+        "From: Big Sender <big@sender.example>\r\nTo: agent@example.com\r\nSubject: large\r\n\
+         Message-ID: <large-1@sender.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=b\r\n\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\
+         --b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--b--\r\n"
+    )
+    .into_bytes();
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, reply) = client
+        .send_message("big@sender.example", &["agent@example.com"], &raw)
+        .await;
+    assert_eq!(code, 250, "{reply}");
+
+    let request = receiver.recv().await;
+    assert!(request.body.len() <= 4096, "{} bytes", request.body.len());
+    let event = request.json();
+    let message_id = event["message_id"].as_str().expect("message id");
+    let reason = event["omitted_reason"].as_str().expect("omitted_reason");
+    let email = &event["email"];
+    for field in [
+        "html",
+        "thread_prompt",
+        "prompt",
+        "plain_text",
+        "extracted_text",
+    ] {
+        assert!(email[field].is_null(), "email.{field} kept: {event}");
+        assert!(reason.contains(field), "{field} not named: {reason}");
+    }
+    assert!(event["extracted_text"].is_null(), "{event}");
+    assert!(
+        reason.ends_with(&format!("fetch GET /v1/messages/{message_id}/raw")),
+        "{reason}"
+    );
+    // What is small stays, so a handler can still route the mail.
+    assert_eq!(event["subject"], "large");
+    assert_eq!(email["from_address"]["address"], "big@sender.example");
+    assert_eq!(email["message_id"], "large-1@sender.example");
+
+    let (status, stored) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stored, raw);
+    gateway.stop().await;
+}
+
 /// `templates.dir` replaces the embedded prompt templates (a file left out keeps its default),
 /// and a template naming a field that does not exist stops startup with the key in the message.
 #[tokio::test]
