@@ -165,6 +165,18 @@ fn without_tag(address: &str) -> String {
     }
 }
 
+/// True when a stored event is of a message its inbox's policy quarantined: it is kept for
+/// review but never shown to an agent, so it is no earlier email of a later one.
+pub fn is_quarantined(stored_event: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flags {
+        #[serde(default)]
+        quarantined: bool,
+    }
+    // Only the flag is read; the rest of the event is skipped without being built.
+    serde_json::from_str::<Flags>(stored_event).is_ok_and(|flags| flags.quarantined)
+}
+
 /// The earlier emails of the thread from their stored events (oldest first), each the
 /// BotMailRoom `email` object.
 ///
