@@ -37,11 +37,12 @@ pub struct ParsedMessage {
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
     pub references: Vec<String>,
-    /// The first text/plain body part, decoded to UTF-8.
+    /// The text/plain body parts, decoded to UTF-8 and joined in order.
     pub plain_text: Option<String>,
     /// The first text/html body part, decoded to UTF-8.
     pub html: Option<String>,
-    /// Text rendering of the body for prompts: plain text, or the HTML converted to markdown.
+    /// Text rendering of the body for prompts: plain text, or the HTML converted to markdown
+    /// when there is no plain text or it is blank.
     pub body_as_text: Option<String>,
     /// True when `plain_text` and `html` are the two sides of one multipart/alternative.
     pub alternative_content: bool,
@@ -78,12 +79,17 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         warnings.push("no valid Date header".to_owned());
     }
 
-    let plain_index = message.text_body.iter().copied().find(|&idx| {
-        matches!(
-            message.parts.get(idx as usize).map(|p| &p.body),
-            Some(PartType::Text(_))
-        )
-    });
+    // Every text/plain body part, in order: Apple Mail splits the text around inline images
+    // into several parts, and the first alone would lose the rest of what was written.
+    let plain_parts: Vec<(u32, &str)> = message
+        .text_body
+        .iter()
+        .filter_map(|&idx| match message.parts.get(idx as usize).map(|p| &p.body) {
+            Some(PartType::Text(text)) => Some((idx, text.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let plain_index = plain_parts.first().map(|&(idx, _)| idx);
     let html_index = message.html_body.iter().copied().find(|&idx| {
         matches!(
             message.parts.get(idx as usize).map(|p| &p.body),
@@ -95,12 +101,16 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
             .and_then(|part| part.text_contents())
             .map(str::to_owned)
     };
-    let plain_text = part_text(plain_index);
+    let plain_text = (!plain_parts.is_empty()).then(|| join_parts(&plain_parts));
     let html = part_text(html_index);
-    // HTML-only mail becomes markdown, so links, lists, tables and quotes survive for the prompt.
+    // HTML-only mail becomes markdown, so links, lists, tables and quotes survive for the
+    // prompt; so does mail whose text part is blank (some clients send an empty one beside
+    // the HTML that holds the content).
     let body_as_text = plain_text
         .clone()
+        .filter(|text| !text.trim().is_empty())
         .or_else(|| html.as_deref().map(crate::prompt::html::to_markdown))
+        .or_else(|| plain_text.clone())
         .or_else(|| message.body_text(0).map(|text| text.into_owned()));
     if message.parts.iter().any(|part| part.is_encoding_problem) {
         warnings.push("a body part could not be decoded as declared".to_owned());
@@ -133,6 +143,18 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         attachments: attachments(&message),
         warnings,
     }
+}
+
+/// Text parts joined in order, each starting on a line of its own.
+fn join_parts(parts: &[(u32, &str)]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|(_, text)| text.len() + 1).sum());
+    for (_, text) in parts {
+        if !joined.is_empty() && !joined.ends_with('\n') {
+            joined.push('\n');
+        }
+        joined.push_str(text);
+    }
+    joined
 }
 
 fn mailboxes(list: &Address<'_>) -> Vec<Mailbox> {

@@ -79,6 +79,45 @@ Content-Type: text/html\r\n\r\n<p>Only <b>html</b></p>\r\n";
 }
 
 #[test]
+fn a_blank_text_part_gives_way_to_the_html_in_the_prompt_text() {
+    let raw = b"From: a@example.org\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+Content-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\n \r\n\t\r\n\
+--b\r\nContent-Type: text/html\r\n\r\n<p>The <b>real</b> content</p>\r\n--b--\r\n";
+    let parsed = parse(raw);
+    // The fields stay what the mail holds; only the text the prompt shows changes.
+    assert!(
+        parsed
+            .plain_text
+            .as_deref()
+            .is_some_and(|text| text.trim().is_empty())
+    );
+    assert!(parsed.alternative_content);
+    let text = parsed.body_as_text.expect("body text");
+    assert!(
+        text.contains("The **real** content") && !text.contains("<p>"),
+        "{text}"
+    );
+}
+
+#[test]
+fn text_parts_split_around_inline_images_are_joined_in_order() {
+    // Apple Mail's shape: the text before an inline picture, the picture, the text after it.
+    let raw = b"From: a@example.org\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nBefore the picture.\r\n\
+--m\r\nContent-Type: image/png; name=chart.png\r\nContent-Disposition: inline; filename=chart.png\r\n\
+Content-Transfer-Encoding: base64\r\nContent-Id: <chart@a>\r\n\r\niVBORw0KGgo=\r\n\
+--m\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nAfter the picture.\r\n--m--\r\n";
+    let parsed = parse(raw);
+    let text = parsed.plain_text.as_deref().expect("plain text");
+    assert_eq!(text, "Before the picture.\nAfter the picture.");
+    assert_eq!(parsed.body_as_text.as_deref(), Some(text));
+    assert_eq!(parsed.attachments.len(), 1, "{:?}", parsed.attachments);
+    assert_eq!(parsed.attachments[0].content_id.as_deref(), Some("chart@a"));
+}
+
+#[test]
 fn garbage_and_empty_input_never_fail() {
     for raw in [
         &b""[..],
