@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::config::PayloadFormat;
 use crate::model::{Envelope, rfc3339};
-use crate::parse::{Mailbox, ParsedMessage};
+use crate::parse::{Mailbox, ParsedMessage, catch_panic};
 use crate::prompt::{self, Templates};
 use crate::thread::Thread;
 
@@ -147,6 +147,76 @@ pub fn build_with_flags(
     }
     enforce_size_cap(&mut event, ctx.max_payload_bytes);
     event
+}
+
+/// [`build_with_flags`], guarded: should building panic on some message (a renderer on a
+/// shape no test has seen), the event is built again from the header fields alone, with a
+/// warning naming the failure, so the message is still stored and delivered. Building runs
+/// before the `250`; a panic there would end the session with the mail never accepted.
+pub fn build_guarded(
+    ctx: &EventContext<'_>,
+    parsed: &ParsedMessage,
+    flags: Option<Value>,
+) -> Value {
+    build_or_fall_back(ctx, parsed, flags, build_with_flags)
+}
+
+fn build_or_fall_back(
+    ctx: &EventContext<'_>,
+    parsed: &ParsedMessage,
+    flags: Option<Value>,
+    builder: impl FnOnce(&EventContext<'_>, &ParsedMessage, Option<Value>) -> Value,
+) -> Value {
+    let failure = match catch_panic(|| builder(ctx, parsed, flags.clone())) {
+        Ok(event) => return event,
+        Err(failure) => failure,
+    };
+    let warning = format!(
+        "building the event failed ({failure}): bodies, attachments and the earlier emails \
+         were left out; fetch GET /v1/messages/{}/raw",
+        ctx.message_id
+    );
+    let headers_only = ParsedMessage {
+        from: parsed.from.clone(),
+        to: parsed.to.clone(),
+        cc: parsed.cc.clone(),
+        bcc: parsed.bcc.clone(),
+        reply_to: parsed.reply_to.clone(),
+        subject: parsed.subject.clone(),
+        date_ms: parsed.date_ms,
+        message_id: parsed.message_id.clone(),
+        in_reply_to: parsed.in_reply_to.clone(),
+        references: parsed.references.clone(),
+        warnings: parsed
+            .warnings
+            .iter()
+            .cloned()
+            .chain([warning.clone()])
+            .collect(),
+        ..ParsedMessage::default()
+    };
+    let alone = Thread {
+        thread_id: ctx.thread.thread_id.clone(),
+        previous_emails: Vec::new(),
+    };
+    let bare_ctx = EventContext {
+        thread: &alone,
+        ..*ctx
+    };
+    catch_panic(|| build_with_flags(&bare_ctx, &headers_only, flags.clone())).unwrap_or_else(
+        // Not even the header fields could be shown: the ids and the warning still make an
+        // event a handler can act on.
+        |_| {
+            build_with_flags(
+                &bare_ctx,
+                &ParsedMessage {
+                    warnings: vec![warning],
+                    ..ParsedMessage::default()
+                },
+                flags,
+            )
+        },
+    )
 }
 
 /// The body to POST for one endpoint.
@@ -374,7 +444,10 @@ mod tests {
         // push the plain text out too, and the reason must still name all three.
         let alone = build(&ctx, &parsed);
         let reason = alone["omitted_reason"].as_str().expect("reason");
-        assert!(reason.contains("left out thread_prompt, prompt;"), "{reason}");
+        assert!(
+            reason.contains("left out thread_prompt, prompt;"),
+            "{reason}"
+        );
         let flags = json!({ "auth": { "checked": true, "reason": "v".repeat(4_000) } });
         let flagged = build_with_flags(&ctx, &parsed, Some(flags));
         assert!(serde_json::to_vec(&flagged).expect("json").len() <= 16_384);
@@ -388,6 +461,38 @@ mod tests {
         assert!(
             reason.ends_with("fetch GET /v1/messages/msg_1/raw"),
             "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_panic_while_building_still_gives_an_event_with_the_headers_and_a_warning() {
+        let envelope = Envelope::default();
+        let parsed = crate::parse::parse(
+            b"From: Ann <a@example.org>\r\nTo: agent@example.com\r\nSubject: boom\r\n\
+              Message-ID: <m1@example.org>\r\n\r\nbody text\r\n",
+        );
+        let flags = json!({ "quarantined": false, "peer_trust_tier": "verified" });
+        let ctx = context(&envelope, &[], 1 << 20);
+        let event = build_or_fall_back(&ctx, &parsed, Some(flags), |_, _, _| {
+            panic!("renderer exploded")
+        });
+        assert_eq!(event["type"], "mail.received");
+        assert_eq!(event["message_id"], "msg_1");
+        assert_eq!(event["thread_id"], "thr_1");
+        assert_eq!(event["peer_trust_tier"], "verified");
+        assert_eq!(event["subject"], "boom");
+        assert_eq!(event["email"]["from_address"]["address"], "a@example.org");
+        assert_eq!(event["email"]["message_id"], "m1@example.org");
+        assert!(event["email"]["plain_text"].is_null());
+        let warnings = event["warnings"].to_string();
+        assert!(
+            warnings.contains("renderer exploded") && warnings.contains("/v1/messages/msg_1/raw"),
+            "{warnings}"
+        );
+        let bmr = payload_for(&event, PayloadFormat::Botmailroom);
+        assert_eq!(
+            bmr.as_object().map(serde_json::Map::len),
+            Some(BOTMAILROOM_FIELDS.len())
         );
     }
 

@@ -158,7 +158,7 @@ impl Intake {
     /// Makes one received message durable for every inbox among its recipients.
     pub async fn accept(&self, envelope: &Envelope, raw: &[u8]) -> Outcome {
         let received_at = now_ms();
-        let parsed = crate::parse::parse(raw);
+        let parsed = crate::parse::parse_guarded(raw);
         let thread_keys = thread::keys(&parsed);
         let verdict = match &self.checks {
             Some(checks) => checks.verifier.verify(envelope, raw).await,
@@ -234,7 +234,7 @@ impl Intake {
                 Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
                 None => (None, None),
             };
-            let event = event::build_with_flags(
+            let event = event::build_guarded(
                 &EventContext {
                     event_id: &event_id,
                     message_id: &message_id,

@@ -84,10 +84,12 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
     let plain_parts: Vec<(u32, &str)> = message
         .text_body
         .iter()
-        .filter_map(|&idx| match message.parts.get(idx as usize).map(|p| &p.body) {
-            Some(PartType::Text(text)) => Some((idx, text.as_ref())),
-            _ => None,
-        })
+        .filter_map(
+            |&idx| match message.parts.get(idx as usize).map(|p| &p.body) {
+                Some(PartType::Text(text)) => Some((idx, text.as_ref())),
+                _ => None,
+            },
+        )
         .collect();
     let plain_index = plain_parts.first().map(|&(idx, _)| idx);
     let html_index = message.html_body.iter().copied().find(|&idx| {
@@ -155,6 +157,96 @@ fn join_parts(parts: &[(u32, &str)]) -> String {
         joined.push_str(text);
     }
     joined
+}
+
+/// [`parse`], guarded: should the parser panic on some input, the plain header fields are read
+/// by hand instead and a warning names the failure, so the message is still stored and
+/// delivered (parsing runs before the `250`; a panic there would end the session unanswered).
+pub fn parse_guarded(raw: &[u8]) -> ParsedMessage {
+    parse_with(raw, parse)
+}
+
+fn parse_with(raw: &[u8], parser: impl FnOnce(&[u8]) -> ParsedMessage) -> ParsedMessage {
+    catch_panic(|| parser(raw)).unwrap_or_else(|failure| {
+        let mut parsed = headers_only(raw);
+        parsed.warnings.push(format!(
+            "parsing failed ({failure}): only the plain header fields were read; the raw \
+             message is stored"
+        ));
+        parsed
+    })
+}
+
+/// Runs `work`, turning a panic into its message.
+pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned())
+    })
+}
+
+/// The From, To, Cc, Subject and threading headers, read without the MIME parser: unfolded,
+/// undecoded (encoded words stay as sent), addresses taken from `<…>` where present.
+fn headers_only(raw: &[u8]) -> ParsedMessage {
+    let header_end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let text = String::from_utf8_lossy(raw.get(..header_end).unwrap_or(raw));
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let bare_id = |id: &str| id.trim().trim_matches(|c| c == '<' || c == '>').to_owned();
+    let addresses = |name: &str| -> Vec<Mailbox> {
+        field(name)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| {
+                let address = match (entry.rfind('<'), entry.rfind('>')) {
+                    (Some(open), Some(close)) if open < close => entry.get(open + 1..close),
+                    _ => Some(entry),
+                }?
+                .trim();
+                address.contains('@').then(|| Mailbox {
+                    address: address.to_owned(),
+                    name: None,
+                })
+            })
+            .collect()
+    };
+    ParsedMessage {
+        from: addresses("from").into_iter().next(),
+        to: addresses("to"),
+        cc: addresses("cc"),
+        reply_to: addresses("reply-to"),
+        subject: field("subject").map(str::to_owned),
+        message_id: field("message-id").map(bare_id),
+        in_reply_to: field("in-reply-to").map(bare_id),
+        references: field("references")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(bare_id)
+            .collect(),
+        ..ParsedMessage::default()
+    }
 }
 
 fn mailboxes(list: &Address<'_>) -> Vec<Mailbox> {

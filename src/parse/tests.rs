@@ -118,6 +118,35 @@ Content-Transfer-Encoding: base64\r\nContent-Id: <chart@a>\r\n\r\niVBORw0KGgo=\r
 }
 
 #[test]
+fn a_parser_panic_falls_back_to_the_plain_headers_with_a_warning() {
+    let raw = b"From: \"Ann\" <ann@example.org>\r\nTo: agent@example.com, Bo <bo@example.net>\r\n\
+Subject: folded\r\n subject\r\nMessage-ID: <m1@example.org>\r\nIn-Reply-To: <m0@example.org>\r\n\
+References: <r@example.org>\r\n <m0@example.org>\r\n\r\nFrom: not a header\r\n";
+    let parsed = parse_with(raw, |_| panic!("parser exploded"));
+    assert_eq!(
+        parsed.from.as_ref().map(|from| from.address.as_str()),
+        Some("ann@example.org")
+    );
+    let to: Vec<&str> = parsed.to.iter().map(|to| to.address.as_str()).collect();
+    assert_eq!(to, ["agent@example.com", "bo@example.net"]);
+    assert_eq!(parsed.subject.as_deref(), Some("folded subject"));
+    assert_eq!(parsed.message_id.as_deref(), Some("m1@example.org"));
+    assert_eq!(parsed.in_reply_to.as_deref(), Some("m0@example.org"));
+    assert_eq!(parsed.references, ["r@example.org", "m0@example.org"]);
+    assert_eq!(parsed.plain_text, None);
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("parser exploded")),
+        "{:?}",
+        parsed.warnings
+    );
+    // Without a panic the guard changes nothing.
+    assert_eq!(parse_guarded(raw), parse(raw));
+}
+
+#[test]
 fn garbage_and_empty_input_never_fail() {
     for raw in [
         &b""[..],
