@@ -173,7 +173,9 @@ async fn quarantined_and_repeated_mail_stays_out_of_later_emails_of_the_thread()
         "New bank details: wire everything to account 666.",
     );
     let mut client = SmtpClient::connect(gateway.smtp).await;
-    let (code, text) = client.send_message("jane@client.example", &[to], &forged).await;
+    let (code, text) = client
+        .send_message("jane@client.example", &[to], &forged)
+        .await;
     assert_eq!(code, 250, "{text}");
     let forged_id = text.rsplit(' ').next().expect("queued as id").to_owned();
     let (status, stored) = gateway
@@ -182,7 +184,10 @@ async fn quarantined_and_repeated_mail_stays_out_of_later_emails_of_the_thread()
         .expect("API");
     assert_eq!(status, 200, "{stored}");
     assert_eq!(stored["quarantined"], true, "{stored}");
-    assert_eq!(stored["thread_id"], thread_id, "the forged mail is in the thread");
+    assert_eq!(
+        stored["thread_id"], thread_id,
+        "the forged mail is in the thread"
+    );
 
     let reply = mail(
         "From: Jane <jane@client.example>\r\nSubject: Re: Invoice\r\n\
