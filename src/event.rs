@@ -93,6 +93,8 @@ pub fn build_with_flags(
     let email = json!({
         "id": ctx.message_id,
         "inbox_id": ctx.agent_id,
+        // SPEC gives from_address no `|null`, so a mail without a From keeps the shape with an
+        // empty address, and `warnings` says why.
         "from_address": parsed.from.as_ref().map(mailbox_json).unwrap_or_else(|| json!({"address": "", "name": null})),
         "to_addresses": parsed.to.iter().map(mailbox_json).collect::<Vec<_>>(),
         "cc_addresses": parsed.cc.iter().map(mailbox_json).collect::<Vec<_>>(),
@@ -494,6 +496,22 @@ mod tests {
             bmr.as_object().map(serde_json::Map::len),
             Some(BOTMAILROOM_FIELDS.len())
         );
+    }
+
+    #[test]
+    fn a_mail_without_from_keeps_the_address_shape_and_says_why_it_is_empty() {
+        let envelope = Envelope::default();
+        let parsed =
+            crate::parse::parse(b"To: agent@example.com\r\nSubject: anonymous\r\n\r\nhi\r\n");
+        let event = build(&context(&envelope, &[], 1 << 20), &parsed);
+        // SPEC marks the fields that may be null; from_address is not one of them.
+        assert_eq!(
+            event["email"]["from_address"],
+            json!({ "address": "", "name": null })
+        );
+        assert!(event["sender"].is_null());
+        let warnings = event["warnings"].as_array().expect("warnings");
+        assert!(warnings.contains(&json!("no From address")), "{warnings:?}");
     }
 
     #[test]

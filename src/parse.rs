@@ -232,8 +232,14 @@ fn headers_only(raw: &[u8]) -> ParsedMessage {
             })
             .collect()
     };
+    let from = addresses("from").into_iter().next();
     ParsedMessage {
-        from: addresses("from").into_iter().next(),
+        warnings: if from.is_none() {
+            vec!["no From address".to_owned()]
+        } else {
+            Vec::new()
+        },
+        from,
         to: addresses("to"),
         cc: addresses("cc"),
         reply_to: addresses("reply-to"),
