@@ -89,7 +89,12 @@ pub fn build_with_flags(
         .first()
         .and_then(|email| email["subject"].as_str())
         .unwrap_or(subject);
-    let thread_prompt = prompt::render_thread(ctx.templates, thread_subject, &prompts);
+    let thread_prompt = prompt::render_thread(
+        ctx.templates,
+        thread_subject,
+        &prompts,
+        ctx.thread.earlier_left_out,
+    );
     let email = json!({
         "id": ctx.message_id,
         "inbox_id": ctx.agent_id,
@@ -199,7 +204,7 @@ fn build_or_fall_back(
     };
     let alone = Thread {
         thread_id: ctx.thread.thread_id.clone(),
-        previous_emails: Vec::new(),
+        ..Thread::default()
     };
     let bare_ctx = EventContext {
         thread: &alone,
@@ -366,7 +371,7 @@ mod tests {
 
     static NO_THREAD: std::sync::LazyLock<Thread> = std::sync::LazyLock::new(|| Thread {
         thread_id: "thr_1".to_owned(),
-        previous_emails: Vec::new(),
+        ..Thread::default()
     });
     static TEMPLATES: std::sync::LazyLock<Templates> = std::sync::LazyLock::new(Templates::default);
 
@@ -416,6 +421,7 @@ mod tests {
         let thread = Thread {
             thread_id: "thr_big".to_owned(),
             previous_emails: vec![json!({"id": "msg_0", "prompt": "y".repeat(30_000)})],
+            earlier_left_out: false,
         };
         let parsed =
             crate::parse::parse(b"From: a@example.org\r\nSubject: Re: big\r\n\r\nshort\r\n");

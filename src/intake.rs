@@ -334,17 +334,14 @@ impl Intake {
         let Some(thread_id) = thread::resolve(keys, &candidates, &own_addresses) else {
             return Ok(Thread {
                 thread_id: new_id("thr"),
-                previous_emails: Vec::new(),
+                ..Thread::default()
             });
         };
         let history = self
             .db
-            .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS)
+            .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS + 1)
             .await?;
-        Ok(Thread {
-            previous_emails: thread::previous_emails(&history),
-            thread_id,
-        })
+        Ok(thread::from_history(thread_id, &history))
     }
 
     /// The flags of one inbox's copy, or the reason its policy rejects the message.

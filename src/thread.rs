@@ -24,6 +24,9 @@ pub struct Thread {
     pub thread_id: String,
     /// The earlier emails, oldest first, at most [`MAX_PREVIOUS_EMAILS`].
     pub previous_emails: Vec<Value>,
+    /// The thread has emails older than `previous_emails` that the event leaves out, so the
+    /// thread prompt must not read as the whole conversation.
+    pub earlier_left_out: bool,
 }
 
 /// What a new message offers for finding its thread.
@@ -175,6 +178,20 @@ pub fn is_quarantined(stored_event: &str) -> bool {
     }
     // Only the flag is read; the rest of the event is skipped without being built.
     serde_json::from_str::<Flags>(stored_event).is_ok_and(|flags| flags.quarantined)
+}
+
+/// The thread as an event reports it, from the stored events of its newest earlier emails,
+/// oldest first: up to [`MAX_PREVIOUS_EMAILS`] of them, plus one more when the thread has it,
+/// which is not shown but tells that older emails were left out.
+pub fn from_history(thread_id: String, stored_events: &[String]) -> Thread {
+    let shown_from = stored_events
+        .len()
+        .saturating_sub(usize::try_from(MAX_PREVIOUS_EMAILS).unwrap_or(usize::MAX));
+    Thread {
+        thread_id,
+        previous_emails: previous_emails(stored_events.get(shown_from..).unwrap_or_default()),
+        earlier_left_out: shown_from > 0,
+    }
 }
 
 /// The earlier emails of the thread from their stored events (oldest first), each the

@@ -343,6 +343,7 @@ fn every_corpus_message_gives_a_valid_event_alone_and_in_a_thread() {
         let thread = Thread {
             thread_id: "thr_corpus".to_owned(),
             previous_emails: previous.take().into_iter().collect(),
+            ..Thread::default()
         };
         let in_thread = build(&raw, &thread, 10 << 20);
         check_valid(&name, &in_thread, 10 << 20);
@@ -463,7 +464,7 @@ fn fixture_events_match_their_snapshots() {
         let raw = std::fs::read(path).expect("fixture");
         let thread = Thread {
             thread_id: "thr_fixed".to_owned(),
-            previous_emails: Vec::new(),
+            ..Thread::default()
         };
         let event = build(&raw, &thread, 10 << 20);
         insta::assert_json_snapshot!(event);
@@ -479,7 +480,7 @@ fn botmailroom_payloads_match_their_snapshots() {
     };
     let alone = Thread {
         thread_id: "thr_fixed".to_owned(),
-        previous_emails: Vec::new(),
+        ..Thread::default()
     };
     for name in ["plain_text.eml", "multipart_mixed_attachment.eml"] {
         let event = build(&fixture(name), &alone, 10 << 20);
@@ -514,6 +515,7 @@ On Thu, 16 Apr 2026 at 09:00, Jane <jane@client.example> wrote:\r\n> Shall we la
     let thread = Thread {
         thread_id: "thr_fixed".to_owned(),
         previous_emails: earlier,
+        earlier_left_out: false,
     };
     let reply = b"From: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
 Subject: Re: Launch plan\r\nDate: Thu, 16 Apr 2026 11:00:00 +0200\r\n\

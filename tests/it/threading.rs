@@ -231,3 +231,54 @@ async fn quarantined_and_repeated_mail_stays_out_of_later_emails_of_the_thread()
     );
     gateway.stop().await;
 }
+
+/// Only the newest 20 earlier emails travel with a mail; the thread prompt then says that older
+/// ones were left out, so the agent does not take the oldest one shown for the start.
+#[tokio::test]
+async fn a_thread_longer_than_the_earlier_emails_shown_says_so() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut message_ids = Vec::new();
+    for position in 0..22 {
+        let reply_to = if position == 0 {
+            String::new()
+        } else {
+            "\r\nIn-Reply-To: <long-0@client.example>".to_owned()
+        };
+        let event = send(
+            &gateway,
+            &mut receiver,
+            "agent@example.com",
+            &mail(
+                &format!(
+                    "From: jane@client.example\r\nSubject: Re: Long\r\n\
+                     Message-ID: <long-{position}@client.example>{reply_to}"
+                ),
+                &format!("Message number {position}."),
+            ),
+        )
+        .await;
+        message_ids.push(event["message_id"].clone());
+        let previous = event["email"]["previous_emails"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(previous, position.min(20), "mail {position}");
+        let thread_prompt = event["email"]["thread_prompt"]
+            .as_str()
+            .expect("thread prompt");
+        let says_left_out = thread_prompt.contains("Older emails of this thread are left out");
+        assert_eq!(
+            says_left_out,
+            position > 20,
+            "mail {position}: {thread_prompt}"
+        );
+        if position == 21 {
+            assert_eq!(event["email"]["previous_emails"][0]["id"], message_ids[1]);
+            assert!(
+                !thread_prompt.contains("Message number 0."),
+                "{thread_prompt}"
+            );
+        }
+    }
+    gateway.stop().await;
+}
