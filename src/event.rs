@@ -254,13 +254,28 @@ pub fn payload_for(event: &Value, format: PayloadFormat) -> Value {
 }
 
 /// Exactly the BotMailRoom fields of an `email` object, in SPEC order.
+///
+/// BotMailRoom's client types `prompt`, `thread_prompt` and an attachment's `filename` as
+/// strings that are never null, and its handlers validate payloads against those types, so a
+/// null there (an earlier email's `thread_prompt`, a prompt left out by the size cap, an
+/// attachment without a name) is sent as `""`: what was left out is still named in
+/// `omitted_reason`, and an unnamed attachment still has its `id`.
 fn botmailroom_email(email: &Value) -> Value {
     let mut out = serde_json::Map::new();
     for field in BOTMAILROOM_FIELDS {
-        out.insert(
-            (*field).to_owned(),
-            email.get(*field).cloned().unwrap_or(Value::Null),
-        );
+        let mut value = email.get(*field).cloned().unwrap_or(Value::Null);
+        match *field {
+            "prompt" | "thread_prompt" if value.is_null() => value = json!(""),
+            "attachments" => {
+                for attachment in value.as_array_mut().into_iter().flatten() {
+                    if attachment.get("filename").is_some_and(Value::is_null) {
+                        attachment["filename"] = json!("");
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.insert((*field).to_owned(), value);
     }
     Value::Object(out)
 }
