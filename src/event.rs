@@ -72,7 +72,10 @@ pub fn build_with_flags(
     flags: Option<Value>,
 ) -> Value {
     let timestamp = rfc3339(ctx.received_at_ms);
-    let date = rfc3339(parsed.date_ms.unwrap_or(ctx.received_at_ms));
+    let date = parsed.date_ms.map_or_else(
+        || rfc3339(ctx.received_at_ms),
+        |ms| senders_date(ms, parsed.date_offset_s),
+    );
     let rendered = prompt::render_email(ctx.templates, parsed, &date);
     let previous = &ctx.thread.previous_emails;
     let mut prompts: Vec<&str> = previous
@@ -191,6 +194,7 @@ fn build_or_fall_back(
         reply_to: parsed.reply_to.clone(),
         subject: parsed.subject.clone(),
         date_ms: parsed.date_ms,
+        date_offset_s: parsed.date_offset_s,
         message_id: parsed.message_id.clone(),
         in_reply_to: parsed.in_reply_to.clone(),
         references: parsed.references.clone(),
@@ -278,6 +282,19 @@ fn botmailroom_email(email: &Value) -> Value {
         out.insert((*field).to_owned(), value);
     }
     Value::Object(out)
+}
+
+/// The Date header in ISO 8601 at the sender's own offset (`2026-04-16T14:00:00.000+02:00`),
+/// the same instant as in UTC; an offset beyond a day (a broken header) falls back to UTC.
+fn senders_date(ms: i64, offset_s: Option<i32>) -> String {
+    let offset = offset_s.and_then(chrono::FixedOffset::east_opt);
+    match (chrono::DateTime::from_timestamp_millis(ms), offset) {
+        (Some(utc), Some(offset)) => utc
+            .with_timezone(&offset)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+            .to_string(),
+        _ => rfc3339(ms),
+    }
 }
 
 fn mailbox_json(mailbox: &Mailbox) -> Value {
@@ -533,6 +550,35 @@ mod tests {
         assert!(event["sender"].is_null());
         let warnings = event["warnings"].as_array().expect("warnings");
         assert!(warnings.contains(&json!("no From address")), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_date_keeps_the_senders_offset() {
+        let envelope = Envelope::default();
+        for (header, expected) in [
+            (
+                "Thu, 16 Apr 2026 14:00:00 +0200",
+                "2026-04-16T14:00:00.000+02:00",
+            ),
+            (
+                "Thu, 16 Apr 2026 07:30:00 -0430",
+                "2026-04-16T07:30:00.000-04:30",
+            ),
+            (
+                "Thu, 16 Apr 2026 12:00:00 +0000",
+                "2026-04-16T12:00:00.000+00:00",
+            ),
+        ] {
+            let raw = format!("From: a@example.org\r\nDate: {header}\r\n\r\nhi\r\n");
+            let parsed = crate::parse::parse(raw.as_bytes());
+            let event = build(&context(&envelope, &[], 1 << 20), &parsed);
+            assert_eq!(event["email"]["date"], expected, "{header}");
+            let prompt = event["email"]["prompt"].as_str().expect("prompt");
+            assert!(
+                prompt.contains(&format!("**Date:** {expected}")),
+                "{prompt}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct ParsedMessage {
     pub subject: Option<String>,
     /// The Date header in ms since the epoch, when present and valid.
     pub date_ms: Option<i64>,
+    /// The Date header's offset from UTC in seconds, so the date can be shown as the sender
+    /// wrote it (their local time says more to an agent than the same instant in UTC).
+    pub date_offset_s: Option<i32>,
     /// The Message-ID header, without angle brackets.
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
@@ -78,6 +81,14 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
     if date_ms.is_none() {
         warnings.push("no valid Date header".to_owned());
     }
+    let date_offset_s = message.date().filter(|_| date_ms.is_some()).map(|date| {
+        let magnitude = i32::from(date.tz_hour) * 3600 + i32::from(date.tz_minute) * 60;
+        if date.tz_before_gmt {
+            -magnitude
+        } else {
+            magnitude
+        }
+    });
 
     // Every text/plain body part, in order: Apple Mail splits the text around inline images
     // into several parts, and the first alone would lose the rest of what was written.
@@ -132,6 +143,7 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         reply_to: message.reply_to().map(mailboxes).unwrap_or_default(),
         subject: message.subject().map(str::to_owned),
         date_ms,
+        date_offset_s,
         message_id: message.message_id().map(str::to_owned),
         in_reply_to: text_values(message.in_reply_to()).into_iter().next(),
         references: text_values(message.references()),
