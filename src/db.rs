@@ -11,6 +11,10 @@ use sqlx::{AnyPool, Row};
 use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureFormat, SignatureScheme};
 use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
 
+/// Most pages (of as many rows as it wants emails) [`Db::thread_history`] reads looking for
+/// emails it may show.
+const HISTORY_SCAN_PAGES: usize = 5;
+
 /// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
 const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (\
     SELECT 1 FROM deliveries e WHERE e.inbox_id = d.inbox_id \
@@ -1243,7 +1247,15 @@ impl Db {
             .collect()
     }
 
-    /// The stored events of the newest `limit` messages of a thread, oldest first.
+    /// The stored events of the newest `limit` messages of a thread that a later email may
+    /// show as its earlier emails, oldest first. Quarantined messages are left out (the
+    /// inbox's policy held them, so they may be forged and must not reach an agent through a
+    /// later mail's `previous_emails` or `thread_prompt`), and of several copies of one
+    /// Message-ID (the same mail received twice) only the oldest is kept.
+    ///
+    /// Rows are read newest first a page at a time, so skipped rows do not shorten the list;
+    /// at most [`HISTORY_SCAN_PAGES`] pages, so a flood of quarantined mail into one thread
+    /// costs a bounded read per later message.
     ///
     /// # Errors
     /// [`Error::Query`].
@@ -1253,17 +1265,53 @@ impl Db {
         thread_id: &str,
         limit: i64,
     ) -> Result<Vec<String>, Error> {
-        let mut events: Vec<String> = sqlx::query_scalar(
-            "SELECT event_json FROM messages WHERE inbox_id = $1 AND thread_id = $2 \
-             ORDER BY received_at DESC, id DESC LIMIT $3",
-        )
-        .bind(inbox_id)
-        .bind(thread_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        events.reverse();
-        Ok(events)
+        let wanted = usize::try_from(limit).unwrap_or(0);
+        // Newest first: (header Message-ID, event).
+        let mut kept: Vec<(Option<String>, String)> = Vec::new();
+        let mut before = (i64::MAX, String::new());
+        for _ in 0..HISTORY_SCAN_PAGES {
+            if kept.len() >= wanted {
+                break;
+            }
+            let rows = sqlx::query(
+                "SELECT id, received_at, header_message_id, event_json FROM messages \
+                 WHERE inbox_id = $1 AND thread_id = $2 \
+                 AND (received_at < $3 OR (received_at = $3 AND id < $4)) \
+                 ORDER BY received_at DESC, id DESC LIMIT $5",
+            )
+            .bind(inbox_id)
+            .bind(thread_id)
+            .bind(before.0)
+            .bind(before.1.clone())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            let page_len = rows.len();
+            for row in rows {
+                before = (row.try_get("received_at")?, row.try_get("id")?);
+                let event: String = row.try_get("event_json")?;
+                if crate::thread::is_quarantined(&event) {
+                    continue;
+                }
+                let header_id: Option<String> = row.try_get("header_message_id")?;
+                if let Some(id) = &header_id
+                    && let Some(newer_copy) = kept
+                        .iter()
+                        .position(|(known, _)| known.as_ref() == Some(id))
+                {
+                    // This row is older: it takes the copy's place, at its own time.
+                    kept.remove(newer_copy);
+                } else if kept.len() >= wanted {
+                    continue;
+                }
+                kept.push((header_id, event));
+            }
+            if page_len < wanted {
+                break;
+            }
+        }
+        kept.reverse();
+        Ok(kept.into_iter().map(|(_, event)| event).collect())
     }
 
     /// A cheap round trip, for readiness.

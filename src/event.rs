@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::config::PayloadFormat;
 use crate::model::{Envelope, rfc3339};
-use crate::parse::{Mailbox, ParsedMessage};
+use crate::parse::{Mailbox, ParsedMessage, catch_panic};
 use crate::prompt::{self, Templates};
 use crate::thread::Thread;
 
@@ -59,8 +59,23 @@ pub struct EventContext<'a> {
 /// Builds the event. The result is stored once and sent as is (per payload format) on every
 /// attempt, so `event_id` and content are stable across retries and resends.
 pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
+    build_with_flags(ctx, parsed, None)
+}
+
+/// Builds the event with the fields verification computed (`sender_verified`,
+/// `peer_trust_tier`, `traffic_types`, `rate_limited`, `is_duplicate`, `quarantined`, `auth`,
+/// …) set over the defaults. The size cap runs once, on the finished event, so
+/// `omitted_reason` names every field left out.
+pub fn build_with_flags(
+    ctx: &EventContext<'_>,
+    parsed: &ParsedMessage,
+    flags: Option<Value>,
+) -> Value {
     let timestamp = rfc3339(ctx.received_at_ms);
-    let date = rfc3339(parsed.date_ms.unwrap_or(ctx.received_at_ms));
+    let date = parsed.date_ms.map_or_else(
+        || rfc3339(ctx.received_at_ms),
+        |ms| senders_date(ms, parsed.date_offset_s),
+    );
     let rendered = prompt::render_email(ctx.templates, parsed, &date);
     let previous = &ctx.thread.previous_emails;
     let mut prompts: Vec<&str> = previous
@@ -77,10 +92,17 @@ pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
         .first()
         .and_then(|email| email["subject"].as_str())
         .unwrap_or(subject);
-    let thread_prompt = prompt::render_thread(ctx.templates, thread_subject, &prompts);
+    let thread_prompt = prompt::render_thread(
+        ctx.templates,
+        thread_subject,
+        &prompts,
+        ctx.thread.earlier_left_out,
+    );
     let email = json!({
         "id": ctx.message_id,
         "inbox_id": ctx.agent_id,
+        // SPEC gives from_address no `|null`, so a mail without a From keeps the shape with an
+        // empty address, and `warnings` says why.
         "from_address": parsed.from.as_ref().map(mailbox_json).unwrap_or_else(|| json!({"address": "", "name": null})),
         "to_addresses": parsed.to.iter().map(mailbox_json).collect::<Vec<_>>(),
         "cc_addresses": parsed.cc.iter().map(mailbox_json).collect::<Vec<_>>(),
@@ -128,20 +150,84 @@ pub fn build(ctx: &EventContext<'_>, parsed: &ParsedMessage) -> Value {
         "warnings": parsed.warnings,
         "email": email,
     });
-    enforce_size_cap(&mut event, ctx.max_payload_bytes);
-    event
-}
-
-/// Sets the fields verification computed (`sender_verified`, `peer_trust_tier`,
-/// `traffic_types`, `rate_limited`, `is_duplicate`, `quarantined`, `auth`, …) on a built event,
-/// then applies the size cap again.
-pub fn apply_flags(event: &mut Value, flags: Value, max_payload_bytes: usize) {
-    if let (Some(event), Value::Object(flags)) = (event.as_object_mut(), flags) {
+    if let (Some(event), Some(Value::Object(flags))) = (event.as_object_mut(), flags) {
         for (key, value) in flags {
             event.insert(key, value);
         }
     }
-    enforce_size_cap(event, max_payload_bytes);
+    enforce_size_cap(&mut event, ctx.max_payload_bytes);
+    event
+}
+
+/// [`build_with_flags`], guarded: should building panic on some message (a renderer on a
+/// shape no test has seen), the event is built again from the header fields alone, with a
+/// warning naming the failure, so the message is still stored and delivered. Building runs
+/// before the `250`; a panic there would end the session with the mail never accepted.
+pub fn build_guarded(
+    ctx: &EventContext<'_>,
+    parsed: &ParsedMessage,
+    flags: Option<Value>,
+) -> Value {
+    build_or_fall_back(ctx, parsed, flags, build_with_flags)
+}
+
+fn build_or_fall_back(
+    ctx: &EventContext<'_>,
+    parsed: &ParsedMessage,
+    flags: Option<Value>,
+    builder: impl FnOnce(&EventContext<'_>, &ParsedMessage, Option<Value>) -> Value,
+) -> Value {
+    let failure = match catch_panic(|| builder(ctx, parsed, flags.clone())) {
+        Ok(event) => return event,
+        Err(failure) => failure,
+    };
+    let warning = format!(
+        "building the event failed ({failure}): bodies, attachments and the earlier emails \
+         were left out; fetch GET /v1/messages/{}/raw",
+        ctx.message_id
+    );
+    let headers_only = ParsedMessage {
+        from: parsed.from.clone(),
+        to: parsed.to.clone(),
+        cc: parsed.cc.clone(),
+        bcc: parsed.bcc.clone(),
+        reply_to: parsed.reply_to.clone(),
+        subject: parsed.subject.clone(),
+        date_ms: parsed.date_ms,
+        date_offset_s: parsed.date_offset_s,
+        message_id: parsed.message_id.clone(),
+        in_reply_to: parsed.in_reply_to.clone(),
+        references: parsed.references.clone(),
+        warnings: parsed
+            .warnings
+            .iter()
+            .cloned()
+            .chain([warning.clone()])
+            .collect(),
+        ..ParsedMessage::default()
+    };
+    let alone = Thread {
+        thread_id: ctx.thread.thread_id.clone(),
+        ..Thread::default()
+    };
+    let bare_ctx = EventContext {
+        thread: &alone,
+        ..*ctx
+    };
+    catch_panic(|| build_with_flags(&bare_ctx, &headers_only, flags.clone())).unwrap_or_else(
+        // Not even the header fields could be shown: the ids and the warning still make an
+        // event a handler can act on.
+        |_| {
+            build_with_flags(
+                &bare_ctx,
+                &ParsedMessage {
+                    warnings: vec![warning],
+                    ..ParsedMessage::default()
+                },
+                flags,
+            )
+        },
+    )
 }
 
 /// The body to POST for one endpoint.
@@ -172,15 +258,43 @@ pub fn payload_for(event: &Value, format: PayloadFormat) -> Value {
 }
 
 /// Exactly the BotMailRoom fields of an `email` object, in SPEC order.
+///
+/// BotMailRoom's client types `prompt`, `thread_prompt` and an attachment's `filename` as
+/// strings that are never null, and its handlers validate payloads against those types, so a
+/// null there (an earlier email's `thread_prompt`, a prompt left out by the size cap, an
+/// attachment without a name) is sent as `""`: what was left out is still named in
+/// `omitted_reason`, and an unnamed attachment still has its `id`.
 fn botmailroom_email(email: &Value) -> Value {
     let mut out = serde_json::Map::new();
     for field in BOTMAILROOM_FIELDS {
-        out.insert(
-            (*field).to_owned(),
-            email.get(*field).cloned().unwrap_or(Value::Null),
-        );
+        let mut value = email.get(*field).cloned().unwrap_or(Value::Null);
+        match *field {
+            "prompt" | "thread_prompt" if value.is_null() => value = json!(""),
+            "attachments" => {
+                for attachment in value.as_array_mut().into_iter().flatten() {
+                    if attachment.get("filename").is_some_and(Value::is_null) {
+                        attachment["filename"] = json!("");
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.insert((*field).to_owned(), value);
     }
     Value::Object(out)
+}
+
+/// The Date header in ISO 8601 at the sender's own offset (`2026-04-16T14:00:00.000+02:00`),
+/// the same instant as in UTC; an offset beyond a day (a broken header) falls back to UTC.
+fn senders_date(ms: i64, offset_s: Option<i32>) -> String {
+    let offset = offset_s.and_then(chrono::FixedOffset::east_opt);
+    match (chrono::DateTime::from_timestamp_millis(ms), offset) {
+        (Some(utc), Some(offset)) => utc
+            .with_timezone(&offset)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+            .to_string(),
+        _ => rfc3339(ms),
+    }
 }
 
 fn mailbox_json(mailbox: &Mailbox) -> Value {
@@ -271,11 +385,12 @@ fn enforce_size_cap(event: &mut Value, max_bytes: usize) {
             }
         }
     }
+    let message_id = event["message_id"].as_str().unwrap_or_default().to_owned();
     if let Some(object) = event.as_object_mut() {
         object.insert(
             "omitted_reason".to_owned(),
             json!(format!(
-                "payload larger than {max_bytes} bytes: left out {}; fetch GET /v1/messages/{{id}}/raw",
+                "payload larger than {max_bytes} bytes: left out {}; fetch GET /v1/messages/{message_id}/raw",
                 omitted.join(", ")
             )),
         );
@@ -288,7 +403,7 @@ mod tests {
 
     static NO_THREAD: std::sync::LazyLock<Thread> = std::sync::LazyLock::new(|| Thread {
         thread_id: "thr_1".to_owned(),
-        previous_emails: Vec::new(),
+        ..Thread::default()
     });
     static TEMPLATES: std::sync::LazyLock<Templates> = std::sync::LazyLock::new(Templates::default);
 
@@ -338,6 +453,7 @@ mod tests {
         let thread = Thread {
             thread_id: "thr_big".to_owned(),
             previous_emails: vec![json!({"id": "msg_0", "prompt": "y".repeat(30_000)})],
+            earlier_left_out: false,
         };
         let parsed =
             crate::parse::parse(b"From: a@example.org\r\nSubject: Re: big\r\n\r\nshort\r\n");
@@ -355,6 +471,114 @@ mod tests {
         assert!(thread_prompt.contains("yyyy") && thread_prompt.contains("short"));
         assert_eq!(event["email"]["extracted_text"], "short");
         assert_eq!(event["thread_id"], "thr_big");
+    }
+
+    #[test]
+    fn omitted_reason_names_every_field_left_out_with_the_flags_counted() {
+        let envelope = Envelope::default();
+        let body = "x".repeat(5_000);
+        let raw = format!("From: a@example.org\r\nSubject: big\r\n\r\n{body}\r\n");
+        let parsed = crate::parse::parse(raw.as_bytes());
+        let ctx = context(&envelope, &[], 16_384);
+        // Alone, the event fits once the two prompts are out; the verdicts added at intake
+        // push the plain text out too, and the reason must still name all three.
+        let alone = build(&ctx, &parsed);
+        let reason = alone["omitted_reason"].as_str().expect("reason");
+        assert!(
+            reason.contains("left out thread_prompt, prompt;"),
+            "{reason}"
+        );
+        let flags = json!({ "auth": { "checked": true, "reason": "v".repeat(4_000) } });
+        let flagged = build_with_flags(&ctx, &parsed, Some(flags));
+        assert!(serde_json::to_vec(&flagged).expect("json").len() <= 16_384);
+        assert!(flagged["email"]["plain_text"].is_null());
+        assert_eq!(flagged["auth"]["checked"], true);
+        let reason = flagged["omitted_reason"].as_str().expect("reason");
+        assert!(
+            reason.contains("left out thread_prompt, prompt, plain_text;"),
+            "{reason}"
+        );
+        assert!(
+            reason.ends_with("fetch GET /v1/messages/msg_1/raw"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_panic_while_building_still_gives_an_event_with_the_headers_and_a_warning() {
+        let envelope = Envelope::default();
+        let parsed = crate::parse::parse(
+            b"From: Ann <a@example.org>\r\nTo: agent@example.com\r\nSubject: boom\r\n\
+              Message-ID: <m1@example.org>\r\n\r\nbody text\r\n",
+        );
+        let flags = json!({ "quarantined": false, "peer_trust_tier": "verified" });
+        let ctx = context(&envelope, &[], 1 << 20);
+        let event = build_or_fall_back(&ctx, &parsed, Some(flags), |_, _, _| {
+            panic!("renderer exploded")
+        });
+        assert_eq!(event["type"], "mail.received");
+        assert_eq!(event["message_id"], "msg_1");
+        assert_eq!(event["thread_id"], "thr_1");
+        assert_eq!(event["peer_trust_tier"], "verified");
+        assert_eq!(event["subject"], "boom");
+        assert_eq!(event["email"]["from_address"]["address"], "a@example.org");
+        assert_eq!(event["email"]["message_id"], "m1@example.org");
+        assert!(event["email"]["plain_text"].is_null());
+        let warnings = event["warnings"].to_string();
+        assert!(
+            warnings.contains("renderer exploded") && warnings.contains("/v1/messages/msg_1/raw"),
+            "{warnings}"
+        );
+        let bmr = payload_for(&event, PayloadFormat::Botmailroom);
+        assert_eq!(
+            bmr.as_object().map(serde_json::Map::len),
+            Some(BOTMAILROOM_FIELDS.len())
+        );
+    }
+
+    #[test]
+    fn a_mail_without_from_keeps_the_address_shape_and_says_why_it_is_empty() {
+        let envelope = Envelope::default();
+        let parsed =
+            crate::parse::parse(b"To: agent@example.com\r\nSubject: anonymous\r\n\r\nhi\r\n");
+        let event = build(&context(&envelope, &[], 1 << 20), &parsed);
+        // SPEC marks the fields that may be null; from_address is not one of them.
+        assert_eq!(
+            event["email"]["from_address"],
+            json!({ "address": "", "name": null })
+        );
+        assert!(event["sender"].is_null());
+        let warnings = event["warnings"].as_array().expect("warnings");
+        assert!(warnings.contains(&json!("no From address")), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_date_keeps_the_senders_offset() {
+        let envelope = Envelope::default();
+        for (header, expected) in [
+            (
+                "Thu, 16 Apr 2026 14:00:00 +0200",
+                "2026-04-16T14:00:00.000+02:00",
+            ),
+            (
+                "Thu, 16 Apr 2026 07:30:00 -0430",
+                "2026-04-16T07:30:00.000-04:30",
+            ),
+            (
+                "Thu, 16 Apr 2026 12:00:00 +0000",
+                "2026-04-16T12:00:00.000+00:00",
+            ),
+        ] {
+            let raw = format!("From: a@example.org\r\nDate: {header}\r\n\r\nhi\r\n");
+            let parsed = crate::parse::parse(raw.as_bytes());
+            let event = build(&context(&envelope, &[], 1 << 20), &parsed);
+            assert_eq!(event["email"]["date"], expected, "{header}");
+            let prompt = event["email"]["prompt"].as_str().expect("prompt");
+            assert!(
+                prompt.contains(&format!("**Date:** {expected}")),
+                "{prompt}"
+            );
+        }
     }
 
     #[test]

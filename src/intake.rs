@@ -158,7 +158,7 @@ impl Intake {
     /// Makes one received message durable for every inbox among its recipients.
     pub async fn accept(&self, envelope: &Envelope, raw: &[u8]) -> Outcome {
         let received_at = now_ms();
-        let parsed = crate::parse::parse(raw);
+        let parsed = crate::parse::parse_guarded(raw);
         let thread_keys = thread::keys(&parsed);
         let verdict = match &self.checks {
             Some(checks) => checks.verifier.verify(envelope, raw).await,
@@ -229,7 +229,12 @@ impl Intake {
                     };
                 }
             };
-            let mut event = event::build(
+            let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
+            let (flags, fingerprint) = match flags {
+                Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
+                None => (None, None),
+            };
+            let event = event::build_guarded(
                 &EventContext {
                     event_id: &event_id,
                     message_id: &message_id,
@@ -245,13 +250,8 @@ impl Intake {
                     templates: &self.templates,
                 },
                 &parsed,
+                flags,
             );
-            let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
-            let mut fingerprint = None;
-            if let Some(flags) = flags {
-                event::apply_flags(&mut event, flags.flags, self.max_payload_bytes);
-                fingerprint = Some(flags.fingerprint);
-            }
             let deliveries = if quarantined {
                 Vec::new()
             } else {
@@ -334,17 +334,14 @@ impl Intake {
         let Some(thread_id) = thread::resolve(keys, &candidates, &own_addresses) else {
             return Ok(Thread {
                 thread_id: new_id("thr"),
-                previous_emails: Vec::new(),
+                ..Thread::default()
             });
         };
         let history = self
             .db
-            .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS)
+            .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS + 1)
             .await?;
-        Ok(Thread {
-            previous_emails: thread::previous_emails(&history),
-            thread_id,
-        })
+        Ok(thread::from_history(thread_id, &history))
     }
 
     /// The flags of one inbox's copy, or the reason its policy rejects the message.

@@ -33,15 +33,19 @@ pub struct ParsedMessage {
     pub subject: Option<String>,
     /// The Date header in ms since the epoch, when present and valid.
     pub date_ms: Option<i64>,
+    /// The Date header's offset from UTC in seconds, so the date can be shown as the sender
+    /// wrote it (their local time says more to an agent than the same instant in UTC).
+    pub date_offset_s: Option<i32>,
     /// The Message-ID header, without angle brackets.
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
     pub references: Vec<String>,
-    /// The first text/plain body part, decoded to UTF-8.
+    /// The text/plain body parts, decoded to UTF-8 and joined in order.
     pub plain_text: Option<String>,
     /// The first text/html body part, decoded to UTF-8.
     pub html: Option<String>,
-    /// Text rendering of the body for prompts: plain text, or the HTML converted to markdown.
+    /// Text rendering of the body for prompts: plain text, or the HTML converted to markdown
+    /// when there is no plain text or it is blank.
     pub body_as_text: Option<String>,
     /// True when `plain_text` and `html` are the two sides of one multipart/alternative.
     pub alternative_content: bool,
@@ -93,13 +97,28 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
     if date_ms.is_none() {
         warnings.push("no valid Date header".to_owned());
     }
-
-    let plain_index = message.text_body.iter().copied().find(|&idx| {
-        matches!(
-            message.parts.get(idx as usize).map(|p| &p.body),
-            Some(PartType::Text(_))
-        )
+    let date_offset_s = message.date().filter(|_| date_ms.is_some()).map(|date| {
+        let magnitude = i32::from(date.tz_hour) * 3600 + i32::from(date.tz_minute) * 60;
+        if date.tz_before_gmt {
+            -magnitude
+        } else {
+            magnitude
+        }
     });
+
+    // Every text/plain body part, in order: Apple Mail splits the text around inline images
+    // into several parts, and the first alone would lose the rest of what was written.
+    let plain_parts: Vec<(u32, &str)> = message
+        .text_body
+        .iter()
+        .filter_map(
+            |&idx| match message.parts.get(idx as usize).map(|p| &p.body) {
+                Some(PartType::Text(text)) => Some((idx, text.as_ref())),
+                _ => None,
+            },
+        )
+        .collect();
+    let plain_index = plain_parts.first().map(|&(idx, _)| idx);
     let html_index = message.html_body.iter().copied().find(|&idx| {
         matches!(
             message.parts.get(idx as usize).map(|p| &p.body),
@@ -111,12 +130,16 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
             .and_then(|part| part.text_contents())
             .map(str::to_owned)
     };
-    let plain_text = part_text(plain_index);
+    let plain_text = (!plain_parts.is_empty()).then(|| join_parts(&plain_parts));
     let html = part_text(html_index);
-    // HTML-only mail becomes markdown, so links, lists, tables and quotes survive for the prompt.
+    // HTML-only mail becomes markdown, so links, lists, tables and quotes survive for the
+    // prompt; so does mail whose text part is blank (some clients send an empty one beside
+    // the HTML that holds the content).
     let body_as_text = plain_text
         .clone()
+        .filter(|text| !text.trim().is_empty())
         .or_else(|| html.as_deref().map(crate::prompt::html::to_markdown))
+        .or_else(|| plain_text.clone())
         .or_else(|| message.body_text(0).map(|text| text.into_owned()));
     if message.parts.iter().any(|part| part.is_encoding_problem) {
         warnings.push("a body part could not be decoded as declared".to_owned());
@@ -136,6 +159,7 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         reply_to: message.reply_to().map(mailboxes).unwrap_or_default(),
         subject: message.subject().map(str::to_owned),
         date_ms,
+        date_offset_s,
         message_id: message.message_id().map(str::to_owned),
         in_reply_to: text_values(message.in_reply_to()).into_iter().next(),
         references: text_values(message.references()),
@@ -148,6 +172,114 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         body_as_text,
         attachments: attachments(&message),
         warnings,
+    }
+}
+
+/// Text parts joined in order, each starting on a line of its own.
+fn join_parts(parts: &[(u32, &str)]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|(_, text)| text.len() + 1).sum());
+    for (_, text) in parts {
+        if !joined.is_empty() && !joined.ends_with('\n') {
+            joined.push('\n');
+        }
+        joined.push_str(text);
+    }
+    joined
+}
+
+/// [`parse`], guarded: should the parser panic on some input, the plain header fields are read
+/// by hand instead and a warning names the failure, so the message is still stored and
+/// delivered (parsing runs before the `250`; a panic there would end the session unanswered).
+pub fn parse_guarded(raw: &[u8]) -> ParsedMessage {
+    parse_with(raw, parse)
+}
+
+fn parse_with(raw: &[u8], parser: impl FnOnce(&[u8]) -> ParsedMessage) -> ParsedMessage {
+    catch_panic(|| parser(raw)).unwrap_or_else(|failure| {
+        let mut parsed = headers_only(raw);
+        parsed.warnings.push(format!(
+            "parsing failed ({failure}): only the plain header fields were read; the raw \
+             message is stored"
+        ));
+        parsed
+    })
+}
+
+/// Runs `work`, turning a panic into its message.
+pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned())
+    })
+}
+
+/// The From, To, Cc, Subject and threading headers, read without the MIME parser: unfolded,
+/// undecoded (encoded words stay as sent), addresses taken from `<…>` where present.
+fn headers_only(raw: &[u8]) -> ParsedMessage {
+    let header_end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let text = String::from_utf8_lossy(raw.get(..header_end).unwrap_or(raw));
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let bare_id = |id: &str| id.trim().trim_matches(|c| c == '<' || c == '>').to_owned();
+    let addresses = |name: &str| -> Vec<Mailbox> {
+        field(name)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| {
+                let address = match (entry.rfind('<'), entry.rfind('>')) {
+                    (Some(open), Some(close)) if open < close => entry.get(open + 1..close),
+                    _ => Some(entry),
+                }?
+                .trim();
+                address.contains('@').then(|| Mailbox {
+                    address: address.to_owned(),
+                    name: None,
+                })
+            })
+            .collect()
+    };
+    let from = addresses("from").into_iter().next();
+    ParsedMessage {
+        warnings: if from.is_none() {
+            vec!["no From address".to_owned()]
+        } else {
+            Vec::new()
+        },
+        from,
+        to: addresses("to"),
+        cc: addresses("cc"),
+        reply_to: addresses("reply-to"),
+        subject: field("subject").map(str::to_owned),
+        message_id: field("message-id").map(bare_id),
+        in_reply_to: field("in-reply-to").map(bare_id),
+        references: field("references")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(bare_id)
+            .collect(),
+        ..ParsedMessage::default()
     }
 }
 

@@ -30,7 +30,7 @@ const PROMPT_FIELDS: &[&str] = &[
     "extracted_text",
     "attachments",
 ];
-const THREAD_FIELDS: &[&str] = &["subject", "count", "emails"];
+const THREAD_FIELDS: &[&str] = &["subject", "count", "emails", "earlier_left_out"];
 const ENTRY_FIELDS: &[&str] = &["position", "count", "prompt"];
 
 #[derive(Debug, thiserror::Error)]
@@ -175,8 +175,14 @@ pub fn render_email(templates: &Templates, parsed: &ParsedMessage, date: &str) -
     }
 }
 
-/// Renders a thread from the prompts of its emails, oldest first (the current mail last).
-pub fn render_thread(templates: &Templates, subject: &str, prompts: &[&str]) -> String {
+/// Renders a thread from the prompts of its emails, oldest first (the current mail last);
+/// `earlier_left_out` when the thread has older emails than these.
+pub fn render_thread(
+    templates: &Templates,
+    subject: &str,
+    prompts: &[&str],
+    earlier_left_out: bool,
+) -> String {
     let count = prompts.len().to_string();
     let emails = prompts
         .iter()
@@ -200,7 +206,15 @@ pub fn render_thread(templates: &Templates, subject: &str, prompts: &[&str]) -> 
     };
     let mut out = render(
         &templates.thread_prompt.source,
-        &[("subject", subject), ("count", &count), ("emails", &emails)],
+        &[
+            ("subject", subject),
+            ("count", &count),
+            ("emails", &emails),
+            (
+                "earlier_left_out",
+                if earlier_left_out { "yes" } else { "" },
+            ),
+        ],
     );
     out.truncate(out.trim_end().len());
     out.push('\n');

@@ -24,6 +24,9 @@ pub struct Thread {
     pub thread_id: String,
     /// The earlier emails, oldest first, at most [`MAX_PREVIOUS_EMAILS`].
     pub previous_emails: Vec<Value>,
+    /// The thread has emails older than `previous_emails` that the event leaves out, so the
+    /// thread prompt must not read as the whole conversation.
+    pub earlier_left_out: bool,
 }
 
 /// What a new message offers for finding its thread.
@@ -162,6 +165,32 @@ fn without_tag(address: &str) -> String {
             format!("{local}@{domain}")
         }
         None => address.to_owned(),
+    }
+}
+
+/// True when a stored event is of a message its inbox's policy quarantined: it is kept for
+/// review but never shown to an agent, so it is no earlier email of a later one.
+pub fn is_quarantined(stored_event: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flags {
+        #[serde(default)]
+        quarantined: bool,
+    }
+    // Only the flag is read; the rest of the event is skipped without being built.
+    serde_json::from_str::<Flags>(stored_event).is_ok_and(|flags| flags.quarantined)
+}
+
+/// The thread as an event reports it, from the stored events of its newest earlier emails,
+/// oldest first: up to [`MAX_PREVIOUS_EMAILS`] of them, plus one more when the thread has it,
+/// which is not shown but tells that older emails were left out.
+pub fn from_history(thread_id: String, stored_events: &[String]) -> Thread {
+    let shown_from = stored_events
+        .len()
+        .saturating_sub(usize::try_from(MAX_PREVIOUS_EMAILS).unwrap_or(usize::MAX));
+    Thread {
+        thread_id,
+        previous_emails: previous_emails(stored_events.get(shown_from..).unwrap_or_default()),
+        earlier_left_out: shown_from > 0,
     }
 }
 

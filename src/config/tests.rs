@@ -124,6 +124,11 @@ fn errors_name_the_key() {
         &[],
         "delivery.max_in_flight_per_endpoint",
     );
+    check_error(
+        "[delivery]\nmax_payload_bytes = 4095\n",
+        &[],
+        "delivery.max_payload_bytes",
+    );
 }
 
 #[test]

@@ -79,6 +79,74 @@ Content-Type: text/html\r\n\r\n<p>Only <b>html</b></p>\r\n";
 }
 
 #[test]
+fn a_blank_text_part_gives_way_to_the_html_in_the_prompt_text() {
+    let raw = b"From: a@example.org\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+Content-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\n \r\n\t\r\n\
+--b\r\nContent-Type: text/html\r\n\r\n<p>The <b>real</b> content</p>\r\n--b--\r\n";
+    let parsed = parse(raw);
+    // The fields stay what the mail holds; only the text the prompt shows changes.
+    assert!(
+        parsed
+            .plain_text
+            .as_deref()
+            .is_some_and(|text| text.trim().is_empty())
+    );
+    assert!(parsed.alternative_content);
+    let text = parsed.body_as_text.expect("body text");
+    assert!(
+        text.contains("The **real** content") && !text.contains("<p>"),
+        "{text}"
+    );
+}
+
+#[test]
+fn text_parts_split_around_inline_images_are_joined_in_order() {
+    // Apple Mail's shape: the text before an inline picture, the picture, the text after it.
+    let raw = b"From: a@example.org\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nBefore the picture.\r\n\
+--m\r\nContent-Type: image/png; name=chart.png\r\nContent-Disposition: inline; filename=chart.png\r\n\
+Content-Transfer-Encoding: base64\r\nContent-Id: <chart@a>\r\n\r\niVBORw0KGgo=\r\n\
+--m\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nAfter the picture.\r\n--m--\r\n";
+    let parsed = parse(raw);
+    let text = parsed.plain_text.as_deref().expect("plain text");
+    assert_eq!(text, "Before the picture.\nAfter the picture.");
+    assert_eq!(parsed.body_as_text.as_deref(), Some(text));
+    assert_eq!(parsed.attachments.len(), 1, "{:?}", parsed.attachments);
+    assert_eq!(parsed.attachments[0].content_id.as_deref(), Some("chart@a"));
+}
+
+#[test]
+fn a_parser_panic_falls_back_to_the_plain_headers_with_a_warning() {
+    let raw = b"From: \"Ann\" <ann@example.org>\r\nTo: agent@example.com, Bo <bo@example.net>\r\n\
+Subject: folded\r\n subject\r\nMessage-ID: <m1@example.org>\r\nIn-Reply-To: <m0@example.org>\r\n\
+References: <r@example.org>\r\n <m0@example.org>\r\n\r\nFrom: not a header\r\n";
+    let parsed = parse_with(raw, |_| panic!("parser exploded"));
+    assert_eq!(
+        parsed.from.as_ref().map(|from| from.address.as_str()),
+        Some("ann@example.org")
+    );
+    let to: Vec<&str> = parsed.to.iter().map(|to| to.address.as_str()).collect();
+    assert_eq!(to, ["agent@example.com", "bo@example.net"]);
+    assert_eq!(parsed.subject.as_deref(), Some("folded subject"));
+    assert_eq!(parsed.message_id.as_deref(), Some("m1@example.org"));
+    assert_eq!(parsed.in_reply_to.as_deref(), Some("m0@example.org"));
+    assert_eq!(parsed.references, ["r@example.org", "m0@example.org"]);
+    assert_eq!(parsed.plain_text, None);
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("parser exploded")),
+        "{:?}",
+        parsed.warnings
+    );
+    // Without a panic the guard changes nothing.
+    assert_eq!(parse_guarded(raw), parse(raw));
+}
+
+#[test]
 fn garbage_and_empty_input_never_fail() {
     for raw in [
         &b""[..],

@@ -152,11 +152,17 @@ fn templates_render_and_validate() {
         rendered.prompt,
         "**From:** Jane <jane@example.org>\n**To:** agent@example.com\n**Date:** 2026-04-16T12:00:00.000+00:00\n**Subject:** Hi\n\nHello {{body}}\n"
     );
-    let thread = render_thread(&Templates::default(), "Hi", &["first", "second"]);
+    let thread = render_thread(&Templates::default(), "Hi", &["first", "second"], false);
     assert!(thread.starts_with("# Thread: Hi\n"), "{thread}");
     assert!(
         thread.contains("## Email 1 of 2\n\nfirst\n\n---\n\n## Email 2 of 2\n\nsecond"),
         "{thread}"
+    );
+    assert!(!thread.contains("left out"), "{thread}");
+    let cut = render_thread(&Templates::default(), "Hi", &["first", "second"], true);
+    assert!(
+        cut.contains("\nOlder emails of this thread are left out: only the newest 2 are shown"),
+        "{cut}"
     );
 
     assert!(Templates::from_sources(None, None, None).is_ok());

@@ -95,3 +95,21 @@ fn previous_emails_are_email_objects_without_their_own_thread() {
     assert!(emails[0]["previous_emails"].is_null());
     assert!(emails[1]["thread_prompt"].is_null());
 }
+
+#[test]
+fn a_longer_history_than_shown_is_marked_as_left_out() {
+    let stored: Vec<String> = (0..=MAX_PREVIOUS_EMAILS)
+        .map(|n| format!(r#"{{"email":{{"id":"msg_{n}","prompt":"p{n}"}}}}"#))
+        .collect();
+    let thread = from_history("thr_1".to_owned(), &stored);
+    assert!(thread.earlier_left_out);
+    assert_eq!(thread.previous_emails.len(), 20);
+    // The oldest one read only tells that there were more; the newest are shown.
+    assert_eq!(thread.previous_emails[0]["id"], "msg_1");
+    assert_eq!(thread.previous_emails[19]["id"], "msg_20");
+
+    let thread = from_history("thr_1".to_owned(), &stored[1..]);
+    assert!(!thread.earlier_left_out);
+    assert_eq!(thread.previous_emails.len(), 20);
+    assert_eq!(thread.previous_emails[0]["id"], "msg_1");
+}

@@ -115,6 +115,12 @@ async fn lettre_message_arrives_signed_with_every_field() {
     let message_id = event["message_id"].as_str().expect("message id");
     assert_eq!(event["s3_key"], format!("inbound/agent/{message_id}.eml"));
     assert_eq!(event["auth"]["checked"], false);
+    assert_eq!(event["traffic_types"], serde_json::json!(["human"]));
+    assert_eq!(event["remote_ip"], "127.0.0.1");
+    assert_eq!(event["warnings"], serde_json::json!([]));
+    assert_eq!(event["extracted_text"], "Plain body line");
+    let thread_id = event["thread_id"].as_str().expect("thread id");
+    assert!(thread_id.starts_with("thr_"), "{thread_id}");
 
     let email = &event["email"];
     assert_eq!(email["id"], event["message_id"]);
@@ -146,9 +152,15 @@ async fn lettre_message_arrives_signed_with_every_field() {
     assert_eq!(email["in_reply_to_id"], serde_json::Value::Null);
     assert_eq!(email["references"], serde_json::Value::Null);
     assert_eq!(email["previous_emails"], serde_json::Value::Null);
+    assert_eq!(email["thread_id"], thread_id);
+    assert_eq!(email["extracted_text"], "Plain body line");
+    assert_eq!(email["attachments"].as_array().map(Vec::len), Some(1));
     let attachment = &email["attachments"][0];
+    assert_eq!(attachment["id"], "att_0");
     assert_eq!(attachment["filename"], "notes.txt");
     assert_eq!(attachment["content_type"], "text/plain");
+    assert_eq!(attachment["content_encoding"], "7bit");
+    assert_eq!(attachment["content_id"], serde_json::Value::Null);
     assert_eq!(attachment["size"], 13);
     let prompt = email["prompt"].as_str().expect("prompt");
     assert!(
@@ -188,7 +200,17 @@ async fn lettre_message_arrives_signed_with_every_field() {
     )
     .expect("stored file");
     assert_eq!(raw, on_disk);
-    assert!(String::from_utf8_lossy(&raw).contains("Subject: "));
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.contains("Subject: "));
+    // email.date is the Date header lettre wrote, as the same instant in ISO 8601.
+    let date_header = raw
+        .lines()
+        .find_map(|line| line.strip_prefix("Date: "))
+        .expect("lettre writes a Date header");
+    let sent = chrono::DateTime::parse_from_rfc2822(date_header.trim()).expect("RFC 2822 date");
+    let date = chrono::DateTime::parse_from_rfc3339(email["date"].as_str().expect("date"))
+        .expect("ISO 8601 date");
+    assert_eq!(date, sent, "{date_header}");
 }
 
 #[tokio::test]

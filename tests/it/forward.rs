@@ -112,7 +112,7 @@ fn sample_event(raw: &[u8]) -> serde_json::Value {
             max_payload_bytes: 1 << 20,
             thread: &mxhook::thread::Thread {
                 thread_id: "thr_forward".to_owned(),
-                previous_emails: Vec::new(),
+                ..Default::default()
             },
             templates: &mxhook::prompt::Templates::default(),
         },

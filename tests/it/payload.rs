@@ -113,6 +113,132 @@ fn check_valid(name: &str, event: &Value, max_payload_bytes: usize) {
     let mut expected = BOTMAILROOM_FIELDS.to_vec();
     expected.sort_unstable();
     assert_eq!(keys, expected, "{name}: botmailroom fields");
+    check_botmailroom_types(
+        name,
+        &botmailroom,
+        event.get("omitted_reason").is_some(),
+        false,
+    );
+}
+
+/// The JSON type of every BotMailRoom field, as a BotMailRoom handler reads it: a wrong type
+/// breaks a typed handler as surely as a missing key.
+#[track_caller]
+fn check_botmailroom_types(name: &str, email: &Value, omitted: bool, nested: bool) {
+    let string_or_null = |field: &str| {
+        assert!(
+            email[field].is_string() || email[field].is_null(),
+            "{name}: {field} is {}",
+            email[field]
+        );
+    };
+    for field in ["id", "inbox_id", "subject", "date", "timestamp"] {
+        assert!(
+            email[field].is_string(),
+            "{name}: {field} is {}",
+            email[field]
+        );
+    }
+    for field in ["plain_text", "html", "message_id", "in_reply_to_id"] {
+        string_or_null(field);
+    }
+    // BotMailRoom's client types these as `str`, never null: a null fails its validation.
+    for field in ["prompt", "thread_prompt"] {
+        let text = email[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {field} is {}", email[field]));
+        assert!(
+            omitted || nested || !text.is_empty(),
+            "{name}: {field} empty"
+        );
+    }
+    assert!(email["alternative_content"].is_boolean(), "{name}");
+    let address = |value: &Value, what: &str| {
+        let object = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: {what} is {value}"));
+        assert!(object["address"].is_string(), "{name}: {what}: {value}");
+        assert!(
+            object["name"].is_string() || object["name"].is_null(),
+            "{name}: {what}: {value}"
+        );
+        assert_eq!(object.len(), 2, "{name}: {what}: {value}");
+    };
+    address(&email["from_address"], "from_address");
+    for list in [
+        "to_addresses",
+        "cc_addresses",
+        "bcc_addresses",
+        "reply_to_addresses",
+    ] {
+        let entries = email[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {list} is {}", email[list]));
+        for entry in entries {
+            address(entry, list);
+        }
+    }
+    match &email["references"] {
+        Value::Null => {}
+        Value::Array(ids) => assert!(
+            !ids.is_empty() && ids.iter().all(Value::is_string),
+            "{name}: references {ids:?}"
+        ),
+        other => panic!("{name}: references is {other}"),
+    }
+    for attachment in email["attachments"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: attachments is {}", email["attachments"]))
+    {
+        let object = attachment.as_object().expect("attachment object");
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "content_encoding",
+                "content_id",
+                "content_type",
+                "filename",
+                "id",
+                "size"
+            ],
+            "{name}: {attachment}"
+        );
+        for field in ["id", "filename", "content_type"] {
+            assert!(object[field].is_string(), "{name}: {attachment}");
+        }
+        for field in ["content_encoding", "content_id"] {
+            assert!(
+                object[field].is_string() || object[field].is_null(),
+                "{name}: {attachment}"
+            );
+        }
+        assert!(object["size"].is_u64(), "{name}: {attachment}");
+    }
+    match &email["previous_emails"] {
+        Value::Null => {}
+        Value::Array(previous) => {
+            assert!(!previous.is_empty(), "{name}: empty previous_emails");
+            for earlier in previous {
+                // Each earlier email is the same shape, without a thread of its own.
+                assert!(earlier["previous_emails"].is_null(), "{name}: {earlier}");
+                assert_eq!(earlier["thread_prompt"], "", "{name}: {earlier}");
+                let mut keys: Vec<&str> = earlier
+                    .as_object()
+                    .expect("earlier email object")
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                keys.sort_unstable();
+                let mut expected = BOTMAILROOM_FIELDS.to_vec();
+                expected.sort_unstable();
+                assert_eq!(keys, expected, "{name}: earlier email fields");
+                check_botmailroom_types(&format!("{name} (earlier email)"), earlier, true, true);
+            }
+        }
+        other => panic!("{name}: previous_emails is {other}"),
+    }
 }
 
 /// CPython's email test messages, from the Python installed here.
@@ -220,6 +346,7 @@ fn every_corpus_message_gives_a_valid_event_alone_and_in_a_thread() {
         let thread = Thread {
             thread_id: "thr_corpus".to_owned(),
             previous_emails: previous.take().into_iter().collect(),
+            ..Thread::default()
         };
         let in_thread = build(&raw, &thread, 10 << 20);
         check_valid(&name, &in_thread, 10 << 20);
@@ -340,11 +467,137 @@ fn fixture_events_match_their_snapshots() {
         let raw = std::fs::read(path).expect("fixture");
         let thread = Thread {
             thread_id: "thr_fixed".to_owned(),
-            previous_emails: Vec::new(),
+            ..Thread::default()
         };
         let event = build(&raw, &thread, 10 << 20);
         insta::assert_json_snapshot!(event);
     });
+}
+
+/// The BotMailRoom payload (`payload = "botmailroom"`) of a plain mail, a mail with an
+/// attachment, and a reply carrying its thread: the exact body a BotMailRoom handler receives.
+#[test]
+fn botmailroom_payloads_match_their_snapshots() {
+    let fixture = |name: &str| {
+        std::fs::read(crate::support::repo_path(&format!("fixtures/eml/{name}"))).expect("fixture")
+    };
+    let alone = Thread {
+        thread_id: "thr_fixed".to_owned(),
+        ..Thread::default()
+    };
+    for name in ["plain_text.eml", "multipart_mixed_attachment.eml"] {
+        let event = build(&fixture(name), &alone, 10 << 20);
+        insta::assert_json_snapshot!(
+            format!("botmailroom_{}", name.trim_end_matches(".eml")),
+            event::payload_for(&event, PayloadFormat::Botmailroom)
+        );
+    }
+
+    // A reply after two earlier emails, as intake hands them over: each the stored `email`
+    // without a thread of its own.
+    let earlier: Vec<Value> = [
+        &b"From: Jane <jane@client.example>\r\nTo: agent@example.com\r\nSubject: Launch plan\r\n\
+Date: Thu, 16 Apr 2026 09:00:00 +0200\r\nMessage-ID: <plan-1@client.example>\r\n\r\n\
+Shall we launch on Monday?\r\n"[..],
+        b"From: Bob <bob@client.example>\r\nTo: agent@example.com\r\nCc: jane@client.example\r\n\
+Subject: Re: Launch plan\r\nDate: Thu, 16 Apr 2026 10:30:00 +0200\r\n\
+Message-ID: <plan-2@client.example>\r\nIn-Reply-To: <plan-1@client.example>\r\n\
+References: <plan-1@client.example>\r\n\r\nMonday works.\r\n\r\n\
+On Thu, 16 Apr 2026 at 09:00, Jane <jane@client.example> wrote:\r\n> Shall we launch on Monday?\r\n",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(position, raw)| {
+        let mut email = build(raw, &alone, 10 << 20)["email"].clone();
+        email["id"] = format!("msg_earlier_{position}").into();
+        email["previous_emails"] = Value::Null;
+        email["thread_prompt"] = Value::Null;
+        email
+    })
+    .collect();
+    let thread = Thread {
+        thread_id: "thr_fixed".to_owned(),
+        previous_emails: earlier,
+        earlier_left_out: false,
+    };
+    let reply = b"From: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
+Subject: Re: Launch plan\r\nDate: Thu, 16 Apr 2026 11:00:00 +0200\r\n\
+Message-ID: <plan-3@client.example>\r\nIn-Reply-To: <plan-2@client.example>\r\n\
+References: <plan-1@client.example> <plan-2@client.example>\r\n\r\nGreat, Monday it is.\r\n";
+    let event = build(reply, &thread, 10 << 20);
+    check_valid("threaded reply", &event, 10 << 20);
+    insta::assert_json_snapshot!(
+        "botmailroom_threaded_reply",
+        event::payload_for(&event, PayloadFormat::Botmailroom)
+    );
+}
+
+/// Past `delivery.max_payload_bytes` the webhook still arrives, its bodies left out and named
+/// in `omitted_reason`, which points at the raw message; that serves the bytes sent, exactly.
+#[tokio::test]
+async fn an_event_over_the_payload_cap_arrives_without_its_bodies_and_the_raw_mail_stays_whole() {
+    use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver};
+
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
+        "[delivery]\n",
+        "[delivery]\nmax_payload_bytes = 4096\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
+    let gateway = TestGateway::start_with(dir, config).await;
+
+    let paragraph = "The quarterly numbers are attached below in full detail. ".repeat(40);
+    let html = format!("<p>{paragraph}</p>").repeat(5);
+    let text = format!("{paragraph}\r\n").repeat(5);
+    let raw = format!(
+        "From: Big Sender <big@sender.example>\r\nTo: agent@example.com\r\nSubject: large\r\n\
+         Message-ID: <large-1@sender.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=b\r\n\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\
+         --b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--b--\r\n"
+    )
+    .into_bytes();
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, reply) = client
+        .send_message("big@sender.example", &["agent@example.com"], &raw)
+        .await;
+    assert_eq!(code, 250, "{reply}");
+
+    let request = receiver.recv().await;
+    assert!(request.body.len() <= 4096, "{} bytes", request.body.len());
+    let event = request.json();
+    let message_id = event["message_id"].as_str().expect("message id");
+    let reason = event["omitted_reason"].as_str().expect("omitted_reason");
+    let email = &event["email"];
+    for field in [
+        "html",
+        "thread_prompt",
+        "prompt",
+        "plain_text",
+        "extracted_text",
+    ] {
+        assert!(email[field].is_null(), "email.{field} kept: {event}");
+        assert!(reason.contains(field), "{field} not named: {reason}");
+    }
+    assert!(event["extracted_text"].is_null(), "{event}");
+    assert!(
+        reason.ends_with(&format!("fetch GET /v1/messages/{message_id}/raw")),
+        "{reason}"
+    );
+    // What is small stays, so a handler can still route the mail.
+    assert_eq!(event["subject"], "large");
+    assert_eq!(email["from_address"]["address"], "big@sender.example");
+    assert_eq!(email["message_id"], "large-1@sender.example");
+
+    let (status, stored) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stored, raw);
+    gateway.stop().await;
 }
 
 /// `templates.dir` replaces the embedded prompt templates (a file left out keeps its default),
