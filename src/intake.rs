@@ -5,7 +5,8 @@
 //! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
 //! bytes are durable in the store and the database commit that holds the event and its jobs has
 //! returned. Any failure undoes what was stored and returns [`Outcome::TempFail`], which the SMTP
-//! session turns into `451 4.3.0` so the sender retries.
+//! session turns into `451 4.3.0` so the sender retries; a commit error is first checked against
+//! the database, since a commit whose reply was lost may have happened.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -258,6 +259,9 @@ impl Intake {
                 self.deliveries_for(inbox_id, &event)
             };
 
+            // Undone even when its put failed: an S3 PUT that timed out or lost its connection
+            // may have been stored anyway, and nothing else will ever point at this fresh key.
+            stored_keys.push(key.clone());
             if let Err(err) = self.store.put(&key, raw).await {
                 tracing::error!(error = %err, key, "storing raw message failed");
                 self.undo(&stored_keys).await;
@@ -265,7 +269,6 @@ impl Intake {
                     reason: "storage unavailable".to_owned(),
                 };
             }
-            stored_keys.push(key.clone());
             messages.push(NewMessage {
                 id: message_id,
                 inbox_id: inbox_id.to_owned(),
@@ -298,13 +301,37 @@ impl Intake {
         let message_ids: Vec<String> = messages.iter().map(|message| message.id.clone()).collect();
         if let Err(err) = self.db.commit_accepted(messages).await {
             tracing::error!(error = %err, "committing accepted message failed");
-            self.undo(&stored_keys).await;
-            return Outcome::TempFail {
-                reason: "database unavailable".to_owned(),
-            };
+            return self.after_failed_commit(message_ids, &stored_keys).await;
         }
         self.dispatcher_wakeup.notify_waiters();
         Outcome::Accepted { message_ids }
+    }
+
+    /// What a commit that reported an error amounts to. It may be durable anyway, as when the
+    /// connection was lost during `COMMIT` (the rows of one transaction are all there or none
+    /// is): then the message is accepted. Deleting the objects of a committed message would
+    /// leave its event pointing at nothing, so they are undone only when the database says
+    /// plainly that the rows are absent, and kept when it cannot say: an orphan object is
+    /// harmless, a missing one is loss.
+    async fn after_failed_commit(&self, message_ids: Vec<String>, keys: &[String]) -> Outcome {
+        let lookup = match message_ids.first() {
+            Some(first) => self.db.get_message(first).await,
+            None => Ok(None),
+        };
+        match lookup {
+            Ok(Some(_)) => {
+                tracing::warn!(?message_ids, "the failed commit was durable after all");
+                self.dispatcher_wakeup.notify_waiters();
+                return Outcome::Accepted { message_ids };
+            }
+            Ok(None) => self.undo(keys).await,
+            Err(err) => {
+                tracing::warn!(error = %err, ?keys, "cannot tell whether the commit happened; objects kept");
+            }
+        }
+        Outcome::TempFail {
+            reason: "database unavailable".to_owned(),
+        }
     }
 
     /// The thread the message continues in this inbox (with its newest earlier emails), or a
@@ -501,6 +528,8 @@ impl Intake {
         let deliveries = self.deliveries_for(inbox_id, &event);
         if let Err(err) = self.store.put(&key, raw).await {
             tracing::error!(error = %err, key, "storing provider payload failed");
+            // As for mail: the failed put may have been stored anyway.
+            self.undo(std::slice::from_ref(&key)).await;
             return Outcome::TempFail {
                 reason: "storage unavailable".to_owned(),
             };
@@ -531,10 +560,9 @@ impl Intake {
         let message_id = message.id.clone();
         if let Err(err) = self.db.commit_accepted(vec![message]).await {
             tracing::error!(error = %err, "committing provider event failed");
-            self.undo(std::slice::from_ref(&key)).await;
-            return Outcome::TempFail {
-                reason: "database unavailable".to_owned(),
-            };
+            return self
+                .after_failed_commit(vec![message_id], std::slice::from_ref(&key))
+                .await;
         }
         self.dispatcher_wakeup.notify_waiters();
         Outcome::Accepted {

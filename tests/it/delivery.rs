@@ -593,3 +593,287 @@ async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_in
     );
     gateway.stop().await;
 }
+
+/// Every file under `root` whose name ends with one of `suffixes` (`.eml`, `.tmp`), recursively.
+pub(crate) fn files_ending_with(
+    root: &std::path::Path,
+    suffixes: &[&str],
+) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if suffixes
+                .iter()
+                .any(|suffix| path.to_string_lossy().ends_with(suffix))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Makes every insert into `messages` of the gateway's database fail (`refuse = true`), or
+/// lifts that again, from outside the gateway, with a trigger on whichever backend it runs.
+async fn refuse_message_inserts(database_url: &str, refuse: bool) {
+    use sqlx::Executor as _;
+    let statements: &[&str] = match (database_url.starts_with("postgres"), refuse) {
+        (false, true) => &["CREATE TRIGGER refuse_messages BEFORE INSERT ON messages \
+                            BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+        (false, false) => &["DROP TRIGGER refuse_messages"],
+        (true, true) => &[
+            "CREATE FUNCTION refuse_messages() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER refuse_messages BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION refuse_messages()",
+        ],
+        (true, false) => &[
+            "DROP TRIGGER refuse_messages ON messages",
+            "DROP FUNCTION refuse_messages()",
+        ],
+    };
+    if database_url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(database_url)
+            .await
+            .expect("connect to postgres");
+        for statement in statements {
+            pool.execute(*statement).await.expect("trigger statement");
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(database_url)
+            .await
+            .expect("open sqlite");
+        for statement in statements {
+            pool.execute(*statement).await.expect("trigger statement");
+        }
+        pool.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothing() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let database_url = crate::support::gateway::test_database_url(gateway.dir.path());
+    let store = gateway.dir.path().join("mail");
+    refuse_message_inserts(&database_url, true).await;
+
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message(
+        "a@sender.example",
+        "agent@example.com",
+        "commit fails",
+        "body",
+    );
+    let (code, text) = client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    assert!(
+        store.join("inbound/agent").is_dir(),
+        "the raw file was never written, so its undo is not tested"
+    );
+    let left = files_ending_with(&store, &[".eml", ".tmp"]);
+    assert!(left.is_empty(), "half-stored: {left:?}");
+    receiver.assert_silent(Duration::from_millis(700)).await;
+    let (_, body) = gateway.api_get("/v1/deliveries").await.expect("api");
+    assert_eq!(body["deliveries"], serde_json::json!([]));
+    let (_, body) = gateway
+        .api_get("/v1/inboxes/agent/messages")
+        .await
+        .expect("api");
+    assert_eq!(body["messages"], serde_json::json!([]), "{body}");
+
+    // The sender retries the same message once the database takes inserts again.
+    refuse_message_inserts(&database_url, false).await;
+    client.expect("RSET", 250).await;
+    client.expect("MAIL FROM:<a@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    let (code, text) = client.data(&message).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(receiver.recv().await.json()["subject"], "commit fails");
+    receiver.assert_silent(Duration::from_millis(700)).await;
+    assert_eq!(files_ending_with(&store, &[".eml"]).len(), 1);
+    assert_eq!(
+        files_ending_with(&store, &[".tmp"]),
+        Vec::<std::path::PathBuf>::new()
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_that_times_out_is_retried_and_delivered_once() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        "timeout_s = 5\nlease_s = 10\n",
+        "timeout_s = 1\nlease_s = 10\n",
+        1,
+    );
+    assert!(toml.contains("timeout_s = 1\n"), "{toml}");
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    assert_eq!(send_one(&gateway, "hung first").await.0, 250);
+
+    let hung = receiver.recv().await;
+    let retried = receiver.recv().await;
+    assert_eq!(hung.header("webhook-id"), retried.header("webhook-id"));
+    let delivered = eventually("the retry to be recorded as delivered", || async {
+        let list = gateway.deliveries("delivered").await;
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    receiver.assert_silent(Duration::from_millis(700)).await;
+    assert_eq!(delivered.len(), 1);
+    let id = delivered[0]["id"].as_str().expect("id");
+    let (_, body) = gateway
+        .api_get(&format!("/v1/deliveries/{id}/attempts"))
+        .await
+        .expect("api");
+    let attempts = body["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{body}");
+    assert_eq!(attempts[0]["outcome"], "error", "{body}");
+    assert_eq!(
+        attempts[0]["status_code"],
+        serde_json::Value::Null,
+        "{body}"
+    );
+    assert_eq!(attempts[0]["error"], "request timed out", "{body}");
+    assert_eq!(attempts[1]["outcome"], "delivered", "{body}");
+    assert_eq!(attempts[1]["status_code"], 200, "{body}");
+    gateway.stop().await;
+}
+
+/// A TCP proxy to PostgreSQL that lets the first `COMMIT` following an `INSERT INTO messages`
+/// through, waits for the server to confirm it, and then drops the connection instead of
+/// passing the confirmation on: the commit happened, and the gateway sees a lost connection.
+/// Returns its address and a flag that turns false once it has dropped a commit's reply.
+async fn postgres_losing_the_first_commit_reply(
+    upstream: String,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let contains = |haystack: &[u8], needle: &[u8]| {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let armed = Arc::new(AtomicBool::new(true));
+    let still_armed = Arc::clone(&armed);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let armed = Arc::clone(&armed);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut from_client, mut from_server) = (vec![0u8; 65536], vec![0u8; 65536]);
+                let (mut inserted, mut committing) = (false, false);
+                loop {
+                    tokio::select! {
+                        read = client.read(&mut from_client) => {
+                            let Ok(n @ 1..) = read else { return };
+                            let chunk = &from_client[..n];
+                            inserted |= contains(chunk, b"INSERT INTO messages");
+                            committing |= inserted
+                                && contains(chunk, b"COMMIT\0")
+                                && armed.load(Ordering::SeqCst);
+                            if server.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        read = server.read(&mut from_server) => {
+                            let Ok(n @ 1..) = read else { return };
+                            let chunk = &from_server[..n];
+                            if committing && contains(chunk, b"COMMIT\0") {
+                                armed.store(false, Ordering::SeqCst);
+                                return;
+                            }
+                            if client.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, still_armed)
+}
+
+/// The connection is lost while the database commits: the commit happened, so the raw file
+/// must stay, and the sender is told `250` (it would otherwise resend a message that is
+/// already delivered). Always on PostgreSQL: only a network database loses a reply.
+#[tokio::test]
+async fn a_commit_whose_reply_is_lost_keeps_the_raw_file_of_the_committed_message() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let database =
+        url::Url::parse(&crate::support::gateway::postgres_database_url()).expect("database URL");
+    let upstream = format!(
+        "{}:{}",
+        database.host_str().expect("host"),
+        database.port().unwrap_or(5432)
+    );
+    let (proxy, armed) = postgres_losing_the_first_commit_reply(upstream).await;
+    let mut proxied = database.clone();
+    proxied.set_ip_host(proxy.ip()).expect("ip host");
+    proxied.set_port(Some(proxy.port())).expect("port");
+    proxied.set_query(Some("sslmode=disable"));
+
+    let options = GatewayOptions::webhook(receiver.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &options).replacen(
+        &crate::support::gateway::test_database_url(dir.path()),
+        proxied.as_str(),
+        1,
+    );
+    assert!(toml.contains(proxied.as_str()), "{toml}");
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+
+    let message = simple_message(
+        "a@sender.example",
+        "agent@example.com",
+        "lost reply",
+        "body",
+    );
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, text) = client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert!(
+        !armed.load(Ordering::SeqCst),
+        "no commit reply was lost, so nothing is tested"
+    );
+    assert_eq!(code, 250, "the commit happened: {text}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "lost reply");
+    let message_id = event["message_id"].as_str().expect("message id");
+    let (status, raw) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200, "the committed message lost its raw file");
+    assert!(raw == message, "raw differs from the bytes sent");
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    gateway.stop().await;
+}

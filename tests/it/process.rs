@@ -191,6 +191,128 @@ async fn kill_9_after_250_and_mid_delivery_then_restart_delivers_everything() {
     process.kill_9();
 }
 
+/// One TCP socket of this machine as `/proc/net/tcp` shows it.
+struct SocketState {
+    state: u8,
+    tx_queue: u64,
+    rx_queue: u64,
+}
+
+/// The socket whose local end is on `local_port` and remote end on `remote_port`, if any.
+fn tcp_socket(local_port: u16, remote_port: u16) -> Option<SocketState> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|port| u16::from_str_radix(port, 16).ok())
+    };
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state, queues) = (fields[1], fields[2], fields[3], fields[4]);
+        if port_of(local)? != local_port || port_of(remote)? != remote_port {
+            return None;
+        }
+        let (tx, rx) = queues.split_once(':')?;
+        Some(SocketState {
+            state: u8::from_str_radix(state, 16).ok()?,
+            tx_queue: u64::from_str_radix(tx, 16).ok()?,
+            rx_queue: u64::from_str_radix(rx, 16).ok()?,
+        })
+    })
+}
+
+/// Waits until the server has read everything `client` sent it: nothing unacknowledged on the
+/// client's side and nothing unread in the server socket's receive queue, so the bytes are in
+/// the server process's memory.
+async fn until_server_read_everything(client: SocketAddr, server: SocketAddr) {
+    eventually("the server to read what the client sent", || async {
+        let sent = tcp_socket(client.port(), server.port())?;
+        let received = tcp_socket(server.port(), client.port())?;
+        (sent.tx_queue == 0 && received.rx_queue == 0).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the server closed its end of the connection from `client`: its socket is gone
+/// or past `CLOSE_WAIT` (the state in which the server has not yet noticed the client's close).
+async fn until_server_closed(client: SocketAddr, server: SocketAddr) {
+    const ESTABLISHED: u8 = 0x01;
+    const CLOSE_WAIT: u8 = 0x08;
+    eventually("the server to close the connection", || async {
+        match tcp_socket(server.port(), client.port()) {
+            Some(socket) if [ESTABLISHED, CLOSE_WAIT].contains(&socket.state) => None,
+            _ => Some(()),
+        }
+    })
+    .await;
+}
+
+/// A connection to `server` in the middle of DATA: the envelope accepted, `354` answered and
+/// part of a body sent and read by the server. Returns the stream and its local address.
+async fn halfway_through_data(server: SocketAddr) -> (tokio::net::TcpStream, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+    let mut stream = tokio::net::TcpStream::connect(server)
+        .await
+        .expect("connect to SMTP");
+    let local = stream.local_addr().expect("local addr");
+    {
+        let (read, mut write) = stream.split();
+        let mut read = tokio::io::BufReader::new(read);
+        let mut expect = async |line: Option<&str>, code: &str| {
+            if let Some(line) = line {
+                write
+                    .write_all(format!("{line}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+            }
+            loop {
+                let mut reply = String::new();
+                read.read_line(&mut reply).await.expect("read reply");
+                assert!(reply.starts_with(code), "{line:?} answered {reply:?}");
+                if reply.as_bytes().get(3) == Some(&b' ') {
+                    break;
+                }
+            }
+        };
+        expect(None, "220").await;
+        expect(Some("EHLO client.test"), "250").await;
+        expect(Some("MAIL FROM:<k@sender.example>"), "250").await;
+        expect(Some("RCPT TO:<agent@example.com>"), "250").await;
+        expect(Some("DATA"), "354").await;
+        write
+            .write_all(b"Subject: cut short\r\n\r\nhalf of the body\r\n")
+            .await
+            .expect("write part of the body");
+    }
+    until_server_read_everything(local, server).await;
+    (stream, local)
+}
+
+/// Asserts that nothing of a message is anywhere: no message for the inbox, no delivery job,
+/// no `.eml` and no temporary file under the store.
+async fn assert_nothing_stored(http: SocketAddr, store: &Path) {
+    let client = reqwest::Client::new();
+    for (path, list) in [
+        ("/v1/inboxes/agent/messages", "messages"),
+        ("/v1/deliveries", "deliveries"),
+    ] {
+        let body: serde_json::Value = client
+            .get(format!("http://{http}{path}"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("API request")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(body[list], serde_json::json!([]), "{path}: {body}");
+    }
+    let left = crate::delivery::files_ending_with(store, &[".eml", ".tmp"]);
+    assert!(left.is_empty(), "left under the store: {left:?}");
+}
+
 #[tokio::test]
 async fn kill_9_in_the_middle_of_data_keeps_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -201,31 +323,168 @@ async fn kill_9_in_the_middle_of_data_keeps_nothing() {
     let (smtp, http) = (free_addr(), free_addr());
 
     let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
-    let mut client = SmtpClient::connect(process.smtp).await;
-    client.expect("EHLO client.test", 250).await;
-    client.expect("MAIL FROM:<k@sender.example>", 250).await;
-    client.expect("RCPT TO:<agent@example.com>", 250).await;
-    client.expect("DATA", 354).await;
-    client
-        .send_raw(b"Subject: cut short\r\n\r\nhalf of the body\r\n")
-        .await;
+    let (_stream, _) = halfway_through_data(process.smtp).await;
     process.kill_9();
 
     let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
     receiver.assert_silent(Duration::from_millis(800)).await;
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/deliveries?status=pending",
-            process.http
-        ))
+    assert_nothing_stored(process.http, &dir.path().join("mail")).await;
+    process.kill_9();
+}
+
+#[tokio::test]
+async fn a_client_gone_in_the_middle_of_data_leaves_nothing() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = crate::support::TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+
+    let (stream, local) = halfway_through_data(gateway.smtp).await;
+    drop(stream);
+    until_server_closed(local, gateway.smtp).await;
+
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    assert_nothing_stored(gateway.http, &gateway.dir.path().join("mail")).await;
+    gateway.stop().await;
+}
+
+/// A smarthost address that first accepts connections and never answers (a forward hangs), and
+/// once [`HangingThenRelaying::relay`] is called passes new connections on to `target`.
+struct HangingThenRelaying {
+    addr: SocketAddr,
+    relaying: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: tokio::sync::mpsc::UnboundedReceiver<()>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingThenRelaying {
+    async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind smarthost");
+        let addr = listener.local_addr().expect("addr");
+        let relaying = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, held) = tokio::sync::mpsc::unbounded_channel();
+        let relay = std::sync::Arc::clone(&relaying);
+        let task = tokio::spawn(async move {
+            let mut hung = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if relay.load(Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+                        }
+                    });
+                } else {
+                    hung.push(socket);
+                    let _ = tx.send(());
+                }
+            }
+        });
+        Self {
+            addr,
+            relaying,
+            held,
+            _task: task,
+        }
+    }
+
+    async fn until_one_hangs(&mut self) {
+        tokio::time::timeout(crate::support::SOON, self.held.recv())
+            .await
+            .expect("timed out waiting for a forward to connect")
+            .expect("smarthost task ended");
+    }
+
+    fn relay(&self) {
+        self.relaying
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `kill -9` while an inbox webhook, a notification rule's webhook and a rule's email forward
+/// of one message all hang: after the restart each of the three is delivered.
+#[tokio::test]
+async fn kill_9_with_deliveries_in_flight_on_every_channel_then_restart_delivers_each() {
+    let mut inbox_hook = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let mut rule_hook = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let aiosmtpd = crate::forward::Aiosmtpd::start().await;
+    let mut smarthost = HangingThenRelaying::start(aiosmtpd.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = GatewayOptions::webhook(inbox_hook.url());
+    options.retry_base_s = 0.2;
+    options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+    let api = reqwest::Client::new();
+
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    let rules = serde_json::json!({"rules": [
+        {"name": "everything", "channels": {
+            "webhook": {"url": rule_hook.url()},
+            "email": {"recipients": ["ops@elsewhere.example"]}}}
+    ]});
+    let response = api
+        .put(format!("http://{http}/v1/inboxes/agent/notifications"))
         .bearer_auth(API_KEY)
+        .json(&rules)
         .send()
         .await
-        .expect("API request")
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(body["deliveries"], serde_json::json!([]));
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let mut client = SmtpClient::connect(process.smtp).await;
+    let message = simple_message("k@sender.example", "agent@example.com", "in flight", "body");
+    let (code, text) = client
+        .send_message("k@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let to_inbox = inbox_hook.recv().await.json();
+    let to_rule = rule_hook.recv().await.json();
+    smarthost.until_one_hangs().await;
+    process.kill_9();
+
+    smarthost.relay();
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    assert_eq!(
+        inbox_hook.recv().await.json()["event_id"],
+        to_inbox["event_id"]
+    );
+    assert_eq!(
+        rule_hook.recv().await.json()["event_id"],
+        to_rule["event_id"]
+    );
+    let forwards = eventually("the forward at the smarthost", || async {
+        let all = aiosmtpd.delivered();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let forward = mail_parser::MessageParser::default()
+        .parse(&forwards[0])
+        .expect("forward parses");
+    assert_eq!(forward.subject(), Some("Fwd: in flight"));
+    let delivered = eventually("all three deliveries recorded as delivered", || {
+        let api = api.clone();
+        async move {
+            let body: serde_json::Value = api
+                .get(format!("http://{http}/v1/deliveries?status=delivered"))
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let list = body["deliveries"].as_array()?.clone();
+            (list.len() == 3).then_some(list)
+        }
+    })
+    .await;
+    let mut channels: Vec<&str> = delivered
+        .iter()
+        .filter_map(|delivery| delivery["channel"].as_str())
+        .collect();
+    channels.sort_unstable();
+    assert_eq!(channels, ["email", "webhook", "webhook"]);
     process.kill_9();
 }
 

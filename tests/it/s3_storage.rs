@@ -150,3 +150,125 @@ async fn s3_hanging_past_the_deadline_is_451() {
     assert!(gateway.deliveries("pending").await.is_empty());
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn every_put_carries_the_sha256_of_the_stored_bytes_and_an_altered_body_is_refused() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_on(&s3, &receiver, 10.0).await;
+    let message = fixture("eml/multipart_mixed_attachment.eml");
+
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 250, "{text}");
+    let event = receiver.recv().await.json();
+    let key = event["s3_key"].as_str().expect("s3_key");
+    let stored = std::fs::read(s3.object_path(key)).expect("object in the bucket");
+    let puts: Vec<_> = s3
+        .seen()
+        .into_iter()
+        .filter(|request| request.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert_eq!(puts[0].path, format!("/{BUCKET}/{key}"));
+    let sent = puts[0]
+        .headers
+        .get("x-amz-checksum-sha256")
+        .and_then(|value| value.to_str().ok())
+        .expect("the PUT carries x-amz-checksum-sha256");
+    let expected = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&stored));
+    assert_eq!(
+        sent, expected,
+        "the checksum is not that of the stored bytes"
+    );
+
+    s3.set_behaviour(Behaviour::CorruptPutBody);
+    let altered = simple_message("a@elsewhere.example", "agent@example.com", "altered", "x");
+    let (code, text) = send(&gateway, &altered).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    // The SDK may retry the refused PUT; each try is refused, and the key is undone after.
+    let methods: Vec<String> = s3
+        .seen()
+        .into_iter()
+        .map(|request| request.method)
+        .collect();
+    let (last, tries) = methods[1..]
+        .split_last()
+        .expect("requests after the first PUT");
+    assert!(
+        !tries.is_empty() && tries.iter().all(|method| method == "PUT") && last == "DELETE",
+        "the altered PUT was not refused and undone: {methods:?}"
+    );
+    assert_eq!(
+        s3.keys(),
+        vec![key.to_owned()],
+        "an altered body was stored"
+    );
+    receiver.assert_silent(Duration::from_millis(500)).await;
+
+    s3.set_behaviour(Behaviour::Normal);
+    let (code, text) = send(&gateway, &altered).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(receiver.recv().await.json()["subject"], "altered");
+    assert_eq!(s3.keys().len(), 2);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_put_stored_but_never_acknowledged_is_451_and_leaves_no_orphan() {
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_on(&s3, &receiver, 1.0).await;
+
+    s3.set_behaviour(Behaviour::HangAfterStoringPut);
+    let message = simple_message("a@elsewhere.example", "agent@example.com", "lost ack", "x");
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.3.0"), "{text}");
+    let methods: Vec<String> = s3
+        .seen()
+        .into_iter()
+        .map(|request| request.method)
+        .collect();
+    assert_eq!(
+        methods,
+        ["PUT", "DELETE"],
+        "the timed-out PUT was not undone"
+    );
+    assert!(s3.keys().is_empty(), "orphan left: {:?}", s3.keys());
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    assert!(gateway.deliveries("pending").await.is_empty());
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn another_storage_prefix_is_where_objects_go_and_what_the_event_names() {
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
+        "bucket = \"test-bucket\"\n",
+        &s3.storage_toml_with_prefix(10.0, "mail/2026/"),
+        1,
+    );
+    let config = Config::from_toml_str(&toml).expect("s3 test config is valid");
+    let gateway = TestGateway::start_with(dir, config).await;
+    let message = simple_message("a@elsewhere.example", "agent@example.com", "prefixed", "x");
+
+    let (code, text) = send(&gateway, &message).await;
+    assert_eq!(code, 250, "{text}");
+    let event = receiver.recv().await.json();
+    let message_id = event["message_id"].as_str().expect("message id");
+    let key = format!("mail/2026/agent/{message_id}.eml");
+    assert_eq!(event["s3_key"], key);
+    assert_eq!(s3.keys(), vec![key.clone()]);
+    let (status, raw) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(raw == message, "raw endpoint differs from the bytes sent");
+    gateway.stop().await;
+}

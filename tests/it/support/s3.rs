@@ -1,8 +1,9 @@
 //! A real S3 protocol server in-process: `s3s` (S3 REST, SigV4, checksums) over `s3s-fs` (a
 //! directory as the object store), served with hyper on a port-0 loopback listener.
 //!
-//! A thin layer in front of it injects the faults the tests need: answering `503`, hanging, or
-//! being down altogether (listener and every open connection closed, so the port refuses).
+//! A thin layer in front of it records every request's method, path and headers, and injects the
+//! faults the tests need: answering `503`, hanging, altering a PUT's body in transit, or being
+//! down altogether (listener and every open connection closed, so the port refuses).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,20 @@ pub enum Behaviour {
     ServiceUnavailable,
     /// Accepts the request and never answers.
     Hang,
+    /// Flips one bit of every PUT body on its way to the server, headers untouched, as a
+    /// faulty link or proxy would.
+    CorruptPutBody,
+    /// Stores every PUT and then never answers it, as when the acknowledgement is lost; other
+    /// requests are served normally.
+    HangAfterStoringPut,
+}
+
+/// One request as it reached the fault layer.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: hyper::HeaderMap,
 }
 
 pub struct TestS3 {
@@ -33,6 +48,7 @@ pub struct TestS3 {
     pub root: tempfile::TempDir,
     service: S3Service,
     behaviour: Arc<Mutex<Behaviour>>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
     server: Option<JoinSet<()>>,
 }
 
@@ -51,6 +67,7 @@ impl TestS3 {
             root,
             service,
             behaviour: Arc::new(Mutex::new(Behaviour::Normal)),
+            seen: Arc::new(Mutex::new(Vec::new())),
             server: None,
         };
         s3.serve(listener);
@@ -59,10 +76,15 @@ impl TestS3 {
 
     /// The `[storage]` section that points the gateway at this server.
     pub fn storage_toml(&self, timeout_s: f64) -> String {
+        self.storage_toml_with_prefix(timeout_s, "inbound/")
+    }
+
+    /// [`Self::storage_toml`] with another `storage.prefix`.
+    pub fn storage_toml_with_prefix(&self, timeout_s: f64, prefix: &str) -> String {
         format!(
             r#"backend = "s3"
 bucket = "{BUCKET}"
-prefix = "inbound/"
+prefix = "{prefix}"
 endpoint = "http://{addr}"
 region = "us-east-1"
 path_style = true
@@ -99,6 +121,11 @@ timeout_s = {timeout_s}
         keys
     }
 
+    /// Every request received so far, in order.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *self.behaviour.lock().expect("behaviour lock") = behaviour;
     }
@@ -120,6 +147,7 @@ timeout_s = {timeout_s}
     fn serve(&mut self, listener: TcpListener) {
         let service = self.service.clone();
         let behaviour = Arc::clone(&self.behaviour);
+        let seen = Arc::clone(&self.seen);
         let mut server = JoinSet::new();
         server.spawn(async move {
             // Connections live in this inner set so that dropping the accept task drops them.
@@ -130,12 +158,19 @@ timeout_s = {timeout_s}
                 };
                 let service = service.clone();
                 let behaviour = Arc::clone(&behaviour);
+                let seen = Arc::clone(&seen);
                 connections.spawn(async move {
-                    let handler = hyper::service::service_fn(move |request| {
-                        let service = service.clone();
-                        let behaviour = *behaviour.lock().expect("behaviour lock");
-                        async move { answer(&service, behaviour, request).await }
-                    });
+                    let handler =
+                        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                            let service = service.clone();
+                            let behaviour = *behaviour.lock().expect("behaviour lock");
+                            seen.lock().expect("seen lock").push(SeenRequest {
+                                method: request.method().to_string(),
+                                path: request.uri().path().to_owned(),
+                                headers: request.headers().clone(),
+                            });
+                            async move { answer(&service, behaviour, request).await }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(socket), handler)
                         .await;
@@ -164,5 +199,27 @@ async fn answer(
             ))
             .expect("503 response")),
         Behaviour::Hang => std::future::pending().await,
+        Behaviour::CorruptPutBody if request.method() == hyper::Method::PUT => {
+            let (parts, body) = request.into_parts();
+            let mut body = s3s::Body::from(body);
+            let mut bytes = body
+                .store_all_limited(64 << 20)
+                .await
+                .expect("PUT body readable")
+                .to_vec();
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0x01;
+            }
+            service
+                .call(hyper::Request::from_parts(parts, s3s::Body::from(bytes)))
+                .await
+        }
+        Behaviour::HangAfterStoringPut if request.method() == hyper::Method::PUT => {
+            let _ = service.call(request.map(s3s::Body::from)).await;
+            std::future::pending().await
+        }
+        Behaviour::CorruptPutBody | Behaviour::HangAfterStoringPut => {
+            service.call(request.map(s3s::Body::from)).await
+        }
     }
 }
