@@ -190,6 +190,9 @@ pub enum JobTarget {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: String,
+    /// The node that held the lease for this attempt; the record only counts while it still
+    /// does.
+    pub worker: String,
     pub started_at: i64,
     pub latency_ms: i64,
     pub status_code: Option<u16>,
@@ -715,7 +718,7 @@ async fn write_attempt(
         "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
              failures = failures + $3, delivered_at = $4, last_status_code = $5, \
              last_error = $6, locked_until = NULL, locked_by = NULL, updated_at = $7 \
-             WHERE id = $8 RETURNING attempts",
+             WHERE id = $8 AND locked_by = $9 RETURNING attempts",
     )
     .bind(status.as_str())
     .bind(next_attempt_at)
@@ -725,10 +728,18 @@ async fn write_attempt(
     .bind(record.error.clone())
     .bind(now)
     .bind(&record.delivery_id)
+    .bind(&record.worker)
     .fetch_optional(&mut **tx)
     .await?;
-    // The delivery is gone (its inbox was deleted): nothing to log against.
+    // The delivery is gone (its inbox was deleted), or this node's lease ran out and another
+    // node took the job: that node's attempt is the one that counts, so this one must neither
+    // finish the job nor spend its retry budget.
     let Some(attempt) = attempt else {
+        tracing::warn!(
+            delivery = %record.delivery_id,
+            node = %record.worker,
+            "attempt not recorded: the job is gone or its lease passed to another node"
+        );
         return Ok(());
     };
     sqlx::query(
@@ -1007,22 +1018,6 @@ impl Db {
                 Ok(Some(now))
             }
         }
-    }
-
-    /// Releases the leases an earlier run of this node held: that process is gone, so its
-    /// jobs need not wait for the leases to expire.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn release_leases(&self, node_id: &str) -> Result<u64, Error> {
-        let result = sqlx::query(
-            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
-             WHERE status = 'pending' AND locked_by = $1",
-        )
-        .bind(node_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
     }
 
     /// Gives back leases this node took but will not use now (jobs of an endpoint that
