@@ -68,17 +68,8 @@ pub async fn run_with_listeners(
     let directory = Directory::default();
     let inbox_count = directory.reload(&db).await.context("loading inboxes")?;
 
-    let node_id = format!("{}@{}", config.smtp.hostname, config.smtp.listen);
-    let released = db
-        .release_leases(&node_id)
-        .await
-        .context("releasing old leases")?;
-    if released > 0 {
-        tracing::info!(
-            released,
-            "resuming deliveries this node held before it stopped"
-        );
-    }
+    let node_id = node_id(&config.smtp.hostname);
+    tracing::info!(node = %node_id, "delivery leases are taken under this node id");
 
     let wakeup = Arc::new(Notify::new());
     let templates = load_templates(&config.templates)?;
@@ -218,6 +209,24 @@ fn load_templates(config: &TemplatesConfig) -> anyhow::Result<Templates> {
         read("thread_entry.md")?,
     )
     .map_err(|err| anyhow::anyhow!("config key `templates.dir`: {err}"))
+}
+
+/// This process's name on the delivery leases it takes: the machine (or pod) name, the pid and a
+/// random boot id. Every replica of one deployment shares its config, so nothing in the config
+/// can tell them apart; and a restarted process must not pass for the one before it, whose
+/// leases simply run out.
+fn node_id(fallback_host: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| fallback_host.to_owned());
+    format!(
+        "{host}/{}/{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// A database URL without its password, for messages.

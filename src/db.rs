@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
     (8, include_str!("../migrations/0008_hmac_header.sql")),
     (9, include_str!("../migrations/0009_directory_version.sql")),
+    (10, include_str!("../migrations/0010_fingerprints.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +195,9 @@ pub enum JobTarget {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: String,
+    /// The node that held the lease for this attempt; the record only counts while it still
+    /// does.
+    pub worker: String,
     pub started_at: i64,
     pub latency_ms: i64,
     pub status_code: Option<u16>,
@@ -554,6 +558,33 @@ async fn insert_messages(
         for message in messages {
             let envelope_to = serde_json::to_string(&message.envelope_to)
                 .map_err(|err| Error::Corrupt(err.to_string()))?;
+            let mut event_json = std::borrow::Cow::Borrowed(message.event_json.as_str());
+            if let Some(fingerprint) = &message.fingerprint {
+                let first_seen = record_fingerprint(tx, message, fingerprint).await?;
+                // The flag the intake computed came from a lookup that cannot see a copy another
+                // node is committing at this moment; the unique index can, so it decides.
+                if let Some(flagged) = with_duplicate_flag(&message.event_json, !first_seen) {
+                    event_json = std::borrow::Cow::Owned(flagged);
+                }
+                // Lookups only see the window, so old rows are dead weight, not wrong answers:
+                // they are pruned once a minute, not on every message.
+                let last = LAST_FINGERPRINT_PRUNE.load(std::sync::atomic::Ordering::Relaxed);
+                if message.received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
+                    && LAST_FINGERPRINT_PRUNE
+                        .compare_exchange(
+                            last,
+                            message.received_at,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    sqlx::query("DELETE FROM message_fingerprints WHERE received_at < $1")
+                        .bind(fingerprint.forget_before)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
             sqlx::query(
                 "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, storage_key, size, \
                  envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, subject, \
@@ -575,7 +606,7 @@ async fn insert_messages(
             .bind(message.sender.as_deref().map(header_text))
             .bind(message.subject.as_deref().map(header_text))
             .bind(message.received_at)
-            .bind(&message.event_json)
+            .bind(event_json.as_ref())
             .bind(&message.thread_id)
             .bind(message.subject_key.as_deref().map(header_text))
             .bind(header_text(&message.participants.join(" ")))
@@ -601,39 +632,75 @@ async fn insert_messages(
                 .execute(&mut **tx)
                 .await?;
             }
-            if let Some(fingerprint) = &message.fingerprint {
-                sqlx::query(
-                    "INSERT INTO message_fingerprints (inbox_id, fingerprint, message_id, \
-                     received_at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&message.inbox_id)
-                .bind(&fingerprint.fingerprint)
-                .bind(&message.id)
-                .bind(message.received_at)
-                .execute(&mut **tx)
-                .await?;
-                // Lookups only see the window, so old rows are dead weight, not wrong answers:
-                // they are pruned once a minute, not on every message.
-                let last = LAST_FINGERPRINT_PRUNE.load(std::sync::atomic::Ordering::Relaxed);
-                if message.received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
-                    && LAST_FINGERPRINT_PRUNE
-                        .compare_exchange(
-                            last,
-                            message.received_at,
-                            std::sync::atomic::Ordering::Relaxed,
-                            std::sync::atomic::Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    sqlx::query("DELETE FROM message_fingerprints WHERE received_at < $1")
-                        .bind(fingerprint.forget_before)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
         }
     }
     Ok(())
+}
+
+/// Records that `message` reached its inbox with this fingerprint. True when it is the first
+/// copy within the duplicate window: the row is new, or the one there fell out of the window.
+/// On PostgreSQL a concurrent insert of the same fingerprint waits on the unique index for the
+/// other transaction, so of two nodes committing one message at once exactly one sees it first.
+async fn record_fingerprint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    message: &NewMessage,
+    fingerprint: &NewFingerprint,
+) -> Result<bool, Error> {
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO message_fingerprints (inbox_id, fingerprint, message_id, received_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (inbox_id, fingerprint) DO NOTHING \
+         RETURNING message_id",
+    )
+    .bind(&message.inbox_id)
+    .bind(&fingerprint.fingerprint)
+    .bind(&message.id)
+    .bind(message.received_at)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_some() {
+        return Ok(true);
+    }
+    let replaced: Option<String> = sqlx::query_scalar(
+        "UPDATE message_fingerprints SET message_id = $1, received_at = $2 \
+         WHERE inbox_id = $3 AND fingerprint = $4 AND received_at < $5 RETURNING message_id",
+    )
+    .bind(&message.id)
+    .bind(message.received_at)
+    .bind(&message.inbox_id)
+    .bind(&fingerprint.fingerprint)
+    .bind(fingerprint.forget_before)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if replaced.is_some() {
+        return Ok(true);
+    }
+    // A duplicate: the window runs from the newest copy, as it did with one row per copy.
+    sqlx::query(
+        "UPDATE message_fingerprints SET received_at = $1 \
+         WHERE inbox_id = $2 AND fingerprint = $3 AND received_at < $1",
+    )
+    .bind(message.received_at)
+    .bind(&message.inbox_id)
+    .bind(&fingerprint.fingerprint)
+    .execute(&mut **tx)
+    .await?;
+    Ok(false)
+}
+
+/// The event with `is_duplicate` set to `duplicate`, or `None` when it already says so.
+fn with_duplicate_flag(event_json: &str, duplicate: bool) -> Option<String> {
+    // Events are compact JSON, where a quote inside a string is escaped: without the opposite
+    // flag's text no key can hold it, and the parse (of a payload up to megabytes) is skipped.
+    if !event_json.contains(&format!("\"is_duplicate\":{}", !duplicate)) {
+        return None;
+    }
+    match serde_json::from_str::<Value>(event_json) {
+        Ok(Value::Object(mut event)) => {
+            event.insert("is_duplicate".to_owned(), Value::Bool(duplicate));
+            Some(Value::Object(event).to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Leases up to `claim.limit` due jobs; see [`Db::claim_due`].
@@ -719,7 +786,7 @@ async fn write_attempt(
         "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
              failures = failures + $3, delivered_at = $4, last_status_code = $5, \
              last_error = $6, locked_until = NULL, locked_by = NULL, updated_at = $7 \
-             WHERE id = $8 RETURNING attempts",
+             WHERE id = $8 AND locked_by = $9 RETURNING attempts",
     )
     .bind(status.as_str())
     .bind(next_attempt_at)
@@ -729,10 +796,18 @@ async fn write_attempt(
     .bind(record.error.clone())
     .bind(now)
     .bind(&record.delivery_id)
+    .bind(&record.worker)
     .fetch_optional(&mut **tx)
     .await?;
-    // The delivery is gone (its inbox was deleted): nothing to log against.
+    // The delivery is gone (its inbox was deleted), or this node's lease ran out and another
+    // node took the job: that node's attempt is the one that counts, so this one must neither
+    // finish the job nor spend its retry budget.
     let Some(attempt) = attempt else {
+        tracing::warn!(
+            delivery = %record.delivery_id,
+            node = %record.worker,
+            "attempt not recorded: the job is gone or its lease passed to another node"
+        );
         return Ok(());
     };
     sqlx::query(
@@ -1011,22 +1086,6 @@ impl Db {
                 Ok(Some(now))
             }
         }
-    }
-
-    /// Releases the leases an earlier run of this node held: that process is gone, so its
-    /// jobs need not wait for the leases to expire.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn release_leases(&self, node_id: &str) -> Result<u64, Error> {
-        let result = sqlx::query(
-            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
-             WHERE status = 'pending' AND locked_by = $1",
-        )
-        .bind(node_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
     }
 
     /// Gives back leases this node took but will not use now (jobs of an endpoint that

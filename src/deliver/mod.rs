@@ -331,6 +331,7 @@ impl Dispatcher {
                 NextStep::DeadLetter => JobUpdate::Dead,
             };
         let mut record = AttemptRecord {
+            worker: self.node_id.clone(),
             delivery_id: job.delivery_id.clone(),
             started_at,
             latency_ms: 0,
@@ -443,6 +444,7 @@ impl Dispatcher {
             Err((false, _)) => JobUpdate::Dead,
         };
         let record = AttemptRecord {
+            worker: self.node_id.clone(),
             delivery_id: job.delivery_id.clone(),
             started_at,
             latency_ms: now_ms() - started_at,

@@ -72,6 +72,33 @@ fn compose_nodes_get_a_valid_config_and_share_database_and_bucket() {
     let config = check_config(None, &first);
     assert!(config.database.url.starts_with("postgres://"));
     assert_eq!(config.storage.backend, mxhook::config::StorageBackend::S3);
+
+    // The bucket the nodes write to exists before any node starts, or every message gets 451.
+    let init = &compose["services"]["minio-init"];
+    let script: String = init["command"]
+        .as_sequence()
+        .expect("minio-init command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        script.contains(&format!(
+            "mc mb --ignore-existing local/{}",
+            config.storage.bucket
+        )),
+        "minio-init does not create bucket {}: {script}",
+        config.storage.bucket
+    );
+    let mut hostnames = Vec::new();
+    for node in ["mxhook-1", "mxhook-2"] {
+        let service = &compose["services"][node];
+        assert_eq!(
+            service["depends_on"]["minio-init"]["condition"], "service_completed_successfully",
+            "{node} may start before its bucket exists"
+        );
+        hostnames.push(service["hostname"].as_str().expect("hostname").to_owned());
+    }
+    assert_ne!(hostnames[0], hostnames[1], "nodes share a host name");
 }
 
 #[test]
@@ -112,6 +139,54 @@ fn kubernetes_manifests_parse_and_their_config_validates() {
         "HTTP port not exposed"
     );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+
+    // STARTTLS reads its certificate from a mounted TLS Secret.
+    let pod = &find("Deployment")["spec"]["template"]["spec"];
+    let cert = config.smtp.tls_cert.as_ref().expect("smtp.tls_cert set");
+    let key = config.smtp.tls_key.as_ref().expect("smtp.tls_key set");
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volume mounts")
+        .iter()
+        .find(|mount| {
+            mount["mountPath"]
+                .as_str()
+                .is_some_and(|path| cert.starts_with(path) && key.starts_with(path))
+        })
+        .expect("a volume mounted where smtp.tls_cert and smtp.tls_key are");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|volume| volume["name"] == mount["name"])
+        .expect("the mounted volume");
+    let secret_name = volume["secret"]["secretName"].as_str().expect("a Secret");
+    let secret = docs
+        .iter()
+        .find(|doc| doc["kind"] == "Secret" && doc["metadata"]["name"] == secret_name)
+        .expect("the TLS Secret is in the manifests");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for file in [cert, key] {
+        let name = file
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("file");
+        assert!(
+            secret["data"].get(name).is_some(),
+            "the Secret has no {name}"
+        );
+    }
+    // Replicas share the config; the pod name tells their leases apart.
+    let hostname = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .find(|var| var["name"] == "HOSTNAME")
+        .expect("HOSTNAME set");
+    assert_eq!(
+        hostname["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
 }
 
 #[test]
@@ -141,4 +216,21 @@ fn dockerfile_copies_what_exists_and_sets_valid_config() {
     assert!(env.contains_key("MXHOOK_SMTP__LISTEN"));
     let config = check_config(None, &env);
     assert_eq!(config.smtp.listen.port(), 2525);
+
+    // The image has no shell with /dev/tcp and no HTTP client: a HEALTHCHECK may only run the
+    // mxhook binary itself, without a shell.
+    for line in joined
+        .lines()
+        .filter(|line| line.trim_start().starts_with("HEALTHCHECK"))
+    {
+        let command = line.split_once("CMD").map(|(_, command)| command.trim());
+        let program = command
+            .and_then(|command| serde_json::from_str::<Vec<String>>(command).ok())
+            .and_then(|argv| argv.first().cloned());
+        assert!(
+            line.trim() == "HEALTHCHECK NONE"
+                || program.as_deref() == Some("/usr/local/bin/mxhook"),
+            "health check the image cannot run: {line}"
+        );
+    }
 }

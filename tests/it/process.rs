@@ -32,7 +32,7 @@ impl Process {
         Self::start_with_env(cwd, config, smtp, http, &[]).await
     }
 
-    async fn start_with_env(
+    pub(crate) async fn start_with_env(
         cwd: &Path,
         config: Option<&Path>,
         smtp: SocketAddr,

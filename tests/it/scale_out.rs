@@ -1,8 +1,10 @@
-//! Several nodes, one PostgreSQL database and one shared store: real `mxhook` processes on
-//! different loopback ports take mail concurrently, one is killed with SIGKILL mid-run, and every
-//! message that got a 250 is still delivered; duplicates and rate limits count every node's
+//! Several nodes, one PostgreSQL database and one S3 bucket: real `mxhook` processes on
+//! different loopback ports take mail concurrently, none sends a job twice, one is killed with
+//! SIGKILL mid-run, and every message that got a 250 is still delivered, twice only if the killed
+//! node held it; a hung attempt's job passes to another node once its lease runs out; replicas
+//! with one config keep apart; duplicates and rate limits count every node's
 //! mail; an inbox created or deleted through one node's API reaches the other nodes' RCPT
-//! answers and deliveries. Runs on PostgreSQL whatever the suite's backend.
+//! answers and deliveries. The process tests run on PostgreSQL whatever the suite's backend.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,22 +13,31 @@ use std::time::Duration;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::Mutex;
 
+use mxhook::db::{AttemptRecord, Db, JobUpdate, NewDelivery, NewFingerprint, NewMessage};
+use mxhook::model::{new_id, now_ms};
+
 use crate::process::{Process, free_addr};
-use crate::support::gateway::{API_KEY, postgres_database_url};
-use crate::support::{SOON, WebhookReceiver, eventually};
+use crate::support::gateway::{API_KEY, config_toml, postgres_database_url};
+use crate::support::s3::TestS3;
+use crate::support::{
+    GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,
+};
 
 const NODES: usize = 3;
 const SENDERS: usize = 6;
+/// Per sender and phase: a calm phase, then one with a SIGKILL; 3,000 messages in all.
 const MESSAGES_PER_SENDER: usize = 250;
-/// SIGKILL node 1 once this many messages have been accepted in all.
+/// SIGKILL node 1 once this many messages of the second phase have been accepted.
 const KILL_AFTER: usize = 500;
 
-/// The config every node of one test shares; `rate` is every rate limit (per hour).
+/// The config every node of one test shares: `storage` is the body of its `[storage]` section,
+/// `soft` and `hard` every soft and hard rate limit (per hour).
 fn node_config(
-    storage: &std::path::Path,
+    storage: &str,
     database_url: &str,
     webhook_url: &str,
-    rate: u64,
+    soft: u64,
+    hard: u64,
 ) -> String {
     format!(
         r#"
@@ -37,7 +48,7 @@ greet_pause_s = 0
 [http]
 admin_keys = ["{API_KEY}"]
 [storage]
-path = "{storage}"
+{storage}
 [database]
 url = "{database_url}"
 max_connections = 4
@@ -46,26 +57,32 @@ directory_refresh_s = 0.2
 [auth]
 enabled = false
 [rate_limit]
-sender_soft = {rate}
-sender_hard = {rate}
-domain_soft = {rate}
-domain_hard = {rate}
-inbox_soft = {rate}
-inbox_hard = {rate}
+sender_soft = {soft}
+sender_hard = {hard}
+domain_soft = {soft}
+domain_hard = {hard}
+inbox_soft = {soft}
+inbox_hard = {hard}
 [delivery]
 allow_http = true
 allow_private_targets = true
 retry_base_s = 0.2
 timeout_s = 1
-lease_s = 2
+# Well above the attempt timeout, so on a loaded machine no live node's lease runs out: a
+# duplicate can then only come from a killed node.
+lease_s = 10
 [[inbox]]
 id = "agent"
 addresses = ["agent@example.com"]
 webhook_url = "{webhook_url}"
 webhook_secret = "scale-out-secret"
 "#,
-        storage = storage.display(),
     )
+}
+
+/// The `[storage]` body of a local folder (each test's nodes share one).
+fn folder_storage(path: &std::path::Path) -> String {
+    format!("path = \"{}\"", path.display())
 }
 
 /// Sends one message to the first node that answers 250, like a sending MTA with several MX
@@ -95,53 +112,154 @@ async fn send_anywhere(
     None
 }
 
+/// Sends `MESSAGES_PER_SENDER` messages from each of `SENDERS` concurrent senders, spread over
+/// the nodes; the gateway's ids of the accepted ones go into `accepted`.
+fn send_phase(
+    nodes: &[std::net::SocketAddr],
+    phase: usize,
+    accepted: &Arc<Mutex<Vec<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..SENDERS)
+        .map(|sender| {
+            let accepted = Arc::clone(accepted);
+            let nodes = nodes.to_vec();
+            tokio::spawn(async move {
+                for n in 0..MESSAGES_PER_SENDER {
+                    let sequence = (phase * SENDERS + sender) * MESSAGES_PER_SENDER + n;
+                    if let Some(id) = send_anywhere(&nodes, sequence, sequence).await {
+                        accepted.lock().await.push(id);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until every job in the database is finished, then counts the webhook requests per
+/// message. A request is recorded before its attempt commits, so none is still on its way.
+async fn deliveries_once_settled(
+    pool: &sqlx::AnyPool,
+    receiver: &mut WebhookReceiver,
+    accepted: &HashSet<String>,
+) -> HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                .fetch_one(pool)
+                .await
+                .expect("count pending");
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} jobs still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut deliveries: HashMap<String, usize> = HashMap::new();
+    while let Ok(request) =
+        tokio::time::timeout(Duration::from_millis(500), receiver.recv_any()).await
+    {
+        let id = request.json()["message_id"]
+            .as_str()
+            .expect("message id")
+            .to_owned();
+        *deliveries.entry(id).or_default() += 1;
+    }
+    let missing = accepted
+        .iter()
+        .filter(|id| !deliveries.contains_key(*id))
+        .count();
+    assert_eq!(missing, 0, "accepted messages never delivered");
+    deliveries
+}
+
+/// The messages whose jobs the node started with `HOSTNAME=host` holds a lease on.
+async fn leased_by(pool: &sqlx::AnyPool, host: &str) -> HashSet<String> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM deliveries WHERE status = 'pending' AND locked_by LIKE $1",
+    )
+    .bind(format!("{host}/%"))
+    .fetch_all(pool)
+    .await
+    .expect("read leases");
+    rows.into_iter().collect()
+}
+
 #[tokio::test]
 async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = dir.path().join("shared-store");
+    let s3 = TestS3::start().await;
     let mut receiver = WebhookReceiver::start(vec![]).await;
+    let database_url = postgres_database_url();
     let config_path = dir.path().join("mxhook.toml");
     std::fs::write(
         &config_path,
         node_config(
-            &storage,
-            &postgres_database_url(),
+            &s3.storage_toml(10.0),
+            &database_url,
             &receiver.url(),
+            1_000_000,
             1_000_000,
         ),
     )
     .expect("write config");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database_url)
+        .await
+        .expect("open the shared database");
 
     let mut processes = Vec::new();
-    for _ in 0..NODES {
+    for node in 0..NODES {
+        let host = format!("node-{node}");
         processes.push(Some(
-            Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await,
+            Process::start_with_env(
+                dir.path(),
+                Some(&config_path),
+                free_addr(),
+                free_addr(),
+                &[("HOSTNAME", &host)],
+            )
+            .await,
         ));
     }
     let smtp_addrs: Vec<_> = processes.iter().flatten().map(|p| p.smtp).collect();
     let surviving_http = processes[0].as_ref().map(|p| p.http).expect("node 0");
 
+    // Calm phase: every node claims from the one queue, and no job is sent twice.
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut senders = Vec::new();
-    for sender in 0..SENDERS {
-        let accepted = Arc::clone(&accepted);
-        let nodes = smtp_addrs.clone();
-        senders.push(tokio::spawn(async move {
-            for n in 0..MESSAGES_PER_SENDER {
-                let sequence = sender * MESSAGES_PER_SENDER + n;
-                if let Some(id) = send_anywhere(&nodes, sequence, sequence).await {
-                    accepted.lock().await.push(id);
-                }
-            }
-        }));
+    for sender in send_phase(&smtp_addrs, 0, &accepted) {
+        tokio::time::timeout(Duration::from_secs(300), sender)
+            .await
+            .expect("senders finish")
+            .expect("sender task");
     }
+    let calm: HashSet<String> = accepted.lock().await.drain(..).collect();
+    assert!(
+        calm.len() >= SENDERS * MESSAGES_PER_SENDER * 9 / 10,
+        "only {} accepted",
+        calm.len()
+    );
+    let deliveries = deliveries_once_settled(&pool, &mut receiver, &calm).await;
+    let repeated: Vec<_> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "sent twice without a kill: {repeated:?}"
+    );
 
+    // Node 1 is killed mid-run.
+    let senders = send_phase(&smtp_addrs, 1, &accepted);
     eventually("enough messages accepted to kill a node mid-run", || {
         let accepted = Arc::clone(&accepted);
         async move { (accepted.lock().await.len() >= KILL_AFTER).then_some(()) }
     })
     .await;
+    let mut held_by_killed = leased_by(&pool, "node-1").await;
     processes[1].take().expect("node 1").kill_9();
+    // Leases taken between that read and the kill are still there: its leases last 10 s.
+    held_by_killed.extend(leased_by(&pool, "node-1").await);
 
     for sender in senders {
         tokio::time::timeout(Duration::from_secs(300), sender)
@@ -155,39 +273,14 @@ async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
         "only {} accepted",
         accepted.len()
     );
-
-    let mut deliveries: HashMap<String, usize> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !accepted.iter().all(|id| deliveries.contains_key(id)) {
+    let deliveries = deliveries_once_settled(&pool, &mut receiver, &accepted).await;
+    // Only a job the killed node had sent but not yet recorded is sent again.
+    for (message, count) in &deliveries {
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} accepted messages never delivered",
-            accepted
-                .iter()
-                .filter(|id| !deliveries.contains_key(*id))
-                .count(),
-            accepted.len()
+            *count == 1 || held_by_killed.contains(message),
+            "{message} delivered {count} times, not leased by the killed node"
         );
-        if let Ok(request) = tokio::time::timeout(SOON, receiver.recv_any()).await {
-            let event = request.json();
-            let id = event["message_id"].as_str().expect("message id").to_owned();
-            *deliveries.entry(id).or_default() += 1;
-        }
     }
-    // Let retries of the killed node's in-flight attempts land before counting duplicates.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    while let Ok(request) =
-        tokio::time::timeout(Duration::from_millis(200), receiver.recv_any()).await
-    {
-        let id = request.json()["message_id"]
-            .as_str()
-            .expect("message id")
-            .to_owned();
-        *deliveries.entry(id).or_default() += 1;
-    }
-    let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
-    // Only attempts in flight on the killed node can repeat: at most its worker count.
-    assert!(duplicates <= 16, "{duplicates} duplicate deliveries");
 
     let client = reqwest::Client::new();
     let body: serde_json::Value = client
@@ -206,14 +299,20 @@ async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
         serde_json::json!([]),
         "jobs left pending"
     );
+    // Every node wrote to the one bucket.
+    let stored = std::fs::read_dir(s3.root.path().join(crate::support::s3::BUCKET))
+        .expect("bucket")
+        .count();
+    assert!(stored > 0, "nothing in the S3 bucket");
+    pool.close().await;
     for process in processes.into_iter().flatten() {
         process.kill_9();
     }
 }
 
 /// Duplicate detection and rate limits live in the shared database, so they hold across nodes:
-/// the same Message-ID through a second node is flagged, and a sender's hard limit counts what
-/// every node accepted.
+/// the same Message-ID through a second node is flagged, and a sender's soft and hard limits
+/// count what every node accepted.
 #[tokio::test]
 async fn duplicates_and_rate_limits_are_shared_across_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -222,9 +321,10 @@ async fn duplicates_and_rate_limits_are_shared_across_nodes() {
     std::fs::write(
         &config_path,
         node_config(
-            &dir.path().join("store"),
+            &folder_storage(&dir.path().join("store")),
             &postgres_database_url(),
             &receiver.url(),
+            2,
             4,
         ),
     )
@@ -250,14 +350,23 @@ async fn duplicates_and_rate_limits_are_shared_across_nodes() {
             .0,
         250
     );
-    let mut flags = vec![
-        receiver.recv().await.json()["is_duplicate"].clone(),
-        receiver.recv().await.json()["is_duplicate"].clone(),
-    ];
+    let first_two = [receiver.recv().await.json(), receiver.recv().await.json()];
+    let mut flags: Vec<_> = first_two
+        .iter()
+        .map(|event| event["is_duplicate"].clone())
+        .collect();
     flags.sort_by_key(|flag| flag.to_string());
     assert_eq!(flags, [serde_json::json!(false), serde_json::json!(true)]);
+    for event in &first_two {
+        assert_eq!(
+            event["rate_limited"], false,
+            "within the soft limit: {event}"
+        );
+    }
 
-    // Four messages per hour for this sender across the cluster: two more pass, then 451.
+    // Two messages per hour for this sender before events say `rate_limited`, four before 451,
+    // across the cluster: two more pass, flagged, then 451. The first of them is only the
+    // second message node A took, so its flag counts node B's mail too.
     let mut codes = Vec::new();
     for (n, node) in [&first, &second, &first].iter().enumerate() {
         let mut client = crate::support::SmtpClient::connect(node.smtp).await;
@@ -282,6 +391,13 @@ async fn duplicates_and_rate_limits_are_shared_across_nodes() {
         [250, 250, 451],
         "the hard limit counts both nodes' mail"
     );
+    for _ in 0..2 {
+        let event = receiver.recv().await.json();
+        assert_eq!(
+            event["rate_limited"], true,
+            "the soft limit counts both nodes' mail: {event}"
+        );
+    }
     first.kill_9();
     second.kill_9();
 }
@@ -326,9 +442,10 @@ async fn inbox_changes_through_one_node_reach_the_other() {
     std::fs::write(
         &config_path,
         node_config(
-            &dir.path().join("store"),
+            &folder_storage(&dir.path().join("store")),
             &postgres_database_url(),
             &configured.url(),
+            1_000_000,
             1_000_000,
         ),
     )
@@ -399,5 +516,328 @@ async fn inbox_changes_through_one_node_reach_the_other() {
     assert_eq!(code, 550, "{text}");
     assert!(text.starts_with("5.1.1"), "{text}");
     a.kill_9();
+    b.kill_9();
+}
+
+/// Who holds the lease on each pending delivery, read straight from the gateway's database.
+async fn lease_holders(database_url: &str) -> Vec<(String, Option<String>)> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database_url)
+        .await
+        .expect("open the test database");
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT id, locked_by FROM deliveries WHERE status = 'pending'")
+            .fetch_all(&pool)
+            .await
+            .expect("read leases");
+    pool.close().await;
+    rows
+}
+
+/// Replicas share one config, so the same hostname and listen address. A second node starting
+/// must not take the first node's live lease for its own: the job would be sent twice.
+#[tokio::test]
+async fn a_replica_with_the_same_config_leaves_a_live_lease_alone() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let mut config = mxhook::config::Config::from_toml_str(&config_toml(
+        first_dir.path(),
+        &GatewayOptions::webhook(receiver.url()),
+    ))
+    .expect("test config");
+    // The first attempt hangs for the whole test, inside its lease.
+    config.delivery.timeout_s = 120.0;
+    config.delivery.lease_s = 120.0;
+    let database_url = config.database.url.clone();
+    let first = TestGateway::start_with(first_dir, config.clone()).await;
+
+    let message = simple_message("a@sender.example", "agent@example.com", "once", "body");
+    let mut client = SmtpClient::connect(first.smtp).await;
+    let (code, text) = client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let hanging = receiver.recv().await.json();
+    let holders = lease_holders(&database_url).await;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let holder = holders[0]
+        .1
+        .clone()
+        .expect("the first node holds the lease");
+
+    let second = TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config).await;
+    assert_eq!(
+        lease_holders(&database_url).await,
+        [(holders[0].0.clone(), Some(holder))],
+        "the second node's start changed the first node's lease"
+    );
+    // The second node is up and claiming, yet the job is not sent a second time.
+    let other = simple_message("a@sender.example", "agent@example.com", "second", "body");
+    let mut client = SmtpClient::connect(second.smtp).await;
+    assert_eq!(
+        client
+            .send_message("a@sender.example", &["agent@example.com"], &other)
+            .await
+            .0,
+        250
+    );
+    let next = receiver.recv().await.json();
+    assert_eq!(next["subject"], "second", "{next} after {hanging}");
+}
+
+/// A node whose lease passed to another node cannot finish that node's job or spend its retry
+/// budget; the holder's record counts.
+#[tokio::test]
+async fn only_the_lease_holder_records_an_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = mxhook::config::Config::from_toml_str(&config_toml(
+        dir.path(),
+        &GatewayOptions::webhook("http://127.0.0.1:9/hook".to_owned()),
+    ))
+    .expect("test config");
+    let db = Db::connect(&config.database).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    db.upsert_config_inbox(&config.inboxes[0])
+        .await
+        .expect("inbox");
+    let delivery_id = new_id("dlv");
+    db.commit_accepted(vec![new_message(&delivery_id, None)])
+        .await
+        .expect("commit");
+
+    let now = now_ms();
+    let claimed = db
+        .claim_due("node-a", now, now + 60_000, 10, &[])
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // Node A's lease ran out and node B took the job.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&config.database.url)
+        .await
+        .expect("open");
+    sqlx::query("UPDATE deliveries SET locked_by = 'node-b' WHERE id = $1")
+        .bind(&delivery_id)
+        .execute(&pool)
+        .await
+        .expect("take over");
+
+    let record = |worker: &str, next: JobUpdate| AttemptRecord {
+        delivery_id: delivery_id.clone(),
+        worker: worker.to_owned(),
+        started_at: now,
+        latency_ms: 1,
+        status_code: Some(200),
+        outcome: "ok".to_owned(),
+        error: None,
+        response_excerpt: None,
+        next,
+    };
+    db.record_attempt(&record("node-a", JobUpdate::Dead))
+        .await
+        .expect("late record");
+    let view = db
+        .get_delivery(&delivery_id)
+        .await
+        .expect("read")
+        .expect("delivery");
+    assert_eq!((view.status.as_str(), view.attempts), ("pending", 0));
+    assert!(
+        db.list_attempts(&delivery_id)
+            .await
+            .expect("attempts")
+            .is_empty()
+    );
+
+    db.record_attempt(&record("node-b", JobUpdate::Delivered))
+        .await
+        .expect("holder's record");
+    let view = db
+        .get_delivery(&delivery_id)
+        .await
+        .expect("read")
+        .expect("delivery");
+    assert_eq!((view.status.as_str(), view.attempts), ("delivered", 1));
+    pool.close().await;
+    db.close().await;
+}
+
+/// One accepted message for inbox `agent` with one webhook job, and a fingerprint if given.
+fn new_message(delivery_id: &str, fingerprint: Option<&str>) -> NewMessage {
+    let now = now_ms();
+    NewMessage {
+        id: new_id("msg"),
+        inbox_id: "agent".to_owned(),
+        event_id: new_id("evt"),
+        storage_bucket: "test-bucket".to_owned(),
+        storage_key: "k".to_owned(),
+        size: 1,
+        envelope_from: None,
+        envelope_to: vec!["agent@example.com".to_owned()],
+        remote_ip: None,
+        helo: "test".to_owned(),
+        header_message_id: None,
+        sender: None,
+        subject: None,
+        received_at: now,
+        event_json: r#"{"is_duplicate":false}"#.to_owned(),
+        deliveries: vec![NewDelivery {
+            id: delivery_id.to_owned(),
+            channel: "webhook".to_owned(),
+            endpoint_ref: "inbox".to_owned(),
+            target: "http://127.0.0.1:9/hook".to_owned(),
+            ordered: false,
+        }],
+        thread_id: new_id("thr"),
+        subject_key: None,
+        participants: Vec::new(),
+        fingerprint: fingerprint.map(|fingerprint| NewFingerprint {
+            fingerprint: fingerprint.to_owned(),
+            forget_before: now - 60_000,
+        }),
+    }
+}
+
+/// Two nodes committing the same message at once each looked the fingerprint up before the
+/// other committed; the commit itself decides, so exactly one copy is the first seen and the
+/// other is flagged, whichever commits first.
+#[tokio::test]
+async fn one_fingerprint_committed_twice_at_once_is_first_seen_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = mxhook::config::Config::from_toml_str(&config_toml(
+        dir.path(),
+        &GatewayOptions::webhook("http://127.0.0.1:9/hook".to_owned()),
+    ))
+    .expect("test config");
+    // Two handles, two pools, two group committers: two nodes.
+    let node_a = Db::connect(&config.database).await.expect("connect");
+    node_a.migrate().await.expect("migrate");
+    node_a
+        .upsert_config_inbox(&config.inboxes[0])
+        .await
+        .expect("inbox");
+    let node_b = Db::connect(&config.database).await.expect("connect");
+
+    for round in 0..5 {
+        let fingerprint = format!("<same-{round}@sender.example>");
+        // Both intakes found nothing yet, so both events say "not a duplicate".
+        let first = new_message(&new_id("dlv"), Some(&fingerprint));
+        let second = new_message(&new_id("dlv"), Some(&fingerprint));
+        let (a, b) = tokio::join!(
+            node_a.commit_accepted(vec![first.clone()]),
+            node_b.commit_accepted(vec![second.clone()]),
+        );
+        a.expect("commit on node A");
+        b.expect("commit on node B");
+        let mut flags = Vec::new();
+        for id in [&first.id, &second.id] {
+            let stored = node_a
+                .get_message(id)
+                .await
+                .expect("read")
+                .expect("message");
+            let event: serde_json::Value =
+                serde_json::from_str(&stored.event_json).expect("event JSON");
+            flags.push(event["is_duplicate"].clone());
+        }
+        flags.sort_by_key(|flag| flag.to_string());
+        assert_eq!(
+            flags,
+            [serde_json::json!(false), serde_json::json!(true)],
+            "round {round}"
+        );
+    }
+    node_a.close().await;
+    node_b.close().await;
+}
+
+/// A node that dies mid-attempt leaves its lease behind; once it runs out another node sends
+/// the job, with the dead node never coming back.
+#[tokio::test]
+async fn a_job_whose_node_died_mid_attempt_is_sent_by_another_after_the_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let database_url = postgres_database_url();
+    let config = node_config(
+        &folder_storage(&dir.path().join("store")),
+        &database_url,
+        &receiver.url(),
+        1_000_000,
+        1_000_000,
+    )
+    // A short lease, so the takeover comes soon; the attempt timeout must stay below it, and
+    // node A is killed well inside it.
+    .replace("timeout_s = 1\n", "timeout_s = 5\n")
+    .replace("lease_s = 10\n", "lease_s = 6\n");
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let a = Process::start_with_env(
+        dir.path(),
+        Some(&config_path),
+        free_addr(),
+        free_addr(),
+        &[("HOSTNAME", "node-a")],
+    )
+    .await;
+
+    let message = simple_message("a@sender.example", "agent@example.com", "taken over", "x");
+    let mut client = SmtpClient::connect(a.smtp).await;
+    let (code, text) = client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let hung = receiver.recv().await.json();
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database_url)
+        .await
+        .expect("open the shared database");
+    let message_id = hung["message_id"].as_str().expect("message id").to_owned();
+    assert_eq!(
+        leased_by(&pool, "node-a").await,
+        HashSet::from([message_id.clone()]),
+        "node A holds the job while its attempt hangs"
+    );
+
+    let b = Process::start_with_env(
+        dir.path(),
+        Some(&config_path),
+        free_addr(),
+        free_addr(),
+        &[("HOSTNAME", "node-b")],
+    )
+    .await;
+    a.kill_9();
+    let retried = tokio::time::timeout(Duration::from_secs(60), receiver.recv_any())
+        .await
+        .expect("another node sends the job once the dead node's lease ran out")
+        .json();
+    assert_eq!(retried["message_id"], message_id.as_str(), "{retried}");
+    assert_eq!(retried["event_id"], hung["event_id"], "the same event");
+    let delivered = eventually("the job to be recorded as delivered", || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM deliveries WHERE message_id = $1")
+                .bind(&message_id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (status == "delivered").then_some(status)
+    })
+    .await;
+    assert_eq!(delivered, "delivered");
+    // Node A died before recording its attempt: node B's is the only one.
+    let attempts: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+         WHERE d.message_id = $1",
+    )
+    .bind(&message_id)
+    .fetch_one(&pool)
+    .await
+    .expect("count attempts");
+    assert_eq!(
+        attempts, 1,
+        "node A recorded its hung attempt before it died"
+    );
+    pool.close().await;
     b.kill_9();
 }
