@@ -166,7 +166,9 @@ fn check_window(timestamp: &str, now_s: i64, tolerance_s: i64) -> Result<(), Err
         .trim()
         .parse()
         .map_err(|_| Error::MalformedSignature)?;
-    if (now_s - signed_at).abs() > tolerance_s {
+    // The timestamp is unauthenticated input until the signature is checked, so the distance
+    // must not overflow for values near i64::MIN or i64::MAX.
+    if now_s.abs_diff(signed_at) > tolerance_s.unsigned_abs() {
         return Err(Error::StaleTimestamp);
     }
     Ok(())

@@ -69,6 +69,41 @@ fn calendly_checks_the_timestamp_window() {
         verify(Provider::Calendly, &signed(1000), body, &secrets, 2000, 300),
         Err(Error::StaleTimestamp)
     );
+    for extreme in [i64::MIN, i64::MAX] {
+        assert_eq!(
+            verify(
+                Provider::Calendly,
+                &signed(extreme),
+                body,
+                &secrets,
+                1100,
+                300
+            ),
+            Err(Error::StaleTimestamp)
+        );
+    }
+    assert_eq!(
+        verify(
+            Provider::Calendly,
+            &signed(1000),
+            body,
+            &secrets,
+            i64::MIN,
+            300
+        ),
+        Err(Error::StaleTimestamp)
+    );
+    assert_eq!(
+        verify(
+            Provider::Calendly,
+            &signed(i64::MAX),
+            body,
+            &secrets,
+            i64::MAX,
+            300
+        ),
+        Ok(())
+    );
     let garbled = headers(&[("calendly-webhook-signature", "v1=abc".to_owned())]);
     assert_eq!(
         verify(Provider::Calendly, &garbled, body, &secrets, 0, 300),
