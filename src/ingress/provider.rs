@@ -34,6 +34,11 @@ impl Provider {
         }
     }
 
+    /// Whether the provider sends bookings (mapped to inboxes by event type) rather than mail.
+    pub fn is_calendar(self) -> bool {
+        matches!(self, Self::CalCom | Self::Calendly)
+    }
+
     pub fn parse(value: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
@@ -195,20 +200,24 @@ pub fn mailersend_mail(payload: &Value) -> Result<InboundMail, Error> {
         .get("data")
         .ok_or_else(|| Error::BadPayload("no `data` object".to_owned()))?;
     let event_key = data["id"].as_str().map(str::to_owned).unwrap_or_default();
-    let mut recipients: Vec<String> = data["recipients"]["rcptTo"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            data["recipients"]["to"]["data"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        )
-        .filter_map(|recipient| recipient["email"].as_str())
-        .map(str::to_ascii_lowercase)
-        .collect();
-    recipients.dedup();
+    // The envelope names the inbox; header To may list anyone (and Bcc'd inboxes not at all).
+    // It is read only when a payload carries no envelope.
+    let addresses = |list: &Value| -> Vec<String> {
+        let mut addresses: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|recipient| recipient["email"].as_str())
+            .map(str::to_lowercase)
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    };
+    let mut recipients = addresses(&data["recipients"]["rcptTo"]);
+    if recipients.is_empty() {
+        recipients = addresses(&data["recipients"]["to"]["data"]);
+    }
     if recipients.is_empty() {
         return Err(Error::BadPayload("no recipients".to_owned()));
     }
@@ -270,11 +279,32 @@ impl BookingChange {
     }
 }
 
+/// What a calendar webhook asks of mxhook.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalendarRequest {
+    Booking(Booking),
+    /// A trigger mxhook does not deliver. It is still verified before it is acknowledged, with
+    /// the secret of the inbox its event type maps to (`None`: the payload names none).
+    Ignored {
+        event_type_key: Option<String>,
+    },
+}
+
+impl CalendarRequest {
+    /// `<provider>:<event type id>`, the key that finds the inbox whose secret verifies it.
+    pub fn event_type_key(&self) -> Option<&str> {
+        match self {
+            Self::Booking(booking) => Some(&booking.event_type_key),
+            Self::Ignored { event_type_key } => event_type_key.as_deref(),
+        }
+    }
+}
+
 /// A calendar booking change, normalised across providers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Booking {
     pub change: BookingChange,
-    /// `<provider>:<event type id>`, matched against the inboxes' `calendar_event_types`.
+    /// `<provider>:<event type id>`, looked up among the inboxes' calendar event types.
     pub event_type_key: String,
     /// Provider id of this delivery, for replay protection.
     pub event_key: String,
@@ -283,26 +313,32 @@ pub struct Booking {
 }
 
 /// Reads a Cal.com webhook (`BOOKING_CREATED`, `BOOKING_CANCELLED`, `BOOKING_RESCHEDULED`).
-/// Other triggers are `Ok(None)`: authentic, but not an event mxhook delivers.
+/// Other triggers are [`CalendarRequest::Ignored`]: not an event mxhook delivers.
 ///
 /// # Errors
 /// [`Error::BadPayload`] naming what is missing.
-pub fn calcom_booking(payload: &Value) -> Result<Option<Booking>, Error> {
+pub fn calcom_booking(payload: &Value) -> Result<CalendarRequest, Error> {
+    let booking = &payload["payload"];
+    let event_type_id = match &booking["eventTypeId"] {
+        Value::Number(number) => Some(number.to_string()),
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        _ => None,
+    };
     let change = match payload["triggerEvent"].as_str() {
         Some("BOOKING_CREATED") => BookingChange::Created,
         Some("BOOKING_CANCELLED") => BookingChange::Cancelled,
         Some("BOOKING_RESCHEDULED") => BookingChange::Rescheduled,
-        Some(_) => return Ok(None),
+        Some(_) => {
+            return Ok(CalendarRequest::Ignored {
+                event_type_key: event_type_id.map(|id| format!("calcom:{id}")),
+            });
+        }
         None => return Err(Error::BadPayload("no `triggerEvent`".to_owned())),
     };
-    let booking = &payload["payload"];
-    let event_type_id = match &booking["eventTypeId"] {
-        Value::Number(number) => number.to_string(),
-        Value::String(text) => text.clone(),
-        _ => return Err(Error::BadPayload("no `payload.eventTypeId`".to_owned())),
-    };
+    let event_type_id =
+        event_type_id.ok_or_else(|| Error::BadPayload("no `payload.eventTypeId`".to_owned()))?;
     let uid = booking["uid"].as_str().unwrap_or_default();
-    Ok(Some(Booking {
+    Ok(CalendarRequest::Booking(Booking {
         change,
         event_type_key: format!("calcom:{event_type_id}"),
         event_key: format!(
@@ -327,29 +363,34 @@ pub fn calcom_booking(payload: &Value) -> Result<Option<Booking>, Error> {
 }
 
 /// Reads a Calendly webhook (`invitee.created`, `invitee.canceled`). A cancellation that is half
-/// of a reschedule is `Ok(None)`: the paired `invitee.created` (with `old_invitee`) carries the
-/// reschedule, so the agent hears about it once.
+/// of a reschedule is [`CalendarRequest::Ignored`]: the paired `invitee.created` (with
+/// `old_invitee`) carries the reschedule, so the agent hears about it once.
 ///
 /// # Errors
 /// [`Error::BadPayload`] naming what is missing.
-pub fn calendly_booking(payload: &Value) -> Result<Option<Booking>, Error> {
+pub fn calendly_booking(payload: &Value) -> Result<CalendarRequest, Error> {
     let inner = &payload["payload"];
+    let scheduled = &inner["scheduled_event"];
+    let event_type = scheduled["event_type"]
+        .as_str()
+        .filter(|uri| !uri.is_empty());
+    let ignored = || CalendarRequest::Ignored {
+        event_type_key: event_type.map(|uri| format!("calendly:{uri}")),
+    };
     let change = match payload["event"].as_str() {
         Some("invitee.created") if !inner["old_invitee"].is_null() => BookingChange::Rescheduled,
         Some("invitee.created") => BookingChange::Created,
         Some("invitee.canceled") if inner["rescheduled"].as_bool() == Some(true) => {
-            return Ok(None);
+            return Ok(ignored());
         }
         Some("invitee.canceled") => BookingChange::Cancelled,
-        Some(_) => return Ok(None),
+        Some(_) => return Ok(ignored()),
         None => return Err(Error::BadPayload("no `event`".to_owned())),
     };
-    let scheduled = &inner["scheduled_event"];
-    let event_type = scheduled["event_type"]
-        .as_str()
+    let event_type = event_type
         .ok_or_else(|| Error::BadPayload("no `payload.scheduled_event.event_type`".to_owned()))?;
     let invitee = inner["uri"].as_str().unwrap_or_default();
-    Ok(Some(Booking {
+    Ok(CalendarRequest::Booking(Booking {
         change,
         event_type_key: format!("calendly:{event_type}"),
         event_key: format!("{}:{invitee}", change.event_type()),

@@ -165,16 +165,25 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     assert_eq!((status, reply["status"].clone()), (200, json!("duplicate")));
     receiver.assert_silent(Duration::from_millis(300)).await;
 
-    // Unknown recipient.
+    // An unknown recipient is refused like a bad signature, so refusals do not tell which
+    // addresses exist.
     let stray = mailersend_payload("ms-2", "nobody@example.com", "stray");
-    let (status, _) = post(
+    let (status, stray_reply) = post(
         &gateway,
         "/v1/ingress/mailersend/inbound",
         &[("signature", hmac_hex("ms-secret", &[&stray]))],
         stray,
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 401);
+    let (_, wrong_reply) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", "00".to_owned())],
+        mailersend_payload("ms-3", "agent@example.com", "x"),
+    )
+    .await;
+    assert_eq!(stray_reply, wrong_reply, "the two refusals differ");
     let (status, _) = post(
         &gateway,
         "/v1/ingress/mailersend/inbound",
@@ -184,10 +193,11 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     .await;
     assert_eq!(status, 400);
 
-    // The three refused requests above (no secret, tampered, wrong secret) are counted.
+    // The five refused requests above (no secret, tampered, wrong secret, unknown recipient,
+    // bad signature) are counted; the malformed body is not a signature failure.
     let (_, metrics) = gateway.api_get_bytes("/metrics").await;
     let metrics = String::from_utf8_lossy(&metrics);
-    let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 3";
+    let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 5";
     assert!(
         metrics.lines().any(|l| l == line),
         "no `{line}` in\n{metrics}"
@@ -348,7 +358,10 @@ async fn calcom_and_calendly_bookings_become_calendar_events() {
         unknown_type,
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        status, 401,
+        "an unknown event type is refused as unauthenticated"
+    );
 }
 
 #[tokio::test]
@@ -411,4 +424,271 @@ async fn sendgrid_inbound_parse_is_verified_with_ecdsa_p256() {
         .await;
     assert_eq!(status, 200);
     assert!(stored == raw.as_bytes(), "raw MIME not stored as sent");
+}
+
+async fn admin(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", gateway.http))
+        .bearer_auth(API_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `mxhook_ingress_unauthorized_total` for one provider, as `/metrics` reports it.
+async fn unauthorized_count(gateway: &TestGateway, provider: &str) -> u64 {
+    let (_, metrics) = gateway.api_get_bytes("/metrics").await;
+    let prefix = format!("mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}} ");
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn calcom_booking(trigger: &str, event_type_id: u64, uid: &str, created_at: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "triggerEvent": trigger,
+        "createdAt": created_at,
+        "payload": {
+            "title": format!("Call {uid}"), "eventTypeId": event_type_id, "uid": uid,
+            "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
+            "organizer": {"email": "host@example.com", "name": "Host"},
+            "attendees": [{"email": "guest@ext.example", "name": "Guest"}]
+        }
+    }))
+    .expect("json")
+}
+
+async fn post_calcom(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
+    post(
+        gateway,
+        "/v1/ingress/calcom",
+        &[("x-cal-signature-256", hmac_hex(secret, &[&body]))],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_the_api() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "sales", "addresses": ["sales@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, hook) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/sales/webhook",
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    put_secret(&gateway, "sales", "calcom", "sales-cal").await;
+    let path = "/v1/inboxes/sales/ingress/event-types";
+
+    let booking = calcom_booking("BOOKING_CREATED", 77, "bk_sales", "2026-11-23T10:00:00Z");
+    let (status, _) = post_calcom(&gateway, "sales-cal", booking.clone()).await;
+    assert_eq!(status, 401, "not mapped yet");
+
+    // Malformed entries and a type another inbox holds (the config maps calcom:42 to `other`).
+    let (status, _) = admin(
+        &gateway,
+        "PUT",
+        path,
+        Some(json!({"event_types": ["zoom:1"]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        path,
+        Some(json!({"event_types": ["calcom:77", "calcom:42"]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        path,
+        Some(json!({"event_types": ["calcom:77"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["event_types"],
+        json!([{"event_type": "calcom:77", "source": "api"}])
+    );
+    let (_, other) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/other/ingress/event-types",
+        None,
+    )
+    .await;
+    assert_eq!(
+        other["event_types"],
+        json!([
+            {"event_type": "calcom:42", "source": "config"},
+            {"event_type": format!("calendly:{CALENDLY_TYPE}"), "source": "config"}
+        ]),
+        "config entries are seeded into the same table"
+    );
+    let (status, _) = reqwest::Client::new()
+        .get(format!("http://{}{path}", gateway.http))
+        .send()
+        .await
+        .map(|response| (response.status().as_u16(), ()))
+        .expect("request");
+    assert_eq!(status, 401, "the mapping API needs the admin key");
+
+    let (status, reply) = post_calcom(&gateway, "sales-cal", booking).await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.created");
+    assert_eq!(event["agent_id"], "sales");
+    assert_eq!(event["booking"]["event_type_id"], "77");
+
+    let (status, _) = admin(&gateway, "DELETE", path, None).await;
+    assert_eq!(status, 204);
+    let (_, body) = admin(&gateway, "GET", path, None).await;
+    assert_eq!(body["event_types"], json!([]));
+    let later = calcom_booking("BOOKING_CANCELLED", 77, "bk_sales", "2026-11-24T10:00:00Z");
+    let (status, _) = post_calcom(&gateway, "sales-cal", later).await;
+    assert_eq!(status, 401, "unmapped again");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn ignored_calendar_triggers_are_verified_before_they_are_acknowledged() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    let before = unauthorized_count(&gateway, "calcom").await;
+
+    let ended = calcom_booking("MEETING_ENDED", 42, "bk_9", "2026-11-23T10:00:00Z");
+    let (status, _) = post_calcom(&gateway, "forged", ended.clone()).await;
+    assert_eq!(status, 401, "an unsigned 'ignored' trigger is refused");
+    let (status, reply) = post_calcom(&gateway, "cal-secret", ended).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("ignored")));
+    let unknown = calcom_booking("MEETING_ENDED", 9, "bk_9", "2026-11-23T10:00:00Z");
+    let (status, _) = post_calcom(&gateway, "cal-secret", unknown).await;
+    assert_eq!(status, 401, "no inbox can verify an unmapped event type");
+    assert_eq!(unauthorized_count(&gateway, "calcom").await, before + 2);
+}
+
+fn mailersend_envelope(id: &str, rcpt_to: &[&str], header_to: &[&str], subject: &str) -> Vec<u8> {
+    let raw = format!(
+        "From: Sender <sender@ext.example>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{id}@ext.example>\r\n\r\nbody of {id}\r\n",
+        header_to.join(", ")
+    );
+    let list = |addresses: &[&str]| -> Vec<Value> {
+        addresses.iter().map(|a| json!({"email": a})).collect()
+    };
+    serde_json::to_vec(&json!({
+        "type": "inbound.message",
+        "data": {
+            "id": id, "raw": raw, "subject": subject,
+            "from": {"email": "sender@ext.example", "name": "Sender"},
+            "recipients": {"rcptTo": list(rcpt_to), "to": {"data": list(header_to)}},
+        }
+    }))
+    .expect("json")
+}
+
+async fn post_mailersend(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
+    post(
+        gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", hmac_hex(secret, &[&body]))],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn mail_is_routed_on_the_exact_envelope_recipient() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "agent-ms").await;
+    put_secret(&gateway, "other", "mailersend", "other-ms").await;
+
+    // The envelope names `agent`; header To names `other`, which must not get a copy.
+    let body = mailersend_envelope(
+        "ex-1",
+        &["agent@example.com"],
+        &["other@example.com"],
+        "bcc'd",
+    );
+    let (status, reply) = post_mailersend(&gateway, "agent-ms", body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(receiver.recv().await.json()["agent_id"], "agent");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    // No +tag fallback: only an inbox address itself routes.
+    let body = mailersend_envelope("ex-2", &["agent+tag@example.com"], &[], "tagged");
+    let (status, _) = post_mailersend(&gateway, "agent-ms", body).await;
+    assert_eq!(status, 401);
+
+    // Without an envelope, header To is the fallback; an alias routes to its inbox.
+    let body = mailersend_envelope("ex-3", &[], &["Alias@Example.com"], "header only");
+    let (status, reply) = post_mailersend(&gateway, "agent-ms", body).await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(
+        (event["agent_id"].clone(), event["subject"].clone()),
+        (json!("agent"), json!("header only"))
+    );
+}
+
+#[tokio::test]
+async fn a_multi_recipient_request_reaches_only_the_inboxes_it_verifies_for() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "agent-ms").await;
+    put_secret(&gateway, "other", "mailersend", "other-ms").await;
+    let recipients = ["agent@example.com", "other@example.com"];
+    let body = mailersend_envelope("multi-1", &recipients, &recipients, "to both");
+
+    // Signed for `other` only (the first recipient's secret does not match): `other` gets it,
+    // `agent` does not, and nothing is counted as unauthorized.
+    let (status, reply) = post_mailersend(&gateway, "other-ms", body.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(receiver.recv().await.json()["agent_id"], "other");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(unauthorized_count(&gateway, "mailersend").await, 0);
+
+    // The same event id is still new for `agent`: replay keys are per inbox.
+    let (status, reply) = post_mailersend(&gateway, "agent-ms", body.clone()).await;
+    assert_eq!(
+        (status, reply["status"].clone()),
+        (200, json!("accepted")),
+        "{reply}"
+    );
+    assert_eq!(receiver.recv().await.json()["agent_id"], "agent");
+    let (status, reply) = post_mailersend(&gateway, "other-ms", body.clone()).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("duplicate")));
+
+    let (status, _) = post_mailersend(&gateway, "neither", body).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        unauthorized_count(&gateway, "mailersend").await,
+        1,
+        "counted once"
+    );
 }

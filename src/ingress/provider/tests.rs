@@ -166,6 +166,18 @@ fn payloads_are_read_as_documented() {
     }}))
     .expect("mail");
     assert_eq!(mail.recipients, ["agent@example.com"]);
+    let envelope_wins = mailersend_mail(&json!({"data": {"recipients": {
+        "rcptTo": [{"email": "bcc-inbox@example.com"}],
+        "to": {"data": [{"email": "someone@example.com"}]}}}}))
+    .expect("mail");
+    assert_eq!(envelope_wins.recipients, ["bcc-inbox@example.com"]);
+    let header_fallback = mailersend_mail(&json!({"data": {"recipients": {
+        "to": {"data": [{"email": "B@example.com"}, {"email": "a@example.com"}]}}}}))
+    .expect("mail");
+    assert_eq!(
+        header_fallback.recipients,
+        ["a@example.com", "b@example.com"]
+    );
     let raw = String::from_utf8(mail.raw).expect("utf8");
     assert!(
         raw.contains("Subject: Hi\r\n") && raw.contains("line\r\nnext"),
@@ -175,27 +187,45 @@ fn payloads_are_read_as_documented() {
 
     let created = calcom_booking(&json!({"triggerEvent": "BOOKING_CREATED", "createdAt": "t",
         "payload": {"eventTypeId": 42, "uid": "u1", "title": "Intro", "attendees": [{"email": "p@x.example", "name": "P"}]}}))
-    .expect("ok")
-    .expect("booking");
+    .expect("ok");
+    let CalendarRequest::Booking(created) = created else {
+        panic!("not a booking: {created:?}");
+    };
     assert_eq!(created.event_type_key, "calcom:42");
     assert_eq!(created.change, BookingChange::Created);
     assert_eq!(created.booking["attendees"][0]["email"], "p@x.example");
     assert_eq!(
         calcom_booking(&json!({"triggerEvent": "MEETING_ENDED", "payload": {}})),
-        Ok(None)
+        Ok(CalendarRequest::Ignored {
+            event_type_key: None
+        })
+    );
+    assert_eq!(
+        calcom_booking(&json!({"triggerEvent": "MEETING_ENDED", "payload": {"eventTypeId": 42}}))
+            .expect("ok")
+            .event_type_key(),
+        Some("calcom:42")
     );
 
     let rescheduled = calendly_booking(&json!({"event": "invitee.created", "payload": {
         "uri": "inv1", "old_invitee": "inv0", "email": "p@x.example",
         "scheduled_event": {"event_type": "https://api.calendly.com/event_types/ET1"}}}))
-    .expect("ok")
-    .expect("booking");
+    .expect("ok");
+    let CalendarRequest::Booking(rescheduled) = rescheduled else {
+        panic!("not a booking: {rescheduled:?}");
+    };
     assert_eq!(rescheduled.change, BookingChange::Rescheduled);
     assert_eq!(
         rescheduled.event_type_key,
         "calendly:https://api.calendly.com/event_types/ET1"
     );
-    let half =
-        calendly_booking(&json!({"event": "invitee.canceled", "payload": {"rescheduled": true}}));
-    assert_eq!(half, Ok(None));
+    let half = calendly_booking(&json!({"event": "invitee.canceled", "payload": {
+        "rescheduled": true,
+        "scheduled_event": {"event_type": "https://api.calendly.com/event_types/ET1"}}}));
+    assert_eq!(
+        half,
+        Ok(CalendarRequest::Ignored {
+            event_type_key: Some("calendly:https://api.calendly.com/event_types/ET1".to_owned())
+        })
+    );
 }
