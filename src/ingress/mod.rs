@@ -44,6 +44,22 @@ pub struct IngressState {
 /// How often accepted requests prune replay keys past `ingress.replay_retention_s`.
 const REPLAY_PRUNE_EVERY_MS: i64 = 60_000;
 
+/// The ingress routes' part of `/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    mailersend,
+    sendgrid,
+    calcom,
+    calendly,
+    list_secrets,
+    set_secret,
+    delete_secret,
+    get_event_types,
+    put_event_types,
+    delete_event_types,
+))]
+pub struct IngressApi;
+
 /// The config file's calendar event types as `(event type, inbox id)`, seeded into the database
 /// at start (see [`Db::seed_config_event_types`]).
 pub fn config_event_types(config: &Config) -> Vec<(String, String)> {
@@ -419,6 +435,23 @@ fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
         .map_err(|err| Refusal::BadPayload(format!("body is not JSON: {err}")))
 }
 
+/// A MailerSend inbound route's webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/mailersend/inbound",
+    tag = "ingress",
+    summary = "MailerSend inbound route (also at /api/v1/webhooks/mailersend/inbound)",
+    security(()),
+    params(("Signature" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's mailersend secret")),
+    request_body(content = serde_json::Value, description = "MailerSend `inbound.message` payload"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
+        (status = 400, description = "Not a MailerSend payload", body = serde_json::Value),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
+        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn mailersend(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -432,6 +465,26 @@ async fn mailersend(
         .await
 }
 
+/// A SendGrid Inbound Parse POST.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/sendgrid/inbound",
+    tag = "ingress",
+    summary = "SendGrid Inbound Parse (raw, full MIME mode)",
+    security(()),
+    params(
+        ("X-Twilio-Email-Event-Webhook-Signature" = String, Header, description = "base64 ECDSA P-256 signature over timestamp + body"),
+        ("X-Twilio-Email-Event-Webhook-Timestamp" = String, Header, description = "Unix seconds, within ingress.timestamp_tolerance_s"),
+    ),
+    request_body(content = String, content_type = "multipart/form-data", description = "`email` (raw MIME) and `envelope` fields"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
+        (status = 400, description = "Not an Inbound Parse form", body = serde_json::Value),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
+        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn sendgrid(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -495,6 +548,22 @@ async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::Inb
     })
 }
 
+/// A Cal.com webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/calcom",
+    tag = "ingress",
+    summary = "Cal.com booking webhooks",
+    security(()),
+    params(("X-Cal-Signature-256" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's calcom secret")),
+    request_body(content = serde_json::Value, description = "Cal.com webhook payload"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
+        (status = 400, description = "Not a Cal.com payload", body = serde_json::Value),
+        (status = 401, description = "Unverified or unmapped event type (counted)", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn calcom(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -510,6 +579,22 @@ async fn calcom(
     .await
 }
 
+/// A Calendly webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/calendly",
+    tag = "ingress",
+    summary = "Calendly invitee webhooks",
+    security(()),
+    params(("Calendly-Webhook-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">")),
+    request_body(content = serde_json::Value, description = "Calendly webhook payload"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
+        (status = 400, description = "Not a Calendly payload", body = serde_json::Value),
+        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn calendly(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -538,9 +623,9 @@ async fn calendar(
     state.calendar(provider, headers, body, request).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SecretBody {
+pub struct SecretBody {
     secret: String,
 }
 
@@ -565,6 +650,18 @@ fn known_provider(name: &str) -> Result<Provider, ApiError> {
 }
 
 /// Which providers have a secret: a "configured" flag each, never the secret.
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/ingress",
+    tag = "ingress",
+    summary = "Which providers have a secret (admin; never the secret)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "{inbox_id, providers: {<provider>: {configured}}}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+    ),
+)]
 async fn list_secrets(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -586,6 +683,23 @@ async fn list_secrets(
     Ok(Json(json!({"inbox_id": id, "providers": flags})))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/ingress/{provider}",
+    tag = "ingress",
+    summary = "Set or rotate a provider secret (admin; write-only)",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        ("provider" = String, Path, description = "mailersend, sendgrid, calcom or calendly"),
+    ),
+    request_body = SecretBody,
+    responses(
+        (status = 200, description = "{inbox_id, provider, configured: true}", body = serde_json::Value),
+        (status = 400, description = "Unknown provider or empty secret", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+    ),
+)]
 async fn set_secret(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -614,6 +728,22 @@ async fn set_secret(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/ingress/{provider}",
+    tag = "ingress",
+    summary = "Remove a provider secret (admin)",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        ("provider" = String, Path, description = "mailersend, sendgrid, calcom or calendly"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Unknown provider", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox or no secret", body = serde_json::Value),
+    ),
+)]
 async fn delete_secret(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,

@@ -692,3 +692,35 @@ async fn a_multi_recipient_request_reaches_only_the_inboxes_it_verifies_for() {
         "counted once"
     );
 }
+
+#[tokio::test]
+async fn the_ingress_routes_are_in_the_openapi_document() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let (status, document) = gateway.api_get("/openapi.json").await.expect("request");
+    assert_eq!(status, 200);
+    for (method, path) in [
+        ("post", "/v1/ingress/mailersend/inbound"),
+        ("post", "/v1/ingress/sendgrid/inbound"),
+        ("post", "/v1/ingress/calcom"),
+        ("post", "/v1/ingress/calendly"),
+        ("get", "/v1/inboxes/{id}/ingress"),
+        ("put", "/v1/inboxes/{id}/ingress/{provider}"),
+        ("delete", "/v1/inboxes/{id}/ingress/{provider}"),
+        ("get", "/v1/inboxes/{id}/ingress/event-types"),
+        ("put", "/v1/inboxes/{id}/ingress/event-types"),
+        ("delete", "/v1/inboxes/{id}/ingress/event-types"),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert!(
+            operation["responses"].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    assert!(
+        document["paths"]["/v1/ingress/calcom"]["post"]["responses"]["401"].is_object(),
+        "the refusal is documented"
+    );
+    // The management API's routes are still there beside them.
+    assert!(document["paths"]["/v1/inboxes"]["get"].is_object());
+}
