@@ -724,3 +724,93 @@ async fn the_ingress_routes_are_in_the_openapi_document() {
     // The management API's routes are still there beside them.
     assert!(document["paths"]["/v1/inboxes"]["get"].is_object());
 }
+
+#[tokio::test]
+async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endpoints() {
+    let mut inbox_hook = WebhookReceiver::start(vec![]).await;
+    let mut rule_hook = WebhookReceiver::start(vec![]).await;
+    let smarthost = crate::forward::Aiosmtpd::start().await;
+    let mut options = GatewayOptions::webhook(inbox_hook.url());
+    options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
+        "id = \"other\"\n",
+        "id = \"other\"\ncalendar_event_types = [\"calcom:42\"]\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/other/webhook",
+        Some(json!({"url": inbox_hook.url(), "payload": "botmailroom"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/other/notifications",
+        Some(json!({"rules": [{"name": "bookings", "channels": {
+            "webhook": {"url": rule_hook.url()},
+            "email": {"recipients": ["ops@elsewhere.example"]}}}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let booking = calcom_booking("BOOKING_CREATED", 42, "bk_rule", "2026-11-23T10:00:00Z");
+    let (status, reply) = post_calcom(&gateway, "cal-secret", booking.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let to_rule = rule_hook.recv().await.json();
+    assert_eq!(to_rule["type"], "calendar.booking.created");
+    assert_eq!(to_rule["booking"]["title"], "Call bk_rule");
+    let to_botmailroom = inbox_hook.recv().await.json();
+    assert_eq!(
+        to_botmailroom, to_rule,
+        "a botmailroom endpoint gets the calendar event unchanged"
+    );
+
+    let delivered = crate::support::eventually("the calendar forward", || async {
+        let all = smarthost.delivered();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let message = mail_parser::MessageParser::default()
+        .parse(&delivered[0])
+        .expect("forward parses");
+    assert_eq!(
+        message.subject(),
+        Some("New booking: Call bk_rule (2026-12-01T10:00:00Z)")
+    );
+    let from = message.from().and_then(|f| f.first()).expect("from");
+    assert_eq!(from.name(), Some("Cal.com via mxhook"));
+    assert_eq!(
+        message
+            .reply_to()
+            .and_then(|r| r.first())
+            .and_then(|a| a.address()),
+        Some("guest@ext.example")
+    );
+    let text = message.body_text(0).expect("text part");
+    for line in [
+        "**Call bk_rule**",
+        "When: 2026-12-01T10:00:00Z to 2026-12-01T10:30:00Z",
+        "Organizer: Host <host@example.com>",
+        "Attendees: Guest <guest@ext.example>",
+    ] {
+        assert!(text.contains(line), "no `{line}` in {text}");
+    }
+    assert!(!text.contains("Cancellation"), "{text}");
+    let attachment = message.attachments().next().expect("JSON attached");
+    assert!(
+        mail_parser::MimeHeaders::is_content_type(attachment, "application", "json"),
+        "attachment is not application/json"
+    );
+    assert!(
+        attachment.contents() == booking.as_slice(),
+        "the webhook JSON is attached as received"
+    );
+}
