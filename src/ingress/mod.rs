@@ -458,8 +458,8 @@ async fn mailersend(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let payload = parse_json(&body)?;
-    let mail =
-        provider::mailersend_mail(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
+    let mail = provider::mailersend_mail(&payload, chrono::Utc::now().fixed_offset())
+        .map_err(|err| Refusal::BadPayload(err.to_string()))?;
     state
         .mail(Provider::MailerSend, &headers, &body, mail, "mailersend")
         .await

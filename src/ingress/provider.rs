@@ -191,11 +191,15 @@ pub struct InboundMail {
     pub raw: Vec<u8>,
 }
 
-/// Reads a MailerSend `inbound.message` webhook.
+/// Reads a MailerSend `inbound.message` webhook; `received_at` dates a message built from
+/// parsed fields when the payload gives no date.
 ///
 /// # Errors
 /// [`Error::BadPayload`] naming what is missing.
-pub fn mailersend_mail(payload: &Value) -> Result<InboundMail, Error> {
+pub fn mailersend_mail(
+    payload: &Value,
+    received_at: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<InboundMail, Error> {
     let data = payload
         .get("data")
         .ok_or_else(|| Error::BadPayload("no `data` object".to_owned()))?;
@@ -224,7 +228,12 @@ pub fn mailersend_mail(payload: &Value) -> Result<InboundMail, Error> {
     let mail_from = data["from"]["email"].as_str().map(str::to_owned);
     let raw = match data["raw"].as_str() {
         Some(raw) if !raw.is_empty() => raw.as_bytes().to_vec(),
-        _ => build_mime(data, mail_from.as_deref().unwrap_or_default(), &recipients),
+        _ => build_mime(
+            data,
+            mail_from.as_deref().unwrap_or_default(),
+            &recipients,
+            received_at,
+        ),
     };
     Ok(InboundMail {
         event_key,
@@ -234,8 +243,130 @@ pub fn mailersend_mail(payload: &Value) -> Result<InboundMail, Error> {
     })
 }
 
-/// A minimal MIME message from parsed fields, for payloads without the raw message.
-fn build_mime(data: &Value, from: &str, recipients: &[String]) -> Vec<u8> {
+/// A MIME message from parsed fields, for payloads without the raw message: From with its
+/// display name, To, Subject (RFC 2047 encoded when not ASCII), Date and Message-ID, and the
+/// text and HTML bodies.
+fn build_mime(
+    data: &Value,
+    from: &str,
+    recipients: &[String],
+    received_at: chrono::DateTime<chrono::FixedOffset>,
+) -> Vec<u8> {
+    let message_id = mime_message_id(data);
+    let date = mime_date(data, received_at);
+    lettre_mime(data, from, recipients, &message_id, date)
+        .unwrap_or_else(|| plain_mime(data, from, recipients, &message_id, date))
+}
+
+/// The payload's own Message-ID, else one derived from the provider's message id, so a
+/// redelivery of the same message carries the same id (duplicate detection, threading).
+fn mime_message_id(data: &Value) -> String {
+    let from_headers = data["headers"].as_object().and_then(|headers| {
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("message-id"))
+            .and_then(|(_, value)| value.as_str())
+    });
+    let clean = |id: &str| {
+        id.chars()
+            .filter(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '"' | '\\'))
+            .collect::<String>()
+    };
+    match from_headers.map(clean).filter(|id| id.contains('@')) {
+        Some(id) => format!("<{id}>"),
+        None => {
+            let id = clean(data["id"].as_str().unwrap_or_default());
+            if id.is_empty() {
+                use sha2::Digest as _;
+                let digest = Sha256::digest(data.to_string().as_bytes());
+                format!("<{}@mailersend.mxhook.invalid>", hex::encode(&digest[..16]))
+            } else {
+                format!("<{id}@mailersend.mxhook.invalid>")
+            }
+        }
+    }
+}
+
+/// When the message was sent: the payload's `date` (RFC 2822) or `created_at` (RFC 3339), else
+/// when it was received.
+fn mime_date(
+    data: &Value,
+    received_at: chrono::DateTime<chrono::FixedOffset>,
+) -> chrono::DateTime<chrono::FixedOffset> {
+    data["date"]
+        .as_str()
+        .and_then(|date| chrono::DateTime::parse_from_rfc2822(date.trim()).ok())
+        .or_else(|| {
+            data["created_at"]
+                .as_str()
+                .and_then(|date| chrono::DateTime::parse_from_rfc3339(date.trim()).ok())
+        })
+        .unwrap_or(received_at)
+}
+
+fn lettre_mime(
+    data: &Value,
+    from: &str,
+    recipients: &[String],
+    message_id: &str,
+    date: chrono::DateTime<chrono::FixedOffset>,
+) -> Option<Vec<u8>> {
+    use lettre::message::{Mailbox, MultiPart, SinglePart};
+    let mailbox = |email: &str, name: Option<&str>| -> Option<Mailbox> {
+        let name = name
+            .map(|name| name.replace(['\r', '\n'], " ").trim().to_owned())
+            .filter(|name| !name.is_empty());
+        Some(Mailbox::new(name, email.trim().parse().ok()?))
+    };
+    let from = mailbox(from, data["from"]["name"].as_str())?;
+    let header_to: Vec<Mailbox> = data["recipients"]["to"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|to| mailbox(to["email"].as_str()?, to["name"].as_str()))
+        .collect();
+    let envelope_to: Vec<lettre::Address> = recipients
+        .iter()
+        .filter_map(|address| address.parse().ok())
+        .collect();
+    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to).ok()?;
+    let mut builder = lettre::Message::builder()
+        .envelope(envelope)
+        .from(from)
+        .subject(
+            data["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .replace(['\r', '\n'], " "),
+        )
+        .date(std::time::SystemTime::from(date))
+        .message_id(Some(message_id.to_owned()));
+    if header_to.is_empty() {
+        for address in recipients {
+            builder = builder.to(mailbox(address, None)?);
+        }
+    } else {
+        for mailbox in header_to {
+            builder = builder.to(mailbox);
+        }
+    }
+    let text = data["text"].as_str().unwrap_or_default().to_owned();
+    let message = match data["html"].as_str().filter(|html| !html.is_empty()) {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(text, html.to_owned())),
+        None => builder.singlepart(SinglePart::plain(text)),
+    };
+    message.ok().map(|message| message.formatted())
+}
+
+/// The fallback when an address is not one lettre accepts: the same headers written by hand
+/// (non-ASCII left as UTF-8), so the message is still stored and delivered.
+fn plain_mime(
+    data: &Value,
+    from: &str,
+    recipients: &[String],
+    message_id: &str,
+    date: chrono::DateTime<chrono::FixedOffset>,
+) -> Vec<u8> {
     let clean = |text: &str| text.replace(['\r', '\n'], " ");
     let subject = clean(data["subject"].as_str().unwrap_or_default());
     let text = data["text"]
@@ -250,13 +381,14 @@ fn build_mime(data: &Value, from: &str, recipients: &[String]) -> Vec<u8> {
         .replace('\n', "\r\n");
     let boundary = "mxhook-ingress-boundary";
     format!(
-        "From: {}\r\nTo: {}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
-Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
+        "From: {}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: {message_id}\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
 --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n\
 --{boundary}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{html}\r\n\
 --{boundary}--\r\n",
         clean(from),
         clean(&recipients.join(", ")),
+        date.to_rfc2822(),
     )
     .into_bytes()
 }
