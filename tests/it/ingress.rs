@@ -14,8 +14,13 @@ use crate::support::{GatewayOptions, TestGateway, WebhookReceiver};
 const CALENDLY_TYPE: &str = "https://api.calendly.com/event_types/ET1";
 
 async fn gateway(receiver: &WebhookReceiver) -> TestGateway {
+    gateway_with(receiver, "rotation_grace_s = 1.5\n").await
+}
+
+/// The test gateway with these `[ingress]` lines.
+async fn gateway_with(receiver: &WebhookReceiver, ingress_toml: &str) -> TestGateway {
     let mut options = GatewayOptions::webhook(receiver.url());
-    options.extra_toml = "[ingress]\nrotation_grace_s = 1.5\n".to_owned();
+    options.extra_toml = format!("[ingress]\n{ingress_toml}");
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
         "id = \"other\"\n",
@@ -813,4 +818,273 @@ async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endp
         attachment.contents() == booking.as_slice(),
         "the webhook JSON is attached as received"
     );
+}
+
+fn calendly_body(event: &str, invitee: &str, extra: Value) -> Vec<u8> {
+    let mut payload = json!({
+        "uri": format!("https://api.calendly.com/scheduled_events/EV1/invitees/{invitee}"),
+        "email": "guest@ext.example", "name": "Guest",
+        "scheduled_event": {"name": "Demo", "event_type": CALENDLY_TYPE,
+            "start_time": "2026-12-03T10:00:00Z", "end_time": "2026-12-03T11:00:00Z"}
+    });
+    if let (Some(payload), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+        payload.extend(extra);
+    }
+    serde_json::to_vec(&json!({"event": event, "payload": payload})).expect("json")
+}
+
+async fn post_calendly(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
+    let t = chrono::Utc::now().timestamp().to_string();
+    let signature = hmac_hex(secret, &[t.as_bytes(), b".", &body]);
+    post(
+        gateway,
+        "/v1/ingress/calendly",
+        &[(
+            "calendly-webhook-signature",
+            format!("t={t},v1={signature}"),
+        )],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn calendar_webhooks_refuse_tampering_deliver_reschedules_and_replays_once() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    put_secret(&gateway, "other", "calendly", "calendly-key").await;
+
+    // Cal.com: a body changed after signing is refused; a reschedule is delivered once.
+    let moved = calcom_booking("BOOKING_RESCHEDULED", 42, "bk_m", "2026-11-23T11:00:00Z");
+    let signature = hmac_hex("cal-secret", &[&moved]);
+    let mut tampered = moved.clone();
+    tampered.insert(tampered.len() - 1, b' ');
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calcom",
+        &[("x-cal-signature-256", signature.clone())],
+        tampered,
+    )
+    .await;
+    assert_eq!(status, 401, "tampered Cal.com body");
+    for expected in ["accepted", "duplicate"] {
+        let (status, reply) = post(
+            &gateway,
+            "/v1/ingress/calcom",
+            &[("x-cal-signature-256", signature.clone())],
+            moved.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, reply["status"].clone()),
+            (200, json!(expected)),
+            "{reply}"
+        );
+    }
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.rescheduled");
+    assert_eq!(event["booking"]["uid"], "bk_m");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    // Calendly: wrong secret, then a body changed after signing, are refused.
+    let rescheduled = calendly_body(
+        "invitee.created",
+        "INV2",
+        json!({"old_invitee": "https://api.calendly.com/scheduled_events/EV0/invitees/INV1"}),
+    );
+    let (status, _) = post_calendly(&gateway, "not-the-key", rescheduled.clone()).await;
+    assert_eq!(status, 401, "wrong Calendly secret");
+    let t = chrono::Utc::now().timestamp().to_string();
+    let signature = hmac_hex("calendly-key", &[t.as_bytes(), b".", &rescheduled]);
+    let mut tampered = rescheduled.clone();
+    tampered.insert(tampered.len() - 1, b' ');
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calendly",
+        &[(
+            "calendly-webhook-signature",
+            format!("t={t},v1={signature}"),
+        )],
+        tampered,
+    )
+    .await;
+    assert_eq!(status, 401, "tampered Calendly body");
+    // The cancellation half of a reschedule is acknowledged, not delivered; the created half
+    // is the reschedule, delivered once however often it arrives.
+    let half = calendly_body("invitee.canceled", "INV1", json!({"rescheduled": true}));
+    let (status, reply) = post_calendly(&gateway, "calendly-key", half).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("ignored")));
+    for expected in ["accepted", "duplicate"] {
+        let (status, reply) = post_calendly(&gateway, "calendly-key", rescheduled.clone()).await;
+        assert_eq!(
+            (status, reply["status"].clone()),
+            (200, json!(expected)),
+            "{reply}"
+        );
+    }
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.rescheduled");
+    assert_eq!(event["provider"], "calendly");
+    assert_eq!(event["booking"]["start_time"], "2026-12-03T10:00:00Z");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(unauthorized_count(&gateway, "calcom").await, 1);
+    assert_eq!(unauthorized_count(&gateway, "calendly").await, 2);
+}
+
+#[tokio::test]
+async fn mailersend_without_raw_mime_stores_a_built_message() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    let body = serde_json::to_vec(&json!({
+        "type": "inbound.message",
+        "data": {
+            "id": "parsed-1",
+            "from": {"email": "ann@ext.example", "name": "Ann Ürsel"},
+            "recipients": {"rcptTo": [{"email": "agent@example.com"}],
+                "to": {"data": [{"email": "agent@example.com", "name": "Agent"}]}},
+            "subject": "Rückfrage zum Angebot",
+            "text": "Hello from the parsed fields.\nSecond line.",
+            "html": "<p>Hello from the parsed fields.</p>",
+            "date": "Mon, 23 Nov 2026 09:00:00 +0000"
+        }
+    }))
+    .expect("json");
+    let (status, reply) = post_mailersend(&gateway, "ms", body).await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "Rückfrage zum Angebot");
+    assert_eq!(event["email"]["from_address"]["address"], "ann@ext.example");
+    assert_eq!(event["email"]["from_address"]["name"], "Ann Ürsel");
+    assert!(
+        event["email"]["to_addresses"]
+            .to_string()
+            .contains("agent@example.com"),
+        "{}",
+        event["email"]
+    );
+    assert!(
+        event["email"]["plain_text"]
+            .as_str()
+            .is_some_and(|text| text.contains("Hello from the parsed fields.")),
+        "{}",
+        event["email"]
+    );
+    assert_eq!(event["email"]["date"], "2026-11-23T09:00:00.000+00:00");
+    let message_id = event["message_id"].as_str().expect("id");
+    let (status, stored) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    let stored = mail_parser::MessageParser::default()
+        .parse(&stored)
+        .expect("stored MIME parses");
+    assert_eq!(stored.subject(), Some("Rückfrage zum Angebot"));
+    assert_eq!(
+        stored.message_id(),
+        Some("parsed-1@mailersend.mxhook.invalid")
+    );
+    assert!(stored.date().is_some());
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_stale_timestamps_and_wrong_keys_and_acknowledges_duplicates() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+    let public = b64.encode(key.public_key().as_der().expect("spki").as_ref());
+    put_secret(&gateway, "agent", "sendgrid", &public).await;
+    let other_key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+
+    let raw =
+        "From: grid@ext.example\r\nTo: agent@example.com\r\nSubject: twice\r\n\r\nonce only\r\n";
+    let form = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n{{\"to\":[\"agent@example.com\"],\"from\":\"grid@ext.example\"}}\r\n\
+--b\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n{raw}\r\n--b--\r\n"
+    )
+    .into_bytes();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let send = |signer: &EcdsaKeyPair, timestamp: i64| {
+        let timestamp = timestamp.to_string();
+        let signature = b64.encode(
+            signer
+                .sign(&rng, &[timestamp.as_bytes(), &form].concat())
+                .expect("sign"),
+        );
+        let headers = vec![
+            ("content-type", "multipart/form-data; boundary=b".to_owned()),
+            ("x-twilio-email-event-webhook-signature", signature),
+            ("x-twilio-email-event-webhook-timestamp", timestamp),
+        ];
+        let form = form.clone();
+        let gateway = &gateway;
+        async move { post(gateway, "/v1/ingress/sendgrid/inbound", &headers, form).await }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let (status, _) = send(&key, now - 3600).await;
+    assert_eq!(status, 401, "a stale timestamp, correctly signed");
+    let (status, _) = send(&other_key, now).await;
+    assert_eq!(status, 401, "signed with another key");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    let (status, reply) = send(&key, now).await;
+    assert_eq!(
+        (status, reply["status"].clone()),
+        (200, json!("accepted")),
+        "{reply}"
+    );
+    assert_eq!(receiver.recv().await.json()["subject"], "twice");
+    // SendGrid sends no event id: the same body again is a duplicate by its hash.
+    let (status, reply) = send(&key, now + 1).await;
+    assert_eq!(
+        (status, reply["status"].clone()),
+        (200, json!("duplicate")),
+        "{reply}"
+    );
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(unauthorized_count(&gateway, "sendgrid").await, 2);
+}
+
+#[tokio::test]
+async fn a_deleted_secret_refuses_again_and_unsigned_requests_pass_only_when_allowed() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    let body = mailersend_payload("del-1", "agent@example.com", "before delete");
+    let (status, _) = post_mailersend(&gateway, "ms", body).await;
+    assert_eq!(status, 200);
+    receiver.recv().await;
+    let path = "/v1/inboxes/agent/ingress/mailersend";
+    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 204);
+    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 404);
+    let body = mailersend_payload("del-2", "agent@example.com", "after delete");
+    let (status, _) = post_mailersend(&gateway, "ms", body).await;
+    assert_eq!(status, 401, "the deleted secret no longer verifies");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_with(&receiver, "allow_unsigned = true\n").await;
+    let unsigned = mailersend_payload("open-1", "agent@example.com", "unsigned");
+    let (status, reply) = post(&gateway, "/v1/ingress/mailersend/inbound", &[], unsigned).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(receiver.recv().await.json()["subject"], "unsigned");
+    // A secret, once set, is required even when unsigned ingress is allowed...
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    let unsigned = mailersend_payload("open-2", "agent@example.com", "unsigned again");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[],
+        unsigned.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // ...and after it is deleted the unsigned policy applies again.
+    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 204);
+    let (status, _) = post(&gateway, "/v1/ingress/mailersend/inbound", &[], unsigned).await;
+    assert_eq!(status, 200);
+    assert_eq!(receiver.recv().await.json()["subject"], "unsigned again");
 }
