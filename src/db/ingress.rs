@@ -317,3 +317,57 @@ impl Db {
         Ok(result.rows_affected())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+
+    /// Replay keys are per inbox, keys from before they named one count for every inbox, and
+    /// pruning forgets only keys older than the cutoff.
+    #[tokio::test]
+    async fn replay_keys_are_per_inbox_and_pruned_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().join("ingress.db").display()),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("db");
+        db.migrate().await.expect("migrate");
+
+        db.mark_ingress_seen("calcom", "a", "evt-1")
+            .await
+            .expect("mark");
+        assert!(db.ingress_seen("calcom", "a", "evt-1").await.expect("seen"));
+        assert!(!db.ingress_seen("calcom", "b", "evt-1").await.expect("seen"));
+        assert!(
+            !db.ingress_seen("calendly", "a", "evt-1")
+                .await
+                .expect("seen")
+        );
+
+        sqlx::query(
+            "INSERT INTO ingress_replays (provider, inbox_id, event_key, received_at) \
+             VALUES ('calcom', '', 'legacy', 1)",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("legacy row");
+        assert!(
+            db.ingress_seen("calcom", "b", "legacy")
+                .await
+                .expect("seen")
+        );
+
+        assert_eq!(db.prune_ingress_seen(2).await.expect("prune"), 1);
+        assert!(
+            !db.ingress_seen("calcom", "b", "legacy")
+                .await
+                .expect("seen")
+        );
+        assert!(db.ingress_seen("calcom", "a", "evt-1").await.expect("seen"));
+        assert_eq!(db.prune_ingress_seen(now_ms() + 1).await.expect("prune"), 1);
+        assert!(!db.ingress_seen("calcom", "a", "evt-1").await.expect("seen"));
+    }
+}

@@ -1088,3 +1088,45 @@ async fn a_deleted_secret_refuses_again_and_unsigned_requests_pass_only_when_all
     assert_eq!(status, 200);
     assert_eq!(receiver.recv().await.json()["subject"], "unsigned again");
 }
+
+#[tokio::test]
+async fn an_inbox_recreated_under_a_deleted_id_inherits_no_ingress_settings() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let create = || {
+        admin(
+            &gateway,
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "temp", "addresses": ["temp@example.com"]})),
+        )
+    };
+    assert_eq!(create().await.0, 201);
+    put_secret(&gateway, "temp", "calcom", "temp-secret").await;
+    let (status, _) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/temp/ingress/event-types",
+        Some(json!({"event_types": ["calcom:5"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        admin(&gateway, "DELETE", "/v1/inboxes/temp", None).await.0,
+        204
+    );
+    assert_eq!(create().await.0, 201);
+    let (_, flags) = admin(&gateway, "GET", "/v1/inboxes/temp/ingress", None).await;
+    assert_eq!(flags["providers"]["calcom"]["configured"], false, "{flags}");
+    let (_, types) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/temp/ingress/event-types",
+        None,
+    )
+    .await;
+    assert_eq!(types["event_types"], json!([]));
+    let booking = calcom_booking("BOOKING_CREATED", 5, "bk_old", "2026-11-23T10:00:00Z");
+    let (status, _) = post_calcom(&gateway, "temp-secret", booking).await;
+    assert_eq!(status, 401);
+}
