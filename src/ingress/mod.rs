@@ -2,10 +2,12 @@
 //! SendGrid Inbound Parse) and calendar tools (Cal.com, Calendly) enter the same pipeline as SMTP
 //! mail: durable store, event, delivery jobs.
 //!
-//! Order per request: read the body (bounded) → find the inbox (recipient address, or calendar
-//! event type) → verify the signature with that inbox's secret for the provider → skip a replay
-//! of an event id already processed → intake. Nothing unverified is processed: a bad or missing
-//! signature is 401, counted in the log, and the request is dropped before intake.
+//! Order per request: read the body (bounded) → find the inbox (the exact envelope recipient
+//! address, or the calendar event type's mapping in the database) → verify the signature with
+//! that inbox's secret for the provider → skip a replay of an event id that inbox already
+//! processed → intake. Nothing unverified is processed or acknowledged: a bad or missing
+//! signature, and a target no inbox owns, are the same 401, counted in `/metrics`.
+//! This module never writes SQL (see `db::ingress`) and never reaches into `smtp`.
 
 pub mod provider;
 

@@ -554,6 +554,23 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
         ]),
         "config entries are seeded into the same table"
     );
+    // Listing an inbox's own config entry keeps it as it is.
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/other/ingress/event-types",
+        Some(json!({"event_types": ["calcom:42", "calcom:43"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["event_types"][0],
+        json!({"event_type": "calcom:42", "source": "config"})
+    );
+    assert_eq!(
+        body["event_types"][1],
+        json!({"event_type": "calcom:43", "source": "api"})
+    );
     let (status, _) = reqwest::Client::new()
         .get(format!("http://{}{path}", gateway.http))
         .send()
