@@ -269,6 +269,9 @@ impl IngressState {
             let (inbox_id, reason) = first_refusal.unwrap_or_default();
             return Err(self.unauthorized(provider, Some(inbox_id), &reason));
         }
+        if self.older_than_replay_keys(mail.created_at_s) {
+            return Ok(expired(provider));
+        }
         let event_key = replay_key(&mail.event_key, body);
         let mut fresh = Vec::with_capacity(verified.len());
         for inbox_id in verified {
@@ -330,6 +333,9 @@ impl IngressState {
             }
             CalendarRequest::Booking(booking) => booking,
         };
+        if self.older_than_replay_keys(booking.created_at_s) {
+            return Ok(expired(provider));
+        }
         let event_key = replay_key(&booking.event_key, body);
         if self
             .db
@@ -393,6 +399,14 @@ impl IngressState {
         }
     }
 
+    /// Whether an event was created before the oldest replay key kept: its key may have been
+    /// pruned, so it cannot be told from a replay. MailerSend and Cal.com sign no timestamp
+    /// header, and this keeps pruning from reopening replays of their old requests.
+    fn older_than_replay_keys(&self, created_at_s: Option<i64>) -> bool {
+        let retention_s = self.config.replay_retention_s as i64;
+        created_at_s.is_some_and(|created| (now_ms() / 1000).saturating_sub(created) > retention_s)
+    }
+
     /// Forgets replay keys past the retention period, at most once a minute per node. The
     /// request that triggers it is already accepted, so a failure is logged, not answered.
     async fn prune_replay_keys(&self) {
@@ -426,6 +440,16 @@ fn replay_key(provider_id: &str, body: &[u8]) -> String {
     } else {
         provider_id.to_owned()
     }
+}
+
+/// An authentic event older than the replay keys: acknowledged (a retry would not make it
+/// younger) and not processed.
+fn expired(provider: Provider) -> Response {
+    tracing::warn!(
+        provider = provider.as_str(),
+        "ingress event older than ingress.replay_retention_s not processed"
+    );
+    (StatusCode::OK, Json(json!({"status": "expired"}))).into_response()
 }
 
 fn duplicate() -> Response {
@@ -544,6 +568,8 @@ async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::Inb
     }
     Ok(provider::InboundMail {
         event_key: String::new(),
+        // SendGrid's signed timestamp header bounds its age instead.
+        created_at_s: None,
         mail_from: envelope["from"].as_str().map(str::to_owned),
         recipients,
         raw,

@@ -184,6 +184,8 @@ fn check_window(timestamp: &str, now_s: i64, tolerance_s: i64) -> Result<(), Err
 pub struct InboundMail {
     /// The provider's id for this delivery, for replay protection.
     pub event_key: String,
+    /// When the provider created the event (Unix seconds, from the signed body), if it says.
+    pub created_at_s: Option<i64>,
     pub mail_from: Option<String>,
     pub recipients: Vec<String>,
     /// The message as MIME: the provider's raw copy when it sends one, else one built from the
@@ -237,6 +239,8 @@ pub fn mailersend_mail(
     };
     Ok(InboundMail {
         event_key,
+        created_at_s: unix_seconds(&payload["created_at"])
+            .or_else(|| unix_seconds(&data["created_at"])),
         mail_from,
         recipients,
         raw,
@@ -393,6 +397,13 @@ MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\
     .into_bytes()
 }
 
+/// An RFC 3339 time in a payload as Unix seconds.
+fn unix_seconds(value: &Value) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(value.as_str()?.trim())
+        .ok()
+        .map(|time| time.timestamp())
+}
+
 /// What happened to a booking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BookingChange {
@@ -440,6 +451,8 @@ pub struct Booking {
     pub event_type_key: String,
     /// Provider id of this delivery, for replay protection.
     pub event_key: String,
+    /// When the provider created the event (Unix seconds, from the signed body), if it says.
+    pub created_at_s: Option<i64>,
     /// The normalised booking fields sent in the event's `booking` object.
     pub booking: Value,
 }
@@ -473,6 +486,7 @@ pub fn calcom_booking(payload: &Value) -> Result<CalendarRequest, Error> {
     Ok(CalendarRequest::Booking(Booking {
         change,
         event_type_key: format!("calcom:{event_type_id}"),
+        created_at_s: unix_seconds(&payload["createdAt"]),
         event_key: format!(
             "{}:{uid}:{}",
             change.event_type(),
@@ -526,6 +540,7 @@ pub fn calendly_booking(payload: &Value) -> Result<CalendarRequest, Error> {
         change,
         event_type_key: format!("calendly:{event_type}"),
         event_key: format!("{}:{invitee}", change.event_type()),
+        created_at_s: unix_seconds(&payload["created_at"]),
         booking: serde_json::json!({
             "provider": "calendly",
             "uid": invitee,

@@ -33,6 +33,12 @@ async fn gateway_with(receiver: &WebhookReceiver, ingress_toml: &str) -> TestGat
     TestGateway::start_with(dir, config).await
 }
 
+/// A provider creation time `minutes_ago` before now: events older than the replay keys
+/// (`ingress.replay_retention_s`) are not processed, so fixed dates would expire.
+fn recent(minutes_ago: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339()
+}
+
 fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
     for part in parts {
@@ -271,7 +277,7 @@ async fn calcom_and_calendly_bookings_become_calendar_events() {
 
     let calcom = serde_json::to_vec(&json!({
         "triggerEvent": "BOOKING_CREATED",
-        "createdAt": "2026-11-23T10:00:00.000Z",
+        "createdAt": recent(0),
         "payload": {
             "type": "intro-call", "title": "Intro call", "eventTypeId": 42, "uid": "bk_1",
             "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
@@ -312,7 +318,7 @@ async fn calcom_and_calendly_bookings_become_calendar_events() {
 
     let calendly = serde_json::to_vec(&json!({
         "event": "invitee.canceled",
-        "created_at": "2026-11-23T10:00:00.000000Z",
+        "created_at": recent(0),
         "payload": {
             "uri": "https://api.calendly.com/scheduled_events/EV1/invitees/INV1",
             "email": "guest@ext.example", "name": "Guest", "rescheduled": false,
@@ -506,7 +512,7 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
     put_secret(&gateway, "sales", "calcom", "sales-cal").await;
     let path = "/v1/inboxes/sales/ingress/event-types";
 
-    let booking = calcom_booking("BOOKING_CREATED", 77, "bk_sales", "2026-11-23T10:00:00Z");
+    let booking = calcom_booking("BOOKING_CREATED", 77, "bk_sales", &recent(0));
     let (status, _) = post_calcom(&gateway, "sales-cal", booking.clone()).await;
     assert_eq!(status, 401, "not mapped yet");
 
@@ -590,7 +596,7 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
     assert_eq!(status, 204);
     let (_, body) = admin(&gateway, "GET", path, None).await;
     assert_eq!(body["event_types"], json!([]));
-    let later = calcom_booking("BOOKING_CANCELLED", 77, "bk_sales", "2026-11-24T10:00:00Z");
+    let later = calcom_booking("BOOKING_CANCELLED", 77, "bk_sales", &recent(1));
     let (status, _) = post_calcom(&gateway, "sales-cal", later).await;
     assert_eq!(status, 401, "unmapped again");
     receiver.assert_silent(Duration::from_millis(300)).await;
@@ -603,12 +609,12 @@ async fn ignored_calendar_triggers_are_verified_before_they_are_acknowledged() {
     put_secret(&gateway, "other", "calcom", "cal-secret").await;
     let before = unauthorized_count(&gateway, "calcom").await;
 
-    let ended = calcom_booking("MEETING_ENDED", 42, "bk_9", "2026-11-23T10:00:00Z");
+    let ended = calcom_booking("MEETING_ENDED", 42, "bk_9", &recent(0));
     let (status, _) = post_calcom(&gateway, "forged", ended.clone()).await;
     assert_eq!(status, 401, "an unsigned 'ignored' trigger is refused");
     let (status, reply) = post_calcom(&gateway, "cal-secret", ended).await;
     assert_eq!((status, reply["status"].clone()), (200, json!("ignored")));
-    let unknown = calcom_booking("MEETING_ENDED", 9, "bk_9", "2026-11-23T10:00:00Z");
+    let unknown = calcom_booking("MEETING_ENDED", 9, "bk_9", &recent(0));
     let (status, _) = post_calcom(&gateway, "cal-secret", unknown).await;
     assert_eq!(status, 401, "no inbox can verify an unmapped event type");
     assert_eq!(unauthorized_count(&gateway, "calcom").await, before + 2);
@@ -782,7 +788,7 @@ async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endp
     .await;
     assert_eq!(status, 200, "{body}");
 
-    let booking = calcom_booking("BOOKING_CREATED", 42, "bk_rule", "2026-11-23T10:00:00Z");
+    let booking = calcom_booking("BOOKING_CREATED", 42, "bk_rule", &recent(0));
     let (status, reply) = post_calcom(&gateway, "cal-secret", booking.clone()).await;
     assert_eq!(status, 200, "{reply}");
 
@@ -873,7 +879,7 @@ async fn calendar_webhooks_refuse_tampering_deliver_reschedules_and_replays_once
     put_secret(&gateway, "other", "calendly", "calendly-key").await;
 
     // Cal.com: a body changed after signing is refused; a reschedule is delivered once.
-    let moved = calcom_booking("BOOKING_RESCHEDULED", 42, "bk_m", "2026-11-23T11:00:00Z");
+    let moved = calcom_booking("BOOKING_RESCHEDULED", 42, "bk_m", &recent(2));
     let signature = hmac_hex("cal-secret", &[&moved]);
     let mut tampered = moved.clone();
     tampered.insert(tampered.len() - 1, b' ');
@@ -1143,7 +1149,34 @@ async fn an_inbox_recreated_under_a_deleted_id_inherits_no_ingress_settings() {
     )
     .await;
     assert_eq!(types["event_types"], json!([]));
-    let booking = calcom_booking("BOOKING_CREATED", 5, "bk_old", "2026-11-23T10:00:00Z");
+    let booking = calcom_booking("BOOKING_CREATED", 5, "bk_old", &recent(0));
     let (status, _) = post_calcom(&gateway, "temp-secret", booking).await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn an_event_older_than_the_replay_keys_is_acknowledged_but_not_processed() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    // Signed correctly, but created long before the 90 days of replay keys: it may be a replay
+    // whose key was pruned.
+    let old = calcom_booking("BOOKING_CREATED", 42, "bk_old", "2020-01-01T00:00:00Z");
+    let (status, reply) = post_calcom(&gateway, "cal-secret", old).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("expired")));
+    let mut old_mail: Value =
+        serde_json::from_slice(&mailersend_payload("old-1", "agent@example.com", "old"))
+            .expect("json");
+    old_mail["created_at"] = json!("2020-01-01T00:00:00.000000Z");
+    let (status, reply) =
+        post_mailersend(&gateway, "ms", serde_json::to_vec(&old_mail).expect("json")).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("expired")));
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    let recent = chrono::Utc::now().to_rfc3339();
+    let fresh = calcom_booking("BOOKING_CREATED", 42, "bk_new", &recent);
+    let (status, reply) = post_calcom(&gateway, "cal-secret", fresh).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("accepted")));
+    assert_eq!(receiver.recv().await.json()["booking"]["uid"], "bk_new");
 }
