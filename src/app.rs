@@ -65,6 +65,9 @@ pub async fn run_with_listeners(
             .await
             .with_context(|| format!("saving inbox `{}` from config", inbox.id))?;
     }
+    db.seed_config_event_types(&ingress::config_event_types(&config))
+        .await
+        .context("saving calendar_event_types from config")?;
     let directory = Directory::default();
     let inbox_count = directory.reload(&db).await.context("loading inboxes")?;
 
@@ -123,7 +126,7 @@ pub async fn run_with_listeners(
         directory: directory.clone(),
         config: config.ingress.clone(),
         admin_keys: config.http.admin_keys.clone(),
-        calendar_types: IngressState::calendar_types(&config),
+        last_replay_prune: std::sync::atomic::AtomicI64::new(0),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(

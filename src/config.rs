@@ -380,6 +380,10 @@ pub struct IngressConfig {
     pub rotation_grace_s: f64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How long a processed provider event id is remembered for replay protection, in seconds.
+    /// MailerSend and Cal.com sign no timestamp, so a captured request replayed after this is
+    /// processed again: keep it longer than anyone keeps their webhook logs.
+    pub replay_retention_s: f64,
 }
 
 impl Default for IngressConfig {
@@ -389,6 +393,7 @@ impl Default for IngressConfig {
             timestamp_tolerance_s: 300,
             rotation_grace_s: 86_400.0,
             max_body_bytes: 30 << 20,
+            replay_retention_s: 90.0 * 86_400.0,
         }
     }
 }
@@ -867,6 +872,16 @@ impl Config {
             return Err(invalid(
                 "ingress.rotation_grace_s",
                 "must be 0 or more seconds",
+            ));
+        }
+        // Shorter than the timestamp window, a replay of a timestamped request would pass both.
+        if !(self.ingress.replay_retention_s.is_finite()
+            && (self.ingress.timestamp_tolerance_s as f64..=MAX_SECONDS)
+                .contains(&self.ingress.replay_retention_s))
+        {
+            return Err(invalid(
+                "ingress.replay_retention_s",
+                "must be at least ingress.timestamp_tolerance_s and at most ten years",
             ));
         }
 

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_hmac_header.sql")),
     (9, include_str!("../migrations/0009_directory_version.sql")),
     (10, include_str!("../migrations/0010_fingerprints.sql")),
+    (12, include_str!("../migrations/0012_ingress_per_inbox.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -1488,136 +1489,6 @@ impl Db {
     }
 }
 
-/// Provider ingress: secrets and replay keys.
-impl Db {
-    /// The secrets valid now for one inbox and provider: the current one, and the previous one
-    /// while its grace period runs.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn ingress_secrets(
-        &self,
-        inbox_id: &str,
-        provider: &str,
-        now: i64,
-    ) -> Result<Vec<String>, Error> {
-        let row = sqlx::query(
-            "SELECT secret, previous_secret, previous_valid_until FROM ingress_secrets \
-             WHERE inbox_id = $1 AND provider = $2",
-        )
-        .bind(inbox_id)
-        .bind(provider)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(Vec::new());
-        };
-        let mut secrets = vec![row.try_get::<String, _>("secret")?];
-        let previous: Option<String> = row.try_get("previous_secret")?;
-        let valid_until: Option<i64> = row.try_get("previous_valid_until")?;
-        if let (Some(previous), Some(until)) = (previous, valid_until)
-            && until > now
-        {
-            secrets.push(previous);
-        }
-        Ok(secrets)
-    }
-
-    /// Sets an inbox's secret for a provider; the one it replaces stays valid until
-    /// `previous_valid_until`.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn set_ingress_secret(
-        &self,
-        inbox_id: &str,
-        provider: &str,
-        secret: &str,
-        previous_valid_until: i64,
-    ) -> Result<(), Error> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO ingress_secrets (inbox_id, provider, secret, previous_secret, \
-             previous_valid_until, updated_at) VALUES ($1, $2, $3, NULL, NULL, $4) \
-             ON CONFLICT (inbox_id, provider) DO UPDATE SET \
-             previous_secret = ingress_secrets.secret, previous_valid_until = $5, \
-             secret = $3, updated_at = $4",
-        )
-        .bind(inbox_id)
-        .bind(provider)
-        .bind(secret)
-        .bind(now)
-        .bind(previous_valid_until)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Removes an inbox's secret for a provider. Returns whether there was one.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn delete_ingress_secret(
-        &self,
-        inbox_id: &str,
-        provider: &str,
-    ) -> Result<bool, Error> {
-        let result =
-            sqlx::query("DELETE FROM ingress_secrets WHERE inbox_id = $1 AND provider = $2")
-                .bind(inbox_id)
-                .bind(provider)
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    /// The providers an inbox has a secret for.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn ingress_providers(&self, inbox_id: &str) -> Result<Vec<String>, Error> {
-        let providers = sqlx::query_scalar(
-            "SELECT provider FROM ingress_secrets WHERE inbox_id = $1 ORDER BY provider",
-        )
-        .bind(inbox_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(providers)
-    }
-
-    /// Whether a provider event was already processed.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn ingress_seen(&self, provider: &str, event_key: &str) -> Result<bool, Error> {
-        let seen: Option<i64> = sqlx::query_scalar(
-            "SELECT received_at FROM ingress_seen WHERE provider = $1 AND event_key = $2",
-        )
-        .bind(provider)
-        .bind(event_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(seen.is_some())
-    }
-
-    /// Records a processed provider event (a concurrent duplicate is ignored).
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn mark_ingress_seen(&self, provider: &str, event_key: &str) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO ingress_seen (provider, event_key, received_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (provider, event_key) DO NOTHING",
-        )
-        .bind(provider)
-        .bind(event_key)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
-
 fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoint>, Error> {
     let column = |name: &str| format!("{prefix}{name}");
     let url: Option<String> = row.try_get(column("webhook_url").as_str())?;
@@ -1724,8 +1595,10 @@ async fn bump_directory_version(conn: &mut sqlx::AnyConnection) -> Result<(), Er
 
 mod commit;
 mod dashboard;
+mod ingress;
 mod management;
 pub use dashboard::{EndpointStats, MessageListing};
+pub use ingress::EventTypeRow;
 pub use management::{
     ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
     WebhookSettings,

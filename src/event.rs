@@ -234,6 +234,14 @@ fn build_or_fall_back(
 pub fn payload_for(event: &Value, format: PayloadFormat) -> Value {
     match format {
         PayloadFormat::Mxhook => event.clone(),
+        // A calendar event (provider ingress) has no `email` to reshape; it goes as it is.
+        PayloadFormat::Botmailroom
+            if event["type"]
+                .as_str()
+                .is_some_and(|kind| kind.starts_with("calendar.")) =>
+        {
+            event.clone()
+        }
         PayloadFormat::Botmailroom => {
             let email = event.get("email").cloned().unwrap_or_else(|| json!({}));
             let mut out = botmailroom_email(&email);

@@ -69,5 +69,5 @@ impl Modify for BearerAuth {
     responses((status = 200, description = "OpenAPI 3.1 JSON", body = serde_json::Value))
 )]
 pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(ApiDoc::openapi().merge_from(crate::ingress::IngressApi::openapi()))
 }

@@ -228,3 +228,16 @@ fn storage_timeout_tls_pair_and_connection_keys_are_validated() {
     assert!((config.database.directory_refresh_s - 2.0).abs() < f64::EPSILON);
     assert_eq!(config.smtp.max_connections_per_ip, 20);
 }
+
+#[test]
+fn replay_retention_is_bounded_by_the_timestamp_window() {
+    for value in ["10.0", "-1.0", "1e12", "nan"] {
+        check_error(
+            &format!("[ingress]\nreplay_retention_s = {value}\n"),
+            &[],
+            "ingress.replay_retention_s",
+        );
+    }
+    let config = Config::load(None, Vec::new()).expect("defaults are valid");
+    assert!(config.ingress.replay_retention_s >= 86_400.0);
+}

@@ -261,6 +261,9 @@ impl Db {
         for statement in [
             "DELETE FROM api_keys WHERE inbox_id = $1",
             "DELETE FROM inbox_addresses WHERE inbox_id = $1",
+            // A new inbox that reuses the id must not inherit provider secrets or bookings.
+            "DELETE FROM ingress_secrets WHERE inbox_id = $1",
+            "DELETE FROM ingress_event_types WHERE inbox_id = $1",
         ] {
             sqlx::query(statement).bind(id).execute(&mut *tx).await?;
         }

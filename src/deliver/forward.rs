@@ -1,6 +1,7 @@
 //! The email-forward channel: sends an event to a rule's recipients through the configured
 //! smarthost, as a text + HTML message rendered from `templates/forward.md` with the original
-//! attached as `message/rfc822`.
+//! attached as `message/rfc822`. A calendar event (provider ingress) is rendered from
+//! `templates/calendar_forward.md` instead, with the provider's webhook JSON attached.
 //!
 //! The From is the gateway's own address (a forward that kept the original From would fail the
 //! sender's DMARC at the recipient); the original sender goes into Reply-To, so replying still
@@ -16,6 +17,7 @@ use serde_json::Value;
 use crate::config::ForwardConfig;
 
 const FORWARD_TEMPLATE: &str = include_str!("../../templates/forward.md");
+const CALENDAR_TEMPLATE: &str = include_str!("../../templates/calendar_forward.md");
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -102,6 +104,9 @@ fn build_message(
     raw: &[u8],
     recipients: &[String],
 ) -> Result<lettre::Message, Error> {
+    if is_calendar_event(event) {
+        return build_calendar_message(from, event, raw, recipients);
+    }
     let email = &event["email"];
     let subject = event["subject"].as_str().unwrap_or_default();
     let sender_name = email["from_address"]["name"]
@@ -114,9 +119,128 @@ fn build_message(
     );
 
     let markdown = render_template(event);
+    let reply_to = event["sender"]
+        .as_str()
+        .and_then(|sender| sender.parse::<Mailbox>().ok());
+    let builder = forward_builder(
+        shown_from,
+        format!("Fwd: {subject}"),
+        event,
+        reply_to,
+        recipients,
+    )?;
+    let rfc822 =
+        ContentType::parse("message/rfc822").map_err(|err| Error::Build(err.to_string()))?;
+    with_body(
+        builder,
+        &markdown,
+        Attachment::new("original.eml".to_owned()).body(raw.to_vec(), rfc822),
+    )
+}
+
+/// Whether the event is a booking from a calendar provider rather than a mail.
+fn is_calendar_event(event: &Value) -> bool {
+    event["type"]
+        .as_str()
+        .is_some_and(|kind| kind.starts_with("calendar."))
+}
+
+/// A calendar event's forward: subject from the booking's title and start, a readable summary,
+/// and the provider's webhook JSON (`raw`, as received) attached.
+fn build_calendar_message(
+    from: &Mailbox,
+    event: &Value,
+    raw: &[u8],
+    recipients: &[String],
+) -> Result<lettre::Message, Error> {
+    let booking = &event["booking"];
+    let title = booking["title"]
+        .as_str()
+        .filter(|title| !title.trim().is_empty())
+        .unwrap_or("Booking");
+    let subject = match booking["start_time"].as_str() {
+        Some(start) => format!("{}: {title} ({start})", calendar_change(event)),
+        None => format!("{}: {title}", calendar_change(event)),
+    };
+    let provider = provider_name(event);
+    let shown_from = Mailbox::new(Some(format!("{provider} via mxhook")), from.email.clone());
+    // Replies go to the person who booked, as they would to the sender of a forwarded mail.
+    let reply_to = booking["attendees"][0]["email"]
+        .as_str()
+        .and_then(|email| email.parse::<Mailbox>().ok());
+    let builder = forward_builder(shown_from, subject, event, reply_to, recipients)?;
+    let json =
+        ContentType::parse("application/json").map_err(|err| Error::Build(err.to_string()))?;
+    let markdown = fill(CALENDAR_TEMPLATE, |name| calendar_value(event, name));
+    with_body(
+        builder,
+        &markdown,
+        Attachment::new(format!(
+            "{}-webhook.json",
+            event["provider"].as_str().unwrap_or("calendar")
+        ))
+        .body(raw.to_vec(), json),
+    )
+}
+
+fn calendar_change(event: &Value) -> &'static str {
+    match event["type"].as_str() {
+        Some("calendar.booking.cancelled") => "Booking cancelled",
+        Some("calendar.booking.rescheduled") => "Booking rescheduled",
+        _ => "New booking",
+    }
+}
+
+fn provider_name(event: &Value) -> &'static str {
+    match event["provider"].as_str() {
+        Some("calcom") => "Cal.com",
+        Some("calendly") => "Calendly",
+        _ => "Calendar",
+    }
+}
+
+/// The calendar template's placeholders: `{{change}}`, `{{provider}}`, `{{agent_id}}`,
+/// `{{event_id}}`, `{{title}}`, `{{start_time}}`, `{{end_time}}`, `{{organizer}}`,
+/// `{{attendees}}`, `{{cancellation_reason}}`.
+fn calendar_value(event: &Value, name: &str) -> String {
+    let booking = &event["booking"];
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    let person = |value: &Value| match (value["name"].as_str(), value["email"].as_str()) {
+        (Some(name), Some(email)) if !name.is_empty() => format!("{name} <{email}>"),
+        (_, Some(email)) => email.to_owned(),
+        (Some(name), None) => name.to_owned(),
+        (None, None) => String::new(),
+    };
+    match name {
+        "change" => calendar_change(event).to_owned(),
+        "provider" => provider_name(event).to_owned(),
+        "agent_id" | "event_id" => text(&event[name]),
+        "title" | "start_time" | "end_time" | "cancellation_reason" => text(&booking[name]),
+        "organizer" => person(&booking["organizer"]),
+        "attendees" => booking["attendees"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(person)
+            .filter(|person| !person.is_empty())
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => String::new(),
+    }
+}
+
+/// Headers every forward carries: From, Subject, `Auto-Submitted`, the event id, Reply-To and
+/// the recipients.
+fn forward_builder(
+    shown_from: Mailbox,
+    subject: String,
+    event: &Value,
+    reply_to: Option<Mailbox>,
+    recipients: &[String],
+) -> Result<lettre::message::MessageBuilder, Error> {
     let mut builder = lettre::Message::builder()
         .from(shown_from)
-        .subject(format!("Fwd: {subject}"))
+        .subject(subject)
         .raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str("Auto-Submitted"),
             "auto-forwarded".to_owned(),
@@ -125,11 +249,8 @@ fn build_message(
             HeaderName::new_from_ascii_str("X-Mxhook-Event-Id"),
             event["event_id"].as_str().unwrap_or_default().to_owned(),
         ));
-    if let Some(original) = event["sender"]
-        .as_str()
-        .and_then(|sender| sender.parse::<Mailbox>().ok())
-    {
-        builder = builder.reply_to(original);
+    if let Some(reply_to) = reply_to {
+        builder = builder.reply_to(reply_to);
     }
     for recipient in recipients {
         let mailbox: Mailbox = recipient
@@ -137,17 +258,24 @@ fn build_message(
             .map_err(|_| Error::BadAddress(recipient.clone()))?;
         builder = builder.to(mailbox);
     }
-    let rfc822 =
-        ContentType::parse("message/rfc822").map_err(|err| Error::Build(err.to_string()))?;
+    Ok(builder)
+}
+
+/// The text + HTML rendering of `markdown`, with `attachment` beside it.
+fn with_body(
+    builder: lettre::message::MessageBuilder,
+    markdown: &str,
+    attachment: SinglePart,
+) -> Result<lettre::Message, Error> {
     builder
         .multipart(
             MultiPart::mixed()
                 .multipart(
                     MultiPart::alternative()
-                        .singlepart(SinglePart::plain(markdown.clone()))
-                        .singlepart(SinglePart::html(markdown_to_html(&markdown))),
+                        .singlepart(SinglePart::plain(markdown.to_owned()))
+                        .singlepart(SinglePart::html(markdown_to_html(markdown))),
                 )
-                .singlepart(Attachment::new("original.eml".to_owned()).body(raw.to_vec(), rfc822)),
+                .singlepart(attachment),
         )
         .map_err(|err| Error::Build(err.to_string()))
 }
@@ -156,34 +284,48 @@ fn build_message(
 /// `{{prompt}}`. Values are inserted once, in one pass, so text inside a value that looks like a
 /// placeholder stays as it is.
 fn render_template(event: &Value) -> String {
-    let value = |name: &str| -> String {
-        match name {
-            "agent_id" | "event_id" | "sender" | "subject" => {
-                event[name].as_str().unwrap_or_default().to_owned()
-            }
-            "prompt" => event["email"]["prompt"]
-                .as_str()
-                .unwrap_or("(the body was left out: see the attached original)")
-                .to_owned(),
-            _ => String::new(),
+    fill(FORWARD_TEMPLATE, |name| match name {
+        "agent_id" | "event_id" | "sender" | "subject" => {
+            event[name].as_str().unwrap_or_default().to_owned()
         }
-    };
-    let mut out = String::with_capacity(FORWARD_TEMPLATE.len() + 1024);
-    let mut rest = FORWARD_TEMPLATE;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        match rest[start..].find("}}") {
-            Some(end) => {
-                out.push_str(&value(rest[start + 2..start + end].trim()));
-                rest = &rest[start + end + 2..];
+        "prompt" => event["email"]["prompt"]
+            .as_str()
+            .unwrap_or("(the body was left out: see the attached original)")
+            .to_owned(),
+        _ => String::new(),
+    })
+}
+
+/// Fills `{{name}}` placeholders from `value` in one pass. A line whose placeholders all come
+/// out empty is left out, so a booking without, say, a cancellation reason shows no empty row.
+fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(template.len() + 1024);
+    for line in template.split_inclusive('\n') {
+        let mut rendered = String::with_capacity(line.len());
+        let mut placeholders = 0;
+        let mut filled = 0;
+        let mut rest = line;
+        while let Some(start) = rest.find("{{") {
+            rendered.push_str(&rest[..start]);
+            match rest[start..].find("}}") {
+                Some(end) => {
+                    let text = value(rest[start + 2..start + end].trim());
+                    placeholders += 1;
+                    filled += usize::from(!text.is_empty());
+                    rendered.push_str(&text);
+                    rest = &rest[start + end + 2..];
+                }
+                None => {
+                    rendered.push_str(&rest[start..]);
+                    rest = "";
+                }
             }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
-            }
+        }
+        rendered.push_str(rest);
+        if placeholders == 0 || filled > 0 {
+            out.push_str(&rendered);
         }
     }
-    out.push_str(rest);
     out
 }
 
@@ -224,5 +366,25 @@ mod tests {
         let text = render_template(&event);
         assert!(text.contains("**agent** (evt_1)"), "{text}");
         assert!(text.contains("body mentions {{event_id}}"), "{text}");
+    }
+
+    #[test]
+    fn calendar_summary_leaves_out_empty_rows() {
+        let event = serde_json::json!({
+            "type": "calendar.booking.created", "provider": "calcom", "agent_id": "agent",
+            "event_id": "evt_1",
+            "booking": {"title": "Intro", "start_time": "2026-12-01T10:00:00Z",
+                "end_time": "2026-12-01T10:30:00Z", "cancellation_reason": null,
+                "organizer": {"email": "host@example.com", "name": "Host"},
+                "attendees": [{"email": "p@x.example", "name": ""}]}
+        });
+        let text = fill(CALENDAR_TEMPLATE, |name| calendar_value(&event, name));
+        assert!(text.contains("**New booking** through Cal.com"), "{text}");
+        assert!(
+            text.contains("Organizer: Host <host@example.com>"),
+            "{text}"
+        );
+        assert!(text.contains("Attendees: p@x.example\n"), "{text}");
+        assert!(!text.contains("Cancellation"), "{text}");
     }
 }

@@ -2,15 +2,17 @@
 //! SendGrid Inbound Parse) and calendar tools (Cal.com, Calendly) enter the same pipeline as SMTP
 //! mail: durable store, event, delivery jobs.
 //!
-//! Order per request: read the body (bounded) → find the inbox (recipient address, or calendar
-//! event type) → verify the signature with that inbox's secret for the provider → skip a replay
-//! of an event id already processed → intake. Nothing unverified is processed: a bad or missing
-//! signature is 401, counted in the log, and the request is dropped before intake.
+//! Order per request: read the body (bounded) → find the inbox (the exact envelope recipient
+//! address, or the calendar event type's mapping in the database) → verify the signature with
+//! that inbox's secret for the provider → skip a replay of an event id that inbox already
+//! processed → intake. Nothing unverified is processed or acknowledged: a bad or missing
+//! signature, and a target no inbox owns, are the same 401, counted in `/metrics`.
+//! This module never writes SQL (see `db::ingress`) and never reaches into `smtp`.
 
 pub mod provider;
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -27,7 +29,7 @@ use crate::db::Db;
 use crate::directory::Directory;
 use crate::intake::{Intake, Outcome};
 use crate::model::{Envelope, Recipient, now_ms, rfc3339};
-use provider::{Booking, Provider};
+use provider::{CalendarRequest, Provider};
 
 pub struct IngressState {
     pub counters: Arc<crate::counters::Counters>,
@@ -36,27 +38,47 @@ pub struct IngressState {
     pub directory: Directory,
     pub config: IngressConfig,
     pub admin_keys: Vec<String>,
-    /// `calcom:<id>` / `calendly:<uri>` → inbox id, from the inboxes' `calendar_event_types`.
-    pub calendar_types: HashMap<String, String>,
+    /// When this node last pruned old replay keys (ms); pruning rides on accepted requests, at
+    /// most once per [`REPLAY_PRUNE_EVERY_MS`].
+    pub last_replay_prune: AtomicI64,
 }
 
-impl IngressState {
-    pub fn calendar_types(config: &Config) -> HashMap<String, String> {
-        config
-            .inboxes
-            .iter()
-            .flat_map(|inbox| {
-                inbox
-                    .calendar_event_types
-                    .iter()
-                    .map(|event_type| (event_type.clone(), inbox.id.clone()))
-            })
-            .collect()
-    }
+/// How often accepted requests prune replay keys past `ingress.replay_retention_s`.
+const REPLAY_PRUNE_EVERY_MS: i64 = 60_000;
+
+/// The ingress routes' part of `/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    mailersend,
+    sendgrid,
+    calcom,
+    calendly,
+    list_secrets,
+    set_secret,
+    delete_secret,
+    get_event_types,
+    put_event_types,
+    delete_event_types,
+))]
+pub struct IngressApi;
+
+/// The config file's calendar event types as `(event type, inbox id)`, seeded into the database
+/// at start (see [`Db::seed_config_event_types`]).
+pub fn config_event_types(config: &Config) -> Vec<(String, String)> {
+    config
+        .inboxes
+        .iter()
+        .flat_map(|inbox| {
+            inbox
+                .calendar_event_types
+                .iter()
+                .map(|event_type| (event_type.clone(), inbox.id.clone()))
+        })
+        .collect()
 }
 
-/// Provider webhooks (authenticated by signature) and the secret management routes
-/// (authenticated by admin key).
+/// Provider webhooks (authenticated by signature) and the secret and event-type management
+/// routes (authenticated by admin key).
 pub fn router(state: Arc<IngressState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
     axum::Router::new()
@@ -66,6 +88,12 @@ pub fn router(state: Arc<IngressState>) -> axum::Router {
         .route("/v1/ingress/calcom", post(calcom))
         .route("/v1/ingress/calendly", post(calendly))
         .route("/v1/inboxes/{id}/ingress", get(list_secrets))
+        .route(
+            "/v1/inboxes/{id}/ingress/event-types",
+            get(get_event_types)
+                .put(put_event_types)
+                .delete(delete_event_types),
+        )
         .route(
             "/v1/inboxes/{id}/ingress/{provider}",
             put(set_secret).delete(delete_secret),
@@ -86,7 +114,6 @@ fn header_reader(headers: &HeaderMap) -> impl Fn(&str) -> Option<String> + '_ {
 /// Why a provider request was refused; each maps to one status.
 enum Refusal {
     Unauthorized(String),
-    UnknownTarget(String),
     BadPayload(String),
     /// The inbox's sender policy refuses the message; retrying will not help.
     Rejected(String),
@@ -98,7 +125,6 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             Self::Unauthorized(message) => (StatusCode::UNAUTHORIZED, "unauthorized", message),
-            Self::UnknownTarget(message) => (StatusCode::NOT_FOUND, "not_found", message),
             Self::BadPayload(message) => (StatusCode::BAD_REQUEST, "bad_request", message),
             Self::Rejected(reason) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason),
             // 503 asks the provider to retry, like 451 asks an SMTP sender.
@@ -130,41 +156,77 @@ impl From<crate::db::Error> for Refusal {
     }
 }
 
+/// Whether a request is authentic for one inbox.
+enum Check {
+    Authentic,
+    /// Why not, for the log; the client only hears "unauthorized".
+    Refused(String),
+}
+
+/// What a 401 tells the client: the same for an unknown target, a missing secret and a bad
+/// signature, so refusals do not reveal which addresses or event types exist.
+const UNAUTHORIZED: &str = "the request is not signed with a secret mxhook holds for its target";
+
 impl IngressState {
-    /// Verifies a request for `inbox_id` against its current secrets for `provider`.
-    async fn authenticate(
+    /// Checks a request against an inbox's current secrets for `provider`. Counts nothing: a
+    /// multi-recipient request that verifies for one inbox is not an attack on the others.
+    async fn check(
         &self,
         provider: Provider,
         inbox_id: &str,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<(), Refusal> {
+    ) -> Result<Check, Refusal> {
         let now = now_ms();
         let secrets = self
             .db
             .ingress_secrets(inbox_id, provider.as_str(), now)
             .await?;
         if secrets.is_empty() {
-            if self.config.allow_unsigned {
-                return Ok(());
-            }
-            tracing::warn!(
-                provider = provider.as_str(),
-                inbox_id,
-                "ingress refused: no secret configured"
-            );
-            self.counters.unauthorized(provider);
-            return Err(Refusal::Unauthorized(format!(
-                "no {} secret is configured for this inbox",
-                provider.as_str()
-            )));
+            return Ok(if self.config.allow_unsigned {
+                Check::Authentic
+            } else {
+                Check::Refused(format!("no {} secret is configured", provider.as_str()))
+            });
         }
         let reader = header_reader(headers);
-        provider::verify(provider, &reader, body, &secrets, now / 1000, self.config.timestamp_tolerance_s).map_err(|err| {
-            tracing::warn!(provider = provider.as_str(), inbox_id, error = %err, "ingress refused: signature");
-            self.counters.unauthorized(provider);
-            Refusal::Unauthorized(err.to_string())
-        })
+        Ok(
+            match provider::verify(
+                provider,
+                &reader,
+                body,
+                &secrets,
+                now / 1000,
+                self.config.timestamp_tolerance_s,
+            ) {
+                Ok(()) => Check::Authentic,
+                Err(err) => Check::Refused(err.to_string()),
+            },
+        )
+    }
+
+    /// The refusal of a request that verified for no inbox: logged and counted once.
+    fn unauthorized(&self, provider: Provider, inbox_id: Option<&str>, reason: &str) -> Refusal {
+        tracing::warn!(
+            provider = provider.as_str(),
+            inbox_id,
+            reason,
+            "ingress refused: unauthenticated"
+        );
+        self.counters.unauthorized(provider);
+        Refusal::Unauthorized(UNAUTHORIZED.to_owned())
+    }
+
+    /// The inbox that owns exactly this (lowercase) address. No `+tag` fallback: a provider
+    /// route names the inbox address itself, and a near miss must not reach another inbox.
+    fn inbox_with_address(&self, address: &str) -> Option<String> {
+        let inbox_id = self.directory.lookup(address)?;
+        let inbox = self.directory.inbox(&inbox_id)?;
+        inbox
+            .addresses
+            .iter()
+            .any(|known| known.to_lowercase() == address)
+            .then_some(inbox_id)
     }
 
     async fn mail(
@@ -179,74 +241,107 @@ impl IngressState {
             .recipients
             .iter()
             .filter_map(|address| {
-                let inbox_id = self.directory.lookup(address)?;
                 Some(Recipient {
                     address: address.clone(),
-                    inbox_id,
+                    inbox_id: self.inbox_with_address(address)?,
                 })
             })
             .collect();
-        let Some(first) = recipients.first() else {
-            return Err(Refusal::UnknownTarget(
-                "no inbox has any of the recipients".to_owned(),
-            ));
-        };
-        self.authenticate(provider, &first.inbox_id, headers, body)
-            .await?;
-        // Other inboxes among the recipients must accept this provider's signature too.
-        let mut verified = Vec::with_capacity(recipients.len());
-        for recipient in &recipients {
-            if recipient.inbox_id == first.inbox_id
-                || self
-                    .authenticate(provider, &recipient.inbox_id, headers, body)
-                    .await
-                    .is_ok()
-            {
-                verified.push(recipient.clone());
+        let mut inbox_ids: Vec<&str> = recipients.iter().map(|r| r.inbox_id.as_str()).collect();
+        inbox_ids.sort_unstable();
+        inbox_ids.dedup();
+        if inbox_ids.is_empty() {
+            return Err(self.unauthorized(provider, None, "no inbox has any of the recipients"));
+        }
+        // Each inbox checks the signature with its own secret; the request goes to those it
+        // verifies for, and is refused (and counted) only when it verifies for none.
+        let mut verified = Vec::with_capacity(inbox_ids.len());
+        let mut first_refusal = None;
+        for inbox_id in inbox_ids {
+            match self.check(provider, inbox_id, headers, body).await? {
+                Check::Authentic => verified.push(inbox_id),
+                Check::Refused(reason) => {
+                    first_refusal.get_or_insert((inbox_id, reason));
+                }
             }
         }
+        if verified.is_empty() {
+            let (inbox_id, reason) = first_refusal.unwrap_or_default();
+            return Err(self.unauthorized(provider, Some(inbox_id), &reason));
+        }
+        if self.older_than_replay_keys(mail.created_at_s) {
+            return Ok(expired(provider));
+        }
         let event_key = replay_key(&mail.event_key, body);
-        if self.db.ingress_seen(provider.as_str(), &event_key).await? {
+        let mut fresh = Vec::with_capacity(verified.len());
+        for inbox_id in verified {
+            if !self
+                .db
+                .ingress_seen(provider.as_str(), inbox_id, &event_key)
+                .await?
+            {
+                fresh.push(inbox_id.to_owned());
+            }
+        }
+        if fresh.is_empty() {
             return Ok(duplicate());
         }
         let envelope = Envelope {
             remote_ip: None,
             helo: helo.to_owned(),
             mail_from: mail.mail_from.clone(),
-            recipients: verified,
+            recipients: recipients
+                .iter()
+                .filter(|recipient| fresh.contains(&recipient.inbox_id))
+                .cloned()
+                .collect(),
             smtputf8: true,
         };
-        self.finish(
-            provider,
-            &event_key,
-            self.intake.accept(&envelope, &mail.raw).await,
-        )
-        .await
+        let outcome = self.intake.accept(&envelope, &mail.raw).await;
+        self.finish(provider, &fresh, &event_key, outcome).await
     }
 
-    async fn booking(
+    async fn calendar(
         &self,
         provider: Provider,
         headers: &HeaderMap,
         body: &[u8],
-        booking: Option<Booking>,
+        request: CalendarRequest,
     ) -> Result<Response, Refusal> {
-        let Some(booking) = booking else {
-            // Authentic or not, an event type we do not deliver is acknowledged and dropped;
-            // nothing is stored, so nothing is lost.
-            return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
+        let inbox_id = match request.event_type_key() {
+            Some(key) => self
+                .db
+                .ingress_event_type_inbox(key)
+                .await?
+                .filter(|inbox_id| self.directory.inbox(inbox_id).is_some()),
+            None => None,
         };
-        let inbox_id = self
-            .calendar_types
-            .get(&booking.event_type_key)
-            .cloned()
-            .ok_or_else(|| {
-                Refusal::UnknownTarget(format!("no inbox receives {}", booking.event_type_key))
-            })?;
-        self.authenticate(provider, &inbox_id, headers, body)
-            .await?;
+        let Some(inbox_id) = inbox_id else {
+            let reason = format!(
+                "no inbox receives {}",
+                request.event_type_key().unwrap_or("(no event type)")
+            );
+            return Err(self.unauthorized(provider, None, &reason));
+        };
+        if let Check::Refused(reason) = self.check(provider, &inbox_id, headers, body).await? {
+            return Err(self.unauthorized(provider, Some(&inbox_id), &reason));
+        }
+        let booking = match request {
+            // Authentic, but not an event mxhook delivers: acknowledged, nothing stored.
+            CalendarRequest::Ignored { .. } => {
+                return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
+            }
+            CalendarRequest::Booking(booking) => booking,
+        };
+        if self.older_than_replay_keys(booking.created_at_s) {
+            return Ok(expired(provider));
+        }
         let event_key = replay_key(&booking.event_key, body);
-        if self.db.ingress_seen(provider.as_str(), &event_key).await? {
+        if self
+            .db
+            .ingress_seen(provider.as_str(), &inbox_id, &event_key)
+            .await?
+        {
             return Ok(duplicate());
         }
         let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -267,12 +362,19 @@ impl IngressState {
                 })
             })
             .await;
-        self.finish(provider, &event_key, outcome).await
+        self.finish(
+            provider,
+            std::slice::from_ref(&inbox_id),
+            &event_key,
+            outcome,
+        )
+        .await
     }
 
     async fn finish(
         &self,
         provider: Provider,
+        inbox_ids: &[String],
         event_key: &str,
         outcome: Outcome,
     ) -> Result<Response, Refusal> {
@@ -280,9 +382,12 @@ impl IngressState {
             Outcome::Accepted { message_ids } => {
                 // Marked only after the commit, so a failed attempt can be retried by the
                 // provider; a rare concurrent duplicate is delivered twice, never lost.
-                self.db
-                    .mark_ingress_seen(provider.as_str(), event_key)
-                    .await?;
+                for inbox_id in inbox_ids {
+                    self.db
+                        .mark_ingress_seen(provider.as_str(), inbox_id, event_key)
+                        .await?;
+                }
+                self.prune_replay_keys().await;
                 Ok((
                     StatusCode::OK,
                     Json(json!({"status": "accepted", "message_ids": message_ids})),
@@ -291,6 +396,39 @@ impl IngressState {
             }
             Outcome::TempFail { .. } => Err(Refusal::Unavailable),
             Outcome::Reject { reason } => Err(Refusal::Rejected(reason)),
+        }
+    }
+
+    /// Whether an event was created before the oldest replay key kept: its key may have been
+    /// pruned, so it cannot be told from a replay. MailerSend and Cal.com sign no timestamp
+    /// header, and this keeps pruning from reopening replays of their old requests.
+    fn older_than_replay_keys(&self, created_at_s: Option<i64>) -> bool {
+        let retention_s = self.config.replay_retention_s as i64;
+        created_at_s.is_some_and(|created| (now_ms() / 1000).saturating_sub(created) > retention_s)
+    }
+
+    /// Forgets replay keys past the retention period, at most once a minute per node. The
+    /// request that triggers it is already accepted, so a failure is logged, not answered.
+    async fn prune_replay_keys(&self) {
+        let now = now_ms();
+        let last = self.last_replay_prune.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REPLAY_PRUNE_EVERY_MS
+            || self
+                .last_replay_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let retention_ms = (self.config.replay_retention_s * 1000.0) as i64;
+        match self
+            .db
+            .prune_ingress_seen(now.saturating_sub(retention_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "old ingress replay keys pruned"),
+            Err(err) => tracing::warn!(error = %err, "pruning ingress replay keys failed"),
         }
     }
 }
@@ -304,6 +442,16 @@ fn replay_key(provider_id: &str, body: &[u8]) -> String {
     }
 }
 
+/// An authentic event older than the replay keys: acknowledged (a retry would not make it
+/// younger) and not processed.
+fn expired(provider: Provider) -> Response {
+    tracing::warn!(
+        provider = provider.as_str(),
+        "ingress event older than ingress.replay_retention_s not processed"
+    );
+    (StatusCode::OK, Json(json!({"status": "expired"}))).into_response()
+}
+
 fn duplicate() -> Response {
     (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
 }
@@ -313,19 +461,56 @@ fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
         .map_err(|err| Refusal::BadPayload(format!("body is not JSON: {err}")))
 }
 
+/// A MailerSend inbound route's webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/mailersend/inbound",
+    tag = "ingress",
+    summary = "MailerSend inbound route (also at /api/v1/webhooks/mailersend/inbound)",
+    security(()),
+    params(("Signature" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's mailersend secret")),
+    request_body(content = serde_json::Value, description = "MailerSend `inbound.message` payload"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
+        (status = 400, description = "Not a MailerSend payload", body = serde_json::Value),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
+        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn mailersend(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let payload = parse_json(&body)?;
-    let mail =
-        provider::mailersend_mail(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
+    let mail = provider::mailersend_mail(&payload, chrono::Utc::now().fixed_offset())
+        .map_err(|err| Refusal::BadPayload(err.to_string()))?;
     state
         .mail(Provider::MailerSend, &headers, &body, mail, "mailersend")
         .await
 }
 
+/// A SendGrid Inbound Parse POST.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/sendgrid/inbound",
+    tag = "ingress",
+    summary = "SendGrid Inbound Parse (raw, full MIME mode)",
+    security(()),
+    params(
+        ("X-Twilio-Email-Event-Webhook-Signature" = String, Header, description = "base64 ECDSA P-256 signature over timestamp + body"),
+        ("X-Twilio-Email-Event-Webhook-Timestamp" = String, Header, description = "Unix seconds, within ingress.timestamp_tolerance_s"),
+    ),
+    request_body(content = String, content_type = "multipart/form-data", description = "`email` (raw MIME) and `envelope` fields"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
+        (status = 400, description = "Not an Inbound Parse form", body = serde_json::Value),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
+        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn sendgrid(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -383,12 +568,30 @@ async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::Inb
     }
     Ok(provider::InboundMail {
         event_key: String::new(),
+        // SendGrid's signed timestamp header bounds its age instead.
+        created_at_s: None,
         mail_from: envelope["from"].as_str().map(str::to_owned),
         recipients,
         raw,
     })
 }
 
+/// A Cal.com webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/calcom",
+    tag = "ingress",
+    summary = "Cal.com booking webhooks",
+    security(()),
+    params(("X-Cal-Signature-256" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's calcom secret")),
+    request_body(content = serde_json::Value, description = "Cal.com webhook payload"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
+        (status = 400, description = "Not a Cal.com payload", body = serde_json::Value),
+        (status = 401, description = "Unverified or unmapped event type (counted)", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn calcom(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -404,6 +607,22 @@ async fn calcom(
     .await
 }
 
+/// A Calendly webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/ingress/calendly",
+    tag = "ingress",
+    summary = "Calendly invitee webhooks",
+    security(()),
+    params(("Calendly-Webhook-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">")),
+    request_body(content = serde_json::Value, description = "Calendly webhook payload"),
+    responses(
+        (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
+        (status = 400, description = "Not a Calendly payload", body = serde_json::Value),
+        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = serde_json::Value),
+        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+    ),
+)]
 async fn calendly(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -423,18 +642,18 @@ async fn calendly(
 async fn calendar(
     state: &IngressState,
     provider: Provider,
-    read: fn(&Value) -> Result<Option<Booking>, provider::Error>,
+    read: fn(&Value) -> Result<CalendarRequest, provider::Error>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Refusal> {
     let payload = parse_json(body)?;
-    let booking = read(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
-    state.booking(provider, headers, body, booking).await
+    let request = read(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
+    state.calendar(provider, headers, body, request).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SecretBody {
+pub struct SecretBody {
     secret: String,
 }
 
@@ -459,6 +678,18 @@ fn known_provider(name: &str) -> Result<Provider, ApiError> {
 }
 
 /// Which providers have a secret: a "configured" flag each, never the secret.
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/ingress",
+    tag = "ingress",
+    summary = "Which providers have a secret (admin; never the secret)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "{inbox_id, providers: {<provider>: {configured}}}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+    ),
+)]
 async fn list_secrets(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -480,6 +711,23 @@ async fn list_secrets(
     Ok(Json(json!({"inbox_id": id, "providers": flags})))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/ingress/{provider}",
+    tag = "ingress",
+    summary = "Set or rotate a provider secret (admin; write-only)",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        ("provider" = String, Path, description = "mailersend, sendgrid, calcom or calendly"),
+    ),
+    request_body = SecretBody,
+    responses(
+        (status = 200, description = "{inbox_id, provider, configured: true}", body = serde_json::Value),
+        (status = 400, description = "Unknown provider or empty secret", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+    ),
+)]
 async fn set_secret(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -508,6 +756,22 @@ async fn set_secret(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/ingress/{provider}",
+    tag = "ingress",
+    summary = "Remove a provider secret (admin)",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        ("provider" = String, Path, description = "mailersend, sendgrid, calcom or calendly"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Unknown provider", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox or no secret", body = serde_json::Value),
+    ),
+)]
 async fn delete_secret(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
@@ -525,4 +789,125 @@ async fn delete_secret(
     } else {
         Err(ApiError::NotFound("ingress secret"))
     }
+}
+
+/// Most event types one inbox can be given through the API, and longest accepted entry.
+const MAX_EVENT_TYPES: usize = 200;
+const MAX_EVENT_TYPE_LEN: usize = 512;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventTypesBody {
+    /// `calcom:<eventTypeId>` or `calendly:<event type URI>`; replaces the inbox's API-set list.
+    event_types: Vec<String>,
+}
+
+async fn event_types_reply(state: &IngressState, id: &str) -> Result<Json<Value>, ApiError> {
+    let rows = state.db.ingress_event_types(id).await?;
+    let event_types: Vec<Value> = rows
+        .into_iter()
+        .map(|row| json!({"event_type": row.event_type, "source": row.source}))
+        .collect();
+    Ok(Json(json!({"inbox_id": id, "event_types": event_types})))
+}
+
+/// The calendar event types whose bookings this inbox receives.
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/ingress/event-types",
+    tag = "ingress",
+    summary = "Calendar event types the inbox receives (admin)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "{inbox_id, event_types: [{event_type, source}]}", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+    ),
+)]
+async fn get_event_types(
+    State(state): State<Arc<IngressState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    known_inbox(&state, &id)?;
+    event_types_reply(&state, &id).await
+}
+
+/// Replaces the event types set through the API; those the config file gives the inbox stay.
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/ingress/event-types",
+    tag = "ingress",
+    summary = "Set the calendar event types the inbox receives (admin)",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = EventTypesBody,
+    responses(
+        (status = 200, description = "{inbox_id, event_types: [{event_type, source}]}", body = serde_json::Value),
+        (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 409, description = "An event type belongs to another inbox", body = serde_json::Value),
+    ),
+)]
+async fn put_event_types(
+    State(state): State<Arc<IngressState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<EventTypesBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    known_inbox(&state, &id)?;
+    let Json(body) = body.map_err(|err| ApiError::BadRequest(err.body_text()))?;
+    if body.event_types.len() > MAX_EVENT_TYPES {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_EVENT_TYPES} event types per inbox"
+        )));
+    }
+    let mut event_types: Vec<String> = Vec::with_capacity(body.event_types.len());
+    for event_type in body.event_types {
+        let event_type = event_type.trim().to_owned();
+        let well_formed = event_type.len() <= MAX_EVENT_TYPE_LEN
+            && Provider::ALL.iter().any(|provider| {
+                provider.is_calendar()
+                    && event_type
+                        .strip_prefix(provider.as_str())
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|id| !id.is_empty())
+            });
+        if !well_formed {
+            return Err(ApiError::BadRequest(format!(
+                "`{event_type}` is not `calcom:<eventTypeId>` or `calendly:<event type URI>`"
+            )));
+        }
+        if !event_types.contains(&event_type) {
+            event_types.push(event_type);
+        }
+    }
+    state.db.set_ingress_event_types(&id, &event_types).await?;
+    event_types_reply(&state, &id).await
+}
+
+/// Removes every event type set through the API (config entries stay).
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/ingress/event-types",
+    tag = "ingress",
+    summary = "Remove the API-set calendar event types of the inbox (admin)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
+        (status = 404, description = "No such inbox", body = serde_json::Value),
+    ),
+)]
+async fn delete_event_types(
+    State(state): State<Arc<IngressState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    known_inbox(&state, &id)?;
+    state.db.set_ingress_event_types(&id, &[]).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

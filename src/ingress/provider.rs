@@ -34,6 +34,11 @@ impl Provider {
         }
     }
 
+    /// Whether the provider sends bookings (mapped to inboxes by event type) rather than mail.
+    pub fn is_calendar(self) -> bool {
+        matches!(self, Self::CalCom | Self::Calendly)
+    }
+
     pub fn parse(value: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
@@ -166,7 +171,9 @@ fn check_window(timestamp: &str, now_s: i64, tolerance_s: i64) -> Result<(), Err
         .trim()
         .parse()
         .map_err(|_| Error::MalformedSignature)?;
-    if (now_s - signed_at).abs() > tolerance_s {
+    // The timestamp is unauthenticated input until the signature is checked, so the distance
+    // must not overflow for values near i64::MIN or i64::MAX.
+    if now_s.abs_diff(signed_at) > tolerance_s.unsigned_abs() {
         return Err(Error::StaleTimestamp);
     }
     Ok(())
@@ -177,6 +184,8 @@ fn check_window(timestamp: &str, now_s: i64, tolerance_s: i64) -> Result<(), Err
 pub struct InboundMail {
     /// The provider's id for this delivery, for replay protection.
     pub event_key: String,
+    /// When the provider created the event (Unix seconds, from the signed body), if it says.
+    pub created_at_s: Option<i64>,
     pub mail_from: Option<String>,
     pub recipients: Vec<String>,
     /// The message as MIME: the provider's raw copy when it sends one, else one built from the
@@ -184,47 +193,184 @@ pub struct InboundMail {
     pub raw: Vec<u8>,
 }
 
-/// Reads a MailerSend `inbound.message` webhook.
+/// Reads a MailerSend `inbound.message` webhook; `received_at` dates a message built from
+/// parsed fields when the payload gives no date.
 ///
 /// # Errors
 /// [`Error::BadPayload`] naming what is missing.
-pub fn mailersend_mail(payload: &Value) -> Result<InboundMail, Error> {
+pub fn mailersend_mail(
+    payload: &Value,
+    received_at: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<InboundMail, Error> {
     let data = payload
         .get("data")
         .ok_or_else(|| Error::BadPayload("no `data` object".to_owned()))?;
     let event_key = data["id"].as_str().map(str::to_owned).unwrap_or_default();
-    let mut recipients: Vec<String> = data["recipients"]["rcptTo"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            data["recipients"]["to"]["data"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        )
-        .filter_map(|recipient| recipient["email"].as_str())
-        .map(str::to_ascii_lowercase)
-        .collect();
-    recipients.dedup();
+    // The envelope names the inbox; header To may list anyone (and Bcc'd inboxes not at all).
+    // It is read only when a payload carries no envelope.
+    let addresses = |list: &Value| -> Vec<String> {
+        let mut addresses: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|recipient| recipient["email"].as_str())
+            .map(str::to_lowercase)
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    };
+    let mut recipients = addresses(&data["recipients"]["rcptTo"]);
+    if recipients.is_empty() {
+        recipients = addresses(&data["recipients"]["to"]["data"]);
+    }
     if recipients.is_empty() {
         return Err(Error::BadPayload("no recipients".to_owned()));
     }
     let mail_from = data["from"]["email"].as_str().map(str::to_owned);
     let raw = match data["raw"].as_str() {
         Some(raw) if !raw.is_empty() => raw.as_bytes().to_vec(),
-        _ => build_mime(data, mail_from.as_deref().unwrap_or_default(), &recipients),
+        _ => build_mime(
+            data,
+            mail_from.as_deref().unwrap_or_default(),
+            &recipients,
+            received_at,
+        ),
     };
     Ok(InboundMail {
         event_key,
+        created_at_s: unix_seconds(&payload["created_at"])
+            .or_else(|| unix_seconds(&data["created_at"])),
         mail_from,
         recipients,
         raw,
     })
 }
 
-/// A minimal MIME message from parsed fields, for payloads without the raw message.
-fn build_mime(data: &Value, from: &str, recipients: &[String]) -> Vec<u8> {
+/// A MIME message from parsed fields, for payloads without the raw message: From with its
+/// display name, To, Subject (RFC 2047 encoded when not ASCII), Date and Message-ID, and the
+/// text and HTML bodies.
+fn build_mime(
+    data: &Value,
+    from: &str,
+    recipients: &[String],
+    received_at: chrono::DateTime<chrono::FixedOffset>,
+) -> Vec<u8> {
+    let message_id = mime_message_id(data);
+    let date = mime_date(data, received_at);
+    lettre_mime(data, from, recipients, &message_id, date)
+        .unwrap_or_else(|| plain_mime(data, from, recipients, &message_id, date))
+}
+
+/// The payload's own Message-ID, else one derived from the provider's message id, so a
+/// redelivery of the same message carries the same id (duplicate detection, threading).
+fn mime_message_id(data: &Value) -> String {
+    let from_headers = data["headers"].as_object().and_then(|headers| {
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("message-id"))
+            .and_then(|(_, value)| value.as_str())
+    });
+    let clean = |id: &str| {
+        id.chars()
+            .filter(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '"' | '\\'))
+            .collect::<String>()
+    };
+    match from_headers.map(clean).filter(|id| id.contains('@')) {
+        Some(id) => format!("<{id}>"),
+        None => {
+            let id = clean(data["id"].as_str().unwrap_or_default());
+            if id.is_empty() {
+                use sha2::Digest as _;
+                let digest = Sha256::digest(data.to_string().as_bytes());
+                format!("<{}@mailersend.mxhook.invalid>", hex::encode(&digest[..16]))
+            } else {
+                format!("<{id}@mailersend.mxhook.invalid>")
+            }
+        }
+    }
+}
+
+/// When the message was sent: the payload's `date` (RFC 2822) or `created_at` (RFC 3339), else
+/// when it was received.
+fn mime_date(
+    data: &Value,
+    received_at: chrono::DateTime<chrono::FixedOffset>,
+) -> chrono::DateTime<chrono::FixedOffset> {
+    data["date"]
+        .as_str()
+        .and_then(|date| chrono::DateTime::parse_from_rfc2822(date.trim()).ok())
+        .or_else(|| {
+            data["created_at"]
+                .as_str()
+                .and_then(|date| chrono::DateTime::parse_from_rfc3339(date.trim()).ok())
+        })
+        .unwrap_or(received_at)
+}
+
+fn lettre_mime(
+    data: &Value,
+    from: &str,
+    recipients: &[String],
+    message_id: &str,
+    date: chrono::DateTime<chrono::FixedOffset>,
+) -> Option<Vec<u8>> {
+    use lettre::message::{Mailbox, MultiPart, SinglePart};
+    let mailbox = |email: &str, name: Option<&str>| -> Option<Mailbox> {
+        let name = name
+            .map(|name| name.replace(['\r', '\n'], " ").trim().to_owned())
+            .filter(|name| !name.is_empty());
+        Some(Mailbox::new(name, email.trim().parse().ok()?))
+    };
+    let from = mailbox(from, data["from"]["name"].as_str())?;
+    let header_to: Vec<Mailbox> = data["recipients"]["to"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|to| mailbox(to["email"].as_str()?, to["name"].as_str()))
+        .collect();
+    let envelope_to: Vec<lettre::Address> = recipients
+        .iter()
+        .filter_map(|address| address.parse().ok())
+        .collect();
+    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to).ok()?;
+    let mut builder = lettre::Message::builder()
+        .envelope(envelope)
+        .from(from)
+        .subject(
+            data["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .replace(['\r', '\n'], " "),
+        )
+        .date(std::time::SystemTime::from(date))
+        .message_id(Some(message_id.to_owned()));
+    if header_to.is_empty() {
+        for address in recipients {
+            builder = builder.to(mailbox(address, None)?);
+        }
+    } else {
+        for mailbox in header_to {
+            builder = builder.to(mailbox);
+        }
+    }
+    let text = data["text"].as_str().unwrap_or_default().to_owned();
+    let message = match data["html"].as_str().filter(|html| !html.is_empty()) {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(text, html.to_owned())),
+        None => builder.singlepart(SinglePart::plain(text)),
+    };
+    message.ok().map(|message| message.formatted())
+}
+
+/// The fallback when an address is not one lettre accepts: the same headers written by hand
+/// (non-ASCII left as UTF-8), so the message is still stored and delivered.
+fn plain_mime(
+    data: &Value,
+    from: &str,
+    recipients: &[String],
+    message_id: &str,
+    date: chrono::DateTime<chrono::FixedOffset>,
+) -> Vec<u8> {
     let clean = |text: &str| text.replace(['\r', '\n'], " ");
     let subject = clean(data["subject"].as_str().unwrap_or_default());
     let text = data["text"]
@@ -239,15 +385,23 @@ fn build_mime(data: &Value, from: &str, recipients: &[String]) -> Vec<u8> {
         .replace('\n', "\r\n");
     let boundary = "mxhook-ingress-boundary";
     format!(
-        "From: {}\r\nTo: {}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
-Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
+        "From: {}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: {message_id}\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
 --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n\
 --{boundary}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{html}\r\n\
 --{boundary}--\r\n",
         clean(from),
         clean(&recipients.join(", ")),
+        date.to_rfc2822(),
     )
     .into_bytes()
+}
+
+/// An RFC 3339 time in a payload as Unix seconds.
+fn unix_seconds(value: &Value) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(value.as_str()?.trim())
+        .ok()
+        .map(|time| time.timestamp())
 }
 
 /// What happened to a booking.
@@ -268,41 +422,71 @@ impl BookingChange {
     }
 }
 
+/// What a calendar webhook asks of mxhook.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalendarRequest {
+    Booking(Booking),
+    /// A trigger mxhook does not deliver. It is still verified before it is acknowledged, with
+    /// the secret of the inbox its event type maps to (`None`: the payload names none).
+    Ignored {
+        event_type_key: Option<String>,
+    },
+}
+
+impl CalendarRequest {
+    /// `<provider>:<event type id>`, the key that finds the inbox whose secret verifies it.
+    pub fn event_type_key(&self) -> Option<&str> {
+        match self {
+            Self::Booking(booking) => Some(&booking.event_type_key),
+            Self::Ignored { event_type_key } => event_type_key.as_deref(),
+        }
+    }
+}
+
 /// A calendar booking change, normalised across providers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Booking {
     pub change: BookingChange,
-    /// `<provider>:<event type id>`, matched against the inboxes' `calendar_event_types`.
+    /// `<provider>:<event type id>`, looked up among the inboxes' calendar event types.
     pub event_type_key: String,
     /// Provider id of this delivery, for replay protection.
     pub event_key: String,
+    /// When the provider created the event (Unix seconds, from the signed body), if it says.
+    pub created_at_s: Option<i64>,
     /// The normalised booking fields sent in the event's `booking` object.
     pub booking: Value,
 }
 
 /// Reads a Cal.com webhook (`BOOKING_CREATED`, `BOOKING_CANCELLED`, `BOOKING_RESCHEDULED`).
-/// Other triggers are `Ok(None)`: authentic, but not an event mxhook delivers.
+/// Other triggers are [`CalendarRequest::Ignored`]: not an event mxhook delivers.
 ///
 /// # Errors
 /// [`Error::BadPayload`] naming what is missing.
-pub fn calcom_booking(payload: &Value) -> Result<Option<Booking>, Error> {
+pub fn calcom_booking(payload: &Value) -> Result<CalendarRequest, Error> {
+    let booking = &payload["payload"];
+    let event_type_id = match &booking["eventTypeId"] {
+        Value::Number(number) => Some(number.to_string()),
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        _ => None,
+    };
     let change = match payload["triggerEvent"].as_str() {
         Some("BOOKING_CREATED") => BookingChange::Created,
         Some("BOOKING_CANCELLED") => BookingChange::Cancelled,
         Some("BOOKING_RESCHEDULED") => BookingChange::Rescheduled,
-        Some(_) => return Ok(None),
+        Some(_) => {
+            return Ok(CalendarRequest::Ignored {
+                event_type_key: event_type_id.map(|id| format!("calcom:{id}")),
+            });
+        }
         None => return Err(Error::BadPayload("no `triggerEvent`".to_owned())),
     };
-    let booking = &payload["payload"];
-    let event_type_id = match &booking["eventTypeId"] {
-        Value::Number(number) => number.to_string(),
-        Value::String(text) => text.clone(),
-        _ => return Err(Error::BadPayload("no `payload.eventTypeId`".to_owned())),
-    };
+    let event_type_id =
+        event_type_id.ok_or_else(|| Error::BadPayload("no `payload.eventTypeId`".to_owned()))?;
     let uid = booking["uid"].as_str().unwrap_or_default();
-    Ok(Some(Booking {
+    Ok(CalendarRequest::Booking(Booking {
         change,
         event_type_key: format!("calcom:{event_type_id}"),
+        created_at_s: unix_seconds(&payload["createdAt"]),
         event_key: format!(
             "{}:{uid}:{}",
             change.event_type(),
@@ -325,32 +509,38 @@ pub fn calcom_booking(payload: &Value) -> Result<Option<Booking>, Error> {
 }
 
 /// Reads a Calendly webhook (`invitee.created`, `invitee.canceled`). A cancellation that is half
-/// of a reschedule is `Ok(None)`: the paired `invitee.created` (with `old_invitee`) carries the
-/// reschedule, so the agent hears about it once.
+/// of a reschedule is [`CalendarRequest::Ignored`]: the paired `invitee.created` (with
+/// `old_invitee`) carries the reschedule, so the agent hears about it once.
 ///
 /// # Errors
 /// [`Error::BadPayload`] naming what is missing.
-pub fn calendly_booking(payload: &Value) -> Result<Option<Booking>, Error> {
+pub fn calendly_booking(payload: &Value) -> Result<CalendarRequest, Error> {
     let inner = &payload["payload"];
+    let scheduled = &inner["scheduled_event"];
+    let event_type = scheduled["event_type"]
+        .as_str()
+        .filter(|uri| !uri.is_empty());
+    let ignored = || CalendarRequest::Ignored {
+        event_type_key: event_type.map(|uri| format!("calendly:{uri}")),
+    };
     let change = match payload["event"].as_str() {
         Some("invitee.created") if !inner["old_invitee"].is_null() => BookingChange::Rescheduled,
         Some("invitee.created") => BookingChange::Created,
         Some("invitee.canceled") if inner["rescheduled"].as_bool() == Some(true) => {
-            return Ok(None);
+            return Ok(ignored());
         }
         Some("invitee.canceled") => BookingChange::Cancelled,
-        Some(_) => return Ok(None),
+        Some(_) => return Ok(ignored()),
         None => return Err(Error::BadPayload("no `event`".to_owned())),
     };
-    let scheduled = &inner["scheduled_event"];
-    let event_type = scheduled["event_type"]
-        .as_str()
+    let event_type = event_type
         .ok_or_else(|| Error::BadPayload("no `payload.scheduled_event.event_type`".to_owned()))?;
     let invitee = inner["uri"].as_str().unwrap_or_default();
-    Ok(Some(Booking {
+    Ok(CalendarRequest::Booking(Booking {
         change,
         event_type_key: format!("calendly:{event_type}"),
         event_key: format!("{}:{invitee}", change.event_type()),
+        created_at_s: unix_seconds(&payload["created_at"]),
         booking: serde_json::json!({
             "provider": "calendly",
             "uid": invitee,

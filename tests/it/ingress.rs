@@ -14,8 +14,13 @@ use crate::support::{GatewayOptions, TestGateway, WebhookReceiver};
 const CALENDLY_TYPE: &str = "https://api.calendly.com/event_types/ET1";
 
 async fn gateway(receiver: &WebhookReceiver) -> TestGateway {
+    gateway_with(receiver, "rotation_grace_s = 1.5\n").await
+}
+
+/// The test gateway with these `[ingress]` lines.
+async fn gateway_with(receiver: &WebhookReceiver, ingress_toml: &str) -> TestGateway {
     let mut options = GatewayOptions::webhook(receiver.url());
-    options.extra_toml = "[ingress]\nrotation_grace_s = 1.5\n".to_owned();
+    options.extra_toml = format!("[ingress]\n{ingress_toml}");
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
         "id = \"other\"\n",
@@ -26,6 +31,12 @@ async fn gateway(receiver: &WebhookReceiver) -> TestGateway {
     );
     let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
     TestGateway::start_with(dir, config).await
+}
+
+/// A provider creation time `minutes_ago` before now: events older than the replay keys
+/// (`ingress.replay_retention_s`) are not processed, so fixed dates would expire.
+fn recent(minutes_ago: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339()
 }
 
 fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
@@ -165,16 +176,25 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     assert_eq!((status, reply["status"].clone()), (200, json!("duplicate")));
     receiver.assert_silent(Duration::from_millis(300)).await;
 
-    // Unknown recipient.
+    // An unknown recipient is refused like a bad signature, so refusals do not tell which
+    // addresses exist.
     let stray = mailersend_payload("ms-2", "nobody@example.com", "stray");
-    let (status, _) = post(
+    let (status, stray_reply) = post(
         &gateway,
         "/v1/ingress/mailersend/inbound",
         &[("signature", hmac_hex("ms-secret", &[&stray]))],
         stray,
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 401);
+    let (_, wrong_reply) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", "00".to_owned())],
+        mailersend_payload("ms-3", "agent@example.com", "x"),
+    )
+    .await;
+    assert_eq!(stray_reply, wrong_reply, "the two refusals differ");
     let (status, _) = post(
         &gateway,
         "/v1/ingress/mailersend/inbound",
@@ -184,10 +204,11 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     .await;
     assert_eq!(status, 400);
 
-    // The three refused requests above (no secret, tampered, wrong secret) are counted.
+    // The five refused requests above (no secret, tampered, wrong secret, unknown recipient,
+    // bad signature) are counted; the malformed body is not a signature failure.
     let (_, metrics) = gateway.api_get_bytes("/metrics").await;
     let metrics = String::from_utf8_lossy(&metrics);
-    let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 3";
+    let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 5";
     assert!(
         metrics.lines().any(|l| l == line),
         "no `{line}` in\n{metrics}"
@@ -256,7 +277,7 @@ async fn calcom_and_calendly_bookings_become_calendar_events() {
 
     let calcom = serde_json::to_vec(&json!({
         "triggerEvent": "BOOKING_CREATED",
-        "createdAt": "2026-11-23T10:00:00.000Z",
+        "createdAt": recent(0),
         "payload": {
             "type": "intro-call", "title": "Intro call", "eventTypeId": 42, "uid": "bk_1",
             "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
@@ -297,7 +318,7 @@ async fn calcom_and_calendly_bookings_become_calendar_events() {
 
     let calendly = serde_json::to_vec(&json!({
         "event": "invitee.canceled",
-        "created_at": "2026-11-23T10:00:00.000000Z",
+        "created_at": recent(0),
         "payload": {
             "uri": "https://api.calendly.com/scheduled_events/EV1/invitees/INV1",
             "email": "guest@ext.example", "name": "Guest", "rescheduled": false,
@@ -348,7 +369,10 @@ async fn calcom_and_calendly_bookings_become_calendar_events() {
         unknown_type,
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        status, 401,
+        "an unknown event type is refused as unauthenticated"
+    );
 }
 
 #[tokio::test]
@@ -411,4 +435,748 @@ async fn sendgrid_inbound_parse_is_verified_with_ecdsa_p256() {
         .await;
     assert_eq!(status, 200);
     assert!(stored == raw.as_bytes(), "raw MIME not stored as sent");
+}
+
+async fn admin(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", gateway.http))
+        .bearer_auth(API_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `mxhook_ingress_unauthorized_total` for one provider, as `/metrics` reports it.
+async fn unauthorized_count(gateway: &TestGateway, provider: &str) -> u64 {
+    let (_, metrics) = gateway.api_get_bytes("/metrics").await;
+    let prefix = format!("mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}} ");
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn calcom_booking(trigger: &str, event_type_id: u64, uid: &str, created_at: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "triggerEvent": trigger,
+        "createdAt": created_at,
+        "payload": {
+            "title": format!("Call {uid}"), "eventTypeId": event_type_id, "uid": uid,
+            "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
+            "organizer": {"email": "host@example.com", "name": "Host"},
+            "attendees": [{"email": "guest@ext.example", "name": "Guest"}]
+        }
+    }))
+    .expect("json")
+}
+
+async fn post_calcom(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
+    post(
+        gateway,
+        "/v1/ingress/calcom",
+        &[("x-cal-signature-256", hmac_hex(secret, &[&body]))],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_the_api() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "sales", "addresses": ["sales@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, hook) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/sales/webhook",
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    put_secret(&gateway, "sales", "calcom", "sales-cal").await;
+    let path = "/v1/inboxes/sales/ingress/event-types";
+
+    let booking = calcom_booking("BOOKING_CREATED", 77, "bk_sales", &recent(0));
+    let (status, _) = post_calcom(&gateway, "sales-cal", booking.clone()).await;
+    assert_eq!(status, 401, "not mapped yet");
+
+    // Malformed entries and a type another inbox holds (the config maps calcom:42 to `other`).
+    let (status, _) = admin(
+        &gateway,
+        "PUT",
+        path,
+        Some(json!({"event_types": ["zoom:1"]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        path,
+        Some(json!({"event_types": ["calcom:77", "calcom:42"]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        path,
+        Some(json!({"event_types": ["calcom:77"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["event_types"],
+        json!([{"event_type": "calcom:77", "source": "api"}])
+    );
+    let (_, other) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/other/ingress/event-types",
+        None,
+    )
+    .await;
+    assert_eq!(
+        other["event_types"],
+        json!([
+            {"event_type": "calcom:42", "source": "config"},
+            {"event_type": format!("calendly:{CALENDLY_TYPE}"), "source": "config"}
+        ]),
+        "config entries are seeded into the same table"
+    );
+    // Listing an inbox's own config entry keeps it as it is.
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/other/ingress/event-types",
+        Some(json!({"event_types": ["calcom:42", "calcom:43"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["event_types"][0],
+        json!({"event_type": "calcom:42", "source": "config"})
+    );
+    assert_eq!(
+        body["event_types"][1],
+        json!({"event_type": "calcom:43", "source": "api"})
+    );
+    let (status, _) = reqwest::Client::new()
+        .get(format!("http://{}{path}", gateway.http))
+        .send()
+        .await
+        .map(|response| (response.status().as_u16(), ()))
+        .expect("request");
+    assert_eq!(status, 401, "the mapping API needs the admin key");
+
+    let (status, reply) = post_calcom(&gateway, "sales-cal", booking).await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.created");
+    assert_eq!(event["agent_id"], "sales");
+    assert_eq!(event["booking"]["event_type_id"], "77");
+
+    let (status, _) = admin(&gateway, "DELETE", path, None).await;
+    assert_eq!(status, 204);
+    let (_, body) = admin(&gateway, "GET", path, None).await;
+    assert_eq!(body["event_types"], json!([]));
+    let later = calcom_booking("BOOKING_CANCELLED", 77, "bk_sales", &recent(1));
+    let (status, _) = post_calcom(&gateway, "sales-cal", later).await;
+    assert_eq!(status, 401, "unmapped again");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn ignored_calendar_triggers_are_verified_before_they_are_acknowledged() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    let before = unauthorized_count(&gateway, "calcom").await;
+
+    let ended = calcom_booking("MEETING_ENDED", 42, "bk_9", &recent(0));
+    let (status, _) = post_calcom(&gateway, "forged", ended.clone()).await;
+    assert_eq!(status, 401, "an unsigned 'ignored' trigger is refused");
+    let (status, reply) = post_calcom(&gateway, "cal-secret", ended).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("ignored")));
+    let unknown = calcom_booking("MEETING_ENDED", 9, "bk_9", &recent(0));
+    let (status, _) = post_calcom(&gateway, "cal-secret", unknown).await;
+    assert_eq!(status, 401, "no inbox can verify an unmapped event type");
+    assert_eq!(unauthorized_count(&gateway, "calcom").await, before + 2);
+}
+
+fn mailersend_envelope(id: &str, rcpt_to: &[&str], header_to: &[&str], subject: &str) -> Vec<u8> {
+    let raw = format!(
+        "From: Sender <sender@ext.example>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{id}@ext.example>\r\n\r\nbody of {id}\r\n",
+        header_to.join(", ")
+    );
+    let list = |addresses: &[&str]| -> Vec<Value> {
+        addresses.iter().map(|a| json!({"email": a})).collect()
+    };
+    serde_json::to_vec(&json!({
+        "type": "inbound.message",
+        "data": {
+            "id": id, "raw": raw, "subject": subject,
+            "from": {"email": "sender@ext.example", "name": "Sender"},
+            "recipients": {"rcptTo": list(rcpt_to), "to": {"data": list(header_to)}},
+        }
+    }))
+    .expect("json")
+}
+
+async fn post_mailersend(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
+    post(
+        gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[("signature", hmac_hex(secret, &[&body]))],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn mail_is_routed_on_the_exact_envelope_recipient() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "agent-ms").await;
+    put_secret(&gateway, "other", "mailersend", "other-ms").await;
+
+    // The envelope names `agent`; header To names `other`, which must not get a copy.
+    let body = mailersend_envelope(
+        "ex-1",
+        &["agent@example.com"],
+        &["other@example.com"],
+        "bcc'd",
+    );
+    let (status, reply) = post_mailersend(&gateway, "agent-ms", body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(receiver.recv().await.json()["agent_id"], "agent");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    // No +tag fallback: only an inbox address itself routes.
+    let body = mailersend_envelope("ex-2", &["agent+tag@example.com"], &[], "tagged");
+    let (status, _) = post_mailersend(&gateway, "agent-ms", body).await;
+    assert_eq!(status, 401);
+
+    // Without an envelope, header To is the fallback; an alias routes to its inbox.
+    let body = mailersend_envelope("ex-3", &[], &["Alias@Example.com"], "header only");
+    let (status, reply) = post_mailersend(&gateway, "agent-ms", body).await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(
+        (event["agent_id"].clone(), event["subject"].clone()),
+        (json!("agent"), json!("header only"))
+    );
+}
+
+#[tokio::test]
+async fn a_multi_recipient_request_reaches_only_the_inboxes_it_verifies_for() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "agent-ms").await;
+    put_secret(&gateway, "other", "mailersend", "other-ms").await;
+    let recipients = ["agent@example.com", "other@example.com"];
+    let body = mailersend_envelope("multi-1", &recipients, &recipients, "to both");
+
+    // Signed for `other` only (the first recipient's secret does not match): `other` gets it,
+    // `agent` does not, and nothing is counted as unauthorized.
+    let (status, reply) = post_mailersend(&gateway, "other-ms", body.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(receiver.recv().await.json()["agent_id"], "other");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(unauthorized_count(&gateway, "mailersend").await, 0);
+
+    // The same event id is still new for `agent`: replay keys are per inbox.
+    let (status, reply) = post_mailersend(&gateway, "agent-ms", body.clone()).await;
+    assert_eq!(
+        (status, reply["status"].clone()),
+        (200, json!("accepted")),
+        "{reply}"
+    );
+    assert_eq!(receiver.recv().await.json()["agent_id"], "agent");
+    let (status, reply) = post_mailersend(&gateway, "other-ms", body.clone()).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("duplicate")));
+
+    let (status, _) = post_mailersend(&gateway, "neither", body).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        unauthorized_count(&gateway, "mailersend").await,
+        1,
+        "counted once"
+    );
+}
+
+#[tokio::test]
+async fn the_ingress_routes_are_in_the_openapi_document() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let (status, document) = gateway.api_get("/openapi.json").await.expect("request");
+    assert_eq!(status, 200);
+    for (method, path) in [
+        ("post", "/v1/ingress/mailersend/inbound"),
+        ("post", "/v1/ingress/sendgrid/inbound"),
+        ("post", "/v1/ingress/calcom"),
+        ("post", "/v1/ingress/calendly"),
+        ("get", "/v1/inboxes/{id}/ingress"),
+        ("put", "/v1/inboxes/{id}/ingress/{provider}"),
+        ("delete", "/v1/inboxes/{id}/ingress/{provider}"),
+        ("get", "/v1/inboxes/{id}/ingress/event-types"),
+        ("put", "/v1/inboxes/{id}/ingress/event-types"),
+        ("delete", "/v1/inboxes/{id}/ingress/event-types"),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert!(
+            operation["responses"].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    assert!(
+        document["paths"]["/v1/ingress/calcom"]["post"]["responses"]["401"].is_object(),
+        "the refusal is documented"
+    );
+    // The management API's routes are still there beside them.
+    assert!(document["paths"]["/v1/inboxes"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endpoints() {
+    let mut inbox_hook = WebhookReceiver::start(vec![]).await;
+    let mut rule_hook = WebhookReceiver::start(vec![]).await;
+    let smarthost = crate::forward::Aiosmtpd::start().await;
+    let mut options = GatewayOptions::webhook(inbox_hook.url());
+    options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
+        "id = \"other\"\n",
+        "id = \"other\"\ncalendar_event_types = [\"calcom:42\"]\n",
+        1,
+    );
+    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
+    let gateway = TestGateway::start_with(dir, config).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/other/webhook",
+        Some(json!({"url": inbox_hook.url(), "payload": "botmailroom"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/other/notifications",
+        Some(json!({"rules": [{"name": "bookings", "channels": {
+            "webhook": {"url": rule_hook.url()},
+            "email": {"recipients": ["ops@elsewhere.example"]}}}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let booking = calcom_booking("BOOKING_CREATED", 42, "bk_rule", &recent(0));
+    let (status, reply) = post_calcom(&gateway, "cal-secret", booking.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let to_rule = rule_hook.recv().await.json();
+    assert_eq!(to_rule["type"], "calendar.booking.created");
+    assert_eq!(to_rule["booking"]["title"], "Call bk_rule");
+    let to_botmailroom = inbox_hook.recv().await.json();
+    assert_eq!(
+        to_botmailroom, to_rule,
+        "a botmailroom endpoint gets the calendar event unchanged"
+    );
+
+    let delivered = crate::support::eventually("the calendar forward", || async {
+        let all = smarthost.delivered();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let message = mail_parser::MessageParser::default()
+        .parse(&delivered[0])
+        .expect("forward parses");
+    assert_eq!(
+        message.subject(),
+        Some("New booking: Call bk_rule (2026-12-01T10:00:00Z)")
+    );
+    let from = message.from().and_then(|f| f.first()).expect("from");
+    assert_eq!(from.name(), Some("Cal.com via mxhook"));
+    assert_eq!(
+        message
+            .reply_to()
+            .and_then(|r| r.first())
+            .and_then(|a| a.address()),
+        Some("guest@ext.example")
+    );
+    let text = message.body_text(0).expect("text part");
+    for line in [
+        "**Call bk_rule**",
+        "When: 2026-12-01T10:00:00Z to 2026-12-01T10:30:00Z",
+        "Organizer: Host <host@example.com>",
+        "Attendees: Guest <guest@ext.example>",
+    ] {
+        assert!(text.contains(line), "no `{line}` in {text}");
+    }
+    assert!(!text.contains("Cancellation"), "{text}");
+    let attachment = message.attachments().next().expect("JSON attached");
+    assert!(
+        mail_parser::MimeHeaders::is_content_type(attachment, "application", "json"),
+        "attachment is not application/json"
+    );
+    assert!(
+        attachment.contents() == booking.as_slice(),
+        "the webhook JSON is attached as received"
+    );
+}
+
+fn calendly_body(event: &str, invitee: &str, extra: Value) -> Vec<u8> {
+    let mut payload = json!({
+        "uri": format!("https://api.calendly.com/scheduled_events/EV1/invitees/{invitee}"),
+        "email": "guest@ext.example", "name": "Guest",
+        "scheduled_event": {"name": "Demo", "event_type": CALENDLY_TYPE,
+            "start_time": "2026-12-03T10:00:00Z", "end_time": "2026-12-03T11:00:00Z"}
+    });
+    if let (Some(payload), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+        payload.extend(extra);
+    }
+    serde_json::to_vec(&json!({"event": event, "payload": payload})).expect("json")
+}
+
+async fn post_calendly(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
+    let t = chrono::Utc::now().timestamp().to_string();
+    let signature = hmac_hex(secret, &[t.as_bytes(), b".", &body]);
+    post(
+        gateway,
+        "/v1/ingress/calendly",
+        &[(
+            "calendly-webhook-signature",
+            format!("t={t},v1={signature}"),
+        )],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn calendar_webhooks_refuse_tampering_deliver_reschedules_and_replays_once() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    put_secret(&gateway, "other", "calendly", "calendly-key").await;
+
+    // Cal.com: a body changed after signing is refused; a reschedule is delivered once.
+    let moved = calcom_booking("BOOKING_RESCHEDULED", 42, "bk_m", &recent(2));
+    let signature = hmac_hex("cal-secret", &[&moved]);
+    let mut tampered = moved.clone();
+    tampered.insert(tampered.len() - 1, b' ');
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calcom",
+        &[("x-cal-signature-256", signature.clone())],
+        tampered,
+    )
+    .await;
+    assert_eq!(status, 401, "tampered Cal.com body");
+    for expected in ["accepted", "duplicate"] {
+        let (status, reply) = post(
+            &gateway,
+            "/v1/ingress/calcom",
+            &[("x-cal-signature-256", signature.clone())],
+            moved.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, reply["status"].clone()),
+            (200, json!(expected)),
+            "{reply}"
+        );
+    }
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.rescheduled");
+    assert_eq!(event["booking"]["uid"], "bk_m");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    // Calendly: wrong secret, then a body changed after signing, are refused.
+    let rescheduled = calendly_body(
+        "invitee.created",
+        "INV2",
+        json!({"old_invitee": "https://api.calendly.com/scheduled_events/EV0/invitees/INV1"}),
+    );
+    let (status, _) = post_calendly(&gateway, "not-the-key", rescheduled.clone()).await;
+    assert_eq!(status, 401, "wrong Calendly secret");
+    let t = chrono::Utc::now().timestamp().to_string();
+    let signature = hmac_hex("calendly-key", &[t.as_bytes(), b".", &rescheduled]);
+    let mut tampered = rescheduled.clone();
+    tampered.insert(tampered.len() - 1, b' ');
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/calendly",
+        &[(
+            "calendly-webhook-signature",
+            format!("t={t},v1={signature}"),
+        )],
+        tampered,
+    )
+    .await;
+    assert_eq!(status, 401, "tampered Calendly body");
+    // The cancellation half of a reschedule is acknowledged, not delivered; the created half
+    // is the reschedule, delivered once however often it arrives.
+    let half = calendly_body("invitee.canceled", "INV1", json!({"rescheduled": true}));
+    let (status, reply) = post_calendly(&gateway, "calendly-key", half).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("ignored")));
+    for expected in ["accepted", "duplicate"] {
+        let (status, reply) = post_calendly(&gateway, "calendly-key", rescheduled.clone()).await;
+        assert_eq!(
+            (status, reply["status"].clone()),
+            (200, json!(expected)),
+            "{reply}"
+        );
+    }
+    let event = receiver.recv().await.json();
+    assert_eq!(event["type"], "calendar.booking.rescheduled");
+    assert_eq!(event["provider"], "calendly");
+    assert_eq!(event["booking"]["start_time"], "2026-12-03T10:00:00Z");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(unauthorized_count(&gateway, "calcom").await, 1);
+    assert_eq!(unauthorized_count(&gateway, "calendly").await, 2);
+}
+
+#[tokio::test]
+async fn mailersend_without_raw_mime_stores_a_built_message() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    let body = serde_json::to_vec(&json!({
+        "type": "inbound.message",
+        "data": {
+            "id": "parsed-1",
+            "from": {"email": "ann@ext.example", "name": "Ann Ürsel"},
+            "recipients": {"rcptTo": [{"email": "agent@example.com"}],
+                "to": {"data": [{"email": "agent@example.com", "name": "Agent"}]}},
+            "subject": "Rückfrage zum Angebot",
+            "text": "Hello from the parsed fields.\nSecond line.",
+            "html": "<p>Hello from the parsed fields.</p>",
+            "date": "Mon, 23 Nov 2026 09:00:00 +0000"
+        }
+    }))
+    .expect("json");
+    let (status, reply) = post_mailersend(&gateway, "ms", body).await;
+    assert_eq!(status, 200, "{reply}");
+    let event = receiver.recv().await.json();
+    assert_eq!(event["subject"], "Rückfrage zum Angebot");
+    assert_eq!(event["email"]["from_address"]["address"], "ann@ext.example");
+    assert_eq!(event["email"]["from_address"]["name"], "Ann Ürsel");
+    assert!(
+        event["email"]["to_addresses"]
+            .to_string()
+            .contains("agent@example.com"),
+        "{}",
+        event["email"]
+    );
+    assert!(
+        event["email"]["plain_text"]
+            .as_str()
+            .is_some_and(|text| text.contains("Hello from the parsed fields.")),
+        "{}",
+        event["email"]
+    );
+    assert_eq!(event["email"]["date"], "2026-11-23T09:00:00.000+00:00");
+    let message_id = event["message_id"].as_str().expect("id");
+    let (status, stored) = gateway
+        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    let stored = mail_parser::MessageParser::default()
+        .parse(&stored)
+        .expect("stored MIME parses");
+    assert_eq!(stored.subject(), Some("Rückfrage zum Angebot"));
+    assert_eq!(
+        stored.message_id(),
+        Some("parsed-1@mailersend.mxhook.invalid")
+    );
+    assert!(stored.date().is_some());
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_stale_timestamps_and_wrong_keys_and_acknowledges_duplicates() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+    let public = b64.encode(key.public_key().as_der().expect("spki").as_ref());
+    put_secret(&gateway, "agent", "sendgrid", &public).await;
+    let other_key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+
+    let raw =
+        "From: grid@ext.example\r\nTo: agent@example.com\r\nSubject: twice\r\n\r\nonce only\r\n";
+    let form = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n{{\"to\":[\"agent@example.com\"],\"from\":\"grid@ext.example\"}}\r\n\
+--b\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n{raw}\r\n--b--\r\n"
+    )
+    .into_bytes();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let send = |signer: &EcdsaKeyPair, timestamp: i64| {
+        let timestamp = timestamp.to_string();
+        let signature = b64.encode(
+            signer
+                .sign(&rng, &[timestamp.as_bytes(), &form].concat())
+                .expect("sign"),
+        );
+        let headers = vec![
+            ("content-type", "multipart/form-data; boundary=b".to_owned()),
+            ("x-twilio-email-event-webhook-signature", signature),
+            ("x-twilio-email-event-webhook-timestamp", timestamp),
+        ];
+        let form = form.clone();
+        let gateway = &gateway;
+        async move { post(gateway, "/v1/ingress/sendgrid/inbound", &headers, form).await }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let (status, _) = send(&key, now - 3600).await;
+    assert_eq!(status, 401, "a stale timestamp, correctly signed");
+    let (status, _) = send(&other_key, now).await;
+    assert_eq!(status, 401, "signed with another key");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    let (status, reply) = send(&key, now).await;
+    assert_eq!(
+        (status, reply["status"].clone()),
+        (200, json!("accepted")),
+        "{reply}"
+    );
+    assert_eq!(receiver.recv().await.json()["subject"], "twice");
+    // SendGrid sends no event id: the same body again is a duplicate by its hash.
+    let (status, reply) = send(&key, now + 1).await;
+    assert_eq!(
+        (status, reply["status"].clone()),
+        (200, json!("duplicate")),
+        "{reply}"
+    );
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(unauthorized_count(&gateway, "sendgrid").await, 2);
+}
+
+#[tokio::test]
+async fn a_deleted_secret_refuses_again_and_unsigned_requests_pass_only_when_allowed() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    let body = mailersend_payload("del-1", "agent@example.com", "before delete");
+    let (status, _) = post_mailersend(&gateway, "ms", body).await;
+    assert_eq!(status, 200);
+    receiver.recv().await;
+    let path = "/v1/inboxes/agent/ingress/mailersend";
+    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 204);
+    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 404);
+    let body = mailersend_payload("del-2", "agent@example.com", "after delete");
+    let (status, _) = post_mailersend(&gateway, "ms", body).await;
+    assert_eq!(status, 401, "the deleted secret no longer verifies");
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway_with(&receiver, "allow_unsigned = true\n").await;
+    let unsigned = mailersend_payload("open-1", "agent@example.com", "unsigned");
+    let (status, reply) = post(&gateway, "/v1/ingress/mailersend/inbound", &[], unsigned).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(receiver.recv().await.json()["subject"], "unsigned");
+    // A secret, once set, is required even when unsigned ingress is allowed...
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    let unsigned = mailersend_payload("open-2", "agent@example.com", "unsigned again");
+    let (status, _) = post(
+        &gateway,
+        "/v1/ingress/mailersend/inbound",
+        &[],
+        unsigned.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // ...and after it is deleted the unsigned policy applies again.
+    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 204);
+    let (status, _) = post(&gateway, "/v1/ingress/mailersend/inbound", &[], unsigned).await;
+    assert_eq!(status, 200);
+    assert_eq!(receiver.recv().await.json()["subject"], "unsigned again");
+}
+
+#[tokio::test]
+async fn an_inbox_recreated_under_a_deleted_id_inherits_no_ingress_settings() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let create = || {
+        admin(
+            &gateway,
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "temp", "addresses": ["temp@example.com"]})),
+        )
+    };
+    assert_eq!(create().await.0, 201);
+    put_secret(&gateway, "temp", "calcom", "temp-secret").await;
+    let (status, _) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/temp/ingress/event-types",
+        Some(json!({"event_types": ["calcom:5"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        admin(&gateway, "DELETE", "/v1/inboxes/temp", None).await.0,
+        204
+    );
+    assert_eq!(create().await.0, 201);
+    let (_, flags) = admin(&gateway, "GET", "/v1/inboxes/temp/ingress", None).await;
+    assert_eq!(flags["providers"]["calcom"]["configured"], false, "{flags}");
+    let (_, types) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/temp/ingress/event-types",
+        None,
+    )
+    .await;
+    assert_eq!(types["event_types"], json!([]));
+    let booking = calcom_booking("BOOKING_CREATED", 5, "bk_old", &recent(0));
+    let (status, _) = post_calcom(&gateway, "temp-secret", booking).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn an_event_older_than_the_replay_keys_is_acknowledged_but_not_processed() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    put_secret(&gateway, "other", "calcom", "cal-secret").await;
+    put_secret(&gateway, "agent", "mailersend", "ms").await;
+    // Signed correctly, but created long before the 90 days of replay keys: it may be a replay
+    // whose key was pruned.
+    let old = calcom_booking("BOOKING_CREATED", 42, "bk_old", "2020-01-01T00:00:00Z");
+    let (status, reply) = post_calcom(&gateway, "cal-secret", old).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("expired")));
+    let mut old_mail: Value =
+        serde_json::from_slice(&mailersend_payload("old-1", "agent@example.com", "old"))
+            .expect("json");
+    old_mail["created_at"] = json!("2020-01-01T00:00:00.000000Z");
+    let (status, reply) =
+        post_mailersend(&gateway, "ms", serde_json::to_vec(&old_mail).expect("json")).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("expired")));
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    let recent = chrono::Utc::now().to_rfc3339();
+    let fresh = calcom_booking("BOOKING_CREATED", 42, "bk_new", &recent);
+    let (status, reply) = post_calcom(&gateway, "cal-secret", fresh).await;
+    assert_eq!((status, reply["status"].clone()), (200, json!("accepted")));
+    assert_eq!(receiver.recv().await.json()["booking"]["uid"], "bk_new");
 }

@@ -23,6 +23,14 @@ fn headers(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> 
     }
 }
 
+fn received_at() -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00+00:00").expect("date")
+}
+
+fn mailersend(payload: Value) -> Result<InboundMail, Error> {
+    mailersend_mail(&payload, received_at())
+}
+
 #[test]
 fn hmac_providers_accept_only_the_right_secret_and_body() {
     let body = br#"{"x":1}"#;
@@ -68,6 +76,41 @@ fn calendly_checks_the_timestamp_window() {
     assert_eq!(
         verify(Provider::Calendly, &signed(1000), body, &secrets, 2000, 300),
         Err(Error::StaleTimestamp)
+    );
+    for extreme in [i64::MIN, i64::MAX] {
+        assert_eq!(
+            verify(
+                Provider::Calendly,
+                &signed(extreme),
+                body,
+                &secrets,
+                1100,
+                300
+            ),
+            Err(Error::StaleTimestamp)
+        );
+    }
+    assert_eq!(
+        verify(
+            Provider::Calendly,
+            &signed(1000),
+            body,
+            &secrets,
+            i64::MIN,
+            300
+        ),
+        Err(Error::StaleTimestamp)
+    );
+    assert_eq!(
+        verify(
+            Provider::Calendly,
+            &signed(i64::MAX),
+            body,
+            &secrets,
+            i64::MAX,
+            300
+        ),
+        Ok(())
     );
     let garbled = headers(&[("calendly-webhook-signature", "v1=abc".to_owned())]);
     assert_eq!(
@@ -124,43 +167,133 @@ fn sendgrid_ecdsa_signature_over_timestamp_and_body() {
 
 #[test]
 fn payloads_are_read_as_documented() {
-    let mail = mailersend_mail(&json!({"type": "inbound.message", "data": {
+    let mail = mailersend(json!({"type": "inbound.message", "data": {
         "id": "ms1", "from": {"email": "a@x.example"},
         "recipients": {"rcptTo": [{"email": "Agent@Example.com"}], "to": {"data": [{"email": "agent@example.com"}]}},
         "subject": "Hi", "text": "line\nnext", "html": "<p>hi</p>"
     }}))
     .expect("mail");
     assert_eq!(mail.recipients, ["agent@example.com"]);
+    let envelope_wins = mailersend(json!({"data": {"recipients": {
+        "rcptTo": [{"email": "bcc-inbox@example.com"}],
+        "to": {"data": [{"email": "someone@example.com"}]}}}}))
+    .expect("mail");
+    assert_eq!(envelope_wins.recipients, ["bcc-inbox@example.com"]);
+    let header_fallback = mailersend(json!({"data": {"recipients": {
+        "to": {"data": [{"email": "B@example.com"}, {"email": "a@example.com"}]}}}}))
+    .expect("mail");
+    assert_eq!(
+        header_fallback.recipients,
+        ["a@example.com", "b@example.com"]
+    );
     let raw = String::from_utf8(mail.raw).expect("utf8");
     assert!(
         raw.contains("Subject: Hi\r\n") && raw.contains("line\r\nnext"),
         "{raw}"
     );
-    assert!(mailersend_mail(&json!({"data": {"recipients": {}}})).is_err());
+    assert!(mailersend(json!({"data": {"recipients": {}}})).is_err());
 
     let created = calcom_booking(&json!({"triggerEvent": "BOOKING_CREATED", "createdAt": "t",
         "payload": {"eventTypeId": 42, "uid": "u1", "title": "Intro", "attendees": [{"email": "p@x.example", "name": "P"}]}}))
-    .expect("ok")
-    .expect("booking");
+    .expect("ok");
+    let CalendarRequest::Booking(created) = created else {
+        panic!("not a booking: {created:?}");
+    };
     assert_eq!(created.event_type_key, "calcom:42");
     assert_eq!(created.change, BookingChange::Created);
     assert_eq!(created.booking["attendees"][0]["email"], "p@x.example");
     assert_eq!(
         calcom_booking(&json!({"triggerEvent": "MEETING_ENDED", "payload": {}})),
-        Ok(None)
+        Ok(CalendarRequest::Ignored {
+            event_type_key: None
+        })
+    );
+    assert_eq!(
+        calcom_booking(&json!({"triggerEvent": "MEETING_ENDED", "payload": {"eventTypeId": 42}}))
+            .expect("ok")
+            .event_type_key(),
+        Some("calcom:42")
     );
 
     let rescheduled = calendly_booking(&json!({"event": "invitee.created", "payload": {
         "uri": "inv1", "old_invitee": "inv0", "email": "p@x.example",
         "scheduled_event": {"event_type": "https://api.calendly.com/event_types/ET1"}}}))
-    .expect("ok")
-    .expect("booking");
+    .expect("ok");
+    let CalendarRequest::Booking(rescheduled) = rescheduled else {
+        panic!("not a booking: {rescheduled:?}");
+    };
     assert_eq!(rescheduled.change, BookingChange::Rescheduled);
     assert_eq!(
         rescheduled.event_type_key,
         "calendly:https://api.calendly.com/event_types/ET1"
     );
-    let half =
-        calendly_booking(&json!({"event": "invitee.canceled", "payload": {"rescheduled": true}}));
-    assert_eq!(half, Ok(None));
+    let half = calendly_booking(&json!({"event": "invitee.canceled", "payload": {
+        "rescheduled": true,
+        "scheduled_event": {"event_type": "https://api.calendly.com/event_types/ET1"}}}));
+    assert_eq!(
+        half,
+        Ok(CalendarRequest::Ignored {
+            event_type_key: Some("calendly:https://api.calendly.com/event_types/ET1".to_owned())
+        })
+    );
+}
+
+#[test]
+fn mime_built_without_raw_has_date_message_id_and_encoded_headers() {
+    let data = json!({"data": {
+        "id": "ms42",
+        "from": {"email": "ann@x.example", "name": "Ånn Ørsted"},
+        "recipients": {"rcptTo": [{"email": "agent@example.com"}],
+            "to": {"data": [{"email": "agent@example.com", "name": "Agent"}]}},
+        "subject": "Grüße aus Köln", "text": "hallo\nwelt", "html": "<p>hallo</p>",
+        "date": "Mon, 23 Nov 2026 09:00:00 +0100"
+    }});
+    let raw = mailersend(data.clone()).expect("mail").raw;
+    let head = String::from_utf8_lossy(&raw);
+    let head = head.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.is_ascii(), "non-ASCII in the header block: {head}");
+    let message = mail_parser::MessageParser::default()
+        .parse(&raw)
+        .expect("parses");
+    assert_eq!(message.subject(), Some("Grüße aus Köln"));
+    let from = message.from().and_then(|from| from.first()).expect("from");
+    assert_eq!(
+        (from.name(), from.address()),
+        (Some("Ånn Ørsted"), Some("ann@x.example"))
+    );
+    assert_eq!(
+        message
+            .to()
+            .and_then(|to| to.first())
+            .and_then(|to| to.address()),
+        Some("agent@example.com")
+    );
+    assert_eq!(message.message_id(), Some("ms42@mailersend.mxhook.invalid"));
+    assert_eq!(
+        message.date().map(|date| date.to_timestamp()),
+        Some(received_at().timestamp() - 7200)
+    );
+    assert_eq!(message.body_text(0).as_deref(), Some("hallo\r\nwelt"));
+    assert!(
+        message
+            .body_html(0)
+            .is_some_and(|html| html.contains("<p>hallo</p>"))
+    );
+
+    // The same payload builds the same Message-ID, so a redelivery is recognised; an address
+    // lettre refuses still yields a message.
+    let again = mailersend(data).expect("mail").raw;
+    let again = mail_parser::MessageParser::default()
+        .parse(&again)
+        .expect("parses");
+    assert_eq!(again.message_id(), message.message_id());
+    let odd = mailersend(json!({"data": {"from": {"email": "not an address"},
+        "recipients": {"rcptTo": [{"email": "agent@example.com"}]}, "subject": "odd"}}))
+    .expect("mail")
+    .raw;
+    let odd = mail_parser::MessageParser::default()
+        .parse(&odd)
+        .expect("parses");
+    assert_eq!(odd.subject(), Some("odd"));
+    assert!(odd.date().is_some() && odd.message_id().is_some());
 }
