@@ -288,6 +288,24 @@ fn mail_parser_corpus() -> PathBuf {
     found.unwrap_or_else(|| panic!("{crate_dir} not found under {}", registry.display()))
 }
 
+/// SpamScope's mail-parser test messages (real, partly malformed mail, one Outlook `.msg`),
+/// unpacked by scripts/test from the PyPI sdist it pins by hash.
+fn spamscope_corpus() -> PathBuf {
+    let cache = std::env::var_os("MXTEST_CORPUS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/mxhook-corpus"))
+        })
+        .expect("MXTEST_CORPUS_DIR or HOME");
+    let dir = cache.join("mail_parser-4.8.0/tests/mails");
+    assert!(
+        dir.is_dir(),
+        "SpamScope's corpus not found at {} (scripts/test fetches it)",
+        dir.display()
+    );
+    dir
+}
+
 fn files(dir: &Path, accept: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir)
         .expect("read dir")
@@ -332,6 +350,15 @@ fn every_corpus_message_gives_a_valid_event_alone_and_in_a_thread() {
         "only {} mail-parser messages in {}",
         messages.len() - from_cpython,
         mail_parser.display()
+    );
+    let before_spamscope = messages.len();
+    let spamscope = spamscope_corpus();
+    files(&spamscope, &|_| true, &mut messages);
+    assert!(
+        messages.len() - before_spamscope >= 20,
+        "only {} SpamScope messages in {}",
+        messages.len() - before_spamscope,
+        spamscope.display()
     );
     messages.sort();
 
