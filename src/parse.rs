@@ -328,8 +328,8 @@ fn share_alternative(message: &Message<'_>, plain: u32, html: u32) -> bool {
 }
 
 fn contains_part(message: &Message<'_>, children: &[u32], target: u32, depth: usize) -> bool {
-    // Depth bound: mail-parser already limits nesting, this keeps a hostile tree from recursing
-    // without end here.
+    // Depth bound: mail-parser limits only nested message/rfc822 parts, and multipart depth is
+    // bounded just by MAX_MIME_BOUNDARY_LINES, so a hostile tree could still recurse deeply here.
     if depth > 32 {
         return false;
     }
