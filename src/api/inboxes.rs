@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
-use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
+use crate::config::{PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme};
 use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
 use crate::intake::Outcome;
 use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
@@ -82,6 +82,12 @@ fn inbox_json(inbox: &InboxRow) -> Value {
         "source": inbox.source,
         "addresses": inbox.addresses,
         "webhook": inbox.webhook.as_ref().map(webhook_json),
+        "spf_pass_required": inbox.sender_policy.spf_pass_required,
+        "dkim_pass_required": inbox.sender_policy.dkim_pass_required,
+        "dmarc_pass_required": inbox.sender_policy.dmarc_pass_required,
+        "allow_senders": inbox.sender_policy.allow_senders,
+        "block_senders": inbox.sender_policy.block_senders,
+        "policy_action": inbox.sender_policy.policy_action,
         "created_at": rfc3339(inbox.created_at),
         "updated_at": rfc3339(inbox.updated_at),
     })
@@ -133,14 +139,89 @@ struct CreateInbox {
     name: Option<String>,
     addresses: Vec<String>,
     status: Option<InboxStatus>,
+    spf_pass_required: Option<bool>,
+    dkim_pass_required: Option<bool>,
+    dmarc_pass_required: Option<bool>,
+    /// Addresses or domains; when set, only these senders (with a DMARC pass) meet the policy.
+    allow_senders: Option<Vec<String>>,
+    /// Addresses or domains that never meet the policy.
+    block_senders: Option<Vec<String>>,
+    /// What happens to mail that breaks the policy: tag (default), reject or quarantine.
+    #[schema(value_type = Option<String>)]
+    policy_action: Option<PolicyAction>,
 }
 
+/// Every field is optional; what is left out stays as it is.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchInbox {
     name: Option<String>,
     addresses: Option<Vec<String>>,
     status: Option<InboxStatus>,
+    spf_pass_required: Option<bool>,
+    dkim_pass_required: Option<bool>,
+    dmarc_pass_required: Option<bool>,
+    /// Addresses or domains; when set, only these senders (with a DMARC pass) meet the policy.
+    allow_senders: Option<Vec<String>>,
+    /// Addresses or domains that never meet the policy.
+    block_senders: Option<Vec<String>>,
+    /// What happens to mail that breaks the policy: tag, reject or quarantine.
+    #[schema(value_type = Option<String>)]
+    policy_action: Option<PolicyAction>,
+}
+
+/// The policy fields of a create or patch body; `None` keeps what `base` has.
+struct PolicyChange {
+    spf_pass_required: Option<bool>,
+    dkim_pass_required: Option<bool>,
+    dmarc_pass_required: Option<bool>,
+    allow_senders: Option<Vec<String>>,
+    block_senders: Option<Vec<String>>,
+    policy_action: Option<PolicyAction>,
+}
+
+impl PolicyChange {
+    fn is_empty(&self) -> bool {
+        self.spf_pass_required.is_none()
+            && self.dkim_pass_required.is_none()
+            && self.dmarc_pass_required.is_none()
+            && self.allow_senders.is_none()
+            && self.block_senders.is_none()
+            && self.policy_action.is_none()
+    }
+
+    fn applied_to(self, base: SenderPolicy) -> Result<SenderPolicy, ApiError> {
+        Ok(SenderPolicy {
+            spf_pass_required: self.spf_pass_required.unwrap_or(base.spf_pass_required),
+            dkim_pass_required: self.dkim_pass_required.unwrap_or(base.dkim_pass_required),
+            dmarc_pass_required: self.dmarc_pass_required.unwrap_or(base.dmarc_pass_required),
+            allow_senders: match self.allow_senders {
+                Some(entries) => sender_entries("allow_senders", &entries)?,
+                None => base.allow_senders,
+            },
+            block_senders: match self.block_senders {
+                Some(entries) => sender_entries("block_senders", &entries)?,
+                None => base.block_senders,
+            },
+            policy_action: self.policy_action.unwrap_or(base.policy_action),
+        })
+    }
+}
+
+/// Allow or block list entries, lowercased and without repeats.
+fn sender_entries(key: &str, entries: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let normalized = crate::config::normalize_sender_entry(entry).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{key}: `{entry}` is neither an address nor a domain"
+            ))
+        })?;
+        if !out.contains(&normalized) {
+            out.push(normalized);
+        }
+    }
+    Ok(out)
 }
 
 fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
@@ -216,6 +297,15 @@ async fn create_inbox(
         ));
     }
     let addresses = normalized_addresses(&body.addresses)?;
+    let sender_policy = PolicyChange {
+        spf_pass_required: body.spf_pass_required,
+        dkim_pass_required: body.dkim_pass_required,
+        dmarc_pass_required: body.dmarc_pass_required,
+        allow_senders: body.allow_senders,
+        block_senders: body.block_senders,
+        policy_action: body.policy_action,
+    }
+    .applied_to(SenderPolicy::default())?;
     state
         .db
         .create_inbox(&NewInbox {
@@ -227,6 +317,7 @@ async fn create_inbox(
                 .as_str()
                 .to_owned(),
             addresses,
+            sender_policy,
         })
         .await?;
     state.refresh_directory().await?;
@@ -260,7 +351,7 @@ async fn get_inbox(
     patch,
     path = "/v1/inboxes/{id}",
     tag = "inboxes",
-    summary = "Change name, addresses or status",
+    summary = "Change name, addresses (admin), status or sender policy",
     params(("id" = String, Path, description = "Inbox id")),
     request_body = PatchInbox,
     responses(
@@ -280,14 +371,28 @@ async fn update_inbox(
     Path(id): Path<String>,
     body: Result<Json<PatchInbox>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    visible_inbox(&state, &caller, &id).await?;
+    let current = visible_inbox(&state, &caller, &id).await?;
     let Json(body) = body?;
     if body.addresses.is_some() {
         // Addresses decide which mail the gateway accepts for whom: an inbox key must not
         // claim addresses for itself.
         caller.require_admin()?;
     }
+    let policy_change = PolicyChange {
+        spf_pass_required: body.spf_pass_required,
+        dkim_pass_required: body.dkim_pass_required,
+        dmarc_pass_required: body.dmarc_pass_required,
+        allow_senders: body.allow_senders,
+        block_senders: body.block_senders,
+        policy_action: body.policy_action,
+    };
+    let sender_policy = if policy_change.is_empty() {
+        None
+    } else {
+        Some(policy_change.applied_to(current.sender_policy)?)
+    };
     let update = InboxUpdate {
+        sender_policy,
         name: body.name.map(Some),
         status: body.status.map(|status| status.as_str().to_owned()),
         addresses: body
@@ -884,6 +989,8 @@ struct MessagesQuery {
     subject: Option<String>,
     received_after: Option<String>,
     received_before: Option<String>,
+    /// true: only messages the inbox policy quarantined; false: only the others.
+    quarantined: Option<bool>,
 }
 
 fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -929,6 +1036,7 @@ async fn list_messages(
         subject_contains: query.subject,
         received_after_ms: parse_time("received_after", query.received_after.as_deref())?,
         received_before_ms: parse_time("received_before", query.received_before.as_deref())?,
+        quarantined: query.quarantined,
         limit,
     };
     let messages = state.db.list_messages(&id, &filter).await?;

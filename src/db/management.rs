@@ -5,8 +5,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, Error, bump_directory_version};
-use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
+use super::{Db, Error, bump_directory_version, sender_policy_from_json, sender_policy_json};
+use crate::config::{PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
 use crate::model::now_ms;
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
@@ -19,6 +19,7 @@ pub struct InboxRow {
     pub status: String,
     pub addresses: Vec<String>,
     pub webhook: Option<WebhookSettings>,
+    pub sender_policy: SenderPolicy,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -70,6 +71,7 @@ pub struct NewInbox {
     pub status: String,
     /// Already normalized.
     pub addresses: Vec<String>,
+    pub sender_policy: SenderPolicy,
 }
 
 /// A partial change; `None` leaves the field as it is.
@@ -78,6 +80,7 @@ pub struct InboxUpdate {
     pub name: Option<Option<String>>,
     pub status: Option<String>,
     pub addresses: Option<Vec<String>>,
+    pub sender_policy: Option<SenderPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +99,8 @@ pub struct MessageFilter {
     pub subject_contains: Option<String>,
     pub received_after_ms: Option<i64>,
     pub received_before_ms: Option<i64>,
+    /// Only quarantined messages (`Some(true)`) or only the others (`Some(false)`).
+    pub quarantined: Option<bool>,
     pub limit: i64,
 }
 
@@ -110,6 +115,8 @@ pub struct MessageSummary {
     pub header_message_id: Option<String>,
     pub size: i64,
     pub received_at: String,
+    /// The inbox policy held it back: stored, not delivered.
+    pub quarantined: bool,
 }
 
 /// Counts read from the database at scrape time.
@@ -130,7 +137,7 @@ pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
     webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
-    webhook_signature_header, webhook_signature_format, created_at, updated_at";
+    webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at";
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -189,13 +196,14 @@ impl Db {
         bump_directory_version(&mut tx).await?;
         sqlx::query(
             "INSERT INTO inboxes (id, source, name, status, webhook_enabled, webhook_signature, \
-             webhook_payload, created_at, updated_at) \
-             VALUES ($1, 'api', $2, $3, 1, 'agentmail', 'mxhook', $4, $4)",
+             webhook_payload, created_at, updated_at, sender_policy) \
+             VALUES ($1, 'api', $2, $3, 1, 'agentmail', 'mxhook', $4, $4, $5)",
         )
         .bind(&inbox.id)
         .bind(inbox.name.clone())
         .bind(&inbox.status)
         .bind(now)
+        .bind(sender_policy_json(&inbox.sender_policy)?)
         .execute(&mut *tx)
         .await
         .map_err(|err| match conflict_or_query(err) {
@@ -235,6 +243,13 @@ impl Db {
         if let Some(status) = &update.status {
             sqlx::query("UPDATE inboxes SET status = $1 WHERE id = $2")
                 .bind(status)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(policy) = &update.sender_policy {
+            sqlx::query("UPDATE inboxes SET sender_policy = $1 WHERE id = $2")
+                .bind(sender_policy_json(policy)?)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -402,9 +417,10 @@ impl Db {
             .unwrap_or_default();
         let rows = sqlx::query(
             "SELECT id, inbox_id, event_id, sender, envelope_from, subject, header_message_id, \
-             size, received_at FROM messages WHERE inbox_id = $1 \
+             size, received_at, quarantined FROM messages WHERE inbox_id = $1 \
              AND ($2 = '' OR id < $2) AND ($3 = '' OR LOWER(sender) = $3) \
              AND ($4 = '' OR LOWER(subject) LIKE $4) AND received_at >= $5 AND received_at < $6 \
+             AND ($8 < 0 OR quarantined = $8) \
              ORDER BY id DESC LIMIT $7",
         )
         .bind(inbox_id)
@@ -420,6 +436,7 @@ impl Db {
         .bind(filter.received_after_ms.unwrap_or(i64::MIN))
         .bind(filter.received_before_ms.unwrap_or(i64::MAX))
         .bind(filter.limit)
+        .bind(filter.quarantined.map_or(-1, i64::from))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -434,6 +451,7 @@ impl Db {
                     header_message_id: row.try_get("header_message_id")?,
                     size: row.try_get("size")?,
                     received_at: crate::model::rfc3339(row.try_get("received_at")?),
+                    quarantined: row.try_get::<i64, _>("quarantined")? != 0,
                 })
             })
             .collect()
@@ -596,8 +614,11 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
             })
         }
     };
+    let id: String = row.try_get("id")?;
+    let policy_json: Option<String> = row.try_get("sender_policy")?;
     Ok(InboxRow {
-        id: row.try_get("id")?,
+        sender_policy: sender_policy_from_json(&id, policy_json.as_deref())?,
+        id,
         name: row.try_get("name")?,
         source: row.try_get("source")?,
         status: row.try_get("status")?,

@@ -454,6 +454,177 @@ async fn inbox_keys_reach_only_their_own_inbox() {
     }
 }
 
+/// One message over SMTP; returns the reply to DATA.
+async fn deliver_mail(gateway: &TestGateway, from: &str, to: &str, subject: &str) -> (u16, String) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message(from, to, subject, "body");
+    client.send_message(from, &[to], &message).await
+}
+
+#[tokio::test]
+async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({
+            "id": "guarded",
+            "addresses": ["guarded@example.com"],
+            "block_senders": ["Blocked.test"],
+            "policy_action": "reject",
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["block_senders"], json!(["blocked.test"]));
+    assert_eq!(created["policy_action"], "reject");
+    assert_eq!(created["allow_senders"], json!([]));
+    assert_eq!(created["dmarc_pass_required"], false);
+    let (status, _) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/guarded/webhook",
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (code, text) = deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "one").await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.1"), "{text}");
+    let (code, text) =
+        deliver_mail(&gateway, "friend@sender.example", "guarded@example.com", "fine").await;
+    assert_eq!(code, 250, "a sender off the list passes: {text}");
+    let fine = receiver.recv().await.json();
+    assert_eq!(fine["policy_violations"], json!([]));
+
+    let (status, patched) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/guarded",
+        Some(json!({"policy_action": "quarantine"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["policy_action"], "quarantine");
+    assert_eq!(
+        patched["block_senders"],
+        json!(["blocked.test"]),
+        "a field left out of PATCH stays"
+    );
+    let (code, text) =
+        deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "held").await;
+    assert_eq!(code, 250, "{text}");
+    let held_id = text.rsplit(' ').next().expect("queued as id").to_owned();
+    let (status, held) = admin(&gateway, "GET", &format!("/v1/messages/{held_id}"), None).await;
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["quarantined"], true, "{held}");
+    assert_eq!(held["policy_violations"], json!(["sender is blocked"]));
+
+    // The quarantined message is findable, and filterable, through the inbox's listing.
+    let (status, all) = admin(&gateway, "GET", "/v1/inboxes/guarded/messages", None).await;
+    assert_eq!(status, 200, "{all}");
+    let flags: Vec<(String, bool)> = all["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|message| {
+            (
+                message["id"].as_str().expect("id").to_owned(),
+                message["quarantined"].as_bool().expect("quarantined flag"),
+            )
+        })
+        .collect();
+    assert_eq!(flags.len(), 2, "{all}");
+    assert!(flags.contains(&(held_id.clone(), true)), "{all}");
+    let (_, only_held) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/guarded/messages?quarantined=true",
+        None,
+    )
+    .await;
+    assert_eq!(only_held["messages"].as_array().expect("messages").len(), 1);
+    assert_eq!(only_held["messages"][0]["id"], held_id.as_str());
+    let (_, not_held) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/guarded/messages?quarantined=false",
+        None,
+    )
+    .await;
+    assert_eq!(not_held["messages"].as_array().expect("messages").len(), 1);
+    assert_ne!(not_held["messages"][0]["id"], held_id.as_str());
+    let (status, _) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/guarded/messages?quarantined=maybe",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, patched) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/guarded",
+        Some(json!({"policy_action": "tag"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    let (code, text) =
+        deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "tagged").await;
+    assert_eq!(code, 250, "{text}");
+    let tagged = receiver.recv().await.json();
+    assert_eq!(
+        tagged["subject"], "tagged",
+        "the quarantined message was never delivered"
+    );
+    assert_eq!(tagged["quarantined"], false);
+    assert_eq!(tagged["policy_violations"], json!(["sender is blocked"]));
+
+    // Refused values name the field; nothing changes.
+    for (body, field) in [
+        (json!({"policy_action": "drop"}), "policy_action"),
+        (json!({"block_senders": ["not an entry"]}), "block_senders"),
+        (json!({"allow_senders": ["a@b@c"]}), "allow_senders"),
+        (json!({"spf_pass_required": "yes"}), "spf_pass_required"),
+    ] {
+        let (status, answer) = admin(&gateway, "PATCH", "/v1/inboxes/guarded", Some(body)).await;
+        assert!(matches!(status, 400 | 422), "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains(field)),
+            "{answer}"
+        );
+    }
+    let (_, inbox) = admin(&gateway, "GET", "/v1/inboxes/guarded", None).await;
+    assert_eq!(inbox["policy_action"], "tag");
+    assert_eq!(inbox["block_senders"], json!(["blocked.test"]));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn config_inbox_policy_shows_in_the_api() {
+    let mut options = no_webhook();
+    options.extra_toml = "[[inbox]]\nid = \"strict\"\naddresses = [\"strict@example.com\"]\n\
+         block_senders = [\"spam.test\"]\ndkim_pass_required = true\npolicy_action = \"reject\"\n"
+        .to_owned();
+    let gateway = TestGateway::start(options).await;
+    let (status, inbox) = admin(&gateway, "GET", "/v1/inboxes/strict", None).await;
+    assert_eq!(status, 200, "{inbox}");
+    assert_eq!(inbox["source"], "config");
+    assert_eq!(inbox["block_senders"], json!(["spam.test"]));
+    assert_eq!(inbox["dkim_pass_required"], true);
+    assert_eq!(inbox["policy_action"], "reject");
+    let (code, text) = deliver_mail(&gateway, "x@spam.test", "strict@example.com", "no").await;
+    assert_eq!(code, 550, "{text}");
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn messages_page_newest_first_and_filter() {
     let gateway = TestGateway::start(no_webhook()).await;
