@@ -28,7 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
     (8, include_str!("../migrations/0008_hmac_header.sql")),
     (9, include_str!("../migrations/0009_directory_version.sql")),
-    (11, include_str!("../migrations/0011_inbox_sender_policy.sql")),
+    (11, include_str!("../migrations/0011_inbox_policy_and_keys.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -46,7 +46,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
             get(get_notifications).put(put_notifications),
         )
         .route("/v1/inboxes/{id}/endpoints", get(list_endpoints))
-        .route("/v1/inboxes/{id}/keys", post(create_key))
+        .route("/v1/inboxes/{id}/keys", get(list_keys).post(create_key))
+        .route("/v1/inboxes/{id}/keys/{key_id}", delete(delete_key))
         .route("/v1/inboxes/{id}/messages", get(list_messages))
         .route("/v1/inboxes/{id}/deliveries", get(list_deliveries))
         .route("/v1/inboxes/{id}/deliveries/resend-dead", post(resend_dead))
@@ -928,6 +929,33 @@ struct CreateKey {
     name: Option<String>,
 }
 
+/// A per-inbox key as listed: never the key itself, nor its hash.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ApiKeyView {
+    id: String,
+    inbox_id: String,
+    name: Option<String>,
+    /// The key's first characters (`mxk_` and 8 hex digits); null for keys made before
+    /// prefixes were recorded.
+    prefix: Option<String>,
+    created_at: String,
+}
+
+impl From<ApiKeyRow> for ApiKeyView {
+    fn from(row: ApiKeyRow) -> Self {
+        Self {
+            id: row.id,
+            inbox_id: row.inbox_id,
+            name: row.name,
+            prefix: row.prefix,
+            created_at: rfc3339(row.created_at),
+        }
+    }
+}
+
+/// How many characters of a key its listing shows: the `mxk_` prefix and 32 of its 256 bits.
+const SHOWN_KEY_CHARS: usize = INBOX_KEY_PREFIX.len() + 8;
+
 #[utoipa::path(
     post,
     path = "/v1/inboxes/{id}/keys",
@@ -937,7 +965,8 @@ struct CreateKey {
     request_body = Option<CreateKey>,
     responses(
         (status = 201, description = "The key", body = serde_json::Value),
-        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 403, description = "Needs an admin key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -951,11 +980,25 @@ async fn create_key(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     caller.require_admin()?;
+    // The body is optional, so it is read by hand; its errors still split the way axum's Json
+    // splits them: malformed JSON is 400, well-formed JSON of the wrong shape 422.
     let request: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateKey::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))?
+        let value: Value = serde_json::from_slice(&body).map_err(|err| ApiError::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("malformed JSON body: {err}"),
+        })?;
+        let shape_error = |message: String| ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        };
+        if !value.is_object() {
+            // serde would otherwise read a struct from an array of its fields.
+            return Err(shape_error("the body must be a JSON object".to_owned()));
+        }
+        serde_json::from_value(value)
+            .map_err(|err| shape_error(format!("invalid JSON body: {err}")))?
     };
     let secret_bytes: [u8; 32] = rand::random();
     let key = format!("{INBOX_KEY_PREFIX}{}", hex::encode(secret_bytes));
@@ -963,19 +1006,74 @@ async fn create_key(
         id: new_id("key"),
         inbox_id: id,
         name: request.name,
+        prefix: key.get(..SHOWN_KEY_CHARS).map(str::to_owned),
         created_at: now_ms(),
     };
     state.db.create_api_key(&row, &hash_key(&key)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": row.id,
-            "inbox_id": row.inbox_id,
-            "name": row.name,
-            "created_at": rfc3339(row.created_at),
-            "key": key,
-        })),
-    ))
+    let mut body = serde_json::to_value(ApiKeyView::from(row))
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    body["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/keys",
+    tag = "keys",
+    summary = "The per-inbox API keys (admin): ids, names, prefixes and creation times, never the keys",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The keys", body = KeyList),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn list_keys(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    let keys = state.db.list_api_keys(&id).await?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct KeyList {
+    keys: Vec<ApiKeyView>,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/keys/{key_id}",
+    tag = "keys",
+    summary = "Revoke a per-inbox API key (admin); it is refused from the next request on",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        ("key_id" = String, Path, description = "Key id (`key_…`)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn delete_key(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    if !state.db.delete_api_key(&id, &key_id).await? {
+        return Err(ApiError::NotFound("key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -37,6 +37,8 @@ use super::{inboxes, metrics};
         inboxes::get_notifications,
         inboxes::put_notifications,
         inboxes::create_key,
+        inboxes::list_keys,
+        inboxes::delete_key,
         inboxes::list_messages,
         inboxes::list_deliveries,
         inboxes::resend_dead,

@@ -354,6 +354,9 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         .as_str()
         .expect("id")
         .to_owned();
+    let (status, other_key) = admin(&gateway, "POST", "/v1/inboxes/other/keys", None).await;
+    assert_eq!(status, 201, "{other_key}");
+    let other_key_id = other_key["id"].as_str().expect("key id").to_owned();
 
     // Its own inbox is all there is.
     let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &key, None).await;
@@ -377,7 +380,10 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         ("DELETE", "/v1/inboxes/other".to_owned()),
         ("GET", "/v1/inboxes/other/webhook".to_owned()),
         ("PUT", "/v1/inboxes/other/webhook".to_owned()),
+        ("DELETE", "/v1/inboxes/other/webhook".to_owned()),
+        ("GET", "/v1/inboxes/other/endpoints".to_owned()),
         ("GET", "/v1/inboxes/other/notifications".to_owned()),
+        ("PUT", "/v1/inboxes/other/notifications".to_owned()),
         ("GET", "/v1/inboxes/other/messages".to_owned()),
         ("GET", "/v1/inboxes/other/deliveries".to_owned()),
         (
@@ -386,6 +392,8 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         ),
         ("POST", "/v1/inboxes/other/test-event".to_owned()),
         ("POST", "/v1/inboxes/other/keys".to_owned()),
+        ("GET", "/v1/inboxes/other/keys".to_owned()),
+        ("DELETE", format!("/v1/inboxes/other/keys/{other_key_id}")),
         ("GET", "/v1/deliveries?inbox_id=other".to_owned()),
         ("GET", format!("/v1/messages/{other_message}")),
         ("GET", format!("/v1/messages/{other_message}/raw")),
@@ -398,9 +406,21 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         let (status, answer) = call(&gateway, method, &path, &key, body).await;
         assert_eq!(status, 404, "{method} {path}: {answer}");
     }
+    // Nothing of the other inbox changed.
+    let (_, other_webhook) = admin(&gateway, "GET", "/v1/inboxes/other/webhook", None).await;
+    assert!(other_webhook["url"].is_string(), "{other_webhook}");
+    let (_, other_keys) = admin(&gateway, "GET", "/v1/inboxes/other/keys", None).await;
+    assert_eq!(other_keys["keys"][0]["id"], other_key_id.as_str());
     // Admin-only actions on its own inbox are forbidden.
-    let (status, _) = call(&gateway, "POST", "/v1/inboxes/agent/keys", &key, None).await;
-    assert_eq!(status, 403);
+    let own_key_id = created["id"].as_str().expect("key id");
+    for (method, path) in [
+        ("POST", "/v1/inboxes/agent/keys".to_owned()),
+        ("GET", "/v1/inboxes/agent/keys".to_owned()),
+        ("DELETE", format!("/v1/inboxes/agent/keys/{own_key_id}")),
+    ] {
+        let (status, answer) = call(&gateway, method, &path, &key, None).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+    }
     let (status, _) = call(&gateway, "DELETE", "/v1/inboxes/agent", &key, None).await;
     assert_eq!(status, 403);
     let (status, _) = call(
@@ -622,6 +642,95 @@ async fn config_inbox_policy_shows_in_the_api() {
     assert_eq!(inbox["policy_action"], "reject");
     let (code, text) = deliver_mail(&gateway, "x@spam.test", "strict@example.com", "no").await;
     assert_eq!(code, 550, "{text}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, first) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes/agent/keys",
+        Some(json!({"name": "first"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = admin(&gateway, "POST", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(status, 201, "{second}");
+    let first_key = first["key"].as_str().expect("key").to_owned();
+    let second_key = second["key"].as_str().expect("key").to_owned();
+
+    let (status, listed) = admin(&gateway, "GET", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let keys = listed["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 2, "{listed}");
+    assert_eq!(keys[0]["id"], first["id"]);
+    assert_eq!(keys[0]["name"], "first");
+    assert_eq!(keys[0]["prefix"].as_str(), first_key.get(..12));
+    assert_eq!(keys[1]["id"], second["id"]);
+    assert!(keys.iter().all(|key| key["created_at"].is_string()));
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&first_key) && !text.contains(&second_key),
+        "{listed}"
+    );
+    assert!(keys.iter().all(|key| key.get("key").is_none()));
+
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes/agent", &first_key, None).await;
+    assert_eq!(status, 200);
+    let first_id = first["id"].as_str().expect("id");
+    let (status, _) = admin(
+        &gateway,
+        "DELETE",
+        &format!("/v1/inboxes/agent/keys/{first_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &first_key, None).await;
+    assert_eq!(status, 401, "a revoked key is refused at once: {body}");
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes/agent", &second_key, None).await;
+    assert_eq!(status, 200, "the other key still works");
+    let (status, _) = admin(
+        &gateway,
+        "DELETE",
+        &format!("/v1/inboxes/agent/keys/{first_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let second_id = second["id"].as_str().expect("id");
+    let (status, _) = admin(
+        &gateway,
+        "DELETE",
+        &format!("/v1/inboxes/other/keys/{second_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "a key is revoked only through its own inbox");
+    let (_, listed) = admin(&gateway, "GET", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(listed["keys"].as_array().expect("keys").len(), 1);
+
+    // The key body is checked like every other JSON body.
+    for (body, expected) in [
+        (json!({"name": 5}), 422),
+        (json!({"name": "x", "scope": "all"}), 422),
+        (json!(["name"]), 422),
+    ] {
+        let (status, answer) = admin(&gateway, "POST", "/v1/inboxes/agent/keys", Some(body)).await;
+        assert_eq!(status, expected, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_body", "{answer}");
+    }
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/inboxes/agent/keys", gateway.http))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
     gateway.stop().await;
 }
 

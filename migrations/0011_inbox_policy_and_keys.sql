@@ -6,3 +6,7 @@ ALTER TABLE inboxes ADD COLUMN sender_policy TEXT;
 -- Whether the policy quarantined a message (stored, not delivered), so the API can list and
 -- filter quarantined messages without reading every event.
 ALTER TABLE messages ADD COLUMN quarantined BIGINT NOT NULL DEFAULT 0;
+
+-- The first characters of a per-inbox key, shown when keys are listed so a user can tell them
+-- apart (too short to use). NULL for keys made before it was recorded.
+ALTER TABLE api_keys ADD COLUMN key_prefix TEXT;
