@@ -366,6 +366,9 @@ pub struct DeliveryConfig {
     /// Seconds an endpoint may fail without a single success before it is disabled (with a
     /// `disabled_reason`); 0 never disables for failing.
     pub disable_after_s: f64,
+    /// Seconds the signing secret a rotation replaced keeps signing beside the new one, so
+    /// receivers can switch over without refusing deliveries; 0 drops it at once.
+    pub secret_rotation_grace_s: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -381,6 +384,7 @@ impl Default for DeliveryConfig {
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
             disable_after_s: 5.0 * 86_400.0,
+            secret_rotation_grace_s: 86_400.0,
         }
     }
 }
@@ -837,6 +841,14 @@ impl Config {
                 "must be 0 (never) or a number of seconds",
             ));
         }
+        if !(delivery.secret_rotation_grace_s.is_finite()
+            && (0.0..=MAX_SECRET_ROTATION_GRACE_S).contains(&delivery.secret_rotation_grace_s))
+        {
+            return Err(invalid(
+                "delivery.secret_rotation_grace_s",
+                "must be 0 to 2592000 seconds (30 days)",
+            ));
+        }
         if delivery.max_retries > 10 {
             return Err(invalid("delivery.max_retries", "must be at most 10"));
         }
@@ -974,6 +986,9 @@ impl Config {
 /// The longest duration any `_s` key takes. Far beyond any sensible setting, and far enough
 /// below what `Duration` and `Instant` can hold that no deadline computed from it overflows.
 const MAX_SECONDS: f64 = 315_360_000.0;
+
+/// A rotated-out secret that signs for more than a month is a rotation that did not happen.
+const MAX_SECRET_ROTATION_GRACE_S: f64 = 30.0 * 86_400.0;
 
 fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
     if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {

@@ -27,8 +27,6 @@ use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
 /// Per-inbox keys start with this, so the middleware knows to look one up.
 pub const INBOX_KEY_PREFIX: &str = "mxk_";
 
-/// How long the secret replaced by a rotation still signs deliveries.
-const SECRET_GRACE_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
@@ -611,7 +609,8 @@ pub(crate) async fn put_webhook(
             (
                 fresh.clone(),
                 Some(current),
-                Some(now + SECRET_GRACE_MS),
+                // Validated at startup to at most 30 days, so the cast cannot overflow.
+                Some(now + (state.delivery.secret_rotation_grace_s * 1000.0) as i64),
                 Some(fresh),
             )
         }
@@ -797,11 +796,41 @@ pub(crate) struct Notifications {
 }
 
 /// What PUT takes: the bare list SPEC describes, or the list wrapped as `{"rules": [...]}`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+///
+/// Read by hand rather than as an untagged enum: serde's untagged enums answer every mistake
+/// with "data did not match any variant", while this names the field (`rules[0].filters.x`).
+#[derive(Debug, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(crate) enum NotificationsBody {
     List(Vec<Rule>),
     Wrapped(Notifications),
+}
+
+impl<'de> Deserialize<'de> for NotificationsBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = Value::deserialize(deserializer)?;
+        let at_path = |err: serde_path_to_error::Error<serde_json::Error>, base: &str| {
+            let path = err.path().to_string();
+            let path = match path.as_str() {
+                "." => base.to_owned(),
+                path if path.starts_with('[') => format!("{base}{path}"),
+                path => path.to_owned(),
+            };
+            D::Error::custom(format!("{path}: {}", err.inner()))
+        };
+        match value {
+            Value::Array(_) => serde_path_to_error::deserialize(value)
+                .map(Self::List)
+                .map_err(|err| at_path(err, "rules")),
+            Value::Object(_) => serde_path_to_error::deserialize(value)
+                .map(Self::Wrapped)
+                .map_err(|err| at_path(err, "body")),
+            _ => Err(D::Error::custom(
+                "expected a list of rules or {\"rules\": [...]}",
+            )),
+        }
+    }
 }
 
 fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> {

@@ -326,6 +326,73 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
 }
 
 #[tokio::test]
+async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &no_webhook());
+    let mut config = mxhook::config::Config::from_toml_str(&toml).expect("config");
+    config.delivery.secret_rotation_grace_s = 1.0;
+    let gateway = TestGateway::start_with(dir, config).await;
+    let (status, _) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "rotating", "addresses": ["rotating@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, first) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/rotating/webhook",
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    let first_secret = first["signing_secret"].as_str().expect("secret").to_owned();
+    let (_, rotated) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/rotating/webhook",
+        Some(json!({"url": receiver.url(), "rotate_secret": true})),
+    )
+    .await;
+    let second_secret = rotated["signing_secret"].as_str().expect("secret").to_owned();
+    assert!(rotated["previous_secret_expires_at"].is_string(), "{rotated}");
+
+    // Waits for the grace to run out as the API reports it, not for a fixed time.
+    eventually("the grace period to end", || async {
+        let (_, webhook) = admin(&gateway, "GET", "/v1/inboxes/rotating/webhook", None).await;
+        webhook["previous_secret_expires_at"].is_null().then_some(())
+    })
+    .await;
+    send(&gateway, "rotating@example.com", "after", "a@sender.example").await;
+    let got = receiver.recv().await;
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    assert_eq!(signature.split(' ').count(), 1, "{signature}");
+    assert!(python_verifies_agentmail(
+        &second_secret,
+        &timestamp,
+        &got.body,
+        &signature
+    ));
+    assert!(
+        !python_verifies_agentmail(&first_secret, &timestamp, &got.body, &signature),
+        "the old secret no longer signs"
+    );
+    gateway.stop().await;
+
+    for bad in ["-1", "2592001"] {
+        let toml = format!("[delivery]\nsecret_rotation_grace_s = {bad}\n");
+        let err = mxhook::config::Config::from_toml_str(&toml).expect_err("refused");
+        assert!(
+            err.to_string().contains("delivery.secret_rotation_grace_s"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn inbox_keys_reach_only_their_own_inbox() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
@@ -973,6 +1040,44 @@ async fn notification_rules_are_validated_and_stored() {
             .expect("message")
             .contains("rules[0]")
     );
+
+    // A wrong field is named, in either form, with what was wrong about it.
+    for (rules, field, complaint) in [
+        (
+            json!([{"name": "x", "filters": {"sender_verified": "yes"}}]),
+            "rules[0].filters.sender_verified",
+            "invalid type",
+        ),
+        (
+            json!({"rules": [{"name": "a"}, {"name": "b", "filters": {"trust_tiers": ["godlike"]}}]}),
+            "rules[1].filters.trust_tiers[0]",
+            "godlike",
+        ),
+        (
+            json!([{"name": "x", "channels": {"webhook": {"url": "https://h.example.com", "colour": 1}}}]),
+            "rules[0].channels.webhook",
+            "colour",
+        ),
+        (json!({"rulez": []}), "rulez", "unknown field"),
+        (json!("rules"), "a list of rules", "expected"),
+    ] {
+        let (status, body) = admin(
+            &gateway,
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(rules.clone()),
+        )
+        .await;
+        assert_eq!(status, 422, "{rules}: {body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains(field) && message.contains(complaint),
+            "{rules}: {message}"
+        );
+        assert!(!message.contains("did not match any variant"), "{message}");
+    }
+    let (_, unchanged) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    assert_eq!(unchanged, stored, "a refused PUT changes nothing");
 }
 
 #[tokio::test]
