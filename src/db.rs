@@ -1659,7 +1659,7 @@ mod dashboard;
 mod management;
 pub use dashboard::{EndpointStats, MessageListing};
 pub use management::{
-    ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
+    ApiKeyRow, Histogram, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
     WebhookSettings,
 };
 

@@ -1208,10 +1208,39 @@ async fn readyz_and_metrics_report_from_the_database() {
         "mxhook_delivery_attempt_duration_seconds_bucket{le=\"+Inf\"} 1",
         "mxhook_delivery_attempt_duration_seconds_count 1",
         "# TYPE mxhook_delivery_attempt_duration_seconds histogram",
+        "# TYPE mxhook_delivery_latency_seconds histogram",
+        "mxhook_delivery_latency_seconds_bucket{le=\"86400\"} 1",
+        "mxhook_delivery_latency_seconds_bucket{le=\"+Inf\"} 1",
+        "mxhook_delivery_latency_seconds_count 1",
+        "# TYPE mxhook_intake_duration_seconds histogram",
+        "mxhook_intake_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "mxhook_intake_duration_seconds_count 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),
             "missing `{line}` in\n{text}"
+        );
+    }
+    // Every histogram is cumulative: bucket counts never fall as the bound grows.
+    for family in [
+        "mxhook_delivery_attempt_duration_seconds",
+        "mxhook_delivery_latency_seconds",
+        "mxhook_intake_duration_seconds",
+    ] {
+        let counts: Vec<u64> = text
+            .lines()
+            .filter(|line| line.starts_with(&format!("{family}_bucket{{")))
+            .map(|line| {
+                line.rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("a count")
+            })
+            .collect();
+        assert!(counts.len() > 5, "{family}: {counts:?}");
+        assert!(
+            counts.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{family}: {counts:?}"
         );
     }
 }
