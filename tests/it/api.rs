@@ -1436,3 +1436,125 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The real binary, logging at debug level to a file, is given secrets and keys to create and
+/// rotate and then uses them; none of them is ever written to its log.
+#[tokio::test]
+async fn the_log_never_holds_a_signing_secret_or_an_api_key() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mxhook.toml");
+    std::fs::write(
+        &config,
+        crate::support::gateway::config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())),
+    )
+    .expect("write config");
+    let log_path = dir.path().join("mxhook.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let smtp = crate::process::free_addr();
+    let http = crate::process::free_addr();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("MXHOOK_SMTP__LISTEN", smtp.to_string())
+        .env("MXHOOK_HTTP__LISTEN", http.to_string())
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mxhook");
+    let client = reqwest::Client::new();
+    let api = |method: &str, path: &str, key: &str, body: Option<Value>| {
+        let mut request = client
+            .request(method.parse().expect("method"), format!("http://{http}{path}"))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.expect("API request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    eventually("the binary to answer /healthz", || async {
+        reqwest::get(format!("http://{http}/healthz"))
+            .await
+            .ok()
+            .filter(|response| response.status().is_success())
+    })
+    .await;
+
+    let (status, _) = api(
+        "POST",
+        "/v1/inboxes",
+        API_KEY,
+        Some(json!({"id": "quiet", "addresses": ["quiet@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, first) = api(
+        "PUT",
+        "/v1/inboxes/quiet/webhook",
+        API_KEY,
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    let (_, rotated) = api(
+        "PUT",
+        "/v1/inboxes/quiet/webhook",
+        API_KEY,
+        Some(json!({"url": receiver.url(), "rotate_secret": true})),
+    )
+    .await;
+    let (_, standard) = api(
+        "PUT",
+        "/v1/inboxes/quiet/webhook",
+        API_KEY,
+        Some(json!({"url": receiver.url(), "signature": "standard"})),
+    )
+    .await;
+    let (_, key) = api("POST", "/v1/inboxes/quiet/keys", API_KEY, None).await;
+    let mut secrets: Vec<String> = [&first, &rotated, &standard]
+        .iter()
+        .map(|body| body["signing_secret"].as_str().expect("secret").to_owned())
+        .collect();
+    let key = key["key"].as_str().expect("key").to_owned();
+    secrets.extend([key.clone(), API_KEY.to_owned(), SECRET.to_owned()]);
+
+    // Use them: a delivery signed with the secrets, calls with the keys, refused keys.
+    let (status, _) = api("POST", "/v1/inboxes/quiet/test-event", &key, None).await;
+    assert_eq!(status, 202);
+    receiver.recv().await;
+    let (status, _) = api("GET", "/v1/inboxes/quiet", &key, None).await;
+    assert_eq!(status, 200);
+    let wrong = format!("{key}0");
+    let (status, _) = api("GET", "/v1/inboxes/quiet", &wrong, None).await;
+    assert_eq!(status, 401);
+    let mut smtp_client = SmtpClient::connect(smtp).await;
+    let message = simple_message("a@sender.example", "agent@example.com", "hi", "body");
+    let (code, _) = smtp_client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250);
+    receiver.recv().await;
+
+    child.start_kill().expect("stop mxhook");
+    let _ = child.wait().await;
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        log.contains("mxhook started") && log.contains("DEBUG"),
+        "the log was not captured at debug level:\n{log}"
+    );
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log holds a secret or key ({}…)",
+            secret.get(..6).unwrap_or_default()
+        );
+    }
+}
