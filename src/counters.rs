@@ -46,7 +46,8 @@ impl Rejection {
 }
 
 /// Upper bounds of the intake time histogram (end of DATA → reply), in ms.
-pub const INTAKE_BUCKETS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+pub const INTAKE_BUCKETS_MS: [u64; 11] =
+    [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
 
 #[derive(Debug, Default)]
 pub struct Counters {

@@ -28,7 +28,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_delivery_endpoints.sql")),
     (8, include_str!("../migrations/0008_hmac_header.sql")),
     (9, include_str!("../migrations/0009_directory_version.sql")),
-    (11, include_str!("../migrations/0011_inbox_policy_and_keys.sql")),
+    (
+        11,
+        include_str!("../migrations/0011_inbox_policy_and_keys.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -1659,8 +1662,8 @@ mod dashboard;
 mod management;
 pub use dashboard::{EndpointStats, MessageListing};
 pub use management::{
-    ApiKeyRow, Histogram, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
-    WebhookSettings,
+    ApiKeyRow, Histogram, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot,
+    NewInbox, WebhookSettings,
 };
 
 /// Splits a migration file into statements. Migrations are ours and contain no `;` inside

@@ -27,7 +27,6 @@ use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
 /// Per-inbox keys start with this, so the middleware knows to look one up.
 pub const INBOX_KEY_PREFIX: &str = "mxk_";
 
-
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .route("/v1/inboxes", get(list_inboxes).post(create_inbox))

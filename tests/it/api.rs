@@ -356,16 +356,30 @@ async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
         Some(json!({"url": receiver.url(), "rotate_secret": true})),
     )
     .await;
-    let second_secret = rotated["signing_secret"].as_str().expect("secret").to_owned();
-    assert!(rotated["previous_secret_expires_at"].is_string(), "{rotated}");
+    let second_secret = rotated["signing_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    assert!(
+        rotated["previous_secret_expires_at"].is_string(),
+        "{rotated}"
+    );
 
     // Waits for the grace to run out as the API reports it, not for a fixed time.
     eventually("the grace period to end", || async {
         let (_, webhook) = admin(&gateway, "GET", "/v1/inboxes/rotating/webhook", None).await;
-        webhook["previous_secret_expires_at"].is_null().then_some(())
+        webhook["previous_secret_expires_at"]
+            .is_null()
+            .then_some(())
     })
     .await;
-    send(&gateway, "rotating@example.com", "after", "a@sender.example").await;
+    send(
+        &gateway,
+        "rotating@example.com",
+        "after",
+        "a@sender.example",
+    )
+    .await;
     let got = receiver.recv().await;
     let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
     let signature = got.header("x-agentmail-signature").expect("signature");
@@ -578,11 +592,17 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     .await;
     assert_eq!(status, 200);
 
-    let (code, text) = deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "one").await;
+    let (code, text) =
+        deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "one").await;
     assert_eq!(code, 550, "{text}");
     assert!(text.starts_with("5.7.1"), "{text}");
-    let (code, text) =
-        deliver_mail(&gateway, "friend@sender.example", "guarded@example.com", "fine").await;
+    let (code, text) = deliver_mail(
+        &gateway,
+        "friend@sender.example",
+        "guarded@example.com",
+        "fine",
+    )
+    .await;
     assert_eq!(code, 250, "a sender off the list passes: {text}");
     let fine = receiver.recv().await.json();
     assert_eq!(fine["policy_violations"], json!([]));
@@ -601,8 +621,13 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
         json!(["blocked.test"]),
         "a field left out of PATCH stays"
     );
-    let (code, text) =
-        deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "held").await;
+    let (code, text) = deliver_mail(
+        &gateway,
+        "promo@blocked.test",
+        "guarded@example.com",
+        "held",
+    )
+    .await;
     assert_eq!(code, 250, "{text}");
     let held_id = text.rsplit(' ').next().expect("queued as id").to_owned();
     let (status, held) = admin(&gateway, "GET", &format!("/v1/messages/{held_id}"), None).await;
@@ -661,8 +686,13 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     )
     .await;
     assert_eq!(status, 200, "{patched}");
-    let (code, text) =
-        deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "tagged").await;
+    let (code, text) = deliver_mail(
+        &gateway,
+        "promo@blocked.test",
+        "guarded@example.com",
+        "tagged",
+    )
+    .await;
     assert_eq!(code, 250, "{text}");
     let tagged = receiver.recv().await.json();
     assert_eq!(
@@ -1335,6 +1365,213 @@ async fn cli_manages_inboxes_sends_test_events_and_verifies_signatures() {
     assert!(ok, "{out}");
 }
 
+/// Runs `mxhook` with extra environment variables and, when given, standard input.
+async fn mxhook_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mxhook runs");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.expect("write stdin");
+    }
+    drop(input);
+    let output = child.wait_with_output().await.expect("mxhook ends");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// The JSON document `mxhook` printed.
+fn printed_json(out: &str) -> Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|err| panic!("{err}: {out}"))
+}
+
+#[tokio::test]
+async fn cli_gets_deletes_sets_webhooks_creates_keys_and_verifies_every_scheme() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(no_webhook()).await;
+    let api_url = format!("http://{}", gateway.http);
+    let api = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        args.extend(["--api-url".to_owned(), api_url.clone()]);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            mxhook(&refs, API_KEY).await
+        }
+    };
+    let (ok, out) = api(&[
+        "inbox",
+        "create",
+        "--id",
+        "cli2",
+        "--address",
+        "cli2@example.com",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = api(&["inbox", "get", "--id", "cli2"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(printed_json(&out)["addresses"], json!(["cli2@example.com"]));
+    let (ok, out) = api(&["inbox", "get", "--id", "missing"]).await;
+    assert!(!ok && out.contains("404"), "{out}");
+
+    let (ok, out) = api(&["inbox", "key", "create", "--id", "cli2", "--name", "bot"]).await;
+    assert!(ok, "{out}");
+    let key = printed_json(&out)["key"].as_str().expect("key").to_owned();
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes/cli2", &key, None).await;
+    assert_eq!(status, 200, "the printed key works");
+
+    let url = receiver.url();
+    let (ok, out) = api(&["inbox", "webhook", "set", "--id", "cli2", "--url", &url]).await;
+    assert!(ok, "{out}");
+    let first = printed_json(&out)["signing_secret"]
+        .as_str()
+        .expect("secret printed on first setup")
+        .to_owned();
+    let (ok, out) = api(&["inbox", "webhook", "set", "--id", "cli2", "--url", &url]).await;
+    assert!(
+        ok && printed_json(&out).get("signing_secret").is_none(),
+        "{out}"
+    );
+    let (ok, out) = api(&[
+        "inbox",
+        "webhook",
+        "set",
+        "--id",
+        "cli2",
+        "--url",
+        &url,
+        "--rotate-secret",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let rotated = printed_json(&out)["signing_secret"]
+        .as_str()
+        .expect("secret printed on rotation")
+        .to_owned();
+    assert_ne!(first, rotated);
+
+    // Each scheme: a real delivery, checked with the secret from argv, env or stdin.
+    let body_file = gateway.dir.path().join("cli2-body");
+    let body_path = body_file.to_str().expect("utf-8 path").to_owned();
+    let mut secret = rotated;
+    for scheme in ["standard", "botmailroom", "hmac-sha256", "agentmail"] {
+        let (ok, out) = api(&[
+            "inbox",
+            "webhook",
+            "set",
+            "--id",
+            "cli2",
+            "--url",
+            &url,
+            "--signature",
+            scheme,
+        ])
+        .await;
+        assert!(ok, "{out}");
+        if let Some(fresh) = printed_json(&out)["signing_secret"].as_str() {
+            secret = fresh.to_owned();
+        }
+        send(&gateway, "cli2@example.com", scheme, "a@sender.example").await;
+        let got = receiver.recv().await;
+        std::fs::write(&body_file, &got.body).expect("write body");
+        let mut args: Vec<String> = ["verify", "--scheme", scheme, "--body-file", &body_path]
+            .map(str::to_owned)
+            .to_vec();
+        let header = |name: &str| {
+            got.header(name)
+                .unwrap_or_else(|| panic!("{scheme}: {name}"))
+        };
+        match scheme {
+            "standard" => args.extend([
+                "--webhook-id".to_owned(),
+                header("webhook-id"),
+                "--timestamp".to_owned(),
+                header("webhook-timestamp"),
+                "--signature".to_owned(),
+                header("webhook-signature"),
+            ]),
+            "botmailroom" => args.extend(["--signature".to_owned(), header("x-signature")]),
+            "hmac-sha256" => args.extend([
+                "--format".to_owned(),
+                "sha256=hex".to_owned(),
+                "--signature".to_owned(),
+                header("x-webhook-signature"),
+            ]),
+            _ => args.extend([
+                "--timestamp".to_owned(),
+                header("x-agentmail-timestamp"),
+                "--signature".to_owned(),
+                header("x-agentmail-signature"),
+            ]),
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let with_env = [refs.as_slice(), &["--secret-env", "HOOK_SECRET"]].concat();
+        let (ok, out) = mxhook_with(&with_env, &[("HOOK_SECRET", &secret)], None).await;
+        assert!(ok, "{scheme} via env: {out}");
+        let with_stdin = [refs.as_slice(), &["--secret-stdin"]].concat();
+        let (ok, out) = mxhook_with(&with_stdin, &[], Some(&format!("{secret}\n"))).await;
+        assert!(ok, "{scheme} via stdin: {out}");
+        let with_argv = [refs.as_slice(), &["--secret", &secret]].concat();
+        let (ok, out) = mxhook_with(&with_argv, &[], None).await;
+        assert!(ok, "{scheme} via argv: {out}");
+        let wrong = if scheme == "standard" {
+            "whsec_c29tZXRoaW5nIGVsc2U=".to_owned()
+        } else {
+            format!("{secret}x")
+        };
+        let with_wrong = [refs.as_slice(), &["--secret", &wrong]].concat();
+        let (ok, out) = mxhook_with(&with_wrong, &[], None).await;
+        assert!(
+            !ok && out.contains("NOT valid"),
+            "{scheme} with a wrong secret: {out}"
+        );
+    }
+    // The hex format does not accept a sha256= value, and a missing secret source is refused.
+    let (ok, out) = mxhook_with(
+        &[
+            "verify",
+            "--scheme",
+            "hmac-sha256",
+            "--format",
+            "hex",
+            "--signature",
+            "sha256=00",
+            "--secret",
+            "s",
+            "--body-file",
+            &body_path,
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert!(!ok, "{out}");
+    let (ok, out) = mxhook_with(
+        &["verify", "--signature", "v1=00", "--body-file", &body_path],
+        &[],
+        None,
+    )
+    .await;
+    assert!(!ok && out.contains("secret"), "{out}");
+
+    let (ok, out) = api(&["inbox", "delete", "--id", "cli2"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(rcpt(&gateway, "cli2@example.com").await, 550);
+    gateway.stop().await;
+}
+
 /// Every `(method, path)` the API router registers, read from the `.route(…)` calls in
 /// `src/api/`, so a route added there without an OpenAPI entry fails the test below.
 fn api_routes() -> Vec<(String, String)> {
@@ -1392,7 +1629,10 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     let routes = api_routes();
     assert!(
         routes.contains(&("post".to_owned(), "/v1/inboxes".to_owned()))
-            && routes.contains(&("delete".to_owned(), "/v1/inboxes/{id}/keys/{key_id}".to_owned()))
+            && routes.contains(&(
+                "delete".to_owned(),
+                "/v1/inboxes/{id}/keys/{key_id}".to_owned()
+            ))
             && routes.len() > 25,
         "the route scan found too little: {routes:?}"
     );
@@ -1470,7 +1710,10 @@ async fn the_log_never_holds_a_signing_secret_or_an_api_key() {
     let client = reqwest::Client::new();
     let api = |method: &str, path: &str, key: &str, body: Option<Value>| {
         let mut request = client
-            .request(method.parse().expect("method"), format!("http://{http}{path}"))
+            .request(
+                method.parse().expect("method"),
+                format!("http://{http}{path}"),
+            )
             .bearer_auth(key);
         if let Some(body) = body {
             request = request.json(&body);
@@ -1478,7 +1721,10 @@ async fn the_log_never_holds_a_signing_secret_or_an_api_key() {
         async move {
             let response = request.send().await.expect("API request");
             let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
     eventually("the binary to answer /healthz", || async {
