@@ -72,46 +72,128 @@ pub(crate) async fn visible_inbox(
         .ok_or(ApiError::NotFound("inbox"))
 }
 
-fn inbox_json(inbox: &InboxRow) -> Value {
-    json!({
-        "id": inbox.id,
-        "name": inbox.name,
-        "status": inbox.status,
-        "source": inbox.source,
-        "addresses": inbox.addresses,
-        "webhook": inbox.webhook.as_ref().map(webhook_json),
-        "spf_pass_required": inbox.sender_policy.spf_pass_required,
-        "dkim_pass_required": inbox.sender_policy.dkim_pass_required,
-        "dmarc_pass_required": inbox.sender_policy.dmarc_pass_required,
-        "allow_senders": inbox.sender_policy.allow_senders,
-        "block_senders": inbox.sender_policy.block_senders,
-        "policy_action": inbox.sender_policy.policy_action,
-        "created_at": rfc3339(inbox.created_at),
-        "updated_at": rfc3339(inbox.updated_at),
-    })
+/// An inbox as the API shows it: settings and sender policy, never a secret.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InboxView {
+    id: String,
+    name: Option<String>,
+    /// enabled or disabled.
+    status: String,
+    /// config (declared in the config file) or api.
+    source: String,
+    addresses: Vec<String>,
+    webhook: Option<WebhookView>,
+    spf_pass_required: bool,
+    dkim_pass_required: bool,
+    dmarc_pass_required: bool,
+    allow_senders: Vec<String>,
+    block_senders: Vec<String>,
+    /// tag, reject or quarantine.
+    #[schema(value_type = String)]
+    policy_action: PolicyAction,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InboxList {
+    inboxes: Vec<InboxView>,
+}
+
+/// The inbox webhook as the API shows it: whether a secret is set, never the secret, except
+/// `signing_secret` in the one answer that created it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookView {
+    url: String,
+    enabled: bool,
+    #[schema(value_type = String)]
+    signature: SignatureScheme,
+    #[schema(value_type = String)]
+    payload: PayloadFormat,
+    signature_header: String,
+    #[schema(value_type = String)]
+    signature_format: SignatureFormat,
+    verify_tls: bool,
+    /// Why the gateway switched the webhook off (410 Gone, or failing too long).
+    disabled_reason: Option<String>,
+    ordered: bool,
+    has_secret: bool,
+    /// Until when the secret a rotation replaced still signs beside the new one.
+    previous_secret_expires_at: Option<String>,
+    /// Delivery statistics (GET only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<StatsView>,
+    /// Only in the answer that created or rotated the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_secret: Option<String>,
+}
+
+/// One endpoint's delivery statistics.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct StatsView {
+    attempts: i64,
+    delivered: i64,
+    /// Share of attempts the endpoint accepted, 0 to 1; null before the first attempt.
+    success_rate: Option<f64>,
+    last_triggered: Option<String>,
+    last_status_code: Option<i64>,
+    /// delivered, forwarded, http_error, error or not_sent.
+    last_outcome: Option<String>,
+}
+
+/// The statistics of one endpoint of an inbox: `inbox`, or `rule:<id>` with its channel.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EndpointView {
+    endpoint_ref: String,
+    channel: String,
+    #[serde(flatten)]
+    stats: StatsView,
+}
+
+fn inbox_view(inbox: &InboxRow) -> InboxView {
+    let policy = &inbox.sender_policy;
+    InboxView {
+        id: inbox.id.clone(),
+        name: inbox.name.clone(),
+        status: inbox.status.clone(),
+        source: inbox.source.clone(),
+        addresses: inbox.addresses.clone(),
+        webhook: inbox.webhook.as_ref().map(webhook_view),
+        spf_pass_required: policy.spf_pass_required,
+        dkim_pass_required: policy.dkim_pass_required,
+        dmarc_pass_required: policy.dmarc_pass_required,
+        allow_senders: policy.allow_senders.clone(),
+        block_senders: policy.block_senders.clone(),
+        policy_action: policy.policy_action,
+        created_at: rfc3339(inbox.created_at),
+        updated_at: rfc3339(inbox.updated_at),
+    }
 }
 
 /// The webhook without its secrets: only whether one is set and until when the old one signs.
-fn webhook_json(webhook: &WebhookSettings) -> Value {
-    json!({
-        "url": webhook.url,
-        "enabled": webhook.enabled,
-        "signature": webhook.signature,
-        "payload": webhook.payload,
-        "signature_header": webhook
+fn webhook_view(webhook: &WebhookSettings) -> WebhookView {
+    WebhookView {
+        url: webhook.url.clone(),
+        enabled: webhook.enabled,
+        signature: webhook.signature,
+        payload: webhook.payload,
+        signature_header: webhook
             .signature_header
             .as_deref()
-            .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER),
-        "signature_format": webhook.signature_format,
-        "verify_tls": webhook.verify_tls,
-        "disabled_reason": webhook.disabled_reason,
-        "ordered": webhook.ordered,
-        "has_secret": webhook.secret.is_some(),
-        "previous_secret_expires_at": webhook
+            .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER)
+            .to_owned(),
+        signature_format: webhook.signature_format,
+        verify_tls: webhook.verify_tls,
+        disabled_reason: webhook.disabled_reason.clone(),
+        ordered: webhook.ordered,
+        has_secret: webhook.secret.is_some(),
+        previous_secret_expires_at: webhook
             .previous_secret_expires_at
             .filter(|at| *at > now_ms() && webhook.previous_secret.is_some())
             .map(rfc3339),
-    })
+        stats: None,
+        signing_secret: None,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -246,22 +328,22 @@ fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
     tag = "inboxes",
     summary = "Inboxes the key can see",
     responses(
-        (status = 200, description = "{inboxes: [...]}", body = serde_json::Value),
+        (status = 200, description = "The inboxes", body = InboxList),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
     ),
 )]
 async fn list_inboxes(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InboxList>, ApiError> {
     let only = match &caller {
         Caller::Admin => None,
         Caller::Inbox(own) => Some(own.as_str()),
     };
     let inboxes = state.db.list_inbox_rows(only).await?;
-    Ok(Json(
-        json!({ "inboxes": inboxes.iter().map(inbox_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(InboxList {
+        inboxes: inboxes.iter().map(inbox_view).collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -271,7 +353,7 @@ async fn list_inboxes(
     summary = "Create an inbox (admin)",
     request_body = CreateInbox,
     responses(
-        (status = 201, description = "The inbox", body = serde_json::Value),
+        (status = 201, description = "The inbox", body = InboxView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -285,7 +367,7 @@ async fn create_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<CreateInbox>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<InboxView>), ApiError> {
     caller.require_admin()?;
     let Json(body) = body?;
     let id = body.id.unwrap_or_else(|| new_id("inb"));
@@ -320,7 +402,7 @@ async fn create_inbox(
         .await?;
     state.refresh_directory().await?;
     let inbox = visible_inbox(&state, &caller, &id).await?;
-    Ok((StatusCode::CREATED, Json(inbox_json(&inbox))))
+    Ok((StatusCode::CREATED, Json(inbox_view(&inbox))))
 }
 
 #[utoipa::path(
@@ -330,7 +412,7 @@ async fn create_inbox(
     summary = "One inbox",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 200, description = "The inbox", body = InboxView),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -339,8 +421,8 @@ async fn get_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(inbox_json(
+) -> Result<Json<InboxView>, ApiError> {
+    Ok(Json(inbox_view(
         &visible_inbox(&state, &caller, &id).await?,
     )))
 }
@@ -353,7 +435,7 @@ async fn get_inbox(
     params(("id" = String, Path, description = "Inbox id")),
     request_body = PatchInbox,
     responses(
-        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 200, description = "The inbox", body = InboxView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -368,7 +450,7 @@ async fn update_inbox(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<PatchInbox>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InboxView>, ApiError> {
     let current = visible_inbox(&state, &caller, &id).await?;
     let Json(body) = body?;
     if body.addresses.is_some() {
@@ -403,7 +485,7 @@ async fn update_inbox(
         return Err(ApiError::NotFound("inbox"));
     }
     state.refresh_directory().await?;
-    Ok(Json(inbox_json(
+    Ok(Json(inbox_view(
         &visible_inbox(&state, &caller, &id).await?,
     )))
 }
@@ -442,7 +524,7 @@ async fn delete_inbox(
     summary = "The inbox webhook, without secrets, with its delivery stats (attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "The webhook", body = serde_json::Value),
+        (status = 200, description = "The webhook with stats", body = WebhookView),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -451,7 +533,7 @@ async fn get_webhook(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookView>, ApiError> {
     let inbox = visible_inbox(&state, &caller, &id).await?;
     let webhook = inbox.webhook.ok_or(ApiError::NotFound("webhook"))?;
     let stats = state
@@ -460,21 +542,21 @@ async fn get_webhook(
         .await?
         .into_iter()
         .find(|stats| stats.endpoint_ref == "inbox");
-    let mut view = webhook_json(&webhook);
-    view["stats"] = stats_json(stats.as_ref());
+    let mut view = webhook_view(&webhook);
+    view.stats = Some(stats_view(stats.as_ref()));
     Ok(Json(view))
 }
 
 /// One endpoint's delivery statistics as the API shows them.
-fn stats_json(stats: Option<&crate::db::EndpointStats>) -> Value {
-    json!({
-        "attempts": stats.map_or(0, |stats| stats.attempts),
-        "delivered": stats.map_or(0, |stats| stats.delivered),
-        "success_rate": stats.and_then(|stats| stats.success_rate),
-        "last_triggered": stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
-        "last_status_code": stats.and_then(|stats| stats.last_status_code),
-        "last_outcome": stats.and_then(|stats| stats.last_outcome.clone()),
-    })
+fn stats_view(stats: Option<&crate::db::EndpointStats>) -> StatsView {
+    StatsView {
+        attempts: stats.map_or(0, |stats| stats.attempts),
+        delivered: stats.map_or(0, |stats| stats.delivered),
+        success_rate: stats.and_then(|stats| stats.success_rate),
+        last_triggered: stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
+        last_status_code: stats.and_then(|stats| stats.last_status_code),
+        last_outcome: stats.and_then(|stats| stats.last_outcome.clone()),
+    }
 }
 
 #[utoipa::path(
@@ -484,7 +566,7 @@ fn stats_json(stats: Option<&crate::db::EndpointStats>) -> Value {
     summary = "Delivery stats of every endpoint of the inbox that has been attempted: the inbox webhook (`inbox`) and each rule's channels (`rule:<id>`)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "`[{endpoint_ref, channel, attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome}]`", body = serde_json::Value),
+        (status = 200, description = "`[{endpoint_ref, channel, attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome}]`", body = Vec<EndpointView>),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -493,21 +575,20 @@ async fn list_endpoints(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<EndpointView>>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
-    let endpoints: Vec<Value> = state
+    let endpoints = state
         .db
         .endpoint_stats(Some(&id))
         .await?
         .iter()
-        .map(|stats| {
-            let mut view = stats_json(Some(stats));
-            view["endpoint_ref"] = json!(stats.endpoint_ref);
-            view["channel"] = json!(stats.channel);
-            view
+        .map(|stats| EndpointView {
+            endpoint_ref: stats.endpoint_ref.clone(),
+            channel: stats.channel.clone(),
+            stats: stats_view(Some(stats)),
         })
         .collect();
-    Ok(Json(Value::Array(endpoints)))
+    Ok(Json(endpoints))
 }
 
 fn yes() -> bool {
@@ -565,7 +646,7 @@ fn generate_secret(scheme: SignatureScheme) -> String {
     params(("id" = String, Path, description = "Inbox id")),
     request_body = PutWebhook,
     responses(
-        (status = 200, description = "The webhook, with signing_secret when one was created", body = serde_json::Value),
+        (status = 200, description = "The webhook, with signing_secret when one was created", body = WebhookView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -665,11 +746,12 @@ pub(crate) async fn put_webhook(
         return Err(ApiError::NotFound("inbox"));
     }
     state.refresh_directory().await?;
-    let mut view = webhook_json(&settings);
-    if let Some(secret) = revealed {
-        view["signing_secret"] = Value::String(secret);
-    }
-    Ok(Json(view))
+    let mut view = webhook_view(&settings);
+    view.signing_secret = revealed;
+    // A Value, because the dashboard reads this answer too.
+    serde_json::to_value(view)
+        .map(Json)
+        .map_err(|err| ApiError::Internal(err.to_string()))
 }
 
 #[utoipa::path(

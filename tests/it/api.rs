@@ -1660,6 +1660,40 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         );
     }
 
+    // Responses are typed: the inbox, its webhook and its keys name their fields.
+    for (path, method, fields) in [
+        (
+            "/v1/inboxes/{id}",
+            "get",
+            &[
+                "id",
+                "addresses",
+                "status",
+                "block_senders",
+                "policy_action",
+            ][..],
+        ),
+        (
+            "/v1/inboxes/{id}/webhook",
+            "get",
+            &["url", "has_secret", "stats"][..],
+        ),
+        ("/v1/inboxes/{id}/keys", "get", &["keys"][..]),
+    ] {
+        let schema_ref = document["paths"][path][method]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: untyped 200 response"));
+        let name = schema_ref.rsplit('/').next().expect("name");
+        let properties = &document["components"]["schemas"][name]["properties"];
+        for field in fields {
+            assert!(
+                properties[field].is_object(),
+                "{name}.{field} missing: {properties}"
+            );
+        }
+    }
+
     // An independent validator, against the OpenAPI 3.1 meta-schema.
     let file = gateway.dir.path().join("openapi.json");
     std::fs::write(&file, document.to_string()).expect("write document");
