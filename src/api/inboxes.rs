@@ -1074,7 +1074,7 @@ const SHOWN_KEY_CHARS: usize = INBOX_KEY_PREFIX.len() + 8;
     params(("id" = String, Path, description = "Inbox id")),
     request_body = Option<CreateKey>,
     responses(
-        (status = 201, description = "The key", body = serde_json::Value),
+        (status = 201, description = "The key, shown this once", body = CreatedKey),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
@@ -1087,7 +1087,7 @@ async fn create_key(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     caller.require_admin()?;
     // The body is optional, so it is read by hand; its errors still split the way axum's Json
@@ -1120,10 +1120,13 @@ async fn create_key(
         created_at: now_ms(),
     };
     state.db.create_api_key(&row, &hash_key(&key)).await?;
-    let mut body = serde_json::to_value(ApiKeyView::from(row))
-        .map_err(|err| ApiError::Internal(err.to_string()))?;
-    body["key"] = json!(key);
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            view: ApiKeyView::from(row),
+            key,
+        }),
+    ))
 }
 
 #[utoipa::path(
@@ -1150,6 +1153,14 @@ async fn list_keys(
     Ok(Json(KeyList {
         keys: keys.into_iter().map(ApiKeyView::from).collect(),
     }))
+}
+
+/// A key as created: the listing's fields and the key itself, shown this once.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedKey {
+    #[serde(flatten)]
+    view: ApiKeyView,
+    key: String,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -1201,6 +1212,14 @@ struct MessagesQuery {
     quarantined: Option<bool>,
 }
 
+/// A page of an inbox's messages, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageList {
+    messages: Vec<crate::db::MessageSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
 fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value
         .map(|text| {
@@ -1218,7 +1237,7 @@ fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     summary = "Messages of an inbox, newest first, paged",
     params(("id" = String, Path, description = "Inbox id"), MessagesQuery),
     responses(
-        (status = 200, description = "{messages: [...], next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of messages", body = MessageList),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -1229,7 +1248,7 @@ async fn list_messages(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<MessagesQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageList>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(50);
@@ -1251,9 +1270,10 @@ async fn list_messages(
     let next_cursor = (i64::try_from(messages.len()).ok() == Some(limit))
         .then(|| messages.last().map(|message| message.id.clone()))
         .flatten();
-    Ok(Json(
-        json!({ "messages": messages, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(MessageList {
+        messages,
+        next_cursor,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

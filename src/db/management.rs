@@ -106,7 +106,8 @@ pub struct MessageFilter {
     pub limit: i64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// One message in an inbox listing (the API shows it as it is).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageSummary {
     pub id: String,
     pub inbox_id: String,

@@ -1679,6 +1679,11 @@ async fn openapi_document_is_valid_and_lists_every_route() {
             &["url", "has_secret", "stats"][..],
         ),
         ("/v1/inboxes/{id}/keys", "get", &["keys"][..]),
+        (
+            "/v1/inboxes/{id}/messages",
+            "get",
+            &["messages", "next_cursor"][..],
+        ),
     ] {
         let schema_ref = document["paths"][path][method]["responses"]["200"]["content"]
             ["application/json"]["schema"]["$ref"]
