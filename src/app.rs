@@ -91,7 +91,6 @@ pub async fn run_with_listeners(
                 .context("building the DNS resolver")?,
             RateLimiter::new(&config.rate_limit, db.clone()),
             &config.auth,
-            &config.inboxes,
         )),
     );
     let forwarder = crate::deliver::forward::Forwarder::new(&config.forward, &config.smtp.hostname)

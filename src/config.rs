@@ -274,7 +274,7 @@ impl Default for AuthConfig {
 }
 
 /// How an inbox treats mail that breaks its policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyAction {
     /// Accept and deliver; the event lists the violations.
@@ -284,6 +284,34 @@ pub enum PolicyAction {
     Reject,
     /// Stored and visible by API, but not delivered.
     Quarantine,
+}
+
+/// An inbox's sender policy, the same whether the config file or the API set it: which
+/// authentication results are required, allow and block lists (addresses or domains), and what
+/// happens to mail that breaks it. Stored on the inbox row, read by intake through the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderPolicy {
+    pub spf_pass_required: bool,
+    pub dkim_pass_required: bool,
+    pub dmarc_pass_required: bool,
+    /// When set, only these senders (with a DMARC pass) meet the policy, and they are `trusted`.
+    pub allow_senders: Vec<String>,
+    /// Senders that never meet the policy (From or envelope sender).
+    pub block_senders: Vec<String>,
+    pub policy_action: PolicyAction,
+}
+
+/// An allow or block list entry, lowercased: an address (`user@example.com`) or a domain
+/// (`example.com`, which covers its subdomains); `None` when it is neither.
+pub fn normalize_sender_entry(entry: &str) -> Option<String> {
+    let entry = entry.trim();
+    if entry.contains('@') {
+        return normalize_address(entry);
+    }
+    // A domain is checked as the domain part of an address would be.
+    normalize_address(&format!("postmaster@{entry}"))
+        .map(|_| entry.trim_end_matches('.').to_lowercase())
 }
 
 /// Leaky buckets per envelope sender, sender domain and inbox: each accepted message adds one,
@@ -348,6 +376,9 @@ pub struct DeliveryConfig {
     /// Seconds an endpoint may fail without a single success before it is disabled (with a
     /// `disabled_reason`); 0 never disables for failing.
     pub disable_after_s: f64,
+    /// Seconds the signing secret a rotation replaced keeps signing beside the new one, so
+    /// receivers can switch over without refusing deliveries; 0 drops it at once.
+    pub secret_rotation_grace_s: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -363,6 +394,7 @@ impl Default for DeliveryConfig {
             lease_s: 330.0,
             max_payload_bytes: 10 << 20,
             disable_after_s: 5.0 * 86_400.0,
+            secret_rotation_grace_s: 86_400.0,
         }
     }
 }
@@ -616,6 +648,20 @@ impl fmt::Debug for InboxConfig {
     }
 }
 
+impl InboxConfig {
+    /// The policy keys of this `[[inbox]]`, as the inbox row stores them.
+    pub fn sender_policy(&self) -> SenderPolicy {
+        SenderPolicy {
+            spf_pass_required: self.spf_pass_required,
+            dkim_pass_required: self.dkim_pass_required,
+            dmarc_pass_required: self.dmarc_pass_required,
+            allow_senders: self.allow_senders.clone(),
+            block_senders: self.block_senders.clone(),
+            policy_action: self.policy_action,
+        }
+    }
+}
+
 fn default_signature() -> SignatureScheme {
     SignatureScheme::Agentmail
 }
@@ -822,6 +868,14 @@ impl Config {
                 "must be 0 (never) or a number of seconds",
             ));
         }
+        if !(delivery.secret_rotation_grace_s.is_finite()
+            && (0.0..=MAX_SECRET_ROTATION_GRACE_S).contains(&delivery.secret_rotation_grace_s))
+        {
+            return Err(invalid(
+                "delivery.secret_rotation_grace_s",
+                "must be 0 to 2592000 seconds (30 days)",
+            ));
+        }
         if delivery.max_retries > 10 {
             return Err(invalid("delivery.max_retries", "must be at most 10"));
         }
@@ -975,6 +1029,9 @@ const MAX_HEADER_BYTES: usize = 64 << 20;
 
 /// 1 GiB/s: any higher minimum would cut off every real link.
 const MAX_MIN_DATA_RATE: u64 = 1 << 30;
+
+/// A rotated-out secret that signs for more than a month is a rotation that did not happen.
+const MAX_SECRET_ROTATION_GRACE_S: f64 = 30.0 * 86_400.0;
 
 fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
     if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {

@@ -33,6 +33,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_hmac_header.sql")),
     (9, include_str!("../migrations/0009_directory_version.sql")),
     (10, include_str!("../migrations/0010_fingerprints.sql")),
+    (
+        11,
+        include_str!("../migrations/0011_inbox_policy_and_keys.sql"),
+    ),
     (12, include_str!("../migrations/0012_ingress_per_inbox.sql")),
 ];
 
@@ -96,6 +100,8 @@ pub struct NewMessage {
     pub subject_key: Option<String>,
     /// Lower-cased From, To and Cc addresses.
     pub participants: Vec<String>,
+    /// The inbox policy held it back: stored, with no delivery job.
+    pub quarantined: bool,
     /// Recorded for duplicate detection in the same commit, so a message that did not commit
     /// never makes its own retry look like a duplicate.
     pub fingerprint: Option<NewFingerprint>,
@@ -398,13 +404,15 @@ impl Db {
         sqlx::query(
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
              webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
-             created_at, updated_at, webhook_signature_header, webhook_signature_format) \
-             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10) \
+             created_at, updated_at, webhook_signature_header, webhook_signature_format, \
+             sender_policy) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10, $11) \
              ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
              webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
              webhook_payload = $5, webhook_verify_tls = $7, webhook_ordered = $8, \
              webhook_disabled_reason = NULL, updated_at = $6, \
-             webhook_signature_header = $9, webhook_signature_format = $10",
+             webhook_signature_header = $9, webhook_signature_format = $10, \
+             sender_policy = $11",
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
@@ -416,6 +424,7 @@ impl Db {
         .bind(i64::from(inbox.ordered))
         .bind(inbox.signature_header.clone())
         .bind(inbox.signature_format.as_str())
+        .bind(sender_policy_json(&inbox.sender_policy())?)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
@@ -449,7 +458,7 @@ impl Db {
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
              webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json, \
-             webhook_signature_header, webhook_signature_format \
+             webhook_signature_header, webhook_signature_format, sender_policy \
              FROM inboxes \
              WHERE status = 'enabled' \
              ORDER BY id",
@@ -472,7 +481,9 @@ impl Db {
                 .filter_map(|a| a.try_get::<String, _>("address").ok())
                 .collect();
             let rules_json: Option<String> = row.try_get("notifications_json")?;
+            let policy_json: Option<String> = row.try_get("sender_policy")?;
             inboxes.push(Inbox {
+                sender_policy: sender_policy_from_json(&id, policy_json.as_deref())?,
                 webhook: endpoint_from_row(&row, "")?,
                 addresses: inbox_addresses,
                 rules: rules_from_json(&id, rules_json.as_deref()),
@@ -589,9 +600,9 @@ async fn insert_messages(
             sqlx::query(
                 "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, storage_key, size, \
                  envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, subject, \
-                 received_at, event_json, thread_id, subject_key, participants) \
+                 received_at, event_json, thread_id, subject_key, participants, quarantined) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18)",
+                 $16, $17, $18, $19)",
             )
             .bind(&message.id)
             .bind(&message.inbox_id)
@@ -611,6 +622,7 @@ async fn insert_messages(
             .bind(&message.thread_id)
             .bind(message.subject_key.as_deref().map(header_text))
             .bind(header_text(&message.participants.join(" ")))
+            .bind(i64::from(message.quarantined))
             .execute(&mut **tx)
             .await?;
             for delivery in &message.deliveries {
@@ -1529,6 +1541,36 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
 
 /// An inbox's stored notification rules. Rules that no longer parse are skipped with a warning
 /// rather than failing every delivery of the inbox.
+/// The sender policy as the inbox row stores it: `NULL` when it is the default (no policy).
+///
+/// # Errors
+/// [`Error::Corrupt`] if it does not serialize (it always does).
+pub(crate) fn sender_policy_json(
+    policy: &crate::config::SenderPolicy,
+) -> Result<Option<String>, Error> {
+    if *policy == crate::config::SenderPolicy::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(policy)
+        .map(Some)
+        .map_err(|err| Error::Corrupt(err.to_string()))
+}
+
+/// A stored sender policy. One that does not parse is an error, not "no policy": a silently
+/// dropped block list would let through what the inbox refuses.
+///
+/// # Errors
+/// [`Error::Corrupt`].
+pub(crate) fn sender_policy_from_json(
+    inbox_id: &str,
+    json: Option<&str>,
+) -> Result<crate::config::SenderPolicy, Error> {
+    json.map_or(Ok(crate::config::SenderPolicy::default()), |json| {
+        serde_json::from_str(json)
+            .map_err(|err| Error::Corrupt(format!("sender policy of inbox {inbox_id}: {err}")))
+    })
+}
+
 fn rules_from_json(inbox_id: &str, json: Option<&str>) -> Vec<crate::route::Rule> {
     let Some(json) = json else {
         return Vec::new();
@@ -1600,8 +1642,8 @@ mod management;
 pub use dashboard::{EndpointStats, MessageListing};
 pub use ingress::EventTypeRow;
 pub use management::{
-    ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot, NewInbox,
-    WebhookSettings,
+    ApiKeyRow, Histogram, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot,
+    NewInbox, WebhookSettings,
 };
 
 /// Splits a migration file into statements. Migrations are ours and contain no `;` inside

@@ -135,6 +135,14 @@ impl Directory {
         self.current().by_id.get(id).cloned()
     }
 
+    /// The sender policy of the inbox with this id.
+    pub fn sender_policy(&self, id: &str) -> Option<crate::config::SenderPolicy> {
+        self.current()
+            .by_id
+            .get(id)
+            .map(|inbox| inbox.sender_policy.clone())
+    }
+
     /// The inbox an already-normalized (lowercase) address belongs to. `agent+tag@domain`
     /// reaches `agent@domain` when no inbox claims the tagged form itself.
     pub fn lookup(&self, address: &str) -> Option<String> {
@@ -162,6 +170,7 @@ mod tests {
             addresses: vec!["Agent@Example.com".into()],
             webhook: None,
             rules: Vec::new(),
+            sender_policy: crate::config::SenderPolicy::default(),
         }]);
         assert_eq!(
             directory.lookup("agent@example.com").as_deref(),
@@ -219,6 +228,7 @@ mod tests {
             name: None,
             status: "enabled".into(),
             addresses: vec!["api@example.com".into()],
+            sender_policy: crate::config::SenderPolicy::default(),
         })
         .await
         .expect("create");

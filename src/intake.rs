@@ -8,12 +8,11 @@
 //! session turns into `451 4.3.0` so the sender retries; a commit error is first checked against
 //! the database, since a commit whose reply was lost may have happened.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::config::{AuthConfig, InboxConfig, PolicyAction, StorageConfig};
+use crate::config::{AuthConfig, PolicyAction, SenderPolicy, StorageConfig};
 use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
@@ -43,35 +42,14 @@ pub struct Checks {
     pub verifier: Verifier,
     pub rate_limiter: RateLimiter,
     pub auth: AuthConfig,
-    /// Inbox id → its policy and what to do when a message breaks it.
-    pub policies: HashMap<String, (InboxPolicy, PolicyAction)>,
 }
 
 impl Checks {
-    pub fn new(
-        verifier: Verifier,
-        rate_limiter: RateLimiter,
-        auth: &AuthConfig,
-        inboxes: &[InboxConfig],
-    ) -> Self {
-        let policies = inboxes
-            .iter()
-            .map(|inbox| {
-                let policy = InboxPolicy {
-                    spf_pass_required: inbox.spf_pass_required,
-                    dkim_pass_required: inbox.dkim_pass_required,
-                    dmarc_pass_required: inbox.dmarc_pass_required,
-                    allow_senders: inbox.allow_senders.clone(),
-                    block_senders: inbox.block_senders.clone(),
-                };
-                (inbox.id.clone(), (policy, inbox.policy_action))
-            })
-            .collect();
+    pub fn new(verifier: Verifier, rate_limiter: RateLimiter, auth: &AuthConfig) -> Self {
         Self {
             verifier,
             rate_limiter,
             auth: auth.clone(),
-            policies,
         }
     }
 }
@@ -294,6 +272,7 @@ impl Intake {
                     .map(|subject| thread::normalize_subject(subject).0)
                     .filter(|key| !key.is_empty()),
                 participants: thread_keys.participants.clone(),
+                quarantined,
                 fingerprint,
             });
         }
@@ -387,7 +366,23 @@ impl Intake {
             from,
             rate_limited,
         } = *message;
-        let (policy, action) = checks.policies.get(inbox_id).cloned().unwrap_or_default();
+        // Read from the directory, so a policy changed through the API (on any node) applies
+        // to the next message without a restart.
+        let SenderPolicy {
+            spf_pass_required,
+            dkim_pass_required,
+            dmarc_pass_required,
+            allow_senders,
+            block_senders,
+            policy_action: action,
+        } = self.directory.sender_policy(inbox_id).unwrap_or_default();
+        let policy = InboxPolicy {
+            spf_pass_required,
+            dkim_pass_required,
+            dmarc_pass_required,
+            allow_senders,
+            block_senders,
+        };
         let allow_listed = from.is_some_and(|from| {
             trust::sender_listed(&checks.auth.allow_senders, from)
                 || trust::sender_listed(&policy.allow_senders, from)
@@ -555,6 +550,7 @@ impl Intake {
             subject_key: None,
             participants: Vec::new(),
             deliveries,
+            quarantined: false,
             fingerprint: None,
         };
         let message_id = message.id.clone();

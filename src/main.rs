@@ -28,18 +28,37 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check an `agentmail` webhook signature (X-AgentMail-Signature) against a body; exits 0
-    /// when it is valid, 1 when not.
+    /// Check a webhook signature against a body; exits 0 when it is valid, 1 when not, 2 when
+    /// the arguments are wrong. Give the secret with exactly one of --secret, --secret-env or
+    /// --secret-stdin (the last two keep it out of the process list and shell history).
+    #[command(group(clap::ArgGroup::new("secret_source").required(true).args(["secret", "secret_env", "secret_stdin"])))]
     Verify {
-        /// The inbox webhook's signing secret.
+        /// agentmail (X-AgentMail-Signature), standard (webhook-signature), botmailroom
+        /// (X-Signature) or hmac-sha256 (the endpoint's signature_header).
+        #[arg(long, default_value = "agentmail", value_parser = parse_scheme)]
+        scheme: mxhook::config::SignatureScheme,
+        /// The endpoint's signing secret.
         #[arg(long)]
-        secret: String,
-        /// The X-AgentMail-Timestamp header.
+        secret: Option<String>,
+        /// The name of an environment variable that holds the secret.
         #[arg(long)]
-        timestamp: String,
-        /// The X-AgentMail-Signature header (`v1=<hex>`, several separated by spaces).
+        secret_env: Option<String>,
+        /// Read the secret from the first line of standard input.
+        #[arg(long)]
+        secret_stdin: bool,
+        /// The timestamp header (agentmail: X-AgentMail-Timestamp; standard: webhook-timestamp).
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// The webhook-id header (standard).
+        #[arg(long)]
+        webhook_id: Option<String>,
+        /// The signature header's value; agentmail and standard may carry several, separated
+        /// by spaces.
         #[arg(long)]
         signature: String,
+        /// hmac-sha256: the value format the endpoint uses, sha256=hex (default) or hex.
+        #[arg(long, default_value = "sha256=hex", value_parser = parse_format)]
+        format: mxhook::config::SignatureFormat,
         /// The exact request body bytes.
         #[arg(long)]
         body_file: PathBuf,
@@ -76,6 +95,68 @@ enum InboxCommand {
         #[arg(long = "address", required = true)]
         addresses: Vec<String>,
     },
+    /// Print one inbox as JSON.
+    Get {
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete an inbox (admin key).
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    /// The inbox webhook.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+    /// Per-inbox API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Set the webhook and print it; the signing secret is in the output on first setup and
+    /// on rotation only, and cannot be read again.
+    Set {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        url: String,
+        /// Issue a new signing secret; the old one keeps signing for the grace period.
+        #[arg(long)]
+        rotate_secret: bool,
+        /// agentmail, standard, botmailroom or hmac-sha256 (unchanged when left out).
+        #[arg(long)]
+        signature: Option<String>,
+        /// Keep the webhook but deliver nothing to it.
+        #[arg(long)]
+        disabled: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a per-inbox key (admin key) and print it; the key is shown this once.
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn parse_scheme(value: &str) -> Result<mxhook::config::SignatureScheme, String> {
+    mxhook::config::SignatureScheme::parse(value)
+        .ok_or_else(|| "expected agentmail, standard, botmailroom or hmac-sha256".to_owned())
+}
+
+fn parse_format(value: &str) -> Result<mxhook::config::SignatureFormat, String> {
+    mxhook::config::SignatureFormat::parse(value)
+        .ok_or_else(|| "expected sha256=hex or hex".to_owned())
 }
 
 /// Where the management API is. The variables are not `MXHOOK_*`, which `serve` reads as
@@ -107,11 +188,33 @@ fn main() -> ExitCode {
         Command::Serve { config } => (config, true),
         Command::CheckConfig { config } => (config, false),
         Command::Verify {
+            scheme,
             secret,
+            secret_env,
+            secret_stdin,
             timestamp,
+            webhook_id,
             signature,
+            format,
             body_file,
-        } => return verify(&secret, &timestamp, &signature, &body_file),
+        } => {
+            let secret = match secret_from(secret, secret_env, secret_stdin) {
+                Ok(secret) => secret,
+                Err(message) => {
+                    eprintln!("mxhook: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            return verify(&Presented {
+                scheme,
+                secret,
+                timestamp,
+                webhook_id,
+                signature,
+                format,
+                body_file,
+            });
+        }
         Command::Inbox { command, api } => {
             let (method, path, body) = match command {
                 InboxCommand::List => ("GET", "/v1/inboxes".to_owned(), None),
@@ -123,6 +226,43 @@ fn main() -> ExitCode {
                     "POST",
                     "/v1/inboxes".to_owned(),
                     Some(serde_json::json!({"id": id, "name": name, "addresses": addresses})),
+                ),
+                InboxCommand::Get { id } => {
+                    ("GET", format!("/v1/inboxes/{}", url_segment(&id)), None)
+                }
+                InboxCommand::Delete { id } => {
+                    ("DELETE", format!("/v1/inboxes/{}", url_segment(&id)), None)
+                }
+                InboxCommand::Webhook {
+                    command:
+                        WebhookCommand::Set {
+                            id,
+                            url,
+                            rotate_secret,
+                            signature,
+                            disabled,
+                        },
+                } => {
+                    let mut body = serde_json::json!({
+                        "url": url,
+                        "enabled": !disabled,
+                        "rotate_secret": rotate_secret,
+                    });
+                    if let Some(signature) = signature {
+                        body["signature"] = serde_json::json!(signature);
+                    }
+                    (
+                        "PUT",
+                        format!("/v1/inboxes/{}/webhook", url_segment(&id)),
+                        Some(body),
+                    )
+                }
+                InboxCommand::Key {
+                    command: KeyCommand::Create { id, name },
+                } => (
+                    "POST",
+                    format!("/v1/inboxes/{}/keys", url_segment(&id)),
+                    Some(serde_json::json!({ "name": name })),
                 ),
             };
             return call_api(&api, method, &path, body);
@@ -159,15 +299,102 @@ fn main() -> ExitCode {
     }
 }
 
-fn verify(secret: &str, timestamp: &str, signature: &str, body_file: &std::path::Path) -> ExitCode {
-    let body = match std::fs::read(body_file) {
+/// The secret from exactly one of its three sources (clap checks that one was given).
+fn secret_from(
+    argument: Option<String>,
+    env_name: Option<String>,
+    stdin: bool,
+) -> Result<String, String> {
+    let secret = if let Some(secret) = argument {
+        secret
+    } else if let Some(name) = env_name {
+        std::env::var(&name).map_err(|_| format!("the variable {name} is not set"))?
+    } else if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|err| format!("reading the secret from standard input: {err}"))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        return Err("give the secret with --secret, --secret-env or --secret-stdin".to_owned());
+    };
+    if secret.is_empty() {
+        return Err("the secret is empty".to_owned());
+    }
+    Ok(secret)
+}
+
+/// What `mxhook verify` was asked to check.
+struct Presented {
+    scheme: mxhook::config::SignatureScheme,
+    secret: String,
+    timestamp: Option<String>,
+    webhook_id: Option<String>,
+    signature: String,
+    format: mxhook::config::SignatureFormat,
+    body_file: PathBuf,
+}
+
+/// Signs the body the way the gateway does and compares, in constant time, with each signature
+/// the header presented.
+fn verify(presented: &Presented) -> ExitCode {
+    use mxhook::config::SignatureScheme;
+    use subtle::ConstantTimeEq as _;
+
+    let body = match std::fs::read(&presented.body_file) {
         Ok(body) => body,
         Err(err) => {
-            eprintln!("mxhook: reading {}: {err}", body_file.display());
+            eprintln!("mxhook: reading {}: {err}", presented.body_file.display());
             return ExitCode::from(2);
         }
     };
-    if mxhook::deliver::signature::verify_agentmail(secret, timestamp, &body, signature) {
+    let needs_timestamp = matches!(
+        presented.scheme,
+        SignatureScheme::Agentmail | SignatureScheme::Standard
+    );
+    let timestamp = match presented.timestamp.as_deref().map(str::parse::<i64>) {
+        Some(Ok(timestamp)) => timestamp,
+        None if !needs_timestamp => 0,
+        _ => {
+            eprintln!("mxhook: this scheme needs --timestamp, in unix seconds");
+            return ExitCode::from(2);
+        }
+    };
+    let webhook_id = match (&presented.webhook_id, presented.scheme) {
+        (None, SignatureScheme::Standard) => {
+            eprintln!("mxhook: the standard scheme needs --webhook-id");
+            return ExitCode::from(2);
+        }
+        (id, _) => id.clone().unwrap_or_default(),
+    };
+    let secrets = [presented.secret.clone()];
+    let headers =
+        match mxhook::deliver::signature::sign(&mxhook::deliver::signature::SigningInput {
+            scheme: presented.scheme,
+            secrets: &secrets,
+            webhook_id: &webhook_id,
+            timestamp,
+            body: &body,
+            hmac_header: None,
+            hmac_format: presented.format,
+        }) {
+            Ok(headers) => headers,
+            Err(err) => {
+                eprintln!("mxhook: {err}");
+                return ExitCode::from(2);
+            }
+        };
+    // The last header is the signature in every scheme; timestamps come before it.
+    let expected = headers
+        .last()
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default();
+    let valid = !expected.is_empty()
+        && presented
+            .signature
+            .split(' ')
+            .any(|candidate| bool::from(candidate.as_bytes().ct_eq(expected.as_bytes())));
+    if valid {
         println!("signature is valid");
         ExitCode::SUCCESS
     } else {

@@ -64,6 +64,8 @@ pub struct Inbox {
     pub webhook: Option<WebhookEndpoint>,
     /// Notification rules: routes added to the inbox webhook, per event.
     pub rules: Vec<crate::route::Rule>,
+    /// What intake does with mail that fails the inbox's authentication or list checks.
+    pub sender_policy: crate::config::SenderPolicy,
 }
 
 /// Where and how one event is POSTed.

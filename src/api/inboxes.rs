@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -19,16 +19,13 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
-use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
+use crate::config::{PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme};
 use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
 use crate::intake::Outcome;
 use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
 
 /// Per-inbox keys start with this, so the middleware knows to look one up.
 pub const INBOX_KEY_PREFIX: &str = "mxk_";
-
-/// How long the secret replaced by a rotation still signs deliveries.
-const SECRET_GRACE_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
@@ -46,7 +43,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
             get(get_notifications).put(put_notifications),
         )
         .route("/v1/inboxes/{id}/endpoints", get(list_endpoints))
-        .route("/v1/inboxes/{id}/keys", post(create_key))
+        .route("/v1/inboxes/{id}/keys", get(list_keys).post(create_key))
+        .route("/v1/inboxes/{id}/keys/{key_id}", delete(delete_key))
         .route("/v1/inboxes/{id}/messages", get(list_messages))
         .route("/v1/inboxes/{id}/deliveries", get(list_deliveries))
         .route("/v1/inboxes/{id}/deliveries/resend-dead", post(resend_dead))
@@ -74,40 +72,128 @@ pub(crate) async fn visible_inbox(
         .ok_or(ApiError::NotFound("inbox"))
 }
 
-fn inbox_json(inbox: &InboxRow) -> Value {
-    json!({
-        "id": inbox.id,
-        "name": inbox.name,
-        "status": inbox.status,
-        "source": inbox.source,
-        "addresses": inbox.addresses,
-        "webhook": inbox.webhook.as_ref().map(webhook_json),
-        "created_at": rfc3339(inbox.created_at),
-        "updated_at": rfc3339(inbox.updated_at),
-    })
+/// An inbox as the API shows it: settings and sender policy, never a secret.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InboxView {
+    id: String,
+    name: Option<String>,
+    /// enabled or disabled.
+    status: String,
+    /// config (declared in the config file) or api.
+    source: String,
+    addresses: Vec<String>,
+    webhook: Option<WebhookView>,
+    spf_pass_required: bool,
+    dkim_pass_required: bool,
+    dmarc_pass_required: bool,
+    allow_senders: Vec<String>,
+    block_senders: Vec<String>,
+    /// tag, reject or quarantine.
+    #[schema(value_type = String)]
+    policy_action: PolicyAction,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InboxList {
+    inboxes: Vec<InboxView>,
+}
+
+/// The inbox webhook as the API shows it: whether a secret is set, never the secret, except
+/// `signing_secret` in the one answer that created it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookView {
+    url: String,
+    enabled: bool,
+    #[schema(value_type = String)]
+    signature: SignatureScheme,
+    #[schema(value_type = String)]
+    payload: PayloadFormat,
+    signature_header: String,
+    #[schema(value_type = String)]
+    signature_format: SignatureFormat,
+    verify_tls: bool,
+    /// Why the gateway switched the webhook off (410 Gone, or failing too long).
+    disabled_reason: Option<String>,
+    ordered: bool,
+    has_secret: bool,
+    /// Until when the secret a rotation replaced still signs beside the new one.
+    previous_secret_expires_at: Option<String>,
+    /// Delivery statistics (GET only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<StatsView>,
+    /// Only in the answer that created or rotated the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_secret: Option<String>,
+}
+
+/// One endpoint's delivery statistics.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct StatsView {
+    attempts: i64,
+    delivered: i64,
+    /// Share of attempts the endpoint accepted, 0 to 1; null before the first attempt.
+    success_rate: Option<f64>,
+    last_triggered: Option<String>,
+    last_status_code: Option<i64>,
+    /// delivered, forwarded, http_error, error or not_sent.
+    last_outcome: Option<String>,
+}
+
+/// The statistics of one endpoint of an inbox: `inbox`, or `rule:<id>` with its channel.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EndpointView {
+    endpoint_ref: String,
+    channel: String,
+    #[serde(flatten)]
+    stats: StatsView,
+}
+
+fn inbox_view(inbox: &InboxRow) -> InboxView {
+    let policy = &inbox.sender_policy;
+    InboxView {
+        id: inbox.id.clone(),
+        name: inbox.name.clone(),
+        status: inbox.status.clone(),
+        source: inbox.source.clone(),
+        addresses: inbox.addresses.clone(),
+        webhook: inbox.webhook.as_ref().map(webhook_view),
+        spf_pass_required: policy.spf_pass_required,
+        dkim_pass_required: policy.dkim_pass_required,
+        dmarc_pass_required: policy.dmarc_pass_required,
+        allow_senders: policy.allow_senders.clone(),
+        block_senders: policy.block_senders.clone(),
+        policy_action: policy.policy_action,
+        created_at: rfc3339(inbox.created_at),
+        updated_at: rfc3339(inbox.updated_at),
+    }
 }
 
 /// The webhook without its secrets: only whether one is set and until when the old one signs.
-fn webhook_json(webhook: &WebhookSettings) -> Value {
-    json!({
-        "url": webhook.url,
-        "enabled": webhook.enabled,
-        "signature": webhook.signature,
-        "payload": webhook.payload,
-        "signature_header": webhook
+fn webhook_view(webhook: &WebhookSettings) -> WebhookView {
+    WebhookView {
+        url: webhook.url.clone(),
+        enabled: webhook.enabled,
+        signature: webhook.signature,
+        payload: webhook.payload,
+        signature_header: webhook
             .signature_header
             .as_deref()
-            .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER),
-        "signature_format": webhook.signature_format,
-        "verify_tls": webhook.verify_tls,
-        "disabled_reason": webhook.disabled_reason,
-        "ordered": webhook.ordered,
-        "has_secret": webhook.secret.is_some(),
-        "previous_secret_expires_at": webhook
+            .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER)
+            .to_owned(),
+        signature_format: webhook.signature_format,
+        verify_tls: webhook.verify_tls,
+        disabled_reason: webhook.disabled_reason.clone(),
+        ordered: webhook.ordered,
+        has_secret: webhook.secret.is_some(),
+        previous_secret_expires_at: webhook
             .previous_secret_expires_at
             .filter(|at| *at > now_ms() && webhook.previous_secret.is_some())
             .map(rfc3339),
-    })
+        stats: None,
+        signing_secret: None,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -133,14 +219,89 @@ struct CreateInbox {
     name: Option<String>,
     addresses: Vec<String>,
     status: Option<InboxStatus>,
+    spf_pass_required: Option<bool>,
+    dkim_pass_required: Option<bool>,
+    dmarc_pass_required: Option<bool>,
+    /// Addresses or domains; when set, only these senders (with a DMARC pass) meet the policy.
+    allow_senders: Option<Vec<String>>,
+    /// Addresses or domains that never meet the policy.
+    block_senders: Option<Vec<String>>,
+    /// What happens to mail that breaks the policy: tag (default), reject or quarantine.
+    #[schema(value_type = Option<String>)]
+    policy_action: Option<PolicyAction>,
 }
 
+/// Every field is optional; what is left out stays as it is.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchInbox {
     name: Option<String>,
     addresses: Option<Vec<String>>,
     status: Option<InboxStatus>,
+    spf_pass_required: Option<bool>,
+    dkim_pass_required: Option<bool>,
+    dmarc_pass_required: Option<bool>,
+    /// Addresses or domains; when set, only these senders (with a DMARC pass) meet the policy.
+    allow_senders: Option<Vec<String>>,
+    /// Addresses or domains that never meet the policy.
+    block_senders: Option<Vec<String>>,
+    /// What happens to mail that breaks the policy: tag, reject or quarantine.
+    #[schema(value_type = Option<String>)]
+    policy_action: Option<PolicyAction>,
+}
+
+/// The policy fields of a create or patch body; `None` keeps what `base` has.
+struct PolicyChange {
+    spf_pass_required: Option<bool>,
+    dkim_pass_required: Option<bool>,
+    dmarc_pass_required: Option<bool>,
+    allow_senders: Option<Vec<String>>,
+    block_senders: Option<Vec<String>>,
+    policy_action: Option<PolicyAction>,
+}
+
+impl PolicyChange {
+    fn is_empty(&self) -> bool {
+        self.spf_pass_required.is_none()
+            && self.dkim_pass_required.is_none()
+            && self.dmarc_pass_required.is_none()
+            && self.allow_senders.is_none()
+            && self.block_senders.is_none()
+            && self.policy_action.is_none()
+    }
+
+    fn applied_to(self, base: SenderPolicy) -> Result<SenderPolicy, ApiError> {
+        Ok(SenderPolicy {
+            spf_pass_required: self.spf_pass_required.unwrap_or(base.spf_pass_required),
+            dkim_pass_required: self.dkim_pass_required.unwrap_or(base.dkim_pass_required),
+            dmarc_pass_required: self.dmarc_pass_required.unwrap_or(base.dmarc_pass_required),
+            allow_senders: match self.allow_senders {
+                Some(entries) => sender_entries("allow_senders", &entries)?,
+                None => base.allow_senders,
+            },
+            block_senders: match self.block_senders {
+                Some(entries) => sender_entries("block_senders", &entries)?,
+                None => base.block_senders,
+            },
+            policy_action: self.policy_action.unwrap_or(base.policy_action),
+        })
+    }
+}
+
+/// Allow or block list entries, lowercased and without repeats.
+fn sender_entries(key: &str, entries: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let normalized = crate::config::normalize_sender_entry(entry).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{key}: `{entry}` is neither an address nor a domain"
+            ))
+        })?;
+        if !out.contains(&normalized) {
+            out.push(normalized);
+        }
+    }
+    Ok(out)
 }
 
 fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
@@ -167,22 +328,22 @@ fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
     tag = "inboxes",
     summary = "Inboxes the key can see",
     responses(
-        (status = 200, description = "{inboxes: [...]}", body = serde_json::Value),
+        (status = 200, description = "The inboxes", body = InboxList),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
     ),
 )]
 async fn list_inboxes(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InboxList>, ApiError> {
     let only = match &caller {
         Caller::Admin => None,
         Caller::Inbox(own) => Some(own.as_str()),
     };
     let inboxes = state.db.list_inbox_rows(only).await?;
-    Ok(Json(
-        json!({ "inboxes": inboxes.iter().map(inbox_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(InboxList {
+        inboxes: inboxes.iter().map(inbox_view).collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -192,7 +353,7 @@ async fn list_inboxes(
     summary = "Create an inbox (admin)",
     request_body = CreateInbox,
     responses(
-        (status = 201, description = "The inbox", body = serde_json::Value),
+        (status = 201, description = "The inbox", body = InboxView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -206,7 +367,7 @@ async fn create_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<CreateInbox>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<InboxView>), ApiError> {
     caller.require_admin()?;
     let Json(body) = body?;
     let id = body.id.unwrap_or_else(|| new_id("inb"));
@@ -216,6 +377,15 @@ async fn create_inbox(
         ));
     }
     let addresses = normalized_addresses(&body.addresses)?;
+    let sender_policy = PolicyChange {
+        spf_pass_required: body.spf_pass_required,
+        dkim_pass_required: body.dkim_pass_required,
+        dmarc_pass_required: body.dmarc_pass_required,
+        allow_senders: body.allow_senders,
+        block_senders: body.block_senders,
+        policy_action: body.policy_action,
+    }
+    .applied_to(SenderPolicy::default())?;
     state
         .db
         .create_inbox(&NewInbox {
@@ -227,11 +397,12 @@ async fn create_inbox(
                 .as_str()
                 .to_owned(),
             addresses,
+            sender_policy,
         })
         .await?;
     state.refresh_directory().await?;
     let inbox = visible_inbox(&state, &caller, &id).await?;
-    Ok((StatusCode::CREATED, Json(inbox_json(&inbox))))
+    Ok((StatusCode::CREATED, Json(inbox_view(&inbox))))
 }
 
 #[utoipa::path(
@@ -241,7 +412,7 @@ async fn create_inbox(
     summary = "One inbox",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 200, description = "The inbox", body = InboxView),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -250,8 +421,8 @@ async fn get_inbox(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(inbox_json(
+) -> Result<Json<InboxView>, ApiError> {
+    Ok(Json(inbox_view(
         &visible_inbox(&state, &caller, &id).await?,
     )))
 }
@@ -260,11 +431,11 @@ async fn get_inbox(
     patch,
     path = "/v1/inboxes/{id}",
     tag = "inboxes",
-    summary = "Change name, addresses or status",
+    summary = "Change name, addresses (admin), status or sender policy",
     params(("id" = String, Path, description = "Inbox id")),
     request_body = PatchInbox,
     responses(
-        (status = 200, description = "The inbox", body = serde_json::Value),
+        (status = 200, description = "The inbox", body = InboxView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -279,15 +450,29 @@ async fn update_inbox(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<PatchInbox>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    visible_inbox(&state, &caller, &id).await?;
+) -> Result<Json<InboxView>, ApiError> {
+    let current = visible_inbox(&state, &caller, &id).await?;
     let Json(body) = body?;
     if body.addresses.is_some() {
         // Addresses decide which mail the gateway accepts for whom: an inbox key must not
         // claim addresses for itself.
         caller.require_admin()?;
     }
+    let policy_change = PolicyChange {
+        spf_pass_required: body.spf_pass_required,
+        dkim_pass_required: body.dkim_pass_required,
+        dmarc_pass_required: body.dmarc_pass_required,
+        allow_senders: body.allow_senders,
+        block_senders: body.block_senders,
+        policy_action: body.policy_action,
+    };
+    let sender_policy = if policy_change.is_empty() {
+        None
+    } else {
+        Some(policy_change.applied_to(current.sender_policy)?)
+    };
     let update = InboxUpdate {
+        sender_policy,
         name: body.name.map(Some),
         status: body.status.map(|status| status.as_str().to_owned()),
         addresses: body
@@ -300,7 +485,7 @@ async fn update_inbox(
         return Err(ApiError::NotFound("inbox"));
     }
     state.refresh_directory().await?;
-    Ok(Json(inbox_json(
+    Ok(Json(inbox_view(
         &visible_inbox(&state, &caller, &id).await?,
     )))
 }
@@ -339,7 +524,7 @@ async fn delete_inbox(
     summary = "The inbox webhook, without secrets, with its delivery stats (attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "The webhook", body = serde_json::Value),
+        (status = 200, description = "The webhook with stats", body = WebhookView),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -348,7 +533,7 @@ async fn get_webhook(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookView>, ApiError> {
     let inbox = visible_inbox(&state, &caller, &id).await?;
     let webhook = inbox.webhook.ok_or(ApiError::NotFound("webhook"))?;
     let stats = state
@@ -357,21 +542,21 @@ async fn get_webhook(
         .await?
         .into_iter()
         .find(|stats| stats.endpoint_ref == "inbox");
-    let mut view = webhook_json(&webhook);
-    view["stats"] = stats_json(stats.as_ref());
+    let mut view = webhook_view(&webhook);
+    view.stats = Some(stats_view(stats.as_ref()));
     Ok(Json(view))
 }
 
 /// One endpoint's delivery statistics as the API shows them.
-fn stats_json(stats: Option<&crate::db::EndpointStats>) -> Value {
-    json!({
-        "attempts": stats.map_or(0, |stats| stats.attempts),
-        "delivered": stats.map_or(0, |stats| stats.delivered),
-        "success_rate": stats.and_then(|stats| stats.success_rate),
-        "last_triggered": stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
-        "last_status_code": stats.and_then(|stats| stats.last_status_code),
-        "last_outcome": stats.and_then(|stats| stats.last_outcome.clone()),
-    })
+fn stats_view(stats: Option<&crate::db::EndpointStats>) -> StatsView {
+    StatsView {
+        attempts: stats.map_or(0, |stats| stats.attempts),
+        delivered: stats.map_or(0, |stats| stats.delivered),
+        success_rate: stats.and_then(|stats| stats.success_rate),
+        last_triggered: stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
+        last_status_code: stats.and_then(|stats| stats.last_status_code),
+        last_outcome: stats.and_then(|stats| stats.last_outcome.clone()),
+    }
 }
 
 #[utoipa::path(
@@ -381,7 +566,7 @@ fn stats_json(stats: Option<&crate::db::EndpointStats>) -> Value {
     summary = "Delivery stats of every endpoint of the inbox that has been attempted: the inbox webhook (`inbox`) and each rule's channels (`rule:<id>`)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "`[{endpoint_ref, channel, attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome}]`", body = serde_json::Value),
+        (status = 200, description = "`[{endpoint_ref, channel, attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome}]`", body = Vec<EndpointView>),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -390,21 +575,20 @@ async fn list_endpoints(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<EndpointView>>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
-    let endpoints: Vec<Value> = state
+    let endpoints = state
         .db
         .endpoint_stats(Some(&id))
         .await?
         .iter()
-        .map(|stats| {
-            let mut view = stats_json(Some(stats));
-            view["endpoint_ref"] = json!(stats.endpoint_ref);
-            view["channel"] = json!(stats.channel);
-            view
+        .map(|stats| EndpointView {
+            endpoint_ref: stats.endpoint_ref.clone(),
+            channel: stats.channel.clone(),
+            stats: stats_view(Some(stats)),
         })
         .collect();
-    Ok(Json(Value::Array(endpoints)))
+    Ok(Json(endpoints))
 }
 
 fn yes() -> bool {
@@ -462,7 +646,7 @@ fn generate_secret(scheme: SignatureScheme) -> String {
     params(("id" = String, Path, description = "Inbox id")),
     request_body = PutWebhook,
     responses(
-        (status = 200, description = "The webhook, with signing_secret when one was created", body = serde_json::Value),
+        (status = 200, description = "The webhook, with signing_secret when one was created", body = WebhookView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -505,7 +689,8 @@ pub(crate) async fn put_webhook(
             (
                 fresh.clone(),
                 Some(current),
-                Some(now + SECRET_GRACE_MS),
+                // Validated at startup to at most 30 days, so the cast cannot overflow.
+                Some(now + (state.delivery.secret_rotation_grace_s * 1000.0) as i64),
                 Some(fresh),
             )
         }
@@ -561,11 +746,12 @@ pub(crate) async fn put_webhook(
         return Err(ApiError::NotFound("inbox"));
     }
     state.refresh_directory().await?;
-    let mut view = webhook_json(&settings);
-    if let Some(secret) = revealed {
-        view["signing_secret"] = Value::String(secret);
-    }
-    Ok(Json(view))
+    let mut view = webhook_view(&settings);
+    view.signing_secret = revealed;
+    // A Value, because the dashboard reads this answer too.
+    serde_json::to_value(view)
+        .map(Json)
+        .map_err(|err| ApiError::Internal(err.to_string()))
 }
 
 #[utoipa::path(
@@ -691,11 +877,41 @@ pub(crate) struct Notifications {
 }
 
 /// What PUT takes: the bare list SPEC describes, or the list wrapped as `{"rules": [...]}`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+///
+/// Read by hand rather than as an untagged enum: serde's untagged enums answer every mistake
+/// with "data did not match any variant", while this names the field (`rules[0].filters.x`).
+#[derive(Debug, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(crate) enum NotificationsBody {
     List(Vec<Rule>),
     Wrapped(Notifications),
+}
+
+impl<'de> Deserialize<'de> for NotificationsBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = Value::deserialize(deserializer)?;
+        let at_path = |err: serde_path_to_error::Error<serde_json::Error>, base: &str| {
+            let path = err.path().to_string();
+            let path = match path.as_str() {
+                "." => base.to_owned(),
+                path if path.starts_with('[') => format!("{base}{path}"),
+                path => path.to_owned(),
+            };
+            D::Error::custom(format!("{path}: {}", err.inner()))
+        };
+        match value {
+            Value::Array(_) => serde_path_to_error::deserialize(value)
+                .map(Self::List)
+                .map_err(|err| at_path(err, "rules")),
+            Value::Object(_) => serde_path_to_error::deserialize(value)
+                .map(Self::Wrapped)
+                .map_err(|err| at_path(err, "body")),
+            _ => Err(D::Error::custom(
+                "expected a list of rules or {\"rules\": [...]}",
+            )),
+        }
+    }
 }
 
 fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> {
@@ -823,6 +1039,33 @@ struct CreateKey {
     name: Option<String>,
 }
 
+/// A per-inbox key as listed: never the key itself, nor its hash.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ApiKeyView {
+    id: String,
+    inbox_id: String,
+    name: Option<String>,
+    /// The key's first characters (`mxk_` and 8 hex digits); null for keys made before
+    /// prefixes were recorded.
+    prefix: Option<String>,
+    created_at: String,
+}
+
+impl From<ApiKeyRow> for ApiKeyView {
+    fn from(row: ApiKeyRow) -> Self {
+        Self {
+            id: row.id,
+            inbox_id: row.inbox_id,
+            name: row.name,
+            prefix: row.prefix,
+            created_at: rfc3339(row.created_at),
+        }
+    }
+}
+
+/// How many characters of a key its listing shows: the `mxk_` prefix and 32 of its 256 bits.
+const SHOWN_KEY_CHARS: usize = INBOX_KEY_PREFIX.len() + 8;
+
 #[utoipa::path(
     post,
     path = "/v1/inboxes/{id}/keys",
@@ -831,8 +1074,9 @@ struct CreateKey {
     params(("id" = String, Path, description = "Inbox id")),
     request_body = Option<CreateKey>,
     responses(
-        (status = 201, description = "The key", body = serde_json::Value),
-        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 201, description = "The key, shown this once", body = CreatedKey),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 403, description = "Needs an admin key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -843,14 +1087,28 @@ async fn create_key(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     caller.require_admin()?;
+    // The body is optional, so it is read by hand; its errors still split the way axum's Json
+    // splits them: malformed JSON is 400, well-formed JSON of the wrong shape 422.
     let request: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateKey::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))?
+        let value: Value = serde_json::from_slice(&body).map_err(|err| ApiError::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("malformed JSON body: {err}"),
+        })?;
+        let shape_error = |message: String| ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        };
+        if !value.is_object() {
+            // serde would otherwise read a struct from an array of its fields.
+            return Err(shape_error("the body must be a JSON object".to_owned()));
+        }
+        serde_json::from_value(value)
+            .map_err(|err| shape_error(format!("invalid JSON body: {err}")))?
     };
     let secret_bytes: [u8; 32] = rand::random();
     let key = format!("{INBOX_KEY_PREFIX}{}", hex::encode(secret_bytes));
@@ -858,19 +1116,85 @@ async fn create_key(
         id: new_id("key"),
         inbox_id: id,
         name: request.name,
+        prefix: key.get(..SHOWN_KEY_CHARS).map(str::to_owned),
         created_at: now_ms(),
     };
     state.db.create_api_key(&row, &hash_key(&key)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": row.id,
-            "inbox_id": row.inbox_id,
-            "name": row.name,
-            "created_at": rfc3339(row.created_at),
-            "key": key,
-        })),
+        Json(CreatedKey {
+            view: ApiKeyView::from(row),
+            key,
+        }),
     ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/keys",
+    tag = "keys",
+    summary = "The per-inbox API keys (admin): ids, names, prefixes and creation times, never the keys",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The keys", body = KeyList),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn list_keys(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    let keys = state.db.list_api_keys(&id).await?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+/// A key as created: the listing's fields and the key itself, shown this once.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedKey {
+    #[serde(flatten)]
+    view: ApiKeyView,
+    key: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct KeyList {
+    keys: Vec<ApiKeyView>,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/keys/{key_id}",
+    tag = "keys",
+    summary = "Revoke a per-inbox API key (admin); it is refused from the next request on",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        ("key_id" = String, Path, description = "Key id (`key_…`)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Needs an admin key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+async fn delete_key(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    if !state.db.delete_api_key(&id, &key_id).await? {
+        return Err(ApiError::NotFound("key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -884,6 +1208,16 @@ struct MessagesQuery {
     subject: Option<String>,
     received_after: Option<String>,
     received_before: Option<String>,
+    /// true: only messages the inbox policy quarantined; false: only the others.
+    quarantined: Option<bool>,
+}
+
+/// A page of an inbox's messages, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageList {
+    messages: Vec<crate::db::MessageSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
 }
 
 fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -903,7 +1237,7 @@ fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     summary = "Messages of an inbox, newest first, paged",
     params(("id" = String, Path, description = "Inbox id"), MessagesQuery),
     responses(
-        (status = 200, description = "{messages: [...], next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of messages", body = MessageList),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -914,7 +1248,7 @@ async fn list_messages(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<MessagesQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageList>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(50);
@@ -929,15 +1263,17 @@ async fn list_messages(
         subject_contains: query.subject,
         received_after_ms: parse_time("received_after", query.received_after.as_deref())?,
         received_before_ms: parse_time("received_before", query.received_before.as_deref())?,
+        quarantined: query.quarantined,
         limit,
     };
     let messages = state.db.list_messages(&id, &filter).await?;
     let next_cursor = (i64::try_from(messages.len()).ok() == Some(limit))
         .then(|| messages.last().map(|message| message.id.clone()))
         .flatten();
-    Ok(Json(
-        json!({ "messages": messages, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(MessageList {
+        messages,
+        next_cursor,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

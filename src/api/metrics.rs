@@ -1,6 +1,6 @@
-//! `GET /metrics` in the Prometheus text format. Every value is read from the database at scrape
-//! time (messages, deliveries, attempts), so the numbers are the cluster's, not one node's, and
-//! survive restarts.
+//! `GET /metrics` in the Prometheus text format. Messages, deliveries, attempts and their latency
+//! are read from the database at scrape time, so those numbers are the cluster's, not one node's,
+//! and survive restarts; refusals and intake time leave no row and are this node's, in memory.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ApiState, Caller, ErrorBody};
+use crate::db::Histogram;
 
 #[utoipa::path(
     get,
@@ -71,24 +72,39 @@ pub async fn metrics(
             label(outcome)
         );
     }
-    out.push_str(
-        "# HELP mxhook_delivery_attempt_duration_seconds Webhook request latency.\n\
-         # TYPE mxhook_delivery_attempt_duration_seconds histogram\n",
+    histogram(
+        &mut out,
+        "mxhook_delivery_attempt_duration_seconds",
+        "Webhook request latency, per attempt that sent a request.",
+        &snapshot.attempt_latency,
     );
-    for (bound_ms, n) in &snapshot.latency_buckets_ms {
-        let seconds = *bound_ms as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "mxhook_delivery_attempt_duration_seconds_bucket{{le=\"{seconds}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "mxhook_delivery_attempt_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-         mxhook_delivery_attempt_duration_seconds_sum {sum}\n\
-         mxhook_delivery_attempt_duration_seconds_count {count}",
-        count = snapshot.latency_count,
-        sum = snapshot.latency_sum_ms as f64 / 1000.0,
+    histogram(
+        &mut out,
+        "mxhook_delivery_latency_seconds",
+        "From the commit that accepted a message to its event's delivery, per delivered job \
+         (retries included).",
+        &snapshot.delivery_latency,
+    );
+    let intake = state.counters.intake_histogram();
+    histogram(
+        &mut out,
+        "mxhook_intake_duration_seconds",
+        "From the end of DATA to the reply, per message this node took in (in memory, since \
+         this node started).",
+        &Histogram {
+            buckets_ms: intake
+                .buckets
+                .iter()
+                .map(|(bound, n)| {
+                    (
+                        i64::try_from(*bound).unwrap_or(i64::MAX),
+                        i64::try_from(*n).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect(),
+            sum_ms: i64::try_from(intake.sum.as_millis()).unwrap_or(i64::MAX),
+            count: i64::try_from(intake.count).unwrap_or(i64::MAX),
+        },
     );
     out.push_str(
         "# HELP mxhook_messages_rejected_total Recipients and messages this node refused or \
@@ -113,6 +129,21 @@ pub async fn metrics(
         );
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// One histogram family in the text format, bounds in seconds.
+fn histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound_ms, n) in &histogram.buckets_ms {
+        let seconds = *bound_ms as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{seconds}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}",
+        count = histogram.count,
+        sum = histogram.sum_ms as f64 / 1000.0,
+    );
 }
 
 fn count(pairs: &[(String, i64)], key: &str) -> i64 {

@@ -37,6 +37,8 @@ use super::{inboxes, metrics};
         inboxes::get_notifications,
         inboxes::put_notifications,
         inboxes::create_key,
+        inboxes::list_keys,
+        inboxes::delete_key,
         inboxes::list_messages,
         inboxes::list_deliveries,
         inboxes::resend_dead,
@@ -69,5 +71,22 @@ impl Modify for BearerAuth {
     responses((status = 200, description = "OpenAPI 3.1 JSON", body = serde_json::Value))
 )]
 pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi().merge_from(crate::ingress::IngressApi::openapi()))
+    let mut document = ApiDoc::openapi().merge_from(crate::ingress::IngressApi::openapi());
+    // MailerSend users keep the route path they already configured; it is the same handler,
+    // documented under its own operation id (ids must be unique in a document).
+    if let Some(mut alias) = document
+        .paths
+        .paths
+        .get("/v1/ingress/mailersend/inbound")
+        .cloned()
+    {
+        if let Some(operation) = alias.post.as_mut() {
+            operation.operation_id = Some("mailersend_at_its_known_path".to_owned());
+        }
+        document
+            .paths
+            .paths
+            .insert("/api/v1/webhooks/mailersend/inbound".to_owned(), alias);
+    }
+    Json(document)
 }

@@ -5,8 +5,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, Error, bump_directory_version};
-use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
+use super::{Db, Error, bump_directory_version, sender_policy_from_json, sender_policy_json};
+use crate::config::{PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
 use crate::model::now_ms;
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
@@ -19,6 +19,7 @@ pub struct InboxRow {
     pub status: String,
     pub addresses: Vec<String>,
     pub webhook: Option<WebhookSettings>,
+    pub sender_policy: SenderPolicy,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -70,6 +71,7 @@ pub struct NewInbox {
     pub status: String,
     /// Already normalized.
     pub addresses: Vec<String>,
+    pub sender_policy: SenderPolicy,
 }
 
 /// A partial change; `None` leaves the field as it is.
@@ -78,6 +80,7 @@ pub struct InboxUpdate {
     pub name: Option<Option<String>>,
     pub status: Option<String>,
     pub addresses: Option<Vec<String>>,
+    pub sender_policy: Option<SenderPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +88,8 @@ pub struct ApiKeyRow {
     pub id: String,
     pub inbox_id: String,
     pub name: Option<String>,
+    /// The key's first characters, to tell keys apart; never enough to use.
+    pub prefix: Option<String>,
     pub created_at: i64,
 }
 
@@ -96,10 +101,13 @@ pub struct MessageFilter {
     pub subject_contains: Option<String>,
     pub received_after_ms: Option<i64>,
     pub received_before_ms: Option<i64>,
+    /// Only quarantined messages (`Some(true)`) or only the others (`Some(false)`).
+    pub quarantined: Option<bool>,
     pub limit: i64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// One message in an inbox listing (the API shows it as it is).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageSummary {
     pub id: String,
     pub inbox_id: String,
@@ -110,6 +118,8 @@ pub struct MessageSummary {
     pub header_message_id: Option<String>,
     pub size: i64,
     pub received_at: String,
+    /// The inbox policy held it back: stored, not delivered.
+    pub quarantined: bool,
 }
 
 /// Counts read from the database at scrape time.
@@ -118,19 +128,70 @@ pub struct MetricsSnapshot {
     pub messages_by_inbox: Vec<(String, i64)>,
     pub deliveries_by_status: Vec<(String, i64)>,
     pub attempts_by_outcome: Vec<(String, i64)>,
-    /// Cumulative attempt counts at or under each bound, in ms, ascending.
-    pub latency_buckets_ms: Vec<(i64, i64)>,
-    pub latency_sum_ms: i64,
-    pub latency_count: i64,
+    /// Webhook request latency of every attempt that sent a request.
+    pub attempt_latency: Histogram,
+    /// From the commit that accepted a message to the delivery of its event, per delivered job.
+    pub delivery_latency: Histogram,
+}
+
+/// A Prometheus histogram read from the database.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Cumulative counts at or under each bound, in ms, ascending.
+    pub buckets_ms: Vec<(i64, i64)>,
+    pub sum_ms: i64,
+    pub count: i64,
 }
 
 /// Upper bounds of the attempt latency histogram, in ms.
 pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
 
+/// Upper bounds of the accepted → delivered histogram, in ms: retries stretch it to hours.
+pub const DELIVERY_LATENCY_BUCKETS_MS: &[i64] = &[
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000,
+    21_600_000, 86_400_000,
+];
+
+/// Reads a histogram of `value` (an SQL expression in ms) over `from_where` in one statement:
+/// one `SUM(CASE …)` per bucket, so a scrape scans the table once, not once per bucket.
+async fn histogram(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    value: &str,
+    from_where: &str,
+    bounds: &[i64],
+) -> Result<Histogram, Error> {
+    // The bounds are constants of this module, never input, so they are written into the SQL.
+    let buckets: String = bounds
+        .iter()
+        .enumerate()
+        .map(|(idx, bound)| {
+            format!(
+                ", CAST(COALESCE(SUM(CASE WHEN {value} <= {bound} THEN 1 ELSE 0 END), 0) \
+                 AS BIGINT) AS le{idx}"
+            )
+        })
+        .collect();
+    let row = sqlx::query(&format!(
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM({value}), 0) AS BIGINT) AS total{buckets} \
+         {from_where}"
+    ))
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut buckets_ms = Vec::with_capacity(bounds.len());
+    for (idx, bound) in bounds.iter().enumerate() {
+        buckets_ms.push((*bound, row.try_get(format!("le{idx}").as_str())?));
+    }
+    Ok(Histogram {
+        buckets_ms,
+        sum_ms: row.try_get("total")?,
+        count: row.try_get("n")?,
+    })
+}
+
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
     webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
-    webhook_signature_header, webhook_signature_format, created_at, updated_at";
+    webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at";
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -189,13 +250,14 @@ impl Db {
         bump_directory_version(&mut tx).await?;
         sqlx::query(
             "INSERT INTO inboxes (id, source, name, status, webhook_enabled, webhook_signature, \
-             webhook_payload, created_at, updated_at) \
-             VALUES ($1, 'api', $2, $3, 1, 'agentmail', 'mxhook', $4, $4)",
+             webhook_payload, created_at, updated_at, sender_policy) \
+             VALUES ($1, 'api', $2, $3, 1, 'agentmail', 'mxhook', $4, $4, $5)",
         )
         .bind(&inbox.id)
         .bind(inbox.name.clone())
         .bind(&inbox.status)
         .bind(now)
+        .bind(sender_policy_json(&inbox.sender_policy)?)
         .execute(&mut *tx)
         .await
         .map_err(|err| match conflict_or_query(err) {
@@ -235,6 +297,13 @@ impl Db {
         if let Some(status) = &update.status {
             sqlx::query("UPDATE inboxes SET status = $1 WHERE id = $2")
                 .bind(status)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(policy) = &update.sender_policy {
+            sqlx::query("UPDATE inboxes SET sender_policy = $1 WHERE id = $2")
+                .bind(sender_policy_json(policy)?)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -363,17 +432,57 @@ impl Db {
     /// [`Error::Query`].
     pub async fn create_api_key(&self, key: &ApiKeyRow, key_hash: &str) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO api_keys (id, inbox_id, key_hash, name, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (id, inbox_id, key_hash, name, created_at, key_prefix) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&key.id)
         .bind(&key.inbox_id)
         .bind(key_hash)
         .bind(key.name.clone())
         .bind(key.created_at)
+        .bind(key.prefix.clone())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The keys of one inbox, oldest first, without their hashes.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn list_api_keys(&self, inbox_id: &str) -> Result<Vec<ApiKeyRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, inbox_id, name, key_prefix, created_at FROM api_keys \
+             WHERE inbox_id = $1 ORDER BY created_at, id",
+        )
+        .bind(inbox_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ApiKeyRow {
+                    id: row.try_get("id")?,
+                    inbox_id: row.try_get("inbox_id")?,
+                    name: row.try_get("name")?,
+                    prefix: row.try_get("key_prefix")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a key of an inbox; every later request with it is unauthorized. Returns `false`
+    /// when the inbox has no such key.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn delete_api_key(&self, inbox_id: &str, key_id: &str) -> Result<bool, Error> {
+        let result = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND inbox_id = $2")
+            .bind(key_id)
+            .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
     }
 
     /// The inbox a key (given by its hash) belongs to.
@@ -405,9 +514,10 @@ impl Db {
             .unwrap_or_default();
         let rows = sqlx::query(
             "SELECT id, inbox_id, event_id, sender, envelope_from, subject, header_message_id, \
-             size, received_at FROM messages WHERE inbox_id = $1 \
+             size, received_at, quarantined FROM messages WHERE inbox_id = $1 \
              AND ($2 = '' OR id < $2) AND ($3 = '' OR LOWER(sender) = $3) \
              AND ($4 = '' OR LOWER(subject) LIKE $4) AND received_at >= $5 AND received_at < $6 \
+             AND ($8 < 0 OR quarantined = $8) \
              ORDER BY id DESC LIMIT $7",
         )
         .bind(inbox_id)
@@ -423,6 +533,7 @@ impl Db {
         .bind(filter.received_after_ms.unwrap_or(i64::MIN))
         .bind(filter.received_before_ms.unwrap_or(i64::MAX))
         .bind(filter.limit)
+        .bind(filter.quarantined.map_or(-1, i64::from))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -437,6 +548,7 @@ impl Db {
                     header_message_id: row.try_get("header_message_id")?,
                     size: row.try_get("size")?,
                     received_at: crate::model::rfc3339(row.try_get("received_at")?),
+                    quarantined: row.try_get::<i64, _>("quarantined")? != 0,
                 })
             })
             .collect()
@@ -502,32 +614,27 @@ impl Db {
             .fetch_all(&mut *tx)
             .await?,
         )?;
-        let mut latency_buckets_ms = Vec::with_capacity(LATENCY_BUCKETS_MS.len());
-        for bound in LATENCY_BUCKETS_MS {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM delivery_attempts WHERE outcome <> 'not_sent' \
-                 AND latency_ms <= $1",
-            )
-            .bind(*bound)
-            .fetch_one(&mut *tx)
-            .await?;
-            latency_buckets_ms.push((*bound, n));
-        }
-        let totals = sqlx::query(
-            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT) AS total \
-             FROM delivery_attempts \
-             WHERE outcome <> 'not_sent'",
+        let attempt_latency = histogram(
+            &mut tx,
+            "latency_ms",
+            "FROM delivery_attempts WHERE outcome <> 'not_sent'",
+            LATENCY_BUCKETS_MS,
         )
-        .fetch_one(&mut *tx)
+        .await?;
+        let delivery_latency = histogram(
+            &mut tx,
+            "(delivered_at - created_at)",
+            "FROM deliveries WHERE status = 'delivered' AND delivered_at IS NOT NULL",
+            DELIVERY_LATENCY_BUCKETS_MS,
+        )
         .await?;
         tx.commit().await?;
         Ok(MetricsSnapshot {
             messages_by_inbox,
             deliveries_by_status,
             attempts_by_outcome,
-            latency_buckets_ms,
-            latency_sum_ms: totals.try_get("total")?,
-            latency_count: totals.try_get("n")?,
+            attempt_latency,
+            delivery_latency,
         })
     }
 }
@@ -599,8 +706,11 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
             })
         }
     };
+    let id: String = row.try_get("id")?;
+    let policy_json: Option<String> = row.try_get("sender_policy")?;
     Ok(InboxRow {
-        id: row.try_get("id")?,
+        sender_policy: sender_policy_from_json(&id, policy_json.as_deref())?,
+        id,
         name: row.try_get("name")?,
         source: row.try_get("source")?,
         status: row.try_get("status")?,

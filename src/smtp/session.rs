@@ -550,7 +550,9 @@ where
             Ok(message) => {
                 // Boxed: the intake's state lives on the heap only while a message is being
                 // accepted, instead of in every idle session's future.
+                let intake_started = std::time::Instant::now();
                 let outcome = Box::pin(self.ctx.intake.accept(&self.envelope, &message)).await;
+                self.ctx.counters.observe_intake(intake_started.elapsed());
                 match &outcome {
                     Outcome::TempFail { .. } => self.ctx.counters.reject(Rejection::TempFailure),
                     Outcome::Reject { .. } => self.ctx.counters.reject(Rejection::Policy),

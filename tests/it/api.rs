@@ -326,6 +326,87 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
 }
 
 #[tokio::test]
+async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = crate::support::gateway::config_toml(dir.path(), &no_webhook());
+    let mut config = mxhook::config::Config::from_toml_str(&toml).expect("config");
+    config.delivery.secret_rotation_grace_s = 1.0;
+    let gateway = TestGateway::start_with(dir, config).await;
+    let (status, _) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({"id": "rotating", "addresses": ["rotating@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, first) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/rotating/webhook",
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    let first_secret = first["signing_secret"].as_str().expect("secret").to_owned();
+    let (_, rotated) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/rotating/webhook",
+        Some(json!({"url": receiver.url(), "rotate_secret": true})),
+    )
+    .await;
+    let second_secret = rotated["signing_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    assert!(
+        rotated["previous_secret_expires_at"].is_string(),
+        "{rotated}"
+    );
+
+    // Waits for the grace to run out as the API reports it, not for a fixed time.
+    eventually("the grace period to end", || async {
+        let (_, webhook) = admin(&gateway, "GET", "/v1/inboxes/rotating/webhook", None).await;
+        webhook["previous_secret_expires_at"]
+            .is_null()
+            .then_some(())
+    })
+    .await;
+    send(
+        &gateway,
+        "rotating@example.com",
+        "after",
+        "a@sender.example",
+    )
+    .await;
+    let got = receiver.recv().await;
+    let timestamp = got.header("x-agentmail-timestamp").expect("timestamp");
+    let signature = got.header("x-agentmail-signature").expect("signature");
+    assert_eq!(signature.split(' ').count(), 1, "{signature}");
+    assert!(python_verifies_agentmail(
+        &second_secret,
+        &timestamp,
+        &got.body,
+        &signature
+    ));
+    assert!(
+        !python_verifies_agentmail(&first_secret, &timestamp, &got.body, &signature),
+        "the old secret no longer signs"
+    );
+    gateway.stop().await;
+
+    for bad in ["-1", "2592001"] {
+        let toml = format!("[delivery]\nsecret_rotation_grace_s = {bad}\n");
+        let err = mxhook::config::Config::from_toml_str(&toml).expect_err("refused");
+        assert!(
+            err.to_string().contains("delivery.secret_rotation_grace_s"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn inbox_keys_reach_only_their_own_inbox() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
@@ -354,6 +435,9 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         .as_str()
         .expect("id")
         .to_owned();
+    let (status, other_key) = admin(&gateway, "POST", "/v1/inboxes/other/keys", None).await;
+    assert_eq!(status, 201, "{other_key}");
+    let other_key_id = other_key["id"].as_str().expect("key id").to_owned();
 
     // Its own inbox is all there is.
     let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &key, None).await;
@@ -377,7 +461,10 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         ("DELETE", "/v1/inboxes/other".to_owned()),
         ("GET", "/v1/inboxes/other/webhook".to_owned()),
         ("PUT", "/v1/inboxes/other/webhook".to_owned()),
+        ("DELETE", "/v1/inboxes/other/webhook".to_owned()),
+        ("GET", "/v1/inboxes/other/endpoints".to_owned()),
         ("GET", "/v1/inboxes/other/notifications".to_owned()),
+        ("PUT", "/v1/inboxes/other/notifications".to_owned()),
         ("GET", "/v1/inboxes/other/messages".to_owned()),
         ("GET", "/v1/inboxes/other/deliveries".to_owned()),
         (
@@ -386,6 +473,8 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         ),
         ("POST", "/v1/inboxes/other/test-event".to_owned()),
         ("POST", "/v1/inboxes/other/keys".to_owned()),
+        ("GET", "/v1/inboxes/other/keys".to_owned()),
+        ("DELETE", format!("/v1/inboxes/other/keys/{other_key_id}")),
         ("GET", "/v1/deliveries?inbox_id=other".to_owned()),
         ("GET", format!("/v1/messages/{other_message}")),
         ("GET", format!("/v1/messages/{other_message}/raw")),
@@ -398,9 +487,21 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         let (status, answer) = call(&gateway, method, &path, &key, body).await;
         assert_eq!(status, 404, "{method} {path}: {answer}");
     }
+    // Nothing of the other inbox changed.
+    let (_, other_webhook) = admin(&gateway, "GET", "/v1/inboxes/other/webhook", None).await;
+    assert!(other_webhook["url"].is_string(), "{other_webhook}");
+    let (_, other_keys) = admin(&gateway, "GET", "/v1/inboxes/other/keys", None).await;
+    assert_eq!(other_keys["keys"][0]["id"], other_key_id.as_str());
     // Admin-only actions on its own inbox are forbidden.
-    let (status, _) = call(&gateway, "POST", "/v1/inboxes/agent/keys", &key, None).await;
-    assert_eq!(status, 403);
+    let own_key_id = created["id"].as_str().expect("key id");
+    for (method, path) in [
+        ("POST", "/v1/inboxes/agent/keys".to_owned()),
+        ("GET", "/v1/inboxes/agent/keys".to_owned()),
+        ("DELETE", format!("/v1/inboxes/agent/keys/{own_key_id}")),
+    ] {
+        let (status, answer) = call(&gateway, method, &path, &key, None).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+    }
     let (status, _) = call(&gateway, "DELETE", "/v1/inboxes/agent", &key, None).await;
     assert_eq!(status, 403);
     let (status, _) = call(
@@ -452,6 +553,282 @@ async fn inbox_keys_reach_only_their_own_inbox() {
             );
         }
     }
+}
+
+/// One message over SMTP; returns the reply to DATA.
+async fn deliver_mail(gateway: &TestGateway, from: &str, to: &str, subject: &str) -> (u16, String) {
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let message = simple_message(from, to, subject, "body");
+    client.send_message(from, &[to], &message).await
+}
+
+#[tokio::test]
+async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes",
+        Some(json!({
+            "id": "guarded",
+            "addresses": ["guarded@example.com"],
+            "block_senders": ["Blocked.test"],
+            "policy_action": "reject",
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["block_senders"], json!(["blocked.test"]));
+    assert_eq!(created["policy_action"], "reject");
+    assert_eq!(created["allow_senders"], json!([]));
+    assert_eq!(created["dmarc_pass_required"], false);
+    let (status, _) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/guarded/webhook",
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (code, text) =
+        deliver_mail(&gateway, "promo@blocked.test", "guarded@example.com", "one").await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.1"), "{text}");
+    let (code, text) = deliver_mail(
+        &gateway,
+        "friend@sender.example",
+        "guarded@example.com",
+        "fine",
+    )
+    .await;
+    assert_eq!(code, 250, "a sender off the list passes: {text}");
+    let fine = receiver.recv().await.json();
+    assert_eq!(fine["policy_violations"], json!([]));
+
+    let (status, patched) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/guarded",
+        Some(json!({"policy_action": "quarantine"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["policy_action"], "quarantine");
+    assert_eq!(
+        patched["block_senders"],
+        json!(["blocked.test"]),
+        "a field left out of PATCH stays"
+    );
+    let (code, text) = deliver_mail(
+        &gateway,
+        "promo@blocked.test",
+        "guarded@example.com",
+        "held",
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    let held_id = text.rsplit(' ').next().expect("queued as id").to_owned();
+    let (status, held) = admin(&gateway, "GET", &format!("/v1/messages/{held_id}"), None).await;
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["quarantined"], true, "{held}");
+    assert_eq!(held["policy_violations"], json!(["sender is blocked"]));
+
+    // The quarantined message is findable, and filterable, through the inbox's listing.
+    let (status, all) = admin(&gateway, "GET", "/v1/inboxes/guarded/messages", None).await;
+    assert_eq!(status, 200, "{all}");
+    let flags: Vec<(String, bool)> = all["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|message| {
+            (
+                message["id"].as_str().expect("id").to_owned(),
+                message["quarantined"].as_bool().expect("quarantined flag"),
+            )
+        })
+        .collect();
+    assert_eq!(flags.len(), 2, "{all}");
+    assert!(flags.contains(&(held_id.clone(), true)), "{all}");
+    let (_, only_held) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/guarded/messages?quarantined=true",
+        None,
+    )
+    .await;
+    assert_eq!(only_held["messages"].as_array().expect("messages").len(), 1);
+    assert_eq!(only_held["messages"][0]["id"], held_id.as_str());
+    let (_, not_held) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/guarded/messages?quarantined=false",
+        None,
+    )
+    .await;
+    assert_eq!(not_held["messages"].as_array().expect("messages").len(), 1);
+    assert_ne!(not_held["messages"][0]["id"], held_id.as_str());
+    let (status, _) = admin(
+        &gateway,
+        "GET",
+        "/v1/inboxes/guarded/messages?quarantined=maybe",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, patched) = admin(
+        &gateway,
+        "PATCH",
+        "/v1/inboxes/guarded",
+        Some(json!({"policy_action": "tag"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    let (code, text) = deliver_mail(
+        &gateway,
+        "promo@blocked.test",
+        "guarded@example.com",
+        "tagged",
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    let tagged = receiver.recv().await.json();
+    assert_eq!(
+        tagged["subject"], "tagged",
+        "the quarantined message was never delivered"
+    );
+    assert_eq!(tagged["quarantined"], false);
+    assert_eq!(tagged["policy_violations"], json!(["sender is blocked"]));
+
+    // Refused values name the field; nothing changes.
+    for (body, field) in [
+        (json!({"policy_action": "drop"}), "policy_action"),
+        (json!({"block_senders": ["not an entry"]}), "block_senders"),
+        (json!({"allow_senders": ["a@b@c"]}), "allow_senders"),
+        (json!({"spf_pass_required": "yes"}), "spf_pass_required"),
+    ] {
+        let (status, answer) = admin(&gateway, "PATCH", "/v1/inboxes/guarded", Some(body)).await;
+        assert!(matches!(status, 400 | 422), "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains(field)),
+            "{answer}"
+        );
+    }
+    let (_, inbox) = admin(&gateway, "GET", "/v1/inboxes/guarded", None).await;
+    assert_eq!(inbox["policy_action"], "tag");
+    assert_eq!(inbox["block_senders"], json!(["blocked.test"]));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn config_inbox_policy_shows_in_the_api() {
+    let mut options = no_webhook();
+    options.extra_toml = "[[inbox]]\nid = \"strict\"\naddresses = [\"strict@example.com\"]\n\
+         block_senders = [\"spam.test\"]\ndkim_pass_required = true\npolicy_action = \"reject\"\n"
+        .to_owned();
+    let gateway = TestGateway::start(options).await;
+    let (status, inbox) = admin(&gateway, "GET", "/v1/inboxes/strict", None).await;
+    assert_eq!(status, 200, "{inbox}");
+    assert_eq!(inbox["source"], "config");
+    assert_eq!(inbox["block_senders"], json!(["spam.test"]));
+    assert_eq!(inbox["dkim_pass_required"], true);
+    assert_eq!(inbox["policy_action"], "reject");
+    let (code, text) = deliver_mail(&gateway, "x@spam.test", "strict@example.com", "no").await;
+    assert_eq!(code, 550, "{text}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
+    let gateway = TestGateway::start(no_webhook()).await;
+    let (status, first) = admin(
+        &gateway,
+        "POST",
+        "/v1/inboxes/agent/keys",
+        Some(json!({"name": "first"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = admin(&gateway, "POST", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(status, 201, "{second}");
+    let first_key = first["key"].as_str().expect("key").to_owned();
+    let second_key = second["key"].as_str().expect("key").to_owned();
+
+    let (status, listed) = admin(&gateway, "GET", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let keys = listed["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 2, "{listed}");
+    assert_eq!(keys[0]["id"], first["id"]);
+    assert_eq!(keys[0]["name"], "first");
+    assert_eq!(keys[0]["prefix"].as_str(), first_key.get(..12));
+    assert_eq!(keys[1]["id"], second["id"]);
+    assert!(keys.iter().all(|key| key["created_at"].is_string()));
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&first_key) && !text.contains(&second_key),
+        "{listed}"
+    );
+    assert!(keys.iter().all(|key| key.get("key").is_none()));
+
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes/agent", &first_key, None).await;
+    assert_eq!(status, 200);
+    let first_id = first["id"].as_str().expect("id");
+    let (status, _) = admin(
+        &gateway,
+        "DELETE",
+        &format!("/v1/inboxes/agent/keys/{first_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &first_key, None).await;
+    assert_eq!(status, 401, "a revoked key is refused at once: {body}");
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes/agent", &second_key, None).await;
+    assert_eq!(status, 200, "the other key still works");
+    let (status, _) = admin(
+        &gateway,
+        "DELETE",
+        &format!("/v1/inboxes/agent/keys/{first_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let second_id = second["id"].as_str().expect("id");
+    let (status, _) = admin(
+        &gateway,
+        "DELETE",
+        &format!("/v1/inboxes/other/keys/{second_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "a key is revoked only through its own inbox");
+    let (_, listed) = admin(&gateway, "GET", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(listed["keys"].as_array().expect("keys").len(), 1);
+
+    // The key body is checked like every other JSON body.
+    for (body, expected) in [
+        (json!({"name": 5}), 422),
+        (json!({"name": "x", "scope": "all"}), 422),
+        (json!(["name"]), 422),
+    ] {
+        let (status, answer) = admin(&gateway, "POST", "/v1/inboxes/agent/keys", Some(body)).await;
+        assert_eq!(status, expected, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_body", "{answer}");
+    }
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/inboxes/agent/keys", gateway.http))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
+    gateway.stop().await;
 }
 
 #[tokio::test]
@@ -693,6 +1070,44 @@ async fn notification_rules_are_validated_and_stored() {
             .expect("message")
             .contains("rules[0]")
     );
+
+    // A wrong field is named, in either form, with what was wrong about it.
+    for (rules, field, complaint) in [
+        (
+            json!([{"name": "x", "filters": {"sender_verified": "yes"}}]),
+            "rules[0].filters.sender_verified",
+            "invalid type",
+        ),
+        (
+            json!({"rules": [{"name": "a"}, {"name": "b", "filters": {"trust_tiers": ["godlike"]}}]}),
+            "rules[1].filters.trust_tiers[0]",
+            "godlike",
+        ),
+        (
+            json!([{"name": "x", "channels": {"webhook": {"url": "https://h.example.com", "colour": 1}}}]),
+            "rules[0].channels.webhook",
+            "colour",
+        ),
+        (json!({"rulez": []}), "rulez", "unknown field"),
+        (json!("rules"), "a list of rules", "expected"),
+    ] {
+        let (status, body) = admin(
+            &gateway,
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(rules.clone()),
+        )
+        .await;
+        assert_eq!(status, 422, "{rules}: {body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains(field) && message.contains(complaint),
+            "{rules}: {message}"
+        );
+        assert!(!message.contains("did not match any variant"), "{message}");
+    }
+    let (_, unchanged) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    assert_eq!(unchanged, stored, "a refused PUT changes nothing");
 }
 
 #[tokio::test]
@@ -823,10 +1238,39 @@ async fn readyz_and_metrics_report_from_the_database() {
         "mxhook_delivery_attempt_duration_seconds_bucket{le=\"+Inf\"} 1",
         "mxhook_delivery_attempt_duration_seconds_count 1",
         "# TYPE mxhook_delivery_attempt_duration_seconds histogram",
+        "# TYPE mxhook_delivery_latency_seconds histogram",
+        "mxhook_delivery_latency_seconds_bucket{le=\"86400\"} 1",
+        "mxhook_delivery_latency_seconds_bucket{le=\"+Inf\"} 1",
+        "mxhook_delivery_latency_seconds_count 1",
+        "# TYPE mxhook_intake_duration_seconds histogram",
+        "mxhook_intake_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "mxhook_intake_duration_seconds_count 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),
             "missing `{line}` in\n{text}"
+        );
+    }
+    // Every histogram is cumulative: bucket counts never fall as the bound grows.
+    for family in [
+        "mxhook_delivery_attempt_duration_seconds",
+        "mxhook_delivery_latency_seconds",
+        "mxhook_intake_duration_seconds",
+    ] {
+        let counts: Vec<u64> = text
+            .lines()
+            .filter(|line| line.starts_with(&format!("{family}_bucket{{")))
+            .map(|line| {
+                line.rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("a count")
+            })
+            .collect();
+        assert!(counts.len() > 5, "{family}: {counts:?}");
+        assert!(
+            counts.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{family}: {counts:?}"
         );
     }
 }
@@ -921,6 +1365,261 @@ async fn cli_manages_inboxes_sends_test_events_and_verifies_signatures() {
     assert!(ok, "{out}");
 }
 
+/// Runs `mxhook` with extra environment variables and, when given, standard input.
+async fn mxhook_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mxhook runs");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.expect("write stdin");
+    }
+    drop(input);
+    let output = child.wait_with_output().await.expect("mxhook ends");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// The JSON document `mxhook` printed.
+fn printed_json(out: &str) -> Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|err| panic!("{err}: {out}"))
+}
+
+#[tokio::test]
+async fn cli_gets_deletes_sets_webhooks_creates_keys_and_verifies_every_scheme() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(no_webhook()).await;
+    let api_url = format!("http://{}", gateway.http);
+    let api = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        args.extend(["--api-url".to_owned(), api_url.clone()]);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            mxhook(&refs, API_KEY).await
+        }
+    };
+    let (ok, out) = api(&[
+        "inbox",
+        "create",
+        "--id",
+        "cli2",
+        "--address",
+        "cli2@example.com",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = api(&["inbox", "get", "--id", "cli2"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(printed_json(&out)["addresses"], json!(["cli2@example.com"]));
+    let (ok, out) = api(&["inbox", "get", "--id", "missing"]).await;
+    assert!(!ok && out.contains("404"), "{out}");
+
+    let (ok, out) = api(&["inbox", "key", "create", "--id", "cli2", "--name", "bot"]).await;
+    assert!(ok, "{out}");
+    let key = printed_json(&out)["key"].as_str().expect("key").to_owned();
+    let (status, _) = call(&gateway, "GET", "/v1/inboxes/cli2", &key, None).await;
+    assert_eq!(status, 200, "the printed key works");
+
+    let url = receiver.url();
+    let (ok, out) = api(&["inbox", "webhook", "set", "--id", "cli2", "--url", &url]).await;
+    assert!(ok, "{out}");
+    let first = printed_json(&out)["signing_secret"]
+        .as_str()
+        .expect("secret printed on first setup")
+        .to_owned();
+    let (ok, out) = api(&["inbox", "webhook", "set", "--id", "cli2", "--url", &url]).await;
+    assert!(
+        ok && printed_json(&out).get("signing_secret").is_none(),
+        "{out}"
+    );
+    let (ok, out) = api(&[
+        "inbox",
+        "webhook",
+        "set",
+        "--id",
+        "cli2",
+        "--url",
+        &url,
+        "--rotate-secret",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let rotated = printed_json(&out)["signing_secret"]
+        .as_str()
+        .expect("secret printed on rotation")
+        .to_owned();
+    assert_ne!(first, rotated);
+
+    // Each scheme: a real delivery, checked with the secret from argv, env or stdin.
+    let body_file = gateway.dir.path().join("cli2-body");
+    let body_path = body_file.to_str().expect("utf-8 path").to_owned();
+    let mut secret = rotated;
+    for scheme in ["standard", "botmailroom", "hmac-sha256", "agentmail"] {
+        let (ok, out) = api(&[
+            "inbox",
+            "webhook",
+            "set",
+            "--id",
+            "cli2",
+            "--url",
+            &url,
+            "--signature",
+            scheme,
+        ])
+        .await;
+        assert!(ok, "{out}");
+        if let Some(fresh) = printed_json(&out)["signing_secret"].as_str() {
+            secret = fresh.to_owned();
+        }
+        send(&gateway, "cli2@example.com", scheme, "a@sender.example").await;
+        let got = receiver.recv().await;
+        std::fs::write(&body_file, &got.body).expect("write body");
+        let mut args: Vec<String> = ["verify", "--scheme", scheme, "--body-file", &body_path]
+            .map(str::to_owned)
+            .to_vec();
+        let header = |name: &str| {
+            got.header(name)
+                .unwrap_or_else(|| panic!("{scheme}: {name}"))
+        };
+        match scheme {
+            "standard" => args.extend([
+                "--webhook-id".to_owned(),
+                header("webhook-id"),
+                "--timestamp".to_owned(),
+                header("webhook-timestamp"),
+                "--signature".to_owned(),
+                header("webhook-signature"),
+            ]),
+            "botmailroom" => args.extend(["--signature".to_owned(), header("x-signature")]),
+            "hmac-sha256" => args.extend([
+                "--format".to_owned(),
+                "sha256=hex".to_owned(),
+                "--signature".to_owned(),
+                header("x-webhook-signature"),
+            ]),
+            _ => args.extend([
+                "--timestamp".to_owned(),
+                header("x-agentmail-timestamp"),
+                "--signature".to_owned(),
+                header("x-agentmail-signature"),
+            ]),
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let with_env = [refs.as_slice(), &["--secret-env", "HOOK_SECRET"]].concat();
+        let (ok, out) = mxhook_with(&with_env, &[("HOOK_SECRET", &secret)], None).await;
+        assert!(ok, "{scheme} via env: {out}");
+        let with_stdin = [refs.as_slice(), &["--secret-stdin"]].concat();
+        let (ok, out) = mxhook_with(&with_stdin, &[], Some(&format!("{secret}\n"))).await;
+        assert!(ok, "{scheme} via stdin: {out}");
+        let with_argv = [refs.as_slice(), &["--secret", &secret]].concat();
+        let (ok, out) = mxhook_with(&with_argv, &[], None).await;
+        assert!(ok, "{scheme} via argv: {out}");
+        let wrong = if scheme == "standard" {
+            "whsec_c29tZXRoaW5nIGVsc2U=".to_owned()
+        } else {
+            format!("{secret}x")
+        };
+        let with_wrong = [refs.as_slice(), &["--secret", &wrong]].concat();
+        let (ok, out) = mxhook_with(&with_wrong, &[], None).await;
+        assert!(
+            !ok && out.contains("NOT valid"),
+            "{scheme} with a wrong secret: {out}"
+        );
+    }
+    // The hex format does not accept a sha256= value, and a missing secret source is refused.
+    let (ok, out) = mxhook_with(
+        &[
+            "verify",
+            "--scheme",
+            "hmac-sha256",
+            "--format",
+            "hex",
+            "--signature",
+            "sha256=00",
+            "--secret",
+            "s",
+            "--body-file",
+            &body_path,
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert!(!ok, "{out}");
+    let (ok, out) = mxhook_with(
+        &["verify", "--signature", "v1=00", "--body-file", &body_path],
+        &[],
+        None,
+    )
+    .await;
+    assert!(!ok && out.contains("secret"), "{out}");
+
+    let (ok, out) = api(&["inbox", "delete", "--id", "cli2"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(rcpt(&gateway, "cli2@example.com").await, 550);
+    gateway.stop().await;
+}
+
+/// Every `(method, path)` the API router registers, read from the `.route(…)` calls in
+/// `src/api/`, so a route added there without an OpenAPI entry fails the test below.
+fn api_routes() -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    let sources = ["src/api", "src/ingress"].into_iter().flat_map(|dir| {
+        std::fs::read_dir(crate::support::repo_path(dir))
+            .expect("route source directory")
+            .flatten()
+            .filter(|entry| entry.path().is_file())
+    });
+    for entry in sources {
+        let source = std::fs::read_to_string(entry.path()).expect("read source");
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            // The call's arguments: up to the parenthesis that closes `.route(`.
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map(|(idx, _)| idx)
+                .expect("balanced .route(");
+            let call = &rest[..end];
+            let path = call.split('"').nth(1).expect("a path literal").to_owned();
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let called = call.match_indices(&format!("{method}(")).any(|(idx, _)| {
+                    call[..idx]
+                        .chars()
+                        .last()
+                        .is_none_or(|before| !(before.is_alphanumeric() || before == '_'))
+                });
+                if called {
+                    routes.push((method.to_owned(), path.clone()));
+                }
+            }
+        }
+    }
+    routes.sort();
+    routes
+}
+
 #[tokio::test]
 async fn openapi_document_is_valid_and_lists_every_route() {
     let gateway = TestGateway::start(no_webhook()).await;
@@ -932,36 +1631,22 @@ async fn openapi_document_is_valid_and_lists_every_route() {
             .expect("version")
             .starts_with("3.1")
     );
-    for (method, path) in [
-        ("get", "/healthz"),
-        ("get", "/readyz"),
-        ("get", "/openapi.json"),
-        ("get", "/metrics"),
-        ("get", "/v1/messages/{id}"),
-        ("get", "/v1/messages/{id}/raw"),
-        ("get", "/v1/deliveries"),
-        ("get", "/v1/deliveries/{id}"),
-        ("get", "/v1/deliveries/{id}/attempts"),
-        ("post", "/v1/deliveries/{id}/resend"),
-        ("get", "/v1/inboxes"),
-        ("post", "/v1/inboxes"),
-        ("get", "/v1/inboxes/{id}"),
-        ("patch", "/v1/inboxes/{id}"),
-        ("delete", "/v1/inboxes/{id}"),
-        ("get", "/v1/inboxes/{id}/webhook"),
-        ("get", "/v1/inboxes/{id}/endpoints"),
-        ("put", "/v1/inboxes/{id}/webhook"),
-        ("delete", "/v1/inboxes/{id}/webhook"),
-        ("get", "/v1/inboxes/{id}/notifications"),
-        ("put", "/v1/inboxes/{id}/notifications"),
-        ("post", "/v1/inboxes/{id}/keys"),
-        ("get", "/v1/inboxes/{id}/messages"),
-        ("get", "/v1/inboxes/{id}/deliveries"),
-        ("post", "/v1/inboxes/{id}/deliveries/resend-dead"),
-        ("post", "/v1/inboxes/{id}/test-event"),
-    ] {
+    let routes = api_routes();
+    assert!(
+        routes.contains(&("post".to_owned(), "/v1/inboxes".to_owned()))
+            && routes.contains(&(
+                "delete".to_owned(),
+                "/v1/inboxes/{id}/keys/{key_id}".to_owned()
+            ))
+            && routes.len() > 25,
+        "the route scan found too little: {routes:?}"
+    );
+    for (method, path) in &routes {
         let operation = &document["paths"][path][method];
-        assert!(operation.is_object(), "{method} {path} is not documented");
+        assert!(
+            operation.is_object(),
+            "{method} {path} is routed but not in /openapi.json"
+        );
         assert!(
             operation["responses"].is_object(),
             "{method} {path} has no responses"
@@ -980,6 +1665,45 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         );
     }
 
+    // Responses are typed: the inbox, its webhook and its keys name their fields.
+    for (path, method, fields) in [
+        (
+            "/v1/inboxes/{id}",
+            "get",
+            &[
+                "id",
+                "addresses",
+                "status",
+                "block_senders",
+                "policy_action",
+            ][..],
+        ),
+        (
+            "/v1/inboxes/{id}/webhook",
+            "get",
+            &["url", "has_secret", "stats"][..],
+        ),
+        ("/v1/inboxes/{id}/keys", "get", &["keys"][..]),
+        (
+            "/v1/inboxes/{id}/messages",
+            "get",
+            &["messages", "next_cursor"][..],
+        ),
+    ] {
+        let schema_ref = document["paths"][path][method]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: untyped 200 response"));
+        let name = schema_ref.rsplit('/').next().expect("name");
+        let properties = &document["components"]["schemas"][name]["properties"];
+        for field in fields {
+            assert!(
+                properties[field].is_object(),
+                "{name}.{field} missing: {properties}"
+            );
+        }
+    }
+
     // An independent validator, against the OpenAPI 3.1 meta-schema.
     let file = gateway.dir.path().join("openapi.json");
     std::fs::write(&file, document.to_string()).expect("write document");
@@ -995,4 +1719,132 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The real binary, logging at debug level to a file, is given secrets and keys to create and
+/// rotate and then uses them; none of them is ever written to its log.
+#[tokio::test]
+async fn the_log_never_holds_a_signing_secret_or_an_api_key() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mxhook.toml");
+    std::fs::write(
+        &config,
+        crate::support::gateway::config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())),
+    )
+    .expect("write config");
+    let log_path = dir.path().join("mxhook.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let smtp = crate::process::free_addr();
+    let http = crate::process::free_addr();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("MXHOOK_SMTP__LISTEN", smtp.to_string())
+        .env("MXHOOK_HTTP__LISTEN", http.to_string())
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mxhook");
+    let client = reqwest::Client::new();
+    let api = |method: &str, path: &str, key: &str, body: Option<Value>| {
+        let mut request = client
+            .request(
+                method.parse().expect("method"),
+                format!("http://{http}{path}"),
+            )
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.expect("API request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    eventually("the binary to answer /healthz", || async {
+        reqwest::get(format!("http://{http}/healthz"))
+            .await
+            .ok()
+            .filter(|response| response.status().is_success())
+    })
+    .await;
+
+    let (status, _) = api(
+        "POST",
+        "/v1/inboxes",
+        API_KEY,
+        Some(json!({"id": "quiet", "addresses": ["quiet@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, first) = api(
+        "PUT",
+        "/v1/inboxes/quiet/webhook",
+        API_KEY,
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    let (_, rotated) = api(
+        "PUT",
+        "/v1/inboxes/quiet/webhook",
+        API_KEY,
+        Some(json!({"url": receiver.url(), "rotate_secret": true})),
+    )
+    .await;
+    let (_, standard) = api(
+        "PUT",
+        "/v1/inboxes/quiet/webhook",
+        API_KEY,
+        Some(json!({"url": receiver.url(), "signature": "standard"})),
+    )
+    .await;
+    let (_, key) = api("POST", "/v1/inboxes/quiet/keys", API_KEY, None).await;
+    let mut secrets: Vec<String> = [&first, &rotated, &standard]
+        .iter()
+        .map(|body| body["signing_secret"].as_str().expect("secret").to_owned())
+        .collect();
+    let key = key["key"].as_str().expect("key").to_owned();
+    secrets.extend([key.clone(), API_KEY.to_owned(), SECRET.to_owned()]);
+
+    // Use them: a delivery signed with the secrets, calls with the keys, refused keys.
+    let (status, _) = api("POST", "/v1/inboxes/quiet/test-event", &key, None).await;
+    assert_eq!(status, 202);
+    receiver.recv().await;
+    let (status, _) = api("GET", "/v1/inboxes/quiet", &key, None).await;
+    assert_eq!(status, 200);
+    let wrong = format!("{key}0");
+    let (status, _) = api("GET", "/v1/inboxes/quiet", &wrong, None).await;
+    assert_eq!(status, 401);
+    let mut smtp_client = SmtpClient::connect(smtp).await;
+    let message = simple_message("a@sender.example", "agent@example.com", "hi", "body");
+    let (code, _) = smtp_client
+        .send_message("a@sender.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250);
+    receiver.recv().await;
+
+    child.start_kill().expect("stop mxhook");
+    let _ = child.wait().await;
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        log.contains("mxhook started") && log.contains("DEBUG"),
+        "the log was not captured at debug level:\n{log}"
+    );
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log holds a secret or key ({}…)",
+            secret.get(..6).unwrap_or_default()
+        );
+    }
 }
