@@ -10,6 +10,7 @@ mod fixtures;
 mod forward;
 mod hostile_smtp;
 mod ingress;
+mod migrations;
 mod payload;
 mod process;
 mod readme_tour;
