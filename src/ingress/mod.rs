@@ -23,7 +23,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorBody};
 use crate::config::{Config, IngressConfig};
 use crate::db::Db;
 use crate::directory::Directory;
@@ -142,11 +142,7 @@ impl IntoResponse for Refusal {
                 )
             }
         };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        (status, Json(ErrorBody::new(code, message))).into_response()
     }
 }
 
@@ -472,10 +468,10 @@ fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
     request_body(content = serde_json::Value, description = "MailerSend `inbound.message` payload"),
     responses(
         (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
-        (status = 400, description = "Not a MailerSend payload", body = serde_json::Value),
-        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
-        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 400, description = "Not a MailerSend payload", body = ErrorBody),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = ErrorBody),
+        (status = 422, description = "The inbox's sender policy rejects it", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn mailersend(
@@ -505,10 +501,10 @@ async fn mailersend(
     request_body(content = String, content_type = "multipart/form-data", description = "`email` (raw MIME) and `envelope` fields"),
     responses(
         (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
-        (status = 400, description = "Not an Inbound Parse form", body = serde_json::Value),
-        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
-        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 400, description = "Not an Inbound Parse form", body = ErrorBody),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = ErrorBody),
+        (status = 422, description = "The inbox's sender policy rejects it", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn sendgrid(
@@ -587,9 +583,9 @@ async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::Inb
     request_body(content = serde_json::Value, description = "Cal.com webhook payload"),
     responses(
         (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
-        (status = 400, description = "Not a Cal.com payload", body = serde_json::Value),
-        (status = 401, description = "Unverified or unmapped event type (counted)", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 400, description = "Not a Cal.com payload", body = ErrorBody),
+        (status = 401, description = "Unverified or unmapped event type (counted)", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn calcom(
@@ -618,9 +614,9 @@ async fn calcom(
     request_body(content = serde_json::Value, description = "Calendly webhook payload"),
     responses(
         (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
-        (status = 400, description = "Not a Calendly payload", body = serde_json::Value),
-        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 400, description = "Not a Calendly payload", body = ErrorBody),
+        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn calendly(
@@ -686,8 +682,8 @@ fn known_provider(name: &str) -> Result<Provider, ApiError> {
     params(("id" = String, Path, description = "Inbox id")),
     responses(
         (status = 200, description = "{inbox_id, providers: {<provider>: {configured}}}", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn list_secrets(
@@ -723,9 +719,9 @@ async fn list_secrets(
     request_body = SecretBody,
     responses(
         (status = 200, description = "{inbox_id, provider, configured: true}", body = serde_json::Value),
-        (status = 400, description = "Unknown provider or empty secret", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 400, description = "Unknown provider or empty secret", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn set_secret(
@@ -767,9 +763,9 @@ async fn set_secret(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "Unknown provider", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox or no secret", body = serde_json::Value),
+        (status = 400, description = "Unknown provider", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox or no secret", body = ErrorBody),
     ),
 )]
 async fn delete_secret(
@@ -820,8 +816,8 @@ async fn event_types_reply(state: &IngressState, id: &str) -> Result<Json<Value>
     params(("id" = String, Path, description = "Inbox id")),
     responses(
         (status = 200, description = "{inbox_id, event_types: [{event_type, source}]}", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn get_event_types(
@@ -844,10 +840,10 @@ async fn get_event_types(
     request_body = EventTypesBody,
     responses(
         (status = 200, description = "{inbox_id, event_types: [{event_type, source}]}", body = serde_json::Value),
-        (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
-        (status = 409, description = "An event type belongs to another inbox", body = serde_json::Value),
+        (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
+        (status = 409, description = "An event type belongs to another inbox", body = ErrorBody),
     ),
 )]
 async fn put_event_types(
@@ -897,8 +893,8 @@ async fn put_event_types(
     params(("id" = String, Path, description = "Inbox id")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn delete_event_types(
