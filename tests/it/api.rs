@@ -1811,6 +1811,18 @@ async fn openapi_document_is_valid_and_lists_every_route() {
             "/v1/inboxes/{id}/test-event",
             API_KEY,
         ),
+        (
+            "GET",
+            "/v1/inboxes/agent/ingress".to_owned(),
+            "/v1/inboxes/{id}/ingress",
+            API_KEY,
+        ),
+        (
+            "GET",
+            "/v1/inboxes/agent/ingress/event-types".to_owned(),
+            "/v1/inboxes/{id}/ingress/event-types",
+            API_KEY,
+        ),
         // Errors: one shape, documented on every 4xx.
         (
             "GET",
