@@ -288,14 +288,19 @@ pub enum JobUpdate {
     Dead,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// One delivery as the API shows it (`GET /v1/deliveries`, `GET /v1/deliveries/{id}`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: String,
     pub message_id: String,
     pub inbox_id: String,
+    /// The event's id: the same on every attempt and resend (the idempotency key).
     pub event_id: String,
+    /// webhook or email.
     pub channel: String,
+    /// Where it goes: the webhook URL or the forward recipients.
     pub target: String,
+    /// pending, delivered or dead.
     pub status: String,
     pub attempts: i64,
     pub next_attempt_at: Option<String>,
@@ -305,12 +310,16 @@ pub struct DeliveryView {
     pub delivered_at: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// One delivery attempt as the API shows it (`GET /v1/deliveries/{id}/attempts`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i64,
     pub started_at: String,
     pub latency_ms: i64,
+    /// The endpoint's HTTP status; null when no response came (or for an email forward).
     pub status_code: Option<i64>,
+    /// What the attempt came to: delivered, http_error, error or not_sent for a webhook;
+    /// forwarded or error for an email forward.
     pub outcome: String,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,

@@ -5,22 +5,33 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
-/// The body of every error response (documented in the OpenAPI document).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // only its schema is used; responses are built with `json!`
+/// The body of every error response. Responses serialize this type, so the OpenAPI document
+/// describes the very bytes sent.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     error: ErrorDetail,
 }
 
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine code: unauthorized, forbidden, not_found, bad_request, conflict,
-    /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal.
+    /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal;
+    /// provider ingress also answers rejected (422) and unavailable (503, retry).
     code: String,
+    /// For people; no internal detail.
     message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +105,7 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(error = %detail, "API request failed");
         }
-        let body = Json(json!({ "error": { "code": code, "message": self.to_string() } }));
+        let body = Json(ErrorBody::new(code, self.to_string()));
         let mut response = (status, body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -15,7 +15,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Digest as _;
 
 use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
@@ -978,17 +978,19 @@ pub(crate) async fn get_notifications(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Rule>>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let stored = state
         .db
         .get_notifications(&id)
         .await?
         .ok_or(ApiError::NotFound("inbox"))?;
-    let rules: Value = match stored {
+    // Read back as the documented type: stored rules were written from it (and the
+    // dispatcher's auto-disable sets only fields it has), so what is sent is what is documented.
+    let rules: Vec<Rule> = match stored {
         Some(text) => serde_json::from_str(&text)
             .map_err(|err| ApiError::Internal(format!("stored rules of {id}: {err}")))?,
-        None => json!([]),
+        None => Vec::new(),
     };
     Ok(Json(rules))
 }
@@ -1015,7 +1017,7 @@ pub(crate) async fn put_notifications(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<NotificationsBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Rule>>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let Json(body) = body?;
     let mut rules = match body {
@@ -1030,7 +1032,7 @@ pub(crate) async fn put_notifications(
     }
     // The rules route the next message at once.
     state.refresh_directory().await?;
-    Ok(Json(json!(rules)))
+    Ok(Json(rules))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -1292,7 +1294,7 @@ struct InboxDeliveriesQuery {
     summary = "Deliveries of an inbox, by status",
     params(("id" = String, Path, description = "Inbox id"), InboxDeliveriesQuery),
     responses(
-        (status = 200, description = "{deliveries: [...]}", body = serde_json::Value),
+        (status = 200, description = "The deliveries", body = super::DeliveryList),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -1303,7 +1305,7 @@ async fn list_deliveries(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<InboxDeliveriesQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::DeliveryList>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let Query(query) = query?;
     super::list_deliveries_of(
@@ -1324,7 +1326,7 @@ async fn list_deliveries(
     summary = "Queue every dead delivery of an inbox again",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 202, description = "{requeued}", body = serde_json::Value),
+        (status = 202, description = "How many were queued", body = Requeued),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -1333,11 +1335,25 @@ pub(crate) async fn resend_dead(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Requeued>), ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let requeued = state.db.resend_dead(&id).await?;
     state.dispatcher_wakeup.notify_waiters();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
+}
+
+/// The answer to a bulk resend of the dead-letter queue.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Requeued {
+    /// Dead deliveries queued again.
+    requeued: u64,
+}
+
+/// The answer to a test event.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct TestEventSent {
+    /// The stored test message (`GET /v1/messages/{id}`); its deliveries run as for real mail.
+    message_id: Option<String>,
 }
 
 /// Sends a synthetic message through intake, so the test event is stored, signed, retried and
@@ -1349,7 +1365,7 @@ pub(crate) async fn resend_dead(
     summary = "Send a test mail.received event through the delivery path",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 202, description = "{message_id}", body = serde_json::Value),
+        (status = 202, description = "Accepted and queued", body = TestEventSent),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 409, description = "No enabled webhook", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -1359,7 +1375,7 @@ pub(crate) async fn send_test_event(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TestEventSent>), ApiError> {
     let inbox = visible_inbox(&state, &caller, &id).await?;
     if inbox.status != "enabled"
         || !inbox
@@ -1398,7 +1414,9 @@ pub(crate) async fn send_test_event(
     match state.intake.accept(&envelope, raw.as_bytes()).await {
         Outcome::Accepted { message_ids } => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "message_id": message_ids.first() })),
+            Json(TestEventSent {
+                message_id: message_ids.into_iter().next(),
+            }),
         )),
         Outcome::TempFail { reason } => Err(ApiError::Internal(format!(
             "test event not accepted: {reason}"

@@ -22,15 +22,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
-pub use error::ApiError;
-use error::ErrorBody;
+pub use error::{ApiError, ErrorBody};
 
 use crate::config::DeliveryConfig;
-use crate::db::Db;
+use crate::db::{AttemptView, Db, DeliveryView};
 use crate::directory::Directory;
 use crate::intake::Intake;
 use crate::model::DeliveryStatus;
@@ -111,7 +110,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .method_not_allowed_fallback(|| async {
             (
                 StatusCode::METHOD_NOT_ALLOWED,
-                Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed"}})),
+                Json(ErrorBody::new("method_not_allowed", "method not allowed")),
             )
         })
         .with_state(Arc::clone(&state))
@@ -181,6 +180,25 @@ fn is_admin_key(admin_keys: &[String], presented: &str) -> bool {
     })
 }
 
+/// The body of `/healthz` and `/readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// ok, or unavailable (with status 503) when the database does not answer.
+    status: String,
+}
+
+impl Health {
+    fn answer(status: StatusCode, word: &str) -> Response {
+        (
+            status,
+            Json(Self {
+                status: word.to_owned(),
+            }),
+        )
+            .into_response()
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -188,20 +206,16 @@ fn is_admin_key(admin_keys: &[String], presented: &str) -> bool {
     security(()),
     summary = "Liveness and database reachability",
     responses(
-        (status = 200, description = "Up", body = serde_json::Value),
-        (status = 503, description = "Database unreachable", body = serde_json::Value),
+        (status = 200, description = "Up", body = Health),
+        (status = 503, description = "Database unreachable", body = Health),
     ),
 )]
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     match state.db.ping().await {
-        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Ok(()) => Health::answer(StatusCode::OK, "ok"),
         Err(err) => {
             tracing::warn!(error = %err, "health check: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable"})),
-            )
-                .into_response()
+            Health::answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         }
     }
 }
@@ -213,8 +227,8 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     security(()),
     summary = "Readiness: the database answers",
     responses(
-        (status = 200, description = "Ready", body = serde_json::Value),
-        (status = 503, description = "Database unreachable", body = serde_json::Value),
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Database unreachable", body = Health),
     ),
 )]
 async fn readyz(state: State<Arc<ApiState>>) -> Response {
@@ -228,7 +242,7 @@ async fn readyz(state: State<Arc<ApiState>>) -> Response {
     summary = "The stored mail.received event",
     params(("id" = String, Path, description = "Message id")),
     responses(
-        (status = 200, description = "The event", body = serde_json::Value),
+        (status = 200, description = "The stored event, as delivered with `payload = \"mxhook\"`", body = StoredEvent),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -310,7 +324,7 @@ struct DeliveryQuery {
     summary = "Deliveries, newest first",
     params(DeliveryQuery),
     responses(
-        (status = 200, description = "{deliveries: [...]}", body = serde_json::Value),
+        (status = 200, description = "The deliveries", body = DeliveryList),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -320,7 +334,7 @@ async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<DeliveryQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryList>, ApiError> {
     let Query(mut query) = query?;
     if let Caller::Inbox(own) = &caller {
         if query.inbox_id.as_ref().is_some_and(|asked| asked != own) {
@@ -334,7 +348,7 @@ async fn list_deliveries(
 async fn list_deliveries_of(
     state: &ApiState,
     query: DeliveryQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryList>, ApiError> {
     let status = query
         .status
         .as_deref()
@@ -356,7 +370,7 @@ async fn list_deliveries_of(
         .db
         .list_deliveries(status, query.inbox_id.as_deref(), limit)
         .await?;
-    Ok(Json(json!({ "deliveries": deliveries })))
+    Ok(Json(DeliveryList { deliveries }))
 }
 
 #[utoipa::path(
@@ -366,7 +380,7 @@ async fn list_deliveries_of(
     summary = "One delivery with its attempt_log",
     params(("id" = String, Path, description = "Delivery id")),
     responses(
-        (status = 200, description = "The delivery", body = serde_json::Value),
+        (status = 200, description = "The delivery", body = DeliveryWithAttempts),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -375,13 +389,13 @@ async fn get_delivery(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryWithAttempts>, ApiError> {
     let delivery = visible_delivery(&state, &caller, &id).await?;
-    let attempts = state.db.list_attempts(&id).await?;
-    let mut body =
-        serde_json::to_value(delivery).map_err(|err| ApiError::Internal(err.to_string()))?;
-    body["attempt_log"] = json!(attempts);
-    Ok(Json(body))
+    let attempt_log = state.db.list_attempts(&id).await?;
+    Ok(Json(DeliveryWithAttempts {
+        delivery,
+        attempt_log,
+    }))
 }
 
 #[utoipa::path(
@@ -391,7 +405,7 @@ async fn get_delivery(
     summary = "Every attempt of one delivery",
     params(("id" = String, Path, description = "Delivery id")),
     responses(
-        (status = 200, description = "{attempts: [...]}", body = serde_json::Value),
+        (status = 200, description = "The attempts, oldest first", body = AttemptList),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -400,10 +414,10 @@ async fn list_attempts(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AttemptList>, ApiError> {
     visible_delivery(&state, &caller, &id).await?;
     let attempts = state.db.list_attempts(&id).await?;
-    Ok(Json(json!({ "attempts": attempts })))
+    Ok(Json(AttemptList { attempts }))
 }
 
 #[utoipa::path(
@@ -413,7 +427,7 @@ async fn list_attempts(
     summary = "Queue a delivery again now, same event_id",
     params(("id" = String, Path, description = "Delivery id")),
     responses(
-        (status = 202, description = "Queued", body = serde_json::Value),
+        (status = 202, description = "Queued", body = Resent),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -422,7 +436,7 @@ pub(crate) async fn resend_delivery(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Resent>), ApiError> {
     visible_delivery(&state, &caller, &id).await?;
     if !state.db.resend(&id).await? {
         return Err(ApiError::NotFound("delivery"));
@@ -430,8 +444,99 @@ pub(crate) async fn resend_delivery(
     state.dispatcher_wakeup.notify_waiters();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "status": "pending" })),
+        Json(Resent {
+            id,
+            status: "pending".to_owned(),
+        }),
     ))
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct DeliveryList {
+    deliveries: Vec<DeliveryView>,
+}
+
+/// One delivery with every attempt made so far.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct DeliveryWithAttempts {
+    #[serde(flatten)]
+    delivery: DeliveryView,
+    /// The attempts, oldest first (as `GET /v1/deliveries/{id}/attempts`).
+    attempt_log: Vec<AttemptView>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct AttemptList {
+    attempts: Vec<AttemptView>,
+}
+
+/// A delivery queued again.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Resent {
+    id: String,
+    /// Always pending: the dispatcher picks it up at once.
+    status: String,
+}
+
+/// A stored event, as `GET /v1/messages/{id}` returns it.
+///
+/// For mail this is the `mail.received` event of SPEC.md "The `mail.received` event"; an
+/// event from calendar provider ingress has `type` `booking.*` with `provider`, `booking` and
+/// `payload` instead of the mail fields. The event is served as stored (it is the very payload
+/// delivered), so this type only documents it: `email` and `auth` are free-form here, and the
+/// API test checks that every top-level field a real event carries is listed.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only; the handler returns the stored JSON as is
+struct StoredEvent {
+    /// mail.received, or booking.* for a calendar event.
+    r#type: String,
+    /// Stable across retries and resends: the idempotency key.
+    event_id: String,
+    /// The inbox id.
+    agent_id: String,
+    /// The gateway's id of this message.
+    message_id: String,
+    timestamp: String,
+    s3_bucket: String,
+    s3_key: String,
+    /// The From address.
+    sender: Option<String>,
+    envelope_from: Option<String>,
+    envelope_to: Option<Vec<String>>,
+    subject: Option<String>,
+    thread_id: Option<String>,
+    extracted_text: Option<String>,
+    /// DMARC pass: aligned SPF or DKIM for the From domain.
+    sender_verified: Option<bool>,
+    /// trusted, verified, unverified or suspicious.
+    peer_trust_tier: Option<String>,
+    traffic_types: Option<Vec<String>>,
+    rate_limited: Option<bool>,
+    is_duplicate: Option<bool>,
+    quarantined: Option<bool>,
+    /// Which sender-policy rules the message broke.
+    policy_violations: Option<Vec<String>>,
+    /// Size of the raw message in bytes.
+    size: Option<u64>,
+    remote_ip: Option<String>,
+    helo: Option<String>,
+    /// Structured verdicts: checked, spf, dkim[], dmarc, arc.
+    #[schema(value_type = Option<Object>)]
+    auth: Option<serde_json::Value>,
+    warnings: Option<Vec<String>>,
+    /// Set when bodies were left out past the payload cap; names them and the raw URL.
+    omitted_reason: Option<String>,
+    /// The full content: the BotMailRoom fields of SPEC.md.
+    #[schema(value_type = Option<Object>)]
+    email: Option<serde_json::Value>,
+    /// Calendar events: cal.com or calendly.
+    provider: Option<String>,
+    /// Calendar events: the booking, normalised.
+    #[schema(value_type = Option<Object>)]
+    booking: Option<serde_json::Value>,
+    /// Calendar events: the provider's payload as received.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<serde_json::Value>,
 }
 
 /// A delivery the caller may see; another inbox's delivery does not exist for it.

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{inboxes, metrics};
@@ -72,6 +73,7 @@ impl Modify for BearerAuth {
 )]
 pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
     let mut document = ApiDoc::openapi().merge_from(crate::ingress::IngressApi::openapi());
+    document_internal_errors(&mut document);
     // MailerSend users keep the route path they already configured; it is the same handler,
     // documented under its own operation id (ids must be unique in a document).
     if let Some(mut alias) = document
@@ -89,4 +91,40 @@ pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
             .insert("/api/v1/webhooks/mailersend/inbound".to_owned(), alias);
     }
     Json(document)
+}
+
+/// Paths that never answer 500: they touch nothing that can fail that way (health answers 503).
+const NO_INTERNAL_ERROR: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
+
+/// Adds the 500 answer (the error body, no internal detail) to every other operation: any
+/// storage or database failure there ends in it, and listing it by hand on each handler would
+/// be forgotten on the next one.
+fn document_internal_errors(document: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in &mut document.paths.paths {
+        if NO_INTERNAL_ERROR.contains(&path.as_str()) {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("500".to_owned())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description("Internal error; details are only logged")
+                        .content(
+                            "application/json",
+                            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                        )
+                        .into()
+                });
+        }
+    }
 }

@@ -23,7 +23,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorBody};
 use crate::config::{Config, IngressConfig};
 use crate::db::Db;
 use crate::directory::Directory;
@@ -142,11 +142,7 @@ impl IntoResponse for Refusal {
                 )
             }
         };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        (status, Json(ErrorBody::new(code, message))).into_response()
     }
 }
 
@@ -329,7 +325,7 @@ impl IngressState {
         let booking = match request {
             // Authentic, but not an event mxhook delivers: acknowledged, nothing stored.
             CalendarRequest::Ignored { .. } => {
-                return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
+                return Ok(IngressAck::status("ignored"));
             }
             CalendarRequest::Booking(booking) => booking,
         };
@@ -388,11 +384,11 @@ impl IngressState {
                         .await?;
                 }
                 self.prune_replay_keys().await;
-                Ok((
-                    StatusCode::OK,
-                    Json(json!({"status": "accepted", "message_ids": message_ids})),
-                )
-                    .into_response())
+                Ok(Json(IngressAck {
+                    status: "accepted".to_owned(),
+                    message_ids: Some(message_ids),
+                })
+                .into_response())
             }
             Outcome::TempFail { .. } => Err(Refusal::Unavailable),
             Outcome::Reject { reason } => Err(Refusal::Rejected(reason)),
@@ -449,11 +445,69 @@ fn expired(provider: Provider) -> Response {
         provider = provider.as_str(),
         "ingress event older than ingress.replay_retention_s not processed"
     );
-    (StatusCode::OK, Json(json!({"status": "expired"}))).into_response()
+    IngressAck::status("expired")
 }
 
 fn duplicate() -> Response {
-    (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
+    IngressAck::status("duplicate")
+}
+
+/// The 200 answer to a provider webhook: the provider stops retrying on it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct IngressAck {
+    /// accepted; duplicate (that event was processed already); ignored (authentic, but not an
+    /// event mxhook delivers); expired (older than the replay keys kept, not processed).
+    status: String,
+    /// The stored messages, one per recipient inbox; only when accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_ids: Option<Vec<String>>,
+}
+
+impl IngressAck {
+    fn status(status: &str) -> Response {
+        Json(Self {
+            status: status.to_owned(),
+            message_ids: None,
+        })
+        .into_response()
+    }
+}
+
+/// Which providers an inbox has a secret for; never the secret.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct IngressSecrets {
+    inbox_id: String,
+    /// Keyed by provider: mailersend, sendgrid, calcom, calendly.
+    providers: std::collections::BTreeMap<String, SecretState>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SecretState {
+    configured: bool,
+}
+
+/// The answer to setting a provider secret; the secret is write-only.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SecretSet {
+    inbox_id: String,
+    provider: String,
+    /// Always true.
+    configured: bool,
+}
+
+/// The calendar event types whose bookings an inbox receives.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventTypes {
+    inbox_id: String,
+    event_types: Vec<EventType>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventType {
+    /// `calcom:<id>` or `calendly:<event type URI>`.
+    event_type: String,
+    /// config (from the config file, kept on every start) or api.
+    source: String,
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
@@ -471,11 +525,11 @@ fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
     params(("Signature" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's mailersend secret")),
     request_body(content = serde_json::Value, description = "MailerSend `inbound.message` payload"),
     responses(
-        (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
-        (status = 400, description = "Not a MailerSend payload", body = serde_json::Value),
-        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
-        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
+        (status = 400, description = "Not a MailerSend payload", body = ErrorBody),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = ErrorBody),
+        (status = 422, description = "The inbox's sender policy rejects it", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn mailersend(
@@ -504,11 +558,11 @@ async fn mailersend(
     ),
     request_body(content = String, content_type = "multipart/form-data", description = "`email` (raw MIME) and `envelope` fields"),
     responses(
-        (status = 200, description = "{status: accepted|duplicate, message_ids}", body = serde_json::Value),
-        (status = 400, description = "Not an Inbound Parse form", body = serde_json::Value),
-        (status = 401, description = "Not verified for any recipient inbox (counted)", body = serde_json::Value),
-        (status = 422, description = "The inbox's sender policy rejects it", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
+        (status = 400, description = "Not an Inbound Parse form", body = ErrorBody),
+        (status = 401, description = "Not verified for any recipient inbox (counted)", body = ErrorBody),
+        (status = 422, description = "The inbox's sender policy rejects it", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn sendgrid(
@@ -586,10 +640,10 @@ async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::Inb
     params(("X-Cal-Signature-256" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's calcom secret")),
     request_body(content = serde_json::Value, description = "Cal.com webhook payload"),
     responses(
-        (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
-        (status = 400, description = "Not a Cal.com payload", body = serde_json::Value),
-        (status = 401, description = "Unverified or unmapped event type (counted)", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
+        (status = 400, description = "Not a Cal.com payload", body = ErrorBody),
+        (status = 401, description = "Unverified or unmapped event type (counted)", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn calcom(
@@ -617,10 +671,10 @@ async fn calcom(
     params(("Calendly-Webhook-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">")),
     request_body(content = serde_json::Value, description = "Calendly webhook payload"),
     responses(
-        (status = 200, description = "{status: accepted|duplicate|ignored}", body = serde_json::Value),
-        (status = 400, description = "Not a Calendly payload", body = serde_json::Value),
-        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = serde_json::Value),
-        (status = 503, description = "Temporarily unavailable; retry", body = serde_json::Value),
+        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
+        (status = 400, description = "Not a Calendly payload", body = ErrorBody),
+        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
     ),
 )]
 async fn calendly(
@@ -685,30 +739,35 @@ fn known_provider(name: &str) -> Result<Provider, ApiError> {
     summary = "Which providers have a secret (admin; never the secret)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "{inbox_id, providers: {<provider>: {configured}}}", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 200, description = "Which providers have a secret", body = IngressSecrets),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn list_secrets(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IngressSecrets>, ApiError> {
     authorize(&state, &headers)?;
     known_inbox(&state, &id)?;
     let configured = state.db.ingress_providers(&id).await?;
-    let flags: serde_json::Map<String, Value> = Provider::ALL
+    let providers = Provider::ALL
         .iter()
         .map(|provider| {
             let name = provider.as_str();
             (
                 name.to_owned(),
-                json!({"configured": configured.iter().any(|c| c == name)}),
+                SecretState {
+                    configured: configured.iter().any(|c| c == name),
+                },
             )
         })
         .collect();
-    Ok(Json(json!({"inbox_id": id, "providers": flags})))
+    Ok(Json(IngressSecrets {
+        inbox_id: id,
+        providers,
+    }))
 }
 
 #[utoipa::path(
@@ -722,10 +781,10 @@ async fn list_secrets(
     ),
     request_body = SecretBody,
     responses(
-        (status = 200, description = "{inbox_id, provider, configured: true}", body = serde_json::Value),
-        (status = 400, description = "Unknown provider or empty secret", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 200, description = "Set", body = SecretSet),
+        (status = 400, description = "Unknown provider or empty secret", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn set_secret(
@@ -733,7 +792,7 @@ async fn set_secret(
     headers: HeaderMap,
     Path((id, provider)): Path<(String, String)>,
     body: Result<Json<SecretBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretSet>, ApiError> {
     authorize(&state, &headers)?;
     known_inbox(&state, &id)?;
     let provider = known_provider(&provider)?;
@@ -751,9 +810,11 @@ async fn set_secret(
             now_ms() + grace_ms,
         )
         .await?;
-    Ok(Json(
-        json!({"inbox_id": id, "provider": provider.as_str(), "configured": true}),
-    ))
+    Ok(Json(SecretSet {
+        inbox_id: id,
+        provider: provider.as_str().to_owned(),
+        configured: true,
+    }))
 }
 
 #[utoipa::path(
@@ -767,9 +828,9 @@ async fn set_secret(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "Unknown provider", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox or no secret", body = serde_json::Value),
+        (status = 400, description = "Unknown provider", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox or no secret", body = ErrorBody),
     ),
 )]
 async fn delete_secret(
@@ -802,13 +863,19 @@ pub struct EventTypesBody {
     event_types: Vec<String>,
 }
 
-async fn event_types_reply(state: &IngressState, id: &str) -> Result<Json<Value>, ApiError> {
+async fn event_types_reply(state: &IngressState, id: &str) -> Result<Json<EventTypes>, ApiError> {
     let rows = state.db.ingress_event_types(id).await?;
-    let event_types: Vec<Value> = rows
+    let event_types = rows
         .into_iter()
-        .map(|row| json!({"event_type": row.event_type, "source": row.source}))
+        .map(|row| EventType {
+            event_type: row.event_type,
+            source: row.source,
+        })
         .collect();
-    Ok(Json(json!({"inbox_id": id, "event_types": event_types})))
+    Ok(Json(EventTypes {
+        inbox_id: id.to_owned(),
+        event_types,
+    }))
 }
 
 /// The calendar event types whose bookings this inbox receives.
@@ -819,16 +886,16 @@ async fn event_types_reply(state: &IngressState, id: &str) -> Result<Json<Value>
     summary = "Calendar event types the inbox receives (admin)",
     params(("id" = String, Path, description = "Inbox id")),
     responses(
-        (status = 200, description = "{inbox_id, event_types: [{event_type, source}]}", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 200, description = "The event types", body = EventTypes),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn get_event_types(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventTypes>, ApiError> {
     authorize(&state, &headers)?;
     known_inbox(&state, &id)?;
     event_types_reply(&state, &id).await
@@ -843,11 +910,11 @@ async fn get_event_types(
     params(("id" = String, Path, description = "Inbox id")),
     request_body = EventTypesBody,
     responses(
-        (status = 200, description = "{inbox_id, event_types: [{event_type, source}]}", body = serde_json::Value),
-        (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
-        (status = 409, description = "An event type belongs to another inbox", body = serde_json::Value),
+        (status = 200, description = "The event types", body = EventTypes),
+        (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
+        (status = 409, description = "An event type belongs to another inbox", body = ErrorBody),
     ),
 )]
 async fn put_event_types(
@@ -855,7 +922,7 @@ async fn put_event_types(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<EventTypesBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventTypes>, ApiError> {
     authorize(&state, &headers)?;
     known_inbox(&state, &id)?;
     let Json(body) = body.map_err(|err| ApiError::BadRequest(err.body_text()))?;
@@ -897,8 +964,8 @@ async fn put_event_types(
     params(("id" = String, Path, description = "Inbox id")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Missing or invalid admin key", body = serde_json::Value),
-        (status = 404, description = "No such inbox", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
 async fn delete_event_types(

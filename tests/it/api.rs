@@ -1622,7 +1622,8 @@ fn api_routes() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn openapi_document_is_valid_and_lists_every_route() {
-    let gateway = TestGateway::start(no_webhook()).await;
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
     let (status, document) = call(&gateway, "GET", "/openapi.json", "", None).await;
     assert_eq!(status, 200);
     assert!(
@@ -1704,6 +1705,161 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         }
     }
 
+    // Every failure is documented with the one error body (health answers 503 with its own).
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert!(
+                        schema == "#/components/schemas/ErrorBody"
+                            || (["/healthz", "/readyz"].contains(&path.as_str())
+                                && status == "503"),
+                        "{method} {path} {status}: not the error body: {response}"
+                    );
+                }
+            }
+            let internal = &operation["responses"]["500"];
+            assert_eq!(
+                internal.is_object(),
+                !["/healthz", "/readyz", "/openapi.json"].contains(&path.as_str()),
+                "{method} {path}: 500 documented where it can happen"
+            );
+        }
+    }
+
+    // The documented schemas describe the real bytes: every field a real response carries is a
+    // property of its documented schema (nested objects and list items too), so a field added
+    // to a response but not to its type fails here.
+    send(
+        &gateway,
+        "agent@example.com",
+        "documented",
+        "a@sender.example",
+    )
+    .await;
+    receiver.recv().await;
+    let delivery = eventually("the delivery to be recorded as delivered", || async {
+        let (_, list) = admin(&gateway, "GET", "/v1/inboxes/agent/deliveries", None).await;
+        let first = list["deliveries"][0].clone();
+        (first["status"] == "delivered").then_some(first)
+    })
+    .await;
+    let delivery_id = delivery["id"].as_str().expect("delivery id").to_owned();
+    let message_id = delivery["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
+    let (status, rules) = admin(
+        &gateway,
+        "PUT",
+        "/v1/inboxes/agent/notifications",
+        Some(
+            json!([{"name": "verified only", "filters": {"sender_verified": true},
+                     "channels": {"email": {"enabled": true, "recipients": ["ops@example.org"]}}}]),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{rules}");
+    let checked = [
+        ("GET", "/healthz".to_owned(), "/healthz", API_KEY),
+        (
+            "GET",
+            "/v1/deliveries".to_owned(),
+            "/v1/deliveries",
+            API_KEY,
+        ),
+        (
+            "GET",
+            format!("/v1/deliveries/{delivery_id}"),
+            "/v1/deliveries/{id}",
+            API_KEY,
+        ),
+        (
+            "GET",
+            format!("/v1/deliveries/{delivery_id}/attempts"),
+            "/v1/deliveries/{id}/attempts",
+            API_KEY,
+        ),
+        (
+            "GET",
+            format!("/v1/messages/{message_id}"),
+            "/v1/messages/{id}",
+            API_KEY,
+        ),
+        (
+            "GET",
+            "/v1/inboxes/agent/notifications".to_owned(),
+            "/v1/inboxes/{id}/notifications",
+            API_KEY,
+        ),
+        (
+            "POST",
+            format!("/v1/deliveries/{delivery_id}/resend"),
+            "/v1/deliveries/{id}/resend",
+            API_KEY,
+        ),
+        (
+            "POST",
+            "/v1/inboxes/agent/deliveries/resend-dead".to_owned(),
+            "/v1/inboxes/{id}/deliveries/resend-dead",
+            API_KEY,
+        ),
+        (
+            "POST",
+            "/v1/inboxes/agent/test-event".to_owned(),
+            "/v1/inboxes/{id}/test-event",
+            API_KEY,
+        ),
+        (
+            "GET",
+            "/v1/inboxes/agent/ingress".to_owned(),
+            "/v1/inboxes/{id}/ingress",
+            API_KEY,
+        ),
+        (
+            "GET",
+            "/v1/inboxes/agent/ingress/event-types".to_owned(),
+            "/v1/inboxes/{id}/ingress/event-types",
+            API_KEY,
+        ),
+        // Errors: one shape, documented on every 4xx.
+        (
+            "GET",
+            "/v1/deliveries/dlv_missing".to_owned(),
+            "/v1/deliveries/{id}",
+            API_KEY,
+        ),
+        (
+            "GET",
+            "/v1/deliveries?status=lost".to_owned(),
+            "/v1/deliveries",
+            API_KEY,
+        ),
+        ("GET", "/v1/inboxes".to_owned(), "/v1/inboxes", "wrong-key"),
+    ];
+    for (method, url, template, key) in checked {
+        let (status, body) = call(&gateway, method, &url, key, None).await;
+        let what = format!("{method} {url} ({status})");
+        let schema = &document["paths"][template][method.to_lowercase()]["responses"]
+            [status.to_string()]["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{what}: this status is not documented");
+        let top = resolve_schema(&document, schema);
+        assert!(
+            !schema_properties(&document, &top).is_empty() || top["items"].is_object(),
+            "{what}: documented as a free-form value: {top}"
+        );
+        if status >= 400 {
+            assert!(
+                top["properties"]["error"].is_object(),
+                "{what}: not the error schema: {top}"
+            );
+        }
+        assert_documented(&document, schema, &body, &what);
+    }
+    // The notification list was not empty, so its items were checked.
+    assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
+
     // An independent validator, against the OpenAPI 3.1 meta-schema.
     let file = gateway.dir.path().join("openapi.json");
     std::fs::write(&file, document.to_string()).expect("write document");
@@ -1719,6 +1875,73 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A schema with its `$ref` followed (within this document).
+fn resolve_schema(document: &Value, schema: &Value) -> Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let pointer = reference.strip_prefix('#').expect("a local $ref");
+            resolve_schema(
+                document,
+                document
+                    .pointer(pointer)
+                    .unwrap_or_else(|| panic!("dangling {reference}")),
+            )
+        }
+        None => schema.clone(),
+    }
+}
+
+/// The properties a schema declares, its `allOf` parts (serde `flatten`) included.
+fn schema_properties(document: &Value, schema: &Value) -> serde_json::Map<String, Value> {
+    let schema = resolve_schema(document, schema);
+    let mut properties = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        properties.extend(schema_properties(document, part));
+    }
+    properties
+}
+
+/// Fails when `value` has a field its documented `schema` does not declare, at any depth the
+/// schema describes (free-form objects end the walk).
+fn assert_documented(document: &Value, schema: &Value, value: &Value, at: &str) {
+    let schema = resolve_schema(document, schema);
+    // `Option<T>` of a named type is `oneOf: [null, T]`: walk into T.
+    if let Some(variants) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        if !value.is_null() {
+            for variant in variants.iter().filter(|v| v["type"] != "null") {
+                assert_documented(document, variant, value, at);
+            }
+        }
+        return;
+    }
+    match value {
+        Value::Object(fields) => {
+            let properties = schema_properties(document, &schema);
+            if properties.is_empty() {
+                return;
+            }
+            for (name, field) in fields {
+                let property = properties.get(name).unwrap_or_else(|| {
+                    panic!(
+                        "{at}: field `{name}` is not in the documented schema (has {:?})",
+                        properties.keys().collect::<Vec<_>>()
+                    )
+                });
+                assert_documented(document, property, field, &format!("{at}.{name}"));
+            }
+        }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (idx, item) in items.iter().enumerate() {
+                assert_documented(document, &schema["items"], item, &format!("{at}[{idx}]"));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The real binary, logging at debug level to a file, is given secrets and keys to create and
