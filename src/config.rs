@@ -306,6 +306,8 @@ pub struct SenderPolicy {
 /// (`example.com`, which covers its subdomains); `None` when it is neither.
 pub fn normalize_sender_entry(entry: &str) -> Option<String> {
     let entry = entry.trim();
+    // `@example.com` is how many allow lists write a domain; the matcher reads it so too.
+    let entry = entry.strip_prefix('@').unwrap_or(entry);
     if entry.contains('@') {
         return normalize_address(entry);
     }
@@ -939,6 +941,8 @@ impl Config {
             ));
         }
 
+        validate_sender_entries("auth.allow_senders", &self.auth.allow_senders)?;
+
         let mut ids = HashSet::new();
         let mut addresses = HashSet::new();
         let mut calendar_types = HashSet::new();
@@ -980,6 +984,12 @@ impl Config {
             if let Some(header) = &inbox.signature_header {
                 validate_signature_header(header)
                     .map_err(|message| invalid(key("signature_header"), message))?;
+            }
+            for (field, entries) in [
+                ("allow_senders", &inbox.allow_senders),
+                ("block_senders", &inbox.block_senders),
+            ] {
+                validate_sender_entries(&key(field), entries)?;
             }
             for event_type in &inbox.calendar_event_types {
                 let known = ["calcom:", "calendly:"].iter().any(|prefix| {
@@ -1032,6 +1042,20 @@ const MAX_MIN_DATA_RATE: u64 = 1 << 30;
 
 /// A rotated-out secret that signs for more than a month is a rotation that did not happen.
 const MAX_SECRET_ROTATION_GRACE_S: f64 = 30.0 * 86_400.0;
+
+/// Allow and block lists hold addresses or domains; anything else would silently never match.
+fn validate_sender_entries(key: &str, entries: &[String]) -> Result<(), Error> {
+    match entries
+        .iter()
+        .find(|entry| normalize_sender_entry(entry).is_none())
+    {
+        Some(entry) => Err(invalid(
+            key,
+            format!("`{entry}` is neither an address nor a domain"),
+        )),
+        None => Ok(()),
+    }
+}
 
 fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
     if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {

@@ -60,6 +60,22 @@ fn env_overrides_file_values_with_typed_values() {
 #[test]
 fn errors_name_the_key() {
     check_error("[smtp]\nlisten = \"nowhere\"\n", &[], "smtp.listen");
+    // An allow or block entry that is neither an address nor a domain would never match.
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nblock_senders = [\"spam.test\", \"not an address\"]\n",
+        &[],
+        "inbox[0].block_senders",
+    );
+    check_error(
+        "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\nallow_senders = [\"@\"]\n",
+        &[],
+        "inbox[0].allow_senders",
+    );
+    check_error(
+        "[auth]\nallow_senders = [\"boss@\"]\n",
+        &[],
+        "auth.allow_senders",
+    );
     check_error("[smtp]\nlisen = \"127.0.0.1:25\"\n", &[], "lisen");
     check_error(
         "[delivery]\nretry_base_s = -1\n",
@@ -240,4 +256,24 @@ fn replay_retention_is_bounded_by_the_timestamp_window() {
     }
     let config = Config::load(None, Vec::new()).expect("defaults are valid");
     assert!(config.ingress.replay_retention_s >= 86_400.0);
+}
+
+#[test]
+fn sender_entries_are_addresses_domains_or_at_domains() {
+    use crate::config::normalize_sender_entry;
+    assert_eq!(
+        normalize_sender_entry("Boss@Example.COM").as_deref(),
+        Some("boss@example.com")
+    );
+    assert_eq!(
+        normalize_sender_entry("Example.COM").as_deref(),
+        Some("example.com")
+    );
+    assert_eq!(
+        normalize_sender_entry("@example.com").as_deref(),
+        Some("example.com")
+    );
+    for bad in ["", "@", "boss@", "not an address", "a@b@c"] {
+        assert_eq!(normalize_sender_entry(bad), None, "{bad:?} accepted");
+    }
 }

@@ -115,9 +115,6 @@ pub mod replies {
     pub fn shutting_down() -> Reply {
         Reply::new(421, "4.3.2", "Service shutting down, try again later")
     }
-    pub fn too_busy() -> Reply {
-        Reply::new(421, "4.3.2", "Too many connections, try again later")
-    }
     pub fn too_many_from_address() -> Reply {
         Reply::new(
             421,
