@@ -161,7 +161,7 @@ impl Intake {
                     &inbox_ids,
                 )
                 .await;
-            let headers = trust::header_facts(raw);
+            let headers = trust::header_facts(raw, parsed.from_mailboxes);
             let from = parsed.from.as_ref().map(|from| from.address.as_str());
             for (inbox_id, rate_limited) in inbox_ids.iter().zip(rate_limited) {
                 let message = Received {

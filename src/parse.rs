@@ -26,6 +26,10 @@ pub struct Attachment {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedMessage {
     pub from: Option<Mailbox>,
+    /// Mailboxes named across all From headers (`From: a@x, b@x` is one header, two authors),
+    /// counted the way mail-auth collects them for DMARC, groups included. Left at 0 when only
+    /// the plain header fields could be read, so the one-author check fails closed.
+    pub from_mailboxes: usize,
     pub to: Vec<Mailbox>,
     pub cc: Vec<Mailbox>,
     pub bcc: Vec<Mailbox>,
@@ -153,6 +157,7 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
 
     ParsedMessage {
         from,
+        from_mailboxes: from_mailboxes(&message),
         to: message.to().map(mailboxes).unwrap_or_default(),
         cc: message.cc().map(mailboxes).unwrap_or_default(),
         bcc: message.bcc().map(mailboxes).unwrap_or_default(),
@@ -185,6 +190,21 @@ fn join_parts(parts: &[(u32, &str)]) -> String {
         joined.push_str(text);
     }
     joined
+}
+
+fn from_mailboxes(message: &Message<'_>) -> usize {
+    message
+        .headers()
+        .iter()
+        .filter(|header| header.name == mail_parser::HeaderName::From)
+        .map(|header| match &header.value {
+            HeaderValue::Address(address @ (Address::List(_) | Address::Group(_))) => address
+                .iter()
+                .filter(|mailbox| mailbox.address.is_some())
+                .count(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// [`parse`], guarded: should the parser panic on some input, the plain header fields are read

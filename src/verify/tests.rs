@@ -99,9 +99,14 @@ fn tier(verdict: &AuthVerdict, raw: &str, from: &str) -> &'static str {
     flags(verdict, raw, from, false).1
 }
 
+/// The header facts as intake reads them: the From mailboxes counted by the parser.
+fn header_facts_as_intake(raw: &[u8]) -> trust::HeaderFacts {
+    trust::header_facts(raw, crate::parse::parse(raw).from_mailboxes)
+}
+
 /// `(sender_verified, peer_trust_tier)` as intake computes them.
 fn flags(verdict: &AuthVerdict, raw: &str, from: &str, allow_listed: bool) -> (bool, &'static str) {
-    let headers = trust::header_facts(raw.as_bytes());
+    let headers = header_facts_as_intake(raw.as_bytes());
     let facts = Facts {
         verdict,
         headers: &headers,
@@ -247,9 +252,9 @@ async fn two_from_addresses_in_one_domain_pass_dmarc_but_are_neither_verified_no
             "{raw}"
         );
     }
-    let headers = trust::header_facts(two_headers.as_bytes());
+    let headers = header_facts_as_intake(two_headers.as_bytes());
     assert_eq!((headers.from_headers, headers.from_addresses), (2, 2));
-    let headers = trust::header_facts(one_header_two_addresses.as_bytes());
+    let headers = header_facts_as_intake(one_header_two_addresses.as_bytes());
     assert_eq!((headers.from_headers, headers.from_addresses), (1, 2));
 }
 
@@ -406,7 +411,7 @@ async fn a_null_sender_uses_the_helo_identity_and_unsigned_mail_has_no_dkim_resu
 fn traffic_types_come_from_headers_senders_and_configured_domains() {
     let check = |raw: &str, from: &str, envelope_from: Option<&str>, peer: bool| {
         let verdict = AuthVerdict::default();
-        let headers = trust::header_facts(raw.as_bytes());
+        let headers = header_facts_as_intake(raw.as_bytes());
         let mut configured = BTreeMap::new();
         configured.insert("github.com".to_owned(), "notifications".to_owned());
         trust::traffic_types(

@@ -23,9 +23,11 @@ pub struct HeaderFacts {
 }
 
 /// Reads the header section (up to the first empty line), unfolding nothing it does not need.
-pub fn header_facts(raw: &[u8]) -> HeaderFacts {
+/// `from_mailboxes` is [`ParsedMessage::from_mailboxes`](crate::parse::ParsedMessage): the
+/// parser has already read the From headers' address lists, so they are not parsed again here.
+pub fn header_facts(raw: &[u8], from_mailboxes: usize) -> HeaderFacts {
     let mut facts = HeaderFacts {
-        from_addresses: from_addresses(raw),
+        from_addresses: from_mailboxes,
         ..HeaderFacts::default()
     };
     for line in raw.split(|byte| *byte == b'\n') {
@@ -57,27 +59,6 @@ pub fn header_facts(raw: &[u8]) -> HeaderFacts {
         }
     }
     facts
-}
-
-/// The From mailboxes, counted the way mail-auth collects them for DMARC (every From header,
-/// groups included), so "one author" here means the same as the author DMARC judged.
-fn from_addresses(raw: &[u8]) -> usize {
-    use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
-    let Some(headers) = MessageParser::new().parse_headers(raw) else {
-        return 0;
-    };
-    headers
-        .headers()
-        .iter()
-        .filter(|header| header.name == HeaderName::From)
-        .map(|header| match &header.value {
-            HeaderValue::Address(address @ (Address::List(_) | Address::Group(_))) => address
-                .iter()
-                .filter(|mailbox| mailbox.address.is_some())
-                .count(),
-            _ => 0,
-        })
-        .sum()
 }
 
 impl HeaderFacts {
