@@ -75,6 +75,12 @@ pub async fn run_with_listeners(
     tracing::info!(node = %node_id, "delivery leases are taken under this node id");
 
     let wakeup = Arc::new(Notify::new());
+    let handoff = crate::deliver::handoff::Handoff::new(
+        node_id,
+        i64::try_from(std::time::Duration::from_secs_f64(config.delivery.lease_s).as_millis())
+            .unwrap_or(i64::MAX / 2),
+        config.delivery.workers,
+    );
     let templates = load_templates(&config.templates)?;
     let intake = Arc::new(
         Intake::new(
@@ -85,6 +91,7 @@ pub async fn run_with_listeners(
             directory.clone(),
             Arc::clone(&wakeup),
         )
+        .with_handoff(Arc::clone(&handoff))
         .with_templates(templates)
         .with_checks(Checks::new(
             Verifier::new(&config.auth, &config.smtp.hostname)
@@ -102,7 +109,7 @@ pub async fn run_with_listeners(
             store.clone(),
             forwarder,
             directory.clone(),
-            node_id,
+            handoff,
             Arc::clone(&wakeup),
         )
         .context("building the webhook client")?,

@@ -189,6 +189,15 @@ pub struct NewDelivery {
     pub target: String,
     /// The endpoint wants one thread's events in order: this job waits for earlier ones.
     pub ordered: bool,
+    /// The job is written already leased to this node, which attempts it without a claim.
+    pub lease: Option<Lease>,
+}
+
+/// A lease a delivery job is written with.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub node: String,
+    pub until: i64,
 }
 
 /// A job this node holds a lease on, with everything an attempt needs.
@@ -665,10 +674,16 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`]; nothing is committed then.
-    pub async fn commit_accepted(&self, messages: Vec<NewMessage>) -> Result<(), Error> {
-        self.write(commit::Write::Accepted(messages))
-            .await
-            .map(|_| ())
+    /// Returns, per message in order, its event as committed when that differs from the one
+    /// given: the duplicate flag is decided by the fingerprint index at commit.
+    pub async fn commit_accepted(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Option<String>>, Error> {
+        match self.write(commit::Write::Accepted(messages)).await? {
+            commit::Reply::Events(events) => Ok(events),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// One critical-path write, through the group committer when there is one.
@@ -690,8 +705,7 @@ impl Db {
         for write in writes {
             replies.push(match write {
                 commit::Write::Accepted(messages) => {
-                    insert_messages(&mut tx, messages).await?;
-                    commit::Reply::Done
+                    commit::Reply::Events(insert_messages(&mut tx, messages).await?)
                 }
                 commit::Write::Attempt(record) => {
                     write_attempt(&mut tx, record).await?;
@@ -714,10 +728,12 @@ impl Db {
 const FINGERPRINT_PRUNE_EVERY_MS: i64 = 60_000;
 static LAST_FINGERPRINT_PRUNE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
+/// Returns the events the duplicate flag changed, see [`Db::commit_accepted`].
 async fn insert_messages(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     messages: &[NewMessage],
-) -> Result<(), Error> {
+) -> Result<Vec<Option<String>>, Error> {
+    let mut changed = Vec::with_capacity(messages.len());
     {
         for message in messages {
             let envelope_to = serde_json::to_string(&message.envelope_to)
@@ -781,8 +797,9 @@ async fn insert_messages(
                 sqlx::query(
                     "INSERT INTO deliveries (id, message_id, inbox_id, event_id, channel, \
                      endpoint_ref, target, status, attempts, failures, next_attempt_at, \
-                     created_at, updated_at, thread_id, ordered) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10)",
+                     created_at, updated_at, thread_id, ordered, locked_until, locked_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, \
+                     $11, $12)",
                 )
                 .bind(&delivery.id)
                 .bind(&message.id)
@@ -794,12 +811,18 @@ async fn insert_messages(
                 .bind(message.received_at)
                 .bind(&message.thread_id)
                 .bind(i64::from(delivery.ordered))
+                .bind(delivery.lease.as_ref().map(|lease| lease.until))
+                .bind(delivery.lease.as_ref().map(|lease| lease.node.clone()))
                 .execute(&mut **tx)
                 .await?;
             }
+            changed.push(match event_json {
+                std::borrow::Cow::Owned(event_json) => Some(event_json),
+                std::borrow::Cow::Borrowed(_) => None,
+            });
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Records that `message` reached its inbox with this fingerprint. True when it is the first
@@ -903,31 +926,63 @@ async fn claim_ids(
     Ok(query.bind(claim.limit).fetch_all(&mut **tx).await?)
 }
 
-/// Adds one message to each bucket, draining it first; see [`Db::add_to_rate_buckets`].
+/// Adds one message to each bucket, draining it first; see [`Db::add_to_rate_buckets`]. One
+/// statement for all of a message's buckets (they are distinct), each draining at its own rate.
 async fn count_in_buckets(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     buckets: &[(String, f64)],
     now: i64,
 ) -> Result<Vec<i64>, Error> {
+    // One statement may not update a row twice (PostgreSQL refuses): a repeated bucket is
+    // counted once.
+    let mut unique: Vec<&(String, f64)> = Vec::with_capacity(buckets.len());
+    for bucket in buckets {
+        if !unique.iter().any(|seen| seen.0 == bucket.0) {
+            unique.push(bucket);
+        }
+    }
+    if unique.is_empty() {
+        return Ok(Vec::new());
+    }
+    // $1 is the time, then each bucket's name and drain per millisecond.
+    let rows: Vec<String> = (0..unique.len())
+        .map(|i| format!("(${}, 1000, $1)", 2 + 2 * i))
+        .collect();
+    let drains: String = (0..unique.len())
+        .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+        .collect();
+    let drained = format!(
+        "CAST(($1 - rate_buckets.updated_at) * CASE rate_buckets.bucket{drains} END AS BIGINT)"
+    );
+    let sql = format!(
+        "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES {} \
+         ON CONFLICT (bucket) DO UPDATE SET \
+         level_milli = 1000 + CASE \
+             WHEN rate_buckets.updated_at >= $1 THEN rate_buckets.level_milli \
+             WHEN rate_buckets.level_milli > {drained} THEN rate_buckets.level_milli - {drained} \
+             ELSE 0 END, \
+         updated_at = CASE WHEN rate_buckets.updated_at > $1 THEN rate_buckets.updated_at ELSE $1 END \
+         RETURNING bucket, level_milli",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(now);
+    for (bucket, drain_per_ms) in unique {
+        query = query.bind(bucket).bind(*drain_per_ms);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    // RETURNING promises no order: levels are matched to buckets by name.
     let mut levels = Vec::with_capacity(buckets.len());
-    for (bucket, drain_per_ms) in buckets {
-        let level: i64 = sqlx::query_scalar(
-            "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES ($1, 1000, $2) \
-             ON CONFLICT (bucket) DO UPDATE SET \
-             level_milli = 1000 + CASE \
-                 WHEN rate_buckets.updated_at >= $2 THEN rate_buckets.level_milli \
-                 WHEN rate_buckets.level_milli > CAST(($2 - rate_buckets.updated_at) * $3 AS BIGINT) \
-                 THEN rate_buckets.level_milli - CAST(($2 - rate_buckets.updated_at) * $3 AS BIGINT) \
-                 ELSE 0 END, \
-             updated_at = CASE WHEN rate_buckets.updated_at > $2 THEN rate_buckets.updated_at ELSE $2 END \
-             RETURNING level_milli",
-        )
-        .bind(bucket)
-        .bind(now)
-        .bind(*drain_per_ms)
-        .fetch_one(&mut **tx)
-        .await?;
-        levels.push(level);
+    for (bucket, _) in buckets {
+        let mut level = None;
+        for row in &rows {
+            if row.try_get::<String, _>("bucket")? == *bucket {
+                level = Some(row.try_get::<i64, _>("level_milli")?);
+            }
+        }
+        levels
+            .push(level.ok_or_else(|| {
+                Error::Corrupt(format!("rate bucket `{bucket}` was not counted"))
+            })?);
     }
     Ok(levels)
 }
@@ -1674,6 +1729,7 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         enabled: enabled != 0,
         secret: row.try_get(column("webhook_secret").as_str())?,
         previous_secret: previous_secret.filter(|_| previous_expires_at > Some(now_ms())),
+        previous_secret_expires_at: previous_expires_at,
         signature: SignatureScheme::parse(&signature)
             .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
         payload: PayloadFormat::parse(&payload)

@@ -135,6 +135,15 @@ impl Directory {
         self.current().by_id.get(id).cloned()
     }
 
+    /// Whether the inbox with this id has notification rules: only they route on an event's
+    /// flags.
+    pub fn has_rules(&self, id: &str) -> bool {
+        self.current()
+            .by_id
+            .get(id)
+            .is_some_and(|inbox| !inbox.rules.is_empty())
+    }
+
     /// The sender policy of the inbox with this id.
     pub fn sender_policy(&self, id: &str) -> Option<crate::config::SenderPolicy> {
         self.current()

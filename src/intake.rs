@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::{AuthConfig, PolicyAction, SenderPolicy, StorageConfig};
-use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
+use crate::db::{ClaimedJob, Db, JobTarget, Lease, NewDelivery, NewFingerprint, NewMessage};
+use crate::deliver::handoff::{Handoff, Reservation};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
 use crate::model::{Envelope, new_id, now_ms};
@@ -67,6 +68,18 @@ struct Received<'a> {
     rate_limited: bool,
 }
 
+/// What a handed-over job is made of, besides its delivery.
+struct HandoffJob<'a> {
+    inbox_id: &'a str,
+    message_id: &'a str,
+    event_id: &'a str,
+    event_json: &'a str,
+    storage_key: &'a str,
+    received_at: i64,
+    /// The message's place in the commit.
+    index: usize,
+}
+
 /// What the checks concluded for one inbox's copy.
 struct InboxFlags {
     flags: serde_json::Value,
@@ -84,6 +97,15 @@ pub struct Intake {
     dispatcher_wakeup: Arc<Notify>,
     templates: Templates,
     checks: Option<Checks>,
+    handoff: Option<Arc<Handoff>>,
+}
+
+/// A job written leased to this node, to be handed to its dispatcher once committed.
+struct HandedOver {
+    reservation: Reservation,
+    job: ClaimedJob,
+    /// Which of the committed messages it delivers.
+    message: usize,
 }
 
 impl Intake {
@@ -105,7 +127,15 @@ impl Intake {
             dispatcher_wakeup,
             templates: Templates::default(),
             checks: None,
+            handoff: None,
         }
+    }
+
+    /// Hands this node's dispatcher the jobs it commits, leased, instead of leaving them to be
+    /// claimed.
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     /// Turns on verification, flags, policy, duplicate detection and rate limits.
@@ -185,6 +215,7 @@ impl Intake {
 
         let mut messages = Vec::with_capacity(inbox_ids.len());
         let mut stored_keys = Vec::with_capacity(inbox_ids.len());
+        let mut handed_over = Vec::new();
         for (inbox_id, flags) in inbox_ids.into_iter().zip(inbox_flags) {
             let message_id = new_id("msg");
             let event_id = new_id("evt");
@@ -231,11 +262,25 @@ impl Intake {
                 &parsed,
                 flags,
             );
-            let deliveries = if quarantined {
+            let mut deliveries = if quarantined {
                 Vec::new()
             } else {
                 self.deliveries_for(inbox_id, &event)
             };
+            let event_json = event.to_string();
+            self.lease_for_handoff(
+                &mut deliveries,
+                &mut handed_over,
+                &HandoffJob {
+                    inbox_id,
+                    message_id: &message_id,
+                    event_id: &event_id,
+                    event_json: &event_json,
+                    storage_key: &key,
+                    received_at,
+                    index: messages.len(),
+                },
+            );
 
             // Undone even when its put failed: an S3 PUT that timed out or lost its connection
             // may have been stored anyway, and nothing else will ever point at this fresh key.
@@ -262,7 +307,7 @@ impl Intake {
                 sender: parsed.from.as_ref().map(|from| from.address.clone()),
                 subject: parsed.subject.clone(),
                 received_at,
-                event_json: event.to_string(),
+                event_json,
                 deliveries,
                 thread_id: thread.thread_id,
                 // Every subject is keyed, so a later "Re:" finds the mail it answers.
@@ -278,12 +323,141 @@ impl Intake {
         }
 
         let message_ids: Vec<String> = messages.iter().map(|message| message.id.clone()).collect();
-        if let Err(err) = self.db.commit_accepted(messages).await {
-            tracing::error!(error = %err, "committing accepted message failed");
-            return self.after_failed_commit(message_ids, &stored_keys).await;
+        let jobs: usize = messages
+            .iter()
+            .map(|message| message.deliveries.len())
+            .sum();
+        let committed_events = match self.db.commit_accepted(messages).await {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::error!(error = %err, "committing accepted message failed");
+                let outcome = self.after_failed_commit(message_ids, &stored_keys).await;
+                if matches!(outcome, Outcome::Accepted { .. }) {
+                    // What the commit made of the duplicate flag is unknown; the jobs are
+                    // left to a claim, which reads the events as stored.
+                    self.give_back(handed_over).await;
+                }
+                return outcome;
+            }
+        };
+        for handed in &mut handed_over {
+            if let Some(Some(event_json)) = committed_events.get(handed.message) {
+                handed.job.event_json.clone_from(event_json);
+            }
         }
-        self.dispatcher_wakeup.notify_waiters();
+        let all_handed_over = handed_over.len() == jobs;
+        self.hand_over(handed_over).await;
+        if !all_handed_over {
+            self.dispatcher_wakeup.notify_one();
+        }
         Outcome::Accepted { message_ids }
+    }
+
+    /// Writes the webhook jobs of one message leased to this node while its dispatcher has
+    /// room for them. Jobs of ordered endpoints wait for their thread's earlier jobs, which
+    /// only a claim checks, and email forwards read the original back, so both are claimed.
+    fn lease_for_handoff(
+        &self,
+        deliveries: &mut [NewDelivery],
+        handed_over: &mut Vec<HandedOver>,
+        message: &HandoffJob<'_>,
+    ) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        let Some(inbox) = self.directory.inbox(message.inbox_id) else {
+            return;
+        };
+        for delivery in deliveries {
+            if delivery.channel != "webhook" || delivery.ordered {
+                continue;
+            }
+            let endpoint = match delivery.endpoint_ref.strip_prefix("rule:") {
+                None => inbox.webhook.clone(),
+                Some(rule_id) => inbox
+                    .rules
+                    .iter()
+                    .find(|rule| rule.id == rule_id)
+                    .and_then(|rule| rule.channels.webhook.as_ref())
+                    .map(|webhook| {
+                        crate::model::WebhookEndpoint::for_rule(webhook, inbox.webhook.as_ref())
+                    }),
+            };
+            let Some(mut endpoint) = endpoint else {
+                continue;
+            };
+            let Some(reservation) = handoff.reserve() else {
+                return;
+            };
+            // The directory's copy was read when the secret's grace period still ran.
+            if endpoint
+                .previous_secret_expires_at
+                .is_none_or(|until| until <= message.received_at)
+            {
+                endpoint.previous_secret = None;
+            }
+            delivery.lease = Some(Lease {
+                node: handoff.node_id().to_owned(),
+                until: handoff.lease_until(message.received_at),
+            });
+            handed_over.push(HandedOver {
+                reservation,
+                job: ClaimedJob {
+                    delivery_id: delivery.id.clone(),
+                    message_id: message.message_id.to_owned(),
+                    inbox_id: message.inbox_id.to_owned(),
+                    event_id: message.event_id.to_owned(),
+                    attempts: 0,
+                    failures: 0,
+                    event_json: message.event_json.to_owned(),
+                    storage_key: message.storage_key.to_owned(),
+                    endpoint_ref: delivery.endpoint_ref.clone(),
+                    channel: delivery.channel.clone(),
+                    target: JobTarget::Webhook(endpoint),
+                },
+                message: message.index,
+            });
+        }
+    }
+
+    /// Passes committed leased jobs to the dispatcher; when it has stopped, their leases are
+    /// given back so another claim finds them at once.
+    async fn hand_over(&self, handed_over: Vec<HandedOver>) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        let mut refused = Vec::new();
+        for HandedOver {
+            reservation, job, ..
+        } in handed_over
+        {
+            if let Err(delivery_id) = handoff.push(reservation, job) {
+                refused.push(delivery_id);
+            }
+        }
+        self.release(&refused).await;
+    }
+
+    /// Gives back the leases of jobs that will not be handed over.
+    async fn give_back(&self, handed_over: Vec<HandedOver>) {
+        let ids: Vec<String> = handed_over
+            .into_iter()
+            .map(|handed| handed.job.delivery_id)
+            .collect();
+        self.release(&ids).await;
+    }
+
+    async fn release(&self, ids: &[String]) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(err) = self.db.release_claims(handoff.node_id(), ids).await {
+            tracing::warn!(error = %err, jobs = ids.len(), "giving back leased jobs failed; they are due when their leases run out");
+        }
+        self.dispatcher_wakeup.notify_one();
     }
 
     /// What a commit that reported an error amounts to. It may be durable anyway, as when the
@@ -300,7 +474,7 @@ impl Intake {
         match lookup {
             Ok(Some(_)) => {
                 tracing::warn!(?message_ids, "the failed commit was durable after all");
-                self.dispatcher_wakeup.notify_waiters();
+                self.dispatcher_wakeup.notify_one();
                 return Outcome::Accepted { message_ids };
             }
             Ok(None) => self.undo(keys).await,
@@ -408,20 +582,27 @@ impl Intake {
             fingerprint: trust::fingerprint(parsed.message_id.as_deref(), raw),
             forget_before: now_ms() - (checks.auth.duplicate_window_s * 1000.0) as i64,
         };
-        let is_duplicate = match self
-            .db
-            .fingerprint_seen(
-                inbox_id,
-                &fingerprint.fingerprint,
-                fingerprint.forget_before,
-            )
-            .await
-        {
-            Ok(seen) => seen,
-            Err(err) => {
-                tracing::warn!(error = %err, "duplicate lookup failed; message not flagged");
-                false
+        // The commit decides the flag, on the fingerprint index, and corrects the event if
+        // this guess was wrong. Only rules route on the flag before that, so only an inbox
+        // with rules pays for an early lookup.
+        let is_duplicate = if self.directory.has_rules(inbox_id) {
+            match self
+                .db
+                .fingerprint_seen(
+                    inbox_id,
+                    &fingerprint.fingerprint,
+                    fingerprint.forget_before,
+                )
+                .await
+            {
+                Ok(seen) => seen,
+                Err(err) => {
+                    tracing::warn!(error = %err, "duplicate lookup failed; message not flagged");
+                    false
+                }
             }
+        } else {
+            false
         };
         let flags = serde_json::json!({
             "sender_verified": trust::sender_verified(&facts),
@@ -455,6 +636,7 @@ impl Intake {
                 endpoint_ref: "inbox".to_owned(),
                 target: webhook.url,
                 ordered: webhook.ordered,
+                lease: None,
             })
             .into_iter()
             .collect();
@@ -485,6 +667,7 @@ impl Intake {
                 endpoint_ref: format!("rule:{rule_id}"),
                 target,
                 ordered,
+                lease: None,
             });
         }
         deliveries
@@ -560,7 +743,7 @@ impl Intake {
                 .after_failed_commit(vec![message_id], std::slice::from_ref(&key))
                 .await;
         }
-        self.dispatcher_wakeup.notify_waiters();
+        self.dispatcher_wakeup.notify_one();
         Outcome::Accepted {
             message_ids: vec![message_id],
         }

@@ -77,6 +77,8 @@ pub struct WebhookEndpoint {
     /// The secret replaced by the last rotation, while its grace period runs: deliveries are
     /// signed with both, so receivers can switch over without dropping events.
     pub previous_secret: Option<String>,
+    /// When the grace period of `previous_secret` ends (ms since the epoch).
+    pub previous_secret_expires_at: Option<i64>,
     pub signature: SignatureScheme,
     pub payload: PayloadFormat,
     /// The `hmac-sha256` scheme's header; `None` is `X-Webhook-Signature`.
@@ -110,6 +112,7 @@ impl WebhookEndpoint {
             enabled: channel.enabled,
             secret: inbox.and_then(|inbox| inbox.secret.clone()),
             previous_secret: inbox.and_then(|inbox| inbox.previous_secret.clone()),
+            previous_secret_expires_at: inbox.and_then(|inbox| inbox.previous_secret_expires_at),
             signature: channel.signature,
             payload: channel.payload,
             signature_header: channel.signature_header.clone(),

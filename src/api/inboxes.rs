@@ -1338,7 +1338,7 @@ pub(crate) async fn resend_dead(
 ) -> Result<(StatusCode, Json<Requeued>), ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let requeued = state.db.resend_dead(&id).await?;
-    state.dispatcher_wakeup.notify_waiters();
+    state.dispatcher_wakeup.notify_one();
     Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
 }
 

@@ -441,7 +441,7 @@ pub(crate) async fn resend_delivery(
     if !state.db.resend(&id).await? {
         return Err(ApiError::NotFound("delivery"));
     }
-    state.dispatcher_wakeup.notify_waiters();
+    state.dispatcher_wakeup.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(Resent {

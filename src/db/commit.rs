@@ -50,6 +50,8 @@ pub(super) enum Reply {
     Levels(Vec<i64>),
     /// The ids of the claimed jobs.
     Claimed(Vec<String>),
+    /// Per accepted message, its event when the commit changed it.
+    Events(Vec<Option<String>>),
 }
 
 impl Write {

@@ -13,6 +13,7 @@
 //! then dead-letter with that reason.
 
 pub mod forward;
+pub mod handoff;
 pub mod retry;
 pub mod signature;
 pub mod webhook;
@@ -35,8 +36,24 @@ use retry::{NextStep, RetryPolicy};
 /// wake-up was missed (another node enqueued it, a lease expired) can start.
 const MAX_IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// How long a success trusts that its endpoint has no failure record to clear. Another node
+/// may record a failure meanwhile; a success after this long clears it, which is far sooner
+/// than `delivery.disable_after_s` could act on it.
+const CLEAR_RECHECK: Duration = Duration::from_secs(10);
+/// Endpoints remembered as clear at most, before the memory starts over.
+const KNOWN_CLEAR_MAX: usize = 4096;
+
 /// Jobs claimed per database round trip.
 const CLAIM_BATCH: usize = 32;
+
+/// What one look at the database found.
+enum Claimed {
+    /// Jobs were claimed and started; there may be more.
+    Some,
+    /// Nothing is due; the next job falls due within this long (capped at the idle poll).
+    Nothing(Duration),
+    Stopped,
+}
 
 pub struct Dispatcher {
     db: Db,
@@ -54,6 +71,10 @@ pub struct Dispatcher {
     in_flight: Arc<Mutex<HashMap<EndpointKey, usize>>>,
     node_id: String,
     wakeup: Arc<Notify>,
+    handoff: Arc<handoff::Handoff>,
+    /// Endpoints (inbox, endpoint ref, URL) seen without a failure record, and when: a success
+    /// then has nothing to clear, and the check is skipped until [`CLEAR_RECHECK`] passed.
+    known_clear: Mutex<HashMap<(String, String, String), std::time::Instant>>,
 }
 
 /// What an attempt holds while its request is in flight: a worker and a slot of its endpoint.
@@ -92,7 +113,7 @@ impl Drop for EndpointSlot {
         // The endpoint's waiting jobs were left out of claims and of the next-due time, so
         // nothing else would wake the dispatcher for them.
         if was_full {
-            self.wakeup.notify_waiters();
+            self.wakeup.notify_one();
         }
     }
 }
@@ -106,7 +127,7 @@ impl Dispatcher {
         store: crate::store::Store,
         forwarder: forward::Forwarder,
         directory: crate::directory::Directory,
-        node_id: String,
+        handoff: Arc<handoff::Handoff>,
         wakeup: Arc<Notify>,
     ) -> Result<Self, webhook::Error> {
         Ok(Self {
@@ -129,8 +150,10 @@ impl Dispatcher {
             workers: config.workers,
             per_endpoint: config.max_in_flight_per_endpoint,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
-            node_id,
+            node_id: handoff.node_id().to_owned(),
             wakeup,
+            handoff,
+            known_clear: Mutex::new(HashMap::new()),
         })
     }
 
@@ -165,113 +188,196 @@ impl Dispatcher {
         })
     }
 
-    /// Claims and attempts jobs until `shutdown`; attempts already started are left to finish
-    /// on `tracker`.
+    /// Attempts handed-off jobs and claims due ones until `shutdown`; attempts already started
+    /// are left to finish on `tracker`.
+    ///
+    /// The database is read only when something may have made a job due there: a wake-up
+    /// (intake committed jobs it did not hand over, a retry was scheduled, an endpoint got
+    /// room, an operator resent), the next due time, or the idle poll. A job handed over in
+    /// memory is none of these, so a node whose jobs all come the short way makes no claims.
     pub async fn run(self: Arc<Self>, tracker: TaskTracker, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.workers));
+        let mut claim_due = true;
+        let mut next_look = tokio::time::Instant::now() + MAX_IDLE_POLL;
         loop {
-            let notified = self.wakeup.notified();
-            tokio::pin!(notified);
-            // Registered before the queue is read, so an enqueue between the read and the wait
-            // still wakes us.
-            notified.as_mut().enable();
-
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-            };
-            let mut held = vec![first];
-            // A claim larger than an endpoint's limit would mostly be given back when the queue
-            // holds one busy endpoint's jobs.
-            while held.len() < CLAIM_BATCH.min(self.per_endpoint) {
-                match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(permit) => held.push(permit),
-                    Err(_) => break,
-                }
-            }
-
-            let now = now_ms();
-            let lease_until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
-            let limit = i64::try_from(held.len()).unwrap_or(1);
-            let saturated = self.saturated();
-            let jobs = match self
-                .db
-                .claim_due(&self.node_id, now, lease_until, limit, &saturated)
-                .await
-            {
-                Ok(jobs) => jobs,
-                Err(err) => {
-                    tracing::error!(error = %err, "claiming delivery jobs failed");
-                    drop(held);
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(MAX_IDLE_POLL) => continue,
-                    }
-                }
-            };
-
-            if jobs.is_empty() {
-                drop(held);
-                let wait = match self.db.next_due_at(&saturated).await {
-                    Ok(Some(due)) => {
-                        Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
-                    }
-                    _ => MAX_IDLE_POLL,
-                }
-                .min(MAX_IDLE_POLL);
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut notified => {}
-                    () = tokio::time::sleep(wait) => {}
+            if !self.handoff.is_empty() {
+                if !self.start_handed_off(&permits, &tracker, &shutdown).await {
+                    break;
                 }
                 continue;
             }
-
-            // Saturated endpoints were left out of the claim, but one batch can still hold more
-            // jobs of an endpoint than it has free slots; those go back to the queue. The first
-            // job of each endpoint always gets a slot, so this never loops without progress.
-            let mut startable = Vec::with_capacity(jobs.len());
-            let mut over_limit = Vec::new();
-            for job in jobs {
-                match self.take_slot(job.endpoint()) {
-                    Some(slot) => startable.push((job, slot)),
-                    None => over_limit.push(job.delivery_id),
+            if claim_due {
+                match self.claim_and_start(&permits, &tracker, &shutdown).await {
+                    Claimed::Some => continue,
+                    Claimed::Stopped => break,
+                    Claimed::Nothing(wait) => {
+                        claim_due = false;
+                        next_look = tokio::time::Instant::now() + wait;
+                    }
                 }
             }
-            if !over_limit.is_empty()
-                && let Err(err) = self.db.release_claims(&self.node_id, &over_limit).await
-            {
-                // Their leases run out and they are claimed again then: only late, not lost.
-                tracing::warn!(error = %err, "giving back claimed delivery jobs failed");
-            }
-
-            for ((job, slot), permit) in startable.into_iter().zip(held.drain(..)) {
-                let dispatcher = Arc::clone(&self);
-                let span = tracing::info_span!(
-                    "delivery",
-                    delivery_id = %job.delivery_id,
-                    message_id = %job.message_id,
-                    attempt = job.attempts + 1,
-                );
-                tracker.spawn(
-                    async move {
-                        dispatcher
-                            .attempt(
-                                job,
-                                Held {
-                                    _permit: permit,
-                                    _slot: slot,
-                                },
-                            )
-                            .await;
-                    }
-                    .instrument(span),
-                );
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wakeup.notified() => claim_due = true,
+                () = self.handoff.queued() => {}
+                () = tokio::time::sleep_until(next_look) => claim_due = true,
             }
         }
+        // Jobs handed over but not started go back to the queue in the database at once,
+        // rather than waiting out their leases.
+        let unstarted: Vec<String> = self
+            .handoff
+            .close()
+            .into_iter()
+            .map(|job| job.delivery_id)
+            .collect();
+        if !unstarted.is_empty()
+            && let Err(err) = self.db.release_claims(&self.node_id, &unstarted).await
+        {
+            tracing::warn!(error = %err, jobs = unstarted.len(), "giving back handed-over jobs failed; they are due again when their leases run out");
+        }
+    }
+
+    /// Starts queued handed-off jobs, as many as there are free workers (waiting for the first).
+    /// False when shutdown came first.
+    async fn start_handed_off(
+        self: &Arc<Self>,
+        permits: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut permit = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            permit = Arc::clone(permits).acquire_owned() => match permit {
+                Ok(permit) => Some(permit),
+                Err(_) => return false,
+            },
+        };
+        let mut over_limit = Vec::new();
+        while let Some(free) = permit.take() {
+            let Some(job) = self.handoff.pop() else {
+                break;
+            };
+            match self.take_slot(job.endpoint()) {
+                Some(slot) => self.spawn_attempt(tracker, job, free, slot),
+                None => {
+                    over_limit.push(job.delivery_id);
+                    permit = Some(free);
+                    continue;
+                }
+            }
+            permit = Arc::clone(permits).try_acquire_owned().ok();
+        }
+        // The endpoint is at its limit on this node: the job waits in the database, where the
+        // claim that follows a free slot finds it, instead of holding a lease in memory.
+        if !over_limit.is_empty()
+            && let Err(err) = self.db.release_claims(&self.node_id, &over_limit).await
+        {
+            tracing::warn!(error = %err, "giving back handed-over jobs failed; they are due again when their leases run out");
+        }
+        true
+    }
+
+    /// One claim of due jobs from the database, started as they come.
+    async fn claim_and_start(
+        self: &Arc<Self>,
+        permits: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Claimed {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Claimed::Stopped,
+            permit = Arc::clone(permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Claimed::Stopped,
+            },
+        };
+        let mut held = vec![first];
+        // A claim larger than an endpoint's limit would mostly be given back when the queue
+        // holds one busy endpoint's jobs.
+        while held.len() < CLAIM_BATCH.min(self.per_endpoint) {
+            match Arc::clone(permits).try_acquire_owned() {
+                Ok(permit) => held.push(permit),
+                Err(_) => break,
+            }
+        }
+
+        let now = now_ms();
+        let lease_until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let limit = i64::try_from(held.len()).unwrap_or(1);
+        let saturated = self.saturated();
+        let jobs = match self
+            .db
+            .claim_due(&self.node_id, now, lease_until, limit, &saturated)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::error!(error = %err, "claiming delivery jobs failed");
+                return Claimed::Nothing(MAX_IDLE_POLL);
+            }
+        };
+
+        if jobs.is_empty() {
+            drop(held);
+            let wait = match self.db.next_due_at(&saturated).await {
+                Ok(Some(due)) => Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)),
+                _ => MAX_IDLE_POLL,
+            };
+            return Claimed::Nothing(wait.min(MAX_IDLE_POLL));
+        }
+
+        // Saturated endpoints were left out of the claim, but one batch can still hold more
+        // jobs of an endpoint than it has free slots; those go back to the queue. The first
+        // job of each endpoint always gets a slot, so this never loops without progress.
+        let mut startable = Vec::with_capacity(jobs.len());
+        let mut over_limit = Vec::new();
+        for job in jobs {
+            match self.take_slot(job.endpoint()) {
+                Some(slot) => startable.push((job, slot)),
+                None => over_limit.push(job.delivery_id),
+            }
+        }
+        if !over_limit.is_empty()
+            && let Err(err) = self.db.release_claims(&self.node_id, &over_limit).await
+        {
+            // Their leases run out and they are claimed again then: only late, not lost.
+            tracing::warn!(error = %err, "giving back claimed delivery jobs failed");
+        }
+        for ((job, slot), permit) in startable.into_iter().zip(held.drain(..)) {
+            self.spawn_attempt(tracker, job, permit, slot);
+        }
+        Claimed::Some
+    }
+
+    fn spawn_attempt(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        job: ClaimedJob,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        slot: EndpointSlot,
+    ) {
+        let dispatcher = Arc::clone(self);
+        let span = tracing::info_span!(
+            "delivery",
+            delivery_id = %job.delivery_id,
+            message_id = %job.message_id,
+            attempt = job.attempts + 1,
+        );
+        tracker.spawn(
+            async move {
+                dispatcher
+                    .attempt(
+                        job,
+                        Held {
+                            _permit: permit,
+                            _slot: slot,
+                        },
+                    )
+                    .await;
+            }
+            .instrument(span),
+        );
     }
 
     /// `held` (a worker and an endpoint slot) is given back once the receiver has answered,
@@ -406,8 +512,11 @@ impl Dispatcher {
             tracing::error!(error = %err, "recording delivery attempt failed");
         }
         // A retry falls due later, and a job that ended may unblock the next job of its
-        // thread on an ordered endpoint.
-        self.wakeup.notify_waiters();
+        // thread on an ordered endpoint. Any other end changes nothing a claim would find.
+        let ordered = matches!(&job.target, JobTarget::Webhook(endpoint) if endpoint.ordered);
+        if ordered || matches!(record.next, JobUpdate::RetryAt(_)) {
+            self.wakeup.notify_one();
+        }
     }
 
     /// One attempt of an email-forward job: the original from the store, the forward through
@@ -479,6 +588,25 @@ impl Dispatcher {
             return;
         };
         let success = matches!(record.next, JobUpdate::Delivered);
+        let key = (
+            job.inbox_id.clone(),
+            job.endpoint_ref.clone(),
+            endpoint.url.clone(),
+        );
+        {
+            let mut clear = self
+                .known_clear
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !success {
+                clear.remove(&key);
+            } else if clear
+                .get(&key)
+                .is_some_and(|seen| seen.elapsed() < CLEAR_RECHECK)
+            {
+                return;
+            }
+        }
         let now = now_ms();
         let since = match self
             .db
@@ -498,6 +626,14 @@ impl Dispatcher {
             }
         };
         let Some(since) = since else {
+            let mut clear = self
+                .known_clear
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if clear.len() >= KNOWN_CLEAR_MAX {
+                clear.clear();
+            }
+            clear.insert(key, std::time::Instant::now());
             return;
         };
         let failing_for = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
@@ -526,7 +662,7 @@ impl Dispatcher {
             return;
         }
         // Its pending jobs fell due; they dead-letter now rather than at the next poll.
-        self.wakeup.notify_waiters();
+        self.wakeup.notify_one();
         // New messages stop creating jobs for it on this node at once, on the others at their
         // next directory poll.
         if let Err(err) = self.directory.reload(&self.db).await {

@@ -1,18 +1,29 @@
 //! Local-filesystem backend: each object is the file `<root>/<key>`.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Error;
+
+/// Directories kept open for their fsync, at most: one per inbox written to recently.
+const OPEN_DIRS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
+    /// Open handles of directories known to exist, so a put neither creates nor opens its
+    /// directory again to fsync it.
+    dirs: Arc<Mutex<HashMap<PathBuf, Arc<std::fs::File>>>>,
 }
 
 impl FsStore {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            dirs: Arc::default(),
+        }
     }
 
     fn path_of(&self, key: &str) -> Result<PathBuf, Error> {
@@ -34,9 +45,10 @@ impl FsStore {
         let path = self.path_of(key)?;
         let bytes = bytes.to_vec();
         let key_owned = key.to_owned();
+        let dirs = Arc::clone(&self.dirs);
         // std::fs inside spawn_blocking: tokio::fs would hop to the blocking pool once per call
         // anyway, and fsync must not stall the runtime's worker threads.
-        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
+        tokio::task::spawn_blocking(move || write_durably(&dirs, &path, &bytes))
             .await
             .map_err(|join| std::io::Error::other(join.to_string()))
             .and_then(|result| result)
@@ -73,34 +85,59 @@ impl FsStore {
     }
 }
 
-/// Temp file in the same directory, fsync, rename, fsync the directory: after a crash the
-/// object is either absent or complete, never partial.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
+/// The file is created under its final name (never over an existing one), written, fsynced,
+/// and then its directory is fsynced so the name survives a crash too. A crash before the end
+/// can leave a partial file, but no row points at it: a row is committed only after this
+/// returned, and every key is fresh, so a partial object is never read. Writing a temporary
+/// file and renaming it would guard against nothing more and cost a rename and a second
+/// directory change per message.
+fn write_durably(
+    dirs: &Mutex<HashMap<PathBuf, Arc<std::fs::File>>>,
+    path: &Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let dir_path = path
         .parent()
         .ok_or_else(|| std::io::Error::other("object path has no parent directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("object path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
-    let tmp_path = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)?;
+    let cached = dirs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(dir_path)
+        .cloned();
+    let (dir, file) = match cached.map(|dir| (create(path), dir)) {
+        Some((Ok(file), dir)) => (dir, file),
+        // Not cached, or removed since it was (an operator cleaned up): made again.
+        Some((Err(err), _)) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {
+            std::fs::create_dir_all(dir_path)?;
+            let dir = Arc::new(std::fs::File::open(dir_path)?);
+            let file = create(path)?;
+            let mut dirs = dirs.lock().unwrap_or_else(PoisonError::into_inner);
+            if dirs.len() >= OPEN_DIRS {
+                dirs.clear();
+            }
+            dirs.insert(dir_path.to_owned(), Arc::clone(&dir));
+            (dir, file)
+        }
+    };
+    let written = (|| {
+        let mut file = file;
         file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp_path, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        file.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp_path);
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(err);
     }
-    result
+    dir.sync_all()
+}
+
+/// A new file; an existing one (a key that was not fresh) is left alone and refused.
+fn create(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -125,6 +162,34 @@ mod tests {
             store.get("inbound/a/msg_1.eml").await,
             Err(Error::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_directory_removed_after_use_is_made_again_and_no_object_is_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path().to_owned());
+        store
+            .put("inbound/a/msg_1.eml", b"first")
+            .await
+            .expect("put");
+        std::fs::remove_dir_all(dir.path().join("inbound/a")).expect("remove");
+        store
+            .put("inbound/a/msg_2.eml", b"second")
+            .await
+            .expect("put after removal");
+        assert_eq!(
+            store.get("inbound/a/msg_2.eml").await.expect("get"),
+            b"second"
+        );
+        assert!(matches!(
+            store.put("inbound/a/msg_2.eml", b"other").await,
+            Err(Error::Write { .. })
+        ));
+        assert_eq!(
+            store.get("inbound/a/msg_2.eml").await.expect("get"),
+            b"second",
+            "an existing object was overwritten or removed"
+        );
     }
 
     #[tokio::test]

@@ -877,3 +877,42 @@ async fn a_commit_whose_reply_is_lost_keeps_the_raw_file_of_the_committed_messag
     receiver.assert_silent(Duration::from_millis(500)).await;
     gateway.stop().await;
 }
+
+/// A job intake hands to the dispatcher in memory is leased to the node from the moment it is
+/// committed. One still waiting for a worker when the node stops must be given back, not left
+/// to wait out its lease (here ten minutes) before the restarted node may send it.
+#[tokio::test]
+async fn a_handed_over_job_not_started_at_shutdown_is_sent_at_once_after_restart() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(data.path(), &GatewayOptions::webhook(receiver.url())).replacen(
+        "timeout_s = 5\nlease_s = 10\n",
+        "timeout_s = 2\nlease_s = 600\nworkers = 1\nmax_in_flight_per_endpoint = 1\n",
+        1,
+    );
+    assert!(
+        toml.contains("lease_s = 600"),
+        "the delivery section changed"
+    );
+    let config = || mxhook::config::Config::from_toml_str(&toml).expect("config");
+
+    let gateway = TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config()).await;
+    assert_eq!(send_one(&gateway, "first, hangs").await.0, 250);
+    let hung = receiver.recv().await;
+    assert_eq!(hung.json()["subject"], "first, hangs");
+    // The only worker is held by the hanging attempt, so this job waits in the hand-off queue.
+    assert_eq!(send_one(&gateway, "second, queued").await.0, 250);
+    gateway.stop().await;
+
+    let restarted = TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config()).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), receiver.recv_any())
+        .await
+        .expect("the queued job is sent at once, not after its ten-minute lease");
+    assert_eq!(next.json()["subject"], "second, queued");
+    // The hung attempt timed out before the stop finished and was recorded for a retry.
+    let retried = receiver.recv().await;
+    assert_eq!(retried.json()["subject"], "first, hangs");
+    assert_eq!(retried.header("webhook-id"), hung.header("webhook-id"));
+    receiver.assert_silent(Duration::from_millis(500)).await;
+    restarted.stop().await;
+}

@@ -687,6 +687,7 @@ fn new_message(delivery_id: &str, fingerprint: Option<&str>) -> NewMessage {
             endpoint_ref: "inbox".to_owned(),
             target: "http://127.0.0.1:9/hook".to_owned(),
             ordered: false,
+            lease: None,
         }],
         thread_id: new_id("thr"),
         subject_key: None,
