@@ -22,6 +22,33 @@ const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (
     AND e.thread_id = d.thread_id AND e.status = 'pending' \
     AND (e.created_at < d.created_at OR (e.created_at = d.created_at AND e.id < d.id))))";
 
+/// The statements of the critical-path writes, shared by both ways of committing them (see
+/// `commit`). `$n` are numbered in order of first use, which is also SQLite's binding order.
+const INSERT_MESSAGE: &str = "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
+    storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, \
+    subject, received_at, event_json, thread_id, subject_key, participants, quarantined) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
+    channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
+    updated_at, thread_id, ordered, locked_until, locked_by) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, $11, $12)";
+const INSERT_FINGERPRINT: &str = "INSERT INTO message_fingerprints (inbox_id, fingerprint, \
+    message_id, received_at) VALUES ($1, $2, $3, $4) \
+    ON CONFLICT (inbox_id, fingerprint) DO NOTHING RETURNING message_id";
+const REPLACE_FINGERPRINT: &str = "UPDATE message_fingerprints SET message_id = $1, \
+    received_at = $2 WHERE inbox_id = $3 AND fingerprint = $4 AND received_at < $5 \
+    RETURNING message_id";
+const REFRESH_FINGERPRINT: &str = "UPDATE message_fingerprints SET received_at = $1 \
+    WHERE inbox_id = $2 AND fingerprint = $3 AND received_at < $1";
+const PRUNE_FINGERPRINTS: &str = "DELETE FROM message_fingerprints WHERE received_at < $1";
+const FINISH_ATTEMPT: &str = "UPDATE deliveries SET status = $1, next_attempt_at = $2, \
+    attempts = attempts + 1, failures = failures + $3, delivered_at = $4, \
+    last_status_code = $5, last_error = $6, locked_until = NULL, locked_by = NULL, \
+    updated_at = $7 WHERE id = $8 AND locked_by = $9 RETURNING attempts";
+const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (id, delivery_id, attempt, \
+    started_at, latency_ms, status_code, outcome, error, response_excerpt) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
 /// Schema migrations, in order: (version, description, SQL). sqlx's migrator runs each file once
 /// per database as one script and records it in `_sqlx_migrations`; the description is the file
 /// name's, as `sqlx migrate` would read it. Listed by hand rather than with `sqlx::migrate!`, whose
@@ -120,6 +147,9 @@ pub enum Error {
     Migrator(#[source] sqlx::migrate::MigrateError),
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A write of the SQLite committer's own connection failed.
+    #[error("database write failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(String),
     /// A uniqueness rule the caller can act on (an id or an address already taken).
@@ -355,6 +385,7 @@ impl Db {
             Backend::Postgres
         };
         let mut url = config.url.clone();
+        let mut sqlite_path = None;
         if backend == Backend::Sqlite {
             let path = url
                 .trim_start_matches("sqlite://")
@@ -370,6 +401,9 @@ impl Db {
                     path: parent.display().to_string(),
                     source,
                 })?;
+            }
+            if !path.is_empty() && path != ":memory:" && !url.contains("mode=memory") {
+                sqlite_path = Some(path);
             }
             if !url.contains("mode=") {
                 url.push(if url.contains('?') { '&' } else { '?' });
@@ -411,8 +445,12 @@ impl Db {
             backend,
             writes: None,
         };
+        let writes = match sqlite_path {
+            Some(path) => commit::GroupCommit::start_sqlite(&path)?,
+            None => commit::GroupCommit::start(direct.clone()),
+        };
         Ok(Self {
-            writes: Some(commit::GroupCommit::start(direct.clone())),
+            writes: Some(writes),
             ..direct
         })
     }
@@ -729,6 +767,22 @@ const FINGERPRINT_PRUNE_EVERY_MS: i64 = 60_000;
 static LAST_FINGERPRINT_PRUNE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Returns the events the duplicate flag changed, see [`Db::commit_accepted`].
+/// Whether a message received at `received_at` should prune old fingerprints. Lookups only see
+/// the duplicate window, so old rows are dead weight, not wrong answers: they are pruned once a
+/// minute, not on every message.
+fn prune_fingerprints_now(received_at: i64) -> bool {
+    let last = LAST_FINGERPRINT_PRUNE.load(std::sync::atomic::Ordering::Relaxed);
+    received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
+        && LAST_FINGERPRINT_PRUNE
+            .compare_exchange(
+                last,
+                received_at,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+}
+
 async fn insert_messages(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     messages: &[NewMessage],
@@ -746,75 +800,51 @@ async fn insert_messages(
                 if let Some(flagged) = with_duplicate_flag(&message.event_json, !first_seen) {
                     event_json = std::borrow::Cow::Owned(flagged);
                 }
-                // Lookups only see the window, so old rows are dead weight, not wrong answers:
-                // they are pruned once a minute, not on every message.
-                let last = LAST_FINGERPRINT_PRUNE.load(std::sync::atomic::Ordering::Relaxed);
-                if message.received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
-                    && LAST_FINGERPRINT_PRUNE
-                        .compare_exchange(
-                            last,
-                            message.received_at,
-                            std::sync::atomic::Ordering::Relaxed,
-                            std::sync::atomic::Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    sqlx::query("DELETE FROM message_fingerprints WHERE received_at < $1")
+                if prune_fingerprints_now(message.received_at) {
+                    sqlx::query(PRUNE_FINGERPRINTS)
                         .bind(fingerprint.forget_before)
                         .execute(&mut **tx)
                         .await?;
                 }
             }
-            sqlx::query(
-                "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, storage_key, size, \
-                 envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, subject, \
-                 received_at, event_json, thread_id, subject_key, participants, quarantined) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19)",
-            )
-            .bind(&message.id)
-            .bind(&message.inbox_id)
-            .bind(&message.event_id)
-            .bind(&message.storage_bucket)
-            .bind(&message.storage_key)
-            .bind(message.size)
-            .bind(message.envelope_from.clone())
-            .bind(envelope_to)
-            .bind(message.remote_ip.clone())
-            .bind(&message.helo)
-            .bind(message.header_message_id.as_deref().map(header_text))
-            .bind(message.sender.as_deref().map(header_text))
-            .bind(message.subject.as_deref().map(header_text))
-            .bind(message.received_at)
-            .bind(event_json.as_ref())
-            .bind(&message.thread_id)
-            .bind(message.subject_key.as_deref().map(header_text))
-            .bind(header_text(&message.participants.join(" ")))
-            .bind(i64::from(message.quarantined))
-            .execute(&mut **tx)
-            .await?;
-            for delivery in &message.deliveries {
-                sqlx::query(
-                    "INSERT INTO deliveries (id, message_id, inbox_id, event_id, channel, \
-                     endpoint_ref, target, status, attempts, failures, next_attempt_at, \
-                     created_at, updated_at, thread_id, ordered, locked_until, locked_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, \
-                     $11, $12)",
-                )
-                .bind(&delivery.id)
+            sqlx::query(INSERT_MESSAGE)
                 .bind(&message.id)
                 .bind(&message.inbox_id)
                 .bind(&message.event_id)
-                .bind(&delivery.channel)
-                .bind(&delivery.endpoint_ref)
-                .bind(&delivery.target)
+                .bind(&message.storage_bucket)
+                .bind(&message.storage_key)
+                .bind(message.size)
+                .bind(message.envelope_from.clone())
+                .bind(envelope_to)
+                .bind(message.remote_ip.clone())
+                .bind(&message.helo)
+                .bind(message.header_message_id.as_deref().map(header_text))
+                .bind(message.sender.as_deref().map(header_text))
+                .bind(message.subject.as_deref().map(header_text))
                 .bind(message.received_at)
+                .bind(event_json.as_ref())
                 .bind(&message.thread_id)
-                .bind(i64::from(delivery.ordered))
-                .bind(delivery.lease.as_ref().map(|lease| lease.until))
-                .bind(delivery.lease.as_ref().map(|lease| lease.node.clone()))
+                .bind(message.subject_key.as_deref().map(header_text))
+                .bind(header_text(&message.participants.join(" ")))
+                .bind(i64::from(message.quarantined))
                 .execute(&mut **tx)
                 .await?;
+            for delivery in &message.deliveries {
+                sqlx::query(INSERT_DELIVERY)
+                    .bind(&delivery.id)
+                    .bind(&message.id)
+                    .bind(&message.inbox_id)
+                    .bind(&message.event_id)
+                    .bind(&delivery.channel)
+                    .bind(&delivery.endpoint_ref)
+                    .bind(&delivery.target)
+                    .bind(message.received_at)
+                    .bind(&message.thread_id)
+                    .bind(i64::from(delivery.ordered))
+                    .bind(delivery.lease.as_ref().map(|lease| lease.until))
+                    .bind(delivery.lease.as_ref().map(|lease| lease.node.clone()))
+                    .execute(&mut **tx)
+                    .await?;
             }
             changed.push(match event_json {
                 std::borrow::Cow::Owned(event_json) => Some(event_json),
@@ -834,44 +864,34 @@ async fn record_fingerprint(
     message: &NewMessage,
     fingerprint: &NewFingerprint,
 ) -> Result<bool, Error> {
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO message_fingerprints (inbox_id, fingerprint, message_id, received_at) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (inbox_id, fingerprint) DO NOTHING \
-         RETURNING message_id",
-    )
-    .bind(&message.inbox_id)
-    .bind(&fingerprint.fingerprint)
-    .bind(&message.id)
-    .bind(message.received_at)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let inserted: Option<String> = sqlx::query_scalar(INSERT_FINGERPRINT)
+        .bind(&message.inbox_id)
+        .bind(&fingerprint.fingerprint)
+        .bind(&message.id)
+        .bind(message.received_at)
+        .fetch_optional(&mut **tx)
+        .await?;
     if inserted.is_some() {
         return Ok(true);
     }
-    let replaced: Option<String> = sqlx::query_scalar(
-        "UPDATE message_fingerprints SET message_id = $1, received_at = $2 \
-         WHERE inbox_id = $3 AND fingerprint = $4 AND received_at < $5 RETURNING message_id",
-    )
-    .bind(&message.id)
-    .bind(message.received_at)
-    .bind(&message.inbox_id)
-    .bind(&fingerprint.fingerprint)
-    .bind(fingerprint.forget_before)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let replaced: Option<String> = sqlx::query_scalar(REPLACE_FINGERPRINT)
+        .bind(&message.id)
+        .bind(message.received_at)
+        .bind(&message.inbox_id)
+        .bind(&fingerprint.fingerprint)
+        .bind(fingerprint.forget_before)
+        .fetch_optional(&mut **tx)
+        .await?;
     if replaced.is_some() {
         return Ok(true);
     }
     // A duplicate: the window runs from the newest copy, as it did with one row per copy.
-    sqlx::query(
-        "UPDATE message_fingerprints SET received_at = $1 \
-         WHERE inbox_id = $2 AND fingerprint = $3 AND received_at < $1",
-    )
-    .bind(message.received_at)
-    .bind(&message.inbox_id)
-    .bind(&fingerprint.fingerprint)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(REFRESH_FINGERPRINT)
+        .bind(message.received_at)
+        .bind(&message.inbox_id)
+        .bind(&fingerprint.fingerprint)
+        .execute(&mut **tx)
+        .await?;
     Ok(false)
 }
 
@@ -891,12 +911,9 @@ fn with_duplicate_flag(event_json: &str, duplicate: bool) -> Option<String> {
     }
 }
 
-/// Leases up to `claim.limit` due jobs; see [`Db::claim_due`].
-async fn claim_ids(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    backend: Backend,
-    claim: &commit::Claim,
-) -> Result<Vec<String>, Error> {
+/// The statement of a claim: `$1` lease until, `$2` worker, `$3` now, then each skipped
+/// endpoint's inbox, endpoint ref and channel, then the limit.
+fn claim_sql(backend: Backend, claim: &commit::Claim) -> String {
     let row_lock = match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -904,7 +921,7 @@ async fn claim_ids(
     // Placeholders go in order of first use: the skipped endpoints come before the limit.
     let skipped = not_to(&claim.skip, 4);
     let limit_param = 4 + 3 * claim.skip.len();
-    let sql = format!(
+    format!(
         "UPDATE deliveries SET locked_until = $1, locked_by = $2, updated_at = $3 \
          WHERE id IN (SELECT d.id FROM deliveries d WHERE d.status = 'pending' \
              AND d.next_attempt_at <= $3 AND (d.locked_until IS NULL OR d.locked_until < $3) \
@@ -912,7 +929,16 @@ async fn claim_ids(
              ORDER BY d.next_attempt_at LIMIT ${limit_param} {row_lock}) \
          AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
          RETURNING id"
-    );
+    )
+}
+
+/// Leases up to `claim.limit` due jobs; see [`Db::claim_due`].
+async fn claim_ids(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    claim: &commit::Claim,
+) -> Result<Vec<String>, Error> {
+    let sql = claim_sql(backend, claim);
     let mut query = sqlx::query_scalar(&sql)
         .bind(claim.lease_until)
         .bind(&claim.worker)
@@ -927,34 +953,53 @@ async fn claim_ids(
 }
 
 /// Adds one message to each bucket, draining it first; see [`Db::add_to_rate_buckets`]. One
-/// statement for all of a message's buckets (they are distinct), each draining at its own rate.
+/// statement for all of a message's buckets, each draining at its own rate.
 async fn count_in_buckets(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     buckets: &[(String, f64)],
     now: i64,
 ) -> Result<Vec<i64>, Error> {
-    // One statement may not update a row twice (PostgreSQL refuses): a repeated bucket is
-    // counted once.
+    let unique = unique_buckets(buckets);
+    if unique.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = count_sql(unique.len());
+    let mut query = sqlx::query(&sql).bind(now);
+    for (bucket, drain_per_ms) in unique {
+        query = query.bind(bucket).bind(*drain_per_ms);
+    }
+    let mut counted = Vec::with_capacity(buckets.len());
+    for row in query.fetch_all(&mut **tx).await? {
+        counted.push((row.try_get("bucket")?, row.try_get("level_milli")?));
+    }
+    levels_in_order(buckets, &counted)
+}
+
+/// The buckets once each: one statement may not update a row twice (PostgreSQL refuses), so a
+/// repeated bucket is counted once.
+fn unique_buckets(buckets: &[(String, f64)]) -> Vec<&(String, f64)> {
     let mut unique: Vec<&(String, f64)> = Vec::with_capacity(buckets.len());
     for bucket in buckets {
         if !unique.iter().any(|seen| seen.0 == bucket.0) {
             unique.push(bucket);
         }
     }
-    if unique.is_empty() {
-        return Ok(Vec::new());
-    }
-    // $1 is the time, then each bucket's name and drain per millisecond.
-    let rows: Vec<String> = (0..unique.len())
+    unique
+}
+
+/// The counting statement for `count` buckets: `$1` is the time, then each bucket's name and
+/// drain per millisecond.
+fn count_sql(count: usize) -> String {
+    let rows: Vec<String> = (0..count)
         .map(|i| format!("(${}, 1000, $1)", 2 + 2 * i))
         .collect();
-    let drains: String = (0..unique.len())
+    let drains: String = (0..count)
         .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
         .collect();
     let drained = format!(
         "CAST(($1 - rate_buckets.updated_at) * CASE rate_buckets.bucket{drains} END AS BIGINT)"
     );
-    let sql = format!(
+    format!(
         "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES {} \
          ON CONFLICT (bucket) DO UPDATE SET \
          level_milli = 1000 + CASE \
@@ -964,27 +1009,25 @@ async fn count_in_buckets(
          updated_at = CASE WHEN rate_buckets.updated_at > $1 THEN rate_buckets.updated_at ELSE $1 END \
          RETURNING bucket, level_milli",
         rows.join(", ")
-    );
-    let mut query = sqlx::query(&sql).bind(now);
-    for (bucket, drain_per_ms) in unique {
-        query = query.bind(bucket).bind(*drain_per_ms);
-    }
-    let rows = query.fetch_all(&mut **tx).await?;
-    // RETURNING promises no order: levels are matched to buckets by name.
-    let mut levels = Vec::with_capacity(buckets.len());
-    for (bucket, _) in buckets {
-        let mut level = None;
-        for row in &rows {
-            if row.try_get::<String, _>("bucket")? == *bucket {
-                level = Some(row.try_get::<i64, _>("level_milli")?);
-            }
-        }
-        levels
-            .push(level.ok_or_else(|| {
-                Error::Corrupt(format!("rate bucket `{bucket}` was not counted"))
-            })?);
-    }
-    Ok(levels)
+    )
+}
+
+/// Each bucket's new level, in the order asked: `RETURNING` promises no order, so the counted
+/// (bucket, level) rows are matched by name.
+fn levels_in_order(
+    buckets: &[(String, f64)],
+    counted: &[(String, i64)],
+) -> Result<Vec<i64>, Error> {
+    buckets
+        .iter()
+        .map(|(bucket, _)| {
+            counted
+                .iter()
+                .find(|(name, _)| name == bucket)
+                .map(|(_, level)| *level)
+                .ok_or_else(|| Error::Corrupt(format!("rate bucket `{bucket}` was not counted")))
+        })
+        .collect()
 }
 
 /// Logs one attempt and moves its job on, releasing the lease.
@@ -1002,23 +1045,18 @@ async fn write_attempt(
         JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
     };
     // The job's attempt counter numbers the attempt, so no second read is needed.
-    let attempt: Option<i64> = sqlx::query_scalar(
-        "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
-             failures = failures + $3, delivered_at = $4, last_status_code = $5, \
-             last_error = $6, locked_until = NULL, locked_by = NULL, updated_at = $7 \
-             WHERE id = $8 AND locked_by = $9 RETURNING attempts",
-    )
-    .bind(status.as_str())
-    .bind(next_attempt_at)
-    .bind(failed)
-    .bind(delivered_at)
-    .bind(record.status_code.map(i64::from))
-    .bind(record.error.clone())
-    .bind(now)
-    .bind(&record.delivery_id)
-    .bind(&record.worker)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let attempt: Option<i64> = sqlx::query_scalar(FINISH_ATTEMPT)
+        .bind(status.as_str())
+        .bind(next_attempt_at)
+        .bind(failed)
+        .bind(delivered_at)
+        .bind(record.status_code.map(i64::from))
+        .bind(record.error.clone())
+        .bind(now)
+        .bind(&record.delivery_id)
+        .bind(&record.worker)
+        .fetch_optional(&mut **tx)
+        .await?;
     // The delivery is gone (its inbox was deleted), or this node's lease ran out and another
     // node took the job: that node's attempt is the one that counts, so this one must neither
     // finish the job nor spend its retry budget.
@@ -1030,22 +1068,18 @@ async fn write_attempt(
         );
         return Ok(());
     };
-    sqlx::query(
-        "INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
-             status_code, outcome, error, response_excerpt) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(crate::model::new_id("att"))
-    .bind(&record.delivery_id)
-    .bind(attempt)
-    .bind(record.started_at)
-    .bind(record.latency_ms)
-    .bind(record.status_code.map(i64::from))
-    .bind(&record.outcome)
-    .bind(record.error.clone())
-    .bind(record.response_excerpt.clone())
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(INSERT_ATTEMPT)
+        .bind(crate::model::new_id("att"))
+        .bind(&record.delivery_id)
+        .bind(attempt)
+        .bind(record.started_at)
+        .bind(record.latency_ms)
+        .bind(record.status_code.map(i64::from))
+        .bind(&record.outcome)
+        .bind(record.error.clone())
+        .bind(record.response_excerpt.clone())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -1847,6 +1881,7 @@ mod commit;
 mod dashboard;
 mod ingress;
 mod management;
+mod sqlite_writer;
 pub use dashboard::{EndpointStats, MessageListing};
 pub use ingress::EventTypeRow;
 pub use management::{

@@ -55,7 +55,7 @@ pub(super) enum Reply {
 }
 
 impl Write {
-    fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         match self {
             Self::Accepted(messages) => messages.len().max(1),
             Self::Attempt(_) => 1,
@@ -65,9 +65,14 @@ impl Write {
     }
 }
 
-struct Request {
-    write: Write,
-    done: oneshot::Sender<Result<Reply, Error>>,
+pub(super) struct Request {
+    pub(super) write: Write,
+    pub(super) done: oneshot::Sender<Result<Reply, Error>>,
+}
+
+/// Whether a batch of `rows` rows may take another write.
+pub(super) fn batch_rows_allow(rows: usize) -> bool {
+    rows < MAX_BATCH_ROWS
 }
 
 /// The handle writers go through; cheap to clone. The committer task ends when every handle
@@ -91,6 +96,17 @@ impl GroupCommit {
         Self { queue }
     }
 
+    /// Starts the committer on a thread of its own with its own connection to the SQLite
+    /// database at `path` (see `sqlite_writer`).
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`] when the database cannot be opened.
+    pub(super) fn start_sqlite(path: &str) -> Result<Self, Error> {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        super::sqlite_writer::start(path, requests)?;
+        Ok(Self { queue })
+    }
+
     /// Makes one write durable.
     ///
     /// # Errors
@@ -111,7 +127,7 @@ async fn run(db: Db, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.recv().await {
         let mut rows = first.write.rows();
         let mut batch = vec![first];
-        while rows < MAX_BATCH_ROWS {
+        while batch_rows_allow(rows) {
             match requests.try_recv() {
                 Ok(request) => {
                     rows += request.write.rows();

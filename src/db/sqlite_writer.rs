@@ -1,0 +1,350 @@
+//! The group committer on SQLite: a thread of its own with its own connection, which runs each
+//! batch of critical-path writes (see `commit`) as one transaction in one go.
+//!
+//! Through sqlx every statement is a round trip to the connection's worker thread, and with
+//! about five statements per message those hops, each a sleep and a wake-up of two threads, cost
+//! more CPU than SQLite itself. Here a batch costs one hop: the thread takes every queued write,
+//! runs the same statements as the sqlx path (the constants in `db`) on cached prepared
+//! statements, commits, and answers each writer. The connection has the pool's settings: WAL and
+//! `synchronous = FULL`, so a commit is durable when it returns and `250` keeps its meaning.
+//! Other writers (the API, the dispatcher's lease returns) use the pool and wait for this
+//! connection's lock through `busy_timeout`, as they waited for each other before.
+
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, Statement, TransactionBehavior};
+use tokio::sync::mpsc;
+
+use super::commit::{Claim, Reply, Request, Write, batch_rows_allow};
+use super::{
+    AttemptRecord, Backend, DeliveryStatus, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
+    INSERT_FINGERPRINT, INSERT_MESSAGE, JobUpdate, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
+    REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, count_sql, header_text, levels_in_order,
+    prune_fingerprints_now, unique_buckets, with_duplicate_flag,
+};
+
+/// Prepared statements kept per connection: the fixed ones, plus claims and counts of each shape.
+const STATEMENT_CACHE: usize = 64;
+
+/// Opens the writer's connection and starts its thread, which ends when every sender of
+/// `requests` is dropped.
+///
+/// # Errors
+/// [`Error::Sqlite`] when the database cannot be opened.
+pub(super) fn start(path: &str, requests: mpsc::Receiver<Request>) -> Result<(), Error> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    std::thread::Builder::new()
+        .name("mxhook-sqlite-commit".to_owned())
+        .spawn(move || run(conn, requests))
+        .map_err(|err| Error::Corrupt(format!("starting the SQLite committer: {err}")))?;
+    Ok(())
+}
+
+fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut rows = first.write.rows();
+        let mut batch = vec![first];
+        while batch_rows_allow(rows) {
+            match requests.try_recv() {
+                Ok(request) => {
+                    rows += request.write.rows();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<&Write> = batch.iter().map(|request| &request.write).collect();
+        match write_together(&mut conn, &writes) {
+            Ok(replies) => {
+                for (request, reply) in batch.into_iter().zip(replies) {
+                    let _ = request.done.send(Ok(reply));
+                }
+            }
+            Err(err) if batch.len() == 1 => {
+                if let Some(request) = batch.pop() {
+                    let _ = request.done.send(Err(err));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, writes = batch.len(), "group commit failed; committing each write alone");
+                for request in batch {
+                    let result = write_together(&mut conn, &[&request.write])
+                        .map(|mut replies| replies.pop().unwrap_or(Reply::Done));
+                    let _ = request.done.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// The writes in one transaction: all or none, one reply per write.
+fn write_together(conn: &mut Connection, writes: &[&Write]) -> Result<Vec<Reply>, Error> {
+    // IMMEDIATE takes the write lock at the start (waiting through busy_timeout), so a batch
+    // never fails half-way on a lock it could not upgrade.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut replies = Vec::with_capacity(writes.len());
+    for write in writes {
+        replies.push(match write {
+            Write::Accepted(messages) => Reply::Events(insert_messages(&tx, messages)?),
+            Write::Attempt(record) => {
+                write_attempt(&tx, record)?;
+                Reply::Done
+            }
+            Write::RateCount { buckets, now } => {
+                Reply::Levels(count_in_buckets(&tx, buckets, *now)?)
+            }
+            Write::Claim(claim) => Reply::Claimed(claim_ids(&tx, claim)?),
+        });
+    }
+    tx.commit()?;
+    Ok(replies)
+}
+
+/// As `db::insert_messages`.
+fn insert_messages(
+    conn: &Connection,
+    messages: &[NewMessage],
+) -> Result<Vec<Option<String>>, Error> {
+    let mut changed = Vec::with_capacity(messages.len());
+    for message in messages {
+        let envelope_to = serde_json::to_string(&message.envelope_to)
+            .map_err(|err| Error::Corrupt(err.to_string()))?;
+        let mut flagged = None;
+        if let Some(fingerprint) = &message.fingerprint {
+            let first_seen = record_fingerprint(conn, message, fingerprint)?;
+            flagged = with_duplicate_flag(&message.event_json, !first_seen);
+            if prune_fingerprints_now(message.received_at) {
+                execute(conn, PRUNE_FINGERPRINTS, &[&fingerprint.forget_before])?;
+            }
+        }
+        let event_json = flagged.as_deref().unwrap_or(&message.event_json);
+        execute(
+            conn,
+            INSERT_MESSAGE,
+            &[
+                &message.id,
+                &message.inbox_id,
+                &message.event_id,
+                &message.storage_bucket,
+                &message.storage_key,
+                &message.size,
+                &message.envelope_from,
+                &envelope_to,
+                &message.remote_ip,
+                &message.helo,
+                &message.header_message_id.as_deref().map(header_text),
+                &message.sender.as_deref().map(header_text),
+                &message.subject.as_deref().map(header_text),
+                &message.received_at,
+                &event_json,
+                &message.thread_id,
+                &message.subject_key.as_deref().map(header_text),
+                &header_text(&message.participants.join(" ")),
+                &i64::from(message.quarantined),
+            ],
+        )?;
+        for delivery in &message.deliveries {
+            execute(
+                conn,
+                INSERT_DELIVERY,
+                &[
+                    &delivery.id,
+                    &message.id,
+                    &message.inbox_id,
+                    &message.event_id,
+                    &delivery.channel,
+                    &delivery.endpoint_ref,
+                    &delivery.target,
+                    &message.received_at,
+                    &message.thread_id,
+                    &i64::from(delivery.ordered),
+                    &delivery.lease.as_ref().map(|lease| lease.until),
+                    &delivery.lease.as_ref().map(|lease| lease.node.as_str()),
+                ],
+            )?;
+        }
+        changed.push(flagged);
+    }
+    Ok(changed)
+}
+
+/// As `db::record_fingerprint`.
+fn record_fingerprint(
+    conn: &Connection,
+    message: &NewMessage,
+    fingerprint: &NewFingerprint,
+) -> Result<bool, Error> {
+    let inserted: Option<String> = query_first(
+        conn,
+        INSERT_FINGERPRINT,
+        &[
+            &message.inbox_id,
+            &fingerprint.fingerprint,
+            &message.id,
+            &message.received_at,
+        ],
+    )?;
+    if inserted.is_some() {
+        return Ok(true);
+    }
+    let replaced: Option<String> = query_first(
+        conn,
+        REPLACE_FINGERPRINT,
+        &[
+            &message.id,
+            &message.received_at,
+            &message.inbox_id,
+            &fingerprint.fingerprint,
+            &fingerprint.forget_before,
+        ],
+    )?;
+    if replaced.is_some() {
+        return Ok(true);
+    }
+    execute(
+        conn,
+        REFRESH_FINGERPRINT,
+        &[
+            &message.received_at,
+            &message.inbox_id,
+            &fingerprint.fingerprint,
+        ],
+    )?;
+    Ok(false)
+}
+
+/// As `db::write_attempt`.
+fn write_attempt(conn: &Connection, record: &AttemptRecord) -> Result<(), Error> {
+    let now = crate::model::now_ms();
+    let (status, next_attempt_at, failed, delivered_at) = match record.next {
+        JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
+        JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1_i64, None),
+        JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
+    };
+    let attempt: Option<i64> = query_first(
+        conn,
+        FINISH_ATTEMPT,
+        &[
+            &status.as_str(),
+            &next_attempt_at,
+            &failed,
+            &delivered_at,
+            &record.status_code.map(i64::from),
+            &record.error,
+            &now,
+            &record.delivery_id,
+            &record.worker,
+        ],
+    )?;
+    let Some(attempt) = attempt else {
+        tracing::warn!(
+            delivery = %record.delivery_id,
+            node = %record.worker,
+            "attempt not recorded: the job is gone or its lease passed to another node"
+        );
+        return Ok(());
+    };
+    execute(
+        conn,
+        INSERT_ATTEMPT,
+        &[
+            &crate::model::new_id("att"),
+            &record.delivery_id,
+            &attempt,
+            &record.started_at,
+            &record.latency_ms,
+            &record.status_code.map(i64::from),
+            &record.outcome,
+            &record.error,
+            &record.response_excerpt,
+        ],
+    )?;
+    Ok(())
+}
+
+/// As `db::count_in_buckets`.
+fn count_in_buckets(
+    conn: &Connection,
+    buckets: &[(String, f64)],
+    now: i64,
+) -> Result<Vec<i64>, Error> {
+    let unique = unique_buckets(buckets);
+    if unique.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut values: Vec<&dyn ToSql> = vec![&now];
+    for (bucket, drain_per_ms) in unique {
+        values.push(bucket);
+        values.push(drain_per_ms);
+    }
+    let mut statement = conn.prepare_cached(&count_sql(values.len() / 2))?;
+    bind_numbered(&mut statement, &values)?;
+    let mut counted = Vec::with_capacity(buckets.len());
+    let mut rows = statement.raw_query();
+    while let Some(row) = rows.next()? {
+        counted.push((row.get(0)?, row.get(1)?));
+    }
+    levels_in_order(buckets, &counted)
+}
+
+/// As `db::claim_ids`.
+fn claim_ids(conn: &Connection, claim: &Claim) -> Result<Vec<String>, Error> {
+    let mut values: Vec<&dyn ToSql> = vec![&claim.lease_until, &claim.worker, &claim.now];
+    for endpoint in &claim.skip {
+        values.push(&endpoint.inbox_id);
+        values.push(&endpoint.endpoint_ref);
+        values.push(&endpoint.channel);
+    }
+    values.push(&claim.limit);
+    let mut statement = conn.prepare_cached(&claim_sql(Backend::Sqlite, claim))?;
+    bind_numbered(&mut statement, &values)?;
+    let mut ids = Vec::new();
+    let mut rows = statement.raw_query();
+    while let Some(row) = rows.next()? {
+        ids.push(row.get(0)?);
+    }
+    Ok(ids)
+}
+
+/// Binds `values[n - 1]` to each `$n` of a statement. SQLite numbers parameters in order of
+/// first appearance, whatever their names say, so they are matched by name, as sqlx does.
+fn bind_numbered(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> Result<(), Error> {
+    for index in 1..=statement.parameter_count() {
+        let value = statement
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|number| number.parse::<usize>().ok())
+            .and_then(|number| number.checked_sub(1))
+            .and_then(|number| values.get(number))
+            .ok_or_else(|| Error::Corrupt(format!("statement parameter {index} has no value")))?;
+        statement.raw_bind_parameter(index, value)?;
+    }
+    Ok(())
+}
+
+/// Runs a statement that returns no rows.
+fn execute(conn: &Connection, sql: &str, values: &[&dyn ToSql]) -> Result<(), Error> {
+    let mut statement = conn.prepare_cached(sql)?;
+    bind_numbered(&mut statement, values)?;
+    statement.raw_execute()?;
+    Ok(())
+}
+
+/// The first column of the first row a statement returns, if any.
+fn query_first<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    values: &[&dyn ToSql],
+) -> Result<Option<T>, Error> {
+    let mut statement = conn.prepare_cached(sql)?;
+    bind_numbered(&mut statement, values)?;
+    let mut rows = statement.raw_query();
+    match rows.next()? {
+        Some(row) => Ok(Some(row.get(0)?)),
+        None => Ok(None),
+    }
+}
