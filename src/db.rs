@@ -739,6 +739,13 @@ impl Db {
     /// write, in order.
     async fn write_together(&self, writes: &[&commit::Write]) -> Result<Vec<commit::Reply>, Error> {
         let mut tx = self.pool.begin().await?;
+        // As on SQLite (see `sqlite_writer`): only accepted messages wait for the WAL flush.
+        if self.backend == Backend::Postgres && !writes.iter().any(|write| write.must_be_durable())
+        {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut replies = Vec::with_capacity(writes.len());
         for write in writes {
             replies.push(match write {
@@ -754,6 +761,11 @@ impl Db {
                 }
                 commit::Write::Claim(claim) => {
                     commit::Reply::Claimed(claim_ids(&mut tx, self.backend, claim).await?)
+                }
+                commit::Write::ReadLevels(_) => {
+                    return Err(Error::Corrupt(
+                        "a read was sent to the pool's committer".to_owned(),
+                    ));
                 }
             });
         }
@@ -973,6 +985,14 @@ async fn count_in_buckets(
         counted.push((row.try_get("bucket")?, row.try_get("level_milli")?));
     }
     levels_in_order(buckets, &counted)
+}
+
+/// The read of `count` buckets' stored levels.
+fn levels_sql(count: usize) -> String {
+    format!(
+        "SELECT bucket, level_milli, updated_at FROM rate_buckets WHERE bucket IN ({})",
+        placeholders(1, count)
+    )
 }
 
 /// The buckets once each: one statement may not update a row twice (PostgreSQL refuses), so a
@@ -1662,10 +1682,14 @@ impl Db {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT bucket, level_milli, updated_at FROM rate_buckets WHERE bucket IN ({})",
-            placeholders(1, buckets.len())
-        );
+        if let Some(writes) = self.writes.as_ref().filter(|writes| writes.takes_reads()) {
+            let buckets = buckets.iter().map(|bucket| (*bucket).to_owned()).collect();
+            return match writes.write(commit::Write::ReadLevels(buckets)).await? {
+                commit::Reply::Buckets(levels) => Ok(levels),
+                _ => Ok(Vec::new()),
+            };
+        }
+        let sql = levels_sql(buckets.len());
         let mut query = sqlx::query(&sql);
         for bucket in buckets {
             query = query.bind(*bucket);

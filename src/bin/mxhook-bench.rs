@@ -44,6 +44,10 @@ struct Args {
     /// Also run each load against `smtp-sink` (Postfix) and print the ratio.
     #[arg(long)]
     smtp_sink: bool,
+    /// Leave the runs' data directories (under the temp dir) instead of removing them at exit,
+    /// so the next bench is not slowed by the deletion (see `KEPT`).
+    #[arg(long)]
+    keep_data: bool,
     /// Instead of the load runs: hold this many idle SMTP connections open (after the greeting
     /// and EHLO), report the server's memory per connection, and check that mail still flows.
     /// Needs `ulimit -n` above twice this number.
@@ -622,8 +626,16 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    KEPT.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clear();
+    let kept = std::mem::take(
+        &mut *KEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if args.keep_data {
+        for dir in kept {
+            println!("kept {}", dir.0.display());
+            std::mem::forget(dir);
+        }
+    }
     Ok(())
 }

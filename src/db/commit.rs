@@ -32,6 +32,9 @@ pub(super) enum Write {
     },
     /// A lease on due delivery jobs.
     Claim(Claim),
+    /// A read of rate buckets' levels; only the SQLite committer takes it (see
+    /// [`GroupCommit::takes_reads`]), which answers it before its next commit.
+    ReadLevels(Vec<String>),
 }
 
 pub(super) struct Claim {
@@ -52,15 +55,24 @@ pub(super) enum Reply {
     Claimed(Vec<String>),
     /// Per accepted message, its event when the commit changed it.
     Events(Vec<Option<String>>),
+    /// Stored buckets: (bucket, level, updated at).
+    Buckets(Vec<(String, i64, i64)>),
 }
 
 impl Write {
+    /// Whether its commit must be on disk before it is answered: an accepted message must (the
+    /// SMTP `250` promises it); the rest only costs a repeat or nothing if a power cut loses it.
+    pub(super) fn must_be_durable(&self) -> bool {
+        matches!(self, Self::Accepted(_))
+    }
+
     pub(super) fn rows(&self) -> usize {
         match self {
             Self::Accepted(messages) => messages.len().max(1),
             Self::Attempt(_) => 1,
             Self::RateCount { buckets, .. } => buckets.len().max(1),
             Self::Claim(claim) => usize::try_from(claim.limit).unwrap_or(1).max(1),
+            Self::ReadLevels(_) => 1,
         }
     }
 }
@@ -80,6 +92,9 @@ pub(super) fn batch_rows_allow(rows: usize) -> bool {
 #[derive(Clone)]
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
+    /// The committer is SQLite's own thread, which also serves the critical path's reads, so
+    /// they cost no round trip to a pool connection's thread.
+    takes_reads: bool,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -93,7 +108,10 @@ impl GroupCommit {
     pub(super) fn start(direct: Db) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
         tokio::spawn(run(direct, requests));
-        Self { queue }
+        Self {
+            queue,
+            takes_reads: false,
+        }
     }
 
     /// Starts the committer on a thread of its own with its own connection to the SQLite
@@ -104,7 +122,15 @@ impl GroupCommit {
     pub(super) fn start_sqlite(path: &str) -> Result<Self, Error> {
         let (queue, requests) = mpsc::channel(QUEUE);
         super::sqlite_writer::start(path, requests)?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            takes_reads: true,
+        })
+    }
+
+    /// Whether [`Write::ReadLevels`] may be sent here.
+    pub(super) fn takes_reads(&self) -> bool {
+        self.takes_reads
     }
 
     /// Makes one write durable.

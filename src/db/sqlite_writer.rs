@@ -19,7 +19,7 @@ use super::{
     AttemptRecord, Backend, DeliveryStatus, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
     INSERT_FINGERPRINT, INSERT_MESSAGE, JobUpdate, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
     REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, count_sql, header_text, levels_in_order,
-    prune_fingerprints_now, unique_buckets, with_duplicate_flag,
+    levels_sql, prune_fingerprints_now, unique_buckets, with_duplicate_flag,
 };
 
 /// Prepared statements kept per connection: the fixed ones, plus claims and counts of each shape.
@@ -45,6 +45,7 @@ pub(super) fn start(path: &str, requests: mpsc::Receiver<Request>) -> Result<(),
 }
 
 fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
+    let mut synchronous = Synchronous::Full;
     while let Some(first) = requests.blocking_recv() {
         let mut rows = first.write.rows();
         let mut batch = vec![first];
@@ -57,7 +58,41 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        // Reads are answered first, outside the transaction: they wait for no commit.
+        let (reads, mut batch): (Vec<Request>, Vec<Request>) = batch
+            .into_iter()
+            .partition(|request| matches!(request.write, Write::ReadLevels(_)));
+        for request in reads {
+            if let Write::ReadLevels(buckets) = &request.write {
+                let _ = request
+                    .done
+                    .send(read_levels(&conn, buckets).map(Reply::Buckets));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let writes: Vec<&Write> = batch.iter().map(|request| &request.write).collect();
+        // Only an accepted message needs its commit on disk before the reply. A lost attempt
+        // record means the job is sent again, a lost claim or rate count means nothing after
+        // the crash that lost it: those batches skip the WAL sync, and the next full commit
+        // syncs their frames along with its own.
+        let wanted = if writes.iter().any(|write| write.must_be_durable()) {
+            Synchronous::Full
+        } else {
+            Synchronous::Normal
+        };
+        if wanted != synchronous {
+            match conn.execute_batch(wanted.pragma()) {
+                Ok(()) => synchronous = wanted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "switching the commit mode failed; committing with full sync");
+                    if conn.execute_batch(Synchronous::Full.pragma()).is_ok() {
+                        synchronous = Synchronous::Full;
+                    }
+                }
+            }
+        }
         match write_together(&mut conn, &writes) {
             Ok(replies) => {
                 for (request, reply) in batch.into_iter().zip(replies) {
@@ -81,6 +116,24 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
     }
 }
 
+/// SQLite's `synchronous` setting of the writer's connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Synchronous {
+    /// Every commit syncs the WAL: durable when it returns.
+    Full,
+    /// Commits survive a crash of this process, but not of the machine, until the next sync.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "PRAGMA synchronous = FULL",
+            Self::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
 /// The writes in one transaction: all or none, one reply per write.
 fn write_together(conn: &mut Connection, writes: &[&Write]) -> Result<Vec<Reply>, Error> {
     // IMMEDIATE takes the write lock at the start (waiting through busy_timeout), so a batch
@@ -98,6 +151,7 @@ fn write_together(conn: &mut Connection, writes: &[&Write]) -> Result<Vec<Reply>
                 Reply::Levels(count_in_buckets(&tx, buckets, *now)?)
             }
             Write::Claim(claim) => Reply::Claimed(claim_ids(&tx, claim)?),
+            Write::ReadLevels(buckets) => Reply::Buckets(read_levels(&tx, buckets)?),
         });
     }
     tx.commit()?;
@@ -289,6 +343,22 @@ fn count_in_buckets(
         counted.push((row.get(0)?, row.get(1)?));
     }
     levels_in_order(buckets, &counted)
+}
+
+/// As `Db::rate_buckets`.
+fn read_levels(conn: &Connection, buckets: &[String]) -> Result<Vec<(String, i64, i64)>, Error> {
+    if buckets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<&dyn ToSql> = buckets.iter().map(|bucket| bucket as &dyn ToSql).collect();
+    let mut statement = conn.prepare_cached(&levels_sql(buckets.len()))?;
+    bind_numbered(&mut statement, &values)?;
+    let mut levels = Vec::with_capacity(buckets.len());
+    let mut rows = statement.raw_query();
+    while let Some(row) = rows.next()? {
+        levels.push((row.get(0)?, row.get(1)?, row.get(2)?));
+    }
+    Ok(levels)
 }
 
 /// As `db::claim_ids`.
