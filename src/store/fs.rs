@@ -1,29 +1,54 @@
 //! Local-filesystem backend: each object is the file `<root>/<key>`.
+//!
+//! Puts are made durable together: one thread per store takes every put waiting at that moment,
+//! creates and writes each file under its final name, and then syncs the filesystem once
+//! (`syncfs`) before answering them all. Per file, an fsync of the file and one of its directory
+//! cost two cache flushes of the disk and several waits; a burst of puts now shares one flush.
+//! `syncfs` also writes out other dirty data of the same filesystem, so a busy store is best on
+//! a filesystem of its own; elsewhere than Linux each file and its directory are fsynced.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
 
-/// Directories kept open for their fsync, at most: one per inbox written to recently.
-const OPEN_DIRS: usize = 256;
+/// Puts waiting for the sync thread before new ones wait for room.
+const QUEUE: usize = 1024;
+/// Bytes one sync writes at most, to bound how long the first put of a batch waits.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Directories remembered as existing, at most.
+const KNOWN_DIRS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
-    /// Open handles of directories known to exist, so a put neither creates nor opens its
-    /// directory again to fsync it.
-    dirs: Arc<Mutex<HashMap<PathBuf, Arc<std::fs::File>>>>,
+    /// The sync thread; it ends when the last clone of the store is dropped.
+    puts: mpsc::Sender<Put>,
+}
+
+#[derive(Debug)]
+struct Put {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    done: oneshot::Sender<std::io::Result<()>>,
 }
 
 impl FsStore {
     pub fn new(root: PathBuf) -> Self {
-        Self {
-            root,
-            dirs: Arc::default(),
+        let (puts, queue) = mpsc::channel(QUEUE);
+        let sync_root = root.clone();
+        // A store that cannot start its thread answers every put with an error (the sender
+        // is closed), which the intake turns into 451: nothing is accepted unstored.
+        if let Err(err) = std::thread::Builder::new()
+            .name("mxhook-store-sync".to_owned())
+            .spawn(move || sync_puts(&sync_root, queue))
+        {
+            tracing::error!(error = %err, "starting the store's sync thread failed");
         }
+        Self { root, puts }
     }
 
     fn path_of(&self, key: &str) -> Result<PathBuf, Error> {
@@ -43,19 +68,24 @@ impl FsStore {
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
         let path = self.path_of(key)?;
-        let bytes = bytes.to_vec();
-        let key_owned = key.to_owned();
-        let dirs = Arc::clone(&self.dirs);
-        // std::fs inside spawn_blocking: tokio::fs would hop to the blocking pool once per call
-        // anyway, and fsync must not stall the runtime's worker threads.
-        tokio::task::spawn_blocking(move || write_durably(&dirs, &path, &bytes))
-            .await
-            .map_err(|join| std::io::Error::other(join.to_string()))
-            .and_then(|result| result)
-            .map_err(|source| Error::Write {
-                key: key_owned,
-                source,
+        let (done, result) = oneshot::channel();
+        let stopped = || std::io::Error::other("the store's sync thread has stopped");
+        let outcome = match self
+            .puts
+            .send(Put {
+                path,
+                bytes: bytes.to_vec(),
+                done,
             })
+            .await
+        {
+            Ok(()) => result.await.unwrap_or_else(|_| Err(stopped())),
+            Err(_) => Err(stopped()),
+        };
+        outcome.map_err(|source| Error::Write {
+            key: key.to_owned(),
+            source,
+        })
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
@@ -85,51 +115,80 @@ impl FsStore {
     }
 }
 
-/// The file is created under its final name (never over an existing one), written, fsynced,
-/// and then its directory is fsynced so the name survives a crash too. A crash before the end
-/// can leave a partial file, but no row points at it: a row is committed only after this
-/// returned, and every key is fresh, so a partial object is never read. Writing a temporary
-/// file and renaming it would guard against nothing more and cost a rename and a second
-/// directory change per message.
-fn write_durably(
-    dirs: &Mutex<HashMap<PathBuf, Arc<std::fs::File>>>,
-    path: &Path,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    let dir_path = path
+/// The sync thread: writes each waiting batch of puts, makes it durable at once, answers it.
+fn sync_puts(root: &Path, mut queue: mpsc::Receiver<Put>) {
+    let mut known_dirs = HashSet::new();
+    while let Some(first) = queue.blocking_recv() {
+        let mut bytes = first.bytes.len();
+        let mut batch = vec![first];
+        while bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(put) => {
+                    bytes += put.bytes.len();
+                    batch.push(put);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut written = Vec::with_capacity(batch.len());
+        for put in batch {
+            match write_file(&mut known_dirs, &put.path, &put.bytes) {
+                Ok(()) => written.push(put),
+                Err(err) => {
+                    let _ = put.done.send(Err(err));
+                }
+            }
+        }
+        if written.is_empty() {
+            continue;
+        }
+        let paths: Vec<&Path> = written.iter().map(|put| put.path.as_path()).collect();
+        match make_durable(root, &paths) {
+            Ok(()) => {
+                for put in written {
+                    let _ = put.done.send(Ok(()));
+                }
+            }
+            Err(err) => {
+                // Nothing says which files reached the disk: none of them is reported stored.
+                for put in written {
+                    let _ = std::fs::remove_file(&put.path);
+                    let _ = put
+                        .done
+                        .send(Err(std::io::Error::new(err.kind(), err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Creates the file under its final name (never over an existing one) and writes it, not yet
+/// durable. A crash before the sync can leave a partial file, but no row points at it: a row
+/// is committed only after the put returned, and every key is fresh, so a partial object is
+/// never read.
+fn write_file(known_dirs: &mut HashSet<PathBuf>, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("object path has no parent directory"))?;
-    let cached = dirs
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(dir_path)
-        .cloned();
-    let (dir, file) = match cached.map(|dir| (create(path), dir)) {
-        Some((Ok(file), dir)) => (dir, file),
-        // Not cached, or removed since it was (an operator cleaned up): made again.
-        Some((Err(err), _)) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+    let file = match known_dirs.contains(dir).then(|| create(path)) {
+        Some(Ok(file)) => file,
+        // Not known, or removed since (an operator cleaned up): made again.
+        Some(Err(err)) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
         _ => {
-            std::fs::create_dir_all(dir_path)?;
-            let dir = Arc::new(std::fs::File::open(dir_path)?);
-            let file = create(path)?;
-            let mut dirs = dirs.lock().unwrap_or_else(PoisonError::into_inner);
-            if dirs.len() >= OPEN_DIRS {
-                dirs.clear();
+            std::fs::create_dir_all(dir)?;
+            if known_dirs.len() >= KNOWN_DIRS {
+                known_dirs.clear();
             }
-            dirs.insert(dir_path.to_owned(), Arc::clone(&dir));
-            (dir, file)
+            known_dirs.insert(dir.to_owned());
+            create(path)?
         }
     };
-    let written = (|| {
-        let mut file = file;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(err) = written {
+    let mut file = file;
+    let written = file.write_all(bytes);
+    if written.is_err() {
         let _ = std::fs::remove_file(path);
-        return Err(err);
     }
-    dir.sync_all()
+    written
 }
 
 /// A new file; an existing one (a key that was not fresh) is left alone and refused.
@@ -138,6 +197,27 @@ fn create(path: &Path) -> std::io::Result<std::fs::File> {
         .write(true)
         .create_new(true)
         .open(path)
+}
+
+/// Makes the written files, their names and any directories made for them durable: one
+/// `syncfs` of the store's filesystem.
+#[cfg(target_os = "linux")]
+fn make_durable(root: &Path, _written: &[&Path]) -> std::io::Result<()> {
+    let root = std::fs::File::open(root)?;
+    rustix::fs::syncfs(&root)?;
+    Ok(())
+}
+
+/// Elsewhere, each file and its directory are synced.
+#[cfg(not(target_os = "linux"))]
+fn make_durable(_root: &Path, written: &[&Path]) -> std::io::Result<()> {
+    for path in written {
+        std::fs::File::open(path)?.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
