@@ -3,7 +3,8 @@
 //!
 //! Jobs live in the database, not in memory: the dispatcher claims due jobs with a lease, attempts
 //! them under a concurrency limit, and records each attempt and the job's next state in one
-//! commit. Each endpoint also has a per-node limit of attempts in flight
+//! commit. A message's webhook jobs usually skip the claim: intake writes them already leased to
+//! this node and hands them over in memory (`handoff`). Each endpoint also has a per-node limit of attempts in flight
 //! (`delivery.max_in_flight_per_endpoint`): a receiver that hangs until the timeout holds only
 //! that many workers, and jobs of other endpoints keep being claimed past its backlog. A node that dies mid-attempt leaves a lease that expires, after which the job is due
 //! again (at-least-once). Receivers deduplicate on `webhook-id` / `event_id`.
