@@ -272,6 +272,38 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_are_stored_each_with_its_bytes_and_a_bad_one_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where a put needs a directory: that put cannot be written.
+        std::fs::write(dir.path().join("blocked"), b"not a directory").expect("write");
+        let store = FsStore::new(dir.path().to_owned());
+        let puts = (0..64).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = if i == 17 {
+                    "blocked/msg_17.eml".to_owned()
+                } else {
+                    format!("inbound/a/msg_{i}.eml")
+                };
+                let result = store.put(&key, format!("message {i}").as_bytes()).await;
+                (i, key, result)
+            })
+        });
+        for joined in futures_util::future::join_all(puts).await {
+            let (i, key, result) = joined.expect("join");
+            if i == 17 {
+                assert!(matches!(result, Err(Error::Write { .. })), "{result:?}");
+                continue;
+            }
+            result.expect("put");
+            assert_eq!(
+                store.get(&key).await.expect("get"),
+                format!("message {i}").into_bytes()
+            );
+        }
+    }
+
     #[tokio::test]
     async fn keys_cannot_escape_the_root() {
         let dir = tempfile::tempdir().expect("tempdir");
