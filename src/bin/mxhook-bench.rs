@@ -1,5 +1,5 @@
 //! `mxhook-bench`: measures the release binary the way users run it. It starts `mxhook serve`
-//! on a fresh data directory (SQLite, local store, fsync on), a webhook receiver on loopback and a
+//! on a fresh data directory (SQLite, local store, durable writes on), a webhook receiver on loopback and a
 //! real SMTP load generator, then prints accepted messages/s, reply and end-to-end latency,
 //! server CPU per message, peak RSS, and lost/duplicated counts. Optionally it runs the same load
 //! against Postfix's `smtp-sink` for a ceiling to compare with.

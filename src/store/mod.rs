@@ -1,9 +1,9 @@
 //! Raw `.eml` persistence: the exact bytes received, under `<prefix><agent_id>/<message_id>.eml`.
 //!
-//! A `put` returns only once the object is durable (for the fs backend: written to a temporary
-//! file, fsync'd, renamed into place and the directory fsync'd), because the SMTP `250` waits on
-//! it (for the s3 backend: acknowledged by S3 after it verified the body's checksum). Nothing
-//! here parses or rewrites the bytes.
+//! A `put` returns only once the object is durable (for the fs backend: written under its fresh
+//! key and synced to disk together with the other puts waiting at that moment), because the SMTP
+//! `250` waits on it (for the s3 backend: acknowledged by S3 after it verified the body's
+//! checksum). Nothing here parses or rewrites the bytes.
 
 mod fs;
 mod s3;
