@@ -1050,6 +1050,24 @@ fn levels_in_order(
         .collect()
 }
 
+/// A job's columns after an attempt at `now`: status, next attempt time, failures to add, and
+/// when it was delivered.
+fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64>) {
+    match next {
+        JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0, Some(now)),
+        JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1, None),
+        JobUpdate::Dead => (DeliveryStatus::Dead, now, 1, None),
+    }
+}
+
+fn warn_attempt_not_recorded(record: &AttemptRecord) {
+    tracing::warn!(
+        delivery = %record.delivery_id,
+        node = %record.worker,
+        "attempt not recorded: the job is gone or its lease passed to another node"
+    );
+}
+
 /// Logs one attempt and moves its job on, releasing the lease.
 async fn write_attempt(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -1059,11 +1077,7 @@ async fn write_attempt(
     // once with "database is locked" when another attempt committed in between, and the
     // job would then wait for its lease to run out and be sent again.
     let now = now_ms();
-    let (status, next_attempt_at, failed, delivered_at) = match record.next {
-        JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
-        JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1_i64, None),
-        JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
-    };
+    let (status, next_attempt_at, failed, delivered_at) = job_after(record.next, now);
     // The job's attempt counter numbers the attempt, so no second read is needed.
     let attempt: Option<i64> = sqlx::query_scalar(FINISH_ATTEMPT)
         .bind(status.as_str())
@@ -1081,11 +1095,7 @@ async fn write_attempt(
     // node took the job: that node's attempt is the one that counts, so this one must neither
     // finish the job nor spend its retry budget.
     let Some(attempt) = attempt else {
-        tracing::warn!(
-            delivery = %record.delivery_id,
-            node = %record.worker,
-            "attempt not recorded: the job is gone or its lease passed to another node"
-        );
+        warn_attempt_not_recorded(record);
         return Ok(());
     };
     sqlx::query(INSERT_ATTEMPT)

@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 
 use super::commit::{Claim, Reply, Request, Write, batch_rows_allow};
 use super::{
-    AttemptRecord, Backend, DeliveryStatus, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
-    INSERT_FINGERPRINT, INSERT_MESSAGE, JobUpdate, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
-    REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, count_sql, header_text, levels_in_order,
-    levels_sql, prune_fingerprints_now, unique_buckets, with_duplicate_flag,
+    AttemptRecord, Backend, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
+    INSERT_FINGERPRINT, INSERT_MESSAGE, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
+    REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, count_sql, header_text, job_after,
+    levels_in_order, levels_sql, prune_fingerprints_now, unique_buckets, warn_attempt_not_recorded,
+    with_duplicate_flag,
 };
 
 /// Prepared statements kept per connection: the fixed ones, plus claims and counts of each shape.
@@ -274,11 +275,7 @@ fn record_fingerprint(
 /// As `db::write_attempt`.
 fn write_attempt(conn: &Connection, record: &AttemptRecord) -> Result<(), Error> {
     let now = crate::model::now_ms();
-    let (status, next_attempt_at, failed, delivered_at) = match record.next {
-        JobUpdate::Delivered => (DeliveryStatus::Delivered, now, 0_i64, Some(now)),
-        JobUpdate::RetryAt(at) => (DeliveryStatus::Pending, at, 1_i64, None),
-        JobUpdate::Dead => (DeliveryStatus::Dead, now, 1_i64, None),
-    };
+    let (status, next_attempt_at, failed, delivered_at) = job_after(record.next, now);
     let attempt: Option<i64> = query_first(
         conn,
         FINISH_ATTEMPT,
@@ -295,11 +292,7 @@ fn write_attempt(conn: &Connection, record: &AttemptRecord) -> Result<(), Error>
         ],
     )?;
     let Some(attempt) = attempt else {
-        tracing::warn!(
-            delivery = %record.delivery_id,
-            node = %record.worker,
-            "attempt not recorded: the job is gone or its lease passed to another node"
-        );
+        warn_attempt_not_recorded(record);
         return Ok(());
     };
     execute(
