@@ -1792,11 +1792,11 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
     let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
     let ordered: i64 = row.try_get(column("webhook_ordered").as_str())?;
     let signature_format: String = row.try_get(column("webhook_signature_format").as_str())?;
-    Ok(Some(WebhookEndpoint {
+    let mut endpoint = WebhookEndpoint {
         url,
         enabled: enabled != 0,
         secret: row.try_get(column("webhook_secret").as_str())?,
-        previous_secret: previous_secret.filter(|_| previous_expires_at > Some(now_ms())),
+        previous_secret,
         previous_secret_expires_at: previous_expires_at,
         signature: SignatureScheme::parse(&signature)
             .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
@@ -1812,7 +1812,9 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
         verify_tls: verify_tls != 0,
         disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
         ordered: ordered != 0,
-    }))
+    };
+    endpoint.expire_previous_secret(now_ms());
+    Ok(Some(endpoint))
 }
 
 /// An inbox's stored notification rules. Rules that no longer parse are skipped with a warning

@@ -17,7 +17,7 @@ use crate::db::{ClaimedJob, Db, JobTarget, Lease, NewDelivery, NewFingerprint, N
 use crate::deliver::handoff::{Handoff, Reservation};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
-use crate::model::{Envelope, new_id, now_ms};
+use crate::model::{Envelope, WebhookEndpoint, new_id, now_ms};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
 use crate::route;
@@ -78,6 +78,12 @@ struct HandoffJob<'a> {
     received_at: i64,
     /// The message's place in the commit.
     index: usize,
+}
+
+/// One delivery job of a message, with the webhook it posts to (none for an email forward).
+struct Routed {
+    delivery: NewDelivery,
+    webhook: Option<WebhookEndpoint>,
 }
 
 /// What the checks concluded for one inbox's copy.
@@ -262,14 +268,14 @@ impl Intake {
                 &parsed,
                 flags,
             );
-            let mut deliveries = if quarantined {
+            let routed = if quarantined {
                 Vec::new()
             } else {
                 self.deliveries_for(inbox_id, &event)
             };
             let event_json = event.to_string();
-            self.lease_for_handoff(
-                &mut deliveries,
+            let deliveries = self.lease_for_handoff(
+                routed,
                 &mut handed_over,
                 &HandoffJob {
                     inbox_id,
@@ -358,44 +364,33 @@ impl Intake {
     /// only a claim checks, and email forwards read the original back, so both are claimed.
     fn lease_for_handoff(
         &self,
-        deliveries: &mut [NewDelivery],
+        routed: Vec<Routed>,
         handed_over: &mut Vec<HandedOver>,
         message: &HandoffJob<'_>,
-    ) {
-        let Some(handoff) = &self.handoff else {
-            return;
-        };
-        let Some(inbox) = self.directory.inbox(message.inbox_id) else {
-            return;
-        };
-        for delivery in deliveries {
-            if delivery.channel != "webhook" || delivery.ordered {
+    ) -> Vec<NewDelivery> {
+        let mut deliveries = Vec::with_capacity(routed.len());
+        let mut room = self.handoff.is_some();
+        for Routed {
+            mut delivery,
+            webhook,
+        } in routed
+        {
+            let handoff = self.handoff.as_ref().filter(|_| room);
+            let (Some(handoff), Some(mut endpoint)) = (handoff, webhook) else {
+                deliveries.push(delivery);
+                continue;
+            };
+            if delivery.ordered {
+                deliveries.push(delivery);
                 continue;
             }
-            let endpoint = match delivery.endpoint_ref.strip_prefix("rule:") {
-                None => inbox.webhook.clone(),
-                Some(rule_id) => inbox
-                    .rules
-                    .iter()
-                    .find(|rule| rule.id == rule_id)
-                    .and_then(|rule| rule.channels.webhook.as_ref())
-                    .map(|webhook| {
-                        crate::model::WebhookEndpoint::for_rule(webhook, inbox.webhook.as_ref())
-                    }),
-            };
-            let Some(mut endpoint) = endpoint else {
-                continue;
-            };
             let Some(reservation) = handoff.reserve() else {
-                return;
+                room = false;
+                deliveries.push(delivery);
+                continue;
             };
             // The directory's copy was read when the secret's grace period still ran.
-            if endpoint
-                .previous_secret_expires_at
-                .is_none_or(|until| until <= message.received_at)
-            {
-                endpoint.previous_secret = None;
-            }
+            endpoint.expire_previous_secret(message.received_at);
             delivery.lease = Some(Lease {
                 node: handoff.node_id().to_owned(),
                 until: handoff.lease_until(message.received_at),
@@ -417,7 +412,9 @@ impl Intake {
                 },
                 message: message.index,
             });
+            deliveries.push(delivery);
         }
+        deliveries
     }
 
     /// Passes committed leased jobs to the dispatcher; when it has stopped, their leases are
@@ -623,51 +620,60 @@ impl Intake {
 
     /// The delivery jobs of one event: the inbox webhook (every event) and each route its
     /// notification rules add (webhooks and email forwards).
-    fn deliveries_for(&self, inbox_id: &str, event: &serde_json::Value) -> Vec<NewDelivery> {
+    fn deliveries_for(&self, inbox_id: &str, event: &serde_json::Value) -> Vec<Routed> {
         let Some(inbox) = self.directory.inbox(inbox_id) else {
             return Vec::new();
         };
-        let mut deliveries: Vec<NewDelivery> = inbox
+        let mut deliveries: Vec<Routed> = inbox
             .webhook
+            .clone()
             .filter(|webhook| webhook.enabled)
-            .map(|webhook| NewDelivery {
-                id: new_id("dlv"),
-                channel: "webhook".to_owned(),
-                endpoint_ref: "inbox".to_owned(),
-                target: webhook.url,
-                ordered: webhook.ordered,
-                lease: None,
+            .map(|webhook| Routed {
+                delivery: NewDelivery {
+                    id: new_id("dlv"),
+                    channel: "webhook".to_owned(),
+                    endpoint_ref: "inbox".to_owned(),
+                    target: webhook.url.clone(),
+                    ordered: webhook.ordered,
+                    lease: None,
+                },
+                webhook: Some(webhook),
             })
             .into_iter()
             .collect();
         let flags = route::EventFlags::from_event(event);
         let own_address = |address: &str| self.directory.lookup(address).is_some();
         for route in route::routes(&inbox.rules, &flags, own_address) {
-            let (channel, rule_id, target, ordered) = match route {
+            let (channel, rule_id, target, ordered, webhook) = match route {
                 route::Route::Webhook { rule_id } => {
                     let webhook = inbox
                         .rules
                         .iter()
                         .find(|rule| rule.id == rule_id)
-                        .and_then(|rule| rule.channels.webhook.as_ref());
+                        .and_then(|rule| rule.channels.webhook.as_ref())
+                        .map(|webhook| WebhookEndpoint::for_rule(webhook, inbox.webhook.as_ref()));
                     let url = webhook
+                        .as_ref()
                         .map(|webhook| webhook.url.clone())
                         .unwrap_or_default();
-                    let ordered = webhook.is_some_and(|webhook| webhook.ordered);
-                    ("webhook", rule_id, url, ordered)
+                    let ordered = webhook.as_ref().is_some_and(|webhook| webhook.ordered);
+                    ("webhook", rule_id, url, ordered, webhook)
                 }
                 route::Route::Email {
                     rule_id,
                     recipients,
-                } => ("email", rule_id, recipients.join(", "), false),
+                } => ("email", rule_id, recipients.join(", "), false, None),
             };
-            deliveries.push(NewDelivery {
-                id: new_id("dlv"),
-                channel: channel.to_owned(),
-                endpoint_ref: format!("rule:{rule_id}"),
-                target,
-                ordered,
-                lease: None,
+            deliveries.push(Routed {
+                delivery: NewDelivery {
+                    id: new_id("dlv"),
+                    channel: channel.to_owned(),
+                    endpoint_ref: format!("rule:{rule_id}"),
+                    target,
+                    ordered,
+                    lease: None,
+                },
+                webhook,
             });
         }
         deliveries
@@ -703,7 +709,11 @@ impl Intake {
             s3_bucket: &self.bucket,
             s3_key: &key,
         });
-        let deliveries = self.deliveries_for(inbox_id, &event);
+        let deliveries = self
+            .deliveries_for(inbox_id, &event)
+            .into_iter()
+            .map(|routed| routed.delivery)
+            .collect();
         if let Err(err) = self.store.put(&key, raw).await {
             tracing::error!(error = %err, key, "storing provider payload failed");
             // As for mail: the failed put may have been stored anyway.

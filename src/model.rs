@@ -101,6 +101,16 @@ pub struct WebhookEndpoint {
 }
 
 impl WebhookEndpoint {
+    /// Forgets the previous secret once its grace period has ended at `now` (ms).
+    pub fn expire_previous_secret(&mut self, now: i64) {
+        if self
+            .previous_secret_expires_at
+            .is_none_or(|until| until <= now)
+        {
+            self.previous_secret = None;
+        }
+    }
+
     /// A rule's webhook, signed with its inbox's secrets (rules carry no secret of their own, so
     /// one receiver-side key verifies everything an inbox sends).
     pub fn for_rule(
