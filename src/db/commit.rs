@@ -66,7 +66,7 @@ impl Write {
         matches!(self, Self::Accepted(_))
     }
 
-    pub(super) fn rows(&self) -> usize {
+    fn rows(&self) -> usize {
         match self {
             Self::Accepted(messages) => messages.len().max(1),
             Self::Attempt(_) => 1,
@@ -82,9 +82,20 @@ pub(super) struct Request {
     pub(super) done: oneshot::Sender<Result<Reply, Error>>,
 }
 
-/// Whether a batch of `rows` rows may take another write.
-pub(super) fn batch_rows_allow(rows: usize) -> bool {
-    rows < MAX_BATCH_ROWS
+/// `first` and every request queued behind it, up to [`MAX_BATCH_ROWS`] rows.
+pub(super) fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+    let mut rows = first.write.rows();
+    let mut batch = vec![first];
+    while rows < MAX_BATCH_ROWS {
+        match requests.try_recv() {
+            Ok(request) => {
+                rows += request.write.rows();
+                batch.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// The handle writers go through; cheap to clone. The committer task ends when every handle
@@ -151,17 +162,7 @@ impl GroupCommit {
 
 async fn run(db: Db, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.recv().await {
-        let mut rows = first.write.rows();
-        let mut batch = vec![first];
-        while batch_rows_allow(rows) {
-            match requests.try_recv() {
-                Ok(request) => {
-                    rows += request.write.rows();
-                    batch.push(request);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut batch = fill_batch(first, &mut requests);
         let writes: Vec<&Write> = batch.iter().map(|request| &request.write).collect();
         match db.write_together(&writes).await {
             Ok(replies) => {

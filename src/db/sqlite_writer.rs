@@ -14,7 +14,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, Statement, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::commit::{Claim, Reply, Request, Write, batch_rows_allow};
+use super::commit::{Claim, Reply, Request, Write, fill_batch};
 use super::{
     AttemptRecord, Backend, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
     INSERT_FINGERPRINT, INSERT_MESSAGE, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
@@ -48,17 +48,7 @@ pub(super) fn start(path: &str, requests: mpsc::Receiver<Request>) -> Result<(),
 fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
     let mut synchronous = Synchronous::Full;
     while let Some(first) = requests.blocking_recv() {
-        let mut rows = first.write.rows();
-        let mut batch = vec![first];
-        while batch_rows_allow(rows) {
-            match requests.try_recv() {
-                Ok(request) => {
-                    rows += request.write.rows();
-                    batch.push(request);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = fill_batch(first, &mut requests);
         // Reads are answered first, outside the transaction: they wait for no commit.
         let (reads, mut batch): (Vec<Request>, Vec<Request>) = batch
             .into_iter()

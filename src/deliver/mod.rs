@@ -78,6 +78,17 @@ pub struct Dispatcher {
     known_clear: Mutex<HashMap<(String, String, String), std::time::Instant>>,
 }
 
+/// Waits for a free worker; `None` when shutdown came first.
+async fn free_worker(
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        permit = Arc::clone(permits).acquire_owned() => permit.ok(),
+    }
+}
+
 /// What an attempt holds while its request is in flight: a worker and a slot of its endpoint.
 /// Only ever dropped.
 struct Held {
@@ -247,13 +258,10 @@ impl Dispatcher {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> bool {
-        let mut permit = tokio::select! {
-            () = shutdown.cancelled() => return false,
-            permit = Arc::clone(permits).acquire_owned() => match permit {
-                Ok(permit) => Some(permit),
-                Err(_) => return false,
-            },
+        let Some(first) = free_worker(permits, shutdown).await else {
+            return false;
         };
+        let mut permit = Some(first);
         let mut over_limit = Vec::new();
         while let Some(free) = permit.take() {
             let Some(job) = self.handoff.pop() else {
@@ -286,12 +294,8 @@ impl Dispatcher {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Claimed {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => return Claimed::Stopped,
-            permit = Arc::clone(permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Claimed::Stopped,
-            },
+        let Some(first) = free_worker(permits, shutdown).await else {
+            return Claimed::Stopped;
         };
         let mut held = vec![first];
         // A claim larger than an endpoint's limit would mostly be given back when the queue
