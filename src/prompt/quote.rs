@@ -4,6 +4,8 @@
 //! Pure. Works on text (plain bodies, or HTML already converted to markdown, where Gmail's
 //! `gmail_quote` blockquotes and Apple's `type=cite` have become `>` lines).
 
+use std::borrow::Cow;
+
 /// A body split into what the sender wrote and what they quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quoted {
@@ -99,12 +101,21 @@ fn is_quote_line(line: &str) -> bool {
     line.trim_start().starts_with('>')
 }
 
-/// Markdown emphasis that HTML conversion leaves around header labels (`**From:**`).
-fn plain(line: &str) -> String {
-    line.trim()
-        .trim_start_matches(['*', '_'])
-        .replace("**", "")
-        .replace("__", "")
+/// Markdown emphasis that HTML conversion leaves around header labels (`**From:**`). Borrowed
+/// when there is none: every line of every body passes through here.
+fn plain(line: &str) -> Cow<'_, str> {
+    let trimmed = line.trim().trim_start_matches(['*', '_']);
+    if trimmed.contains("**") || trimmed.contains("__") {
+        Cow::Owned(trimmed.replace("**", "").replace("__", ""))
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// Whether `plain(line)` can end with the colon every attribution ends with: a cheap test that
+/// spares the other lines the lowercasing and joining below.
+fn may_end_attribution(line: &str) -> bool {
+    line.trim_end().trim_end_matches(['*', '_']).ends_with(':')
 }
 
 /// The number of lines of an attribution starting at `idx`, if one starts there.
@@ -113,11 +124,14 @@ fn attribution_at(lines: &[&str], idx: usize) -> Option<usize> {
     if first.is_empty() || first.len() > 400 {
         return None;
     }
-    if is_attribution(&first) {
+    if may_end_attribution(lines[idx]) && is_attribution(&first) {
         return Some(1);
     }
     // Clients wrap long attributions: "On Mon, 1 Jan 2024 at 10:00, Jane Doe <jane@…>\nwrote:".
-    let second = lines.get(idx + 1).map(|line| plain(line))?;
+    let second = lines
+        .get(idx + 1)
+        .filter(|line| may_end_attribution(line))
+        .map(|line| plain(line))?;
     if second.len() <= 200
         && starts_attribution(&first)
         && is_attribution(&format!("{first} {second}"))
@@ -169,6 +183,11 @@ fn is_attribution(line: &str) -> bool {
 
 fn is_outlook_separator(lines: &[&str], idx: usize) -> bool {
     let line = plain(lines[idx]);
+    // Every separator below starts with a dash or with From/Von/De.
+    let first = line.chars().next().and_then(|c| c.to_lowercase().next());
+    if !matches!(first, Some('-' | 'f' | 'v' | 'd')) {
+        return false;
+    }
     let lower = line.to_lowercase();
     let dashes = lower.trim_matches(|c: char| c == '-' || c.is_whitespace());
     if lower.starts_with("-----")
