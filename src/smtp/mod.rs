@@ -10,6 +10,7 @@
 //! seeing a refused connection, and it closes once the last session has ended.
 
 pub mod proto;
+mod reader;
 pub mod session;
 pub mod tls;
 

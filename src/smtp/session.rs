@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::reader::SessionReader;
 use mailin::{Action, Handler, Response};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,8 @@ enum Ending {
 
 /// Bytes each session buffers from its socket.
 const READ_BUFFER: usize = 2 * 1024;
+/// Bytes buffered while a message streams in: a typical message in a few reads.
+const DATA_READ_BUFFER: usize = 16 * 1024;
 
 struct Session<'a, R, W> {
     ctx: &'a SessionContext,
@@ -122,7 +125,7 @@ where
 
 /// The rest of a session after `STARTTLS`: the handshake, then a fresh session inside TLS.
 async fn continue_in_tls<S>(
-    session: Session<'_, tokio::io::BufReader<tokio::io::ReadHalf<S>>, tokio::io::WriteHalf<S>>,
+    session: Session<'_, SessionReader<tokio::io::ReadHalf<S>>, tokio::io::WriteHalf<S>>,
     peer: SocketAddr,
     ctx: &SessionContext,
     deadline: Instant,
@@ -168,7 +171,7 @@ async fn continue_in_tls<S>(
     }
 }
 
-impl<'a, R, W> Session<'a, tokio::io::BufReader<R>, W>
+impl<'a, R, W> Session<'a, SessionReader<R>, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -188,7 +191,7 @@ where
             ctx,
             // Small on purpose: every idle session holds this buffer, and a command line fits
             // in it many times over; DATA just takes a few more reads.
-            reader: BufReader::with_capacity(READ_BUFFER, read_half),
+            reader: SessionReader::with_capacity(READ_BUFFER, read_half),
             writer,
             out: Vec::with_capacity(512),
             line: Vec::with_capacity(512),
@@ -206,7 +209,7 @@ where
     }
 }
 
-impl<R, W> Session<'_, tokio::io::BufReader<R>, W>
+impl<R, W> Session<'_, SessionReader<R>, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -506,6 +509,7 @@ where
         }
         self.queue(&proto::enhance_engine_reply(354));
         self.flush().await?;
+        self.reader.set_capacity(DATA_READ_BUFFER);
 
         let config = &self.ctx.config;
         let mut receiver = DataReceiver::new(
@@ -536,6 +540,7 @@ where
                 break;
             }
         }
+        self.reader.set_capacity(READ_BUFFER);
         // The engine only learns that the transaction is over; the reply is intake's.
         let _ = self.engine.process(b".\r\n");
         let reply = match receiver.finish() {
