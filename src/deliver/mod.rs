@@ -369,7 +369,10 @@ impl Dispatcher {
             message_id = %job.message_id,
             attempt = job.attempts + 1,
         );
-        tracker.spawn(
+        // Boxed: the attempt's future (the HTTP request's among it) is many kilobytes, and
+        // the runtime moves a task's future by value several times when spawning it and again
+        // when the task finishes; a box is moved as a pointer.
+        tracker.spawn(Box::pin(
             async move {
                 dispatcher
                     .attempt(
@@ -382,7 +385,7 @@ impl Dispatcher {
                     .await;
             }
             .instrument(span),
-        );
+        ));
     }
 
     /// `held` (a worker and an endpoint slot) is given back once the receiver has answered,
