@@ -273,7 +273,7 @@ impl Intake {
             } else {
                 self.deliveries_for(inbox_id, &event)
             };
-            let event_json = event.to_string();
+            let event_json = event::to_json(&event);
             let deliveries = self.lease_for_handoff(
                 routed,
                 &mut handed_over,
@@ -737,7 +737,7 @@ impl Intake {
             sender: None,
             subject: event["booking"]["title"].as_str().map(str::to_owned),
             received_at,
-            event_json: event.to_string(),
+            event_json: event::to_json(&event),
             // A booking is its own thread: calendar events never join mail threads.
             thread_id: new_id("thr"),
             subject_key: None,
