@@ -26,8 +26,10 @@ const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (
 /// `commit`). `$n` are numbered in order of first use, which is also SQLite's binding order.
 const INSERT_MESSAGE: &str = "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
     storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, \
-    subject, received_at, event_json, thread_id, subject_key, participants, quarantined) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+    subject, received_at, event_json, thread_id, subject_key, participants, quarantined, \
+    event_lz4) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+    $20)";
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
     channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
     updated_at, thread_id, ordered, locked_until, locked_by) \
@@ -94,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "ingress per inbox",
         include_str!("../migrations/0012_ingress_per_inbox.sql"),
+    ),
+    (
+        13,
+        "event lz4",
+        include_str!("../migrations/0013_event_lz4.sql"),
     ),
 ];
 
@@ -839,6 +846,9 @@ async fn insert_messages(
                 .bind(message.subject_key.as_deref().map(header_text))
                 .bind(header_text(&message.participants.join(" ")))
                 .bind(i64::from(message.quarantined))
+                // This path writes PostgreSQL (which compresses large text itself) and
+                // in-memory SQLite; the file-backed SQLite committer compresses.
+                .bind(None::<Vec<u8>>)
                 .execute(&mut **tx)
                 .await?;
             for delivery in &message.deliveries {
@@ -920,6 +930,36 @@ fn with_duplicate_flag(event_json: &str, duplicate: bool) -> Option<String> {
             Some(Value::Object(event).to_string())
         }
         _ => None,
+    }
+}
+
+/// Longest event a stored `event_lz4` may claim to hold: the payload cap is configurable, but an
+/// event past this is a corrupt length prefix, not mail, and must not size an allocation.
+const MAX_STORED_EVENT: usize = 1 << 30;
+
+/// An event as `event_lz4` holds it (migration 0013): LZ4 block format, its length first.
+pub(crate) fn compress_event(event_json: &str) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(event_json.as_bytes())
+}
+
+fn decompress_event(stored: &[u8]) -> Result<String, Error> {
+    let corrupt = |what: String| Error::Corrupt(format!("a stored event {what}"));
+    let (length, compressed) = lz4_flex::block::uncompressed_size(stored)
+        .map_err(|err| corrupt(format!("has no length: {err}")))?;
+    if length > MAX_STORED_EVENT {
+        return Err(corrupt(format!("claims {length} bytes")));
+    }
+    let json = lz4_flex::block::decompress(compressed, length)
+        .map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+    String::from_utf8(json).map_err(|err| corrupt(format!("is not UTF-8: {err}")))
+}
+
+/// A row's event: `event_lz4` where the writer compressed it, else `event_json`. The query
+/// must select both columns under these names.
+pub(crate) fn stored_event(row: &AnyRow) -> Result<String, Error> {
+    match row.try_get::<Option<Vec<u8>>, _>("event_lz4")? {
+        Some(compressed) => decompress_event(&compressed),
+        None => Ok(row.try_get("event_json")?),
     }
 }
 
@@ -1160,7 +1200,7 @@ impl Db {
         // One read for the whole claim, in claim order.
         let load = format!(
             "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-             d.endpoint_ref, d.channel, m.event_json, m.storage_key, i.webhook_url, \
+             d.endpoint_ref, d.channel, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
              i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
              i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
              i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
@@ -1223,7 +1263,7 @@ impl Db {
                 event_id: row.try_get("event_id")?,
                 attempts: row.try_get("attempts")?,
                 failures: row.try_get("failures")?,
-                event_json: row.try_get("event_json")?,
+                event_json: stored_event(&row)?,
                 storage_key: row.try_get("storage_key")?,
                 endpoint_ref,
                 channel,
@@ -1513,17 +1553,18 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, Error> {
-        let row =
-            sqlx::query("SELECT id, inbox_id, storage_key, event_json FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, inbox_id, storage_key, event_json, event_lz4 FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|row| {
             Ok(MessageRow {
                 id: row.try_get("id")?,
                 inbox_id: row.try_get("inbox_id")?,
                 storage_key: row.try_get("storage_key")?,
-                event_json: row.try_get("event_json")?,
+                event_json: stored_event(&row)?,
             })
         })
         .transpose()
@@ -1617,7 +1658,7 @@ impl Db {
                 break;
             }
             let rows = sqlx::query(
-                "SELECT id, received_at, header_message_id, event_json FROM messages \
+                "SELECT id, received_at, header_message_id, event_json, event_lz4 FROM messages \
                  WHERE inbox_id = $1 AND thread_id = $2 \
                  AND (received_at < $3 OR (received_at = $3 AND id < $4)) \
                  ORDER BY received_at DESC, id DESC LIMIT $5",
@@ -1632,7 +1673,7 @@ impl Db {
             let page_len = rows.len();
             for row in rows {
                 before = (row.try_get("received_at")?, row.try_get("id")?);
-                let event: String = row.try_get("event_json")?;
+                let event = stored_event(&row)?;
                 if crate::thread::is_quarantined(&event) {
                     continue;
                 }
@@ -1924,3 +1965,40 @@ pub use management::{
     ApiKeyRow, Histogram, InboxRow, InboxUpdate, MessageFilter, MessageSummary, MetricsSnapshot,
     NewInbox, WebhookSettings,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compressed_event_reads_back_as_written() {
+        let event = serde_json::json!({
+            "email": {"plain_text": "Grüße\n".repeat(300), "prompt": "Grüße\n".repeat(300)},
+            "is_duplicate": false,
+        })
+        .to_string();
+        let stored = compress_event(&event);
+        assert!(
+            stored.len() * 4 < event.len(),
+            "{} of {}",
+            stored.len(),
+            event.len()
+        );
+        assert_eq!(decompress_event(&stored).expect("decompress"), event);
+    }
+
+    #[test]
+    fn a_damaged_stored_event_is_an_error_not_a_panic_or_a_huge_allocation() {
+        let stored = compress_event(&"x".repeat(5000));
+        // A length prefix of 4 GiB - 1: refused before anything is allocated.
+        let mut huge = stored.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decompress_event(&huge), Err(Error::Corrupt(_))));
+        for damaged in [&stored[..2], &stored[..stored.len() - 3], &[0xff; 16][..]] {
+            assert!(matches!(decompress_event(damaged), Err(Error::Corrupt(_))));
+        }
+        // Valid LZ4 of bytes that are not UTF-8.
+        let binary = lz4_flex::block::compress_prepend_size(&[0xc3, 0x28]);
+        assert!(matches!(decompress_event(&binary), Err(Error::Corrupt(_))));
+    }
+}

@@ -145,7 +145,7 @@ impl Db {
     ) -> Result<Vec<MessageListing>, Error> {
         let order = if after.is_some() { "ASC" } else { "DESC" };
         let rows = sqlx::query(&format!(
-            "SELECT m.id, m.inbox_id, m.sender, m.subject, m.received_at, m.event_json, \
+            "SELECT m.id, m.inbox_id, m.sender, m.subject, m.received_at, m.event_json, m.event_lz4, \
              w.id AS delivery_id, w.status AS delivery_status, \
              w.last_status_code AS delivery_status_code \
              FROM messages m LEFT JOIN deliveries w ON w.id = ({WEBHOOK_DELIVERY}) \
@@ -167,7 +167,7 @@ impl Db {
                     sender: row.try_get("sender")?,
                     subject: row.try_get("subject")?,
                     received_at: row.try_get("received_at")?,
-                    event_json: row.try_get("event_json")?,
+                    event_json: super::stored_event(row)?,
                     delivery_id: row.try_get("delivery_id")?,
                     delivery_status: row.try_get("delivery_status")?,
                     delivery_status_code: row.try_get("delivery_status_code")?,

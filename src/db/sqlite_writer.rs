@@ -18,9 +18,9 @@ use super::commit::{Claim, Reply, Request, Write, fill_batch};
 use super::{
     AttemptRecord, Backend, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
     INSERT_FINGERPRINT, INSERT_MESSAGE, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
-    REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, count_sql, header_text, job_after,
-    levels_in_order, levels_sql, prune_fingerprints_now, unique_buckets, warn_attempt_not_recorded,
-    with_duplicate_flag,
+    REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, compress_event, count_sql, header_text,
+    job_after, levels_in_order, levels_sql, prune_fingerprints_now, unique_buckets,
+    warn_attempt_not_recorded, with_duplicate_flag,
 };
 
 /// Prepared statements kept per connection: the fixed ones, plus claims and counts of each shape.
@@ -167,6 +167,9 @@ fn insert_messages(
             }
         }
         let event_json = flagged.as_deref().unwrap_or(&message.event_json);
+        // Stored compressed (migration 0013): a third of the pages, each written to the WAL
+        // and again by the checkpoint.
+        let event_lz4 = compress_event(event_json);
         execute(
             conn,
             INSERT_MESSAGE,
@@ -185,11 +188,12 @@ fn insert_messages(
                 &message.sender.as_deref().map(header_text),
                 &message.subject.as_deref().map(header_text),
                 &message.received_at,
-                &event_json,
+                &"",
                 &message.thread_id,
                 &message.subject_key.as_deref().map(header_text),
                 &header_text(&message.participants.join(" ")),
                 &i64::from(message.quarantined),
+                &event_lz4,
             ],
         )?;
         for delivery in &message.deliveries {

@@ -916,3 +916,67 @@ async fn a_handed_over_job_not_started_at_shutdown_is_sent_at_once_after_restart
     receiver.assert_silent(Duration::from_millis(500)).await;
     restarted.stop().await;
 }
+
+/// The SQLite committer stores each event compressed (migration 0013) and PostgreSQL as text;
+/// either way the API serves exactly the event that was delivered.
+#[tokio::test]
+async fn the_stored_event_reads_back_as_the_delivered_one_in_either_storage_form() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let (code, text) = send_one(&gateway, "stored form").await;
+    assert_eq!(code, 250, "{text}");
+    let delivered = receiver.recv().await.json();
+    let message_id = delivered["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_owned();
+
+    let database_url = crate::support::gateway::test_database_url(gateway.dir.path());
+    let select = "SELECT event_json, event_lz4 FROM messages WHERE id = $1";
+    let (event_json, event_lz4): (String, Option<Vec<u8>>) = if database_url.starts_with("postgres")
+    {
+        let pool = sqlx::PgPool::connect(&database_url)
+            .await
+            .expect("postgres");
+        let row = sqlx::query_as(select)
+            .bind(&message_id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        pool.close().await;
+        row
+    } else {
+        let pool = sqlx::SqlitePool::connect(&database_url)
+            .await
+            .expect("sqlite");
+        let row = sqlx::query_as(select)
+            .bind(&message_id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        pool.close().await;
+        row
+    };
+    if database_url.starts_with("postgres") {
+        assert!(event_lz4.is_none());
+        let stored: serde_json::Value = serde_json::from_str(&event_json).expect("JSON");
+        assert_eq!(stored, delivered);
+    } else {
+        assert_eq!(
+            event_json, "",
+            "the text is not stored beside the compressed event"
+        );
+        let compressed = event_lz4.expect("event_lz4 is set");
+        assert!(
+            compressed.len() < serde_json::to_vec(&delivered).expect("json").len(),
+            "{} bytes stored",
+            compressed.len()
+        );
+    }
+    let (status, served) = gateway
+        .api_get(&format!("/v1/messages/{message_id}"))
+        .await
+        .expect("api");
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(served, delivered);
+}
