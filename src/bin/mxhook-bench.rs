@@ -55,17 +55,169 @@ struct Args {
     idle: Option<usize>,
 }
 
-/// One message of ~10 KB: multipart/mixed with text, HTML and a base64 attachment.
+/// Words the bench's bodies are drawn from, so that no two messages share their text and a body
+/// compresses like prose, not like one sentence repeated (the gateway stores events compressed).
+const WORDS: &[&str] = &[
+    "the",
+    "quarterly",
+    "numbers",
+    "are",
+    "attached",
+    "please",
+    "summarise",
+    "them",
+    "for",
+    "team",
+    "revenue",
+    "grew",
+    "in",
+    "every",
+    "region",
+    "except",
+    "north",
+    "where",
+    "a",
+    "supplier",
+    "delayed",
+    "two",
+    "shipments",
+    "costs",
+    "rose",
+    "slightly",
+    "because",
+    "of",
+    "freight",
+    "and",
+    "hiring",
+    "we",
+    "expect",
+    "margins",
+    "to",
+    "recover",
+    "next",
+    "quarter",
+    "if",
+    "contract",
+    "with",
+    "new",
+    "carrier",
+    "is",
+    "signed",
+    "by",
+    "end",
+    "month",
+    "questions",
+    "budget",
+    "review",
+    "meeting",
+    "on",
+    "thursday",
+    "moved",
+    "friday",
+    "morning",
+    "agenda",
+    "includes",
+    "pricing",
+    "forecast",
+    "headcount",
+    "plan",
+    "customer",
+    "churn",
+    "renewals",
+    "pipeline",
+    "marketing",
+    "spend",
+    "product",
+    "launch",
+    "timeline",
+    "risks",
+    "open",
+    "items",
+    "from",
+    "last",
+    "week",
+    "action",
+    "owners",
+    "should",
+    "update",
+    "their",
+    "status",
+    "before",
+    "call",
+    "thanks",
+    "regards",
+    "invoice",
+    "payment",
+    "terms",
+    "net",
+    "thirty",
+    "days",
+    "discount",
+    "early",
+    "settlement",
+    "warehouse",
+    "inventory",
+    "levels",
+    "stock",
+    "reorder",
+    "point",
+    "safety",
+    "lead",
+    "time",
+    "demand",
+    "seasonal",
+    "peak",
+    "holiday",
+    "staffing",
+    "overtime",
+];
+
+/// A deterministic generator (xorshift64*), so every run sends the same messages.
+struct Words(u64);
+
+impl Words {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Words until the text is at least `length` bytes.
+    fn text(&mut self, length: usize) -> String {
+        let mut text = String::with_capacity(length + 16);
+        while text.len() < length {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            let pick = usize::try_from(self.next() % WORDS.len() as u64).unwrap_or(0);
+            text.push_str(WORDS[pick]);
+        }
+        text
+    }
+}
+
+/// One message of ~10 KB: multipart/mixed with text, HTML and a base64 attachment, its words
+/// and attachment bytes different in every message.
 fn message(sequence: usize) -> Vec<u8> {
-    let text =
-        "The quarterly numbers are attached; please summarise them for the team.\r\n".repeat(20);
+    use base64::Engine as _;
+    let mut words = Words(0x9e37_79b9_7f4a_7c15 ^ (sequence as u64 + 1));
+    let text: String = (0..20)
+        .map(|_| format!("{}.\r\n", words.text(72)))
+        .collect();
     let html = format!(
-        "<html><body><p>{}</p></body></html>\r\n",
-        "Quarterly <b>numbers</b> attached. ".repeat(40)
+        "<html><body>{}</body></html>\r\n",
+        (0..8)
+            .map(|_| format!("<p>{} <b>{}</b>.</p>", words.text(150), words.text(12)))
+            .collect::<String>()
     );
-    let attachment =
-        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3\r\n"
-            .repeat(80);
+    let bytes: Vec<u8> = (0..4740).map(|_| words.next().to_le_bytes()[0]).collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let attachment: String = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|line| format!("{}\r\n", String::from_utf8_lossy(line)))
+        .collect();
     format!(
         "From: Bench Sender <sender@bench.example>\r\nTo: agent@example.com\r\nSubject: bench {sequence}\r\n\
 Date: Thu, 16 Apr 2026 12:00:00 +0000\r\nMessage-ID: <bench-{sequence}@bench.example>\r\nMIME-Version: 1.0\r\n\
