@@ -80,8 +80,9 @@ enum Ending {
     StartTls,
 }
 
-/// Bytes each session buffers from its socket.
-const READ_BUFFER: usize = 2 * 1024;
+/// Bytes each session buffers from its socket between messages: twice the default longest
+/// command line (a longer line is read in pieces), and held by every idle session.
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered while a message streams in: a typical message in a few reads.
 const DATA_READ_BUFFER: usize = 16 * 1024;
 
@@ -189,12 +190,13 @@ where
             .build(peer.ip(), handler.clone());
         Session {
             ctx,
-            // Small on purpose: every idle session holds this buffer, and a command line fits
-            // in it many times over; DATA just takes a few more reads.
+            // Small on purpose: every idle session holds this buffer; DATA gets a larger one
+            // while it lasts (`handle_data`).
             reader: SessionReader::with_capacity(READ_BUFFER, read_half),
             writer,
-            out: Vec::with_capacity(512),
-            line: Vec::with_capacity(512),
+            // Grown on use: an idle session holds only what its longest line needed.
+            out: Vec::new(),
+            line: Vec::new(),
             engine,
             handler,
             envelope: Envelope {
@@ -251,7 +253,9 @@ where
                 LineRead::TooLong { .. } => {
                     self.queue_error(&replies::line_too_long(self.ctx.config.max_command_line));
                 }
-                LineRead::Line => match self.handle_command().await? {
+                // Boxed: a command's future (DATA's above all) is larger than the rest of the
+                // session's, and every idle session would hold room for it between commands.
+                LineRead::Line => match Box::pin(self.handle_command()).await? {
                     Some(Stop::Quit) => break,
                     Some(Stop::Closed) => return Ok(Ending::Closed),
                     Some(Stop::StartTls) => {
