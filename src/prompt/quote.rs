@@ -113,9 +113,11 @@ fn plain(line: &str) -> Cow<'_, str> {
 }
 
 /// Whether `plain(line)` can end with the colon every attribution ends with: a cheap test that
-/// spares the other lines the lowercasing and joining below.
+/// spares the other lines the lowercasing and joining below. After the colon `plain` can only
+/// have removed emphasis marks and whitespace, in any order (`wrote: **`).
 fn may_end_attribution(line: &str) -> bool {
-    line.trim_end().trim_end_matches(['*', '_']).ends_with(':')
+    line.trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '_'))
+        .ends_with(':')
 }
 
 /// The number of lines of an attribution starting at `idx`, if one starts there.

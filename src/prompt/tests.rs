@@ -17,6 +17,21 @@ fn gmail_style_top_post_keeps_only_the_new_text() {
 }
 
 #[test]
+fn an_emphasised_attribution_with_a_space_inside_the_emphasis_is_still_one() {
+    // HTML conversion can leave `<b>… wrote: </b>` as `**… wrote: **`.
+    check_quote(
+        "Yes.\n\n**On Mon, 1 Jan 2024, Jane <jane@example.org> wrote: **\n> Lunch?\n",
+        "Yes.\n\n> **On Mon, 1 Jan 2024, Jane <jane@example.org> wrote: **\n> Lunch?",
+        "Yes.",
+    );
+    check_quote(
+        "Yes.\n\nOn Mon, 1 Jan 2024, Jane Doe <jane@example.org>\n__wrote: __\n> Lunch?\n",
+        "Yes.\n\n> On Mon, 1 Jan 2024, Jane Doe <jane@example.org>\n> __wrote: __\n> Lunch?",
+        "Yes.",
+    );
+}
+
+#[test]
 fn wrapped_attribution_and_interleaved_answers() {
     check_quote(
         "On Mon, 1 Jan 2024 at 10:00, Jane Doe <jane@example.org>\nwrote:\n> Question one?\nAnswer one.\n> Question two?\nAnswer two.",
