@@ -785,7 +785,6 @@ impl Db {
 const FINGERPRINT_PRUNE_EVERY_MS: i64 = 60_000;
 static LAST_FINGERPRINT_PRUNE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-/// Returns the events the duplicate flag changed, see [`Db::commit_accepted`].
 /// Whether a message received at `received_at` should prune old fingerprints. Lookups only see
 /// the duplicate window, so old rows are dead weight, not wrong answers: they are pruned once a
 /// minute, not on every message.
@@ -802,6 +801,7 @@ fn prune_fingerprints_now(received_at: i64) -> bool {
             .is_ok()
 }
 
+/// Returns the events the duplicate flag changed, see [`Db::commit_accepted`].
 async fn insert_messages(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     messages: &[NewMessage],
