@@ -82,6 +82,42 @@ pub(super) struct Request {
     pub(super) done: oneshot::Sender<Result<Reply, Error>>,
 }
 
+impl Request {
+    /// Answers this request from a transaction that held only its write.
+    pub(super) fn answer_alone(self, result: Result<Vec<Reply>, Error>) {
+        let _ = self
+            .done
+            .send(result.map(|mut replies| replies.pop().unwrap_or(Reply::Done)));
+    }
+}
+
+/// Answers every request of a batch from the one transaction that held them all. When a batch
+/// of several failed, returns its requests instead, to be committed again each alone: one bad
+/// write must fail only itself.
+pub(super) fn answer_batch(
+    mut batch: Vec<Request>,
+    result: Result<Vec<Reply>, Error>,
+) -> Vec<Request> {
+    match result {
+        Ok(replies) => {
+            for (request, reply) in batch.into_iter().zip(replies) {
+                let _ = request.done.send(Ok(reply));
+            }
+            Vec::new()
+        }
+        Err(err) if batch.len() == 1 => {
+            if let Some(request) = batch.pop() {
+                let _ = request.done.send(Err(err));
+            }
+            Vec::new()
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, writes = batch.len(), "group commit failed; committing each write alone");
+            batch
+        }
+    }
+}
+
 /// `first` and every request queued behind it, up to [`MAX_BATCH_ROWS`] rows.
 pub(super) fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Request> {
     let mut rows = first.write.rows();
@@ -162,29 +198,12 @@ impl GroupCommit {
 
 async fn run(db: Db, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.recv().await {
-        let mut batch = fill_batch(first, &mut requests);
+        let batch = fill_batch(first, &mut requests);
         let writes: Vec<&Write> = batch.iter().map(|request| &request.write).collect();
-        match db.write_together(&writes).await {
-            Ok(replies) => {
-                for (request, reply) in batch.into_iter().zip(replies) {
-                    let _ = request.done.send(Ok(reply));
-                }
-            }
-            Err(err) if batch.len() == 1 => {
-                if let Some(request) = batch.pop() {
-                    let _ = request.done.send(Err(err));
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, writes = batch.len(), "group commit failed; committing each write alone");
-                for request in batch {
-                    let result = db
-                        .write_together(&[&request.write])
-                        .await
-                        .map(|mut replies| replies.pop().unwrap_or(Reply::Done));
-                    let _ = request.done.send(result);
-                }
-            }
+        let result = db.write_together(&writes).await;
+        for request in answer_batch(batch, result) {
+            let result = db.write_together(&[&request.write]).await;
+            request.answer_alone(result);
         }
     }
 }

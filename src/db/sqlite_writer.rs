@@ -14,7 +14,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, Statement, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::commit::{Claim, Reply, Request, Write, fill_batch};
+use super::commit::{Claim, Reply, Request, Write, answer_batch, fill_batch};
 use super::{
     AttemptRecord, Backend, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
     INSERT_FINGERPRINT, INSERT_MESSAGE, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
@@ -50,7 +50,7 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.blocking_recv() {
         let batch = fill_batch(first, &mut requests);
         // Reads are answered first, outside the transaction: they wait for no commit.
-        let (reads, mut batch): (Vec<Request>, Vec<Request>) = batch
+        let (reads, batch): (Vec<Request>, Vec<Request>) = batch
             .into_iter()
             .partition(|request| matches!(request.write, Write::ReadLevels(_)));
         for request in reads {
@@ -84,25 +84,10 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
                 }
             }
         }
-        match write_together(&mut conn, &writes) {
-            Ok(replies) => {
-                for (request, reply) in batch.into_iter().zip(replies) {
-                    let _ = request.done.send(Ok(reply));
-                }
-            }
-            Err(err) if batch.len() == 1 => {
-                if let Some(request) = batch.pop() {
-                    let _ = request.done.send(Err(err));
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, writes = batch.len(), "group commit failed; committing each write alone");
-                for request in batch {
-                    let result = write_together(&mut conn, &[&request.write])
-                        .map(|mut replies| replies.pop().unwrap_or(Reply::Done));
-                    let _ = request.done.send(result);
-                }
-            }
+        let result = write_together(&mut conn, &writes);
+        for request in answer_batch(batch, result) {
+            let result = write_together(&mut conn, &[&request.write]);
+            request.answer_alone(result);
         }
     }
 }
