@@ -12,39 +12,6 @@ use crate::support::{
     python_verifies_agentmail, simple_message,
 };
 
-/// One API call with any key and an optional JSON body; returns the status and the JSON body
-/// (`Null` when the body is not JSON).
-async fn call(
-    gateway: &TestGateway,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client
-        .request(
-            method.parse().expect("method"),
-            format!("http://{}{path}", gateway.http),
-        )
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("API request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn admin(
-    gateway: &TestGateway,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    call(gateway, method, path, API_KEY, body).await
-}
-
 /// The RCPT reply code for one address, in a fresh session.
 async fn rcpt(gateway: &TestGateway, address: &str) -> u16 {
     let mut client = SmtpClient::connect(gateway.smtp).await;
@@ -60,24 +27,12 @@ async fn send(gateway: &TestGateway, to: &str, subject: &str, from: &str) {
     assert_eq!(code, 250, "{text}");
 }
 
-fn no_webhook() -> GatewayOptions {
-    let mut options = GatewayOptions::webhook(String::new());
-    options.webhook_url = None;
-    options.secret = None;
-    options
-}
-
 #[tokio::test]
 async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
-    let gateway = TestGateway::start(no_webhook()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
 
-    let (status, created) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"id": "sales", "name": "Sales", "addresses": ["Sales@Example.com"]})),
-    )
+    let (status, created) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "sales", "name": "Sales", "addresses": ["Sales@Example.com"]})))
     .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["addresses"], json!(["sales@example.com"]));
@@ -86,17 +41,12 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
     assert_eq!(created["webhook"], Value::Null);
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 250);
 
-    let (status, generated) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"addresses": ["support@example.com"]})),
-    )
+    let (status, generated) = gateway.api("POST", "/v1/inboxes", Some(json!({"addresses": ["support@example.com"]})))
     .await;
     assert_eq!(status, 201, "{generated}");
     assert!(generated["id"].as_str().expect("id").starts_with("inb_"));
 
-    let (status, list) = admin(&gateway, "GET", "/v1/inboxes", None).await;
+    let (status, list) = gateway.api("GET", "/v1/inboxes", None).await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = list["inboxes"]
         .as_array()
@@ -108,7 +58,7 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
         ids.contains(&"agent") && ids.contains(&"other") && ids.contains(&"sales"),
         "{list}"
     );
-    let (_, agent) = admin(&gateway, "GET", "/v1/inboxes/agent", None).await;
+    let (_, agent) = gateway.api("GET", "/v1/inboxes/agent", None).await;
     assert_eq!(
         agent["source"], "config",
         "config inboxes are the same objects"
@@ -119,29 +69,14 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
     );
 
     // An address belongs to one inbox; an id to one inbox.
-    let (status, body) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"id": "thief", "addresses": ["agent@example.com"]})),
-    )
+    let (status, body) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "thief", "addresses": ["agent@example.com"]})))
     .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
-    let (status, _) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"id": "sales", "addresses": ["new@example.com"]})),
-    )
+    let (status, _) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "sales", "addresses": ["new@example.com"]})))
     .await;
     assert_eq!(status, 409);
-    let (status, _) = admin(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/sales",
-        Some(json!({"addresses": ["other@example.com"]})),
-    )
+    let (status, _) = gateway.api("PATCH", "/v1/inboxes/sales", Some(json!({"addresses": ["other@example.com"]})))
     .await;
     assert_eq!(status, 409);
     assert_eq!(
@@ -150,60 +85,40 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
         "a refused change changes nothing"
     );
 
-    let (status, body) = admin(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/sales",
-        Some(json!({"status": "disabled"})),
-    )
+    let (status, body) = gateway.api("PATCH", "/v1/inboxes/sales", Some(json!({"status": "disabled"})))
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "disabled");
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
 
-    let (status, body) = admin(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/sales",
-        Some(json!({"status": "enabled", "name": "Deals", "addresses": ["deals@example.com"]})),
-    )
+    let (status, body) = gateway.api("PATCH", "/v1/inboxes/sales", Some(json!({"status": "enabled", "name": "Deals", "addresses": ["deals@example.com"]})))
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["name"], "Deals");
     assert_eq!(rcpt(&gateway, "deals@example.com").await, 250);
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
 
-    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/sales", None).await;
+    let (status, _) = gateway.api("DELETE", "/v1/inboxes/sales", None).await;
     assert_eq!(status, 204);
     assert_eq!(rcpt(&gateway, "deals@example.com").await, 550);
-    let (status, body) = admin(&gateway, "GET", "/v1/inboxes/sales", None).await;
+    let (status, body) = gateway.api("GET", "/v1/inboxes/sales", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
-    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/sales", None).await;
+    let (status, _) = gateway.api("DELETE", "/v1/inboxes/sales", None).await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
-    let gateway = TestGateway::start(no_webhook()).await;
-    let (status, _) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"id": "hooked", "addresses": ["hooked@example.com"]})),
-    )
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let (status, _) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "hooked", "addresses": ["hooked@example.com"]})))
     .await;
     assert_eq!(status, 201);
-    let (status, _) = admin(&gateway, "GET", "/v1/inboxes/hooked/webhook", None).await;
+    let (status, _) = gateway.api("GET", "/v1/inboxes/hooked/webhook", None).await;
     assert_eq!(status, 404);
 
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/hooked/webhook",
-        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})))
     .await;
     assert_eq!(status, 200, "{body}");
     let first_secret = body["signing_secret"]
@@ -213,22 +128,17 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
     assert_eq!(first_secret.len(), 64, "32 random bytes, hex");
     assert_eq!(body["signature"], "agentmail");
 
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/hooked/webhook",
-        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})))
     .await;
     assert_eq!(status, 200);
     assert!(
         body.get("signing_secret").is_none(),
         "not shown again: {body}"
     );
-    let (_, body) = admin(&gateway, "GET", "/v1/inboxes/hooked/webhook", None).await;
+    let (_, body) = gateway.api("GET", "/v1/inboxes/hooked/webhook", None).await;
     assert_eq!(body["has_secret"], true);
     assert!(body.get("signing_secret").is_none());
-    let (_, inbox) = admin(&gateway, "GET", "/v1/inboxes/hooked", None).await;
+    let (_, inbox) = gateway.api("GET", "/v1/inboxes/hooked", None).await;
     assert!(!inbox.to_string().contains(&first_secret), "{inbox}");
 
     send(&gateway, "hooked@example.com", "first", "a@sender.example").await;
@@ -242,12 +152,7 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
         &signature
     ));
 
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/hooked/webhook",
-        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": true})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": true})))
     .await;
     assert_eq!(status, 200, "{body}");
     let second_secret = body["signing_secret"]
@@ -274,12 +179,7 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
     );
 
     // The standard scheme needs a `whsec_` secret, so switching to it issues one.
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/hooked/webhook",
-        Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false, "signature": "standard"})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false, "signature": "standard"})))
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -296,12 +196,7 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
             .starts_with("v1,")
     );
 
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/hooked/webhook",
-        Some(json!({"url": "ftp://example.com/hook", "enabled": true, "rotate_secret": false})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": "ftp://example.com/hook", "enabled": true, "rotate_secret": false})))
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -311,9 +206,9 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
             .starts_with("url:")
     );
 
-    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/hooked/webhook", None).await;
+    let (status, _) = gateway.api("DELETE", "/v1/inboxes/hooked/webhook", None).await;
     assert_eq!(status, 204);
-    let (status, _) = admin(&gateway, "GET", "/v1/inboxes/hooked/webhook", None).await;
+    let (status, _) = gateway.api("GET", "/v1/inboxes/hooked/webhook", None).await;
     assert_eq!(status, 404);
     send(
         &gateway,
@@ -333,28 +228,13 @@ async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
     let mut config = mxhook::config::Config::from_toml_str(&toml).expect("config");
     config.delivery.secret_rotation_grace_s = 1.0;
     let gateway = TestGateway::start_with(dir, config).await;
-    let (status, _) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"id": "rotating", "addresses": ["rotating@example.com"]})),
-    )
+    let (status, _) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "rotating", "addresses": ["rotating@example.com"]})))
     .await;
     assert_eq!(status, 201);
-    let (_, first) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/rotating/webhook",
-        Some(json!({"url": receiver.url()})),
-    )
+    let (_, first) = gateway.api("PUT", "/v1/inboxes/rotating/webhook", Some(json!({"url": receiver.url()})))
     .await;
     let first_secret = first["signing_secret"].as_str().expect("secret").to_owned();
-    let (_, rotated) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/rotating/webhook",
-        Some(json!({"url": receiver.url(), "rotate_secret": true})),
-    )
+    let (_, rotated) = gateway.api("PUT", "/v1/inboxes/rotating/webhook", Some(json!({"url": receiver.url(), "rotate_secret": true})))
     .await;
     let second_secret = rotated["signing_secret"]
         .as_str()
@@ -367,7 +247,7 @@ async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
 
     // Waits for the grace to run out as the API reports it, not for a fixed time.
     eventually("the grace period to end", || async {
-        let (_, webhook) = admin(&gateway, "GET", "/v1/inboxes/rotating/webhook", None).await;
+        let (_, webhook) = gateway.api("GET", "/v1/inboxes/rotating/webhook", None).await;
         webhook["previous_secret_expires_at"]
             .is_null()
             .then_some(())
@@ -410,12 +290,7 @@ async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
 async fn inbox_keys_reach_only_their_own_inbox() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
-    let (status, created) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes/agent/keys",
-        Some(json!({"name": "agent bot"})),
-    )
+    let (status, created) = gateway.api("POST", "/v1/inboxes/agent/keys", Some(json!({"name": "agent bot"})))
     .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key").to_owned();
@@ -425,30 +300,30 @@ async fn inbox_keys_reach_only_their_own_inbox() {
     send(&gateway, "other@example.com", "theirs", "a@sender.example").await;
     receiver.recv().await;
     receiver.recv().await;
-    let (_, other_messages) = admin(&gateway, "GET", "/v1/inboxes/other/messages", None).await;
+    let (_, other_messages) = gateway.api("GET", "/v1/inboxes/other/messages", None).await;
     let other_message = other_messages["messages"][0]["id"]
         .as_str()
         .expect("id")
         .to_owned();
-    let (_, other_deliveries) = admin(&gateway, "GET", "/v1/inboxes/other/deliveries", None).await;
+    let (_, other_deliveries) = gateway.api("GET", "/v1/inboxes/other/deliveries", None).await;
     let other_delivery = other_deliveries["deliveries"][0]["id"]
         .as_str()
         .expect("id")
         .to_owned();
-    let (status, other_key) = admin(&gateway, "POST", "/v1/inboxes/other/keys", None).await;
+    let (status, other_key) = gateway.api("POST", "/v1/inboxes/other/keys", None).await;
     assert_eq!(status, 201, "{other_key}");
     let other_key_id = other_key["id"].as_str().expect("key id").to_owned();
 
     // Its own inbox is all there is.
-    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &key, None).await;
+    let (status, body) = gateway.api_as(&key, "GET", "/v1/inboxes/agent", None).await;
     assert_eq!(status, 200, "{body}");
-    let (_, list) = call(&gateway, "GET", "/v1/inboxes", &key, None).await;
+    let (_, list) = gateway.api_as(&key, "GET", "/v1/inboxes", None).await;
     assert_eq!(list["inboxes"].as_array().expect("inboxes").len(), 1);
     assert_eq!(list["inboxes"][0]["id"], "agent");
-    let (status, mine) = call(&gateway, "GET", "/v1/inboxes/agent/messages", &key, None).await;
+    let (status, mine) = gateway.api_as(&key, "GET", "/v1/inboxes/agent/messages", None).await;
     assert_eq!(status, 200);
     assert_eq!(mine["messages"].as_array().expect("messages").len(), 1);
-    let (status, deliveries) = call(&gateway, "GET", "/v1/deliveries", &key, None).await;
+    let (status, deliveries) = gateway.api_as(&key, "GET", "/v1/deliveries", None).await;
     assert_eq!(status, 200);
     let deliveries = deliveries["deliveries"].as_array().expect("deliveries");
     assert_eq!(deliveries.len(), 1);
@@ -484,13 +359,13 @@ async fn inbox_keys_reach_only_their_own_inbox() {
     ] {
         let body =
             matches!(method, "PATCH" | "PUT").then(|| json!({"url": "http://127.0.0.1:1/x"}));
-        let (status, answer) = call(&gateway, method, &path, &key, body).await;
+        let (status, answer) = gateway.api_as(&key, method, &path, body).await;
         assert_eq!(status, 404, "{method} {path}: {answer}");
     }
     // Nothing of the other inbox changed.
-    let (_, other_webhook) = admin(&gateway, "GET", "/v1/inboxes/other/webhook", None).await;
+    let (_, other_webhook) = gateway.api("GET", "/v1/inboxes/other/webhook", None).await;
     assert!(other_webhook["url"].is_string(), "{other_webhook}");
-    let (_, other_keys) = admin(&gateway, "GET", "/v1/inboxes/other/keys", None).await;
+    let (_, other_keys) = gateway.api("GET", "/v1/inboxes/other/keys", None).await;
     assert_eq!(other_keys["keys"][0]["id"], other_key_id.as_str());
     // Admin-only actions on its own inbox are forbidden.
     let own_key_id = created["id"].as_str().expect("key id");
@@ -499,41 +374,23 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         ("GET", "/v1/inboxes/agent/keys".to_owned()),
         ("DELETE", format!("/v1/inboxes/agent/keys/{own_key_id}")),
     ] {
-        let (status, answer) = call(&gateway, method, &path, &key, None).await;
+        let (status, answer) = gateway.api_as(&key, method, &path, None).await;
         assert_eq!(status, 403, "{method} {path}: {answer}");
     }
-    let (status, _) = call(&gateway, "DELETE", "/v1/inboxes/agent", &key, None).await;
+    let (status, _) = gateway.api_as(&key, "DELETE", "/v1/inboxes/agent", None).await;
     assert_eq!(status, 403);
-    let (status, _) = call(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/agent",
-        &key,
-        Some(json!({"addresses": ["unclaimed@example.com"]})),
-    )
+    let (status, _) = gateway.api_as(&key, "PATCH", "/v1/inboxes/agent", Some(json!({"addresses": ["unclaimed@example.com"]})))
     .await;
     assert_eq!(status, 403);
-    let (status, body) = call(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/agent",
-        &key,
-        Some(json!({"name": "renamed by its own key"})),
-    )
+    let (status, body) = gateway.api_as(&key, "PATCH", "/v1/inboxes/agent", Some(json!({"name": "renamed by its own key"})))
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = call(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        &key,
-        Some(json!({"addresses": ["x@example.com"]})),
-    )
+    let (status, _) = gateway.api_as(&key, "POST", "/v1/inboxes", Some(json!({"addresses": ["x@example.com"]})))
     .await;
     assert_eq!(status, 403);
-    let (status, _) = call(&gateway, "GET", "/metrics", &key, None).await;
+    let (status, _) = gateway.api_as(&key, "GET", "/metrics", None).await;
     assert_eq!(status, 403);
-    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", "mxk_not-a-key", None).await;
+    let (status, body) = gateway.api_as("mxk_not-a-key", "GET", "/v1/inboxes/agent", None).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized");
 
@@ -565,30 +422,20 @@ async fn deliver_mail(gateway: &TestGateway, from: &str, to: &str, subject: &str
 #[tokio::test]
 async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
-    let gateway = TestGateway::start(no_webhook()).await;
-    let (status, created) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let (status, created) = gateway.api("POST", "/v1/inboxes", Some(json!({
             "id": "guarded",
             "addresses": ["guarded@example.com"],
             "block_senders": ["Blocked.test"],
             "policy_action": "reject",
-        })),
-    )
+        })))
     .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["block_senders"], json!(["blocked.test"]));
     assert_eq!(created["policy_action"], "reject");
     assert_eq!(created["allow_senders"], json!([]));
     assert_eq!(created["dmarc_pass_required"], false);
-    let (status, _) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/guarded/webhook",
-        Some(json!({"url": receiver.url()})),
-    )
+    let (status, _) = gateway.api("PUT", "/v1/inboxes/guarded/webhook", Some(json!({"url": receiver.url()})))
     .await;
     assert_eq!(status, 200);
 
@@ -607,12 +454,7 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     let fine = receiver.recv().await.json();
     assert_eq!(fine["policy_violations"], json!([]));
 
-    let (status, patched) = admin(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/guarded",
-        Some(json!({"policy_action": "quarantine"})),
-    )
+    let (status, patched) = gateway.api("PATCH", "/v1/inboxes/guarded", Some(json!({"policy_action": "quarantine"})))
     .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["policy_action"], "quarantine");
@@ -630,13 +472,13 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     .await;
     assert_eq!(code, 250, "{text}");
     let held_id = text.rsplit(' ').next().expect("queued as id").to_owned();
-    let (status, held) = admin(&gateway, "GET", &format!("/v1/messages/{held_id}"), None).await;
+    let (status, held) = gateway.api("GET", &format!("/v1/messages/{held_id}"), None).await;
     assert_eq!(status, 200, "{held}");
     assert_eq!(held["quarantined"], true, "{held}");
     assert_eq!(held["policy_violations"], json!(["sender is blocked"]));
 
     // The quarantined message is findable, and filterable, through the inbox's listing.
-    let (status, all) = admin(&gateway, "GET", "/v1/inboxes/guarded/messages", None).await;
+    let (status, all) = gateway.api("GET", "/v1/inboxes/guarded/messages", None).await;
     assert_eq!(status, 200, "{all}");
     let flags: Vec<(String, bool)> = all["messages"]
         .as_array()
@@ -651,39 +493,19 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
         .collect();
     assert_eq!(flags.len(), 2, "{all}");
     assert!(flags.contains(&(held_id.clone(), true)), "{all}");
-    let (_, only_held) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/guarded/messages?quarantined=true",
-        None,
-    )
+    let (_, only_held) = gateway.api("GET", "/v1/inboxes/guarded/messages?quarantined=true", None)
     .await;
     assert_eq!(only_held["messages"].as_array().expect("messages").len(), 1);
     assert_eq!(only_held["messages"][0]["id"], held_id.as_str());
-    let (_, not_held) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/guarded/messages?quarantined=false",
-        None,
-    )
+    let (_, not_held) = gateway.api("GET", "/v1/inboxes/guarded/messages?quarantined=false", None)
     .await;
     assert_eq!(not_held["messages"].as_array().expect("messages").len(), 1);
     assert_ne!(not_held["messages"][0]["id"], held_id.as_str());
-    let (status, _) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/guarded/messages?quarantined=maybe",
-        None,
-    )
+    let (status, _) = gateway.api("GET", "/v1/inboxes/guarded/messages?quarantined=maybe", None)
     .await;
     assert_eq!(status, 400);
 
-    let (status, patched) = admin(
-        &gateway,
-        "PATCH",
-        "/v1/inboxes/guarded",
-        Some(json!({"policy_action": "tag"})),
-    )
+    let (status, patched) = gateway.api("PATCH", "/v1/inboxes/guarded", Some(json!({"policy_action": "tag"})))
     .await;
     assert_eq!(status, 200, "{patched}");
     let (code, text) = deliver_mail(
@@ -709,7 +531,7 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
         (json!({"allow_senders": ["a@b@c"]}), "allow_senders"),
         (json!({"spf_pass_required": "yes"}), "spf_pass_required"),
     ] {
-        let (status, answer) = admin(&gateway, "PATCH", "/v1/inboxes/guarded", Some(body)).await;
+        let (status, answer) = gateway.api("PATCH", "/v1/inboxes/guarded", Some(body)).await;
         assert!(matches!(status, 400 | 422), "{answer}");
         assert!(
             answer["error"]["message"]
@@ -718,7 +540,7 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
             "{answer}"
         );
     }
-    let (_, inbox) = admin(&gateway, "GET", "/v1/inboxes/guarded", None).await;
+    let (_, inbox) = gateway.api("GET", "/v1/inboxes/guarded", None).await;
     assert_eq!(inbox["policy_action"], "tag");
     assert_eq!(inbox["block_senders"], json!(["blocked.test"]));
     gateway.stop().await;
@@ -731,7 +553,7 @@ async fn config_inbox_policy_shows_in_the_api() {
          block_senders = [\"spam.test\"]\ndkim_pass_required = true\npolicy_action = \"reject\"\n"
         .to_owned();
     let gateway = TestGateway::start(options).await;
-    let (status, inbox) = admin(&gateway, "GET", "/v1/inboxes/strict", None).await;
+    let (status, inbox) = gateway.api("GET", "/v1/inboxes/strict", None).await;
     assert_eq!(status, 200, "{inbox}");
     assert_eq!(inbox["source"], "config");
     assert_eq!(inbox["block_senders"], json!(["spam.test"]));
@@ -744,21 +566,16 @@ async fn config_inbox_policy_shows_in_the_api() {
 
 #[tokio::test]
 async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
-    let gateway = TestGateway::start(no_webhook()).await;
-    let (status, first) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes/agent/keys",
-        Some(json!({"name": "first"})),
-    )
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let (status, first) = gateway.api("POST", "/v1/inboxes/agent/keys", Some(json!({"name": "first"})))
     .await;
     assert_eq!(status, 201, "{first}");
-    let (status, second) = admin(&gateway, "POST", "/v1/inboxes/agent/keys", None).await;
+    let (status, second) = gateway.api("POST", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(status, 201, "{second}");
     let first_key = first["key"].as_str().expect("key").to_owned();
     let second_key = second["key"].as_str().expect("key").to_owned();
 
-    let (status, listed) = admin(&gateway, "GET", "/v1/inboxes/agent/keys", None).await;
+    let (status, listed) = gateway.api("GET", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(status, 200, "{listed}");
     let keys = listed["keys"].as_array().expect("keys");
     assert_eq!(keys.len(), 2, "{listed}");
@@ -774,39 +591,24 @@ async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
     );
     assert!(keys.iter().all(|key| key.get("key").is_none()));
 
-    let (status, _) = call(&gateway, "GET", "/v1/inboxes/agent", &first_key, None).await;
+    let (status, _) = gateway.api_as(&first_key, "GET", "/v1/inboxes/agent", None).await;
     assert_eq!(status, 200);
     let first_id = first["id"].as_str().expect("id");
-    let (status, _) = admin(
-        &gateway,
-        "DELETE",
-        &format!("/v1/inboxes/agent/keys/{first_id}"),
-        None,
-    )
+    let (status, _) = gateway.api("DELETE", &format!("/v1/inboxes/agent/keys/{first_id}"), None)
     .await;
     assert_eq!(status, 204);
-    let (status, body) = call(&gateway, "GET", "/v1/inboxes/agent", &first_key, None).await;
+    let (status, body) = gateway.api_as(&first_key, "GET", "/v1/inboxes/agent", None).await;
     assert_eq!(status, 401, "a revoked key is refused at once: {body}");
-    let (status, _) = call(&gateway, "GET", "/v1/inboxes/agent", &second_key, None).await;
+    let (status, _) = gateway.api_as(&second_key, "GET", "/v1/inboxes/agent", None).await;
     assert_eq!(status, 200, "the other key still works");
-    let (status, _) = admin(
-        &gateway,
-        "DELETE",
-        &format!("/v1/inboxes/agent/keys/{first_id}"),
-        None,
-    )
+    let (status, _) = gateway.api("DELETE", &format!("/v1/inboxes/agent/keys/{first_id}"), None)
     .await;
     assert_eq!(status, 404);
     let second_id = second["id"].as_str().expect("id");
-    let (status, _) = admin(
-        &gateway,
-        "DELETE",
-        &format!("/v1/inboxes/other/keys/{second_id}"),
-        None,
-    )
+    let (status, _) = gateway.api("DELETE", &format!("/v1/inboxes/other/keys/{second_id}"), None)
     .await;
     assert_eq!(status, 404, "a key is revoked only through its own inbox");
-    let (_, listed) = admin(&gateway, "GET", "/v1/inboxes/agent/keys", None).await;
+    let (_, listed) = gateway.api("GET", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(listed["keys"].as_array().expect("keys").len(), 1);
 
     // The key body is checked like every other JSON body.
@@ -815,7 +617,7 @@ async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
         (json!({"name": "x", "scope": "all"}), 422),
         (json!(["name"]), 422),
     ] {
-        let (status, answer) = admin(&gateway, "POST", "/v1/inboxes/agent/keys", Some(body)).await;
+        let (status, answer) = gateway.api("POST", "/v1/inboxes/agent/keys", Some(body)).await;
         assert_eq!(status, expected, "{answer}");
         assert_eq!(answer["error"]["code"], "invalid_body", "{answer}");
     }
@@ -833,7 +635,7 @@ async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
 
 #[tokio::test]
 async fn messages_page_newest_first_and_filter() {
-    let gateway = TestGateway::start(no_webhook()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
     send(
         &gateway,
         "agent@example.com",
@@ -863,7 +665,7 @@ async fn messages_page_newest_first_and_filter() {
     )
     .await;
 
-    let (status, page) = admin(&gateway, "GET", "/v1/inboxes/agent/messages?limit=2", None).await;
+    let (status, page) = gateway.api("GET", "/v1/inboxes/agent/messages?limit=2", None).await;
     assert_eq!(status, 200, "{page}");
     let subjects = |page: &Value| -> Vec<String> {
         page["messages"]
@@ -875,48 +677,23 @@ async fn messages_page_newest_first_and_filter() {
     };
     assert_eq!(subjects(&page), ["Invoice 2", "Hello"]);
     let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
-    let (_, next) = admin(
-        &gateway,
-        "GET",
-        &format!("/v1/inboxes/agent/messages?limit=2&cursor={cursor}"),
-        None,
-    )
+    let (_, next) = gateway.api("GET", &format!("/v1/inboxes/agent/messages?limit=2&cursor={cursor}"), None)
     .await;
     assert_eq!(subjects(&next), ["Invoice 1"]);
     assert_eq!(next["next_cursor"], Value::Null);
 
-    let (_, invoices) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/agent/messages?subject=invoice",
-        None,
-    )
+    let (_, invoices) = gateway.api("GET", "/v1/inboxes/agent/messages?subject=invoice", None)
     .await;
     assert_eq!(subjects(&invoices), ["Invoice 2", "Invoice 1"]);
-    let (_, friend) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/agent/messages?sender=Friend@People.example",
-        None,
-    )
+    let (_, friend) = gateway.api("GET", "/v1/inboxes/agent/messages?sender=Friend@People.example", None)
     .await;
     assert_eq!(subjects(&friend), ["Hello"]);
-    let (_, future) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/agent/messages?received_after=2999-01-01T00:00:00Z",
-        None,
-    )
+    let (_, future) = gateway.api("GET", "/v1/inboxes/agent/messages?received_after=2999-01-01T00:00:00Z", None)
     .await;
     assert_eq!(subjects(&future), Vec::<String>::new());
-    let (status, body) = admin(&gateway, "GET", "/v1/inboxes/agent/messages?limit=0", None).await;
+    let (status, body) = gateway.api("GET", "/v1/inboxes/agent/messages?limit=0", None).await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/agent/messages?colour=red",
-        None,
-    )
+    let (status, _) = gateway.api("GET", "/v1/inboxes/agent/messages?colour=red", None)
     .await;
     assert_eq!(status, 400);
 }
@@ -930,12 +707,7 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
     send(&gateway, "agent@example.com", "one", "a@sender.example").await;
     send(&gateway, "agent@example.com", "two", "a@sender.example").await;
     let dead_count = || async {
-        let (_, body) = admin(
-            &gateway,
-            "GET",
-            "/v1/inboxes/agent/deliveries?status=dead",
-            None,
-        )
+        let (_, body) = gateway.api("GET", "/v1/inboxes/agent/deliveries?status=dead", None)
         .await;
         body["deliveries"].as_array().map_or(0, Vec::len)
     };
@@ -949,12 +721,7 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
         .is_ok()
     {}
 
-    let (status, body) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes/agent/deliveries/resend-dead",
-        None,
-    )
+    let (status, body) = gateway.api("POST", "/v1/inboxes/agent/deliveries/resend-dead", None)
     .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["requeued"], 2);
@@ -968,19 +735,14 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
     subjects.sort_by_key(ToString::to_string);
     assert_eq!(subjects, [json!("one"), json!("two")]);
     eventually("both deliveries to be delivered", || async {
-        let (_, body) = admin(
-            &gateway,
-            "GET",
-            "/v1/inboxes/agent/deliveries?status=delivered",
-            None,
-        )
+        let (_, body) = gateway.api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None)
         .await;
         (body["deliveries"].as_array().map(Vec::len) == Some(2)).then_some(())
     })
     .await;
     assert_eq!(dead_count().await, 0);
 
-    let (status, body) = admin(&gateway, "POST", "/v1/inboxes/agent/test-event", None).await;
+    let (status, body) = gateway.api("POST", "/v1/inboxes/agent/test-event", None).await;
     assert_eq!(status, 202, "{body}");
     let message_id = body["message_id"].as_str().expect("message id").to_owned();
     // Deliveries are at-least-once, so a repeat of an earlier event may still arrive first.
@@ -1000,16 +762,16 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
         SECRET, &timestamp, &got.body, &signature
     ));
 
-    let (status, _) = admin(&gateway, "DELETE", "/v1/inboxes/agent/webhook", None).await;
+    let (status, _) = gateway.api("DELETE", "/v1/inboxes/agent/webhook", None).await;
     assert_eq!(status, 204);
-    let (status, body) = admin(&gateway, "POST", "/v1/inboxes/agent/test-event", None).await;
+    let (status, body) = gateway.api("POST", "/v1/inboxes/agent/test-event", None).await;
     assert_eq!(status, 409, "{body}");
 }
 
 #[tokio::test]
 async fn notification_rules_are_validated_and_stored() {
-    let gateway = TestGateway::start(no_webhook()).await;
-    let (status, body) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let (status, body) = gateway.api("GET", "/v1/inboxes/agent/notifications", None).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!([]), "GET is the bare list SPEC describes");
     let rules = json!([{
@@ -1020,12 +782,7 @@ async fn notification_rules_are_validated_and_stored() {
             "email": {"enabled": true, "recipients": ["ops@example.com"]}
         }
     }]);
-    let (status, stored) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/agent/notifications",
-        Some(rules),
-    )
+    let (status, stored) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
     .await;
     assert_eq!(status, 200, "{stored}");
     assert!(
@@ -1034,34 +791,19 @@ async fn notification_rules_are_validated_and_stored() {
             .expect("rule id")
             .starts_with("rule_")
     );
-    let (_, fetched) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    let (_, fetched) = gateway.api("GET", "/v1/inboxes/agent/notifications", None).await;
     assert_eq!(fetched, stored);
 
     // The wrapped form is accepted too, and answered as the list.
-    let (status, wrapped) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/agent/notifications",
-        Some(json!({"rules": fetched})),
-    )
+    let (status, wrapped) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(json!({"rules": fetched})))
     .await;
     assert_eq!(status, 200, "{wrapped}");
     assert_eq!(wrapped, stored);
 
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/agent/notifications",
-        Some(json!({"rules": [{"name": "x", "filters": {"trust_tiers": ["godlike"]}}]})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(json!({"rules": [{"name": "x", "filters": {"trust_tiers": ["godlike"]}}]})))
     .await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/agent/notifications",
-        Some(json!({"rules": [{"name": "x", "channels": {"email": {"recipients": ["not an address"]}}}]})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(json!({"rules": [{"name": "x", "channels": {"email": {"recipients": ["not an address"]}}}]})))
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -1091,12 +833,7 @@ async fn notification_rules_are_validated_and_stored() {
         (json!({"rulez": []}), "rulez", "unknown field"),
         (json!("rules"), "a list of rules", "expected"),
     ] {
-        let (status, body) = admin(
-            &gateway,
-            "PUT",
-            "/v1/inboxes/agent/notifications",
-            Some(rules.clone()),
-        )
+        let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(rules.clone()))
         .await;
         assert_eq!(status, 422, "{rules}: {body}");
         let message = body["error"]["message"].as_str().expect("message");
@@ -1106,13 +843,13 @@ async fn notification_rules_are_validated_and_stored() {
         );
         assert!(!message.contains("did not match any variant"), "{message}");
     }
-    let (_, unchanged) = admin(&gateway, "GET", "/v1/inboxes/agent/notifications", None).await;
+    let (_, unchanged) = gateway.api("GET", "/v1/inboxes/agent/notifications", None).await;
     assert_eq!(unchanged, stored, "a refused PUT changes nothing");
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_json_errors() {
-    let gateway = TestGateway::start(no_webhook()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/inboxes", gateway.http);
     let raw = |body: Vec<u8>, content_type: Option<&'static str>| {
@@ -1190,17 +927,17 @@ async fn bad_requests_get_clear_json_errors() {
                 .is_some_and(|m| !m.is_empty())
         );
     }
-    let (status, body) = admin(&gateway, "GET", "/v1/nothing-here", None).await;
+    let (status, body) = gateway.api("GET", "/v1/nothing-here", None).await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (404, json!("not_found"))
     );
-    let (status, body) = admin(&gateway, "PUT", "/v1/inboxes", None).await;
+    let (status, body) = gateway.api("PUT", "/v1/inboxes", None).await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (405, json!("method_not_allowed"))
     );
-    let (status, _) = call(&gateway, "GET", "/v1/inboxes", "wrong", None).await;
+    let (status, _) = gateway.api_as("wrong", "GET", "/v1/inboxes", None).await;
     assert_eq!(status, 401);
 }
 
@@ -1208,7 +945,7 @@ async fn bad_requests_get_clear_json_errors() {
 async fn readyz_and_metrics_report_from_the_database() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
-    let (status, body) = call(&gateway, "GET", "/readyz", "", None).await;
+    let (status, body) = gateway.api_as("", "GET", "/readyz", None).await;
     assert_eq!(status, 200, "{body}");
     send(
         &gateway,
@@ -1400,7 +1137,7 @@ fn printed_json(out: &str) -> Value {
 #[tokio::test]
 async fn cli_gets_deletes_sets_webhooks_creates_keys_and_verifies_every_scheme() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
-    let gateway = TestGateway::start(no_webhook()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
     let api_url = format!("http://{}", gateway.http);
     let api = |args: &[&str]| {
         let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
@@ -1429,7 +1166,7 @@ async fn cli_gets_deletes_sets_webhooks_creates_keys_and_verifies_every_scheme()
     let (ok, out) = api(&["inbox", "key", "create", "--id", "cli2", "--name", "bot"]).await;
     assert!(ok, "{out}");
     let key = printed_json(&out)["key"].as_str().expect("key").to_owned();
-    let (status, _) = call(&gateway, "GET", "/v1/inboxes/cli2", &key, None).await;
+    let (status, _) = gateway.api_as(&key, "GET", "/v1/inboxes/cli2", None).await;
     assert_eq!(status, 200, "the printed key works");
 
     let url = receiver.url();
@@ -1624,7 +1361,7 @@ fn api_routes() -> Vec<(String, String)> {
 async fn openapi_document_is_valid_and_lists_every_route() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
-    let (status, document) = call(&gateway, "GET", "/openapi.json", "", None).await;
+    let (status, document) = gateway.api_as("", "GET", "/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(
         document["openapi"]
@@ -1740,7 +1477,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     .await;
     receiver.recv().await;
     let delivery = eventually("the delivery to be recorded as delivered", || async {
-        let (_, list) = admin(&gateway, "GET", "/v1/inboxes/agent/deliveries", None).await;
+        let (_, list) = gateway.api("GET", "/v1/inboxes/agent/deliveries", None).await;
         let first = list["deliveries"][0].clone();
         (first["status"] == "delivered").then_some(first)
     })
@@ -1750,15 +1487,10 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         .as_str()
         .expect("message id")
         .to_owned();
-    let (status, rules) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/agent/notifications",
-        Some(
+    let (status, rules) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(
             json!([{"name": "verified only", "filters": {"sender_verified": true},
                      "channels": {"email": {"enabled": true, "recipients": ["ops@example.org"]}}}]),
-        ),
-    )
+        ))
     .await;
     assert_eq!(status, 200, "{rules}");
     let checked = [
@@ -1839,7 +1571,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         ("GET", "/v1/inboxes".to_owned(), "/v1/inboxes", "wrong-key"),
     ];
     for (method, url, template, key) in checked {
-        let (status, body) = call(&gateway, method, &url, key, None).await;
+        let (status, body) = gateway.api_as(key, method, &url, None).await;
         let what = format!("{method} {url} ({status})");
         let schema = &document["paths"][template][method.to_lowercase()]["responses"]
             [status.to_string()]["content"]["application/json"]["schema"];

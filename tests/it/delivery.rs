@@ -37,9 +37,7 @@ async fn failure_then_success_is_delivered_once_with_two_attempts_logged() {
     assert_eq!(delivered.len(), 1);
     let id = delivered[0]["id"].as_str().expect("id");
     let (status, body) = gateway
-        .api_get(&format!("/v1/deliveries/{id}/attempts"))
-        .await
-        .expect("api");
+        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None).await;
     assert_eq!(status, 200);
     let attempts = body["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2, "{body}");
@@ -78,8 +76,7 @@ async fn always_failing_receiver_dead_letters_and_resend_delivers_with_the_same_
 
     receiver.set_script(vec![]);
     let (status, body) = gateway
-        .api_post(&format!("/v1/deliveries/{id}/resend"))
-        .await;
+        .api("POST", &format!("/v1/deliveries/{id}/resend"), None).await;
     assert_eq!(status, 202, "{body}");
     let resent = receiver.recv().await;
     assert_eq!(
@@ -89,19 +86,15 @@ async fn always_failing_receiver_dead_letters_and_resend_delivers_with_the_same_
     assert_eq!(resent.json()["event_id"], event_id.as_str());
     eventually("the resent delivery to be delivered", || async {
         let (_, body) = gateway
-            .api_get(&format!("/v1/deliveries/{id}"))
-            .await
-            .ok()?;
+            .api("GET", &format!("/v1/deliveries/{id}"), None).await;
         (body["status"] == "delivered").then_some(())
     })
     .await;
     let (_, body) = gateway
-        .api_get(&format!("/v1/deliveries/{id}"))
-        .await
-        .expect("api");
+        .api("GET", &format!("/v1/deliveries/{id}"), None).await;
     assert_eq!(body["attempt_log"].as_array().map(Vec::len), Some(4));
 
-    let (status, body) = gateway.api_post("/v1/deliveries/dlv_unknown/resend").await;
+    let (status, body) = gateway.api("POST", "/v1/deliveries/dlv_unknown/resend", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
 }
@@ -135,7 +128,7 @@ async fn unwritable_store_answers_451_and_nothing_is_delivered() {
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.3.0"), "{text}");
     receiver.assert_silent(Duration::from_millis(700)).await;
-    let (_, body) = gateway.api_get("/v1/deliveries").await.expect("api");
+    let (_, body) = gateway.api("GET", "/v1/deliveries", None).await;
     assert_eq!(body["deliveries"], serde_json::json!([]));
 }
 
@@ -196,15 +189,13 @@ async fn api_requires_a_key_and_answers_json_errors() {
         .expect("request");
     assert_eq!(response.status(), 401);
     let (status, body) = gateway
-        .api_get("/v1/deliveries?status=bogus")
-        .await
-        .expect("api");
+        .api("GET", "/v1/deliveries?status=bogus", None).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_request");
-    let (status, body) = gateway.api_get("/v1/messages/msg_nope").await.expect("api");
+    let (status, body) = gateway.api("GET", "/v1/messages/msg_nope", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
-    let (status, _) = gateway.api_get("/nope").await.expect("api");
+    let (status, _) = gateway.api("GET", "/nope", None).await;
     assert_eq!(status, 404);
 }
 
@@ -231,7 +222,7 @@ async fn gone_410_dead_letters_and_disables_the_endpoint() {
     // The endpoint is off: the next message is stored but makes no delivery job.
     assert_eq!(send_one(&gateway, "after gone").await.0, 250);
     receiver.assert_silent(Duration::from_millis(500)).await;
-    let (_, body) = gateway.api_get("/v1/deliveries").await.expect("api");
+    let (_, body) = gateway.api("GET", "/v1/deliveries", None).await;
     assert_eq!(
         body["deliveries"].as_array().map(Vec::len),
         Some(1),
@@ -242,15 +233,9 @@ async fn gone_410_dead_letters_and_disables_the_endpoint() {
 /// A gateway whose `agent` inbox keeps the default `verify_tls = true` and whose `other` inbox
 /// has `verify_tls = false`, both posting to `url`.
 async fn gateway_with_unverified_other_inbox(url: String) -> TestGateway {
-    let options = GatewayOptions::webhook(url);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        "id = \"other\"\n",
-        "id = \"other\"\nverify_tls = false\n",
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    TestGateway::start_with(dir, config).await
+    let mut options = GatewayOptions::webhook(url);
+    options.other_toml = "verify_tls = false\n".to_owned();
+    TestGateway::start(options).await
 }
 
 async fn send_to(gateway: &TestGateway, to: &str, subject: &str) {
@@ -271,7 +256,7 @@ async fn verify_tls_is_honoured_per_endpoint() {
     let failing = eventually(
         "the verified endpoint to fail twice on the certificate",
         || async {
-            let (_, body) = gateway.api_get("/v1/inboxes/agent/deliveries").await.ok()?;
+            let (_, body) = gateway.api("GET", "/v1/inboxes/agent/deliveries", None).await;
             let delivery = body["deliveries"].get(0)?.clone();
             (delivery["attempts"].as_i64()? >= 2).then_some(delivery)
         },
@@ -293,16 +278,12 @@ async fn verify_tls_is_honoured_per_endpoint() {
     );
     eventually("the unverified delivery to be delivered", || async {
         let (_, body) = gateway
-            .api_get("/v1/inboxes/other/deliveries?status=delivered")
-            .await
-            .ok()?;
+            .api("GET", "/v1/inboxes/other/deliveries?status=delivered", None).await;
         (body["deliveries"].as_array()?.len() == 1).then_some(())
     })
     .await;
     let (_, body) = gateway
-        .api_get("/v1/inboxes/agent/deliveries?status=delivered")
-        .await
-        .expect("api");
+        .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None).await;
     assert_eq!(body["deliveries"], serde_json::json!([]));
 }
 
@@ -326,9 +307,7 @@ async fn redirects_are_failures_and_never_followed() {
     .await;
     let id = delivered[0]["id"].as_str().expect("id");
     let (_, body) = gateway
-        .api_get(&format!("/v1/deliveries/{id}/attempts"))
-        .await
-        .expect("api");
+        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None).await;
     assert_eq!(body["attempts"][0]["status_code"], 302, "{body}");
     assert_eq!(body["attempts"][0]["outcome"], "http_error", "{body}");
     assert_eq!(body["attempts"][1]["status_code"], 200, "{body}");
@@ -340,14 +319,8 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
     let mut receiver = WebhookReceiver::start(vec![Reply::Status(500); 200]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
     options.max_retries = 10;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        "lease_s = 10\n",
-        "lease_s = 10\ndisable_after_s = 2\n",
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    options.delivery_toml = "disable_after_s = 2\n".to_owned();
+    let gateway = TestGateway::start(options).await;
     assert_eq!(send_one(&gateway, "first").await.0, 250);
     assert_eq!(send_one(&gateway, "second").await.0, 250);
     receiver.recv().await;
@@ -366,9 +339,7 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
         );
     }
     let (status, webhook) = gateway
-        .api_get("/v1/inboxes/agent/webhook")
-        .await
-        .expect("api");
+        .api("GET", "/v1/inboxes/agent/webhook", None).await;
     assert_eq!(status, 200);
     assert_eq!(webhook["enabled"], false, "{webhook}");
     let reason = webhook["disabled_reason"].as_str().expect("a reason");
@@ -383,22 +354,19 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
     assert_eq!(send_one(&gateway, "after").await.0, 250);
     receiver.assert_silent(Duration::from_millis(500)).await;
     let (_, other) = gateway
-        .api_get("/v1/inboxes/other/webhook")
-        .await
-        .expect("api");
+        .api("GET", "/v1/inboxes/other/webhook", None).await;
     assert_eq!(other["enabled"], true, "{other}");
     assert_eq!(other["disabled_reason"], serde_json::Value::Null);
 
     // Setting the webhook again enables it and clears the reason.
-    let response = reqwest::Client::new()
-        .put(format!("http://{}/v1/inboxes/agent/webhook", gateway.http))
-        .bearer_auth(crate::support::gateway::API_KEY)
-        .json(&serde_json::json!({"url": receiver.url()}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    let webhook: serde_json::Value = response.json().await.expect("json");
+    let (status, webhook) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/webhook",
+            Some(serde_json::json!({"url": receiver.url()})),
+        )
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(webhook["enabled"], true, "{webhook}");
     assert_eq!(webhook["disabled_reason"], serde_json::Value::Null);
 }
@@ -415,15 +383,9 @@ fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
 #[tokio::test]
 async fn an_ordered_endpoint_gets_a_reply_only_after_the_message_it_answers() {
     let mut receiver = WebhookReceiver::start(vec![Reply::StatusRetryAfter(503, 2)]).await;
-    let options = GatewayOptions::webhook(receiver.url());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        "id = \"agent\"\n",
-        "id = \"agent\"\nordered = true\n",
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.agent_toml = "ordered = true\n".to_owned();
+    let gateway = TestGateway::start(options).await;
     let token = crate::support::rand_token();
     let root_id = format!("<root-{token}@client.example>");
 
@@ -536,27 +498,14 @@ async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_in
     const TO_SLOW: usize = 5;
     let slow = GatedReceiver::start().await;
     let mut fast = WebhookReceiver::start(vec![]).await;
-    let options = GatewayOptions::webhook(slow.url.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = GatewayOptions::webhook(slow.url.clone());
     // Fewer workers than messages to the slow endpoint: without the per-endpoint limit its
     // hanging requests would take every worker. Its requests never time out during the test.
-    let toml = config_toml(dir.path(), &options)
-        .replacen(
-            "timeout_s = 5\nlease_s = 10\n",
-            &format!("timeout_s = 120\nlease_s = 300\nworkers = 3\nmax_in_flight_per_endpoint = {LIMIT}\n"),
-            1,
-        )
-        .replacen(
-            &format!("addresses = [\"other@example.com\"]\nwebhook_url = \"{}\"", slow.url),
-            &format!("addresses = [\"other@example.com\"]\nwebhook_url = \"{}\"", fast.url()),
-            1,
-        );
-    assert!(
-        toml.contains(&fast.url()) && toml.contains("workers = 3"),
-        "{toml}"
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    options.delivery_timeout_s = 120;
+    options.lease_s = 300;
+    options.delivery_toml = format!("workers = 3\nmax_in_flight_per_endpoint = {LIMIT}\n");
+    options.other_webhook_url = Some(fast.url());
+    let gateway = TestGateway::start(options).await;
 
     for idx in 0..TO_SLOW {
         send_to(&gateway, "agent@example.com", &format!("slow {idx}")).await;
@@ -579,9 +528,7 @@ async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_in
     slow.release();
     eventually("every message to the slow endpoint delivered", || async {
         let (_, body) = gateway
-            .api_get("/v1/inboxes/agent/deliveries?status=delivered")
-            .await
-            .ok()?;
+            .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None).await;
         (body["deliveries"].as_array()?.len() == TO_SLOW).then_some(())
     })
     .await;
@@ -685,12 +632,10 @@ async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothin
     let left = files_ending_with(&store, &[".eml", ".tmp"]);
     assert!(left.is_empty(), "half-stored: {left:?}");
     receiver.assert_silent(Duration::from_millis(700)).await;
-    let (_, body) = gateway.api_get("/v1/deliveries").await.expect("api");
+    let (_, body) = gateway.api("GET", "/v1/deliveries", None).await;
     assert_eq!(body["deliveries"], serde_json::json!([]));
     let (_, body) = gateway
-        .api_get("/v1/inboxes/agent/messages")
-        .await
-        .expect("api");
+        .api("GET", "/v1/inboxes/agent/messages", None).await;
     assert_eq!(body["messages"], serde_json::json!([]), "{body}");
 
     // The sender retries the same message once the database takes inserts again.
@@ -713,16 +658,9 @@ async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothin
 #[tokio::test]
 async fn a_webhook_that_times_out_is_retried_and_delivered_once() {
     let mut receiver = WebhookReceiver::start(vec![Reply::Hang]).await;
-    let options = GatewayOptions::webhook(receiver.url());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        "timeout_s = 5\nlease_s = 10\n",
-        "timeout_s = 1\nlease_s = 10\n",
-        1,
-    );
-    assert!(toml.contains("timeout_s = 1\n"), "{toml}");
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.delivery_timeout_s = 1;
+    let gateway = TestGateway::start(options).await;
     assert_eq!(send_one(&gateway, "hung first").await.0, 250);
 
     let hung = receiver.recv().await;
@@ -737,9 +675,7 @@ async fn a_webhook_that_times_out_is_retried_and_delivered_once() {
     assert_eq!(delivered.len(), 1);
     let id = delivered[0]["id"].as_str().expect("id");
     let (_, body) = gateway
-        .api_get(&format!("/v1/deliveries/{id}/attempts"))
-        .await
-        .expect("api");
+        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None).await;
     let attempts = body["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2, "{body}");
     assert_eq!(attempts[0]["outcome"], "error", "{body}");
@@ -840,16 +776,9 @@ async fn a_commit_whose_reply_is_lost_keeps_the_raw_file_of_the_committed_messag
     proxied.set_port(Some(proxy.port())).expect("port");
     proxied.set_query(Some("sslmode=disable"));
 
-    let options = GatewayOptions::webhook(receiver.url());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        &crate::support::gateway::test_database_url(dir.path()),
-        proxied.as_str(),
-        1,
-    );
-    assert!(toml.contains(proxied.as_str()), "{toml}");
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.database_url = Some(proxied.to_string());
+    let gateway = TestGateway::start(options).await;
 
     let message = simple_message(
         "a@sender.example",
@@ -870,7 +799,7 @@ async fn a_commit_whose_reply_is_lost_keeps_the_raw_file_of_the_committed_messag
     assert_eq!(event["subject"], "lost reply");
     let message_id = event["message_id"].as_str().expect("message id");
     let (status, raw) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200, "the committed message lost its raw file");
     assert!(raw == message, "raw differs from the bytes sent");
@@ -885,15 +814,11 @@ async fn a_commit_whose_reply_is_lost_keeps_the_raw_file_of_the_committed_messag
 async fn a_handed_over_job_not_started_at_shutdown_is_sent_at_once_after_restart() {
     let mut receiver = WebhookReceiver::start(vec![Reply::Hang]).await;
     let data = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(data.path(), &GatewayOptions::webhook(receiver.url())).replacen(
-        "timeout_s = 5\nlease_s = 10\n",
-        "timeout_s = 2\nlease_s = 600\nworkers = 1\nmax_in_flight_per_endpoint = 1\n",
-        1,
-    );
-    assert!(
-        toml.contains("lease_s = 600"),
-        "the delivery section changed"
-    );
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.delivery_timeout_s = 2;
+    options.lease_s = 600;
+    options.delivery_toml = "workers = 1\nmax_in_flight_per_endpoint = 1\n".to_owned();
+    let toml = config_toml(data.path(), &options);
     let config = || mxhook::config::Config::from_toml_str(&toml).expect("config");
 
     let gateway = TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config()).await;
@@ -963,9 +888,7 @@ async fn the_stored_event_reads_back_as_the_delivered_one_in_either_storage_form
         assert_eq!(stored, delivered);
     }
     let (status, served) = gateway
-        .api_get(&format!("/v1/messages/{message_id}"))
-        .await
-        .expect("api");
+        .api("GET", &format!("/v1/messages/{message_id}"), None).await;
     assert_eq!(status, 200, "{served}");
     assert_eq!(served, delivered);
 }

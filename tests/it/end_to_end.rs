@@ -182,13 +182,11 @@ async fn lettre_message_arrives_signed_with_every_field() {
 
     // The API serves the same event and the raw bytes from the store.
     let (status, stored_event) = gateway
-        .api_get(&format!("/v1/messages/{message_id}"))
-        .await
-        .expect("api");
+        .api("GET", &format!("/v1/messages/{message_id}"), None).await;
     assert_eq!(status, 200);
     assert_eq!(stored_event, event);
     let (status, raw) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     let on_disk = std::fs::read(
@@ -364,15 +362,8 @@ async fn inbox_without_secret_sends_unsigned_marker() {
 async fn botmailroom_payload_and_signature() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let mut options = GatewayOptions::webhook(receiver.url());
-    options.extra_toml = String::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
-        "webhook_secret = \"test-signing-secret\"\n",
-        "webhook_secret = \"test-signing-secret\"\nsignature = \"botmailroom\"\npayload = \"botmailroom\"\n",
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
-    let gateway = TestGateway::start_with(dir, config).await;
+    options.agent_toml = "signature = \"botmailroom\"\npayload = \"botmailroom\"\n".to_owned();
+    let gateway = TestGateway::start(options).await;
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let message = simple_message(
         "b@sender.example",

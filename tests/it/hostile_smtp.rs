@@ -318,7 +318,7 @@ async fn mime_parts_past_the_parse_cap_are_left_unparsed_with_a_warning_and_stor
         );
         let message_id = text.rsplit(' ').next().expect("queued as id");
         let (status, raw) = gateway
-            .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+            .api_bytes(&format!("/v1/messages/{message_id}/raw"))
             .await;
         assert_eq!(status, 200);
         assert_eq!(raw, message.as_bytes(), "the stored message is whole");
@@ -517,7 +517,7 @@ From: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil",
         assert_eq!(event["subject"], format!("smuggling {name}"));
         let message_id = text.rsplit(' ').next().expect("queued as id");
         let (status, raw) = gateway
-            .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+            .api_bytes(&format!("/v1/messages/{message_id}/raw"))
             .await;
         assert_eq!(status, 200, "{name}");
         assert!(

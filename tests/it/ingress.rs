@@ -21,16 +21,9 @@ async fn gateway(receiver: &WebhookReceiver) -> TestGateway {
 async fn gateway_with(receiver: &WebhookReceiver, ingress_toml: &str) -> TestGateway {
     let mut options = GatewayOptions::webhook(receiver.url());
     options.extra_toml = format!("[ingress]\n{ingress_toml}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
-        "id = \"other\"\n",
-        &format!(
-            "id = \"other\"\ncalendar_event_types = [\"calcom:42\", \"calendly:{CALENDLY_TYPE}\"]\n"
-        ),
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    TestGateway::start_with(dir, config).await
+    options.other_toml =
+        format!("calendar_event_types = [\"calcom:42\", \"calendly:{CALENDLY_TYPE}\"]\n");
+    TestGateway::start(options).await
 }
 
 /// A provider creation time `minutes_ago` before now: events older than the replay keys
@@ -70,18 +63,13 @@ async fn put_secret(
     provider: &str,
     secret: &str,
 ) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .put(format!(
-            "http://{}/v1/inboxes/{inbox}/ingress/{provider}",
-            gateway.http
-        ))
-        .bearer_auth(API_KEY)
-        .json(&json!({ "secret": secret }))
-        .send()
+    gateway
+        .api(
+            "PUT",
+            &format!("/v1/inboxes/{inbox}/ingress/{provider}"),
+            Some(json!({ "secret": secret })),
+        )
         .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 fn mailersend_payload(id: &str, to: &str, subject: &str) -> Vec<u8> {
@@ -206,7 +194,7 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
 
     // The five refused requests above (no secret, tampered, wrong secret, unknown recipient,
     // bad signature) are counted; the malformed body is not a signature failure.
-    let (_, metrics) = gateway.api_get_bytes("/metrics").await;
+    let (_, metrics) = gateway.api_bytes("/metrics").await;
     let metrics = String::from_utf8_lossy(&metrics);
     let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 5";
     assert!(
@@ -250,22 +238,14 @@ async fn a_rotated_secret_stays_valid_for_the_grace_period_only() {
     .await;
     assert_eq!(status, 200);
 
-    let response = reqwest::Client::new()
-        .get(format!("http://{}/v1/inboxes/agent/ingress", gateway.http))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("request");
-    let flags: Value = response.json().await.expect("json");
+    let (_, flags) = gateway.api("GET", "/v1/inboxes/agent/ingress", None).await;
     assert_eq!(flags["providers"]["mailersend"]["configured"], true);
     assert_eq!(flags["providers"]["calcom"]["configured"], false);
     assert!(!flags.to_string().contains("second"));
-    let unauthorized = reqwest::Client::new()
-        .get(format!("http://{}/v1/inboxes/agent/ingress", gateway.http))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(unauthorized.status(), 401);
+    let (status, _) = gateway
+        .api_as("", "GET", "/v1/inboxes/agent/ingress", None)
+        .await;
+    assert_eq!(status, 401);
 }
 
 #[tokio::test]
@@ -431,33 +411,15 @@ async fn sendgrid_inbound_parse_is_verified_with_ecdsa_p256() {
     assert_eq!(event["envelope_from"], "grid@ext.example");
     let message_id = event["message_id"].as_str().expect("id");
     let (status, stored) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     assert!(stored == raw.as_bytes(), "raw MIME not stored as sent");
 }
 
-async fn admin(
-    gateway: &TestGateway,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut request = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", gateway.http))
-        .bearer_auth(API_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// `mxhook_ingress_unauthorized_total` for one provider, as `/metrics` reports it.
 async fn unauthorized_count(gateway: &TestGateway, provider: &str) -> u64 {
-    let (_, metrics) = gateway.api_get_bytes("/metrics").await;
+    let (_, metrics) = gateway.api_bytes("/metrics").await;
     let prefix = format!("mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}} ");
     String::from_utf8_lossy(&metrics)
         .lines()
@@ -493,20 +455,10 @@ async fn post_calcom(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16
 async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_the_api() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let gateway = gateway(&receiver).await;
-    let (status, created) = admin(
-        &gateway,
-        "POST",
-        "/v1/inboxes",
-        Some(json!({"id": "sales", "addresses": ["sales@example.com"]})),
-    )
+    let (status, created) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "sales", "addresses": ["sales@example.com"]})))
     .await;
     assert_eq!(status, 201, "{created}");
-    let (status, hook) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/sales/webhook",
-        Some(json!({"url": receiver.url()})),
-    )
+    let (status, hook) = gateway.api("PUT", "/v1/inboxes/sales/webhook", Some(json!({"url": receiver.url()})))
     .await;
     assert_eq!(status, 200, "{hook}");
     put_secret(&gateway, "sales", "calcom", "sales-cal").await;
@@ -517,40 +469,20 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
     assert_eq!(status, 401, "not mapped yet");
 
     // Malformed entries and a type another inbox holds (the config maps calcom:42 to `other`).
-    let (status, _) = admin(
-        &gateway,
-        "PUT",
-        path,
-        Some(json!({"event_types": ["zoom:1"]})),
-    )
+    let (status, _) = gateway.api("PUT", path, Some(json!({"event_types": ["zoom:1"]})))
     .await;
     assert_eq!(status, 400);
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        path,
-        Some(json!({"event_types": ["calcom:77", "calcom:42"]})),
-    )
+    let (status, body) = gateway.api("PUT", path, Some(json!({"event_types": ["calcom:77", "calcom:42"]})))
     .await;
     assert_eq!(status, 409, "{body}");
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        path,
-        Some(json!({"event_types": ["calcom:77"]})),
-    )
+    let (status, body) = gateway.api("PUT", path, Some(json!({"event_types": ["calcom:77"]})))
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["event_types"],
         json!([{"event_type": "calcom:77", "source": "api"}])
     );
-    let (_, other) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/other/ingress/event-types",
-        None,
-    )
+    let (_, other) = gateway.api("GET", "/v1/inboxes/other/ingress/event-types", None)
     .await;
     assert_eq!(
         other["event_types"],
@@ -561,12 +493,7 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
         "config entries are seeded into the same table"
     );
     // Listing an inbox's own config entry keeps it as it is.
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/other/ingress/event-types",
-        Some(json!({"event_types": ["calcom:42", "calcom:43"]})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/other/ingress/event-types", Some(json!({"event_types": ["calcom:42", "calcom:43"]})))
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -577,12 +504,7 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
         body["event_types"][1],
         json!({"event_type": "calcom:43", "source": "api"})
     );
-    let (status, _) = reqwest::Client::new()
-        .get(format!("http://{}{path}", gateway.http))
-        .send()
-        .await
-        .map(|response| (response.status().as_u16(), ()))
-        .expect("request");
+    let (status, _) = gateway.api_as("", "GET", &path, None).await;
     assert_eq!(status, 401, "the mapping API needs the admin key");
 
     let (status, reply) = post_calcom(&gateway, "sales-cal", booking).await;
@@ -592,9 +514,9 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
     assert_eq!(event["agent_id"], "sales");
     assert_eq!(event["booking"]["event_type_id"], "77");
 
-    let (status, _) = admin(&gateway, "DELETE", path, None).await;
+    let (status, _) = gateway.api("DELETE", path, None).await;
     assert_eq!(status, 204);
-    let (_, body) = admin(&gateway, "GET", path, None).await;
+    let (_, body) = gateway.api("GET", path, None).await;
     assert_eq!(body["event_types"], json!([]));
     let later = calcom_booking("BOOKING_CANCELLED", 77, "bk_sales", &recent(1));
     let (status, _) = post_calcom(&gateway, "sales-cal", later).await;
@@ -725,7 +647,7 @@ async fn a_multi_recipient_request_reaches_only_the_inboxes_it_verifies_for() {
 async fn the_ingress_routes_are_in_the_openapi_document() {
     let receiver = WebhookReceiver::start(vec![]).await;
     let gateway = gateway(&receiver).await;
-    let (status, document) = gateway.api_get("/openapi.json").await.expect("request");
+    let (status, document) = gateway.api("GET", "/openapi.json", None).await;
     assert_eq!(status, 200);
     for (method, path) in [
         ("post", "/v1/ingress/mailersend/inbound"),
@@ -760,31 +682,15 @@ async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endp
     let smarthost = crate::forward::Aiosmtpd::start().await;
     let mut options = GatewayOptions::webhook(inbox_hook.url());
     options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
-        "id = \"other\"\n",
-        "id = \"other\"\ncalendar_event_types = [\"calcom:42\"]\n",
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    options.other_toml = "calendar_event_types = [\"calcom:42\"]\n".to_owned();
+    let gateway = TestGateway::start(options).await;
     put_secret(&gateway, "other", "calcom", "cal-secret").await;
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/other/webhook",
-        Some(json!({"url": inbox_hook.url(), "payload": "botmailroom"})),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/other/webhook", Some(json!({"url": inbox_hook.url(), "payload": "botmailroom"})))
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/other/notifications",
-        Some(json!({"rules": [{"name": "bookings", "channels": {
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/other/notifications", Some(json!({"rules": [{"name": "bookings", "channels": {
             "webhook": {"url": rule_hook.url()},
-            "email": {"recipients": ["ops@elsewhere.example"]}}}]})),
-    )
+            "email": {"recipients": ["ops@elsewhere.example"]}}}]})))
     .await;
     assert_eq!(status, 200, "{body}");
 
@@ -997,7 +903,7 @@ async fn mailersend_without_raw_mime_stores_a_built_message() {
     assert_eq!(event["email"]["date"], "2026-11-23T09:00:00.000+00:00");
     let message_id = event["message_id"].as_str().expect("id");
     let (status, stored) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     let stored = mail_parser::MessageParser::default()
@@ -1081,8 +987,8 @@ async fn a_deleted_secret_refuses_again_and_unsigned_requests_pass_only_when_all
     assert_eq!(status, 200);
     receiver.recv().await;
     let path = "/v1/inboxes/agent/ingress/mailersend";
-    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 204);
-    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 404);
+    assert_eq!(gateway.api("DELETE", path, None).await.0, 204);
+    assert_eq!(gateway.api("DELETE", path, None).await.0, 404);
     let body = mailersend_payload("del-2", "agent@example.com", "after delete");
     let (status, _) = post_mailersend(&gateway, "ms", body).await;
     assert_eq!(status, 401, "the deleted secret no longer verifies");
@@ -1106,7 +1012,7 @@ async fn a_deleted_secret_refuses_again_and_unsigned_requests_pass_only_when_all
     .await;
     assert_eq!(status, 401);
     // ...and after it is deleted the unsigned policy applies again.
-    assert_eq!(admin(&gateway, "DELETE", path, None).await.0, 204);
+    assert_eq!(gateway.api("DELETE", path, None).await.0, 204);
     let (status, _) = post(&gateway, "/v1/ingress/mailersend/inbound", &[], unsigned).await;
     assert_eq!(status, 200);
     assert_eq!(receiver.recv().await.json()["subject"], "unsigned again");
@@ -1117,36 +1023,21 @@ async fn an_inbox_recreated_under_a_deleted_id_inherits_no_ingress_settings() {
     let receiver = WebhookReceiver::start(vec![]).await;
     let gateway = gateway(&receiver).await;
     let create = || {
-        admin(
-            &gateway,
-            "POST",
-            "/v1/inboxes",
-            Some(json!({"id": "temp", "addresses": ["temp@example.com"]})),
-        )
+        gateway.api("POST", "/v1/inboxes", Some(json!({"id": "temp", "addresses": ["temp@example.com"]})))
     };
     assert_eq!(create().await.0, 201);
     put_secret(&gateway, "temp", "calcom", "temp-secret").await;
-    let (status, _) = admin(
-        &gateway,
-        "PUT",
-        "/v1/inboxes/temp/ingress/event-types",
-        Some(json!({"event_types": ["calcom:5"]})),
-    )
+    let (status, _) = gateway.api("PUT", "/v1/inboxes/temp/ingress/event-types", Some(json!({"event_types": ["calcom:5"]})))
     .await;
     assert_eq!(status, 200);
     assert_eq!(
-        admin(&gateway, "DELETE", "/v1/inboxes/temp", None).await.0,
+        gateway.api("DELETE", "/v1/inboxes/temp", None).await.0,
         204
     );
     assert_eq!(create().await.0, 201);
-    let (_, flags) = admin(&gateway, "GET", "/v1/inboxes/temp/ingress", None).await;
+    let (_, flags) = gateway.api("GET", "/v1/inboxes/temp/ingress", None).await;
     assert_eq!(flags["providers"]["calcom"]["configured"], false, "{flags}");
-    let (_, types) = admin(
-        &gateway,
-        "GET",
-        "/v1/inboxes/temp/ingress/event-types",
-        None,
-    )
+    let (_, types) = gateway.api("GET", "/v1/inboxes/temp/ingress/event-types", None)
     .await;
     assert_eq!(types["event_types"], json!([]));
     let booking = calcom_booking("BOOKING_CREATED", 5, "bk_old", &recent(0));

@@ -566,15 +566,9 @@ async fn an_event_over_the_payload_cap_arrives_without_its_bodies_and_the_raw_ma
     use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver};
 
     let mut receiver = WebhookReceiver::start(vec![]).await;
-    let options = GatewayOptions::webhook(receiver.url());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = crate::support::gateway::config_toml(dir.path(), &options).replacen(
-        "[delivery]\n",
-        "[delivery]\nmax_payload_bytes = 4096\n",
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.delivery_toml = "max_payload_bytes = 4096\n".to_owned();
+    let gateway = TestGateway::start(options).await;
 
     let paragraph = "The quarterly numbers are attached below in full detail. ".repeat(40);
     let html = format!("<p>{paragraph}</p>").repeat(5);
@@ -620,7 +614,7 @@ async fn an_event_over_the_payload_cap_arrives_without_its_bodies_and_the_raw_ma
     assert_eq!(email["message_id"], "large-1@sender.example");
 
     let (status, stored) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     assert_eq!(stored, raw);

@@ -604,11 +604,9 @@ async fn s3_backend_in_the_binary_takes_credentials_from_the_default_chain() {
         .filter(|line| !line.starts_with("access_key_id") && !line.starts_with("secret_access_key"))
         .map(|line| format!("{line}\n"))
         .collect();
-    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
-        "bucket = \"test-bucket\"\n",
-        &storage,
-        1,
-    );
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.storage_toml = Some(storage);
+    let toml = config_toml(dir.path(), &options);
     std::fs::write(&config_path, toml).expect("write config");
     let (smtp, http) = (free_addr(), free_addr());
     let home = dir.path().to_string_lossy().into_owned();

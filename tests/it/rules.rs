@@ -30,39 +30,16 @@ async fn rules_add_webhook_and_email_routes_when_their_filters_match() {
         {"name": "never", "filters": {"sender_domains": ["nomatch.example"]},
          "channels": {"webhook": {"url": unmatched_hook.url()}}}
     ]});
-    let response = reqwest::Client::new()
-        .put(format!(
-            "http://{}/v1/inboxes/agent/notifications",
-            gateway.http
-        ))
-        .bearer_auth(API_KEY)
-        .json(&rules)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(
-        response.status(),
-        200,
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
+    let (status, body) = gateway
+        .api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
+        .await;
+    assert_eq!(status, 200, "{body}");
 
     let bad = json!({"rules": [{"name": "x", "channels": {"webhook": {"url": rule_hook.url(), "custom_headers": {"webhook-id": "forged"}}}}]});
-    let response = reqwest::Client::new()
-        .put(format!(
-            "http://{}/v1/inboxes/agent/notifications",
-            gateway.http
-        ))
-        .bearer_auth(API_KEY)
-        .json(&bad)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(
-        response.status(),
-        400,
-        "a reserved custom header must be refused"
-    );
+    let (status, _) = gateway
+        .api("PUT", "/v1/inboxes/agent/notifications", Some(bad))
+        .await;
+    assert_eq!(status, 400, "a reserved custom header must be refused");
 
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let message = simple_message(
@@ -123,9 +100,7 @@ async fn rules_add_webhook_and_email_routes_when_their_filters_match() {
 
     // Every endpoint that was attempted has its own statistics.
     let (status, endpoints) = gateway
-        .api_get("/v1/inboxes/agent/endpoints")
-        .await
-        .expect("API");
+        .api("GET", "/v1/inboxes/agent/endpoints", None).await;
     assert_eq!(status, 200, "{endpoints}");
     let mut seen: Vec<(String, String)> = endpoints
         .as_array()

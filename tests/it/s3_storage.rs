@@ -14,14 +14,9 @@ use crate::support::{
 };
 
 async fn gateway_on(s3: &TestS3, receiver: &WebhookReceiver, timeout_s: f64) -> TestGateway {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
-        "bucket = \"test-bucket\"\n",
-        &s3.storage_toml(timeout_s),
-        1,
-    );
-    let config = Config::from_toml_str(&toml).expect("s3 test config is valid");
-    TestGateway::start_with(dir, config).await
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.storage_toml = Some(s3.storage_toml(timeout_s));
+    TestGateway::start(options).await
 }
 
 async fn send(gateway: &TestGateway, message: &[u8]) -> (u16, String) {
@@ -55,12 +50,12 @@ async fn accepted_mail_is_in_the_bucket_byte_exact_and_readable_through_the_api(
     );
 
     let (status, raw) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     assert!(raw == message, "raw endpoint differs from the bytes sent");
     let (status, _) = gateway
-        .api_get_bytes("/v1/messages/msg_doesnotexist/raw")
+        .api_bytes("/v1/messages/msg_doesnotexist/raw")
         .await;
     assert_eq!(status, 404);
     gateway.stop().await;
@@ -248,14 +243,9 @@ async fn a_put_stored_but_never_acknowledged_is_451_and_leaves_no_orphan() {
 async fn another_storage_prefix_is_where_objects_go_and_what_the_event_names() {
     let s3 = TestS3::start().await;
     let mut receiver = WebhookReceiver::start(vec![]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &GatewayOptions::webhook(receiver.url())).replacen(
-        "bucket = \"test-bucket\"\n",
-        &s3.storage_toml_with_prefix(10.0, "mail/2026/"),
-        1,
-    );
-    let config = Config::from_toml_str(&toml).expect("s3 test config is valid");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.storage_toml = Some(s3.storage_toml_with_prefix(10.0, "mail/2026/"));
+    let gateway = TestGateway::start(options).await;
     let message = simple_message("a@elsewhere.example", "agent@example.com", "prefixed", "x");
 
     let (code, text) = send(&gateway, &message).await;
@@ -266,7 +256,7 @@ async fn another_storage_prefix_is_where_objects_go_and_what_the_event_names() {
     assert_eq!(event["s3_key"], key);
     assert_eq!(s3.keys(), vec![key.clone()]);
     let (status, raw) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     assert!(raw == message, "raw endpoint differs from the bytes sent");

@@ -412,25 +412,6 @@ async fn rcpt(smtp: std::net::SocketAddr, address: &str) -> (u16, String) {
     client.cmd(&format!("RCPT TO:<{address}>")).await
 }
 
-/// Sends an admin request to a node's API; returns the status and the JSON body (null if none).
-async fn admin(
-    http: std::net::SocketAddr,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("http://{http}{path}"))
-        .bearer_auth(API_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("api answers");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_default())
-}
-
 /// Each node answers RCPT from its own snapshot of the inboxes; an inbox created, given its
 /// webhook and deleted through node A's API reaches node B's snapshot without a restart.
 #[tokio::test]
@@ -461,25 +442,19 @@ async fn inbox_changes_through_one_node_reach_the_other() {
 
     // Created disabled and enabled last, so once B routes the address its snapshot holds the
     // webhook too: B's intake builds the delivery job from it.
-    let (status, body) = admin(
-        a.http,
-        reqwest::Method::POST,
+    let (status, body) = crate::support::api_at(a.http, API_KEY, "POST",
         "/v1/inboxes",
         Some(serde_json::json!({"id": "synced", "addresses": [address], "status": "disabled"})),
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = admin(
-        a.http,
-        reqwest::Method::PUT,
+    let (status, body) = crate::support::api_at(a.http, API_KEY, "PUT",
         "/v1/inboxes/synced/webhook",
         Some(serde_json::json!({"url": hook.url(), "enabled": true, "rotate_secret": false})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = admin(
-        a.http,
-        reqwest::Method::PATCH,
+    let (status, body) = crate::support::api_at(a.http, API_KEY, "PATCH",
         "/v1/inboxes/synced",
         Some(serde_json::json!({"status": "enabled"})),
     )
@@ -506,7 +481,7 @@ async fn inbox_changes_through_one_node_reach_the_other() {
     assert_eq!(event["agent_id"], "synced", "{event}");
     assert_eq!(event["subject"], "through node B", "{event}");
 
-    let (status, body) = admin(a.http, reqwest::Method::DELETE, "/v1/inboxes/synced", None).await;
+    let (status, body) = crate::support::api_at(a.http, API_KEY, "DELETE", "/v1/inboxes/synced", None).await;
     assert_eq!(status, 204, "{body}");
     let (code, text) = eventually("node B to refuse the inbox deleted on node A", || async {
         let (code, text) = rcpt(b.smtp, address).await;

@@ -99,15 +99,10 @@ async fn delivered_with(scheme: &str, secret: &str) -> crate::support::Received 
 /// the request.
 async fn delivered_with_lines(lines: &str, secret: &str) -> crate::support::Received {
     let mut receiver = WebhookReceiver::start(vec![]).await;
-    let options = GatewayOptions::webhook(receiver.url());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = config_toml(dir.path(), &options).replacen(
-        "webhook_secret = \"test-signing-secret\"\n",
-        &format!("webhook_secret = \"{secret}\"\n{lines}"),
-        1,
-    );
-    let config = mxhook::config::Config::from_toml_str(&toml).expect("valid config");
-    let gateway = TestGateway::start_with(dir, config).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.secret = Some(secret.to_owned());
+    options.agent_toml = lines.to_owned();
+    let gateway = TestGateway::start(options).await;
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let message = simple_message(
         "s@sender.example",
@@ -260,18 +255,6 @@ async fn hmac_sha256_header_and_format_from_toml_verify_with_python_hmac() {
     ));
 }
 
-async fn put_json(gateway: &TestGateway, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .put(format!("http://{}{path}", gateway.http))
-        .bearer_auth(API_KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
     let mut inbox_hook = WebhookReceiver::start(vec![]).await;
@@ -287,47 +270,33 @@ async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
         ("webhook-id", "reserved"),
         ("Host", "reserved"),
     ] {
-        let (status, body) = put_json(
-            &gateway,
-            "/v1/inboxes/agent/webhook",
-            &json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
-                    "signature_header": header}),
-        )
+        let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/webhook", Some(json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                    "signature_header": header}).clone()))
         .await;
         assert_eq!(status, 400, "`{header}` ({why}): {body}");
         let message = body["error"]["message"].as_str().expect("JSON error");
         assert!(message.contains("signature_header"), "{message}");
     }
-    let (status, body) = put_json(
-        &gateway,
-        "/v1/inboxes/agent/webhook",
-        &json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
-                "signature_format": "base64"}),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/webhook", Some(json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                "signature_format": "base64"}).clone()))
     .await;
     assert_eq!(status, 422, "an unknown format is refused: {body}");
     assert!(body["error"]["message"].is_string(), "{body}");
 
     // The config secret fits the new scheme and is kept (and not shown).
-    let (status, body) = put_json(
-        &gateway,
-        "/v1/inboxes/agent/webhook",
-        &json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
-                "signature_header": "X-Hub-Signature-256", "signature_format": "hex"}),
-    )
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/webhook", Some(json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                "signature_header": "X-Hub-Signature-256", "signature_format": "hex"}).clone()))
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("signing_secret").is_none(), "{body}");
     let (_, view) = gateway
-        .api_get("/v1/inboxes/agent/webhook")
-        .await
-        .expect("api");
+        .api("GET", "/v1/inboxes/agent/webhook", None).await;
     assert_eq!(view["signature_header"], "X-Hub-Signature-256", "{view}");
     assert_eq!(view["signature_format"], "hex", "{view}");
 
     let bad_rule = json!([{"name": "x", "channels": {"webhook": {"url": rule_hook.url(),
         "signature": "hmac-sha256", "signature_header": "Content-Length"}}}]);
-    let (status, body) = put_json(&gateway, "/v1/inboxes/agent/notifications", &bad_rule).await;
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(bad_rule.clone())).await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().expect("JSON error");
     assert!(
@@ -337,7 +306,7 @@ async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
     let clash = json!([{"name": "x", "channels": {"webhook": {"url": rule_hook.url(),
         "signature": "hmac-sha256", "signature_header": "X-Rule-Sig",
         "custom_headers": {"x-rule-sig": "forged"}}}}]);
-    let (status, body) = put_json(&gateway, "/v1/inboxes/agent/notifications", &clash).await;
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(clash.clone())).await;
     assert_eq!(
         status, 400,
         "a custom header cannot shadow the signature: {body}"
@@ -345,7 +314,7 @@ async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
 
     let rule = json!([{"name": "signed", "channels": {"webhook": {"url": rule_hook.url(),
         "signature": "hmac-sha256", "signature_header": "X-Rule-Sig"}}}]);
-    let (status, body) = put_json(&gateway, "/v1/inboxes/agent/notifications", &rule).await;
+    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(rule.clone())).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body[0]["channels"]["webhook"]["signature_header"],

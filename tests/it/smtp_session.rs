@@ -81,7 +81,7 @@ async fn unknown_recipients_and_relay_attempts_are_refused_at_rcpt() {
     let request = receiver.recv().await;
     assert_eq!(request.json()["subject"], "after refusals");
 
-    let (status, metrics) = gateway.api_get_bytes("/metrics").await;
+    let (status, metrics) = gateway.api_bytes("/metrics").await;
     assert_eq!(status, 200);
     let metrics = String::from_utf8_lossy(&metrics);
     for line in [

@@ -159,9 +159,7 @@ async fn send_mail(gateway: &TestGateway, to: &str, message: &[u8]) {
 async fn message_id(gateway: &TestGateway, inbox: &str, subject: &str) -> String {
     eventually("the message to be listed", || async {
         let (_, body) = gateway
-            .api_get(&format!("/v1/inboxes/{inbox}/messages"))
-            .await
-            .ok()?;
+            .api("GET", &format!("/v1/inboxes/{inbox}/messages"), None).await;
         body["messages"].as_array()?.iter().find_map(|message| {
             (message["subject"].as_str() == Some(subject))
                 .then(|| message["id"].as_str().map(str::to_owned))
@@ -322,9 +320,7 @@ async fn every_post_needs_the_session_csrf_token() {
         .await;
     assert_eq!(saved.status, 303, "{}", saved.body);
     let (_, stored) = gateway
-        .api_get("/v1/inboxes/agent/notifications")
-        .await
-        .expect("API");
+        .api("GET", "/v1/inboxes/agent/notifications", None).await;
     assert_eq!(stored[0]["name"], "verified only");
     // The editor shows the stored rules again, not an empty box.
     let page = ui.get("/ui/inboxes/agent").await;
@@ -339,7 +335,7 @@ async fn every_post_needs_the_session_csrf_token() {
 async fn an_inbox_key_sees_only_its_inbox() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
-    let (status, created) = gateway.api_post("/v1/inboxes/agent/keys").await;
+    let (status, created) = gateway.api("POST", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key").to_owned();
 
@@ -434,7 +430,7 @@ async fn hostile_mail_is_escaped_and_html_bodies_are_sandboxed() {
     send_mail(&gateway, "agent@example.com", message.as_bytes()).await;
     receiver.recv().await;
     let id = eventually("the message to be listed", || async {
-        let (_, body) = gateway.api_get("/v1/inboxes/agent/messages").await.ok()?;
+        let (_, body) = gateway.api("GET", "/v1/inboxes/agent/messages", None).await;
         body["messages"][0]["id"].as_str().map(str::to_owned)
     })
     .await;
@@ -492,7 +488,7 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     receiver.recv().await;
     receiver.recv().await;
     let stats = eventually("both attempts to be recorded", || async {
-        let (_, webhook) = gateway.api_get("/v1/inboxes/agent/webhook").await.ok()?;
+        let (_, webhook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
         let stats = webhook["stats"].clone();
         (stats["attempts"] == json!(2)).then_some(stats)
     })
@@ -502,9 +498,7 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     assert_eq!(stats["last_status_code"], 200, "{stats}");
     assert!(stats["last_triggered"].as_str().is_some(), "{stats}");
     let (_, never) = gateway
-        .api_get("/v1/inboxes/other/webhook")
-        .await
-        .expect("API");
+        .api("GET", "/v1/inboxes/other/webhook", None).await;
     assert_eq!(never["stats"]["attempts"], 0, "{never}");
     assert_eq!(never["stats"]["last_triggered"], Value::Null);
 
@@ -550,9 +544,7 @@ async fn webhook_form_round_trips_every_setting_and_keeps_refused_input() {
     let url = receiver.url();
     let api_webhook = || async {
         let (status, webhook) = gateway
-            .api_get("/v1/inboxes/agent/webhook")
-            .await
-            .expect("API");
+            .api("GET", "/v1/inboxes/agent/webhook", None).await;
         assert_eq!(status, 200, "{webhook}");
         webhook
     };
@@ -835,9 +827,7 @@ async fn messages_page_through_older_and_newer_with_filters_kept() {
     }
     eventually("all 30 to be listed", || async {
         let (_, body) = gateway
-            .api_get("/v1/inboxes/agent/messages?limit=100")
-            .await
-            .ok()?;
+            .api("GET", "/v1/inboxes/agent/messages?limit=100", None).await;
         (body["messages"].as_array()?.len() == 30).then_some(())
     })
     .await;
@@ -962,9 +952,7 @@ async fn dead_letters_show_the_escaped_subject_and_sender() {
     assert!(row.contains(&id), "{row}");
     assert!(!page.body.contains("<img"), "{}", page.body);
     let (_, listed) = gateway
-        .api_get("/v1/inboxes/agent/messages")
-        .await
-        .expect("API");
+        .api("GET", "/v1/inboxes/agent/messages", None).await;
     let sender = listed["messages"]
         .as_array()
         .and_then(|messages| messages.iter().find(|message| message["id"] == json!(id)))
@@ -1009,7 +997,7 @@ async fn repeated_failed_logins_are_answered_429() {
     assert_eq!(welcomed.status, 303, "{}", welcomed.body);
     assert!(other.session.is_some(), "another address is not blocked");
     // The API's Bearer check is not the dashboard's throttle.
-    let (status, _) = gateway.api_get("/v1/inboxes").await.expect("API");
+    let (status, _) = gateway.api("GET", "/v1/inboxes", None).await;
     assert_eq!(status, 200);
 }
 

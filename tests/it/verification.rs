@@ -206,7 +206,7 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
     // The stored copy is still exactly what was sent: verification adds nothing to it.
     let message_id = event["message_id"].as_str().expect("message id");
     let (status, stored) = gateway
-        .api_get_bytes(&format!("/v1/messages/{message_id}/raw"))
+        .api_bytes(&format!("/v1/messages/{message_id}/raw"))
         .await;
     assert_eq!(status, 200);
     assert_eq!(stored, signed.as_bytes());
@@ -656,9 +656,7 @@ async fn inbox_policies_reject_quarantine_or_tag() {
     assert_eq!(code, 250, "{text}");
     let message_id = text.rsplit(' ').next().expect("queued as id").to_owned();
     let (status, stored_event) = gateway
-        .api_get(&format!("/v1/messages/{message_id}"))
-        .await
-        .expect("API");
+        .api("GET", &format!("/v1/messages/{message_id}"), None).await;
     assert_eq!(status, 200, "{stored_event}");
     assert_eq!(stored_event["quarantined"], true, "{stored_event}");
     assert_eq!(

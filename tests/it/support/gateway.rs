@@ -31,6 +31,22 @@ pub struct GatewayOptions {
     /// The `[auth]` section. Verification is off by default so that no test asks a DNS server
     /// it did not start; the verification tests point it at their own.
     pub auth_toml: String,
+    /// `delivery.timeout_s`.
+    pub delivery_timeout_s: u64,
+    /// `delivery.lease_s`.
+    pub lease_s: u64,
+    /// Extra `key = value` lines of the `[delivery]` section.
+    pub delivery_toml: String,
+    /// Extra `key = value` lines of the `agent` inbox.
+    pub agent_toml: String,
+    /// Extra `key = value` lines of the `other` inbox.
+    pub other_toml: String,
+    /// The `other` inbox's webhook, when it is not `webhook_url`.
+    pub other_webhook_url: Option<String>,
+    /// Replaces the `[storage]` section's `path` and `bucket` lines (an S3 store).
+    pub storage_toml: Option<String>,
+    /// Replaces the test database (a proxy in front of it, a database shared by nodes).
+    pub database_url: Option<String>,
 }
 
 impl GatewayOptions {
@@ -46,6 +62,23 @@ impl GatewayOptions {
             smtp_toml: String::new(),
             extra_toml: String::new(),
             auth_toml: "[auth]\nenabled = false\n".to_owned(),
+            delivery_timeout_s: 5,
+            lease_s: 10,
+            delivery_toml: String::new(),
+            agent_toml: String::new(),
+            other_toml: String::new(),
+            other_webhook_url: None,
+            storage_toml: None,
+            database_url: None,
+        }
+    }
+
+    /// Inboxes with no webhook and no secret.
+    pub fn no_webhook() -> Self {
+        Self {
+            webhook_url: None,
+            secret: None,
+            ..Self::webhook(String::new())
         }
     }
 }
@@ -56,7 +89,6 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    http_client: reqwest::Client,
 }
 
 /// The database a test gateway uses: a SQLite file in its directory, or, when
@@ -111,20 +143,26 @@ fn postgres_database(name: &str) -> String {
 
 /// The config file the tests run with; also used by the process tests.
 pub fn config_toml(dir: &std::path::Path, options: &GatewayOptions) -> String {
-    let storage = options
-        .storage_path
-        .clone()
-        .unwrap_or_else(|| dir.join("mail"));
-    let webhook = options
-        .webhook_url
-        .as_ref()
-        .map(|url| format!("webhook_url = \"{url}\"\n"))
-        .unwrap_or_default();
+    let storage = options.storage_toml.clone().unwrap_or_else(|| {
+        let path = options
+            .storage_path
+            .clone()
+            .unwrap_or_else(|| dir.join("mail"));
+        format!("path = \"{}\"\nbucket = \"test-bucket\"\n", path.display())
+    });
+    let webhook = |url: Option<&String>| {
+        url.map(|url| format!("webhook_url = \"{url}\"\n"))
+            .unwrap_or_default()
+    };
     let secret = options
         .secret
         .as_ref()
         .map(|secret| format!("webhook_secret = \"{secret}\"\n"))
         .unwrap_or_default();
+    let database = options
+        .database_url
+        .clone()
+        .unwrap_or_else(|| test_database_url(dir));
     format!(
         r#"
 [smtp]
@@ -134,36 +172,45 @@ max_message_size = {max_size}
 [http]
 admin_keys = ["{API_KEY}"]
 [storage]
-path = "{storage}"
-bucket = "test-bucket"
+{storage}
 [database]
-url = "{db}"
+url = "{database}"
 [delivery]
 allow_http = true
 allow_private_targets = {allow_private}
 retry_base_s = {retry}
 max_retries = {max_retries}
-timeout_s = 5
-lease_s = 10
-
+timeout_s = {timeout}
+lease_s = {lease}
+{delivery}
 [[inbox]]
 id = "agent"
 addresses = ["agent@example.com", "alias@example.com"]
-{webhook}{secret}
+{agent_webhook}{secret}{agent}
 [[inbox]]
 id = "other"
 addresses = ["other@example.com"]
-{webhook}{secret}
+{other_webhook}{secret}{other}
 {auth}
 {extra}
 "#,
         max_size = options.max_message_size,
         smtp = options.smtp_toml,
-        storage = storage.display(),
-        db = test_database_url(dir),
         allow_private = options.allow_private_targets,
         retry = options.retry_base_s,
         max_retries = options.max_retries,
+        timeout = options.delivery_timeout_s,
+        lease = options.lease_s,
+        delivery = options.delivery_toml,
+        agent_webhook = webhook(options.webhook_url.as_ref()),
+        agent = options.agent_toml,
+        other_webhook = webhook(
+            options
+                .other_webhook_url
+                .as_ref()
+                .or(options.webhook_url.as_ref())
+        ),
+        other = options.other_toml,
         auth = options.auth_toml,
         extra = options.extra_toml,
     )
@@ -171,7 +218,11 @@ addresses = ["other@example.com"]
 
 impl TestGateway {
     pub async fn start(options: GatewayOptions) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), options).await
+    }
+
+    /// Starts on a data directory of the test's own (a restart finds its data again).
+    pub async fn start_in(dir: tempfile::TempDir, options: GatewayOptions) -> Self {
         let config = Config::from_toml_str(&config_toml(dir.path(), &options))
             .expect("test config is valid");
         Self::start_with(dir, config).await
@@ -197,11 +248,10 @@ impl TestGateway {
             dir,
             shutdown: Some(tx),
             task: Some(task),
-            http_client: reqwest::Client::new(),
         };
         super::eventually("the API to answer /healthz", || async {
             gateway
-                .api_get("/healthz")
+                .try_api(API_KEY, "GET", "/healthz", None)
                 .await
                 .ok()
                 .filter(|(status, _)| *status == 200)
@@ -210,33 +260,38 @@ impl TestGateway {
         gateway
     }
 
-    pub async fn api_get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
-        let response = self
-            .http_client
-            .get(format!("http://{}{path}", self.http))
-            .bearer_auth(API_KEY)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
+    /// One API call with the admin key and an optional JSON body: the status and the JSON
+    /// body (`Null` when the body is not JSON).
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.api_as(API_KEY, method, path, body).await
     }
 
-    pub async fn api_post(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http_client
-            .post(format!("http://{}{path}", self.http))
-            .bearer_auth(API_KEY)
-            .send()
+    /// [`Self::api`] with another key (an inbox key, a wrong one).
+    pub async fn api_as(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.try_api(key, method, path, body)
             .await
-            .expect("API request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .unwrap_or_else(|err| panic!("API request {method} {path}: {err}"))
     }
 
-    pub async fn api_get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
-        let response = self
-            .http_client
+    async fn try_api(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        super::try_api_at(self.http, key, method, path, body).await
+    }
+
+    /// A GET with the admin key whose body is read as bytes (raw mail, metrics).
+    pub async fn api_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let response = super::http_client()
             .get(format!("http://{}{path}", self.http))
             .bearer_auth(API_KEY)
             .send()
@@ -249,9 +304,8 @@ impl TestGateway {
     /// The deliveries the API lists with this status.
     pub async fn deliveries(&self, status: &str) -> Vec<Value> {
         let (code, body) = self
-            .api_get(&format!("/v1/deliveries?status={status}"))
-            .await
-            .expect("API request");
+            .api("GET", &format!("/v1/deliveries?status={status}"), None)
+            .await;
         assert_eq!(code, 200, "{body}");
         body["deliveries"].as_array().cloned().unwrap_or_default()
     }

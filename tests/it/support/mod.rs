@@ -47,6 +47,46 @@ pub fn rand_token() -> String {
     format!("{nanos:x}.{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The HTTP client every test request goes through (one connection pool for the run).
+pub fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+/// One API call to the gateway whose HTTP listener is `http`: the status and the JSON body
+/// (`Null` when the body is not JSON). Panics when the request cannot be made.
+pub async fn api_at(
+    http: std::net::SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    try_api_at(http, key, method, path, body)
+        .await
+        .unwrap_or_else(|err| panic!("API request {method} {path}: {err}"))
+}
+
+/// [`api_at`], with a connection failure returned instead of panicking (a gateway starting up).
+pub async fn try_api_at(
+    http: std::net::SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+    let mut request = http_client()
+        .request(method, format!("http://{http}{path}"))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(serde_json::Value::Null)))
+}
+
 /// Polls `check` until it returns `Some`, or panics after [`SOON`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
