@@ -32,8 +32,13 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
     let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
 
-    let (status, created) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "sales", "name": "Sales", "addresses": ["Sales@Example.com"]})))
-    .await;
+    let (status, created) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "sales", "name": "Sales", "addresses": ["Sales@Example.com"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["addresses"], json!(["sales@example.com"]));
     assert_eq!(created["status"], "enabled");
@@ -41,8 +46,13 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
     assert_eq!(created["webhook"], Value::Null);
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 250);
 
-    let (status, generated) = gateway.api("POST", "/v1/inboxes", Some(json!({"addresses": ["support@example.com"]})))
-    .await;
+    let (status, generated) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"addresses": ["support@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{generated}");
     assert!(generated["id"].as_str().expect("id").starts_with("inb_"));
 
@@ -69,15 +79,30 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
     );
 
     // An address belongs to one inbox; an id to one inbox.
-    let (status, body) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "thief", "addresses": ["agent@example.com"]})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "thief", "addresses": ["agent@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
-    let (status, _) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "sales", "addresses": ["new@example.com"]})))
-    .await;
+    let (status, _) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "sales", "addresses": ["new@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 409);
-    let (status, _) = gateway.api("PATCH", "/v1/inboxes/sales", Some(json!({"addresses": ["other@example.com"]})))
-    .await;
+    let (status, _) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/sales",
+            Some(json!({"addresses": ["other@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 409);
     assert_eq!(
         rcpt(&gateway, "sales@example.com").await,
@@ -85,14 +110,24 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
         "a refused change changes nothing"
     );
 
-    let (status, body) = gateway.api("PATCH", "/v1/inboxes/sales", Some(json!({"status": "disabled"})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/sales",
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "disabled");
     assert_eq!(rcpt(&gateway, "sales@example.com").await, 550);
 
-    let (status, body) = gateway.api("PATCH", "/v1/inboxes/sales", Some(json!({"status": "enabled", "name": "Deals", "addresses": ["deals@example.com"]})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/sales",
+            Some(json!({"status": "enabled", "name": "Deals", "addresses": ["deals@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["name"], "Deals");
     assert_eq!(rcpt(&gateway, "deals@example.com").await, 250);
@@ -112,14 +147,24 @@ async fn inbox_crud_changes_what_rcpt_accepts_at_once() {
 async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
-    let (status, _) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "hooked", "addresses": ["hooked@example.com"]})))
-    .await;
+    let (status, _) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "hooked", "addresses": ["hooked@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 201);
     let (status, _) = gateway.api("GET", "/v1/inboxes/hooked/webhook", None).await;
     assert_eq!(status, 404);
 
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/hooked/webhook",
+            Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let first_secret = body["signing_secret"]
         .as_str()
@@ -128,8 +173,13 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
     assert_eq!(first_secret.len(), 64, "32 random bytes, hex");
     assert_eq!(body["signature"], "agentmail");
 
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/hooked/webhook",
+            Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": false})),
+        )
+        .await;
     assert_eq!(status, 200);
     assert!(
         body.get("signing_secret").is_none(),
@@ -152,8 +202,13 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
         &signature
     ));
 
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": true})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/hooked/webhook",
+            Some(json!({"url": receiver.url(), "enabled": true, "rotate_secret": true})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let second_secret = body["signing_secret"]
         .as_str()
@@ -196,8 +251,13 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
             .starts_with("v1,")
     );
 
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/hooked/webhook", Some(json!({"url": "ftp://example.com/hook", "enabled": true, "rotate_secret": false})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/hooked/webhook",
+            Some(json!({"url": "ftp://example.com/hook", "enabled": true, "rotate_secret": false})),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -206,7 +266,10 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
             .starts_with("url:")
     );
 
-    let (status, _) = gateway.api("DELETE", "/v1/inboxes/hooked/webhook", None).await;
+    let jobs_before = gateway.all_deliveries().await.len();
+    let (status, _) = gateway
+        .api("DELETE", "/v1/inboxes/hooked/webhook", None)
+        .await;
     assert_eq!(status, 204);
     let (status, _) = gateway.api("GET", "/v1/inboxes/hooked/webhook", None).await;
     assert_eq!(status, 404);
@@ -218,24 +281,46 @@ async fn webhook_secret_is_shown_once_and_rotation_signs_with_old_and_new() {
     )
     .await;
     receiver.assert_silent(Duration::from_millis(500)).await;
+    let stored = gateway.messages("hooked").await;
+    assert_eq!(stored[0]["subject"], "unhooked", "stored all the same");
+    assert_eq!(
+        gateway.all_deliveries().await.len(),
+        jobs_before,
+        "and makes no job"
+    );
 }
 
 #[tokio::test]
 async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = crate::support::gateway::config_toml(dir.path(), &no_webhook());
+    let toml = crate::support::gateway::config_toml(dir.path(), &GatewayOptions::no_webhook());
     let mut config = mxhook::config::Config::from_toml_str(&toml).expect("config");
     config.delivery.secret_rotation_grace_s = 1.0;
     let gateway = TestGateway::start_with(dir, config).await;
-    let (status, _) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "rotating", "addresses": ["rotating@example.com"]})))
-    .await;
+    let (status, _) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "rotating", "addresses": ["rotating@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 201);
-    let (_, first) = gateway.api("PUT", "/v1/inboxes/rotating/webhook", Some(json!({"url": receiver.url()})))
-    .await;
+    let (_, first) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/rotating/webhook",
+            Some(json!({"url": receiver.url()})),
+        )
+        .await;
     let first_secret = first["signing_secret"].as_str().expect("secret").to_owned();
-    let (_, rotated) = gateway.api("PUT", "/v1/inboxes/rotating/webhook", Some(json!({"url": receiver.url(), "rotate_secret": true})))
-    .await;
+    let (_, rotated) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/rotating/webhook",
+            Some(json!({"url": receiver.url(), "rotate_secret": true})),
+        )
+        .await;
     let second_secret = rotated["signing_secret"]
         .as_str()
         .expect("secret")
@@ -247,7 +332,9 @@ async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
 
     // Waits for the grace to run out as the API reports it, not for a fixed time.
     eventually("the grace period to end", || async {
-        let (_, webhook) = gateway.api("GET", "/v1/inboxes/rotating/webhook", None).await;
+        let (_, webhook) = gateway
+            .api("GET", "/v1/inboxes/rotating/webhook", None)
+            .await;
         webhook["previous_secret_expires_at"]
             .is_null()
             .then_some(())
@@ -290,8 +377,13 @@ async fn a_rotated_out_secret_stops_signing_when_its_grace_is_over() {
 async fn inbox_keys_reach_only_their_own_inbox() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
-    let (status, created) = gateway.api("POST", "/v1/inboxes/agent/keys", Some(json!({"name": "agent bot"})))
-    .await;
+    let (status, created) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes/agent/keys",
+            Some(json!({"name": "agent bot"})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key").to_owned();
     assert!(key.starts_with("mxk_"));
@@ -305,7 +397,9 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         .as_str()
         .expect("id")
         .to_owned();
-    let (_, other_deliveries) = gateway.api("GET", "/v1/inboxes/other/deliveries", None).await;
+    let (_, other_deliveries) = gateway
+        .api("GET", "/v1/inboxes/other/deliveries", None)
+        .await;
     let other_delivery = other_deliveries["deliveries"][0]["id"]
         .as_str()
         .expect("id")
@@ -320,7 +414,9 @@ async fn inbox_keys_reach_only_their_own_inbox() {
     let (_, list) = gateway.api_as(&key, "GET", "/v1/inboxes", None).await;
     assert_eq!(list["inboxes"].as_array().expect("inboxes").len(), 1);
     assert_eq!(list["inboxes"][0]["id"], "agent");
-    let (status, mine) = gateway.api_as(&key, "GET", "/v1/inboxes/agent/messages", None).await;
+    let (status, mine) = gateway
+        .api_as(&key, "GET", "/v1/inboxes/agent/messages", None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(mine["messages"].as_array().expect("messages").len(), 1);
     let (status, deliveries) = gateway.api_as(&key, "GET", "/v1/deliveries", None).await;
@@ -377,20 +473,42 @@ async fn inbox_keys_reach_only_their_own_inbox() {
         let (status, answer) = gateway.api_as(&key, method, &path, None).await;
         assert_eq!(status, 403, "{method} {path}: {answer}");
     }
-    let (status, _) = gateway.api_as(&key, "DELETE", "/v1/inboxes/agent", None).await;
+    let (status, _) = gateway
+        .api_as(&key, "DELETE", "/v1/inboxes/agent", None)
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = gateway.api_as(&key, "PATCH", "/v1/inboxes/agent", Some(json!({"addresses": ["unclaimed@example.com"]})))
-    .await;
+    let (status, _) = gateway
+        .api_as(
+            &key,
+            "PATCH",
+            "/v1/inboxes/agent",
+            Some(json!({"addresses": ["unclaimed@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, body) = gateway.api_as(&key, "PATCH", "/v1/inboxes/agent", Some(json!({"name": "renamed by its own key"})))
-    .await;
+    let (status, body) = gateway
+        .api_as(
+            &key,
+            "PATCH",
+            "/v1/inboxes/agent",
+            Some(json!({"name": "renamed by its own key"})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = gateway.api_as(&key, "POST", "/v1/inboxes", Some(json!({"addresses": ["x@example.com"]})))
-    .await;
+    let (status, _) = gateway
+        .api_as(
+            &key,
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"addresses": ["x@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 403);
     let (status, _) = gateway.api_as(&key, "GET", "/metrics", None).await;
     assert_eq!(status, 403);
-    let (status, body) = gateway.api_as("mxk_not-a-key", "GET", "/v1/inboxes/agent", None).await;
+    let (status, body) = gateway
+        .api_as("mxk_not-a-key", "GET", "/v1/inboxes/agent", None)
+        .await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized");
 
@@ -423,20 +541,30 @@ async fn deliver_mail(gateway: &TestGateway, from: &str, to: &str, subject: &str
 async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     let mut receiver = WebhookReceiver::start(Vec::new()).await;
     let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
-    let (status, created) = gateway.api("POST", "/v1/inboxes", Some(json!({
-            "id": "guarded",
-            "addresses": ["guarded@example.com"],
-            "block_senders": ["Blocked.test"],
-            "policy_action": "reject",
-        })))
-    .await;
+    let (status, created) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({
+                "id": "guarded",
+                "addresses": ["guarded@example.com"],
+                "block_senders": ["Blocked.test"],
+                "policy_action": "reject",
+            })),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["block_senders"], json!(["blocked.test"]));
     assert_eq!(created["policy_action"], "reject");
     assert_eq!(created["allow_senders"], json!([]));
     assert_eq!(created["dmarc_pass_required"], false);
-    let (status, _) = gateway.api("PUT", "/v1/inboxes/guarded/webhook", Some(json!({"url": receiver.url()})))
-    .await;
+    let (status, _) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/guarded/webhook",
+            Some(json!({"url": receiver.url()})),
+        )
+        .await;
     assert_eq!(status, 200);
 
     let (code, text) =
@@ -454,8 +582,13 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     let fine = receiver.recv().await.json();
     assert_eq!(fine["policy_violations"], json!([]));
 
-    let (status, patched) = gateway.api("PATCH", "/v1/inboxes/guarded", Some(json!({"policy_action": "quarantine"})))
-    .await;
+    let (status, patched) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/guarded",
+            Some(json!({"policy_action": "quarantine"})),
+        )
+        .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["policy_action"], "quarantine");
     assert_eq!(
@@ -472,13 +605,17 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
     .await;
     assert_eq!(code, 250, "{text}");
     let held_id = text.rsplit(' ').next().expect("queued as id").to_owned();
-    let (status, held) = gateway.api("GET", &format!("/v1/messages/{held_id}"), None).await;
+    let (status, held) = gateway
+        .api("GET", &format!("/v1/messages/{held_id}"), None)
+        .await;
     assert_eq!(status, 200, "{held}");
     assert_eq!(held["quarantined"], true, "{held}");
     assert_eq!(held["policy_violations"], json!(["sender is blocked"]));
 
     // The quarantined message is findable, and filterable, through the inbox's listing.
-    let (status, all) = gateway.api("GET", "/v1/inboxes/guarded/messages", None).await;
+    let (status, all) = gateway
+        .api("GET", "/v1/inboxes/guarded/messages", None)
+        .await;
     assert_eq!(status, 200, "{all}");
     let flags: Vec<(String, bool)> = all["messages"]
         .as_array()
@@ -493,20 +630,36 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
         .collect();
     assert_eq!(flags.len(), 2, "{all}");
     assert!(flags.contains(&(held_id.clone(), true)), "{all}");
-    let (_, only_held) = gateway.api("GET", "/v1/inboxes/guarded/messages?quarantined=true", None)
-    .await;
+    let (_, only_held) = gateway
+        .api("GET", "/v1/inboxes/guarded/messages?quarantined=true", None)
+        .await;
     assert_eq!(only_held["messages"].as_array().expect("messages").len(), 1);
     assert_eq!(only_held["messages"][0]["id"], held_id.as_str());
-    let (_, not_held) = gateway.api("GET", "/v1/inboxes/guarded/messages?quarantined=false", None)
-    .await;
+    let (_, not_held) = gateway
+        .api(
+            "GET",
+            "/v1/inboxes/guarded/messages?quarantined=false",
+            None,
+        )
+        .await;
     assert_eq!(not_held["messages"].as_array().expect("messages").len(), 1);
     assert_ne!(not_held["messages"][0]["id"], held_id.as_str());
-    let (status, _) = gateway.api("GET", "/v1/inboxes/guarded/messages?quarantined=maybe", None)
-    .await;
+    let (status, _) = gateway
+        .api(
+            "GET",
+            "/v1/inboxes/guarded/messages?quarantined=maybe",
+            None,
+        )
+        .await;
     assert_eq!(status, 400);
 
-    let (status, patched) = gateway.api("PATCH", "/v1/inboxes/guarded", Some(json!({"policy_action": "tag"})))
-    .await;
+    let (status, patched) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/guarded",
+            Some(json!({"policy_action": "tag"})),
+        )
+        .await;
     assert_eq!(status, 200, "{patched}");
     let (code, text) = deliver_mail(
         &gateway,
@@ -531,7 +684,9 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
         (json!({"allow_senders": ["a@b@c"]}), "allow_senders"),
         (json!({"spf_pass_required": "yes"}), "spf_pass_required"),
     ] {
-        let (status, answer) = gateway.api("PATCH", "/v1/inboxes/guarded", Some(body)).await;
+        let (status, answer) = gateway
+            .api("PATCH", "/v1/inboxes/guarded", Some(body))
+            .await;
         assert!(matches!(status, 400 | 422), "{answer}");
         assert!(
             answer["error"]["message"]
@@ -548,7 +703,7 @@ async fn sender_policy_set_through_the_api_applies_to_the_next_message() {
 
 #[tokio::test]
 async fn config_inbox_policy_shows_in_the_api() {
-    let mut options = no_webhook();
+    let mut options = GatewayOptions::no_webhook();
     options.extra_toml = "[[inbox]]\nid = \"strict\"\naddresses = [\"strict@example.com\"]\n\
          block_senders = [\"spam.test\"]\ndkim_pass_required = true\npolicy_action = \"reject\"\n"
         .to_owned();
@@ -567,8 +722,13 @@ async fn config_inbox_policy_shows_in_the_api() {
 #[tokio::test]
 async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
     let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
-    let (status, first) = gateway.api("POST", "/v1/inboxes/agent/keys", Some(json!({"name": "first"})))
-    .await;
+    let (status, first) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes/agent/keys",
+            Some(json!({"name": "first"})),
+        )
+        .await;
     assert_eq!(status, 201, "{first}");
     let (status, second) = gateway.api("POST", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(status, 201, "{second}");
@@ -591,22 +751,43 @@ async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
     );
     assert!(keys.iter().all(|key| key.get("key").is_none()));
 
-    let (status, _) = gateway.api_as(&first_key, "GET", "/v1/inboxes/agent", None).await;
+    let (status, _) = gateway
+        .api_as(&first_key, "GET", "/v1/inboxes/agent", None)
+        .await;
     assert_eq!(status, 200);
     let first_id = first["id"].as_str().expect("id");
-    let (status, _) = gateway.api("DELETE", &format!("/v1/inboxes/agent/keys/{first_id}"), None)
-    .await;
+    let (status, _) = gateway
+        .api(
+            "DELETE",
+            &format!("/v1/inboxes/agent/keys/{first_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
-    let (status, body) = gateway.api_as(&first_key, "GET", "/v1/inboxes/agent", None).await;
+    let (status, body) = gateway
+        .api_as(&first_key, "GET", "/v1/inboxes/agent", None)
+        .await;
     assert_eq!(status, 401, "a revoked key is refused at once: {body}");
-    let (status, _) = gateway.api_as(&second_key, "GET", "/v1/inboxes/agent", None).await;
+    let (status, _) = gateway
+        .api_as(&second_key, "GET", "/v1/inboxes/agent", None)
+        .await;
     assert_eq!(status, 200, "the other key still works");
-    let (status, _) = gateway.api("DELETE", &format!("/v1/inboxes/agent/keys/{first_id}"), None)
-    .await;
+    let (status, _) = gateway
+        .api(
+            "DELETE",
+            &format!("/v1/inboxes/agent/keys/{first_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     let second_id = second["id"].as_str().expect("id");
-    let (status, _) = gateway.api("DELETE", &format!("/v1/inboxes/other/keys/{second_id}"), None)
-    .await;
+    let (status, _) = gateway
+        .api(
+            "DELETE",
+            &format!("/v1/inboxes/other/keys/{second_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404, "a key is revoked only through its own inbox");
     let (_, listed) = gateway.api("GET", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(listed["keys"].as_array().expect("keys").len(), 1);
@@ -617,7 +798,9 @@ async fn inbox_keys_are_listed_without_secrets_and_revoked_at_once() {
         (json!({"name": "x", "scope": "all"}), 422),
         (json!(["name"]), 422),
     ] {
-        let (status, answer) = gateway.api("POST", "/v1/inboxes/agent/keys", Some(body)).await;
+        let (status, answer) = gateway
+            .api("POST", "/v1/inboxes/agent/keys", Some(body))
+            .await;
         assert_eq!(status, expected, "{answer}");
         assert_eq!(answer["error"]["code"], "invalid_body", "{answer}");
     }
@@ -665,7 +848,9 @@ async fn messages_page_newest_first_and_filter() {
     )
     .await;
 
-    let (status, page) = gateway.api("GET", "/v1/inboxes/agent/messages?limit=2", None).await;
+    let (status, page) = gateway
+        .api("GET", "/v1/inboxes/agent/messages?limit=2", None)
+        .await;
     assert_eq!(status, 200, "{page}");
     let subjects = |page: &Value| -> Vec<String> {
         page["messages"]
@@ -677,24 +862,43 @@ async fn messages_page_newest_first_and_filter() {
     };
     assert_eq!(subjects(&page), ["Invoice 2", "Hello"]);
     let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
-    let (_, next) = gateway.api("GET", &format!("/v1/inboxes/agent/messages?limit=2&cursor={cursor}"), None)
-    .await;
+    let (_, next) = gateway
+        .api(
+            "GET",
+            &format!("/v1/inboxes/agent/messages?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
     assert_eq!(subjects(&next), ["Invoice 1"]);
     assert_eq!(next["next_cursor"], Value::Null);
 
-    let (_, invoices) = gateway.api("GET", "/v1/inboxes/agent/messages?subject=invoice", None)
-    .await;
+    let (_, invoices) = gateway
+        .api("GET", "/v1/inboxes/agent/messages?subject=invoice", None)
+        .await;
     assert_eq!(subjects(&invoices), ["Invoice 2", "Invoice 1"]);
-    let (_, friend) = gateway.api("GET", "/v1/inboxes/agent/messages?sender=Friend@People.example", None)
-    .await;
+    let (_, friend) = gateway
+        .api(
+            "GET",
+            "/v1/inboxes/agent/messages?sender=Friend@People.example",
+            None,
+        )
+        .await;
     assert_eq!(subjects(&friend), ["Hello"]);
-    let (_, future) = gateway.api("GET", "/v1/inboxes/agent/messages?received_after=2999-01-01T00:00:00Z", None)
-    .await;
+    let (_, future) = gateway
+        .api(
+            "GET",
+            "/v1/inboxes/agent/messages?received_after=2999-01-01T00:00:00Z",
+            None,
+        )
+        .await;
     assert_eq!(subjects(&future), Vec::<String>::new());
-    let (status, body) = gateway.api("GET", "/v1/inboxes/agent/messages?limit=0", None).await;
+    let (status, body) = gateway
+        .api("GET", "/v1/inboxes/agent/messages?limit=0", None)
+        .await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = gateway.api("GET", "/v1/inboxes/agent/messages?colour=red", None)
-    .await;
+    let (status, _) = gateway
+        .api("GET", "/v1/inboxes/agent/messages?colour=red", None)
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -707,8 +911,9 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
     send(&gateway, "agent@example.com", "one", "a@sender.example").await;
     send(&gateway, "agent@example.com", "two", "a@sender.example").await;
     let dead_count = || async {
-        let (_, body) = gateway.api("GET", "/v1/inboxes/agent/deliveries?status=dead", None)
-        .await;
+        let (_, body) = gateway
+            .api("GET", "/v1/inboxes/agent/deliveries?status=dead", None)
+            .await;
         body["deliveries"].as_array().map_or(0, Vec::len)
     };
     eventually("both deliveries to be dead", || async {
@@ -721,8 +926,9 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
         .is_ok()
     {}
 
-    let (status, body) = gateway.api("POST", "/v1/inboxes/agent/deliveries/resend-dead", None)
-    .await;
+    let (status, body) = gateway
+        .api("POST", "/v1/inboxes/agent/deliveries/resend-dead", None)
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["requeued"], 2);
     let mut subjects = Vec::new();
@@ -735,14 +941,17 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
     subjects.sort_by_key(ToString::to_string);
     assert_eq!(subjects, [json!("one"), json!("two")]);
     eventually("both deliveries to be delivered", || async {
-        let (_, body) = gateway.api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None)
-        .await;
+        let (_, body) = gateway
+            .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None)
+            .await;
         (body["deliveries"].as_array().map(Vec::len) == Some(2)).then_some(())
     })
     .await;
     assert_eq!(dead_count().await, 0);
 
-    let (status, body) = gateway.api("POST", "/v1/inboxes/agent/test-event", None).await;
+    let (status, body) = gateway
+        .api("POST", "/v1/inboxes/agent/test-event", None)
+        .await;
     assert_eq!(status, 202, "{body}");
     let message_id = body["message_id"].as_str().expect("message id").to_owned();
     // Deliveries are at-least-once, so a repeat of an earlier event may still arrive first.
@@ -762,16 +971,22 @@ async fn resend_dead_requeues_an_inbox_dead_letters_and_test_events_are_delivere
         SECRET, &timestamp, &got.body, &signature
     ));
 
-    let (status, _) = gateway.api("DELETE", "/v1/inboxes/agent/webhook", None).await;
+    let (status, _) = gateway
+        .api("DELETE", "/v1/inboxes/agent/webhook", None)
+        .await;
     assert_eq!(status, 204);
-    let (status, body) = gateway.api("POST", "/v1/inboxes/agent/test-event", None).await;
+    let (status, body) = gateway
+        .api("POST", "/v1/inboxes/agent/test-event", None)
+        .await;
     assert_eq!(status, 409, "{body}");
 }
 
 #[tokio::test]
 async fn notification_rules_are_validated_and_stored() {
     let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
-    let (status, body) = gateway.api("GET", "/v1/inboxes/agent/notifications", None).await;
+    let (status, body) = gateway
+        .api("GET", "/v1/inboxes/agent/notifications", None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body, json!([]), "GET is the bare list SPEC describes");
     let rules = json!([{
@@ -782,8 +997,9 @@ async fn notification_rules_are_validated_and_stored() {
             "email": {"enabled": true, "recipients": ["ops@example.com"]}
         }
     }]);
-    let (status, stored) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
-    .await;
+    let (status, stored) = gateway
+        .api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
+        .await;
     assert_eq!(status, 200, "{stored}");
     assert!(
         stored[0]["id"]
@@ -791,17 +1007,29 @@ async fn notification_rules_are_validated_and_stored() {
             .expect("rule id")
             .starts_with("rule_")
     );
-    let (_, fetched) = gateway.api("GET", "/v1/inboxes/agent/notifications", None).await;
+    let (_, fetched) = gateway
+        .api("GET", "/v1/inboxes/agent/notifications", None)
+        .await;
     assert_eq!(fetched, stored);
 
     // The wrapped form is accepted too, and answered as the list.
-    let (status, wrapped) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(json!({"rules": fetched})))
-    .await;
+    let (status, wrapped) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(json!({"rules": fetched})),
+        )
+        .await;
     assert_eq!(status, 200, "{wrapped}");
     assert_eq!(wrapped, stored);
 
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(json!({"rules": [{"name": "x", "filters": {"trust_tiers": ["godlike"]}}]})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(json!({"rules": [{"name": "x", "filters": {"trust_tiers": ["godlike"]}}]})),
+        )
+        .await;
     assert_eq!(status, 422, "{body}");
     let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(json!({"rules": [{"name": "x", "channels": {"email": {"recipients": ["not an address"]}}}]})))
     .await;
@@ -833,8 +1061,13 @@ async fn notification_rules_are_validated_and_stored() {
         (json!({"rulez": []}), "rulez", "unknown field"),
         (json!("rules"), "a list of rules", "expected"),
     ] {
-        let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(rules.clone()))
-        .await;
+        let (status, body) = gateway
+            .api(
+                "PUT",
+                "/v1/inboxes/agent/notifications",
+                Some(rules.clone()),
+            )
+            .await;
         assert_eq!(status, 422, "{rules}: {body}");
         let message = body["error"]["message"].as_str().expect("message");
         assert!(
@@ -843,7 +1076,9 @@ async fn notification_rules_are_validated_and_stored() {
         );
         assert!(!message.contains("did not match any variant"), "{message}");
     }
-    let (_, unchanged) = gateway.api("GET", "/v1/inboxes/agent/notifications", None).await;
+    let (_, unchanged) = gateway
+        .api("GET", "/v1/inboxes/agent/notifications", None)
+        .await;
     assert_eq!(unchanged, stored, "a refused PUT changes nothing");
 }
 
@@ -956,13 +1191,9 @@ async fn readyz_and_metrics_report_from_the_database() {
     .await;
     receiver.recv().await;
     let text = eventually("metrics to show the delivery", || async {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}/metrics", gateway.http))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .ok()?;
-        let text = response.text().await.ok()?;
+        let (status, body) = gateway.api_bytes("/metrics").await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body).into_owned();
         text.contains("mxhook_delivery_attempts_total{outcome=\"delivered\"} 1")
             .then_some(text)
     })
@@ -1095,7 +1326,7 @@ async fn cli_manages_inboxes_sends_test_events_and_verifies_signatures() {
     let config = gateway.dir.path().join("check.toml");
     std::fs::write(
         &config,
-        crate::support::gateway::config_toml(gateway.dir.path(), &no_webhook()),
+        crate::support::gateway::config_toml(gateway.dir.path(), &GatewayOptions::no_webhook()),
     )
     .expect("write config");
     let (ok, out) = mxhook(&["check", "--config", config.to_str().expect("path")], "").await;
@@ -1477,7 +1708,9 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     .await;
     receiver.recv().await;
     let delivery = eventually("the delivery to be recorded as delivered", || async {
-        let (_, list) = gateway.api("GET", "/v1/inboxes/agent/deliveries", None).await;
+        let (_, list) = gateway
+            .api("GET", "/v1/inboxes/agent/deliveries", None)
+            .await;
         let first = list["deliveries"][0].clone();
         (first["status"] == "delivered").then_some(first)
     })
@@ -1487,11 +1720,16 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         .as_str()
         .expect("message id")
         .to_owned();
-    let (status, rules) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(
-            json!([{"name": "verified only", "filters": {"sender_verified": true},
+    let (status, rules) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(
+                json!([{"name": "verified only", "filters": {"sender_verified": true},
                      "channels": {"email": {"enabled": true, "recipients": ["ops@example.org"]}}}]),
-        ))
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(status, 200, "{rules}");
     let checked = [
         ("GET", "/healthz".to_owned(), "/healthz", API_KEY),

@@ -37,7 +37,8 @@ async fn failure_then_success_is_delivered_once_with_two_attempts_logged() {
     assert_eq!(delivered.len(), 1);
     let id = delivered[0]["id"].as_str().expect("id");
     let (status, body) = gateway
-        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None).await;
+        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None)
+        .await;
     assert_eq!(status, 200);
     let attempts = body["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2, "{body}");
@@ -76,7 +77,8 @@ async fn always_failing_receiver_dead_letters_and_resend_delivers_with_the_same_
 
     receiver.set_script(vec![]);
     let (status, body) = gateway
-        .api("POST", &format!("/v1/deliveries/{id}/resend"), None).await;
+        .api("POST", &format!("/v1/deliveries/{id}/resend"), None)
+        .await;
     assert_eq!(status, 202, "{body}");
     let resent = receiver.recv().await;
     assert_eq!(
@@ -86,15 +88,19 @@ async fn always_failing_receiver_dead_letters_and_resend_delivers_with_the_same_
     assert_eq!(resent.json()["event_id"], event_id.as_str());
     eventually("the resent delivery to be delivered", || async {
         let (_, body) = gateway
-            .api("GET", &format!("/v1/deliveries/{id}"), None).await;
+            .api("GET", &format!("/v1/deliveries/{id}"), None)
+            .await;
         (body["status"] == "delivered").then_some(())
     })
     .await;
     let (_, body) = gateway
-        .api("GET", &format!("/v1/deliveries/{id}"), None).await;
+        .api("GET", &format!("/v1/deliveries/{id}"), None)
+        .await;
     assert_eq!(body["attempt_log"].as_array().map(Vec::len), Some(4));
 
-    let (status, body) = gateway.api("POST", "/v1/deliveries/dlv_unknown/resend", None).await;
+    let (status, body) = gateway
+        .api("POST", "/v1/deliveries/dlv_unknown/resend", None)
+        .await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
 }
@@ -128,8 +134,14 @@ async fn unwritable_store_answers_451_and_nothing_is_delivered() {
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.3.0"), "{text}");
     receiver.assert_silent(Duration::from_millis(700)).await;
-    let (_, body) = gateway.api("GET", "/v1/deliveries", None).await;
-    assert_eq!(body["deliveries"], serde_json::json!([]));
+    assert_eq!(
+        gateway.all_deliveries().await,
+        Vec::<serde_json::Value>::new()
+    );
+    assert_eq!(
+        gateway.messages("agent").await,
+        Vec::<serde_json::Value>::new()
+    );
 }
 
 #[tokio::test]
@@ -147,6 +159,11 @@ async fn private_webhook_targets_are_refused_unless_allowed() {
     let error = dead[0]["last_error"].as_str().expect("error");
     assert!(error.contains("127.0.0.1"), "{error}");
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.all_deliveries().await.len(),
+        1,
+        "only the dead letter"
+    );
 }
 
 #[tokio::test]
@@ -165,6 +182,11 @@ async fn localhost_name_is_refused_at_connect_time() {
     let error = dead[0]["last_error"].as_str().expect("error");
     assert!(error.contains("private, loopback or link-local"), "{error}");
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.all_deliveries().await.len(),
+        1,
+        "only the dead letter"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +211,8 @@ async fn api_requires_a_key_and_answers_json_errors() {
         .expect("request");
     assert_eq!(response.status(), 401);
     let (status, body) = gateway
-        .api("GET", "/v1/deliveries?status=bogus", None).await;
+        .api("GET", "/v1/deliveries?status=bogus", None)
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_request");
     let (status, body) = gateway.api("GET", "/v1/messages/msg_nope", None).await;
@@ -256,7 +279,9 @@ async fn verify_tls_is_honoured_per_endpoint() {
     let failing = eventually(
         "the verified endpoint to fail twice on the certificate",
         || async {
-            let (_, body) = gateway.api("GET", "/v1/inboxes/agent/deliveries", None).await;
+            let (_, body) = gateway
+                .api("GET", "/v1/inboxes/agent/deliveries", None)
+                .await;
             let delivery = body["deliveries"].get(0)?.clone();
             (delivery["attempts"].as_i64()? >= 2).then_some(delivery)
         },
@@ -278,12 +303,14 @@ async fn verify_tls_is_honoured_per_endpoint() {
     );
     eventually("the unverified delivery to be delivered", || async {
         let (_, body) = gateway
-            .api("GET", "/v1/inboxes/other/deliveries?status=delivered", None).await;
+            .api("GET", "/v1/inboxes/other/deliveries?status=delivered", None)
+            .await;
         (body["deliveries"].as_array()?.len() == 1).then_some(())
     })
     .await;
     let (_, body) = gateway
-        .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None).await;
+        .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None)
+        .await;
     assert_eq!(body["deliveries"], serde_json::json!([]));
 }
 
@@ -306,11 +333,10 @@ async fn redirects_are_failures_and_never_followed() {
     })
     .await;
     let id = delivered[0]["id"].as_str().expect("id");
-    let (_, body) = gateway
-        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None).await;
-    assert_eq!(body["attempts"][0]["status_code"], 302, "{body}");
-    assert_eq!(body["attempts"][0]["outcome"], "http_error", "{body}");
-    assert_eq!(body["attempts"][1]["status_code"], 200, "{body}");
+    let attempts = gateway.attempts(id).await;
+    assert_eq!(attempts[0]["status_code"], 302, "{attempts:?}");
+    assert_eq!(attempts[0]["outcome"], "http_error", "{attempts:?}");
+    assert_eq!(attempts[1]["status_code"], 200, "{attempts:?}");
     elsewhere.assert_silent(Duration::from_millis(500)).await;
 }
 
@@ -338,8 +364,7 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
             "{delivery}"
         );
     }
-    let (status, webhook) = gateway
-        .api("GET", "/v1/inboxes/agent/webhook", None).await;
+    let (status, webhook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
     assert_eq!(status, 200);
     assert_eq!(webhook["enabled"], false, "{webhook}");
     let reason = webhook["disabled_reason"].as_str().expect("a reason");
@@ -351,10 +376,21 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
         .await
         .is_some()
     {}
-    assert_eq!(send_one(&gateway, "after").await.0, 250);
+    let jobs_before = gateway.all_deliveries().await.len();
+    let (code, _) = send_one(&gateway, "after").await;
+    assert_eq!(code, 250);
     receiver.assert_silent(Duration::from_millis(500)).await;
-    let (_, other) = gateway
-        .api("GET", "/v1/inboxes/other/webhook", None).await;
+    let stored = gateway.messages("agent").await;
+    assert_eq!(
+        stored[0]["subject"], "after",
+        "the message is stored all the same"
+    );
+    assert_eq!(
+        gateway.all_deliveries().await.len(),
+        jobs_before,
+        "and makes no job"
+    );
+    let (_, other) = gateway.api("GET", "/v1/inboxes/other/webhook", None).await;
     assert_eq!(other["enabled"], true, "{other}");
     assert_eq!(other["disabled_reason"], serde_json::Value::Null);
 
@@ -528,7 +564,8 @@ async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_in
     slow.release();
     eventually("every message to the slow endpoint delivered", || async {
         let (_, body) = gateway
-            .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None).await;
+            .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None)
+            .await;
         (body["deliveries"].as_array()?.len() == TO_SLOW).then_some(())
     })
     .await;
@@ -634,8 +671,7 @@ async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothin
     receiver.assert_silent(Duration::from_millis(700)).await;
     let (_, body) = gateway.api("GET", "/v1/deliveries", None).await;
     assert_eq!(body["deliveries"], serde_json::json!([]));
-    let (_, body) = gateway
-        .api("GET", "/v1/inboxes/agent/messages", None).await;
+    let (_, body) = gateway.api("GET", "/v1/inboxes/agent/messages", None).await;
     assert_eq!(body["messages"], serde_json::json!([]), "{body}");
 
     // The sender retries the same message once the database takes inserts again.
@@ -675,7 +711,8 @@ async fn a_webhook_that_times_out_is_retried_and_delivered_once() {
     assert_eq!(delivered.len(), 1);
     let id = delivered[0]["id"].as_str().expect("id");
     let (_, body) = gateway
-        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None).await;
+        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None)
+        .await;
     let attempts = body["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2, "{body}");
     assert_eq!(attempts[0]["outcome"], "error", "{body}");
@@ -804,6 +841,16 @@ async fn a_commit_whose_reply_is_lost_keeps_the_raw_file_of_the_committed_messag
     assert_eq!(status, 200, "the committed message lost its raw file");
     assert!(raw == message, "raw differs from the bytes sent");
     receiver.assert_silent(Duration::from_millis(500)).await;
+    // The commit happened once: one message, one delivery, and it is delivered.
+    assert_eq!(gateway.messages("agent").await.len(), 1);
+    let delivered = eventually("the delivery to be recorded as delivered", || async {
+        let all = gateway.all_deliveries().await;
+        all.iter()
+            .all(|delivery| delivery["status"] == "delivered")
+            .then_some(all)
+    })
+    .await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
     gateway.stop().await;
 }
 
@@ -839,6 +886,14 @@ async fn a_handed_over_job_not_started_at_shutdown_is_sent_at_once_after_restart
     assert_eq!(retried.json()["subject"], "first, hangs");
     assert_eq!(retried.header("webhook-id"), hung.header("webhook-id"));
     receiver.assert_silent(Duration::from_millis(500)).await;
+    let delivered = eventually("both deliveries to be recorded as delivered", || async {
+        let all = restarted.all_deliveries().await;
+        all.iter()
+            .all(|delivery| delivery["status"] == "delivered")
+            .then_some(all)
+    })
+    .await;
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
     restarted.stop().await;
 }
 
@@ -888,7 +943,8 @@ async fn the_stored_event_reads_back_as_the_delivered_one_in_either_storage_form
         assert_eq!(stored, delivered);
     }
     let (status, served) = gateway
-        .api("GET", &format!("/v1/messages/{message_id}"), None).await;
+        .api("GET", &format!("/v1/messages/{message_id}"), None)
+        .await;
     assert_eq!(status, 200, "{served}");
     assert_eq!(served, delivered);
 }

@@ -182,7 +182,8 @@ async fn lettre_message_arrives_signed_with_every_field() {
 
     // The API serves the same event and the raw bytes from the store.
     let (status, stored_event) = gateway
-        .api("GET", &format!("/v1/messages/{message_id}"), None).await;
+        .api("GET", &format!("/v1/messages/{message_id}"), None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(stored_event, event);
     let (status, raw) = gateway

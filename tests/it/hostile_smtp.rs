@@ -53,6 +53,10 @@ async fn early_talker_is_refused_with_554_and_closed() {
     assert!(received.starts_with("554 5.5.1 "), "{received:?}");
     assert!(!received.contains("220"), "greeted anyway: {received:?}");
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.messages("agent").await,
+        Vec::<serde_json::Value>::new()
+    );
 
     // A client that waits for the greeting is served as usual.
     let mut client = SmtpClient::connect(gateway.smtp).await;
@@ -113,6 +117,8 @@ async fn two_pipelined_transactions_are_exactly_two_messages() {
         [serde_json::json!("first"), serde_json::json!("second")]
     );
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(gateway.messages("agent").await.len(), 2);
+    assert_eq!(gateway.all_deliveries().await.len(), 2);
 }
 
 #[tokio::test]
@@ -253,6 +259,10 @@ async fn a_header_section_over_max_header_bytes_is_refused_and_one_under_it_is_b
     );
     receiver.assert_silent(Duration::from_millis(300)).await;
     assert!(stored_messages(&gateway).is_empty());
+    assert_eq!(
+        gateway.messages("agent").await,
+        Vec::<serde_json::Value>::new()
+    );
 
     // Just under the cap, on the same session: accepted, and the event stays in proportion.
     let message = header_bomb("many headers", 6_000);
@@ -422,6 +432,10 @@ RCPT TO:<agent@example.com>\r\nDATA\r\nSubject: trickled\r\n\r\n";
     );
     receiver.assert_silent(Duration::from_millis(300)).await;
     assert!(stored_messages(&gateway).is_empty());
+    assert_eq!(
+        gateway.messages("agent").await,
+        Vec::<serde_json::Value>::new()
+    );
 
     // A message sent at the speed of the link is not affected.
     let mut client = SmtpClient::connect(gateway.smtp).await;
@@ -458,6 +472,10 @@ async fn a_data_line_over_max_text_line_gets_554_and_the_session_goes_on() {
     assert!(text.starts_with("5.6.0 "), "{text}");
     receiver.assert_silent(Duration::from_millis(300)).await;
     assert!(stored_messages(&gateway).is_empty());
+    assert_eq!(
+        gateway.messages("agent").await,
+        Vec::<serde_json::Value>::new()
+    );
 
     // Exactly at the limit, on the same session.
     client.expect("MAIL FROM:<s@sender.example>", 250).await;
@@ -473,6 +491,7 @@ async fn a_data_line_over_max_text_line_gets_554_and_the_session_goes_on() {
     let event = receiver.recv().await.json();
     assert_eq!(event["subject"], "line at the limit");
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(gateway.messages("agent").await.len(), 1);
 }
 
 /// Every end-of-data look-alike of the SMTP smuggling research, inside a body and followed by a
@@ -532,6 +551,7 @@ From: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil",
     }
     receiver.assert_silent(Duration::from_millis(300)).await;
     assert_eq!(stored_messages(&gateway).len(), 3);
+    assert_eq!(gateway.messages("agent").await.len(), 3);
 }
 
 fn has_bare_cr_or_lf(bytes: &[u8]) -> bool {

@@ -8,8 +8,7 @@ use base64::Engine as _;
 use hmac::Mac as _;
 use serde_json::{Value, json};
 
-use crate::support::gateway::API_KEY;
-use crate::support::{GatewayOptions, TestGateway, WebhookReceiver};
+use crate::support::{GatewayOptions, TestGateway, WebhookReceiver, eventually};
 
 const CALENDLY_TYPE: &str = "https://api.calendly.com/event_types/ET1";
 
@@ -135,6 +134,7 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     .await;
     assert_eq!(status, 401);
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(gateway.messages("agent").await, Vec::<Value>::new());
 
     // The path users already configured in MailerSend works too.
     let (status, reply) = post(
@@ -163,6 +163,12 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
     .await;
     assert_eq!((status, reply["status"].clone()), (200, json!("duplicate")));
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.messages("agent").await.len(),
+        1,
+        "the replay stored nothing"
+    );
+    assert_eq!(gateway.all_deliveries().await.len(), 1, "and made no job");
 
     // An unknown recipient is refused like a bad signature, so refusals do not tell which
     // addresses exist.
@@ -194,13 +200,7 @@ async fn mailersend_inbound_is_verified_replay_protected_and_delivered_like_smtp
 
     // The five refused requests above (no secret, tampered, wrong secret, unknown recipient,
     // bad signature) are counted; the malformed body is not a signature failure.
-    let (_, metrics) = gateway.api_bytes("/metrics").await;
-    let metrics = String::from_utf8_lossy(&metrics);
-    let line = "mxhook_ingress_unauthorized_total{provider=\"mailersend\"} 5";
-    assert!(
-        metrics.lines().any(|l| l == line),
-        "no `{line}` in\n{metrics}"
-    );
+    assert_eq!(unauthorized_count(&gateway, "mailersend").await, 5.0);
 }
 
 #[tokio::test]
@@ -208,6 +208,7 @@ async fn a_rotated_secret_stays_valid_for_the_grace_period_only() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let gateway = gateway(&receiver).await;
     put_secret(&gateway, "agent", "mailersend", "first").await;
+    let rotated = tokio::time::Instant::now();
     put_secret(&gateway, "agent", "mailersend", "second").await;
     let old = mailersend_payload("rot-1", "agent@example.com", "old secret in grace");
     let (status, _) = post(
@@ -219,7 +220,38 @@ async fn a_rotated_secret_stays_valid_for_the_grace_period_only() {
     .await;
     assert_eq!(status, 200);
     receiver.recv().await;
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    // The old secret goes on verifying until the grace period (1.5 s) is over, and no longer.
+    let mut tries = 0;
+    let refused_after = eventually("the old secret to be refused", || {
+        tries += 1;
+        let probe = mailersend_payload(&format!("rot-probe-{tries}"), "agent@example.com", "probe");
+        let gateway = &gateway;
+        async move {
+            let signature = hmac_hex("first", &[&probe]);
+            let (status, _) = post(
+                gateway,
+                "/v1/ingress/mailersend/inbound",
+                &[("signature", signature)],
+                probe,
+            )
+            .await;
+            if status == 401 {
+                return Some(rotated.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    })
+    .await;
+    assert!(
+        refused_after >= Duration::from_millis(1500),
+        "refused {refused_after:?} after the rotation, inside the grace period"
+    );
+    while receiver
+        .recv_timeout(Duration::from_millis(100))
+        .await
+        .is_some()
+    {}
     let late = mailersend_payload("rot-2", "agent@example.com", "old secret after grace");
     let (status, _) = post(
         &gateway,
@@ -418,13 +450,12 @@ async fn sendgrid_inbound_parse_is_verified_with_ecdsa_p256() {
 }
 
 /// `mxhook_ingress_unauthorized_total` for one provider, as `/metrics` reports it.
-async fn unauthorized_count(gateway: &TestGateway, provider: &str) -> u64 {
-    let (_, metrics) = gateway.api_bytes("/metrics").await;
-    let prefix = format!("mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}} ");
-    String::from_utf8_lossy(&metrics)
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
+async fn unauthorized_count(gateway: &TestGateway, provider: &str) -> f64 {
+    gateway
+        .metric(&format!(
+            "mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}}"
+        ))
+        .await
 }
 
 fn calcom_booking(trigger: &str, event_type_id: u64, uid: &str, created_at: &str) -> Vec<u8> {
@@ -455,11 +486,21 @@ async fn post_calcom(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16
 async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_the_api() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let gateway = gateway(&receiver).await;
-    let (status, created) = gateway.api("POST", "/v1/inboxes", Some(json!({"id": "sales", "addresses": ["sales@example.com"]})))
-    .await;
+    let (status, created) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "sales", "addresses": ["sales@example.com"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
-    let (status, hook) = gateway.api("PUT", "/v1/inboxes/sales/webhook", Some(json!({"url": receiver.url()})))
-    .await;
+    let (status, hook) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/sales/webhook",
+            Some(json!({"url": receiver.url()})),
+        )
+        .await;
     assert_eq!(status, 200, "{hook}");
     put_secret(&gateway, "sales", "calcom", "sales-cal").await;
     let path = "/v1/inboxes/sales/ingress/event-types";
@@ -469,21 +510,29 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
     assert_eq!(status, 401, "not mapped yet");
 
     // Malformed entries and a type another inbox holds (the config maps calcom:42 to `other`).
-    let (status, _) = gateway.api("PUT", path, Some(json!({"event_types": ["zoom:1"]})))
-    .await;
+    let (status, _) = gateway
+        .api("PUT", path, Some(json!({"event_types": ["zoom:1"]})))
+        .await;
     assert_eq!(status, 400);
-    let (status, body) = gateway.api("PUT", path, Some(json!({"event_types": ["calcom:77", "calcom:42"]})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            path,
+            Some(json!({"event_types": ["calcom:77", "calcom:42"]})),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
-    let (status, body) = gateway.api("PUT", path, Some(json!({"event_types": ["calcom:77"]})))
-    .await;
+    let (status, body) = gateway
+        .api("PUT", path, Some(json!({"event_types": ["calcom:77"]})))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["event_types"],
         json!([{"event_type": "calcom:77", "source": "api"}])
     );
-    let (_, other) = gateway.api("GET", "/v1/inboxes/other/ingress/event-types", None)
-    .await;
+    let (_, other) = gateway
+        .api("GET", "/v1/inboxes/other/ingress/event-types", None)
+        .await;
     assert_eq!(
         other["event_types"],
         json!([
@@ -493,8 +542,13 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
         "config entries are seeded into the same table"
     );
     // Listing an inbox's own config entry keeps it as it is.
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/other/ingress/event-types", Some(json!({"event_types": ["calcom:42", "calcom:43"]})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/other/ingress/event-types",
+            Some(json!({"event_types": ["calcom:42", "calcom:43"]})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["event_types"][0],
@@ -504,7 +558,7 @@ async fn an_api_created_inbox_receives_bookings_for_event_types_mapped_through_t
         body["event_types"][1],
         json!({"event_type": "calcom:43", "source": "api"})
     );
-    let (status, _) = gateway.api_as("", "GET", &path, None).await;
+    let (status, _) = gateway.api_as("", "GET", path, None).await;
     assert_eq!(status, 401, "the mapping API needs the admin key");
 
     let (status, reply) = post_calcom(&gateway, "sales-cal", booking).await;
@@ -539,7 +593,7 @@ async fn ignored_calendar_triggers_are_verified_before_they_are_acknowledged() {
     let unknown = calcom_booking("MEETING_ENDED", 9, "bk_9", &recent(0));
     let (status, _) = post_calcom(&gateway, "cal-secret", unknown).await;
     assert_eq!(status, 401, "no inbox can verify an unmapped event type");
-    assert_eq!(unauthorized_count(&gateway, "calcom").await, before + 2);
+    assert_eq!(unauthorized_count(&gateway, "calcom").await, before + 2.0);
 }
 
 fn mailersend_envelope(id: &str, rcpt_to: &[&str], header_to: &[&str], subject: &str) -> Vec<u8> {
@@ -621,7 +675,8 @@ async fn a_multi_recipient_request_reaches_only_the_inboxes_it_verifies_for() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(receiver.recv().await.json()["agent_id"], "other");
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert_eq!(unauthorized_count(&gateway, "mailersend").await, 0);
+    assert_eq!(gateway.messages("agent").await, Vec::<Value>::new());
+    assert_eq!(unauthorized_count(&gateway, "mailersend").await, 0.0);
 
     // The same event id is still new for `agent`: replay keys are per inbox.
     let (status, reply) = post_mailersend(&gateway, "agent-ms", body.clone()).await;
@@ -638,7 +693,7 @@ async fn a_multi_recipient_request_reaches_only_the_inboxes_it_verifies_for() {
     assert_eq!(status, 401);
     assert_eq!(
         unauthorized_count(&gateway, "mailersend").await,
-        1,
+        1.0,
         "counted once"
     );
 }
@@ -685,13 +740,23 @@ async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endp
     options.other_toml = "calendar_event_types = [\"calcom:42\"]\n".to_owned();
     let gateway = TestGateway::start(options).await;
     put_secret(&gateway, "other", "calcom", "cal-secret").await;
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/other/webhook", Some(json!({"url": inbox_hook.url(), "payload": "botmailroom"})))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/other/webhook",
+            Some(json!({"url": inbox_hook.url(), "payload": "botmailroom"})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/other/notifications", Some(json!({"rules": [{"name": "bookings", "channels": {
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/other/notifications",
+            Some(json!({"rules": [{"name": "bookings", "channels": {
             "webhook": {"url": rule_hook.url()},
-            "email": {"recipients": ["ops@elsewhere.example"]}}}]})))
-    .await;
+            "email": {"recipients": ["ops@elsewhere.example"]}}}]})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
 
     let booking = calcom_booking("BOOKING_CREATED", 42, "bk_rule", &recent(0));
@@ -857,8 +922,8 @@ async fn calendar_webhooks_refuse_tampering_deliver_reschedules_and_replays_once
     assert_eq!(event["provider"], "calendly");
     assert_eq!(event["booking"]["start_time"], "2026-12-03T10:00:00Z");
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert_eq!(unauthorized_count(&gateway, "calcom").await, 1);
-    assert_eq!(unauthorized_count(&gateway, "calendly").await, 2);
+    assert_eq!(unauthorized_count(&gateway, "calcom").await, 1.0);
+    assert_eq!(unauthorized_count(&gateway, "calendly").await, 2.0);
 }
 
 #[tokio::test]
@@ -974,7 +1039,12 @@ async fn sendgrid_refuses_stale_timestamps_and_wrong_keys_and_acknowledges_dupli
         "{reply}"
     );
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert_eq!(unauthorized_count(&gateway, "sendgrid").await, 2);
+    assert_eq!(
+        gateway.messages("agent").await.len(),
+        1,
+        "the duplicate stored nothing"
+    );
+    assert_eq!(unauthorized_count(&gateway, "sendgrid").await, 2.0);
 }
 
 #[tokio::test]
@@ -1023,22 +1093,29 @@ async fn an_inbox_recreated_under_a_deleted_id_inherits_no_ingress_settings() {
     let receiver = WebhookReceiver::start(vec![]).await;
     let gateway = gateway(&receiver).await;
     let create = || {
-        gateway.api("POST", "/v1/inboxes", Some(json!({"id": "temp", "addresses": ["temp@example.com"]})))
+        gateway.api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "temp", "addresses": ["temp@example.com"]})),
+        )
     };
     assert_eq!(create().await.0, 201);
     put_secret(&gateway, "temp", "calcom", "temp-secret").await;
-    let (status, _) = gateway.api("PUT", "/v1/inboxes/temp/ingress/event-types", Some(json!({"event_types": ["calcom:5"]})))
-    .await;
+    let (status, _) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/temp/ingress/event-types",
+            Some(json!({"event_types": ["calcom:5"]})),
+        )
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(
-        gateway.api("DELETE", "/v1/inboxes/temp", None).await.0,
-        204
-    );
+    assert_eq!(gateway.api("DELETE", "/v1/inboxes/temp", None).await.0, 204);
     assert_eq!(create().await.0, 201);
     let (_, flags) = gateway.api("GET", "/v1/inboxes/temp/ingress", None).await;
     assert_eq!(flags["providers"]["calcom"]["configured"], false, "{flags}");
-    let (_, types) = gateway.api("GET", "/v1/inboxes/temp/ingress/event-types", None)
-    .await;
+    let (_, types) = gateway
+        .api("GET", "/v1/inboxes/temp/ingress/event-types", None)
+        .await;
     assert_eq!(types["event_types"], json!([]));
     let booking = calcom_booking("BOOKING_CREATED", 5, "bk_old", &recent(0));
     let (status, _) = post_calcom(&gateway, "temp-secret", booking).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::forward::Aiosmtpd;
-use crate::support::gateway::{API_KEY, SECRET};
+use crate::support::gateway::SECRET;
 use crate::support::{
     GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, eventually,
     python_verifies_agentmail, simple_message,
@@ -97,10 +97,16 @@ async fn rules_add_webhook_and_email_routes_when_their_filters_match() {
         .collect();
     channels.sort();
     assert_eq!(channels, ["email", "webhook", "webhook"]);
+    assert_eq!(
+        gateway.all_deliveries().await.len(),
+        3,
+        "the rule that did not match has no job"
+    );
 
     // Every endpoint that was attempted has its own statistics.
     let (status, endpoints) = gateway
-        .api("GET", "/v1/inboxes/agent/endpoints", None).await;
+        .api("GET", "/v1/inboxes/agent/endpoints", None)
+        .await;
     assert_eq!(status, 200, "{endpoints}");
     let mut seen: Vec<(String, String)> = endpoints
         .as_array()

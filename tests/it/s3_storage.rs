@@ -5,9 +5,6 @@
 
 use std::time::Duration;
 
-use mxhook::config::Config;
-
-use crate::support::gateway::config_toml;
 use crate::support::s3::{BUCKET, Behaviour, TestS3};
 use crate::support::{
     GatewayOptions, SOON, SmtpClient, TestGateway, WebhookReceiver, fixture, simple_message,
@@ -54,9 +51,7 @@ async fn accepted_mail_is_in_the_bucket_byte_exact_and_readable_through_the_api(
         .await;
     assert_eq!(status, 200);
     assert!(raw == message, "raw endpoint differs from the bytes sent");
-    let (status, _) = gateway
-        .api_bytes("/v1/messages/msg_doesnotexist/raw")
-        .await;
+    let (status, _) = gateway.api_bytes("/v1/messages/msg_doesnotexist/raw").await;
     assert_eq!(status, 404);
     gateway.stop().await;
 }
@@ -122,6 +117,8 @@ async fn s3_answering_5xx_is_451_and_nothing_is_delivered() {
     assert!(text.starts_with("4.3.0"), "{text}");
     receiver.assert_silent(Duration::from_millis(500)).await;
     assert!(s3.keys().is_empty());
+    assert!(gateway.messages("agent").await.is_empty());
+    assert!(gateway.all_deliveries().await.is_empty());
 
     s3.set_behaviour(Behaviour::Normal);
     let (code, text) = send(&gateway, &message).await;

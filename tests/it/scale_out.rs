@@ -442,19 +442,28 @@ async fn inbox_changes_through_one_node_reach_the_other() {
 
     // Created disabled and enabled last, so once B routes the address its snapshot holds the
     // webhook too: B's intake builds the delivery job from it.
-    let (status, body) = crate::support::api_at(a.http, API_KEY, "POST",
+    let (status, body) = crate::support::api_at(
+        a.http,
+        API_KEY,
+        "POST",
         "/v1/inboxes",
         Some(serde_json::json!({"id": "synced", "addresses": [address], "status": "disabled"})),
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = crate::support::api_at(a.http, API_KEY, "PUT",
+    let (status, body) = crate::support::api_at(
+        a.http,
+        API_KEY,
+        "PUT",
         "/v1/inboxes/synced/webhook",
         Some(serde_json::json!({"url": hook.url(), "enabled": true, "rotate_secret": false})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = crate::support::api_at(a.http, API_KEY, "PATCH",
+    let (status, body) = crate::support::api_at(
+        a.http,
+        API_KEY,
+        "PATCH",
         "/v1/inboxes/synced",
         Some(serde_json::json!({"status": "enabled"})),
     )
@@ -481,7 +490,8 @@ async fn inbox_changes_through_one_node_reach_the_other() {
     assert_eq!(event["agent_id"], "synced", "{event}");
     assert_eq!(event["subject"], "through node B", "{event}");
 
-    let (status, body) = crate::support::api_at(a.http, API_KEY, "DELETE", "/v1/inboxes/synced", None).await;
+    let (status, body) =
+        crate::support::api_at(a.http, API_KEY, "DELETE", "/v1/inboxes/synced", None).await;
     assert_eq!(status, 204, "{body}");
     let (code, text) = eventually("node B to refuse the inbox deleted on node A", || async {
         let (code, text) = rcpt(b.smtp, address).await;

@@ -8,9 +8,9 @@ use std::process::Command;
 use mxhook::config::SignatureScheme;
 use mxhook::deliver::signature::{SigningInput, sign};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::gateway::{API_KEY, SECRET, config_toml};
+use crate::support::gateway::SECRET;
 use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, simple_message};
 
 const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -270,33 +270,62 @@ async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
         ("webhook-id", "reserved"),
         ("Host", "reserved"),
     ] {
-        let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/webhook", Some(json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
-                    "signature_header": header}).clone()))
-        .await;
+        let (status, body) = gateway
+            .api(
+                "PUT",
+                "/v1/inboxes/agent/webhook",
+                Some(
+                    json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                    "signature_header": header})
+                    .clone(),
+                ),
+            )
+            .await;
         assert_eq!(status, 400, "`{header}` ({why}): {body}");
         let message = body["error"]["message"].as_str().expect("JSON error");
         assert!(message.contains("signature_header"), "{message}");
     }
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/webhook", Some(json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
-                "signature_format": "base64"}).clone()))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/webhook",
+            Some(
+                json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                "signature_format": "base64"})
+                .clone(),
+            ),
+        )
+        .await;
     assert_eq!(status, 422, "an unknown format is refused: {body}");
     assert!(body["error"]["message"].is_string(), "{body}");
 
     // The config secret fits the new scheme and is kept (and not shown).
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/webhook", Some(json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
-                "signature_header": "X-Hub-Signature-256", "signature_format": "hex"}).clone()))
-    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/webhook",
+            Some(
+                json!({"url": inbox_hook.url(), "signature": "hmac-sha256",
+                "signature_header": "X-Hub-Signature-256", "signature_format": "hex"})
+                .clone(),
+            ),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("signing_secret").is_none(), "{body}");
-    let (_, view) = gateway
-        .api("GET", "/v1/inboxes/agent/webhook", None).await;
+    let (_, view) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
     assert_eq!(view["signature_header"], "X-Hub-Signature-256", "{view}");
     assert_eq!(view["signature_format"], "hex", "{view}");
 
     let bad_rule = json!([{"name": "x", "channels": {"webhook": {"url": rule_hook.url(),
         "signature": "hmac-sha256", "signature_header": "Content-Length"}}}]);
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(bad_rule.clone())).await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(bad_rule.clone()),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().expect("JSON error");
     assert!(
@@ -306,7 +335,13 @@ async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
     let clash = json!([{"name": "x", "channels": {"webhook": {"url": rule_hook.url(),
         "signature": "hmac-sha256", "signature_header": "X-Rule-Sig",
         "custom_headers": {"x-rule-sig": "forged"}}}}]);
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(clash.clone())).await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(clash.clone()),
+        )
+        .await;
     assert_eq!(
         status, 400,
         "a custom header cannot shadow the signature: {body}"
@@ -314,7 +349,9 @@ async fn hmac_sha256_settings_through_the_api_for_the_webhook_and_a_rule() {
 
     let rule = json!([{"name": "signed", "channels": {"webhook": {"url": rule_hook.url(),
         "signature": "hmac-sha256", "signature_header": "X-Rule-Sig"}}}]);
-    let (status, body) = gateway.api("PUT", "/v1/inboxes/agent/notifications", Some(rule.clone())).await;
+    let (status, body) = gateway
+        .api("PUT", "/v1/inboxes/agent/notifications", Some(rule.clone()))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body[0]["channels"]["webhook"]["signature_header"],

@@ -156,6 +156,11 @@ async fn oversize_message_is_read_to_the_end_then_refused_and_the_session_goes_o
     assert_eq!(client.data(&small).await.0, 250);
     assert_eq!(receiver.recv().await.json()["subject"], "small");
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.messages("agent").await.len(),
+        1,
+        "the big one left nothing"
+    );
 
     // One line longer than the whole size limit is still "too big", not "line too long".
     let one_line = simple_message(
@@ -228,6 +233,11 @@ RCPT TO:<agent@example.com>\r\nDATA\r\nFrom: evil@sender.example\r\nSubject: smu
     let event = receiver.recv().await.json();
     assert_eq!(event["subject"], "first");
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.messages("agent").await.len(),
+        1,
+        "one message, not two"
+    );
 }
 
 #[tokio::test]

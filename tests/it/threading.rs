@@ -179,7 +179,8 @@ async fn quarantined_and_repeated_mail_stays_out_of_later_emails_of_the_thread()
     assert_eq!(code, 250, "{text}");
     let forged_id = text.rsplit(' ').next().expect("queued as id").to_owned();
     let (status, stored) = gateway
-        .api("GET", &format!("/v1/messages/{forged_id}"), None).await;
+        .api("GET", &format!("/v1/messages/{forged_id}"), None)
+        .await;
     assert_eq!(status, 200, "{stored}");
     assert_eq!(stored["quarantined"], true, "{stored}");
     assert_eq!(

@@ -159,7 +159,8 @@ async fn send_mail(gateway: &TestGateway, to: &str, message: &[u8]) {
 async fn message_id(gateway: &TestGateway, inbox: &str, subject: &str) -> String {
     eventually("the message to be listed", || async {
         let (_, body) = gateway
-            .api("GET", &format!("/v1/inboxes/{inbox}/messages"), None).await;
+            .api("GET", &format!("/v1/inboxes/{inbox}/messages"), None)
+            .await;
         body["messages"].as_array()?.iter().find_map(|message| {
             (message["subject"].as_str() == Some(subject))
                 .then(|| message["id"].as_str().map(str::to_owned))
@@ -320,7 +321,8 @@ async fn every_post_needs_the_session_csrf_token() {
         .await;
     assert_eq!(saved.status, 303, "{}", saved.body);
     let (_, stored) = gateway
-        .api("GET", "/v1/inboxes/agent/notifications", None).await;
+        .api("GET", "/v1/inboxes/agent/notifications", None)
+        .await;
     assert_eq!(stored[0]["name"], "verified only");
     // The editor shows the stored rules again, not an empty box.
     let page = ui.get("/ui/inboxes/agent").await;
@@ -497,8 +499,7 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     assert_eq!(stats["success_rate"], 0.5, "{stats}");
     assert_eq!(stats["last_status_code"], 200, "{stats}");
     assert!(stats["last_triggered"].as_str().is_some(), "{stats}");
-    let (_, never) = gateway
-        .api("GET", "/v1/inboxes/other/webhook", None).await;
+    let (_, never) = gateway.api("GET", "/v1/inboxes/other/webhook", None).await;
     assert_eq!(never["stats"]["attempts"], 0, "{never}");
     assert_eq!(never["stats"]["last_triggered"], Value::Null);
 
@@ -543,8 +544,7 @@ async fn webhook_form_round_trips_every_setting_and_keeps_refused_input() {
     let csrf = ui.get("/ui/inboxes/agent").await.csrf();
     let url = receiver.url();
     let api_webhook = || async {
-        let (status, webhook) = gateway
-            .api("GET", "/v1/inboxes/agent/webhook", None).await;
+        let (status, webhook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
         assert_eq!(status, 200, "{webhook}");
         webhook
     };
@@ -827,7 +827,8 @@ async fn messages_page_through_older_and_newer_with_filters_kept() {
     }
     eventually("all 30 to be listed", || async {
         let (_, body) = gateway
-            .api("GET", "/v1/inboxes/agent/messages?limit=100", None).await;
+            .api("GET", "/v1/inboxes/agent/messages?limit=100", None)
+            .await;
         (body["messages"].as_array()?.len() == 30).then_some(())
     })
     .await;
@@ -951,8 +952,7 @@ async fn dead_letters_show_the_escaped_subject_and_sender() {
     assert!(row.contains(&escaped(&subject)), "{row}");
     assert!(row.contains(&id), "{row}");
     assert!(!page.body.contains("<img"), "{}", page.body);
-    let (_, listed) = gateway
-        .api("GET", "/v1/inboxes/agent/messages", None).await;
+    let (_, listed) = gateway.api("GET", "/v1/inboxes/agent/messages", None).await;
     let sender = listed["messages"]
         .as_array()
         .and_then(|messages| messages.iter().find(|message| message["id"] == json!(id)))
@@ -1031,6 +1031,13 @@ async fn dashboard_works_in_a_real_browser() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| repo_path("target"));
     let screenshots = target.join("screenshots");
+    // Screenshots left by an earlier run must not pass for this run's.
+    match std::fs::remove_dir_all(&screenshots) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            panic!("clearing {}: {err}", screenshots.display())
+        }
+        _ => {}
+    }
 
     let mut child = tokio::process::Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))

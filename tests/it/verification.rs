@@ -656,7 +656,8 @@ async fn inbox_policies_reject_quarantine_or_tag() {
     assert_eq!(code, 250, "{text}");
     let message_id = text.rsplit(' ').next().expect("queued as id").to_owned();
     let (status, stored_event) = gateway
-        .api("GET", &format!("/v1/messages/{message_id}"), None).await;
+        .api("GET", &format!("/v1/messages/{message_id}"), None)
+        .await;
     assert_eq!(status, 200, "{stored_event}");
     assert_eq!(stored_event["quarantined"], true, "{stored_event}");
     assert_eq!(

@@ -301,6 +301,54 @@ impl TestGateway {
         (status, response.bytes().await.expect("body").to_vec())
     }
 
+    /// The value of one series of `/metrics` (`name{labels}` as printed). A scrape that is not
+    /// 200, or a series that is not there, fails the test: a missing series never reads as 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, body) = self.api_bytes("/metrics").await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "/metrics answered {status}: {text}");
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no series `{series}` in /metrics:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|err| panic!("series `{series}` is not a number: {err}"))
+    }
+
+    /// The messages the API lists for an inbox (up to 500, newest first).
+    pub async fn messages(&self, inbox: &str) -> Vec<Value> {
+        let (code, body) = self
+            .api(
+                "GET",
+                &format!("/v1/inboxes/{inbox}/messages?limit=500"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Every delivery the API lists, whatever its status (up to 1000).
+    pub async fn all_deliveries(&self) -> Vec<Value> {
+        let (code, body) = self.api("GET", "/v1/deliveries?limit=1000", None).await;
+        assert_eq!(code, 200, "{body}");
+        body["deliveries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The attempts recorded for one delivery.
+    pub async fn attempts(&self, delivery_id: &str) -> Vec<Value> {
+        let (code, body) = self
+            .api(
+                "GET",
+                &format!("/v1/deliveries/{delivery_id}/attempts"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["attempts"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The deliveries the API lists with this status.
     pub async fn deliveries(&self, status: &str) -> Vec<Value> {
         let (code, body) = self

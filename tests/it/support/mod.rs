@@ -84,7 +84,10 @@ pub async fn try_api_at(
     }
     let response = request.send().await?;
     let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or(serde_json::Value::Null)))
+    Ok((
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// Polls `check` until it returns `Some`, or panics after [`SOON`].
