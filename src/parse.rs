@@ -4,6 +4,8 @@
 //! Pure and total: any input yields a `ParsedMessage` (possibly empty) plus warnings, never an
 //! error and never a panic, because a message that fails to parse is still stored and delivered.
 
+pub mod html;
+
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
@@ -142,7 +144,7 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
     let body_as_text = plain_text
         .clone()
         .filter(|text| !text.trim().is_empty())
-        .or_else(|| html.as_deref().map(crate::prompt::html::to_markdown))
+        .or_else(|| html.as_deref().map(html::to_markdown))
         .or_else(|| plain_text.clone())
         .or_else(|| message.body_text(0).map(|text| text.into_owned()));
     if message.parts.iter().any(|part| part.is_encoding_problem) {

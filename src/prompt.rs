@@ -10,7 +10,6 @@
 //! - a line starting with `{{?name}}` is kept only when `name` is not empty, and the guard itself
 //!   renders as nothing.
 
-pub mod html;
 pub mod quote;
 
 use crate::parse::{Mailbox, ParsedMessage};

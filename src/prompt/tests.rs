@@ -1,4 +1,5 @@
 use super::*;
+use crate::parse::html;
 
 #[track_caller]
 fn check_quote(body: &str, marked: &str, extracted: &str) {

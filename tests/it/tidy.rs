@@ -41,7 +41,7 @@ fn pure_stages_do_no_io() {
         "src/event.rs",
         "src/thread.rs",
         "src/prompt.rs",
-        "src/prompt/html.rs",
+        "src/parse/html.rs",
         "src/prompt/quote.rs",
         "src/deliver/retry.rs",
         "src/deliver/signature.rs",
@@ -214,7 +214,6 @@ fn find_cycle(
 /// Imports that still close a cycle between top-level modules, each to be removed by the
 /// architecture step (issue 17) and then struck from this list; the list only shrinks.
 const CYCLE_EDGES_TO_REMOVE: &[(&str, &str)] = &[
-    ("parse", "prompt"),
     ("config", "deliver"),
     ("route", "deliver"),
     ("model", "config"),
