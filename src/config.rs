@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::model::{
+    PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme, is_valid_inbox_id,
+    normalize_address, normalize_sender_entry, validate_signature_header, validate_webhook_url,
+};
+
 /// Prefix of environment variables that override config keys (`MXHOOK_SMTP__LISTEN`).
 pub const ENV_PREFIX: &str = "MXHOOK_";
 
@@ -273,49 +278,6 @@ impl Default for AuthConfig {
     }
 }
 
-/// How an inbox treats mail that breaks its policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyAction {
-    /// Accept and deliver; the event lists the violations.
-    #[default]
-    Tag,
-    /// `550 5.7.1` at the end of DATA; nothing is stored.
-    Reject,
-    /// Stored and visible by API, but not delivered.
-    Quarantine,
-}
-
-/// An inbox's sender policy, the same whether the config file or the API set it: which
-/// authentication results are required, allow and block lists (addresses or domains), and what
-/// happens to mail that breaks it. Stored on the inbox row, read by intake through the directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SenderPolicy {
-    pub spf_pass_required: bool,
-    pub dkim_pass_required: bool,
-    pub dmarc_pass_required: bool,
-    /// When set, only these senders (with a DMARC pass) meet the policy, and they are `trusted`.
-    pub allow_senders: Vec<String>,
-    /// Senders that never meet the policy (From or envelope sender).
-    pub block_senders: Vec<String>,
-    pub policy_action: PolicyAction,
-}
-
-/// An allow or block list entry, lowercased: an address (`user@example.com`) or a domain
-/// (`example.com`, which covers its subdomains); `None` when it is neither.
-pub fn normalize_sender_entry(entry: &str) -> Option<String> {
-    let entry = entry.trim();
-    // `@example.com` is how many allow lists write a domain; the matcher reads it so too.
-    let entry = entry.strip_prefix('@').unwrap_or(entry);
-    if entry.contains('@') {
-        return normalize_address(entry);
-    }
-    // A domain is checked as the domain part of an address would be.
-    normalize_address(&format!("postmaster@{entry}"))
-        .map(|_| entry.trim_end_matches('.').to_lowercase())
-}
-
 /// Leaky buckets per envelope sender, sender domain and inbox: each accepted message adds one,
 /// and a bucket drains its soft limit once per window. Above the soft level events carry
 /// `rate_limited: true`; at the hard level RCPT is answered `451 4.7.1`. 0 turns a limit off.
@@ -455,123 +417,6 @@ impl fmt::Debug for ForwardConfig {
             .field("smarthost", &host)
             .field("from_address", &self.from_address)
             .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SignatureScheme {
-    Agentmail,
-    Standard,
-    Botmailroom,
-    HmacSha256,
-}
-
-impl SignatureScheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Agentmail => "agentmail",
-            Self::Standard => "standard",
-            Self::Botmailroom => "botmailroom",
-            Self::HmacSha256 => "hmac-sha256",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [
-            Self::Agentmail,
-            Self::Standard,
-            Self::Botmailroom,
-            Self::HmacSha256,
-        ]
-        .into_iter()
-        .find(|scheme| scheme.as_str() == value)
-    }
-}
-
-/// How the `hmac-sha256` scheme writes its signature value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub enum SignatureFormat {
-    /// `sha256=<hex>`.
-    #[default]
-    #[serde(rename = "sha256=hex")]
-    Sha256Hex,
-    /// Bare lowercase hex.
-    #[serde(rename = "hex")]
-    Hex,
-}
-
-impl SignatureFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sha256Hex => "sha256=hex",
-            Self::Hex => "hex",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [Self::Sha256Hex, Self::Hex]
-            .into_iter()
-            .find(|format| format.as_str() == value)
-    }
-}
-
-/// Whether a request header is the gateway's own (framing, identity, signatures of the other
-/// schemes), so an endpoint setting may neither add nor replace it.
-pub fn is_reserved_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("webhook-")
-        || lower.starts_with("x-agentmail-")
-        || matches!(
-            lower.as_str(),
-            "content-type"
-                | "content-length"
-                | "content-encoding"
-                | "transfer-encoding"
-                | "connection"
-                | "host"
-                | "user-agent"
-                | "x-signature"
-        )
-}
-
-/// Checks the header name an `hmac-sha256` endpoint signs in: an HTTP field name (RFC 9110
-/// token) that is not reserved.
-///
-/// # Errors
-/// A message saying what is wrong with `name`.
-pub fn validate_signature_header(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err("must be 1-64 characters".to_owned());
-    }
-    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(format!("`{name}` is not a valid HTTP header name"));
-    }
-    if is_reserved_header(name) {
-        return Err(format!("`{name}` is reserved"));
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    Mxhook,
-    Botmailroom,
-}
-
-impl PayloadFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mxhook => "mxhook",
-            Self::Botmailroom => "botmailroom",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [Self::Mxhook, Self::Botmailroom]
-            .into_iter()
-            .find(|format| format.as_str() == value)
     }
 }
 
@@ -978,7 +823,7 @@ impl Config {
                 }
             }
             if let Some(url) = &inbox.webhook_url {
-                validate_webhook_url(url, delivery)
+                validate_webhook_url(url, delivery.allow_http)
                     .map_err(|message| invalid(key("webhook_url"), message))?;
             }
             if let Some(header) = &inbox.signature_header {
@@ -1017,7 +862,7 @@ impl Config {
                     return Err(invalid(key("webhook_secret"), "must not be empty when set"));
                 }
                 if inbox.signature == SignatureScheme::Standard {
-                    crate::deliver::signature::decode_standard_secret(secret).map_err(|_| {
+                    crate::signature::decode_standard_secret(secret).map_err(|_| {
                         invalid(
                             key("webhook_secret"),
                             "the standard scheme needs a `whsec_<base64>` secret",
@@ -1066,64 +911,6 @@ fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
             "must be a positive number of seconds, at most 315360000 (ten years)",
         ))
     }
-}
-
-/// Inbox ids become path segments of stored objects, so they must never carry `/` or `..`.
-pub fn is_valid_inbox_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Lowercases a `local@domain` address, or returns `None` if it is not one we would route:
-/// quoted local parts, source routes and `%`/`!` relay syntax are refused outright.
-pub fn normalize_address(address: &str) -> Option<String> {
-    let address = address.trim();
-    let (local, domain) = address.rsplit_once('@')?;
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..")
-        // RFC 5322 atext without `!` and `%`, which old relays read as routing syntax.
-        && local
-            .chars()
-            .all(|c| c.is_alphanumeric() || "#$&'*+-/=?^_`{|}~.".contains(c));
-    let domain_ok = !domain.is_empty()
-        && domain.len() <= 255
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
-        });
-    (local_ok && domain_ok).then(|| address.to_lowercase())
-}
-
-/// Checks a webhook URL against the delivery policy; the address check on the resolved IP
-/// happens again at connect time.
-pub fn validate_webhook_url(url: &str, delivery: &DeliveryConfig) -> Result<url::Url, String> {
-    let parsed = url::Url::parse(url).map_err(|err| format!("not a valid URL: {err}"))?;
-    match parsed.scheme() {
-        "https" => {}
-        "http" if delivery.allow_http => {}
-        "http" => {
-            return Err("must be https (set delivery.allow_http for development)".to_owned());
-        }
-        other => return Err(format!("unsupported scheme `{other}`")),
-    }
-    if parsed.host().is_none() {
-        return Err("has no host".to_owned());
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "must not carry credentials; use custom headers or a signing secret".to_owned(),
-        );
-    }
-    Ok(parsed)
 }
 
 /// Applies `MXHOOK_SECTION__KEY=value` variables to the TOML tree. A value is read as TOML

@@ -8,8 +8,9 @@ use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::config::{DatabaseConfig, InboxConfig, PayloadFormat, SignatureFormat, SignatureScheme};
+use crate::config::{DatabaseConfig, InboxConfig};
 use crate::model::{DeliveryStatus, Inbox, WebhookEndpoint, now_ms};
+use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
 
 /// Most pages (of as many rows as it wants emails) [`Db::thread_history`] reads looking for
 /// emails it may show.
@@ -639,7 +640,7 @@ impl Db {
             .await?;
         for address in &inbox.addresses {
             let normalized =
-                crate::config::normalize_address(address).unwrap_or_else(|| address.to_lowercase());
+                crate::model::normalize_address(address).unwrap_or_else(|| address.to_lowercase());
             // An address that moved here from another inbox in the config follows the config.
             sqlx::query("DELETE FROM inbox_addresses WHERE address = $1")
                 .bind(&normalized)
@@ -1865,9 +1866,9 @@ fn endpoint_from_row(row: &AnyRow, prefix: &str) -> Result<Option<WebhookEndpoin
 /// # Errors
 /// [`Error::Corrupt`] if it does not serialize (it always does).
 pub(crate) fn sender_policy_json(
-    policy: &crate::config::SenderPolicy,
+    policy: &crate::model::SenderPolicy,
 ) -> Result<Option<String>, Error> {
-    if *policy == crate::config::SenderPolicy::default() {
+    if *policy == crate::model::SenderPolicy::default() {
         return Ok(None);
     }
     serde_json::to_string(policy)
@@ -1883,14 +1884,14 @@ pub(crate) fn sender_policy_json(
 pub(crate) fn sender_policy_from_json(
     inbox_id: &str,
     json: Option<&str>,
-) -> Result<crate::config::SenderPolicy, Error> {
-    json.map_or(Ok(crate::config::SenderPolicy::default()), |json| {
+) -> Result<crate::model::SenderPolicy, Error> {
+    json.map_or(Ok(crate::model::SenderPolicy::default()), |json| {
         serde_json::from_str(json)
             .map_err(|err| Error::Corrupt(format!("sender policy of inbox {inbox_id}: {err}")))
     })
 }
 
-fn rules_from_json(inbox_id: &str, json: Option<&str>) -> Vec<crate::route::Rule> {
+fn rules_from_json(inbox_id: &str, json: Option<&str>) -> Vec<crate::model::Rule> {
     let Some(json) = json else {
         return Vec::new();
     };

@@ -145,7 +145,7 @@ impl Directory {
     }
 
     /// The sender policy of the inbox with this id.
-    pub fn sender_policy(&self, id: &str) -> Option<crate::config::SenderPolicy> {
+    pub fn sender_policy(&self, id: &str) -> Option<crate::model::SenderPolicy> {
         self.current()
             .by_id
             .get(id)
@@ -179,7 +179,7 @@ mod tests {
             addresses: vec!["Agent@Example.com".into()],
             webhook: None,
             rules: Vec::new(),
-            sender_policy: crate::config::SenderPolicy::default(),
+            sender_policy: crate::model::SenderPolicy::default(),
         }]);
         assert_eq!(
             directory.lookup("agent@example.com").as_deref(),
@@ -204,10 +204,9 @@ mod tests {
     /// refused change does not; a database error keeps the snapshot.
     #[tokio::test]
     async fn every_inbox_change_moves_the_marker() {
-        use crate::config::{
-            DatabaseConfig, InboxConfig, PayloadFormat, SignatureFormat, SignatureScheme,
-        };
+        use crate::config::{DatabaseConfig, InboxConfig};
         use crate::db::{InboxUpdate, NewInbox, WebhookSettings};
+        use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
 
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::connect(&DatabaseConfig {
@@ -237,7 +236,7 @@ mod tests {
             name: None,
             status: "enabled".into(),
             addresses: vec!["api@example.com".into()],
-            sender_policy: crate::config::SenderPolicy::default(),
+            sender_policy: crate::model::SenderPolicy::default(),
         })
         .await
         .expect("create");

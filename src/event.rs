@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::config::PayloadFormat;
+use crate::model::PayloadFormat;
 use crate::model::{Envelope, rfc3339};
 use crate::parse::{Mailbox, ParsedMessage, catch_panic};
 use crate::prompt::{self, Templates};

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::config::{AuthConfig, PolicyAction, SenderPolicy, StorageConfig};
+use crate::config::{AuthConfig, StorageConfig};
 use crate::db::{ClaimedJob, Db, JobTarget, Lease, NewDelivery, NewFingerprint, NewMessage};
 use crate::deliver::handoff::{Handoff, Reservation};
 use crate::directory::Directory;
 use crate::event::{self, EventContext};
 use crate::model::{Envelope, WebhookEndpoint, new_id, now_ms};
+use crate::model::{PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
 use crate::route;

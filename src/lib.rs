@@ -29,6 +29,7 @@ pub mod parse;
 pub mod prompt;
 pub mod ratelimit;
 pub mod route;
+pub mod signature;
 pub mod smtp;
 pub mod store;
 pub mod thread;

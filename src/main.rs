@@ -36,7 +36,7 @@ enum Command {
         /// agentmail (X-AgentMail-Signature), standard (webhook-signature), botmailroom
         /// (X-Signature) or hmac-sha256 (the endpoint's signature_header).
         #[arg(long, default_value = "agentmail", value_parser = parse_scheme)]
-        scheme: mxhook::config::SignatureScheme,
+        scheme: mxhook::model::SignatureScheme,
         /// The endpoint's signing secret.
         #[arg(long)]
         secret: Option<String>,
@@ -58,7 +58,7 @@ enum Command {
         signature: String,
         /// hmac-sha256: the value format the endpoint uses, sha256=hex (default) or hex.
         #[arg(long, default_value = "sha256=hex", value_parser = parse_format)]
-        format: mxhook::config::SignatureFormat,
+        format: mxhook::model::SignatureFormat,
         /// The exact request body bytes.
         #[arg(long)]
         body_file: PathBuf,
@@ -149,13 +149,13 @@ enum KeyCommand {
     },
 }
 
-fn parse_scheme(value: &str) -> Result<mxhook::config::SignatureScheme, String> {
-    mxhook::config::SignatureScheme::parse(value)
+fn parse_scheme(value: &str) -> Result<mxhook::model::SignatureScheme, String> {
+    mxhook::model::SignatureScheme::parse(value)
         .ok_or_else(|| "expected agentmail, standard, botmailroom or hmac-sha256".to_owned())
 }
 
-fn parse_format(value: &str) -> Result<mxhook::config::SignatureFormat, String> {
-    mxhook::config::SignatureFormat::parse(value)
+fn parse_format(value: &str) -> Result<mxhook::model::SignatureFormat, String> {
+    mxhook::model::SignatureFormat::parse(value)
         .ok_or_else(|| "expected sha256=hex or hex".to_owned())
 }
 
@@ -326,19 +326,19 @@ fn secret_from(
 
 /// What `mxhook verify` was asked to check.
 struct Presented {
-    scheme: mxhook::config::SignatureScheme,
+    scheme: mxhook::model::SignatureScheme,
     secret: String,
     timestamp: Option<String>,
     webhook_id: Option<String>,
     signature: String,
-    format: mxhook::config::SignatureFormat,
+    format: mxhook::model::SignatureFormat,
     body_file: PathBuf,
 }
 
 /// Signs the body the way the gateway does and compares, in constant time, with each signature
 /// the header presented.
 fn verify(presented: &Presented) -> ExitCode {
-    use mxhook::config::SignatureScheme;
+    use mxhook::model::SignatureScheme;
     use subtle::ConstantTimeEq as _;
 
     let body = match std::fs::read(&presented.body_file) {
@@ -368,22 +368,21 @@ fn verify(presented: &Presented) -> ExitCode {
         (id, _) => id.clone().unwrap_or_default(),
     };
     let secrets = [presented.secret.clone()];
-    let headers =
-        match mxhook::deliver::signature::sign(&mxhook::deliver::signature::SigningInput {
-            scheme: presented.scheme,
-            secrets: &secrets,
-            webhook_id: &webhook_id,
-            timestamp,
-            body: &body,
-            hmac_header: None,
-            hmac_format: presented.format,
-        }) {
-            Ok(headers) => headers,
-            Err(err) => {
-                eprintln!("mxhook: {err}");
-                return ExitCode::from(2);
-            }
-        };
+    let headers = match mxhook::signature::sign(&mxhook::signature::SigningInput {
+        scheme: presented.scheme,
+        secrets: &secrets,
+        webhook_id: &webhook_id,
+        timestamp,
+        body: &body,
+        hmac_header: None,
+        hmac_format: presented.format,
+    }) {
+        Ok(headers) => headers,
+        Err(err) => {
+            eprintln!("mxhook: {err}");
+            return ExitCode::from(2);
+        }
+    };
     // The last header is the signature in every scheme; timestamps come before it.
     let expected = headers
         .last()

@@ -1,12 +1,25 @@
-//! Nouns that cross stage boundaries: ids, the SMTP envelope, inboxes and delivery states.
+//! Nouns that cross stage boundaries: ids, the SMTP envelope, inboxes and delivery states, and
+//! the vocabulary the config, the API and the pipeline share (addresses, sender policies,
+//! notification rules, how an endpoint signs and shapes its payloads).
 //!
-//! No behaviour beyond constructors and formatting; no IO.
+//! No behaviour beyond constructors, formatting and the checks a noun owns; no IO.
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::config::{PayloadFormat, SignatureFormat, SignatureScheme};
+mod address;
+mod policy;
+mod rule;
+mod webhook;
+
+pub use address::{is_valid_inbox_id, normalize_address, validate_webhook_url};
+pub use policy::{PolicyAction, SenderPolicy, normalize_sender_entry};
+pub use rule::{Channels, EmailChannel, Filters, Rule, WebhookChannel};
+pub use webhook::{
+    DEFAULT_HMAC_HEADER, PayloadFormat, SignatureFormat, SignatureScheme, is_reserved_header,
+    validate_signature_header,
+};
 
 /// A prefixed, time-sortable id such as `msg_01jd3k…`: 48 bits of milliseconds since the epoch
 /// followed by 80 random bits, in lowercase Crockford base32 (the ULID layout), so ids sort by
@@ -63,9 +76,9 @@ pub struct Inbox {
     pub addresses: Vec<String>,
     pub webhook: Option<WebhookEndpoint>,
     /// Notification rules: routes added to the inbox webhook, per event.
-    pub rules: Vec<crate::route::Rule>,
+    pub rules: Vec<Rule>,
     /// What intake does with mail that fails the inbox's authentication or list checks.
-    pub sender_policy: crate::config::SenderPolicy,
+    pub sender_policy: crate::model::SenderPolicy,
 }
 
 /// Where and how one event is POSTed.
@@ -113,10 +126,7 @@ impl WebhookEndpoint {
 
     /// A rule's webhook, signed with its inbox's secrets (rules carry no secret of their own, so
     /// one receiver-side key verifies everything an inbox sends).
-    pub fn for_rule(
-        channel: &crate::route::WebhookChannel,
-        inbox: Option<&WebhookEndpoint>,
-    ) -> Self {
+    pub fn for_rule(channel: &WebhookChannel, inbox: Option<&WebhookEndpoint>) -> Self {
         Self {
             url: channel.url.clone(),
             enabled: channel.enabled,

@@ -19,10 +19,10 @@ use serde_json::Value;
 use sha2::Digest as _;
 
 use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
-use crate::config::{PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme};
 use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
 use crate::intake::Outcome;
 use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
+use crate::model::{PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme};
 
 /// Per-inbox keys start with this, so the middleware knows to look one up.
 pub const INBOX_KEY_PREFIX: &str = "mxk_";
@@ -180,7 +180,7 @@ fn webhook_view(webhook: &WebhookSettings) -> WebhookView {
         signature_header: webhook
             .signature_header
             .as_deref()
-            .unwrap_or(crate::deliver::signature::DEFAULT_HMAC_HEADER)
+            .unwrap_or(crate::model::DEFAULT_HMAC_HEADER)
             .to_owned(),
         signature_format: webhook.signature_format,
         verify_tls: webhook.verify_tls,
@@ -292,7 +292,7 @@ impl PolicyChange {
 fn sender_entries(key: &str, entries: &[String]) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::with_capacity(entries.len());
     for entry in entries {
-        let normalized = crate::config::normalize_sender_entry(entry).ok_or_else(|| {
+        let normalized = crate::model::normalize_sender_entry(entry).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "{key}: `{entry}` is neither an address nor a domain"
             ))
@@ -312,7 +312,7 @@ fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(addresses.len());
     for address in addresses {
-        let normalized = crate::config::normalize_address(address).ok_or_else(|| {
+        let normalized = crate::model::normalize_address(address).ok_or_else(|| {
             ApiError::BadRequest(format!("addresses: `{address}` is not a routable address"))
         })?;
         if !out.contains(&normalized) {
@@ -371,7 +371,7 @@ async fn create_inbox(
     caller.require_admin()?;
     let Json(body) = body?;
     let id = body.id.unwrap_or_else(|| new_id("inb"));
-    if !crate::config::is_valid_inbox_id(&id) {
+    if !crate::model::is_valid_inbox_id(&id) {
         return Err(ApiError::BadRequest(
             "id: 1 to 64 of a-z A-Z 0-9 . _ -, not starting with `.`".to_owned(),
         ));
@@ -622,8 +622,7 @@ pub(crate) struct PutWebhook {
 
 /// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
 fn secret_fits(scheme: SignatureScheme, secret: &str) -> bool {
-    scheme != SignatureScheme::Standard
-        || crate::deliver::signature::decode_standard_secret(secret).is_ok()
+    scheme != SignatureScheme::Standard || crate::signature::decode_standard_secret(secret).is_ok()
 }
 
 /// 32 random bytes, written the way the scheme expects them.
@@ -663,10 +662,10 @@ pub(crate) async fn put_webhook(
 ) -> Result<Json<Value>, ApiError> {
     let inbox = visible_inbox(&state, &caller, &id).await?;
     let Json(body) = body?;
-    crate::config::validate_webhook_url(&body.url, &state.delivery)
+    crate::model::validate_webhook_url(&body.url, state.delivery.allow_http)
         .map_err(|reason| ApiError::BadRequest(format!("url: {reason}")))?;
     if let Some(header) = &body.signature_header {
-        crate::config::validate_signature_header(header)
+        crate::model::validate_signature_header(header)
             .map_err(|reason| ApiError::BadRequest(format!("signature_header: {reason}")))?;
     }
     let existing = inbox.webhook;
@@ -921,11 +920,11 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         }
         // The dispatcher reads rules as `route::Rule`; its checks (reserved custom headers
         // among them) apply to what is stored.
-        let routed: crate::route::Rule = serde_json::to_value(&*rule)
+        let routed: crate::model::Rule = serde_json::to_value(&*rule)
             .and_then(serde_json::from_value)
             .map_err(|err| ApiError::BadRequest(format!("rules[{idx}]: {err}")))?;
         routed
-            .validate(&state.delivery)
+            .validate(state.delivery.allow_http)
             .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
         if let Some(webhook) = rule.channels.webhook.as_mut()
             && webhook.enabled
@@ -933,7 +932,7 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
             webhook.disabled_reason = None;
         }
         if let Some(webhook) = &rule.channels.webhook {
-            crate::config::validate_webhook_url(&webhook.url, &state.delivery).map_err(
+            crate::model::validate_webhook_url(&webhook.url, state.delivery.allow_http).map_err(
                 |reason| {
                     ApiError::BadRequest(format!("rules[{idx}].channels.webhook.url: {reason}"))
                 },
@@ -951,7 +950,7 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
         }
         if let Some(email) = &rule.channels.email {
             for recipient in &email.recipients {
-                if crate::config::normalize_address(recipient).is_none() {
+                if crate::model::normalize_address(recipient).is_none() {
                     return Err(ApiError::BadRequest(format!(
                         "rules[{idx}].channels.email.recipients: `{recipient}` is not an address"
                     )));

@@ -260,7 +260,7 @@ fn replay_retention_is_bounded_by_the_timestamp_window() {
 
 #[test]
 fn sender_entries_are_addresses_domains_or_at_domains() {
-    use crate::config::normalize_sender_entry;
+    use crate::model::normalize_sender_entry;
     assert_eq!(
         normalize_sender_entry("Boss@Example.COM").as_deref(),
         Some("boss@example.com")

@@ -6,8 +6,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Db, Error, bump_directory_version, sender_policy_from_json, sender_policy_json};
-use crate::config::{PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
 use crate::model::now_ms;
+use crate::model::{PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@
 pub mod forward;
 pub mod handoff;
 pub mod retry;
-pub mod signature;
+
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::config::{DeliveryConfig, PayloadFormat};
+use crate::config::DeliveryConfig;
 use crate::db::{AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate};
+use crate::model::PayloadFormat;
 use crate::model::now_ms;
 use retry::{NextStep, RetryPolicy};
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use super::signature::{self, SigningInput};
 use crate::model::WebhookEndpoint;
+use crate::signature::{self, SigningInput};
 
 /// How much of a response body is kept in the attempt log.
 const RESPONSE_EXCERPT_BYTES: usize = 1024;

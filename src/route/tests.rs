@@ -92,7 +92,8 @@ fn forwards_never_go_to_the_gateways_own_inboxes() {
 
 #[test]
 fn validation_names_the_field() {
-    let delivery = DeliveryConfig::default();
+    // Plain http is refused as it is by default (`delivery.allow_http = false`).
+    let allow_http = false;
     let parse = |value: serde_json::Value| serde_json::from_value::<Rule>(value).expect("parses");
     let cases = [
         (
@@ -123,7 +124,7 @@ fn validation_names_the_field() {
     ];
     for (rule, field) in cases {
         let message = parse(rule.clone())
-            .validate(&delivery)
+            .validate(allow_http)
             .expect_err("invalid rule accepted");
         assert!(
             message.contains(field),

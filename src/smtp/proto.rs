@@ -280,7 +280,7 @@ pub fn parse_rcpt_to(line: &[u8]) -> Result<RcptTo, Reply> {
             format!("Parameter {param} not supported"),
         ));
     }
-    Ok(match crate::config::normalize_address(path) {
+    Ok(match crate::model::normalize_address(path) {
         Some(address) if !path.starts_with('@') => RcptTo::Mailbox(address),
         _ => RcptTo::RelayAttempt(path.to_owned()),
     })

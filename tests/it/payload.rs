@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mxhook::config::PayloadFormat;
 use mxhook::event::{self, EventContext};
+use mxhook::model::PayloadFormat;
 use mxhook::model::{Envelope, Recipient};
 use mxhook::prompt::Templates;
 use mxhook::thread::Thread;

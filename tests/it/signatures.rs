@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use mxhook::config::SignatureScheme;
-use mxhook::deliver::signature::{SigningInput, sign};
+use mxhook::model::SignatureScheme;
+use mxhook::signature::{SigningInput, sign};
 
 use serde_json::json;
 
@@ -193,7 +193,7 @@ fn rotation_sends_a_signature_each_secret_verifies() {
         timestamp,
         body,
         hmac_header: None,
-        hmac_format: mxhook::config::SignatureFormat::Sha256Hex,
+        hmac_format: mxhook::model::SignatureFormat::Sha256Hex,
     })
     .expect("sign");
     headers.push(("webhook-id".to_owned(), "evt_rotation".to_owned()));

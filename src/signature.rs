@@ -8,12 +8,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{SignatureFormat, SignatureScheme};
+use crate::model::{DEFAULT_HMAC_HEADER, SignatureFormat, SignatureScheme};
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Default header of the `hmac-sha256` scheme.
-pub const DEFAULT_HMAC_HEADER: &str = "X-Webhook-Signature";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {

@@ -1,0 +1,124 @@
+//! How a webhook endpoint signs and shapes what it sends: the vocabulary an endpoint's settings
+//! are written in, whether the config file, the API or a rule sets them.
+
+use serde::Deserialize;
+
+/// The header the `hmac-sha256` scheme signs in unless an endpoint names another.
+pub const DEFAULT_HMAC_HEADER: &str = "X-Webhook-Signature";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureScheme {
+    Agentmail,
+    Standard,
+    Botmailroom,
+    HmacSha256,
+}
+
+impl SignatureScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agentmail => "agentmail",
+            Self::Standard => "standard",
+            Self::Botmailroom => "botmailroom",
+            Self::HmacSha256 => "hmac-sha256",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::Agentmail,
+            Self::Standard,
+            Self::Botmailroom,
+            Self::HmacSha256,
+        ]
+        .into_iter()
+        .find(|scheme| scheme.as_str() == value)
+    }
+}
+
+/// How the `hmac-sha256` scheme writes its signature value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum SignatureFormat {
+    /// `sha256=<hex>`.
+    #[default]
+    #[serde(rename = "sha256=hex")]
+    Sha256Hex,
+    /// Bare lowercase hex.
+    #[serde(rename = "hex")]
+    Hex,
+}
+
+impl SignatureFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256Hex => "sha256=hex",
+            Self::Hex => "hex",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Sha256Hex, Self::Hex]
+            .into_iter()
+            .find(|format| format.as_str() == value)
+    }
+}
+
+/// Whether a request header is the gateway's own (framing, identity, signatures of the other
+/// schemes), so an endpoint setting may neither add nor replace it.
+pub fn is_reserved_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("webhook-")
+        || lower.starts_with("x-agentmail-")
+        || matches!(
+            lower.as_str(),
+            "content-type"
+                | "content-length"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "connection"
+                | "host"
+                | "user-agent"
+                | "x-signature"
+        )
+}
+
+/// Checks the header name an `hmac-sha256` endpoint signs in: an HTTP field name (RFC 9110
+/// token) that is not reserved.
+///
+/// # Errors
+/// A message saying what is wrong with `name`.
+pub fn validate_signature_header(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1-64 characters".to_owned());
+    }
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a valid HTTP header name"));
+    }
+    if is_reserved_header(name) {
+        return Err(format!("`{name}` is reserved"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    Mxhook,
+    Botmailroom,
+}
+
+impl PayloadFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mxhook => "mxhook",
+            Self::Botmailroom => "botmailroom",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Mxhook, Self::Botmailroom]
+            .into_iter()
+            .find(|format| format.as_str() == value)
+    }
+}
