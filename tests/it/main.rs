@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod cli;
 mod delivery;
 mod deploy;
 mod end_to_end;
