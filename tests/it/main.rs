@@ -12,6 +12,7 @@ mod forward;
 mod hostile_smtp;
 mod ingress;
 mod migrations;
+mod openapi;
 mod payload;
 mod process;
 mod readme_tour;
