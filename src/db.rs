@@ -336,6 +336,8 @@ pub enum JobUpdate {
 }
 
 /// One delivery as the API shows it (`GET /v1/deliveries`, `GET /v1/deliveries/{id}`).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: String,
@@ -350,25 +352,34 @@ pub struct DeliveryView {
     /// pending, delivered or dead.
     pub status: String,
     pub attempts: i64,
+    #[schema(required)]
     pub next_attempt_at: Option<String>,
+    #[schema(required)]
     pub last_status_code: Option<i64>,
+    #[schema(required)]
     pub last_error: Option<String>,
     pub created_at: String,
+    #[schema(required)]
     pub delivered_at: Option<String>,
 }
 
 /// One delivery attempt as the API shows it (`GET /v1/deliveries/{id}/attempts`).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i64,
     pub started_at: String,
     pub latency_ms: i64,
     /// The endpoint's HTTP status; null when no response came (or for an email forward).
+    #[schema(required)]
     pub status_code: Option<i64>,
     /// What the attempt came to: delivered, http_error, error or not_sent for a webhook;
     /// forwarded or error for an email forward.
     pub outcome: String,
+    #[schema(required)]
     pub error: Option<String>,
+    #[schema(required)]
     pub response_excerpt: Option<String>,
 }
 

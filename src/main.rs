@@ -63,14 +63,17 @@ enum Command {
         #[arg(long)]
         body_file: PathBuf,
     },
-    /// List or create inboxes through the management API.
+    /// Manage inboxes through the management API; exits 0 when the API answers 2xx, 1 on any
+    /// other answer or none, 2 when the arguments are wrong (an API key is needed).
     Inbox {
         #[command(subcommand)]
         command: InboxCommand,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Send a test `mail.received` event to an inbox's webhook through the normal delivery path.
+    /// Send a test `mail.received` event to an inbox's webhook through the normal delivery path;
+    /// exits 0 when the API answers 2xx, 1 on any other answer or none, 2 when the arguments are
+    /// wrong.
     SendTest {
         /// The inbox id.
         #[arg(long)]
@@ -409,9 +412,12 @@ fn url_segment(value: &str) -> String {
         .replace('+', "%20")
 }
 
-/// One request to the management API; prints the JSON answer, exits 0 on 2xx, 1 otherwise.
+/// One request to the management API; prints the JSON answer, exits 0 on 2xx, 1 on any other
+/// answer or none, 2 without a key.
 fn call_api(api: &ApiArgs, method: &str, path: &str, body: Option<serde_json::Value>) -> ExitCode {
-    let Some(api_key) = api.api_key.as_deref() else {
+    // An empty key (`MXHOOKCTL_API_KEY=` left blank) is no key: a bad argument, not a request
+    // the API can only refuse.
+    let Some(api_key) = api.api_key.as_deref().filter(|key| !key.is_empty()) else {
         eprintln!("mxhook: give an API key with --api-key or MXHOOKCTL_API_KEY");
         return ExitCode::from(2);
     };

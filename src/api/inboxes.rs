@@ -73,15 +73,19 @@ pub(crate) async fn visible_inbox(
 }
 
 /// An inbox as the API shows it: settings and sender policy, never a secret.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct InboxView {
     id: String,
+    #[schema(required)]
     name: Option<String>,
     /// enabled or disabled.
     status: String,
     /// config (declared in the config file) or api.
     source: String,
     addresses: Vec<String>,
+    #[schema(required)]
     webhook: Option<WebhookView>,
     spf_pass_required: bool,
     dkim_pass_required: bool,
@@ -102,6 +106,9 @@ pub(crate) struct InboxList {
 
 /// The inbox webhook as the API shows it: whether a secret is set, never the secret, except
 /// `signing_secret` in the one answer that created it.
+///
+/// The fields without `skip_serializing_if` are always sent, `null` when unset, so each is
+/// `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct WebhookView {
     url: String,
@@ -115,10 +122,12 @@ pub(crate) struct WebhookView {
     signature_format: SignatureFormat,
     verify_tls: bool,
     /// Why the gateway switched the webhook off (410 Gone, or failing too long).
+    #[schema(required)]
     disabled_reason: Option<String>,
     ordered: bool,
     has_secret: bool,
     /// Until when the secret a rotation replaced still signs beside the new one.
+    #[schema(required)]
     previous_secret_expires_at: Option<String>,
     /// Delivery statistics (GET only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,15 +138,21 @@ pub(crate) struct WebhookView {
 }
 
 /// One endpoint's delivery statistics.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct StatsView {
     attempts: i64,
     delivered: i64,
     /// Share of attempts the endpoint accepted, 0 to 1; null before the first attempt.
+    #[schema(required)]
     success_rate: Option<f64>,
+    #[schema(required)]
     last_triggered: Option<String>,
+    #[schema(required)]
     last_status_code: Option<i64>,
     /// delivered, forwarded, http_error, error or not_sent.
+    #[schema(required)]
     last_outcome: Option<String>,
 }
 
@@ -1041,13 +1056,17 @@ struct CreateKey {
 }
 
 /// A per-inbox key as listed: never the key itself, nor its hash.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ApiKeyView {
     id: String,
     inbox_id: String,
+    #[schema(required)]
     name: Option<String>,
     /// The key's first characters (`mxk_` and 8 hex digits); null for keys made before
     /// prefixes were recorded.
+    #[schema(required)]
     prefix: Option<String>,
     created_at: String,
 }
@@ -1214,10 +1233,13 @@ struct MessagesQuery {
 }
 
 /// A page of an inbox's messages, newest first.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct MessageList {
     messages: Vec<crate::db::MessageSummary>,
     /// Pass as `cursor` for the next page; null on the last one.
+    #[schema(required)]
     next_cursor: Option<String>,
 }
 
@@ -1349,9 +1371,12 @@ pub(crate) struct Requeued {
 }
 
 /// The answer to a test event.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct TestEventSent {
     /// The stored test message (`GET /v1/messages/{id}`); its deliveries run as for real mail.
+    #[schema(required)]
     message_id: Option<String>,
 }
 

@@ -483,8 +483,9 @@ pub(crate) struct Resent {
 /// For mail this is the `mail.received` event of SPEC.md "The `mail.received` event"; an
 /// event from calendar provider ingress has `type` `booking.*` with `provider`, `booking` and
 /// `payload` instead of the mail fields. The event is served as stored (it is the very payload
-/// delivered), so this type only documents it: `email` and `auth` are free-form here, and the
-/// API test checks that every top-level field a real event carries is listed.
+/// delivered), so this type only documents it: `email`, `auth`, `booking` and `payload` are
+/// free-form here (`additionalProperties: true`; SPEC.md gives their shape in prose), and the
+/// OpenAPI test compares every other field of a real event with this schema.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // documentation only; the handler returns the stored JSON as is
 struct StoredEvent {
@@ -521,21 +522,21 @@ struct StoredEvent {
     remote_ip: Option<String>,
     helo: Option<String>,
     /// Structured verdicts: checked, spf, dkim[], dmarc, arc.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
     auth: Option<serde_json::Value>,
     warnings: Option<Vec<String>>,
     /// Set when bodies were left out past the payload cap; names them and the raw URL.
     omitted_reason: Option<String>,
     /// The full content: the BotMailRoom fields of SPEC.md.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
     email: Option<serde_json::Value>,
     /// Calendar events: cal.com or calendly.
     provider: Option<String>,
     /// Calendar events: the booking, normalised.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
     booking: Option<serde_json::Value>,
     /// Calendar events: the provider's payload as received.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
     payload: Option<serde_json::Value>,
 }
 

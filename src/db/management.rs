@@ -107,14 +107,20 @@ pub struct MessageFilter {
 }
 
 /// One message in an inbox listing (the API shows it as it is).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageSummary {
     pub id: String,
     pub inbox_id: String,
     pub event_id: String,
+    #[schema(required)]
     pub sender: Option<String>,
+    #[schema(required)]
     pub envelope_from: Option<String>,
+    #[schema(required)]
     pub subject: Option<String>,
+    #[schema(required)]
     pub header_message_id: Option<String>,
     pub size: i64,
     pub received_at: String,

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod cli;
 mod delivery;
 mod deploy;
 mod end_to_end;
@@ -11,6 +12,7 @@ mod forward;
 mod hostile_smtp;
 mod ingress;
 mod migrations;
+mod openapi;
 mod payload;
 mod process;
 mod readme_tour;

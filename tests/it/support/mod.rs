@@ -2,6 +2,7 @@
 //! and an API client. Every wait has a timeout.
 
 pub mod gateway;
+mod mail;
 pub mod receiver;
 pub mod s3;
 pub mod smtp_client;
