@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod delivery;
+mod delivery_promises;
 mod deploy;
 mod end_to_end;
 mod fixtures;
