@@ -96,12 +96,9 @@ async fn all_to_have_status(
 
 /// The attempt records of one delivery.
 async fn attempts_of(gateway: &TestGateway, delivery: &Value) -> Vec<Value> {
-    let id = delivery["id"].as_str().expect("delivery id");
-    let (status, body) = gateway
-        .api("GET", &format!("/v1/deliveries/{id}/attempts"), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["attempts"].as_array().expect("attempts").clone()
+    gateway
+        .attempts(delivery["id"].as_str().expect("delivery id"))
+        .await
 }
 
 /// The subject of the message a delivery carries.
@@ -415,11 +412,9 @@ async fn the_api_refuses_plain_http_webhooks_when_allow_http_is_off() {
         .await;
     assert_eq!(rules, json!([]));
     send_to(&gateway, "agent@example.com", "no webhook").await;
-    let (_, messages) = gateway.api("GET", "/v1/inboxes/agent/messages", None).await;
-    assert_eq!(messages["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(gateway.messages("agent").await.len(), 1);
     // Jobs are committed with their message, so this read sees any there are.
-    let (_, deliveries) = gateway.api("GET", "/v1/deliveries", None).await;
-    assert_eq!(deliveries["deliveries"], json!([]), "{deliveries}");
+    assert_eq!(gateway.all_deliveries().await, Vec::<Value>::new());
     receiver.assert_silent(Duration::from_millis(300)).await;
 }
 
