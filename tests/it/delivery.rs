@@ -407,7 +407,7 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
     assert_eq!(webhook["disabled_reason"], serde_json::Value::Null);
 }
 
-fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
+pub(crate) fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
     format!(
         "{headers}\r\nFrom: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
          Date: Thu, 16 Apr 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n\

@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod cli;
 mod delivery;
+mod delivery_promises;
 mod deploy;
 mod end_to_end;
 mod fixtures;

@@ -24,6 +24,8 @@ pub struct GatewayOptions {
     pub storage_path: Option<PathBuf>,
     /// Whether private targets are allowed (true in nearly every test).
     pub allow_private_targets: bool,
+    /// `delivery.allow_http` (true in nearly every test: the receivers speak plain http).
+    pub allow_http: bool,
     /// Extra `key = value` lines of the `[smtp]` section (limits, timeouts, TLS).
     pub smtp_toml: String,
     /// Appended to the generated config.
@@ -59,6 +61,7 @@ impl GatewayOptions {
             max_message_size: 1 << 20,
             storage_path: None,
             allow_private_targets: true,
+            allow_http: true,
             smtp_toml: String::new(),
             extra_toml: String::new(),
             auth_toml: "[auth]\nenabled = false\n".to_owned(),
@@ -176,7 +179,7 @@ admin_keys = ["{API_KEY}"]
 [database]
 url = "{database}"
 [delivery]
-allow_http = true
+allow_http = {allow_http}
 allow_private_targets = {allow_private}
 retry_base_s = {retry}
 max_retries = {max_retries}
@@ -197,6 +200,7 @@ addresses = ["other@example.com"]
         max_size = options.max_message_size,
         smtp = options.smtp_toml,
         allow_private = options.allow_private_targets,
+        allow_http = options.allow_http,
         retry = options.retry_base_s,
         max_retries = options.max_retries,
         timeout = options.delivery_timeout_s,
