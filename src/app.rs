@@ -124,6 +124,7 @@ pub async fn run_with_listeners(
         directory: directory.clone(),
         delivery: config.delivery.clone(),
         intake: Arc::clone(&intake),
+        mounted_docs: <ingress::IngressApi as utoipa::OpenApi>::openapi(),
     });
     let ingress_state = Arc::new(IngressState {
         counters: Arc::clone(&counters),
@@ -167,7 +168,11 @@ pub async fn run_with_listeners(
         token.child_token(),
     ));
     let api_token = token.child_token();
-    let router = api::router(api_state).merge(ingress::router(ingress_state));
+    // One HTTP listener: the API, the dashboard (HTML, cookie sessions, its own body limit and
+    // headers, over the API's handlers) and provider ingress.
+    let router = api::router(Arc::clone(&api_state))
+        .merge(crate::ui::router(api_state))
+        .merge(ingress::router(ingress_state));
     tracker.spawn(async move {
         // Peer addresses reach the handlers, so the dashboard's login throttle counts per client.
         let served = axum::serve(

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::ingress::provider::Provider;
+use crate::model::Provider;
 
 /// Why the SMTP side refused (or deferred) a recipient or a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,13 @@ use serde::Serialize;
 
 mod address;
 mod policy;
+mod provider;
 mod rule;
 mod webhook;
 
 pub use address::{is_valid_inbox_id, normalize_address, validate_webhook_url};
 pub use policy::{PolicyAction, SenderPolicy, normalize_sender_entry};
+pub use provider::Provider;
 pub use rule::{Channels, EmailChannel, Filters, Rule, WebhookChannel};
 pub use webhook::{
     DEFAULT_HMAC_HEADER, PayloadFormat, SignatureFormat, SignatureScheme, is_reserved_header,

@@ -51,6 +51,9 @@ pub struct ApiState {
     pub delivery: DeliveryConfig,
     /// Test events go through the same pre-250 sequence as received mail.
     pub intake: Arc<Intake>,
+    /// The documentation of the routes mounted beside the API on the same listener (provider
+    /// ingress), served in `/openapi.json` with the API's own.
+    pub mounted_docs: utoipa::openapi::OpenApi,
 }
 
 impl ApiState {
@@ -113,9 +116,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
                 Json(ErrorBody::new("method_not_allowed", "method not allowed")),
             )
         })
-        .with_state(Arc::clone(&state))
-        // The dashboard: HTML, cookie sessions, its own body limit and headers.
-        .merge(crate::ui::router(state))
+        .with_state(state)
 }
 
 async fn authenticate(

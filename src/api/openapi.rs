@@ -1,12 +1,15 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the route handlers'
 //! `#[utoipa::path]` attributes and the request types, so it cannot drift from the code.
 
+use std::sync::Arc;
+
 use axum::Json;
+use axum::extract::State;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{inboxes, metrics};
+use super::{ApiState, inboxes, metrics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -71,8 +74,8 @@ impl Modify for BearerAuth {
     security(()),
     responses((status = 200, description = "OpenAPI 3.1 JSON", body = serde_json::Value))
 )]
-pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    let mut document = ApiDoc::openapi().merge_from(crate::ingress::IngressApi::openapi());
+pub(super) async fn document(State(state): State<Arc<ApiState>>) -> Json<utoipa::openapi::OpenApi> {
+    let mut document = ApiDoc::openapi().merge_from(state.mounted_docs.clone());
     document_internal_errors(&mut document);
     // MailerSend users keep the route path they already configured; it is the same handler,
     // documented under its own operation id (ids must be unique in a document).

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::{Auth, Error, UiState, render, when};
 use crate::api::inboxes as api;
 use crate::db::{EndpointStats, InboxRow, WebhookSettings};
-use crate::ingress::provider::Provider;
 use crate::model::DEFAULT_HMAC_HEADER;
+use crate::model::Provider;
 
 const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
 const PAYLOADS: &[&str] = &["mxhook", "botmailroom"];

@@ -211,17 +211,9 @@ fn find_cycle(
         .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
 }
 
-/// Imports that still close a cycle between top-level modules, each to be removed by the
-/// architecture step (issue 17) and then struck from this list; the list only shrinks.
-const CYCLE_EDGES_TO_REMOVE: &[(&str, &str)] = &[
-    ("counters", "ingress"),
-    ("ingress", "api"),
-    ("api", "ui"),
-];
-
 #[test]
 fn top_level_modules_depend_on_each_other_in_one_direction() {
-    let mut graph = module_dependencies();
+    let graph = module_dependencies();
     assert!(
         graph.len() >= 15
             && graph
@@ -229,13 +221,6 @@ fn top_level_modules_depend_on_each_other_in_one_direction() {
                 .is_some_and(|deps| deps.contains("parse")),
         "the dependency reader found too little: {graph:?}"
     );
-    for (from, to) in CYCLE_EDGES_TO_REMOVE {
-        let removed = graph.get_mut(*from).is_some_and(|deps| deps.remove(*to));
-        assert!(
-            removed,
-            "{from} no longer imports {to}: strike it from CYCLE_EDGES_TO_REMOVE"
-        );
-    }
     if let Some(cycle) = find_cycle(&graph) {
         panic!(
             "top-level modules import each other in a loop: {}",
