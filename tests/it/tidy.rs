@@ -44,7 +44,7 @@ fn pure_stages_do_no_io() {
         "src/parse/html.rs",
         "src/prompt/quote.rs",
         "src/deliver/retry.rs",
-        "src/deliver/signature.rs",
+        "src/signature.rs",
         "src/verify/trust.rs",
         "src/route.rs",
         "src/ingress/provider.rs",
