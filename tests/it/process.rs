@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::gateway::{API_KEY, config_toml};
@@ -20,6 +21,8 @@ pub(crate) struct Process {
     child: Child,
     pub(crate) smtp: SocketAddr,
     pub(crate) http: SocketAddr,
+    /// The lines the process wrote to stderr, when started by [`Process::start_logged`].
+    log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Process {
@@ -39,23 +42,67 @@ impl Process {
         http: SocketAddr,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(cwd, config, smtp, http, env, false).await
+    }
+
+    /// [`Self::start`] with its log (warn and above) kept for [`Self::log_lines`], still
+    /// echoed to the test's stderr, and uncoloured so that its lines can be matched.
+    pub(crate) async fn start_logged(
+        cwd: &Path,
+        config: Option<&Path>,
+        smtp: SocketAddr,
+        http: SocketAddr,
+    ) -> Self {
+        Self::spawn(cwd, config, smtp, http, &[("NO_COLOR", "1")], true).await
+    }
+
+    async fn spawn(
+        cwd: &Path,
+        config: Option<&Path>,
+        smtp: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+        keep_log: bool,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mxhook"));
         command.envs(env.iter().copied());
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
-        let child = command
+        let mut child = command
             .current_dir(cwd)
             .env("MXHOOK_SMTP__LISTEN", smtp.to_string())
             .env("MXHOOK_HTTP__LISTEN", http.to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if keep_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("start mxhook");
-        let process = Self { child, smtp, http };
+        let log = child.stderr.take().map(|stderr| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let kept = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    kept.lock().expect("log lock").push(line);
+                }
+            });
+            lines
+        });
+        let process = Self {
+            child,
+            smtp,
+            http,
+            log,
+        };
         let client = reqwest::Client::new();
         eventually("the binary to answer /healthz", || {
             let client = client.clone();
@@ -75,6 +122,16 @@ impl Process {
     pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
+    }
+
+    /// The lines of its log so far (started by [`Self::start_logged`]).
+    pub(crate) fn log_lines(&self) -> Vec<String> {
+        self.log
+            .as_ref()
+            .expect("started by Process::start_logged")
+            .lock()
+            .expect("log lock")
+            .clone()
     }
 }
 
