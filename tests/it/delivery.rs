@@ -604,51 +604,13 @@ pub(crate) fn files_ending_with(
     found
 }
 
-/// Makes every insert into `messages` of the gateway's database fail (`refuse = true`), or
-/// lifts that again, from outside the gateway, with a trigger on whichever backend it runs.
-async fn refuse_message_inserts(database_url: &str, refuse: bool) {
-    use sqlx::Executor as _;
-    let statements: &[&str] = match (database_url.starts_with("postgres"), refuse) {
-        (false, true) => &["CREATE TRIGGER refuse_messages BEFORE INSERT ON messages \
-                            BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
-        (false, false) => &["DROP TRIGGER refuse_messages"],
-        (true, true) => &[
-            "CREATE FUNCTION refuse_messages() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
-            "CREATE TRIGGER refuse_messages BEFORE INSERT ON messages \
-             FOR EACH ROW EXECUTE FUNCTION refuse_messages()",
-        ],
-        (true, false) => &[
-            "DROP TRIGGER refuse_messages ON messages",
-            "DROP FUNCTION refuse_messages()",
-        ],
-    };
-    if database_url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(database_url)
-            .await
-            .expect("connect to postgres");
-        for statement in statements {
-            pool.execute(*statement).await.expect("trigger statement");
-        }
-        pool.close().await;
-    } else {
-        let pool = sqlx::SqlitePool::connect(database_url)
-            .await
-            .expect("open sqlite");
-        for statement in statements {
-            pool.execute(*statement).await.expect("trigger statement");
-        }
-        pool.close().await;
-    }
-}
-
 #[tokio::test]
 async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothing() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
     let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
     let database_url = crate::support::gateway::test_database_url(gateway.dir.path());
     let store = gateway.dir.path().join("mail");
-    refuse_message_inserts(&database_url, true).await;
+    crate::support::db::refuse_message_inserts(&database_url, true).await;
 
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let message = simple_message(
@@ -675,7 +637,7 @@ async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothin
     assert_eq!(body["messages"], serde_json::json!([]), "{body}");
 
     // The sender retries the same message once the database takes inserts again.
-    refuse_message_inserts(&database_url, false).await;
+    crate::support::db::refuse_message_inserts(&database_url, false).await;
     client.expect("RSET", 250).await;
     client.expect("MAIL FROM:<a@sender.example>", 250).await;
     client.expect("RCPT TO:<agent@example.com>", 250).await;

@@ -10,6 +10,7 @@ mod deploy;
 mod end_to_end;
 mod fixtures;
 mod forward;
+mod group_commit;
 mod hostile_smtp;
 mod ingress;
 mod migrations;

@@ -1,14 +1,15 @@
-//! The real `mxhook` binary as a process: embedded defaults, config errors at startup, and
-//! `kill -9` at the worst moments followed by a restart.
+//! The real `mxhook` binary as a process: embedded defaults, config errors at startup,
+//! `kill -9` at the worst moments followed by a restart, and a clean stop by SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::gateway::{API_KEY, config_toml};
 use crate::support::{
-    GatewayOptions, Reply, SmtpClient, WebhookReceiver, eventually, simple_message,
+    GatewayOptions, Reply, SmtpClient, WebhookReceiver, api_at, eventually, simple_message,
 };
 
 pub(crate) fn free_addr() -> SocketAddr {
@@ -20,6 +21,8 @@ pub(crate) struct Process {
     child: Child,
     pub(crate) smtp: SocketAddr,
     pub(crate) http: SocketAddr,
+    /// The lines the process wrote to stderr, when started by [`Process::start_logged`].
+    log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Process {
@@ -39,23 +42,67 @@ impl Process {
         http: SocketAddr,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(cwd, config, smtp, http, env, false).await
+    }
+
+    /// [`Self::start`] with its log (warn and above) kept for [`Self::log_lines`], still
+    /// echoed to the test's stderr, and uncoloured so that its lines can be matched.
+    pub(crate) async fn start_logged(
+        cwd: &Path,
+        config: Option<&Path>,
+        smtp: SocketAddr,
+        http: SocketAddr,
+    ) -> Self {
+        Self::spawn(cwd, config, smtp, http, &[("NO_COLOR", "1")], true).await
+    }
+
+    async fn spawn(
+        cwd: &Path,
+        config: Option<&Path>,
+        smtp: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+        keep_log: bool,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mxhook"));
         command.envs(env.iter().copied());
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
-        let child = command
+        let mut child = command
             .current_dir(cwd)
             .env("MXHOOK_SMTP__LISTEN", smtp.to_string())
             .env("MXHOOK_HTTP__LISTEN", http.to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if keep_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("start mxhook");
-        let process = Self { child, smtp, http };
+        let log = child.stderr.take().map(|stderr| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let kept = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    kept.lock().expect("log lock").push(line);
+                }
+            });
+            lines
+        });
+        let process = Self {
+            child,
+            smtp,
+            http,
+            log,
+        };
         let client = reqwest::Client::new();
         eventually("the binary to answer /healthz", || {
             let client = client.clone();
@@ -75,6 +122,45 @@ impl Process {
     pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
+    }
+
+    /// Sends SIGTERM, as a service manager stopping the gateway does.
+    pub(crate) fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Whether the process has not exited yet.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll the process").is_none()
+    }
+
+    /// Waits for the process to exit by itself, at most `within`; its exit status.
+    pub(crate) async fn exited_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the process") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the process did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The lines of its log so far (started by [`Self::start_logged`]).
+    pub(crate) fn log_lines(&self) -> Vec<String> {
+        self.log
+            .as_ref()
+            .expect("started by Process::start_logged")
+            .lock()
+            .expect("log lock")
+            .clone()
     }
 }
 
@@ -344,6 +430,140 @@ async fn a_client_gone_in_the_middle_of_data_leaves_nothing() {
     receiver.assert_silent(Duration::from_millis(500)).await;
     assert_nothing_stored(gateway.http, &gateway.dir.path().join("mail")).await;
     gateway.stop().await;
+}
+
+/// The reply lines the server sends on `stream` until it closes the connection.
+async fn lines_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(crate::support::SOON, reader.read_line(&mut line))
+            .await
+            .unwrap_or_else(|_| panic!("the server never closed; replies so far: {lines:?}"));
+        match read {
+            Ok(0) | Err(_) => return lines,
+            Ok(_) => lines.push(line.trim_end().to_owned()),
+        }
+    }
+}
+
+/// SIGTERM as a service manager sends it, with one delivery attempt in flight, one job handed
+/// over but not started and one message in the middle of DATA: an idle session is told
+/// `421 4.3.2` and closed, a new connection gets `421 4.3.2` instead of a greeting, the message
+/// in DATA finishes with `250`, the attempt finishes, and the process exits 0 by itself. After
+/// a restart every message that got a `250` has been delivered, each exactly once.
+#[tokio::test]
+async fn sigterm_lets_the_message_in_data_finish_refuses_new_sessions_and_loses_nothing() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut receiver = WebhookReceiver::start(vec![Reply::Wait(gate.clone())]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.smtp_toml = "greet_pause_s = 0".to_owned();
+    // One worker: while the first attempt waits at the receiver, the second message's job
+    // stays handed over in memory, not started.
+    options.delivery_toml = "workers = 1".to_owned();
+    // Longer than the test: a job the stopped process left leased (the unstarted one, whose
+    // lease a clean shutdown gives back, README) would not be delivered again in time.
+    options.lease_s = 60;
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+    let mut process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+
+    let mut received = Vec::new();
+    let mut client = SmtpClient::connect(process.smtp).await;
+    for subject in ["in flight", "handed over"] {
+        let message = simple_message("k@sender.example", "agent@example.com", subject, "body");
+        let (code, text) = client
+            .send_message("k@sender.example", &["agent@example.com"], &message)
+            .await;
+        assert_eq!(code, 250, "{subject}: {text}");
+        client.expect("RSET", 250).await;
+        if subject == "in flight" {
+            received.push(receiver.recv().await.json());
+            assert_eq!(received[0]["subject"], subject);
+        }
+    }
+    client.expect("QUIT", 221).await;
+    let mut idle = SmtpClient::connect(process.smtp).await;
+    idle.expect("EHLO idle.test", 250).await;
+    let (mut in_data, _) = halfway_through_data(process.smtp).await;
+
+    process.terminate();
+    // The idle session hears of the shutdown: the signal has been taken.
+    let (code, text) = idle.read_reply().await;
+    assert!(code == 421 && text.starts_with("4.3.2"), "{code} {text}");
+    assert!(idle.is_closed().await, "the idle session was left open");
+    // While the session in DATA drains, a new connection is answered, with 421 4.3.2.
+    let mut late = SmtpClient::connect(process.smtp).await;
+    let (code, text) = &late.greeting;
+    assert!(*code == 421 && text.starts_with("4.3.2"), "{code} {text}");
+    assert!(late.is_closed().await, "the late connection was left open");
+
+    in_data
+        .write_all(b"and the other half\r\n.\r\n")
+        .await
+        .expect("finish the body");
+    let replies = lines_until_closed(&mut in_data).await;
+    assert!(
+        replies.len() == 2 && replies[0].starts_with("250 ") && replies[1].starts_with("421 4.3.2"),
+        "the message in DATA: {replies:?}"
+    );
+    // With no session left the SMTP port closes (README); the process goes on waiting for the
+    // attempt in flight, which gets its answer only now.
+    eventually("the SMTP port to close", || async {
+        tokio::net::TcpStream::connect(smtp)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(process.is_running(), "exited with an attempt in flight");
+    gate.notify_one();
+    // app::SHUTDOWN_DEADLINE is 30 s: a drain that only ends when it passes fails here.
+    let status = process.exited_within(crate::support::SOON).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    for _ in 0..2 {
+        received.push(receiver.recv().await.json());
+    }
+    let mut subjects: Vec<&str> = received[1..]
+        .iter()
+        .map(|event| event["subject"].as_str().expect("subject"))
+        .collect();
+    subjects.sort_unstable();
+    assert_eq!(subjects, ["cut short", "handed over"]);
+    let delivered = eventually("the three deliveries recorded as delivered", || async {
+        let (_, body) = api_at(http, API_KEY, "GET", "/v1/deliveries", None).await;
+        let list = body["deliveries"].as_array()?.clone();
+        (list.len() == 3
+            && list
+                .iter()
+                .all(|delivery| delivery["status"] == "delivered"))
+        .then_some(list)
+    })
+    .await;
+    // Each exactly once: one attempt each, the one in flight at SIGTERM included, and no
+    // request beyond the three.
+    for delivery in &delivered {
+        assert_eq!(delivery["attempts"], 1, "{delivery}");
+    }
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    let event_ids = |events: &[serde_json::Value]| {
+        let mut ids: Vec<String> = events
+            .iter()
+            .map(|event| event["event_id"].as_str().expect("event_id").to_owned())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(event_ids(&received), event_ids(&delivered));
+    process.kill_9();
 }
 
 /// A smarthost address that first accepts connections and never answers (a forward hangs), and

@@ -1,6 +1,7 @@
 //! Test support: fixtures, the in-process gateway, a line-level SMTP client, a webhook receiver
 //! and an API client. Every wait has a timeout.
 
+pub mod db;
 pub mod gateway;
 mod mail;
 pub mod receiver;

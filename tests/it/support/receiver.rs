@@ -21,6 +21,8 @@ pub enum Reply {
     StatusRetryAfter(u16, u64),
     /// Never answer (the request is recorded first).
     Hang,
+    /// Answer 200 once the gate is notified (the request is recorded first).
+    Wait(Arc<tokio::sync::Notify>),
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +112,10 @@ impl WebhookReceiver {
                         let mut headers = HeaderMap::new();
                         headers.insert("location", location.parse().expect("header"));
                         (status(code), headers, "moved")
+                    }
+                    Reply::Wait(gate) => {
+                        gate.notified().await;
+                        (StatusCode::OK, HeaderMap::new(), "ok")
                     }
                     Reply::Hang => {
                         std::future::pending::<()>().await;
