@@ -13,6 +13,7 @@ mod ingress;
 mod migrations;
 mod payload;
 mod process;
+mod readme_promises;
 mod readme_tour;
 mod rules;
 mod s3_storage;
