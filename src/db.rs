@@ -147,6 +147,12 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// The SQLite file is no longer at its path (see [`Db::ping`]).
+    #[error("the database file {path} is gone: {source}")]
+    FileGone {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("applying migration {version}: {source}")]
     Migrate { version: i64, source: sqlx::Error },
     /// The migrator refused to run: a recorded migration this build does not have or whose file
@@ -178,6 +184,50 @@ pub struct Db {
     /// Where accepted messages and attempt records are committed, in groups (see `commit`).
     /// `None` in the committer's own handle, which writes directly.
     writes: Option<commit::GroupCommit>,
+    /// The SQLite file the connections opened, checked by [`Db::ping`].
+    sqlite_file: Option<std::sync::Arc<SqliteFile>>,
+}
+
+/// A SQLite database file as it was when the pool opened it.
+#[derive(Debug)]
+struct SqliteFile {
+    path: std::path::PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SqliteFile {
+    fn opened(path: &str) -> Self {
+        let path = std::path::PathBuf::from(path);
+        let identity = std::fs::metadata(&path)
+            .ok()
+            .and_then(|meta| file_identity(&meta));
+        Self { path, identity }
+    }
+
+    /// Whether the path still names the file the connections have open. Open connections keep
+    /// reading and writing a file that was deleted or moved away, so without this check every
+    /// query still answers while nothing written will be found again.
+    fn still_there(&self) -> std::io::Result<()> {
+        let meta = std::fs::metadata(&self.path)?;
+        if file_identity(&meta) == self.identity {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "replaced by another file since it was opened",
+            ))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn file_identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
 }
 
 /// One accepted copy of a message (one per inbox), committed with its delivery jobs.
@@ -463,6 +513,9 @@ impl Db {
             pool,
             backend,
             writes: None,
+            sqlite_file: sqlite_path
+                .as_deref()
+                .map(|path| std::sync::Arc::new(SqliteFile::opened(path))),
         };
         let writes = match sqlite_path {
             Some(path) => commit::GroupCommit::start_sqlite(&path)?,
@@ -1819,8 +1872,20 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the database answers, and on SQLite whether its file is still the one at its
+    /// path (health checks).
+    ///
+    /// # Errors
+    /// [`Error::Query`], or [`Error::FileGone`] when the SQLite file was deleted, moved or
+    /// replaced.
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        if let Some(file) = &self.sqlite_file {
+            file.still_there().map_err(|source| Error::FileGone {
+                path: file.path.display().to_string(),
+                source,
+            })?;
+        }
         Ok(())
     }
 

@@ -212,14 +212,26 @@ impl Health {
     ),
 )]
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
-    match state.db.ping().await {
-        Ok(()) => Health::answer(StatusCode::OK, "ok"),
-        Err(err) => {
+    // A database that does not answer at all (its port refusing, its host gone) would hold the
+    // check for the pool's whole acquire timeout (30 s), longer than any probe waits.
+    match tokio::time::timeout(HEALTH_DEADLINE, state.db.ping()).await {
+        Ok(Ok(())) => Health::answer(StatusCode::OK, "ok"),
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: database unreachable");
+            Health::answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+        Err(_) => {
+            tracing::warn!(
+                deadline_s = HEALTH_DEADLINE.as_secs_f64(),
+                "health check: the database did not answer in time"
+            );
             Health::answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         }
     }
 }
+
+/// How long `/healthz` and `/readyz` wait for the database before answering 503.
+const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[utoipa::path(
     get,

@@ -17,6 +17,7 @@ mod migrations;
 mod openapi;
 mod payload;
 mod process;
+mod readme_promises;
 mod readme_tour;
 mod rules;
 mod s3_storage;
