@@ -1257,8 +1257,8 @@ async fn the_log_never_holds_a_signing_secret_or_an_api_key() {
     .expect("write config");
     let log_path = dir.path().join("mxhook.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let smtp = crate::process::free_addr();
-    let http = crate::process::free_addr();
+    let smtp = crate::support::process::free_addr();
+    let http = crate::support::process::free_addr();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxhook"))
         .arg("serve")
         .arg("--config")

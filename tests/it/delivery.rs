@@ -8,6 +8,7 @@ use crate::support::gateway::config_toml;
 use crate::support::{
     GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,
 };
+use crate::support::{files_ending_with, threaded_mail};
 
 async fn send_one(gateway: &TestGateway, subject: &str) -> (u16, String) {
     let mut client = SmtpClient::connect(gateway.smtp).await;
@@ -407,15 +408,6 @@ async fn an_endpoint_failing_for_the_whole_period_is_disabled_with_a_reason() {
     assert_eq!(webhook["disabled_reason"], serde_json::Value::Null);
 }
 
-pub(crate) fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
-    format!(
-        "{headers}\r\nFrom: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
-         Date: Thu, 16 Apr 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
-    )
-    .into_bytes()
-}
-
 #[tokio::test]
 async fn an_ordered_endpoint_gets_a_reply_only_after_the_message_it_answers() {
     let mut receiver = WebhookReceiver::start(vec![Reply::StatusRetryAfter(503, 2)]).await;
@@ -576,32 +568,6 @@ async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_in
         slow.state.max.load(Ordering::SeqCst)
     );
     gateway.stop().await;
-}
-
-/// Every file under `root` whose name ends with one of `suffixes` (`.eml`, `.tmp`), recursively.
-pub(crate) fn files_ending_with(
-    root: &std::path::Path,
-    suffixes: &[&str],
-) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if suffixes
-                .iter()
-                .any(|suffix| path.to_string_lossy().ends_with(suffix))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]

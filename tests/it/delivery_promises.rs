@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::delivery::threaded_mail;
 use crate::support::gateway::config_toml;
+use crate::support::threaded_mail;
 use crate::support::{
     GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,
 };

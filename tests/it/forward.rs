@@ -1,88 +1,11 @@
 //! The email-forward channel against a real, independent SMTP server (Python's aiosmtpd, keeping
 //! every message it receives as a file): what arrives is a well-formed forward with the original attached byte for byte.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 use mxhook::config::ForwardConfig;
 use mxhook::deliver::forward::{Error, Forwarder};
 
+use crate::support::smarthost::Aiosmtpd;
 use crate::support::{eventually, fixture};
-
-pub(crate) struct Aiosmtpd {
-    child: Child,
-    pub(crate) addr: SocketAddr,
-    maildir: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Aiosmtpd {
-    pub(crate) async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let maildir = dir.path().join("maildir");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr");
-        // A handler that keeps the DATA bytes exactly as received (aiosmtpd's own Mailbox
-        // handler re-serialises them with other line endings).
-        let script = r#"
-import asyncio, os, sys, uuid
-from aiosmtpd.controller import Controller
-out, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-os.makedirs(os.path.join(out, "new"), exist_ok=True)
-class Keep:
-    async def handle_DATA(self, server, session, envelope):
-        path = os.path.join(out, "new", uuid.uuid4().hex)
-        with open(path + ".tmp", "wb") as f:
-            f.write(envelope.original_content)
-        os.rename(path + ".tmp", path)
-        return "250 OK kept"
-controller = Controller(Keep(), hostname=host, port=port)
-controller.start()
-asyncio.get_event_loop().run_forever()
-"#;
-        let child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(&maildir)
-            .arg(addr.ip().to_string())
-            .arg(addr.port().to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("aiosmtpd is installed (scripts/test installs it)");
-        eventually("aiosmtpd to listen", || async {
-            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-        })
-        .await;
-        Self {
-            child,
-            addr,
-            maildir,
-            _dir: dir,
-        }
-    }
-
-    pub(crate) fn delivered(&self) -> Vec<Vec<u8>> {
-        let new = self.maildir.join("new");
-        std::fs::read_dir(&new)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter_map(|e| std::fs::read(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Aiosmtpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn forwarder(smarthost: Option<String>) -> Forwarder {
     Forwarder::new(

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::delivery::files_ending_with;
-use crate::process::{Process, free_addr};
 use crate::support::db::{REFUSAL, WriteLock, refuse_messages_with_subject};
+use crate::support::files_ending_with;
 use crate::support::gateway::{API_KEY, config_toml, test_database_url};
+use crate::support::process::{Process, free_addr};
 use crate::support::{
     GatewayOptions, SmtpClient, WebhookReceiver, api_at, eventually, simple_message,
 };

@@ -734,7 +734,7 @@ async fn the_ingress_routes_are_in_the_openapi_document() {
 async fn calendar_events_reach_rule_webhooks_email_forwards_and_botmailroom_endpoints() {
     let mut inbox_hook = WebhookReceiver::start(vec![]).await;
     let mut rule_hook = WebhookReceiver::start(vec![]).await;
-    let smarthost = crate::forward::Aiosmtpd::start().await;
+    let smarthost = crate::support::smarthost::Aiosmtpd::start().await;
     let mut options = GatewayOptions::webhook(inbox_hook.url());
     options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
     options.other_toml = "calendar_event_types = [\"calcom:42\"]\n".to_owned();

@@ -3,173 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::gateway::{API_KEY, config_toml};
+use crate::support::process::{Process, free_addr};
 use crate::support::{
     GatewayOptions, Reply, SmtpClient, WebhookReceiver, api_at, eventually, simple_message,
 };
-
-pub(crate) fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-pub(crate) struct Process {
-    child: Child,
-    pub(crate) smtp: SocketAddr,
-    pub(crate) http: SocketAddr,
-    /// The lines the process wrote to stderr, when started by [`Process::start_logged`].
-    log: Option<Arc<Mutex<Vec<String>>>>,
-}
-
-impl Process {
-    pub(crate) async fn start(
-        cwd: &Path,
-        config: Option<&Path>,
-        smtp: SocketAddr,
-        http: SocketAddr,
-    ) -> Self {
-        Self::start_with_env(cwd, config, smtp, http, &[]).await
-    }
-
-    pub(crate) async fn start_with_env(
-        cwd: &Path,
-        config: Option<&Path>,
-        smtp: SocketAddr,
-        http: SocketAddr,
-        env: &[(&str, &str)],
-    ) -> Self {
-        Self::spawn(cwd, config, smtp, http, env, false).await
-    }
-
-    /// [`Self::start`] with its log (warn and above) kept for [`Self::log_lines`], still
-    /// echoed to the test's stderr, and uncoloured so that its lines can be matched.
-    pub(crate) async fn start_logged(
-        cwd: &Path,
-        config: Option<&Path>,
-        smtp: SocketAddr,
-        http: SocketAddr,
-    ) -> Self {
-        Self::spawn(cwd, config, smtp, http, &[("NO_COLOR", "1")], true).await
-    }
-
-    async fn spawn(
-        cwd: &Path,
-        config: Option<&Path>,
-        smtp: SocketAddr,
-        http: SocketAddr,
-        env: &[(&str, &str)],
-        keep_log: bool,
-    ) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mxhook"));
-        command.envs(env.iter().copied());
-        command.arg("serve");
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        let mut child = command
-            .current_dir(cwd)
-            .env("MXHOOK_SMTP__LISTEN", smtp.to_string())
-            .env("MXHOOK_HTTP__LISTEN", http.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if keep_log {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
-            })
-            .spawn()
-            .expect("start mxhook");
-        let log = child.stderr.take().map(|stderr| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let kept = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                use std::io::BufRead as _;
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    eprintln!("{line}");
-                    kept.lock().expect("log lock").push(line);
-                }
-            });
-            lines
-        });
-        let process = Self {
-            child,
-            smtp,
-            http,
-            log,
-        };
-        let client = reqwest::Client::new();
-        eventually("the binary to answer /healthz", || {
-            let client = client.clone();
-            async move {
-                let response = client
-                    .get(format!("http://{http}/healthz"))
-                    .send()
-                    .await
-                    .ok()?;
-                (response.status() == 200).then_some(())
-            }
-        })
-        .await;
-        process
-    }
-
-    pub(crate) fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// Sends SIGTERM, as a service manager stopping the gateway does.
-    pub(crate) fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    /// Whether the process has not exited yet.
-    pub(crate) fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("poll the process").is_none()
-    }
-
-    /// Waits for the process to exit by itself, at most `within`; its exit status.
-    pub(crate) async fn exited_within(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the process") {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the process did not exit within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// The lines of its log so far (started by [`Self::start_logged`]).
-    pub(crate) fn log_lines(&self) -> Vec<String> {
-        self.log
-            .as_ref()
-            .expect("started by Process::start_logged")
-            .lock()
-            .expect("log lock")
-            .clone()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn runs_on_embedded_defaults_with_data_under_the_working_directory() {
@@ -395,7 +236,7 @@ async fn assert_nothing_stored(http: SocketAddr, store: &Path) {
             .expect("JSON");
         assert_eq!(body[list], serde_json::json!([]), "{path}: {body}");
     }
-    let left = crate::delivery::files_ending_with(store, &[".eml", ".tmp"]);
+    let left = crate::support::files_ending_with(store, &[".eml", ".tmp"]);
     assert!(left.is_empty(), "left under the store: {left:?}");
 }
 
@@ -627,7 +468,7 @@ impl HangingThenRelaying {
 async fn kill_9_with_deliveries_in_flight_on_every_channel_then_restart_delivers_each() {
     let mut inbox_hook = WebhookReceiver::start(vec![Reply::Hang]).await;
     let mut rule_hook = WebhookReceiver::start(vec![Reply::Hang]).await;
-    let aiosmtpd = crate::forward::Aiosmtpd::start().await;
+    let aiosmtpd = crate::support::smarthost::Aiosmtpd::start().await;
     let mut smarthost = HangingThenRelaying::start(aiosmtpd.addr).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = GatewayOptions::webhook(inbox_hook.url());
@@ -865,4 +706,25 @@ async fn s3_backend_in_the_binary_takes_credentials_from_the_default_chain() {
         "stored object differs from the bytes sent"
     );
     process.kill_9();
+}
+
+/// A port picked by `free_addr` can be taken by someone else before the binary binds it; the
+/// start must then fail loudly, never take the other listener's answers for the gateway's.
+#[tokio::test]
+#[should_panic(expected = "exited before it answered")]
+async fn a_start_whose_port_was_taken_fails_instead_of_trusting_another_listener() {
+    let impostor = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let http = impostor.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = impostor.accept().await {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await;
+        }
+    });
+    let cwd = tempfile::tempdir().expect("tempdir");
+    Process::start(cwd.path(), None, free_addr(), http).await;
 }

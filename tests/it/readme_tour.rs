@@ -8,8 +8,8 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-use crate::process::{Process, free_addr};
 use crate::support::eventually;
+use crate::support::process::{Process, free_addr};
 
 /// The fenced code blocks of the README section that starts with `heading`, in order, with
 /// their language tags.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::forward::Aiosmtpd;
 use crate::support::gateway::SECRET;
+use crate::support::smarthost::Aiosmtpd;
 use crate::support::{
     GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, eventually,
     python_verifies_agentmail, simple_message,

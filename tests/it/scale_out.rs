@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 use mxhook::db::{AttemptRecord, Db, JobUpdate, NewDelivery, NewFingerprint, NewMessage};
 use mxhook::model::{new_id, now_ms};
 
-use crate::process::{Process, free_addr};
 use crate::support::gateway::{API_KEY, config_toml, postgres_database_url};
+use crate::support::process::{Process, free_addr};
 use crate::support::s3::TestS3;
 use crate::support::{
     GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, simple_message,

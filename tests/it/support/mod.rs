@@ -4,8 +4,10 @@
 pub mod db;
 pub mod gateway;
 mod mail;
+pub mod process;
 pub mod receiver;
 pub mod s3;
+pub mod smarthost;
 pub mod smtp_client;
 
 use std::path::PathBuf;
@@ -37,6 +39,40 @@ pub fn simple_message(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8
         rand_token()
     )
     .into_bytes()
+}
+
+/// A plain-text reply from Jane to the `agent` inbox, with the threading `headers` given
+/// (Subject, Message-ID, In-Reply-To, References).
+pub fn threaded_mail(headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{headers}\r\nFrom: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
+         Date: Thu, 16 Apr 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Every file under `root` whose name ends with one of `suffixes` (`.eml`, `.tmp`), recursively.
+pub fn files_ending_with(root: &std::path::Path, suffixes: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if suffixes
+                .iter()
+                .any(|suffix| path.to_string_lossy().ends_with(suffix))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 pub fn rand_token() -> String {
