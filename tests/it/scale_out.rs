@@ -32,12 +32,26 @@ const KILL_AFTER: usize = 500;
 
 /// The config every node of one test shares: `storage` is the body of its `[storage]` section,
 /// `soft` and `hard` every soft and hard rate limit (per hour).
+/// `delivery.timeout_s` and `delivery.lease_s` of a node.
+struct Timing {
+    attempt_timeout_s: u64,
+    lease_s: u64,
+}
+
+/// Well above the attempt timeout, so on a loaded machine no live node's lease runs out: a
+/// duplicate can then only come from a killed node.
+const USUAL_TIMING: Timing = Timing {
+    attempt_timeout_s: 1,
+    lease_s: 10,
+};
+
 fn node_config(
     storage: &str,
     database_url: &str,
     webhook_url: &str,
     soft: u64,
     hard: u64,
+    timing: &Timing,
 ) -> String {
     format!(
         r#"
@@ -67,16 +81,16 @@ inbox_hard = {hard}
 allow_http = true
 allow_private_targets = true
 retry_base_s = 0.2
-timeout_s = 1
-# Well above the attempt timeout, so on a loaded machine no live node's lease runs out: a
-# duplicate can then only come from a killed node.
-lease_s = 10
+timeout_s = {timeout_s}
+lease_s = {lease_s}
 [[inbox]]
 id = "agent"
 addresses = ["agent@example.com"]
 webhook_url = "{webhook_url}"
 webhook_secret = "scale-out-secret"
 "#,
+        timeout_s = timing.attempt_timeout_s,
+        lease_s = timing.lease_s,
     )
 }
 
@@ -203,6 +217,7 @@ async fn three_nodes_share_the_queue_and_survive_a_sigkill() {
             &receiver.url(),
             1_000_000,
             1_000_000,
+            &USUAL_TIMING,
         ),
     )
     .expect("write config");
@@ -326,6 +341,7 @@ async fn duplicates_and_rate_limits_are_shared_across_nodes() {
             &receiver.url(),
             2,
             4,
+            &USUAL_TIMING,
         ),
     )
     .expect("write config");
@@ -428,6 +444,7 @@ async fn inbox_changes_through_one_node_reach_the_other() {
             &configured.url(),
             1_000_000,
             1_000_000,
+            &USUAL_TIMING,
         ),
     )
     .expect("write config");
@@ -751,11 +768,13 @@ async fn a_job_whose_node_died_mid_attempt_is_sent_by_another_after_the_lease() 
         &receiver.url(),
         1_000_000,
         1_000_000,
-    )
-    // A short lease, so the takeover comes soon; the attempt timeout must stay below it, and
-    // node A is killed well inside it.
-    .replace("timeout_s = 1\n", "timeout_s = 5\n")
-    .replace("lease_s = 10\n", "lease_s = 6\n");
+        // A short lease, so the takeover comes soon; the attempt timeout must stay below it,
+        // and node A is killed well inside it.
+        &Timing {
+            attempt_timeout_s: 5,
+            lease_s: 6,
+        },
+    );
     let config_path = dir.path().join("mxhook.toml");
     std::fs::write(&config_path, config).expect("write config");
     let a = Process::start_with_env(
