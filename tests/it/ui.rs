@@ -264,6 +264,10 @@ async fn every_post_needs_the_session_csrf_token() {
 
     ui.login(API_KEY).await;
     let csrf = ui.get("/ui/inboxes/agent").await.csrf();
+    let webhook_before = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
+    let rules_before = gateway
+        .api("GET", "/v1/inboxes/agent/notifications", None)
+        .await;
     for path in [
         "/ui/inboxes/agent/test-event",
         "/ui/inboxes/agent/rotate",
@@ -278,6 +282,21 @@ async fn every_post_needs_the_session_csrf_token() {
     }
     // Nothing was sent or changed by the refused forms.
     receiver.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.messages("agent").await,
+        Vec::<serde_json::Value>::new()
+    );
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/agent/webhook", None).await,
+        webhook_before,
+        "the secret was not rotated"
+    );
+    assert_eq!(
+        gateway
+            .api("GET", "/v1/inboxes/agent/notifications", None)
+            .await,
+        rules_before
+    );
     assert!(ui.get("/ui").await.status == 200, "still logged in");
 
     // Another session's token is no good either.
