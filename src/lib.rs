@@ -12,7 +12,8 @@
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
 //! [`intake`], [`parse`], [`verify`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
-//! [`db`], [`deliver`], [`ingress`], [`api`], [`ui`], [`app`].
+//! [`db`], [`signature`], [`deliver`], [`ingress`], [`api`], [`ui`], [`app`] (which mounts
+//! `api`, `ui` and `ingress` on one listener). No two of them import each other in a loop.
 
 pub mod api;
 pub mod app;
