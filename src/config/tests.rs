@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::normalize_address;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter()
