@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Error, invalid, positive_seconds, validate_sender_entries};
+use super::{Error, invalid, positive_seconds, seconds, validate_sender_entries};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +45,21 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
+    /// `dns_timeout_s`: how long one DNS query may take.
+    pub fn dns_timeout(&self) -> Duration {
+        seconds(self.dns_timeout_s)
+    }
+
+    /// `verify_timeout_s`: how long all checks of one message may take.
+    pub fn verify_timeout(&self) -> Duration {
+        seconds(self.verify_timeout_s)
+    }
+
+    /// `duplicate_window_s`: how far back a same Message-ID (or content) makes a duplicate.
+    pub fn duplicate_window(&self) -> Duration {
+        seconds(self.duplicate_window_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         positive_seconds("auth.dns_timeout_s", self.dns_timeout_s)?;
         positive_seconds("auth.verify_timeout_s", self.verify_timeout_s)?;

@@ -1,9 +1,11 @@
 //! `[database]`: the database URL, the pool size and how often the inbox directory looks for
 //! changes made elsewhere, with defaults and validation.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::{Error, invalid, positive_seconds};
+use super::{Error, invalid, positive_seconds, seconds};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +28,11 @@ impl Default for DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// `directory_refresh_s`: the interval between inbox directory checks.
+    pub fn directory_refresh(&self) -> Duration {
+        seconds(self.directory_refresh_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         let url = &self.url;
         if !(url.starts_with("sqlite:")

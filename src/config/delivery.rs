@@ -2,9 +2,11 @@
 //! schedule, request timeout and lease, worker counts, payload cap, disabling failing endpoints
 //! and the secret rotation grace — with defaults and validation.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::{Error, MAX_SECONDS, invalid, positive_seconds};
+use super::{Error, MAX_SECONDS, invalid, positive_seconds, seconds};
 
 /// A rotated-out secret that signs for more than a month is a rotation that did not happen.
 const MAX_SECRET_ROTATION_GRACE_S: f64 = 30.0 * 86_400.0;
@@ -58,6 +60,32 @@ impl Default for DeliveryConfig {
 }
 
 impl DeliveryConfig {
+    /// `retry_base_s`: the first retry delay.
+    pub fn retry_base(&self) -> Duration {
+        seconds(self.retry_base_s)
+    }
+
+    /// `timeout_s`: how long one webhook request may take.
+    pub fn timeout(&self) -> Duration {
+        seconds(self.timeout_s)
+    }
+
+    /// `lease_s`: how long a claimed job stays this node's.
+    pub fn lease(&self) -> Duration {
+        seconds(self.lease_s)
+    }
+
+    /// `disable_after_s`: how long an endpoint may fail before it is disabled; `None` (0)
+    /// never disables it.
+    pub fn disable_after(&self) -> Option<Duration> {
+        (self.disable_after_s > 0.0).then(|| seconds(self.disable_after_s))
+    }
+
+    /// `secret_rotation_grace_s`: how long a replaced signing secret keeps signing.
+    pub fn secret_rotation_grace(&self) -> Duration {
+        seconds(self.secret_rotation_grace_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         positive_seconds("delivery.retry_base_s", self.retry_base_s)?;
         positive_seconds("delivery.timeout_s", self.timeout_s)?;

@@ -2,9 +2,11 @@
 //! window, the rotated-secret grace, the body cap and how long replay keys are kept — with
 //! defaults and validation.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::{Error, MAX_SECONDS, invalid};
+use super::{Error, MAX_SECONDS, invalid, seconds};
 
 /// Webhooks from mail and calendar providers (`/v1/ingress/...`).
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +40,16 @@ impl Default for IngressConfig {
 }
 
 impl IngressConfig {
+    /// `rotation_grace_s`: how long a rotated-out provider secret stays valid.
+    pub fn rotation_grace(&self) -> Duration {
+        seconds(self.rotation_grace_s)
+    }
+
+    /// `replay_retention_s`: how long a processed provider event id is remembered.
+    pub fn replay_retention(&self) -> Duration {
+        seconds(self.replay_retention_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         if self.timestamp_tolerance_s <= 0 {
             return Err(invalid(

@@ -7,9 +7,11 @@
 //! This file owns [`Config`] (the tree), loading (file, then [`ENV_PREFIX`] variables), the
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
-//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`] and [`inbox`].
+//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`] and [`inbox`]. Durations
+//! stay the `_s` seconds the file spells; the sections type them with `Duration` accessors.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -188,6 +190,13 @@ fn positive_seconds(key: &str, value: f64) -> Result<(), Error> {
             "must be a positive number of seconds, at most 315360000 (ten years)",
         ))
     }
+}
+
+/// A validated `_s` value as a `Duration`. Validation keeps every such value finite, not
+/// negative and at most [`MAX_SECONDS`]; a hand-built config outside that saturates
+/// (negative or NaN to zero, too large to `Duration::MAX`) rather than panicking.
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 /// Applies `MXHOOK_SECTION__KEY=value` variables to the TOML tree. A value is read as TOML

@@ -1,9 +1,11 @@
 //! `[rate_limit]`: the leaky buckets per sender, sender domain and inbox — window and soft and
 //! hard levels — with defaults and validation.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::{Error, invalid, positive_seconds};
+use super::{Error, invalid, positive_seconds, seconds};
 
 /// Leaky buckets per envelope sender, sender domain and inbox: each accepted message adds one,
 /// and a bucket drains its soft limit once per window. Above the soft level events carry
@@ -35,6 +37,11 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
+    /// `window_s`: the time in which a bucket drains its soft limit.
+    pub fn window(&self) -> Duration {
+        seconds(self.window_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         positive_seconds("rate_limit.window_s", self.window_s)?;
         for (key, soft, hard) in [

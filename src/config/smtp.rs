@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Error, invalid, positive_seconds};
+use super::{Error, invalid, positive_seconds, seconds};
 
 /// 64 MiB: no real header section comes near it.
 const MAX_HEADER_BYTES: usize = 64 << 20;
@@ -81,6 +82,21 @@ impl Default for SmtpConfig {
 }
 
 impl SmtpConfig {
+    /// `idle_timeout_s`: how long one command line may take.
+    pub fn idle_timeout(&self) -> Duration {
+        seconds(self.idle_timeout_s)
+    }
+
+    /// `session_timeout_s`: how long one connection may last.
+    pub fn session_timeout(&self) -> Duration {
+        seconds(self.session_timeout_s)
+    }
+
+    /// `greet_pause_s`: how long the greeting waits (zero = off).
+    pub fn greet_pause(&self) -> Duration {
+        seconds(self.greet_pause_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
             return Err(invalid(

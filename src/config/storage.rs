@@ -3,10 +3,11 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Error, invalid, positive_seconds};
+use super::{Error, invalid, positive_seconds, seconds};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +71,11 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
+    /// `timeout_s`: how long one storage call may take.
+    pub fn timeout(&self) -> Duration {
+        seconds(self.timeout_s)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         if self.bucket.trim().is_empty() {
             return Err(invalid("storage.bucket", "must not be empty"));
