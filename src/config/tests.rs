@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::normalize_address;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter()
@@ -276,4 +277,34 @@ fn sender_entries_are_addresses_domains_or_at_domains() {
     for bad in ["", "@", "boss@", "not an address", "a@b@c"] {
         assert_eq!(normalize_sender_entry(bad), None, "{bad:?} accepted");
     }
+}
+
+#[test]
+fn duration_accessors_read_the_seconds_the_keys_spell() {
+    let config = Config::from_toml_str(
+        "[smtp]\ngreet_pause_s = 0\n[delivery]\nretry_base_s = 0.25\ndisable_after_s = 0\n\
+         [ingress]\nreplay_retention_s = 7200\n",
+    )
+    .expect("valid");
+    assert_eq!(config.smtp.greet_pause(), Duration::ZERO);
+    assert_eq!(config.delivery.retry_base(), Duration::from_millis(250));
+    // 0 is the documented "never disable", not a zero-length grace.
+    assert_eq!(config.delivery.disable_after(), None);
+    assert_eq!(config.ingress.replay_retention(), Duration::from_secs(7200));
+    let defaults = Config::load(None, Vec::new()).expect("defaults are valid");
+    assert_eq!(
+        defaults.delivery.disable_after(),
+        Some(Duration::from_secs_f64(defaults.delivery.disable_after_s))
+    );
+    // A section built by hand, past what validation lets through, saturates instead of
+    // panicking where a stage asks for its Duration.
+    let unchecked = DeliveryConfig {
+        timeout_s: -1.0,
+        lease_s: f64::NAN,
+        retry_base_s: 1e300,
+        ..DeliveryConfig::default()
+    };
+    assert_eq!(unchecked.timeout(), Duration::ZERO);
+    assert_eq!(unchecked.lease(), Duration::ZERO);
+    assert_eq!(unchecked.retry_base(), Duration::MAX);
 }
