@@ -77,8 +77,7 @@ pub async fn run_with_listeners(
     let wakeup = Arc::new(Notify::new());
     let handoff = crate::deliver::handoff::Handoff::new(
         node_id,
-        i64::try_from(std::time::Duration::from_secs_f64(config.delivery.lease_s).as_millis())
-            .unwrap_or(i64::MAX / 2),
+        i64::try_from(config.delivery.lease().as_millis()).unwrap_or(i64::MAX / 2),
         config.delivery.workers,
     );
     let templates = load_templates(&config.templates)?;
@@ -164,7 +163,7 @@ pub async fn run_with_listeners(
     tracker.spawn(Arc::clone(&dispatcher).run(tracker.clone(), token.child_token()));
     tracker.spawn(directory.follow(
         db.clone(),
-        Duration::try_from_secs_f64(config.database.directory_refresh_s).unwrap_or(Duration::MAX),
+        config.database.directory_refresh(),
         token.child_token(),
     ));
     let api_token = token.child_token();

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::reader::SessionReader;
 use mailin::{Action, Handler, Response};
@@ -108,7 +107,7 @@ pub async fn run<S>(stream: S, peer: SocketAddr, ctx: &SessionContext, shutdown:
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let deadline = Instant::now() + Duration::from_secs_f64(ctx.config.session_timeout_s);
+    let deadline = Instant::now() + ctx.config.session_timeout();
     let (read_half, write_half) = tokio::io::split(stream);
     let mut session = Session::new(ctx, peer, read_half, write_half, deadline, shutdown.clone());
     match session.serve(true).await {
@@ -146,7 +145,7 @@ async fn continue_in_tls<S>(
     // RFC 3207 §4.2: commands the client pipelined behind STARTTLS came in plaintext and must
     // not be acted on over TLS (the CVE-2011-0411 injection); they go with the read buffer.
     let stream = reader.into_inner().unsplit(writer);
-    let handshake_deadline = Instant::now() + Duration::from_secs_f64(ctx.config.idle_timeout_s);
+    let handshake_deadline = Instant::now() + ctx.config.idle_timeout();
     let stream =
         match tokio::time::timeout_at(handshake_deadline.min(deadline), acceptor.accept(stream))
             .await
@@ -281,7 +280,7 @@ where
 
     /// Waits `smtp.greet_pause_s` for input that no well-behaved client sends before the 220.
     async fn talks_before_greeting(&mut self) -> std::io::Result<bool> {
-        let pause = Duration::from_secs_f64(self.ctx.config.greet_pause_s);
+        let pause = self.ctx.config.greet_pause();
         if pause.is_zero() {
             return Ok(false);
         }
@@ -303,7 +302,7 @@ where
         let fixed = if rate.is_some() {
             self.deadline
         } else {
-            let idle = Instant::now() + Duration::from_secs_f64(self.ctx.config.idle_timeout_s);
+            let idle = Instant::now() + self.ctx.config.idle_timeout();
             idle.min(self.deadline)
         };
         let read = read_line(
@@ -523,7 +522,7 @@ where
         );
         let mut rate = proto::TransferDeadline::new(
             Instant::now().into_std(),
-            Duration::from_secs_f64(config.idle_timeout_s),
+            config.idle_timeout(),
             config.min_data_rate,
         );
         loop {

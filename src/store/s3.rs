@@ -52,7 +52,7 @@ impl S3Store {
         Self {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
-            timeout: Duration::from_secs_f64(config.timeout_s),
+            timeout: config.timeout(),
         }
     }
 

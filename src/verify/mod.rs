@@ -133,10 +133,7 @@ impl Verifier {
     /// [`Error::Resolver`] when the resolver cannot be built.
     pub fn new(config: &AuthConfig, hostname: &str) -> Result<Self, Error> {
         let authenticator = if config.enabled {
-            dns::authenticator(
-                &config.nameservers,
-                Duration::from_secs_f64(config.dns_timeout_s),
-            )?
+            dns::authenticator(&config.nameservers, config.dns_timeout())?
         } else {
             // Never asked; built without reading the system configuration, which may be absent.
             dns::unused_authenticator()?
@@ -145,7 +142,7 @@ impl Verifier {
             authenticator,
             DnsCache::default(),
             hostname,
-            Duration::from_secs_f64(config.verify_timeout_s),
+            config.verify_timeout(),
         );
         verifier.enabled = config.enabled;
         Ok(verifier)
