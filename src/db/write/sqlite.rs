@@ -1,10 +1,10 @@
 //! The group committer on SQLite: a thread of its own with its own connection, which runs each
-//! batch of critical-path writes (see `commit`) as one transaction in one go.
+//! batch of critical-path writes (see the parent module) as one transaction in one go.
 //!
 //! Through sqlx every statement is a round trip to the connection's worker thread, and with
 //! about five statements per message those hops, each a sleep and a wake-up of two threads, cost
 //! more CPU than SQLite itself. Here a batch costs one hop: the thread takes every queued write,
-//! runs the same statements as the sqlx path (the constants in `db`) on cached prepared
+//! runs the same statements as the sqlx path (the constants in `pool`) on cached prepared
 //! statements, commits, and answers each writer. The connection has the pool's settings: WAL and
 //! `synchronous = FULL`, so a commit is durable when it returns and `250` keeps its meaning.
 //! Other writers (the API, the dispatcher's lease returns) use the pool and wait for this
@@ -14,14 +14,15 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, Statement, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::commit::{Claim, Reply, Request, Write, answer_batch, fill_batch};
-use super::{
-    AttemptRecord, Backend, Error, FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY,
-    INSERT_FINGERPRINT, INSERT_MESSAGE, NewFingerprint, NewMessage, PRUNE_FINGERPRINTS,
-    REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, compress_event, count_sql, header_text,
-    job_after, levels_in_order, levels_sql, prune_fingerprints_now, unique_buckets,
-    warn_attempt_not_recorded, with_duplicate_flag,
+use super::pool::{
+    FINISH_ATTEMPT, INSERT_ATTEMPT, INSERT_DELIVERY, INSERT_FINGERPRINT, INSERT_MESSAGE,
+    PRUNE_FINGERPRINTS, REFRESH_FINGERPRINT, REPLACE_FINGERPRINT, claim_sql, count_sql, job_after,
+    levels_in_order, unique_buckets, warn_attempt_not_recorded, with_duplicate_flag,
 };
+use super::{Claim, Reply, Request, Write, answer_batch, fill_batch};
+use crate::db::limits::{levels_sql, prune_fingerprints_now};
+use crate::db::messages::compress_event;
+use crate::db::{AttemptRecord, Backend, Error, NewFingerprint, NewMessage, header_text};
 
 /// Prepared statements kept per connection: the fixed ones, plus claims and counts of each shape.
 const STATEMENT_CACHE: usize = 64;
@@ -134,7 +135,7 @@ fn write_together(conn: &mut Connection, writes: &[&Write]) -> Result<Vec<Reply>
     Ok(replies)
 }
 
-/// As `db::insert_messages`.
+/// As `pool::insert_messages`.
 fn insert_messages(
     conn: &Connection,
     messages: &[NewMessage],
@@ -206,7 +207,7 @@ fn insert_messages(
     Ok(changed)
 }
 
-/// As `db::record_fingerprint`.
+/// As `pool::record_fingerprint`.
 fn record_fingerprint(
     conn: &Connection,
     message: &NewMessage,
@@ -251,7 +252,7 @@ fn record_fingerprint(
     Ok(false)
 }
 
-/// As `db::write_attempt`.
+/// As `pool::write_attempt`.
 fn write_attempt(conn: &Connection, record: &AttemptRecord) -> Result<(), Error> {
     let now = crate::model::now_ms();
     let (status, next_attempt_at, failed, delivered_at) = job_after(record.next, now);
@@ -292,7 +293,7 @@ fn write_attempt(conn: &Connection, record: &AttemptRecord) -> Result<(), Error>
     Ok(())
 }
 
-/// As `db::count_in_buckets`.
+/// As `pool::count_in_buckets`.
 fn count_in_buckets(
     conn: &Connection,
     buckets: &[(String, f64)],
@@ -333,7 +334,7 @@ fn read_levels(conn: &Connection, buckets: &[String]) -> Result<Vec<(String, i64
     Ok(levels)
 }
 
-/// As `db::claim_ids`.
+/// As `pool::claim_ids`.
 fn claim_ids(conn: &Connection, claim: &Claim) -> Result<Vec<String>, Error> {
     let mut values: Vec<&dyn ToSql> = vec![&claim.lease_until, &claim.worker, &claim.now];
     for endpoint in &claim.skip {

@@ -11,10 +11,16 @@
 //! queued when it becomes free: a lone write is committed at once (no added latency) and a busy
 //! node commits in batches that grow with the load. If a batch fails, each write is retried
 //! alone, so one bad write never fails its neighbours.
+//!
+//! The statements of each write run in `pool` (through sqlx, on either backend) and in `sqlite`
+//! (the SQLite committer's own thread and connection).
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AttemptRecord, Db, Error, NewMessage};
+
+mod pool;
+mod sqlite;
 
 /// Writes waiting on the committer before new ones wait for room.
 const QUEUE: usize = 1024;
@@ -162,13 +168,13 @@ impl GroupCommit {
     }
 
     /// Starts the committer on a thread of its own with its own connection to the SQLite
-    /// database at `path` (see `sqlite_writer`).
+    /// database at `path` (see `sqlite`).
     ///
     /// # Errors
     /// [`Error::Sqlite`] when the database cannot be opened.
     pub(super) fn start_sqlite(path: &str) -> Result<Self, Error> {
         let (queue, requests) = mpsc::channel(QUEUE);
-        super::sqlite_writer::start(path, requests)?;
+        sqlite::start(path, requests)?;
         Ok(Self {
             queue,
             takes_reads: true,
@@ -204,6 +210,19 @@ async fn run(db: Db, mut requests: mpsc::Receiver<Request>) {
         for request in answer_batch(batch, result) {
             let result = db.write_together(&[&request.write]).await;
             request.answer_alone(result);
+        }
+    }
+}
+
+impl Db {
+    /// One critical-path write, through the group committer when there is one.
+    pub(super) async fn write(&self, write: Write) -> Result<Reply, Error> {
+        match &self.writes {
+            Some(writes) => writes.write(write).await,
+            None => {
+                let mut replies = self.write_together(&[&write]).await?;
+                Ok(replies.pop().unwrap_or(Reply::Done))
+            }
         }
     }
 }
