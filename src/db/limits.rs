@@ -17,22 +17,30 @@ pub struct NewFingerprint {
 /// How often accepted messages prune fingerprints that left the duplicate window.
 const FINGERPRINT_PRUNE_EVERY_MS: i64 = 60_000;
 
-static LAST_FINGERPRINT_PRUNE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// When accepted messages of one database last pruned old fingerprints. Held by its [`Db`]
+/// (shared by the handle's clones) and by the SQLite committer thread, which writes for it.
+#[derive(Debug, Default)]
+pub(super) struct FingerprintPrune {
+    last: std::sync::atomic::AtomicI64,
+}
 
-/// Whether a message received at `received_at` should prune old fingerprints. Lookups only see
-/// the duplicate window, so old rows are dead weight, not wrong answers: they are pruned once a
-/// minute, not on every message.
-pub(super) fn prune_fingerprints_now(received_at: i64) -> bool {
-    let last = LAST_FINGERPRINT_PRUNE.load(std::sync::atomic::Ordering::Relaxed);
-    received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
-        && LAST_FINGERPRINT_PRUNE
-            .compare_exchange(
-                last,
-                received_at,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_ok()
+impl FingerprintPrune {
+    /// Whether a message received at `received_at` should prune old fingerprints. Lookups only
+    /// see the duplicate window, so old rows are dead weight, not wrong answers: they are pruned
+    /// once a minute, not on every message.
+    pub(super) fn due(&self, received_at: i64) -> bool {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
+            && self
+                .last
+                .compare_exchange(
+                    last,
+                    received_at,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+    }
 }
 
 impl Db {

@@ -73,6 +73,8 @@ pub struct Db {
     writes: Option<write::GroupCommit>,
     /// The SQLite file the connections opened, checked by [`Db::ping`].
     sqlite_file: Option<std::sync::Arc<SqliteFile>>,
+    /// When accepted messages last pruned old fingerprints (see `write`).
+    fingerprint_prune: std::sync::Arc<limits::FingerprintPrune>,
 }
 
 /// A SQLite database file as it was when the pool opened it.
@@ -206,9 +208,12 @@ impl Db {
             sqlite_file: sqlite_path
                 .as_deref()
                 .map(|path| std::sync::Arc::new(SqliteFile::opened(path))),
+            fingerprint_prune: std::sync::Arc::default(),
         };
         let writes = match sqlite_path {
-            Some(path) => write::GroupCommit::start_sqlite(&path)?,
+            Some(path) => {
+                write::GroupCommit::start_sqlite(&path, direct.fingerprint_prune.clone())?
+            }
             None => write::GroupCommit::start(direct.clone()),
         };
         Ok(Self {

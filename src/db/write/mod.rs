@@ -17,6 +17,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::limits::FingerprintPrune;
 use super::{AttemptRecord, Db, Error, NewMessage};
 
 mod pool;
@@ -172,9 +173,12 @@ impl GroupCommit {
     ///
     /// # Errors
     /// [`Error::Sqlite`] when the database cannot be opened.
-    pub(super) fn start_sqlite(path: &str) -> Result<Self, Error> {
+    pub(super) fn start_sqlite(
+        path: &str,
+        fingerprint_prune: std::sync::Arc<FingerprintPrune>,
+    ) -> Result<Self, Error> {
         let (queue, requests) = mpsc::channel(QUEUE);
-        sqlite::start(path, requests)?;
+        sqlite::start(path, requests, fingerprint_prune)?;
         Ok(Self {
             queue,
             takes_reads: true,

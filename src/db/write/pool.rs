@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::{Claim, Reply, Write};
 use crate::db::header_text;
 use crate::db::jobs::{NOT_BLOCKED, not_to};
-use crate::db::limits::prune_fingerprints_now;
+use crate::db::limits::FingerprintPrune;
 use crate::db::{AttemptRecord, Backend, Db, Error, JobUpdate, NewFingerprint, NewMessage};
 use crate::model::{DeliveryStatus, now_ms};
 
@@ -64,9 +64,9 @@ impl Db {
         let mut replies = Vec::with_capacity(writes.len());
         for write in writes {
             replies.push(match write {
-                Write::Accepted(messages) => {
-                    Reply::Events(insert_messages(&mut tx, messages).await?)
-                }
+                Write::Accepted(messages) => Reply::Events(
+                    insert_messages(&mut tx, messages, &self.fingerprint_prune).await?,
+                ),
                 Write::Attempt(record) => {
                     write_attempt(&mut tx, record).await?;
                     Reply::Done
@@ -93,6 +93,7 @@ impl Db {
 async fn insert_messages(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     messages: &[NewMessage],
+    fingerprint_prune: &FingerprintPrune,
 ) -> Result<Vec<Option<String>>, Error> {
     let mut changed = Vec::with_capacity(messages.len());
     {
@@ -107,7 +108,7 @@ async fn insert_messages(
                 if let Some(flagged) = with_duplicate_flag(&message.event_json, !first_seen) {
                     event_json = std::borrow::Cow::Owned(flagged);
                 }
-                if prune_fingerprints_now(message.received_at) {
+                if fingerprint_prune.due(message.received_at) {
                     sqlx::query(PRUNE_FINGERPRINTS)
                         .bind(fingerprint.forget_before)
                         .execute(&mut **tx)

@@ -20,7 +20,7 @@ use super::pool::{
     levels_in_order, unique_buckets, warn_attempt_not_recorded, with_duplicate_flag,
 };
 use super::{Claim, Reply, Request, Write, answer_batch, fill_batch};
-use crate::db::limits::{levels_sql, prune_fingerprints_now};
+use crate::db::limits::{FingerprintPrune, levels_sql};
 use crate::db::messages::compress_event;
 use crate::db::{AttemptRecord, Backend, Error, NewFingerprint, NewMessage, header_text};
 
@@ -32,7 +32,11 @@ const STATEMENT_CACHE: usize = 64;
 ///
 /// # Errors
 /// [`Error::Sqlite`] when the database cannot be opened.
-pub(super) fn start(path: &str, requests: mpsc::Receiver<Request>) -> Result<(), Error> {
+pub(super) fn start(
+    path: &str,
+    requests: mpsc::Receiver<Request>,
+    fingerprint_prune: std::sync::Arc<FingerprintPrune>,
+) -> Result<(), Error> {
     let conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
@@ -41,12 +45,16 @@ pub(super) fn start(path: &str, requests: mpsc::Receiver<Request>) -> Result<(),
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     std::thread::Builder::new()
         .name("mxhook-sqlite-commit".to_owned())
-        .spawn(move || run(conn, requests))
+        .spawn(move || run(conn, requests, &fingerprint_prune))
         .map_err(|err| Error::Corrupt(format!("starting the SQLite committer: {err}")))?;
     Ok(())
 }
 
-fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
+fn run(
+    mut conn: Connection,
+    mut requests: mpsc::Receiver<Request>,
+    fingerprint_prune: &FingerprintPrune,
+) {
     let mut synchronous = Synchronous::Full;
     while let Some(first) = requests.blocking_recv() {
         let batch = fill_batch(first, &mut requests);
@@ -85,9 +93,9 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
                 }
             }
         }
-        let result = write_together(&mut conn, &writes);
+        let result = write_together(&mut conn, &writes, fingerprint_prune);
         for request in answer_batch(batch, result) {
-            let result = write_together(&mut conn, &[&request.write]);
+            let result = write_together(&mut conn, &[&request.write], fingerprint_prune);
             request.answer_alone(result);
         }
     }
@@ -112,14 +120,20 @@ impl Synchronous {
 }
 
 /// The writes in one transaction: all or none, one reply per write.
-fn write_together(conn: &mut Connection, writes: &[&Write]) -> Result<Vec<Reply>, Error> {
+fn write_together(
+    conn: &mut Connection,
+    writes: &[&Write],
+    fingerprint_prune: &FingerprintPrune,
+) -> Result<Vec<Reply>, Error> {
     // IMMEDIATE takes the write lock at the start (waiting through busy_timeout), so a batch
     // never fails half-way on a lock it could not upgrade.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut replies = Vec::with_capacity(writes.len());
     for write in writes {
         replies.push(match write {
-            Write::Accepted(messages) => Reply::Events(insert_messages(&tx, messages)?),
+            Write::Accepted(messages) => {
+                Reply::Events(insert_messages(&tx, messages, fingerprint_prune)?)
+            }
             Write::Attempt(record) => {
                 write_attempt(&tx, record)?;
                 Reply::Done
@@ -139,6 +153,7 @@ fn write_together(conn: &mut Connection, writes: &[&Write]) -> Result<Vec<Reply>
 fn insert_messages(
     conn: &Connection,
     messages: &[NewMessage],
+    fingerprint_prune: &FingerprintPrune,
 ) -> Result<Vec<Option<String>>, Error> {
     let mut changed = Vec::with_capacity(messages.len());
     for message in messages {
@@ -148,7 +163,7 @@ fn insert_messages(
         if let Some(fingerprint) = &message.fingerprint {
             let first_seen = record_fingerprint(conn, message, fingerprint)?;
             flagged = with_duplicate_flag(&message.event_json, !first_seen);
-            if prune_fingerprints_now(message.received_at) {
+            if fingerprint_prune.due(message.received_at) {
                 execute(conn, PRUNE_FINGERPRINTS, &[&fingerprint.forget_before])?;
             }
         }
