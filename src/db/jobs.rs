@@ -186,10 +186,7 @@ impl Db {
             limit,
             skip: skip.to_vec(),
         };
-        let mut ids = match self.write(write::Write::Claim(claim)).await? {
-            write::Reply::Claimed(ids) => ids,
-            _ => Vec::new(),
-        };
+        let mut ids = self.writes.claim(claim).await?;
         // On PostgreSQL the statement can take more rows than the limit: when a row it meets was
         // changed concurrently, the re-check runs the sub-select again and SKIP LOCKED finds
         // further rows. The caller has workers for `limit` jobs only, and a surplus job would
@@ -332,9 +329,7 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
-        self.write(write::Write::Attempt(record.clone()))
-            .await
-            .map(|_| ())
+        self.writes.attempt(record.clone()).await
     }
 
     /// Puts a delivery back in the queue, due now, with a fresh retry budget. The event (and so

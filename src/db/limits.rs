@@ -3,9 +3,7 @@
 //! `write`); the reads, the test setter and the pruning schedule are here. Part of
 //! [`crate::db`], which owns every SQL statement.
 
-use sqlx::Row;
-
-use super::{Db, Error, placeholders, write};
+use super::{Db, Error, write};
 
 #[derive(Debug, Clone)]
 pub struct NewFingerprint {
@@ -17,29 +15,24 @@ pub struct NewFingerprint {
 /// How often accepted messages prune fingerprints that left the duplicate window.
 const FINGERPRINT_PRUNE_EVERY_MS: i64 = 60_000;
 
-/// When accepted messages of one database last pruned old fingerprints. Held by its [`Db`]
-/// (shared by the handle's clones) and by the SQLite committer thread, which writes for it.
+/// When accepted messages last pruned old fingerprints. Owned by the database's group
+/// committer (see `write`), the only writer of accepted messages.
 #[derive(Debug, Default)]
 pub(super) struct FingerprintPrune {
-    last: std::sync::atomic::AtomicI64,
+    last: i64,
 }
 
 impl FingerprintPrune {
     /// Whether a message received at `received_at` should prune old fingerprints. Lookups only
     /// see the duplicate window, so old rows are dead weight, not wrong answers: they are pruned
     /// once a minute, not on every message.
-    pub(super) fn due(&self, received_at: i64) -> bool {
-        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
-        received_at - last >= FINGERPRINT_PRUNE_EVERY_MS
-            && self
-                .last
-                .compare_exchange(
-                    last,
-                    received_at,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
+    pub(super) fn due(&mut self, received_at: i64) -> bool {
+        if received_at - self.last >= FINGERPRINT_PRUNE_EVERY_MS {
+            self.last = received_at;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -75,30 +68,11 @@ impl Db {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(writes) = self.writes.as_ref().filter(|writes| writes.takes_reads()) {
+        if self.writes.takes_reads() {
             let buckets = buckets.iter().map(|bucket| (*bucket).to_owned()).collect();
-            return match writes.write(write::Write::ReadLevels(buckets)).await? {
-                write::Reply::Buckets(levels) => Ok(levels),
-                _ => Ok(Vec::new()),
-            };
+            return self.writes.read_levels(buckets).await;
         }
-        let sql = levels_sql(buckets.len());
-        let mut query = sqlx::query(&sql);
-        for bucket in buckets {
-            query = query.bind(*bucket);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("bucket")?,
-                    row.try_get("level_milli")?,
-                    row.try_get("updated_at")?,
-                ))
-            })
-            .collect()
+        write::read_levels_on_pool(&self.pool, self.backend, buckets).await
     }
 
     /// Adds one message to each bucket, draining it first by `drain_per_ms` thousandths per
@@ -118,10 +92,7 @@ impl Db {
             .iter()
             .map(|(bucket, drain)| ((*bucket).to_owned(), *drain))
             .collect();
-        match self.write(write::Write::RateCount { buckets, now }).await? {
-            write::Reply::Levels(levels) => Ok(levels),
-            _ => Ok(Vec::new()),
-        }
+        self.writes.count(write::RateCount { buckets, now }).await
     }
 
     /// Sets a bucket's level as of `updated_at` (tests age a bucket with it).
@@ -145,12 +116,4 @@ impl Db {
         .await?;
         Ok(())
     }
-}
-
-/// The read of `count` buckets' stored levels.
-pub(super) fn levels_sql(count: usize) -> String {
-    format!(
-        "SELECT bucket, level_milli, updated_at FROM rate_buckets WHERE bucket IN ({})",
-        placeholders(1, count)
-    )
 }

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::jobs::NewDelivery;
 use super::limits::NewFingerprint;
-use super::{Db, Error, placeholders, write};
+use super::{Db, Error, placeholders};
 
 /// One accepted copy of a message (one per inbox), committed with its delivery jobs.
 #[derive(Debug, Clone)]
@@ -125,10 +125,7 @@ impl Db {
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Option<String>>, Error> {
-        match self.write(write::Write::Accepted(messages)).await? {
-            write::Reply::Events(events) => Ok(events),
-            _ => Ok(Vec::new()),
-        }
+        self.writes.accept(messages).await
     }
 
     /// One stored message.

@@ -25,6 +25,16 @@ use sqlx::any::AnyPoolOptions;
 
 use crate::config::DatabaseConfig;
 
+/// The settings of every SQLite connection: the pool's and the committer's own. WAL lets
+/// readers run beside the writer; `synchronous = FULL` makes every commit durable before it
+/// returns, which the SMTP 250 relies on.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA foreign_keys = ON",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("connecting to the database: {0}")]
@@ -69,12 +79,9 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     /// Where accepted messages and attempt records are committed, in groups (see `write`).
-    /// `None` in the committer's own handle, which writes directly.
-    writes: Option<write::GroupCommit>,
+    writes: write::GroupCommit,
     /// The SQLite file the connections opened, checked by [`Db::ping`].
     sqlite_file: Option<std::sync::Arc<SqliteFile>>,
-    /// When accepted messages last pruned old fingerprints (see `write`).
-    fingerprint_prune: std::sync::Arc<limits::FingerprintPrune>,
 }
 
 /// A SQLite database file as it was when the pool opened it.
@@ -180,20 +187,9 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; synchronous=FULL makes every
-                        // commit durable before it returns, which the SMTP 250 relies on.
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = FULL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
+                        for pragma in SQLITE_PRAGMAS {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -201,24 +197,17 @@ impl Db {
             .connect(&url)
             .await
             .map_err(Error::Connect)?;
-        let direct = Self {
+        let writes = match &sqlite_path {
+            Some(path) => write::GroupCommit::start_sqlite(path)?,
+            None => write::GroupCommit::start(pool.clone(), backend),
+        };
+        Ok(Self {
             pool,
             backend,
-            writes: None,
+            writes,
             sqlite_file: sqlite_path
                 .as_deref()
                 .map(|path| std::sync::Arc::new(SqliteFile::opened(path))),
-            fingerprint_prune: std::sync::Arc::default(),
-        };
-        let writes = match sqlite_path {
-            Some(path) => {
-                write::GroupCommit::start_sqlite(&path, direct.fingerprint_prune.clone())?
-            }
-            None => write::GroupCommit::start(direct.clone()),
-        };
-        Ok(Self {
-            writes: Some(writes),
-            ..direct
         })
     }
 

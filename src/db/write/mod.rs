@@ -12,109 +12,192 @@
 //! node commits in batches that grow with the load. If a batch fails, each write is retried
 //! alone, so one bad write never fails its neighbours.
 //!
-//! The statements of each write run in `pool` (through sqlx, on either backend) and in `sqlite`
-//! (the SQLite committer's own thread and connection).
+//! Each write's statement sequence exists once (`statements`), over the [`exec::Exec`] trait,
+//! and runs on either committer: the pooled one here (a sqlx transaction, either backend) or
+//! the SQLite one (`sqlite`, a thread with its own connection that runs a batch in one go).
+//! Every request carries its own typed answer channel, so a reply cannot come back as another
+//! write's kind.
 
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::limits::FingerprintPrune;
-use super::{AttemptRecord, Db, Error, NewMessage};
+use super::{AttemptRecord, Backend, EndpointKey, Error, NewMessage};
 
-mod pool;
+mod exec;
 mod sqlite;
+mod statements;
 
 /// Writes waiting on the committer before new ones wait for room.
 const QUEUE: usize = 1024;
 /// Rows one transaction writes at most, to bound how long it holds SQLite's write lock.
 const MAX_BATCH_ROWS: usize = 256;
 
-/// One write on the critical path.
-pub(super) enum Write {
-    Accepted(Vec<NewMessage>),
-    Attempt(AttemptRecord),
-    /// One message counted against rate buckets: (bucket, drain per ms).
-    RateCount {
-        buckets: Vec<(String, f64)>,
-        now: i64,
-    },
-    /// A lease on due delivery jobs.
-    Claim(Claim),
-    /// A read of rate buckets' levels; only the SQLite committer takes it (see
-    /// [`GroupCommit::takes_reads`]), which answers it before its next commit.
-    ReadLevels(Vec<String>),
-}
-
+/// A lease on due delivery jobs, see [`Db::claim_due`](crate::db::Db::claim_due).
 pub(super) struct Claim {
     pub worker: String,
     pub now: i64,
     pub lease_until: i64,
     pub limit: i64,
     /// Endpoints at their in-flight limit on this node.
-    pub skip: Vec<super::EndpointKey>,
+    pub skip: Vec<EndpointKey>,
 }
 
-/// What a write returns once committed.
-pub(super) enum Reply {
-    Done,
-    /// The buckets' new levels, in order.
-    Levels(Vec<i64>),
-    /// The ids of the claimed jobs.
-    Claimed(Vec<String>),
-    /// Per accepted message, its event when the commit changed it.
-    Events(Vec<Option<String>>),
-    /// Stored buckets: (bucket, level, updated at).
-    Buckets(Vec<(String, i64, i64)>),
+/// One message counted against rate buckets.
+pub(super) struct RateCount {
+    /// (bucket, drain per ms).
+    pub buckets: Vec<(String, f64)>,
+    pub now: i64,
 }
 
-impl Write {
+/// A write on its way to the committer, with where its answer goes.
+pub(super) struct Pending<W, T> {
+    write: W,
+    /// What the write returned in the transaction that ran it; sent once that commits.
+    reply: Option<T>,
+    done: oneshot::Sender<Result<T, Error>>,
+}
+
+impl<W, T> Pending<W, T> {
+    fn send(self, result: Result<T, Error>) {
+        // The writer may have given up waiting (its session ended); the commit stands.
+        let _ = self.done.send(result);
+    }
+
+    /// Answers with what the committed transaction returned.
+    fn answer(mut self) {
+        let reply = self
+            .reply
+            .take()
+            .ok_or_else(|| Error::Corrupt("a write was answered before it ran".to_owned()));
+        self.send(reply);
+    }
+}
+
+/// One request on the critical path; each kind answers with its own type.
+pub(super) enum Request {
+    /// Accepted messages with their jobs; answered, per message, with its event when the
+    /// commit changed it.
+    Accepted(Pending<Vec<NewMessage>, Vec<Option<String>>>),
+    /// An attempt and its job's next state.
+    Attempt(Pending<AttemptRecord, ()>),
+    /// Answered with the buckets' new levels, in order.
+    RateCount(Pending<RateCount, Vec<i64>>),
+    /// Answered with the ids of the claimed jobs.
+    Claim(Pending<Claim, Vec<String>>),
+    /// A read of rate buckets' levels: (bucket, level, updated at). Only the SQLite committer
+    /// takes it (see [`GroupCommit::takes_reads`]), which answers it before its next commit.
+    ReadLevels(Pending<Vec<String>, Vec<(String, i64, i64)>>),
+}
+
+impl Request {
     /// Whether its commit must be on disk before it is answered: an accepted message must (the
     /// SMTP `250` promises it); the rest only costs a repeat or nothing if a power cut loses it.
-    pub(super) fn must_be_durable(&self) -> bool {
+    fn must_be_durable(&self) -> bool {
         matches!(self, Self::Accepted(_))
+    }
+
+    fn is_read(&self) -> bool {
+        matches!(self, Self::ReadLevels(_))
     }
 
     fn rows(&self) -> usize {
         match self {
-            Self::Accepted(messages) => messages.len().max(1),
-            Self::Attempt(_) => 1,
-            Self::RateCount { buckets, .. } => buckets.len().max(1),
-            Self::Claim(claim) => usize::try_from(claim.limit).unwrap_or(1).max(1),
-            Self::ReadLevels(_) => 1,
+            Self::Accepted(pending) => pending.write.len().max(1),
+            Self::Attempt(_) | Self::ReadLevels(_) => 1,
+            Self::RateCount(pending) => pending.write.buckets.len().max(1),
+            Self::Claim(pending) => usize::try_from(pending.write.limit).unwrap_or(1).max(1),
+        }
+    }
+
+    /// Runs this request's statements on `exec`, inside the caller's transaction, and keeps
+    /// the reply until it commits.
+    async fn run(
+        &mut self,
+        exec: &mut impl exec::Exec,
+        fingerprint_prune: &mut FingerprintPrune,
+    ) -> Result<(), Error> {
+        match self {
+            Self::Accepted(pending) => {
+                let events =
+                    statements::insert_messages(exec, &pending.write, fingerprint_prune).await?;
+                pending.reply = Some(events);
+            }
+            Self::Attempt(pending) => {
+                statements::write_attempt(exec, &pending.write).await?;
+                pending.reply = Some(());
+            }
+            Self::RateCount(pending) => {
+                let RateCount { buckets, now } = &pending.write;
+                pending.reply = Some(statements::count_in_buckets(exec, buckets, *now).await?);
+            }
+            Self::Claim(pending) => {
+                pending.reply = Some(statements::claim_ids(exec, &pending.write).await?);
+            }
+            Self::ReadLevels(pending) => {
+                pending.reply = Some(statements::read_levels(exec, &pending.write).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers with what the committed transaction returned.
+    fn answer(self) {
+        match self {
+            Self::Accepted(pending) => pending.answer(),
+            Self::Attempt(pending) => pending.answer(),
+            Self::RateCount(pending) => pending.answer(),
+            Self::Claim(pending) => pending.answer(),
+            Self::ReadLevels(pending) => pending.answer(),
+        }
+    }
+
+    fn fail(self, err: Error) {
+        match self {
+            Self::Accepted(pending) => pending.send(Err(err)),
+            Self::Attempt(pending) => pending.send(Err(err)),
+            Self::RateCount(pending) => pending.send(Err(err)),
+            Self::Claim(pending) => pending.send(Err(err)),
+            Self::ReadLevels(pending) => pending.send(Err(err)),
+        }
+    }
+
+    /// Answers this request from a transaction that held only its write.
+    fn answer_alone(self, result: Result<(), Error>) {
+        match result {
+            Ok(()) => self.answer(),
+            Err(err) => self.fail(err),
         }
     }
 }
 
-pub(super) struct Request {
-    pub(super) write: Write,
-    pub(super) done: oneshot::Sender<Result<Reply, Error>>,
-}
-
-impl Request {
-    /// Answers this request from a transaction that held only its write.
-    pub(super) fn answer_alone(self, result: Result<Vec<Reply>, Error>) {
-        let _ = self
-            .done
-            .send(result.map(|mut replies| replies.pop().unwrap_or(Reply::Done)));
+/// Runs every request of a batch on `exec`, in order, inside the caller's transaction: the
+/// one sequence both committers share.
+async fn run_all(
+    exec: &mut impl exec::Exec,
+    batch: &mut [Request],
+    fingerprint_prune: &mut FingerprintPrune,
+) -> Result<(), Error> {
+    for request in batch {
+        request.run(exec, fingerprint_prune).await?;
     }
+    Ok(())
 }
 
 /// Answers every request of a batch from the one transaction that held them all. When a batch
 /// of several failed, returns its requests instead, to be committed again each alone: one bad
 /// write must fail only itself.
-pub(super) fn answer_batch(
-    mut batch: Vec<Request>,
-    result: Result<Vec<Reply>, Error>,
-) -> Vec<Request> {
+fn answer_batch(mut batch: Vec<Request>, result: Result<(), Error>) -> Vec<Request> {
     match result {
-        Ok(replies) => {
-            for (request, reply) in batch.into_iter().zip(replies) {
-                let _ = request.done.send(Ok(reply));
+        Ok(()) => {
+            for request in batch {
+                request.answer();
             }
             Vec::new()
         }
         Err(err) if batch.len() == 1 => {
             if let Some(request) = batch.pop() {
-                let _ = request.done.send(Err(err));
+                request.fail(err);
             }
             Vec::new()
         }
@@ -126,13 +209,13 @@ pub(super) fn answer_batch(
 }
 
 /// `first` and every request queued behind it, up to [`MAX_BATCH_ROWS`] rows.
-pub(super) fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Request> {
-    let mut rows = first.write.rows();
+fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+    let mut rows = first.rows();
     let mut batch = vec![first];
     while rows < MAX_BATCH_ROWS {
         match requests.try_recv() {
             Ok(request) => {
-                rows += request.write.rows();
+                rows += request.rows();
                 batch.push(request);
             }
             Err(_) => break,
@@ -141,8 +224,8 @@ pub(super) fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>)
     batch
 }
 
-/// The handle writers go through; cheap to clone. The committer task ends when every handle
-/// is dropped.
+/// The handle writers go through; cheap to clone. The committer ends when every handle is
+/// dropped.
 #[derive(Clone)]
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
@@ -158,10 +241,10 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the committer on the current runtime; `direct` writes without a committer.
-    pub(super) fn start(direct: Db) -> Self {
+    /// Starts the committer on the current runtime, committing through `pool`.
+    pub(super) fn start(pool: AnyPool, backend: Backend) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(run(direct, requests));
+        tokio::spawn(run(pool, backend, requests));
         Self {
             queue,
             takes_reads: false,
@@ -173,31 +256,68 @@ impl GroupCommit {
     ///
     /// # Errors
     /// [`Error::Sqlite`] when the database cannot be opened.
-    pub(super) fn start_sqlite(
-        path: &str,
-        fingerprint_prune: std::sync::Arc<FingerprintPrune>,
-    ) -> Result<Self, Error> {
+    pub(super) fn start_sqlite(path: &str) -> Result<Self, Error> {
         let (queue, requests) = mpsc::channel(QUEUE);
-        sqlite::start(path, requests, fingerprint_prune)?;
+        sqlite::start(path, requests)?;
         Ok(Self {
             queue,
             takes_reads: true,
         })
     }
 
-    /// Whether [`Write::ReadLevels`] may be sent here.
+    /// Whether [`GroupCommit::read_levels`] may be called.
     pub(super) fn takes_reads(&self) -> bool {
         self.takes_reads
     }
 
-    /// Makes one write durable.
+    /// Commits accepted messages with their jobs; see
+    /// [`Db::commit_accepted`](crate::db::Db::commit_accepted).
+    pub(super) async fn accept(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Option<String>>, Error> {
+        self.send(messages, Request::Accepted).await
+    }
+
+    /// Records an attempt and moves its job on.
+    pub(super) async fn attempt(&self, record: AttemptRecord) -> Result<(), Error> {
+        self.send(record, Request::Attempt).await
+    }
+
+    /// Counts one message against rate buckets; the new levels, in order.
+    pub(super) async fn count(&self, count: RateCount) -> Result<Vec<i64>, Error> {
+        self.send(count, Request::RateCount).await
+    }
+
+    /// Leases due jobs; their ids.
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<String>, Error> {
+        self.send(claim, Request::Claim).await
+    }
+
+    /// Reads rate buckets' levels on the committer (only where [`GroupCommit::takes_reads`]).
+    pub(super) async fn read_levels(
+        &self,
+        buckets: Vec<String>,
+    ) -> Result<Vec<(String, i64, i64)>, Error> {
+        self.send(buckets, Request::ReadLevels).await
+    }
+
+    /// Queues one request and waits for the commit that holds it.
     ///
     /// # Errors
     /// The transaction's error; [`Error::Corrupt`] when the committer is gone (shutdown).
-    pub(super) async fn write(&self, write: Write) -> Result<Reply, Error> {
+    async fn send<W, T>(
+        &self,
+        write: W,
+        request: fn(Pending<W, T>) -> Request,
+    ) -> Result<T, Error> {
         let (done, result) = oneshot::channel();
         self.queue
-            .send(Request { write, done })
+            .send(request(Pending {
+                write,
+                reply: None,
+                done,
+            }))
             .await
             .map_err(|_| Error::Corrupt("the committer has stopped".to_owned()))?;
         result
@@ -206,27 +326,58 @@ impl GroupCommit {
     }
 }
 
-async fn run(db: Db, mut requests: mpsc::Receiver<Request>) {
+/// Reads rate buckets' levels on a pooled connection, with the statement the SQLite committer
+/// runs for [`GroupCommit::read_levels`].
+///
+/// # Errors
+/// [`Error::Query`].
+pub(super) async fn read_levels_on_pool(
+    pool: &AnyPool,
+    backend: Backend,
+    buckets: &[&str],
+) -> Result<Vec<(String, i64, i64)>, Error> {
+    let mut conn = pool.acquire().await?;
+    let mut exec = exec::PoolExec {
+        conn: &mut conn,
+        backend,
+    };
+    statements::read_levels(&mut exec, buckets).await
+}
+
+/// The pooled committer: one sqlx transaction per batch.
+async fn run(pool: AnyPool, backend: Backend, mut requests: mpsc::Receiver<Request>) {
+    // Owned by the committer: it is the only writer of this database's accepted messages.
+    let mut fingerprint_prune = FingerprintPrune::default();
     while let Some(first) = requests.recv().await {
-        let batch = fill_batch(first, &mut requests);
-        let writes: Vec<&Write> = batch.iter().map(|request| &request.write).collect();
-        let result = db.write_together(&writes).await;
-        for request in answer_batch(batch, result) {
-            let result = db.write_together(&[&request.write]).await;
+        let mut batch = fill_batch(first, &mut requests);
+        let result = commit_on_pool(&pool, backend, &mut batch, &mut fingerprint_prune).await;
+        for mut request in answer_batch(batch, result) {
+            let alone = std::slice::from_mut(&mut request);
+            let result = commit_on_pool(&pool, backend, alone, &mut fingerprint_prune).await;
             request.answer_alone(result);
         }
     }
 }
 
-impl Db {
-    /// One critical-path write, through the group committer when there is one.
-    pub(super) async fn write(&self, write: Write) -> Result<Reply, Error> {
-        match &self.writes {
-            Some(writes) => writes.write(write).await,
-            None => {
-                let mut replies = self.write_together(&[&write]).await?;
-                Ok(replies.pop().unwrap_or(Reply::Done))
-            }
-        }
+/// Commits a batch in one pooled transaction: all or none.
+async fn commit_on_pool(
+    pool: &AnyPool,
+    backend: Backend,
+    batch: &mut [Request],
+    fingerprint_prune: &mut FingerprintPrune,
+) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    // As on SQLite (see `sqlite`): only accepted messages wait for the WAL flush.
+    if backend == Backend::Postgres && !batch.iter().any(Request::must_be_durable) {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
     }
+    let mut exec = exec::PoolExec {
+        conn: &mut tx,
+        backend,
+    };
+    run_all(&mut exec, batch, fingerprint_prune).await?;
+    tx.commit().await?;
+    Ok(())
 }
