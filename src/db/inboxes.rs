@@ -1,13 +1,16 @@
-//! The statements behind the management API: inboxes created and changed through it, their
-//! webhook settings and notification rules, per-inbox API keys, message listings, bulk resend
-//! and the counts `/metrics` reports. Part of [`crate::db`], which owns every SQL statement.
+//! Inboxes: their addresses, webhook settings, sender policy and notification rules, as the
+//! config file declares them (synced at start) and as the management API creates and changes
+//! them; the directory the pipeline loads from them, and its change marker. Part of
+//! [`crate::db`], which owns every SQL statement.
 
+use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, Error, bump_directory_version, sender_policy_from_json, sender_policy_json};
-use crate::model::now_ms;
-use crate::model::{PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
+use super::{Db, Error};
+use crate::config::InboxConfig;
+use crate::model::{Inbox, PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
+use crate::model::{WebhookEndpoint, now_ms};
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
 #[derive(Debug, Clone)]
@@ -83,121 +86,128 @@ pub struct InboxUpdate {
     pub sender_policy: Option<SenderPolicy>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ApiKeyRow {
-    pub id: String,
-    pub inbox_id: String,
-    pub name: Option<String>,
-    /// The key's first characters, to tell keys apart; never enough to use.
-    pub prefix: Option<String>,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct MessageFilter {
-    /// Only messages whose id sorts before this one (ids are time-sortable): the paging cursor.
-    pub before: Option<String>,
-    pub sender: Option<String>,
-    pub subject_contains: Option<String>,
-    pub received_after_ms: Option<i64>,
-    pub received_before_ms: Option<i64>,
-    /// Only quarantined messages (`Some(true)`) or only the others (`Some(false)`).
-    pub quarantined: Option<bool>,
-    pub limit: i64,
-}
-
-/// One message in an inbox listing (the API shows it as it is).
-///
-/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct MessageSummary {
-    pub id: String,
-    pub inbox_id: String,
-    pub event_id: String,
-    #[schema(required)]
-    pub sender: Option<String>,
-    #[schema(required)]
-    pub envelope_from: Option<String>,
-    #[schema(required)]
-    pub subject: Option<String>,
-    #[schema(required)]
-    pub header_message_id: Option<String>,
-    pub size: i64,
-    pub received_at: String,
-    /// The inbox policy held it back: stored, not delivered.
-    pub quarantined: bool,
-}
-
-/// Counts read from the database at scrape time.
-#[derive(Debug, Clone, Default)]
-pub struct MetricsSnapshot {
-    pub messages_by_inbox: Vec<(String, i64)>,
-    pub deliveries_by_status: Vec<(String, i64)>,
-    pub attempts_by_outcome: Vec<(String, i64)>,
-    /// Webhook request latency of every attempt that sent a request.
-    pub attempt_latency: Histogram,
-    /// From the commit that accepted a message to the delivery of its event, per delivered job.
-    pub delivery_latency: Histogram,
-}
-
-/// A Prometheus histogram read from the database.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    /// Cumulative counts at or under each bound, in ms, ascending.
-    pub buckets_ms: Vec<(i64, i64)>,
-    pub sum_ms: i64,
-    pub count: i64,
-}
-
-/// Upper bounds of the attempt latency histogram, in ms.
-pub const LATENCY_BUCKETS_MS: &[i64] = &[10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
-
-/// Upper bounds of the accepted → delivered histogram, in ms: retries stretch it to hours.
-pub const DELIVERY_LATENCY_BUCKETS_MS: &[i64] = &[
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000,
-    21_600_000, 86_400_000,
-];
-
-/// Reads a histogram of `value` (an SQL expression in ms) over `from_where` in one statement:
-/// one `SUM(CASE …)` per bucket, so a scrape scans the table once, not once per bucket.
-async fn histogram(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    value: &str,
-    from_where: &str,
-    bounds: &[i64],
-) -> Result<Histogram, Error> {
-    // The bounds are constants of this module, never input, so they are written into the SQL.
-    let buckets: String = bounds
-        .iter()
-        .enumerate()
-        .map(|(idx, bound)| {
-            format!(
-                ", CAST(COALESCE(SUM(CASE WHEN {value} <= {bound} THEN 1 ELSE 0 END), 0) \
-                 AS BIGINT) AS le{idx}"
-            )
-        })
-        .collect();
-    let row = sqlx::query(&format!(
-        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM({value}), 0) AS BIGINT) AS total{buckets} \
-         {from_where}"
-    ))
-    .fetch_one(&mut **tx)
-    .await?;
-    let mut buckets_ms = Vec::with_capacity(bounds.len());
-    for (idx, bound) in bounds.iter().enumerate() {
-        buckets_ms.push((*bound, row.try_get(format!("le{idx}").as_str())?));
-    }
-    Ok(Histogram {
-        buckets_ms,
-        sum_ms: row.try_get("total")?,
-        count: row.try_get("n")?,
-    })
-}
-
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
     webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
     webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at";
+
+impl Db {
+    /// Writes a config-declared inbox, replacing what an earlier start wrote for it: the config
+    /// file is the source of truth for the inboxes it declares.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn upsert_config_inbox(&self, inbox: &InboxConfig) -> Result<(), Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        bump_directory_version(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
+             webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
+             created_at, updated_at, webhook_signature_header, webhook_signature_format, \
+             sender_policy) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10, $11) \
+             ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
+             webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
+             webhook_payload = $5, webhook_verify_tls = $7, webhook_ordered = $8, \
+             webhook_disabled_reason = NULL, updated_at = $6, \
+             webhook_signature_header = $9, webhook_signature_format = $10, \
+             sender_policy = $11",
+        )
+        .bind(&inbox.id)
+        .bind(inbox.webhook_url.clone())
+        .bind(inbox.webhook_secret.clone())
+        .bind(inbox.signature.as_str())
+        .bind(inbox.payload.as_str())
+        .bind(now)
+        .bind(i64::from(inbox.verify_tls))
+        .bind(i64::from(inbox.ordered))
+        .bind(inbox.signature_header.clone())
+        .bind(inbox.signature_format.as_str())
+        .bind(sender_policy_json(&inbox.sender_policy())?)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
+            .bind(&inbox.id)
+            .execute(&mut *tx)
+            .await?;
+        for address in &inbox.addresses {
+            let normalized =
+                crate::model::normalize_address(address).unwrap_or_else(|| address.to_lowercase());
+            // An address that moved here from another inbox in the config follows the config.
+            sqlx::query("DELETE FROM inbox_addresses WHERE address = $1")
+                .bind(&normalized)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO inbox_addresses (address, inbox_id) VALUES ($1, $2)")
+                .bind(&normalized)
+                .bind(&inbox.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every inbox with its addresses.
+    ///
+    /// # Errors
+    /// [`Error::Query`] or [`Error::Corrupt`].
+    pub async fn load_inboxes(&self) -> Result<Vec<Inbox>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
+             webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
+             webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json, \
+             webhook_signature_header, webhook_signature_format, sender_policy \
+             FROM inboxes \
+             WHERE status = 'enabled' \
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let addresses =
+            sqlx::query("SELECT address, inbox_id FROM inbox_addresses ORDER BY address")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut inboxes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let inbox_addresses = addresses
+                .iter()
+                .filter(|a| {
+                    a.try_get::<String, _>("inbox_id")
+                        .is_ok_and(|owner| owner == id)
+                })
+                .filter_map(|a| a.try_get::<String, _>("address").ok())
+                .collect();
+            let rules_json: Option<String> = row.try_get("notifications_json")?;
+            let policy_json: Option<String> = row.try_get("sender_policy")?;
+            inboxes.push(Inbox {
+                sender_policy: sender_policy_from_json(&id, policy_json.as_deref())?,
+                webhook: endpoint_from_row(&row, "")?,
+                addresses: inbox_addresses,
+                rules: rules_from_json(&id, rules_json.as_deref()),
+                id,
+            });
+        }
+        Ok(inboxes)
+    }
+
+    /// The directory's change marker: it moves with every committed change to an inbox or its
+    /// addresses (see [`bump_directory_version`]), so a node reloads only when it moved. Read it
+    /// before [`Db::load_inboxes`]: a change committed in between then shows up as a newer
+    /// version at the next poll instead of being missed.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn directory_version(&self) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM directory_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
 
 impl Db {
     /// Inboxes with their addresses; only `only` when given.
@@ -431,218 +441,21 @@ impl Db {
         tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
+}
 
-    /// Stores a new per-inbox key by its hash.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn create_api_key(&self, key: &ApiKeyRow, key_hash: &str) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, inbox_id, key_hash, name, created_at, key_prefix) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&key.id)
-        .bind(&key.inbox_id)
-        .bind(key_hash)
-        .bind(key.name.clone())
-        .bind(key.created_at)
-        .bind(key.prefix.clone())
-        .execute(&self.pool)
+/// Moves the directory's change marker (see [`Db::directory_version`]) inside the transaction
+/// that changes an inbox, so the change and the marker commit together. Called first in the
+/// transaction: it is then a write first (which SQLite needs, see `create_inbox`), and on
+/// PostgreSQL every inbox change takes the counter's row lock before any other, so two changes
+/// never wait on each other in opposite orders.
+///
+/// # Errors
+/// [`Error::Query`].
+pub(super) async fn bump_directory_version(conn: &mut sqlx::AnyConnection) -> Result<(), Error> {
+    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
+        .execute(conn)
         .await?;
-        Ok(())
-    }
-
-    /// The keys of one inbox, oldest first, without their hashes.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn list_api_keys(&self, inbox_id: &str) -> Result<Vec<ApiKeyRow>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, inbox_id, name, key_prefix, created_at FROM api_keys \
-             WHERE inbox_id = $1 ORDER BY created_at, id",
-        )
-        .bind(inbox_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ApiKeyRow {
-                    id: row.try_get("id")?,
-                    inbox_id: row.try_get("inbox_id")?,
-                    name: row.try_get("name")?,
-                    prefix: row.try_get("key_prefix")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Revokes a key of an inbox; every later request with it is unauthorized. Returns `false`
-    /// when the inbox has no such key.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn delete_api_key(&self, inbox_id: &str, key_id: &str) -> Result<bool, Error> {
-        let result = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND inbox_id = $2")
-            .bind(key_id)
-            .bind(inbox_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    /// The inbox a key (given by its hash) belongs to.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn inbox_for_key_hash(&self, key_hash: &str) -> Result<Option<String>, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT inbox_id FROM api_keys WHERE key_hash = $1")
-                .bind(key_hash)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Messages of one inbox, newest first.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn list_messages(
-        &self,
-        inbox_id: &str,
-        filter: &MessageFilter,
-    ) -> Result<Vec<MessageSummary>, Error> {
-        let subject_pattern = filter
-            .subject_contains
-            .as_deref()
-            .map(|needle| format!("%{}%", needle.to_lowercase()))
-            .unwrap_or_default();
-        let rows = sqlx::query(
-            "SELECT id, inbox_id, event_id, sender, envelope_from, subject, header_message_id, \
-             size, received_at, quarantined FROM messages WHERE inbox_id = $1 \
-             AND ($2 = '' OR id < $2) AND ($3 = '' OR LOWER(sender) = $3) \
-             AND ($4 = '' OR LOWER(subject) LIKE $4) AND received_at >= $5 AND received_at < $6 \
-             AND ($8 < 0 OR quarantined = $8) \
-             ORDER BY id DESC LIMIT $7",
-        )
-        .bind(inbox_id)
-        .bind(filter.before.clone().unwrap_or_default())
-        .bind(
-            filter
-                .sender
-                .as_deref()
-                .map(str::to_lowercase)
-                .unwrap_or_default(),
-        )
-        .bind(subject_pattern)
-        .bind(filter.received_after_ms.unwrap_or(i64::MIN))
-        .bind(filter.received_before_ms.unwrap_or(i64::MAX))
-        .bind(filter.limit)
-        .bind(filter.quarantined.map_or(-1, i64::from))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(MessageSummary {
-                    id: row.try_get("id")?,
-                    inbox_id: row.try_get("inbox_id")?,
-                    event_id: row.try_get("event_id")?,
-                    sender: row.try_get("sender")?,
-                    envelope_from: row.try_get("envelope_from")?,
-                    subject: row.try_get("subject")?,
-                    header_message_id: row.try_get("header_message_id")?,
-                    size: row.try_get("size")?,
-                    received_at: crate::model::rfc3339(row.try_get("received_at")?),
-                    quarantined: row.try_get::<i64, _>("quarantined")? != 0,
-                })
-            })
-            .collect()
-    }
-
-    /// Puts every dead delivery of an inbox back in the queue (see [`Db::resend`]).
-    ///
-    /// # Errors
-    /// [`Error::Query`]. Returns how many were requeued.
-    pub async fn resend_dead(&self, inbox_id: &str) -> Result<u64, Error> {
-        let now = now_ms();
-        let result = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = $1, \
-             locked_until = NULL, locked_by = NULL, updated_at = $1 \
-             WHERE inbox_id = $2 AND status = 'dead'",
-        )
-        .bind(now)
-        .bind(inbox_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
-    }
-
-    /// The counts `/metrics` exposes.
-    ///
-    /// # Errors
-    /// [`Error::Query`].
-    pub async fn metrics(&self) -> Result<MetricsSnapshot, Error> {
-        // One snapshot: read separately, a delivery committed between two reads would show its
-        // attempt but not its new status, and the numbers would disagree with each other.
-        let mut tx = self.pool.begin().await?;
-        if self.backend == super::Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let pairs = |rows: Vec<AnyRow>| -> Result<Vec<(String, i64)>, Error> {
-            rows.iter()
-                .map(|row| Ok((row.try_get("label")?, row.try_get("n")?)))
-                .collect()
-        };
-        let messages_by_inbox = pairs(
-            sqlx::query(
-                "SELECT inbox_id AS label, COUNT(*) AS n FROM messages GROUP BY inbox_id \
-                 ORDER BY inbox_id",
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-        )?;
-        let deliveries_by_status = pairs(
-            sqlx::query(
-                "SELECT status AS label, COUNT(*) AS n FROM deliveries GROUP BY status \
-                 ORDER BY status",
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-        )?;
-        let attempts_by_outcome = pairs(
-            sqlx::query(
-                "SELECT outcome AS label, COUNT(*) AS n FROM delivery_attempts GROUP BY outcome \
-                 ORDER BY outcome",
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-        )?;
-        let attempt_latency = histogram(
-            &mut tx,
-            "latency_ms",
-            "FROM delivery_attempts WHERE outcome <> 'not_sent'",
-            LATENCY_BUCKETS_MS,
-        )
-        .await?;
-        let delivery_latency = histogram(
-            &mut tx,
-            "(delivered_at - created_at)",
-            "FROM deliveries WHERE status = 'delivered' AND delivered_at IS NOT NULL",
-            DELIVERY_LATENCY_BUCKETS_MS,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(MetricsSnapshot {
-            messages_by_inbox,
-            deliveries_by_status,
-            attempts_by_outcome,
-            attempt_latency,
-            delivery_latency,
-        })
-    }
+    Ok(())
 }
 
 async fn insert_addresses(
@@ -725,4 +538,102 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+pub(super) fn endpoint_from_row(
+    row: &AnyRow,
+    prefix: &str,
+) -> Result<Option<WebhookEndpoint>, Error> {
+    let column = |name: &str| format!("{prefix}{name}");
+    let url: Option<String> = row.try_get(column("webhook_url").as_str())?;
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let signature: String = row.try_get(column("webhook_signature").as_str())?;
+    let payload: String = row.try_get(column("webhook_payload").as_str())?;
+    let enabled: i64 = row.try_get(column("webhook_enabled").as_str())?;
+    let previous_expires_at: Option<i64> =
+        row.try_get(column("webhook_previous_secret_expires_at").as_str())?;
+    let previous_secret: Option<String> =
+        row.try_get(column("webhook_previous_secret").as_str())?;
+    let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
+    let ordered: i64 = row.try_get(column("webhook_ordered").as_str())?;
+    let signature_format: String = row.try_get(column("webhook_signature_format").as_str())?;
+    let mut endpoint = WebhookEndpoint {
+        url,
+        enabled: enabled != 0,
+        secret: row.try_get(column("webhook_secret").as_str())?,
+        previous_secret,
+        previous_secret_expires_at: previous_expires_at,
+        signature: SignatureScheme::parse(&signature)
+            .ok_or_else(|| Error::Corrupt(format!("unknown signature scheme `{signature}`")))?,
+        payload: PayloadFormat::parse(&payload)
+            .ok_or_else(|| Error::Corrupt(format!("unknown payload format `{payload}`")))?,
+        signature_header: row.try_get(column("webhook_signature_header").as_str())?,
+        signature_format: SignatureFormat::parse(&signature_format).ok_or_else(|| {
+            Error::Corrupt(format!("unknown signature format `{signature_format}`"))
+        })?,
+        custom_headers: std::collections::BTreeMap::new(),
+        timeout: None,
+        max_retries: None,
+        verify_tls: verify_tls != 0,
+        disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
+        ordered: ordered != 0,
+    };
+    endpoint.expire_previous_secret(now_ms());
+    Ok(Some(endpoint))
+}
+
+/// The sender policy as the inbox row stores it: `NULL` when it is the default (no policy).
+///
+/// # Errors
+/// [`Error::Corrupt`] if it does not serialize (it always does).
+pub(crate) fn sender_policy_json(
+    policy: &crate::model::SenderPolicy,
+) -> Result<Option<String>, Error> {
+    if *policy == crate::model::SenderPolicy::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(policy)
+        .map(Some)
+        .map_err(|err| Error::Corrupt(err.to_string()))
+}
+
+/// A stored sender policy. One that does not parse is an error, not "no policy": a silently
+/// dropped block list would let through what the inbox refuses.
+///
+/// # Errors
+/// [`Error::Corrupt`].
+pub(crate) fn sender_policy_from_json(
+    inbox_id: &str,
+    json: Option<&str>,
+) -> Result<crate::model::SenderPolicy, Error> {
+    json.map_or(Ok(crate::model::SenderPolicy::default()), |json| {
+        serde_json::from_str(json)
+            .map_err(|err| Error::Corrupt(format!("sender policy of inbox {inbox_id}: {err}")))
+    })
+}
+
+/// An inbox's stored notification rules. Rules that no longer parse are skipped with a warning
+/// rather than failing every delivery of the inbox.
+pub(super) fn rules_from_json(inbox_id: &str, json: Option<&str>) -> Vec<crate::model::Rule> {
+    let Some(json) = json else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Vec<Value>>(json) {
+        Ok(values) => values
+            .into_iter()
+            .filter_map(|value| match serde_json::from_value(value) {
+                Ok(rule) => Some(rule),
+                Err(err) => {
+                    tracing::warn!(inbox_id, error = %err, "skipping a stored rule that does not parse");
+                    None
+                }
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(inbox_id, error = %err, "stored notification rules are not a list");
+            Vec::new()
+        }
+    }
 }

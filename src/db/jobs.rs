@@ -1,0 +1,480 @@
+//! Delivery jobs and their attempts: the jobs an accepted message makes, leasing due jobs to a
+//! node (with the per-thread ordering and the per-endpoint limits), giving leases back, the
+//! attempt record, resending, and the API's views of both. Claims and attempt records are
+//! critical-path writes (see `write`). Part of [`crate::db`], which owns every SQL statement.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::inboxes::{endpoint_from_row, rules_from_json};
+use super::messages::stored_event;
+use super::{Db, Error, placeholders, write};
+use crate::model::{DeliveryStatus, WebhookEndpoint, now_ms};
+
+/// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
+pub(super) const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (\
+    SELECT 1 FROM deliveries e WHERE e.inbox_id = d.inbox_id \
+    AND e.endpoint_ref = d.endpoint_ref AND e.channel = d.channel \
+    AND e.thread_id = d.thread_id AND e.status = 'pending' \
+    AND (e.created_at < d.created_at OR (e.created_at = d.created_at AND e.id < d.id))))";
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub channel: String,
+    pub endpoint_ref: String,
+    pub target: String,
+    /// The endpoint wants one thread's events in order: this job waits for earlier ones.
+    pub ordered: bool,
+    /// The job is written already leased to this node, which attempts it without a claim.
+    pub lease: Option<Lease>,
+}
+
+/// A lease a delivery job is written with.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub node: String,
+    pub until: i64,
+}
+
+/// A job this node holds a lease on, with everything an attempt needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub delivery_id: String,
+    pub message_id: String,
+    pub inbox_id: String,
+    pub event_id: String,
+    pub attempts: i64,
+    pub failures: i64,
+    pub event_json: String,
+    /// Where the raw message is, for channels that send it on (email forwards).
+    pub storage_key: String,
+    /// `inbox` or `rule:<id>`: which endpoint to switch off when the receiver answers 410.
+    pub endpoint_ref: String,
+    /// `webhook` or `email`.
+    pub channel: String,
+    pub target: JobTarget,
+}
+
+impl ClaimedJob {
+    pub fn endpoint(&self) -> EndpointKey {
+        EndpointKey {
+            inbox_id: self.inbox_id.clone(),
+            endpoint_ref: self.endpoint_ref.clone(),
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+/// One endpoint jobs go to: the inbox webhook (`inbox`) or a rule (`rule:<id>`) of an inbox,
+/// and the channel (a rule's webhook and its email forward are separate endpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub inbox_id: String,
+    pub endpoint_ref: String,
+    pub channel: String,
+}
+
+/// What a job delivers to, read at attempt time so that edits to endpoints and rules apply to
+/// pending jobs.
+#[derive(Debug, Clone)]
+pub enum JobTarget {
+    Webhook(WebhookEndpoint),
+    Email {
+        recipients: Vec<String>,
+    },
+    /// The endpoint or rule was removed, or its channel switched off, since the job was made.
+    Gone(String),
+}
+
+/// What one attempt did to its job.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    /// The node that held the lease for this attempt; the record only counts while it still
+    /// does.
+    pub worker: String,
+    pub started_at: i64,
+    pub latency_ms: i64,
+    pub status_code: Option<u16>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub next: JobUpdate,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum JobUpdate {
+    Delivered,
+    RetryAt(i64),
+    Dead,
+}
+
+/// One delivery as the API shows it (`GET /v1/deliveries`, `GET /v1/deliveries/{id}`).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    pub id: String,
+    pub message_id: String,
+    pub inbox_id: String,
+    /// The event's id: the same on every attempt and resend (the idempotency key).
+    pub event_id: String,
+    /// webhook or email.
+    pub channel: String,
+    /// Where it goes: the webhook URL or the forward recipients.
+    pub target: String,
+    /// pending, delivered or dead.
+    pub status: String,
+    pub attempts: i64,
+    #[schema(required)]
+    pub next_attempt_at: Option<String>,
+    #[schema(required)]
+    pub last_status_code: Option<i64>,
+    #[schema(required)]
+    pub last_error: Option<String>,
+    pub created_at: String,
+    #[schema(required)]
+    pub delivered_at: Option<String>,
+}
+
+/// One delivery attempt as the API shows it (`GET /v1/deliveries/{id}/attempts`).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    pub attempt: i64,
+    pub started_at: String,
+    pub latency_ms: i64,
+    /// The endpoint's HTTP status; null when no response came (or for an email forward).
+    #[schema(required)]
+    pub status_code: Option<i64>,
+    /// What the attempt came to: delivered, http_error, error or not_sent for a webhook;
+    /// forwarded or error for an email forward.
+    pub outcome: String,
+    #[schema(required)]
+    pub error: Option<String>,
+    #[schema(required)]
+    pub response_excerpt: Option<String>,
+}
+
+impl Db {
+    /// Takes a lease on up to `limit` due jobs. A job whose lease ran out (its node died) is due
+    /// again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several nodes claim at once without
+    /// waiting on each other or taking the same row; the conditions are repeated outside the
+    /// sub-select so a row changed meanwhile is re-checked. SQLite has one writer at a time, so
+    /// the plain form is already exclusive there.
+    ///
+    /// A job of an ordered endpoint is not due while an earlier job (by acceptance, then id) of
+    /// the same thread, endpoint and channel is still pending, leased or not. Jobs of the
+    /// endpoints in `skip` (those at their in-flight limit on this node) are left for later.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn claim_due(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+        skip: &[EndpointKey],
+    ) -> Result<Vec<ClaimedJob>, Error> {
+        let claim = write::Claim {
+            worker: worker.to_owned(),
+            now,
+            lease_until,
+            limit,
+            skip: skip.to_vec(),
+        };
+        let mut ids = self.writes.claim(claim).await?;
+        // On PostgreSQL the statement can take more rows than the limit: when a row it meets was
+        // changed concurrently, the re-check runs the sub-select again and SKIP LOCKED finds
+        // further rows. The caller has workers for `limit` jobs only, and a surplus job would
+        // sit out its whole lease, so the surplus goes back at once.
+        let limit_len = usize::try_from(limit).unwrap_or(0);
+        if ids.len() > limit_len {
+            let surplus = ids.split_off(limit_len);
+            self.release_claims(worker, &surplus).await?;
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One read for the whole claim, in claim order.
+        let load = format!(
+            "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
+             d.endpoint_ref, d.channel, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
+             i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
+             i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
+             i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
+             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format \
+             FROM deliveries d JOIN messages m ON m.id = d.message_id \
+             LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
+             ORDER BY d.next_attempt_at, d.id",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&load);
+        for id in &ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let endpoint_ref: String = row.try_get("endpoint_ref")?;
+            let channel: String = row.try_get("channel")?;
+            let inbox_id: String = row.try_get("inbox_id")?;
+            let inbox_webhook = endpoint_from_row(&row, "")?;
+            let target = match endpoint_ref.strip_prefix("rule:") {
+                None => inbox_webhook.map(JobTarget::Webhook).unwrap_or_else(|| {
+                    JobTarget::Gone("the inbox has no webhook any more".to_owned())
+                }),
+                Some(rule_id) => {
+                    let rules_json: Option<String> = row.try_get("notifications_json")?;
+                    let rules = rules_from_json(&inbox_id, rules_json.as_deref());
+                    let rule = rules.iter().find(|rule| rule.id == rule_id);
+                    match (channel.as_str(), rule) {
+                        (_, None) => JobTarget::Gone(format!("rule {rule_id} was removed")),
+                        (_, Some(rule)) if !rule.enabled => {
+                            JobTarget::Gone(format!("rule {rule_id} is disabled"))
+                        }
+                        ("email", Some(rule)) => {
+                            match rule.channels.email.as_ref().filter(|email| email.enabled) {
+                                Some(email) => JobTarget::Email {
+                                    recipients: email.recipients.clone(),
+                                },
+                                None => JobTarget::Gone(format!(
+                                    "rule {rule_id} has no email channel any more"
+                                )),
+                            }
+                        }
+                        (_, Some(rule)) => match &rule.channels.webhook {
+                            Some(webhook) => JobTarget::Webhook(WebhookEndpoint::for_rule(
+                                webhook,
+                                inbox_webhook.as_ref(),
+                            )),
+                            None => {
+                                JobTarget::Gone(format!("rule {rule_id} has no webhook any more"))
+                            }
+                        },
+                    }
+                }
+            };
+            jobs.push(ClaimedJob {
+                delivery_id: row.try_get("id")?,
+                message_id: row.try_get("message_id")?,
+                inbox_id: row.try_get("inbox_id")?,
+                event_id: row.try_get("event_id")?,
+                attempts: row.try_get("attempts")?,
+                failures: row.try_get("failures")?,
+                event_json: stored_event(&row)?,
+                storage_key: row.try_get("storage_key")?,
+                endpoint_ref,
+                channel,
+                target,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Gives back leases this node took but will not use now (jobs of an endpoint that
+    /// reached its in-flight limit within one claimed batch): they are due again at once, for
+    /// this node once a slot frees up or for another node.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn release_claims(&self, worker: &str, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+             WHERE locked_by = $1 AND status = 'pending' AND id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query(&sql).bind(worker);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// When the next pending job that is not of an endpoint in `skip` falls due, if any.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn next_due_at(&self, skip: &[EndpointKey]) -> Result<Option<i64>, Error> {
+        // Blocked jobs and those of saturated endpoints are left out, or the dispatcher would
+        // spin on jobs it cannot claim; the job blocking them is counted, and its end (like a
+        // freed endpoint slot) wakes the dispatcher.
+        let skipped = not_to(skip, 1);
+        let sql = format!(
+            "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL \
+             AND d.locked_until > d.next_attempt_at \
+             THEN d.locked_until ELSE d.next_attempt_at END) FROM deliveries d \
+             WHERE d.status = 'pending' AND {NOT_BLOCKED}{skipped}"
+        );
+        let mut query = sqlx::query_scalar(&sql);
+        for endpoint in skip {
+            query = query
+                .bind(&endpoint.inbox_id)
+                .bind(&endpoint.endpoint_ref)
+                .bind(&endpoint.channel);
+        }
+        let due: Option<i64> = query.fetch_one(&self.pool).await?;
+        Ok(due)
+    }
+
+    /// Logs one attempt and moves its job on, releasing the lease.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
+        self.writes.attempt(record.clone()).await
+    }
+
+    /// Puts a delivery back in the queue, due now, with a fresh retry budget. The event (and so
+    /// its `event_id`) stays the same.
+    ///
+    /// # Errors
+    /// [`Error::Query`]. Returns `false` when there is no such delivery.
+    pub async fn resend(&self, delivery_id: &str) -> Result<bool, Error> {
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = $1, \
+             locked_until = NULL, locked_by = NULL, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(delivery_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Puts every dead delivery of an inbox back in the queue (see [`Db::resend`]).
+    ///
+    /// # Errors
+    /// [`Error::Query`]. Returns how many were requeued.
+    pub async fn resend_dead(&self, inbox_id: &str) -> Result<u64, Error> {
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = $1, \
+             locked_until = NULL, locked_by = NULL, updated_at = $1 \
+             WHERE inbox_id = $2 AND status = 'dead'",
+        )
+        .bind(now)
+        .bind(inbox_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Deliveries, newest first, optionally of one status and one inbox.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        inbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryView>, Error> {
+        let rows = sqlx::query(
+            "SELECT * FROM deliveries WHERE ($1 = '' OR status = $1) AND ($2 = '' OR inbox_id = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(status.map(DeliveryStatus::as_str).unwrap_or_default())
+        .bind(inbox_id.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// One delivery.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryView>, Error> {
+        let row = sqlx::query("SELECT * FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    /// Every attempt of one delivery, in order.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<AttemptView>, Error> {
+        let rows =
+            sqlx::query("SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt")
+                .bind(delivery_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptView {
+                    attempt: row.try_get("attempt")?,
+                    started_at: crate::model::rfc3339(row.try_get("started_at")?),
+                    latency_ms: row.try_get("latency_ms")?,
+                    status_code: row.try_get("status_code")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                    response_excerpt: row.try_get("response_excerpt")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every delivery of one message, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn message_deliveries(&self, message_id: &str) -> Result<Vec<DeliveryView>, Error> {
+        let rows =
+            sqlx::query("SELECT * FROM deliveries WHERE message_id = $1 ORDER BY created_at, id")
+                .bind(message_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+}
+
+/// A condition (on a `deliveries d` row) leaving out the jobs of `skip`, with placeholders
+/// numbered from `$first`.
+pub(super) fn not_to(skip: &[EndpointKey], first: usize) -> String {
+    skip.iter()
+        .enumerate()
+        .map(|(idx, _)| {
+            let n = first + 3 * idx;
+            format!(
+                " AND NOT (d.inbox_id = ${n} AND d.endpoint_ref = ${} AND d.channel = ${})",
+                n + 1,
+                n + 2
+            )
+        })
+        .collect()
+}
+
+pub(super) fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
+    let status: String = row.try_get("status")?;
+    let next_attempt_at: i64 = row.try_get("next_attempt_at")?;
+    Ok(DeliveryView {
+        id: row.try_get("id")?,
+        message_id: row.try_get("message_id")?,
+        inbox_id: row.try_get("inbox_id")?,
+        event_id: row.try_get("event_id")?,
+        channel: row.try_get("channel")?,
+        target: row.try_get("target")?,
+        next_attempt_at: (status == "pending").then(|| crate::model::rfc3339(next_attempt_at)),
+        status,
+        attempts: row.try_get("attempts")?,
+        last_status_code: row.try_get("last_status_code")?,
+        last_error: row.try_get("last_error")?,
+        created_at: crate::model::rfc3339(row.try_get("created_at")?),
+        delivered_at: row
+            .try_get::<Option<i64>, _>("delivered_at")?
+            .map(crate::model::rfc3339),
+    })
+}

@@ -1,0 +1,289 @@
+//! The executor the critical-path writes run on: a statement with its arguments in, nothing, the
+//! first column of the first row, or every row out. Two implementations: [`PoolExec`] on a sqlx
+//! connection (a pooled transaction, on either backend) and [`SqliteExec`] on the SQLite
+//! committer's own rusqlite connection. The statement sequences (`statements`) are written once
+//! against the [`Exec`] trait; this file is the only place that knows how either library binds
+//! an argument or reads a column.
+//!
+//! [`SqliteExec`] does no I/O of its own that could wait: each of its futures is ready the first
+//! time it is polled, so the committer thread runs a whole batch in one poll ([`ready`]) and
+//! never hops threads per statement.
+
+use std::future::Future;
+
+use rusqlite::types::{ToSql, ToSqlOutput};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Any, Row as _};
+
+use crate::db::{Backend, Error};
+
+/// One value for a `$n` placeholder: `args[n - 1]`. Nulls are typed, as PostgreSQL wants a
+/// NULL of the column's type (`event_lz4` is `BYTEA`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arg<'a> {
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    OptInt(Option<i64>),
+    OptText(Option<&'a str>),
+    OptBlob(Option<&'a [u8]>),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<f64> for Arg<'_> {
+    fn from(value: f64) -> Self {
+        Self::Real(value)
+    }
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(value: &'a str) -> Self {
+        Self::Text(value)
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(value: &'a String) -> Self {
+        Self::Text(value)
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(value: Option<i64>) -> Self {
+        Self::OptInt(value)
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(value: Option<&'a str>) -> Self {
+        Self::OptText(value)
+    }
+}
+
+impl<'a> From<Option<&'a [u8]>> for Arg<'a> {
+    fn from(value: Option<&'a [u8]>) -> Self {
+        Self::OptBlob(value)
+    }
+}
+
+/// `[Arg; n]` from values that convert into one: `args![id, size, None::<&str>]`.
+macro_rules! args {
+    ($($value:expr),* $(,)?) => {
+        [$($crate::db::write::exec::Arg::from($value)),*]
+    };
+}
+pub(super) use args;
+
+/// A column value either library can read.
+pub(super) trait Column: Sized {
+    fn from_pool(row: &AnyRow, idx: usize) -> Result<Self, Error>;
+    fn from_sqlite(row: &rusqlite::Row<'_>, idx: usize) -> Result<Self, Error>;
+}
+
+impl<T> Column for T
+where
+    T: rusqlite::types::FromSql + for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    fn from_pool(row: &AnyRow, idx: usize) -> Result<Self, Error> {
+        Ok(row.try_get(idx)?)
+    }
+
+    fn from_sqlite(row: &rusqlite::Row<'_>, idx: usize) -> Result<Self, Error> {
+        Ok(row.get(idx)?)
+    }
+}
+
+/// A row read as a tuple of its columns, in `SELECT`/`RETURNING` order.
+pub(super) trait FromRow: Sized {
+    fn from_pool(row: &AnyRow) -> Result<Self, Error>;
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> Result<Self, Error>;
+}
+
+macro_rules! tuple_from_row {
+    ($($column:ident $idx:tt),+) => {
+        impl<$($column: Column),+> FromRow for ($($column,)+) {
+            fn from_pool(row: &AnyRow) -> Result<Self, Error> {
+                Ok(($($column::from_pool(row, $idx)?,)+))
+            }
+
+            fn from_sqlite(row: &rusqlite::Row<'_>) -> Result<Self, Error> {
+                Ok(($($column::from_sqlite(row, $idx)?,)+))
+            }
+        }
+    };
+}
+tuple_from_row!(A 0);
+tuple_from_row!(A 0, B 1);
+tuple_from_row!(A 0, B 1, C 2);
+
+/// Where a write's statements run: inside a transaction its caller opened and commits.
+pub(super) trait Exec {
+    /// The dialect differences the statements care about (the claim's row lock).
+    fn backend(&self) -> Backend;
+
+    /// Whether a message's event is stored compressed in `event_lz4` (migration 0013) rather
+    /// than as text in `event_json`. The SQLite committer compresses: a third of the pages, each
+    /// written to the WAL and again by the checkpoint. The pool does not: it writes PostgreSQL,
+    /// which compresses large text itself, and in-memory SQLite.
+    fn compresses_events(&self) -> bool;
+
+    /// Runs a statement, ignoring any rows it returns.
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<(), Error>;
+
+    /// The first column of the first row a statement returns, if any.
+    async fn first<T: Column>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Option<T>, Error>;
+
+    /// Every row a statement returns.
+    async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error>;
+}
+
+/// Statements on a sqlx connection: a pooled transaction of the group committer, or a pooled
+/// connection for a read.
+pub(super) struct PoolExec<'c> {
+    pub(super) conn: &'c mut sqlx::AnyConnection,
+    pub(super) backend: Backend,
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, AnyArguments<'q>>;
+
+fn bind_pool<'q>(mut query: AnyQuery<'q>, args: &[Arg<'q>]) -> AnyQuery<'q> {
+    for arg in args {
+        query = match *arg {
+            Arg::Int(value) => query.bind(value),
+            Arg::Real(value) => query.bind(value),
+            Arg::Text(value) => query.bind(value),
+            Arg::OptInt(value) => query.bind(value),
+            Arg::OptText(value) => query.bind(value),
+            Arg::OptBlob(value) => query.bind(value),
+        };
+    }
+    query
+}
+
+impl Exec for PoolExec<'_> {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn compresses_events(&self) -> bool {
+        false
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<(), Error> {
+        bind_pool(sqlx::query(sql), args)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn first<T: Column>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Option<T>, Error> {
+        bind_pool(sqlx::query(sql), args)
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .map(|row| T::from_pool(&row, 0))
+            .transpose()
+    }
+
+    async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error> {
+        bind_pool(sqlx::query(sql), args)
+            .fetch_all(&mut *self.conn)
+            .await?
+            .iter()
+            .map(R::from_pool)
+            .collect()
+    }
+}
+
+/// Statements on the SQLite committer's connection, as cached prepared statements.
+pub(super) struct SqliteExec<'c> {
+    pub(super) conn: &'c rusqlite::Connection,
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Self::Int(value) => value.to_sql(),
+            Self::Real(value) => value.to_sql(),
+            Self::Text(value) => value.to_sql(),
+            Self::OptInt(value) => value.to_sql(),
+            Self::OptText(value) => value.to_sql(),
+            Self::OptBlob(value) => value.to_sql(),
+        }
+    }
+}
+
+impl SqliteExec<'_> {
+    fn prepare(&self, sql: &str, args: &[Arg<'_>]) -> Result<rusqlite::CachedStatement<'_>, Error> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        bind_numbered(&mut statement, args)?;
+        Ok(statement)
+    }
+}
+
+impl Exec for SqliteExec<'_> {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn compresses_events(&self) -> bool {
+        true
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<(), Error> {
+        self.prepare(sql, args)?.raw_execute()?;
+        Ok(())
+    }
+
+    async fn first<T: Column>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Option<T>, Error> {
+        let mut statement = self.prepare(sql, args)?;
+        let mut rows = statement.raw_query();
+        match rows.next()? {
+            Some(row) => Ok(Some(T::from_sqlite(row, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error> {
+        let mut statement = self.prepare(sql, args)?;
+        let mut found = Vec::new();
+        let mut rows = statement.raw_query();
+        while let Some(row) = rows.next()? {
+            found.push(R::from_sqlite(row)?);
+        }
+        Ok(found)
+    }
+}
+
+/// Binds `values[n - 1]` to each `$n` of a statement. SQLite numbers parameters in order of
+/// first appearance, whatever their names say, so they are matched by name, as sqlx does.
+fn bind_numbered(statement: &mut rusqlite::Statement<'_>, values: &[Arg<'_>]) -> Result<(), Error> {
+    for index in 1..=statement.parameter_count() {
+        let value = statement
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|number| number.parse::<usize>().ok())
+            .and_then(|number| number.checked_sub(1))
+            .and_then(|number| values.get(number))
+            .ok_or_else(|| Error::Corrupt(format!("statement parameter {index} has no value")))?;
+        statement.raw_bind_parameter(index, value)?;
+    }
+    Ok(())
+}
+
+/// The output of a future run on [`SqliteExec`], which is ready at its first poll.
+///
+/// # Errors
+/// The future's error; [`Error::Corrupt`] if it was not ready (it awaited something other than
+/// a [`SqliteExec`] statement).
+pub(super) fn ready<T>(future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    futures_util::FutureExt::now_or_never(std::pin::pin!(future)).unwrap_or_else(|| {
+        Err(Error::Corrupt(
+            "a write on the SQLite committer's thread waited".to_owned(),
+        ))
+    })
+}
