@@ -1,4 +1,4 @@
-//! Group commit (`db/commit.rs`, `db/sqlite_writer.rs`) on the real binary: when the one
+//! Group commit (`db/write/mod.rs`, `db/write/sqlite.rs`) on the real binary: when the one
 //! transaction of a batch of accepted messages fails because of one of them, every write of the
 //! batch is committed again alone, so only that message is refused.
 
