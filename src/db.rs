@@ -984,18 +984,7 @@ async fn record_fingerprint(
 
 /// The event with `is_duplicate` set to `duplicate`, or `None` when it already says so.
 fn with_duplicate_flag(event_json: &str, duplicate: bool) -> Option<String> {
-    // Events are compact JSON, where a quote inside a string is escaped: without the opposite
-    // flag's text no key can hold it, and the parse (of a payload up to megabytes) is skipped.
-    if !event_json.contains(&format!("\"is_duplicate\":{}", !duplicate)) {
-        return None;
-    }
-    match serde_json::from_str::<Value>(event_json) {
-        Ok(Value::Object(mut event)) => {
-            event.insert("is_duplicate".to_owned(), Value::Bool(duplicate));
-            Some(Value::Object(event).to_string())
-        }
-        _ => None,
-    }
+    crate::event::with_duplicate_flag(event_json, duplicate)
 }
 
 /// Longest event a stored `event_lz4` may claim to hold: the payload cap is configurable, but an

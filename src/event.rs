@@ -114,6 +114,27 @@ pub fn to_json(event: &impl Serialize) -> String {
     serde_json::to_string(event).expect("an event serializes: every map key is a string")
 }
 
+/// The stored event with `is_duplicate` set to `duplicate`, or `None` when it already says so
+/// (or is no mail event). The commit decides the flag, on the fingerprint index, after intake
+/// stored its guess; it is rarely wrong, so the event is read and written again only then.
+pub fn with_duplicate_flag(stored: &str, duplicate: bool) -> Option<String> {
+    // Events are compact JSON, where a quote inside a string is escaped: without the opposite
+    // flag's text no key can hold it, and reading the event (up to megabytes) is skipped.
+    let opposite = if duplicate {
+        "\"is_duplicate\":false"
+    } else {
+        "\"is_duplicate\":true"
+    };
+    if !stored.contains(opposite) {
+        return None;
+    }
+    let Ok(Event::Mail(mut event)) = Event::from_json(stored) else {
+        return None;
+    };
+    event.is_duplicate = duplicate;
+    Some(to_json(&event))
+}
+
 /// One kind of id an event carries, so an event id cannot be passed where a message id belongs.
 /// On the wire it is the plain string.
 macro_rules! id {

@@ -351,3 +351,17 @@ fn the_bound_of_a_typed_event_is_the_bound_of_its_json() {
         json_len_upper_bound(&value(&event))
     );
 }
+
+/// The commit corrects intake's duplicate guess in the stored text: only the flag changes.
+#[test]
+fn the_duplicate_flag_is_set_in_the_stored_event_and_nothing_else_changes() {
+    let envelope = Envelope::default();
+    let parsed = crate::parse::parse(b"From: a@example.org\r\nSubject: s \"q\"\r\n\r\nhi\r\n");
+    let mut event = build(&context(&envelope, &[], 1 << 20), &parsed);
+    let stored = to_json(&event);
+    assert_eq!(with_duplicate_flag(&stored, false), None);
+    event.is_duplicate = true;
+    let flagged = with_duplicate_flag(&stored, true).expect("the guess was wrong");
+    assert_eq!(flagged, to_json(&event));
+    assert_eq!(with_duplicate_flag(&flagged, true), None);
+}
