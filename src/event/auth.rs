@@ -10,7 +10,7 @@ use crate::verify::{ArcVerdict, AuthVerdict, DkimVerdict, DmarcVerdict, SpfVerdi
 
 /// The verdicts. `checked: false` (verification off, or no client address) leaves the rest
 /// empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Auth {
     pub arc: Option<ArcChain>,
@@ -21,7 +21,9 @@ pub struct Auth {
 }
 
 /// An RFC 8601 result, as every check reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthResult {
     Pass,
@@ -71,7 +73,7 @@ impl AuthResult {
 }
 
 /// The SPF result for the envelope sender (RFC 7208 §2.4: the HELO name for the null sender).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Spf {
     pub client_ip: String,
@@ -84,7 +86,9 @@ pub struct Spf {
 }
 
 /// The identity an SPF result is about.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SpfIdentity {
     #[default]
@@ -93,7 +97,7 @@ pub enum SpfIdentity {
 }
 
 /// One DKIM signature's result.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Dkim {
     /// `rsa-sha256`, `rsa-sha1`, `ed25519-sha256`; empty when the signature could not be read.
@@ -107,7 +111,7 @@ pub struct Dkim {
 }
 
 /// The DMARC result for the RFC 5322 From domain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Dmarc {
     pub dkim_aligned: bool,
@@ -120,7 +124,9 @@ pub struct Dmarc {
 }
 
 /// A domain's published DMARC policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DmarcPolicy {
     #[default]
@@ -140,7 +146,7 @@ impl DmarcPolicy {
 }
 
 /// The ARC chain's result.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ArcChain {
     /// ARC sets in the message (`i=` instances).

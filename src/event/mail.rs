@@ -75,7 +75,7 @@ impl MailReceived {
 
 /// The BotMailRoom email object (SPEC.md), plus `thread_id` and `extracted_text`. Fields in wire
 /// order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Email {
     /// `plain_text` and `html` are the two sides of one multipart/alternative.
@@ -96,6 +96,7 @@ pub struct Email {
     pub message_id: Option<String>,
     pub plain_text: Option<String>,
     /// The earlier emails of the thread, oldest first; `null` on the emails inside the list.
+    #[schema(no_recursion)]
     pub previous_emails: Option<Vec<Email>>,
     pub prompt: Option<String>,
     pub references: Option<Vec<String>>,
@@ -108,7 +109,7 @@ pub struct Email {
 }
 
 /// One mailbox of an address list.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Address {
     pub address: String,
@@ -125,7 +126,7 @@ impl From<&Mailbox> for Address {
 }
 
 /// One attachment, described (the bytes stay in the raw message).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Attachment {
     pub content_encoding: Option<String>,
