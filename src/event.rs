@@ -64,28 +64,6 @@ impl Event {
         }
     }
 
-    /// The event's `type`: `mail.received` or `calendar.booking.*`.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Self::Mail(_) => MailReceived::MailReceived.as_str(),
-            Self::Calendar(event) => event.change.event_type(),
-        }
-    }
-
-    pub fn event_id(&self) -> &EventId {
-        match self {
-            Self::Mail(event) => &event.event_id,
-            Self::Calendar(event) => &event.event_id,
-        }
-    }
-
-    pub fn agent_id(&self) -> &InboxId {
-        match self {
-            Self::Mail(event) => &event.agent_id,
-            Self::Calendar(event) => &event.agent_id,
-        }
-    }
-
     /// The mail event, when this is one.
     pub fn as_mail(&self) -> Option<&MailEvent> {
         match self {
@@ -150,10 +128,6 @@ macro_rules! id {
         impl $name {
             pub fn as_str(&self) -> &str {
                 &self.0
-            }
-
-            pub fn into_string(self) -> String {
-                self.0
             }
         }
 

@@ -67,12 +67,6 @@ pub enum MailReceived {
     MailReceived,
 }
 
-impl MailReceived {
-    pub fn as_str(self) -> &'static str {
-        "mail.received"
-    }
-}
-
 /// The BotMailRoom email object (SPEC.md), plus `thread_id` and `extracted_text`. Fields in wire
 /// order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

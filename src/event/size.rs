@@ -8,18 +8,26 @@
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
-use super::mail::MailEvent;
+use super::mail::{Email, MailEvent};
 
-/// The fields the cap may leave out, in the order it does: the earlier emails are also in
-/// `thread_prompt`, and the html is also in `prompt` (as markdown).
-const OMITTABLE: [&str; 6] = [
-    "previous_emails",
-    "html",
-    "thread_prompt",
-    "prompt",
-    "plain_text",
-    "extracted_text",
+/// The fields of `email` the cap may leave out, in the order it does (the earlier emails are
+/// also in `thread_prompt`, and the html is also in `prompt`, as markdown).
+const OMITTABLE: [(&str, LeaveOut); 6] = [
+    ("previous_emails", |email| {
+        take_len(&mut email.previous_emails)
+    }),
+    ("html", |email| take_len(&mut email.html)),
+    ("thread_prompt", |email| take_len(&mut email.thread_prompt)),
+    ("prompt", |email| take_len(&mut email.prompt)),
+    ("plain_text", |email| take_len(&mut email.plain_text)),
+    ("extracted_text", |email| {
+        take_len(&mut email.extracted_text)
+    }),
 ];
+
+/// Empties one field of `email`, returning the JSON length of what it held (`None`: it was
+/// empty already).
+type LeaveOut = fn(&mut Email) -> Option<usize>;
 
 /// Room kept for the `omitted_reason` itself, so the event with it still fits.
 const REASON_ROOM: usize = 256;
@@ -36,33 +44,21 @@ pub(super) fn enforce_cap(event: &mut MailEvent, max_bytes: usize) {
     }
     let budget = max_bytes.saturating_sub(REASON_ROOM);
     let mut omitted = Vec::new();
-    for field in OMITTABLE {
+    for (field, leave_out) in OMITTABLE {
         if total <= budget {
             break;
         }
         // Swapping a value for `null` changes only its own bytes, so the new size follows
         // without serializing the whole event again.
-        let mut left_out = |len: Option<usize>| match len {
-            Some(len) => {
-                total = total.saturating_sub(len) + "null".len();
-                true
-            }
-            None => false,
-        };
-        let email = &mut event.email;
-        let freed = match field {
-            "previous_emails" => left_out(take_len(&mut email.previous_emails)),
-            "html" => left_out(take_len(&mut email.html)),
-            "thread_prompt" => left_out(take_len(&mut email.thread_prompt)),
-            "prompt" => left_out(take_len(&mut email.prompt)),
-            "plain_text" => left_out(take_len(&mut email.plain_text)),
-            _ => left_out(take_len(&mut email.extracted_text)),
-        };
-        if freed {
+        let mut shrink = |len: usize| total = total.saturating_sub(len) + "null".len();
+        if let Some(len) = leave_out(&mut event.email) {
+            shrink(len);
             omitted.push(field);
-            if field == "extracted_text" {
+            if field == "extracted_text"
+                && let Some(len) = take_len(&mut event.extracted_text)
+            {
                 // The same text at the top level goes with it, unnamed: it is one field twice.
-                left_out(take_len(&mut event.extracted_text));
+                shrink(len);
             }
         }
     }

@@ -493,8 +493,9 @@ pub(super) async fn detail(
             .collect();
         deliveries.push(delivery_view(&delivery, attempts));
     }
-    let auth_lines =
-        explain::auth_in_words(&mail.map(|mail| mail.auth.clone()).unwrap_or_default());
+    // A calendar event has no verdicts: it reads as unchecked.
+    let unchecked = crate::event::Auth::default();
+    let auth_lines = explain::auth_in_words(mail.map_or(&unchecked, |mail| &mail.auth));
     let flags = mail.map(Listed::of).unwrap_or_default();
     Ok(render(
         "message.html",
