@@ -16,7 +16,7 @@ use crate::config::{AuthConfig, StorageConfig};
 use crate::db::{ClaimedJob, Db, JobTarget, Lease, NewDelivery, NewFingerprint, NewMessage};
 use crate::deliver::handoff::{Handoff, Reservation};
 use crate::directory::Directory;
-use crate::event::{self, EventContext};
+use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
 use crate::model::{Envelope, WebhookEndpoint, new_id, now_ms};
 use crate::model::{PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
@@ -89,7 +89,7 @@ struct Routed {
 
 /// What the checks concluded for one inbox's copy.
 struct InboxFlags {
-    flags: serde_json::Value,
+    flags: Flags,
     quarantined: bool,
     fingerprint: NewFingerprint,
 }
@@ -251,7 +251,7 @@ impl Intake {
                 Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
                 None => (None, None),
             };
-            let event = event::build_guarded(
+            let event = Event::Mail(event::build_guarded(
                 &EventContext {
                     event_id: &event_id,
                     message_id: &message_id,
@@ -268,7 +268,7 @@ impl Intake {
                 },
                 &parsed,
                 flags,
-            );
+            ));
             let routed = if quarantined {
                 Vec::new()
             } else {
@@ -602,16 +602,18 @@ impl Intake {
         } else {
             false
         };
-        let flags = serde_json::json!({
-            "sender_verified": trust::sender_verified(&facts),
-            "peer_trust_tier": trust::trust_tier(&facts),
-            "traffic_types": trust::traffic_types(&facts, &checks.auth.sender_domain_types),
-            "rate_limited": rate_limited,
-            "is_duplicate": is_duplicate,
-            "quarantined": quarantined,
-            "policy_violations": violations,
-            "auth": verdict,
-        });
+        let flags = Flags {
+            sender_verified: trust::sender_verified(&facts),
+            // The four tiers are the words trust names them with; none other is made.
+            peer_trust_tier: TrustTier::parse(trust::trust_tier(&facts))
+                .unwrap_or(TrustTier::Unverified),
+            traffic_types: trust::traffic_types(&facts, &checks.auth.sender_domain_types),
+            rate_limited,
+            is_duplicate,
+            quarantined,
+            policy_violations: violations,
+            auth: Auth::from(verdict),
+        };
         Ok(InboxFlags {
             flags,
             quarantined,
@@ -621,7 +623,7 @@ impl Intake {
 
     /// The delivery jobs of one event: the inbox webhook (every event) and each route its
     /// notification rules add (webhooks and email forwards).
-    fn deliveries_for(&self, inbox_id: &str, event: &serde_json::Value) -> Vec<Routed> {
+    fn deliveries_for(&self, inbox_id: &str, event: &Event) -> Vec<Routed> {
         let Some(inbox) = self.directory.inbox(inbox_id) else {
             return Vec::new();
         };
@@ -697,7 +699,7 @@ impl Intake {
         &self,
         inbox_id: &str,
         raw: &[u8],
-        build: impl FnOnce(&EventIds<'_>) -> serde_json::Value,
+        build: impl FnOnce(&EventIds<'_>) -> CalendarEvent,
     ) -> Outcome {
         let received_at = now_ms();
         let message_id = new_id("msg");
@@ -710,6 +712,8 @@ impl Intake {
             s3_bucket: &self.bucket,
             s3_key: &key,
         });
+        let subject = event.booking.title.clone();
+        let event = Event::Calendar(event);
         let deliveries = self
             .deliveries_for(inbox_id, &event)
             .into_iter()
@@ -736,7 +740,7 @@ impl Intake {
             helo: String::new(),
             header_message_id: None,
             sender: None,
-            subject: event["booking"]["title"].as_str().map(str::to_owned),
+            subject,
             received_at,
             event_json: event::to_json(&event),
             // A booking is its own thread: calendar events never join mail threads.

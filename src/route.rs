@@ -3,8 +3,7 @@
 //! Pure: a function from an event's flags and an inbox's rules to routes. No IO, no clock. The
 //! inbox webhook receives every event and is not a rule; rules add routes.
 
-use serde_json::Value;
-
+use crate::event::{Event, TrustTier};
 use crate::model::{Filters, Rule};
 
 /// The flags of an event that filters look at.
@@ -13,33 +12,30 @@ pub struct EventFlags {
     pub sender_verified: bool,
     pub traffic_types: Vec<String>,
     pub sender_domain: Option<String>,
-    pub trust_tier: String,
+    pub trust_tier: TrustTier,
 }
 
 impl EventFlags {
-    /// Reads the flags from a `mail.received` event; missing fields read as the least trusted
-    /// values.
-    pub fn from_event(event: &Value) -> Self {
+    /// Reads the flags from an event. A calendar event has no sender to verify: it reads as the
+    /// least trusted values, as a mail without verification does.
+    pub fn from_event(event: &Event) -> Self {
+        let Event::Mail(mail) = event else {
+            return Self {
+                sender_verified: false,
+                traffic_types: Vec::new(),
+                sender_domain: None,
+                trust_tier: TrustTier::Unverified,
+            };
+        };
         Self {
-            sender_verified: event["sender_verified"].as_bool().unwrap_or(false),
-            traffic_types: event["traffic_types"]
-                .as_array()
-                .map(|types| {
-                    types
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            sender_domain: event["sender"]
-                .as_str()
+            sender_verified: mail.sender_verified,
+            traffic_types: mail.traffic_types.clone(),
+            sender_domain: mail
+                .sender
+                .as_deref()
                 .and_then(|sender| sender.rsplit_once('@'))
                 .map(|(_, domain)| domain.to_ascii_lowercase()),
-            trust_tier: event["peer_trust_tier"]
-                .as_str()
-                .unwrap_or("unverified")
-                .to_owned(),
+            trust_tier: mail.peer_trust_tier,
         }
     }
 }
@@ -61,8 +57,11 @@ fn filters_match(filters: &Filters, flags: &EventFlags) -> bool {
                 domain == wanted || domain.ends_with(&format!(".{wanted}"))
             })
         });
-    let tiers_ok =
-        filters.trust_tiers.is_empty() || filters.trust_tiers.contains(&flags.trust_tier);
+    let tiers_ok = filters.trust_tiers.is_empty()
+        || filters
+            .trust_tiers
+            .iter()
+            .any(|tier| tier == flags.trust_tier.as_str());
     verified_ok && types_ok && domains_ok && tiers_ok
 }
 

@@ -7,9 +7,10 @@
 //! or forward, among recent mails that share a participant, because an unrelated mail with the
 //! same subject is likelier than a reply whose client dropped the headers.
 
-use serde_json::Value;
-
+use crate::event::Email;
 use crate::parse::ParsedMessage;
+
+pub use crate::event::Thread;
 
 /// How far back the subject fallback looks.
 pub const SUBJECT_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -17,17 +18,6 @@ pub const SUBJECT_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const MAX_PREVIOUS_EMAILS: i64 = 20;
 /// How many header ids of a References chain are looked up (the newest ones, at its end).
 const MAX_REFERENCES: usize = 50;
-
-/// The thread a message joined or started, as the event reports it.
-#[derive(Debug, Clone, Default)]
-pub struct Thread {
-    pub thread_id: String,
-    /// The earlier emails, oldest first, at most [`MAX_PREVIOUS_EMAILS`].
-    pub previous_emails: Vec<Value>,
-    /// The thread has emails older than `previous_emails` that the event leaves out, so the
-    /// thread prompt must not read as the whole conversation.
-    pub earlier_left_out: bool,
-}
 
 /// What a new message offers for finding its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,18 +193,19 @@ pub fn from_history(thread_id: String, stored_events: &[String]) -> Thread {
 /// `previous_emails` is null), so the payload never nests threads in threads. ("Root" cannot
 /// mean the first mail of the thread: that one has no earlier emails.) For the same reason the
 /// nested emails' `thread_prompt` is null: the delivered email's `thread_prompt` has the thread.
-pub fn previous_emails(stored_events: &[String]) -> Vec<Value> {
+pub fn previous_emails(stored_events: &[String]) -> Vec<Email> {
+    /// Only the email is read; the rest of each event is skipped without being built.
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        email: Option<Email>,
+    }
     stored_events
         .iter()
-        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
-        .filter_map(|mut event| event.get_mut("email").map(Value::take))
-        .filter(Value::is_object)
-        .map(|mut email| {
-            if let Some(object) = email.as_object_mut() {
-                object.insert("previous_emails".to_owned(), Value::Null);
-                object.insert("thread_prompt".to_owned(), Value::Null);
-            }
-            email
+        .filter_map(|json| serde_json::from_str::<Stored>(json).ok()?.email)
+        .map(|email| Email {
+            previous_emails: None,
+            thread_prompt: None,
+            ..email
         })
         .collect()
 }

@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
@@ -264,16 +263,22 @@ async fn get_message(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let message = state
         .db
         .get_message(&id)
         .await?
         .filter(|message| caller.sees(&message.inbox_id))
         .ok_or(ApiError::NotFound("message"))?;
-    let event: Value = serde_json::from_str(&message.event_json)
+    // Served as stored, the very bytes a `payload = "mxhook"` endpoint receives: checked to be
+    // JSON, not built and written again.
+    serde_json::from_str::<serde::de::IgnoredAny>(&message.event_json)
         .map_err(|err| ApiError::Internal(format!("stored event of {id} is not JSON: {err}")))?;
-    Ok(Json(event))
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        message.event_json,
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -496,9 +501,9 @@ pub(crate) struct Resent {
 /// For mail this is the `mail.received` event of SPEC.md "The `mail.received` event"; an
 /// event from calendar provider ingress has `type` `booking.*` with `provider`, `booking` and
 /// `payload` instead of the mail fields. The event is served as stored (it is the very payload
-/// delivered), so this type only documents it: `email`, `auth`, `booking` and `payload` are
-/// free-form here (`additionalProperties: true`; SPEC.md gives their shape in prose), and the
-/// OpenAPI test compares every other field of a real event with this schema.
+/// delivered), so this type only documents it: `email` and `auth` with the event's own types,
+/// `booking` and `payload` free-form (`additionalProperties: true`; SPEC.md gives their shape in
+/// prose), and the OpenAPI test compares every field of a real event with this schema.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // documentation only; the handler returns the stored JSON as is
 struct StoredEvent {
@@ -535,14 +540,12 @@ struct StoredEvent {
     remote_ip: Option<String>,
     helo: Option<String>,
     /// Structured verdicts: checked, spf, dkim[], dmarc, arc.
-    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
-    auth: Option<serde_json::Value>,
+    auth: Option<crate::event::Auth>,
     warnings: Option<Vec<String>>,
     /// Set when bodies were left out past the payload cap; names them and the raw URL.
     omitted_reason: Option<String>,
     /// The full content: the BotMailRoom fields of SPEC.md.
-    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
-    email: Option<serde_json::Value>,
+    email: Option<crate::event::Email>,
     /// Calendar events: cal.com or calendly.
     provider: Option<String>,
     /// Calendar events: the booking, normalised.

@@ -11,10 +11,11 @@
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use pulldown_cmark::{Event, Parser, html};
-use serde_json::Value;
+use pulldown_cmark::{Event as Markdown, Parser, html};
 
 use crate::config::ForwardConfig;
+use crate::event::{BookingChange, CalendarEvent, Event, EventId, MailEvent, Person};
+use crate::model::Provider;
 
 const FORWARD_TEMPLATE: &str = include_str!("../../templates/forward.md");
 const CALENDAR_TEMPLATE: &str = include_str!("../../templates/calendar_forward.md");
@@ -83,7 +84,7 @@ impl Forwarder {
     /// An [`Error`]; [`Error::is_transient`] tells whether to retry.
     pub async fn forward(
         &self,
-        event: &Value,
+        event: &Event,
         raw: &[u8],
         recipients: &[String],
     ) -> Result<(), Error> {
@@ -100,18 +101,20 @@ impl Forwarder {
 /// The forward as a MIME message. Pure apart from lettre's Date and Message-ID headers.
 fn build_message(
     from: &Mailbox,
-    event: &Value,
+    event: &Event,
     raw: &[u8],
     recipients: &[String],
 ) -> Result<lettre::Message, Error> {
-    if is_calendar_event(event) {
-        return build_calendar_message(from, event, raw, recipients);
-    }
-    let email = &event["email"];
-    let subject = event["subject"].as_str().unwrap_or_default();
-    let sender_name = email["from_address"]["name"]
-        .as_str()
-        .or_else(|| event["sender"].as_str())
+    let event = match event {
+        Event::Calendar(booking) => return build_calendar_message(from, booking, raw, recipients),
+        Event::Mail(mail) => mail,
+    };
+    let sender_name = event
+        .email
+        .from_address
+        .name
+        .as_deref()
+        .or(event.sender.as_deref())
         .unwrap_or("unknown sender");
     let shown_from = Mailbox::new(
         Some(format!("{sender_name} via mxhook")),
@@ -119,13 +122,14 @@ fn build_message(
     );
 
     let markdown = render_template(event);
-    let reply_to = event["sender"]
-        .as_str()
+    let reply_to = event
+        .sender
+        .as_deref()
         .and_then(|sender| sender.parse::<Mailbox>().ok());
     let builder = forward_builder(
         shown_from,
-        format!("Fwd: {subject}"),
-        event,
+        format!("Fwd: {}", event.subject),
+        &event.event_id,
         reply_to,
         recipients,
     )?;
@@ -138,74 +142,67 @@ fn build_message(
     )
 }
 
-/// Whether the event is a booking from a calendar provider rather than a mail.
-fn is_calendar_event(event: &Value) -> bool {
-    event["type"]
-        .as_str()
-        .is_some_and(|kind| kind.starts_with("calendar."))
-}
-
 /// A calendar event's forward: subject from the booking's title and start, a readable summary,
 /// and the provider's webhook JSON (`raw`, as received) attached.
 fn build_calendar_message(
     from: &Mailbox,
-    event: &Value,
+    event: &CalendarEvent,
     raw: &[u8],
     recipients: &[String],
 ) -> Result<lettre::Message, Error> {
-    let booking = &event["booking"];
-    let title = booking["title"]
-        .as_str()
+    let booking = &event.booking;
+    let title = booking
+        .title
+        .as_deref()
         .filter(|title| !title.trim().is_empty())
         .unwrap_or("Booking");
-    let subject = match booking["start_time"].as_str() {
+    let subject = match &booking.start_time {
         Some(start) => format!("{}: {title} ({start})", calendar_change(event)),
         None => format!("{}: {title}", calendar_change(event)),
     };
     let provider = provider_name(event);
     let shown_from = Mailbox::new(Some(format!("{provider} via mxhook")), from.email.clone());
     // Replies go to the person who booked, as they would to the sender of a forwarded mail.
-    let reply_to = booking["attendees"][0]["email"]
-        .as_str()
+    let reply_to = booking
+        .attendees
+        .first()
+        .and_then(|attendee| attendee.email.as_deref())
         .and_then(|email| email.parse::<Mailbox>().ok());
-    let builder = forward_builder(shown_from, subject, event, reply_to, recipients)?;
+    let builder = forward_builder(shown_from, subject, &event.event_id, reply_to, recipients)?;
     let json =
         ContentType::parse("application/json").map_err(|err| Error::Build(err.to_string()))?;
     let markdown = fill(CALENDAR_TEMPLATE, |name| calendar_value(event, name));
     with_body(
         builder,
         &markdown,
-        Attachment::new(format!(
-            "{}-webhook.json",
-            event["provider"].as_str().unwrap_or("calendar")
-        ))
-        .body(raw.to_vec(), json),
+        Attachment::new(format!("{}-webhook.json", event.provider.as_str()))
+            .body(raw.to_vec(), json),
     )
 }
 
-fn calendar_change(event: &Value) -> &'static str {
-    match event["type"].as_str() {
-        Some("calendar.booking.cancelled") => "Booking cancelled",
-        Some("calendar.booking.rescheduled") => "Booking rescheduled",
-        _ => "New booking",
+fn calendar_change(event: &CalendarEvent) -> &'static str {
+    match event.change {
+        BookingChange::Cancelled => "Booking cancelled",
+        BookingChange::Rescheduled => "Booking rescheduled",
+        BookingChange::Created => "New booking",
     }
 }
 
-fn provider_name(event: &Value) -> &'static str {
-    match event["provider"].as_str() {
-        Some("calcom") => "Cal.com",
-        Some("calendly") => "Calendly",
-        _ => "Calendar",
+fn provider_name(event: &CalendarEvent) -> &'static str {
+    match event.provider {
+        Provider::CalCom => "Cal.com",
+        Provider::Calendly => "Calendly",
+        Provider::MailerSend | Provider::SendGrid => "Calendar",
     }
 }
 
 /// The calendar template's placeholders: `{{change}}`, `{{provider}}`, `{{agent_id}}`,
 /// `{{event_id}}`, `{{title}}`, `{{start_time}}`, `{{end_time}}`, `{{organizer}}`,
 /// `{{attendees}}`, `{{cancellation_reason}}`.
-fn calendar_value(event: &Value, name: &str) -> String {
-    let booking = &event["booking"];
-    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
-    let person = |value: &Value| match (value["name"].as_str(), value["email"].as_str()) {
+fn calendar_value(event: &CalendarEvent, name: &str) -> String {
+    let booking = &event.booking;
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let person = |person: &Person| match (person.name.as_deref(), person.email.as_deref()) {
         (Some(name), Some(email)) if !name.is_empty() => format!("{name} <{email}>"),
         (_, Some(email)) => email.to_owned(),
         (Some(name), None) => name.to_owned(),
@@ -214,13 +211,16 @@ fn calendar_value(event: &Value, name: &str) -> String {
     match name {
         "change" => calendar_change(event).to_owned(),
         "provider" => provider_name(event).to_owned(),
-        "agent_id" | "event_id" => text(&event[name]),
-        "title" | "start_time" | "end_time" | "cancellation_reason" => text(&booking[name]),
-        "organizer" => person(&booking["organizer"]),
-        "attendees" => booking["attendees"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        "agent_id" => event.agent_id.to_string(),
+        "event_id" => event.event_id.to_string(),
+        "title" => text(&booking.title),
+        "start_time" => text(&booking.start_time),
+        "end_time" => text(&booking.end_time),
+        "cancellation_reason" => text(&booking.cancellation_reason),
+        "organizer" => person(&booking.organizer),
+        "attendees" => booking
+            .attendees
+            .iter()
             .map(person)
             .filter(|person| !person.is_empty())
             .collect::<Vec<_>>()
@@ -234,7 +234,7 @@ fn calendar_value(event: &Value, name: &str) -> String {
 fn forward_builder(
     shown_from: Mailbox,
     subject: String,
-    event: &Value,
+    event_id: &EventId,
     reply_to: Option<Mailbox>,
     recipients: &[String],
 ) -> Result<lettre::message::MessageBuilder, Error> {
@@ -247,7 +247,7 @@ fn forward_builder(
         ))
         .raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str("X-Mxhook-Event-Id"),
-            event["event_id"].as_str().unwrap_or_default().to_owned(),
+            event_id.to_string(),
         ));
     if let Some(reply_to) = reply_to {
         builder = builder.reply_to(reply_to);
@@ -283,13 +283,16 @@ fn with_body(
 /// Fills `templates/forward.md`: `{{agent_id}}`, `{{event_id}}`, `{{sender}}`, `{{subject}}`,
 /// `{{prompt}}`. Values are inserted once, in one pass, so text inside a value that looks like a
 /// placeholder stays as it is.
-fn render_template(event: &Value) -> String {
+fn render_template(event: &MailEvent) -> String {
     fill(FORWARD_TEMPLATE, |name| match name {
-        "agent_id" | "event_id" | "sender" | "subject" => {
-            event[name].as_str().unwrap_or_default().to_owned()
-        }
-        "prompt" => event["email"]["prompt"]
-            .as_str()
+        "agent_id" => event.agent_id.to_string(),
+        "event_id" => event.event_id.to_string(),
+        "sender" => event.sender.clone().unwrap_or_default(),
+        "subject" => event.subject.clone(),
+        "prompt" => event
+            .email
+            .prompt
+            .as_deref()
             .unwrap_or("(the body was left out: see the attached original)")
             .to_owned(),
         _ => String::new(),
@@ -333,7 +336,7 @@ fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
 /// untrusted and must not become markup in the recipient's client.
 fn markdown_to_html(markdown: &str) -> String {
     let events = Parser::new(markdown).map(|event| match event {
-        Event::Html(raw) | Event::InlineHtml(raw) => Event::Text(raw),
+        Markdown::Html(raw) | Markdown::InlineHtml(raw) => Markdown::Text(raw),
         other => other,
     });
     let mut out = String::with_capacity(markdown.len() * 2);
@@ -359,10 +362,11 @@ mod tests {
 
     #[test]
     fn template_placeholders_are_filled_once() {
-        let event = serde_json::json!({
+        let event: MailEvent = serde_json::from_value(serde_json::json!({
             "agent_id": "agent", "event_id": "evt_1", "subject": "{{agent_id}}",
             "email": {"prompt": "body mentions {{event_id}}"}
-        });
+        }))
+        .expect("a mail event");
         let text = render_template(&event);
         assert!(text.contains("**agent** (evt_1)"), "{text}");
         assert!(text.contains("body mentions {{event_id}}"), "{text}");
@@ -370,14 +374,15 @@ mod tests {
 
     #[test]
     fn calendar_summary_leaves_out_empty_rows() {
-        let event = serde_json::json!({
+        let event: CalendarEvent = serde_json::from_value(serde_json::json!({
             "type": "calendar.booking.created", "provider": "calcom", "agent_id": "agent",
             "event_id": "evt_1",
             "booking": {"title": "Intro", "start_time": "2026-12-01T10:00:00Z",
                 "end_time": "2026-12-01T10:30:00Z", "cancellation_reason": null,
                 "organizer": {"email": "host@example.com", "name": "Host"},
                 "attendees": [{"email": "p@x.example", "name": ""}]}
-        });
+        }))
+        .expect("a calendar event");
         let text = fill(CALENDAR_TEMPLATE, |name| calendar_value(&event, name));
         assert!(text.contains("**New booking** through Cal.com"), "{text}");
         assert!(

@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 
 use crate::config::DeliveryConfig;
 use crate::db::{AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate};
+use crate::event::{self, Event};
 use crate::model::PayloadFormat;
 use crate::model::now_ms;
 use retry::{NextStep, RetryPolicy};
@@ -408,11 +409,9 @@ impl Dispatcher {
                 let body = match endpoint.payload {
                     // The stored event is sent byte for byte.
                     PayloadFormat::Mxhook => Ok(job.event_json.clone().into_bytes()),
-                    format => serde_json::from_str(&job.event_json)
-                        .map(|event| {
-                            crate::event::payload_for(&event, format)
-                                .to_string()
-                                .into_bytes()
+                    format => Event::from_json(&job.event_json)
+                        .map(|stored| {
+                            event::to_json(&event::payload_for(&stored, format)).into_bytes()
                         })
                         .map_err(|err| format!("stored event is not JSON: {err}")),
                 };
@@ -532,7 +531,7 @@ impl Dispatcher {
     /// the smarthost, the attempt logged like a webhook attempt (no HTTP status).
     async fn forward(&self, job: &ClaimedJob, recipients: &[String], started_at: i64, held: Held) {
         let outcome = match (
-            serde_json::from_str::<serde_json::Value>(&job.event_json),
+            Event::from_json(&job.event_json),
             self.store.get(&job.storage_key).await,
         ) {
             (Ok(event), Ok(raw)) => self

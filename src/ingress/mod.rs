@@ -21,12 +21,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::api::{ApiError, ErrorBody};
 use crate::config::{Config, IngressConfig};
 use crate::db::Db;
 use crate::directory::Directory;
+use crate::event::CalendarEvent;
 use crate::intake::{Intake, Outcome};
 use crate::model::{Envelope, Recipient, now_ms, rfc3339};
 use provider::{CalendarRequest, Provider};
@@ -343,19 +344,17 @@ impl IngressState {
         let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let outcome = self
             .intake
-            .accept_event(&inbox_id, body, |ids| {
-                json!({
-                    "type": booking.change.event_type(),
-                    "event_id": ids.event_id,
-                    "agent_id": inbox_id,
-                    "message_id": ids.message_id,
-                    "timestamp": rfc3339(ids.received_at_ms),
-                    "provider": provider.as_str(),
-                    "booking": booking.booking,
-                    "s3_bucket": ids.s3_bucket,
-                    "s3_key": ids.s3_key,
-                    "payload": payload,
-                })
+            .accept_event(&inbox_id, body, |ids| CalendarEvent {
+                agent_id: inbox_id.as_str().into(),
+                booking: *booking.booking,
+                event_id: ids.event_id.into(),
+                message_id: ids.message_id.into(),
+                payload,
+                provider,
+                s3_bucket: ids.s3_bucket.to_owned(),
+                s3_key: ids.s3_key.to_owned(),
+                timestamp: rfc3339(ids.received_at_ms),
+                change: booking.change,
             })
             .await;
         self.finish(

@@ -8,6 +8,8 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+pub use crate::event::BookingChange;
+use crate::event::Person;
 pub use crate::model::Provider;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -368,24 +370,6 @@ fn unix_seconds(value: &Value) -> Option<i64> {
         .map(|time| time.timestamp())
 }
 
-/// What happened to a booking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BookingChange {
-    Created,
-    Cancelled,
-    Rescheduled,
-}
-
-impl BookingChange {
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Self::Created => "calendar.booking.created",
-            Self::Cancelled => "calendar.booking.cancelled",
-            Self::Rescheduled => "calendar.booking.rescheduled",
-        }
-    }
-}
-
 /// What a calendar webhook asks of mxhook.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CalendarRequest {
@@ -407,6 +391,18 @@ impl CalendarRequest {
     }
 }
 
+/// A text field of a provider's payload; what is not a string there is left out (`null`).
+fn text(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_owned)
+}
+
+fn person(email: &Value, name: &Value) -> Person {
+    Person {
+        email: text(email),
+        name: text(name),
+    }
+}
+
 /// A calendar booking change, normalised across providers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Booking {
@@ -418,7 +414,7 @@ pub struct Booking {
     /// When the provider created the event (Unix seconds, from the signed body), if it says.
     pub created_at_s: Option<i64>,
     /// The normalised booking fields sent in the event's `booking` object.
-    pub booking: Value,
+    pub booking: Box<crate::event::Booking>,
 }
 
 /// Reads a Cal.com webhook (`BOOKING_CREATED`, `BOOKING_CANCELLED`, `BOOKING_RESCHEDULED`).
@@ -456,18 +452,24 @@ pub fn calcom_booking(payload: &Value) -> Result<CalendarRequest, Error> {
             change.event_type(),
             payload["createdAt"].as_str().unwrap_or_default()
         ),
-        booking: serde_json::json!({
-            "provider": "calcom",
-            "uid": uid,
-            "title": booking["title"],
-            "start_time": booking["startTime"],
-            "end_time": booking["endTime"],
-            "event_type_id": event_type_id,
-            "organizer": {"email": booking["organizer"]["email"], "name": booking["organizer"]["name"]},
-            "attendees": booking["attendees"].as_array().into_iter().flatten()
-                .map(|a| serde_json::json!({"email": a["email"], "name": a["name"]}))
-                .collect::<Vec<_>>(),
-            "cancellation_reason": booking["cancellationReason"],
+        booking: Box::new(crate::event::Booking {
+            attendees: booking["attendees"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|attendee| person(&attendee["email"], &attendee["name"]))
+                .collect(),
+            cancellation_reason: text(&booking["cancellationReason"]),
+            end_time: text(&booking["endTime"]),
+            event_type_id,
+            organizer: person(
+                &booking["organizer"]["email"],
+                &booking["organizer"]["name"],
+            ),
+            provider: Provider::CalCom.as_str().to_owned(),
+            start_time: text(&booking["startTime"]),
+            title: text(&booking["title"]),
+            uid: uid.to_owned(),
         }),
     }))
 }
@@ -505,16 +507,19 @@ pub fn calendly_booking(payload: &Value) -> Result<CalendarRequest, Error> {
         event_type_key: format!("calendly:{event_type}"),
         event_key: format!("{}:{invitee}", change.event_type()),
         created_at_s: unix_seconds(&payload["created_at"]),
-        booking: serde_json::json!({
-            "provider": "calendly",
-            "uid": invitee,
-            "title": scheduled["name"],
-            "start_time": scheduled["start_time"],
-            "end_time": scheduled["end_time"],
-            "event_type_id": event_type,
-            "organizer": {"email": scheduled["event_memberships"][0]["user_email"], "name": scheduled["event_memberships"][0]["user_name"]},
-            "attendees": [{"email": inner["email"], "name": inner["name"]}],
-            "cancellation_reason": inner["cancellation"]["reason"],
+        booking: Box::new(crate::event::Booking {
+            attendees: vec![person(&inner["email"], &inner["name"])],
+            cancellation_reason: text(&inner["cancellation"]["reason"]),
+            end_time: text(&scheduled["end_time"]),
+            event_type_id: event_type.to_owned(),
+            organizer: person(
+                &scheduled["event_memberships"][0]["user_email"],
+                &scheduled["event_memberships"][0]["user_name"],
+            ),
+            provider: Provider::Calendly.as_str().to_owned(),
+            start_time: text(&scheduled["start_time"]),
+            title: text(&scheduled["name"]),
+            uid: invitee.to_owned(),
         }),
     }))
 }

@@ -3,12 +3,14 @@ use serde_json::json;
 use super::*;
 
 fn flags(verified: bool, types: &[&str], sender: &str, tier: &str) -> EventFlags {
-    EventFlags::from_event(&json!({
+    let event = serde_json::from_value(json!({
         "sender_verified": verified,
         "traffic_types": types,
         "sender": sender,
         "peer_trust_tier": tier,
     }))
+    .expect("a mail event");
+    EventFlags::from_event(&Event::Mail(event))
 }
 
 #[track_caller]

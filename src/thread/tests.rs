@@ -91,9 +91,9 @@ fn previous_emails_are_email_objects_without_their_own_thread() {
     ];
     let emails = previous_emails(&stored);
     assert_eq!(emails.len(), 2);
-    assert_eq!(emails[0]["id"], "msg_1");
-    assert!(emails[0]["previous_emails"].is_null());
-    assert!(emails[1]["thread_prompt"].is_null());
+    assert_eq!(emails[0].id, "msg_1");
+    assert!(emails[0].previous_emails.is_none());
+    assert!(emails[1].thread_prompt.is_none());
 }
 
 #[test]
@@ -105,11 +105,11 @@ fn a_longer_history_than_shown_is_marked_as_left_out() {
     assert!(thread.earlier_left_out);
     assert_eq!(thread.previous_emails.len(), 20);
     // The oldest one read only tells that there were more; the newest are shown.
-    assert_eq!(thread.previous_emails[0]["id"], "msg_1");
-    assert_eq!(thread.previous_emails[19]["id"], "msg_20");
+    assert_eq!(thread.previous_emails[0].id, "msg_1");
+    assert_eq!(thread.previous_emails[19].id, "msg_20");
 
     let thread = from_history("thr_1".to_owned(), &stored[1..]);
     assert!(!thread.earlier_left_out);
     assert_eq!(thread.previous_emails.len(), 20);
-    assert_eq!(thread.previous_emails[0]["id"], "msg_1");
+    assert_eq!(thread.previous_emails[0].id, "msg_1");
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Auth, Error, UiState, explain, render, when, when_text};
 use crate::db::{DeliveryView, MessageListing};
+use crate::event::{Event, MailEvent, TrustTier};
 use crate::model::DeliveryStatus;
 
 /// Messages a page shows unless `per_page` says otherwise, and the most it may ask for.
@@ -117,42 +118,61 @@ impl ListQuery {
     }
 }
 
-fn flag_set(event: &Value, key: &str) -> bool {
-    event.get(key).and_then(Value::as_bool).unwrap_or(false)
+/// The flags of a stored event, read without the rest of it (a list page reads hundreds of
+/// events). A calendar event, or one that does not read, has none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Listed {
+    sender_verified: bool,
+    is_duplicate: bool,
+    rate_limited: bool,
+    quarantined: bool,
+    peer_trust_tier: Option<TrustTier>,
 }
 
-/// The flags of an event as short labels.
-fn flags_of(event: &Value) -> Vec<&'static str> {
-    let mut flags = Vec::new();
-    if flag_set(event, "sender_verified") {
-        flags.push("verified");
+impl Listed {
+    fn read(stored: &str) -> Self {
+        serde_json::from_str(stored).unwrap_or_default()
     }
-    if flag_set(event, "is_duplicate") {
-        flags.push("duplicate");
+
+    fn of(event: &MailEvent) -> Self {
+        Self {
+            sender_verified: event.sender_verified,
+            is_duplicate: event.is_duplicate,
+            rate_limited: event.rate_limited,
+            quarantined: event.quarantined.unwrap_or(false),
+            peer_trust_tier: Some(event.peer_trust_tier),
+        }
     }
-    if flag_set(event, "rate_limited") {
-        flags.push("rate limited");
+
+    /// The flags as short labels.
+    fn labels(&self) -> Vec<&'static str> {
+        [
+            (self.sender_verified, "verified"),
+            (self.is_duplicate, "duplicate"),
+            (self.rate_limited, "rate limited"),
+            (self.quarantined, "quarantined"),
+        ]
+        .into_iter()
+        .filter_map(|(set, label)| set.then_some(label))
+        .collect()
     }
-    if flag_set(event, "quarantined") {
-        flags.push("quarantined");
-    }
-    flags
 }
 
-fn matches(query: &ListQuery, message: &MessageListing, event: &Value) -> bool {
+fn matches(query: &ListQuery, message: &MessageListing, flags: &Listed) -> bool {
     let flag_ok = match query.flag.as_deref() {
         None => true,
-        Some("verified") => flag_set(event, "sender_verified"),
-        Some("unverified") => !flag_set(event, "sender_verified"),
-        Some("duplicate") => flag_set(event, "is_duplicate"),
-        Some("rate_limited") => flag_set(event, "rate_limited"),
-        Some("quarantined") => flag_set(event, "quarantined"),
+        Some("verified") => flags.sender_verified,
+        Some("unverified") => !flags.sender_verified,
+        Some("duplicate") => flags.is_duplicate,
+        Some("rate_limited") => flags.rate_limited,
+        Some("quarantined") => flags.quarantined,
         Some(_) => false,
     };
     let tier_ok = query
         .tier
         .as_deref()
-        .is_none_or(|tier| event.get("peer_trust_tier").and_then(Value::as_str) == Some(tier));
+        .is_none_or(|tier| flags.peer_trust_tier.map(TrustTier::as_str) == Some(tier));
     let status_ok = match query.status.as_deref() {
         None => true,
         Some("none") => message.delivery_status.is_none(),
@@ -161,15 +181,15 @@ fn matches(query: &ListQuery, message: &MessageListing, event: &Value) -> bool {
     flag_ok && tier_ok && status_ok
 }
 
-fn row_view(message: &MessageListing, event: &Value) -> Value {
+fn row_view(message: &MessageListing, flags: &Listed) -> Value {
     json!({
         "id": message.id,
         "inbox_id": message.inbox_id,
         "sender": message.sender,
         "subject": message.subject,
         "received": when(message.received_at),
-        "tier": event.get("peer_trust_tier").and_then(Value::as_str),
-        "flags": flags_of(event),
+        "tier": flags.peer_trust_tier.map(TrustTier::as_str),
+        "flags": flags.labels(),
         "delivery_id": message.delivery_id,
         "delivery_status": message.delivery_status,
         "delivery_code": message.delivery_status_code,
@@ -186,7 +206,7 @@ struct MessagePage {
 /// What a scan from a cursor found.
 struct Scan {
     /// Matching messages in scan order.
-    found: Vec<(MessageListing, Value)>,
+    found: Vec<(MessageListing, Listed)>,
     /// Every message past the cursor was read.
     exhausted: bool,
     /// The last message read, when the scan budget ran out before `want` matched.
@@ -223,9 +243,9 @@ async fn scan(
             read += 1;
             cursor = Some(message.id.clone());
             // A stored event that is not JSON still lists, without flags.
-            let event: Value = serde_json::from_str(&message.event_json).unwrap_or(Value::Null);
-            if matches(query, &message, &event) {
-                found.push((message, event));
+            let flags = Listed::read(&message.event_json);
+            if matches(query, &message, &flags) {
+                found.push((message, flags));
                 if found.len() == want {
                     return Ok(Scan {
                         found,
@@ -423,24 +443,32 @@ pub(super) async fn detail(
         .await?
         .filter(|message| auth.caller.sees(&message.inbox_id))
         .ok_or(Error::NotFound("message"))?;
-    let event: Value = serde_json::from_str(&message.event_json)
+    let event = Event::from_json(&message.event_json)
         .map_err(|err| Error::Internal(format!("stored event of {id} is not JSON: {err}")))?;
-    let email = event.get("email").cloned().unwrap_or(Value::Null);
-    let thread_id = event.get("thread_id").and_then(Value::as_str).unwrap_or("");
+    let mail = event.as_mail();
+    let thread_id = mail.map_or("", |mail| mail.thread_id.as_str());
     let thread: Vec<Value> = if thread_id.is_empty() {
         Vec::new()
     } else {
+        /// What the thread list shows of an event, read without the rest of it.
+        #[derive(Deserialize)]
+        struct Headline {
+            message_id: Option<String>,
+            sender: Option<String>,
+            subject: Option<String>,
+            timestamp: Option<String>,
+        }
         db.thread_history(&message.inbox_id, thread_id, 50)
             .await?
             .iter()
-            .filter_map(|text| serde_json::from_str::<Value>(text).ok())
+            .filter_map(|text| serde_json::from_str::<Headline>(text).ok())
             .map(|other| {
                 json!({
-                    "id": other.get("message_id"),
-                    "sender": other.get("sender"),
-                    "subject": other.get("subject"),
-                    "timestamp": other.get("timestamp").and_then(Value::as_str).map(when_text),
-                    "current": other.get("message_id").and_then(Value::as_str) == Some(id.as_str()),
+                    "current": other.message_id.as_deref() == Some(id.as_str()),
+                    "id": other.message_id,
+                    "sender": other.sender,
+                    "subject": other.subject,
+                    "timestamp": other.timestamp.as_deref().map(when_text),
                 })
             })
             .collect()
@@ -465,7 +493,10 @@ pub(super) async fn detail(
             .collect();
         deliveries.push(delivery_view(&delivery, attempts));
     }
-    let auth_lines = explain::auth_in_words(event.get("auth").unwrap_or(&Value::Null));
+    // A calendar event has no verdicts: it reads as unchecked.
+    let unchecked = crate::event::Auth::default();
+    let auth_lines = explain::auth_in_words(mail.map_or(&unchecked, |mail| &mail.auth));
+    let flags = mail.map(Listed::of).unwrap_or_default();
     Ok(render(
         "message.html",
         json!({
@@ -474,9 +505,9 @@ pub(super) async fn detail(
             "id": id,
             "back": format!("/ui/messages/{id}"),
             "inbox_id": message.inbox_id,
+            "email": mail.map(|mail| &mail.email),
+            "flags": flags.labels(),
             "event": event,
-            "email": email,
-            "flags": flags_of(&event),
             "auth_lines": auth_lines,
             "thread": thread,
             "deliveries": deliveries,

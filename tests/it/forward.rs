@@ -18,10 +18,10 @@ fn forwarder(smarthost: Option<String>) -> Forwarder {
     .expect("forwarder")
 }
 
-fn sample_event(raw: &[u8]) -> serde_json::Value {
+fn sample_event(raw: &[u8]) -> mxhook::event::Event {
     let parsed = mxhook::parse::parse(raw);
     let envelope = mxhook::model::Envelope::default();
-    mxhook::event::build(
+    let event = mxhook::event::build(
         &mxhook::event::EventContext {
             event_id: "evt_forward",
             message_id: "msg_forward",
@@ -40,7 +40,8 @@ fn sample_event(raw: &[u8]) -> serde_json::Value {
             templates: &mxhook::prompt::Templates::default(),
         },
         &parsed,
-    )
+    );
+    mxhook::event::Event::Mail(event)
 }
 
 fn check_forward(delivered: &[u8], original: &[u8]) {

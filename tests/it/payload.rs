@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mxhook::event::{self, EventContext};
+use mxhook::event::{self, Email, Event, EventContext};
 use mxhook::model::PayloadFormat;
 use mxhook::model::{Envelope, Recipient};
 use mxhook::prompt::Templates;
@@ -47,7 +47,7 @@ fn build(raw: &[u8], thread: &Thread, max_payload_bytes: usize) -> Value {
         smtputf8: false,
     };
     let parsed = mxhook::parse::parse(raw);
-    event::build(
+    let event = event::build(
         &EventContext {
             event_id: "evt_fixed",
             message_id: "msg_fixed",
@@ -63,7 +63,20 @@ fn build(raw: &[u8], thread: &Thread, max_payload_bytes: usize) -> Value {
             templates: &Templates::default(),
         },
         &parsed,
-    )
+    );
+    serde_json::to_value(event).expect("an event is JSON")
+}
+
+/// The BotMailRoom payload of `event`, as an endpoint with `payload = "botmailroom"` receives it.
+fn botmailroom_of(event: &Value) -> Value {
+    let event = Event::from_json(&event.to_string()).expect("an event");
+    serde_json::to_value(event::payload_for(&event, PayloadFormat::Botmailroom))
+        .expect("a payload is JSON")
+}
+
+/// An email object as a thread's earlier email.
+fn email(value: Value) -> Email {
+    serde_json::from_value(value).expect("an email")
 }
 
 /// What every event must satisfy, whatever the input.
@@ -101,7 +114,7 @@ fn check_valid(name: &str, event: &Value, max_payload_bytes: usize) {
     );
     let reparsed: Value = serde_json::from_slice(&bytes).expect("valid JSON");
     assert_eq!(&reparsed, event, "{name}: JSON round trip");
-    let botmailroom = event::payload_for(event, PayloadFormat::Botmailroom);
+    let botmailroom = botmailroom_of(event);
     let mut keys: Vec<&str> = botmailroom
         .as_object()
         .expect("object")
@@ -372,7 +385,7 @@ fn every_corpus_message_gives_a_valid_event_alone_and_in_a_thread() {
         check_valid(&name, &alone, 10 << 20);
         let thread = Thread {
             thread_id: "thr_corpus".to_owned(),
-            previous_emails: previous.take().into_iter().collect(),
+            previous_emails: previous.take().into_iter().map(email).collect(),
             ..Thread::default()
         };
         let in_thread = build(&raw, &thread, 10 << 20);
@@ -516,7 +529,7 @@ fn botmailroom_payloads_match_their_snapshots() {
         let event = build(&fixture(name), &alone, 10 << 20);
         insta::assert_json_snapshot!(
             format!("botmailroom_{}", name.trim_end_matches(".eml")),
-            event::payload_for(&event, PayloadFormat::Botmailroom)
+            botmailroom_of(&event)
         );
     }
 
@@ -544,7 +557,7 @@ On Thu, 16 Apr 2026 at 09:00, Jane <jane@client.example> wrote:\r\n> Shall we la
     .collect();
     let thread = Thread {
         thread_id: "thr_fixed".to_owned(),
-        previous_emails: earlier,
+        previous_emails: earlier.into_iter().map(email).collect(),
         earlier_left_out: false,
     };
     let reply = b"From: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
@@ -553,10 +566,7 @@ Message-ID: <plan-3@client.example>\r\nIn-Reply-To: <plan-2@client.example>\r\n\
 References: <plan-1@client.example> <plan-2@client.example>\r\n\r\nGreat, Monday it is.\r\n";
     let event = build(reply, &thread, 10 << 20);
     check_valid("threaded reply", &event, 10 << 20);
-    insta::assert_json_snapshot!(
-        "botmailroom_threaded_reply",
-        event::payload_for(&event, PayloadFormat::Botmailroom)
-    );
+    insta::assert_json_snapshot!("botmailroom_threaded_reply", botmailroom_of(&event));
 }
 
 /// Past `delivery.max_payload_bytes` the webhook still arrives, its bodies left out and named

@@ -5,7 +5,6 @@
 //! committer thread's. `$n` are numbered in order of first use, which is also SQLite's binding
 //! order.
 
-use serde_json::Value;
 
 use super::Claim;
 use super::exec::{Exec, args};
@@ -68,7 +67,7 @@ pub(super) async fn insert_messages(
             let first_seen = record_fingerprint(exec, message, fingerprint).await?;
             // The flag the intake computed came from a lookup that cannot see a copy another
             // node is committing at this moment; the unique index can, so it decides.
-            flagged = with_duplicate_flag(&message.event_json, !first_seen);
+            flagged = crate::event::with_duplicate_flag(&message.event_json, !first_seen);
             if fingerprint_prune.due(message.received_at) {
                 exec.execute(PRUNE_FINGERPRINTS, &args![fingerprint.forget_before])
                     .await?;
@@ -182,22 +181,6 @@ async fn record_fingerprint(
     )
     .await?;
     Ok(false)
-}
-
-/// The event with `is_duplicate` set to `duplicate`, or `None` when it already says so.
-fn with_duplicate_flag(event_json: &str, duplicate: bool) -> Option<String> {
-    // Events are compact JSON, where a quote inside a string is escaped: without the opposite
-    // flag's text no key can hold it, and the parse (of a payload up to megabytes) is skipped.
-    if !event_json.contains(&format!("\"is_duplicate\":{}", !duplicate)) {
-        return None;
-    }
-    match serde_json::from_str::<Value>(event_json) {
-        Ok(Value::Object(mut event)) => {
-            event.insert("is_duplicate".to_owned(), Value::Bool(duplicate));
-            Some(Value::Object(event).to_string())
-        }
-        _ => None,
-    }
 }
 
 /// The statement of a claim: `$1` lease until, `$2` worker, `$3` now, then each skipped
