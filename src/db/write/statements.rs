@@ -5,7 +5,6 @@
 //! committer thread's. `$n` are numbered in order of first use, which is also SQLite's binding
 //! order.
 
-
 use super::Claim;
 use super::exec::{Exec, args};
 use crate::db::jobs::{NOT_BLOCKED, not_to};
