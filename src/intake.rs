@@ -1,6 +1,10 @@
-//! The pre-`250` sequence, in one place: parse → verify (SPF, DKIM, DMARC, ARC) → per-inbox
-//! flags and policy → resolve the thread → store → build event → commit message and delivery
-//! jobs → wake the dispatcher.
+//! The pre-`250` sequence, in one place. [`Intake::accept`] reads as the README's invariants:
+//! parse → verify (SPF, DKIM, DMARC, ARC) → per-inbox policy and flags (reject, quarantine,
+//! duplicate, rate levels) → for each inbox's copy: thread → event → route → store the raw bytes
+//! → commit every copy with its delivery jobs in one transaction → hand the jobs leased to this
+//! node over to its dispatcher. Which jobs are leased, and giving leases back, is the
+//! dispatcher's side ([`crate::deliver::handoff::Handover`]); intake only asks.
+//! [`Intake::accept_event`] (provider events) shares the store, commit and hand-over steps.
 //!
 //! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
 //! bytes are durable in the store and the database commit that holds the event and its jobs has

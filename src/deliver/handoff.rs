@@ -132,12 +132,24 @@ impl Handoff {
     }
 
     /// Refuses new jobs and returns those still queued, whose leases the caller gives back.
-    pub(super) fn close(&self) -> Vec<ClaimedJob> {
+    fn close(&self) -> Vec<ClaimedJob> {
         let mut state = self.lock();
         state.closed = true;
         let jobs: Vec<ClaimedJob> = state.queue.drain(..).collect();
         state.held -= jobs.len();
         jobs
+    }
+
+    /// At the dispatcher's shutdown: refuses new jobs and gives back the leases of those handed
+    /// over but not started, so they go back to the queue in the database at once rather than
+    /// waiting out their leases.
+    pub(super) async fn close_and_give_back(&self, db: &Db) {
+        let unstarted: Vec<String> = self
+            .close()
+            .into_iter()
+            .map(|job| job.delivery_id)
+            .collect();
+        release(db, &self.node_id, &unstarted).await;
     }
 }
 
@@ -265,7 +277,9 @@ impl<'h> Handover<'h> {
                     refused.push(delivery_id);
                 }
             }
-            release(db, handoff.node_id(), &refused, wakeup).await;
+            if release(db, handoff.node_id(), &refused).await {
+                wakeup.notify_one();
+            }
         }
         if !all_handed_over {
             wakeup.notify_one();
@@ -283,19 +297,23 @@ impl<'h> Handover<'h> {
             .into_iter()
             .map(|handed| handed.job.delivery_id)
             .collect();
-        release(db, handoff.node_id(), &ids, wakeup).await;
+        if release(db, handoff.node_id(), &ids).await {
+            wakeup.notify_one();
+        }
     }
 }
 
-/// Gives leases of this node back through the database and wakes the dispatcher to claim.
-async fn release(db: &Db, node_id: &str, ids: &[String], wakeup: &Notify) {
+/// Gives leases of this node back through the database, so a claim finds their jobs at once.
+/// True when there were any (whether or not the database took them back: if not, they are due
+/// when their leases run out).
+async fn release(db: &Db, node_id: &str, ids: &[String]) -> bool {
     if ids.is_empty() {
-        return;
+        return false;
     }
     if let Err(err) = db.release_claims(node_id, ids).await {
-        tracing::warn!(error = %err, jobs = ids.len(), "giving back leased jobs failed; they are due when their leases run out");
+        tracing::warn!(error = %err, jobs = ids.len(), "giving back leased jobs failed; they are due again when their leases run out");
     }
-    wakeup.notify_one();
+    true
 }
 
 #[cfg(test)]
@@ -354,5 +372,72 @@ mod tests {
         assert_eq!(refused, "b");
         assert!(handoff.reserve().is_none());
         assert!(handoff.is_empty());
+    }
+
+    fn routed(channel: &str, ordered: bool) -> Routed {
+        let webhook = (channel == "webhook").then(|| {
+            let channel: crate::model::WebhookChannel =
+                serde_json::from_str(r#"{"url": "https://receiver.example/hook"}"#)
+                    .expect("a channel needs only its url");
+            WebhookEndpoint::for_rule(&channel, None)
+        });
+        Routed {
+            delivery: NewDelivery {
+                id: crate::model::new_id("dlv"),
+                channel: channel.to_owned(),
+                endpoint_ref: "inbox".to_owned(),
+                target: "https://receiver.example/hook".to_owned(),
+                ordered,
+                lease: None,
+            },
+            webhook,
+        }
+    }
+
+    fn parts(index: usize) -> JobParts<'static> {
+        JobParts {
+            inbox_id: "inbox",
+            message_id: "msg",
+            event_id: "evt",
+            event_json: "{}",
+            storage_key: "key",
+            received_at: 1_000,
+            index,
+        }
+    }
+
+    #[test]
+    fn only_unordered_webhook_jobs_are_leased_and_only_while_the_dispatcher_has_room() {
+        let handoff = Handoff::new("node".to_owned(), 500, 2);
+        let mut handover = Handover::new(Some(&handoff));
+        let leased: Vec<Option<i64>> = handover
+            .lease(
+                vec![
+                    routed("webhook", false),
+                    routed("webhook", true),
+                    routed("email", false),
+                    routed("webhook", false),
+                    routed("webhook", false),
+                ],
+                &parts(0),
+            )
+            .into_iter()
+            .map(|delivery| delivery.lease.map(|lease| lease.until))
+            .collect();
+        // Ordered and email jobs are claimed; the third plain webhook job finds no room.
+        assert_eq!(leased, [Some(1_500), None, None, Some(1_500), None]);
+        assert!(
+            handoff.reserve().is_none(),
+            "the leased jobs hold both places"
+        );
+        drop(handover);
+        assert!(
+            handoff.reserve().is_some(),
+            "an uncommitted hand-over gives its places back"
+        );
+
+        let mut without = Handover::new(None);
+        let deliveries = without.lease(vec![routed("webhook", false)], &parts(0));
+        assert!(deliveries[0].lease.is_none(), "no hand-off, no lease");
     }
 }
