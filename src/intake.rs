@@ -1,6 +1,10 @@
-//! The pre-`250` sequence, in one place: parse → verify (SPF, DKIM, DMARC, ARC) → per-inbox
-//! flags and policy → resolve the thread → store → build event → commit message and delivery
-//! jobs → wake the dispatcher.
+//! The pre-`250` sequence, in one place. [`Intake::accept`] reads as the README's invariants:
+//! parse → verify (SPF, DKIM, DMARC, ARC) → per-inbox policy and flags (reject, quarantine,
+//! duplicate, rate levels) → for each inbox's copy: thread → event → route → store the raw bytes
+//! → commit every copy with its delivery jobs in one transaction → hand the jobs leased to this
+//! node over to its dispatcher. Which jobs are leased, and giving leases back, is the
+//! dispatcher's side ([`crate::deliver::handoff::Handover`]); intake only asks.
+//! [`Intake::accept_event`] (provider events) shares the store, commit and hand-over steps.
 //!
 //! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
 //! bytes are durable in the store and the database commit that holds the event and its jobs has
@@ -13,8 +17,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::{AuthConfig, StorageConfig};
-use crate::db::{ClaimedJob, Db, JobTarget, Lease, NewDelivery, NewFingerprint, NewMessage};
-use crate::deliver::handoff::{Handoff, Reservation};
+use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
+use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
 use crate::model::{Envelope, WebhookEndpoint, new_id, now_ms};
@@ -56,6 +60,15 @@ impl Checks {
     }
 }
 
+/// One received message with what parsing learned about it, shared by its inboxes' copies.
+struct Mail<'a> {
+    envelope: &'a Envelope,
+    raw: &'a [u8],
+    parsed: &'a crate::parse::ParsedMessage,
+    thread_keys: thread::ThreadKeys,
+    received_at: i64,
+}
+
 /// One received message with what parsing and verification learned about it.
 #[derive(Clone, Copy)]
 struct Received<'a> {
@@ -69,29 +82,29 @@ struct Received<'a> {
     rate_limited: bool,
 }
 
-/// What a handed-over job is made of, besides its delivery.
-struct HandoffJob<'a> {
-    inbox_id: &'a str,
-    message_id: &'a str,
-    event_id: &'a str,
-    event_json: &'a str,
-    storage_key: &'a str,
-    received_at: i64,
-    /// The message's place in the commit.
-    index: usize,
-}
-
-/// One delivery job of a message, with the webhook it posts to (none for an email forward).
-struct Routed {
-    delivery: NewDelivery,
-    webhook: Option<WebhookEndpoint>,
-}
-
 /// What the checks concluded for one inbox's copy.
 struct InboxFlags {
     flags: Flags,
     quarantined: bool,
     fingerprint: NewFingerprint,
+}
+
+/// What one accepted transfer commits together: a row per inbox's copy, the objects stored
+/// for them (undone if the commit does not happen) and the jobs leased to this node.
+struct Batch<'h> {
+    messages: Vec<NewMessage>,
+    stored_keys: Vec<String>,
+    handover: Handover<'h>,
+}
+
+impl<'h> Batch<'h> {
+    fn new(copies: usize, handoff: Option<&'h Arc<Handoff>>) -> Self {
+        Self {
+            messages: Vec::with_capacity(copies),
+            stored_keys: Vec::with_capacity(copies),
+            handover: Handover::new(handoff),
+        }
+    }
 }
 
 pub struct Intake {
@@ -105,14 +118,6 @@ pub struct Intake {
     templates: Templates,
     checks: Option<Checks>,
     handoff: Option<Arc<Handoff>>,
-}
-
-/// A job written leased to this node, to be handed to its dispatcher once committed.
-struct HandedOver {
-    reservation: Reservation,
-    job: ClaimedJob,
-    /// Which of the committed messages it delivers.
-    message: usize,
 }
 
 impl Intake {
@@ -171,291 +176,238 @@ impl Intake {
         self
     }
 
-    /// Makes one received message durable for every inbox among its recipients.
+    /// Makes one received message durable for every inbox among its recipients: parse →
+    /// verify → policy and flags → per inbox (thread → event → route → store) → commit →
+    /// hand over. Nothing before the commit is kept if a step fails.
     pub async fn accept(&self, envelope: &Envelope, raw: &[u8]) -> Outcome {
         let received_at = now_ms();
         let parsed = crate::parse::parse_guarded(raw);
-        let thread_keys = thread::keys(&parsed);
-        let verdict = match &self.checks {
+        let verdict = self.verify(envelope, raw).await;
+        let inbox_ids = inboxes_of(envelope);
+        let inbox_flags = match self
+            .policy_and_flags(envelope, raw, &parsed, &verdict, &inbox_ids)
+            .await
+        {
+            Ok(inbox_flags) => inbox_flags,
+            Err(reason) => return Outcome::Reject { reason },
+        };
+        let mail = Mail {
+            envelope,
+            raw,
+            parsed: &parsed,
+            thread_keys: thread::keys(&parsed),
+            received_at,
+        };
+        let mut batch = Batch::new(inbox_ids.len(), self.handoff.as_ref());
+        for (inbox_id, flags) in inbox_ids.into_iter().zip(inbox_flags) {
+            if let Err(reason) = self.add_copy(&mail, inbox_id, flags, &mut batch).await {
+                self.undo(&batch.stored_keys).await;
+                return Outcome::TempFail { reason };
+            }
+        }
+        self.commit_and_hand_over(batch).await
+    }
+
+    /// The sender's authentication results (SPF, DKIM, DMARC, ARC); unverified defaults
+    /// without checks.
+    async fn verify(&self, envelope: &Envelope, raw: &[u8]) -> AuthVerdict {
+        match &self.checks {
             Some(checks) => checks.verifier.verify(envelope, raw).await,
             None => AuthVerdict::default(),
-        };
-
-        let mut inbox_ids: Vec<&str> = Vec::new();
-        for recipient in &envelope.recipients {
-            if !inbox_ids.contains(&recipient.inbox_id.as_str()) {
-                inbox_ids.push(&recipient.inbox_id);
-            }
         }
+    }
 
+    /// Counts the message against the rate limits and concludes each inbox's flags, or the
+    /// reason an inbox's policy rejects the message. Without checks, no inbox has flags.
+    async fn policy_and_flags(
+        &self,
+        envelope: &Envelope,
+        raw: &[u8],
+        parsed: &crate::parse::ParsedMessage,
+        verdict: &AuthVerdict,
+        inbox_ids: &[&str],
+    ) -> Result<Vec<Option<InboxFlags>>, String> {
         let mut inbox_flags = Vec::with_capacity(inbox_ids.len());
-        if let Some(checks) = &self.checks {
-            let rate_limited = checks
-                .rate_limiter
-                .count_message(
-                    envelope.mail_from.as_deref(),
-                    envelope.remote_ip,
-                    &inbox_ids,
-                )
-                .await;
-            let headers = trust::header_facts(raw, parsed.from_mailboxes);
-            let from = parsed.from.as_ref().map(|from| from.address.as_str());
-            for (inbox_id, rate_limited) in inbox_ids.iter().zip(rate_limited) {
-                let message = Received {
-                    envelope,
-                    raw,
-                    parsed: &parsed,
-                    verdict: &verdict,
-                    headers: &headers,
-                    from,
-                    rate_limited,
-                };
-                let flags = self.inbox_flags(checks, &message, inbox_id).await;
-                match flags {
-                    Ok(flags) => inbox_flags.push(Some(flags)),
-                    Err(reason) => return Outcome::Reject { reason },
-                }
-            }
-        } else {
+        let Some(checks) = &self.checks else {
             inbox_flags.resize_with(inbox_ids.len(), || None);
+            return Ok(inbox_flags);
+        };
+        let rate_limited = checks
+            .rate_limiter
+            .count_message(envelope.mail_from.as_deref(), envelope.remote_ip, inbox_ids)
+            .await;
+        let headers = trust::header_facts(raw, parsed.from_mailboxes);
+        let from = parsed.from.as_ref().map(|from| from.address.as_str());
+        for (inbox_id, rate_limited) in inbox_ids.iter().zip(rate_limited) {
+            let message = Received {
+                envelope,
+                raw,
+                parsed,
+                verdict,
+                headers: &headers,
+                from,
+                rate_limited,
+            };
+            inbox_flags.push(Some(self.inbox_flags(checks, &message, inbox_id).await?));
         }
+        Ok(inbox_flags)
+    }
 
-        let mut messages = Vec::with_capacity(inbox_ids.len());
-        let mut stored_keys = Vec::with_capacity(inbox_ids.len());
-        let mut handed_over = Vec::new();
-        for (inbox_id, flags) in inbox_ids.into_iter().zip(inbox_flags) {
-            let message_id = new_id("msg");
-            let event_id = new_id("evt");
-            let key = store::object_key(&self.prefix, inbox_id, &message_id);
-            let inbox_recipients: Vec<String> = envelope
-                .recipients
-                .iter()
-                .filter(|recipient| recipient.inbox_id == inbox_id)
-                .map(|recipient| recipient.address.clone())
-                .collect();
-            let thread = match self
-                .thread_of(inbox_id, &thread_keys, &inbox_recipients, received_at)
-                .await
-            {
-                Ok(thread) => thread,
-                Err(err) => {
-                    tracing::error!(error = %err, "resolving the thread failed");
-                    self.undo(&stored_keys).await;
-                    return Outcome::TempFail {
-                        reason: "database unavailable".to_owned(),
-                    };
-                }
-            };
-            let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
-            let (flags, fingerprint) = match flags {
-                Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
-                None => (None, None),
-            };
-            let event = Event::Mail(event::build_guarded(
-                &EventContext {
-                    event_id: &event_id,
-                    message_id: &message_id,
-                    agent_id: inbox_id,
-                    received_at_ms: received_at,
-                    envelope,
-                    inbox_recipients: &inbox_recipients,
-                    s3_bucket: &self.bucket,
-                    s3_key: &key,
-                    size: raw.len(),
-                    max_payload_bytes: self.max_payload_bytes,
-                    thread: &thread,
-                    templates: &self.templates,
-                },
-                &parsed,
-                flags,
-            ));
-            let routed = if quarantined {
-                Vec::new()
-            } else {
-                self.deliveries_for(inbox_id, &event)
-            };
-            let event_json = event::to_json(&event);
-            let deliveries = self.lease_for_handoff(
-                routed,
-                &mut handed_over,
-                &HandoffJob {
-                    inbox_id,
-                    message_id: &message_id,
-                    event_id: &event_id,
-                    event_json: &event_json,
-                    storage_key: &key,
-                    received_at,
-                    index: messages.len(),
-                },
-            );
-
-            // Undone even when its put failed: an S3 PUT that timed out or lost its connection
-            // may have been stored anyway, and nothing else will ever point at this fresh key.
-            stored_keys.push(key.clone());
-            if let Err(err) = self.store.put(&key, raw).await {
-                tracing::error!(error = %err, key, "storing raw message failed");
-                self.undo(&stored_keys).await;
-                return Outcome::TempFail {
-                    reason: "storage unavailable".to_owned(),
-                };
-            }
-            messages.push(NewMessage {
-                id: message_id,
-                inbox_id: inbox_id.to_owned(),
-                event_id,
-                storage_bucket: self.bucket.clone(),
-                storage_key: key,
-                size: i64::try_from(raw.len()).unwrap_or(i64::MAX),
-                envelope_from: envelope.mail_from.clone(),
-                envelope_to: inbox_recipients,
-                remote_ip: envelope.remote_ip.map(|ip| ip.to_string()),
-                helo: envelope.helo.clone(),
-                header_message_id: parsed.message_id.clone(),
-                sender: parsed.from.as_ref().map(|from| from.address.clone()),
-                subject: parsed.subject.clone(),
+    /// Adds one inbox's copy to the batch: thread → event → route (leasing what this node's
+    /// dispatcher takes) → store the raw bytes. The error is the reason to answer `451`; the
+    /// caller undoes what the batch stored.
+    async fn add_copy(
+        &self,
+        mail: &Mail<'_>,
+        inbox_id: &str,
+        flags: Option<InboxFlags>,
+        batch: &mut Batch<'_>,
+    ) -> Result<(), String> {
+        let Mail {
+            envelope,
+            raw,
+            parsed,
+            ref thread_keys,
+            received_at,
+        } = *mail;
+        let message_id = new_id("msg");
+        let event_id = new_id("evt");
+        let key = store::object_key(&self.prefix, inbox_id, &message_id);
+        let inbox_recipients: Vec<String> = envelope
+            .recipients
+            .iter()
+            .filter(|recipient| recipient.inbox_id == inbox_id)
+            .map(|recipient| recipient.address.clone())
+            .collect();
+        let thread = self
+            .thread_of(inbox_id, thread_keys, &inbox_recipients, received_at)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "resolving the thread failed");
+                "database unavailable".to_owned()
+            })?;
+        let quarantined = flags.as_ref().is_some_and(|flags| flags.quarantined);
+        let (flags, fingerprint) = match flags {
+            Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
+            None => (None, None),
+        };
+        let event = Event::Mail(event::build_guarded(
+            &EventContext {
+                event_id: &event_id,
+                message_id: &message_id,
+                agent_id: inbox_id,
+                received_at_ms: received_at,
+                envelope,
+                inbox_recipients: &inbox_recipients,
+                s3_bucket: &self.bucket,
+                s3_key: &key,
+                size: raw.len(),
+                max_payload_bytes: self.max_payload_bytes,
+                thread: &thread,
+                templates: &self.templates,
+            },
+            parsed,
+            flags,
+        ));
+        // A quarantined copy is kept but delivered nowhere.
+        let routed = if quarantined {
+            Vec::new()
+        } else {
+            self.deliveries_for(inbox_id, &event)
+        };
+        let event_json = event::to_json(&event);
+        let deliveries = batch.handover.lease(
+            routed,
+            &JobParts {
+                inbox_id,
+                message_id: &message_id,
+                event_id: &event_id,
+                event_json: &event_json,
+                storage_key: &key,
                 received_at,
-                event_json,
-                deliveries,
-                thread_id: thread.thread_id,
-                // Every subject is keyed, so a later "Re:" finds the mail it answers.
-                subject_key: parsed
-                    .subject
-                    .as_deref()
-                    .map(|subject| thread::normalize_subject(subject).0)
-                    .filter(|key| !key.is_empty()),
-                participants: thread_keys.participants.clone(),
-                quarantined,
-                fingerprint,
-            });
-        }
+                index: batch.messages.len(),
+            },
+        );
+        self.store_raw(&key, raw, &mut batch.stored_keys).await?;
+        batch.messages.push(NewMessage {
+            id: message_id,
+            inbox_id: inbox_id.to_owned(),
+            event_id,
+            storage_bucket: self.bucket.clone(),
+            storage_key: key,
+            size: i64::try_from(raw.len()).unwrap_or(i64::MAX),
+            envelope_from: envelope.mail_from.clone(),
+            envelope_to: inbox_recipients,
+            remote_ip: envelope.remote_ip.map(|ip| ip.to_string()),
+            helo: envelope.helo.clone(),
+            header_message_id: parsed.message_id.clone(),
+            sender: parsed.from.as_ref().map(|from| from.address.clone()),
+            subject: parsed.subject.clone(),
+            received_at,
+            event_json,
+            deliveries,
+            thread_id: thread.thread_id,
+            // Every subject is keyed, so a later "Re:" finds the mail it answers.
+            subject_key: parsed
+                .subject
+                .as_deref()
+                .map(|subject| thread::normalize_subject(subject).0)
+                .filter(|key| !key.is_empty()),
+            participants: thread_keys.participants.clone(),
+            quarantined,
+            fingerprint,
+        });
+        Ok(())
+    }
 
+    /// Writes the raw bytes under their fresh key, durably. The key is listed for undoing even
+    /// when its put failed: an S3 PUT that timed out or lost its connection may have been
+    /// stored anyway, and nothing else will ever point at this fresh key.
+    async fn store_raw(
+        &self,
+        key: &str,
+        raw: &[u8],
+        stored_keys: &mut Vec<String>,
+    ) -> Result<(), String> {
+        stored_keys.push(key.to_owned());
+        self.store.put(key, raw).await.map_err(|err| {
+            tracing::error!(error = %err, key, "storing raw message failed");
+            "storage unavailable".to_owned()
+        })
+    }
+
+    /// Commits the batch in one transaction and hands its leased jobs to this node's
+    /// dispatcher: the `250` point. A failed commit is checked against the database
+    /// ([`Self::after_failed_commit`]); if it happened after all, the leases are given back,
+    /// since what the commit made of the duplicate flag is unknown and a claim reads the
+    /// events as stored.
+    async fn commit_and_hand_over(&self, batch: Batch<'_>) -> Outcome {
+        let Batch {
+            messages,
+            stored_keys,
+            handover,
+        } = batch;
         let message_ids: Vec<String> = messages.iter().map(|message| message.id.clone()).collect();
         let jobs: usize = messages
             .iter()
             .map(|message| message.deliveries.len())
             .sum();
-        let committed_events = match self.db.commit_accepted(messages).await {
-            Ok(events) => events,
+        match self.db.commit_accepted(messages).await {
+            Ok(committed_events) => {
+                handover
+                    .hand_over(&self.db, &self.dispatcher_wakeup, &committed_events, jobs)
+                    .await;
+                Outcome::Accepted { message_ids }
+            }
             Err(err) => {
                 tracing::error!(error = %err, "committing accepted message failed");
                 let outcome = self.after_failed_commit(message_ids, &stored_keys).await;
                 if matches!(outcome, Outcome::Accepted { .. }) {
-                    // What the commit made of the duplicate flag is unknown; the jobs are
-                    // left to a claim, which reads the events as stored.
-                    self.give_back(handed_over).await;
+                    handover.give_back(&self.db, &self.dispatcher_wakeup).await;
                 }
-                return outcome;
-            }
-        };
-        for handed in &mut handed_over {
-            if let Some(Some(event_json)) = committed_events.get(handed.message) {
-                handed.job.event_json.clone_from(event_json);
+                outcome
             }
         }
-        let all_handed_over = handed_over.len() == jobs;
-        self.hand_over(handed_over).await;
-        if !all_handed_over {
-            self.dispatcher_wakeup.notify_one();
-        }
-        Outcome::Accepted { message_ids }
-    }
-
-    /// Writes the webhook jobs of one message leased to this node while its dispatcher has
-    /// room for them. Jobs of ordered endpoints wait for their thread's earlier jobs, which
-    /// only a claim checks, and email forwards read the original back, so both are claimed.
-    fn lease_for_handoff(
-        &self,
-        routed: Vec<Routed>,
-        handed_over: &mut Vec<HandedOver>,
-        message: &HandoffJob<'_>,
-    ) -> Vec<NewDelivery> {
-        let mut deliveries = Vec::with_capacity(routed.len());
-        let mut room = self.handoff.is_some();
-        for Routed {
-            mut delivery,
-            webhook,
-        } in routed
-        {
-            let handoff = self.handoff.as_ref().filter(|_| room);
-            let (Some(handoff), Some(mut endpoint)) = (handoff, webhook) else {
-                deliveries.push(delivery);
-                continue;
-            };
-            if delivery.ordered {
-                deliveries.push(delivery);
-                continue;
-            }
-            let Some(reservation) = handoff.reserve() else {
-                room = false;
-                deliveries.push(delivery);
-                continue;
-            };
-            // The directory's copy was read when the secret's grace period still ran.
-            endpoint.expire_previous_secret(message.received_at);
-            delivery.lease = Some(Lease {
-                node: handoff.node_id().to_owned(),
-                until: handoff.lease_until(message.received_at),
-            });
-            handed_over.push(HandedOver {
-                reservation,
-                job: ClaimedJob {
-                    delivery_id: delivery.id.clone(),
-                    message_id: message.message_id.to_owned(),
-                    inbox_id: message.inbox_id.to_owned(),
-                    event_id: message.event_id.to_owned(),
-                    attempts: 0,
-                    failures: 0,
-                    event_json: message.event_json.to_owned(),
-                    storage_key: message.storage_key.to_owned(),
-                    endpoint_ref: delivery.endpoint_ref.clone(),
-                    channel: delivery.channel.clone(),
-                    target: JobTarget::Webhook(endpoint),
-                },
-                message: message.index,
-            });
-            deliveries.push(delivery);
-        }
-        deliveries
-    }
-
-    /// Passes committed leased jobs to the dispatcher; when it has stopped, their leases are
-    /// given back so another claim finds them at once.
-    async fn hand_over(&self, handed_over: Vec<HandedOver>) {
-        let Some(handoff) = &self.handoff else {
-            return;
-        };
-        let mut refused = Vec::new();
-        for HandedOver {
-            reservation, job, ..
-        } in handed_over
-        {
-            if let Err(delivery_id) = handoff.push(reservation, job) {
-                refused.push(delivery_id);
-            }
-        }
-        self.release(&refused).await;
-    }
-
-    /// Gives back the leases of jobs that will not be handed over.
-    async fn give_back(&self, handed_over: Vec<HandedOver>) {
-        let ids: Vec<String> = handed_over
-            .into_iter()
-            .map(|handed| handed.job.delivery_id)
-            .collect();
-        self.release(&ids).await;
-    }
-
-    async fn release(&self, ids: &[String]) {
-        let Some(handoff) = &self.handoff else {
-            return;
-        };
-        if ids.is_empty() {
-            return;
-        }
-        if let Err(err) = self.db.release_claims(handoff.node_id(), ids).await {
-            tracing::warn!(error = %err, jobs = ids.len(), "giving back leased jobs failed; they are due when their leases run out");
-        }
-        self.dispatcher_wakeup.notify_one();
     }
 
     /// What a commit that reported an error amounts to. It may be durable anyway, as when the
@@ -719,20 +671,18 @@ impl Intake {
             .into_iter()
             .map(|routed| routed.delivery)
             .collect();
-        if let Err(err) = self.store.put(&key, raw).await {
-            tracing::error!(error = %err, key, "storing provider payload failed");
-            // As for mail: the failed put may have been stored anyway.
-            self.undo(std::slice::from_ref(&key)).await;
-            return Outcome::TempFail {
-                reason: "storage unavailable".to_owned(),
-            };
+        // Provider events are not handed over: their jobs are written unleased and claimed.
+        let mut batch = Batch::new(1, None);
+        if let Err(reason) = self.store_raw(&key, raw, &mut batch.stored_keys).await {
+            self.undo(&batch.stored_keys).await;
+            return Outcome::TempFail { reason };
         }
-        let message = NewMessage {
+        batch.messages.push(NewMessage {
             id: message_id,
             inbox_id: inbox_id.to_owned(),
             event_id,
             storage_bucket: self.bucket.clone(),
-            storage_key: key.clone(),
+            storage_key: key,
             size: i64::try_from(raw.len()).unwrap_or(i64::MAX),
             envelope_from: None,
             envelope_to: Vec::new(),
@@ -750,19 +700,20 @@ impl Intake {
             deliveries,
             quarantined: false,
             fingerprint: None,
-        };
-        let message_id = message.id.clone();
-        if let Err(err) = self.db.commit_accepted(vec![message]).await {
-            tracing::error!(error = %err, "committing provider event failed");
-            return self
-                .after_failed_commit(vec![message_id], std::slice::from_ref(&key))
-                .await;
-        }
-        self.dispatcher_wakeup.notify_one();
-        Outcome::Accepted {
-            message_ids: vec![message_id],
+        });
+        self.commit_and_hand_over(batch).await
+    }
+}
+
+/// The inboxes the recipients resolve to, each once, in the order first named.
+fn inboxes_of(envelope: &Envelope) -> Vec<&str> {
+    let mut inbox_ids: Vec<&str> = Vec::new();
+    for recipient in &envelope.recipients {
+        if !inbox_ids.contains(&recipient.inbox_id.as_str()) {
+            inbox_ids.push(&recipient.inbox_id);
         }
     }
+    inbox_ids
 }
 
 /// The ids and storage location a non-mail event is built with.

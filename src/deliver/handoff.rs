@@ -8,6 +8,11 @@
 //! a claimed job whose node died. The number of jobs leased this way and not yet started is
 //! bounded (`capacity`), and past it intake commits jobs unleased for the dispatcher to claim,
 //! so a slow receiver cannot make this node hold an unbounded backlog under lease.
+//!
+//! Intake asks one question of this module per commit, through [`Handover`]: which of a
+//! message's jobs are written leased to this node ([`Handover::lease`]), then, once the commit
+//! returned, passes them over ([`Handover::hand_over`]) or, when what was committed is unknown,
+//! gives their leases back ([`Handover::give_back`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +21,8 @@ use std::sync::PoisonError;
 
 use tokio::sync::Notify;
 
-use crate::db::ClaimedJob;
+use crate::db::{ClaimedJob, Db, JobTarget, Lease, NewDelivery};
+use crate::model::WebhookEndpoint;
 
 /// The queue between intake and the dispatcher of one node.
 pub struct Handoff {
@@ -126,19 +132,193 @@ impl Handoff {
     }
 
     /// Refuses new jobs and returns those still queued, whose leases the caller gives back.
-    pub(super) fn close(&self) -> Vec<ClaimedJob> {
+    fn close(&self) -> Vec<ClaimedJob> {
         let mut state = self.lock();
         state.closed = true;
         let jobs: Vec<ClaimedJob> = state.queue.drain(..).collect();
         state.held -= jobs.len();
         jobs
     }
+
+    /// At the dispatcher's shutdown: refuses new jobs and gives back the leases of those handed
+    /// over but not started, so they go back to the queue in the database at once rather than
+    /// waiting out their leases.
+    pub(super) async fn close_and_give_back(&self, db: &Db) {
+        let unstarted: Vec<String> = self
+            .close()
+            .into_iter()
+            .map(|job| job.delivery_id)
+            .collect();
+        release(db, &self.node_id, &unstarted).await;
+    }
+}
+
+/// One delivery job of a message, with the webhook it posts to (none for an email forward).
+pub struct Routed {
+    pub delivery: NewDelivery,
+    pub webhook: Option<WebhookEndpoint>,
+}
+
+/// What a handed-over job is made of, besides its delivery.
+pub struct JobParts<'a> {
+    pub inbox_id: &'a str,
+    pub message_id: &'a str,
+    pub event_id: &'a str,
+    pub event_json: &'a str,
+    pub storage_key: &'a str,
+    pub received_at: i64,
+    /// The message's place in the commit.
+    pub index: usize,
+}
+
+/// A job written leased to this node, to be handed to its dispatcher once committed.
+struct HandedOver {
+    reservation: Reservation,
+    job: ClaimedJob,
+    /// Which of the committed messages it delivers.
+    message: usize,
+}
+
+/// The jobs of one intake commit that are written leased to this node. Dropped before the
+/// commit (nothing was committed), its reservations give their places back.
+pub struct Handover<'h> {
+    handoff: Option<&'h Arc<Handoff>>,
+    jobs: Vec<HandedOver>,
+}
+
+impl<'h> Handover<'h> {
+    /// Without a hand-off every job is written unleased, for a claim.
+    pub fn new(handoff: Option<&'h Arc<Handoff>>) -> Self {
+        Self {
+            handoff,
+            jobs: Vec::new(),
+        }
+    }
+
+    /// The delivery rows of one message: its webhook jobs leased to this node while the
+    /// dispatcher has room for them (`delivery.workers`). Jobs of ordered endpoints wait for
+    /// their thread's earlier jobs, which only a claim checks, and email forwards read the
+    /// original back, so both are written unleased and claimed.
+    pub fn lease(&mut self, routed: Vec<Routed>, message: &JobParts<'_>) -> Vec<NewDelivery> {
+        let mut deliveries = Vec::with_capacity(routed.len());
+        let mut room = self.handoff.is_some();
+        for Routed {
+            mut delivery,
+            webhook,
+        } in routed
+        {
+            let handoff = self.handoff.filter(|_| room);
+            let (Some(handoff), Some(mut endpoint)) = (handoff, webhook) else {
+                deliveries.push(delivery);
+                continue;
+            };
+            if delivery.ordered {
+                deliveries.push(delivery);
+                continue;
+            }
+            let Some(reservation) = handoff.reserve() else {
+                room = false;
+                deliveries.push(delivery);
+                continue;
+            };
+            // The directory's copy was read when the secret's grace period still ran.
+            endpoint.expire_previous_secret(message.received_at);
+            delivery.lease = Some(Lease {
+                node: handoff.node_id().to_owned(),
+                until: handoff.lease_until(message.received_at),
+            });
+            self.jobs.push(HandedOver {
+                reservation,
+                job: ClaimedJob {
+                    delivery_id: delivery.id.clone(),
+                    message_id: message.message_id.to_owned(),
+                    inbox_id: message.inbox_id.to_owned(),
+                    event_id: message.event_id.to_owned(),
+                    attempts: 0,
+                    failures: 0,
+                    event_json: message.event_json.to_owned(),
+                    storage_key: message.storage_key.to_owned(),
+                    endpoint_ref: delivery.endpoint_ref.clone(),
+                    channel: delivery.channel.clone(),
+                    target: JobTarget::Webhook(endpoint),
+                },
+                message: message.index,
+            });
+            deliveries.push(delivery);
+        }
+        deliveries
+    }
+
+    /// Passes the committed leased jobs to the dispatcher, each with its event as committed
+    /// (`committed_events`, by message: the commit may have corrected the duplicate flag), and
+    /// wakes the dispatcher to claim when some of the `jobs` committed were not leased. When
+    /// the dispatcher has stopped, their leases are given back so another claim finds them
+    /// at once.
+    pub async fn hand_over(
+        mut self,
+        db: &Db,
+        wakeup: &Notify,
+        committed_events: &[Option<String>],
+        jobs: usize,
+    ) {
+        for handed in &mut self.jobs {
+            if let Some(Some(event_json)) = committed_events.get(handed.message) {
+                handed.job.event_json.clone_from(event_json);
+            }
+        }
+        let all_handed_over = self.jobs.len() == jobs;
+        if let Some(handoff) = self.handoff {
+            let mut refused = Vec::new();
+            for HandedOver {
+                reservation, job, ..
+            } in self.jobs
+            {
+                if let Err(delivery_id) = handoff.push(reservation, job) {
+                    refused.push(delivery_id);
+                }
+            }
+            if release(db, handoff.node_id(), &refused).await {
+                wakeup.notify_one();
+            }
+        }
+        if !all_handed_over {
+            wakeup.notify_one();
+        }
+    }
+
+    /// Gives back the leases of committed jobs that will not be handed over (what the commit
+    /// made of their events is unknown; a claim reads them as stored).
+    pub async fn give_back(self, db: &Db, wakeup: &Notify) {
+        let Some(handoff) = self.handoff else {
+            return;
+        };
+        let ids: Vec<String> = self
+            .jobs
+            .into_iter()
+            .map(|handed| handed.job.delivery_id)
+            .collect();
+        if release(db, handoff.node_id(), &ids).await {
+            wakeup.notify_one();
+        }
+    }
+}
+
+/// Gives leases of this node back through the database, so a claim finds their jobs at once.
+/// True when there were any (whether or not the database took them back: if not, they are due
+/// when their leases run out).
+async fn release(db: &Db, node_id: &str, ids: &[String]) -> bool {
+    if ids.is_empty() {
+        return false;
+    }
+    if let Err(err) = db.release_claims(node_id, ids).await {
+        tracing::warn!(error = %err, jobs = ids.len(), "giving back leased jobs failed; they are due again when their leases run out");
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::JobTarget;
 
     fn job(id: &str) -> ClaimedJob {
         ClaimedJob {
@@ -192,5 +372,72 @@ mod tests {
         assert_eq!(refused, "b");
         assert!(handoff.reserve().is_none());
         assert!(handoff.is_empty());
+    }
+
+    fn routed(channel: &str, ordered: bool) -> Routed {
+        let webhook = (channel == "webhook").then(|| {
+            let channel: crate::model::WebhookChannel =
+                serde_json::from_str(r#"{"url": "https://receiver.example/hook"}"#)
+                    .expect("a channel needs only its url");
+            WebhookEndpoint::for_rule(&channel, None)
+        });
+        Routed {
+            delivery: NewDelivery {
+                id: crate::model::new_id("dlv"),
+                channel: channel.to_owned(),
+                endpoint_ref: "inbox".to_owned(),
+                target: "https://receiver.example/hook".to_owned(),
+                ordered,
+                lease: None,
+            },
+            webhook,
+        }
+    }
+
+    fn parts(index: usize) -> JobParts<'static> {
+        JobParts {
+            inbox_id: "inbox",
+            message_id: "msg",
+            event_id: "evt",
+            event_json: "{}",
+            storage_key: "key",
+            received_at: 1_000,
+            index,
+        }
+    }
+
+    #[test]
+    fn only_unordered_webhook_jobs_are_leased_and_only_while_the_dispatcher_has_room() {
+        let handoff = Handoff::new("node".to_owned(), 500, 2);
+        let mut handover = Handover::new(Some(&handoff));
+        let leased: Vec<Option<i64>> = handover
+            .lease(
+                vec![
+                    routed("webhook", false),
+                    routed("webhook", true),
+                    routed("email", false),
+                    routed("webhook", false),
+                    routed("webhook", false),
+                ],
+                &parts(0),
+            )
+            .into_iter()
+            .map(|delivery| delivery.lease.map(|lease| lease.until))
+            .collect();
+        // Ordered and email jobs are claimed; the third plain webhook job finds no room.
+        assert_eq!(leased, [Some(1_500), None, None, Some(1_500), None]);
+        assert!(
+            handoff.reserve().is_none(),
+            "the leased jobs hold both places"
+        );
+        drop(handover);
+        assert!(
+            handoff.reserve().is_some(),
+            "an uncommitted hand-over gives its places back"
+        );
+
+        let mut without = Handover::new(None);
+        let deliveries = without.lease(vec![routed("webhook", false)], &parts(0));
+        assert!(deliveries[0].lease.is_none(), "no hand-off, no lease");
     }
 }

@@ -237,19 +237,7 @@ impl Dispatcher {
                 () = tokio::time::sleep_until(next_look) => claim_due = true,
             }
         }
-        // Jobs handed over but not started go back to the queue in the database at once,
-        // rather than waiting out their leases.
-        let unstarted: Vec<String> = self
-            .handoff
-            .close()
-            .into_iter()
-            .map(|job| job.delivery_id)
-            .collect();
-        if !unstarted.is_empty()
-            && let Err(err) = self.db.release_claims(&self.node_id, &unstarted).await
-        {
-            tracing::warn!(error = %err, jobs = unstarted.len(), "giving back handed-over jobs failed; they are due again when their leases run out");
-        }
+        self.handoff.close_and_give_back(&self.db).await;
     }
 
     /// Starts queued handed-off jobs, as many as there are free workers (waiting for the first).
