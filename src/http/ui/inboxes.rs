@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Auth, Error, UiState, render, when};
-use crate::api::inboxes as api;
 use crate::db::{EndpointStats, InboxRow, WebhookSettings};
+use crate::http::api::inboxes as api;
 use crate::model::DEFAULT_HMAC_HEADER;
 use crate::model::Provider;
 

@@ -1,15 +1,13 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the route handlers'
-//! `#[utoipa::path]` attributes and the request types, so it cannot drift from the code.
-
-use std::sync::Arc;
+//! `GET /openapi.json`: the one OpenAPI 3.1 document of the listener (the API and provider
+//! ingress), generated from the route handlers' `#[utoipa::path]` attributes and the request
+//! types, so it cannot drift from the code.
 
 use axum::Json;
-use axum::extract::State;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, inboxes, metrics};
+use super::api::{deliveries, health, inboxes, ingress, messages, metrics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,16 +17,16 @@ use super::{ApiState, inboxes, metrics};
                        Every /v1 route and /metrics need `Authorization: Bearer <key>`."
     ),
     paths(
-        super::healthz,
-        super::readyz,
+        health::healthz,
+        health::readyz,
         document,
         metrics::metrics,
-        super::get_message,
-        super::get_raw_message,
-        super::list_deliveries,
-        super::get_delivery,
-        super::list_attempts,
-        super::resend_delivery,
+        messages::get_message,
+        messages::get_raw_message,
+        deliveries::list_deliveries,
+        deliveries::get_delivery,
+        deliveries::list_attempts,
+        deliveries::resend_delivery,
         inboxes::list_inboxes,
         inboxes::create_inbox,
         inboxes::get_inbox,
@@ -47,6 +45,16 @@ use super::{ApiState, inboxes, metrics};
         inboxes::list_deliveries,
         inboxes::resend_dead,
         inboxes::send_test_event,
+        super::ingress::mailersend,
+        super::ingress::sendgrid,
+        super::ingress::calcom,
+        super::ingress::calendly,
+        ingress::list_secrets,
+        ingress::set_secret,
+        ingress::delete_secret,
+        ingress::get_event_types,
+        ingress::put_event_types,
+        ingress::delete_event_types,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -74,8 +82,8 @@ impl Modify for BearerAuth {
     security(()),
     responses((status = 200, description = "OpenAPI 3.1 JSON", body = serde_json::Value))
 )]
-pub(super) async fn document(State(state): State<Arc<ApiState>>) -> Json<utoipa::openapi::OpenApi> {
-    let mut document = ApiDoc::openapi().merge_from(state.mounted_docs.clone());
+pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    let mut document = ApiDoc::openapi();
     document_internal_errors(&mut document);
     // MailerSend users keep the route path they already configured; it is the same handler,
     // documented under its own operation id (ids must be unique in a document).

@@ -18,8 +18,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Digest as _;
 
-use super::{ApiError, ApiState, Caller, DeliveryQuery, ErrorBody};
+use super::deliveries::{DeliveryList, DeliveryQuery, list_deliveries_of};
 use crate::db::{ApiKeyRow, InboxRow, InboxUpdate, MessageFilter, NewInbox, WebhookSettings};
+use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 use crate::intake::Outcome;
 use crate::model::{Envelope, Recipient, new_id, now_ms, rfc3339};
 use crate::model::{PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme};
@@ -27,7 +28,7 @@ use crate::model::{PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, S
 /// Per-inbox keys start with this, so the middleware knows to look one up.
 pub const INBOX_KEY_PREFIX: &str = "mxk_";
 
-pub fn routes() -> Router<Arc<ApiState>> {
+pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/v1/inboxes", get(list_inboxes).post(create_inbox))
         .route(
@@ -58,7 +59,7 @@ pub fn hash_key(key: &str) -> String {
 
 /// The inbox, if it exists and the caller may see it; otherwise 404 either way.
 pub(crate) async fn visible_inbox(
-    state: &ApiState,
+    state: &HttpState,
     caller: &Caller,
     id: &str,
 ) -> Result<InboxRow, ApiError> {
@@ -348,7 +349,7 @@ fn normalized_addresses(addresses: &[String]) -> Result<Vec<String>, ApiError> {
     ),
 )]
 async fn list_inboxes(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<InboxList>, ApiError> {
     let only = match &caller {
@@ -379,7 +380,7 @@ async fn list_inboxes(
     ),
 )]
 async fn create_inbox(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<CreateInbox>, JsonRejection>,
 ) -> Result<(StatusCode, Json<InboxView>), ApiError> {
@@ -433,7 +434,7 @@ async fn create_inbox(
     ),
 )]
 async fn get_inbox(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<InboxView>, ApiError> {
@@ -461,7 +462,7 @@ async fn get_inbox(
     ),
 )]
 async fn update_inbox(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<PatchInbox>, JsonRejection>,
@@ -519,7 +520,7 @@ async fn update_inbox(
     ),
 )]
 async fn delete_inbox(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -545,7 +546,7 @@ async fn delete_inbox(
     ),
 )]
 async fn get_webhook(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
@@ -587,7 +588,7 @@ fn stats_view(stats: Option<&crate::db::EndpointStats>) -> StatsView {
     ),
 )]
 async fn list_endpoints(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<EndpointView>>, ApiError> {
@@ -670,7 +671,7 @@ fn generate_secret(scheme: SignatureScheme) -> String {
     ),
 )]
 pub(crate) async fn put_webhook(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<PutWebhook>, JsonRejection>,
@@ -781,7 +782,7 @@ pub(crate) async fn put_webhook(
     ),
 )]
 async fn delete_webhook(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -928,7 +929,7 @@ impl<'de> Deserialize<'de> for NotificationsBody {
     }
 }
 
-fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> {
+fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError> {
     for (idx, rule) in rules.iter_mut().enumerate() {
         if rule.id.is_none() {
             rule.id = Some(new_id("rule"));
@@ -989,7 +990,7 @@ fn validate_rules(state: &ApiState, rules: &mut [Rule]) -> Result<(), ApiError> 
     ),
 )]
 pub(crate) async fn get_notifications(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Rule>>, ApiError> {
@@ -1027,7 +1028,7 @@ pub(crate) async fn get_notifications(
     ),
 )]
 pub(crate) async fn put_notifications(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<NotificationsBody>, JsonRejection>,
@@ -1103,7 +1104,7 @@ const SHOWN_KEY_CHARS: usize = INBOX_KEY_PREFIX.len() + 8;
     ),
 )]
 async fn create_key(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
@@ -1163,7 +1164,7 @@ async fn create_key(
     ),
 )]
 async fn list_keys(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyList>, ApiError> {
@@ -1205,7 +1206,7 @@ pub(crate) struct KeyList {
     ),
 )]
 async fn delete_key(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -1267,7 +1268,7 @@ fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     ),
 )]
 async fn list_messages(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<MessagesQuery>, QueryRejection>,
@@ -1315,21 +1316,21 @@ struct InboxDeliveriesQuery {
     summary = "Deliveries of an inbox, by status",
     params(("id" = String, Path, description = "Inbox id"), InboxDeliveriesQuery),
     responses(
-        (status = 200, description = "The deliveries", body = super::DeliveryList),
+        (status = 200, description = "The deliveries", body = DeliveryList),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
 )]
 async fn list_deliveries(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<InboxDeliveriesQuery>, QueryRejection>,
-) -> Result<Json<super::DeliveryList>, ApiError> {
+) -> Result<Json<DeliveryList>, ApiError> {
     visible_inbox(&state, &caller, &id).await?;
     let Query(query) = query?;
-    super::list_deliveries_of(
+    list_deliveries_of(
         &state,
         DeliveryQuery {
             status: query.status,
@@ -1353,7 +1354,7 @@ async fn list_deliveries(
     ),
 )]
 pub(crate) async fn resend_dead(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Requeued>), ApiError> {
@@ -1396,7 +1397,7 @@ pub(crate) struct TestEventSent {
     ),
 )]
 pub(crate) async fn send_test_event(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TestEventSent>), ApiError> {
