@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq as _;
 
-use super::api::inboxes;
+use super::api::keys;
 use super::{ApiError, HttpState};
 
 /// Who is calling, as the Bearer key says.
@@ -55,12 +55,12 @@ pub(super) async fn authenticate(
 pub(crate) async fn caller_for_key(state: &HttpState, presented: &str) -> Result<Caller, ApiError> {
     if is_admin_key(&state.admin_keys, presented) {
         Ok(Caller::Admin)
-    } else if presented.starts_with(inboxes::INBOX_KEY_PREFIX) {
+    } else if presented.starts_with(keys::INBOX_KEY_PREFIX) {
         // Looked up by hash: the database never holds a usable key, and the lookup reveals
         // nothing about keys that do not hash alike.
         let inbox_id = state
             .db
-            .inbox_for_key_hash(&inboxes::hash_key(presented))
+            .inbox_for_key_hash(&keys::hash_key(presented))
             .await?
             .ok_or(ApiError::Unauthorized("invalid API key"))?;
         Ok(Caller::Inbox(inbox_id))

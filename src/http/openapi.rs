@@ -7,7 +7,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::api::{deliveries, health, inboxes, ingress, messages, metrics};
+use super::api::{
+    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, webhook,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,16 +34,16 @@ use super::api::{deliveries, health, inboxes, ingress, messages, metrics};
         inboxes::get_inbox,
         inboxes::update_inbox,
         inboxes::delete_inbox,
-        inboxes::get_webhook,
-        inboxes::list_endpoints,
-        inboxes::put_webhook,
-        inboxes::delete_webhook,
-        inboxes::get_notifications,
-        inboxes::put_notifications,
-        inboxes::create_key,
-        inboxes::list_keys,
-        inboxes::delete_key,
-        inboxes::list_messages,
+        webhook::get_webhook,
+        webhook::list_endpoints,
+        webhook::put_webhook,
+        webhook::delete_webhook,
+        notifications::get_notifications,
+        notifications::put_notifications,
+        keys::create_key,
+        keys::list_keys,
+        keys::delete_key,
+        messages::list_messages,
         inboxes::list_deliveries,
         inboxes::resend_dead,
         inboxes::send_test_event,

@@ -1,13 +1,18 @@
-//! `GET /v1/messages/{id}` (the stored event, as delivered) and `GET /v1/messages/{id}/raw`
-//! (the raw .eml, byte for byte).
+//! Messages: `GET /v1/messages/{id}` (the stored event, as delivered), `GET
+//! /v1/messages/{id}/raw` (the raw .eml, byte for byte) and `GET /v1/inboxes/{id}/messages` (an
+//! inbox's messages, filtered).
 
 use std::sync::Arc;
 
-use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
 
+use super::inboxes::visible_inbox;
+use crate::db::MessageFilter;
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 
 #[utoipa::path(
@@ -146,4 +151,86 @@ pub(crate) struct StoredEvent {
     /// Calendar events: the provider's payload as received.
     #[schema(value_type = Option<HashMap<String, serde_json::Value>>, additional_properties)]
     payload: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessagesQuery {
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    sender: Option<String>,
+    subject: Option<String>,
+    received_after: Option<String>,
+    received_before: Option<String>,
+    /// true: only messages the inbox policy quarantined; false: only the others.
+    quarantined: Option<bool>,
+}
+
+/// A page of an inbox's messages, newest first.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageList {
+    messages: Vec<crate::db::MessageSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[schema(required)]
+    next_cursor: Option<String>,
+}
+
+fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|time| time.timestamp_millis())
+                .map_err(|_| ApiError::BadRequest(format!("{key}: expected an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/messages",
+    tag = "messages",
+    summary = "Messages of an inbox, newest first, paged",
+    params(("id" = String, Path, description = "Inbox id"), MessagesQuery),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn list_messages(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    query: Result<Query<MessagesQuery>, QueryRejection>,
+) -> Result<Json<MessageList>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".to_owned(),
+        ));
+    }
+    let filter = MessageFilter {
+        before: query.cursor,
+        sender: query.sender,
+        subject_contains: query.subject,
+        received_after_ms: parse_time("received_after", query.received_after.as_deref())?,
+        received_before_ms: parse_time("received_before", query.received_before.as_deref())?,
+        quarantined: query.quarantined,
+        limit,
+    };
+    let messages = state.db.list_messages(&id, &filter).await?;
+    let next_cursor = (i64::try_from(messages.len()).ok() == Some(limit))
+        .then(|| messages.last().map(|message| message.id.clone()))
+        .flatten();
+    Ok(Json(MessageList {
+        messages,
+        next_cursor,
+    }))
 }

@@ -11,14 +11,17 @@ pub(crate) mod deliveries;
 pub(crate) mod health;
 pub(crate) mod inboxes;
 pub(crate) mod ingress;
+pub(crate) mod keys;
 pub(crate) mod messages;
 pub(crate) mod metrics;
+pub(crate) mod notifications;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use super::{HttpState, auth, openapi};
 
@@ -26,7 +29,42 @@ use super::{HttpState, auth, openapi};
 /// the Bearer check.
 pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
     let v1 = Router::new()
-        .merge(inboxes::routes())
+        .route(
+            "/v1/inboxes",
+            get(inboxes::list_inboxes).post(inboxes::create_inbox),
+        )
+        .route(
+            "/v1/inboxes/{id}",
+            get(inboxes::get_inbox)
+                .patch(inboxes::update_inbox)
+                .delete(inboxes::delete_inbox),
+        )
+        .route(
+            "/v1/inboxes/{id}/webhook",
+            get(webhook::get_webhook)
+                .put(webhook::put_webhook)
+                .delete(webhook::delete_webhook),
+        )
+        .route(
+            "/v1/inboxes/{id}/notifications",
+            get(notifications::get_notifications).put(notifications::put_notifications),
+        )
+        .route("/v1/inboxes/{id}/endpoints", get(webhook::list_endpoints))
+        .route(
+            "/v1/inboxes/{id}/keys",
+            get(keys::list_keys).post(keys::create_key),
+        )
+        .route("/v1/inboxes/{id}/keys/{key_id}", delete(keys::delete_key))
+        .route("/v1/inboxes/{id}/messages", get(messages::list_messages))
+        .route("/v1/inboxes/{id}/deliveries", get(inboxes::list_deliveries))
+        .route(
+            "/v1/inboxes/{id}/deliveries/resend-dead",
+            post(inboxes::resend_dead),
+        )
+        .route(
+            "/v1/inboxes/{id}/test-event",
+            post(inboxes::send_test_event),
+        )
         .route("/metrics", get(metrics::metrics))
         .route("/v1/messages/{id}", get(messages::get_message))
         .route("/v1/messages/{id}/raw", get(messages::get_raw_message))
