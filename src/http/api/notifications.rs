@@ -1,5 +1,5 @@
-//! Notification rules: `GET`/`PUT /v1/inboxes/{id}/notifications`. Rules are checked by
-//! `model::Rule`'s validation (what the dispatcher reads) and the API's own bounds, then stored.
+//! Notification rules: `GET`/`PUT /v1/inboxes/{id}/notifications`. A rule is checked by
+//! `model::Rule`'s validation, the type the dispatcher reads stored rules as, then stored.
 
 use std::sync::Arc;
 
@@ -15,8 +15,8 @@ use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 use crate::model::new_id;
 use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
 
-/// One notification rule, in the shape SPEC.md gives. Stored and returned; the dispatcher does
-/// not act on rules yet.
+/// One notification rule as the API reads and returns it, in the shape SPEC.md gives: the wire
+/// form of [`crate::model::Rule`] (whose validation it passes), keeping only the fields sent.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rule {
@@ -154,8 +154,10 @@ fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError>
         if rule.id.is_none() {
             rule.id = Some(new_id("rule"));
         }
-        // The dispatcher reads rules as `route::Rule`; its checks (reserved custom headers
-        // among them) apply to what is stored.
+        // The one validation of a rule: `model::Rule`'s, which the dispatcher reads rules as
+        // (URL policy, timeout and retry bounds, reserved custom headers, email recipients).
+        // This type only keeps the API's wire shape: it echoes what was sent, and reads
+        // `timeout_s` and `max_retries` as whole numbers, so a fraction is refused on parsing.
         let routed: crate::model::Rule = serde_json::to_value(&*rule)
             .and_then(serde_json::from_value)
             .map_err(|err| ApiError::BadRequest(format!("rules[{idx}]: {err}")))?;
@@ -166,32 +168,6 @@ fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError>
             && webhook.enabled
         {
             webhook.disabled_reason = None;
-        }
-        if let Some(webhook) = &rule.channels.webhook {
-            crate::model::validate_webhook_url(&webhook.url, state.delivery.allow_http).map_err(
-                |reason| {
-                    ApiError::BadRequest(format!("rules[{idx}].channels.webhook.url: {reason}"))
-                },
-            )?;
-            if webhook.timeout_s.is_some_and(|t| !(1..=300).contains(&t)) {
-                return Err(ApiError::BadRequest(format!(
-                    "rules[{idx}].channels.webhook.timeout_s: must be 1 to 300"
-                )));
-            }
-            if webhook.max_retries.is_some_and(|n| n > 10) {
-                return Err(ApiError::BadRequest(format!(
-                    "rules[{idx}].channels.webhook.max_retries: at most 10"
-                )));
-            }
-        }
-        if let Some(email) = &rule.channels.email {
-            for recipient in &email.recipients {
-                if crate::model::normalize_address(recipient).is_none() {
-                    return Err(ApiError::BadRequest(format!(
-                        "rules[{idx}].channels.email.recipients: `{recipient}` is not an address"
-                    )));
-                }
-            }
         }
     }
     Ok(())
