@@ -15,12 +15,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, ApiState};
 use crate::config::{Config, TemplatesConfig};
 use crate::db::Db;
 use crate::deliver::Dispatcher;
 use crate::directory::Directory;
-use crate::ingress::{self, IngressState};
+use crate::http::{self, HttpState};
+use crate::ingress::{self, Ingress};
 use crate::intake::{Checks, Intake};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
@@ -114,7 +114,15 @@ pub async fn run_with_listeners(
         .context("building the webhook client")?,
     );
     let counters = Arc::new(crate::counters::Counters::default());
-    let api_state = Arc::new(ApiState {
+    let ingress = Arc::new(Ingress {
+        counters: Arc::clone(&counters),
+        db: db.clone(),
+        intake: Arc::clone(&intake),
+        directory: directory.clone(),
+        config: config.ingress.clone(),
+        last_replay_prune: std::sync::atomic::AtomicI64::new(0),
+    });
+    let http_state = Arc::new(HttpState {
         counters: Arc::clone(&counters),
         db: db.clone(),
         store,
@@ -123,16 +131,7 @@ pub async fn run_with_listeners(
         directory: directory.clone(),
         delivery: config.delivery.clone(),
         intake: Arc::clone(&intake),
-        mounted_docs: <ingress::IngressApi as utoipa::OpenApi>::openapi(),
-    });
-    let ingress_state = Arc::new(IngressState {
-        counters: Arc::clone(&counters),
-        db: db.clone(),
-        intake: Arc::clone(&intake),
-        directory: directory.clone(),
-        config: config.ingress.clone(),
-        admin_keys: config.http.admin_keys.clone(),
-        last_replay_prune: std::sync::atomic::AtomicI64::new(0),
+        ingress,
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -167,11 +166,8 @@ pub async fn run_with_listeners(
         token.child_token(),
     ));
     let api_token = token.child_token();
-    // One HTTP listener: the API, the dashboard (HTML, cookie sessions, its own body limit and
-    // headers, over the API's handlers) and provider ingress.
-    let router = api::router(Arc::clone(&api_state))
-        .merge(crate::ui::router(api_state))
-        .merge(ingress::router(ingress_state));
+    // One HTTP listener: the API, the dashboard and provider ingress (see `http::router`).
+    let router = http::router(http_state);
     tracker.spawn(async move {
         // Peer addresses reach the handlers, so the dashboard's login throttle counts per client.
         let served = axum::serve(

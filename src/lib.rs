@@ -6,16 +6,17 @@
 //!                              ◄── 250 only after store + commit ◄──────────────  → event → db commit
 //!                                                                                      │
 //! deliver::Dispatcher ─ claims jobs (leases) ─► webhook (signed POST, retries, dead-letter)
-//! HTTP :8080 ─► api::router ─► db (messages, deliveries, attempts), store (raw .eml)
-//!               └─ /ui: ui::router (HTML dashboard; same handlers and db functions as /v1)
+//! HTTP :8080 ─► http::router ─► api (by resource) ─► db (messages, deliveries, attempts), store
+//!               ├─ /ui: the dashboard (HTML; a client of the API's handlers)
+//!               └─ provider webhooks ─► ingress (verify → inbox → replay → intake)
 //! ```
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
 //! [`intake`], [`parse`], [`verify`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
-//! [`db`], [`signature`], [`deliver`], [`ingress`], [`api`], [`ui`], [`app`] (which mounts
-//! `api`, `ui` and `ingress` on one listener). No two of them import each other in a loop.
+//! [`db`], [`signature`], [`deliver`], [`ingress`], [`http`], [`app`] (which mounts
+//! [`http::router`] on the one HTTP listener). No two of them import each other in a loop, and
+//! nothing but `app` imports `http`.
 
-pub mod api;
 pub mod app;
 pub mod config;
 pub mod counters;
@@ -23,6 +24,7 @@ pub mod db;
 pub mod deliver;
 pub mod directory;
 pub mod event;
+pub mod http;
 pub mod ingress;
 pub mod intake;
 pub mod model;
@@ -34,5 +36,4 @@ pub mod signature;
 pub mod smtp;
 pub mod store;
 pub mod thread;
-pub mod ui;
 pub mod verify;

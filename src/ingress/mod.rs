@@ -7,23 +7,16 @@
 //! that inbox's secret for the provider → skip a replay of an event id that inbox already
 //! processed → intake. Nothing unverified is processed or acknowledged: a bad or missing
 //! signature, and a target no inbox owns, are the same 401, counted in `/metrics`.
-//! This module never writes SQL (see `db::ingress`) and never reaches into `smtp`.
+//! This module never writes SQL (see `db::ingress`), never reaches into `smtp`, and knows no
+//! HTTP: `http::ingress` reads the requests and answers with what this stage returns.
 
 pub mod provider;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::{ApiError, ErrorBody};
 use crate::config::{Config, IngressConfig};
 use crate::db::Db;
 use crate::directory::Directory;
@@ -32,13 +25,16 @@ use crate::intake::{Intake, Outcome};
 use crate::model::{Envelope, Recipient, now_ms, rfc3339};
 use provider::{CalendarRequest, Provider};
 
-pub struct IngressState {
+/// A request's headers, read by name; shared across the stage's awaits, hence `Sync`.
+pub type Headers<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
+
+/// The ingress stage: what it needs to verify, route and hand a provider request to intake.
+pub struct Ingress {
     pub counters: Arc<crate::counters::Counters>,
     pub db: Db,
     pub intake: Arc<Intake>,
     pub directory: Directory,
     pub config: IngressConfig,
-    pub admin_keys: Vec<String>,
     /// When this node last pruned old replay keys (ms); pruning rides on accepted requests, at
     /// most once per [`REPLAY_PRUNE_EVERY_MS`].
     pub last_replay_prune: AtomicI64,
@@ -47,21 +43,19 @@ pub struct IngressState {
 /// How often accepted requests prune replay keys past `ingress.replay_retention_s`.
 const REPLAY_PRUNE_EVERY_MS: i64 = 60_000;
 
-/// The ingress routes' part of `/openapi.json`.
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(
-    mailersend,
-    sendgrid,
-    calcom,
-    calendly,
-    list_secrets,
-    set_secret,
-    delete_secret,
-    get_event_types,
-    put_event_types,
-    delete_event_types,
-))]
-pub struct IngressApi;
+/// What was done with an authentic request; each is acknowledged, so the provider stops
+/// retrying.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Stored and queued: the stored messages, one per recipient inbox.
+    Accepted { message_ids: Vec<String> },
+    /// That event was processed already.
+    Duplicate,
+    /// Authentic, but not an event mxhook delivers; nothing stored.
+    Ignored,
+    /// Older than the replay keys kept; not processed.
+    Expired,
+}
 
 /// The config file's calendar event types as `(event type, inbox id)`, seeded into the database
 /// at start (see [`Db::seed_config_event_types`]).
@@ -78,73 +72,15 @@ pub fn config_event_types(config: &Config) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Provider webhooks (authenticated by signature) and the secret and event-type management
-/// routes (authenticated by admin key).
-pub fn router(state: Arc<IngressState>) -> axum::Router {
-    let limit = state.config.max_body_bytes;
-    axum::Router::new()
-        .route("/v1/ingress/mailersend/inbound", post(mailersend))
-        .route("/api/v1/webhooks/mailersend/inbound", post(mailersend))
-        .route("/v1/ingress/sendgrid/inbound", post(sendgrid))
-        .route("/v1/ingress/calcom", post(calcom))
-        .route("/v1/ingress/calendly", post(calendly))
-        .route("/v1/inboxes/{id}/ingress", get(list_secrets))
-        .route(
-            "/v1/inboxes/{id}/ingress/event-types",
-            get(get_event_types)
-                .put(put_event_types)
-                .delete(delete_event_types),
-        )
-        .route(
-            "/v1/inboxes/{id}/ingress/{provider}",
-            put(set_secret).delete(delete_secret),
-        )
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
-}
-
-fn header_reader(headers: &HeaderMap) -> impl Fn(&str) -> Option<String> + '_ {
-    move |name| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
-    }
-}
-
 /// Why a provider request was refused; each maps to one status.
-enum Refusal {
+#[derive(Debug)]
+pub enum Refusal {
     Unauthorized(String),
     BadPayload(String),
     /// The inbox's sender policy refuses the message; retrying will not help.
     Rejected(String),
     Unavailable,
     Internal(String),
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            Self::Unauthorized(message) => (StatusCode::UNAUTHORIZED, "unauthorized", message),
-            Self::BadPayload(message) => (StatusCode::BAD_REQUEST, "bad_request", message),
-            Self::Rejected(reason) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason),
-            // 503 asks the provider to retry, like 451 asks an SMTP sender.
-            Self::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "temporarily unavailable, retry later".to_owned(),
-            ),
-            Self::Internal(detail) => {
-                tracing::error!(error = %detail, "ingress request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error".to_owned(),
-                )
-            }
-        };
-        (status, Json(ErrorBody::new(code, message))).into_response()
-    }
 }
 
 impl From<crate::db::Error> for Refusal {
@@ -164,14 +100,14 @@ enum Check {
 /// signature, so refusals do not reveal which addresses or event types exist.
 const UNAUTHORIZED: &str = "the request is not signed with a secret mxhook holds for its target";
 
-impl IngressState {
+impl Ingress {
     /// Checks a request against an inbox's current secrets for `provider`. Counts nothing: a
     /// multi-recipient request that verifies for one inbox is not an attack on the others.
     async fn check(
         &self,
         provider: Provider,
         inbox_id: &str,
-        headers: &HeaderMap,
+        headers: Headers<'_>,
         body: &[u8],
     ) -> Result<Check, Refusal> {
         let now = now_ms();
@@ -186,11 +122,10 @@ impl IngressState {
                 Check::Refused(format!("no {} secret is configured", provider.as_str()))
             });
         }
-        let reader = header_reader(headers);
         Ok(
             match provider::verify(
                 provider,
-                &reader,
+                headers,
                 body,
                 &secrets,
                 now / 1000,
@@ -226,14 +161,19 @@ impl IngressState {
             .then_some(inbox_id)
     }
 
-    async fn mail(
+    /// A provider's inbound mail: find the recipients' inboxes, verify for each, skip replays,
+    /// intake for the inboxes it is fresh for.
+    ///
+    /// # Errors
+    /// The [`Refusal`] that answers the request.
+    pub async fn mail(
         &self,
         provider: Provider,
-        headers: &HeaderMap,
+        headers: Headers<'_>,
         body: &[u8],
         mail: provider::InboundMail,
         helo: &str,
-    ) -> Result<Response, Refusal> {
+    ) -> Result<Ack, Refusal> {
         let recipients: Vec<Recipient> = mail
             .recipients
             .iter()
@@ -298,13 +238,17 @@ impl IngressState {
         self.finish(provider, &fresh, &event_key, outcome).await
     }
 
-    async fn calendar(
+    /// A calendar provider's booking: find the event type's inbox, verify, skip replays, intake.
+    ///
+    /// # Errors
+    /// The [`Refusal`] that answers the request.
+    pub async fn calendar(
         &self,
         provider: Provider,
-        headers: &HeaderMap,
+        headers: Headers<'_>,
         body: &[u8],
         request: CalendarRequest,
-    ) -> Result<Response, Refusal> {
+    ) -> Result<Ack, Refusal> {
         let inbox_id = match request.event_type_key() {
             Some(key) => self
                 .db
@@ -326,7 +270,7 @@ impl IngressState {
         let booking = match request {
             // Authentic, but not an event mxhook delivers: acknowledged, nothing stored.
             CalendarRequest::Ignored { .. } => {
-                return Ok(IngressAck::status("ignored"));
+                return Ok(Ack::Ignored);
             }
             CalendarRequest::Booking(booking) => booking,
         };
@@ -372,7 +316,7 @@ impl IngressState {
         inbox_ids: &[String],
         event_key: &str,
         outcome: Outcome,
-    ) -> Result<Response, Refusal> {
+    ) -> Result<Ack, Refusal> {
         match outcome {
             Outcome::Accepted { message_ids } => {
                 // Marked only after the commit, so a failed attempt can be retried by the
@@ -383,11 +327,7 @@ impl IngressState {
                         .await?;
                 }
                 self.prune_replay_keys().await;
-                Ok(Json(IngressAck {
-                    status: "accepted".to_owned(),
-                    message_ids: Some(message_ids),
-                })
-                .into_response())
+                Ok(Ack::Accepted { message_ids })
             }
             Outcome::TempFail { .. } => Err(Refusal::Unavailable),
             Outcome::Reject { reason } => Err(Refusal::Rejected(reason)),
@@ -439,541 +379,14 @@ fn replay_key(provider_id: &str, body: &[u8]) -> String {
 
 /// An authentic event older than the replay keys: acknowledged (a retry would not make it
 /// younger) and not processed.
-fn expired(provider: Provider) -> Response {
+fn expired(provider: Provider) -> Ack {
     tracing::warn!(
         provider = provider.as_str(),
         "ingress event older than ingress.replay_retention_s not processed"
     );
-    IngressAck::status("expired")
+    Ack::Expired
 }
 
-fn duplicate() -> Response {
-    IngressAck::status("duplicate")
-}
-
-/// The 200 answer to a provider webhook: the provider stops retrying on it.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct IngressAck {
-    /// accepted; duplicate (that event was processed already); ignored (authentic, but not an
-    /// event mxhook delivers); expired (older than the replay keys kept, not processed).
-    status: String,
-    /// The stored messages, one per recipient inbox; only when accepted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_ids: Option<Vec<String>>,
-}
-
-impl IngressAck {
-    fn status(status: &str) -> Response {
-        Json(Self {
-            status: status.to_owned(),
-            message_ids: None,
-        })
-        .into_response()
-    }
-}
-
-/// Which providers an inbox has a secret for; never the secret.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct IngressSecrets {
-    inbox_id: String,
-    /// Keyed by provider: mailersend, sendgrid, calcom, calendly.
-    providers: std::collections::BTreeMap<String, SecretState>,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SecretState {
-    configured: bool,
-}
-
-/// The answer to setting a provider secret; the secret is write-only.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SecretSet {
-    inbox_id: String,
-    provider: String,
-    /// Always true.
-    configured: bool,
-}
-
-/// The calendar event types whose bookings an inbox receives.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct EventTypes {
-    inbox_id: String,
-    event_types: Vec<EventType>,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct EventType {
-    /// `calcom:<id>` or `calendly:<event type URI>`.
-    event_type: String,
-    /// config (from the config file, kept on every start) or api.
-    source: String,
-}
-
-fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
-    serde_json::from_slice(body)
-        .map_err(|err| Refusal::BadPayload(format!("body is not JSON: {err}")))
-}
-
-/// A MailerSend inbound route's webhook.
-#[utoipa::path(
-    post,
-    path = "/v1/ingress/mailersend/inbound",
-    tag = "ingress",
-    summary = "MailerSend inbound route (also at /api/v1/webhooks/mailersend/inbound)",
-    security(()),
-    params(("Signature" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's mailersend secret")),
-    request_body(content = serde_json::Value, description = "MailerSend `inbound.message` payload"),
-    responses(
-        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
-        (status = 400, description = "Not a MailerSend payload", body = ErrorBody),
-        (status = 401, description = "Not verified for any recipient inbox (counted)", body = ErrorBody),
-        (status = 422, description = "The inbox's sender policy rejects it", body = ErrorBody),
-        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
-    ),
-)]
-async fn mailersend(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    let payload = parse_json(&body)?;
-    let mail = provider::mailersend_mail(&payload, chrono::Utc::now().fixed_offset())
-        .map_err(|err| Refusal::BadPayload(err.to_string()))?;
-    state
-        .mail(Provider::MailerSend, &headers, &body, mail, "mailersend")
-        .await
-}
-
-/// A SendGrid Inbound Parse POST.
-#[utoipa::path(
-    post,
-    path = "/v1/ingress/sendgrid/inbound",
-    tag = "ingress",
-    summary = "SendGrid Inbound Parse (raw, full MIME mode)",
-    security(()),
-    params(
-        ("X-Twilio-Email-Event-Webhook-Signature" = String, Header, description = "base64 ECDSA P-256 signature over timestamp + body"),
-        ("X-Twilio-Email-Event-Webhook-Timestamp" = String, Header, description = "Unix seconds, within ingress.timestamp_tolerance_s"),
-    ),
-    request_body(content = String, content_type = "multipart/form-data", description = "`email` (raw MIME) and `envelope` fields"),
-    responses(
-        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
-        (status = 400, description = "Not an Inbound Parse form", body = ErrorBody),
-        (status = 401, description = "Not verified for any recipient inbox (counted)", body = ErrorBody),
-        (status = 422, description = "The inbox's sender policy rejects it", body = ErrorBody),
-        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
-    ),
-)]
-async fn sendgrid(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    let mail = sendgrid_mail(&headers, body.clone()).await?;
-    state
-        .mail(Provider::SendGrid, &headers, &body, mail, "sendgrid")
-        .await
-}
-
-/// Reads SendGrid Inbound Parse's multipart form ("POST the raw, full MIME message" mode: the
-/// `email` field holds the message, `envelope` the SMTP envelope as JSON).
-async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::InboundMail, Refusal> {
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let boundary = multer::parse_boundary(content_type)
-        .map_err(|_| Refusal::BadPayload("expected multipart/form-data".to_owned()))?;
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
-    let mut form = multer::Multipart::new(stream, boundary);
-    let mut raw = None;
-    let mut envelope = Value::Null;
-    while let Some(field) = form
-        .next_field()
-        .await
-        .map_err(|err| Refusal::BadPayload(format!("malformed form: {err}")))?
-    {
-        let name = field.name().unwrap_or_default().to_owned();
-        let bytes = field
-            .bytes()
-            .await
-            .map_err(|err| Refusal::BadPayload(format!("malformed form: {err}")))?;
-        match name.as_str() {
-            "email" => raw = Some(bytes.to_vec()),
-            "envelope" => envelope = serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            _ => {}
-        }
-    }
-    let raw = raw.ok_or_else(|| {
-        Refusal::BadPayload(
-            "no `email` field (enable \"POST the raw, full MIME message\")".to_owned(),
-        )
-    })?;
-    let recipients: Vec<String> = envelope["to"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    if recipients.is_empty() {
-        return Err(Refusal::BadPayload("no envelope recipients".to_owned()));
-    }
-    Ok(provider::InboundMail {
-        event_key: String::new(),
-        // SendGrid's signed timestamp header bounds its age instead.
-        created_at_s: None,
-        mail_from: envelope["from"].as_str().map(str::to_owned),
-        recipients,
-        raw,
-    })
-}
-
-/// A Cal.com webhook.
-#[utoipa::path(
-    post,
-    path = "/v1/ingress/calcom",
-    tag = "ingress",
-    summary = "Cal.com booking webhooks",
-    security(()),
-    params(("X-Cal-Signature-256" = String, Header, description = "hex HMAC-SHA256 of the body with the inbox's calcom secret")),
-    request_body(content = serde_json::Value, description = "Cal.com webhook payload"),
-    responses(
-        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
-        (status = 400, description = "Not a Cal.com payload", body = ErrorBody),
-        (status = 401, description = "Unverified or unmapped event type (counted)", body = ErrorBody),
-        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
-    ),
-)]
-async fn calcom(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    calendar(
-        &state,
-        Provider::CalCom,
-        provider::calcom_booking,
-        &headers,
-        &body,
-    )
-    .await
-}
-
-/// A Calendly webhook.
-#[utoipa::path(
-    post,
-    path = "/v1/ingress/calendly",
-    tag = "ingress",
-    summary = "Calendly invitee webhooks",
-    security(()),
-    params(("Calendly-Webhook-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">")),
-    request_body(content = serde_json::Value, description = "Calendly webhook payload"),
-    responses(
-        (status = 200, description = "Acknowledged; `status` says what was done", body = IngressAck),
-        (status = 400, description = "Not a Calendly payload", body = ErrorBody),
-        (status = 401, description = "Unverified, stale or unmapped event type (counted)", body = ErrorBody),
-        (status = 503, description = "Temporarily unavailable; retry", body = ErrorBody),
-    ),
-)]
-async fn calendly(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    calendar(
-        &state,
-        Provider::Calendly,
-        provider::calendly_booking,
-        &headers,
-        &body,
-    )
-    .await
-}
-
-/// A calendar webhook: its JSON read by the provider's `read`, then the booking flow.
-async fn calendar(
-    state: &IngressState,
-    provider: Provider,
-    read: fn(&Value) -> Result<CalendarRequest, provider::Error>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Refusal> {
-    let payload = parse_json(body)?;
-    let request = read(&payload).map_err(|err| Refusal::BadPayload(err.to_string()))?;
-    state.calendar(provider, headers, body, request).await
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SecretBody {
-    secret: String,
-}
-
-fn authorize(state: &IngressState, headers: &HeaderMap) -> Result<(), ApiError> {
-    crate::api::authorize_admin(&state.admin_keys, headers)
-}
-
-fn known_inbox(state: &IngressState, id: &str) -> Result<(), ApiError> {
-    state
-        .directory
-        .inbox(id)
-        .map(|_| ())
-        .ok_or(ApiError::NotFound("inbox"))
-}
-
-fn known_provider(name: &str) -> Result<Provider, ApiError> {
-    Provider::parse(name).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "provider must be one of mailersend, sendgrid, calcom, calendly; got `{name}`"
-        ))
-    })
-}
-
-/// Which providers have a secret: a "configured" flag each, never the secret.
-#[utoipa::path(
-    get,
-    path = "/v1/inboxes/{id}/ingress",
-    tag = "ingress",
-    summary = "Which providers have a secret (admin; never the secret)",
-    params(("id" = String, Path, description = "Inbox id")),
-    responses(
-        (status = 200, description = "Which providers have a secret", body = IngressSecrets),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 404, description = "No such inbox", body = ErrorBody),
-    ),
-)]
-async fn list_secrets(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<IngressSecrets>, ApiError> {
-    authorize(&state, &headers)?;
-    known_inbox(&state, &id)?;
-    let configured = state.db.ingress_providers(&id).await?;
-    let providers = Provider::ALL
-        .iter()
-        .map(|provider| {
-            let name = provider.as_str();
-            (
-                name.to_owned(),
-                SecretState {
-                    configured: configured.iter().any(|c| c == name),
-                },
-            )
-        })
-        .collect();
-    Ok(Json(IngressSecrets {
-        inbox_id: id,
-        providers,
-    }))
-}
-
-#[utoipa::path(
-    put,
-    path = "/v1/inboxes/{id}/ingress/{provider}",
-    tag = "ingress",
-    summary = "Set or rotate a provider secret (admin; write-only)",
-    params(
-        ("id" = String, Path, description = "Inbox id"),
-        ("provider" = String, Path, description = "mailersend, sendgrid, calcom or calendly"),
-    ),
-    request_body = SecretBody,
-    responses(
-        (status = 200, description = "Set", body = SecretSet),
-        (status = 400, description = "Unknown provider or empty secret", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 404, description = "No such inbox", body = ErrorBody),
-    ),
-)]
-async fn set_secret(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    Path((id, provider)): Path<(String, String)>,
-    body: Result<Json<SecretBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<SecretSet>, ApiError> {
-    authorize(&state, &headers)?;
-    known_inbox(&state, &id)?;
-    let provider = known_provider(&provider)?;
-    let Json(body) = body.map_err(|err| ApiError::BadRequest(err.body_text()))?;
-    if body.secret.trim().is_empty() {
-        return Err(ApiError::BadRequest("secret must not be empty".to_owned()));
-    }
-    let grace_ms = (state.config.rotation_grace_s * 1000.0) as i64;
-    state
-        .db
-        .set_ingress_secret(
-            &id,
-            provider.as_str(),
-            body.secret.trim(),
-            now_ms() + grace_ms,
-        )
-        .await?;
-    Ok(Json(SecretSet {
-        inbox_id: id,
-        provider: provider.as_str().to_owned(),
-        configured: true,
-    }))
-}
-
-#[utoipa::path(
-    delete,
-    path = "/v1/inboxes/{id}/ingress/{provider}",
-    tag = "ingress",
-    summary = "Remove a provider secret (admin)",
-    params(
-        ("id" = String, Path, description = "Inbox id"),
-        ("provider" = String, Path, description = "mailersend, sendgrid, calcom or calendly"),
-    ),
-    responses(
-        (status = 204, description = "Removed"),
-        (status = 400, description = "Unknown provider", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 404, description = "No such inbox or no secret", body = ErrorBody),
-    ),
-)]
-async fn delete_secret(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    Path((id, provider)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
-    known_inbox(&state, &id)?;
-    let provider = known_provider(&provider)?;
-    if state
-        .db
-        .delete_ingress_secret(&id, provider.as_str())
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("ingress secret"))
-    }
-}
-
-/// Most event types one inbox can be given through the API, and longest accepted entry.
-const MAX_EVENT_TYPES: usize = 200;
-const MAX_EVENT_TYPE_LEN: usize = 512;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EventTypesBody {
-    /// `calcom:<eventTypeId>` or `calendly:<event type URI>`; replaces the inbox's API-set list.
-    event_types: Vec<String>,
-}
-
-async fn event_types_reply(state: &IngressState, id: &str) -> Result<Json<EventTypes>, ApiError> {
-    let rows = state.db.ingress_event_types(id).await?;
-    let event_types = rows
-        .into_iter()
-        .map(|row| EventType {
-            event_type: row.event_type,
-            source: row.source,
-        })
-        .collect();
-    Ok(Json(EventTypes {
-        inbox_id: id.to_owned(),
-        event_types,
-    }))
-}
-
-/// The calendar event types whose bookings this inbox receives.
-#[utoipa::path(
-    get,
-    path = "/v1/inboxes/{id}/ingress/event-types",
-    tag = "ingress",
-    summary = "Calendar event types the inbox receives (admin)",
-    params(("id" = String, Path, description = "Inbox id")),
-    responses(
-        (status = 200, description = "The event types", body = EventTypes),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 404, description = "No such inbox", body = ErrorBody),
-    ),
-)]
-async fn get_event_types(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<EventTypes>, ApiError> {
-    authorize(&state, &headers)?;
-    known_inbox(&state, &id)?;
-    event_types_reply(&state, &id).await
-}
-
-/// Replaces the event types set through the API; those the config file gives the inbox stay.
-#[utoipa::path(
-    put,
-    path = "/v1/inboxes/{id}/ingress/event-types",
-    tag = "ingress",
-    summary = "Set the calendar event types the inbox receives (admin)",
-    params(("id" = String, Path, description = "Inbox id")),
-    request_body = EventTypesBody,
-    responses(
-        (status = 200, description = "The event types", body = EventTypes),
-        (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 404, description = "No such inbox", body = ErrorBody),
-        (status = 409, description = "An event type belongs to another inbox", body = ErrorBody),
-    ),
-)]
-async fn put_event_types(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Result<Json<EventTypesBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<EventTypes>, ApiError> {
-    authorize(&state, &headers)?;
-    known_inbox(&state, &id)?;
-    let Json(body) = body.map_err(|err| ApiError::BadRequest(err.body_text()))?;
-    if body.event_types.len() > MAX_EVENT_TYPES {
-        return Err(ApiError::BadRequest(format!(
-            "at most {MAX_EVENT_TYPES} event types per inbox"
-        )));
-    }
-    let mut event_types: Vec<String> = Vec::with_capacity(body.event_types.len());
-    for event_type in body.event_types {
-        let event_type = event_type.trim().to_owned();
-        let well_formed = event_type.len() <= MAX_EVENT_TYPE_LEN
-            && Provider::ALL.iter().any(|provider| {
-                provider.is_calendar()
-                    && event_type
-                        .strip_prefix(provider.as_str())
-                        .and_then(|rest| rest.strip_prefix(':'))
-                        .is_some_and(|id| !id.is_empty())
-            });
-        if !well_formed {
-            return Err(ApiError::BadRequest(format!(
-                "`{event_type}` is not `calcom:<eventTypeId>` or `calendly:<event type URI>`"
-            )));
-        }
-        if !event_types.contains(&event_type) {
-            event_types.push(event_type);
-        }
-    }
-    state.db.set_ingress_event_types(&id, &event_types).await?;
-    event_types_reply(&state, &id).await
-}
-
-/// Removes every event type set through the API (config entries stay).
-#[utoipa::path(
-    delete,
-    path = "/v1/inboxes/{id}/ingress/event-types",
-    tag = "ingress",
-    summary = "Remove the API-set calendar event types of the inbox (admin)",
-    params(("id" = String, Path, description = "Inbox id")),
-    responses(
-        (status = 204, description = "Removed"),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 404, description = "No such inbox", body = ErrorBody),
-    ),
-)]
-async fn delete_event_types(
-    State(state): State<Arc<IngressState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
-    known_inbox(&state, &id)?;
-    state.db.set_ingress_event_types(&id, &[]).await?;
-    Ok(StatusCode::NO_CONTENT)
+fn duplicate() -> Ack {
+    Ack::Duplicate
 }

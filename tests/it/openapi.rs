@@ -9,10 +9,11 @@ use crate::support::gateway::API_KEY;
 use crate::support::{GatewayOptions, TestGateway, WebhookReceiver, eventually};
 
 /// Every `(method, path)` the API router registers, read from the `.route(…)` calls in
-/// `src/api/`, so a route added there without an OpenAPI entry fails the test below.
+/// `src/http/` and `src/http/api/`, so a route added there without an OpenAPI entry fails the
+/// test below.
 fn api_routes() -> Vec<(String, String)> {
     let mut routes = Vec::new();
-    let sources = ["src/api", "src/ingress"].into_iter().flat_map(|dir| {
+    let sources = ["src/http", "src/http/api"].into_iter().flat_map(|dir| {
         std::fs::read_dir(crate::support::repo_path(dir))
             .expect("route source directory")
             .flatten()

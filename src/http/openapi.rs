@@ -1,15 +1,15 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the route handlers'
-//! `#[utoipa::path]` attributes and the request types, so it cannot drift from the code.
-
-use std::sync::Arc;
+//! `GET /openapi.json`: the one OpenAPI 3.1 document of the listener (the API and provider
+//! ingress), generated from the route handlers' `#[utoipa::path]` attributes and the request
+//! types, so it cannot drift from the code.
 
 use axum::Json;
-use axum::extract::State;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, inboxes, metrics};
+use super::api::{
+    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, webhook,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,34 +19,44 @@ use super::{ApiState, inboxes, metrics};
                        Every /v1 route and /metrics need `Authorization: Bearer <key>`."
     ),
     paths(
-        super::healthz,
-        super::readyz,
+        health::healthz,
+        health::readyz,
         document,
         metrics::metrics,
-        super::get_message,
-        super::get_raw_message,
-        super::list_deliveries,
-        super::get_delivery,
-        super::list_attempts,
-        super::resend_delivery,
+        messages::get_message,
+        messages::get_raw_message,
+        deliveries::list_deliveries,
+        deliveries::get_delivery,
+        deliveries::list_attempts,
+        deliveries::resend_delivery,
         inboxes::list_inboxes,
         inboxes::create_inbox,
         inboxes::get_inbox,
         inboxes::update_inbox,
         inboxes::delete_inbox,
-        inboxes::get_webhook,
-        inboxes::list_endpoints,
-        inboxes::put_webhook,
-        inboxes::delete_webhook,
-        inboxes::get_notifications,
-        inboxes::put_notifications,
-        inboxes::create_key,
-        inboxes::list_keys,
-        inboxes::delete_key,
-        inboxes::list_messages,
+        webhook::get_webhook,
+        webhook::list_endpoints,
+        webhook::put_webhook,
+        webhook::delete_webhook,
+        notifications::get_notifications,
+        notifications::put_notifications,
+        keys::create_key,
+        keys::list_keys,
+        keys::delete_key,
+        messages::list_messages,
         inboxes::list_deliveries,
         inboxes::resend_dead,
         inboxes::send_test_event,
+        super::ingress::mailersend,
+        super::ingress::sendgrid,
+        super::ingress::calcom,
+        super::ingress::calendly,
+        ingress::list_secrets,
+        ingress::set_secret,
+        ingress::delete_secret,
+        ingress::get_event_types,
+        ingress::put_event_types,
+        ingress::delete_event_types,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -74,8 +84,8 @@ impl Modify for BearerAuth {
     security(()),
     responses((status = 200, description = "OpenAPI 3.1 JSON", body = serde_json::Value))
 )]
-pub(super) async fn document(State(state): State<Arc<ApiState>>) -> Json<utoipa::openapi::OpenApi> {
-    let mut document = ApiDoc::openapi().merge_from(state.mounted_docs.clone());
+pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    let mut document = ApiDoc::openapi();
     document_internal_errors(&mut document);
     // MailerSend users keep the route path they already configured; it is the same handler,
     // documented under its own operation id (ids must be unique in a document).

@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiState, Caller, ErrorBody};
 use crate::db::Histogram;
+use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 
 #[utoipa::path(
     get,
@@ -25,7 +25,7 @@ use crate::db::Histogram;
     ),
 )]
 pub async fn metrics(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<HttpState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     // The numbers span every inbox, so a per-inbox key may not read them.

@@ -1,7 +1,7 @@
 //! The dashboard at `/ui`: server-rendered HTML pages over the same handlers and database
 //! functions as the JSON API, behind a login with an admin or inbox key.
 //!
-//! Login checks the key exactly as the API's Bearer check does ([`crate::api::caller_for_key`])
+//! Login checks the key exactly as the API's Bearer check does ([`crate::http::auth::caller_for_key`])
 //! (after [`throttle`]: ten failures from one client in a minute block it for a minute) and
 //! starts a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie, mapped in memory
 //! to the caller and a CSRF token. Sessions live in this process only, so a restart (or another
@@ -35,7 +35,8 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 
-use crate::api::{ApiError, ApiState, Caller};
+use super::auth::caller_for_key;
+use super::{ApiError, Caller, HttpState};
 use throttle::{Client, LoginThrottle};
 
 /// The session cookie; scoped to `/ui`.
@@ -53,37 +54,46 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      img-src 'self'; connect-src 'self'; form-action 'self'; frame-src 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
-const APP_CSS: &str = include_str!("../../templates/ui/static/app.css");
-const APP_JS: &str = include_str!("../../templates/ui/static/app.js");
-const ICON_SVG: &str = include_str!("../../templates/ui/static/icon.svg");
+const APP_CSS: &str = include_str!("../../../templates/ui/static/app.css");
+const APP_JS: &str = include_str!("../../../templates/ui/static/app.js");
+const ICON_SVG: &str = include_str!("../../../templates/ui/static/icon.svg");
 
 /// The templates, embedded so the binary works without the repository.
 const TEMPLATES: &[(&str, &str)] = &[
-    ("base.html", include_str!("../../templates/ui/base.html")),
-    ("login.html", include_str!("../../templates/ui/login.html")),
-    ("error.html", include_str!("../../templates/ui/error.html")),
+    ("base.html", include_str!("../../../templates/ui/base.html")),
+    (
+        "login.html",
+        include_str!("../../../templates/ui/login.html"),
+    ),
+    (
+        "error.html",
+        include_str!("../../../templates/ui/error.html"),
+    ),
     (
         "inboxes.html",
-        include_str!("../../templates/ui/inboxes.html"),
+        include_str!("../../../templates/ui/inboxes.html"),
     ),
-    ("inbox.html", include_str!("../../templates/ui/inbox.html")),
+    (
+        "inbox.html",
+        include_str!("../../../templates/ui/inbox.html"),
+    ),
     (
         "secret.html",
-        include_str!("../../templates/ui/secret.html"),
+        include_str!("../../../templates/ui/secret.html"),
     ),
     (
         "messages.html",
-        include_str!("../../templates/ui/messages.html"),
+        include_str!("../../../templates/ui/messages.html"),
     ),
     (
         "message_rows.html",
-        include_str!("../../templates/ui/message_rows.html"),
+        include_str!("../../../templates/ui/message_rows.html"),
     ),
     (
         "message.html",
-        include_str!("../../templates/ui/message.html"),
+        include_str!("../../../templates/ui/message.html"),
     ),
-    ("dead.html", include_str!("../../templates/ui/dead.html")),
+    ("dead.html", include_str!("../../../templates/ui/dead.html")),
 ];
 
 static TEMPLATE_ENV: LazyLock<Result<minijinja::Environment<'static>, minijinja::Error>> =
@@ -265,7 +275,7 @@ impl Sessions {
 }
 
 pub(crate) struct UiState {
-    api: Arc<ApiState>,
+    api: Arc<HttpState>,
     sessions: Sessions,
     login_throttle: LoginThrottle,
 }
@@ -300,7 +310,7 @@ fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Path=/ui"))
 }
 
-pub fn router(api: Arc<ApiState>) -> Router {
+pub(super) fn router(api: Arc<HttpState>) -> Router {
     let state = Arc::new(UiState {
         api,
         sessions: Sessions::default(),
@@ -453,7 +463,7 @@ async fn login(
     if let Some(wait) = state.login_throttle.blocked(client, Instant::now()) {
         return Err(Error::TooManyLogins(wait.as_secs().max(1)));
     }
-    let caller = match crate::api::caller_for_key(&state.api, form.key.trim()).await {
+    let caller = match caller_for_key(&state.api, form.key.trim()).await {
         Ok(caller) => caller,
         Err(ApiError::Unauthorized(_)) => {
             state.login_throttle.failed(client, Instant::now());

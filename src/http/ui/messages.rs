@@ -521,7 +521,7 @@ pub(super) async fn raw(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    Ok(crate::api::get_raw_message(
+    Ok(crate::http::api::messages::get_raw_message(
         State(Arc::clone(&state.api)),
         Extension(auth.caller.clone()),
         Path(id),
@@ -550,7 +550,7 @@ pub(super) async fn resend(
     Path(id): Path<String>,
     Form(form): Form<BackForm>,
 ) -> Result<Response, Error> {
-    let _queued = crate::api::resend_delivery(
+    let _queued = crate::http::api::deliveries::resend_delivery(
         State(Arc::clone(&state.api)),
         Extension(auth.caller.clone()),
         Path(id),
@@ -599,7 +599,7 @@ pub(super) async fn resend_all(
 ) -> Result<Response, Error> {
     let inboxes = state.api.db.list_inbox_rows(auth.only()).await?;
     for inbox in inboxes {
-        let _requeued = crate::api::inboxes::resend_dead(
+        let _requeued = crate::http::api::inboxes::resend_dead(
             State(Arc::clone(&state.api)),
             Extension(auth.caller.clone()),
             Path(inbox.id),

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Auth, Error, UiState, render, when};
-use crate::api::inboxes as api;
 use crate::db::{EndpointStats, InboxRow, WebhookSettings};
+use crate::http::api::{inboxes, notifications, webhook};
 use crate::model::DEFAULT_HMAC_HEADER;
 use crate::model::Provider;
 
@@ -190,7 +190,7 @@ async fn detail_page(
     notice: Option<&str>,
     refusal: Refusal,
 ) -> Result<Response, Error> {
-    let inbox = api::visible_inbox(&state.api, &auth.caller, id).await?;
+    let inbox = inboxes::visible_inbox(&state.api, &auth.caller, id).await?;
     let stats = state.api.db.endpoint_stats(Some(id)).await?;
     let providers = state.api.db.ingress_providers(id).await?;
     let webhook = refusal
@@ -199,7 +199,7 @@ async fn detail_page(
     let rules_text = match refusal.rules_text {
         Some(text) => text,
         None => {
-            let Json(rules) = api::get_notifications(
+            let Json(rules) = notifications::get_notifications(
                 State(Arc::clone(&state.api)),
                 Extension(auth.caller.clone()),
                 Path(id.to_owned()),
@@ -295,11 +295,11 @@ async fn put_webhook(
     body: Value,
 ) -> Result<Result<Value, Error>, Error> {
     // A value the API's types refuse (an unknown scheme) is a form error like any other.
-    let body: api::PutWebhook = match serde_json::from_value(body) {
+    let body: webhook::PutWebhook = match serde_json::from_value(body) {
         Ok(body) => body,
         Err(err) => return Ok(Err(Error::BadRequest(err.to_string()))),
     };
-    match api::put_webhook(
+    match webhook::put_webhook(
         State(Arc::clone(&state.api)),
         Extension(auth.caller.clone()),
         Path(id.to_owned()),
@@ -351,7 +351,7 @@ pub(super) async fn rotate_secret(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    let inbox = api::visible_inbox(&state.api, &auth.caller, &id).await?;
+    let inbox = inboxes::visible_inbox(&state.api, &auth.caller, &id).await?;
     let webhook = inbox
         .webhook
         .ok_or_else(|| Error::BadRequest("set a webhook URL first".to_owned()))?;
@@ -379,19 +379,19 @@ pub(super) async fn save_rules(
     Path(id): Path<String>,
     Form(form): Form<RulesForm>,
 ) -> Result<Response, Error> {
-    api::visible_inbox(&state.api, &auth.caller, &id).await?;
+    inboxes::visible_inbox(&state.api, &auth.caller, &id).await?;
     let text = form.rules.trim();
     let text = if text.is_empty() { "[]" } else { text };
     let refused = match serde_json::from_str::<Value>(text)
         .map(|rules| json!({ "rules": rules }))
-        .and_then(serde_json::from_value::<api::Notifications>)
+        .and_then(serde_json::from_value::<notifications::Notifications>)
     {
         Err(err) => Some(format!("rules: {err}")),
-        Ok(rules) => match api::put_notifications(
+        Ok(rules) => match notifications::put_notifications(
             State(Arc::clone(&state.api)),
             Extension(auth.caller.clone()),
             Path(id.clone()),
-            Ok(Json(api::NotificationsBody::Wrapped(rules))),
+            Ok(Json(notifications::NotificationsBody::Wrapped(rules))),
         )
         .await
         {
@@ -428,7 +428,7 @@ pub(super) async fn test_event(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    match api::send_test_event(
+    match inboxes::send_test_event(
         State(Arc::clone(&state.api)),
         Extension(auth.caller.clone()),
         Path(id.clone()),

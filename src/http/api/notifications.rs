@@ -1,0 +1,247 @@
+//! Notification rules: `GET`/`PUT /v1/inboxes/{id}/notifications`. A rule is checked by
+//! `model::Rule`'s validation, the type the dispatcher reads stored rules as, then stored.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::inboxes::visible_inbox;
+use super::webhook::yes;
+use crate::http::{ApiError, Caller, ErrorBody, HttpState};
+use crate::model::new_id;
+use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
+
+/// One notification rule as the API reads and returns it, in the shape SPEC.md gives: the wire
+/// form of [`crate::model::Rule`] (whose validation it passes), keeping only the fields sent.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rule {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    filters: RuleFilters,
+    #[serde(default)]
+    channels: RuleChannels,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleFilters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sender_verified: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    traffic_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sender_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    trust_tiers: Vec<TrustTier>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TrustTier {
+    Trusted,
+    Verified,
+    Unverified,
+    Suspicious,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleChannels {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook: Option<RuleWebhook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<RuleEmail>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleWebhook {
+    #[serde(default = "yes")]
+    enabled: bool,
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    signature: Option<SignatureScheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    payload: Option<PayloadFormat>,
+    /// The hmac-sha256 scheme's header (default X-Webhook-Signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature_header: Option<String>,
+    /// The hmac-sha256 scheme's value: sha256=hex (default) or hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    signature_format: Option<SignatureFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    custom_headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verify_tls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ordered: Option<bool>,
+    /// Set by the gateway when it switches the channel off (410 Gone, failing too long);
+    /// dropped when the channel is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleEmail {
+    #[serde(default = "yes")]
+    enabled: bool,
+    recipients: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Notifications {
+    rules: Vec<Rule>,
+}
+
+/// What PUT takes: the bare list SPEC describes, or the list wrapped as `{"rules": [...]}`.
+///
+/// Read by hand rather than as an untagged enum: serde's untagged enums answer every mistake
+/// with "data did not match any variant", while this names the field (`rules[0].filters.x`).
+#[derive(Debug, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum NotificationsBody {
+    List(Vec<Rule>),
+    Wrapped(Notifications),
+}
+
+impl<'de> Deserialize<'de> for NotificationsBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = Value::deserialize(deserializer)?;
+        let at_path = |err: serde_path_to_error::Error<serde_json::Error>, base: &str| {
+            let path = err.path().to_string();
+            let path = match path.as_str() {
+                "." => base.to_owned(),
+                path if path.starts_with('[') => format!("{base}{path}"),
+                path => path.to_owned(),
+            };
+            D::Error::custom(format!("{path}: {}", err.inner()))
+        };
+        match value {
+            Value::Array(_) => serde_path_to_error::deserialize(value)
+                .map(Self::List)
+                .map_err(|err| at_path(err, "rules")),
+            Value::Object(_) => serde_path_to_error::deserialize(value)
+                .map(Self::Wrapped)
+                .map_err(|err| at_path(err, "body")),
+            _ => Err(D::Error::custom(
+                "expected a list of rules or {\"rules\": [...]}",
+            )),
+        }
+    }
+}
+
+fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError> {
+    for (idx, rule) in rules.iter_mut().enumerate() {
+        if rule.id.is_none() {
+            rule.id = Some(new_id("rule"));
+        }
+        // The one validation of a rule: `model::Rule`'s, which the dispatcher reads rules as
+        // (URL policy, timeout and retry bounds, reserved custom headers, email recipients).
+        // This type only keeps the API's wire shape: it echoes what was sent, and reads
+        // `timeout_s` and `max_retries` as whole numbers, so a fraction is refused on parsing.
+        let routed: crate::model::Rule = serde_json::to_value(&*rule)
+            .and_then(serde_json::from_value)
+            .map_err(|err| ApiError::BadRequest(format!("rules[{idx}]: {err}")))?;
+        routed
+            .validate(state.delivery.allow_http)
+            .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
+        if let Some(webhook) = rule.channels.webhook.as_mut()
+            && webhook.enabled
+        {
+            webhook.disabled_reason = None;
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/notifications",
+    tag = "notifications",
+    summary = "Notification rules",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The rules, as a list", body = Vec<Rule>),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn get_notifications(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Rule>>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let stored = state
+        .db
+        .get_notifications(&id)
+        .await?
+        .ok_or(ApiError::NotFound("inbox"))?;
+    // Read back as the documented type: stored rules were written from it (and the
+    // dispatcher's auto-disable sets only fields it has), so what is sent is what is documented.
+    let rules: Vec<Rule> = match stored {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|err| ApiError::Internal(format!("stored rules of {id}: {err}")))?,
+        None => Vec::new(),
+    };
+    Ok(Json(rules))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/notifications",
+    tag = "notifications",
+    summary = "Replace the notification rules: a list, or {rules: [...]}",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = NotificationsBody,
+    responses(
+        (status = 200, description = "The stored rules, as a list, ids filled in", body = Vec<Rule>),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn put_notifications(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<NotificationsBody>, JsonRejection>,
+) -> Result<Json<Vec<Rule>>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let Json(body) = body?;
+    let mut rules = match body {
+        NotificationsBody::List(rules) | NotificationsBody::Wrapped(Notifications { rules }) => {
+            rules
+        }
+    };
+    validate_rules(&state, &mut rules)?;
+    let text = serde_json::to_string(&rules).map_err(|err| ApiError::Internal(err.to_string()))?;
+    if !state.db.set_notifications(&id, &text).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    // The rules route the next message at once.
+    state.refresh_directory().await?;
+    Ok(Json(rules))
+}

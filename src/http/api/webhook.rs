@@ -1,0 +1,367 @@
+//! The inbox webhook: `GET`/`PUT`/`DELETE /v1/inboxes/{id}/webhook` (the signing secret shown only
+//! when created or rotated) and `GET /v1/inboxes/{id}/endpoints` (delivery stats per endpoint).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::inboxes::visible_inbox;
+use crate::db::WebhookSettings;
+use crate::http::{ApiError, Caller, ErrorBody, HttpState};
+use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
+use crate::model::{now_ms, rfc3339};
+
+/// The inbox webhook as the API shows it: whether a secret is set, never the secret, except
+/// `signing_secret` in the one answer that created it.
+///
+/// The fields without `skip_serializing_if` are always sent, `null` when unset, so each is
+/// `required` in the OpenAPI document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookView {
+    url: String,
+    enabled: bool,
+    #[schema(value_type = String)]
+    signature: SignatureScheme,
+    #[schema(value_type = String)]
+    payload: PayloadFormat,
+    signature_header: String,
+    #[schema(value_type = String)]
+    signature_format: SignatureFormat,
+    verify_tls: bool,
+    /// Why the gateway switched the webhook off (410 Gone, or failing too long).
+    #[schema(required)]
+    disabled_reason: Option<String>,
+    ordered: bool,
+    has_secret: bool,
+    /// Until when the secret a rotation replaced still signs beside the new one.
+    #[schema(required)]
+    previous_secret_expires_at: Option<String>,
+    /// Delivery statistics (GET only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<StatsView>,
+    /// Only in the answer that created or rotated the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_secret: Option<String>,
+}
+
+/// One endpoint's delivery statistics.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct StatsView {
+    attempts: i64,
+    delivered: i64,
+    /// Share of attempts the endpoint accepted, 0 to 1; null before the first attempt.
+    #[schema(required)]
+    success_rate: Option<f64>,
+    #[schema(required)]
+    last_triggered: Option<String>,
+    #[schema(required)]
+    last_status_code: Option<i64>,
+    /// delivered, forwarded, http_error, error or not_sent.
+    #[schema(required)]
+    last_outcome: Option<String>,
+}
+
+/// The statistics of one endpoint of an inbox: `inbox`, or `rule:<id>` with its channel.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EndpointView {
+    endpoint_ref: String,
+    channel: String,
+    #[serde(flatten)]
+    stats: StatsView,
+}
+
+/// The webhook without its secrets: only whether one is set and until when the old one signs.
+pub(crate) fn webhook_view(webhook: &WebhookSettings) -> WebhookView {
+    WebhookView {
+        url: webhook.url.clone(),
+        enabled: webhook.enabled,
+        signature: webhook.signature,
+        payload: webhook.payload,
+        signature_header: webhook
+            .signature_header
+            .as_deref()
+            .unwrap_or(crate::model::DEFAULT_HMAC_HEADER)
+            .to_owned(),
+        signature_format: webhook.signature_format,
+        verify_tls: webhook.verify_tls,
+        disabled_reason: webhook.disabled_reason.clone(),
+        ordered: webhook.ordered,
+        has_secret: webhook.secret.is_some(),
+        previous_secret_expires_at: webhook
+            .previous_secret_expires_at
+            .filter(|at| *at > now_ms() && webhook.previous_secret.is_some())
+            .map(rfc3339),
+        stats: None,
+        signing_secret: None,
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "The inbox webhook, without secrets, with its delivery stats (attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "The webhook with stats", body = WebhookView),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn get_webhook(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    let webhook = inbox.webhook.ok_or(ApiError::NotFound("webhook"))?;
+    let stats = state
+        .db
+        .endpoint_stats(Some(&id))
+        .await?
+        .into_iter()
+        .find(|stats| stats.endpoint_ref == "inbox");
+    let mut view = webhook_view(&webhook);
+    view.stats = Some(stats_view(stats.as_ref()));
+    Ok(Json(view))
+}
+
+/// One endpoint's delivery statistics as the API shows them.
+fn stats_view(stats: Option<&crate::db::EndpointStats>) -> StatsView {
+    StatsView {
+        attempts: stats.map_or(0, |stats| stats.attempts),
+        delivered: stats.map_or(0, |stats| stats.delivered),
+        success_rate: stats.and_then(|stats| stats.success_rate),
+        last_triggered: stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
+        last_status_code: stats.and_then(|stats| stats.last_status_code),
+        last_outcome: stats.and_then(|stats| stats.last_outcome.clone()),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{id}/endpoints",
+    tag = "webhook",
+    summary = "Delivery stats of every endpoint of the inbox that has been attempted: the inbox webhook (`inbox`) and each rule's channels (`rule:<id>`)",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 200, description = "`[{endpoint_ref, channel, attempts, delivered, success_rate, last_triggered, last_status_code, last_outcome}]`", body = Vec<EndpointView>),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn list_endpoints(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EndpointView>>, ApiError> {
+    visible_inbox(&state, &caller, &id).await?;
+    let endpoints = state
+        .db
+        .endpoint_stats(Some(&id))
+        .await?
+        .iter()
+        .map(|stats| EndpointView {
+            endpoint_ref: stats.endpoint_ref.clone(),
+            channel: stats.channel.clone(),
+            stats: stats_view(Some(stats)),
+        })
+        .collect();
+    Ok(Json(endpoints))
+}
+
+pub(crate) fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutWebhook {
+    url: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    rotate_secret: bool,
+    /// agentmail (default), standard, botmailroom or hmac-sha256.
+    #[schema(value_type = Option<String>)]
+    signature: Option<SignatureScheme>,
+    /// mxhook (default) or botmailroom.
+    #[schema(value_type = Option<String>)]
+    payload: Option<PayloadFormat>,
+    /// The hmac-sha256 scheme's header (default X-Webhook-Signature; unchanged when left out).
+    signature_header: Option<String>,
+    /// The hmac-sha256 scheme's value: sha256=hex (default) or hex; unchanged when left out.
+    #[schema(value_type = Option<String>)]
+    signature_format: Option<SignatureFormat>,
+    /// Whether the receiver's certificate must verify (default true; unchanged when left out).
+    verify_tls: Option<bool>,
+    /// Deliver one thread's events in acceptance order (default false; unchanged when left out).
+    ordered: Option<bool>,
+}
+
+/// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
+fn secret_fits(scheme: SignatureScheme, secret: &str) -> bool {
+    scheme != SignatureScheme::Standard || crate::signature::decode_standard_secret(secret).is_ok()
+}
+
+/// 32 random bytes, written the way the scheme expects them.
+fn generate_secret(scheme: SignatureScheme) -> String {
+    let bytes: [u8; 32] = rand::random();
+    match scheme {
+        SignatureScheme::Standard => format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+        _ => hex::encode(bytes),
+    }
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "Set the inbox webhook; signing_secret is returned on first setup or rotation only",
+    params(("id" = String, Path, description = "Inbox id")),
+    request_body = PutWebhook,
+    responses(
+        (status = 200, description = "The webhook, with signing_secret when one was created", body = WebhookView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn put_webhook(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<PutWebhook>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    let Json(body) = body?;
+    crate::model::validate_webhook_url(&body.url, state.delivery.allow_http)
+        .map_err(|reason| ApiError::BadRequest(format!("url: {reason}")))?;
+    if let Some(header) = &body.signature_header {
+        crate::model::validate_signature_header(header)
+            .map_err(|reason| ApiError::BadRequest(format!("signature_header: {reason}")))?;
+    }
+    let existing = inbox.webhook;
+    let signature = body
+        .signature
+        .or(existing.as_ref().map(|webhook| webhook.signature))
+        .unwrap_or(SignatureScheme::Agentmail);
+    let payload = body
+        .payload
+        .or(existing.as_ref().map(|webhook| webhook.payload))
+        .unwrap_or(PayloadFormat::Mxhook);
+    let now = now_ms();
+    let current = existing
+        .as_ref()
+        .and_then(|webhook| webhook.secret.clone())
+        .filter(|secret| secret_fits(signature, secret));
+    let (secret, previous_secret, previous_secret_expires_at, revealed) = match current {
+        Some(current) if body.rotate_secret => {
+            let fresh = generate_secret(signature);
+            (
+                fresh.clone(),
+                Some(current),
+                // Validated at startup to at most 30 days, so the cast cannot overflow.
+                Some(now + (state.delivery.secret_rotation_grace_s * 1000.0) as i64),
+                Some(fresh),
+            )
+        }
+        Some(current) => {
+            let kept = existing.as_ref().and_then(|webhook| {
+                webhook
+                    .previous_secret
+                    .clone()
+                    .filter(|secret| secret_fits(signature, secret))
+                    .zip(webhook.previous_secret_expires_at)
+                    .filter(|(_, until)| *until > now)
+            });
+            (
+                current,
+                kept.as_ref().map(|(secret, _)| secret.clone()),
+                kept.map(|(_, until)| until),
+                None,
+            )
+        }
+        None => {
+            let fresh = generate_secret(signature);
+            (fresh.clone(), None, None, Some(fresh))
+        }
+    };
+    let settings = WebhookSettings {
+        url: body.url,
+        enabled: body.enabled,
+        signature,
+        payload,
+        signature_header: body.signature_header.or_else(|| {
+            existing
+                .as_ref()
+                .and_then(|webhook| webhook.signature_header.clone())
+        }),
+        signature_format: body
+            .signature_format
+            .or(existing.as_ref().map(|webhook| webhook.signature_format))
+            .unwrap_or_default(),
+        secret: Some(secret),
+        previous_secret,
+        previous_secret_expires_at,
+        verify_tls: body
+            .verify_tls
+            .or(existing.as_ref().map(|webhook| webhook.verify_tls))
+            .unwrap_or(true),
+        disabled_reason: None,
+        ordered: body
+            .ordered
+            .or(existing.as_ref().map(|webhook| webhook.ordered))
+            .unwrap_or(false),
+    };
+    if !state.db.set_webhook(&id, Some(&settings)).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    state.refresh_directory().await?;
+    let mut view = webhook_view(&settings);
+    view.signing_secret = revealed;
+    // A Value, because the dashboard reads this answer too.
+    serde_json::to_value(view)
+        .map(Json)
+        .map_err(|err| ApiError::Internal(err.to_string()))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/inboxes/{id}/webhook",
+    tag = "webhook",
+    summary = "Remove the inbox webhook",
+    params(("id" = String, Path, description = "Inbox id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such object visible to this key", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn delete_webhook(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let inbox = visible_inbox(&state, &caller, &id).await?;
+    if inbox.webhook.is_none() {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    state.db.set_webhook(&id, None).await?;
+    state.refresh_directory().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
