@@ -21,7 +21,7 @@ use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
 use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
-use crate::model::{Envelope, WebhookEndpoint, new_id, now_ms};
+use crate::model::{Channel, Envelope, WebhookEndpoint, new_id, now_ms};
 use crate::model::{PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
@@ -586,7 +586,7 @@ impl Intake {
             .map(|webhook| Routed {
                 delivery: NewDelivery {
                     id: new_id("dlv"),
-                    channel: "webhook".to_owned(),
+                    channel: Channel::Webhook,
                     endpoint_ref: "inbox".to_owned(),
                     target: webhook.url.clone(),
                     ordered: webhook.ordered,
@@ -612,17 +612,17 @@ impl Intake {
                         .map(|webhook| webhook.url.clone())
                         .unwrap_or_default();
                     let ordered = webhook.as_ref().is_some_and(|webhook| webhook.ordered);
-                    ("webhook", rule_id, url, ordered, webhook)
+                    (Channel::Webhook, rule_id, url, ordered, webhook)
                 }
                 route::Route::Email {
                     rule_id,
                     recipients,
-                } => ("email", rule_id, recipients.join(", "), false, None),
+                } => (Channel::Email, rule_id, recipients.join(", "), false, None),
             };
             deliveries.push(Routed {
                 delivery: NewDelivery {
                     id: new_id("dlv"),
-                    channel: channel.to_owned(),
+                    channel,
                     endpoint_ref: format!("rule:{rule_id}"),
                     target,
                     ordered,

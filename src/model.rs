@@ -214,3 +214,27 @@ mod tests {
         assert_eq!(rfc3339(1_776_340_800_000), "2026-04-16T12:00:00.000+00:00");
     }
 }
+
+/// The kind of channel a delivery goes out on: a signed POST, or an email forward through the
+/// smarthost. Stored as its name in `deliveries.channel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Email => "email",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Webhook, Self::Email]
+            .into_iter()
+            .find(|channel| channel.as_str() == value)
+    }
+}

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use super::inboxes::{endpoint_from_row, rules_from_json};
 use super::messages::stored_event;
 use super::{Db, Error, placeholders, write};
-use crate::model::{DeliveryStatus, WebhookEndpoint, now_ms};
+use crate::model::{Channel, DeliveryStatus, WebhookEndpoint, now_ms};
 
 /// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
 pub(super) const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (\
@@ -21,7 +21,7 @@ pub(super) const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR N
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub endpoint_ref: String,
     pub target: String,
     /// The endpoint wants one thread's events in order: this job waits for earlier ones.
@@ -51,8 +51,7 @@ pub struct ClaimedJob {
     pub storage_key: String,
     /// `inbox` or `rule:<id>`: which endpoint to switch off when the receiver answers 410.
     pub endpoint_ref: String,
-    /// `webhook` or `email`.
-    pub channel: String,
+    pub channel: Channel,
     pub target: JobTarget,
 }
 
@@ -61,7 +60,7 @@ impl ClaimedJob {
         EndpointKey {
             inbox_id: self.inbox_id.clone(),
             endpoint_ref: self.endpoint_ref.clone(),
-            channel: self.channel.clone(),
+            channel: self.channel,
         }
     }
 }
@@ -72,7 +71,7 @@ impl ClaimedJob {
 pub struct EndpointKey {
     pub inbox_id: String,
     pub endpoint_ref: String,
-    pub channel: String,
+    pub channel: Channel,
 }
 
 /// What a job delivers to, read at attempt time so that edits to endpoints and rules apply to
@@ -221,6 +220,9 @@ impl Db {
         for row in rows {
             let endpoint_ref: String = row.try_get("endpoint_ref")?;
             let channel: String = row.try_get("channel")?;
+            // Only mxhook writes this column. A value it does not know goes the way every
+            // channel but `email` always went: to the endpoint's webhook.
+            let channel = Channel::parse(&channel).unwrap_or(Channel::Webhook);
             let inbox_id: String = row.try_get("inbox_id")?;
             let inbox_webhook = endpoint_from_row(&row, "")?;
             let target = match endpoint_ref.strip_prefix("rule:") {
@@ -231,12 +233,12 @@ impl Db {
                     let rules_json: Option<String> = row.try_get("notifications_json")?;
                     let rules = rules_from_json(&inbox_id, rules_json.as_deref());
                     let rule = rules.iter().find(|rule| rule.id == rule_id);
-                    match (channel.as_str(), rule) {
+                    match (channel, rule) {
                         (_, None) => JobTarget::Gone(format!("rule {rule_id} was removed")),
                         (_, Some(rule)) if !rule.enabled => {
                             JobTarget::Gone(format!("rule {rule_id} is disabled"))
                         }
-                        ("email", Some(rule)) => {
+                        (Channel::Email, Some(rule)) => {
                             match rule.channels.email.as_ref().filter(|email| email.enabled) {
                                 Some(email) => JobTarget::Email {
                                     recipients: email.recipients.clone(),
@@ -318,7 +320,7 @@ impl Db {
             query = query
                 .bind(&endpoint.inbox_id)
                 .bind(&endpoint.endpoint_ref)
-                .bind(&endpoint.channel);
+                .bind(endpoint.channel.as_str());
         }
         let due: Option<i64> = query.fetch_one(&self.pool).await?;
         Ok(due)

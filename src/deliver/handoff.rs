@@ -239,7 +239,7 @@ impl<'h> Handover<'h> {
                     event_json: message.event_json.to_owned(),
                     storage_key: message.storage_key.to_owned(),
                     endpoint_ref: delivery.endpoint_ref.clone(),
-                    channel: delivery.channel.clone(),
+                    channel: delivery.channel,
                     target: JobTarget::Webhook(endpoint),
                 },
                 message: message.index,
@@ -331,7 +331,7 @@ mod tests {
             event_json: "{}".to_owned(),
             storage_key: "key".to_owned(),
             endpoint_ref: "inbox".to_owned(),
-            channel: "webhook".to_owned(),
+            channel: crate::model::Channel::Webhook,
             target: JobTarget::Gone("test".to_owned()),
         }
     }
@@ -374,8 +374,8 @@ mod tests {
         assert!(handoff.is_empty());
     }
 
-    fn routed(channel: &str, ordered: bool) -> Routed {
-        let webhook = (channel == "webhook").then(|| {
+    fn routed(channel: crate::model::Channel, ordered: bool) -> Routed {
+        let webhook = (channel == crate::model::Channel::Webhook).then(|| {
             let channel: crate::model::WebhookChannel =
                 serde_json::from_str(r#"{"url": "https://receiver.example/hook"}"#)
                     .expect("a channel needs only its url");
@@ -384,7 +384,7 @@ mod tests {
         Routed {
             delivery: NewDelivery {
                 id: crate::model::new_id("dlv"),
-                channel: channel.to_owned(),
+                channel,
                 endpoint_ref: "inbox".to_owned(),
                 target: "https://receiver.example/hook".to_owned(),
                 ordered,
@@ -413,11 +413,11 @@ mod tests {
         let leased: Vec<Option<i64>> = handover
             .lease(
                 vec![
-                    routed("webhook", false),
-                    routed("webhook", true),
-                    routed("email", false),
-                    routed("webhook", false),
-                    routed("webhook", false),
+                    routed(crate::model::Channel::Webhook, false),
+                    routed(crate::model::Channel::Webhook, true),
+                    routed(crate::model::Channel::Email, false),
+                    routed(crate::model::Channel::Webhook, false),
+                    routed(crate::model::Channel::Webhook, false),
                 ],
                 &parts(0),
             )
@@ -437,7 +437,10 @@ mod tests {
         );
 
         let mut without = Handover::new(None);
-        let deliveries = without.lease(vec![routed("webhook", false)], &parts(0));
+        let deliveries = without.lease(
+            vec![routed(crate::model::Channel::Webhook, false)],
+            &parts(0),
+        );
         assert!(deliveries[0].lease.is_none(), "no hand-off, no lease");
     }
 }

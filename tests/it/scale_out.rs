@@ -685,7 +685,7 @@ fn new_message(delivery_id: &str, fingerprint: Option<&str>) -> NewMessage {
         event_json: r#"{"is_duplicate":false}"#.to_owned(),
         deliveries: vec![NewDelivery {
             id: delivery_id.to_owned(),
-            channel: "webhook".to_owned(),
+            channel: mxhook::model::Channel::Webhook,
             endpoint_ref: "inbox".to_owned(),
             target: "http://127.0.0.1:9/hook".to_owned(),
             ordered: false,

@@ -53,6 +53,12 @@ impl<'a> From<&'a String> for Arg<'a> {
     }
 }
 
+impl From<crate::model::Channel> for Arg<'_> {
+    fn from(value: crate::model::Channel) -> Self {
+        Self::Text(value.as_str())
+    }
+}
+
 impl From<Option<i64>> for Arg<'_> {
     fn from(value: Option<i64>) -> Self {
         Self::OptInt(value)

@@ -114,7 +114,7 @@ pub(super) async fn insert_messages(
                     &message.id,
                     &message.inbox_id,
                     &message.event_id,
-                    &delivery.channel,
+                    delivery.channel,
                     &delivery.endpoint_ref,
                     &delivery.target,
                     message.received_at,
@@ -210,7 +210,7 @@ pub(super) async fn claim_ids(exec: &mut impl Exec, claim: &Claim) -> Result<Vec
         values.extend(args![
             &endpoint.inbox_id,
             &endpoint.endpoint_ref,
-            &endpoint.channel,
+            endpoint.channel,
         ]);
     }
     values.extend(args![claim.limit]);
