@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use hmac::Mac as _;
 use serde_json::{Value, json};
 
+use crate::support::ingress::{calcom_booking, hmac_hex, post, post_calcom};
 use crate::support::{GatewayOptions, TestGateway, WebhookReceiver, eventually};
 
 const CALENDLY_TYPE: &str = "https://api.calendly.com/event_types/ET1";
@@ -29,31 +29,6 @@ async fn gateway_with(receiver: &WebhookReceiver, ingress_toml: &str) -> TestGat
 /// (`ingress.replay_retention_s`) are not processed, so fixed dates would expire.
 fn recent(minutes_ago: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339()
-}
-
-fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    for part in parts {
-        mac.update(part);
-    }
-    hex::encode(mac.finalize().into_bytes())
-}
-
-async fn post(
-    gateway: &TestGateway,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .post(format!("http://{}{path}", gateway.http))
-        .body(body);
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn put_secret(
@@ -456,30 +431,6 @@ async fn unauthorized_count(gateway: &TestGateway, provider: &str) -> f64 {
             "mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}}"
         ))
         .await
-}
-
-fn calcom_booking(trigger: &str, event_type_id: u64, uid: &str, created_at: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "triggerEvent": trigger,
-        "createdAt": created_at,
-        "payload": {
-            "title": format!("Call {uid}"), "eventTypeId": event_type_id, "uid": uid,
-            "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
-            "organizer": {"email": "host@example.com", "name": "Host"},
-            "attendees": [{"email": "guest@ext.example", "name": "Guest"}]
-        }
-    }))
-    .expect("json")
-}
-
-async fn post_calcom(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> (u16, Value) {
-    post(
-        gateway,
-        "/v1/ingress/calcom",
-        &[("x-cal-signature-256", hmac_hex(secret, &[&body]))],
-        body,
-    )
-    .await
 }
 
 #[tokio::test]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hmac::Mac as _;
 use mxhook::config::Config;
 use serde_json::{Value, json};
 
 use crate::support::gateway::{SECRET, config_toml};
+use crate::support::ingress::{calcom_booking, post_calcom};
 use crate::support::{
     GatewayOptions, SmtpClient, TestGateway, WebhookReceiver, eventually,
     python_verifies_agentmail, simple_message,
@@ -164,37 +164,14 @@ async fn the_config_takes_back_the_webhook_and_sender_policy_the_api_changed_at_
     gateway.stop().await;
 }
 
-/// A Cal.com booking webhook body for `event_type_id`, created now (older ones expire).
-fn calcom_booking(event_type_id: u64, uid: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "triggerEvent": "BOOKING_CREATED",
-        "createdAt": chrono::Utc::now().to_rfc3339(),
-        "payload": {
-            "title": format!("Call {uid}"), "eventTypeId": event_type_id, "uid": uid,
-            "startTime": "2026-12-01T10:00:00Z", "endTime": "2026-12-01T10:30:00Z",
-            "organizer": {"email": "host@example.com", "name": "Host"},
-            "attendees": [{"email": "guest@ext.example", "name": "Guest"}]
-        }
-    }))
-    .expect("json")
-}
-
-/// Posts a booking signed as Cal.com signs it (hex HMAC-SHA256 of the body).
-async fn post_calcom(gateway: &TestGateway, secret: &str, body: Vec<u8>) -> u16 {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(&body);
-    crate::support::http_client()
-        .post(format!("http://{}/v1/ingress/calcom", gateway.http))
-        .header(
-            "x-cal-signature-256",
-            hex::encode(mac.finalize().into_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("ingress request")
-        .status()
-        .as_u16()
+/// A Cal.com booking of `event_type_id`, created now (older ones expire).
+fn booking_now(event_type_id: u64, uid: &str) -> Vec<u8> {
+    calcom_booking(
+        "BOOKING_CREATED",
+        event_type_id,
+        uid,
+        &chrono::Utc::now().to_rfc3339(),
+    )
 }
 
 #[tokio::test]
@@ -221,7 +198,9 @@ async fn a_calendar_event_type_removed_from_the_config_is_unmapped_at_the_next_s
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        post_calcom(&gateway, CAL_SECRET, calcom_booking(43, "bk_before")).await,
+        post_calcom(&gateway, CAL_SECRET, booking_now(43, "bk_before"))
+            .await
+            .0,
         200
     );
     let event = receiver.recv().await.json();
@@ -244,11 +223,15 @@ async fn a_calendar_event_type_removed_from_the_config_is_unmapped_at_the_next_s
     );
     // Refused like any unknown event type, and nothing was made of it.
     assert_eq!(
-        post_calcom(&gateway, CAL_SECRET, calcom_booking(43, "bk_after")).await,
+        post_calcom(&gateway, CAL_SECRET, booking_now(43, "bk_after"))
+            .await
+            .0,
         401
     );
     assert_eq!(
-        post_calcom(&gateway, CAL_SECRET, calcom_booking(42, "bk_kept")).await,
+        post_calcom(&gateway, CAL_SECRET, booking_now(42, "bk_kept"))
+            .await
+            .0,
         200
     );
     let event = receiver.recv().await.json();

@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod gateway;
+pub mod ingress;
 mod mail;
 pub mod process;
 pub mod receiver;
