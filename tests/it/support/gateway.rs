@@ -320,46 +320,44 @@ impl TestGateway {
             .unwrap_or_else(|err| panic!("series `{series}` is not a number: {err}"))
     }
 
+    /// The array `field` of a GET's JSON answer. A status other than 200, or an answer without
+    /// that array, fails the test: a renamed field never reads as an empty list.
+    async fn list(&self, path: &str, field: &str) -> Vec<Value> {
+        let (code, body) = self.api("GET", path, None).await;
+        assert_eq!(code, 200, "GET {path}: {body}");
+        body[field]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("GET {path} has no `{field}` list: {body}"))
+    }
+
     /// The messages the API lists for an inbox (up to 500, newest first).
     pub async fn messages(&self, inbox: &str) -> Vec<Value> {
-        let (code, body) = self
-            .api(
-                "GET",
-                &format!("/v1/inboxes/{inbox}/messages?limit=500"),
-                None,
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
-        body["messages"].as_array().cloned().unwrap_or_default()
+        self.list(
+            &format!("/v1/inboxes/{inbox}/messages?limit=500"),
+            "messages",
+        )
+        .await
     }
 
     /// Every delivery the API lists, whatever its status (up to 1000).
     pub async fn all_deliveries(&self) -> Vec<Value> {
-        let (code, body) = self.api("GET", "/v1/deliveries?limit=1000", None).await;
-        assert_eq!(code, 200, "{body}");
-        body["deliveries"].as_array().cloned().unwrap_or_default()
+        self.list("/v1/deliveries?limit=1000", "deliveries").await
     }
 
     /// The attempts recorded for one delivery.
     pub async fn attempts(&self, delivery_id: &str) -> Vec<Value> {
-        let (code, body) = self
-            .api(
-                "GET",
-                &format!("/v1/deliveries/{delivery_id}/attempts"),
-                None,
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
-        body["attempts"].as_array().cloned().unwrap_or_default()
+        self.list(
+            &format!("/v1/deliveries/{delivery_id}/attempts"),
+            "attempts",
+        )
+        .await
     }
 
     /// The deliveries the API lists with this status.
     pub async fn deliveries(&self, status: &str) -> Vec<Value> {
-        let (code, body) = self
-            .api("GET", &format!("/v1/deliveries?status={status}"), None)
-            .await;
-        assert_eq!(code, 200, "{body}");
-        body["deliveries"].as_array().cloned().unwrap_or_default()
+        self.list(&format!("/v1/deliveries?status={status}"), "deliveries")
+            .await
     }
 
     /// Asks the gateway to stop and waits for it.
