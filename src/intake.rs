@@ -21,7 +21,7 @@ use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
 use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
-use crate::model::{Channel, Envelope, WebhookEndpoint, new_id, now_ms};
+use crate::model::{Channel, Envelope, WebhookEndpoint, duration_ms, new_id, now_ms};
 use crate::model::{PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
@@ -530,7 +530,7 @@ impl Intake {
         // Lookups ignore what is older than the window, and pruning removes just that.
         let fingerprint = NewFingerprint {
             fingerprint: trust::fingerprint(parsed.message_id.as_deref(), raw),
-            forget_before: now_ms() - (checks.auth.duplicate_window_s * 1000.0) as i64,
+            forget_before: now_ms() - duration_ms(checks.auth.duplicate_window()),
         };
         // The commit decides the flag, on the fingerprint index, and corrects the event if
         // this guess was wrong. Only rules route on the flag before that, so only an inbox

@@ -12,12 +12,14 @@ mod address;
 mod policy;
 mod provider;
 mod rule;
+mod trust;
 mod webhook;
 
 pub use address::{is_valid_inbox_id, normalize_address, validate_webhook_url};
 pub use policy::{PolicyAction, SenderPolicy, normalize_sender_entry};
 pub use provider::Provider;
 pub use rule::{Channels, EmailChannel, Filters, Rule, WebhookChannel};
+pub use trust::TrustTier;
 pub use webhook::{
     DEFAULT_HMAC_HEADER, PayloadFormat, SignatureFormat, SignatureScheme, is_reserved_header,
     validate_signature_header,
@@ -43,6 +45,12 @@ pub fn new_id(prefix: &str) -> String {
 /// Milliseconds since the Unix epoch; every stored time uses this unit.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A duration in the milliseconds every stored time uses, saturating (config durations are
+/// validated far below the limit).
+pub fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// RFC 3339 rendering with an explicit `+00:00` offset, as the AgentMail payload has it.
@@ -135,16 +143,16 @@ impl WebhookEndpoint {
             secret: inbox.and_then(|inbox| inbox.secret.clone()),
             previous_secret: inbox.and_then(|inbox| inbox.previous_secret.clone()),
             previous_secret_expires_at: inbox.and_then(|inbox| inbox.previous_secret_expires_at),
-            signature: channel.signature,
-            payload: channel.payload,
+            signature: channel.signature(),
+            payload: channel.payload(),
             signature_header: channel.signature_header.clone(),
-            signature_format: channel.signature_format,
-            custom_headers: channel.custom_headers.clone(),
-            timeout: Some(std::time::Duration::from_secs_f64(channel.timeout_s)),
-            max_retries: Some(channel.max_retries),
-            verify_tls: channel.verify_tls,
+            signature_format: channel.signature_format(),
+            custom_headers: channel.custom_headers.clone().unwrap_or_default(),
+            timeout: Some(channel.timeout()),
+            max_retries: Some(channel.max_retries()),
+            verify_tls: channel.verify_tls(),
             disabled_reason: channel.disabled_reason.clone(),
-            ordered: channel.ordered,
+            ordered: channel.ordered(),
         }
     }
 }
@@ -170,7 +178,7 @@ impl std::fmt::Debug for WebhookEndpoint {
 }
 
 /// Life of one delivery job. `Dead` is the dead-letter queue: shown by the API, resendable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -194,30 +202,9 @@ impl DeliveryStatus {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_prefixed_unique_and_sort_by_time() {
-        let first = new_id("msg");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let second = new_id("msg");
-        assert!(first.starts_with("msg_"));
-        assert_eq!(first.len(), 4 + 26);
-        assert!(first < second, "{first} should sort before {second}");
-        assert_ne!(new_id("evt"), new_id("evt"));
-    }
-
-    #[test]
-    fn rfc3339_has_explicit_utc_offset() {
-        assert_eq!(rfc3339(1_776_340_800_000), "2026-04-16T12:00:00.000+00:00");
-    }
-}
-
 /// The kind of channel a delivery goes out on: a signed POST, or an email forward through the
 /// smarthost. Stored as its name in `deliveries.channel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Webhook,
@@ -236,5 +223,74 @@ impl Channel {
         [Self::Webhook, Self::Email]
             .into_iter()
             .find(|channel| channel.as_str() == value)
+    }
+}
+
+/// What one delivery attempt came to. Stored as its name in `delivery_attempts.outcome` and
+/// shown as that name by the API, the dashboard and the metrics' `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The webhook answered 2xx.
+    Delivered,
+    /// The smarthost took an email forward.
+    Forwarded,
+    /// The webhook answered, but not 2xx.
+    HttpError,
+    /// No answer: connect, TLS or timeout failure, or the smarthost refused.
+    Error,
+    /// Nothing was sent: the endpoint was gone, switched off or refused by the URL policy.
+    NotSent,
+}
+
+impl AttemptOutcome {
+    const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::Forwarded,
+        Self::HttpError,
+        Self::Error,
+        Self::NotSent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Forwarded => "forwarded",
+            Self::HttpError => "http_error",
+            Self::Error => "error",
+            Self::NotSent => "not_sent",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == value)
+    }
+
+    /// Whether the endpoint took the event.
+    pub fn succeeded(self) -> bool {
+        matches!(self, Self::Delivered | Self::Forwarded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_unique_and_sort_by_time() {
+        let first = new_id("msg");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_id("msg");
+        assert!(first.starts_with("msg_"));
+        assert_eq!(first.len(), 4 + 26);
+        assert!(first < second, "{first} should sort before {second}");
+        assert_ne!(new_id("evt"), new_id("evt"));
+    }
+
+    #[test]
+    fn rfc3339_has_explicit_utc_offset() {
+        assert_eq!(rfc3339(1_776_340_800_000), "2026-04-16T12:00:00.000+00:00");
     }
 }

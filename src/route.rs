@@ -57,11 +57,8 @@ fn filters_match(filters: &Filters, flags: &EventFlags) -> bool {
                 domain == wanted || domain.ends_with(&format!(".{wanted}"))
             })
         });
-    let tiers_ok = filters.trust_tiers.is_empty()
-        || filters
-            .trust_tiers
-            .iter()
-            .any(|tier| tier == flags.trust_tier.as_str());
+    let tiers_ok =
+        filters.trust_tiers.is_empty() || filters.trust_tiers.contains(&flags.trust_tier);
     verified_ok && types_ok && domains_ok && tiers_ok
 }
 

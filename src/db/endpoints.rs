@@ -2,11 +2,9 @@
 //! endpoint off (with its reason) when it failed too long or answered 410. Part of
 //! [`crate::db`], which owns every SQL statement.
 
-use serde_json::Value;
-
 use super::inboxes::bump_directory_version;
 use super::{Db, Error};
-use crate::model::now_ms;
+use crate::model::{Rule, now_ms};
 
 impl Db {
     /// Switches off the endpoint a job delivers to (the inbox webhook, or a rule's webhook
@@ -39,17 +37,12 @@ impl Db {
                     .await?;
             if let Some(Ok(mut rules)) = stored
                 .flatten()
-                .map(|json| serde_json::from_str::<Vec<Value>>(&json))
+                .map(|json| serde_json::from_str::<Vec<Rule>>(&json))
             {
-                for rule in &mut rules {
-                    if rule["id"] == rule_id
-                        && let Some(webhook) = rule["channels"]["webhook"].as_object_mut()
-                    {
-                        webhook.insert("enabled".to_owned(), Value::Bool(false));
-                        webhook.insert(
-                            "disabled_reason".to_owned(),
-                            Value::String(reason.to_owned()),
-                        );
+                for rule in rules.iter_mut().filter(|rule| rule.id == rule_id) {
+                    if let Some(webhook) = rule.channels.webhook.as_mut() {
+                        webhook.enabled = false;
+                        webhook.disabled_reason = Some(reason.to_owned());
                     }
                 }
                 let json =

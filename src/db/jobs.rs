@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use super::inboxes::{endpoint_from_row, rules_from_json};
 use super::messages::stored_event;
 use super::{Db, Error, placeholders, write};
-use crate::model::{Channel, DeliveryStatus, WebhookEndpoint, now_ms};
+use crate::model::{AttemptOutcome, Channel, DeliveryStatus, WebhookEndpoint, now_ms};
 
 /// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
 pub(super) const NOT_BLOCKED: &str = "(d.ordered = 0 OR d.thread_id IS NULL OR NOT EXISTS (\
@@ -96,7 +96,7 @@ pub struct AttemptRecord {
     pub started_at: i64,
     pub latency_ms: i64,
     pub status_code: Option<u16>,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
     pub next: JobUpdate,
@@ -109,51 +109,37 @@ pub enum JobUpdate {
     Dead,
 }
 
-/// One delivery as the API shows it (`GET /v1/deliveries`, `GET /v1/deliveries/{id}`).
-///
-/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct DeliveryView {
+/// One delivery as stored: what the API's and the dashboard's views are made from.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
     pub id: String,
     pub message_id: String,
     pub inbox_id: String,
     /// The event's id: the same on every attempt and resend (the idempotency key).
     pub event_id: String,
-    /// webhook or email.
-    pub channel: String,
+    pub channel: Channel,
     /// Where it goes: the webhook URL or the forward recipients.
     pub target: String,
-    /// pending, delivered or dead.
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i64,
-    #[schema(required)]
-    pub next_attempt_at: Option<String>,
-    #[schema(required)]
+    /// When a pending delivery is next tried, ms since the epoch.
+    pub next_attempt_at_ms: Option<i64>,
     pub last_status_code: Option<i64>,
-    #[schema(required)]
     pub last_error: Option<String>,
-    pub created_at: String,
-    #[schema(required)]
-    pub delivered_at: Option<String>,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
 }
 
-/// One delivery attempt as the API shows it (`GET /v1/deliveries/{id}/attempts`).
-///
-/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct AttemptView {
+/// One delivery attempt as stored.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
     pub attempt: i64,
-    pub started_at: String,
+    pub started_at_ms: i64,
     pub latency_ms: i64,
-    /// The endpoint's HTTP status; null when no response came (or for an email forward).
-    #[schema(required)]
+    /// The endpoint's HTTP status; none when no response came (or for an email forward).
     pub status_code: Option<i64>,
-    /// What the attempt came to: delivered, http_error, error or not_sent for a webhook;
-    /// forwarded or error for an email forward.
-    pub outcome: String,
-    #[schema(required)]
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
-    #[schema(required)]
     pub response_excerpt: Option<String>,
 }
 
@@ -379,7 +365,7 @@ impl Db {
         status: Option<DeliveryStatus>,
         inbox_id: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<DeliveryView>, Error> {
+    ) -> Result<Vec<DeliveryRow>, Error> {
         let rows = sqlx::query(
             "SELECT * FROM deliveries WHERE ($1 = '' OR status = $1) AND ($2 = '' OR inbox_id = $2) \
              ORDER BY created_at DESC, id DESC LIMIT $3",
@@ -396,7 +382,7 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryView>, Error> {
+    pub async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryRow>, Error> {
         let row = sqlx::query("SELECT * FROM deliveries WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -408,7 +394,7 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<AttemptView>, Error> {
+    pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<AttemptRow>, Error> {
         let rows =
             sqlx::query("SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt")
                 .bind(delivery_id)
@@ -416,12 +402,17 @@ impl Db {
                 .await?;
         rows.iter()
             .map(|row| {
-                Ok(AttemptView {
+                let outcome: String = row.try_get("outcome")?;
+                Ok(AttemptRow {
                     attempt: row.try_get("attempt")?,
-                    started_at: crate::model::rfc3339(row.try_get("started_at")?),
+                    started_at_ms: row.try_get("started_at")?,
                     latency_ms: row.try_get("latency_ms")?,
                     status_code: row.try_get("status_code")?,
-                    outcome: row.try_get("outcome")?,
+                    outcome: AttemptOutcome::parse(&outcome).ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "an attempt of {delivery_id} has outcome `{outcome}`"
+                        ))
+                    })?,
                     error: row.try_get("error")?,
                     response_excerpt: row.try_get("response_excerpt")?,
                 })
@@ -433,7 +424,7 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`].
-    pub async fn message_deliveries(&self, message_id: &str) -> Result<Vec<DeliveryView>, Error> {
+    pub async fn message_deliveries(&self, message_id: &str) -> Result<Vec<DeliveryRow>, Error> {
         let rows =
             sqlx::query("SELECT * FROM deliveries WHERE message_id = $1 ORDER BY created_at, id")
                 .bind(message_id)
@@ -459,24 +450,27 @@ pub(super) fn not_to(skip: &[EndpointKey], first: usize) -> String {
         .collect()
 }
 
-pub(super) fn delivery_from_row(row: &AnyRow) -> Result<DeliveryView, Error> {
+pub(super) fn delivery_from_row(row: &AnyRow) -> Result<DeliveryRow, Error> {
+    let id: String = row.try_get("id")?;
     let status: String = row.try_get("status")?;
+    let status = DeliveryStatus::parse(&status)
+        .ok_or_else(|| Error::Corrupt(format!("delivery {id} has status `{status}`")))?;
+    let channel: String = row.try_get("channel")?;
     let next_attempt_at: i64 = row.try_get("next_attempt_at")?;
-    Ok(DeliveryView {
-        id: row.try_get("id")?,
+    Ok(DeliveryRow {
         message_id: row.try_get("message_id")?,
         inbox_id: row.try_get("inbox_id")?,
         event_id: row.try_get("event_id")?,
-        channel: row.try_get("channel")?,
+        // As the dispatcher reads it: every channel but email has always been the webhook.
+        channel: Channel::parse(&channel).unwrap_or(Channel::Webhook),
         target: row.try_get("target")?,
-        next_attempt_at: (status == "pending").then(|| crate::model::rfc3339(next_attempt_at)),
+        next_attempt_at_ms: (status == DeliveryStatus::Pending).then_some(next_attempt_at),
         status,
         attempts: row.try_get("attempts")?,
         last_status_code: row.try_get("last_status_code")?,
         last_error: row.try_get("last_error")?,
-        created_at: crate::model::rfc3339(row.try_get("created_at")?),
-        delivered_at: row
-            .try_get::<Option<i64>, _>("delivered_at")?
-            .map(crate::model::rfc3339),
+        created_at_ms: row.try_get("created_at")?,
+        delivered_at_ms: row.try_get("delivered_at")?,
+        id,
     })
 }

@@ -63,24 +63,18 @@ pub struct MessageFilter {
     pub limit: i64,
 }
 
-/// One message in an inbox listing (the API shows it as it is).
-///
-/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct MessageSummary {
+/// One message of an inbox listing: the columns kept beside the event.
+#[derive(Debug, Clone)]
+pub struct MessageSummaryRow {
     pub id: String,
     pub inbox_id: String,
     pub event_id: String,
-    #[schema(required)]
     pub sender: Option<String>,
-    #[schema(required)]
     pub envelope_from: Option<String>,
-    #[schema(required)]
     pub subject: Option<String>,
-    #[schema(required)]
     pub header_message_id: Option<String>,
     pub size: i64,
-    pub received_at: String,
+    pub received_at_ms: i64,
     /// The inbox policy held it back: stored, not delivered.
     pub quarantined: bool,
 }
@@ -158,7 +152,7 @@ impl Db {
         &self,
         inbox_id: &str,
         filter: &MessageFilter,
-    ) -> Result<Vec<MessageSummary>, Error> {
+    ) -> Result<Vec<MessageSummaryRow>, Error> {
         let subject_pattern = filter
             .subject_contains
             .as_deref()
@@ -190,7 +184,7 @@ impl Db {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(MessageSummary {
+                Ok(MessageSummaryRow {
                     id: row.try_get("id")?,
                     inbox_id: row.try_get("inbox_id")?,
                     event_id: row.try_get("event_id")?,
@@ -199,7 +193,7 @@ impl Db {
                     subject: row.try_get("subject")?,
                     header_message_id: row.try_get("header_message_id")?,
                     size: row.try_get("size")?,
-                    received_at: crate::model::rfc3339(row.try_get("received_at")?),
+                    received_at_ms: row.try_get("received_at")?,
                     quarantined: row.try_get::<i64, _>("quarantined")? != 0,
                 })
             })

@@ -252,9 +252,9 @@ pub use api_keys::ApiKeyRow;
 pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{
-    AttemptRecord, AttemptView, ClaimedJob, DeliveryView, EndpointKey, JobTarget, JobUpdate, Lease,
+    AttemptRecord, AttemptRow, ClaimedJob, DeliveryRow, EndpointKey, JobTarget, JobUpdate, Lease,
     NewDelivery,
 };
 pub use limits::NewFingerprint;
-pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummary, NewMessage};
+pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow, NewMessage};
 pub use stats::{EndpointStats, Histogram, MetricsSnapshot};

@@ -6,6 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Db, Error};
+use crate::model::{AttemptOutcome, Channel};
 
 /// Counts read from the database at scrape time.
 #[derive(Debug, Clone, Default)]
@@ -79,7 +80,7 @@ pub struct EndpointStats {
     pub inbox_id: String,
     /// `inbox` for the inbox webhook, `rule:<id>` for a notification rule.
     pub endpoint_ref: String,
-    pub channel: String,
+    pub channel: Channel,
     pub attempts: i64,
     /// Attempts the endpoint accepted (2xx, or the relay took the mail).
     pub delivered: i64,
@@ -88,8 +89,7 @@ pub struct EndpointStats {
     /// When the last attempt started, ms since the epoch.
     pub last_triggered_ms: Option<i64>,
     pub last_status_code: Option<i64>,
-    /// `delivered`, `forwarded`, `http_error`, `error` or `not_sent`.
-    pub last_outcome: Option<String>,
+    pub last_outcome: Option<AttemptOutcome>,
 }
 
 /// Attempt outcomes in which the endpoint took the event: a 2xx from a webhook, or the relay
@@ -97,12 +97,9 @@ pub struct EndpointStats {
 const SUCCESS_OUTCOMES: &str = "('delivered', 'forwarded')";
 
 impl EndpointStats {
-    /// Whether the newest attempt succeeded (see [`SUCCESS_OUTCOMES`]).
+    /// Whether the newest attempt succeeded (the outcomes [`SUCCESS_OUTCOMES`] counts).
     pub fn last_succeeded(&self) -> bool {
-        matches!(
-            self.last_outcome.as_deref(),
-            Some("delivered" | "forwarded")
-        )
+        self.last_outcome.is_some_and(AttemptOutcome::succeeded)
     }
 }
 
@@ -194,7 +191,8 @@ impl Db {
         for row in &totals {
             let inbox_id: String = row.try_get("inbox_id")?;
             let endpoint_ref: String = row.try_get("endpoint_ref")?;
-            let channel: String = row.try_get("channel")?;
+            let channel_name: String = row.try_get("channel")?;
+            let channel = Channel::parse(&channel_name).unwrap_or(Channel::Webhook);
             let attempts: i64 = row.try_get("attempts")?;
             let delivered: i64 = row.try_get::<Option<i64>, _>("delivered")?.unwrap_or(0);
             let last_triggered: Option<i64> = row.try_get("last_triggered")?;
@@ -209,12 +207,15 @@ impl Db {
             )
             .bind(&inbox_id)
             .bind(&endpoint_ref)
-            .bind(&channel)
+            .bind(&channel_name)
             .bind(last_triggered)
             .fetch_optional(&self.pool)
             .await?;
             let (last_status_code, last_outcome) = match &latest {
-                Some(last) => (last.try_get("status_code")?, Some(last.try_get("outcome")?)),
+                Some(last) => (
+                    last.try_get("status_code")?,
+                    AttemptOutcome::parse(&last.try_get::<String, _>("outcome")?),
+                ),
                 None => (None, None),
             };
             #[allow(clippy::cast_precision_loss)] // counts far below 2^52

@@ -31,8 +31,7 @@ use tracing::Instrument as _;
 use crate::config::DeliveryConfig;
 use crate::db::{AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate};
 use crate::event::{self, Event};
-use crate::model::PayloadFormat;
-use crate::model::now_ms;
+use crate::model::{AttemptOutcome, PayloadFormat, now_ms};
 use retry::{NextStep, RetryPolicy};
 
 /// Longest the dispatcher sleeps without looking at the queue; bounds how late a job whose
@@ -150,17 +149,16 @@ impl Dispatcher {
             forwarder,
             directory,
             client: webhook::WebhookClient::new(
-                Duration::from_secs_f64(config.timeout_s),
+                config.timeout(),
                 config.allow_http,
                 config.allow_private_targets,
             )?,
             policy: RetryPolicy {
-                base: Duration::from_secs_f64(config.retry_base_s),
+                base: config.retry_base(),
                 max_retries: config.max_retries,
             },
-            lease: Duration::from_secs_f64(config.lease_s),
-            disable_after: (config.disable_after_s > 0.0)
-                .then(|| Duration::from_secs_f64(config.disable_after_s)),
+            lease: config.lease(),
+            disable_after: config.disable_after(),
             workers: config.workers,
             per_endpoint: config.max_in_flight_per_endpoint,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
@@ -438,19 +436,19 @@ impl Dispatcher {
             started_at,
             latency_ms: 0,
             status_code: None,
-            outcome: String::new(),
+            outcome: AttemptOutcome::NotSent,
             error: None,
             response_excerpt: None,
             next: JobUpdate::Dead,
         };
         match result {
             Err(reason) => {
-                record.outcome = "not_sent".to_owned();
+                record.outcome = AttemptOutcome::NotSent;
                 record.error = Some(reason);
             }
             Ok(Err(err)) => {
                 record.latency_ms = now_ms() - started_at;
-                record.outcome = "error".to_owned();
+                record.outcome = AttemptOutcome::Error;
                 record.next = if err.is_transient() {
                     schedule(None)
                 } else {
@@ -463,10 +461,10 @@ impl Dispatcher {
                 record.status_code = Some(response.status);
                 record.response_excerpt = Some(response.excerpt);
                 if (200..300).contains(&response.status) {
-                    record.outcome = "delivered".to_owned();
+                    record.outcome = AttemptOutcome::Delivered;
                     record.next = JobUpdate::Delivered;
                 } else {
-                    record.outcome = "http_error".to_owned();
+                    record.outcome = AttemptOutcome::HttpError;
                     record.error = Some(format!("HTTP {}", response.status));
                     let retry_after = match response.status {
                         429 | 503 => response
@@ -489,13 +487,13 @@ impl Dispatcher {
             }
         }
         if let JobTarget::Webhook(endpoint) = &job.target
-            && record.outcome != "not_sent"
+            && record.outcome != AttemptOutcome::NotSent
             && record.status_code != Some(410)
         {
             self.check_failing_period(&job, endpoint, &mut record).await;
         }
         tracing::info!(
-            outcome = %record.outcome,
+            outcome = record.outcome.as_str(),
             status = record.status_code,
             latency_ms = record.latency_ms,
             error = record.error.as_deref(),
@@ -555,16 +553,15 @@ impl Dispatcher {
             latency_ms: now_ms() - started_at,
             status_code: None,
             outcome: if outcome.is_ok() {
-                "forwarded"
+                AttemptOutcome::Forwarded
             } else {
-                "error"
-            }
-            .to_owned(),
+                AttemptOutcome::Error
+            },
             error: outcome.err().map(|(_, message)| message),
             response_excerpt: None,
             next,
         };
-        tracing::info!(outcome = %record.outcome, error = record.error.as_deref(), next = ?record.next, "email forward attempt");
+        tracing::info!(outcome = record.outcome.as_str(), error = record.error.as_deref(), next = ?record.next, "email forward attempt");
         drop(held);
         if let Err(err) = self.db.record_attempt(&record).await {
             tracing::error!(error = %err, "recording forward attempt failed");

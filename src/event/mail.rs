@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
 use super::{EventId, InboxId, MessageId, ThreadId, size};
+pub use crate::model::TrustTier;
 use crate::model::{Envelope, rfc3339};
 use crate::parse::{Mailbox, ParsedMessage, catch_panic};
 use crate::prompt::{self, Templates};
@@ -142,39 +143,6 @@ impl From<&crate::parse::Attachment> for Attachment {
             id: attachment.id.clone(),
             size: u64::try_from(attachment.size).unwrap_or(u64::MAX),
         }
-    }
-}
-
-/// How far the sender is trusted (`peer_trust_tier`), from what verification proved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrustTier {
-    Trusted,
-    Verified,
-    #[default]
-    Unverified,
-    Suspicious,
-}
-
-impl TrustTier {
-    pub const ALL: [Self; 4] = [
-        Self::Trusted,
-        Self::Verified,
-        Self::Unverified,
-        Self::Suspicious,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Trusted => "trusted",
-            Self::Verified => "verified",
-            Self::Unverified => "unverified",
-            Self::Suspicious => "suspicious",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|tier| tier.as_str() == value)
     }
 }
 

@@ -338,7 +338,8 @@ impl Ingress {
     /// pruned, so it cannot be told from a replay. MailerSend and Cal.com sign no timestamp
     /// header, and this keeps pruning from reopening replays of their old requests.
     fn older_than_replay_keys(&self, created_at_s: Option<i64>) -> bool {
-        let retention_s = self.config.replay_retention_s as i64;
+        let retention_s =
+            i64::try_from(self.config.replay_retention().as_secs()).unwrap_or(i64::MAX);
         created_at_s.is_some_and(|created| (now_ms() / 1000).saturating_sub(created) > retention_s)
     }
 

@@ -2,17 +2,23 @@
 //! channels, and the checks every rule passes, whether the API or the dashboard sets it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PayloadFormat, SignatureFormat, SignatureScheme};
+use super::{PayloadFormat, SignatureFormat, SignatureScheme, TrustTier};
 
-/// One notification rule of an inbox.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// One notification rule of an inbox, in the wire shape SPEC.md gives: what the API and the
+/// dashboard take and answer, what the database stores, and what routing and the dispatcher
+/// read. Optional endpoint settings stay as sent (an unset one is not echoed back); readers get
+/// their defaults through the accessors.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Filled with a fresh `rule_…` id when a rule is stored without one.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(value_type = Option<String>)]
     pub id: String,
-    #[serde(default)]
     pub name: String,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
@@ -23,89 +29,98 @@ pub struct Rule {
 }
 
 /// Every filter that is set must match; unset (null or empty) filters match everything.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RuleFilters)]
 pub struct Filters {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_verified: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traffic_types: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sender_domains: Vec<String>,
-    #[serde(default)]
-    pub trust_tiers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_tiers: Vec<TrustTier>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RuleChannels)]
 pub struct Channels {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookChannel>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailChannel>,
 }
 
-/// A rule's webhook, with the endpoint settings of SPEC "Delivery".
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+/// A rule's webhook, with the endpoint settings of SPEC "Delivery". It has no secret of its
+/// own: it signs with its inbox's, so one receiver-side key verifies everything an inbox sends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RuleWebhook)]
 pub struct WebhookChannel {
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     pub url: String,
-    #[serde(default = "default_signature")]
-    pub signature: SignatureScheme,
-    #[serde(default = "default_payload")]
-    pub payload: PayloadFormat,
-    /// The `hmac-sha256` scheme's header; `None` is `X-Webhook-Signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub signature: Option<SignatureScheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub payload: Option<PayloadFormat>,
+    /// The hmac-sha256 scheme's header (default X-Webhook-Signature).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_header: Option<String>,
-    /// The `hmac-sha256` scheme's value format.
-    #[serde(default)]
-    pub signature_format: SignatureFormat,
-    /// Write-only: accepted on input, never serialized back out.
-    #[serde(default, skip_serializing)]
-    pub secret: Option<String>,
-    #[serde(default)]
-    pub custom_headers: BTreeMap<String, String>,
-    #[serde(default = "default_timeout_s")]
-    pub timeout_s: f64,
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
-    #[serde(default = "enabled_by_default")]
-    pub verify_tls: bool,
+    /// The hmac-sha256 scheme's value: sha256=hex (default) or hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub signature_format: Option<SignatureFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_headers: Option<BTreeMap<String, String>>,
+    /// Whole seconds, default 30, at most 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+    /// Default 6, at most 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_tls: Option<bool>,
     /// One thread's events in acceptance order.
-    #[serde(default)]
-    pub ordered: bool,
-    /// Set by the dispatcher when it switches the channel off (410 Gone, failing too long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered: Option<bool>,
+    /// Set by the gateway when it switches the channel off (410 Gone, failing too long);
+    /// dropped when the channel is enabled again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
 }
 
-impl std::fmt::Debug for WebhookChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookChannel")
-            .field("enabled", &self.enabled)
-            .field("url", &self.url)
-            .field("signature", &self.signature)
-            .field("payload", &self.payload)
-            .field("signature_header", &self.signature_header)
-            .field("signature_format", &self.signature_format)
-            .field("secret", &self.secret.as_ref().map(|_| "redacted"))
-            .field(
-                "custom_headers",
-                &self.custom_headers.keys().collect::<Vec<_>>(),
-            )
-            .field("timeout_s", &self.timeout_s)
-            .field("max_retries", &self.max_retries)
-            .field("verify_tls", &self.verify_tls)
-            .field("ordered", &self.ordered)
-            .field("disabled_reason", &self.disabled_reason)
-            .finish()
+impl WebhookChannel {
+    pub fn signature(&self) -> SignatureScheme {
+        self.signature.unwrap_or(SignatureScheme::Agentmail)
+    }
+    pub fn payload(&self) -> PayloadFormat {
+        self.payload.unwrap_or(PayloadFormat::Mxhook)
+    }
+    pub fn signature_format(&self) -> SignatureFormat {
+        self.signature_format.unwrap_or_default()
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)))
+    }
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)
+    }
+    pub fn verify_tls(&self) -> bool {
+        self.verify_tls.unwrap_or(true)
+    }
+    pub fn ordered(&self) -> bool {
+        self.ordered.unwrap_or(false)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RuleEmail)]
 pub struct EmailChannel {
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
@@ -115,21 +130,15 @@ pub struct EmailChannel {
 fn enabled_by_default() -> bool {
     true
 }
-fn default_signature() -> SignatureScheme {
-    SignatureScheme::Agentmail
-}
-fn default_payload() -> PayloadFormat {
-    PayloadFormat::Mxhook
-}
-fn default_timeout_s() -> f64 {
-    30.0
-}
-fn default_max_retries() -> u32 {
-    6
-}
 
-/// Trust tiers and traffic types a filter may name (SPEC "The mail.received event").
-const TRUST_TIERS: [&str; 4] = ["trusted", "verified", "unverified", "suspicious"];
+/// A rule webhook's defaults (SPEC "Delivery": endpoint settings).
+const DEFAULT_TIMEOUT_S: u32 = 30;
+const DEFAULT_MAX_RETRIES: u32 = 6;
+
+/// Reads a missing or `null` id as empty, which the API fills before storing.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 impl Rule {
     /// Checks a rule as the API receives it; the message names the field.
@@ -140,18 +149,16 @@ impl Rule {
         if self.id.trim().is_empty() || self.id.len() > 64 {
             return Err("id: must be 1-64 characters".to_owned());
         }
-        for tier in &self.filters.trust_tiers {
-            if !TRUST_TIERS.contains(&tier.as_str()) {
-                return Err(format!("filters.trust_tiers: unknown tier `{tier}`"));
-            }
-        }
         if let Some(webhook) = &self.channels.webhook {
             super::validate_webhook_url(&webhook.url, allow_http)
                 .map_err(|message| format!("channels.webhook.url: {message}"))?;
-            if !(webhook.timeout_s > 0.0 && webhook.timeout_s <= 300.0) {
+            if webhook
+                .timeout_s
+                .is_some_and(|timeout_s| !(1..=300).contains(&timeout_s))
+            {
                 return Err("channels.webhook.timeout_s: must be in (0, 300]".to_owned());
             }
-            if webhook.max_retries > 10 {
+            if webhook.max_retries.is_some_and(|retries| retries > 10) {
                 return Err("channels.webhook.max_retries: must be at most 10".to_owned());
             }
             if let Some(header) = &webhook.signature_header {
@@ -162,10 +169,10 @@ impl Rule {
                 .signature_header
                 .as_deref()
                 .unwrap_or(super::DEFAULT_HMAC_HEADER);
-            for name in webhook.custom_headers.keys() {
+            for name in webhook.custom_headers.iter().flat_map(BTreeMap::keys) {
                 // A custom header is added beside the signature, so one named like the
                 // signature header would send two values and no receiver could verify.
-                let signs_in_it = webhook.signature == SignatureScheme::HmacSha256
+                let signs_in_it = webhook.signature() == SignatureScheme::HmacSha256
                     && name.eq_ignore_ascii_case(signature_header);
                 if super::is_reserved_header(name)
                     || signs_in_it

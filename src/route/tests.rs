@@ -35,6 +35,7 @@ fn check(rules: serde_json::Value, event_flags: &EventFlags, expected: &[&str]) 
 fn all_set_filters_must_match() {
     let rules = json!([{
         "id": "r1",
+        "name": "all filters",
         "filters": {"sender_verified": true, "traffic_types": ["human"], "sender_domains": ["example.org"], "trust_tiers": ["verified", "trusted"]},
         "channels": {"webhook": {"url": "https://hooks.example.net/a"}}
     }]);
@@ -68,9 +69,9 @@ fn all_set_filters_must_match() {
 #[test]
 fn empty_filters_match_everything_and_disabled_rules_nothing() {
     let rules = json!([
-        {"id": "all", "channels": {"email": {"recipients": ["ops@elsewhere.example"]}}},
-        {"id": "off", "enabled": false, "channels": {"webhook": {"url": "https://hooks.example.net/b"}}},
-        {"id": "off-channel", "channels": {"webhook": {"enabled": false, "url": "https://hooks.example.net/c"}}}
+        {"name": "n", "id": "all", "channels": {"email": {"recipients": ["ops@elsewhere.example"]}}},
+        {"name": "n", "id": "off", "enabled": false, "channels": {"webhook": {"url": "https://hooks.example.net/b"}}},
+        {"name": "n", "id": "off-channel", "channels": {"webhook": {"enabled": false, "url": "https://hooks.example.net/c"}}}
     ]);
     check(
         rules,
@@ -82,8 +83,8 @@ fn empty_filters_match_everything_and_disabled_rules_nothing() {
 #[test]
 fn forwards_never_go_to_the_gateways_own_inboxes() {
     let rules = json!([
-        {"id": "loop", "channels": {"email": {"recipients": ["Agent@Example.com", "ops@elsewhere.example"]}}},
-        {"id": "only-loop", "channels": {"email": {"recipients": ["agent@example.com"]}}}
+        {"name": "n", "id": "loop", "channels": {"email": {"recipients": ["Agent@Example.com", "ops@elsewhere.example"]}}},
+        {"name": "n", "id": "only-loop", "channels": {"email": {"recipients": ["agent@example.com"]}}}
     ]);
     check(
         rules,
@@ -99,30 +100,26 @@ fn validation_names_the_field() {
     let parse = |value: serde_json::Value| serde_json::from_value::<Rule>(value).expect("parses");
     let cases = [
         (
-            json!({"id": "r", "channels": {"webhook": {"url": "http://hooks.example.net"}}}),
+            json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "http://hooks.example.net"}}}),
             "channels.webhook.url",
         ),
         (
-            json!({"id": "r", "channels": {"webhook": {"url": "https://h.example", "timeout_s": 301}}}),
+            json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "https://h.example", "timeout_s": 301}}}),
             "timeout_s",
         ),
         (
-            json!({"id": "r", "channels": {"webhook": {"url": "https://h.example", "max_retries": 11}}}),
+            json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "https://h.example", "max_retries": 11}}}),
             "max_retries",
         ),
         (
-            json!({"id": "r", "channels": {"webhook": {"url": "https://h.example", "custom_headers": {"webhook-id": "x"}}}}),
+            json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "https://h.example", "custom_headers": {"webhook-id": "x"}}}}),
             "custom_headers",
         ),
         (
-            json!({"id": "r", "channels": {"email": {"recipients": ["not an address"]}}}),
+            json!({"name": "n", "id": "r", "channels": {"email": {"recipients": ["not an address"]}}}),
             "recipients",
         ),
-        (
-            json!({"id": "r", "filters": {"trust_tiers": ["golden"]}}),
-            "trust_tiers",
-        ),
-        (json!({"id": ""}), "id"),
+        (json!({"name": "n", "id": ""}), "id"),
     ];
     for (rule, field) in cases {
         let message = parse(rule.clone())
@@ -133,23 +130,42 @@ fn validation_names_the_field() {
             "{rule}: `{message}` does not name {field}"
         );
     }
-    assert!(serde_json::from_value::<Rule>(json!({"id": "r", "bogus": 1})).is_err());
+    assert!(serde_json::from_value::<Rule>(json!({"name": "n", "id": "r", "bogus": 1})).is_err());
 }
 
 #[test]
-fn webhook_secret_is_write_only() {
-    let rule: Rule = serde_json::from_value(json!({
-        "id": "r", "channels": {"webhook": {"url": "https://h.example", "secret": "hush"}}
-    }))
-    .expect("parses");
+fn what_a_rule_cannot_hold_is_refused_when_read() {
+    let refused = [
+        // Tiers are the event's four; a filter naming another could never match.
+        json!({"name": "n", "id": "r", "filters": {"trust_tiers": ["golden"]}}),
+        // A rule webhook signs with its inbox's secret; it takes none of its own.
+        json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "https://h.example", "secret": "hush"}}}),
+        // Whole seconds, as SPEC's endpoint settings give them.
+        json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "https://h.example", "timeout_s": 1.5}}}),
+        json!({"id": "r"}),
+    ];
+    for rule in refused {
+        assert!(
+            serde_json::from_value::<Rule>(rule.clone()).is_err(),
+            "{rule} was read"
+        );
+    }
+}
+
+#[test]
+fn unset_endpoint_settings_read_as_the_defaults_and_are_not_echoed() {
+    let sent =
+        json!({"name": "n", "id": "r", "channels": {"webhook": {"url": "https://h.example"}}});
+    let rule: Rule = serde_json::from_value(sent.clone()).expect("parses");
+    let webhook = rule.channels.webhook.as_ref().expect("a webhook");
+    assert_eq!(webhook.timeout(), std::time::Duration::from_secs(30));
+    assert_eq!(webhook.max_retries(), 6);
+    assert!(webhook.verify_tls());
+    assert!(!webhook.ordered());
+    let echoed = serde_json::to_value(&rule).expect("serializes");
     assert_eq!(
-        rule.channels
-            .webhook
-            .as_ref()
-            .and_then(|w| w.secret.as_deref()),
-        Some("hush")
+        echoed,
+        json!({"name": "n", "id": "r", "enabled": true, "filters": {},
+               "channels": {"webhook": {"enabled": true, "url": "https://h.example"}}})
     );
-    let shown = serde_json::to_string(&rule).expect("serializes");
-    assert!(!shown.contains("hush"), "{shown}");
-    assert!(!format!("{rule:?}").contains("hush"));
 }

@@ -630,7 +630,7 @@ async fn only_the_lease_holder_records_an_attempt() {
         started_at: now,
         latency_ms: 1,
         status_code: Some(200),
-        outcome: "ok".to_owned(),
+        outcome: mxhook::model::AttemptOutcome::Delivered,
         error: None,
         response_excerpt: None,
         next,

@@ -368,7 +368,7 @@ pub(super) async fn write_attempt(
             record.started_at,
             record.latency_ms,
             record.status_code.map(i64::from),
-            &record.outcome,
+            record.outcome.as_str(),
             record.error.as_deref(),
             record.response_excerpt.as_deref(),
         ],

@@ -10,9 +10,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use crate::db::{AttemptView, DeliveryView};
+use crate::db::{AttemptRow, DeliveryRow};
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
-use crate::model::DeliveryStatus;
+use crate::model::{AttemptOutcome, Channel, DeliveryStatus, rfc3339};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -76,7 +76,10 @@ pub(crate) async fn list_deliveries_of(
     let deliveries = state
         .db
         .list_deliveries(status, query.inbox_id.as_deref(), limit)
-        .await?;
+        .await?
+        .iter()
+        .map(DeliveryView::from)
+        .collect();
     Ok(Json(DeliveryList { deliveries }))
 }
 
@@ -98,9 +101,9 @@ pub(crate) async fn get_delivery(
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryWithAttempts>, ApiError> {
     let delivery = visible_delivery(&state, &caller, &id).await?;
-    let attempt_log = state.db.list_attempts(&id).await?;
+    let attempt_log = attempt_views(state.db.list_attempts(&id).await?);
     Ok(Json(DeliveryWithAttempts {
-        delivery,
+        delivery: DeliveryView::from(&delivery),
         attempt_log,
     }))
 }
@@ -123,7 +126,7 @@ pub(crate) async fn list_attempts(
     Path(id): Path<String>,
 ) -> Result<Json<AttemptList>, ApiError> {
     visible_delivery(&state, &caller, &id).await?;
-    let attempts = state.db.list_attempts(&id).await?;
+    let attempts = attempt_views(state.db.list_attempts(&id).await?);
     Ok(Json(AttemptList { attempts }))
 }
 
@@ -158,6 +161,87 @@ pub(crate) async fn resend_delivery(
     ))
 }
 
+/// One delivery as the API shows it (`GET /v1/deliveries`, `GET /v1/deliveries/{id}`).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DeliveryView {
+    pub(crate) id: String,
+    pub(crate) message_id: String,
+    pub(crate) inbox_id: String,
+    /// The event's id: the same on every attempt and resend (the idempotency key).
+    pub(crate) event_id: String,
+    pub(crate) channel: Channel,
+    /// Where it goes: the webhook URL or the forward recipients.
+    pub(crate) target: String,
+    /// pending, delivered or dead (the dead-letter queue).
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempts: i64,
+    #[schema(required)]
+    pub(crate) next_attempt_at: Option<String>,
+    #[schema(required)]
+    pub(crate) last_status_code: Option<i64>,
+    #[schema(required)]
+    pub(crate) last_error: Option<String>,
+    pub(crate) created_at: String,
+    #[schema(required)]
+    pub(crate) delivered_at: Option<String>,
+}
+
+impl From<&DeliveryRow> for DeliveryView {
+    fn from(row: &DeliveryRow) -> Self {
+        Self {
+            id: row.id.clone(),
+            message_id: row.message_id.clone(),
+            inbox_id: row.inbox_id.clone(),
+            event_id: row.event_id.clone(),
+            channel: row.channel,
+            target: row.target.clone(),
+            status: row.status,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at_ms.map(rfc3339),
+            last_status_code: row.last_status_code,
+            last_error: row.last_error.clone(),
+            created_at: rfc3339(row.created_at_ms),
+            delivered_at: row.delivered_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// One delivery attempt as the API shows it (`GET /v1/deliveries/{id}/attempts`).
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct AttemptView {
+    pub(crate) attempt: i64,
+    pub(crate) started_at: String,
+    pub(crate) latency_ms: i64,
+    /// The endpoint's HTTP status; null when no response came (or for an email forward).
+    #[schema(required)]
+    pub(crate) status_code: Option<i64>,
+    /// What the attempt came to: delivered, http_error, error or not_sent for a webhook;
+    /// forwarded or error for an email forward.
+    pub(crate) outcome: AttemptOutcome,
+    #[schema(required)]
+    pub(crate) error: Option<String>,
+    #[schema(required)]
+    pub(crate) response_excerpt: Option<String>,
+}
+
+pub(crate) fn attempt_views(rows: Vec<AttemptRow>) -> Vec<AttemptView> {
+    rows.into_iter()
+        .map(|row| AttemptView {
+            attempt: row.attempt,
+            started_at: rfc3339(row.started_at_ms),
+            latency_ms: row.latency_ms,
+            status_code: row.status_code,
+            outcome: row.outcome,
+            error: row.error,
+            response_excerpt: row.response_excerpt,
+        })
+        .collect()
+}
+
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct DeliveryList {
     deliveries: Vec<DeliveryView>,
@@ -190,7 +274,7 @@ async fn visible_delivery(
     state: &HttpState,
     caller: &Caller,
     id: &str,
-) -> Result<crate::db::DeliveryView, ApiError> {
+) -> Result<DeliveryRow, ApiError> {
     state
         .db
         .get_delivery(id)

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::http::auth::authorize_admin;
 use crate::http::{ApiError, ErrorBody, HttpState};
 use crate::ingress::provider::Provider;
-use crate::model::now_ms;
+use crate::model::{duration_ms, now_ms};
 
 /// The secret and event-type routes.
 pub(crate) fn routes() -> axum::Router<Arc<HttpState>> {
@@ -164,7 +164,7 @@ pub(crate) async fn set_secret(
     if body.secret.trim().is_empty() {
         return Err(ApiError::BadRequest("secret must not be empty".to_owned()));
     }
-    let grace_ms = (state.ingress.config.rotation_grace_s * 1000.0) as i64;
+    let grace_ms = duration_ms(state.ingress.config.rotation_grace());
     state
         .db
         .set_ingress_secret(

@@ -12,8 +12,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::inboxes::visible_inbox;
-use crate::db::MessageFilter;
+use crate::db::{MessageFilter, MessageSummaryRow};
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
+use crate::model::rfc3339;
 
 #[utoipa::path(
     get,
@@ -173,10 +174,49 @@ pub(crate) struct MessagesQuery {
 /// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct MessageList {
-    messages: Vec<crate::db::MessageSummary>,
+    messages: Vec<MessageSummary>,
     /// Pass as `cursor` for the next page; null on the last one.
     #[schema(required)]
     next_cursor: Option<String>,
+}
+
+/// One message in an inbox listing.
+///
+/// Every field is sent, `null` when unset, so each is `required` in the OpenAPI document.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageSummary {
+    id: String,
+    inbox_id: String,
+    event_id: String,
+    #[schema(required)]
+    sender: Option<String>,
+    #[schema(required)]
+    envelope_from: Option<String>,
+    #[schema(required)]
+    subject: Option<String>,
+    #[schema(required)]
+    header_message_id: Option<String>,
+    size: i64,
+    received_at: String,
+    /// The inbox policy held it back: stored, not delivered.
+    quarantined: bool,
+}
+
+impl From<MessageSummaryRow> for MessageSummary {
+    fn from(row: MessageSummaryRow) -> Self {
+        Self {
+            id: row.id,
+            inbox_id: row.inbox_id,
+            event_id: row.event_id,
+            sender: row.sender,
+            envelope_from: row.envelope_from,
+            subject: row.subject,
+            header_message_id: row.header_message_id,
+            size: row.size,
+            received_at: rfc3339(row.received_at_ms),
+            quarantined: row.quarantined,
+        }
+    }
 }
 
 fn parse_time(key: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -225,7 +265,13 @@ pub(crate) async fn list_messages(
         quarantined: query.quarantined,
         limit,
     };
-    let messages = state.db.list_messages(&id, &filter).await?;
+    let messages: Vec<MessageSummary> = state
+        .db
+        .list_messages(&id, &filter)
+        .await?
+        .into_iter()
+        .map(MessageSummary::from)
+        .collect();
     let next_cursor = (i64::try_from(messages.len()).ok() == Some(limit))
         .then(|| messages.last().map(|message| message.id.clone()))
         .flatten();

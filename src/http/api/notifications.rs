@@ -1,5 +1,5 @@
-//! Notification rules: `GET`/`PUT /v1/inboxes/{id}/notifications`. A rule is checked by
-//! `model::Rule`'s validation, the type the dispatcher reads stored rules as, then stored.
+//! Notification rules: `GET`/`PUT /v1/inboxes/{id}/notifications`. The API takes, stores and
+//! answers [`Rule`], the type routing and the dispatcher read, checked by its one validation.
 
 use std::sync::Arc;
 
@@ -10,100 +10,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::inboxes::visible_inbox;
-use super::webhook::yes;
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
-use crate::model::new_id;
-use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
-
-/// One notification rule as the API reads and returns it, in the shape SPEC.md gives: the wire
-/// form of [`crate::model::Rule`] (whose validation it passes), keeping only the fields sent.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Rule {
-    #[serde(default)]
-    id: Option<String>,
-    name: String,
-    #[serde(default = "yes")]
-    enabled: bool,
-    #[serde(default)]
-    filters: RuleFilters,
-    #[serde(default)]
-    channels: RuleChannels,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuleFilters {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sender_verified: Option<bool>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    traffic_types: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    sender_domains: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    trust_tiers: Vec<TrustTier>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum TrustTier {
-    Trusted,
-    Verified,
-    Unverified,
-    Suspicious,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuleChannels {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    webhook: Option<RuleWebhook>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    email: Option<RuleEmail>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuleWebhook {
-    #[serde(default = "yes")]
-    enabled: bool,
-    url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    signature: Option<SignatureScheme>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    payload: Option<PayloadFormat>,
-    /// The hmac-sha256 scheme's header (default X-Webhook-Signature).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    signature_header: Option<String>,
-    /// The hmac-sha256 scheme's value: sha256=hex (default) or hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    signature_format: Option<SignatureFormat>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    custom_headers: Option<std::collections::BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    timeout_s: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_retries: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    verify_tls: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ordered: Option<bool>,
-    /// Set by the gateway when it switches the channel off (410 Gone, failing too long);
-    /// dropped when the channel is enabled again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    disabled_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuleEmail {
-    #[serde(default = "yes")]
-    enabled: bool,
-    recipients: Vec<String>,
-}
+use crate::model::{Rule, new_id};
 
 #[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -151,18 +59,10 @@ impl<'de> Deserialize<'de> for NotificationsBody {
 
 fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError> {
     for (idx, rule) in rules.iter_mut().enumerate() {
-        if rule.id.is_none() {
-            rule.id = Some(new_id("rule"));
+        if rule.id.is_empty() {
+            rule.id = new_id("rule");
         }
-        // The one validation of a rule: `model::Rule`'s, which the dispatcher reads rules as
-        // (URL policy, timeout and retry bounds, reserved custom headers, email recipients).
-        // This type only keeps the API's wire shape: it echoes what was sent, and reads
-        // `timeout_s` and `max_retries` as whole numbers, so a fraction is refused on parsing.
-        let routed: crate::model::Rule = serde_json::to_value(&*rule)
-            .and_then(serde_json::from_value)
-            .map_err(|err| ApiError::BadRequest(format!("rules[{idx}]: {err}")))?;
-        routed
-            .validate(state.delivery.allow_http)
+        rule.validate(state.delivery.allow_http)
             .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
         if let Some(webhook) = rule.channels.webhook.as_mut()
             && webhook.enabled
@@ -196,8 +96,8 @@ pub(crate) async fn get_notifications(
         .get_notifications(&id)
         .await?
         .ok_or(ApiError::NotFound("inbox"))?;
-    // Read back as the documented type: stored rules were written from it (and the
-    // dispatcher's auto-disable sets only fields it has), so what is sent is what is documented.
+    // Stored rules were written as this type (the dispatcher's auto-disable sets only fields
+    // it has), so what is sent is what is documented.
     let rules: Vec<Rule> = match stored {
         Some(text) => serde_json::from_str(&text)
             .map_err(|err| ApiError::Internal(format!("stored rules of {id}: {err}")))?,

@@ -14,8 +14,8 @@ use serde_json::Value;
 use super::inboxes::visible_inbox;
 use crate::db::WebhookSettings;
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
-use crate::model::{PayloadFormat, SignatureFormat, SignatureScheme};
-use crate::model::{now_ms, rfc3339};
+use crate::model::{AttemptOutcome, Channel, PayloadFormat, SignatureFormat, SignatureScheme};
+use crate::model::{duration_ms, now_ms, rfc3339};
 
 /// The inbox webhook as the API shows it: whether a secret is set, never the secret, except
 /// `signing_secret` in the one answer that created it.
@@ -64,16 +64,15 @@ pub(crate) struct StatsView {
     last_triggered: Option<String>,
     #[schema(required)]
     last_status_code: Option<i64>,
-    /// delivered, forwarded, http_error, error or not_sent.
     #[schema(required)]
-    last_outcome: Option<String>,
+    last_outcome: Option<AttemptOutcome>,
 }
 
 /// The statistics of one endpoint of an inbox: `inbox`, or `rule:<id>` with its channel.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct EndpointView {
     endpoint_ref: String,
-    channel: String,
+    channel: Channel,
     #[serde(flatten)]
     stats: StatsView,
 }
@@ -142,7 +141,7 @@ fn stats_view(stats: Option<&crate::db::EndpointStats>) -> StatsView {
         success_rate: stats.and_then(|stats| stats.success_rate),
         last_triggered: stats.and_then(|stats| stats.last_triggered_ms).map(rfc3339),
         last_status_code: stats.and_then(|stats| stats.last_status_code),
-        last_outcome: stats.and_then(|stats| stats.last_outcome.clone()),
+        last_outcome: stats.and_then(|stats| stats.last_outcome),
     }
 }
 
@@ -171,14 +170,14 @@ pub(crate) async fn list_endpoints(
         .iter()
         .map(|stats| EndpointView {
             endpoint_ref: stats.endpoint_ref.clone(),
-            channel: stats.channel.clone(),
+            channel: stats.channel,
             stats: stats_view(Some(stats)),
         })
         .collect();
     Ok(Json(endpoints))
 }
 
-pub(crate) fn yes() -> bool {
+fn yes() -> bool {
     true
 }
 
@@ -275,8 +274,7 @@ pub(crate) async fn put_webhook(
             (
                 fresh.clone(),
                 Some(current),
-                // Validated at startup to at most 30 days, so the cast cannot overflow.
-                Some(now + (state.delivery.secret_rotation_grace_s * 1000.0) as i64),
+                Some(now + duration_ms(state.delivery.secret_rotation_grace())),
                 Some(fresh),
             )
         }

@@ -32,9 +32,9 @@ fn stats_view(stats: &EndpointStats) -> Value {
         "delivered": stats.delivered,
         "success_rate": stats.success_rate.map(|rate| format!("{:.0}%", rate * 100.0)),
         "last_triggered": stats.last_triggered_ms.map(when),
-        "last_status": match (stats.last_status_code, stats.last_outcome.as_deref()) {
+        "last_status": match (stats.last_status_code, stats.last_outcome) {
             (Some(code), _) => Some(code.to_string()),
-            (None, outcome) => outcome.map(str::to_owned),
+            (None, outcome) => outcome.map(|outcome| outcome.as_str().to_owned()),
         },
         "last_ok": stats.last_succeeded(),
     })
@@ -70,7 +70,7 @@ pub(super) async fn list(
     State(state): State<Arc<UiState>>,
     Extension(auth): Extension<Auth>,
 ) -> Result<Response, Error> {
-    let db = &state.api.db;
+    let db = &state.http.db;
     let inboxes = db.list_inbox_rows(auth.only()).await?;
     let stats = db.endpoint_stats(auth.only()).await?;
     let mut views = Vec::with_capacity(inboxes.len());
@@ -190,9 +190,9 @@ async fn detail_page(
     notice: Option<&str>,
     refusal: Refusal,
 ) -> Result<Response, Error> {
-    let inbox = inboxes::visible_inbox(&state.api, &auth.caller, id).await?;
-    let stats = state.api.db.endpoint_stats(Some(id)).await?;
-    let providers = state.api.db.ingress_providers(id).await?;
+    let inbox = inboxes::visible_inbox(&state.http, &auth.caller, id).await?;
+    let stats = state.http.db.endpoint_stats(Some(id)).await?;
+    let providers = state.http.db.ingress_providers(id).await?;
     let webhook = refusal
         .webhook
         .unwrap_or_else(|| WebhookFields::stored(inbox.webhook.as_ref()));
@@ -200,7 +200,7 @@ async fn detail_page(
         Some(text) => text,
         None => {
             let Json(rules) = notifications::get_notifications(
-                State(Arc::clone(&state.api)),
+                State(Arc::clone(&state.http)),
                 Extension(auth.caller.clone()),
                 Path(id.to_owned()),
             )
@@ -300,7 +300,7 @@ async fn put_webhook(
         Err(err) => return Ok(Err(Error::BadRequest(err.to_string()))),
     };
     match webhook::put_webhook(
-        State(Arc::clone(&state.api)),
+        State(Arc::clone(&state.http)),
         Extension(auth.caller.clone()),
         Path(id.to_owned()),
         Ok(Json(body)),
@@ -351,7 +351,7 @@ pub(super) async fn rotate_secret(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    let inbox = inboxes::visible_inbox(&state.api, &auth.caller, &id).await?;
+    let inbox = inboxes::visible_inbox(&state.http, &auth.caller, &id).await?;
     let webhook = inbox
         .webhook
         .ok_or_else(|| Error::BadRequest("set a webhook URL first".to_owned()))?;
@@ -379,7 +379,7 @@ pub(super) async fn save_rules(
     Path(id): Path<String>,
     Form(form): Form<RulesForm>,
 ) -> Result<Response, Error> {
-    inboxes::visible_inbox(&state.api, &auth.caller, &id).await?;
+    inboxes::visible_inbox(&state.http, &auth.caller, &id).await?;
     let text = form.rules.trim();
     let text = if text.is_empty() { "[]" } else { text };
     let refused = match serde_json::from_str::<Value>(text)
@@ -388,7 +388,7 @@ pub(super) async fn save_rules(
     {
         Err(err) => Some(format!("rules: {err}")),
         Ok(rules) => match notifications::put_notifications(
-            State(Arc::clone(&state.api)),
+            State(Arc::clone(&state.http)),
             Extension(auth.caller.clone()),
             Path(id.clone()),
             Ok(Json(notifications::NotificationsBody::Wrapped(rules))),
@@ -429,7 +429,7 @@ pub(super) async fn test_event(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     match inboxes::send_test_event(
-        State(Arc::clone(&state.api)),
+        State(Arc::clone(&state.http)),
         Extension(auth.caller.clone()),
         Path(id.clone()),
     )

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Auth, Error, UiState, explain, render, when, when_text};
-use crate::db::{DeliveryView, MessageListing};
+use crate::db::MessageListing;
 use crate::event::{Event, MailEvent, TrustTier};
+use crate::http::api::deliveries::{DeliveryView, attempt_views};
 use crate::model::DeliveryStatus;
 
 /// Messages a page shows unless `per_page` says otherwise, and the most it may ask for.
@@ -234,7 +235,7 @@ async fn scan(
             (cursor.as_deref(), None)
         };
         let batch = state
-            .api
+            .http
             .db
             .recent_messages(only, before, after, SCAN_BATCH)
             .await?;
@@ -351,7 +352,7 @@ pub(super) async fn list(
     let inboxes: Vec<String> = match auth.only() {
         Some(own) => vec![own.to_owned()],
         None => state
-            .api
+            .http
             .db
             .list_inbox_rows(None)
             .await?
@@ -437,7 +438,7 @@ pub(super) async fn detail(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    let db = &state.api.db;
+    let db = &state.http.db;
     let message = db
         .get_message(&id)
         .await?
@@ -475,9 +476,7 @@ pub(super) async fn detail(
     };
     let mut deliveries = Vec::new();
     for delivery in db.message_deliveries(&id).await? {
-        let attempts = db
-            .list_attempts(&delivery.id)
-            .await?
+        let attempts = attempt_views(db.list_attempts(&delivery.id).await?)
             .into_iter()
             .map(|attempt| {
                 json!({
@@ -491,7 +490,7 @@ pub(super) async fn detail(
                 })
             })
             .collect();
-        deliveries.push(delivery_view(&delivery, attempts));
+        deliveries.push(delivery_view(&DeliveryView::from(&delivery), attempts));
     }
     // A calendar event has no verdicts: it reads as unchecked.
     let unchecked = crate::event::Auth::default();
@@ -522,7 +521,7 @@ pub(super) async fn raw(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     Ok(crate::http::api::messages::get_raw_message(
-        State(Arc::clone(&state.api)),
+        State(Arc::clone(&state.http)),
         Extension(auth.caller.clone()),
         Path(id),
     )
@@ -551,7 +550,7 @@ pub(super) async fn resend(
     Form(form): Form<BackForm>,
 ) -> Result<Response, Error> {
     let _queued = crate::http::api::deliveries::resend_delivery(
-        State(Arc::clone(&state.api)),
+        State(Arc::clone(&state.http)),
         Extension(auth.caller.clone()),
         Path(id),
     )
@@ -564,7 +563,7 @@ pub(super) async fn dead(
     Extension(auth): Extension<Auth>,
 ) -> Result<Response, Error> {
     let deliveries = state
-        .api
+        .http
         .db
         .list_deliveries(Some(DeliveryStatus::Dead), auth.only(), 200)
         .await?;
@@ -572,11 +571,11 @@ pub(super) async fn dead(
         .iter()
         .map(|delivery| delivery.message_id.as_str())
         .collect();
-    let headlines = state.api.db.message_headlines(&ids).await?;
+    let headlines = state.http.db.message_headlines(&ids).await?;
     let views: Vec<Value> = deliveries
         .iter()
         .map(|delivery| {
-            let mut view = delivery_view(delivery, Vec::new());
+            let mut view = delivery_view(&DeliveryView::from(delivery), Vec::new());
             if let Some(headline) = headlines.get(&delivery.message_id) {
                 view["sender"] = json!(headline.sender);
                 view["subject"] = json!(headline.subject);
@@ -597,10 +596,10 @@ pub(super) async fn resend_all(
     State(state): State<Arc<UiState>>,
     Extension(auth): Extension<Auth>,
 ) -> Result<Response, Error> {
-    let inboxes = state.api.db.list_inbox_rows(auth.only()).await?;
+    let inboxes = state.http.db.list_inbox_rows(auth.only()).await?;
     for inbox in inboxes {
         let _requeued = crate::http::api::inboxes::resend_dead(
-            State(Arc::clone(&state.api)),
+            State(Arc::clone(&state.http)),
             Extension(auth.caller.clone()),
             Path(inbox.id),
         )

@@ -275,7 +275,7 @@ impl Sessions {
 }
 
 pub(crate) struct UiState {
-    api: Arc<HttpState>,
+    http: Arc<HttpState>,
     sessions: Sessions,
     login_throttle: LoginThrottle,
 }
@@ -310,9 +310,9 @@ fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Path=/ui"))
 }
 
-pub(super) fn router(api: Arc<HttpState>) -> Router {
+pub(super) fn router(http: Arc<HttpState>) -> Router {
     let state = Arc::new(UiState {
-        api,
+        http,
         sessions: Sessions::default(),
         login_throttle: LoginThrottle::default(),
     });
@@ -463,7 +463,7 @@ async fn login(
     if let Some(wait) = state.login_throttle.blocked(client, Instant::now()) {
         return Err(Error::TooManyLogins(wait.as_secs().max(1)));
     }
-    let caller = match caller_for_key(&state.api, form.key.trim()).await {
+    let caller = match caller_for_key(&state.http, form.key.trim()).await {
         Ok(caller) => caller,
         Err(ApiError::Unauthorized(_)) => {
             state.login_throttle.failed(client, Instant::now());
