@@ -64,6 +64,15 @@ impl Event {
         }
     }
 
+    /// The event type (SPEC "Event types and subscriptions"): what subscriptions match and
+    /// what the envelope payloads name in `event`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Mail(_) => "mail.received",
+            Self::Calendar(calendar) => calendar.change.event_type(),
+        }
+    }
+
     /// The mail event, when this is one.
     pub fn as_mail(&self) -> Option<&MailEvent> {
         match self {
