@@ -109,6 +109,28 @@ pub enum JobUpdate {
     Dead,
 }
 
+/// Which finished deliveries of an inbox [`Db::recover`] puts back in the queue.
+#[derive(Debug, Clone)]
+pub struct Recover {
+    pub inbox_id: String,
+    /// Accepted at or after this time, ms since the epoch.
+    pub since_ms: i64,
+    /// Accepted before this time, when given.
+    pub until_ms: Option<i64>,
+    /// Delivered ones too, not only dead ones.
+    pub include_delivered: bool,
+    /// Only this endpoint's (`inbox` or `rule:<id>`), when given.
+    pub endpoint_ref: Option<String>,
+}
+
+/// What [`Db::recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    Requeued(usize),
+    /// More deliveries matched than one call may requeue; none was.
+    TooMany,
+}
+
 /// One delivery as stored: what the API's and the dashboard's views are made from.
 #[derive(Debug, Clone)]
 pub struct DeliveryRow {
@@ -354,6 +376,72 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())
+    }
+
+    /// Puts an inbox's finished deliveries of one window back in the queue (the API's recover):
+    /// those accepted in `[since, until)`, dead (or, with [`Recover::include_delivered`], also
+    /// delivered), of one endpoint when given. Pending ones are never touched. Each gets a fresh
+    /// retry budget, as [`Db::resend`] gives, and they fall due in acceptance order: the claim
+    /// takes due jobs by `next_attempt_at`, so each gets its own millisecond just before now, the
+    /// oldest first. Jobs of an ordered endpoint also wait for the earlier ones of their thread.
+    ///
+    /// At most `limit` are requeued: when more match, nothing changes and the answer is
+    /// [`Recovered::TooMany`]. The bound is checked by the same statement that requeues, so
+    /// deliveries dying meanwhile cannot push one call past it.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn recover(&self, recover: &Recover, limit: usize) -> Result<Recovered, Error> {
+        let statuses = if recover.include_delivered {
+            "('dead', 'delivered')"
+        } else {
+            "('dead')"
+        };
+        let matching = format!(
+            "inbox_id = $2 AND status IN {statuses} AND created_at >= $3 \
+             AND ($4 < 0 OR created_at < $4) AND ($5 = '' OR endpoint_ref = $5)"
+        );
+        let over = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The update comes first, so SQLite takes its write lock at once (a read first would
+        // have to upgrade, and fail if another write came in between). The status is checked
+        // again outside the sub-select: PostgreSQL re-reads it after waiting on a row lock.
+        let requeued = sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = $1, \
+             locked_until = NULL, locked_by = NULL, updated_at = $1 \
+             WHERE id IN (SELECT id FROM deliveries WHERE {matching} LIMIT $6) \
+             AND {matching} RETURNING id, created_at"
+        ))
+        .bind(now)
+        .bind(&recover.inbox_id)
+        .bind(recover.since_ms)
+        .bind(recover.until_ms.unwrap_or(-1))
+        .bind(recover.endpoint_ref.as_deref().unwrap_or_default())
+        .bind(over)
+        .fetch_all(&mut *tx)
+        .await?;
+        if requeued.len() > limit {
+            tx.rollback().await?;
+            return Ok(Recovered::TooMany);
+        }
+        let mut order = Vec::with_capacity(requeued.len());
+        for row in &requeued {
+            let id: String = row.try_get("id")?;
+            let created_at: i64 = row.try_get("created_at")?;
+            order.push((created_at, id));
+        }
+        order.sort();
+        let count = i64::try_from(order.len()).unwrap_or(i64::MAX);
+        for (rank, (_, id)) in (0_i64..).zip(&order) {
+            sqlx::query("UPDATE deliveries SET next_attempt_at = $1 WHERE id = $2")
+                .bind(now - (count - rank))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Recovered::Requeued(order.len()))
     }
 
     /// Deliveries, newest first, optionally of one status and one inbox.

@@ -253,8 +253,10 @@ pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{
     AttemptRecord, AttemptRow, ClaimedJob, DeliveryRow, EndpointKey, JobTarget, JobUpdate, Lease,
-    NewDelivery,
+    NewDelivery, Recover, Recovered,
 };
 pub use limits::NewFingerprint;
 pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow, NewMessage};
-pub use stats::{EndpointStats, Histogram, MetricsSnapshot};
+pub use stats::{
+    DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
+};

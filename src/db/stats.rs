@@ -1,5 +1,6 @@
 //! Statistics computed from the stored jobs and attempts: the counts and histograms `/metrics`
-//! reports, and the delivery statistics per endpoint (inbox API, dashboard). Read-only. Part of
+//! reports, the delivery statistics per endpoint (inbox API, dashboard) and the hourly delivery
+//! health of an inbox's endpoints (the dashboard's charts). Read-only. Part of
 //! [`crate::db`], which owns every SQL statement.
 
 use sqlx::Row;
@@ -234,4 +235,112 @@ impl Db {
         }
         Ok(stats)
     }
+}
+
+/// How many attempts of one endpoint of an inbox ended one way within one hour of a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyOutcomes {
+    pub endpoint_ref: String,
+    pub channel: Channel,
+    /// Hours since the window's start (0 is the oldest hour).
+    pub hour: i64,
+    pub outcome: AttemptOutcome,
+    pub attempts: i64,
+}
+
+/// One attempt's latency within a window, for percentiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyLatency {
+    pub endpoint_ref: String,
+    pub channel: Channel,
+    pub hour: i64,
+    pub latency_ms: i64,
+}
+
+/// The attempts of one inbox's endpoints since a time, by hour: counts by outcome, and the
+/// latencies of the attempts that sent something (the newest `max_latencies` of them).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryHealth {
+    pub outcomes: Vec<HourlyOutcomes>,
+    pub latencies: Vec<HourlyLatency>,
+}
+
+/// Milliseconds in the hour buckets of [`Db::delivery_health`].
+const HOUR_MS: i64 = 3_600_000;
+
+impl Db {
+    /// The attempts of inbox `inbox_id`'s endpoints started at or after `since_ms`, by hour
+    /// (hour 0 starts at `since_ms`): counts per outcome, and latencies for percentiles. Only
+    /// attempts that sent something have a latency (a `not_sent` attempt took no time
+    /// anyone waited for), and only the newest `max_latencies`, which bounds the rows a page
+    /// reads however busy the inbox.
+    ///
+    /// The hour is integer division of the time since `since_ms`, which SQLite and PostgreSQL
+    /// both compute on BIGINT the same way (every value is non-negative, so no rounding
+    /// question arises); it is grouped by position, which both read alike, where PostgreSQL
+    /// would have to match a repeated expression with a parameter in it.
+    ///
+    /// # Errors
+    /// [`Error::Query`], [`Error::Corrupt`] for an outcome mxhook does not write.
+    pub async fn delivery_health(
+        &self,
+        inbox_id: &str,
+        since_ms: i64,
+        max_latencies: i64,
+    ) -> Result<DeliveryHealth, Error> {
+        let hour = format!("((a.started_at - $2) / {HOUR_MS})");
+        let rows = sqlx::query(&format!(
+            "SELECT d.endpoint_ref, d.channel, {hour} AS hour, a.outcome, COUNT(*) AS n \
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+             WHERE d.inbox_id = $1 AND a.started_at >= $2 \
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        ))
+        .bind(inbox_id)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let outcome: String = row.try_get("outcome")?;
+            outcomes.push(HourlyOutcomes {
+                endpoint_ref: row.try_get("endpoint_ref")?,
+                channel: channel_of(row)?,
+                hour: row.try_get("hour")?,
+                outcome: AttemptOutcome::parse(&outcome).ok_or_else(|| {
+                    Error::Corrupt(format!("an attempt of inbox {inbox_id} has outcome `{outcome}`"))
+                })?,
+                attempts: row.try_get("n")?,
+            });
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT d.endpoint_ref, d.channel, {hour} AS hour, a.latency_ms \
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+             WHERE d.inbox_id = $1 AND a.started_at >= $2 AND a.outcome <> 'not_sent' \
+             ORDER BY a.started_at DESC LIMIT $3"
+        ))
+        .bind(inbox_id)
+        .bind(since_ms)
+        .bind(max_latencies)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut latencies = Vec::with_capacity(rows.len());
+        for row in &rows {
+            latencies.push(HourlyLatency {
+                endpoint_ref: row.try_get("endpoint_ref")?,
+                channel: channel_of(row)?,
+                hour: row.try_get("hour")?,
+                latency_ms: row.try_get("latency_ms")?,
+            });
+        }
+        Ok(DeliveryHealth {
+            outcomes,
+            latencies,
+        })
+    }
+}
+
+/// A row's channel as the dispatcher reads it: every channel but email is the webhook.
+fn channel_of(row: &AnyRow) -> Result<Channel, Error> {
+    let channel: String = row.try_get("channel")?;
+    Ok(Channel::parse(&channel).unwrap_or(Channel::Webhook))
 }

@@ -16,7 +16,8 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine code: unauthorized, forbidden, not_found, bad_request, conflict,
-    /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal;
+    /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal,
+    /// too_many_deliveries (a recover window matching more than one call requeues);
     /// provider ingress also answers rejected (422) and unavailable (503, retry).
     code: String,
     /// For people; no internal detail.
@@ -46,6 +47,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A bulk action that matched more than one call may change: nothing was changed.
+    #[error("{0}")]
+    TooMany(String),
     /// A request body or query axum could not take: its status (400, 413, 415, 422) is kept.
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
@@ -61,6 +65,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooMany(_) => (StatusCode::BAD_REQUEST, "too_many_deliveries"),
             Self::Rejected { status, .. } => (
                 *status,
                 match status.as_u16() {

@@ -8,7 +8,7 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, webhook,
+    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, webhook,
 };
 
 #[derive(OpenApi)]
@@ -46,6 +46,7 @@ use super::api::{
         messages::list_messages,
         inboxes::list_deliveries,
         inboxes::resend_dead,
+        recover::recover,
         inboxes::send_test_event,
         super::ingress::mailersend,
         super::ingress::sendgrid,

@@ -19,6 +19,7 @@ mod payload;
 mod process;
 mod readme_promises;
 mod readme_tour;
+mod recover;
 mod rules;
 mod s3_storage;
 mod scale_out;

@@ -1,6 +1,6 @@
 //! The management API's routes, one file per resource: health and readiness, metrics, inboxes
 //! with their webhook, notification rules and API keys, messages and their raw bytes, deliveries
-//! with their attempt logs and resend, and the provider-ingress secrets and event types.
+//! with their attempt logs, resend and recover, and the provider-ingress secrets and event types.
 //!
 //! Every `/v1` route needs `Authorization: Bearer <key>` ([`crate::http::auth`]): an admin key
 //! reaches everything; a per-inbox key reaches only its own inbox, and anything of another inbox
@@ -15,6 +15,7 @@ pub(crate) mod keys;
 pub(crate) mod messages;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
+pub(crate) mod recover;
 pub(crate) mod webhook;
 
 use std::sync::Arc;
@@ -60,6 +61,10 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         .route(
             "/v1/inboxes/{id}/deliveries/resend-dead",
             post(inboxes::resend_dead),
+        )
+        .route(
+            "/v1/inboxes/{id}/deliveries/recover",
+            post(recover::recover),
         )
         .route(
             "/v1/inboxes/{id}/test-event",

@@ -11,7 +11,7 @@ use axum::{Extension, Form, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Auth, Error, UiState, render, when};
+use super::{Auth, Error, UiState, chart, render, when};
 use crate::db::{EndpointStats, InboxRow, WebhookSettings};
 use crate::http::api::{inboxes, notifications, webhook};
 use crate::model::DEFAULT_HMAC_HEADER;
@@ -193,6 +193,7 @@ async fn detail_page(
     let inbox = inboxes::visible_inbox(&state.http, &auth.caller, id).await?;
     let stats = state.http.db.endpoint_stats(Some(id)).await?;
     let providers = state.http.db.ingress_providers(id).await?;
+    let health_charts = health_charts(state, id, &stats).await?;
     let webhook = refusal
         .webhook
         .unwrap_or_else(|| WebhookFields::stored(inbox.webhook.as_ref()));
@@ -215,6 +216,7 @@ async fn detail_page(
             "page": "inboxes",
             "inbox": inbox_view(&inbox, &stats, &providers),
             "endpoints": stats.iter().map(stats_view).collect::<Vec<_>>(),
+            "health_charts": health_charts,
             "rules_text": rules_text,
             "webhook": webhook,
             "signatures": SIGNATURES,
@@ -227,6 +229,53 @@ async fn detail_page(
         }),
     )?;
     Ok((status, html).into_response())
+}
+
+/// The newest attempt latencies one inbox page reads for its percentiles: enough for every
+/// attempt of a busy day of a few endpoints, and a bound on the page's work past that (the
+/// percentiles then describe the newest attempts of the window).
+const MAX_CHART_LATENCIES: i64 = 50_000;
+
+/// The delivery-health chart of each endpoint that has ever had an attempt (one idle for the
+/// last day shows an empty chart rather than vanishing), as SVG markup.
+async fn health_charts(
+    state: &UiState,
+    id: &str,
+    stats: &[EndpointStats],
+) -> Result<Vec<String>, Error> {
+    let now = crate::model::now_ms();
+    // Whole hours, so a bar always means the same clock hour; the last is the current one.
+    let start_ms = now - now.rem_euclid(chart::HOUR_MS)
+        - (i64::try_from(chart::HOURS).unwrap_or(24) - 1) * chart::HOUR_MS;
+    let health = state
+        .http
+        .db
+        .delivery_health(id, start_ms, MAX_CHART_LATENCIES)
+        .await?;
+    Ok(stats
+        .iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            let mine = |endpoint_ref: &str, channel| {
+                endpoint_ref == endpoint.endpoint_ref && channel == endpoint.channel
+            };
+            let chart = chart::EndpointHealth::from_rows(
+                format!("{} ({})", endpoint.endpoint_ref, endpoint.channel.as_str()),
+                start_ms,
+                health
+                    .outcomes
+                    .iter()
+                    .filter(|row| mine(&row.endpoint_ref, row.channel))
+                    .map(|row| (row.hour, row.outcome, row.attempts)),
+                health
+                    .latencies
+                    .iter()
+                    .filter(|row| mine(&row.endpoint_ref, row.channel))
+                    .map(|row| (row.hour, row.latency_ms)),
+            );
+            chart::svg(&chart, &format!("health-{index}"))
+        })
+        .collect())
 }
 
 /// The webhook form. Every field is optional so that a tampered form gets the API's reason on

@@ -1,13 +1,13 @@
 //! Message pages: the list (newest first, filtered by flag, trust tier and webhook status, with a
 //! rows fragment the page polls for new mail), one message with its prompt, thread, verdicts in
-//! words, attachments and delivery timeline, and the dead-letter queue with resend. Resend calls
-//! the JSON API's own handlers.
+//! words, attachments and delivery timeline, and the dead-letter queue with resend and recover (a
+//! window of an inbox's deliveries requeued). Both call the JSON API's own handlers.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
+use axum::{Extension, Form, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -558,9 +558,17 @@ pub(super) async fn resend(
     Ok(Redirect::to(&back_to(form.back.as_deref(), "/ui/dead")).into_response())
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct DeadQuery {
+    /// How many the recover form just requeued.
+    #[serde(default)]
+    requeued: Option<usize>,
+}
+
 pub(super) async fn dead(
     State(state): State<Arc<UiState>>,
     Extension(auth): Extension<Auth>,
+    Query(query): Query<DeadQuery>,
 ) -> Result<Response, Error> {
     let deliveries = state
         .http
@@ -583,11 +591,78 @@ pub(super) async fn dead(
             view
         })
         .collect();
+    let inboxes: Vec<String> = state
+        .http
+        .db
+        .list_inbox_rows(auth.only())
+        .await?
+        .into_iter()
+        .map(|inbox| inbox.id)
+        .collect();
     Ok(render(
         "dead.html",
-        json!({ "base": auth.base(), "page": "dead", "deliveries": views, "back": "/ui/dead" }),
+        json!({
+            "base": auth.base(),
+            "page": "dead",
+            "deliveries": views,
+            "back": "/ui/dead",
+            "inboxes": inboxes,
+            "requeued": query.requeued,
+            "max_recover": crate::http::api::recover::MAX_RECOVER,
+        }),
     )?
     .into_response())
+}
+
+/// The recover form of the dead-letter page. Times come from `datetime-local` fields, which
+/// carry no offset: the page says they are UTC.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RecoverForm {
+    inbox: String,
+    since: String,
+    until: String,
+    endpoint: String,
+    status: String,
+}
+
+/// A form time as RFC 3339: a `datetime-local` value (`2026-01-31T09:00`, seconds optional)
+/// read as UTC, or an RFC 3339 time as typed; anything else goes to the API as typed, whose
+/// answer names the field.
+fn form_time(value: &str) -> String {
+    let value = value.trim();
+    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(time) = chrono::NaiveDateTime::parse_from_str(value, format) {
+            return time.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        }
+    }
+    value.to_owned()
+}
+
+/// Requeues one inbox's deliveries of a window through the API's recover, then shows how many.
+pub(super) async fn recover(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Form(form): Form<RecoverForm>,
+) -> Result<Response, Error> {
+    let optional = |value: &str| {
+        let value = value.trim();
+        (!value.is_empty()).then(|| value.to_owned())
+    };
+    let request = crate::http::api::recover::RecoverRequest {
+        since: form_time(&form.since),
+        until: optional(&form.until).map(|until| form_time(&until)),
+        status: optional(&form.status),
+        endpoint: optional(&form.endpoint),
+    };
+    let (_, Json(answer)) = crate::http::api::recover::recover(
+        State(Arc::clone(&state.http)),
+        Extension(auth.caller.clone()),
+        Path(form.inbox),
+        Ok(Json(request)),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/ui/dead?requeued={}", answer.requeued)).into_response())
 }
 
 /// Requeues the whole dead-letter queue the caller can see, inbox by inbox through the API's
@@ -618,5 +693,13 @@ mod tests {
         assert_eq!(back_to(Some("https://evil.example"), "/ui"), "/ui");
         assert_eq!(back_to(Some("//evil.example"), "/ui"), "/ui");
         assert_eq!(back_to(None, "/ui/dead"), "/ui/dead");
+    }
+
+    #[test]
+    fn form_times_are_utc() {
+        assert_eq!(form_time("2026-01-31T09:00"), "2026-01-31T09:00:00Z");
+        assert_eq!(form_time(" 2026-01-31T09:00:30 "), "2026-01-31T09:00:30Z");
+        assert_eq!(form_time("2026-01-31T09:00:00+02:00"), "2026-01-31T09:00:00+02:00");
+        assert_eq!(form_time("soon"), "soon");
     }
 }

@@ -14,6 +14,7 @@
 //! Content-Security-Policy: scripts and styles only from `/ui/static`, which is embedded in the
 //! binary like the templates.
 
+mod chart;
 mod explain;
 mod inboxes;
 mod messages;
@@ -126,9 +127,9 @@ impl From<ApiError> for Error {
             ApiError::NotFound(what) => Self::NotFound(what),
             ApiError::Forbidden(why) => Self::Forbidden(why),
             ApiError::Unauthorized(why) => Self::Forbidden(why),
-            ApiError::BadRequest(message) | ApiError::Conflict(message) => {
-                Self::BadRequest(message)
-            }
+            ApiError::BadRequest(message)
+            | ApiError::Conflict(message)
+            | ApiError::TooMany(message) => Self::BadRequest(message),
             ApiError::Rejected { message, .. } => Self::BadRequest(message),
             ApiError::Internal(detail) => Self::Internal(detail),
         }
@@ -331,6 +332,7 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
         .route("/ui/deliveries/{id}/resend", post(messages::resend))
         .route("/ui/dead", get(messages::dead))
         .route("/ui/dead/resend-all", post(messages::resend_all))
+        .route("/ui/dead/recover", post(messages::recover))
         .route("/ui/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
