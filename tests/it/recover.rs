@@ -68,7 +68,8 @@ async fn recover_requeues_exactly_the_matching_dead_deliveries_in_acceptance_ord
     options.agent_toml = "ordered = true\n".to_owned();
     options.max_retries = 1;
     let gateway = TestGateway::start(options).await;
-    let rules = json!([{"name": "copy", "channels": {"webhook": {"url": rule_hook.url()}}}]);
+    let rules = json!([{"name": "copy",
+                        "channels": {"webhook": {"url": rule_hook.url(), "max_retries": 1}}}]);
     let (status, body) = gateway
         .api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
         .await;
