@@ -1108,3 +1108,195 @@ async fn dashboard_works_in_a_real_browser() {
         assert!(screenshots.join(name).exists(), "{name} not saved");
     }
 }
+
+/// The chart of one endpoint on the inbox page: its `<svg>` element, whole.
+fn chart_of<'p>(page: &'p Page, endpoint: &str) -> &'p str {
+    let start = page
+        .body
+        .find(&format!("<svg class=\"chart\" data-endpoint=\"{endpoint}\""))
+        .unwrap_or_else(|| panic!("no chart of {endpoint} in {}", page.body));
+    let end = page.body[start..].find("</svg>").expect("end of the chart") + start;
+    &page.body[start..end]
+}
+
+/// The number written before `label` in `text` (`3 delivered` → 3).
+fn count_before(text: &str, label: &str) -> i64 {
+    let end = text
+        .find(&format!(" {label}"))
+        .unwrap_or_else(|| panic!("no {label} in {text}"));
+    let start = text[..end].rfind(' ').map_or(0, |at| at + 1);
+    text[start..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {label} in {text}"))
+}
+
+/// The text of every `<title>` or `<desc>` element of a chart, in order.
+fn chart_texts(chart: &str, element: &str) -> Vec<String> {
+    let open = format!("<{element}");
+    let close = format!("</{element}>");
+    let mut texts = Vec::new();
+    let mut rest = chart;
+    while let Some(at) = rest.find(&open) {
+        rest = &rest[at..];
+        let body = rest.find('>').expect("end of tag") + 1;
+        let end = rest.find(&close).expect("closing tag");
+        texts.push(rest[body..end].to_owned());
+        rest = &rest[end..];
+    }
+    texts
+}
+
+/// The nearest-rank percentile, computed here from the API's attempt log.
+fn nearest_rank(mut values: Vec<i64>, p: usize) -> i64 {
+    values.sort_unstable();
+    values[(p * values.len()).div_ceil(100).max(1) - 1]
+}
+
+#[tokio::test]
+async fn inbox_page_charts_each_endpoints_attempts_by_hour_with_latency() {
+    // The inbox webhook refuses twice, then takes everything; the rule's receiver is not there.
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let rules = json!([{"name": "nowhere",
+                        "channels": {"webhook": {"url": "http://127.0.0.1:1/hook", "max_retries": 0}}}]);
+    let (status, body) = gateway
+        .api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rule_endpoint = format!("rule:{} (webhook)", body[0]["id"].as_str().expect("rule id"));
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let before = ui.get("/ui/inboxes/agent").await;
+    assert!(
+        !before.body.contains("<svg class=\"chart\""),
+        "no endpoint has had an attempt yet: {}",
+        before.body
+    );
+
+    for subject in ["chart one", "chart two"] {
+        send_mail(
+            &gateway,
+            "agent@example.com",
+            &simple_message("a@sender.example", "agent@example.com", subject, "hi"),
+        )
+        .await;
+    }
+    for _ in 0..4 {
+        receiver.recv().await;
+    }
+    let attempts = eventually("every attempt recorded", || async {
+        let all = gateway.all_deliveries().await;
+        let mut attempts = Vec::new();
+        for delivery in &all {
+            let id = delivery["id"].as_str()?;
+            for attempt in gateway.attempts(id).await {
+                attempts.push((delivery["target"].clone(), attempt));
+            }
+        }
+        let finished = all.len() == 4 && all.iter().all(|d| d["status"] != "pending");
+        (finished && attempts.len() == 6).then_some(attempts)
+    })
+    .await;
+    let inbox_latencies: Vec<i64> = attempts
+        .iter()
+        .filter(|(target, _)| *target == json!(receiver.url()))
+        .map(|(_, attempt)| attempt["latency_ms"].as_i64().expect("latency"))
+        .collect();
+    assert_eq!(inbox_latencies.len(), 4);
+
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let inbox = chart_of(&page, "inbox (webhook)");
+    let titles = chart_texts(inbox, "title");
+    assert!(titles[0].starts_with("Attempts per hour"), "{titles:?}");
+    assert_eq!(titles.len(), 1 + 24, "a title for the chart and one per hour");
+    let summary = &chart_texts(inbox, "desc")[0];
+    assert_eq!(count_before(summary, "delivered"), 2, "{summary}");
+    assert_eq!(count_before(summary, "http_error"), 2, "{summary}");
+    assert_eq!(count_before(summary, "error,"), 0, "{summary}");
+    assert_eq!(count_before(summary, "not_sent"), 0, "{summary}");
+    assert_eq!(
+        count_before(summary, "ms, p99"),
+        nearest_rank(inbox_latencies.clone(), 50),
+        "{summary}"
+    );
+    assert_eq!(
+        count_before(summary, "ms."),
+        nearest_rank(inbox_latencies, 99),
+        "{summary}"
+    );
+    // The hours add up to the window (two hours when the test straddles a full hour).
+    let hours = &titles[1..];
+    let sum = |label: &str| hours.iter().map(|hour| count_before(hour, label)).sum::<i64>();
+    assert_eq!((sum("delivered"), sum("http_error")), (2, 2), "{hours:?}");
+    assert!(inbox.contains("<polyline"), "latency lines are drawn");
+
+    let rule = chart_of(&page, &rule_endpoint);
+    let summary = &chart_texts(rule, "desc")[0];
+    assert_eq!(count_before(summary, "error,"), 2, "{summary}");
+    assert_eq!(count_before(summary, "delivered"), 0, "{summary}");
+    assert!(page.body.contains("role=\"img\""));
+}
+
+#[tokio::test]
+async fn dead_letter_page_recovers_a_window_of_an_inbox() {
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 1;
+    let gateway = TestGateway::start(options).await;
+    send_mail(
+        &gateway,
+        "agent@example.com",
+        &simple_message("a@sender.example", "agent@example.com", "recover me", "hi"),
+    )
+    .await;
+    receiver.recv().await;
+    receiver.recv().await;
+    eventually("the delivery to be dead-lettered", || async {
+        (!gateway.deliveries("dead").await.is_empty()).then_some(())
+    })
+    .await;
+
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let page = ui.get("/ui/dead").await;
+    assert!(page.body.contains("id=\"recover-form\""), "{}", page.body);
+    let csrf = page.csrf();
+    let refused = ui
+        .post(
+            "/ui/dead/recover",
+            &[("csrf", &csrf), ("inbox", "agent"), ("since", "last week")],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("since"), "{}", refused.body);
+    assert_eq!(gateway.deliveries("dead").await.len(), 1);
+
+    let answer = ui
+        .post(
+            "/ui/dead/recover",
+            &[
+                ("csrf", &csrf),
+                ("inbox", "agent"),
+                ("since", "2000-01-01T00:00"),
+                ("until", ""),
+                ("endpoint", "inbox"),
+                ("status", "dead"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(answer.location(), "/ui/dead?requeued=1");
+    let shown = ui.get(answer.location()).await;
+    assert!(
+        shown.body.contains("Requeued 1 delivery."),
+        "{}",
+        shown.body
+    );
+    let again = receiver.recv().await.json();
+    assert_eq!(again["subject"], "recover me");
+    eventually("the recovered delivery delivered", || async {
+        (gateway.deliveries("delivered").await.len() == 1).then_some(())
+    })
+    .await;
+}
