@@ -307,7 +307,9 @@ impl Db {
                 channel: channel_of(row)?,
                 hour: row.try_get("hour")?,
                 outcome: AttemptOutcome::parse(&outcome).ok_or_else(|| {
-                    Error::Corrupt(format!("an attempt of inbox {inbox_id} has outcome `{outcome}`"))
+                    Error::Corrupt(format!(
+                        "an attempt of inbox {inbox_id} has outcome `{outcome}`"
+                    ))
                 })?,
                 attempts: row.try_get("n")?,
             });

@@ -135,6 +135,18 @@ try {
   step("rotate the signing secret: shown once");
   await page.goto(`${base}/ui/inboxes/agent`);
   await page.screenshot({ path: join(shots, "inbox-laptop.png"), fullPage: true });
+
+  step("the inbox page charts the webhook's attempts of the last day");
+  const chart = page.locator('#delivery-health svg.chart[data-endpoint="inbox (webhook)"]');
+  await chart.waitFor();
+  const chartTitle = await chart.locator("title").first().textContent();
+  if (!chartTitle.startsWith("Attempts per hour")) fail(`unexpected chart title: ${chartTitle}`);
+  // Two refusals, then the resend's 200.
+  const chartSummary = await chart.locator("desc").textContent();
+  if (!chartSummary.includes("1 delivered, 2 http_error")) fail(`chart summary: ${chartSummary}`);
+  const box = await chart.boundingBox();
+  if (!box || box.width < 300 || box.height < 100) fail(`the chart is not drawn: ${JSON.stringify(box)}`);
+  await page.locator("#delivery-health").screenshot({ path: join(shots, "inbox-chart-laptop.png") });
   await page.getByRole("button", { name: "Rotate signing secret" }).click();
   await page.getByRole("heading", { name: /New signing secret/ }).waitFor();
   const secret = await page.getByLabel("Signing secret").inputValue();

@@ -52,7 +52,12 @@ async fn deliveries_to(gateway: &TestGateway, inbox: &str, url: &str) -> Vec<Val
         .filter(|delivery| delivery["target"] == url)
         .cloned()
         .collect();
-    list.sort_by_key(|delivery| delivery["created_at"].as_str().unwrap_or_default().to_owned());
+    list.sort_by_key(|delivery| {
+        delivery["created_at"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
     list
 }
 
@@ -102,7 +107,8 @@ async fn recover_requeues_exactly_the_matching_dead_deliveries_in_acceptance_ord
     let dead = eventually("all twelve deliveries dead", || async {
         let inbox = deliveries_to(&gateway, "agent", &inbox_url).await;
         let rule = deliveries_to(&gateway, "agent", &rule_url).await;
-        let all_dead = |list: &[Value]| list.len() == 6 && list.iter().all(|d| d["status"] == "dead");
+        let all_dead =
+            |list: &[Value]| list.len() == 6 && list.iter().all(|d| d["status"] == "dead");
         (all_dead(&inbox) && all_dead(&rule)).then_some(inbox)
     })
     .await;
@@ -139,7 +145,11 @@ async fn recover_requeues_exactly_the_matching_dead_deliveries_in_acceptance_ord
     })
     .await;
     for (n, delivery) in after.iter().enumerate() {
-        let expected = if (1..4).contains(&n) { "delivered" } else { "dead" };
+        let expected = if (1..4).contains(&n) {
+            "delivered"
+        } else {
+            "dead"
+        };
         assert_eq!(delivery["status"], expected, "{delivery}");
         assert_eq!(delivery["event_id"], dead[n]["event_id"], "same event");
     }
@@ -154,8 +164,10 @@ async fn recover_requeues_exactly_the_matching_dead_deliveries_in_acceptance_ord
         .api(
             "POST",
             &recover_path("agent"),
-            Some(json!({"since": field(&dead[0], "created_at"), "status": "any",
-                        "endpoint": "inbox"})),
+            Some(
+                json!({"since": field(&dead[0], "created_at"), "status": "any",
+                        "endpoint": "inbox"}),
+            ),
         )
         .await;
     assert_eq!(status, 202, "{body}");
@@ -165,7 +177,9 @@ async fn recover_requeues_exactly_the_matching_dead_deliveries_in_acceptance_ord
     rule_hook.assert_silent(Duration::from_millis(300)).await;
     eventually("the inbox webhook's six delivered", || async {
         let list = deliveries_to(&gateway, "agent", &inbox_url).await;
-        list.iter().all(|d| d["status"] == "delivered").then_some(())
+        list.iter()
+            .all(|d| d["status"] == "delivered")
+            .then_some(())
     })
     .await;
 
@@ -180,12 +194,17 @@ async fn recover_requeues_exactly_the_matching_dead_deliveries_in_acceptance_ord
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["requeued"], 6);
-    let arrived: BTreeSet<String> = next_message_ids(&mut rule_hook, 6).await.into_iter().collect();
+    let arrived: BTreeSet<String> = next_message_ids(&mut rule_hook, 6)
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(arrived, (0..6).map(message).collect::<BTreeSet<_>>());
     inbox_hook.assert_silent(Duration::from_millis(300)).await;
     eventually("the rule's six delivered", || async {
         let list = deliveries_to(&gateway, "agent", &rule_url).await;
-        list.iter().all(|d| d["status"] == "delivered").then_some(())
+        list.iter()
+            .all(|d| d["status"] == "delivered")
+            .then_some(())
     })
     .await;
     let (status, body) = gateway
@@ -245,7 +264,10 @@ async fn recover_refuses_a_window_too_wide_bad_input_and_other_inboxes() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "too_many_deliveries", "{body}");
     let message = body["error"]["message"].as_str().expect("message");
-    assert!(message.contains("1000") && message.contains("narrow"), "{message}");
+    assert!(
+        message.contains("1000") && message.contains("narrow"),
+        "{message}"
+    );
     assert!(gateway.deliveries("pending").await.is_empty());
     receiver.assert_silent(Duration::from_millis(300)).await;
 
@@ -303,13 +325,37 @@ async fn recover_refuses_a_window_too_wide_bad_input_and_other_inboxes() {
     // Bad input: a 4xx whose message names the field.
     for (request, expected_status, field) in [
         (json!({"since": "yesterday"}), 400, "since"),
-        (json!({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}), 400, "until"),
-        (json!({"since": "2026-01-01T00:00:00Z", "until": "noon"}), 400, "until"),
-        (json!({"since": "2026-01-01T00:00:00Z", "status": "delivered"}), 400, "status"),
-        (json!({"since": "2026-01-01T00:00:00Z", "endpoint": "rule:"}), 400, "endpoint"),
-        (json!({"since": "2026-01-01T00:00:00Z", "endpoint": "webhook"}), 400, "endpoint"),
+        (
+            json!({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}),
+            400,
+            "until",
+        ),
+        (
+            json!({"since": "2026-01-01T00:00:00Z", "until": "noon"}),
+            400,
+            "until",
+        ),
+        (
+            json!({"since": "2026-01-01T00:00:00Z", "status": "delivered"}),
+            400,
+            "status",
+        ),
+        (
+            json!({"since": "2026-01-01T00:00:00Z", "endpoint": "rule:"}),
+            400,
+            "endpoint",
+        ),
+        (
+            json!({"since": "2026-01-01T00:00:00Z", "endpoint": "webhook"}),
+            400,
+            "endpoint",
+        ),
         (json!({"until": "2026-01-01T00:00:00Z"}), 422, "since"),
-        (json!({"since": "2026-01-01T00:00:00Z", "window": 1}), 422, "window"),
+        (
+            json!({"since": "2026-01-01T00:00:00Z", "window": 1}),
+            422,
+            "window",
+        ),
     ] {
         let (status, body) = gateway
             .api("POST", &recover_path("agent"), Some(request.clone()))

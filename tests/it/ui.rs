@@ -1104,6 +1104,7 @@ async fn dashboard_works_in_a_real_browser() {
         "messages-laptop.png",
         "messages-phone.png",
         "secret-laptop.png",
+        "inbox-chart-laptop.png",
     ] {
         assert!(screenshots.join(name).exists(), "{name} not saved");
     }
@@ -1113,7 +1114,9 @@ async fn dashboard_works_in_a_real_browser() {
 fn chart_of<'p>(page: &'p Page, endpoint: &str) -> &'p str {
     let start = page
         .body
-        .find(&format!("<svg class=\"chart\" data-endpoint=\"{endpoint}\""))
+        .find(&format!(
+            "<svg class=\"chart\" data-endpoint=\"{endpoint}\""
+        ))
         .unwrap_or_else(|| panic!("no chart of {endpoint} in {}", page.body));
     let end = page.body[start..].find("</svg>").expect("end of the chart") + start;
     &page.body[start..end]
@@ -1163,7 +1166,10 @@ async fn inbox_page_charts_each_endpoints_attempts_by_hour_with_latency() {
         .api("PUT", "/v1/inboxes/agent/notifications", Some(rules))
         .await;
     assert_eq!(status, 200, "{body}");
-    let rule_endpoint = format!("rule:{} (webhook)", body[0]["id"].as_str().expect("rule id"));
+    let rule_endpoint = format!(
+        "rule:{} (webhook)",
+        body[0]["id"].as_str().expect("rule id")
+    );
     let mut ui = Ui::new(&gateway);
     ui.login(API_KEY).await;
     let before = ui.get("/ui/inboxes/agent").await;
@@ -1209,7 +1215,11 @@ async fn inbox_page_charts_each_endpoints_attempts_by_hour_with_latency() {
     let inbox = chart_of(&page, "inbox (webhook)");
     let titles = chart_texts(inbox, "title");
     assert!(titles[0].starts_with("Attempts per hour"), "{titles:?}");
-    assert_eq!(titles.len(), 1 + 24, "a title for the chart and one per hour");
+    assert_eq!(
+        titles.len(),
+        1 + 24,
+        "a title for the chart and one per hour"
+    );
     let summary = &chart_texts(inbox, "desc")[0];
     assert_eq!(count_before(summary, "delivered"), 2, "{summary}");
     assert_eq!(count_before(summary, "http_error"), 2, "{summary}");
@@ -1227,7 +1237,12 @@ async fn inbox_page_charts_each_endpoints_attempts_by_hour_with_latency() {
     );
     // The hours add up to the window (two hours when the test straddles a full hour).
     let hours = &titles[1..];
-    let sum = |label: &str| hours.iter().map(|hour| count_before(hour, label)).sum::<i64>();
+    let sum = |label: &str| {
+        hours
+            .iter()
+            .map(|hour| count_before(hour, label))
+            .sum::<i64>()
+    };
     assert_eq!((sum("delivered"), sum("http_error")), (2, 2), "{hours:?}");
     assert!(inbox.contains("<polyline"), "latency lines are drawn");
 

@@ -191,13 +191,19 @@ mod tests {
         assert!(refusal(request("yesterday", None)).starts_with("since:"));
         assert!(refusal(request("2026-01-01T00:00:00Z", Some("x"))).starts_with("until:"));
         assert!(
-            refusal(request("2026-01-02T00:00:00Z", Some("2026-01-01T00:00:00Z")))
-                .starts_with("until:")
+            refusal(request(
+                "2026-01-02T00:00:00Z",
+                Some("2026-01-01T00:00:00Z")
+            ))
+            .starts_with("until:")
         );
         // The same instant, written with another offset, is not after since.
         assert!(
-            refusal(request("2026-01-01T00:00:00Z", Some("2026-01-01T01:00:00+01:00")))
-                .starts_with("until:")
+            refusal(request(
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-01T01:00:00+01:00")
+            ))
+            .starts_with("until:")
         );
         let mut bad_status = request("2026-01-01T00:00:00Z", None);
         bad_status.status = Some("delivered".to_owned());

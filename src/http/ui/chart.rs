@@ -221,7 +221,7 @@ pub(super) fn svg(health: &EndpointHealth, id: &str) -> String {
             "<text x=\"{}\" y=\"18\" font-size=\"12\" fill=\"#1d232b\">{name}</text>",
             x + 16
         );
-        x += 24 + 8 * i64::try_from(name.len()).unwrap_or(8);
+        x += 32 + 8 * i64::try_from(name.len()).unwrap_or(8);
     }
     // Axes: counts on the left, latency on the right.
     let bottom = TOP + PLOT_H;
@@ -242,7 +242,8 @@ pub(super) fn svg(health: &EndpointHealth, id: &str) -> String {
         TOP + 4,
         right + 6,
     );
-    for index in (0..HOURS).step_by(3) {
+    // Every third hour, counted back from the current one, so that hour is always labelled.
+    for index in (0..HOURS).rev().step_by(3) {
         let x = LEFT + slot_x(index) + SLOT_W / 2;
         let _ = write!(
             out,
@@ -429,12 +430,8 @@ mod tests {
 
     #[test]
     fn labels_are_escaped() {
-        let chart = EndpointHealth::from_rows(
-            "rule:<b>\"x\"&".to_owned(),
-            START,
-            Vec::new(),
-            Vec::new(),
-        );
+        let chart =
+            EndpointHealth::from_rows("rule:<b>\"x\"&".to_owned(), START, Vec::new(), Vec::new());
         let drawn = svg(&chart, "c2");
         assert!(drawn.contains("rule:&lt;b&gt;&quot;x&quot;&amp;"));
         assert!(!drawn.contains("<b>"));

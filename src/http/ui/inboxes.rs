@@ -245,7 +245,8 @@ async fn health_charts(
 ) -> Result<Vec<String>, Error> {
     let now = crate::model::now_ms();
     // Whole hours, so a bar always means the same clock hour; the last is the current one.
-    let start_ms = now - now.rem_euclid(chart::HOUR_MS)
+    let start_ms = now
+        - now.rem_euclid(chart::HOUR_MS)
         - (i64::try_from(chart::HOURS).unwrap_or(24) - 1) * chart::HOUR_MS;
     let health = state
         .http

@@ -633,7 +633,9 @@ fn form_time(value: &str) -> String {
     let value = value.trim();
     for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
         if let Ok(time) = chrono::NaiveDateTime::parse_from_str(value, format) {
-            return time.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return time
+                .and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         }
     }
     value.to_owned()
@@ -699,7 +701,10 @@ mod tests {
     fn form_times_are_utc() {
         assert_eq!(form_time("2026-01-31T09:00"), "2026-01-31T09:00:00Z");
         assert_eq!(form_time(" 2026-01-31T09:00:30 "), "2026-01-31T09:00:30Z");
-        assert_eq!(form_time("2026-01-31T09:00:00+02:00"), "2026-01-31T09:00:00+02:00");
+        assert_eq!(
+            form_time("2026-01-31T09:00:00+02:00"),
+            "2026-01-31T09:00:00+02:00"
+        );
         assert_eq!(form_time("soon"), "soon");
     }
 }
