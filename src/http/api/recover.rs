@@ -15,8 +15,8 @@ use super::inboxes::visible_inbox;
 use crate::db::{Recover, Recovered};
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 
-/// The most deliveries one recover call requeues. Past it the call is refused and nothing is
-/// requeued: each requeued delivery is a webhook request at once, and an unbounded window could
+/// The most deliveries one recover call requeues (stated as 1000 in the OpenAPI description
+/// and the README). Past it the call is refused and nothing is requeued: each requeued delivery is a webhook request at once, and an unbounded window could
 /// flood the receiver that just came back.
 pub(crate) const MAX_RECOVER: usize = 1000;
 
@@ -213,6 +213,12 @@ mod tests {
             bad_endpoint.endpoint = Some(endpoint.to_owned());
             assert!(refusal(bad_endpoint).starts_with("endpoint:"), "{endpoint}");
         }
+    }
+
+    #[test]
+    fn the_documented_bound_is_the_enforced_one() {
+        // The OpenAPI description and the README state the bound as a number.
+        assert_eq!(MAX_RECOVER, 1000);
     }
 
     #[test]

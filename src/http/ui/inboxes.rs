@@ -1,6 +1,7 @@
 //! Inbox pages: the list with its "Configured" badges and endpoint statistics, and one inbox with
-//! its webhook settings, secret rotation (the new secret shown once), notification rules editor
-//! and test event. Every action calls the JSON API's own handler, so both behave alike.
+//! the delivery-health chart of each endpoint (drawn by [`super::chart`]), its webhook settings,
+//! secret rotation (the new secret shown once), notification rules editor and test event. Every
+//! action calls the JSON API's own handler, so both behave alike.
 
 use std::sync::Arc;
 
