@@ -22,7 +22,7 @@ use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
 use crate::model::{Channel, Envelope, WebhookEndpoint, duration_ms, new_id, now_ms};
-use crate::model::{PolicyAction, SenderPolicy};
+use crate::model::{MAIL_QUARANTINED, PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
 use crate::route;
@@ -309,25 +309,37 @@ impl Intake {
             parsed,
             flags,
         ));
-        // A quarantined copy is kept but delivered nowhere.
-        let routed = if quarantined {
-            Vec::new()
-        } else {
-            self.deliveries_for(inbox_id, &event)
-        };
         let event_json = event::to_json(&event);
-        let deliveries = batch.handover.lease(
-            routed,
-            &JobParts {
-                inbox_id,
-                message_id: &message_id,
-                event_id: &event_id,
-                event_json: &event_json,
-                storage_key: &key,
-                received_at,
-                index: batch.messages.len(),
-            },
-        );
+        let mut flags = route::EventFlags::from_event(&event);
+        let deliveries = if quarantined {
+            // A quarantined copy is kept, and only its reduced `mail.quarantined` event goes
+            // out, to the endpoints subscribed to that. Those jobs carry it themselves and are
+            // claimed, not handed over: the handover would send the message's full event.
+            flags.event_type = MAIL_QUARANTINED;
+            let reduced = event.as_mail().map(|mail| {
+                event::to_json(&Event::Quarantined(event::QuarantinedEvent::of(mail)))
+            });
+            self.deliveries_for(inbox_id, &flags)
+                .into_iter()
+                .map(|routed| NewDelivery {
+                    event: reduced.clone(),
+                    ..routed.delivery
+                })
+                .collect()
+        } else {
+            batch.handover.lease(
+                self.deliveries_for(inbox_id, &flags),
+                &JobParts {
+                    inbox_id,
+                    message_id: &message_id,
+                    event_id: &event_id,
+                    event_json: &event_json,
+                    storage_key: &key,
+                    received_at,
+                    index: batch.messages.len(),
+                },
+            )
+        };
         self.store_raw(&key, raw, &mut batch.stored_keys).await?;
         batch.messages.push(NewMessage {
             id: message_id,
@@ -573,16 +585,17 @@ impl Intake {
         })
     }
 
-    /// The delivery jobs of one event: the inbox webhook (every event) and each route its
-    /// notification rules add (webhooks and email forwards).
-    fn deliveries_for(&self, inbox_id: &str, event: &Event) -> Vec<Routed> {
+    /// The delivery jobs of one event (its type and flags): the inbox webhook when it
+    /// subscribes to the type, and each route its notification rules add (webhooks and email
+    /// forwards).
+    fn deliveries_for(&self, inbox_id: &str, flags: &route::EventFlags) -> Vec<Routed> {
         let Some(inbox) = self.directory.inbox(inbox_id) else {
             return Vec::new();
         };
         let mut deliveries: Vec<Routed> = inbox
             .webhook
             .clone()
-            .filter(|webhook| webhook.enabled)
+            .filter(|webhook| route::inbox_webhook_wants(webhook, flags.event_type))
             .map(|webhook| Routed {
                 delivery: NewDelivery {
                     id: new_id("dlv"),
@@ -591,14 +604,14 @@ impl Intake {
                     target: webhook.url.clone(),
                     ordered: webhook.ordered,
                     lease: None,
+                    event: None,
                 },
                 webhook: Some(webhook),
             })
             .into_iter()
             .collect();
-        let flags = route::EventFlags::from_event(event);
         let own_address = |address: &str| self.directory.lookup(address).is_some();
-        for route in route::routes(&inbox.rules, &flags, own_address) {
+        for route in route::routes(&inbox.rules, flags, own_address) {
             let (channel, rule_id, target, ordered, webhook) = match route {
                 route::Route::Webhook { rule_id } => {
                     let webhook = inbox
@@ -627,6 +640,7 @@ impl Intake {
                     target,
                     ordered,
                     lease: None,
+                    event: None,
                 },
                 webhook,
             });
@@ -667,7 +681,7 @@ impl Intake {
         let subject = event.booking.title.clone();
         let event = Event::Calendar(event);
         let deliveries = self
-            .deliveries_for(inbox_id, &event)
+            .deliveries_for(inbox_id, &route::EventFlags::from_event(&event))
             .into_iter()
             .map(|routed| routed.delivery)
             .collect();

@@ -241,6 +241,7 @@ impl<'h> Handover<'h> {
                     endpoint_ref: delivery.endpoint_ref.clone(),
                     channel: delivery.channel,
                     target: JobTarget::Webhook(endpoint),
+                    operational: false,
                 },
                 message: message.index,
             });
@@ -389,6 +390,7 @@ mod tests {
                 target: "https://receiver.example/hook".to_owned(),
                 ordered,
                 lease: None,
+                event: None,
             },
             webhook,
         }

@@ -7,7 +7,7 @@
 
 use super::Claim;
 use super::exec::{Exec, args};
-use crate::db::jobs::{NOT_BLOCKED, not_to};
+use crate::db::jobs::{INSERT_RAISED_DELIVERY, NOT_BLOCKED, not_to};
 use crate::db::limits::FingerprintPrune;
 use crate::db::messages::compress_event;
 use crate::db::{
@@ -24,8 +24,8 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages (id, inbox_id, event_id, stor
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
     channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
-    updated_at, thread_id, ordered, locked_until, locked_by) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, $11, $12)";
+    updated_at, thread_id, ordered, locked_until, locked_by, delivery_event) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, $11, $12, $13)";
 
 const INSERT_FINGERPRINT: &str = "INSERT INTO message_fingerprints (inbox_id, fingerprint, \
     message_id, received_at) VALUES ($1, $2, $3, $4) \
@@ -122,6 +122,7 @@ pub(super) async fn insert_messages(
                     i64::from(delivery.ordered),
                     delivery.lease.as_ref().map(|lease| lease.until),
                     delivery.lease.as_ref().map(|lease| lease.node.as_str()),
+                    delivery.event.as_deref(),
                 ],
             )
             .await?;
@@ -374,6 +375,29 @@ pub(super) async fn write_attempt(
         ],
     )
     .await?;
+    // Raised only by the record that dead-letters, in its transaction: a node killed before
+    // the commit leaves neither, and the attempt that dead-letters the job later raises it.
+    if status == DeliveryStatus::Dead
+        && let Some(raised) = &record.raised
+    {
+        for delivery in &raised.deliveries {
+            exec.execute(
+                INSERT_RAISED_DELIVERY,
+                &args![
+                    &delivery.id,
+                    &raised.message_id,
+                    &raised.inbox_id,
+                    &raised.event_id,
+                    delivery.channel,
+                    &delivery.endpoint_ref,
+                    &delivery.target,
+                    now,
+                    &raised.event_json,
+                ],
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
