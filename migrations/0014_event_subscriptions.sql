@@ -4,8 +4,7 @@
 -- `["mail.received", "calendar.*"]`, what every inbox webhook received before.
 ALTER TABLE inboxes ADD COLUMN webhook_events TEXT;
 
--- The event a delivery carries when it is not its message's: the reduced `mail.quarantined`
--- event of a quarantined mail, or an operational event (`delivery.dead`, `endpoint.disabled`)
--- about a delivery of that message. NULL for every other delivery, which carries its
--- message's event.
+-- The operational event (`delivery.dead`, `endpoint.disabled`) a delivery carries, about a
+-- delivery of its message. NULL for every other delivery, which carries its message's event
+-- (reduced to `mail.quarantined` when the message is quarantined).
 ALTER TABLE deliveries ADD COLUMN delivery_event TEXT;

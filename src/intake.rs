@@ -313,18 +313,12 @@ impl Intake {
         let mut flags = route::EventFlags::from_event(&event);
         let deliveries = if quarantined {
             // A quarantined copy is kept, and only its reduced `mail.quarantined` event goes
-            // out, to the endpoints subscribed to that. Those jobs carry it themselves and are
-            // claimed, not handed over: the handover would send the message's full event.
+            // out, to the endpoints subscribed to that. The claim reduces the stored event
+            // (see `Db::claim_due`); the jobs are not handed over, which would send it whole.
             flags.event_type = MAIL_QUARANTINED;
-            let reduced = event.as_mail().map(|mail| {
-                event::to_json(&Event::Quarantined(event::QuarantinedEvent::of(mail)))
-            });
             self.deliveries_for(inbox_id, &flags)
                 .into_iter()
-                .map(|routed| NewDelivery {
-                    event: reduced.clone(),
-                    ..routed.delivery
-                })
+                .map(|routed| routed.delivery)
                 .collect()
         } else {
             batch.handover.lease(
@@ -604,7 +598,6 @@ impl Intake {
                     target: webhook.url.clone(),
                     ordered: webhook.ordered,
                     lease: None,
-                    event: None,
                 },
                 webhook: Some(webhook),
             })
@@ -640,7 +633,6 @@ impl Intake {
                     target,
                     ordered,
                     lease: None,
-                    event: None,
                 },
                 webhook,
             });

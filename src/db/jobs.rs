@@ -28,9 +28,6 @@ pub struct NewDelivery {
     pub ordered: bool,
     /// The job is written already leased to this node, which attempts it without a claim.
     pub lease: Option<Lease>,
-    /// The event the job carries when it is not its message's (a quarantined mail's reduced
-    /// `mail.quarantined` event); `None` carries the message's.
-    pub event: Option<String>,
 }
 
 /// An operational event (`delivery.dead`, `endpoint.disabled`) with its delivery jobs, written
@@ -125,9 +122,6 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
     pub next: JobUpdate,
-    /// The `delivery.dead` event a dead-lettering raises, committed with it, or not at all when
-    /// this node's lease has passed on (the attempt is then not recorded).
-    pub raised: Option<RaisedEvent>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,7 +209,7 @@ impl Db {
         // One read for the whole claim, in claim order.
         let load = format!(
             "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-             d.endpoint_ref, d.channel, d.delivery_event, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
+             d.endpoint_ref, d.channel, d.delivery_event, m.quarantined, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
              i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
              i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
              i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
@@ -281,8 +275,11 @@ impl Db {
                 crate::event::Event::from_json(text)
                     .is_ok_and(|event| crate::model::is_operational(event.event_type()))
             });
+            let quarantined: i64 = row.try_get("quarantined")?;
             let event_json = match own_event {
                 Some(event) => event,
+                // A quarantined message's jobs carry its reduced event, never its content.
+                None if quarantined != 0 => quarantined_event(&stored_event(&row)?)?,
                 None => stored_event(&row)?,
             };
             jobs.push(ClaimedJob {
@@ -357,7 +354,21 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
-        self.writes.attempt(record.clone()).await
+        self.writes.attempt(record.clone(), None).await
+    }
+
+    /// [`Db::record_attempt`], and when the record dead-letters the job, the `delivery.dead`
+    /// event it raises, in the same transaction: not at all when this node's lease has passed
+    /// on (the attempt is then not recorded either).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn record_attempt_raising(
+        &self,
+        record: &AttemptRecord,
+        raised: Option<RaisedEvent>,
+    ) -> Result<(), Error> {
+        self.writes.attempt(record.clone(), raised).await
     }
 
     /// Puts a delivery back in the queue, due now, with a fresh retry budget. The event (and so
@@ -471,6 +482,17 @@ impl Db {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(delivery_from_row).collect()
+    }
+}
+
+/// The `mail.quarantined` event of a quarantined message's stored event.
+fn quarantined_event(stored: &str) -> Result<String, Error> {
+    match crate::event::Event::from_json(stored) {
+        Ok(crate::event::Event::Mail(mail)) => Ok(crate::event::to_json(&crate::event::Event::Quarantined(
+            crate::event::QuarantinedEvent::of(&mail),
+        ))),
+        Ok(other) => Ok(crate::event::to_json(&other)),
+        Err(err) => Err(Error::Corrupt(format!("a stored event is not JSON: {err}"))),
     }
 }
 

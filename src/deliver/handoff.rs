@@ -390,7 +390,6 @@ mod tests {
                 target: "https://receiver.example/hook".to_owned(),
                 ordered,
                 lease: None,
-                event: None,
             },
             webhook,
         }

@@ -442,7 +442,6 @@ impl Dispatcher {
             error: None,
             response_excerpt: None,
             next: JobUpdate::Dead,
-            raised: None,
         };
         match result {
             Err(reason) => {
@@ -504,8 +503,9 @@ impl Dispatcher {
             "webhook attempt"
         );
         drop(held);
-        record.raised = self.delivery_dead(&job, &record);
-        if let Err(err) = self.db.record_attempt(&record).await {
+        let raised = self.delivery_dead(&job, &record);
+        let raises = raised.is_some();
+        if let Err(err) = self.db.record_attempt_raising(&record, raised).await {
             // The lease runs out and the job is attempted again: at-least-once holds.
             tracing::error!(error = %err, "recording delivery attempt failed");
         }
@@ -513,7 +513,7 @@ impl Dispatcher {
         // thread on an ordered endpoint; a dead-lettering may have raised jobs. Any other end
         // changes nothing a claim would find.
         let ordered = matches!(&job.target, JobTarget::Webhook(endpoint) if endpoint.ordered);
-        if ordered || record.raised.is_some() || matches!(record.next, JobUpdate::RetryAt(_)) {
+        if ordered || raises || matches!(record.next, JobUpdate::RetryAt(_)) {
             self.wakeup.notify_one();
         }
     }
@@ -551,7 +551,7 @@ impl Dispatcher {
             }
             Err((false, _)) => JobUpdate::Dead,
         };
-        let mut record = AttemptRecord {
+        let record = AttemptRecord {
             worker: self.node_id.clone(),
             delivery_id: job.delivery_id.clone(),
             started_at,
@@ -565,15 +565,15 @@ impl Dispatcher {
             error: outcome.err().map(|(_, message)| message),
             response_excerpt: None,
             next,
-            raised: None,
         };
         tracing::info!(outcome = record.outcome.as_str(), error = record.error.as_deref(), next = ?record.next, "email forward attempt");
         drop(held);
-        record.raised = self.delivery_dead(job, &record);
-        if let Err(err) = self.db.record_attempt(&record).await {
+        let raised = self.delivery_dead(job, &record);
+        let raises = raised.is_some();
+        if let Err(err) = self.db.record_attempt_raising(&record, raised).await {
             tracing::error!(error = %err, "recording forward attempt failed");
         }
-        if record.raised.is_some() {
+        if raises {
             self.wakeup.notify_one();
         }
     }
@@ -692,7 +692,6 @@ impl Dispatcher {
                     target: webhook.url,
                     ordered: false,
                     lease: None,
-                    event: None,
                 })
                 .collect();
         if deliveries.is_empty() {

@@ -25,6 +25,7 @@ mod scale_out;
 mod signatures;
 mod smtp_session;
 mod starttls;
+mod subscriptions;
 mod threading;
 mod tidy;
 mod ui;

@@ -11,7 +11,8 @@ use crate::db::jobs::{INSERT_RAISED_DELIVERY, NOT_BLOCKED, not_to};
 use crate::db::limits::FingerprintPrune;
 use crate::db::messages::compress_event;
 use crate::db::{
-    AttemptRecord, Backend, Error, JobUpdate, NewFingerprint, NewMessage, header_text, placeholders,
+    AttemptRecord, Backend, Error, JobUpdate, NewFingerprint, NewMessage, RaisedEvent, header_text,
+    placeholders,
 };
 use crate::model::{DeliveryStatus, now_ms};
 
@@ -24,8 +25,8 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages (id, inbox_id, event_id, stor
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
     channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
-    updated_at, thread_id, ordered, locked_until, locked_by, delivery_event) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, $11, $12, $13)";
+    updated_at, thread_id, ordered, locked_until, locked_by) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, $11, $12)";
 
 const INSERT_FINGERPRINT: &str = "INSERT INTO message_fingerprints (inbox_id, fingerprint, \
     message_id, received_at) VALUES ($1, $2, $3, $4) \
@@ -122,7 +123,6 @@ pub(super) async fn insert_messages(
                     i64::from(delivery.ordered),
                     delivery.lease.as_ref().map(|lease| lease.until),
                     delivery.lease.as_ref().map(|lease| lease.node.as_str()),
-                    delivery.event.as_deref(),
                 ],
             )
             .await?;
@@ -325,6 +325,7 @@ fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64
 pub(super) async fn write_attempt(
     exec: &mut impl Exec,
     record: &AttemptRecord,
+    raised: Option<&RaisedEvent>,
 ) -> Result<(), Error> {
     // The write comes first: on SQLite a transaction that reads and then writes fails at
     // once with "database is locked" when another attempt committed in between, and the
@@ -378,7 +379,7 @@ pub(super) async fn write_attempt(
     // Raised only by the record that dead-letters, in its transaction: a node killed before
     // the commit leaves neither, and the attempt that dead-letters the job later raises it.
     if status == DeliveryStatus::Dead
-        && let Some(raised) = &record.raised
+        && let Some(raised) = raised
     {
         for delivery in &raised.deliveries {
             exec.execute(
