@@ -9,8 +9,7 @@ use serde::Deserialize;
 
 use crate::model::{
     PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme, Subscription,
-    is_valid_inbox_id,
-    normalize_address, validate_signature_header, validate_webhook_url,
+    is_valid_inbox_id, normalize_address, validate_signature_header, validate_webhook_url,
 };
 
 use super::{Error, invalid, validate_sender_entries};

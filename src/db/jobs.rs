@@ -488,9 +488,9 @@ impl Db {
 /// The `mail.quarantined` event of a quarantined message's stored event.
 fn quarantined_event(stored: &str) -> Result<String, Error> {
     match crate::event::Event::from_json(stored) {
-        Ok(crate::event::Event::Mail(mail)) => Ok(crate::event::to_json(&crate::event::Event::Quarantined(
-            crate::event::QuarantinedEvent::of(&mail),
-        ))),
+        Ok(crate::event::Event::Mail(mail)) => Ok(crate::event::to_json(
+            &crate::event::Event::Quarantined(crate::event::QuarantinedEvent::of(&mail)),
+        )),
         Ok(other) => Ok(crate::event::to_json(&other)),
         Err(err) => Err(Error::Corrupt(format!("a stored event is not JSON: {err}"))),
     }

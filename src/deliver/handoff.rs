@@ -334,6 +334,7 @@ mod tests {
             endpoint_ref: "inbox".to_owned(),
             channel: crate::model::Channel::Webhook,
             target: JobTarget::Gone("test".to_owned()),
+            operational: false,
         }
     }
 

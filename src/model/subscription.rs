@@ -147,17 +147,17 @@ mod tests {
 
     #[test]
     fn patterns_parse_and_match() {
-        let all = EventPattern::parse("*").unwrap();
+        let all = EventPattern::parse("*").expect("*");
         assert!(EVENT_TYPES.iter().all(|known| all.matches(known)));
-        let calendar = EventPattern::parse("calendar.*").unwrap();
+        let calendar = EventPattern::parse("calendar.*").expect("calendar.*");
         assert!(calendar.matches("calendar.booking.created"));
         assert!(!calendar.matches("mail.received"));
-        let booking = EventPattern::parse("calendar.booking.*").unwrap();
+        let booking = EventPattern::parse("calendar.booking.*").expect("calendar.booking.*");
         assert!(booking.matches("calendar.booking.cancelled"));
-        let mail = EventPattern::parse("mail.*").unwrap();
+        let mail = EventPattern::parse("mail.*").expect("mail.*");
         assert!(mail.matches("mail.quarantined") && mail.matches("mail.received"));
         assert!(!mail.matches("mailx.received"));
-        let dead = EventPattern::parse("delivery.dead").unwrap();
+        let dead = EventPattern::parse("delivery.dead").expect("delivery.dead");
         assert!(dead.matches("delivery.dead") && !dead.matches("endpoint.disabled"));
         assert_eq!(calendar.to_string(), "calendar.*");
     }
@@ -179,7 +179,7 @@ mod tests {
         ] {
             assert!(EventPattern::parse(bad).is_err(), "{bad} should be refused");
         }
-        let err = Subscription::parse(&["mail.received", "nope"]).unwrap_err();
+        let err = Subscription::parse(&["mail.received", "nope"]).expect_err("an unknown type");
         assert!(err.contains("nope"), "{err}");
     }
 
@@ -190,9 +190,12 @@ mod tests {
         assert!(default.matches("calendar.booking.rescheduled"));
         assert!(!default.matches("mail.quarantined"));
         assert!(!default.matches("delivery.dead"));
-        let read: Subscription = serde_json::from_str(r#"["*"]"#).unwrap();
+        let read: Subscription = serde_json::from_str(r#"["*"]"#).expect("a pattern list");
         assert!(read.matches("endpoint.disabled"));
-        assert_eq!(serde_json::to_string(&read).unwrap(), r#"["*"]"#);
+        assert_eq!(
+            serde_json::to_string(&read).expect("serializes"),
+            r#"["*"]"#
+        );
         assert!(serde_json::from_str::<Subscription>(r#"["x.*"]"#).is_err());
     }
 }

@@ -79,7 +79,13 @@ async fn inbox_webhook_events_and_rule_event_types_route_each_type_only_where_su
     );
 
     // A mail to `other`: not to its calendar-only webhook, to both rules.
-    send(&gateway, "a@sender.example", "other@example.com", "hello other").await;
+    send(
+        &gateway,
+        "a@sender.example",
+        "other@example.com",
+        "hello other",
+    )
+    .await;
     assert_eq!(everything.recv().await.json()["type"], "mail.received");
     assert_eq!(mail_only.recv().await.json()["subject"], "hello other");
     // A booking for `other`: to its webhook and the `*` rule, not the mail rule.
@@ -136,7 +142,13 @@ async fn inbox_webhook_events_and_rule_event_types_route_each_type_only_where_su
         )
         .await;
     assert_eq!(hook["events"], json!(["mail.*"]));
-    send(&gateway, "a@sender.example", "agent@example.com", "mail again").await;
+    send(
+        &gateway,
+        "a@sender.example",
+        "agent@example.com",
+        "mail again",
+    )
+    .await;
     assert_eq!(default_hook.recv().await.json()["subject"], "mail again");
 }
 
@@ -209,7 +221,13 @@ async fn a_quarantined_mail_reaches_only_mail_quarantined_subscribers_without_it
     )
     .await;
 
-    send(&gateway, "promo@blocked.test", "agent@example.com", "held back").await;
+    send(
+        &gateway,
+        "promo@blocked.test",
+        "agent@example.com",
+        "held back",
+    )
+    .await;
     let held = held_hook.recv().await;
     let event = held.json();
     assert_eq!(event["type"], "mail.quarantined", "{event}");
@@ -233,12 +251,21 @@ async fn a_quarantined_mail_reaches_only_mail_quarantined_subscribers_without_it
         .api("GET", &format!("/v1/messages/{message_id}"), None)
         .await;
     assert_eq!(message["quarantined"], true, "{message}");
-    assert_eq!(held.header("webhook-id").as_deref(), event["event_id"].as_str());
+    assert_eq!(
+        held.header("webhook-id").as_deref(),
+        event["event_id"].as_str()
+    );
 
     // The default inbox webhook gets no quarantined mail; the same rule gets no passing mail,
     // and a quarantined mail is never forwarded by email.
     inbox_hook.assert_silent(QUIET).await;
-    send(&gateway, "friend@sender.example", "agent@example.com", "fine").await;
+    send(
+        &gateway,
+        "friend@sender.example",
+        "agent@example.com",
+        "fine",
+    )
+    .await;
     assert_eq!(inbox_hook.recv().await.json()["type"], "mail.received");
     held_hook.assert_silent(QUIET).await;
     let deliveries = gateway.all_deliveries().await;
@@ -358,13 +385,21 @@ async fn a_dead_operational_delivery_raises_nothing() {
     ops_types.sort();
     assert_eq!(
         ops_types,
-        ["delivery.dead", "delivery.dead", "mail.received", "mail.received"]
+        [
+            "delivery.dead",
+            "delivery.dead",
+            "mail.received",
+            "mail.received"
+        ]
     );
     let mut about: Vec<String> = Vec::new();
     for _ in 0..2 {
         let event = watcher.recv().await.json();
         assert_eq!(event["type"], "delivery.dead", "{event}");
-        assert_eq!(event["event_id"].as_str().map(|id| id.starts_with("evt_")), Some(true));
+        assert_eq!(
+            event["event_id"].as_str().map(|id| id.starts_with("evt_")),
+            Some(true)
+        );
         about.push(event["endpoint"].as_str().expect("endpoint").to_owned());
     }
     about.sort();
@@ -394,7 +429,9 @@ async fn endpoint_disabled_on_410_reaches_its_subscriber() {
     assert_eq!(event["endpoint"], "inbox");
     assert_eq!(event["agent_id"], "agent");
     assert!(
-        event["reason"].as_str().is_some_and(|reason| reason.contains("410")),
+        event["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("410")),
         "{event}"
     );
     let (_, hook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
@@ -433,8 +470,10 @@ async fn delivery_dead_is_raised_once_across_a_kill_9_at_the_dead_lettering() {
         API_KEY,
         "PUT",
         "/v1/inboxes/agent/notifications",
-        Some(json!({"rules": [{"name": "ops", "filters": {"event_types": ["delivery.dead"]},
-                               "channels": {"webhook": {"url": ops.url()}}}]})),
+        Some(
+            json!({"rules": [{"name": "ops", "filters": {"event_types": ["delivery.dead"]},
+                               "channels": {"webhook": {"url": ops.url()}}}]}),
+        ),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -453,7 +492,10 @@ async fn delivery_dead_is_raised_once_across_a_kill_9_at_the_dead_lettering() {
     failing.recv().await;
     let event = ops.recv().await.json();
     assert_eq!(event["type"], "delivery.dead", "{event}");
-    assert_eq!(event["attempts"], 2, "the killed attempt was never recorded");
+    assert_eq!(
+        event["attempts"], 2,
+        "the killed attempt was never recorded"
+    );
     ops.assert_silent(QUIET).await;
     let (_, all) = api_at(process.http, API_KEY, "GET", "/v1/deliveries", None).await;
     let deliveries = all["deliveries"].as_array().expect("deliveries");
