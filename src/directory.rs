@@ -277,6 +277,7 @@ mod tests {
             verify_tls: true,
             disabled_reason: None,
             ordered: false,
+            events: crate::model::Subscription::default(),
         };
         assert!(
             db.set_webhook("api", Some(&webhook))
@@ -292,7 +293,7 @@ mod tests {
 
         assert!(db.set_notifications("api", "[]").await.expect("rules"));
         assert_moved(&directory, &db, "set_notifications").await;
-        db.disable_endpoint("api", "inbox", "gone")
+        db.disable_endpoint("api", "inbox", "gone", None)
             .await
             .expect("disable");
         assert_moved(&directory, &db, "disable_endpoint").await;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod calendar;
 mod mail;
+mod operational;
 mod payload;
 mod size;
 
@@ -32,20 +33,29 @@ pub use mail::{
     Address, Attachment, Email, EventContext, Flags, MailEvent, MailReceived, Thread, TrustTier,
     build, build_guarded, build_with_flags,
 };
+pub use operational::{
+    DeliveryDead, DeliveryDeadType, EndpointDisabled, EndpointDisabledType, HeaderMetadata,
+    MailQuarantined, QuarantinedEvent,
+};
 pub use payload::{BotMailRoomAttachment, BotMailRoomEmail, Payload, payload_for};
 
-/// An event as stored and delivered: a received mail or a calendar booking change.
+/// An event as stored and delivered: a received mail, a calendar booking change, a quarantined
+/// mail's reduced event, or an operational event about a delivery or an endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 #[allow(clippy::large_enum_variant)] // one per message, moved a few times: no box needed
 pub enum Event {
     Mail(MailEvent),
     Calendar(CalendarEvent),
+    Quarantined(QuarantinedEvent),
+    DeliveryDead(DeliveryDead),
+    EndpointDisabled(EndpointDisabled),
 }
 
 impl Event {
     /// Reads a stored event. Its `type` says which kind it is (read first, without building the
-    /// rest): `calendar.*` is a booking, anything else a mail. Fields an older event lacks read as
+    /// rest): `calendar.*` is a booking, `mail.quarantined`, `delivery.dead` and
+    /// `endpoint.disabled` are theirs, anything else a mail. Fields an older event lacks read as
     /// their defaults.
     ///
     /// # Errors
@@ -57,10 +67,18 @@ impl Event {
             kind: Option<std::borrow::Cow<'a, str>>,
         }
         let Kind { kind } = serde_json::from_str(text)?;
-        if kind.is_some_and(|kind| kind.starts_with("calendar.")) {
-            serde_json::from_str(text).map(Self::Calendar)
-        } else {
-            serde_json::from_str(text).map(Self::Mail)
+        match kind.as_deref() {
+            Some(kind) if kind.starts_with("calendar.") => {
+                serde_json::from_str(text).map(Self::Calendar)
+            }
+            Some(crate::model::MAIL_QUARANTINED) => {
+                serde_json::from_str(text).map(Self::Quarantined)
+            }
+            Some(crate::model::DELIVERY_DEAD) => serde_json::from_str(text).map(Self::DeliveryDead),
+            Some(crate::model::ENDPOINT_DISABLED) => {
+                serde_json::from_str(text).map(Self::EndpointDisabled)
+            }
+            _ => serde_json::from_str(text).map(Self::Mail),
         }
     }
 
@@ -68,8 +86,11 @@ impl Event {
     /// what the envelope payloads name in `event`.
     pub fn event_type(&self) -> &'static str {
         match self {
-            Self::Mail(_) => "mail.received",
+            Self::Mail(_) => crate::model::MAIL_RECEIVED,
             Self::Calendar(calendar) => calendar.change.event_type(),
+            Self::Quarantined(_) => crate::model::MAIL_QUARANTINED,
+            Self::DeliveryDead(_) => crate::model::DELIVERY_DEAD,
+            Self::EndpointDisabled(_) => crate::model::ENDPOINT_DISABLED,
         }
     }
 
@@ -77,7 +98,7 @@ impl Event {
     pub fn as_mail(&self) -> Option<&MailEvent> {
         match self {
             Self::Mail(event) => Some(event),
-            Self::Calendar(_) => None,
+            _ => None,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
 use crate::model::{Channel, Envelope, WebhookEndpoint, duration_ms, new_id, now_ms};
-use crate::model::{PolicyAction, SenderPolicy};
+use crate::model::{MAIL_QUARANTINED, PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
 use crate::route;
@@ -309,25 +309,31 @@ impl Intake {
             parsed,
             flags,
         ));
-        // A quarantined copy is kept but delivered nowhere.
-        let routed = if quarantined {
-            Vec::new()
-        } else {
-            self.deliveries_for(inbox_id, &event)
-        };
         let event_json = event::to_json(&event);
-        let deliveries = batch.handover.lease(
-            routed,
-            &JobParts {
-                inbox_id,
-                message_id: &message_id,
-                event_id: &event_id,
-                event_json: &event_json,
-                storage_key: &key,
-                received_at,
-                index: batch.messages.len(),
-            },
-        );
+        let mut flags = route::EventFlags::from_event(&event);
+        let deliveries = if quarantined {
+            // A quarantined copy is kept, and only its reduced `mail.quarantined` event goes
+            // out, to the endpoints subscribed to that. The claim reduces the stored event
+            // (see `Db::claim_due`); the jobs are not handed over, which would send it whole.
+            flags.event_type = MAIL_QUARANTINED;
+            self.deliveries_for(inbox_id, &flags)
+                .into_iter()
+                .map(|routed| routed.delivery)
+                .collect()
+        } else {
+            batch.handover.lease(
+                self.deliveries_for(inbox_id, &flags),
+                &JobParts {
+                    inbox_id,
+                    message_id: &message_id,
+                    event_id: &event_id,
+                    event_json: &event_json,
+                    storage_key: &key,
+                    received_at,
+                    index: batch.messages.len(),
+                },
+            )
+        };
         self.store_raw(&key, raw, &mut batch.stored_keys).await?;
         batch.messages.push(NewMessage {
             id: message_id,
@@ -573,16 +579,17 @@ impl Intake {
         })
     }
 
-    /// The delivery jobs of one event: the inbox webhook (every event) and each route its
-    /// notification rules add (webhooks and email forwards).
-    fn deliveries_for(&self, inbox_id: &str, event: &Event) -> Vec<Routed> {
+    /// The delivery jobs of one event (its type and flags): the inbox webhook when it
+    /// subscribes to the type, and each route its notification rules add (webhooks and email
+    /// forwards).
+    fn deliveries_for(&self, inbox_id: &str, flags: &route::EventFlags) -> Vec<Routed> {
         let Some(inbox) = self.directory.inbox(inbox_id) else {
             return Vec::new();
         };
         let mut deliveries: Vec<Routed> = inbox
             .webhook
             .clone()
-            .filter(|webhook| webhook.enabled)
+            .filter(|webhook| route::inbox_webhook_wants(webhook, flags.event_type))
             .map(|webhook| Routed {
                 delivery: NewDelivery {
                     id: new_id("dlv"),
@@ -596,9 +603,8 @@ impl Intake {
             })
             .into_iter()
             .collect();
-        let flags = route::EventFlags::from_event(event);
         let own_address = |address: &str| self.directory.lookup(address).is_some();
-        for route in route::routes(&inbox.rules, &flags, own_address) {
+        for route in route::routes(&inbox.rules, flags, own_address) {
             let (channel, rule_id, target, ordered, webhook) = match route {
                 route::Route::Webhook { rule_id } => {
                     let webhook = inbox
@@ -667,7 +673,7 @@ impl Intake {
         let subject = event.booking.title.clone();
         let event = Event::Calendar(event);
         let deliveries = self
-            .deliveries_for(inbox_id, &event)
+            .deliveries_for(inbox_id, &route::EventFlags::from_event(&event))
             .into_iter()
             .map(|routed| routed.delivery)
             .collect();

@@ -12,6 +12,7 @@ mod address;
 mod policy;
 mod provider;
 mod rule;
+mod subscription;
 mod trust;
 mod webhook;
 
@@ -19,6 +20,10 @@ pub use address::{is_valid_inbox_id, normalize_address, validate_webhook_url};
 pub use policy::{PolicyAction, SenderPolicy, normalize_sender_entry};
 pub use provider::Provider;
 pub use rule::{Channels, EmailChannel, Filters, Rule, WebhookChannel};
+pub use subscription::{
+    DELIVERY_DEAD, ENDPOINT_DISABLED, EVENT_TYPES, EventPattern, MAIL_QUARANTINED, MAIL_RECEIVED,
+    Subscription, is_operational,
+};
 pub use trust::TrustTier;
 pub use webhook::{
     DEFAULT_HMAC_HEADER, PayloadFormat, SignatureFormat, SignatureScheme, is_reserved_header,
@@ -121,6 +126,9 @@ pub struct WebhookEndpoint {
     pub disabled_reason: Option<String>,
     /// Deliver one thread's events in acceptance order (a job waits for the earlier ones).
     pub ordered: bool,
+    /// The event types it receives (SPEC "Event types and subscriptions"). A rule's webhook
+    /// has its rule's `filters.event_types`, which routing checks before this is built.
+    pub events: Subscription,
 }
 
 impl WebhookEndpoint {
@@ -153,6 +161,7 @@ impl WebhookEndpoint {
             verify_tls: channel.verify_tls(),
             disabled_reason: channel.disabled_reason.clone(),
             ordered: channel.ordered(),
+            events: Subscription::default(),
         }
     }
 }
@@ -173,6 +182,7 @@ impl std::fmt::Debug for WebhookEndpoint {
             .field("signature_format", &self.signature_format)
             .field("verify_tls", &self.verify_tls)
             .field("ordered", &self.ordered)
+            .field("events", &self.events)
             .finish()
     }
 }

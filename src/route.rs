@@ -1,14 +1,16 @@
 //! Notification rules (SPEC "Notification rules"): which channels an event goes to.
 //!
-//! Pure: a function from an event's flags and an inbox's rules to routes. No IO, no clock. The
-//! inbox webhook receives every event and is not a rule; rules add routes.
+//! Pure: a function from an event's type and flags and an inbox's rules to routes. No IO, no
+//! clock. The inbox webhook is not a rule: it receives the events its `events` subscribe to
+//! ([`inbox_webhook_wants`]); rules add routes.
 
 use crate::event::{Event, TrustTier};
-use crate::model::{Filters, Rule};
+use crate::model::{Filters, Inbox, MAIL_QUARANTINED, Rule, WebhookEndpoint, is_operational};
 
-/// The flags of an event that filters look at.
+/// The type and flags of an event that subscriptions and filters look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFlags {
+    pub event_type: &'static str,
     pub sender_verified: bool,
     pub traffic_types: Vec<String>,
     pub sender_domain: Option<String>,
@@ -16,18 +18,14 @@ pub struct EventFlags {
 }
 
 impl EventFlags {
-    /// Reads the flags from an event. A calendar event has no sender to verify: it reads as the
-    /// least trusted values, as a mail without verification does.
+    /// Reads the flags from an event. An event that is no received mail has no sender to
+    /// verify: it reads as the least trusted values, as a mail without verification does.
     pub fn from_event(event: &Event) -> Self {
         let Event::Mail(mail) = event else {
-            return Self {
-                sender_verified: false,
-                traffic_types: Vec::new(),
-                sender_domain: None,
-                trust_tier: TrustTier::Unverified,
-            };
+            return Self::without_sender(event.event_type());
         };
         Self {
+            event_type: event.event_type(),
             sender_verified: mail.sender_verified,
             traffic_types: mail.traffic_types.clone(),
             sender_domain: mail
@@ -38,6 +36,70 @@ impl EventFlags {
             trust_tier: mail.peer_trust_tier,
         }
     }
+
+    /// The flags of an event of `event_type` that has no sender (bookings, operational events).
+    pub fn without_sender(event_type: &'static str) -> Self {
+        Self {
+            event_type,
+            sender_verified: false,
+            traffic_types: Vec::new(),
+            sender_domain: None,
+            trust_tier: TrustTier::Unverified,
+        }
+    }
+
+    /// Whether an email forward can carry the event: only an event with a message to forward
+    /// (a received mail, a booking). A quarantined mail is held back, and an operational event
+    /// has no message of its own.
+    fn forwardable(&self) -> bool {
+        self.event_type != MAIL_QUARANTINED && !is_operational(self.event_type)
+    }
+}
+
+/// Whether the inbox webhook receives an event of `event_type`.
+pub fn inbox_webhook_wants(webhook: &WebhookEndpoint, event_type: &str) -> bool {
+    webhook.enabled && webhook.events.matches(event_type)
+}
+
+/// The webhooks of `inbox` that an operational event of `event_type` about the endpoint
+/// `about` (`inbox` or `rule:<id>`) goes to, as (endpoint ref, endpoint): those subscribed to
+/// it, never the endpoint it is about (SPEC "Event types and subscriptions").
+pub fn operational_webhooks(
+    inbox: &Inbox,
+    event_type: &'static str,
+    about: &str,
+) -> Vec<(String, WebhookEndpoint)> {
+    let mut out = Vec::new();
+    if about != "inbox"
+        && let Some(webhook) = inbox
+            .webhook
+            .as_ref()
+            .filter(|webhook| inbox_webhook_wants(webhook, event_type))
+    {
+        out.push(("inbox".to_owned(), webhook.clone()));
+    }
+    let flags = EventFlags::without_sender(event_type);
+    for route in routes(&inbox.rules, &flags, |_| false) {
+        let Route::Webhook { rule_id } = route else {
+            continue;
+        };
+        let endpoint_ref = format!("rule:{rule_id}");
+        if endpoint_ref == about {
+            continue;
+        }
+        let channel = inbox
+            .rules
+            .iter()
+            .find(|rule| rule.id == rule_id)
+            .and_then(|rule| rule.channels.webhook.as_ref());
+        if let Some(channel) = channel {
+            out.push((
+                endpoint_ref,
+                WebhookEndpoint::for_rule(channel, inbox.webhook.as_ref()),
+            ));
+        }
+    }
+    out
 }
 
 /// Whether every filter that is set matches `flags`.
@@ -59,7 +121,8 @@ fn filters_match(filters: &Filters, flags: &EventFlags) -> bool {
         });
     let tiers_ok =
         filters.trust_tiers.is_empty() || filters.trust_tiers.contains(&flags.trust_tier);
-    verified_ok && types_ok && domains_ok && tiers_ok
+    let subscribed = filters.subscription().matches(flags.event_type);
+    subscribed && verified_ok && types_ok && domains_ok && tiers_ok
 }
 
 /// Where one event goes because of a rule.
@@ -96,7 +159,12 @@ pub fn routes(
                 rule_id: rule.id.clone(),
             });
         }
-        if let Some(email) = rule.channels.email.as_ref().filter(|email| email.enabled) {
+        if let Some(email) = rule
+            .channels
+            .email
+            .as_ref()
+            .filter(|email| email.enabled && flags.forwardable())
+        {
             let recipients: Vec<String> = email
                 .recipients
                 .iter()

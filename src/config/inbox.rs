@@ -8,8 +8,8 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::model::{
-    PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme, is_valid_inbox_id,
-    normalize_address, validate_signature_header, validate_webhook_url,
+    PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme, Subscription,
+    is_valid_inbox_id, normalize_address, validate_signature_header, validate_webhook_url,
 };
 
 use super::{Error, invalid, validate_sender_entries};
@@ -41,6 +41,10 @@ pub struct InboxConfig {
     /// delivery waits while an earlier one of its thread is pending (retries included).
     #[serde(default)]
     pub ordered: bool,
+    /// The event types the webhook receives: types, `prefix.*` patterns and `*` (SPEC "Event
+    /// types and subscriptions"); unset is `["mail.received", "calendar.*"]`.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
     /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
     /// `calendly:<event type URI>`.
     #[serde(default)]
@@ -78,6 +82,7 @@ impl fmt::Debug for InboxConfig {
             .field("signature_format", &self.signature_format)
             .field("verify_tls", &self.verify_tls)
             .field("ordered", &self.ordered)
+            .field("events", &self.events)
             .field("calendar_event_types", &self.calendar_event_types)
             .field("spf_pass_required", &self.spf_pass_required)
             .field("dkim_pass_required", &self.dkim_pass_required)
@@ -123,6 +128,14 @@ impl InboxConfig {
         }
     }
 
+    /// The webhook's subscription (`events`, checked by [`Self::validate`]).
+    pub fn events(&self) -> Subscription {
+        self.events
+            .as_deref()
+            .and_then(|events| Subscription::parse(events).ok())
+            .unwrap_or_default()
+    }
+
     /// Checks the `idx`-th `[[inbox]]` (keys are named `inbox[idx].…`) and claims its id,
     /// addresses and calendar event types in `claimed`. `allow_http` is `delivery.allow_http`.
     pub(super) fn validate<'a>(
@@ -164,6 +177,9 @@ impl InboxConfig {
         if let Some(url) = &self.webhook_url {
             validate_webhook_url(url, allow_http)
                 .map_err(|message| invalid(key("webhook_url"), message))?;
+        }
+        if let Some(events) = &self.events {
+            Subscription::parse(events).map_err(|message| invalid(key("events"), message))?;
         }
         if let Some(header) = &self.signature_header {
             validate_signature_header(header)

@@ -3,6 +3,7 @@
 //! [`crate::db`], which owns every SQL statement.
 
 use super::inboxes::bump_directory_version;
+use super::jobs::{INSERT_RAISED_DELIVERY, RaisedEvent};
 use super::{Db, Error};
 use crate::model::{Rule, now_ms};
 
@@ -13,11 +14,14 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Query`].
+    ///
+    /// `raised` (its `endpoint.disabled` event) is committed with the switch-off, or not at all.
     pub async fn disable_endpoint(
         &self,
         inbox_id: &str,
         endpoint_ref: &str,
         reason: &str,
+        raised: Option<&RaisedEvent>,
     ) -> Result<(), Error> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -73,6 +77,22 @@ impl Db {
         .bind(endpoint_ref)
         .execute(&mut *tx)
         .await?;
+        if let Some(raised) = raised {
+            for delivery in &raised.deliveries {
+                sqlx::query(INSERT_RAISED_DELIVERY)
+                    .bind(&delivery.id)
+                    .bind(&raised.message_id)
+                    .bind(&raised.inbox_id)
+                    .bind(&raised.event_id)
+                    .bind(delivery.channel.as_str())
+                    .bind(&delivery.endpoint_ref)
+                    .bind(&delivery.target)
+                    .bind(now)
+                    .bind(&raised.event_json)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         // Enabled again later, the endpoint starts with a clean record.
         sqlx::query("DELETE FROM endpoint_failures WHERE inbox_id = $1 AND endpoint_ref = $2")
             .bind(inbox_id)

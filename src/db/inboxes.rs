@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use super::{Db, Error};
 use crate::config::InboxConfig;
 use crate::model::{Inbox, PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
-use crate::model::{WebhookEndpoint, now_ms};
+use crate::model::{Subscription, WebhookEndpoint, now_ms};
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct WebhookSettings {
     /// Why the dispatcher switched the webhook off; setting the webhook clears it.
     pub disabled_reason: Option<String>,
     pub ordered: bool,
+    /// The event types it receives.
+    pub events: Subscription,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -89,7 +91,8 @@ pub struct InboxUpdate {
 const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enabled, \
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
     webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
-    webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at";
+    webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at, \
+    webhook_events";
 
 impl Db {
     /// Writes a config-declared inbox, replacing what an earlier start wrote for it: the config
@@ -105,14 +108,14 @@ impl Db {
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
              webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
              created_at, updated_at, webhook_signature_header, webhook_signature_format, \
-             sender_policy) \
-             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10, $11) \
+             sender_policy, webhook_events) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10, $11, $12) \
              ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
              webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
              webhook_payload = $5, webhook_verify_tls = $7, webhook_ordered = $8, \
              webhook_disabled_reason = NULL, updated_at = $6, \
              webhook_signature_header = $9, webhook_signature_format = $10, \
-             sender_policy = $11",
+             sender_policy = $11, webhook_events = $12",
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
@@ -125,6 +128,7 @@ impl Db {
         .bind(inbox.signature_header.clone())
         .bind(inbox.signature_format.as_str())
         .bind(sender_policy_json(&inbox.sender_policy())?)
+        .bind(events_json(&inbox.events()))
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
@@ -158,7 +162,7 @@ impl Db {
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
              webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json, \
-             webhook_signature_header, webhook_signature_format, sender_policy \
+             webhook_signature_header, webhook_signature_format, sender_policy, webhook_events \
              FROM inboxes \
              WHERE status = 'enabled' \
              ORDER BY id",
@@ -381,8 +385,8 @@ impl Db {
              webhook_signature = $4, webhook_payload = $5, webhook_previous_secret = $6, \
              webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10, \
              webhook_disabled_reason = NULL, webhook_ordered = $11, \
-             webhook_signature_header = $12, webhook_signature_format = $13 \
-             WHERE id = $9",
+             webhook_signature_header = $12, webhook_signature_format = $13, \
+             webhook_events = $14 WHERE id = $9",
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
         .bind(i64::from(webhook.is_none_or(|webhook| webhook.enabled)))
@@ -403,6 +407,7 @@ impl Db {
                 })
                 .as_str(),
         )
+        .bind(webhook.and_then(|webhook| events_json(&webhook.events)))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -494,6 +499,27 @@ fn conflict_or_query(err: sqlx::Error) -> Error {
     }
 }
 
+/// The stored form of a webhook's `events`: `NULL` for the default, so an inbox that never set
+/// them follows the default.
+fn events_json(events: &Subscription) -> Option<String> {
+    (!events.is_default()).then(|| serde_json::Value::from(events.names()).to_string())
+}
+
+/// A stored `events` list. Each pattern was checked when it was set; one that no longer reads
+/// (a type a later release dropped) is left out rather than failing the whole inbox.
+fn events_from_json(stored: Option<String>) -> Subscription {
+    let Some(stored) = stored else {
+        return Subscription::default();
+    };
+    let names: Vec<String> = serde_json::from_str(&stored).unwrap_or_default();
+    Subscription(
+        names
+            .iter()
+            .filter_map(|name| crate::model::EventPattern::parse(name).ok())
+            .collect(),
+    )
+}
+
 fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
     let url: Option<String> = row.try_get("webhook_url")?;
     let webhook = match url {
@@ -522,6 +548,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 verify_tls: verify_tls != 0,
                 disabled_reason: row.try_get("webhook_disabled_reason")?,
                 ordered: row.try_get::<i64, _>("webhook_ordered")? != 0,
+                events: events_from_json(row.try_get("webhook_events")?),
             })
         }
     };
@@ -578,6 +605,7 @@ pub(super) fn endpoint_from_row(
         max_retries: None,
         verify_tls: verify_tls != 0,
         disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
+        events: events_from_json(row.try_get(column("webhook_events").as_str())?),
         ordered: ordered != 0,
     };
     endpoint.expire_previous_secret(now_ms());

@@ -30,6 +30,26 @@ pub struct NewDelivery {
     pub lease: Option<Lease>,
 }
 
+/// An operational event (`delivery.dead`, `endpoint.disabled`) with its delivery jobs, written
+/// in the transaction of the state change that raises it, so it is raised exactly when that
+/// change commits. Its jobs belong to the message of the delivery it is about.
+#[derive(Debug, Clone)]
+pub struct RaisedEvent {
+    pub message_id: String,
+    pub inbox_id: String,
+    pub event_id: String,
+    pub event_json: String,
+    /// Webhook endpoints only, never leased: the dispatcher claims them.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One job of a [`RaisedEvent`]: `$1` id, `$2` message, `$3` inbox, `$4` event id, `$5` channel,
+/// `$6` endpoint ref, `$7` target, `$8` now, `$9` the event.
+pub(super) const INSERT_RAISED_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, \
+    inbox_id, event_id, channel, endpoint_ref, target, status, attempts, failures, \
+    next_attempt_at, created_at, updated_at, ordered, delivery_event) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, 0, $9)";
+
 /// A lease a delivery job is written with.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -53,6 +73,8 @@ pub struct ClaimedJob {
     pub endpoint_ref: String,
     pub channel: Channel,
     pub target: JobTarget,
+    /// The job carries an operational event: nothing is raised about it (no cascades).
+    pub operational: bool,
 }
 
 impl ClaimedJob {
@@ -209,11 +231,12 @@ impl Db {
         // One read for the whole claim, in claim order.
         let load = format!(
             "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-             d.endpoint_ref, d.channel, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
+             d.endpoint_ref, d.channel, d.delivery_event, m.quarantined, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
              i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
              i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
              i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
-             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format \
+             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format, \
+             i.webhook_events \
              FROM deliveries d JOIN messages m ON m.id = d.message_id \
              LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
              ORDER BY d.next_attempt_at, d.id",
@@ -268,6 +291,19 @@ impl Db {
                     }
                 }
             };
+            // A job carrying its own event has a small one; only those are read here.
+            let own_event: Option<String> = row.try_get("delivery_event")?;
+            let operational = own_event.as_deref().is_some_and(|text| {
+                crate::event::Event::from_json(text)
+                    .is_ok_and(|event| crate::model::is_operational(event.event_type()))
+            });
+            let quarantined: i64 = row.try_get("quarantined")?;
+            let event_json = match own_event {
+                Some(event) => event,
+                // A quarantined message's jobs carry its reduced event, never its content.
+                None if quarantined != 0 => quarantined_event(&stored_event(&row)?)?,
+                None => stored_event(&row)?,
+            };
             jobs.push(ClaimedJob {
                 delivery_id: row.try_get("id")?,
                 message_id: row.try_get("message_id")?,
@@ -275,11 +311,12 @@ impl Db {
                 event_id: row.try_get("event_id")?,
                 attempts: row.try_get("attempts")?,
                 failures: row.try_get("failures")?,
-                event_json: stored_event(&row)?,
+                event_json,
                 storage_key: row.try_get("storage_key")?,
                 endpoint_ref,
                 channel,
                 target,
+                operational,
             });
         }
         Ok(jobs)
@@ -339,7 +376,21 @@ impl Db {
     /// # Errors
     /// [`Error::Query`].
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), Error> {
-        self.writes.attempt(record.clone()).await
+        self.writes.attempt(record.clone(), None).await
+    }
+
+    /// [`Db::record_attempt`], and when the record dead-letters the job, the `delivery.dead`
+    /// event it raises, in the same transaction: not at all when this node's lease has passed
+    /// on (the attempt is then not recorded either).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn record_attempt_raising(
+        &self,
+        record: &AttemptRecord,
+        raised: Option<RaisedEvent>,
+    ) -> Result<(), Error> {
+        self.writes.attempt(record.clone(), raised).await
     }
 
     /// Puts a delivery back in the queue, due now, with a fresh retry budget. The event (and so
@@ -519,6 +570,17 @@ impl Db {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(delivery_from_row).collect()
+    }
+}
+
+/// The `mail.quarantined` event of a quarantined message's stored event.
+fn quarantined_event(stored: &str) -> Result<String, Error> {
+    match crate::event::Event::from_json(stored) {
+        Ok(crate::event::Event::Mail(mail)) => Ok(crate::event::to_json(
+            &crate::event::Event::Quarantined(crate::event::QuarantinedEvent::of(&mail)),
+        )),
+        Ok(other) => Ok(crate::event::to_json(&other)),
+        Err(err) => Err(Error::Corrupt(format!("a stored event is not JSON: {err}"))),
     }
 }
 

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event lz4",
         include_str!("../../migrations/0013_event_lz4.sql"),
     ),
+    (
+        14,
+        "event subscriptions",
+        include_str!("../../migrations/0014_event_subscriptions.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

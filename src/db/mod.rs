@@ -253,7 +253,7 @@ pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{
     AttemptRecord, AttemptRow, ClaimedJob, DeliveryRow, EndpointKey, JobTarget, JobUpdate, Lease,
-    NewDelivery, Recover, Recovered,
+    NewDelivery, RaisedEvent, Recover, Recovered,
 };
 pub use limits::NewFingerprint;
 pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow, NewMessage};

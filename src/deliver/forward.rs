@@ -108,6 +108,14 @@ fn build_message(
     let event = match event {
         Event::Calendar(booking) => return build_calendar_message(from, booking, raw, recipients),
         Event::Mail(mail) => mail,
+        // Routing sends these to webhooks only: a quarantined mail is held back and an
+        // operational event has no message to forward.
+        other => {
+            return Err(Error::Build(format!(
+                "{} events are not forwarded by email",
+                other.event_type()
+            )));
+        }
     };
     let sender_name = event
         .email

@@ -241,6 +241,7 @@ impl<'h> Handover<'h> {
                     endpoint_ref: delivery.endpoint_ref.clone(),
                     channel: delivery.channel,
                     target: JobTarget::Webhook(endpoint),
+                    operational: false,
                 },
                 message: message.index,
             });
@@ -333,6 +334,7 @@ mod tests {
             endpoint_ref: "inbox".to_owned(),
             channel: crate::model::Channel::Webhook,
             target: JobTarget::Gone("test".to_owned()),
+            operational: false,
         }
     }
 

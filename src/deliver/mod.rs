@@ -29,9 +29,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::DeliveryConfig;
-use crate::db::{AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate};
-use crate::event::{self, Event};
-use crate::model::{AttemptOutcome, PayloadFormat, now_ms};
+use crate::db::{
+    AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate, NewDelivery, RaisedEvent,
+};
+use crate::event::{self, DeliveryDead, EndpointDisabled, Event};
+use crate::model::{AttemptOutcome, Channel, PayloadFormat, new_id, now_ms, rfc3339};
 use retry::{NextStep, RetryPolicy};
 
 /// Longest the dispatcher sleeps without looking at the queue; bounds how late a job whose
@@ -501,14 +503,17 @@ impl Dispatcher {
             "webhook attempt"
         );
         drop(held);
-        if let Err(err) = self.db.record_attempt(&record).await {
+        let raised = self.delivery_dead(&job, &record);
+        let raises = raised.is_some();
+        if let Err(err) = self.db.record_attempt_raising(&record, raised).await {
             // The lease runs out and the job is attempted again: at-least-once holds.
             tracing::error!(error = %err, "recording delivery attempt failed");
         }
         // A retry falls due later, and a job that ended may unblock the next job of its
-        // thread on an ordered endpoint. Any other end changes nothing a claim would find.
+        // thread on an ordered endpoint; a dead-lettering may have raised jobs. Any other end
+        // changes nothing a claim would find.
         let ordered = matches!(&job.target, JobTarget::Webhook(endpoint) if endpoint.ordered);
-        if ordered || matches!(record.next, JobUpdate::RetryAt(_)) {
+        if ordered || raises || matches!(record.next, JobUpdate::RetryAt(_)) {
             self.wakeup.notify_one();
         }
     }
@@ -563,8 +568,13 @@ impl Dispatcher {
         };
         tracing::info!(outcome = record.outcome.as_str(), error = record.error.as_deref(), next = ?record.next, "email forward attempt");
         drop(held);
-        if let Err(err) = self.db.record_attempt(&record).await {
+        let raised = self.delivery_dead(job, &record);
+        let raises = raised.is_some();
+        if let Err(err) = self.db.record_attempt_raising(&record, raised).await {
             tracing::error!(error = %err, "recording forward attempt failed");
+        }
+        if raises {
+            self.wakeup.notify_one();
         }
     }
 
@@ -644,11 +654,77 @@ impl Dispatcher {
         record.next = JobUpdate::Dead;
     }
 
+    /// The `delivery.dead` event the record raises when it dead-letters the job, with a job for
+    /// each endpoint of the inbox subscribed to it; none about a job that carries an
+    /// operational event itself (no cascades).
+    fn delivery_dead(&self, job: &ClaimedJob, record: &AttemptRecord) -> Option<RaisedEvent> {
+        if !matches!(record.next, JobUpdate::Dead) || job.operational {
+            return None;
+        }
+        let id = new_id("evt");
+        let event = Event::DeliveryDead(DeliveryDead {
+            agent_id: job.inbox_id.as_str().into(),
+            attempts: job.attempts.saturating_add(1),
+            delivery_id: job.delivery_id.clone(),
+            endpoint: job.endpoint_ref.clone(),
+            event_id: job.event_id.as_str().into(),
+            id: id.as_str().into(),
+            last_error: record.error.clone(),
+            last_status_code: record.status_code,
+            message_id: job.message_id.as_str().into(),
+            timestamp: rfc3339(now_ms()),
+            kind: event::DeliveryDeadType::DeliveryDead,
+        });
+        self.raise(job, id, &event)
+    }
+
+    /// `event` (operational, about `job`'s endpoint) with its jobs, or `None` when no endpoint
+    /// of the inbox subscribes to it.
+    fn raise(&self, job: &ClaimedJob, id: String, event: &Event) -> Option<RaisedEvent> {
+        let inbox = self.directory.inbox(&job.inbox_id)?;
+        let deliveries: Vec<NewDelivery> =
+            crate::route::operational_webhooks(&inbox, event.event_type(), &job.endpoint_ref)
+                .into_iter()
+                .map(|(endpoint_ref, webhook)| NewDelivery {
+                    id: new_id("dlv"),
+                    channel: Channel::Webhook,
+                    endpoint_ref,
+                    target: webhook.url,
+                    ordered: false,
+                    lease: None,
+                })
+                .collect();
+        if deliveries.is_empty() {
+            return None;
+        }
+        Some(RaisedEvent {
+            message_id: job.message_id.clone(),
+            inbox_id: job.inbox_id.clone(),
+            event_id: id,
+            event_json: event::to_json(event),
+            deliveries,
+        })
+    }
+
     async fn disable_endpoint(&self, job: &ClaimedJob, reason: &str) {
         tracing::warn!(inbox_id = %job.inbox_id, endpoint = %job.endpoint_ref, reason, "disabling the webhook endpoint");
+        let raised = if job.operational {
+            None
+        } else {
+            let id = new_id("evt");
+            let event = Event::EndpointDisabled(EndpointDisabled {
+                agent_id: job.inbox_id.as_str().into(),
+                endpoint: job.endpoint_ref.clone(),
+                id: id.as_str().into(),
+                reason: reason.to_owned(),
+                timestamp: rfc3339(now_ms()),
+                kind: event::EndpointDisabledType::EndpointDisabled,
+            });
+            self.raise(job, id, &event)
+        };
         if let Err(err) = self
             .db
-            .disable_endpoint(&job.inbox_id, &job.endpoint_ref, reason)
+            .disable_endpoint(&job.inbox_id, &job.endpoint_ref, reason, raised.as_ref())
             .await
         {
             tracing::error!(error = %err, "disabling the endpoint failed");

@@ -9,21 +9,30 @@ use crate::model::Provider;
 
 /// A booking change from a calendar provider. Only `provider` and `type` must be there to read
 /// one back; the rest read as empty when missing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CalendarBookingEvent)]
 pub struct CalendarEvent {
     /// The inbox id.
     #[serde(default)]
+    #[schema(value_type = String)]
     pub agent_id: InboxId,
+    /// The booking, normalised across providers (free-form, see SPEC.md).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub booking: Booking,
     #[serde(default)]
+    #[schema(value_type = String)]
     pub event_id: EventId,
     #[serde(default)]
+    #[schema(value_type = String)]
     pub message_id: MessageId,
     /// The provider's webhook body as received (`null` if it was not JSON).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
+    /// `cal.com` or `calendly`.
     #[serde(serialize_with = "provider_name", deserialize_with = "provider_named")]
+    #[schema(value_type = String)]
     pub provider: Provider,
     #[serde(default)]
     pub s3_bucket: String,
@@ -31,7 +40,10 @@ pub struct CalendarEvent {
     pub s3_key: String,
     #[serde(default)]
     pub timestamp: String,
+    /// `calendar.booking.created`, `calendar.booking.cancelled` or
+    /// `calendar.booking.rescheduled`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "calendar.booking.created")]
     pub change: BookingChange,
 }
 

@@ -15,10 +15,12 @@ use crate::prompt::{self, Templates};
 
 /// The `mail.received` event. Fields in wire order (alphabetical, see the module docs of
 /// [`crate::event`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
+#[schema(as = MailReceivedEvent)]
 pub struct MailEvent {
     /// The inbox id.
+    #[schema(value_type = String)]
     pub agent_id: InboxId,
     pub auth: Auth,
     pub email: Email,
@@ -26,11 +28,13 @@ pub struct MailEvent {
     pub envelope_from: String,
     /// The envelope recipients that resolved to this inbox.
     pub envelope_to: Vec<String>,
+    #[schema(value_type = String)]
     pub event_id: EventId,
     /// Only the sender's new text; `null` when the size cap left it out.
     pub extracted_text: Option<String>,
     pub helo: String,
     pub is_duplicate: bool,
+    #[schema(value_type = String)]
     pub message_id: MessageId,
     /// Set when the size cap left bodies out: names them and the raw message's URL.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,7 @@ pub struct MailEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<bool>,
     pub rate_limited: bool,
+    #[schema(value_type = Option<String>)]
     pub remote_ip: Option<IpAddr>,
     pub s3_bucket: String,
     pub s3_key: String,
@@ -52,10 +57,13 @@ pub struct MailEvent {
     /// Size of the raw message in bytes.
     pub size: u64,
     pub subject: String,
+    #[schema(value_type = String)]
     pub thread_id: ThreadId,
     pub timestamp: String,
     pub traffic_types: Vec<String>,
+    /// `mail.received`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "mail.received")]
     pub kind: MailReceived,
     pub warnings: Vec<String>,
 }

@@ -22,7 +22,8 @@ pub fn payload_for(event: &Event, format: PayloadFormat) -> Payload<'_> {
         (PayloadFormat::Botmailroom, Event::Mail(mail)) => {
             Payload::BotMailRoom(BotMailRoomEmail::of_event(mail))
         }
-        // A calendar event (provider ingress) has no `email` to reshape; it goes as it is.
+        // A calendar, quarantined or operational event has no `email` to reshape; it goes as
+        // it is.
         (PayloadFormat::Mxhook | PayloadFormat::Botmailroom, _) => Payload::Event(event),
     }
 }

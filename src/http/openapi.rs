@@ -59,7 +59,14 @@ use super::api::{
         ingress::put_event_types,
         ingress::delete_event_types,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(
+        crate::event::MailEvent,
+        crate::event::QuarantinedEvent,
+        crate::event::CalendarEvent,
+        crate::event::DeliveryDead,
+        crate::event::EndpointDisabled,
+    )),
+    modifiers(&BearerAuth, &EventCatalogue),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -73,6 +80,32 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The event types (SPEC "Event types and subscriptions") as the `WebhookEventType` schema: what the
+/// inbox webhook's `events` and rules' `filters.event_types` name, besides `prefix.*` and `*`.
+/// Each type's body is its own schema: `MailReceivedEvent`, `MailQuarantinedEvent`,
+/// `CalendarBookingEvent` (the three `calendar.booking.*`), `DeliveryDeadEvent` and
+/// `EndpointDisabledEvent`.
+struct EventCatalogue;
+
+impl Modify for EventCatalogue {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.schemas.insert(
+            "WebhookEventType".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "An event type. Bodies: mail.received MailReceivedEvent, mail.quarantined \
+                     MailQuarantinedEvent, calendar.booking.* CalendarBookingEvent, \
+                     delivery.dead DeliveryDeadEvent, endpoint.disabled EndpointDisabledEvent.",
+                ))
+                .enum_values(Some(crate::model::EVENT_TYPES))
+                .into(),
         );
     }
 }

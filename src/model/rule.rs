@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PayloadFormat, SignatureFormat, SignatureScheme, TrustTier};
+use super::{PayloadFormat, SignatureFormat, SignatureScheme, Subscription, TrustTier};
 
 /// One notification rule of an inbox, in the wire shape SPEC.md gives: what the API and the
 /// dashboard take and answer, what the database stores, and what routing and the dispatcher
@@ -41,6 +41,22 @@ pub struct Filters {
     pub sender_domains: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_tiers: Vec<TrustTier>,
+    /// The event types the rule's channels receive; unset is `["mail.received", "calendar.*"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>, example = json!(["mail.*"]))]
+    pub event_types: Vec<String>,
+}
+
+impl Filters {
+    /// The rule's subscription: its `event_types`, or the default when unset. A stored list
+    /// that no longer reads (it was validated when set) subscribes to nothing rather than to
+    /// more than was asked.
+    pub fn subscription(&self) -> Subscription {
+        if self.event_types.is_empty() {
+            return Subscription::default();
+        }
+        Subscription::parse(&self.event_types).unwrap_or(Subscription(Vec::new()))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -149,6 +165,8 @@ impl Rule {
         if self.id.trim().is_empty() || self.id.len() > 64 {
             return Err("id: must be 1-64 characters".to_owned());
         }
+        Subscription::parse(&self.filters.event_types)
+            .map_err(|message| format!("filters.event_types: {message}"))?;
         if let Some(webhook) = &self.channels.webhook {
             super::validate_webhook_url(&webhook.url, allow_http)
                 .map_err(|message| format!("channels.webhook.url: {message}"))?;

@@ -169,3 +169,52 @@ fn unset_endpoint_settings_read_as_the_defaults_and_are_not_echoed() {
                "channels": {"webhook": {"enabled": true, "url": "https://h.example"}}})
     );
 }
+
+#[test]
+fn event_types_filter_every_channel_and_default_to_mail_and_calendar() {
+    let rules = json!([
+        {"id": "default", "name": "no event_types",
+         "channels": {"webhook": {"url": "https://hooks.example.net/a"},
+                      "email": {"recipients": ["ops@example.net"]}}},
+        {"id": "ops", "name": "operational",
+         "filters": {"event_types": ["delivery.*", "mail.quarantined"]},
+         "channels": {"webhook": {"url": "https://hooks.example.net/b"},
+                      "email": {"recipients": ["ops@example.net"]}}},
+        {"id": "all", "name": "everything", "filters": {"event_types": ["*"]},
+         "channels": {"webhook": {"url": "https://hooks.example.net/c"}}}
+    ]);
+    check(
+        rules.clone(),
+        &flags(false, &[], "a@example.org", "unverified"),
+        &[
+            "webhook:default",
+            "email:default:ops@example.net",
+            "webhook:all",
+        ],
+    );
+    check(
+        rules.clone(),
+        &EventFlags::without_sender("calendar.booking.created"),
+        &[
+            "webhook:default",
+            "email:default:ops@example.net",
+            "webhook:all",
+        ],
+    );
+    // Neither a quarantined mail nor an operational event is forwarded by email.
+    check(
+        rules.clone(),
+        &EventFlags::without_sender("mail.quarantined"),
+        &["webhook:ops", "webhook:all"],
+    );
+    check(
+        rules.clone(),
+        &EventFlags::without_sender("delivery.dead"),
+        &["webhook:ops", "webhook:all"],
+    );
+    check(
+        rules,
+        &EventFlags::without_sender("endpoint.disabled"),
+        &["webhook:all"],
+    );
+}

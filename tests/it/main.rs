@@ -26,6 +26,7 @@ mod scale_out;
 mod signatures;
 mod smtp_session;
 mod starttls;
+mod subscriptions;
 mod threading;
 mod tidy;
 mod ui;

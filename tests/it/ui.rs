@@ -1315,3 +1315,71 @@ async fn dead_letter_page_recovers_a_window_of_an_inbox() {
     })
     .await;
 }
+
+/// Whether the page's event checkbox for `event_type` is ticked.
+fn event_checked(page: &Page, event_type: &str) -> bool {
+    let marker = format!("value=\"{event_type}\"");
+    let start = page.body.find(&marker).expect("the event checkbox") + marker.len();
+    let end = page.body[start..].find('>').expect("end of tag") + start;
+    page.body[start..end].contains("checked")
+}
+
+#[tokio::test]
+async fn webhook_form_sets_the_events_it_receives() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let page = ui.get("/ui/inboxes/agent").await;
+    // The default: mail.received and every calendar type.
+    for (event_type, ticked) in [
+        ("mail.received", true),
+        ("mail.quarantined", false),
+        ("calendar.booking.created", true),
+        ("calendar.booking.rescheduled", true),
+        ("delivery.dead", false),
+        ("endpoint.disabled", false),
+    ] {
+        assert_eq!(event_checked(&page, event_type), ticked, "{event_type}");
+    }
+    let csrf = page.csrf();
+    let url = receiver.url();
+    let post = |boxes: Vec<(&'static str, &'static str)>| {
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("url", url.as_str()),
+            ("enabled", "1"),
+            ("verify_tls", "1"),
+            ("events_shown", "1"),
+        ];
+        form.extend(boxes);
+        let ui = &ui;
+        async move { ui.post("/ui/inboxes/agent/webhook", &form).await }
+    };
+    let saved = post(vec![
+        ("event_1", "mail.quarantined"),
+        ("event_5", "delivery.dead"),
+    ])
+    .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, webhook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
+    assert_eq!(
+        webhook["events"],
+        json!(["mail.quarantined", "delivery.dead"])
+    );
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert!(event_checked(&page, "delivery.dead"));
+    assert!(!event_checked(&page, "mail.received"));
+
+    // Every calendar type ticked reads back as the default's `calendar.*`.
+    let saved = post(vec![
+        ("event_0", "mail.received"),
+        ("event_2", "calendar.booking.created"),
+        ("event_3", "calendar.booking.cancelled"),
+        ("event_4", "calendar.booking.rescheduled"),
+    ])
+    .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, webhook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
+    assert_eq!(webhook["events"], json!(["mail.received", "calendar.*"]));
+}

@@ -22,7 +22,7 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::limits::FingerprintPrune;
-use super::{AttemptRecord, Backend, EndpointKey, Error, NewMessage};
+use super::{AttemptRecord, Backend, EndpointKey, Error, NewMessage, RaisedEvent};
 
 mod exec;
 mod sqlite;
@@ -79,8 +79,8 @@ pub(super) enum Request {
     /// Accepted messages with their jobs; answered, per message, with its event when the
     /// commit changed it.
     Accepted(Pending<Vec<NewMessage>, Vec<Option<String>>>),
-    /// An attempt and its job's next state.
-    Attempt(Pending<AttemptRecord, ()>),
+    /// An attempt and its job's next state, with the event a dead-lettering raises.
+    Attempt(Pending<(AttemptRecord, Option<RaisedEvent>), ()>),
     /// Answered with the buckets' new levels, in order.
     RateCount(Pending<RateCount, Vec<i64>>),
     /// Answered with the ids of the claimed jobs.
@@ -124,7 +124,8 @@ impl Request {
                 pending.reply = Some(events);
             }
             Self::Attempt(pending) => {
-                statements::write_attempt(exec, &pending.write).await?;
+                let (record, raised) = &pending.write;
+                statements::write_attempt(exec, record, raised.as_ref()).await?;
                 pending.reply = Some(());
             }
             Self::RateCount(pending) => {
@@ -279,9 +280,13 @@ impl GroupCommit {
         self.send(messages, Request::Accepted).await
     }
 
-    /// Records an attempt and moves its job on.
-    pub(super) async fn attempt(&self, record: AttemptRecord) -> Result<(), Error> {
-        self.send(record, Request::Attempt).await
+    /// Records an attempt and moves its job on, with the event a dead-lettering raises.
+    pub(super) async fn attempt(
+        &self,
+        record: AttemptRecord,
+        raised: Option<RaisedEvent>,
+    ) -> Result<(), Error> {
+        self.send((record, raised), Request::Attempt).await
     }
 
     /// Counts one message against rate buckets; the new levels, in order.

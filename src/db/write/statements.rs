@@ -7,11 +7,12 @@
 
 use super::Claim;
 use super::exec::{Exec, args};
-use crate::db::jobs::{NOT_BLOCKED, not_to};
+use crate::db::jobs::{INSERT_RAISED_DELIVERY, NOT_BLOCKED, not_to};
 use crate::db::limits::FingerprintPrune;
 use crate::db::messages::compress_event;
 use crate::db::{
-    AttemptRecord, Backend, Error, JobUpdate, NewFingerprint, NewMessage, header_text, placeholders,
+    AttemptRecord, Backend, Error, JobUpdate, NewFingerprint, NewMessage, RaisedEvent, header_text,
+    placeholders,
 };
 use crate::model::{DeliveryStatus, now_ms};
 
@@ -324,6 +325,7 @@ fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64
 pub(super) async fn write_attempt(
     exec: &mut impl Exec,
     record: &AttemptRecord,
+    raised: Option<&RaisedEvent>,
 ) -> Result<(), Error> {
     // The write comes first: on SQLite a transaction that reads and then writes fails at
     // once with "database is locked" when another attempt committed in between, and the
@@ -374,6 +376,29 @@ pub(super) async fn write_attempt(
         ],
     )
     .await?;
+    // Raised only by the record that dead-letters, in its transaction: a node killed before
+    // the commit leaves neither, and the attempt that dead-letters the job later raises it.
+    if status == DeliveryStatus::Dead
+        && let Some(raised) = raised
+    {
+        for delivery in &raised.deliveries {
+            exec.execute(
+                INSERT_RAISED_DELIVERY,
+                &args![
+                    &delivery.id,
+                    &raised.message_id,
+                    &raised.inbox_id,
+                    &raised.event_id,
+                    delivery.channel,
+                    &delivery.endpoint_ref,
+                    &delivery.target,
+                    now,
+                    &raised.event_json,
+                ],
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 

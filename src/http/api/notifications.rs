@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::Value;
@@ -62,6 +63,14 @@ fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError>
         if rule.id.is_empty() {
             rule.id = new_id("rule");
         }
+        // An unknown event type is a 422, as the webhook's `events` (SPEC "Event types and
+        // subscriptions"); `validate` checks it too, for the dashboard.
+        crate::model::Subscription::parse(&rule.filters.event_types).map_err(|message| {
+            ApiError::Rejected {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: format!("rules[{idx}].filters.event_types: {message}"),
+            }
+        })?;
         rule.validate(state.delivery.allow_http)
             .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
         if let Some(webhook) = rule.channels.webhook.as_mut()

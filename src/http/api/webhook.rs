@@ -38,6 +38,9 @@ pub(crate) struct WebhookView {
     #[schema(required)]
     disabled_reason: Option<String>,
     ordered: bool,
+    /// The event types it receives: types, `prefix.*` patterns and `*`.
+    #[schema(example = json!(["mail.received", "calendar.*"]))]
+    events: Vec<String>,
     has_secret: bool,
     /// Until when the secret a rotation replaced still signs beside the new one.
     #[schema(required)]
@@ -93,6 +96,7 @@ pub(crate) fn webhook_view(webhook: &WebhookSettings) -> WebhookView {
         verify_tls: webhook.verify_tls,
         disabled_reason: webhook.disabled_reason.clone(),
         ordered: webhook.ordered,
+        events: webhook.events.names(),
         has_secret: webhook.secret.is_some(),
         previous_secret_expires_at: webhook
             .previous_secret_expires_at
@@ -204,6 +208,10 @@ pub(crate) struct PutWebhook {
     verify_tls: Option<bool>,
     /// Deliver one thread's events in acceptance order (default false; unchanged when left out).
     ordered: Option<bool>,
+    /// The event types it receives: types, `prefix.*` patterns and `*` (default
+    /// `["mail.received", "calendar.*"]`; unchanged when left out). An unknown one is a 422.
+    #[schema(example = json!(["mail.*", "delivery.dead"]))]
+    events: Option<Vec<String>>,
 }
 
 /// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
@@ -254,6 +262,15 @@ pub(crate) async fn put_webhook(
         crate::model::validate_signature_header(header)
             .map_err(|reason| ApiError::BadRequest(format!("signature_header: {reason}")))?;
     }
+    let events = body
+        .events
+        .as_deref()
+        .map(crate::model::Subscription::parse)
+        .transpose()
+        .map_err(|reason| ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("events: {reason}"),
+        })?;
     let existing = inbox.webhook;
     let signature = body
         .signature
@@ -325,6 +342,9 @@ pub(crate) async fn put_webhook(
             .ordered
             .or(existing.as_ref().map(|webhook| webhook.ordered))
             .unwrap_or(false),
+        events: events
+            .or_else(|| existing.as_ref().map(|webhook| webhook.events.clone()))
+            .unwrap_or_default(),
     };
     if !state.db.set_webhook(&id, Some(&settings)).await? {
         return Err(ApiError::NotFound("inbox"));

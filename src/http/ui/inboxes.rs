@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::{Auth, Error, UiState, chart, render, when};
 use crate::db::{EndpointStats, InboxRow, WebhookSettings};
 use crate::http::api::{inboxes, notifications, webhook};
-use crate::model::DEFAULT_HMAC_HEADER;
 use crate::model::Provider;
+use crate::model::{DEFAULT_HMAC_HEADER, EVENT_TYPES, Subscription};
 
 const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
 const PAYLOADS: &[&str] = &["mxhook", "botmailroom"];
@@ -141,6 +141,43 @@ struct WebhookFields {
     signature_format: String,
     verify_tls: bool,
     ordered: bool,
+    /// The catalogue's types the webhook receives (its patterns expanded), checked in the form.
+    events: Vec<&'static str>,
+}
+
+/// The types of `events` among the catalogue, for the form's checkboxes.
+fn checked_types(events: &Subscription) -> Vec<&'static str> {
+    EVENT_TYPES
+        .into_iter()
+        .filter(|event_type| events.matches(event_type))
+        .collect()
+}
+
+/// The checked types as a subscription: every type is `*`, and all of a prefix's types are its
+/// `prefix.*`, so the default reads back as the default.
+fn subscription_of(checked: &[&str]) -> Vec<String> {
+    if EVENT_TYPES.iter().all(|known| checked.contains(known)) {
+        return vec!["*".to_owned()];
+    }
+    let calendar: Vec<&str> = EVENT_TYPES
+        .into_iter()
+        .filter(|known| known.starts_with("calendar."))
+        .collect();
+    let all_calendar = calendar.iter().all(|known| checked.contains(known));
+    let mut out = Vec::new();
+    for known in EVENT_TYPES {
+        if !checked.contains(&known) {
+            continue;
+        }
+        if known.starts_with("calendar.") && all_calendar {
+            if !out.iter().any(|pattern| pattern == "calendar.*") {
+                out.push("calendar.*".to_owned());
+            }
+        } else {
+            out.push(known.to_owned());
+        }
+    }
+    out
 }
 
 impl WebhookFields {
@@ -165,6 +202,11 @@ impl WebhookFields {
                 .to_owned(),
             verify_tls: webhook.is_none_or(|webhook| webhook.verify_tls),
             ordered: webhook.is_some_and(|webhook| webhook.ordered),
+            events: checked_types(
+                &webhook
+                    .map(|webhook| webhook.events.clone())
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -178,6 +220,7 @@ impl WebhookFields {
             signature_format: form.signature_format.clone(),
             verify_tls: form.verify_tls.is_some(),
             ordered: form.ordered.is_some(),
+            events: form.checked_events(),
         }
     }
 }
@@ -223,6 +266,7 @@ async fn detail_page(
             "signatures": SIGNATURES,
             "payloads": PAYLOADS,
             "signature_formats": SIGNATURE_FORMATS,
+            "event_types": EVENT_TYPES,
             "hmac_scheme": HMAC_SCHEME,
             "notice": notice,
             "error": refusal.message,
@@ -295,9 +339,37 @@ pub(super) struct WebhookForm {
     signature_format: String,
     verify_tls: Option<String>,
     ordered: Option<String>,
+    /// Set by the form that shows the event checkboxes, so a form without them (an older page)
+    /// leaves `events` unchanged instead of unsubscribing from everything.
+    events_shown: Option<String>,
+    /// One checkbox per type of the catalogue, in its order; the value is the type.
+    event_0: Option<String>,
+    event_1: Option<String>,
+    event_2: Option<String>,
+    event_3: Option<String>,
+    event_4: Option<String>,
+    event_5: Option<String>,
+    event_6: Option<String>,
 }
 
 impl WebhookForm {
+    /// The checked types of the catalogue; anything else a tampered form sends is dropped.
+    fn checked_events(&self) -> Vec<&'static str> {
+        let boxes = [
+            &self.event_0,
+            &self.event_1,
+            &self.event_2,
+            &self.event_3,
+            &self.event_4,
+            &self.event_5,
+            &self.event_6,
+        ];
+        EVENT_TYPES
+            .into_iter()
+            .filter(|known| boxes.iter().any(|value| value.as_deref() == Some(*known)))
+            .collect()
+    }
+
     /// The `PUT /v1/inboxes/{id}/webhook` body: the form always holds every setting, so each is
     /// sent; the hmac-only ones only with that scheme, which leaves them unchanged otherwise.
     fn api_body(&self) -> Value {
@@ -307,6 +379,9 @@ impl WebhookForm {
             "verify_tls": self.verify_tls.is_some(),
             "ordered": self.ordered.is_some(),
         });
+        if self.events_shown.is_some() {
+            body["events"] = json!(subscription_of(&self.checked_events()));
+        }
         if !self.signature.is_empty() {
             body["signature"] = json!(self.signature);
         }
