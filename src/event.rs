@@ -32,7 +32,10 @@ pub use mail::{
     Address, Attachment, Email, EventContext, Flags, MailEvent, MailReceived, Thread, TrustTier,
     build, build_guarded, build_with_flags,
 };
-pub use payload::{BotMailRoomAttachment, BotMailRoomEmail, Payload, payload_for};
+pub use payload::{
+    BotMailRoomAttachment, BotMailRoomEmail, EndpointName, EventData, EventDataTs, Payload,
+    Recipient, payload_for, payload_for_endpoint,
+};
 
 /// An event as stored and delivered: a received mail or a calendar booking change.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -121,6 +121,9 @@ pub struct WebhookEndpoint {
     pub disabled_reason: Option<String>,
     /// Deliver one thread's events in acceptance order (a job waits for the earlier ones).
     pub ordered: bool,
+    /// What the `event-data` payload names the endpoint (`webhook.name`): the rule's name;
+    /// `None` for the inbox webhook, which its inbox id names.
+    pub name: Option<String>,
 }
 
 impl WebhookEndpoint {
@@ -136,7 +139,11 @@ impl WebhookEndpoint {
 
     /// A rule's webhook, signed with its inbox's secrets (rules carry no secret of their own, so
     /// one receiver-side key verifies everything an inbox sends).
-    pub fn for_rule(channel: &WebhookChannel, inbox: Option<&WebhookEndpoint>) -> Self {
+    pub fn for_rule(
+        rule_name: &str,
+        channel: &WebhookChannel,
+        inbox: Option<&WebhookEndpoint>,
+    ) -> Self {
         Self {
             url: channel.url.clone(),
             enabled: channel.enabled,
@@ -153,6 +160,7 @@ impl WebhookEndpoint {
             verify_tls: channel.verify_tls(),
             disabled_reason: channel.disabled_reason.clone(),
             ordered: channel.ordered(),
+            name: Some(rule_name.to_owned()),
         }
     }
 }

@@ -579,6 +579,7 @@ pub(super) fn endpoint_from_row(
         verify_tls: verify_tls != 0,
         disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
         ordered: ordered != 0,
+        name: None,
     };
     endpoint.expire_previous_secret(now_ms());
     Ok(Some(endpoint))

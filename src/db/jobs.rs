@@ -236,6 +236,7 @@ impl Db {
                         }
                         (_, Some(rule)) => match &rule.channels.webhook {
                             Some(webhook) => JobTarget::Webhook(WebhookEndpoint::for_rule(
+                                &rule.name,
                                 webhook,
                                 inbox_webhook.as_ref(),
                             )),

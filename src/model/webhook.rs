@@ -101,11 +101,21 @@ pub fn validate_signature_header(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The body an endpoint receives (SPEC "Event types and subscriptions": `payload` shapes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
+    /// The event as it is.
+    #[serde(rename = "mxhook")]
     Mxhook,
+    /// BotMailRoom's email object.
+    #[serde(rename = "botmailroom")]
     Botmailroom,
+    /// `{event, webhook {id, name}, timestamp, data}` (the agent-platform envelope).
+    #[serde(rename = "event-data")]
+    EventData,
+    /// `{event, data, ts}`.
+    #[serde(rename = "event-data-ts")]
+    EventDataTs,
 }
 
 impl PayloadFormat {
@@ -113,12 +123,19 @@ impl PayloadFormat {
         match self {
             Self::Mxhook => "mxhook",
             Self::Botmailroom => "botmailroom",
+            Self::EventData => "event-data",
+            Self::EventDataTs => "event-data-ts",
         }
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Mxhook, Self::Botmailroom]
-            .into_iter()
-            .find(|format| format.as_str() == value)
+        [
+            Self::Mxhook,
+            Self::Botmailroom,
+            Self::EventData,
+            Self::EventDataTs,
+        ]
+        .into_iter()
+        .find(|format| format.as_str() == value)
     }
 }

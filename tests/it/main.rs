@@ -16,6 +16,7 @@ mod ingress;
 mod migrations;
 mod openapi;
 mod payload;
+mod payload_shapes;
 mod process;
 mod readme_promises;
 mod readme_tour;

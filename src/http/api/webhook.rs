@@ -192,7 +192,7 @@ pub(crate) struct PutWebhook {
     /// agentmail (default), standard, botmailroom or hmac-sha256.
     #[schema(value_type = Option<String>)]
     signature: Option<SignatureScheme>,
-    /// mxhook (default) or botmailroom.
+    /// mxhook (default), botmailroom, event-data or event-data-ts.
     #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
     /// The hmac-sha256 scheme's header (default X-Webhook-Signature; unchanged when left out).
