@@ -277,6 +277,7 @@ mod tests {
             verify_tls: true,
             disabled_reason: None,
             ordered: false,
+            endpoint: crate::model::EndpointSettings::default(),
         };
         assert!(
             db.set_webhook("api", Some(&webhook))

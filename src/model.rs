@@ -21,7 +21,8 @@ pub use provider::Provider;
 pub use rule::{Channels, EmailChannel, Filters, Rule, WebhookChannel};
 pub use trust::TrustTier;
 pub use webhook::{
-    DEFAULT_HMAC_HEADER, PayloadFormat, SignatureFormat, SignatureScheme, is_reserved_header,
+    DEFAULT_HMAC_HEADER, EndpointSettings, MAX_RETRIES, MAX_TIMEOUT_S, PayloadFormat,
+    SignatureFormat, SignatureScheme, is_reserved_header, validate_endpoint_settings,
     validate_signature_header,
 };
 

@@ -2,14 +2,14 @@
 //! payload, ordering, calendar event types and sender policy (secret redacted in `Debug`) —
 //! with the defaults of its keys and its validation, including what two inboxes may not share.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Deserialize;
 
 use crate::model::{
-    PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme, is_valid_inbox_id,
-    normalize_address, validate_signature_header, validate_webhook_url,
+    EndpointSettings, PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme,
+    is_valid_inbox_id, normalize_address, validate_signature_header, validate_webhook_url,
 };
 
 use super::{Error, invalid, validate_sender_entries};
@@ -41,6 +41,17 @@ pub struct InboxConfig {
     /// delivery waits while an earlier one of its thread is pending (retries included).
     #[serde(default)]
     pub ordered: bool,
+    /// Extra request headers of every webhook delivery (`{ X-Team = "ops" }`).
+    #[serde(default)]
+    pub custom_headers: BTreeMap<String, String>,
+    /// The webhook's request timeout in whole seconds (at most 300); unset is
+    /// `delivery.timeout_s`.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+    /// The webhook's retries before dead-lettering (at most 10); unset is
+    /// `delivery.max_retries`.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
     /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
     /// `calendly:<event type URI>`.
     #[serde(default)]
@@ -78,6 +89,13 @@ impl fmt::Debug for InboxConfig {
             .field("signature_format", &self.signature_format)
             .field("verify_tls", &self.verify_tls)
             .field("ordered", &self.ordered)
+            // Header values may be the receiver's credentials: only the names.
+            .field(
+                "custom_headers",
+                &self.custom_headers.keys().collect::<Vec<_>>(),
+            )
+            .field("timeout_s", &self.timeout_s)
+            .field("max_retries", &self.max_retries)
             .field("calendar_event_types", &self.calendar_event_types)
             .field("spf_pass_required", &self.spf_pass_required)
             .field("dkim_pass_required", &self.dkim_pass_required)
@@ -120,6 +138,15 @@ impl InboxConfig {
             allow_senders: self.allow_senders.clone(),
             block_senders: self.block_senders.clone(),
             policy_action: self.policy_action,
+        }
+    }
+
+    /// The webhook's delivery settings, as the inbox row stores them.
+    pub fn endpoint_settings(&self) -> EndpointSettings {
+        EndpointSettings {
+            custom_headers: self.custom_headers.clone(),
+            timeout_s: self.timeout_s,
+            max_retries: self.max_retries,
         }
     }
 
@@ -169,6 +196,9 @@ impl InboxConfig {
             validate_signature_header(header)
                 .map_err(|message| invalid(key("signature_header"), message))?;
         }
+        self.endpoint_settings()
+            .validate(self.signature, self.signature_header.as_deref())
+            .map_err(|(field, message)| invalid(key(field), message))?;
         for (field, entries) in [
             ("allow_senders", &self.allow_senders),
             ("block_senders", &self.block_senders),

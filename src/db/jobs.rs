@@ -191,7 +191,8 @@ impl Db {
              i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
              i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
              i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
-             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format \
+             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format, \
+             i.webhook_endpoint_json \
              FROM deliveries d JOIN messages m ON m.id = d.message_id \
              LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
              ORDER BY d.next_attempt_at, d.id",

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event lz4",
         include_str!("../../migrations/0013_event_lz4.sql"),
     ),
+    (
+        15,
+        "endpoint settings",
+        include_str!("../../migrations/0015_endpoint_settings.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

@@ -12,6 +12,7 @@ mod fixtures;
 mod forward;
 mod group_commit;
 mod hostile_smtp;
+mod inbox_webhook_settings;
 mod ingress;
 mod migrations;
 mod openapi;
