@@ -46,6 +46,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// The upstream a request was to reach gave no answer (send-to's one attempt).
+    #[error("{0}")]
+    BadGateway(String),
     /// A request body or query axum could not take: its status (400, 413, 415, 422) is kept.
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
@@ -61,6 +64,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::Rejected { status, .. } => (
                 *status,
                 match status.as_u16() {

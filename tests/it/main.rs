@@ -24,6 +24,7 @@ mod readme_tour;
 mod rules;
 mod s3_storage;
 mod scale_out;
+mod send_to;
 mod signatures;
 mod smtp_session;
 mod starttls;

@@ -56,7 +56,7 @@ secret, headers = sys.argv[1], json.loads(sys.argv[2])
 Webhook(secret).verify(sys.stdin.buffer.read(), headers)
 "#;
 
-const HMAC_VERIFIER: &str = r#"
+pub(crate) const HMAC_VERIFIER: &str = r#"
 import sys, json, hmac, hashlib
 secret, headers = sys.argv[1].encode(), {k.lower(): v for k, v in json.loads(sys.argv[2]).items()}
 body = sys.stdin.buffer.read()

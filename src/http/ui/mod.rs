@@ -126,9 +126,9 @@ impl From<ApiError> for Error {
             ApiError::NotFound(what) => Self::NotFound(what),
             ApiError::Forbidden(why) => Self::Forbidden(why),
             ApiError::Unauthorized(why) => Self::Forbidden(why),
-            ApiError::BadRequest(message) | ApiError::Conflict(message) => {
-                Self::BadRequest(message)
-            }
+            ApiError::BadRequest(message)
+            | ApiError::Conflict(message)
+            | ApiError::BadGateway(message) => Self::BadRequest(message),
             ApiError::Rejected { message, .. } => Self::BadRequest(message),
             ApiError::Internal(detail) => Self::Internal(detail),
         }
