@@ -168,3 +168,43 @@ async fn the_inbox_webhook_honours_its_api_settings_and_refuses_bad_ones_by_name
     let (_, cleared) = put(json!({"url": url, "custom_headers": {}})).await;
     assert_eq!(cleared["custom_headers"], json!({}), "{cleared}");
 }
+
+#[tokio::test]
+async fn a_rule_webhook_keeps_its_name_and_description() {
+    let gateway = TestGateway::start(options(None)).await;
+    let webhook = json!({"url": "https://hooks.example.com/in", "name": "Ops hook",
+                         "description": "pages the on-call engineer"});
+    let (status, stored) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(json!([{"name": "ops", "channels": {"webhook": webhook}}])),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    let (_, rules) = gateway
+        .api("GET", "/v1/inboxes/agent/notifications", None)
+        .await;
+    let shown = &rules[0]["channels"]["webhook"];
+    assert_eq!(shown["name"], "Ops hook", "{rules}");
+    assert_eq!(
+        shown["description"], "pages the on-call engineer",
+        "{rules}"
+    );
+
+    let long = "x".repeat(1001);
+    let (status, answer) = gateway
+        .api(
+            "PUT",
+            "/v1/inboxes/agent/notifications",
+            Some(json!([{"name": "ops", "channels": {"webhook": {
+                "url": "https://hooks.example.com/in", "description": long}}}])),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["error"]["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("rules[0].channels.webhook.description:"),
+        "{message}"
+    );
+}

@@ -31,4 +31,5 @@ mod starttls;
 mod threading;
 mod tidy;
 mod ui;
+mod ui_endpoint_settings;
 mod verification;

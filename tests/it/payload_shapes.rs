@@ -138,6 +138,7 @@ async fn event_data_on_the_inbox_webhook_and_a_rule_is_the_agent_platform_shape_
         &gateway,
         json!({"rules": [
             {"name": "Platform agent", "channels": {"webhook": {
+                "name": "the webhook's own label", "description": "not the envelope's name",
                 "url": rule_hook.url(), "payload": "event-data", "signature": "hmac-sha256",
                 "signature_format": "hex"}}},
             {"name": "plain", "channels": {"webhook": {"url": plain_hook.url()}}}

@@ -17,8 +17,8 @@ use crate::http::api::{inboxes, notifications, webhook};
 use crate::model::DEFAULT_HMAC_HEADER;
 use crate::model::Provider;
 
-const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
-const PAYLOADS: &[&str] = &["mxhook", "botmailroom", "event-data", "event-data-ts"];
+pub(super) const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
+pub(super) const PAYLOADS: &[&str] = &["mxhook", "botmailroom", "event-data", "event-data-ts"];
 const SIGNATURE_FORMATS: &[&str] = &["sha256=hex", "hex"];
 /// The only scheme that reads `signature_header` and `signature_format`.
 const HMAC_SCHEME: &str = "hmac-sha256";
