@@ -27,7 +27,8 @@ pub(crate) struct SendTo {
     /// link-local address (unless delivery.allow_private_targets).
     url: String,
     /// agentmail, standard, botmailroom or hmac-sha256; default the inbox webhook's (agentmail
-    /// without one). Signed with the inbox webhook's secret; unsigned, per the scheme, without.
+    /// without one). Signed with the inbox webhook's secret (unsigned, per the scheme, without
+    /// one), in its signature header and format, with its custom headers and timeout.
     #[schema(value_type = Option<String>)]
     signature: Option<SignatureScheme>,
     /// mxhook, botmailroom, event-data or event-data-ts; default the inbox webhook's (mxhook
