@@ -278,6 +278,7 @@ mod tests {
             disabled_reason: None,
             ordered: false,
             events: crate::model::Subscription::default(),
+            endpoint: crate::model::EndpointSettings::default(),
         };
         assert!(
             db.set_webhook("api", Some(&webhook))

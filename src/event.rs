@@ -37,7 +37,10 @@ pub use operational::{
     DeliveryDead, DeliveryDeadType, EndpointDisabled, EndpointDisabledType, HeaderMetadata,
     MailQuarantined, QuarantinedEvent,
 };
-pub use payload::{BotMailRoomAttachment, BotMailRoomEmail, Payload, payload_for};
+pub use payload::{
+    BotMailRoomAttachment, BotMailRoomEmail, EndpointName, EventData, EventDataTs, Payload,
+    Recipient, payload_for, payload_for_endpoint,
+};
 
 /// An event as stored and delivered: a received mail, a calendar booking change, a quarantined
 /// mail's reduced event, or an operational event about a delivery or an endpoint.

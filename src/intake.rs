@@ -607,12 +607,19 @@ impl Intake {
         for route in route::routes(&inbox.rules, flags, own_address) {
             let (channel, rule_id, target, ordered, webhook) = match route {
                 route::Route::Webhook { rule_id } => {
-                    let webhook = inbox
-                        .rules
-                        .iter()
-                        .find(|rule| rule.id == rule_id)
-                        .and_then(|rule| rule.channels.webhook.as_ref())
-                        .map(|webhook| WebhookEndpoint::for_rule(webhook, inbox.webhook.as_ref()));
+                    let webhook =
+                        inbox
+                            .rules
+                            .iter()
+                            .find(|rule| rule.id == rule_id)
+                            .and_then(|rule| {
+                                let webhook = rule.channels.webhook.as_ref()?;
+                                Some(WebhookEndpoint::for_rule(
+                                    &rule.name,
+                                    webhook,
+                                    inbox.webhook.as_ref(),
+                                ))
+                            });
                     let url = webhook
                         .as_ref()
                         .map(|webhook| webhook.url.clone())

@@ -26,7 +26,8 @@ pub use subscription::{
 };
 pub use trust::TrustTier;
 pub use webhook::{
-    DEFAULT_HMAC_HEADER, PayloadFormat, SignatureFormat, SignatureScheme, is_reserved_header,
+    DEFAULT_HMAC_HEADER, EndpointSettings, MAX_RETRIES, MAX_TIMEOUT_S, PayloadFormat,
+    SignatureFormat, SignatureScheme, is_reserved_header, validate_endpoint_settings,
     validate_signature_header,
 };
 
@@ -129,6 +130,9 @@ pub struct WebhookEndpoint {
     /// The event types it receives (SPEC "Event types and subscriptions"). A rule's webhook
     /// has its rule's `filters.event_types`, which routing checks before this is built.
     pub events: Subscription,
+    /// What the `event-data` payload names the endpoint (`webhook.name`): the rule's name;
+    /// `None` for the inbox webhook, which its inbox id names.
+    pub name: Option<String>,
 }
 
 impl WebhookEndpoint {
@@ -144,7 +148,11 @@ impl WebhookEndpoint {
 
     /// A rule's webhook, signed with its inbox's secrets (rules carry no secret of their own, so
     /// one receiver-side key verifies everything an inbox sends).
-    pub fn for_rule(channel: &WebhookChannel, inbox: Option<&WebhookEndpoint>) -> Self {
+    pub fn for_rule(
+        rule_name: &str,
+        channel: &WebhookChannel,
+        inbox: Option<&WebhookEndpoint>,
+    ) -> Self {
         Self {
             url: channel.url.clone(),
             enabled: channel.enabled,
@@ -162,6 +170,7 @@ impl WebhookEndpoint {
             disabled_reason: channel.disabled_reason.clone(),
             ordered: channel.ordered(),
             events: Subscription::default(),
+            name: Some(rule_name.to_owned()),
         }
     }
 }

@@ -87,15 +87,13 @@ pub fn operational_webhooks(
         if endpoint_ref == about {
             continue;
         }
-        let channel = inbox
-            .rules
-            .iter()
-            .find(|rule| rule.id == rule_id)
-            .and_then(|rule| rule.channels.webhook.as_ref());
-        if let Some(channel) = channel {
+        let rule = inbox.rules.iter().find(|rule| rule.id == rule_id);
+        if let Some((rule, channel)) =
+            rule.and_then(|rule| Some((rule, rule.channels.webhook.as_ref()?)))
+        {
             out.push((
                 endpoint_ref,
-                WebhookEndpoint::for_rule(channel, inbox.webhook.as_ref()),
+                WebhookEndpoint::for_rule(&rule.name, channel, inbox.webhook.as_ref()),
             ));
         }
     }

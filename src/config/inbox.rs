@@ -2,14 +2,15 @@
 //! payload, ordering, calendar event types and sender policy (secret redacted in `Debug`) —
 //! with the defaults of its keys and its validation, including what two inboxes may not share.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Deserialize;
 
 use crate::model::{
-    PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme, Subscription,
-    is_valid_inbox_id, normalize_address, validate_signature_header, validate_webhook_url,
+    EndpointSettings, PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme,
+    Subscription, is_valid_inbox_id, normalize_address, validate_signature_header,
+    validate_webhook_url,
 };
 
 use super::{Error, invalid, validate_sender_entries};
@@ -45,6 +46,17 @@ pub struct InboxConfig {
     /// types and subscriptions"); unset is `["mail.received", "calendar.*"]`.
     #[serde(default)]
     pub events: Option<Vec<String>>,
+    /// Extra request headers of every webhook delivery (`{ X-Team = "ops" }`).
+    #[serde(default)]
+    pub custom_headers: BTreeMap<String, String>,
+    /// The webhook's request timeout in whole seconds (at most 300); unset is
+    /// `delivery.timeout_s`.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+    /// The webhook's retries before dead-lettering (at most 10); unset is
+    /// `delivery.max_retries`.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
     /// Calendar event types whose bookings this inbox receives, as `calcom:<eventTypeId>` or
     /// `calendly:<event type URI>`.
     #[serde(default)]
@@ -83,6 +95,13 @@ impl fmt::Debug for InboxConfig {
             .field("verify_tls", &self.verify_tls)
             .field("ordered", &self.ordered)
             .field("events", &self.events)
+            // Header values may be the receiver's credentials: only the names.
+            .field(
+                "custom_headers",
+                &self.custom_headers.keys().collect::<Vec<_>>(),
+            )
+            .field("timeout_s", &self.timeout_s)
+            .field("max_retries", &self.max_retries)
             .field("calendar_event_types", &self.calendar_event_types)
             .field("spf_pass_required", &self.spf_pass_required)
             .field("dkim_pass_required", &self.dkim_pass_required)
@@ -136,6 +155,15 @@ impl InboxConfig {
             .unwrap_or_default()
     }
 
+    /// The webhook's delivery settings, as the inbox row stores them.
+    pub fn endpoint_settings(&self) -> EndpointSettings {
+        EndpointSettings {
+            custom_headers: self.custom_headers.clone(),
+            timeout_s: self.timeout_s,
+            max_retries: self.max_retries,
+        }
+    }
+
     /// Checks the `idx`-th `[[inbox]]` (keys are named `inbox[idx].…`) and claims its id,
     /// addresses and calendar event types in `claimed`. `allow_http` is `delivery.allow_http`.
     pub(super) fn validate<'a>(
@@ -185,6 +213,9 @@ impl InboxConfig {
             validate_signature_header(header)
                 .map_err(|message| invalid(key("signature_header"), message))?;
         }
+        self.endpoint_settings()
+            .validate(self.signature, self.signature_header.as_deref())
+            .map_err(|(field, message)| invalid(key(field), message))?;
         for (field, entries) in [
             ("allow_senders", &self.allow_senders),
             ("block_senders", &self.block_senders),

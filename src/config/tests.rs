@@ -308,3 +308,59 @@ fn duration_accessors_read_the_seconds_the_keys_spell() {
     assert_eq!(unchecked.lease(), Duration::ZERO);
     assert_eq!(unchecked.retry_base(), Duration::MAX);
 }
+
+#[test]
+fn the_inbox_webhook_takes_the_endpoint_settings_checked_by_key() {
+    let inbox = "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mxhook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{inbox}custom_headers = {{ X-Team = \"ops\" }}\ntimeout_s = 300\nmax_retries = 10\n"
+        ),
+    )
+    .expect("write config");
+    let config = Config::load(Some(&path), Vec::new()).expect("the settings are keys of [[inbox]]");
+    let settings = config.inboxes[0].endpoint_settings();
+    assert_eq!(settings.custom_headers["X-Team"], "ops");
+    assert_eq!(
+        (settings.timeout_s, settings.max_retries),
+        (Some(300), Some(10))
+    );
+
+    check_error(
+        &format!("{inbox}timeout_s = 301\n"),
+        &[],
+        "inbox[0].timeout_s",
+    );
+    check_error(
+        &format!("{inbox}timeout_s = 0\n"),
+        &[],
+        "inbox[0].timeout_s",
+    );
+    check_error(
+        &format!("{inbox}max_retries = 11\n"),
+        &[],
+        "inbox[0].max_retries",
+    );
+    check_error(
+        &format!("{inbox}custom_headers = {{ Content-Type = \"text/plain\" }}\n"),
+        &[],
+        "inbox[0].custom_headers",
+    );
+    // The header the hmac-sha256 scheme signs in cannot be set beside the signature.
+    check_error(
+        &format!(
+            "{inbox}signature = \"hmac-sha256\"\nsignature_header = \"X-Sig\"\n\
+             custom_headers = {{ x-sig = \"forged\" }}\n"
+        ),
+        &[],
+        "inbox[0].custom_headers",
+    );
+    check_error(
+        &format!("{inbox}custom_headers = {{ \"Bad Name\" = \"x\" }}\n"),
+        &[],
+        "inbox[0].custom_headers",
+    );
+}

@@ -9,7 +9,9 @@ use sqlx::any::AnyRow;
 
 use super::{Db, Error};
 use crate::config::InboxConfig;
-use crate::model::{Inbox, PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme};
+use crate::model::{
+    EndpointSettings, Inbox, PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme,
+};
 use crate::model::{Subscription, WebhookEndpoint, now_ms};
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
@@ -46,6 +48,8 @@ pub struct WebhookSettings {
     pub ordered: bool,
     /// The event types it receives.
     pub events: Subscription,
+    /// `custom_headers`, `timeout_s`, `max_retries`.
+    pub endpoint: EndpointSettings,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -65,6 +69,7 @@ impl std::fmt::Debug for WebhookSettings {
             .field("verify_tls", &self.verify_tls)
             .field("disabled_reason", &self.disabled_reason)
             .field("ordered", &self.ordered)
+            .field("endpoint", &self.endpoint)
             .finish()
     }
 }
@@ -92,7 +97,7 @@ const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enab
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
     webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
     webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at, \
-    webhook_events";
+    webhook_events, webhook_endpoint_json";
 
 impl Db {
     /// Writes a config-declared inbox, replacing what an earlier start wrote for it: the config
@@ -108,14 +113,14 @@ impl Db {
             "INSERT INTO inboxes (id, source, webhook_url, webhook_enabled, webhook_secret, \
              webhook_signature, webhook_payload, webhook_verify_tls, webhook_ordered, \
              created_at, updated_at, webhook_signature_header, webhook_signature_format, \
-             sender_policy, webhook_events) \
-             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10, $11, $12) \
+             sender_policy, webhook_events, webhook_endpoint_json) \
+             VALUES ($1, 'config', $2, 1, $3, $4, $5, $7, $8, $6, $6, $9, $10, $11, $12, $13) \
              ON CONFLICT (id) DO UPDATE SET source = 'config', webhook_url = $2, \
              webhook_enabled = 1, webhook_secret = $3, webhook_signature = $4, \
              webhook_payload = $5, webhook_verify_tls = $7, webhook_ordered = $8, \
              webhook_disabled_reason = NULL, updated_at = $6, \
              webhook_signature_header = $9, webhook_signature_format = $10, \
-             sender_policy = $11, webhook_events = $12",
+             sender_policy = $11, webhook_events = $12, webhook_endpoint_json = $13",
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
@@ -129,6 +134,7 @@ impl Db {
         .bind(inbox.signature_format.as_str())
         .bind(sender_policy_json(&inbox.sender_policy())?)
         .bind(events_json(&inbox.events()))
+        .bind(endpoint_settings_json(&inbox.endpoint_settings())?)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM inbox_addresses WHERE inbox_id = $1")
@@ -162,7 +168,8 @@ impl Db {
             "SELECT id, webhook_url, webhook_enabled, webhook_secret, webhook_signature, \
              webhook_payload, webhook_previous_secret, webhook_previous_secret_expires_at, \
              webhook_verify_tls, webhook_disabled_reason, webhook_ordered, notifications_json, \
-             webhook_signature_header, webhook_signature_format, sender_policy, webhook_events \
+             webhook_signature_header, webhook_signature_format, sender_policy, webhook_events, \
+             webhook_endpoint_json \
              FROM inboxes \
              WHERE status = 'enabled' \
              ORDER BY id",
@@ -386,7 +393,8 @@ impl Db {
              webhook_previous_secret_expires_at = $7, updated_at = $8, webhook_verify_tls = $10, \
              webhook_disabled_reason = NULL, webhook_ordered = $11, \
              webhook_signature_header = $12, webhook_signature_format = $13, \
-             webhook_events = $14 WHERE id = $9",
+             webhook_events = $14, webhook_endpoint_json = $15 \
+             WHERE id = $9",
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
         .bind(i64::from(webhook.is_none_or(|webhook| webhook.enabled)))
@@ -408,6 +416,10 @@ impl Db {
                 .as_str(),
         )
         .bind(webhook.and_then(|webhook| events_json(&webhook.events)))
+        .bind(match webhook {
+            Some(webhook) => endpoint_settings_json(&webhook.endpoint)?,
+            None => None,
+        })
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -549,6 +561,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 disabled_reason: row.try_get("webhook_disabled_reason")?,
                 ordered: row.try_get::<i64, _>("webhook_ordered")? != 0,
                 events: events_from_json(row.try_get("webhook_events")?),
+                endpoint: endpoint_settings_from_json(row.try_get("webhook_endpoint_json")?)?,
             })
         }
     };
@@ -586,6 +599,8 @@ pub(super) fn endpoint_from_row(
     let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
     let ordered: i64 = row.try_get(column("webhook_ordered").as_str())?;
     let signature_format: String = row.try_get(column("webhook_signature_format").as_str())?;
+    let settings =
+        endpoint_settings_from_json(row.try_get(column("webhook_endpoint_json").as_str())?)?;
     let mut endpoint = WebhookEndpoint {
         url,
         enabled: enabled != 0,
@@ -600,16 +615,39 @@ pub(super) fn endpoint_from_row(
         signature_format: SignatureFormat::parse(&signature_format).ok_or_else(|| {
             Error::Corrupt(format!("unknown signature format `{signature_format}`"))
         })?,
-        custom_headers: std::collections::BTreeMap::new(),
-        timeout: None,
-        max_retries: None,
+        timeout: settings.timeout(),
+        max_retries: settings.max_retries,
+        custom_headers: settings.custom_headers,
         verify_tls: verify_tls != 0,
         disabled_reason: row.try_get(column("webhook_disabled_reason").as_str())?,
         events: events_from_json(row.try_get(column("webhook_events").as_str())?),
         ordered: ordered != 0,
+        name: None,
     };
     endpoint.expire_previous_secret(now_ms());
     Ok(Some(endpoint))
+}
+
+/// The inbox webhook's delivery settings as the inbox row stores them: `NULL` when none is set.
+///
+/// # Errors
+/// [`Error::Corrupt`] if they do not serialize (they always do).
+fn endpoint_settings_json(settings: &EndpointSettings) -> Result<Option<String>, Error> {
+    if *settings == EndpointSettings::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(settings)
+        .map(Some)
+        .map_err(|err| Error::Corrupt(err.to_string()))
+}
+
+/// Stored delivery settings. Ones that do not parse are an error rather than the defaults: a
+/// dropped header could be the receiver's authentication.
+fn endpoint_settings_from_json(text: Option<String>) -> Result<EndpointSettings, Error> {
+    text.map_or(Ok(EndpointSettings::default()), |text| {
+        serde_json::from_str(&text)
+            .map_err(|err| Error::Corrupt(format!("inbox webhook settings: {err}")))
+    })
 }
 
 /// The sender policy as the inbox row stores it: `NULL` when it is the default (no policy).

@@ -99,6 +99,7 @@ pub struct EndpointKey {
 /// What a job delivers to, read at attempt time so that edits to endpoints and rules apply to
 /// pending jobs.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per claimed job, moved into its attempt: no box needed
 pub enum JobTarget {
     Webhook(WebhookEndpoint),
     Email {
@@ -236,7 +237,7 @@ impl Db {
              i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
              i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
              i.notifications_json, i.webhook_signature_header, i.webhook_signature_format, \
-             i.webhook_events \
+             i.webhook_events, i.webhook_endpoint_json \
              FROM deliveries d JOIN messages m ON m.id = d.message_id \
              LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
              ORDER BY d.next_attempt_at, d.id",
@@ -281,6 +282,7 @@ impl Db {
                         }
                         (_, Some(rule)) => match &rule.channels.webhook {
                             Some(webhook) => JobTarget::Webhook(WebhookEndpoint::for_rule(
+                                &rule.name,
                                 webhook,
                                 inbox_webhook.as_ref(),
                             )),

@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event subscriptions",
         include_str!("../../migrations/0014_event_subscriptions.sql"),
     ),
+    (
+        15,
+        "endpoint settings",
+        include_str!("../../migrations/0015_endpoint_settings.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

@@ -381,7 +381,7 @@ mod tests {
             let channel: crate::model::WebhookChannel =
                 serde_json::from_str(r#"{"url": "https://receiver.example/hook"}"#)
                     .expect("a channel needs only its url");
-            WebhookEndpoint::for_rule(&channel, None)
+            WebhookEndpoint::for_rule("rule", &channel, None)
         });
         Routed {
             delivery: NewDelivery {

@@ -399,7 +399,13 @@ impl Dispatcher {
                     PayloadFormat::Mxhook => Ok(job.event_json.clone().into_bytes()),
                     format => Event::from_json(&job.event_json)
                         .map(|stored| {
-                            event::to_json(&event::payload_for(&stored, format)).into_bytes()
+                            let recipient = event::Recipient {
+                                endpoint_id: &job.endpoint_ref,
+                                endpoint_name: endpoint.name.as_deref().unwrap_or(&job.inbox_id),
+                                sent_at: chrono::Utc::now(),
+                            };
+                            let payload = event::payload_for_endpoint(&stored, format, &recipient);
+                            event::to_json(&payload).into_bytes()
                         })
                         .map_err(|err| format!("stored event is not JSON: {err}")),
                 };

@@ -1,5 +1,6 @@
-//! The body one endpoint receives, by its payload format: the event as it is (`mxhook`), or the
-//! BotMailRoom email object (`botmailroom`). Borrowed from the event, written once.
+//! The body one endpoint receives, by its payload format: the event as it is (`mxhook`), the
+//! BotMailRoom email object (`botmailroom`), or the event wrapped in an envelope that names its
+//! type (`event-data`, `event-data-ts`). Borrowed from the event, written once.
 
 use serde::Serialize;
 
@@ -14,10 +15,65 @@ use crate::model::PayloadFormat;
 pub enum Payload<'a> {
     Event(&'a Event),
     BotMailRoom(BotMailRoomEmail<'a>),
+    EventData(EventData<'a>),
+    EventDataTs(EventDataTs<'a>),
 }
 
-/// The body to POST for one endpoint.
+/// Who the body is for and when it is sent: what the envelope formats say besides the event.
+#[derive(Debug, Clone)]
+pub struct Recipient<'a> {
+    /// The endpoint id: `inbox` or `rule:<id>`.
+    pub endpoint_id: &'a str,
+    /// The rule's name, or the inbox id for the inbox webhook.
+    pub endpoint_name: &'a str,
+    pub sent_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `event-data`: the agent-platform envelope. Fields in the order SPEC.md lists them.
+#[derive(Debug, Serialize)]
+pub struct EventData<'a> {
+    event: &'static str,
+    webhook: EndpointName<'a>,
+    /// ISO 8601 UTC with microseconds and `Z`.
+    timestamp: String,
+    data: &'a Event,
+}
+
+/// The `webhook` object of `event-data`.
+#[derive(Debug, Serialize)]
+pub struct EndpointName<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+/// `event-data-ts`: the event with its type and the send time in unix milliseconds.
+#[derive(Debug, Serialize)]
+pub struct EventDataTs<'a> {
+    event: &'static str,
+    data: &'a Event,
+    ts: i64,
+}
+
+/// The body to POST for one endpoint. The envelope formats need to know who it is for and
+/// when; use [`payload_for_endpoint`] for them (here they name no endpoint and the current time).
 pub fn payload_for(event: &Event, format: PayloadFormat) -> Payload<'_> {
+    payload_for_endpoint(
+        event,
+        format,
+        &Recipient {
+            endpoint_id: "",
+            endpoint_name: "",
+            sent_at: chrono::Utc::now(),
+        },
+    )
+}
+
+/// The body to POST to `recipient`.
+pub fn payload_for_endpoint<'a>(
+    event: &'a Event,
+    format: PayloadFormat,
+    recipient: &Recipient<'a>,
+) -> Payload<'a> {
     match (format, event) {
         (PayloadFormat::Botmailroom, Event::Mail(mail)) => {
             Payload::BotMailRoom(BotMailRoomEmail::of_event(mail))
@@ -25,6 +81,22 @@ pub fn payload_for(event: &Event, format: PayloadFormat) -> Payload<'_> {
         // A calendar, quarantined or operational event has no `email` to reshape; it goes as
         // it is.
         (PayloadFormat::Mxhook | PayloadFormat::Botmailroom, _) => Payload::Event(event),
+        (PayloadFormat::EventData, _) => Payload::EventData(EventData {
+            event: event.event_type(),
+            webhook: EndpointName {
+                id: recipient.endpoint_id,
+                name: recipient.endpoint_name,
+            },
+            timestamp: recipient
+                .sent_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            data: event,
+        }),
+        (PayloadFormat::EventDataTs, _) => Payload::EventDataTs(EventDataTs {
+            event: event.event_type(),
+            data: event,
+            ts: recipient.sent_at.timestamp_millis(),
+        }),
     }
 }
 

@@ -365,3 +365,41 @@ fn the_duplicate_flag_is_set_in_the_stored_event_and_nothing_else_changes() {
     assert_eq!(flagged, to_json(&event));
     assert_eq!(with_duplicate_flag(&flagged, true), None);
 }
+
+#[test]
+fn envelope_payloads_wrap_the_event_with_its_type_endpoint_and_send_time() {
+    let envelope = Envelope::default();
+    let recipients = vec!["agent@example.com".to_owned()];
+    let parsed = crate::parse::parse(b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n");
+    let event = Event::Mail(build(&context(&envelope, &recipients, 1 << 20), &parsed));
+    let sent_at = chrono::DateTime::from_timestamp_micros(1_776_340_800_123_456).expect("time");
+    let recipient = Recipient {
+        endpoint_id: "rule:rule_1",
+        endpoint_name: "Platform agent",
+        sent_at,
+    };
+    let event_text = to_json(&event);
+
+    let data = to_json(&payload_for_endpoint(
+        &event,
+        PayloadFormat::EventData,
+        &recipient,
+    ));
+    assert_eq!(
+        data,
+        format!(
+            "{{\"event\":\"mail.received\",\"webhook\":{{\"id\":\"rule:rule_1\",\
+             \"name\":\"Platform agent\"}},\"timestamp\":\"2026-04-16T12:00:00.123456Z\",\
+             \"data\":{event_text}}}"
+        )
+    );
+    let data_ts = to_json(&payload_for_endpoint(
+        &event,
+        PayloadFormat::EventDataTs,
+        &recipient,
+    ));
+    assert_eq!(
+        data_ts,
+        format!("{{\"event\":\"mail.received\",\"data\":{event_text},\"ts\":1776340800123}}")
+    );
+}

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// A bulk action that matched more than one call may change: nothing was changed.
     #[error("{0}")]
     TooMany(String),
+    /// The upstream a request was to reach gave no answer (send-to's one attempt).
+    #[error("{0}")]
+    BadGateway(String),
     /// A request body or query axum could not take: its status (400, 413, 415, 422) is kept.
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
@@ -66,6 +69,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooMany(_) => (StatusCode::BAD_REQUEST, "too_many_deliveries"),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::Rejected { status, .. } => (
                 *status,
                 match status.as_u16() {

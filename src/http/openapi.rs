@@ -8,7 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, webhook,
+    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, send_to,
+    webhook,
 };
 
 #[derive(OpenApi)]
@@ -25,6 +26,7 @@ use super::api::{
         metrics::metrics,
         messages::get_message,
         messages::get_raw_message,
+        send_to::send_to,
         deliveries::list_deliveries,
         deliveries::get_delivery,
         deliveries::list_attempts,

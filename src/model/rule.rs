@@ -78,6 +78,12 @@ pub struct WebhookChannel {
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     pub url: String,
+    /// The webhook's own label, stored and shown (the `event-data` payload names the rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Free text about the webhook, stored and shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub signature: Option<SignatureScheme>,
@@ -147,6 +153,9 @@ fn enabled_by_default() -> bool {
     true
 }
 
+/// The longest `name` or `description` of a rule's webhook, in bytes.
+const MAX_WEBHOOK_TEXT: usize = 1000;
+
 /// A rule webhook's defaults (SPEC "Delivery": endpoint settings).
 const DEFAULT_TIMEOUT_S: u32 = 30;
 const DEFAULT_MAX_RETRIES: u32 = 6;
@@ -170,35 +179,28 @@ impl Rule {
         if let Some(webhook) = &self.channels.webhook {
             super::validate_webhook_url(&webhook.url, allow_http)
                 .map_err(|message| format!("channels.webhook.url: {message}"))?;
-            if webhook
-                .timeout_s
-                .is_some_and(|timeout_s| !(1..=300).contains(&timeout_s))
-            {
-                return Err("channels.webhook.timeout_s: must be in (0, 300]".to_owned());
-            }
-            if webhook.max_retries.is_some_and(|retries| retries > 10) {
-                return Err("channels.webhook.max_retries: must be at most 10".to_owned());
-            }
             if let Some(header) = &webhook.signature_header {
                 super::validate_signature_header(header)
                     .map_err(|message| format!("channels.webhook.signature_header: {message}"))?;
             }
-            let signature_header = webhook
-                .signature_header
-                .as_deref()
-                .unwrap_or(super::DEFAULT_HMAC_HEADER);
-            for name in webhook.custom_headers.iter().flat_map(BTreeMap::keys) {
-                // A custom header is added beside the signature, so one named like the
-                // signature header would send two values and no receiver could verify.
-                let signs_in_it = webhook.signature() == SignatureScheme::HmacSha256
-                    && name.eq_ignore_ascii_case(signature_header);
-                if super::is_reserved_header(name)
-                    || signs_in_it
-                    || name.is_empty()
-                    || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            super::validate_endpoint_settings(
+                webhook.custom_headers.as_ref().unwrap_or(&BTreeMap::new()),
+                webhook.timeout_s,
+                webhook.max_retries,
+                webhook.signature(),
+                webhook.signature_header.as_deref(),
+            )
+            .map_err(|(field, message)| format!("channels.webhook.{field}: {message}"))?;
+            for (field, text) in [
+                ("name", &webhook.name),
+                ("description", &webhook.description),
+            ] {
+                if text
+                    .as_ref()
+                    .is_some_and(|text| text.len() > MAX_WEBHOOK_TEXT)
                 {
                     return Err(format!(
-                        "channels.webhook.custom_headers: `{name}` cannot be set"
+                        "channels.webhook.{field}: must be at most {MAX_WEBHOOK_TEXT} bytes"
                     ));
                 }
             }

@@ -18,7 +18,12 @@ const OTHER_STANDARD_SECRET: &str = "whsec_dGhlIG5leHQgc2VjcmV0IGFmdGVyIHJvdGF0a
 
 /// Runs a Python verifier with the body on stdin and headers as JSON in argv; true when it
 /// accepts.
-fn python_accepts(script: &str, secret: &str, headers: &[(String, String)], body: &[u8]) -> bool {
+pub(crate) fn python_accepts(
+    script: &str,
+    secret: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> bool {
     use std::io::Write as _;
     let headers_json = serde_json::to_string(
         &headers
@@ -51,7 +56,7 @@ secret, headers = sys.argv[1], json.loads(sys.argv[2])
 Webhook(secret).verify(sys.stdin.buffer.read(), headers)
 "#;
 
-const HMAC_VERIFIER: &str = r#"
+pub(crate) const HMAC_VERIFIER: &str = r#"
 import sys, json, hmac, hashlib
 secret, headers = sys.argv[1].encode(), {k.lower(): v for k, v in json.loads(sys.argv[2]).items()}
 body = sys.stdin.buffer.read()
@@ -117,7 +122,7 @@ async fn delivered_with_lines(lines: &str, secret: &str) -> crate::support::Rece
     receiver.recv().await
 }
 
-fn headers_of(request: &crate::support::Received) -> Vec<(String, String)> {
+pub(crate) fn headers_of(request: &crate::support::Received) -> Vec<(String, String)> {
     request
         .headers
         .iter()

@@ -15,20 +15,20 @@ use crate::support::{
 };
 
 /// A browser-like client: no automatic redirects, cookies carried by hand.
-struct Ui {
+pub(crate) struct Ui {
     base: String,
     http: reqwest::Client,
     session: Option<String>,
 }
 
-struct Page {
-    status: u16,
+pub(crate) struct Page {
+    pub(crate) status: u16,
     headers: HeaderMap,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(LOCATION)
             .and_then(|value| value.to_str().ok())
@@ -45,7 +45,7 @@ impl Page {
     }
 
     /// The value of the first hidden `csrf` field.
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let marker = "name=\"csrf\" value=\"";
         let start = self.body.find(marker).expect("a form with a csrf field") + marker.len();
         let end = self.body[start..].find('"').expect("end of value") + start;
@@ -63,7 +63,7 @@ fn cookie_value(set_cookie: &[String], name: &str) -> Option<String> {
 }
 
 impl Ui {
-    fn new(gateway: &TestGateway) -> Self {
+    pub(crate) fn new(gateway: &TestGateway) -> Self {
         Self::from_address(gateway, None)
     }
 
@@ -102,12 +102,12 @@ impl Ui {
         }
     }
 
-    async fn get(&self, path: &str) -> Page {
+    pub(crate) async fn get(&self, path: &str) -> Page {
         self.send(self.http.get(format!("{}{path}", self.base)), None)
             .await
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
         self.send(
             form_post(self.http.post(format!("{}{path}", self.base)), form),
             None,
@@ -116,7 +116,7 @@ impl Ui {
     }
 
     /// Logs in through the form; returns the answer to the POST.
-    async fn login(&mut self, key: &str) -> Page {
+    pub(crate) async fn login(&mut self, key: &str) -> Page {
         let form = self.get("/ui/login").await;
         assert_eq!(form.status, 200, "{}", form.body);
         let login_cookie =

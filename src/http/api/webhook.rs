@@ -14,7 +14,9 @@ use serde_json::Value;
 use super::inboxes::visible_inbox;
 use crate::db::WebhookSettings;
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
-use crate::model::{AttemptOutcome, Channel, PayloadFormat, SignatureFormat, SignatureScheme};
+use crate::model::{
+    AttemptOutcome, Channel, EndpointSettings, PayloadFormat, SignatureFormat, SignatureScheme,
+};
 use crate::model::{duration_ms, now_ms, rfc3339};
 
 /// The inbox webhook as the API shows it: whether a secret is set, never the secret, except
@@ -41,6 +43,14 @@ pub(crate) struct WebhookView {
     /// The event types it receives: types, `prefix.*` patterns and `*`.
     #[schema(example = json!(["mail.received", "calendar.*"]))]
     events: Vec<String>,
+    /// Extra request headers of every delivery.
+    custom_headers: std::collections::BTreeMap<String, String>,
+    /// Request timeout in whole seconds; null is `delivery.timeout_s`.
+    #[schema(required)]
+    timeout_s: Option<u32>,
+    /// Retries before the delivery is dead-lettered; null is `delivery.max_retries`.
+    #[schema(required)]
+    max_retries: Option<u32>,
     has_secret: bool,
     /// Until when the secret a rotation replaced still signs beside the new one.
     #[schema(required)]
@@ -97,6 +107,9 @@ pub(crate) fn webhook_view(webhook: &WebhookSettings) -> WebhookView {
         disabled_reason: webhook.disabled_reason.clone(),
         ordered: webhook.ordered,
         events: webhook.events.names(),
+        custom_headers: webhook.endpoint.custom_headers.clone(),
+        timeout_s: webhook.endpoint.timeout_s,
+        max_retries: webhook.endpoint.max_retries,
         has_secret: webhook.secret.is_some(),
         previous_secret_expires_at: webhook
             .previous_secret_expires_at
@@ -196,7 +209,7 @@ pub(crate) struct PutWebhook {
     /// agentmail (default), standard, botmailroom or hmac-sha256.
     #[schema(value_type = Option<String>)]
     signature: Option<SignatureScheme>,
-    /// mxhook (default) or botmailroom.
+    /// mxhook (default), botmailroom, event-data or event-data-ts.
     #[schema(value_type = Option<String>)]
     payload: Option<PayloadFormat>,
     /// The hmac-sha256 scheme's header (default X-Webhook-Signature; unchanged when left out).
@@ -212,6 +225,28 @@ pub(crate) struct PutWebhook {
     /// `["mail.received", "calendar.*"]`; unchanged when left out). An unknown one is a 422.
     #[schema(example = json!(["mail.*", "delivery.dead"]))]
     events: Option<Vec<String>>,
+    /// Extra request headers (replace the stored ones; `{}` removes them; unchanged when left
+    /// out). Reserved names and the signature header cannot be set.
+    custom_headers: Option<std::collections::BTreeMap<String, String>>,
+    /// Request timeout in whole seconds, 1-300; null goes back to `delivery.timeout_s`
+    /// (unchanged when left out).
+    #[serde(default, deserialize_with = "set_or_null")]
+    #[schema(value_type = Option<u32>)]
+    timeout_s: Option<Option<u32>>,
+    /// Retries before dead-lettering, at most 10; null goes back to `delivery.max_retries`
+    /// (unchanged when left out).
+    #[serde(default, deserialize_with = "set_or_null")]
+    #[schema(value_type = Option<u32>)]
+    max_retries: Option<Option<u32>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `default`).
+fn set_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Whether a secret can sign under this scheme (`standard` needs `whsec_<base64>`).
@@ -316,16 +351,29 @@ pub(crate) async fn put_webhook(
             (fresh.clone(), None, None, Some(fresh))
         }
     };
+    let stored = existing
+        .as_ref()
+        .map(|webhook| webhook.endpoint.clone())
+        .unwrap_or_default();
+    let endpoint = EndpointSettings {
+        custom_headers: body.custom_headers.unwrap_or(stored.custom_headers),
+        timeout_s: body.timeout_s.unwrap_or(stored.timeout_s),
+        max_retries: body.max_retries.unwrap_or(stored.max_retries),
+    };
+    let signature_header = body.signature_header.or_else(|| {
+        existing
+            .as_ref()
+            .and_then(|webhook| webhook.signature_header.clone())
+    });
+    endpoint
+        .validate(signature, signature_header.as_deref())
+        .map_err(|(field, reason)| ApiError::BadRequest(format!("{field}: {reason}")))?;
     let settings = WebhookSettings {
         url: body.url,
         enabled: body.enabled,
         signature,
         payload,
-        signature_header: body.signature_header.or_else(|| {
-            existing
-                .as_ref()
-                .and_then(|webhook| webhook.signature_header.clone())
-        }),
+        signature_header,
         signature_format: body
             .signature_format
             .or(existing.as_ref().map(|webhook| webhook.signature_format))
@@ -345,6 +393,7 @@ pub(crate) async fn put_webhook(
         events: events
             .or_else(|| existing.as_ref().map(|webhook| webhook.events.clone()))
             .unwrap_or_default(),
+        endpoint,
     };
     if !state.db.set_webhook(&id, Some(&settings)).await? {
         return Err(ApiError::NotFound("inbox"));

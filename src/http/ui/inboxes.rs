@@ -18,8 +18,8 @@ use crate::http::api::{inboxes, notifications, webhook};
 use crate::model::Provider;
 use crate::model::{DEFAULT_HMAC_HEADER, EVENT_TYPES, Subscription};
 
-const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
-const PAYLOADS: &[&str] = &["mxhook", "botmailroom"];
+pub(super) const SIGNATURES: &[&str] = &["agentmail", "standard", "botmailroom", "hmac-sha256"];
+pub(super) const PAYLOADS: &[&str] = &["mxhook", "botmailroom", "event-data", "event-data-ts"];
 const SIGNATURE_FORMATS: &[&str] = &["sha256=hex", "hex"];
 /// The only scheme that reads `signature_header` and `signature_format`.
 const HMAC_SCHEME: &str = "hmac-sha256";
@@ -141,6 +141,11 @@ struct WebhookFields {
     signature_format: String,
     verify_tls: bool,
     ordered: bool,
+    /// `Name: value` lines.
+    custom_headers: String,
+    /// Empty: the `[delivery]` default.
+    timeout_s: String,
+    max_retries: String,
     /// The catalogue's types the webhook receives (its patterns expanded), checked in the form.
     events: Vec<&'static str>,
 }
@@ -207,6 +212,24 @@ impl WebhookFields {
                     .map(|webhook| webhook.events.clone())
                     .unwrap_or_default(),
             ),
+            custom_headers: webhook
+                .map(|webhook| {
+                    webhook
+                        .endpoint
+                        .custom_headers
+                        .iter()
+                        .map(|(name, value)| format!("{name}: {value}\n"))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timeout_s: webhook
+                .and_then(|webhook| webhook.endpoint.timeout_s)
+                .map(|seconds| seconds.to_string())
+                .unwrap_or_default(),
+            max_retries: webhook
+                .and_then(|webhook| webhook.endpoint.max_retries)
+                .map(|retries| retries.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -221,6 +244,9 @@ impl WebhookFields {
             verify_tls: form.verify_tls.is_some(),
             ordered: form.ordered.is_some(),
             events: form.checked_events(),
+            custom_headers: form.custom_headers.clone(),
+            timeout_s: form.timeout_s.clone(),
+            max_retries: form.max_retries.clone(),
         }
     }
 }
@@ -350,6 +376,20 @@ pub(super) struct WebhookForm {
     event_4: Option<String>,
     event_5: Option<String>,
     event_6: Option<String>,
+    custom_headers: String,
+    timeout_s: String,
+    max_retries: String,
+}
+
+/// A number field: empty is `null` (the default); anything else goes as typed, a number or
+/// the text the API's types then refuse by name.
+fn number_field(text: &str) -> Value {
+    let text = text.trim();
+    if text.is_empty() {
+        return Value::Null;
+    }
+    text.parse::<u64>()
+        .map_or_else(|_| json!(text), |number| json!(number))
 }
 
 impl WebhookForm {
@@ -372,12 +412,29 @@ impl WebhookForm {
 
     /// The `PUT /v1/inboxes/{id}/webhook` body: the form always holds every setting, so each is
     /// sent; the hmac-only ones only with that scheme, which leaves them unchanged otherwise.
-    fn api_body(&self) -> Value {
+    ///
+    /// # Errors
+    /// A `custom_headers` line that is not `Name: value`.
+    fn api_body(&self) -> Result<Value, String> {
+        let mut headers = serde_json::Map::new();
+        for line in self
+            .custom_headers
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+        {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| format!("custom_headers: `{}` is not `Name: value`", line.trim()))?;
+            headers.insert(name.trim().to_owned(), json!(value.trim()));
+        }
         let mut body = json!({
             "url": self.url.trim(),
             "enabled": self.enabled.is_some() || self.reenable.is_some(),
             "verify_tls": self.verify_tls.is_some(),
             "ordered": self.ordered.is_some(),
+            "custom_headers": headers,
+            "timeout_s": number_field(&self.timeout_s),
+            "max_retries": number_field(&self.max_retries),
         });
         if self.events_shown.is_some() {
             body["events"] = json!(subscription_of(&self.checked_events()));
@@ -399,7 +456,7 @@ impl WebhookForm {
                 body["signature_format"] = json!(self.signature_format);
             }
         }
-        body
+        Ok(body)
     }
 }
 
@@ -447,7 +504,11 @@ pub(super) async fn save_webhook(
     Path(id): Path<String>,
     Form(form): Form<WebhookForm>,
 ) -> Result<Response, Error> {
-    match put_webhook(&state, &auth, &id, form.api_body()).await? {
+    let answer = match form.api_body() {
+        Ok(body) => put_webhook(&state, &auth, &id, body).await?,
+        Err(reason) => Err(Error::BadRequest(reason)),
+    };
+    match answer {
         Ok(view) => match view.get("signing_secret").and_then(Value::as_str) {
             // The first webhook of an inbox gets a secret: this is the one time to show it.
             Some(secret) => secret_page(&auth, &id, secret),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Json};
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use super::{Auth, Error, UiState, explain, render, when, when_text};
 use crate::db::MessageListing;
 use crate::event::{Event, MailEvent, TrustTier};
+use crate::http::ApiError;
 use crate::http::api::deliveries::{DeliveryView, attempt_views};
 use crate::model::DeliveryStatus;
 
@@ -438,6 +440,69 @@ pub(super) async fn detail(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
+    detail_page(&state, &auth, id, StatusCode::OK, None).await
+}
+
+/// The "Send to URL" form of the message page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct SendToForm {
+    url: String,
+    /// Empty: the inbox webhook's.
+    signature: String,
+    payload: String,
+}
+
+/// One POST of the message to the URL typed (`POST /v1/messages/{id}/send-to`), and the
+/// message page again with what the receiver answered, or why nothing was sent.
+pub(super) async fn send_to(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+    Form(form): Form<SendToForm>,
+) -> Result<Response, Error> {
+    let mut body = json!({ "url": form.url.trim() });
+    if !form.signature.is_empty() {
+        body["signature"] = json!(form.signature);
+    }
+    if !form.payload.is_empty() {
+        body["payload"] = json!(form.payload);
+    }
+    let answer = match serde_json::from_value(body) {
+        Ok(body) => {
+            crate::http::api::send_to::send_to(
+                State(Arc::clone(&state.http)),
+                Extension(auth.caller.clone()),
+                Path(id.clone()),
+                Ok(axum::Json(body)),
+            )
+            .await
+        }
+        // A value the API's types refuse (an unknown scheme) is shown like any refusal.
+        Err(err) => Err(ApiError::BadRequest(err.to_string())),
+    };
+    let (status, sent) = match answer {
+        Ok(axum::Json(result)) => (
+            StatusCode::OK,
+            json!({ "url": form.url.trim(), "result": result }),
+        ),
+        Err(ApiError::NotFound(what)) => return Err(Error::NotFound(what)),
+        Err(refused) => (
+            StatusCode::BAD_REQUEST,
+            json!({ "url": form.url.trim(), "error": refused.to_string() }),
+        ),
+    };
+    detail_page(&state, &auth, id, status, Some(sent)).await
+}
+
+/// The message page; `sent` is what a "Send to URL" just did.
+async fn detail_page(
+    state: &UiState,
+    auth: &Auth,
+    id: String,
+    status: StatusCode,
+    sent: Option<Value>,
+) -> Result<Response, Error> {
     let db = &state.http.db;
     let message = db
         .get_message(&id)
@@ -496,7 +561,7 @@ pub(super) async fn detail(
     let unchecked = crate::event::Auth::default();
     let auth_lines = explain::auth_in_words(mail.map_or(&unchecked, |mail| &mail.auth));
     let flags = mail.map(Listed::of).unwrap_or_default();
-    Ok(render(
+    let html = render(
         "message.html",
         json!({
             "base": auth.base(),
@@ -510,9 +575,12 @@ pub(super) async fn detail(
             "auth_lines": auth_lines,
             "thread": thread,
             "deliveries": deliveries,
+            "sent": sent,
+            "signatures": super::inboxes::SIGNATURES,
+            "payloads": super::inboxes::PAYLOADS,
         }),
-    )?
-    .into_response())
+    )?;
+    Ok((status, html).into_response())
 }
 
 pub(super) async fn raw(

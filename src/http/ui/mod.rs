@@ -129,7 +129,8 @@ impl From<ApiError> for Error {
             ApiError::Unauthorized(why) => Self::Forbidden(why),
             ApiError::BadRequest(message)
             | ApiError::Conflict(message)
-            | ApiError::TooMany(message) => Self::BadRequest(message),
+            | ApiError::TooMany(message)
+            | ApiError::BadGateway(message) => Self::BadRequest(message),
             ApiError::Rejected { message, .. } => Self::BadRequest(message),
             ApiError::Internal(detail) => Self::Internal(detail),
         }
@@ -329,6 +330,7 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
         .route("/ui/messages/rows", get(messages::rows))
         .route("/ui/messages/{id}", get(messages::detail))
         .route("/ui/messages/{id}/raw", get(messages::raw))
+        .route("/ui/messages/{id}/send-to", post(messages::send_to))
         .route("/ui/deliveries/{id}/resend", post(messages::resend))
         .route("/ui/dead", get(messages::dead))
         .route("/ui/dead/resend-all", post(messages::resend_all))
