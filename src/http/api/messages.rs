@@ -12,7 +12,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::inboxes::visible_inbox;
-use crate::db::{MessageFilter, MessageSummaryRow};
+use crate::db::{MessageFilter, MessageRow, MessageSummaryRow};
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 use crate::model::rfc3339;
 
@@ -33,12 +33,7 @@ pub(crate) async fn get_message(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let message = state
-        .db
-        .get_message(&id)
-        .await?
-        .filter(|message| caller.sees(&message.inbox_id))
-        .ok_or(ApiError::NotFound("message"))?;
+    let message = visible_message(&state, &caller, &id).await?;
     // Served as stored, the very bytes a `payload = "mxhook"` endpoint receives: checked to be
     // JSON, not built and written again.
     serde_json::from_str::<serde::de::IgnoredAny>(&message.event_json)
@@ -48,6 +43,20 @@ pub(crate) async fn get_message(
         message.event_json,
     )
         .into_response())
+}
+
+/// A message the caller may see; another inbox's message does not exist for it.
+pub(crate) async fn visible_message(
+    state: &HttpState,
+    caller: &Caller,
+    id: &str,
+) -> Result<MessageRow, ApiError> {
+    state
+        .db
+        .get_message(id)
+        .await?
+        .filter(|message| caller.sees(&message.inbox_id))
+        .ok_or(ApiError::NotFound("message"))
 }
 
 #[utoipa::path(
@@ -67,12 +76,7 @@ pub(crate) async fn get_raw_message(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let message = state
-        .db
-        .get_message(&id)
-        .await?
-        .filter(|message| caller.sees(&message.inbox_id))
-        .ok_or(ApiError::NotFound("message"))?;
+    let message = visible_message(&state, &caller, &id).await?;
     let bytes = state
         .store
         .get(&message.storage_key)

@@ -12,6 +12,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::inboxes::visible_inbox;
+use super::messages::visible_message;
 use crate::deliver::webhook::{self, WebhookClient};
 use crate::event::{self, Event};
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
@@ -70,12 +71,7 @@ pub(crate) async fn send_to(
     Path(id): Path<String>,
     body: Result<Json<SendTo>, JsonRejection>,
 ) -> Result<Json<SendToResult>, ApiError> {
-    let message = state
-        .db
-        .get_message(&id)
-        .await?
-        .filter(|message| caller.sees(&message.inbox_id))
-        .ok_or(ApiError::NotFound("message"))?;
+    let message = visible_message(&state, &caller, &id).await?;
     let Json(body) = body?;
     let url = crate::model::validate_webhook_url(&body.url, state.delivery.allow_http)
         .map_err(|reason| ApiError::BadRequest(format!("url: {reason}")))?;
