@@ -419,15 +419,29 @@ fn form_csrf(body: &Bytes) -> Option<String> {
 struct LoginQuery {
     #[serde(default)]
     error: Option<String>,
+    /// The first run's single-use login link ([`crate::first_run::LoginToken`]).
+    #[serde(default)]
+    token: Option<String>,
 }
 
-async fn login_page(Query(query): Query<LoginQuery>) -> Result<Response, Error> {
+async fn login_page(
+    State(state): State<Arc<UiState>>,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response, Error> {
+    if let Some(presented) = &query.token {
+        if state.http.login_token.redeem(presented) {
+            // A GET that logs in is safe here only because the token is secret, single-use and
+            // short-lived: a forged link cannot carry it, and a replayed one finds it spent.
+            return Ok(logged_in(&state, Caller::Admin));
+        }
+    }
     let token = random_token();
     let html = render(
         "login.html",
         json!({
             "login_csrf": token,
             "failed": query.error.is_some(),
+            "link_spent": query.token.is_some(),
         }),
     )?;
     Ok((
@@ -472,6 +486,11 @@ async fn login(
         Err(other) => return Err(other.into()),
     };
     state.login_throttle.succeeded(client);
+    Ok(logged_in(&state, caller))
+}
+
+/// Starts a session for `caller` and sends the browser to the dashboard.
+fn logged_in(state: &UiState, caller: Caller) -> Response {
     let session = state.sessions.start(caller);
     let mut response = Redirect::to("/ui").into_response();
     let headers = response.headers_mut();
@@ -483,7 +502,7 @@ async fn login(
         header::SET_COOKIE,
         set_cookie(LOGIN_CSRF_COOKIE, "", Some(0)),
     );
-    Ok(response)
+    response
 }
 
 async fn logout(State(state): State<Arc<UiState>>, headers: HeaderMap) -> Response {
