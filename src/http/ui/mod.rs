@@ -428,12 +428,12 @@ async fn login_page(
     State(state): State<Arc<UiState>>,
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, Error> {
-    if let Some(presented) = &query.token {
-        if state.http.login_token.redeem(presented) {
-            // A GET that logs in is safe here only because the token is secret, single-use and
-            // short-lived: a forged link cannot carry it, and a replayed one finds it spent.
-            return Ok(logged_in(&state, Caller::Admin));
-        }
+    // A GET that logs in is safe here only because the token is secret, single-use and
+    // short-lived: a forged link cannot carry it, and a replayed one finds it spent.
+    if let Some(presented) = &query.token
+        && state.http.login_token.redeem(presented)
+    {
+        return Ok(logged_in(&state, Caller::Admin));
     }
     let token = random_token();
     let html = render(
