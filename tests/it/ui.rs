@@ -1108,3 +1108,164 @@ async fn dashboard_works_in_a_real_browser() {
         assert!(screenshots.join(name).exists(), "{name} not saved");
     }
 }
+
+/// An admin creates an inbox from the Inboxes page, sets its webhook on its page, receives a
+/// signed delivery, edits its addresses and status, and deletes it (typing its id); an inbox
+/// key can do none of the lifecycle.
+#[tokio::test]
+async fn an_inbox_is_created_edited_and_deleted_from_the_dashboard() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+
+    let list = ui.get("/ui").await;
+    assert!(
+        list.body.contains("action=\"/ui/inboxes\""),
+        "{}",
+        list.body
+    );
+    let csrf = list.csrf();
+    let created = ui
+        .post(
+            "/ui/inboxes",
+            &[
+                ("csrf", &csrf),
+                ("id", "made-here"),
+                ("name", "Made in the dashboard"),
+                ("addresses", "made@ui.test\r\nalso@ui.test"),
+                ("status", "enabled"),
+                ("policy_action", "tag"),
+                ("block_senders", "spam.example"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 303, "{}", created.body);
+    assert_eq!(created.location(), "/ui/inboxes/made-here");
+    let (status, inbox) = gateway.api("GET", "/v1/inboxes/made-here", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(inbox["name"], "Made in the dashboard");
+    assert_eq!(inbox["addresses"], json!(["also@ui.test", "made@ui.test"]));
+    assert_eq!(inbox["block_senders"], json!(["spam.example"]));
+
+    // A refused form says why, and changes nothing.
+    let taken = ui
+        .post(
+            "/ui/inboxes",
+            &[
+                ("csrf", &csrf),
+                ("id", "other-one"),
+                ("addresses", "made@ui.test"),
+            ],
+        )
+        .await;
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/other-one", None).await.0,
+        404
+    );
+
+    // Its webhook, set from its page, receives a signed delivery.
+    let page = ui.get("/ui/inboxes/made-here").await;
+    assert!(page.body.contains("/ui/inboxes/made-here/settings"));
+    let secret_page = ui
+        .post(
+            "/ui/inboxes/made-here/webhook",
+            &[
+                ("csrf", &page.csrf()),
+                ("url", &receiver.url()),
+                ("enabled", "1"),
+                ("signature", "agentmail"),
+                ("payload", "mxhook"),
+                ("signature_header", ""),
+                ("signature_format", "sha256=hex"),
+            ],
+        )
+        .await;
+    assert_eq!(secret_page.status, 200, "{}", secret_page.body);
+    send_mail(
+        &gateway,
+        "made@ui.test",
+        &simple_message("a@client.example", "made@ui.test", "to the new inbox", "hi"),
+    )
+    .await;
+    let delivered = receiver.recv().await;
+    assert_eq!(delivered.json()["agent_id"], "made-here");
+    assert!(
+        delivered
+            .header("x-agentmail-signature")
+            .is_some_and(|signature| !signature.is_empty()),
+        "{:?}",
+        delivered.headers
+    );
+
+    // Edited: other addresses, disabled.
+    let settings = ui.get("/ui/inboxes/made-here/settings").await;
+    assert_eq!(settings.status, 200, "{}", settings.body);
+    assert!(settings.body.contains("also@ui.test"), "{}", settings.body);
+    let saved = ui
+        .post(
+            "/ui/inboxes/made-here/settings",
+            &[
+                ("csrf", &settings.csrf()),
+                ("name", "Renamed"),
+                ("addresses", "renamed@ui.test"),
+                ("status", "disabled"),
+                ("policy_action", "quarantine"),
+                ("dmarc_pass_required", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, inbox) = gateway.api("GET", "/v1/inboxes/made-here", None).await;
+    assert_eq!(inbox["name"], "Renamed");
+    assert_eq!(inbox["status"], "disabled");
+    assert_eq!(inbox["addresses"], json!(["renamed@ui.test"]));
+    assert_eq!(inbox["policy_action"], "quarantine");
+    assert_eq!(inbox["dmarc_pass_required"], true);
+    assert_eq!(inbox["block_senders"], json!([]));
+
+    // An inbox key sees no create form and may not delete.
+    let (_, key) = gateway
+        .api("POST", "/v1/inboxes/made-here/keys", Some(json!({})))
+        .await;
+    let mut limited = Ui::new(&gateway);
+    limited
+        .login(key["key"].as_str().expect("an inbox key"))
+        .await;
+    let own = limited.get("/ui").await;
+    assert!(!own.body.contains("action=\"/ui/inboxes\""));
+    let refused = limited
+        .post(
+            "/ui/inboxes/made-here/delete",
+            &[("csrf", &own.csrf()), ("confirm", "made-here")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    // Deleting needs the id typed again.
+    let csrf = ui.get("/ui/inboxes/made-here/settings").await.csrf();
+    let unconfirmed = ui
+        .post(
+            "/ui/inboxes/made-here/delete",
+            &[("csrf", &csrf), ("confirm", "made")],
+        )
+        .await;
+    assert_eq!(unconfirmed.status, 400);
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/made-here", None).await.0,
+        200
+    );
+    let deleted = ui
+        .post(
+            "/ui/inboxes/made-here/delete",
+            &[("csrf", &csrf), ("confirm", "made-here")],
+        )
+        .await;
+    assert_eq!(deleted.status, 303, "{}", deleted.body);
+    assert_eq!(deleted.location(), "/ui");
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/made-here", None).await.0,
+        404
+    );
+}

@@ -16,6 +16,7 @@
 
 mod explain;
 mod inboxes;
+mod manage;
 mod messages;
 mod throttle;
 
@@ -94,6 +95,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/ui/message.html"),
     ),
     ("dead.html", include_str!("../../../templates/ui/dead.html")),
+    (
+        "inbox_fields.html",
+        include_str!("../../../templates/ui/inbox_fields.html"),
+    ),
+    (
+        "inbox_new.html",
+        include_str!("../../../templates/ui/inbox_new.html"),
+    ),
+    (
+        "inbox_settings.html",
+        include_str!("../../../templates/ui/inbox_settings.html"),
+    ),
 ];
 
 static TEMPLATE_ENV: LazyLock<Result<minijinja::Environment<'static>, minijinja::Error>> =
@@ -319,7 +332,13 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
     let pages = Router::new()
         .route("/ui", get(inboxes::list))
         .route("/ui/", get(|| async { Redirect::to("/ui") }))
+        .route("/ui/inboxes", post(manage::create))
         .route("/ui/inboxes/{id}", get(inboxes::detail))
+        .route(
+            "/ui/inboxes/{id}/settings",
+            get(manage::settings).post(manage::save_settings),
+        )
+        .route("/ui/inboxes/{id}/delete", post(manage::delete))
         .route("/ui/inboxes/{id}/webhook", post(inboxes::save_webhook))
         .route("/ui/inboxes/{id}/rotate", post(inboxes::rotate_secret))
         .route("/ui/inboxes/{id}/rules", post(inboxes::save_rules))
