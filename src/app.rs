@@ -178,6 +178,7 @@ async fn serve(
         intake: Arc::clone(&intake),
         ingress,
         login_token: Arc::clone(&login_token),
+        smtp_addr: smtp_listener.local_addr().ok(),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(

@@ -163,9 +163,8 @@ impl Banner<'_> {
         }
         if let Some(address) = self.test_address {
             text.push_str(&format!(
-                "\n  Send a test mail to {address}:\n\n    swaks --server {} --port {} --from you@example.com --to {address}\n\n  or, without swaks:\n\n    {}\n",
-                smtp.ip(),
-                smtp.port(),
+                "\n  Send a test mail to {address}:\n\n    {}\n\n  or, without swaks:\n\n    {}\n",
+                swaks_test_mail(smtp, address),
                 python_test_mail(smtp, address),
             ));
         }
@@ -174,8 +173,19 @@ impl Banner<'_> {
     }
 }
 
+/// One shell line that sends a test mail with swaks.
+pub fn swaks_test_mail(smtp: SocketAddr, address: &str) -> String {
+    let smtp = reachable(smtp);
+    format!(
+        "swaks --server {} --port {} --from you@example.com --to {address}",
+        smtp.ip(),
+        smtp.port()
+    )
+}
+
 /// One shell line that sends a test mail with Python's standard library.
-fn python_test_mail(smtp: SocketAddr, address: &str) -> String {
+pub fn python_test_mail(smtp: SocketAddr, address: &str) -> String {
+    let smtp = reachable(smtp);
     format!(
         "python3 -c 'import smtplib; smtplib.SMTP(\"{}\", {}).sendmail(\"you@example.com\", [\"{address}\"], \"From: you@example.com\\r\\nTo: {address}\\r\\nSubject: Hello mxhook\\r\\n\\r\\nIt works.\\r\\n\")'",
         smtp.ip(),

@@ -1269,3 +1269,158 @@ async fn an_inbox_is_created_edited_and_deleted_from_the_dashboard() {
         404
     );
 }
+
+/// The text of `<pre id="{id}">` on a page, unescaped as a browser shows it.
+fn pre_text(body: &str, id: &str) -> Option<String> {
+    let marker = format!("<pre id=\"{id}\">");
+    let start = body.find(&marker)? + marker.len();
+    let end = body[start..].find("</pre>")? + start;
+    Some(
+        body[start..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&#x2f;", "/")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Runs a page's verification snippet on a received delivery: `true` when it says valid.
+fn snippet_says_valid(
+    language: &str,
+    snippet: &str,
+    secret: &str,
+    body: &[u8],
+    headers: &HeaderMap,
+) -> bool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body_path = dir.path().join("body");
+    std::fs::write(&body_path, body).expect("write body");
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                json!(value.to_str().expect("ascii header")),
+            )
+        })
+        .collect();
+    let headers_path = dir.path().join("headers.json");
+    std::fs::write(&headers_path, Value::Object(headers).to_string()).expect("write headers");
+    let (program, script) = match language {
+        "python" => (
+            "python3",
+            format!(
+                "{snippet}\nimport json, sys\nprint(verify(open(sys.argv[1], 'rb').read(), json.load(open(sys.argv[2]))))\n"
+            ),
+        ),
+        _ => (
+            "node",
+            format!(
+                "{snippet}\nconst fs = require('node:fs');\nconsole.log(verify(fs.readFileSync(process.argv[2]), JSON.parse(fs.readFileSync(process.argv[3], 'utf8'))) ? 'True' : 'False');\n"
+            ),
+        ),
+    };
+    let script_path = dir.path().join("verify");
+    std::fs::write(&script_path, script).expect("write script");
+    let output = std::process::Command::new(program)
+        .arg(&script_path)
+        .arg(&body_path)
+        .arg(&headers_path)
+        .env("MXHOOK_WEBHOOK_SECRET", secret)
+        .output()
+        .expect("run the snippet");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{language} snippet failed: {}\n{snippet}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.trim() == "True"
+}
+
+/// The inbox page shows the commands that send it a test mail and, for each signature scheme,
+/// Python and Node code that accepts the real signed delivery and refuses a changed body.
+#[tokio::test]
+async fn the_inbox_page_shows_send_commands_and_verification_code_that_works() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    for (scheme, header, format) in [
+        ("agentmail", "", "sha256=hex"),
+        ("standard", "", "sha256=hex"),
+        ("botmailroom", "", "sha256=hex"),
+        ("hmac-sha256", "X-Custom-Sig", "hex"),
+        ("hmac-sha256", "", "sha256=hex"),
+    ] {
+        let id = format!("try-{scheme}-{}", rand_token());
+        let address = format!("{id}@try.test");
+        let (status, _) = gateway
+            .api(
+                "POST",
+                "/v1/inboxes",
+                Some(json!({"id": id, "addresses": [address]})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let mut webhook = json!({"url": receiver.url(), "signature": scheme});
+        if scheme == "hmac-sha256" {
+            webhook["signature_format"] = json!(format);
+            if !header.is_empty() {
+                webhook["signature_header"] = json!(header);
+            }
+        }
+        let (status, body) = gateway
+            .api("PUT", &format!("/v1/inboxes/{id}/webhook"), Some(webhook))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let secret = body["signing_secret"].as_str().expect("secret").to_owned();
+
+        let page = ui.get(&format!("/ui/inboxes/{id}")).await;
+        assert_eq!(page.status, 200);
+        assert!(!page.body.contains(&secret), "the page shows the secret");
+        let swaks = pre_text(&page.body, "send-swaks").expect("a swaks line");
+        assert_eq!(
+            swaks,
+            format!(
+                "swaks --server 127.0.0.1 --port {} --from you@example.com --to {address}",
+                gateway.smtp.port()
+            )
+        );
+        let send_python = pre_text(&page.body, "send-python").expect("a Python send line");
+        // The page's Python line, run as a shell would, delivers to this inbox.
+        // Not a blocking wait: the gateway answering it runs on this test's runtime.
+        let sent = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&send_python)
+            .output()
+            .await
+            .expect("run the send line");
+        assert!(sent.status.success(), "{sent:?}");
+        let delivered = receiver.recv().await;
+        assert_eq!(delivered.json()["agent_id"], json!(id));
+
+        for language in ["python", "node"] {
+            let snippet = pre_text(&page.body, &format!("verify-{language}"))
+                .unwrap_or_else(|| panic!("a {language} snippet for {scheme}"));
+            assert!(
+                snippet_says_valid(
+                    language,
+                    &snippet,
+                    &secret,
+                    &delivered.body,
+                    &delivered.headers
+                ),
+                "{language} {scheme} {header}: the real delivery did not verify\n{snippet}"
+            );
+            let mut changed = delivered.body.to_vec();
+            changed.push(b' ');
+            assert!(
+                !snippet_says_valid(language, &snippet, &secret, &changed, &delivered.headers),
+                "{language} {scheme}: a changed body verified"
+            );
+        }
+    }
+}

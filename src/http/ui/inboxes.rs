@@ -217,6 +217,7 @@ async fn detail_page(
             "endpoints": stats.iter().map(stats_view).collect::<Vec<_>>(),
             "rules_text": rules_text,
             "webhook": webhook,
+            "try_it": super::manage::try_it(&state.http, &inbox),
             "signatures": SIGNATURES,
             "payloads": PAYLOADS,
             "signature_formats": SIGNATURE_FORMATS,

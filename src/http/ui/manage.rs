@@ -163,6 +163,134 @@ pub(super) async fn delete(
     Ok(Redirect::to("/ui").into_response())
 }
 
+/// The environment variable the verification snippets read the signing secret from: the page
+/// never shows the secret itself.
+const SECRET_VAR: &str = "MXHOOK_WEBHOOK_SECRET";
+
+/// The inbox page's "Try it" section: the commands that send this inbox a test mail (to its
+/// first address, at this node's SMTP listener) and the code that verifies its webhook's
+/// signature in Python and Node, written for its scheme, header and format.
+pub(super) fn try_it(state: &crate::http::HttpState, inbox: &crate::db::InboxRow) -> Value {
+    let address = inbox.addresses.first();
+    let send = match (state.smtp_addr, address) {
+        (Some(smtp), Some(address)) => json!({
+            "address": address,
+            "swaks": crate::first_run::swaks_test_mail(smtp, address),
+            "python": crate::first_run::python_test_mail(smtp, address),
+        }),
+        _ => Value::Null,
+    };
+    let verify = inbox
+        .webhook
+        .as_ref()
+        .filter(|webhook| webhook.secret.is_some())
+        .map(|webhook| {
+            let header = webhook
+                .signature_header
+                .clone()
+                .unwrap_or_else(|| crate::model::DEFAULT_HMAC_HEADER.to_owned())
+                .to_ascii_lowercase();
+            let (python, node) =
+                verify_snippets(webhook.signature, &header, webhook.signature_format);
+            json!({
+                "scheme": webhook.signature.as_str(),
+                "secret_var": SECRET_VAR,
+                "python": python,
+                "node": node,
+            })
+        });
+    json!({ "send": send, "verify": verify })
+}
+
+/// A Python and a Node function `verify(body, headers)` for a scheme: `body` the exact request
+/// bytes, `headers` with lower-case names (Node's `req.headers`; Flask's case-insensitive
+/// `request.headers` works too). Each mirrors [`crate::signature::sign`].
+fn verify_snippets(
+    scheme: crate::model::SignatureScheme,
+    header: &str,
+    format: crate::model::SignatureFormat,
+) -> (String, String) {
+    use crate::model::{SignatureFormat, SignatureScheme};
+    let var = SECRET_VAR;
+    match scheme {
+        SignatureScheme::Agentmail => (
+            format!(
+                "import hashlib, hmac, os\n\n\
+                 def verify(body: bytes, headers) -> bool:\n    \
+                 secret = os.environ[\"{var}\"].encode()\n    \
+                 signed = headers[\"x-agentmail-timestamp\"].encode() + b\".\" + body\n    \
+                 expected = \"v1=\" + hmac.new(secret, signed, hashlib.sha256).hexdigest()\n    \
+                 return any(hmac.compare_digest(expected, candidate)\n               \
+                 for candidate in headers[\"x-agentmail-signature\"].split(\" \"))\n"
+            ),
+            format!(
+                "const crypto = require(\"node:crypto\");\n\n\
+                 function verify(body, headers) {{\n  \
+                 const signed = Buffer.concat([Buffer.from(headers[\"x-agentmail-timestamp\"] + \".\"), body]);\n  \
+                 const expected = Buffer.from(\"v1=\" + crypto.createHmac(\"sha256\", process.env.{var}).update(signed).digest(\"hex\"));\n  \
+                 return headers[\"x-agentmail-signature\"].split(\" \").some((candidate) => {{\n    \
+                 const given = Buffer.from(candidate);\n    \
+                 return given.length === expected.length && crypto.timingSafeEqual(given, expected);\n  \
+                 }});\n\
+                 }}\n"
+            ),
+        ),
+        SignatureScheme::Standard => (
+            format!(
+                "import base64, hashlib, hmac, os\n\n\
+                 def verify(body: bytes, headers) -> bool:\n    \
+                 key = base64.b64decode(os.environ[\"{var}\"].removeprefix(\"whsec_\"))\n    \
+                 signed = (headers[\"webhook-id\"] + \".\" + headers[\"webhook-timestamp\"] + \".\").encode() + body\n    \
+                 expected = \"v1,\" + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()\n    \
+                 return any(hmac.compare_digest(expected, candidate)\n               \
+                 for candidate in headers[\"webhook-signature\"].split(\" \"))\n"
+            ),
+            format!(
+                "const crypto = require(\"node:crypto\");\n\n\
+                 function verify(body, headers) {{\n  \
+                 const key = Buffer.from(process.env.{var}.replace(/^whsec_/, \"\"), \"base64\");\n  \
+                 const signed = Buffer.concat([Buffer.from(headers[\"webhook-id\"] + \".\" + headers[\"webhook-timestamp\"] + \".\"), body]);\n  \
+                 const expected = Buffer.from(\"v1,\" + crypto.createHmac(\"sha256\", key).update(signed).digest(\"base64\"));\n  \
+                 return headers[\"webhook-signature\"].split(\" \").some((candidate) => {{\n    \
+                 const given = Buffer.from(candidate);\n    \
+                 return given.length === expected.length && crypto.timingSafeEqual(given, expected);\n  \
+                 }});\n\
+                 }}\n"
+            ),
+        ),
+        SignatureScheme::Botmailroom | SignatureScheme::HmacSha256 => {
+            let header = if scheme == SignatureScheme::Botmailroom {
+                "x-signature"
+            } else {
+                header
+            };
+            let prefix =
+                if scheme == SignatureScheme::HmacSha256 && format == SignatureFormat::Sha256Hex {
+                    "sha256="
+                } else {
+                    ""
+                };
+            (
+                format!(
+                    "import hashlib, hmac, os\n\n\
+                     def verify(body: bytes, headers) -> bool:\n    \
+                     secret = os.environ[\"{var}\"].encode()\n    \
+                     expected = \"{prefix}\" + hmac.new(secret, body, hashlib.sha256).hexdigest()\n    \
+                     return hmac.compare_digest(expected, headers[\"{header}\"])\n"
+                ),
+                format!(
+                    "const crypto = require(\"node:crypto\");\n\n\
+                     function verify(body, headers) {{\n  \
+                     const expected = Buffer.from(\"{prefix}\" + crypto.createHmac(\"sha256\", process.env.{var}).update(body).digest(\"hex\"));\n  \
+                     const given = Buffer.from(headers[\"{header}\"] || \"\");\n  \
+                     return given.length === expected.length && crypto.timingSafeEqual(given, expected);\n\
+                     }}\n"
+                ),
+            )
+        }
+    }
+}
+
 /// An inbox id as a path segment (ids are a-z A-Z 0-9 . _ -, which need no escaping; anything
 /// else is escaped rather than trusted).
 fn segment(id: &str) -> String {

@@ -100,6 +100,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/ui/inbox_fields.html"),
     ),
     (
+        "inbox_try.html",
+        include_str!("../../../templates/ui/inbox_try.html"),
+    ),
+    (
         "inbox_new.html",
         include_str!("../../../templates/ui/inbox_new.html"),
     ),
