@@ -1064,6 +1064,7 @@ async fn dashboard_works_in_a_real_browser() {
         .env("MXHOOK_URL", format!("http://{}", gateway.http))
         .env("MXHOOK_KEY", API_KEY)
         .env("MXHOOK_SUBJECT", &subject)
+        .env("MXHOOK_RECEIVER", receiver.url())
         .env("MXHOOK_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", &chromium)
         .stdout(std::process::Stdio::piped())
@@ -1080,6 +1081,19 @@ async fn dashboard_works_in_a_real_browser() {
                     &gateway,
                     "agent@example.com",
                     &simple_message("a@sender.example", "agent@example.com", &subject, "hi"),
+                )
+                .await;
+            }
+            if line == "READY_FOR_INBOX_MAIL" {
+                send_mail(
+                    &gateway,
+                    "browser-made@example.com",
+                    &simple_message(
+                        "a@sender.example",
+                        "browser-made@example.com",
+                        "to the browser-made inbox",
+                        "hi",
+                    ),
                 )
                 .await;
             }
@@ -1100,6 +1114,15 @@ async fn dashboard_works_in_a_real_browser() {
     for _ in 0..3 {
         receiver.recv().await;
     }
+    // Then the inbox the browser made got its mail, signed with the secret it was shown.
+    let made = receiver.recv().await;
+    assert_eq!(made.json()["agent_id"], "browser-made");
+    assert!(
+        made.header("x-agentmail-signature")
+            .is_some_and(|signature| signature.starts_with("v1=")),
+        "{:?}",
+        made.headers
+    );
     for name in [
         "messages-laptop.png",
         "messages-phone.png",
