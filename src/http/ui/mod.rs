@@ -5,8 +5,9 @@
 //! (after [`throttle`]: ten failures from one client in a minute block it for a minute) and
 //! starts a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie, mapped in memory
 //! to the caller and a CSRF token. On a first run, `GET /ui/login?token=…` with the terminal
-//! banner's single-use token ([`crate::first_run::LoginToken`]) starts an admin session instead. Sessions live in this process only, so a restart (or another
-//! node behind a load balancer) logs users out. Every POST is checked for the session's CSRF token
+//! banner's single-use token ([`crate::first_run::LoginToken`]) starts an admin session instead.
+//! Sessions live in this process only, so a restart (or another node behind a load balancer)
+//! logs users out. Every POST is checked for the session's CSRF token
 //! in one middleware before any handler runs, so no form can forget it. An inbox key sees only its
 //! inbox; anything else answers 404, as in the API.
 //!
