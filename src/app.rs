@@ -6,6 +6,7 @@
 //! stop the API; let in-flight delivery attempts finish; all within a hard deadline.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,18 +32,41 @@ use crate::verify::Verifier;
 /// How long shutdown waits for sessions and attempts before it stops waiting.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 
+/// What `mxhook serve` adds on a start that made its own admin key or runs on the embedded
+/// defaults (see [`crate::first_run`]); tests and configured starts use the default, which adds
+/// nothing.
+#[derive(Debug, Default)]
+pub struct Welcome {
+    /// The file the admin key came from, and whether this start made it.
+    pub key_file: Option<(PathBuf, bool)>,
+    /// Seed the webhook-less demo inbox when the database has no inbox at all.
+    pub demo_inbox: bool,
+}
+
 /// Binds the configured listeners and runs until `shutdown` completes.
 ///
 /// # Errors
 /// Startup failures (listeners, storage, database), with context naming the object.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_welcoming(config, Welcome::default(), shutdown).await
+}
+
+/// [`run`], with what a first run adds.
+///
+/// # Errors
+/// Startup failures (listeners, storage, database), with context naming the object.
+pub async fn run_welcoming(
+    config: Config,
+    welcome: Welcome,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let smtp_listener = TcpListener::bind(config.smtp.listen)
         .await
         .with_context(|| format!("binding SMTP listener on {}", config.smtp.listen))?;
     let http_listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP listener on {}", config.http.listen))?;
-    run_with_listeners(config, smtp_listener, http_listener, shutdown).await
+    serve(config, welcome, smtp_listener, http_listener, shutdown).await
 }
 
 /// Runs the gateway on listeners the caller bound (tests bind port 0).
@@ -51,6 +75,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Startup failures (storage, database), with context naming the object.
 pub async fn run_with_listeners(
     config: Config,
+    smtp_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve(
+        config,
+        Welcome::default(),
+        smtp_listener,
+        http_listener,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve(
+    config: Config,
+    welcome: Welcome,
     smtp_listener: TcpListener,
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -68,6 +109,9 @@ pub async fn run_with_listeners(
     db.seed_config_event_types(&ingress::config_event_types(&config))
         .await
         .context("saving calendar_event_types from config")?;
+    if welcome.demo_inbox {
+        seed_demo_inbox(&db).await?;
+    }
     let directory = Directory::default();
     let inbox_count = directory.reload(&db).await.context("loading inboxes")?;
 
@@ -122,6 +166,7 @@ pub async fn run_with_listeners(
         config: config.ingress.clone(),
         last_replay_prune: std::sync::atomic::AtomicI64::new(0),
     });
+    let login_token = Arc::new(crate::first_run::LoginToken::default());
     let http_state = Arc::new(HttpState {
         counters: Arc::clone(&counters),
         db: db.clone(),
@@ -132,6 +177,8 @@ pub async fn run_with_listeners(
         delivery: config.delivery.clone(),
         intake: Arc::clone(&intake),
         ingress,
+        login_token: Arc::clone(&login_token),
+        smtp_addr: smtp_listener.local_addr().ok(),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -152,6 +199,26 @@ pub async fn run_with_listeners(
     let smtp_addr = smtp_listener.local_addr().ok();
     let http_addr = http_listener.local_addr().ok();
     tracing::info!(smtp = ?smtp_addr, http = ?http_addr, inboxes = inbox_count, "mxhook started");
+    if let (Some((key_file, created)), Some(smtp), Some(http)) =
+        (&welcome.key_file, smtp_addr, http_addr)
+    {
+        let token = created.then(|| login_token.issue());
+        let test_address = db
+            .list_inbox_rows(None)
+            .await
+            .context("listing inboxes")?
+            .into_iter()
+            .find_map(|inbox| inbox.addresses.into_iter().next());
+        let banner = crate::first_run::Banner {
+            http,
+            smtp,
+            key_file,
+            login_token: token.as_deref(),
+            test_address: test_address.as_deref(),
+        };
+        // The terminal, not the log: the link must not land in log storage.
+        eprint!("{}", banner.render());
+    }
 
     tracker.spawn(smtp::serve(
         smtp_listener,
@@ -193,6 +260,34 @@ pub async fn run_with_listeners(
     }
     db.close().await;
     Ok(())
+}
+
+/// Creates the webhook-less demo inbox ([`crate::first_run::DEMO_ADDRESS`]) in a database
+/// without inboxes, as an API inbox: the dashboard and API edit it like any other, and a
+/// webhook added later stays.
+async fn seed_demo_inbox(db: &Db) -> anyhow::Result<()> {
+    if !db
+        .list_inbox_rows(None)
+        .await
+        .context("listing inboxes")?
+        .is_empty()
+    {
+        return Ok(());
+    }
+    let created = db
+        .create_inbox(&crate::db::NewInbox {
+            id: crate::first_run::DEMO_INBOX_ID.to_owned(),
+            name: Some("Demo inbox".to_owned()),
+            status: "enabled".to_owned(),
+            addresses: vec![crate::first_run::DEMO_ADDRESS.to_owned()],
+            sender_policy: crate::model::SenderPolicy::default(),
+        })
+        .await;
+    match created {
+        // Another node seeded it first.
+        Ok(()) | Err(crate::db::Error::Conflict(_)) => Ok(()),
+        Err(err) => Err(err).context("creating the demo inbox"),
+    }
 }
 
 /// The prompt templates: embedded, or from `templates.dir` where it has a file. A broken

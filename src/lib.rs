@@ -24,6 +24,7 @@ pub mod db;
 pub mod deliver;
 pub mod directory;
 pub mod event;
+pub mod first_run;
 pub mod http;
 pub mod ingress;
 pub mod intake;

@@ -1,5 +1,5 @@
 //! The `mxhook` command: parses arguments, loads the config, installs logging and the signal
-//! handler, and hands over to [`mxhook::app`]. The helper commands (`verify`, `inbox`,
+//! handler, and hands over to [`mxhook::app`]. The helper commands (`init`, `verify`, `inbox`,
 //! `send-test`) are thin: a library call or one HTTP request to the management API each.
 
 use std::path::PathBuf;
@@ -21,6 +21,13 @@ enum Command {
         /// TOML config file; without it the embedded defaults apply (MXHOOK_* env vars still do).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Write a commented mxhook.toml with a fresh admin key and webhook secret, and say how to
+    /// start with it; refuses to replace an existing file.
+    Init {
+        /// The directory the file goes in (created when missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Validate a config (file + MXHOOK_* env vars) and exit.
     #[command(alias = "check")]
@@ -190,6 +197,7 @@ fn main() -> ExitCode {
     let (config_path, serve) = match cli.command {
         Command::Serve { config } => (config, true),
         Command::CheckConfig { config } => (config, false),
+        Command::Init { dir } => return init(&dir),
         Command::Verify {
             scheme,
             secret,
@@ -275,7 +283,7 @@ fn main() -> ExitCode {
             return call_api(&api, "POST", &path, None);
         }
     };
-    let config = match mxhook::config::Config::load(config_path.as_deref(), std::env::vars()) {
+    let mut config = match mxhook::config::Config::load(config_path.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("mxhook: invalid configuration: {err}");
@@ -293,11 +301,90 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mxhook::app::run(config, shutdown_signal())) {
+    let welcome = mxhook::app::Welcome {
+        key_file: own_admin_key(&mut config),
+        // The embedded defaults come with an inbox; a config file says which inboxes it wants.
+        demo_inbox: config_path.is_none() && config.inboxes.is_empty(),
+    };
+    match runtime.block_on(mxhook::app::run_welcoming(
+        config,
+        welcome,
+        shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("mxhook: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The commented example config, the file `mxhook init` starts from.
+const EXAMPLE_CONFIG: &str = include_str!("../deploy/config.example.toml");
+
+/// `mxhook init`: the example config with its placeholders replaced by fresh secrets, written
+/// owner-only (it holds the admin key) and never over an existing file.
+fn init(dir: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+
+    let path = dir.join("mxhook.toml");
+    let random = || hex::encode(rand::random::<[u8; 32]>());
+    let text = EXAMPLE_CONFIG
+        .replace(
+            "admin_keys = [\"change-me\"]       # Bearer keys with full API access; set through the env in production",
+            &format!("admin_keys = [\"mxa_{}\"]  # Bearer keys with full API access (made by mxhook init; keep it private)", random()),
+        )
+        .replace(
+            "\"replace-with-a-long-random-secret\"",
+            &format!("\"whsec_{}\"", random()),
+        );
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote {} (mode 0600: it holds the admin key and the webhook secret)\n\
+                 edit the [[inbox]] at its end (addresses, webhook_url), then run:\n\n    \
+                 mxhook serve --config {}",
+                path.display(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("mxhook: {} exists; not replacing it", path.display());
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("mxhook: writing {}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Without `http.admin_keys`, the key kept in `http.admin_key_file` (made there on the first
+/// start) becomes the admin key. A file that cannot be written leaves the gateway as it was
+/// before first runs had keys: running, with an API that refuses every key but inbox keys.
+fn own_admin_key(config: &mut mxhook::config::Config) -> Option<(PathBuf, bool)> {
+    if !config.http.admin_keys.is_empty() {
+        return None;
+    }
+    let path = config.http.admin_key_file.clone();
+    match mxhook::first_run::admin_key(&path) {
+        Ok(key) => {
+            config.http.admin_keys.push(key.key);
+            Some((path, key.created))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "no admin key: set http.admin_keys");
+            None
         }
     }
 }

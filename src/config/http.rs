@@ -1,8 +1,9 @@
-//! `[http]`: the API and dashboard listener and its admin keys (redacted in `Debug`), with
-//! defaults and validation.
+//! `[http]`: the API and dashboard listener, its admin keys (redacted in `Debug`) and the file
+//! that keeps the key made on a first run without them, with defaults and validation.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -14,6 +15,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer keys with full access to the API.
     pub admin_keys: Vec<String>,
+    /// Without `admin_keys`, the admin key is made once and kept in this file (mode 0600).
+    pub admin_key_file: PathBuf,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -24,6 +27,7 @@ impl fmt::Debug for HttpConfig {
                 "admin_keys",
                 &format_args!("[{} redacted]", self.admin_keys.len()),
             )
+            .field("admin_key_file", &self.admin_key_file)
             .finish()
     }
 }
@@ -33,6 +37,7 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_keys: Vec::new(),
+            admin_key_file: PathBuf::from("./data/admin_key"),
         }
     }
 }
@@ -41,6 +46,9 @@ impl HttpConfig {
     pub(super) fn validate(&self) -> Result<(), Error> {
         if self.admin_keys.iter().any(|key| key.trim().is_empty()) {
             return Err(invalid("http.admin_keys", "keys must not be empty"));
+        }
+        if self.admin_key_file.as_os_str().is_empty() {
+            return Err(invalid("http.admin_key_file", "must not be empty"));
         }
         Ok(())
     }

@@ -49,6 +49,10 @@ pub struct HttpState {
     pub intake: Arc<Intake>,
     /// The provider-ingress stage the provider webhooks hand their requests to.
     pub ingress: Arc<crate::ingress::Ingress>,
+    /// The first run's single-use dashboard login link (none on other starts).
+    pub login_token: Arc<crate::first_run::LoginToken>,
+    /// Where this node takes SMTP, for the test-mail commands the dashboard shows.
+    pub smtp_addr: Option<std::net::SocketAddr>,
 }
 
 impl HttpState {

@@ -3,9 +3,11 @@
 // Started by tests/it/ui.rs (`dashboard_works_in_a_real_browser`), which runs the gateway and a
 // webhook receiver that fails the first two requests. Protocol with the Rust side, on stdout:
 // this script prints `READY_FOR_MAIL` once the messages page is open; the Rust test then sends a
-// mail with subject $MXHOOK_SUBJECT to agent@example.com. Exits 0 only if every step passed.
+// mail with subject $MXHOOK_SUBJECT to agent@example.com; and `READY_FOR_INBOX_MAIL` once it has
+// created the inbox browser-made (webhook $MXHOOK_RECEIVER), for a mail to browser-made@example.com.
+// Exits 0 only if every step passed.
 //
-// Env: MXHOOK_URL (http://host:port), MXHOOK_KEY (admin key), MXHOOK_SUBJECT,
+// Env: MXHOOK_URL (http://host:port), MXHOOK_KEY (admin key), MXHOOK_SUBJECT, MXHOOK_RECEIVER,
 // MXHOOK_SCREENSHOTS (directory for the screenshots), CHROMIUM (default /usr/bin/chromium).
 
 import { mkdirSync } from "node:fs";
@@ -16,6 +18,7 @@ const base = process.env.MXHOOK_URL;
 const key = process.env.MXHOOK_KEY;
 const subject = process.env.MXHOOK_SUBJECT;
 const shots = process.env.MXHOOK_SCREENSHOTS;
+const receiverUrl = process.env.MXHOOK_RECEIVER;
 if (!base || !key || !subject || !shots) {
   console.error("MXHOOK_URL, MXHOOK_KEY, MXHOOK_SUBJECT and MXHOOK_SCREENSHOTS are required");
   process.exit(2);
@@ -161,6 +164,25 @@ try {
   await page.keyboard.press("Tab");
   const focused = await page.evaluate(() => document.activeElement?.textContent?.trim());
   if (focused !== "Skip to content") fail(`first tab stop is "${focused}"`);
+
+  step("create an inbox and its webhook from the dashboard");
+  await page.goto(`${base}/ui`);
+  const form = page.locator("#new-inbox");
+  await form.locator("#id").fill("browser-made");
+  await form.locator("#name").fill("Made in the browser");
+  await form.locator("#addresses").fill("browser-made@example.com");
+  await form.getByRole("button", { name: "Create inbox" }).click();
+  await page.waitForURL(/\/ui\/inboxes\/browser-made$/);
+  await page.locator("#url").fill(receiverUrl);
+  await page.getByLabel("Enabled").check();
+  await page.getByRole("button", { name: "Save webhook" }).click();
+  await page.getByRole("heading", { name: /New signing secret/ }).waitFor();
+  await page.goto(`${base}/ui/inboxes/browser-made`);
+  const trySection = await page.locator("#try-it").innerText();
+  if (!trySection.includes("browser-made@example.com")) fail(`no test mail command: ${trySection}`);
+  console.log("READY_FOR_INBOX_MAIL");
+  await page.goto(`${base}/ui/messages?inbox=browser-made`);
+  await page.locator("#message-rows tr", { hasText: "to the browser-made inbox" }).waitFor({ timeout: SOON });
 
   step("log out");
   await page.getByRole("button", { name: "Log out" }).click();

@@ -8,6 +8,7 @@ mod delivery;
 mod delivery_promises;
 mod deploy;
 mod end_to_end;
+mod first_run;
 mod fixtures;
 mod forward;
 mod group_commit;

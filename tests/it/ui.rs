@@ -1064,6 +1064,7 @@ async fn dashboard_works_in_a_real_browser() {
         .env("MXHOOK_URL", format!("http://{}", gateway.http))
         .env("MXHOOK_KEY", API_KEY)
         .env("MXHOOK_SUBJECT", &subject)
+        .env("MXHOOK_RECEIVER", receiver.url())
         .env("MXHOOK_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", &chromium)
         .stdout(std::process::Stdio::piped())
@@ -1080,6 +1081,19 @@ async fn dashboard_works_in_a_real_browser() {
                     &gateway,
                     "agent@example.com",
                     &simple_message("a@sender.example", "agent@example.com", &subject, "hi"),
+                )
+                .await;
+            }
+            if line == "READY_FOR_INBOX_MAIL" {
+                send_mail(
+                    &gateway,
+                    "browser-made@example.com",
+                    &simple_message(
+                        "a@sender.example",
+                        "browser-made@example.com",
+                        "to the browser-made inbox",
+                        "hi",
+                    ),
                 )
                 .await;
             }
@@ -1100,6 +1114,15 @@ async fn dashboard_works_in_a_real_browser() {
     for _ in 0..3 {
         receiver.recv().await;
     }
+    // Then the inbox the browser made got its mail, signed with the secret it was shown.
+    let made = receiver.recv().await;
+    assert_eq!(made.json()["agent_id"], "browser-made");
+    assert!(
+        made.header("x-agentmail-signature")
+            .is_some_and(|signature| signature.starts_with("v1=")),
+        "{:?}",
+        made.headers
+    );
     for name in [
         "messages-laptop.png",
         "messages-phone.png",
@@ -1382,4 +1405,320 @@ async fn webhook_form_sets_the_events_it_receives() {
     assert_eq!(saved.status, 303, "{}", saved.body);
     let (_, webhook) = gateway.api("GET", "/v1/inboxes/agent/webhook", None).await;
     assert_eq!(webhook["events"], json!(["mail.received", "calendar.*"]));
+}
+
+/// An admin creates an inbox from the Inboxes page, sets its webhook on its page, receives a
+/// signed delivery, edits its addresses and status, and deletes it (typing its id); an inbox
+/// key can do none of the lifecycle.
+#[tokio::test]
+async fn an_inbox_is_created_edited_and_deleted_from_the_dashboard() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+
+    let list = ui.get("/ui").await;
+    assert!(
+        list.body.contains("action=\"/ui/inboxes\""),
+        "{}",
+        list.body
+    );
+    let csrf = list.csrf();
+    let created = ui
+        .post(
+            "/ui/inboxes",
+            &[
+                ("csrf", &csrf),
+                ("id", "made-here"),
+                ("name", "Made in the dashboard"),
+                ("addresses", "made@ui.test\r\nalso@ui.test"),
+                ("status", "enabled"),
+                ("policy_action", "tag"),
+                ("block_senders", "spam.example"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 303, "{}", created.body);
+    assert_eq!(created.location(), "/ui/inboxes/made-here");
+    let (status, inbox) = gateway.api("GET", "/v1/inboxes/made-here", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(inbox["name"], "Made in the dashboard");
+    assert_eq!(inbox["addresses"], json!(["also@ui.test", "made@ui.test"]));
+    assert_eq!(inbox["block_senders"], json!(["spam.example"]));
+
+    // A refused form says why, and changes nothing.
+    let taken = ui
+        .post(
+            "/ui/inboxes",
+            &[
+                ("csrf", &csrf),
+                ("id", "other-one"),
+                ("addresses", "made@ui.test"),
+            ],
+        )
+        .await;
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/other-one", None).await.0,
+        404
+    );
+
+    // Its webhook, set from its page, receives a signed delivery.
+    let page = ui.get("/ui/inboxes/made-here").await;
+    assert!(page.body.contains("/ui/inboxes/made-here/settings"));
+    let secret_page = ui
+        .post(
+            "/ui/inboxes/made-here/webhook",
+            &[
+                ("csrf", &page.csrf()),
+                ("url", &receiver.url()),
+                ("enabled", "1"),
+                ("signature", "agentmail"),
+                ("payload", "mxhook"),
+                ("signature_header", ""),
+                ("signature_format", "sha256=hex"),
+            ],
+        )
+        .await;
+    assert_eq!(secret_page.status, 200, "{}", secret_page.body);
+    send_mail(
+        &gateway,
+        "made@ui.test",
+        &simple_message("a@client.example", "made@ui.test", "to the new inbox", "hi"),
+    )
+    .await;
+    let delivered = receiver.recv().await;
+    assert_eq!(delivered.json()["agent_id"], "made-here");
+    assert!(
+        delivered
+            .header("x-agentmail-signature")
+            .is_some_and(|signature| !signature.is_empty()),
+        "{:?}",
+        delivered.headers
+    );
+
+    // Edited: other addresses, disabled.
+    let settings = ui.get("/ui/inboxes/made-here/settings").await;
+    assert_eq!(settings.status, 200, "{}", settings.body);
+    assert!(settings.body.contains("also@ui.test"), "{}", settings.body);
+    let saved = ui
+        .post(
+            "/ui/inboxes/made-here/settings",
+            &[
+                ("csrf", &settings.csrf()),
+                ("name", "Renamed"),
+                ("addresses", "renamed@ui.test"),
+                ("status", "disabled"),
+                ("policy_action", "quarantine"),
+                ("dmarc_pass_required", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, inbox) = gateway.api("GET", "/v1/inboxes/made-here", None).await;
+    assert_eq!(inbox["name"], "Renamed");
+    assert_eq!(inbox["status"], "disabled");
+    assert_eq!(inbox["addresses"], json!(["renamed@ui.test"]));
+    assert_eq!(inbox["policy_action"], "quarantine");
+    assert_eq!(inbox["dmarc_pass_required"], true);
+    assert_eq!(inbox["block_senders"], json!([]));
+
+    // An inbox key sees no create form and may not delete.
+    let (_, key) = gateway
+        .api("POST", "/v1/inboxes/made-here/keys", Some(json!({})))
+        .await;
+    let mut limited = Ui::new(&gateway);
+    limited
+        .login(key["key"].as_str().expect("an inbox key"))
+        .await;
+    let own = limited.get("/ui").await;
+    assert!(!own.body.contains("action=\"/ui/inboxes\""));
+    let refused = limited
+        .post(
+            "/ui/inboxes/made-here/delete",
+            &[("csrf", &own.csrf()), ("confirm", "made-here")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    // Deleting needs the id typed again.
+    let csrf = ui.get("/ui/inboxes/made-here/settings").await.csrf();
+    let unconfirmed = ui
+        .post(
+            "/ui/inboxes/made-here/delete",
+            &[("csrf", &csrf), ("confirm", "made")],
+        )
+        .await;
+    assert_eq!(unconfirmed.status, 400);
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/made-here", None).await.0,
+        200
+    );
+    let deleted = ui
+        .post(
+            "/ui/inboxes/made-here/delete",
+            &[("csrf", &csrf), ("confirm", "made-here")],
+        )
+        .await;
+    assert_eq!(deleted.status, 303, "{}", deleted.body);
+    assert_eq!(deleted.location(), "/ui");
+    assert_eq!(
+        gateway.api("GET", "/v1/inboxes/made-here", None).await.0,
+        404
+    );
+}
+
+/// The text of `<pre id="{id}">` on a page, unescaped as a browser shows it.
+fn pre_text(body: &str, id: &str) -> Option<String> {
+    let marker = format!("<pre id=\"{id}\">");
+    let start = body.find(&marker)? + marker.len();
+    let end = body[start..].find("</pre>")? + start;
+    Some(
+        body[start..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&#x2f;", "/")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Runs a page's verification snippet on a received delivery: `true` when it says valid.
+fn snippet_says_valid(
+    language: &str,
+    snippet: &str,
+    secret: &str,
+    body: &[u8],
+    headers: &HeaderMap,
+) -> bool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body_path = dir.path().join("body");
+    std::fs::write(&body_path, body).expect("write body");
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                json!(value.to_str().expect("ascii header")),
+            )
+        })
+        .collect();
+    let headers_path = dir.path().join("headers.json");
+    std::fs::write(&headers_path, Value::Object(headers).to_string()).expect("write headers");
+    let (program, script) = match language {
+        "python" => (
+            "python3",
+            format!(
+                "{snippet}\nimport json, sys\nprint(verify(open(sys.argv[1], 'rb').read(), json.load(open(sys.argv[2]))))\n"
+            ),
+        ),
+        _ => (
+            "node",
+            format!(
+                "{snippet}\nconst fs = require('node:fs');\nconsole.log(verify(fs.readFileSync(process.argv[2]), JSON.parse(fs.readFileSync(process.argv[3], 'utf8'))) ? 'True' : 'False');\n"
+            ),
+        ),
+    };
+    let script_path = dir.path().join("verify");
+    std::fs::write(&script_path, script).expect("write script");
+    let output = std::process::Command::new(program)
+        .arg(&script_path)
+        .arg(&body_path)
+        .arg(&headers_path)
+        .env("MXHOOK_WEBHOOK_SECRET", secret)
+        .output()
+        .expect("run the snippet");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{language} snippet failed: {}\n{snippet}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.trim() == "True"
+}
+
+/// The inbox page shows the commands that send it a test mail and, for each signature scheme,
+/// Python and Node code that accepts the real signed delivery and refuses a changed body.
+#[tokio::test]
+async fn the_inbox_page_shows_send_commands_and_verification_code_that_works() {
+    let mut receiver = WebhookReceiver::start(Vec::new()).await;
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let mut ui = Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    for (scheme, header, format) in [
+        ("agentmail", "", "sha256=hex"),
+        ("standard", "", "sha256=hex"),
+        ("botmailroom", "", "sha256=hex"),
+        ("hmac-sha256", "X-Custom-Sig", "hex"),
+        ("hmac-sha256", "", "sha256=hex"),
+    ] {
+        let id = format!("try-{scheme}-{}", rand_token());
+        let address = format!("{id}@try.test");
+        let (status, _) = gateway
+            .api(
+                "POST",
+                "/v1/inboxes",
+                Some(json!({"id": id, "addresses": [address]})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let mut webhook = json!({"url": receiver.url(), "signature": scheme});
+        if scheme == "hmac-sha256" {
+            webhook["signature_format"] = json!(format);
+            if !header.is_empty() {
+                webhook["signature_header"] = json!(header);
+            }
+        }
+        let (status, body) = gateway
+            .api("PUT", &format!("/v1/inboxes/{id}/webhook"), Some(webhook))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let secret = body["signing_secret"].as_str().expect("secret").to_owned();
+
+        let page = ui.get(&format!("/ui/inboxes/{id}")).await;
+        assert_eq!(page.status, 200);
+        assert!(!page.body.contains(&secret), "the page shows the secret");
+        let swaks = pre_text(&page.body, "send-swaks").expect("a swaks line");
+        assert_eq!(
+            swaks,
+            format!(
+                "swaks --server 127.0.0.1 --port {} --from you@example.com --to {address}",
+                gateway.smtp.port()
+            )
+        );
+        let send_python = pre_text(&page.body, "send-python").expect("a Python send line");
+        // The page's Python line, run as a shell would, delivers to this inbox.
+        // Not a blocking wait: the gateway answering it runs on this test's runtime.
+        let sent = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&send_python)
+            .output()
+            .await
+            .expect("run the send line");
+        assert!(sent.status.success(), "{sent:?}");
+        let delivered = receiver.recv().await;
+        assert_eq!(delivered.json()["agent_id"], json!(id));
+
+        for language in ["python", "node"] {
+            let snippet = pre_text(&page.body, &format!("verify-{language}"))
+                .unwrap_or_else(|| panic!("a {language} snippet for {scheme}"));
+            assert!(
+                snippet_says_valid(
+                    language,
+                    &snippet,
+                    &secret,
+                    &delivered.body,
+                    &delivered.headers
+                ),
+                "{language} {scheme} {header}: the real delivery did not verify\n{snippet}"
+            );
+            let mut changed = delivered.body.to_vec();
+            changed.push(b' ');
+            assert!(
+                !snippet_says_valid(language, &snippet, &secret, &changed, &delivered.headers),
+                "{language} {scheme}: a changed body verified"
+            );
+        }
+    }
 }

@@ -289,6 +289,7 @@ async fn detail_page(
             "health_charts": health_charts,
             "rules_text": rules_text,
             "webhook": webhook,
+            "try_it": super::manage::try_it(&state.http, &inbox),
             "signatures": SIGNATURES,
             "payloads": PAYLOADS,
             "signature_formats": SIGNATURE_FORMATS,

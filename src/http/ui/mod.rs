@@ -4,8 +4,10 @@
 //! Login checks the key exactly as the API's Bearer check does ([`crate::http::auth::caller_for_key`])
 //! (after [`throttle`]: ten failures from one client in a minute block it for a minute) and
 //! starts a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie, mapped in memory
-//! to the caller and a CSRF token. Sessions live in this process only, so a restart (or another
-//! node behind a load balancer) logs users out. Every POST is checked for the session's CSRF token
+//! to the caller and a CSRF token. On a first run, `GET /ui/login?token=…` with the terminal
+//! banner's single-use token ([`crate::first_run::LoginToken`]) starts an admin session instead.
+//! Sessions live in this process only, so a restart (or another node behind a load balancer)
+//! logs users out. Every POST is checked for the session's CSRF token
 //! in one middleware before any handler runs, so no form can forget it. An inbox key sees only its
 //! inbox; anything else answers 404, as in the API.
 //!
@@ -17,6 +19,7 @@
 mod chart;
 mod explain;
 mod inboxes;
+mod manage;
 mod messages;
 mod throttle;
 
@@ -95,6 +98,22 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/ui/message.html"),
     ),
     ("dead.html", include_str!("../../../templates/ui/dead.html")),
+    (
+        "inbox_fields.html",
+        include_str!("../../../templates/ui/inbox_fields.html"),
+    ),
+    (
+        "inbox_try.html",
+        include_str!("../../../templates/ui/inbox_try.html"),
+    ),
+    (
+        "inbox_new.html",
+        include_str!("../../../templates/ui/inbox_new.html"),
+    ),
+    (
+        "inbox_settings.html",
+        include_str!("../../../templates/ui/inbox_settings.html"),
+    ),
 ];
 
 static TEMPLATE_ENV: LazyLock<Result<minijinja::Environment<'static>, minijinja::Error>> =
@@ -321,7 +340,13 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
     let pages = Router::new()
         .route("/ui", get(inboxes::list))
         .route("/ui/", get(|| async { Redirect::to("/ui") }))
+        .route("/ui/inboxes", post(manage::create))
         .route("/ui/inboxes/{id}", get(inboxes::detail))
+        .route(
+            "/ui/inboxes/{id}/settings",
+            get(manage::settings).post(manage::save_settings),
+        )
+        .route("/ui/inboxes/{id}/delete", post(manage::delete))
         .route("/ui/inboxes/{id}/webhook", post(inboxes::save_webhook))
         .route("/ui/inboxes/{id}/rotate", post(inboxes::rotate_secret))
         .route("/ui/inboxes/{id}/rules", post(inboxes::save_rules))
@@ -423,15 +448,29 @@ fn form_csrf(body: &Bytes) -> Option<String> {
 struct LoginQuery {
     #[serde(default)]
     error: Option<String>,
+    /// The first run's single-use login link ([`crate::first_run::LoginToken`]).
+    #[serde(default)]
+    token: Option<String>,
 }
 
-async fn login_page(Query(query): Query<LoginQuery>) -> Result<Response, Error> {
+async fn login_page(
+    State(state): State<Arc<UiState>>,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response, Error> {
+    // A GET that logs in is safe here only because the token is secret, single-use and
+    // short-lived: a forged link cannot carry it, and a replayed one finds it spent.
+    if let Some(presented) = &query.token
+        && state.http.login_token.redeem(presented)
+    {
+        return Ok(logged_in(&state, Caller::Admin));
+    }
     let token = random_token();
     let html = render(
         "login.html",
         json!({
             "login_csrf": token,
             "failed": query.error.is_some(),
+            "link_spent": query.token.is_some(),
         }),
     )?;
     Ok((
@@ -476,6 +515,11 @@ async fn login(
         Err(other) => return Err(other.into()),
     };
     state.login_throttle.succeeded(client);
+    Ok(logged_in(&state, caller))
+}
+
+/// Starts a session for `caller` and sends the browser to the dashboard.
+fn logged_in(state: &UiState, caller: Caller) -> Response {
     let session = state.sessions.start(caller);
     let mut response = Redirect::to("/ui").into_response();
     let headers = response.headers_mut();
@@ -487,7 +531,7 @@ async fn login(
         header::SET_COOKIE,
         set_cookie(LOGIN_CSRF_COOKIE, "", Some(0)),
     );
-    Ok(response)
+    response
 }
 
 async fn logout(State(state): State<Arc<UiState>>, headers: HeaderMap) -> Response {
