@@ -122,7 +122,83 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
+    /// What a webhook attempt sent; none when it sent nothing (and for email forwards).
+    pub request: Option<SentRequest>,
     pub next: JobUpdate,
+}
+
+/// Longest request body the attempt log keeps: past it the log says only that it was too large,
+/// so a few huge messages retried many times cannot balloon the database.
+pub const MAX_LOGGED_BODY: usize = 1 << 20;
+
+/// The request one webhook attempt sent, as the attempt log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRequest {
+    /// In the order they were set. A custom header's value reads [`HIDDEN_VALUE`]: custom
+    /// headers carry the receiver's credentials, which are never shown after they are saved.
+    pub headers: Vec<(String, String)>,
+    pub body: SentBody,
+    /// Length of the body sent.
+    pub body_bytes: usize,
+}
+
+/// What a logged custom header value reads.
+pub const HIDDEN_VALUE: &str = "[hidden]";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentBody {
+    /// The job's stored event, byte for byte (payload `mxhook`): read back from there.
+    Event,
+    /// Any other body, LZ4-compressed (block format, its length first).
+    Stored(Vec<u8>),
+    /// Over [`MAX_LOGGED_BODY`]: not kept.
+    TooLarge,
+}
+
+impl SentBody {
+    /// How a body built for one attempt is logged: compressed, or not at all when too large.
+    pub fn of(body: &[u8]) -> Self {
+        if body.len() > MAX_LOGGED_BODY {
+            Self::TooLarge
+        } else {
+            Self::Stored(lz4_flex::block::compress_prepend_size(body))
+        }
+    }
+}
+
+/// The request an attempt sent, read back: headers as logged and the exact body.
+#[derive(Debug, Clone)]
+pub struct AttemptRequest {
+    pub headers: Vec<(String, String)>,
+    /// None when it was over [`MAX_LOGGED_BODY`].
+    pub body: Option<Vec<u8>>,
+    pub body_bytes: usize,
+}
+
+/// `request_meta` as stored (migration 0016).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RequestMeta {
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
+    pub(crate) body_bytes: usize,
+}
+
+impl SentRequest {
+    /// The `request_meta` and `request_body` columns of this request.
+    pub(crate) fn columns(&self) -> (String, Option<&[u8]>) {
+        let (kind, stored) = match &self.body {
+            SentBody::Event => ("event", None),
+            SentBody::Stored(compressed) => ("stored", Some(compressed.as_slice())),
+            SentBody::TooLarge => ("too_large", None),
+        };
+        let meta = RequestMeta {
+            headers: self.headers.clone(),
+            body: kind.to_owned(),
+            body_bytes: self.body_bytes,
+        };
+        // Strings and numbers only: serialising cannot fail.
+        (serde_json::to_string(&meta).unwrap_or_default(), stored)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +262,8 @@ pub struct AttemptRow {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
+    /// The attempt's request is logged (`GET /v1/deliveries/{id}/attempts/{n}/request`).
+    pub request_logged: bool,
 }
 
 impl Db {
@@ -299,13 +377,7 @@ impl Db {
                 crate::event::Event::from_json(text)
                     .is_ok_and(|event| crate::model::is_operational(event.event_type()))
             });
-            let quarantined: i64 = row.try_get("quarantined")?;
-            let event_json = match own_event {
-                Some(event) => event,
-                // A quarantined message's jobs carry its reduced event, never its content.
-                None if quarantined != 0 => quarantined_event(&stored_event(&row)?)?,
-                None => stored_event(&row)?,
-            };
+            let event_json = job_event_of(&row, own_event)?;
             jobs.push(ClaimedJob {
                 delivery_id: row.try_get("id")?,
                 message_id: row.try_get("message_id")?,
@@ -537,7 +609,12 @@ impl Db {
     /// [`Error::Query`].
     pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<AttemptRow>, Error> {
         let rows =
-            sqlx::query("SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt")
+            // Not the request columns: a body stays out of the list.
+            sqlx::query(
+                "SELECT attempt, started_at, latency_ms, status_code, outcome, error, \
+                 response_excerpt, CASE WHEN request_meta IS NULL THEN 0 ELSE 1 END AS logged \
+                 FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+            )
                 .bind(delivery_id)
                 .fetch_all(&self.pool)
                 .await?;
@@ -556,9 +633,60 @@ impl Db {
                     })?,
                     error: row.try_get("error")?,
                     response_excerpt: row.try_get("response_excerpt")?,
+                    request_logged: row.try_get::<i64, _>("logged")? != 0,
                 })
             })
             .collect()
+    }
+
+    /// The request attempt `attempt` of a delivery sent; none when there is no such attempt
+    /// or it sent nothing.
+    ///
+    /// # Errors
+    /// [`Error::Query`]; [`Error::Corrupt`] when the log does not read back.
+    pub async fn attempt_request(
+        &self,
+        delivery_id: &str,
+        attempt: i64,
+    ) -> Result<Option<AttemptRequest>, Error> {
+        let row = sqlx::query(
+            "SELECT a.request_meta, a.request_body, d.delivery_event, m.quarantined, \
+             m.event_json, m.event_lz4 FROM delivery_attempts a \
+             JOIN deliveries d ON d.id = a.delivery_id JOIN messages m ON m.id = d.message_id \
+             WHERE a.delivery_id = $1 AND a.attempt = $2",
+        )
+        .bind(delivery_id)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(meta) = row.try_get::<Option<String>, _>("request_meta")? else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| {
+            Error::Corrupt(format!(
+                "the request of attempt {attempt} of {delivery_id} {what}"
+            ))
+        };
+        let meta: RequestMeta =
+            serde_json::from_str(&meta).map_err(|err| corrupt(format!("is not JSON: {err}")))?;
+        let body = match meta.body.as_str() {
+            "event" => Some(job_event(&row)?.into_bytes()),
+            "stored" => {
+                let stored: Option<Vec<u8>> = row.try_get("request_body")?;
+                let stored = stored.ok_or_else(|| corrupt("has no body".to_owned()))?;
+                Some(decompress_body(&stored).map_err(corrupt)?)
+            }
+            "too_large" => None,
+            other => return Err(corrupt(format!("has body `{other}`"))),
+        };
+        Ok(Some(AttemptRequest {
+            headers: meta.headers,
+            body,
+            body_bytes: meta.body_bytes,
+        }))
     }
 
     /// Every delivery of one message, oldest first.
@@ -573,6 +701,35 @@ impl Db {
                 .await?;
         rows.iter().map(delivery_from_row).collect()
     }
+}
+
+/// The event a job sends: its own (`delivery_event`) or its message's. The query selects
+/// `delivery_event`, `quarantined`, `event_json` and `event_lz4` under these names.
+fn job_event(row: &AnyRow) -> Result<String, Error> {
+    let own_event: Option<String> = row.try_get("delivery_event")?;
+    job_event_of(row, own_event)
+}
+
+fn job_event_of(row: &AnyRow, own_event: Option<String>) -> Result<String, Error> {
+    let quarantined: i64 = row.try_get("quarantined")?;
+    match own_event {
+        Some(event) => Ok(event),
+        // A quarantined message's jobs carry its reduced event, never its content.
+        None if quarantined != 0 => quarantined_event(&stored_event(row)?),
+        None => stored_event(row),
+    }
+}
+
+/// A logged body as [`SentBody::of`] compressed it.
+fn decompress_body(stored: &[u8]) -> Result<Vec<u8>, String> {
+    let (length, compressed) = lz4_flex::block::uncompressed_size(stored)
+        .map_err(|err| format!("has no body length: {err}"))?;
+    // The writer kept nothing longer: a larger length is damage and must not size an allocation.
+    if length > MAX_LOGGED_BODY {
+        return Err(format!("claims a body of {length} bytes"));
+    }
+    lz4_flex::block::decompress(compressed, length)
+        .map_err(|err| format!("has a body that does not decompress: {err}"))
 }
 
 /// The `mail.quarantined` event of a quarantined message's stored event.

@@ -73,6 +73,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "endpoint settings",
         include_str!("../../migrations/0015_endpoint_settings.sql"),
     ),
+    (
+        16,
+        "attempt request",
+        include_str!("../../migrations/0016_attempt_request.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

@@ -252,8 +252,9 @@ pub use api_keys::ApiKeyRow;
 pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{
-    AttemptRecord, AttemptRow, ClaimedJob, DeliveryRow, EndpointKey, JobTarget, JobUpdate, Lease,
-    NewDelivery, RaisedEvent, Recover, Recovered,
+    AttemptRecord, AttemptRequest, AttemptRow, ClaimedJob, DeliveryRow, EndpointKey, HIDDEN_VALUE,
+    JobTarget, JobUpdate, Lease, MAX_LOGGED_BODY, NewDelivery, RaisedEvent, Recover, Recovered,
+    SentBody, SentRequest,
 };
 pub use limits::NewFingerprint;
 pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow, NewMessage};

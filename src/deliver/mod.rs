@@ -31,6 +31,7 @@ use tracing::Instrument as _;
 use crate::config::DeliveryConfig;
 use crate::db::{
     AttemptRecord, ClaimedJob, Db, EndpointKey, JobTarget, JobUpdate, NewDelivery, RaisedEvent,
+    SentBody, SentRequest,
 };
 use crate::event::{self, DeliveryDead, EndpointDisabled, Event};
 use crate::model::{AttemptOutcome, Channel, PayloadFormat, new_id, now_ms, rfc3339};
@@ -384,6 +385,7 @@ impl Dispatcher {
     /// it meanwhile.
     async fn attempt(&self, job: ClaimedJob, held: Held) {
         let started_at = now_ms();
+        let mut request = None;
         let (result, max_retries) = match &job.target {
             JobTarget::Gone(reason) => (Err(reason.clone()), None),
             JobTarget::Webhook(endpoint) if !endpoint.enabled => {
@@ -410,10 +412,25 @@ impl Dispatcher {
                         .map_err(|err| format!("stored event is not JSON: {err}")),
                 };
                 let result = match body {
-                    Ok(body) => Ok(self
-                        .client
-                        .post(endpoint, &job.event_id, body, started_at / 1000)
-                        .await),
+                    Ok(body) => {
+                        // The mxhook body is the stored event, which the log reads back from
+                        // there: no second copy of it.
+                        let logged_body = match endpoint.payload {
+                            PayloadFormat::Mxhook => SentBody::Event,
+                            _ => SentBody::of(&body),
+                        };
+                        let body_bytes = body.len();
+                        let (headers, response) = self
+                            .client
+                            .post_logged(endpoint, &job.event_id, body, started_at / 1000)
+                            .await;
+                        request = headers.map(|headers| SentRequest {
+                            headers,
+                            body: logged_body,
+                            body_bytes,
+                        });
+                        Ok(response)
+                    }
                     Err(err) => Err(err),
                 };
                 (result, endpoint.max_retries)
@@ -447,6 +464,7 @@ impl Dispatcher {
             outcome: AttemptOutcome::NotSent,
             error: None,
             response_excerpt: None,
+            request,
             next: JobUpdate::Dead,
         };
         match result {
@@ -570,6 +588,7 @@ impl Dispatcher {
             },
             error: outcome.err().map(|(_, message)| message),
             response_excerpt: None,
+            request: None,
             next,
         };
         tracing::info!(outcome = record.outcome.as_str(), error = record.error.as_deref(), next = ?record.next, "email forward attempt");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use crate::db::HIDDEN_VALUE;
 use crate::model::WebhookEndpoint;
 use crate::signature::{self, SigningInput};
 
@@ -103,6 +104,35 @@ impl WebhookClient {
         body: Vec<u8>,
         timestamp: i64,
     ) -> Result<Response, Error> {
+        self.post_logged(endpoint, webhook_id, body, timestamp)
+            .await
+            .1
+    }
+
+    /// [`post`](Self::post), also returning the headers set, in order, once a request was
+    /// built (none when it was refused before that): custom header values read
+    /// [`HIDDEN_VALUE`], as they may be the receiver's credentials. Transport headers the HTTP
+    /// client adds (`Host`, `Content-Length`, `Accept`) are not among them.
+    pub async fn post_logged(
+        &self,
+        endpoint: &WebhookEndpoint,
+        webhook_id: &str,
+        body: Vec<u8>,
+        timestamp: i64,
+    ) -> (Option<Vec<(String, String)>>, Result<Response, Error>) {
+        match self.build(endpoint, webhook_id, body, timestamp) {
+            Ok((request, headers)) => (Some(headers), self.send(request).await),
+            Err(err) => (None, Err(err)),
+        }
+    }
+
+    fn build(
+        &self,
+        endpoint: &WebhookEndpoint,
+        webhook_id: &str,
+        body: Vec<u8>,
+        timestamp: i64,
+    ) -> Result<(reqwest::RequestBuilder, Vec<(String, String)>), Error> {
         let url = url::Url::parse(&endpoint.url).map_err(|err| Error::BadUrl(err.to_string()))?;
         match url.scheme() {
             "https" => {}
@@ -136,24 +166,36 @@ impl WebhookClient {
         } else {
             &self.unverified_client
         };
-        let mut request = client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::USER_AGENT, &self.user_agent)
-            .header("webhook-id", webhook_id);
+        let mut logged =
+            Vec::with_capacity(3 + endpoint.custom_headers.len() + signature_headers.len());
+        let mut request = client.post(url);
+        for (name, value) in [
+            ("Content-Type", "application/json"),
+            ("User-Agent", self.user_agent.as_str()),
+            ("webhook-id", webhook_id),
+        ] {
+            request = request.header(name, value);
+            logged.push((name.to_owned(), value.to_owned()));
+        }
         // Custom headers go first and reserved names were refused when the rule was saved, so
         // they can add to a request but never replace its signature or identity.
         for (name, value) in &endpoint.custom_headers {
             request = request.header(name.as_str(), value.as_str());
+            logged.push((name.clone(), HIDDEN_VALUE.to_owned()));
         }
         if let Some(timeout) = endpoint.timeout {
             request = request.timeout(timeout);
         }
         for (name, value) in signature_headers {
-            request = request.header(name, value);
+            request = request.header(&name, &value);
+            logged.push((name, value));
         }
+        Ok((request.body(body), logged))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, Error> {
         let started = Instant::now();
-        let response = request.body(body).send().await.map_err(classify)?;
+        let response = request.send().await.map_err(classify)?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()

@@ -30,6 +30,8 @@ use super::api::{
         deliveries::list_deliveries,
         deliveries::get_delivery,
         deliveries::list_attempts,
+        deliveries::get_attempt_request,
+        deliveries::get_attempt_request_body,
         deliveries::resend_delivery,
         inboxes::list_inboxes,
         inboxes::create_inbox,

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod attempt_request;
 mod cli;
 mod delivery;
 mod delivery_promises;

@@ -633,6 +633,7 @@ async fn only_the_lease_holder_records_an_attempt() {
         outcome: mxhook::model::AttemptOutcome::Delivered,
         error: None,
         response_excerpt: None,
+        request: None,
         next,
     };
     db.record_attempt(&record("node-a", JobUpdate::Dead))

@@ -107,6 +107,16 @@ impl Ui {
             .await
     }
 
+    /// A GET with the session whose answer is kept whole (a download's bytes and headers).
+    pub(crate) async fn get_response(&self, path: &str) -> reqwest::Response {
+        let request = self.http.get(format!("{}{path}", self.base));
+        let request = match &self.session {
+            Some(session) => request.header(COOKIE, format!("mxhook_session={session}")),
+            None => request,
+        };
+        request.send().await.expect("dashboard request")
+    }
+
     pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
         self.send(
             form_post(self.http.post(format!("{}{path}", self.base)), form),

@@ -47,8 +47,8 @@ const FINISH_ATTEMPT: &str = "UPDATE deliveries SET status = $1, next_attempt_at
     updated_at = $7 WHERE id = $8 AND locked_by = $9 RETURNING attempts";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (id, delivery_id, attempt, \
-    started_at, latency_ms, status_code, outcome, error, response_excerpt) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    started_at, latency_ms, status_code, outcome, error, response_excerpt, request_meta, \
+    request_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// Commits accepted messages with their fingerprints and delivery jobs. Returns, per message in
 /// order, its event as committed when that differs from the one given (see
@@ -361,6 +361,13 @@ pub(super) async fn write_attempt(
         return Ok(());
     };
     let attempt_id = crate::model::new_id("att");
+    let (request_meta, request_body) = match &record.request {
+        Some(request) => {
+            let (meta, body) = request.columns();
+            (Some(meta), body)
+        }
+        None => (None, None),
+    };
     exec.execute(
         INSERT_ATTEMPT,
         &args![
@@ -373,6 +380,8 @@ pub(super) async fn write_attempt(
             record.outcome.as_str(),
             record.error.as_deref(),
             record.response_excerpt.as_deref(),
+            request_meta.as_deref(),
+            request_body,
         ],
     )
     .await?;

@@ -1,12 +1,15 @@
 //! Deliveries and their attempt logs, and resend: `GET /v1/deliveries`, `GET
-//! /v1/deliveries/{id}`, `GET /v1/deliveries/{id}/attempts`, `POST /v1/deliveries/{id}/resend`.
+//! /v1/deliveries/{id}`, `GET /v1/deliveries/{id}/attempts`, the request an attempt sent (`GET
+//! /v1/deliveries/{id}/attempts/{attempt}/request` and its `/body`), `POST
+//! /v1/deliveries/{id}/resend`.
 //! A per-inbox key sees only its own inbox's deliveries; any other answers 404.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
@@ -226,6 +229,10 @@ pub(crate) struct AttemptView {
     pub(crate) error: Option<String>,
     #[schema(required)]
     pub(crate) response_excerpt: Option<String>,
+    /// The request this attempt sent is logged: see `GET
+    /// /v1/deliveries/{id}/attempts/{attempt}/request`. False for email forwards, attempts
+    /// that sent nothing and attempts made before the log existed.
+    pub(crate) request_logged: bool,
 }
 
 pub(crate) fn attempt_views(rows: Vec<AttemptRow>) -> Vec<AttemptView> {
@@ -238,8 +245,129 @@ pub(crate) fn attempt_views(rows: Vec<AttemptRow>) -> Vec<AttemptView> {
             outcome: row.outcome,
             error: row.error,
             response_excerpt: row.response_excerpt,
+            request_logged: row.request_logged,
         })
         .collect()
+}
+
+/// The request one webhook attempt sent, for comparing with what a receiver verified.
+///
+/// The body is exactly the bytes sent and signed. Headers are the ones mxhook set, in order;
+/// custom header values read `[hidden]` (they may be the receiver's credentials). Signature
+/// headers are shown: they are HMACs and timestamps, not secrets. The HTTP client's transport
+/// headers (`Host`, `Content-Length`, `Accept`) are not listed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct AttemptRequestView {
+    /// `[name, value]` pairs in the order set.
+    #[schema(value_type = Vec<Vec<String>>)]
+    pub(crate) headers: Vec<(String, String)>,
+    /// The body as sent; null when it was larger than the log keeps (1 MiB).
+    #[schema(required)]
+    pub(crate) body: Option<String>,
+    /// Length of the body sent, in bytes.
+    pub(crate) body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct AttemptPath {
+    /// Delivery id
+    pub(crate) id: String,
+    /// Attempt number, from 1
+    pub(crate) attempt: i64,
+}
+
+/// The logged request of an attempt the caller may see.
+async fn visible_request(
+    state: &HttpState,
+    caller: &Caller,
+    path: &AttemptPath,
+) -> Result<crate::db::AttemptRequest, ApiError> {
+    visible_delivery(state, caller, &path.id).await?;
+    state
+        .db
+        .attempt_request(&path.id, path.attempt)
+        .await?
+        .ok_or(ApiError::NotFound("attempt request"))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}/attempts/{attempt}/request",
+    tag = "deliveries",
+    summary = "The headers and body one webhook attempt sent",
+    params(AttemptPath),
+    responses(
+        (status = 200, description = "The request as sent", body = AttemptRequestView),
+        (status = 400, description = "Bad attempt number", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such attempt visible to this key, or it sent no request", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn get_attempt_request(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<AttemptPath>, PathRejection>,
+) -> Result<Json<AttemptRequestView>, ApiError> {
+    let Path(path) = path.map_err(bad_attempt)?;
+    let request = visible_request(&state, &caller, &path).await?;
+    Ok(Json(AttemptRequestView {
+        headers: request.headers,
+        // Bodies are JSON text; a byte that is not UTF-8 would show as U+FFFD here and is
+        // exact in `/request/body`.
+        body: request
+            .body
+            .map(|body| String::from_utf8_lossy(&body).into_owned()),
+        body_bytes: request.body_bytes,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}/attempts/{attempt}/request/body",
+    tag = "deliveries",
+    summary = "The exact body bytes one webhook attempt sent and signed",
+    params(AttemptPath),
+    responses(
+        (status = 200, description = "The body, byte for byte", content_type = "application/json", body = String),
+        (status = 400, description = "Bad attempt number", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 404, description = "No such attempt visible to this key, it sent no request, or its body was too large to keep", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn get_attempt_request_body(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<AttemptPath>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(path) = path.map_err(bad_attempt)?;
+    let request = visible_request(&state, &caller, &path).await?;
+    let body = request.body.ok_or(ApiError::NotFound(
+        "request body (it was too large to keep)",
+    ))?;
+    let content_type = request
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map_or_else(|| "application/json".to_owned(), |(_, value)| value.clone());
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}-attempt-{}.json\"",
+                    path.id, path.attempt
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn bad_attempt(rejection: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("attempt must be a number from 1: {rejection}"))
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

@@ -82,6 +82,14 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
             get(deliveries::list_attempts),
         )
         .route(
+            "/v1/deliveries/{id}/attempts/{attempt}/request",
+            get(deliveries::get_attempt_request),
+        )
+        .route(
+            "/v1/deliveries/{id}/attempts/{attempt}/request/body",
+            get(deliveries::get_attempt_request_body),
+        )
+        .route(
             "/v1/deliveries/{id}/resend",
             post(deliveries::resend_delivery),
         )

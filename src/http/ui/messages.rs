@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -541,20 +542,34 @@ async fn detail_page(
     };
     let mut deliveries = Vec::new();
     for delivery in db.message_deliveries(&id).await? {
-        let attempts = attempt_views(db.list_attempts(&delivery.id).await?)
-            .into_iter()
-            .map(|attempt| {
-                json!({
-                    "attempt": attempt.attempt,
-                    "started": when_text(&attempt.started_at),
-                    "latency_ms": attempt.latency_ms,
-                    "status_code": attempt.status_code,
-                    "outcome": attempt.outcome,
-                    "error": attempt.error,
-                    "response_excerpt": attempt.response_excerpt,
-                })
-            })
-            .collect();
+        let mut attempts = Vec::new();
+        for attempt in attempt_views(db.list_attempts(&delivery.id).await?) {
+            // What was signed and sent, so a verifier can be checked against it byte for byte.
+            let request = if attempt.request_logged {
+                db.attempt_request(&delivery.id, attempt.attempt)
+                    .await?
+                    .map(|request| {
+                        json!({
+                            "headers": request.headers,
+                            "body": request.body.map(|body| String::from_utf8_lossy(&body).into_owned()),
+                            "body_bytes": request.body_bytes,
+                            "download": format!("/ui/deliveries/{}/attempts/{}/body", delivery.id, attempt.attempt),
+                        })
+                    })
+            } else {
+                None
+            };
+            attempts.push(json!({
+                "attempt": attempt.attempt,
+                "started": when_text(&attempt.started_at),
+                "latency_ms": attempt.latency_ms,
+                "status_code": attempt.status_code,
+                "outcome": attempt.outcome,
+                "error": attempt.error,
+                "response_excerpt": attempt.response_excerpt,
+                "request": request,
+            }));
+        }
         deliveries.push(delivery_view(&DeliveryView::from(&delivery), attempts));
     }
     // A calendar event has no verdicts: it reads as unchecked.
@@ -581,6 +596,20 @@ async fn detail_page(
         }),
     )?;
     Ok((status, html).into_response())
+}
+
+/// The exact body one attempt sent, as a download for feeding to a verifier.
+pub(super) async fn attempt_body(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    path: Result<Path<crate::http::api::deliveries::AttemptPath>, PathRejection>,
+) -> Result<Response, Error> {
+    Ok(crate::http::api::deliveries::get_attempt_request_body(
+        State(Arc::clone(&state.http)),
+        Extension(auth.caller.clone()),
+        path,
+    )
+    .await?)
 }
 
 pub(super) async fn raw(

@@ -357,6 +357,10 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
         .route("/ui/messages/{id}/raw", get(messages::raw))
         .route("/ui/messages/{id}/send-to", post(messages::send_to))
         .route("/ui/deliveries/{id}/resend", post(messages::resend))
+        .route(
+            "/ui/deliveries/{id}/attempts/{attempt}/body",
+            get(messages::attempt_body),
+        )
         .route("/ui/dead", get(messages::dead))
         .route("/ui/dead/resend-all", post(messages::resend_all))
         .route("/ui/dead/recover", post(messages::recover))
