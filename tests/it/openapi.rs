@@ -297,6 +297,30 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     )
     .await;
     seen.check(
+        "GET",
+        &format!("/v1/deliveries/{delivery_id}/attempts/1/request"),
+        "/v1/deliveries/{id}/attempts/{attempt}/request",
+        API_KEY,
+        None,
+    )
+    .await;
+    seen.check(
+        "GET",
+        &format!("/v1/deliveries/{delivery_id}/attempts/99/request"),
+        "/v1/deliveries/{id}/attempts/{attempt}/request",
+        API_KEY,
+        None,
+    )
+    .await;
+    seen.check(
+        "GET",
+        &format!("/v1/deliveries/{delivery_id}/attempts/first/request"),
+        "/v1/deliveries/{id}/attempts/{attempt}/request",
+        API_KEY,
+        None,
+    )
+    .await;
+    seen.check(
         "POST",
         &format!("/v1/deliveries/{delivery_id}/resend"),
         "/v1/deliveries/{id}/resend",
@@ -482,6 +506,9 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         "POST /v1/inboxes 409",
         "POST /v1/inboxes 422",
         "POST /v1/deliveries/{id}/resend 202",
+        "GET /v1/deliveries/{id}/attempts/{attempt}/request 200",
+        "GET /v1/deliveries/{id}/attempts/{attempt}/request 404",
+        "GET /v1/deliveries/{id}/attempts/{attempt}/request 400",
         "DELETE /v1/inboxes/{id} 204",
         "POST /v1/ingress/calcom 400",
     ] {

@@ -329,7 +329,7 @@ pub(crate) async fn get_attempt_request(
     summary = "The exact body bytes one webhook attempt sent and signed",
     params(AttemptPath),
     responses(
-        (status = 200, description = "The body, byte for byte", content_type = "application/json", body = String),
+        (status = 200, description = "The body, byte for byte, with the Content-Type it was sent with (the payload's JSON, whatever its format)", content_type = "application/json", body = serde_json::Value),
         (status = 400, description = "Bad attempt number", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such attempt visible to this key, it sent no request, or its body was too large to keep", body = ErrorBody),
