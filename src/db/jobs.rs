@@ -122,8 +122,9 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
-    /// What a webhook attempt sent; none when it sent nothing (and for email forwards).
-    pub request: Option<SentRequest>,
+    /// What a webhook attempt sent; none when it sent nothing (and for email forwards). Boxed:
+    /// the record travels by value through the write queue.
+    pub request: Option<Box<SentRequest>>,
     pub next: JobUpdate,
 }
 
@@ -782,4 +783,57 @@ pub(super) fn delivery_from_row(row: &AnyRow) -> Result<DeliveryRow, Error> {
         delivered_at_ms: row.try_get("delivered_at")?,
         id,
     })
+}
+
+#[cfg(test)]
+mod request_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_body_reads_back_exactly_and_one_over_the_cap_is_not_kept() {
+        let body = "{\"text\":\"Grüße \\u0000 \"}".repeat(1000);
+        let SentBody::Stored(stored) = SentBody::of(body.as_bytes()) else {
+            panic!("a small body is kept");
+        };
+        assert!(stored.len() < body.len());
+        assert_eq!(
+            decompress_body(&stored).expect("decompress"),
+            body.as_bytes()
+        );
+        assert!(matches!(
+            SentBody::of(&vec![b'x'; MAX_LOGGED_BODY]),
+            SentBody::Stored(_)
+        ));
+        assert_eq!(
+            SentBody::of(&vec![b'x'; MAX_LOGGED_BODY + 1]),
+            SentBody::TooLarge
+        );
+    }
+
+    #[test]
+    fn a_damaged_logged_body_is_an_error_not_a_huge_allocation() {
+        let SentBody::Stored(mut stored) = SentBody::of(b"{\"a\":1}") else {
+            panic!("kept");
+        };
+        stored[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decompress_body(&stored).is_err());
+        assert!(decompress_body(&[1]).is_err());
+    }
+
+    #[test]
+    fn the_log_columns_hold_headers_in_order_and_no_body_for_the_event() {
+        let request = SentRequest {
+            headers: vec![
+                ("Content-Type".to_owned(), "application/json".to_owned()),
+                ("X-Token".to_owned(), HIDDEN_VALUE.to_owned()),
+            ],
+            body: SentBody::Event,
+            body_bytes: 12,
+        };
+        let (meta, body) = request.columns();
+        assert!(body.is_none());
+        let meta: RequestMeta = serde_json::from_str(&meta).expect("JSON");
+        assert_eq!(meta.headers, request.headers);
+        assert_eq!((meta.body.as_str(), meta.body_bytes), ("event", 12));
+    }
 }

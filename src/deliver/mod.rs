@@ -424,10 +424,12 @@ impl Dispatcher {
                             .client
                             .post_logged(endpoint, &job.event_id, body, started_at / 1000)
                             .await;
-                        request = headers.map(|headers| SentRequest {
-                            headers,
-                            body: logged_body,
-                            body_bytes,
+                        request = headers.map(|headers| {
+                            Box::new(SentRequest {
+                                headers,
+                                body: logged_body,
+                                body_bytes,
+                            })
                         });
                         Ok(response)
                     }

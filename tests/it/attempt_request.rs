@@ -102,10 +102,10 @@ async fn logged_requests_match_what_the_receiver_got(payload: &str) {
             "the credential is served: {request}"
         );
         let body = request["body"].as_str().expect("a body");
-        assert_eq!(
-            body.as_bytes(),
-            &got.body[..],
-            "attempt {number}: the logged body is not the body sent"
+        assert!(
+            body.as_bytes() == &got.body[..],
+            "attempt {number}: the logged body is not the body sent:\n{body}\n{}",
+            String::from_utf8_lossy(&got.body)
         );
         assert_eq!(request["body_bytes"], got.body.len());
         let headers = header_pairs(&request);
