@@ -199,24 +199,38 @@ async fn a_config_with_admin_keys_or_inboxes_gets_no_key_file_and_no_demo_inbox(
     .expect("write config");
     let (smtp, http) = (free_addr(), free_addr());
     let process = Process::start_logged(cwd.path(), Some(&config), smtp, http).await;
-    let inboxes = no_redirects()
-        .get(format!("http://{http}/v1/inboxes"))
-        .bearer_auth("configured-key")
-        .send()
-        .await
-        .expect("API");
-    let body: serde_json::Value = inboxes.json().await.expect("json");
-    let ids: Vec<&str> = body["inboxes"]
-        .as_array()
-        .map(|list| list.iter().filter_map(|i| i["id"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(ids, ["mine"], "{body}");
+    assert_eq!(inbox_ids(http, "configured-key").await, ["mine"]);
     assert!(!cwd.path().join("data/admin_key").exists());
     let lines = process.log_lines();
     assert!(
         lines.iter().all(|line| !line.contains("mxhook is running")),
         "{lines:#?}"
     );
+
+    // A config file that declares no inbox chooses none: its empty database gets no demo inbox.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let config = empty.path().join("mxhook.toml");
+    std::fs::write(&config, "[http]\nadmin_keys = [\"configured-key\"]\n").expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+    let _process = Process::start_logged(empty.path(), Some(&config), smtp, http).await;
+    assert!(inbox_ids(http, "configured-key").await.is_empty());
+}
+
+/// The ids `GET /v1/inboxes` lists, read with `key`.
+async fn inbox_ids(http: std::net::SocketAddr, key: &str) -> Vec<String> {
+    let answer = no_redirects()
+        .get(format!("http://{http}/v1/inboxes"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("API");
+    let body: serde_json::Value = answer.json().await.expect("json");
+    body["inboxes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no inbox list: {body}"))
+        .iter()
+        .filter_map(|inbox| inbox["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 #[test]
