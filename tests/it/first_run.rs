@@ -172,19 +172,11 @@ async fn a_first_start_prints_a_link_that_logs_in_and_a_second_start_prints_no_s
         key,
         "the key changed"
     );
-    let inboxes = client
-        .get(format!("http://{http}/v1/inboxes"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("API");
-    assert_eq!(inboxes.status(), 200);
-    let body: serde_json::Value = inboxes.json().await.expect("json");
-    let ids: Vec<&str> = body["inboxes"]
-        .as_array()
-        .map(|list| list.iter().filter_map(|i| i["id"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(ids, ["demo"], "the demo inbox is seeded once: {body}");
+    assert_eq!(
+        inbox_ids(http, &key).await,
+        ["demo"],
+        "the demo inbox is seeded once"
+    );
     drop(process);
 }
 
