@@ -344,6 +344,39 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         None,
     )
     .await;
+    seen.check(
+        "POST",
+        "/v1/inboxes/agent/deliveries/recover",
+        "/v1/inboxes/{id}/deliveries/recover",
+        API_KEY,
+        Some(json!({"since": "2000-01-01T00:00:00Z", "status": "any"})),
+    )
+    .await;
+    seen.check(
+        "POST",
+        "/v1/inboxes/agent/deliveries/recover",
+        "/v1/inboxes/{id}/deliveries/recover",
+        API_KEY,
+        Some(json!({"since": "yesterday"})),
+    )
+    .await;
+    seen.check(
+        "POST",
+        &format!("/v1/messages/{message_id}/send-to"),
+        "/v1/messages/{id}/send-to",
+        API_KEY,
+        Some(json!({"url": receiver.url(), "payload": "event-data"})),
+    )
+    .await;
+    // Nothing listens on port 1: the documented 502.
+    seen.check(
+        "POST",
+        &format!("/v1/messages/{message_id}/send-to"),
+        "/v1/messages/{id}/send-to",
+        API_KEY,
+        Some(json!({"url": "http://127.0.0.1:1/hook"})),
+    )
+    .await;
 
     // Notification rules, with both channels, so the rule's nested objects are compared too.
     let rules = seen
@@ -511,6 +544,10 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         "GET /v1/deliveries/{id}/attempts/{attempt}/request 400",
         "DELETE /v1/inboxes/{id} 204",
         "POST /v1/ingress/calcom 400",
+        "POST /v1/inboxes/{id}/deliveries/recover 202",
+        "POST /v1/inboxes/{id}/deliveries/recover 400",
+        "POST /v1/messages/{id}/send-to 200",
+        "POST /v1/messages/{id}/send-to 502",
     ] {
         assert!(
             seen.statuses.iter().any(|status| status == expected),
