@@ -81,7 +81,10 @@ pub struct Envelope {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
+    /// Lowercased.
     pub address: String,
+    /// As the client sent it (`RCPT TO`, the ingress request).
+    pub as_sent: String,
     pub inbox_id: String,
 }
 

@@ -278,6 +278,16 @@ pub fn build_with_flags(
         Some(flags) => (flags, true),
         None => (Flags::default(), false),
     };
+    // The first of this inbox's envelope addresses, as sent; a context without the envelope's
+    // recipients (a test event) names the first resolved address.
+    let recipient = ctx
+        .envelope
+        .recipients
+        .iter()
+        .find(|recipient| recipient.inbox_id == ctx.agent_id)
+        .map(|recipient| recipient.as_sent.clone())
+        .or_else(|| ctx.inbox_recipients.first().cloned())
+        .unwrap_or_default();
     let mut event = MailEvent {
         agent_id: ctx.agent_id.into(),
         auth: flags.auth,
@@ -293,11 +303,8 @@ pub fn build_with_flags(
         policy_violations: checked.then_some(flags.policy_violations),
         quarantined: checked.then_some(flags.quarantined),
         rate_limited: flags.rate_limited,
-        recipient: ctx.inbox_recipients.first().cloned().unwrap_or_default(),
-        recipient_tag: ctx
-            .inbox_recipients
-            .first()
-            .and_then(|recipient| recipient_tag(recipient)),
+        recipient_tag: recipient_tag(&recipient),
+        recipient,
         remote_ip: ctx.envelope.remote_ip,
         s3_bucket: ctx.s3_bucket.to_owned(),
         s3_key: ctx.s3_key.to_owned(),
