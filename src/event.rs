@@ -31,7 +31,7 @@ pub use auth::{ArcChain, Auth, AuthResult, Dkim, Dmarc, DmarcPolicy, Spf, SpfIde
 pub use calendar::{Booking, BookingChange, CalendarEvent, Person};
 pub use mail::{
     Address, Attachment, Email, EventContext, Flags, MailEvent, MailReceived, Thread, TrustTier,
-    build, build_guarded, build_with_flags,
+    build, build_guarded, build_with_flags, recipient_tag,
 };
 pub use operational::{
     DeliveryDead, DeliveryDeadType, EndpointDisabled, EndpointDisabledType, HeaderMetadata,

@@ -19,7 +19,7 @@ mod webhook;
 pub use address::{is_valid_inbox_id, normalize_address, validate_webhook_url};
 pub use policy::{PolicyAction, SenderPolicy, normalize_sender_entry};
 pub use provider::Provider;
-pub use rule::{Channels, EmailChannel, Filters, Rule, WebhookChannel};
+pub use rule::{Channels, EmailChannel, Filters, Rule, SubjectPattern, WebhookChannel};
 pub use subscription::{
     DELIVERY_DEAD, ENDPOINT_DISABLED, EVENT_TYPES, EventPattern, MAIL_QUARANTINED, MAIL_RECEIVED,
     Subscription, is_operational,
@@ -81,7 +81,10 @@ pub struct Envelope {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
+    /// Lowercased.
     pub address: String,
+    /// As the client sent it (`RCPT TO`, the ingress request).
+    pub as_sent: String,
     pub inbox_id: String,
 }
 

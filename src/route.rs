@@ -15,6 +15,11 @@ pub struct EventFlags {
     pub traffic_types: Vec<String>,
     pub sender_domain: Option<String>,
     pub trust_tier: TrustTier,
+    /// The envelope address that reached the inbox, as sent.
+    pub recipient: Option<String>,
+    pub recipient_tag: Option<String>,
+    pub subject: String,
+    pub has_attachments: bool,
 }
 
 impl EventFlags {
@@ -34,6 +39,10 @@ impl EventFlags {
                 .and_then(|sender| sender.rsplit_once('@'))
                 .map(|(_, domain)| domain.to_ascii_lowercase()),
             trust_tier: mail.peer_trust_tier,
+            recipient: Some(mail.recipient.clone()).filter(|recipient| !recipient.is_empty()),
+            recipient_tag: mail.recipient_tag.clone(),
+            subject: mail.subject.clone(),
+            has_attachments: !mail.email.attachments.is_empty(),
         }
     }
 
@@ -45,6 +54,10 @@ impl EventFlags {
             traffic_types: Vec::new(),
             sender_domain: None,
             trust_tier: TrustTier::Unverified,
+            recipient: None,
+            recipient_tag: None,
+            subject: String::new(),
+            has_attachments: false,
         }
     }
 
@@ -119,8 +132,59 @@ fn filters_match(filters: &Filters, flags: &EventFlags) -> bool {
         });
     let tiers_ok =
         filters.trust_tiers.is_empty() || filters.trust_tiers.contains(&flags.trust_tier);
+    let recipients_ok = filters.recipients.is_empty()
+        || flags.recipient.as_deref().is_some_and(|recipient| {
+            filters
+                .recipients
+                .iter()
+                .any(|wanted| recipient_matches(wanted, recipient))
+        });
+    let tags_ok = filters.recipient_tags.is_empty()
+        || flags.recipient_tag.as_deref().is_some_and(|tag| {
+            filters
+                .recipient_tags
+                .iter()
+                .any(|wanted| wanted.eq_ignore_ascii_case(tag))
+        });
+    let subject_ok = filters
+        .subject_matches
+        .as_ref()
+        .is_none_or(|pattern| pattern.is_match(&flags.subject));
+    let attachments_ok = filters
+        .has_attachments
+        .is_none_or(|wanted| wanted == flags.has_attachments);
     let subscribed = filters.subscription().matches(flags.event_type);
-    subscribed && verified_ok && types_ok && domains_ok && tiers_ok
+    subscribed
+        && verified_ok
+        && types_ok
+        && domains_ok
+        && tiers_ok
+        && recipients_ok
+        && tags_ok
+        && subject_ok
+        && attachments_ok
+}
+
+/// Whether `recipient` is the filter entry `wanted`: the same address (case-insensitive), any
+/// local part at the domain (`*@domain`), or the local part with any tag (`local+*@domain`).
+fn recipient_matches(wanted: &str, recipient: &str) -> bool {
+    let (Some((wanted_local, wanted_domain)), Some((local, domain))) =
+        (wanted.rsplit_once('@'), recipient.rsplit_once('@'))
+    else {
+        return wanted.eq_ignore_ascii_case(recipient);
+    };
+    if !wanted_domain.eq_ignore_ascii_case(domain) {
+        return false;
+    }
+    if wanted_local == "*" {
+        return true;
+    }
+    match wanted_local.strip_suffix("+*") {
+        Some(base) => local
+            .split_once('+')
+            .is_some_and(|(untagged, _)| untagged.eq_ignore_ascii_case(base)),
+        None => wanted_local.eq_ignore_ascii_case(local),
+    }
 }
 
 /// Where one event goes because of a rule.

@@ -47,6 +47,11 @@ pub struct MailEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<bool>,
     pub rate_limited: bool,
+    /// The envelope address that reached this inbox, as sent in `RCPT TO`; the first in RCPT
+    /// order when several did.
+    pub recipient: String,
+    /// The text after `+` in the recipient's local part; `null` without one.
+    pub recipient_tag: Option<String>,
     #[schema(value_type = Option<String>)]
     pub remote_ip: Option<IpAddr>,
     pub s3_bucket: String,
@@ -273,6 +278,16 @@ pub fn build_with_flags(
         Some(flags) => (flags, true),
         None => (Flags::default(), false),
     };
+    // The first of this inbox's envelope addresses, as sent; a context without the envelope's
+    // recipients (a test event) names the first resolved address.
+    let recipient = ctx
+        .envelope
+        .recipients
+        .iter()
+        .find(|recipient| recipient.inbox_id == ctx.agent_id)
+        .map(|recipient| recipient.as_sent.clone())
+        .or_else(|| ctx.inbox_recipients.first().cloned())
+        .unwrap_or_default();
     let mut event = MailEvent {
         agent_id: ctx.agent_id.into(),
         auth: flags.auth,
@@ -288,6 +303,8 @@ pub fn build_with_flags(
         policy_violations: checked.then_some(flags.policy_violations),
         quarantined: checked.then_some(flags.quarantined),
         rate_limited: flags.rate_limited,
+        recipient_tag: recipient_tag(&recipient),
+        recipient,
         remote_ip: ctx.envelope.remote_ip,
         s3_bucket: ctx.s3_bucket.to_owned(),
         s3_key: ctx.s3_key.to_owned(),
@@ -388,6 +405,16 @@ fn senders_date(ms: i64, offset_s: Option<i32>) -> String {
             .to_string(),
         _ => rfc3339(ms),
     }
+}
+
+/// The text after the first `+` of an address's local part; `None` without one or when empty.
+pub fn recipient_tag(address: &str) -> Option<String> {
+    let local = address.rsplit_once('@').map_or(address, |(local, _)| local);
+    local
+        .split_once('+')
+        .map(|(_, tag)| tag)
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_owned)
 }
 
 /// Recipients of this inbox that the visible To/Cc headers do not name were Bcc'd.

@@ -31,6 +31,9 @@ pub struct QuarantinedEvent {
     pub peer_trust_tier: TrustTier,
     /// The sender-policy rules the mail broke.
     pub reason: Vec<String>,
+    /// As the mail's `mail.received` event gives it.
+    pub recipient: String,
+    pub recipient_tag: Option<String>,
     #[schema(value_type = Option<String>)]
     pub remote_ip: Option<std::net::IpAddr>,
     pub sender: Option<String>,
@@ -84,6 +87,8 @@ impl QuarantinedEvent {
             message_id: mail.message_id.clone(),
             peer_trust_tier: mail.peer_trust_tier,
             reason: mail.policy_violations.clone().unwrap_or_default(),
+            recipient: mail.recipient.clone(),
+            recipient_tag: mail.recipient_tag.clone(),
             remote_ip: mail.remote_ip,
             sender: mail.sender.clone(),
             size: mail.size,

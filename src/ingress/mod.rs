@@ -180,6 +180,7 @@ impl Ingress {
             .filter_map(|address| {
                 Some(Recipient {
                     address: address.clone(),
+                    as_sent: address.clone(),
                     inbox_id: self.inbox_with_address(address)?,
                 })
             })

@@ -45,6 +45,81 @@ pub struct Filters {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>, example = json!(["mail.*"]))]
     pub event_types: Vec<String>,
+    /// Envelope addresses that reached the inbox: exact (case-insensitive) or the globs
+    /// `*@domain` and `local+*@domain`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// The recipient's `+tag`, exact and case-insensitive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipient_tags: Vec<String>,
+    /// A regular expression the subject must match somewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub subject_matches: Option<SubjectPattern>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_attachments: Option<bool>,
+}
+
+/// The largest compiled form a `subject_matches` pattern may take, so one rule cannot make
+/// every message's routing slow or the gateway's memory large.
+const SUBJECT_PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// A rule's `subject_matches`: the pattern as sent (what GET echoes) and its compiled form,
+/// compiled once when the rule is read, so routing never compiles. A pattern that does not
+/// compile is kept, refused by [`Rule::validate`], and matches nothing should it be stored.
+#[derive(Debug, Clone)]
+pub struct SubjectPattern {
+    pattern: String,
+    compiled: Result<regex::Regex, String>,
+}
+
+impl SubjectPattern {
+    pub fn new(pattern: &str) -> Self {
+        let compiled = regex::RegexBuilder::new(pattern)
+            .size_limit(SUBJECT_PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|err| match err {
+                regex::Error::CompiledTooBig(_) => "the expression is too large".to_owned(),
+                err => format!("not a valid regular expression: {err}"),
+            });
+        Self {
+            pattern: pattern.to_owned(),
+            compiled,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Why the pattern does not compile, if it does not.
+    pub fn error(&self) -> Option<&str> {
+        self.compiled.as_ref().err().map(String::as_str)
+    }
+
+    pub fn is_match(&self, subject: &str) -> bool {
+        self.compiled
+            .as_ref()
+            .is_ok_and(|regex| regex.is_match(subject))
+    }
+}
+
+impl PartialEq for SubjectPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Serialize for SubjectPattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.pattern)
+    }
+}
+
+impl<'de> Deserialize<'de> for SubjectPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::new(&String::deserialize(deserializer)?))
+    }
 }
 
 impl Filters {
@@ -56,6 +131,13 @@ impl Filters {
             return Subscription::default();
         }
         Subscription::parse(&self.event_types).unwrap_or(Subscription(Vec::new()))
+    }
+
+    /// Why `subject_matches` is refused, when it is set and does not compile.
+    pub fn subject_pattern_error(&self) -> Option<&str> {
+        self.subject_matches
+            .as_ref()
+            .and_then(SubjectPattern::error)
     }
 }
 
@@ -176,6 +258,9 @@ impl Rule {
         }
         Subscription::parse(&self.filters.event_types)
             .map_err(|message| format!("filters.event_types: {message}"))?;
+        if let Some(message) = self.filters.subject_pattern_error() {
+            return Err(format!("filters.subject_matches: {message}"));
+        }
         if let Some(webhook) = &self.channels.webhook {
             super::validate_webhook_url(&webhook.url, allow_http)
                 .map_err(|message| format!("channels.webhook.url: {message}"))?;

@@ -218,3 +218,161 @@ fn event_types_filter_every_channel_and_default_to_mail_and_calendar() {
         &["webhook:all"],
     );
 }
+
+/// A received mail's flags for the recipient filters: what reached the inbox, its subject,
+/// and whether it carries an attachment.
+fn mail_to(recipient: &str, subject: &str, attachments: bool) -> EventFlags {
+    let attachments = if attachments {
+        json!([{"content_type": "application/pdf", "id": "att_1", "size": 3}])
+    } else {
+        json!([])
+    };
+    let event = serde_json::from_value(json!({
+        "recipient": recipient,
+        "recipient_tag": crate::event::recipient_tag(recipient),
+        "subject": subject,
+        "email": {"attachments": attachments},
+    }))
+    .expect("a mail event");
+    EventFlags::from_event(&Event::Mail(event))
+}
+
+fn rule_with(filters: serde_json::Value) -> serde_json::Value {
+    json!([{"id": "r", "name": "n", "filters": filters,
+            "channels": {"webhook": {"url": "https://hooks.example.net/a"}}}])
+}
+
+#[test]
+fn recipients_match_exact_addresses_and_globs_case_insensitively() {
+    let cases = [
+        (
+            "Agent+Billing@Example.com",
+            "agent+billing@example.com",
+            true,
+        ),
+        ("agent+billing@example.com", "agent@example.com", false),
+        ("*@example.com", "Anyone+x@EXAMPLE.com", true),
+        ("*@example.com", "anyone@example.org", false),
+        ("*@example.com", "anyone@sub.example.com", false),
+        ("agent+*@example.com", "Agent+billing@example.com", true),
+        ("agent+*@example.com", "agent@example.com", false),
+        ("agent+*@example.com", "agentx+billing@example.com", false),
+        ("agent+*@example.com", "agent+billing@example.org", false),
+    ];
+    for (wanted, recipient, routed) in cases {
+        let expected: &[&str] = if routed { &["webhook:r"] } else { &[] };
+        check(
+            rule_with(json!({"recipients": ["nobody@example.net", wanted]})),
+            &mail_to(recipient, "s", false),
+            expected,
+        );
+    }
+}
+
+#[test]
+fn recipient_tags_match_exactly_and_case_insensitively() {
+    let rules = rule_with(json!({"recipient_tags": ["billing", "Support"]}));
+    check(
+        rules.clone(),
+        &mail_to("agent+Billing@example.com", "s", false),
+        &["webhook:r"],
+    );
+    check(
+        rules.clone(),
+        &mail_to("agent+support@example.com", "s", false),
+        &["webhook:r"],
+    );
+    check(
+        rules.clone(),
+        &mail_to("agent+billings@example.com", "s", false),
+        &[],
+    );
+    check(rules, &mail_to("agent@example.com", "s", false), &[]);
+}
+
+#[test]
+fn subject_matches_is_a_regular_expression_found_anywhere_in_the_subject() {
+    let rules = rule_with(json!({"subject_matches": "(?i)invoice #\\d+"}));
+    check(
+        rules.clone(),
+        &mail_to("agent@example.com", "Re: INVOICE #42 overdue", false),
+        &["webhook:r"],
+    );
+    check(
+        rules.clone(),
+        &mail_to("agent@example.com", "Invoice #x", false),
+        &[],
+    );
+    check(rules, &mail_to("agent@example.com", "", false), &[]);
+    // Operational events have no subject: an anchored empty pattern is the only match.
+    check(
+        rule_with(json!({"subject_matches": "^$", "event_types": ["*"]})),
+        &EventFlags::without_sender("delivery.dead"),
+        &["webhook:r"],
+    );
+}
+
+#[test]
+fn has_attachments_matches_either_way() {
+    let with = rule_with(json!({"has_attachments": true}));
+    let without = rule_with(json!({"has_attachments": false}));
+    let attached = mail_to("agent@example.com", "s", true);
+    let bare = mail_to("agent@example.com", "s", false);
+    check(with.clone(), &attached, &["webhook:r"]);
+    check(with, &bare, &[]);
+    check(without.clone(), &bare, &["webhook:r"]);
+    check(without, &attached, &[]);
+}
+
+#[test]
+fn every_recipient_filter_that_is_set_must_match() {
+    let rules = rule_with(json!({
+        "recipients": ["agent+*@example.com"],
+        "recipient_tags": ["billing"],
+        "subject_matches": "invoice",
+        "has_attachments": true,
+    }));
+    check(
+        rules.clone(),
+        &mail_to("agent+billing@example.com", "your invoice", true),
+        &["webhook:r"],
+    );
+    for (recipient, subject, attachments) in [
+        ("other+billing@example.com", "your invoice", true),
+        ("agent+sales@example.com", "your invoice", true),
+        ("agent+billing@example.com", "your receipt", true),
+        ("agent+billing@example.com", "your invoice", false),
+    ] {
+        check(
+            rules.clone(),
+            &mail_to(recipient, subject, attachments),
+            &[],
+        );
+    }
+}
+
+#[test]
+fn a_subject_pattern_that_does_not_compile_is_refused_and_echoed_as_sent() {
+    let parse = |value: serde_json::Value| serde_json::from_value::<Rule>(value).expect("parses");
+    for pattern in ["(unclosed", "a{1000}{1000}{1000}"] {
+        let rule = parse(json!({"name": "n", "id": "r", "filters": {"subject_matches": pattern}}));
+        let message = rule.validate(false).expect_err("accepted {pattern}");
+        assert!(
+            message.starts_with("filters.subject_matches: "),
+            "{message}"
+        );
+        // Should one be stored anyway, it routes nothing rather than everything.
+        check(
+            rule_with(json!({"subject_matches": pattern})),
+            &mail_to("agent@example.com", "(unclosed", false),
+            &[],
+        );
+    }
+    let sent = json!({"name": "n", "id": "r", "enabled": true,
+                      "filters": {"recipients": ["*@example.com"], "recipient_tags": ["b"],
+                                  "subject_matches": "^x", "has_attachments": false},
+                      "channels": {}});
+    let rule = parse(sent.clone());
+    rule.validate(false).expect("a valid rule");
+    assert_eq!(serde_json::to_value(&rule).expect("serializes"), sent);
+}

@@ -254,8 +254,9 @@ pub fn parse_mail_from(line: &[u8], max_size: u64) -> Result<MailFrom, Reply> {
 /// Outcome of parsing `RCPT TO`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptTo {
-    /// A plain `local@domain`, lowercased; still to be looked up.
-    Mailbox(String),
+    /// A plain `local@domain`: `address` lowercased, still to be looked up; `as_sent` in the
+    /// client's case, which the event reports as its `recipient`.
+    Mailbox { address: String, as_sent: String },
     /// Routing syntax this server never relays for (`%`, `!`, quoted local parts, source
     /// routes, no domain).
     RelayAttempt(String),
@@ -281,7 +282,10 @@ pub fn parse_rcpt_to(line: &[u8]) -> Result<RcptTo, Reply> {
         ));
     }
     Ok(match crate::model::normalize_address(path) {
-        Some(address) if !path.starts_with('@') => RcptTo::Mailbox(address),
+        Some(address) if !path.starts_with('@') => RcptTo::Mailbox {
+            address,
+            as_sent: path.trim().to_owned(),
+        },
         _ => RcptTo::RelayAttempt(path.to_owned()),
     })
 }

@@ -457,7 +457,7 @@ where
                 self.ctx.counters.reject(Rejection::RelayDenied);
                 Reply::new(550, "5.7.1", format!("<{path}>: relay access denied"))
             }
-            Ok(RcptTo::Mailbox(address)) => match self.ctx.directory.lookup(&address) {
+            Ok(RcptTo::Mailbox { address, as_sent }) => match self.ctx.directory.lookup(&address) {
                 Some(inbox_id)
                     if self
                         .ctx
@@ -479,9 +479,11 @@ where
                         .engine
                         .process(format!("RCPT TO:<{address}>\r\n").as_bytes());
                     if response.code == 250 {
-                        self.envelope
-                            .recipients
-                            .push(Recipient { address, inbox_id });
+                        self.envelope.recipients.push(Recipient {
+                            address,
+                            as_sent,
+                            inbox_id,
+                        });
                         self.queue(&Reply::new(250, "2.1.5", "Recipient OK"));
                     } else {
                         self.queue_engine(&response, None);

@@ -23,6 +23,7 @@ mod payload_shapes;
 mod process;
 mod readme_promises;
 mod readme_tour;
+mod recipient_filters;
 mod recover;
 mod rules;
 mod s3_storage;

@@ -42,6 +42,7 @@ fn build(raw: &[u8], thread: &Thread, max_payload_bytes: usize) -> Value {
         mail_from: Some("sender@client.example".to_owned()),
         recipients: vec![Recipient {
             address: "agent@example.com".to_owned(),
+            as_sent: "agent@example.com".to_owned(),
             inbox_id: "agent".to_owned(),
         }],
         smtputf8: false,

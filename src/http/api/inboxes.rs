@@ -541,6 +541,7 @@ pub(crate) async fn send_test_event(
         helo: "mxhook-test-event".to_owned(),
         mail_from: Some("test@mxhook.invalid".to_owned()),
         recipients: vec![Recipient {
+            as_sent: address.clone(),
             address,
             inbox_id: id,
         }],

@@ -124,6 +124,10 @@ pub(crate) struct StoredEvent {
     sender: Option<String>,
     envelope_from: Option<String>,
     envelope_to: Option<Vec<String>>,
+    /// The envelope address that reached this inbox, as sent; the first in RCPT order.
+    recipient: Option<String>,
+    /// The text after `+` in the recipient's local part.
+    recipient_tag: Option<String>,
     subject: Option<String>,
     thread_id: Option<String>,
     extracted_text: Option<String>,

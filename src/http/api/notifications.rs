@@ -71,6 +71,12 @@ fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError>
                 message: format!("rules[{idx}].filters.event_types: {message}"),
             }
         })?;
+        if let Some(message) = rule.filters.subject_pattern_error() {
+            return Err(ApiError::Rejected {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: format!("rules[{idx}].filters.subject_matches: {message}"),
+            });
+        }
         rule.validate(state.delivery.allow_http)
             .map_err(|message| ApiError::BadRequest(format!("rules[{idx}].{message}")))?;
         if let Some(webhook) = rule.channels.webhook.as_mut()

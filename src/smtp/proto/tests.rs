@@ -223,7 +223,10 @@ fn rcpt_to_classifies_relay_tricks() {
     let parse = |line: &[u8]| parse_rcpt_to(line).expect("parsed");
     assert_eq!(
         parse(b"RCPT TO:<Agent@Example.com>"),
-        RcptTo::Mailbox("agent@example.com".into())
+        RcptTo::Mailbox {
+            address: "agent@example.com".into(),
+            as_sent: "Agent@Example.com".into(),
+        }
     );
     for trick in [
         &b"RCPT TO:<user%other.org@example.com>"[..],
