@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::gateway::{API_KEY, SECRET};
 use crate::support::{
-    GatewayOptions, Received, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually,
+    GatewayOptions, Received, Reply, SmtpClient, TestGateway, WebhookReceiver, escaped, eventually,
     python_verifies_agentmail, rand_token, simple_message,
 };
 use crate::ui::Ui;
@@ -235,14 +235,4 @@ async fn ui_download(ui: &Ui, page: &str, number: usize) -> (u16, Vec<u8>, Strin
         response.bytes().await.expect("body").to_vec(),
         content_type,
     )
-}
-
-/// Text as the templates escape it (minijinja also escapes `/`).
-fn escaped(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;")
-        .replace('/', "&#x2f;")
 }

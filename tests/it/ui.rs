@@ -10,8 +10,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::support::gateway::API_KEY;
 use crate::support::{
-    GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, eventually, rand_token,
-    repo_path, simple_message,
+    GatewayOptions, Reply, SmtpClient, TestGateway, WebhookReceiver, escaped, eventually,
+    rand_token, repo_path, simple_message,
 };
 
 /// A browser-like client: no automatic redirects, cookies carried by hand.
@@ -538,16 +538,6 @@ async fn inbox_page_shows_endpoint_statistics_and_the_api_reports_them() {
     assert!(list.body.contains("50%"), "{}", list.body);
     let detail = ui.get("/ui/inboxes/agent").await;
     assert!(detail.body.contains("1/2"), "{}", detail.body);
-}
-
-/// Text as the templates escape it (minijinja also escapes `/`).
-fn escaped(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;")
-        .replace('/', "&#x2f;")
 }
 
 /// Whether the page's checkbox `name` is ticked.

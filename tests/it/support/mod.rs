@@ -172,3 +172,13 @@ sys.exit(0 if any(hmac.compare_digest(expected, h) for h in header.split(" ")) e
         .expect("python3 runs");
     status.success()
 }
+
+/// Text as the dashboard's templates escape it (minijinja also escapes `/`).
+pub fn escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
+        .replace('/', "&#x2f;")
+}
