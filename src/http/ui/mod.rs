@@ -149,7 +149,8 @@ impl From<ApiError> for Error {
             ApiError::BadRequest(message)
             | ApiError::Conflict(message)
             | ApiError::TooMany(message)
-            | ApiError::BadGateway(message) => Self::BadRequest(message),
+            | ApiError::BadGateway(message)
+            | ApiError::RateLimited(message) => Self::BadRequest(message),
             ApiError::Rejected { message, .. } => Self::BadRequest(message),
             ApiError::Internal(detail) => Self::Internal(detail),
         }
