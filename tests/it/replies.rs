@@ -348,3 +348,75 @@ async fn automatic_mail_is_not_answered_unless_forced_and_the_send_rate_holds() 
     assert_eq!(status, 404, "another inbox's key does not see the message");
     hook.assert_silent(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn the_message_page_replies_and_its_thread_shows_both_directions() {
+    let smarthost = Aiosmtpd::start().await;
+    let mut hook = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(hook.url());
+    options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
+    let gateway = TestGateway::start(options).await;
+    let question = mail(
+        "From: alice@sender.example\r\nTo: agent@example.com\r\nSubject: Lunch?\r\nMessage-ID: <l1@sender.example>",
+        "Free on Friday?",
+    );
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, text) = client
+        .send_message("alice@sender.example", &["agent@example.com"], &question)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let id = hook.recv().await.json()["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let mut ui = crate::ui::Ui::new(&gateway);
+    ui.login(API_KEY).await;
+    let page = ui.get(&format!("/ui/messages/{id}")).await;
+    assert!(page.body.contains("id=\"reply\""), "{}", page.body);
+    let csrf = page.csrf();
+    let refused = ui
+        .post(
+            &format!("/ui/messages/{id}/reply"),
+            &[("csrf", &csrf), ("text", "  ")],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("id=\"reply-error\""),
+        "{}",
+        refused.body
+    );
+
+    let sent = ui
+        .post(
+            &format!("/ui/messages/{id}/reply"),
+            &[("csrf", &csrf), ("text", "Friday works.")],
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert!(sent.body.contains("id=\"reply-result\""), "{}", sent.body);
+    let delivered = eventually("the reply at the smarthost", || async {
+        let all = smarthost.delivered();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered[0].as_slice())
+        .expect("parses");
+    assert_eq!(parsed.subject(), Some("Re: Lunch?"));
+    assert!(
+        parsed
+            .body_text(0)
+            .is_some_and(|body| body.contains("Friday works."))
+    );
+
+    let page = ui.get(&format!("/ui/messages/{id}")).await;
+    assert!(
+        page.body
+            .contains("class=\"outbound\"><span class=\"badge\">sent by this inbox</span>"),
+        "{}",
+        page.body
+    );
+    hook.assert_silent(Duration::from_millis(200)).await;
+}
