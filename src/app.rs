@@ -179,6 +179,15 @@ async fn serve(
         ingress,
         login_token: Arc::clone(&login_token),
         smtp_addr: smtp_listener.local_addr().ok(),
+        replier: Arc::new(
+            crate::reply::Replier::new(
+                &config.replies,
+                &config.dkim,
+                &config.forward,
+                &config.smtp.hostname,
+            )
+            .context("loading the DKIM keys for replies")?,
+        ),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(

@@ -21,7 +21,7 @@ use crate::db::{Db, NewDelivery, NewFingerprint, NewMessage};
 use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
-use crate::model::{Channel, Envelope, WebhookEndpoint, duration_ms, new_id, now_ms};
+use crate::model::{Channel, Direction, Envelope, WebhookEndpoint, duration_ms, new_id, now_ms};
 use crate::model::{MAIL_QUARANTINED, PolicyAction, SenderPolicy};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
@@ -305,6 +305,7 @@ impl Intake {
                 max_payload_bytes: self.max_payload_bytes,
                 thread: &thread,
                 templates: &self.templates,
+                direction: Direction::Inbound,
             },
             parsed,
             flags,
@@ -362,6 +363,7 @@ impl Intake {
             participants: thread_keys.participants.clone(),
             quarantined,
             fingerprint,
+            direction: Direction::Inbound,
         });
         Ok(())
     }
@@ -713,6 +715,111 @@ impl Intake {
             deliveries,
             quarantined: false,
             fingerprint: None,
+            direction: Direction::Inbound,
+        });
+        self.commit_and_hand_over(batch).await
+    }
+
+    /// Stores a reply the inbox sends and queues it: the raw message in the store, a message
+    /// row marked outbound in `thread_id` (the thread of the mail it answers, so later mail of
+    /// the thread shows it in `previous_emails` and `thread_prompt`), and one `reply` job that
+    /// sends it through the smarthost with retries like any delivery. No event goes out for
+    /// it. `message_id` is the id the reply's Message-ID was built with. Durable on
+    /// [`Outcome::Accepted`], as for received mail.
+    pub async fn accept_reply(
+        &self,
+        inbox_id: &str,
+        message_id: &str,
+        thread_id: &str,
+        reply: &crate::reply::Built,
+    ) -> Outcome {
+        let received_at = now_ms();
+        let parsed = crate::parse::parse_guarded(&reply.raw);
+        let thread_keys = thread::keys(&parsed);
+        let history = match self
+            .db
+            .thread_history(inbox_id, thread_id, thread::MAX_PREVIOUS_EMAILS + 1)
+            .await
+        {
+            Ok(history) => history,
+            Err(err) => {
+                tracing::error!(error = %err, "reading the thread of a reply failed");
+                return Outcome::TempFail {
+                    reason: "database unavailable".to_owned(),
+                };
+            }
+        };
+        let thread = thread::from_history(thread_id.to_owned(), &history);
+        let event_id = new_id("evt");
+        let key = store::object_key(&self.prefix, inbox_id, message_id);
+        let envelope = Envelope {
+            remote_ip: None,
+            helo: String::new(),
+            mail_from: Some(reply.from.clone()),
+            recipients: Vec::new(),
+            smtputf8: false,
+        };
+        let event = Event::Mail(event::build_guarded(
+            &EventContext {
+                event_id: &event_id,
+                message_id,
+                agent_id: inbox_id,
+                received_at_ms: received_at,
+                envelope: &envelope,
+                inbox_recipients: &reply.recipients,
+                s3_bucket: &self.bucket,
+                s3_key: &key,
+                size: reply.raw.len(),
+                max_payload_bytes: self.max_payload_bytes,
+                thread: &thread,
+                templates: &self.templates,
+                direction: Direction::Outbound,
+            },
+            &parsed,
+            None,
+        ));
+        let mut batch = Batch::new(1, None);
+        if let Err(reason) = self
+            .store_raw(&key, &reply.raw, &mut batch.stored_keys)
+            .await
+        {
+            self.undo(&batch.stored_keys).await;
+            return Outcome::TempFail { reason };
+        }
+        batch.messages.push(NewMessage {
+            id: message_id.to_owned(),
+            inbox_id: inbox_id.to_owned(),
+            event_id,
+            storage_bucket: self.bucket.clone(),
+            storage_key: key,
+            size: i64::try_from(reply.raw.len()).unwrap_or(i64::MAX),
+            envelope_from: Some(reply.from.clone()),
+            envelope_to: reply.recipients.clone(),
+            remote_ip: None,
+            helo: String::new(),
+            header_message_id: parsed.message_id.clone(),
+            sender: Some(reply.from.clone()),
+            subject: parsed.subject.clone(),
+            received_at,
+            event_json: event::to_json(&event),
+            deliveries: vec![NewDelivery {
+                id: new_id("dlv"),
+                channel: Channel::Reply,
+                endpoint_ref: "reply".to_owned(),
+                target: reply.recipients.join(", "),
+                ordered: false,
+                lease: None,
+            }],
+            thread_id: thread_id.to_owned(),
+            subject_key: parsed
+                .subject
+                .as_deref()
+                .map(|subject| thread::normalize_subject(subject).0)
+                .filter(|key| !key.is_empty()),
+            participants: thread_keys.participants,
+            quarantined: false,
+            fingerprint: None,
+            direction: Direction::Outbound,
         });
         self.commit_and_hand_over(batch).await
     }

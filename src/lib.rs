@@ -13,7 +13,7 @@
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
 //! [`intake`], [`parse`], [`verify`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
-//! [`db`], [`signature`], [`deliver`], [`ingress`], [`http`], [`app`] (which mounts
+//! [`db`], [`signature`], [`deliver`], [`reply`], [`ingress`], [`http`], [`app`] (which mounts
 //! [`http::router`] on the one HTTP listener). No two of them import each other in a loop, and
 //! nothing but `app` imports `http`.
 
@@ -32,6 +32,7 @@ pub mod model;
 pub mod parse;
 pub mod prompt;
 pub mod ratelimit;
+pub mod reply;
 pub mod route;
 pub mod signature;
 pub mod smtp;

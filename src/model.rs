@@ -224,13 +224,15 @@ impl DeliveryStatus {
     }
 }
 
-/// The kind of channel a delivery goes out on: a signed POST, or an email forward through the
-/// smarthost. Stored as its name in `deliveries.channel`.
+/// The kind of channel a delivery goes out on: a signed POST, an email forward through the
+/// smarthost, or an agent's reply (the stored message itself) through the smarthost. Stored as
+/// its name in `deliveries.channel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Webhook,
     Email,
+    Reply,
 }
 
 impl Channel {
@@ -238,13 +240,49 @@ impl Channel {
         match self {
             Self::Webhook => "webhook",
             Self::Email => "email",
+            Self::Reply => "reply",
         }
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Webhook, Self::Email]
+        [Self::Webhook, Self::Email, Self::Reply]
             .into_iter()
             .find(|channel| channel.as_str() == value)
+    }
+}
+
+/// Which way a stored message went: received by the inbox, or sent by it (an agent's reply).
+/// Stored as its name in `messages.direction`; events show it only on outbound mail, so the
+/// payloads of received mail keep their shape.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+
+    pub fn is_outbound(&self) -> bool {
+        *self == Self::Outbound
     }
 }
 

@@ -30,7 +30,7 @@ const PROMPT_FIELDS: &[&str] = &[
     "attachments",
 ];
 const THREAD_FIELDS: &[&str] = &["subject", "count", "emails", "earlier_left_out"];
-const ENTRY_FIELDS: &[&str] = &["position", "count", "prompt"];
+const ENTRY_FIELDS: &[&str] = &["position", "count", "prompt", "sent_by_inbox"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -174,25 +174,38 @@ pub fn render_email(templates: &Templates, parsed: &ParsedMessage, date: &str) -
     }
 }
 
-/// Renders a thread from the prompts of its emails, oldest first (the current mail last);
-/// `earlier_left_out` when the thread has older emails than these.
+/// One email of a thread as its prompt shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadEntry<'a> {
+    pub prompt: &'a str,
+    /// The inbox sent it (an agent's reply): the model must read it as its own words, not as
+    /// mail it received.
+    pub sent_by_inbox: bool,
+}
+
+/// Renders a thread from its emails, oldest first (the current mail last); `earlier_left_out`
+/// when the thread has older emails than these.
 pub fn render_thread(
     templates: &Templates,
     subject: &str,
-    prompts: &[&str],
+    entries: &[ThreadEntry<'_>],
     earlier_left_out: bool,
 ) -> String {
-    let count = prompts.len().to_string();
-    let emails = prompts
+    let count = entries.len().to_string();
+    let emails = entries
         .iter()
         .enumerate()
-        .map(|(idx, prompt)| {
+        .map(|(idx, entry)| {
             render(
                 &templates.thread_entry.source,
                 &[
                     ("position", &(idx + 1).to_string()),
                     ("count", &count),
-                    ("prompt", prompt.trim_end()),
+                    ("prompt", entry.prompt.trim_end()),
+                    (
+                        "sent_by_inbox",
+                        if entry.sent_by_inbox { "yes" } else { "" },
+                    ),
                 ],
             )
         })

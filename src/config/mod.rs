@@ -7,7 +7,8 @@
 //! This file owns [`Config`] (the tree), loading (file, then [`ENV_PREFIX`] variables), the
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
-//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`] and [`inbox`]. Durations
+//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`replies`] (and
+//! `[dkim]`) and [`inbox`]. Durations
 //! stay the `_s` seconds the file spells; the sections type them with `Duration` accessors.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub mod http;
 pub mod inbox;
 pub mod ingress;
 pub mod ratelimit;
+pub mod replies;
 pub mod smtp;
 pub mod storage;
 pub mod templates;
@@ -37,6 +39,7 @@ pub use http::HttpConfig;
 pub use inbox::InboxConfig;
 pub use ingress::IngressConfig;
 pub use ratelimit::RateLimitConfig;
+pub use replies::{DkimConfig, DkimKeyConfig, RepliesConfig};
 pub use smtp::SmtpConfig;
 pub use storage::{StorageBackend, StorageConfig};
 pub use templates::TemplatesConfig;
@@ -89,6 +92,10 @@ pub struct Config {
     pub templates: TemplatesConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub replies: RepliesConfig,
+    #[serde(default)]
+    pub dkim: DkimConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -155,6 +162,7 @@ impl Config {
         self.delivery.validate()?;
         self.forward.validate()?;
         self.ingress.validate()?;
+        self.dkim.validate()?;
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

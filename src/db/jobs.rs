@@ -105,6 +105,11 @@ pub enum JobTarget {
     Email {
         recipients: Vec<String>,
     },
+    /// An inbox's reply: the stored message itself, sent from `from` to `recipients`.
+    Reply {
+        from: String,
+        recipients: Vec<String>,
+    },
     /// The endpoint or rule was removed, or its channel switched off, since the job was made.
     Gone(String),
 }
@@ -311,7 +316,7 @@ impl Db {
         // One read for the whole claim, in claim order.
         let load = format!(
             "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-             d.endpoint_ref, d.channel, d.delivery_event, m.quarantined, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
+             d.endpoint_ref, d.channel, d.target, d.delivery_event, m.envelope_from, m.quarantined, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
              i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
              i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
              i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
@@ -337,6 +342,20 @@ impl Db {
             let inbox_id: String = row.try_get("inbox_id")?;
             let inbox_webhook = endpoint_from_row(&row, "")?;
             let target = match endpoint_ref.strip_prefix("rule:") {
+                // A reply goes where it was addressed when it was made, from the inbox.
+                None if channel == Channel::Reply => {
+                    let recipients: String = row.try_get("target")?;
+                    JobTarget::Reply {
+                        from: row
+                            .try_get::<Option<String>, _>("envelope_from")?
+                            .unwrap_or_default(),
+                        recipients: recipients
+                            .split(", ")
+                            .filter(|address| !address.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    }
+                }
                 None => inbox_webhook.map(JobTarget::Webhook).unwrap_or_else(|| {
                     JobTarget::Gone("the inbox has no webhook any more".to_owned())
                 }),

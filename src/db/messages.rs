@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 use super::jobs::NewDelivery;
 use super::limits::NewFingerprint;
 use super::{Db, Error, placeholders};
+use crate::model::Direction;
 
 /// One accepted copy of a message (one per inbox), committed with its delivery jobs.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct NewMessage {
     /// Recorded for duplicate detection in the same commit, so a message that did not commit
     /// never makes its own retry look like a duplicate.
     pub fingerprint: Option<NewFingerprint>,
+    /// Received, or sent by the inbox (a reply).
+    pub direction: Direction,
 }
 
 #[derive(Debug, Clone)]

@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt request",
         include_str!("../../migrations/0016_attempt_request.sql"),
     ),
+    (
+        22,
+        "replies",
+        include_str!("../../migrations/0022_replies.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

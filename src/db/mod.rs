@@ -245,6 +245,7 @@ mod jobs;
 mod limits;
 mod messages;
 mod migrate;
+mod replies;
 mod stats;
 mod threads;
 mod write;
@@ -258,6 +259,7 @@ pub use jobs::{
 };
 pub use limits::NewFingerprint;
 pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow, NewMessage};
+pub use replies::KeyReservation;
 pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };

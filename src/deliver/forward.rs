@@ -96,6 +96,40 @@ impl Forwarder {
             Err(err) => Err(Error::Unavailable(err.to_string())),
         }
     }
+
+    /// Sends `raw`, a finished message (an inbox's reply), as it is: envelope from `from` to
+    /// `recipients`.
+    ///
+    /// # Errors
+    /// An [`Error`]; [`Error::is_transient`] tells whether to retry.
+    pub async fn send_raw(
+        &self,
+        from: &str,
+        recipients: &[String],
+        raw: &[u8],
+    ) -> Result<(), Error> {
+        let transport = self.transport.as_ref().ok_or(Error::NoSmarthost)?;
+        let address = |text: &str| {
+            text.parse::<lettre::Address>()
+                .map_err(|_| Error::BadAddress(text.to_owned()))
+        };
+        let to = recipients
+            .iter()
+            .map(|recipient| address(recipient))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envelope = lettre::address::Envelope::new(Some(address(from)?), to)
+            .map_err(|err| Error::Build(err.to_string()))?;
+        match transport.send_raw(&envelope, raw).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_permanent() => Err(Error::Rejected(err.to_string())),
+            Err(err) => Err(Error::Unavailable(err.to_string())),
+        }
+    }
+
+    /// Whether a smarthost is configured: without one nothing can be sent.
+    pub fn can_send(&self) -> bool {
+        self.transport.is_some()
+    }
 }
 
 /// The forward as a MIME message. Pure apart from lettre's Date and Message-ID headers.
@@ -342,7 +376,7 @@ fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
 
 /// Markdown → HTML with every raw HTML fragment of the mail shown as text: mail content is
 /// untrusted and must not become markup in the recipient's client.
-fn markdown_to_html(markdown: &str) -> String {
+pub(crate) fn markdown_to_html(markdown: &str) -> String {
     let events = Parser::new(markdown).map(|event| match event {
         Markdown::Html(raw) | Markdown::InlineHtml(raw) => Markdown::Text(raw),
         other => other,

@@ -441,6 +441,11 @@ impl Dispatcher {
                 self.forward(&job, recipients, started_at, held).await;
                 return;
             }
+            JobTarget::Reply { from, recipients } => {
+                self.send_reply(&job, from, recipients, started_at, held)
+                    .await;
+                return;
+            }
         };
         let failures = u32::try_from(job.failures)
             .unwrap_or(u32::MAX)
@@ -559,6 +564,41 @@ impl Dispatcher {
             (Err(err), _) => Err((false, format!("stored event is not JSON: {err}"))),
             (_, Err(err)) => Err((err.is_transient(), format!("reading the original: {err}"))),
         };
+        self.record_smarthost_attempt(job, outcome, started_at, held, "email forward")
+            .await;
+    }
+
+    /// Sends an inbox's reply, the stored message byte for byte, through the smarthost.
+    async fn send_reply(
+        &self,
+        job: &ClaimedJob,
+        from: &str,
+        recipients: &[String],
+        started_at: i64,
+        held: Held,
+    ) {
+        let outcome = match self.store.get(&job.storage_key).await {
+            Ok(raw) => self
+                .forwarder
+                .send_raw(from, recipients, &raw)
+                .await
+                .map_err(|err| (err.is_transient(), err.to_string())),
+            Err(err) => Err((err.is_transient(), format!("reading the reply: {err}"))),
+        };
+        self.record_smarthost_attempt(job, outcome, started_at, held, "reply")
+            .await;
+    }
+
+    /// Records what the smarthost made of a forward or a reply (`what`): delivered, retried
+    /// later when it failed for now, dead when it refused for good.
+    async fn record_smarthost_attempt(
+        &self,
+        job: &ClaimedJob,
+        outcome: Result<(), (bool, String)>,
+        started_at: i64,
+        held: Held,
+        what: &'static str,
+    ) {
         let failures = u32::try_from(job.failures)
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -593,12 +633,12 @@ impl Dispatcher {
             request: None,
             next,
         };
-        tracing::info!(outcome = record.outcome.as_str(), error = record.error.as_deref(), next = ?record.next, "email forward attempt");
+        tracing::info!(outcome = record.outcome.as_str(), error = record.error.as_deref(), next = ?record.next, what, "smarthost attempt");
         drop(held);
         let raised = self.delivery_dead(job, &record);
         let raises = raised.is_some();
         if let Err(err) = self.db.record_attempt_raising(&record, raised).await {
-            tracing::error!(error = %err, "recording forward attempt failed");
+            tracing::error!(error = %err, what, "recording smarthost attempt failed");
         }
         if raises {
             self.wakeup.notify_one();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Auth;
 use super::{EventId, InboxId, MessageId, ThreadId, size};
 pub use crate::model::TrustTier;
-use crate::model::{Envelope, rfc3339};
+use crate::model::{Direction, Envelope, rfc3339};
 use crate::parse::{Mailbox, ParsedMessage, catch_panic};
 use crate::prompt::{self, Templates};
 
@@ -23,6 +23,10 @@ pub struct MailEvent {
     #[schema(value_type = String)]
     pub agent_id: InboxId,
     pub auth: Auth,
+    /// `outbound` on a reply the inbox sent (stored in its thread, never delivered as an
+    /// event); absent on received mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     pub email: Email,
     /// The SMTP `MAIL FROM`; empty for the null sender.
     pub envelope_from: String,
@@ -93,6 +97,10 @@ pub struct Email {
     pub cc_addresses: Vec<Address>,
     /// The Date header at the sender's offset, or the arrival time.
     pub date: String,
+    /// `outbound` on an email the inbox sent (an agent's reply, in `previous_emails`); absent
+    /// on received mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     pub extracted_text: Option<String>,
     /// SPEC gives it no `|null`: a mail without a From has an empty address here.
     pub from_address: Address,
@@ -203,6 +211,8 @@ pub struct EventContext<'a> {
     /// The thread this message joined or started.
     pub thread: &'a Thread,
     pub templates: &'a Templates,
+    /// Received mail, or a reply the inbox sent.
+    pub direction: Direction,
 }
 
 /// Builds the event. The result is stored once and sent as is (per payload format) on every
@@ -225,16 +235,23 @@ pub fn build_with_flags(
     );
     let rendered = prompt::render_email(ctx.templates, parsed, &date);
     let previous = &ctx.thread.previous_emails;
-    let mut prompts: Vec<&str> = previous
+    let mut entries: Vec<prompt::ThreadEntry<'_>> = previous
         .iter()
-        .map(|email| {
-            email
+        .map(|email| prompt::ThreadEntry {
+            prompt: email
                 .prompt
                 .as_deref()
-                .unwrap_or("(this email was too large to include; fetch its raw message)")
+                .unwrap_or("(this email was too large to include; fetch its raw message)"),
+            sent_by_inbox: email
+                .direction
+                .is_some_and(|direction| direction.is_outbound()),
         })
         .collect();
-    prompts.push(&rendered.prompt);
+    entries.push(prompt::ThreadEntry {
+        prompt: &rendered.prompt,
+        sent_by_inbox: ctx.direction.is_outbound(),
+    });
+    let direction = ctx.direction.is_outbound().then_some(ctx.direction);
     let subject = parsed.subject.as_deref().unwrap_or("");
     let thread_subject = previous
         .first()
@@ -242,7 +259,7 @@ pub fn build_with_flags(
     let thread_prompt = prompt::render_thread(
         ctx.templates,
         thread_subject,
-        &prompts,
+        &entries,
         ctx.thread.earlier_left_out,
     );
     let addresses = |mailboxes: &[Mailbox]| mailboxes.iter().map(Address::from).collect();
@@ -252,6 +269,7 @@ pub fn build_with_flags(
         bcc_addresses: bcc_addresses(parsed, ctx.inbox_recipients),
         cc_addresses: addresses(&parsed.cc),
         date,
+        direction,
         extracted_text: Some(rendered.extracted_text.clone()),
         // SPEC gives from_address no `|null`, so a mail without a From keeps the shape with an
         // empty address, and `warnings` says why.
@@ -291,6 +309,7 @@ pub fn build_with_flags(
     let mut event = MailEvent {
         agent_id: ctx.agent_id.into(),
         auth: flags.auth,
+        direction,
         envelope_from: ctx.envelope.mail_from.clone().unwrap_or_default(),
         envelope_to: ctx.inbox_recipients.to_vec(),
         event_id: ctx.event_id.into(),

@@ -29,6 +29,7 @@ fn context<'a>(envelope: &'a Envelope, recipients: &'a [String], max: usize) -> 
         max_payload_bytes: max,
         thread: &NO_THREAD,
         templates: &TEMPLATES,
+        direction: crate::model::Direction::Inbound,
     }
 }
 

@@ -17,7 +17,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine code: unauthorized, forbidden, not_found, bad_request, conflict,
     /// payload_too_large, unsupported_media_type, invalid_body, method_not_allowed, internal,
-    /// too_many_deliveries (a recover window matching more than one call requeues);
+    /// too_many_deliveries (a recover window matching more than one call requeues),
+    /// rate_limited (429: an inbox's replies per hour);
     /// provider ingress also answers rejected (422) and unavailable (503, retry).
     code: String,
     /// For people; no internal detail.
@@ -50,6 +51,9 @@ pub enum ApiError {
     /// A bulk action that matched more than one call may change: nothing was changed.
     #[error("{0}")]
     TooMany(String),
+    /// A rate the caller is held to was reached (an inbox's replies per hour).
+    #[error("{0}")]
+    RateLimited(String),
     /// The upstream a request was to reach gave no answer (send-to's one attempt).
     #[error("{0}")]
     BadGateway(String),
@@ -70,6 +74,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooMany(_) => (StatusCode::BAD_REQUEST, "too_many_deliveries"),
             Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Rejected { status, .. } => (
                 *status,
                 match status.as_u16() {

@@ -53,6 +53,8 @@ pub struct HttpState {
     pub login_token: Arc<crate::first_run::LoginToken>,
     /// Where this node takes SMTP, for the test-mail commands the dashboard shows.
     pub smtp_addr: Option<std::net::SocketAddr>,
+    /// Builds the replies agents send through the API.
+    pub replier: Arc<crate::reply::Replier>,
 }
 
 impl HttpState {

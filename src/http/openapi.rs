@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, send_to,
-    webhook,
+    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, reply,
+    send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use super::api::{
         messages::get_message,
         messages::get_raw_message,
         send_to::send_to,
+        reply::reply,
         deliveries::list_deliveries,
         deliveries::get_delivery,
         deliveries::list_attempts,

@@ -168,14 +168,27 @@ fn templates_render_and_validate() {
         rendered.prompt,
         "**From:** Jane <jane@example.org>\n**To:** agent@example.com\n**Date:** 2026-04-16T12:00:00.000+00:00\n**Subject:** Hi\n\nHello {{body}}\n"
     );
-    let thread = render_thread(&Templates::default(), "Hi", &["first", "second"], false);
+    let entry = |prompt, sent_by_inbox| ThreadEntry {
+        prompt,
+        sent_by_inbox,
+    };
+    let received = [entry("first", false), entry("second", false)];
+    let thread = render_thread(&Templates::default(), "Hi", &received, false);
     assert!(thread.starts_with("# Thread: Hi\n"), "{thread}");
     assert!(
         thread.contains("## Email 1 of 2\n\nfirst\n\n---\n\n## Email 2 of 2\n\nsecond"),
         "{thread}"
     );
     assert!(!thread.contains("left out"), "{thread}");
-    let cut = render_thread(&Templates::default(), "Hi", &["first", "second"], true);
+    let answered = [entry("question", false), entry("answer", true)];
+    let both_sides = render_thread(&Templates::default(), "Hi", &answered, false);
+    assert!(
+        both_sides.contains(
+            "## Email 1 of 2\n\nquestion\n\n---\n\n## Email 2 of 2\n*Sent by this inbox: the agent's own reply.*\n\nanswer"
+        ),
+        "{both_sides}"
+    );
+    let cut = render_thread(&Templates::default(), "Hi", &received, true);
     assert!(
         cut.contains("\nOlder emails of this thread are left out: only the newest 2 are shown"),
         "{cut}"

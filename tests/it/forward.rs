@@ -38,6 +38,7 @@ fn sample_event(raw: &[u8]) -> mxhook::event::Event {
                 ..Default::default()
             },
             templates: &mxhook::prompt::Templates::default(),
+            direction: mxhook::model::Direction::Inbound,
         },
         &parsed,
     );

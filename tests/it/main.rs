@@ -25,6 +25,7 @@ mod readme_promises;
 mod readme_tour;
 mod recipient_filters;
 mod recover;
+mod replies;
 mod rules;
 mod s3_storage;
 mod scale_out;

@@ -368,6 +368,23 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         Some(json!({"url": receiver.url(), "payload": "event-data"})),
     )
     .await;
+    // The walk's gateway has no smarthost: a reply that passes its checks is refused with 409.
+    seen.check(
+        "POST",
+        &format!("/v1/messages/{message_id}/reply"),
+        "/v1/messages/{id}/reply",
+        API_KEY,
+        Some(json!({"text": "Thanks!"})),
+    )
+    .await;
+    seen.check(
+        "POST",
+        &format!("/v1/messages/{message_id}/reply"),
+        "/v1/messages/{id}/reply",
+        API_KEY,
+        Some(json!({"text": ""})),
+    )
+    .await;
     // Nothing listens on port 1: the documented 502.
     seen.check(
         "POST",
@@ -548,6 +565,8 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         "POST /v1/inboxes/{id}/deliveries/recover 400",
         "POST /v1/messages/{id}/send-to 200",
         "POST /v1/messages/{id}/send-to 502",
+        "POST /v1/messages/{id}/reply 409",
+        "POST /v1/messages/{id}/reply 422",
     ] {
         assert!(
             seen.statuses.iter().any(|status| status == expected),

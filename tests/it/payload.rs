@@ -62,6 +62,7 @@ fn build(raw: &[u8], thread: &Thread, max_payload_bytes: usize) -> Value {
             max_payload_bytes,
             thread,
             templates: &Templates::default(),
+            direction: mxhook::model::Direction::Inbound,
         },
         &parsed,
     );

@@ -695,6 +695,7 @@ fn new_message(delivery_id: &str, fingerprint: Option<&str>) -> NewMessage {
         thread_id: new_id("thr"),
         subject_key: None,
         participants: Vec::new(),
+        direction: mxhook::model::Direction::Inbound,
         quarantined: false,
         fingerprint: fingerprint.map(|fingerprint| NewFingerprint {
             fingerprint: fingerprint.to_owned(),

@@ -2,7 +2,6 @@
 //! SPF, DKIM and DMARC records, mail signed with a key generated here goes in over SMTP, and the
 //! webhook shows the verdicts and the flags. Also duplicates, rate limits and inbox policies.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
@@ -10,74 +9,9 @@ use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use serde_json::Value;
-use tokio::process::{Child, Command};
 
+use crate::support::dns::LocalDns;
 use crate::support::{GatewayOptions, SmtpClient, TestGateway, WebhookReceiver};
-
-/// dnsmasq answering for `*.test` on a loopback port, killed when dropped.
-struct LocalDns {
-    port: u16,
-    _child: Child,
-}
-
-impl LocalDns {
-    /// Starts dnsmasq with these TXT records. Every other name under `.test` is NXDOMAIN, and
-    /// there is no upstream: nothing is asked beyond this process.
-    async fn start(txt_records: &[(String, String)]) -> Self {
-        // A port picked free can be taken again before dnsmasq binds it (both UDP and TCP are
-        // needed); then dnsmasq exits and another port is tried.
-        for _ in 0..5 {
-            let port = {
-                let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("pick a port");
-                socket.local_addr().expect("addr").port()
-            };
-            let mut command = Command::new("dnsmasq");
-            command
-                .arg("--keep-in-foreground")
-                .arg(format!("--port={port}"))
-                .arg("--listen-address=127.0.0.1")
-                .arg("--bind-interfaces")
-                .arg("--no-resolv")
-                .arg("--no-hosts")
-                .arg("--pid-file=")
-                .arg("--local=/test/");
-            for (name, text) in txt_records {
-                command.arg(format!("--txt-record={name},{text}"));
-            }
-            let mut child = command
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("dnsmasq runs (scripts/test installs dnsmasq-base)");
-            let deadline = tokio::time::Instant::now() + crate::support::SOON;
-            while tokio::time::Instant::now() < deadline {
-                if child.try_wait().expect("dnsmasq status").is_some() {
-                    break;
-                }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    return Self {
-                        port,
-                        _child: child,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        }
-        panic!("dnsmasq did not start on a loopback port");
-    }
-
-    fn auth_toml(&self) -> String {
-        format!(
-            "[auth]\nnameservers = [\"127.0.0.1:{}\"]\ndns_timeout_s = 2\n",
-            self.port
-        )
-    }
-}
 
 /// A signing domain with a key generated for this test.
 struct Signer {

@@ -19,9 +19,9 @@ use crate::model::{DeliveryStatus, now_ms};
 const INSERT_MESSAGE: &str = "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
     storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, \
     subject, received_at, event_json, thread_id, subject_key, participants, quarantined, \
-    event_lz4) \
+    event_lz4, direction) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-    $20)";
+    $20, $21)";
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
     channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
@@ -104,6 +104,7 @@ pub(super) async fn insert_messages(
                 &participants,
                 i64::from(message.quarantined),
                 event_lz4.as_deref(),
+                message.direction.as_str(),
             ],
         )
         .await?;

@@ -16,6 +16,7 @@ pub(crate) mod messages;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
 pub(crate) mod recover;
+pub(crate) mod reply;
 pub(crate) mod send_to;
 pub(crate) mod webhook;
 
@@ -75,6 +76,7 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         .route("/v1/messages/{id}", get(messages::get_message))
         .route("/v1/messages/{id}/raw", get(messages::get_raw_message))
         .route("/v1/messages/{id}/send-to", post(send_to::send_to))
+        .route("/v1/messages/{id}/reply", post(reply::reply))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
         .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
         .route(

@@ -493,16 +493,71 @@ pub(super) async fn send_to(
             json!({ "url": form.url.trim(), "error": refused.to_string() }),
         ),
     };
-    detail_page(&state, &auth, id, status, Some(sent)).await
+    detail_page(&state, &auth, id, status, Some(json!({ "sent": sent }))).await
 }
 
-/// The message page; `sent` is what a "Send to URL" just did.
+/// The reply box of the message page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct ReplyForm {
+    text: String,
+    /// A checkbox: present ("on") when ticked.
+    reply_all: Option<String>,
+    force: Option<String>,
+}
+
+/// The agent's answer typed into the message page (`POST /v1/messages/{id}/reply`), and the
+/// page again with the queued reply or why it was refused.
+pub(super) async fn reply(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+    Form(form): Form<ReplyForm>,
+) -> Result<Response, Error> {
+    let body = json!({
+        "text": form.text,
+        "reply_all": form.reply_all.is_some(),
+        "force": form.force.is_some(),
+    });
+    let answer = match serde_json::from_value(body) {
+        Ok(body) => {
+            crate::http::api::reply::reply(
+                State(Arc::clone(&state.http)),
+                Extension(auth.caller.clone()),
+                Path(id.clone()),
+                axum::http::HeaderMap::new(),
+                Ok(axum::Json(body)),
+            )
+            .await
+        }
+        Err(err) => Err(ApiError::BadRequest(err.to_string())),
+    };
+    let (status, replied) = match answer {
+        Ok(axum::Json(sent)) => (StatusCode::OK, json!({ "result": sent })),
+        Err(ApiError::NotFound(what)) => return Err(Error::NotFound(what)),
+        Err(refused) => (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": refused.to_string(), "text": form.text }),
+        ),
+    };
+    detail_page(
+        &state,
+        &auth,
+        id,
+        status,
+        Some(json!({ "replied": replied })),
+    )
+    .await
+}
+
+/// The message page; `done` is what a form of it just did: `{"sent": …}` for "Send to URL",
+/// `{"replied": …}` for the reply box.
 async fn detail_page(
     state: &UiState,
     auth: &Auth,
     id: String,
     status: StatusCode,
-    sent: Option<Value>,
+    done: Option<Value>,
 ) -> Result<Response, Error> {
     let db = &state.http.db;
     let message = db
@@ -524,6 +579,7 @@ async fn detail_page(
             sender: Option<String>,
             subject: Option<String>,
             timestamp: Option<String>,
+            direction: Option<crate::model::Direction>,
         }
         db.thread_history(&message.inbox_id, thread_id, 50)
             .await?
@@ -536,6 +592,7 @@ async fn detail_page(
                     "sender": other.sender,
                     "subject": other.subject,
                     "timestamp": other.timestamp.as_deref().map(when_text),
+                    "outbound": other.direction.is_some_and(|way| way.is_outbound()),
                 })
             })
             .collect()
@@ -590,7 +647,9 @@ async fn detail_page(
             "auth_lines": auth_lines,
             "thread": thread,
             "deliveries": deliveries,
-            "sent": sent,
+            "sent": done.as_ref().and_then(|done| done.get("sent")),
+            "replied": done.as_ref().and_then(|done| done.get("replied")),
+            "outbound": mail.is_some_and(|mail| mail.direction.is_some_and(|way| way.is_outbound())),
             "signatures": super::inboxes::SIGNATURES,
             "payloads": super::inboxes::PAYLOADS,
         }),

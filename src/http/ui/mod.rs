@@ -149,7 +149,8 @@ impl From<ApiError> for Error {
             ApiError::BadRequest(message)
             | ApiError::Conflict(message)
             | ApiError::TooMany(message)
-            | ApiError::BadGateway(message) => Self::BadRequest(message),
+            | ApiError::BadGateway(message)
+            | ApiError::RateLimited(message) => Self::BadRequest(message),
             ApiError::Rejected { message, .. } => Self::BadRequest(message),
             ApiError::Internal(detail) => Self::Internal(detail),
         }
@@ -356,6 +357,7 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
         .route("/ui/messages/{id}", get(messages::detail))
         .route("/ui/messages/{id}/raw", get(messages::raw))
         .route("/ui/messages/{id}/send-to", post(messages::send_to))
+        .route("/ui/messages/{id}/reply", post(messages::reply))
         .route("/ui/deliveries/{id}/resend", post(messages::resend))
         .route(
             "/ui/deliveries/{id}/attempts/{attempt}/body",

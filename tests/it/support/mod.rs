@@ -2,6 +2,7 @@
 //! and an API client. Every wait has a timeout.
 
 pub mod db;
+pub mod dns;
 pub mod gateway;
 pub mod ingress;
 mod mail;

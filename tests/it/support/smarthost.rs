@@ -25,13 +25,17 @@ impl Aiosmtpd {
         // A handler that keeps the DATA bytes exactly as received (aiosmtpd's own Mailbox
         // handler re-serialises them with other line endings).
         let script = r#"
-import asyncio, os, sys, uuid
+import asyncio, json, os, sys, uuid
 from aiosmtpd.controller import Controller
 out, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(os.path.join(out, "new"), exist_ok=True)
+os.makedirs(os.path.join(out, "env"), exist_ok=True)
 class Keep:
     async def handle_DATA(self, server, session, envelope):
-        path = os.path.join(out, "new", uuid.uuid4().hex)
+        name = uuid.uuid4().hex
+        with open(os.path.join(out, "env", name), "w") as f:
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+        path = os.path.join(out, "new", name)
         with open(path + ".tmp", "wb") as f:
             f.write(envelope.original_content)
         os.rename(path + ".tmp", path)
@@ -61,13 +65,31 @@ asyncio.get_event_loop().run_forever()
         }
     }
 
+    /// Every message received, byte for byte (a file being written is not yet listed).
     pub fn delivered(&self) -> Vec<Vec<u8>> {
+        self.delivered_with_envelopes()
+            .into_iter()
+            .map(|(message, _)| message)
+            .collect()
+    }
+
+    /// Every message received with its envelope: `{"mail_from", "rcpt_tos": [...]}`.
+    pub fn delivered_with_envelopes(&self) -> Vec<(Vec<u8>, serde_json::Value)> {
         let new = self.maildir.join("new");
         std::fs::read_dir(&new)
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
-                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter(|entry| entry.path().extension().is_none())
+                    .filter_map(|entry| {
+                        let message = std::fs::read(entry.path()).ok()?;
+                        let envelope =
+                            std::fs::read(self.maildir.join("env").join(entry.file_name()))
+                                .ok()
+                                .and_then(|text| serde_json::from_slice(&text).ok())
+                                .unwrap_or(serde_json::Value::Null);
+                        Some((message, envelope))
+                    })
                     .collect()
             })
             .unwrap_or_default()
