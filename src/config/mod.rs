@@ -20,6 +20,7 @@ use crate::model::normalize_sender_entry;
 pub mod auth;
 pub mod database;
 pub mod delivery;
+pub mod domain;
 pub mod forward;
 pub mod http;
 pub mod inbox;
@@ -32,6 +33,7 @@ pub mod templates;
 pub use auth::AuthConfig;
 pub use database::DatabaseConfig;
 pub use delivery::DeliveryConfig;
+pub use domain::DomainConfig;
 pub use forward::ForwardConfig;
 pub use http::HttpConfig;
 pub use inbox::InboxConfig;
@@ -91,6 +93,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<DomainConfig>,
 }
 
 impl Config {
@@ -158,6 +162,17 @@ impl Config {
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;
+        }
+        let inbox_ids: std::collections::HashSet<&str> =
+            self.inboxes.iter().map(|inbox| inbox.id.as_str()).collect();
+        let mut claimed_domains = domain::ClaimedDomains::default();
+        for (idx, domain) in self.domains.iter().enumerate() {
+            domain.validate(
+                idx,
+                self.delivery.allow_http,
+                &inbox_ids,
+                &mut claimed_domains,
+            )?;
         }
         Ok(())
     }

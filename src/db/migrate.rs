@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt request",
         include_str!("../../migrations/0016_attempt_request.sql"),
     ),
+    (
+        17,
+        "domains",
+        include_str!("../../migrations/0017_domains.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around
