@@ -1,6 +1,6 @@
 -- Whole domains (`[[domain]]` and /v1/domains): mail for any address of the domain is ours, sent
 -- to `catch_all` or, with `auto_create`, to an inbox made on the first mail from `template_json`
--- (the `[domain.template]` keys as given, the webhook secret included; never returned by the API).
+-- (the `[domain.template]` keys as given, the webhook secret included, never returned by the API).
 -- `source`: config (synced from the file at start) or api.
 CREATE TABLE domains (
     name TEXT PRIMARY KEY,
