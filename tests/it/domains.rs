@@ -474,3 +474,176 @@ webhook_secret = "{TEMPLATE_SECRET}"
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_lists_domains_and_marks_auto_created_inboxes() {
+    let mut options = GatewayOptions::no_webhook();
+    options.extra_toml = r#"
+[[domain]]
+name = "example.com"
+catch_all = "other"
+
+[[domain]]
+name = "agents.example"
+auto_create = true
+max_auto_inboxes = 7
+
+[[domain]]
+name = "closed.example"
+"#
+    .to_owned();
+    let gateway = TestGateway::start(options).await;
+    assert_eq!(send(&gateway, "made@agents.example", "hi").await.0, 250);
+
+    let mut ui = crate::ui::Ui::new(&gateway);
+    ui.login(crate::support::gateway::API_KEY).await;
+    let page = ui.get("/ui/domains").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let row = |name: &str| -> String {
+        let start = page
+            .body
+            .find(&format!(">{name}</td>"))
+            .unwrap_or_else(|| panic!("a row for {name}: {}", page.body));
+        let end = page.body[start..]
+            .find("</tr>")
+            .map_or(page.body.len(), |end| start + end);
+        page.body[start..end].to_owned()
+    };
+    let catch_all = row("example.com");
+    assert!(catch_all.contains(">catch-all<"), "{catch_all}");
+    assert!(catch_all.contains("/ui/inboxes/other"), "{catch_all}");
+    // agent and other have addresses at example.com.
+    assert!(catch_all.contains(">2</td>"), "{catch_all}");
+    let auto = row("agents.example");
+    assert!(auto.contains(">auto-create<"), "{auto}");
+    assert!(auto.contains("at most 7 inboxes"), "{auto}");
+    assert!(auto.contains(">1</td>"), "{auto}");
+    let closed = row("closed.example");
+    assert!(closed.contains(">none<"), "{closed}");
+    assert!(closed.contains(">0</td>"), "{closed}");
+
+    let list = ui.get("/ui").await;
+    assert_eq!(list.status, 200);
+    assert!(
+        list.body.contains("href=\"/ui/domains\""),
+        "admins get the link"
+    );
+    let made = list
+        .body
+        .find("href=\"/ui/inboxes/made\"")
+        .expect("the auto-created inbox is listed");
+    let made_row = &list.body[made..made + list.body[made..].find("</td>").unwrap_or(0)];
+    assert!(made_row.contains("auto-created"), "{made_row}");
+    let agent = list
+        .body
+        .find("href=\"/ui/inboxes/agent\"")
+        .expect("agent is listed");
+    let agent_row = &list.body[agent..agent + list.body[agent..].find("</td>").unwrap_or(0)];
+    assert!(!agent_row.contains("auto-created"), "{agent_row}");
+
+    // An inbox key sees no domains page, as it sees no other inbox.
+    let (status, created) = gateway
+        .api("POST", "/v1/inboxes/agent/keys", Some(json!({})))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let mut inbox_ui = crate::ui::Ui::new(&gateway);
+    inbox_ui
+        .login(created["key"].as_str().expect("an inbox key"))
+        .await;
+    assert_eq!(inbox_ui.get("/ui/domains").await.status, 404);
+    assert!(!inbox_ui.get("/ui").await.body.contains("/ui/domains"));
+    gateway.stop().await;
+}
+
+/// The config file owns its domains: a restart rewrites them and drops one it no longer
+/// declares, while a domain the API made stays.
+#[tokio::test]
+async fn a_restart_syncs_config_domains_and_keeps_api_ones() {
+    use mxhook::config::Config;
+
+    use crate::support::gateway::config_toml;
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let start = |extra: &str| {
+        let mut options = GatewayOptions::no_webhook();
+        options.extra_toml = extra.to_owned();
+        let config = Config::from_toml_str(&config_toml(data.path(), &options)).expect("config");
+        TestGateway::start_with(tempfile::tempdir().expect("tempdir"), config)
+    };
+    let gateway = start(
+        "[[domain]]\nname = \"kept.example\"\ncatch_all = \"agent\"\n\
+         [[domain]]\nname = \"dropped.example\"\ncatch_all = \"agent\"\n",
+    )
+    .await;
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/v1/domains/api.example",
+            Some(json!({"catch_all": "other"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        rcpt(&gateway, "ann@sender.example", "x@dropped.example")
+            .await
+            .0,
+        250
+    );
+    gateway.stop().await;
+
+    let gateway = start("[[domain]]\nname = \"kept.example\"\ncatch_all = \"other\"\n").await;
+    let (_, list) = gateway.api("GET", "/v1/domains", None).await;
+    let domains: Vec<(&str, &str, &str)> = list["domains"]
+        .as_array()
+        .expect("domains")
+        .iter()
+        .map(|domain| {
+            (
+                domain["name"].as_str().unwrap_or_default(),
+                domain["source"].as_str().unwrap_or_default(),
+                domain["catch_all"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("api.example", "api", "other"),
+            ("kept.example", "config", "other")
+        ]
+    );
+    let (code, _) = rcpt(&gateway, "ann@sender.example", "x@dropped.example").await;
+    assert_eq!(code, 550);
+    gateway.stop().await;
+}
+
+/// A sender at its hard rate limit gets `451 4.7.1` for a new local part before anything is
+/// made: auto-create never makes an inbox for mail that would be refused.
+#[tokio::test]
+async fn a_sender_at_the_hard_limit_creates_nothing() {
+    let mut options = GatewayOptions::no_webhook();
+    options.extra_toml = r#"
+[rate_limit]
+sender_soft = 1
+sender_hard = 1
+
+[[domain]]
+name = "agents.example"
+auto_create = true
+"#
+    .to_owned();
+    let gateway = TestGateway::start(options).await;
+    assert_eq!(
+        send(&gateway, "agent@example.com", "counts once").await.0,
+        250
+    );
+    let (code, text) = rcpt(&gateway, "ann@sender.example", "fresh@agents.example").await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.7.1"), "{text}");
+    assert_eq!(inbox_ids(&gateway).await, ["agent", "other"]);
+    // Another sender is under its limit and makes the inbox.
+    let (code, text) = rcpt(&gateway, "bob@elsewhere.example", "fresh@agents.example").await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(inbox_ids(&gateway).await, ["agent", "fresh", "other"]);
+    gateway.stop().await;
+}
