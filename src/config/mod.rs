@@ -7,8 +7,9 @@
 //! This file owns [`Config`] (the tree), loading (file, then [`ENV_PREFIX`] variables), the
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
-//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`] and [`inbox`]. Durations
-//! stay the `_s` seconds the file spells; the sections type them with `Duration` accessors.
+//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`inbox`] and
+//! [`domain`]. Durations stay the `_s` seconds the file spells; the sections type them with
+//! `Duration` accessors.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

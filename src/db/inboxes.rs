@@ -19,7 +19,8 @@ use crate::model::{Subscription, WebhookEndpoint, now_ms};
 pub struct InboxRow {
     pub id: String,
     pub name: Option<String>,
-    /// `config` for inboxes the config file declares, `api` for the others.
+    /// `config` for inboxes the config file declares, `auto` for those a domain made on first
+    /// mail, `api` for the others.
     pub source: String,
     pub status: String,
     pub addresses: Vec<String>,
