@@ -35,7 +35,14 @@ pub struct Directory {
     loaded_version: Arc<tokio::sync::Mutex<Option<i64>>>,
     /// The database the snapshot was last loaded from: where [`Directory::create`] writes.
     db: Arc<std::sync::OnceLock<Db>>,
+    /// Domains whose last creation attempt on this node found them full or at their rate, and
+    /// when: for [`REFUSAL_MEMO`] further attempts get the same answer without a transaction,
+    /// so a sender walking through local parts costs the shared database little.
+    refused: Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, AutoCreate)>>>,
 }
+
+/// How long a domain's "full" or "too fast" answer is reused on one node.
+const REFUSAL_MEMO: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Snapshot {
@@ -280,6 +287,9 @@ impl Directory {
                 "the directory has no database to create inboxes in".to_owned(),
             ));
         };
+        if let Some(refusal) = self.recent_refusal(&new.domain) {
+            return Ok(refusal);
+        }
         let outcome = db
             .auto_create_inbox(
                 &new.domain,
@@ -288,10 +298,40 @@ impl Directory {
                 new.auto_create_per_minute,
             )
             .await?;
-        if matches!(outcome, AutoCreate::Created | AutoCreate::Exists(_)) {
-            self.reload(db).await?;
+        match &outcome {
+            AutoCreate::Created | AutoCreate::Exists(_) => {
+                self.reload(db).await?;
+            }
+            AutoCreate::CapReached | AutoCreate::RateLimited => {
+                self.refusals().insert(
+                    new.domain.clone(),
+                    (std::time::Instant::now(), outcome.clone()),
+                );
+            }
+            AutoCreate::IdTaken => {}
         }
         Ok(outcome)
+    }
+
+    fn refusals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (std::time::Instant, AutoCreate)>> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The domain's "full" or "too fast" answer of less than [`REFUSAL_MEMO`] ago.
+    fn recent_refusal(&self, domain: &str) -> Option<AutoCreate> {
+        let mut refused = self.refusals();
+        match refused.get(domain) {
+            Some((at, outcome)) if at.elapsed() < REFUSAL_MEMO => Some(outcome.clone()),
+            Some(_) => {
+                refused.remove(domain);
+                None
+            }
+            None => None,
+        }
     }
 }
 

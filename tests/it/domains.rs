@@ -250,6 +250,21 @@ auto_create_per_minute = 2
     );
     let (status, _) = gateway.api("GET", "/v1/inboxes/a3", None).await;
     assert_eq!(status, 404);
+
+    // Deleting an auto-created inbox makes room again (once this node's short memory of the
+    // refusal has passed).
+    let (status, _) = gateway.api("DELETE", "/v1/inboxes/a1", None).await;
+    assert_eq!(status, 204);
+    eventually("a3 to be made once a1 is gone", || async {
+        (rcpt(&gateway, "ann@sender.example", "a3@capped.example")
+            .await
+            .0
+            == 250)
+            .then_some(())
+    })
+    .await;
+    let (status, inbox) = gateway.api("GET", "/v1/inboxes/a3", None).await;
+    assert_eq!(status, 200, "{inbox}");
     gateway.stop().await;
 }
 
