@@ -458,33 +458,31 @@ where
                 self.ctx.counters.reject(Rejection::RelayDenied);
                 Reply::new(550, "5.7.1", format!("<{path}>: relay access denied"))
             }
-            Ok(RcptTo::Mailbox { address, as_sent }) => {
-                match self.recipient_inbox(&address).await {
-                    Ok(inbox_id) => {
-                        *self
-                            .handler
-                            .rcpt_decision
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(Reply::new(250, "2.1.5", "Recipient OK"));
-                        let response = self
-                            .engine
-                            .process(format!("RCPT TO:<{address}>\r\n").as_bytes());
-                        if response.code == 250 {
-                            self.envelope.recipients.push(Recipient {
-                                address,
-                                as_sent,
-                                inbox_id,
-                            });
-                            self.queue(&Reply::new(250, "2.1.5", "Recipient OK"));
-                        } else {
-                            self.queue_engine(&response, None);
-                        }
-                        return;
+            Ok(RcptTo::Mailbox { address, as_sent }) => match self.inbox_for(&address).await {
+                Ok(inbox_id) => {
+                    *self
+                        .handler
+                        .rcpt_decision
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(Reply::new(250, "2.1.5", "Recipient OK"));
+                    let response = self
+                        .engine
+                        .process(format!("RCPT TO:<{address}>\r\n").as_bytes());
+                    if response.code == 250 {
+                        self.envelope.recipients.push(Recipient {
+                            address,
+                            as_sent,
+                            inbox_id,
+                        });
+                        self.queue(&Reply::new(250, "2.1.5", "Recipient OK"));
+                    } else {
+                        self.queue_engine(&response, None);
                     }
-                    Err(refusal) => refusal,
+                    return;
                 }
-            }
+                Err(refusal) => refusal,
+            },
         };
         // A refusal still goes through the engine so that RCPT before MAIL gets its 503.
         *self
@@ -498,7 +496,7 @@ where
 
     /// The inbox an RCPT address reaches (see [`crate::directory::Directory::resolve`]), or
     /// the refusal: `550 5.1.1` for nobody, `451 4.7.1` at the hard rate limit.
-    async fn recipient_inbox(&self, address: &str) -> Result<String, Reply> {
+    async fn inbox_for(&self, address: &str) -> Result<String, Reply> {
         let inbox_id = match self.ctx.directory.resolve(address) {
             Resolved::Inbox(inbox_id) => inbox_id,
             Resolved::Create(new) => return self.auto_create(address, &new).await,
