@@ -106,6 +106,9 @@ async fn serve(
             .await
             .with_context(|| format!("saving inbox `{}` from config", inbox.id))?;
     }
+    db.sync_config_domains(&config.domains)
+        .await
+        .context("saving [[domain]] tables from config")?;
     db.seed_config_event_types(&ingress::config_event_types(&config))
         .await
         .context("saving calendar_event_types from config")?;

@@ -5,6 +5,11 @@
 //! change reloads at once; every node also polls the database's change marker
 //! ([`Db::directory_version`]) every `database.directory_refresh_s` and reloads when it moved, so
 //! changes made through other nodes arrive too.
+//!
+//! It also holds the domains (`[[domain]]`, `/v1/domains`): [`Directory::resolve`] answers RCPT
+//! in SPEC's order (exact address, `local+tag` as `local`, the domain's `catch_all`, then
+//! `auto_create`), and [`Directory::create`] makes the inbox auto-create calls for, then
+//! reloads at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,7 +17,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{self, Db};
+use crate::config::InboxConfig;
+use crate::config::domain::{auto_inbox_id, template_inbox};
+use crate::db::{self, AutoCreate, Db, DomainRow};
 use crate::model::Inbox;
 
 /// Bounds on the poll period: tokio's interval refuses zero, and a period past a day is a typo.
@@ -26,12 +33,60 @@ pub struct Directory {
     /// Held across a reload, so reloads run one at a time and a slower one never installs an
     /// older snapshot over a newer one.
     loaded_version: Arc<tokio::sync::Mutex<Option<i64>>>,
+    /// The database the snapshot was last loaded from: where [`Directory::create`] writes.
+    db: Arc<std::sync::OnceLock<Db>>,
+    /// Domains whose last creation attempt on this node found them full or at their rate, and
+    /// when: for [`REFUSAL_MEMO`] further attempts get the same answer without a transaction,
+    /// so a sender walking through local parts costs the shared database little.
+    refused: Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, AutoCreate)>>>,
 }
+
+/// How long a domain's "full" or "too fast" answer is reused on one node.
+const REFUSAL_MEMO: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Snapshot {
     by_address: HashMap<String, String>,
     by_id: HashMap<String, Inbox>,
+    by_domain: HashMap<String, Domain>,
+}
+
+/// A domain as RCPT uses it.
+#[derive(Debug)]
+struct Domain {
+    catch_all: Option<String>,
+    /// The template as an inbox, when `auto_create` is on and the template reads (it was
+    /// checked when it was set; one that no longer reads turns auto-create off, with a warning).
+    template: Option<InboxConfig>,
+    max_auto_inboxes: u64,
+    auto_create_per_minute: u64,
+}
+
+/// Where an RCPT address goes.
+#[derive(Debug)]
+pub enum Resolved {
+    /// An existing inbox: by address, by address without `+tag`, or the domain's catch-all.
+    Inbox(String),
+    /// Nobody yet: the domain auto-creates this inbox on its first mail.
+    Create(Box<NewAutoInbox>),
+    /// `550 5.1.1`: no inbox, and the domain (if configured) takes no unknown local parts.
+    Unknown,
+}
+
+/// The inbox auto-create would make.
+#[derive(Debug, Clone)]
+pub struct NewAutoInbox {
+    pub domain: String,
+    /// The template with the new inbox's id and its one address set.
+    pub inbox: InboxConfig,
+    max_auto_inboxes: u64,
+    auto_create_per_minute: u64,
+}
+
+impl NewAutoInbox {
+    pub fn id(&self) -> &str {
+        &self.inbox.id
+    }
 }
 
 impl Directory {
@@ -41,8 +96,12 @@ impl Directory {
         directory
     }
 
-    /// Replaces the snapshot with these inboxes.
+    /// Replaces the snapshot with these inboxes (and no domains).
     pub fn replace(&self, inboxes: &[Inbox]) {
+        self.install(inboxes, &[]);
+    }
+
+    fn install(&self, inboxes: &[Inbox], domains: &[DomainRow]) {
         let by_address = inboxes
             .iter()
             .flat_map(|inbox| {
@@ -60,7 +119,15 @@ impl Directory {
             .snapshot
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = Arc::new(Snapshot { by_address, by_id });
+        let by_domain = domains
+            .iter()
+            .map(|domain| (domain.name.clone(), domain_entry(domain)))
+            .collect();
+        *guard = Arc::new(Snapshot {
+            by_address,
+            by_id,
+            by_domain,
+        });
     }
 
     /// Reloads the snapshot from the database. Returns how many inboxes it holds.
@@ -91,8 +158,10 @@ impl Directory {
         // the next poll, and is loaded then, instead of being taken as already seen.
         let version = db.directory_version().await?;
         let inboxes = db.load_inboxes().await?;
-        self.replace(&inboxes);
+        let domains = db.list_domains().await?;
+        self.install(&inboxes, &domains);
         *loaded = Some(version);
+        let _ = self.db.set(db.clone());
         Ok(inboxes.len())
     }
 
@@ -165,6 +234,130 @@ impl Directory {
             .by_address
             .get(&format!("{base}@{domain}"))
             .cloned()
+    }
+}
+
+impl Directory {
+    /// Where an already-normalized (lowercase) RCPT address goes, in SPEC's order: an exact
+    /// inbox address, then `local+tag@domain` as `local@domain`, then the domain's
+    /// `catch_all`, then `auto_create`. A domain that is not configured gets no further than
+    /// the addresses: mail for it is never relayed.
+    pub fn resolve(&self, address: &str) -> Resolved {
+        if let Some(inbox) = self.lookup(address) {
+            return Resolved::Inbox(inbox);
+        }
+        let snapshot = self.current();
+        let Some((local, domain_name)) = address.rsplit_once('@') else {
+            return Resolved::Unknown;
+        };
+        let Some(domain) = snapshot.by_domain.get(domain_name) else {
+            return Resolved::Unknown;
+        };
+        // A catch-all naming an inbox that is gone or disabled takes nothing.
+        if let Some(catch_all) = domain
+            .catch_all
+            .as_ref()
+            .filter(|id| snapshot.by_id.contains_key(id.as_str()))
+        {
+            return Resolved::Inbox(catch_all.clone());
+        }
+        let (Some(template), Some(id)) = (&domain.template, auto_inbox_id(local)) else {
+            return Resolved::Unknown;
+        };
+        let mut inbox = template.clone();
+        inbox.addresses = vec![format!("{id}@{domain_name}")];
+        inbox.id = id;
+        Resolved::Create(Box::new(NewAutoInbox {
+            domain: domain_name.to_owned(),
+            inbox,
+            max_auto_inboxes: domain.max_auto_inboxes,
+            auto_create_per_minute: domain.auto_create_per_minute,
+        }))
+    }
+
+    /// Makes the inbox auto-create resolved to (see [`db::Db::auto_create_inbox`]) and reloads
+    /// the snapshot at once when an inbox was made or found, so the next RCPT on this node
+    /// finds it by address. Other nodes learn of it through the change marker.
+    ///
+    /// # Errors
+    /// [`db::Error`]; also when the directory was never loaded from a database.
+    pub async fn create(&self, new: &NewAutoInbox) -> Result<AutoCreate, db::Error> {
+        let Some(db) = self.db.get() else {
+            return Err(db::Error::Corrupt(
+                "the directory has no database to create inboxes in".to_owned(),
+            ));
+        };
+        if let Some(refusal) = self.recent_refusal(&new.domain) {
+            return Ok(refusal);
+        }
+        let outcome = db
+            .auto_create_inbox(
+                &new.domain,
+                &new.inbox,
+                new.max_auto_inboxes,
+                new.auto_create_per_minute,
+            )
+            .await?;
+        match &outcome {
+            AutoCreate::Created | AutoCreate::Exists(_) => {
+                self.reload(db).await?;
+            }
+            AutoCreate::CapReached | AutoCreate::RateLimited => {
+                self.refusals().insert(
+                    new.domain.clone(),
+                    (std::time::Instant::now(), outcome.clone()),
+                );
+            }
+            AutoCreate::IdTaken => {}
+        }
+        Ok(outcome)
+    }
+
+    fn refusals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (std::time::Instant, AutoCreate)>> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The domain's "full" or "too fast" answer of less than [`REFUSAL_MEMO`] ago.
+    fn recent_refusal(&self, domain: &str) -> Option<AutoCreate> {
+        let mut refused = self.refusals();
+        match refused.get(domain) {
+            Some((at, outcome)) if at.elapsed() < REFUSAL_MEMO => Some(outcome.clone()),
+            Some(_) => {
+                refused.remove(domain);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+fn domain_entry(domain: &DomainRow) -> Domain {
+    let template = if domain.auto_create {
+        // Checked when set; `allow_http` was checked then too, against the config of the time.
+        match template_inbox(
+            &domain.template,
+            "template",
+            &format!("template@{}", domain.name),
+            true,
+        ) {
+            Ok(template) => Some(template),
+            Err((key, message)) => {
+                tracing::warn!(domain = %domain.name, key, message, "domain template does not read; auto_create is off for it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Domain {
+        catch_all: domain.catch_all.clone(),
+        template,
+        max_auto_inboxes: domain.max_auto_inboxes,
+        auto_create_per_minute: domain.auto_create_per_minute,
     }
 }
 

@@ -8,8 +8,8 @@
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
 //! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`replies`] (and
-//! `[dkim]`) and [`inbox`]. Durations
-//! stay the `_s` seconds the file spells; the sections type them with `Duration` accessors.
+//! `[dkim]`), [`inbox`] and [`domain`]. Durations stay the `_s` seconds the file spells; the sections type them with
+//! `Duration` accessors.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use crate::model::normalize_sender_entry;
 pub mod auth;
 pub mod database;
 pub mod delivery;
+pub mod domain;
 pub mod forward;
 pub mod http;
 pub mod inbox;
@@ -34,6 +35,7 @@ pub mod templates;
 pub use auth::AuthConfig;
 pub use database::DatabaseConfig;
 pub use delivery::DeliveryConfig;
+pub use domain::DomainConfig;
 pub use forward::ForwardConfig;
 pub use http::HttpConfig;
 pub use inbox::InboxConfig;
@@ -98,6 +100,8 @@ pub struct Config {
     pub dkim: DkimConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<DomainConfig>,
 }
 
 impl Config {
@@ -166,6 +170,17 @@ impl Config {
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;
+        }
+        let inbox_ids: std::collections::HashSet<&str> =
+            self.inboxes.iter().map(|inbox| inbox.id.as_str()).collect();
+        let mut claimed_domains = domain::ClaimedDomains::default();
+        for (idx, domain) in self.domains.iter().enumerate() {
+            domain.validate(
+                idx,
+                self.delivery.allow_http,
+                &inbox_ids,
+                &mut claimed_domains,
+            )?;
         }
         Ok(())
     }

@@ -19,7 +19,8 @@ use crate::model::{Subscription, WebhookEndpoint, now_ms};
 pub struct InboxRow {
     pub id: String,
     pub name: Option<String>,
-    /// `config` for inboxes the config file declares, `api` for the others.
+    /// `config` for inboxes the config file declares, `auto` for those a domain made on first
+    /// mail, `api` for the others.
     pub source: String,
     pub status: String,
     pub addresses: Vec<String>,
@@ -513,7 +514,7 @@ fn conflict_or_query(err: sqlx::Error) -> Error {
 
 /// The stored form of a webhook's `events`: `NULL` for the default, so an inbox that never set
 /// them follows the default.
-fn events_json(events: &Subscription) -> Option<String> {
+pub(super) fn events_json(events: &Subscription) -> Option<String> {
     (!events.is_default()).then(|| serde_json::Value::from(events.names()).to_string())
 }
 
@@ -632,7 +633,7 @@ pub(super) fn endpoint_from_row(
 ///
 /// # Errors
 /// [`Error::Corrupt`] if they do not serialize (they always do).
-fn endpoint_settings_json(settings: &EndpointSettings) -> Result<Option<String>, Error> {
+pub(super) fn endpoint_settings_json(settings: &EndpointSettings) -> Result<Option<String>, Error> {
     if *settings == EndpointSettings::default() {
         return Ok(None);
     }

@@ -79,6 +79,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0016_attempt_request.sql"),
     ),
     (
+        17,
+        "domains",
+        include_str!("../../migrations/0017_domains.sql"),
+    ),
+    (
         22,
         "replies",
         include_str!("../../migrations/0022_replies.sql"),

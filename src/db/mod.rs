@@ -238,6 +238,7 @@ impl Db {
 }
 
 mod api_keys;
+mod domains;
 mod endpoints;
 mod inboxes;
 mod ingress;
@@ -250,6 +251,7 @@ mod stats;
 mod threads;
 mod write;
 pub use api_keys::ApiKeyRow;
+pub use domains::{AutoCreate, DomainChange, DomainRow};
 pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{

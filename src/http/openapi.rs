@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, reply,
-    send_to, webhook,
+    deliveries, domains, health, inboxes, ingress, keys, messages, metrics, notifications, recover,
+    reply, send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -63,6 +63,10 @@ use super::api::{
         ingress::get_event_types,
         ingress::put_event_types,
         ingress::delete_event_types,
+        domains::list_domains,
+        domains::get_domain,
+        domains::put_domain,
+        domains::delete_domain,
     ),
     components(schemas(
         crate::event::MailEvent,

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::proto::{self, DataLine, DataReceiver, RcptTo, Reply, replies};
 use crate::config::SmtpConfig;
 use crate::counters::{Counters, Rejection};
-use crate::directory::Directory;
+use crate::db::AutoCreate;
+use crate::directory::{Directory, NewAutoInbox, Resolved};
 use crate::intake::{Intake, Outcome};
 use crate::model::{Envelope, Recipient};
 
@@ -457,18 +458,8 @@ where
                 self.ctx.counters.reject(Rejection::RelayDenied);
                 Reply::new(550, "5.7.1", format!("<{path}>: relay access denied"))
             }
-            Ok(RcptTo::Mailbox { address, as_sent }) => match self.ctx.directory.lookup(&address) {
-                Some(inbox_id)
-                    if self
-                        .ctx
-                        .intake
-                        .over_hard_limit(&self.envelope, &inbox_id)
-                        .await =>
-                {
-                    self.ctx.counters.reject(Rejection::RateLimited);
-                    Reply::new(451, "4.7.1", "Rate limit reached, try again later")
-                }
-                Some(inbox_id) => {
+            Ok(RcptTo::Mailbox { address, as_sent }) => match self.inbox_for(&address).await {
+                Ok(inbox_id) => {
                     *self
                         .handler
                         .rcpt_decision
@@ -490,10 +481,7 @@ where
                     }
                     return;
                 }
-                None => {
-                    self.ctx.counters.reject(Rejection::UnknownRecipient);
-                    Reply::new(550, "5.1.1", format!("<{address}>: recipient not found"))
-                }
+                Err(refusal) => refusal,
             },
         };
         // A refusal still goes through the engine so that RCPT before MAIL gets its 503.
@@ -504,6 +492,101 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(decision.clone());
         let response = self.engine.process(b"RCPT TO:<refused@invalid>\r\n");
         self.queue_engine(&response, Some(&decision));
+    }
+
+    /// The inbox an RCPT address reaches (see [`crate::directory::Directory::resolve`]), or
+    /// the refusal: `550 5.1.1` for nobody, `451 4.7.1` at the hard rate limit.
+    async fn inbox_for(&self, address: &str) -> Result<String, Reply> {
+        let inbox_id = match self.ctx.directory.resolve(address) {
+            Resolved::Inbox(inbox_id) => inbox_id,
+            Resolved::Create(new) => return self.auto_create(address, &new).await,
+            Resolved::Unknown => return Err(self.unknown_recipient(address)),
+        };
+        if self
+            .ctx
+            .intake
+            .over_hard_limit(&self.envelope, &inbox_id)
+            .await
+        {
+            self.ctx.counters.reject(Rejection::RateLimited);
+            return Err(Reply::new(
+                451,
+                "4.7.1",
+                "Rate limit reached, try again later",
+            ));
+        }
+        Ok(inbox_id)
+    }
+
+    fn unknown_recipient(&self, address: &str) -> Reply {
+        self.ctx.counters.reject(Rejection::UnknownRecipient);
+        Reply::new(550, "5.1.1", format!("<{address}>: recipient not found"))
+    }
+
+    /// Makes the inbox a domain auto-creates for a new local part, unless the mail would be
+    /// refused anyway: nothing is created for a bounce (there is no sender to have asked for
+    /// the address), a sender at its hard rate limit, or a sender the template's policy blocks
+    /// with `policy_action = "reject"` (checked on the envelope sender; the rest of the policy
+    /// needs the message and applies at DATA as for any inbox).
+    async fn auto_create(&self, address: &str, new: &NewAutoInbox) -> Result<String, Reply> {
+        let Some(sender) = self.envelope.mail_from.as_deref() else {
+            return Err(self.unknown_recipient(address));
+        };
+        if self
+            .ctx
+            .intake
+            .over_hard_limit(&self.envelope, new.id())
+            .await
+        {
+            self.ctx.counters.reject(Rejection::RateLimited);
+            return Err(Reply::new(
+                451,
+                "4.7.1",
+                "Rate limit reached, try again later",
+            ));
+        }
+        let policy = new.inbox.sender_policy();
+        if policy.policy_action == crate::model::PolicyAction::Reject
+            && crate::verify::trust::sender_listed(&policy.block_senders, sender)
+        {
+            self.ctx.counters.reject(Rejection::Policy);
+            return Err(Reply::new(550, "5.7.1", "Sender refused by policy"));
+        }
+        let inbox_id = match self.ctx.directory.create(new).await {
+            Ok(AutoCreate::Created) => {
+                tracing::info!(inbox_id = new.id(), domain = %new.domain, "inbox created on first mail");
+                new.id().to_owned()
+            }
+            Ok(AutoCreate::Exists(owner)) => owner,
+            Ok(AutoCreate::IdTaken) => return Err(self.unknown_recipient(address)),
+            Ok(AutoCreate::CapReached) => {
+                tracing::warn!(domain = %new.domain, "domain is at max_auto_inboxes; new local part refused");
+                self.ctx.counters.reject(Rejection::TempFailure);
+                return Err(Reply::new(
+                    452,
+                    "4.2.2",
+                    format!("<{address}>: the domain has no room for new inboxes"),
+                ));
+            }
+            Ok(AutoCreate::RateLimited) => {
+                self.ctx.counters.reject(Rejection::RateLimited);
+                return Err(Reply::new(
+                    451,
+                    "4.7.1",
+                    "Too many new inboxes for this domain, try again later",
+                ));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, domain = %new.domain, "creating an inbox on first mail failed");
+                self.ctx.counters.reject(Rejection::TempFailure);
+                return Err(replies::temp_failure());
+            }
+        };
+        // The address may be a disabled inbox's: the directory holds only enabled ones.
+        if self.ctx.directory.inbox(&inbox_id).is_none() {
+            return Err(self.unknown_recipient(address));
+        }
+        Ok(inbox_id)
     }
 
     async fn handle_data(&mut self) -> std::io::Result<Option<Stop>> {

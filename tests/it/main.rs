@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod delivery_promises;
 mod deploy;
+mod domains;
 mod end_to_end;
 mod first_run;
 mod fixtures;

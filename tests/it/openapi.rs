@@ -545,6 +545,34 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     )
     .await;
 
+    // Domains: the template view is typed, the secret write-only.
+    seen.check(
+        "PUT",
+        "/v1/domains/doc.example",
+        "/v1/domains/{name}",
+        API_KEY,
+        Some(json!({"auto_create": true, "template": {"webhook_secret": "s"}})),
+    )
+    .await;
+    seen.check("GET", "/v1/domains", "/v1/domains", API_KEY, None)
+        .await;
+    seen.check(
+        "PUT",
+        "/v1/domains/doc.example",
+        "/v1/domains/{name}",
+        API_KEY,
+        Some(json!({"catch_all": "nobody"})),
+    )
+    .await;
+    seen.check(
+        "DELETE",
+        "/v1/domains/doc.example",
+        "/v1/domains/{name}",
+        API_KEY,
+        None,
+    )
+    .await;
+
     // Each status the walk above meant to reach was reached (a call that answered something
     // else would have compared the wrong schema and proved little).
     for expected in [
@@ -567,6 +595,10 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         "POST /v1/messages/{id}/send-to 502",
         "POST /v1/messages/{id}/reply 409",
         "POST /v1/messages/{id}/reply 422",
+        "PUT /v1/domains/{name} 201",
+        "GET /v1/domains 200",
+        "PUT /v1/domains/{name} 422",
+        "DELETE /v1/domains/{name} 204",
     ] {
         assert!(
             seen.statuses.iter().any(|status| status == expected),

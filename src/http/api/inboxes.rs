@@ -47,7 +47,7 @@ pub(crate) struct InboxView {
     name: Option<String>,
     /// enabled or disabled.
     status: String,
-    /// config (declared in the config file) or api.
+    /// config (declared in the config file), api, or auto (made by the first mail to a domain).
     source: String,
     addresses: Vec<String>,
     #[schema(required)]

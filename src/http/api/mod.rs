@@ -8,6 +8,7 @@
 //! response that creates or rotates one) or internal error detail.
 
 pub(crate) mod deliveries;
+pub(crate) mod domains;
 pub(crate) mod health;
 pub(crate) mod inboxes;
 pub(crate) mod ingress;
@@ -71,6 +72,13 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         .route(
             "/v1/inboxes/{id}/test-event",
             post(inboxes::send_test_event),
+        )
+        .route("/v1/domains", get(domains::list_domains))
+        .route(
+            "/v1/domains/{name}",
+            get(domains::get_domain)
+                .put(domains::put_domain)
+                .delete(domains::delete_domain),
         )
         .route("/metrics", get(metrics::metrics))
         .route("/v1/messages/{id}", get(messages::get_message))

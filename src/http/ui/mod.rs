@@ -17,6 +17,7 @@
 //! binary like the templates.
 
 mod chart;
+mod domains;
 mod explain;
 mod inboxes;
 mod manage;
@@ -113,6 +114,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "inbox_settings.html",
         include_str!("../../../templates/ui/inbox_settings.html"),
+    ),
+    (
+        "domains.html",
+        include_str!("../../../templates/ui/domains.html"),
     ),
 ];
 
@@ -363,6 +368,7 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
             "/ui/deliveries/{id}/attempts/{attempt}/body",
             get(messages::attempt_body),
         )
+        .route("/ui/domains", get(domains::list))
         .route("/ui/dead", get(messages::dead))
         .route("/ui/dead/resend-all", post(messages::resend_all))
         .route("/ui/dead/recover", post(messages::recover))
