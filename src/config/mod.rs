@@ -7,7 +7,7 @@
 //! This file owns [`Config`] (the tree), loading (file, then [`ENV_PREFIX`] variables), the
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
-//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`] and [`inbox`]. Durations
+//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`spam`] and [`inbox`]. Durations
 //! stay the `_s` seconds the file spells; the sections type them with `Duration` accessors.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ pub mod inbox;
 pub mod ingress;
 pub mod ratelimit;
 pub mod smtp;
+pub mod spam;
 pub mod storage;
 pub mod templates;
 
@@ -38,6 +39,7 @@ pub use inbox::InboxConfig;
 pub use ingress::IngressConfig;
 pub use ratelimit::RateLimitConfig;
 pub use smtp::SmtpConfig;
+pub use spam::SpamConfig;
 pub use storage::{StorageBackend, StorageConfig};
 pub use templates::TemplatesConfig;
 
@@ -89,6 +91,8 @@ pub struct Config {
     pub templates: TemplatesConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub spam: SpamConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -155,6 +159,7 @@ impl Config {
         self.delivery.validate()?;
         self.forward.validate()?;
         self.ingress.validate()?;
+        self.spam.validate()?;
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

@@ -29,9 +29,13 @@ import asyncio, os, sys, uuid
 from aiosmtpd.controller import Controller
 out, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(os.path.join(out, "new"), exist_ok=True)
+os.makedirs(os.path.join(out, "senders"), exist_ok=True)
 class Keep:
     async def handle_DATA(self, server, session, envelope):
-        path = os.path.join(out, "new", uuid.uuid4().hex)
+        name = uuid.uuid4().hex
+        with open(os.path.join(out, "senders", name), "w") as f:
+            f.write(envelope.mail_from or "")
+        path = os.path.join(out, "new", name)
         with open(path + ".tmp", "wb") as f:
             f.write(envelope.original_content)
         os.rename(path + ".tmp", path)
@@ -59,6 +63,25 @@ asyncio.get_event_loop().run_forever()
             maildir,
             _dir: dir,
         }
+    }
+
+    /// Each message kept, with its envelope sender (`MAIL FROM`, `<>` for the null sender).
+    pub fn delivered_with_senders(&self) -> Vec<(String, Vec<u8>)> {
+        let new = self.maildir.join("new");
+        std::fs::read_dir(&new)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|entry| {
+                        let sender = std::fs::read_to_string(
+                            self.maildir.join("senders").join(entry.file_name()),
+                        )
+                        .ok()?;
+                        Some((sender, std::fs::read(entry.path()).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn delivered(&self) -> Vec<Vec<u8>> {
