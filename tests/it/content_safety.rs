@@ -24,6 +24,15 @@ async fn send(gateway: &TestGateway, from: &str, to: &[&str], raw: &[u8], code: 
     text
 }
 
+/// Asserts that `event` matches the `MailReceivedEvent` schema of the gateway's OpenAPI document.
+async fn documented(gateway: &TestGateway, event: &Value) {
+    let (status, document) = gateway.api("GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let schema = json!({"$ref": "#/components/schemas/MailReceivedEvent"});
+    let found = crate::openapi::check_against_schema(&document, &schema, event);
+    assert!(found.errors.is_empty(), "{:?}\n{event}", found.errors);
+}
+
 fn types(event: &Value) -> Vec<&str> {
     event["traffic_types"]
         .as_array()
@@ -70,6 +79,20 @@ async fn bounces_and_auto_replies_are_typed_parsed_and_routed() {
     );
     let routed = bounces_only.recv().await.json();
     assert_eq!(routed["event_id"], event["event_id"]);
+    documented(&gateway, &event).await;
+    let mut ui = crate::ui::Ui::new(&gateway);
+    ui.login(crate::support::gateway::API_KEY).await;
+    let page = ui
+        .get(&format!(
+            "/ui/messages/{}",
+            event["message_id"].as_str().expect("id")
+        ))
+        .await;
+    assert!(
+        page.body.contains("xxxx@xxxx.com: failed 5.1.0"),
+        "{}",
+        page.body
+    );
 
     // qmail's notice has no report part: read from its text, from the null sender only.
     send(
@@ -406,6 +429,24 @@ async fn rspamd_scores_every_message_and_the_inbox_policy_acts_on_it() {
     assert_eq!(tagged["quarantined"], false);
     let routed = spam_rule.recv().await.json();
     assert_eq!(routed["event_id"], tagged["event_id"]);
+    documented(&gateway, &tagged).await;
+    // The dashboard's message page shows the verdict.
+    let mut ui = crate::ui::Ui::new(&gateway);
+    ui.login(crate::support::gateway::API_KEY).await;
+    let page = ui
+        .get(&format!(
+            "/ui/messages/{}",
+            tagged["message_id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"spam-verdict\""), "{}", page.body);
+    assert!(
+        page.body.contains(">reject</span> score 15"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("GTUBE"), "{}", page.body);
 
     // The other inbox quarantines spam: stored, not delivered.
     let to_other = simple_message("ann@sender.example", "other@example.com", "offer", GTUBE);
@@ -481,6 +522,7 @@ async fn rspamd_scores_every_message_and_the_inbox_policy_acts_on_it() {
     let unscored = inbox_hook.recv().await.json();
     assert_eq!(unscored["spam"], json!({"action": "temperror"}));
     assert_eq!(unscored["quarantined"], false);
+    documented(&gateway, &unscored).await;
     gateway.stop().await;
 }
 
