@@ -52,3 +52,40 @@ impl SpamConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn error_of(toml: &str) -> String {
+        Config::from_toml_str(toml)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn spam_keys_are_checked_by_name() {
+        let config = Config::from_toml_str("").expect("defaults");
+        assert!(!config.spam.enabled());
+        assert_eq!(config.spam.timeout(), std::time::Duration::from_secs(5));
+        let config = Config::from_toml_str(
+            "[spam]\nrspamd_url = \"http://127.0.0.1:11333\"\ntimeout_s = 2.5\n",
+        )
+        .expect("valid");
+        assert!(config.spam.enabled());
+        assert!(error_of("[spam]\nrspamd_url = \"ftp://x\"\n").contains("spam.rspamd_url"));
+        assert!(error_of("[spam]\nrspamd_url = \"not a url\"\n").contains("spam.rspamd_url"));
+        assert!(error_of("[spam]\ntimeout_s = 0\n").contains("spam.timeout_s"));
+        let inbox = "[[inbox]]\nid = \"a\"\naddresses = [\"a@example.com\"]\n";
+        assert!(
+            error_of(&format!("{inbox}spam_action = \"drop\"\n")).contains("inbox[0].spam_action")
+        );
+        let config = Config::from_toml_str(&format!(
+            "{inbox}spam_action = \"reject\"\nspam_score_threshold = 8\n"
+        ))
+        .expect("valid");
+        let policy = config.inboxes[0].sender_policy();
+        assert_eq!(policy.spam_action, crate::model::SpamAction::Reject);
+        assert_eq!(policy.spam_score_threshold, Some(8.0));
+    }
+}
