@@ -24,8 +24,10 @@ pub struct HeaderFacts {
     /// 3834), `X-Autoreply`, `X-Autorespond`, `Precedence: auto_reply`, or an out-of-office
     /// notice from Exchange/Outlook or iCloud, which mark theirs in headers of their own.
     pub auto_reply: bool,
-    /// A delivery status notification: a standard report, or (only from the null sender) a
-    /// failure notice read by its text ([`Bounce::counts`](crate::parse::bounce::Bounce)).
+    /// The message reads as a delivery status notification: `Some(true)` for a standard
+    /// report, a bounce whoever sent it; `Some(false)` for a failure notice read from its text,
+    /// a bounce only from the null sender (as [`Bounce::counts`](crate::parse::bounce::Bounce)
+    /// decides for the event's `bounce`).
     pub bounce_report: Option<bool>,
 }
 
