@@ -144,7 +144,11 @@ async fn serve(
                 .context("building the DNS resolver")?,
             RateLimiter::new(&config.rate_limit, db.clone()),
             &config.auth,
-        )),
+        ))
+        .with_spam(
+            crate::spam::SpamChecker::new(&config.spam)
+                .context("configuring spam scoring (spam.rspamd_url)")?,
+        ),
     );
     let forwarder = crate::deliver::forward::Forwarder::new(&config.forward, &config.smtp.hostname)
         .context("configuring the email-forward smarthost")?;

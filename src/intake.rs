@@ -22,10 +22,11 @@ use crate::deliver::handoff::{Handoff, Handover, JobParts, Routed};
 use crate::directory::Directory;
 use crate::event::{self, Auth, CalendarEvent, Event, EventContext, Flags, TrustTier};
 use crate::model::{Channel, Direction, Envelope, WebhookEndpoint, duration_ms, new_id, now_ms};
-use crate::model::{MAIL_QUARANTINED, PolicyAction, SenderPolicy};
+use crate::model::{MAIL_QUARANTINED, PolicyAction, SenderPolicy, SpamAction, SpamVerdict};
 use crate::prompt::Templates;
 use crate::ratelimit::RateLimiter;
 use crate::route;
+use crate::spam::SpamChecker;
 use crate::store::{self, Store};
 use crate::thread::{self, Thread};
 use crate::verify::trust::{self, Facts, InboxPolicy};
@@ -80,12 +81,17 @@ struct Received<'a> {
     from: Option<&'a str>,
     /// The envelope sender, its domain or this inbox is above its soft rate limit.
     rate_limited: bool,
+    /// rspamd's verdict, when scoring is on.
+    spam: Option<&'a SpamVerdict>,
 }
 
 /// What the checks concluded for one inbox's copy.
 struct InboxFlags {
     flags: Flags,
     quarantined: bool,
+    /// The inbox's `spam_action` is `reject` and the verdict is spam: the message is refused
+    /// when every inbox says so, and this copy quarantined when not.
+    spam_reject: bool,
     fingerprint: NewFingerprint,
 }
 
@@ -117,6 +123,7 @@ pub struct Intake {
     dispatcher_wakeup: Arc<Notify>,
     templates: Templates,
     checks: Option<Checks>,
+    spam: Option<SpamChecker>,
     handoff: Option<Arc<Handoff>>,
 }
 
@@ -139,6 +146,7 @@ impl Intake {
             dispatcher_wakeup,
             templates: Templates::default(),
             checks: None,
+            spam: None,
             handoff: None,
         }
     }
@@ -153,6 +161,12 @@ impl Intake {
     /// Turns on verification, flags, policy, duplicate detection and rate limits.
     pub fn with_checks(mut self, checks: Checks) -> Self {
         self.checks = Some(checks);
+        self
+    }
+
+    /// Turns on spam scoring (with checks only: the inbox policy acts on the verdict).
+    pub fn with_spam(mut self, spam: Option<SpamChecker>) -> Self {
+        self.spam = spam;
         self
     }
 
@@ -183,9 +197,10 @@ impl Intake {
         let received_at = now_ms();
         let parsed = crate::parse::parse_guarded(raw);
         let verdict = self.verify(envelope, raw).await;
+        let spam = self.score(envelope, raw, &verdict).await;
         let inbox_ids = inboxes_of(envelope);
         let inbox_flags = match self
-            .policy_and_flags(envelope, raw, &parsed, &verdict, &inbox_ids)
+            .policy_and_flags(envelope, raw, &parsed, &verdict, spam.as_ref(), &inbox_ids)
             .await
         {
             Ok(inbox_flags) => inbox_flags,
@@ -217,6 +232,18 @@ impl Intake {
         }
     }
 
+    /// rspamd's verdict, after verification so that its results go along (see [`crate::spam`]);
+    /// `None` when scoring is off or there are no checks to act on it.
+    async fn score(
+        &self,
+        envelope: &Envelope,
+        raw: &[u8],
+        verdict: &AuthVerdict,
+    ) -> Option<SpamVerdict> {
+        let spam = self.spam.as_ref().filter(|_| self.checks.is_some())?;
+        Some(spam.check(envelope, raw, verdict, &new_id("q")).await)
+    }
+
     /// Counts the message against the rate limits and concludes each inbox's flags, or the
     /// reason an inbox's policy rejects the message. Without checks, no inbox has flags.
     async fn policy_and_flags(
@@ -225,6 +252,7 @@ impl Intake {
         raw: &[u8],
         parsed: &crate::parse::ParsedMessage,
         verdict: &AuthVerdict,
+        spam: Option<&SpamVerdict>,
         inbox_ids: &[&str],
     ) -> Result<Vec<Option<InboxFlags>>, String> {
         let mut inbox_flags = Vec::with_capacity(inbox_ids.len());
@@ -236,8 +264,9 @@ impl Intake {
             .rate_limiter
             .count_message(envelope.mail_from.as_deref(), envelope.remote_ip, inbox_ids)
             .await;
-        let headers = trust::header_facts(raw, parsed.from_mailboxes);
+        let headers = trust::header_facts(raw, parsed);
         let from = parsed.from.as_ref().map(|from| from.address.as_str());
+        let mut checked = Vec::with_capacity(inbox_ids.len());
         for (inbox_id, rate_limited) in inbox_ids.iter().zip(rate_limited) {
             let message = Received {
                 envelope,
@@ -247,9 +276,25 @@ impl Intake {
                 headers: &headers,
                 from,
                 rate_limited,
+                spam,
             };
-            inbox_flags.push(Some(self.inbox_flags(checks, &message, inbox_id).await?));
+            checked.push(self.inbox_flags(checks, &message, inbox_id).await?);
         }
+        // One reply answers every recipient: spam is refused only when every inbox refuses it.
+        // An inbox that refuses among others that accept holds its copy instead, since a copy
+        // accepted with the others' cannot be dropped silently.
+        if !checked.is_empty() && checked.iter().all(|flags| flags.spam_reject) {
+            let score = spam.and_then(|spam| spam.score).unwrap_or_default();
+            tracing::info!(score, "message rejected as spam");
+            return Err(format!("message scored as spam ({score:.2})"));
+        }
+        inbox_flags.extend(checked.into_iter().map(|mut flags| {
+            if flags.spam_reject {
+                flags.quarantined = true;
+                flags.flags.quarantined = true;
+            }
+            Some(flags)
+        }));
         Ok(inbox_flags)
     }
 
@@ -497,6 +542,7 @@ impl Intake {
             headers,
             from,
             rate_limited,
+            spam,
         } = *message;
         // Read from the directory, so a policy changed through the API (on any node) applies
         // to the next message without a restart.
@@ -507,7 +553,10 @@ impl Intake {
             allow_senders,
             block_senders,
             policy_action: action,
+            spam_action,
+            spam_score_threshold,
         } = self.directory.sender_policy(inbox_id).unwrap_or_default();
+        let is_spam = spam.is_some_and(|verdict| verdict.is_spam(spam_score_threshold));
         let policy = InboxPolicy {
             spf_pass_required,
             dkim_pass_required,
@@ -533,7 +582,14 @@ impl Intake {
             tracing::info!(inbox_id, ?violations, "message rejected by inbox policy");
             return Err(violations.join("; "));
         }
-        let quarantined = !violations.is_empty() && action == PolicyAction::Quarantine;
+        let mut violations = violations;
+        let mut quarantined = !violations.is_empty() && action == PolicyAction::Quarantine;
+        if is_spam && spam_action != SpamAction::Tag {
+            // Named like a policy violation, so a held copy's `mail.quarantined` says why.
+            let score = spam.and_then(|spam| spam.score).unwrap_or_default();
+            violations.push(format!("scored as spam ({score:.2})"));
+            quarantined |= spam_action == SpamAction::Quarantine;
+        }
 
         // Lookups ignore what is older than the window, and pruning removes just that.
         let fingerprint = NewFingerprint {
@@ -573,10 +629,12 @@ impl Intake {
             quarantined,
             policy_violations: violations,
             auth: Auth::from(verdict),
+            spam: spam.cloned(),
         };
         Ok(InboxFlags {
             flags,
             quarantined,
+            spam_reject: is_spam && spam_action == SpamAction::Reject,
             fingerprint,
         })
     }

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
-//! [`intake`], [`parse`], [`verify`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
+//! [`intake`], [`parse`], [`verify`], [`spam`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
 //! [`db`], [`signature`], [`deliver`], [`reply`], [`ingress`], [`http`], [`app`] (which mounts
 //! [`http::router`] on the one HTTP listener). No two of them import each other in a loop, and
 //! nothing but `app` imports `http`.
@@ -36,6 +36,7 @@ pub mod reply;
 pub mod route;
 pub mod signature;
 pub mod smtp;
+pub mod spam;
 pub mod store;
 pub mod thread;
 pub mod verify;

@@ -17,7 +17,9 @@ mod trust;
 mod webhook;
 
 pub use address::{is_valid_inbox_id, normalize_address, validate_webhook_url};
-pub use policy::{PolicyAction, SenderPolicy, normalize_sender_entry};
+pub use policy::{
+    PolicyAction, SPAM_TEMPERROR, SenderPolicy, SpamAction, SpamVerdict, normalize_sender_entry,
+};
 pub use provider::Provider;
 pub use rule::{Channels, EmailChannel, Filters, Rule, SubjectPattern, WebhookChannel};
 pub use subscription::{

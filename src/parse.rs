@@ -4,6 +4,7 @@
 //! Pure and total: any input yields a `ParsedMessage` (possibly empty) plus warnings, never an
 //! error and never a panic, because a message that fails to parse is still stored and delivered.
 
+pub mod bounce;
 pub mod html;
 
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
@@ -56,6 +57,8 @@ pub struct ParsedMessage {
     /// True when `plain_text` and `html` are the two sides of one multipart/alternative.
     pub alternative_content: bool,
     pub attachments: Vec<Attachment>,
+    /// What a delivery status notification says, when the message reads as one.
+    pub bounce: Option<bounce::Bounce>,
     pub warnings: Vec<String>,
 }
 
@@ -178,6 +181,7 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
         html,
         body_as_text,
         attachments: attachments(&message),
+        bounce: bounce::read(&message),
         warnings,
     }
 }

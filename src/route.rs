@@ -20,6 +20,8 @@ pub struct EventFlags {
     pub recipient_tag: Option<String>,
     pub subject: String,
     pub has_attachments: bool,
+    /// The event's `spam.action`, when the message was scored.
+    pub spam_action: Option<String>,
 }
 
 impl EventFlags {
@@ -43,6 +45,7 @@ impl EventFlags {
             recipient_tag: mail.recipient_tag.clone(),
             subject: mail.subject.clone(),
             has_attachments: !mail.email.attachments.is_empty(),
+            spam_action: mail.spam.as_ref().map(|spam| spam.action.clone()),
         }
     }
 
@@ -58,6 +61,7 @@ impl EventFlags {
             recipient_tag: None,
             subject: String::new(),
             has_attachments: false,
+            spam_action: None,
         }
     }
 
@@ -153,6 +157,13 @@ fn filters_match(filters: &Filters, flags: &EventFlags) -> bool {
     let attachments_ok = filters
         .has_attachments
         .is_none_or(|wanted| wanted == flags.has_attachments);
+    let spam_ok = filters.spam_actions.is_empty()
+        || flags.spam_action.as_deref().is_some_and(|action| {
+            filters
+                .spam_actions
+                .iter()
+                .any(|wanted| wanted.eq_ignore_ascii_case(action))
+        });
     let subscribed = filters.subscription().matches(flags.event_type);
     subscribed
         && verified_ok
@@ -163,6 +174,7 @@ fn filters_match(filters: &Filters, flags: &EventFlags) -> bool {
         && tags_ok
         && subject_ok
         && attachments_ok
+        && spam_ok
 }
 
 /// Whether `recipient` is the filter entry `wanted`: the same address (case-insensitive), any

@@ -53,6 +53,9 @@ struct Args {
     /// Needs `ulimit -n` above twice this number.
     #[arg(long)]
     idle: Option<usize>,
+    /// Score every message with the rspamd at this URL (`spam.rspamd_url`).
+    #[arg(long)]
+    rspamd_url: Option<String>,
 }
 
 /// Words the bench's bodies are drawn from, so that no two messages share their text and a body
@@ -329,9 +332,13 @@ async fn start_mxhook(
     receiver: SocketAddr,
     greet_pause: Option<f64>,
     max_connections: usize,
+    rspamd_url: Option<&str>,
 ) -> anyhow::Result<Server> {
     let greet = greet_pause
         .map(|pause| format!("greet_pause_s = {pause}\n"))
+        .unwrap_or_default();
+    let spam = rspamd_url
+        .map(|url| format!("[spam]\nrspamd_url = \"{url}\"\n"))
         .unwrap_or_default();
     let smtp = free_addr()?;
     let http = free_addr()?;
@@ -342,7 +349,7 @@ async fn start_mxhook(
             "[smtp]\nlisten = \"{smtp}\"\nmax_connections = {max_connections}\nmax_connections_per_ip = {max_connections}\n{greet}[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
 [delivery]\nallow_http = true\nallow_private_targets = true\n\
 [[inbox]]\nid = \"agent\"\naddresses = [\"agent@example.com\"]\nwebhook_url = \"http://{receiver}/hook\"\n\
-webhook_secret = \"bench-secret\"\n"
+webhook_secret = \"bench-secret\"\n{spam}"
         ),
     )?;
     let child = Command::new(binary)
@@ -563,7 +570,15 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
     let dir = ScratchDir::new()?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let receiver = start_receiver(Arc::clone(&seen)).await?;
-    let server = start_mxhook(&args.binary, dir.path(), receiver, args.greet_pause, 2000).await?;
+    let server = start_mxhook(
+        &args.binary,
+        dir.path(),
+        receiver,
+        args.greet_pause,
+        2000,
+        args.rspamd_url.as_deref(),
+    )
+    .await?;
     let pid = server.child.id();
     let (cpu_before, _) = process_usage(pid);
     let run = run_load(server.smtp, args, concurrency, reuse).await;
@@ -682,6 +697,7 @@ async fn bench_idle(args: &Args, idle: usize) -> anyhow::Result<()> {
         receiver,
         args.greet_pause,
         idle + 100,
+        args.rspamd_url.as_deref(),
     )
     .await?;
     let pid = server.child.id();

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::model::{
     EndpointSettings, PayloadFormat, PolicyAction, SenderPolicy, SignatureFormat, SignatureScheme,
-    Subscription, is_valid_inbox_id, normalize_address, validate_signature_header,
+    SpamAction, Subscription, is_valid_inbox_id, normalize_address, validate_signature_header,
     validate_webhook_url,
 };
 
@@ -76,6 +76,12 @@ pub struct InboxConfig {
     pub block_senders: Vec<String>,
     #[serde(default)]
     pub policy_action: PolicyAction,
+    /// What happens to mail rspamd scores as spam: tag (default), quarantine or reject.
+    #[serde(default)]
+    pub spam_action: SpamAction,
+    /// The score from which mail counts as spam; unset is rspamd's `required_score`.
+    #[serde(default)]
+    pub spam_score_threshold: Option<f64>,
 }
 
 impl fmt::Debug for InboxConfig {
@@ -109,6 +115,8 @@ impl fmt::Debug for InboxConfig {
             .field("allow_senders", &self.allow_senders)
             .field("block_senders", &self.block_senders)
             .field("policy_action", &self.policy_action)
+            .field("spam_action", &self.spam_action)
+            .field("spam_score_threshold", &self.spam_score_threshold)
             .finish()
     }
 }
@@ -144,6 +152,8 @@ impl InboxConfig {
             allow_senders: self.allow_senders.clone(),
             block_senders: self.block_senders.clone(),
             policy_action: self.policy_action,
+            spam_action: self.spam_action,
+            spam_score_threshold: self.spam_score_threshold,
         }
     }
 
@@ -187,6 +197,12 @@ impl InboxConfig {
         }
         if self.addresses.is_empty() {
             return Err(invalid(key("addresses"), "must list at least one address"));
+        }
+        if self
+            .spam_score_threshold
+            .is_some_and(|threshold| !threshold.is_finite())
+        {
+            return Err(invalid(key("spam_score_threshold"), "must be a number"));
         }
         for address in &self.addresses {
             let normalized = normalize_address(address).ok_or_else(|| {

@@ -7,9 +7,9 @@
 //! This file owns [`Config`] (the tree), loading (file, then [`ENV_PREFIX`] variables), the
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
-//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`replies`] (and
-//! `[dkim]`), [`inbox`] and [`domain`]. Durations stay the `_s` seconds the file spells; the sections type them with
-//! `Duration` accessors.
+//! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`spam`], [`replies`]
+//! (and `[dkim]`), [`inbox`] and [`domain`]. Durations stay the `_s` seconds the file spells;
+//! the sections type them with `Duration` accessors.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +29,7 @@ pub mod ingress;
 pub mod ratelimit;
 pub mod replies;
 pub mod smtp;
+pub mod spam;
 pub mod storage;
 pub mod templates;
 
@@ -43,6 +44,7 @@ pub use ingress::IngressConfig;
 pub use ratelimit::RateLimitConfig;
 pub use replies::{DkimConfig, DkimKeyConfig, RepliesConfig};
 pub use smtp::SmtpConfig;
+pub use spam::SpamConfig;
 pub use storage::{StorageBackend, StorageConfig};
 pub use templates::TemplatesConfig;
 
@@ -98,6 +100,8 @@ pub struct Config {
     pub replies: RepliesConfig,
     #[serde(default)]
     pub dkim: DkimConfig,
+    #[serde(default)]
+    pub spam: SpamConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
     #[serde(default, rename = "domain")]
@@ -167,6 +171,7 @@ impl Config {
         self.forward.validate()?;
         self.ingress.validate()?;
         self.dkim.validate()?;
+        self.spam.validate()?;
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

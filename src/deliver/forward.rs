@@ -7,6 +7,12 @@
 //! sender's DMARC at the recipient); the original sender goes into Reply-To, so replying still
 //! reaches them. `Auto-Submitted: auto-forwarded` (RFC 3834) tells responders not to answer, and
 //! routing never forwards to the gateway's own inboxes (see `route`), so forwards cannot loop.
+//!
+//! An auto-reply or a bounce (`traffic_types`) is still forwarded, since a person may need to
+//! see it, but so that nothing can answer it back into a loop: sent from the null sender
+//! (`MAIL FROM:<>`, so a vacation responder or a failing mailbox at the recipient has no address
+//! to answer to, RFC 3834 §2 and RFC 5321 §4.5.5) and without a Reply-To (the original sender is
+//! itself a responder or a mailer-daemon, and a person's reply would start the exchange again).
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -90,7 +96,14 @@ impl Forwarder {
     ) -> Result<(), Error> {
         let transport = self.transport.as_ref().ok_or(Error::NoSmarthost)?;
         let message = build_message(&self.from, event, raw, recipients)?;
-        match transport.send(message).await {
+        let sent = if matches!(event, Event::Mail(mail) if machine_answer(mail)) {
+            let envelope = lettre::address::Envelope::new(None, message.envelope().to().to_vec())
+                .map_err(|err| Error::Build(err.to_string()))?;
+            transport.send_raw(&envelope, &message.formatted()).await
+        } else {
+            transport.send(message).await
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(err) if err.is_permanent() => Err(Error::Rejected(err.to_string())),
             Err(err) => Err(Error::Unavailable(err.to_string())),
@@ -132,6 +145,14 @@ impl Forwarder {
     }
 }
 
+/// Whether `event` is a mail a machine wrote in answer to another (an auto-reply or a bounce),
+/// which a forward must not let anyone answer back.
+fn machine_answer(mail: &MailEvent) -> bool {
+    mail.traffic_types
+        .iter()
+        .any(|kind| kind == "auto_reply" || kind == "bounce")
+}
+
 /// The forward as a MIME message. Pure apart from lettre's Date and Message-ID headers.
 fn build_message(
     from: &Mailbox,
@@ -167,6 +188,7 @@ fn build_message(
     let reply_to = event
         .sender
         .as_deref()
+        .filter(|_| !machine_answer(event))
         .and_then(|sender| sender.parse::<Mailbox>().ok());
     let builder = forward_builder(
         shown_from,

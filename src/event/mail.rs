@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::auth::Auth;
 use super::{EventId, InboxId, MessageId, ThreadId, size};
 pub use crate::model::TrustTier;
-use crate::model::{Direction, Envelope, rfc3339};
+use crate::model::{Direction, Envelope, SpamVerdict, rfc3339};
+use crate::parse::bounce::Bounce;
 use crate::parse::{Mailbox, ParsedMessage, catch_panic};
 use crate::prompt::{self, Templates};
 
@@ -23,6 +24,10 @@ pub struct MailEvent {
     #[schema(value_type = String)]
     pub agent_id: InboxId,
     pub auth: Auth,
+    /// What a delivery status notification says; only on bounces (`traffic_types` has
+    /// `bounce`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<Bounce>,
     /// `outbound` on a reply the inbox sent (stored in its thread, never delivered as an
     /// event); absent on received mail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +70,9 @@ pub struct MailEvent {
     pub sender_verified: bool,
     /// Size of the raw message in bytes.
     pub size: u64,
+    /// rspamd's verdict; only when `spam.rspamd_url` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spam: Option<SpamVerdict>,
     pub subject: String,
     #[schema(value_type = String)]
     pub thread_id: ThreadId,
@@ -181,6 +189,8 @@ pub struct Flags {
     pub quarantined: bool,
     pub policy_violations: Vec<String>,
     pub auth: Auth,
+    /// rspamd's verdict, when it was asked.
+    pub spam: Option<SpamVerdict>,
 }
 
 /// The thread a message joined or started, as the event reports it.
@@ -309,6 +319,11 @@ pub fn build_with_flags(
     let mut event = MailEvent {
         agent_id: ctx.agent_id.into(),
         auth: flags.auth,
+        // Only what counts as a bounce, by the same rule as the `bounce` traffic type.
+        bounce: parsed
+            .bounce
+            .clone()
+            .filter(|bounce| bounce.counts(ctx.envelope.mail_from.is_none())),
         direction,
         envelope_from: ctx.envelope.mail_from.clone().unwrap_or_default(),
         envelope_to: ctx.inbox_recipients.to_vec(),
@@ -330,6 +345,7 @@ pub fn build_with_flags(
         sender: parsed.from.as_ref().map(|from| from.address.clone()),
         sender_verified: flags.sender_verified,
         size: u64::try_from(ctx.size).unwrap_or(u64::MAX),
+        spam: flags.spam,
         subject: email.subject.clone(),
         thread_id: email.thread_id.clone(),
         timestamp,
@@ -381,6 +397,7 @@ pub(super) fn build_or_fall_back(
         message_id: parsed.message_id.clone(),
         in_reply_to: parsed.in_reply_to.clone(),
         references: parsed.references.clone(),
+        bounce: parsed.bounce.clone(),
         warnings: parsed
             .warnings
             .iter()

@@ -20,7 +20,7 @@ pub enum PolicyAction {
 /// An inbox's sender policy, the same whether the config file or the API set it: which
 /// authentication results are required, allow and block lists (addresses or domains), and what
 /// happens to mail that breaks it. Stored on the inbox row, read by intake through the directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SenderPolicy {
     pub spf_pass_required: bool,
@@ -31,6 +31,76 @@ pub struct SenderPolicy {
     /// Senders that never meet the policy (From or envelope sender).
     pub block_senders: Vec<String>,
     pub policy_action: PolicyAction,
+    /// What happens to mail rspamd scores as spam (see [`SpamVerdict::is_spam`]). Left out of
+    /// the stored JSON at its default, so a policy without it reads as before.
+    #[serde(skip_serializing_if = "SpamAction::is_tag")]
+    pub spam_action: SpamAction,
+    /// The score from which mail counts as spam; unset is rspamd's own `required_score`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spam_score_threshold: Option<f64>,
+}
+
+/// How an inbox treats mail rspamd scores as spam.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpamAction {
+    /// Accept and deliver; the event carries the verdict.
+    #[default]
+    Tag,
+    /// Held like a policy quarantine: stored, visible by API, only `mail.quarantined` goes out.
+    Quarantine,
+    /// `550 5.7.1` at the end of DATA when every inbox the message reaches rejects it; an inbox
+    /// that rejects among others that accept holds its copy in quarantine instead.
+    Reject,
+}
+
+impl SpamAction {
+    fn is_tag(&self) -> bool {
+        *self == Self::Tag
+    }
+}
+
+/// rspamd's verdict on a message, as the event carries it (SPEC "Content safety"): the score,
+/// the score rspamd rejects at, its action (`no action`, `greylist`, `add header`, `rewrite
+/// subject`, `soft reject`, `reject`) and the symbols that fired; or only `action:
+/// "temperror"` when rspamd could not be asked.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct SpamVerdict {
+    /// As rspamd names it, or `temperror`.
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// The names of the symbols that fired, sorted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbols: Option<Vec<String>>,
+}
+
+/// The `action` of a verdict rspamd did not give.
+pub const SPAM_TEMPERROR: &str = "temperror";
+
+impl SpamVerdict {
+    pub fn temperror() -> Self {
+        Self {
+            action: SPAM_TEMPERROR.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether this verdict makes the message spam for an inbox whose `spam_score_threshold` is
+    /// `threshold`: the score reaches it, or rspamd's `required_score` when the inbox sets none.
+    /// A `temperror` (rspamd down or slow) never does: the mail is delivered rather than held.
+    pub fn is_spam(&self, threshold: Option<f64>) -> bool {
+        let Some(score) = self.score else {
+            return false;
+        };
+        match threshold.or(self.required_score) {
+            Some(threshold) => score >= threshold,
+            None => self.action == "reject",
+        }
+    }
 }
 
 /// An allow or block list entry, lowercased: an address (`user@example.com`) or a domain

@@ -58,6 +58,11 @@ pub struct Filters {
     pub subject_matches: Option<SubjectPattern>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub has_attachments: Option<bool>,
+    /// rspamd's action on the message as the event's `spam.action` names it (`no action`,
+    /// `add header`, `reject`, …, or `temperror`); a message that was not scored matches none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["reject", "add header"]))]
+    pub spam_actions: Vec<String>,
 }
 
 /// The largest compiled form a `subject_matches` pattern may take, so one rule cannot make

@@ -101,7 +101,7 @@ fn tier(verdict: &AuthVerdict, raw: &str, from: &str) -> &'static str {
 
 /// The header facts as intake reads them: the From mailboxes counted by the parser.
 fn header_facts_as_intake(raw: &[u8]) -> trust::HeaderFacts {
-    trust::header_facts(raw, crate::parse::parse(raw).from_mailboxes)
+    trust::header_facts(raw, &crate::parse::parse(raw))
 }
 
 /// `(sender_verified, peer_trust_tier)` as intake computes them.
@@ -449,7 +449,7 @@ fn traffic_types_come_from_headers_senders_and_configured_domains() {
             Some("a@example.org"),
             false
         ),
-        "automated"
+        "automated,auto_reply"
     );
     assert_eq!(
         check(
@@ -637,4 +637,78 @@ async fn mail_forwarded_by_a_list_that_changed_it_fails_dkim_but_carries_a_valid
     let arc = verdict.arc.as_ref().expect("arc verdict");
     assert_eq!((arc.result, arc.instances), ("pass", 1), "{verdict:?}");
     assert_eq!(verdict.dmarc.as_ref().expect("dmarc").result, "fail");
+}
+
+#[test]
+fn auto_replies_and_bounces_are_traffic_types() {
+    let check = |raw: &[u8], envelope_from: Option<&str>| {
+        let verdict = AuthVerdict::default();
+        let parsed = crate::parse::parse(raw);
+        let headers = trust::header_facts(raw, &parsed);
+        let from = parsed.from.as_ref().map(|from| from.address.clone());
+        trust::traffic_types(
+            &Facts {
+                verdict: &verdict,
+                headers: &headers,
+                from: from.as_deref(),
+                envelope_from,
+                from_is_gateway_inbox: false,
+                allow_listed: false,
+            },
+            &BTreeMap::new(),
+        )
+        .join(",")
+    };
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/fixtures/bounces/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
+    };
+    let person = Some("someone@example.org");
+    for header in [
+        "Auto-Submitted: auto-replied",
+        "X-Autoreply: yes",
+        "X-Autorespond: Out of office",
+        "Precedence: auto_reply",
+    ] {
+        let raw = format!("From: a@example.org\r\n{header}\r\nSubject: away\r\n\r\nbody\r\n");
+        assert_eq!(
+            check(raw.as_bytes(), person),
+            "automated,auto_reply",
+            "{header}"
+        );
+    }
+    // Outlook marks other mail with X-Auto-Response-Suppress too: the subject decides.
+    let suppressed =
+        "From: a@example.org\r\nX-Auto-Response-Suppress: All\r\nSubject: {}\r\n\r\nx\r\n";
+    assert_eq!(
+        check(suppressed.replace("{}", "Newsletter").as_bytes(), person),
+        "human"
+    );
+    assert_eq!(
+        check(
+            suppressed.replace("{}", "Automatic reply: Q3").as_bytes(),
+            person
+        ),
+        "automated,auto_reply"
+    );
+    assert_eq!(
+        check(&fixture("autoreply_exchange_oof.eml"), None),
+        "automated,auto_reply"
+    );
+    assert_eq!(
+        check(&fixture("autoreply_icloud_vacation.eml"), person),
+        "automated,auto_reply"
+    );
+    // Postfix marks its bounces auto-replied: they are bounces, not auto-replies.
+    assert_eq!(check(&fixture("postfix.eml"), None), "automated,bounce");
+    // A report is a bounce whoever sent it; a text notice only from the null sender.
+    assert_eq!(
+        check(&fixture("exchange_2007.eml"), person),
+        "automated,bounce"
+    );
+    assert_eq!(check(&fixture("qmail.eml"), None), "automated,bounce");
+    assert!(!check(&fixture("qmail.eml"), person).contains("bounce"));
 }

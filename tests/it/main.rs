@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod attempt_request;
 mod cli;
+mod content_safety;
 mod delivery;
 mod delivery_promises;
 mod deploy;

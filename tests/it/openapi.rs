@@ -704,9 +704,9 @@ impl<'a> Responses<'a> {
 
 /// What comparing a JSON value with a schema found.
 #[derive(Debug, Default, Clone)]
-struct SchemaCheck {
+pub(crate) struct SchemaCheck {
     /// Each disagreement, with where in the value it is (`.field[index]…`).
-    errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Where the value met a schema that explicitly allows anything there (array indices
     /// written `[]`, so one place is one entry).
     free_form: Vec<String>,
@@ -717,7 +717,7 @@ struct SchemaCheck {
 /// not match `items`: each is an error. Content is accepted without a walk only where the
 /// schema says it is free-form (the empty schema, or `additionalProperties: true`), and those
 /// places are returned so the caller can hold them to the ones it allows.
-fn check_against_schema(document: &Value, schema: &Value, value: &Value) -> SchemaCheck {
+pub(crate) fn check_against_schema(document: &Value, schema: &Value, value: &Value) -> SchemaCheck {
     let mut found = SchemaCheck::default();
     walk(document, schema, value, "", &mut found);
     found.free_form.dedup();

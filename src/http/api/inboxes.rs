@@ -19,7 +19,7 @@ use crate::db::{InboxRow, InboxUpdate, NewInbox};
 use crate::http::{ApiError, Caller, ErrorBody, HttpState};
 use crate::intake::Outcome;
 use crate::model::{Envelope, Recipient, new_id, rfc3339};
-use crate::model::{PolicyAction, SenderPolicy};
+use crate::model::{PolicyAction, SenderPolicy, SpamAction};
 
 /// The inbox, if it exists and the caller may see it; otherwise 404 either way.
 pub(crate) async fn visible_inbox(
@@ -60,6 +60,12 @@ pub(crate) struct InboxView {
     /// tag, reject or quarantine.
     #[schema(value_type = String)]
     policy_action: PolicyAction,
+    /// tag, quarantine or reject: what happens to mail rspamd scores as spam.
+    #[schema(value_type = String)]
+    spam_action: SpamAction,
+    /// The score from which mail counts as spam; null is rspamd's required_score.
+    #[schema(required)]
+    spam_score_threshold: Option<f64>,
     created_at: String,
     updated_at: String,
 }
@@ -84,6 +90,8 @@ fn inbox_view(inbox: &InboxRow) -> InboxView {
         allow_senders: policy.allow_senders.clone(),
         block_senders: policy.block_senders.clone(),
         policy_action: policy.policy_action,
+        spam_action: policy.spam_action,
+        spam_score_threshold: policy.spam_score_threshold,
         created_at: rfc3339(inbox.created_at),
         updated_at: rfc3339(inbox.updated_at),
     }
@@ -122,6 +130,11 @@ pub(crate) struct CreateInbox {
     /// What happens to mail that breaks the policy: tag (default), reject or quarantine.
     #[schema(value_type = Option<String>)]
     policy_action: Option<PolicyAction>,
+    /// What happens to mail rspamd scores as spam: tag (default), quarantine or reject.
+    #[schema(value_type = Option<String>)]
+    spam_action: Option<SpamAction>,
+    /// The score from which mail counts as spam; unset is rspamd's required_score.
+    spam_score_threshold: Option<f64>,
 }
 
 /// Every field is optional; what is left out stays as it is.
@@ -141,6 +154,11 @@ pub(crate) struct PatchInbox {
     /// What happens to mail that breaks the policy: tag, reject or quarantine.
     #[schema(value_type = Option<String>)]
     policy_action: Option<PolicyAction>,
+    /// What happens to mail rspamd scores as spam: tag, quarantine or reject.
+    #[schema(value_type = Option<String>)]
+    spam_action: Option<SpamAction>,
+    /// The score from which mail counts as spam.
+    spam_score_threshold: Option<f64>,
 }
 
 /// The policy fields of a create or patch body; `None` keeps what `base` has.
@@ -151,6 +169,8 @@ pub(crate) struct PolicyChange {
     allow_senders: Option<Vec<String>>,
     block_senders: Option<Vec<String>>,
     policy_action: Option<PolicyAction>,
+    spam_action: Option<SpamAction>,
+    spam_score_threshold: Option<f64>,
 }
 
 impl PolicyChange {
@@ -161,6 +181,8 @@ impl PolicyChange {
             && self.allow_senders.is_none()
             && self.block_senders.is_none()
             && self.policy_action.is_none()
+            && self.spam_action.is_none()
+            && self.spam_score_threshold.is_none()
     }
 
     fn applied_to(self, base: SenderPolicy) -> Result<SenderPolicy, ApiError> {
@@ -177,6 +199,16 @@ impl PolicyChange {
                 None => base.block_senders,
             },
             policy_action: self.policy_action.unwrap_or(base.policy_action),
+            spam_action: self.spam_action.unwrap_or(base.spam_action),
+            spam_score_threshold: match self.spam_score_threshold {
+                Some(threshold) if !threshold.is_finite() => {
+                    return Err(ApiError::BadRequest(
+                        "spam_score_threshold: must be a number".to_owned(),
+                    ));
+                }
+                Some(threshold) => Some(threshold),
+                None => base.spam_score_threshold,
+            },
         })
     }
 }
@@ -277,6 +309,8 @@ pub(crate) async fn create_inbox(
         allow_senders: body.allow_senders,
         block_senders: body.block_senders,
         policy_action: body.policy_action,
+        spam_action: body.spam_action,
+        spam_score_threshold: body.spam_score_threshold,
     }
     .applied_to(SenderPolicy::default())?;
     state
@@ -358,6 +392,8 @@ pub(crate) async fn update_inbox(
         allow_senders: body.allow_senders,
         block_senders: body.block_senders,
         policy_action: body.policy_action,
+        spam_action: body.spam_action,
+        spam_score_threshold: body.spam_score_threshold,
     };
     let sender_policy = if policy_change.is_empty() {
         None

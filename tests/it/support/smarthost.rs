@@ -73,6 +73,20 @@ asyncio.get_event_loop().run_forever()
             .collect()
     }
 
+    /// Each message kept, with its envelope sender (`MAIL FROM`, as aiosmtpd reports it).
+    pub fn delivered_with_senders(&self) -> Vec<(String, Vec<u8>)> {
+        self.delivered_with_envelopes()
+            .into_iter()
+            .map(|(message, envelope)| {
+                let sender = envelope["mail_from"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                (sender, message)
+            })
+            .collect()
+    }
+
     /// Every message received with its envelope: `{"mail_from", "rcpt_tos": [...]}`.
     pub fn delivered_with_envelopes(&self) -> Vec<(Vec<u8>, serde_json::Value)> {
         let new = self.maildir.join("new");
