@@ -328,6 +328,16 @@ where
     }
 
     async fn handle_command(&mut self) -> std::io::Result<Option<Stop>> {
+        if let Some(word) = proto::foreign_command(&self.line) {
+            tracing::info!(word, "client speaks another protocol, closing");
+            self.ctx.counters.reject(Rejection::Malformed);
+            self.queue(&replies::foreign_protocol(&word));
+            return Ok(Some(Stop::Quit));
+        }
+        if proto::has_control_bytes(&self.line) {
+            self.queue_error(&replies::control_characters());
+            return Ok(None);
+        }
         let verb = proto::verb(&self.line);
         match verb.as_str() {
             "EHLO" | "HELO" => self.handle_hello(&verb),
