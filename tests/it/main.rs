@@ -21,6 +21,7 @@ mod openapi;
 mod payload;
 mod payload_shapes;
 mod process;
+mod proxy;
 mod readme_promises;
 mod readme_tour;
 mod recipient_filters;
