@@ -78,6 +78,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt request",
         include_str!("../../migrations/0016_attempt_request.sql"),
     ),
+    (19, "nodes", include_str!("../../migrations/0019_nodes.sql")),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around
