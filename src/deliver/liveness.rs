@@ -9,7 +9,7 @@
 //! - **SQLite**: one process serves the file. This one takes an exclusive `flock` on it; holding
 //!   it, every lease found at start belongs to a process that is gone, and all are released at
 //!   once. (A second process on the same file does not get the lock and releases nothing.)
-//! - **Every backend**: each node writes a heartbeat row every [`HEARTBEAT`]; every node reads
+//! - **PostgreSQL**: each node writes a heartbeat row every [`HEARTBEAT`]; every node reads
 //!   the rows, and one whose heartbeat has not changed for [`DEAD_AFTER`] of the *reader's* own
 //!   monotonic clock (so clock skew between machines does not matter) is dead: its row goes and
 //!   its pending jobs are due again. A node only slow to write loses its leases to a second
@@ -69,7 +69,9 @@ impl Liveness {
                 ),
             }
         }
-        db.node_heartbeat(&node_id, now_ms()).await?;
+        if db.backend() == Backend::Postgres {
+            db.node_heartbeat(&node_id, now_ms()).await?;
+        }
         Ok(Self {
             db,
             node_id,
@@ -79,6 +81,13 @@ impl Liveness {
 
     /// Beats and watches the other nodes until `shutdown`, then removes this node's row.
     pub async fn run(self, shutdown: CancellationToken) {
+        if self.db.backend() == Backend::Sqlite {
+            // No other node to watch, and a write every second would make the read-then-write
+            // transactions of other connections fail with SQLITE_BUSY more often. Only the
+            // file lock is held, until shutdown.
+            shutdown.cancelled().await;
+            return;
+        }
         // Per other node: its last heartbeat value and when (here) it was first seen so.
         let mut seen: HashMap<String, (i64, Instant)> = HashMap::new();
         let mut tick = tokio::time::interval(HEARTBEAT);
