@@ -160,15 +160,34 @@ async fn continue_in_tls<S>(
                 return;
             }
         };
+    let tls = tls_facts(stream.get_ref().1);
     let (read_half, write_half) = tokio::io::split(stream);
     // RFC 3207 §4.2: the server forgets everything from before the handshake; the client
     // starts again with EHLO.
     let mut session = Session::new(ctx, peer, read_half, write_half, deadline, shutdown);
     session.secured = true;
+    session.envelope.tls = tls;
     session.errors = errors;
     if let Err(err) = session.serve(false).await {
         tracing::debug!(error = %err, "session ended by connection error");
     }
+}
+
+/// The version and cipher suite a finished handshake agreed on, named as Postfix's Received
+/// header and OpenSSL name them (`TLSv1.3`, IANA suite names).
+fn tls_facts(connection: &rustls::ServerConnection) -> Option<crate::model::TlsFacts> {
+    let version = match connection.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let suite = connection.negotiated_cipher_suite()?.suite();
+    let name = suite.as_str().unwrap_or("unknown");
+    // rustls prefixes the TLS 1.3 suites with `TLS13_`; their IANA names start with `TLS_`.
+    let cipher = name
+        .strip_prefix("TLS13_")
+        .map_or_else(|| name.to_owned(), |rest| format!("TLS_{rest}"));
+    Some(crate::model::TlsFacts { version, cipher })
 }
 
 impl<'a, R, W> Session<'a, SessionReader<R>, W>

@@ -138,6 +138,8 @@ async fn haproxy_send_proxy_v1_and_v2_make_the_client_the_remote_ip() {
         send_one(&mut client, "through haproxy").await;
         let event = receiver.recv().await.json();
         assert_eq!(event["remote_ip"], "127.0.0.2", "{mode} {server_options}");
+        // A plaintext session: `tls` is there, and null.
+        assert_eq!(event.get("tls"), Some(&serde_json::Value::Null));
         let messages = gateway.messages("agent").await;
         assert_eq!(messages.len(), 1);
 
