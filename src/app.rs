@@ -183,6 +183,7 @@ async fn serve(
         ingress,
         login_token: Arc::clone(&login_token),
         smtp_addr: smtp_listener.local_addr().ok(),
+        mta_sts_policy: config.mta_sts.as_ref().map(|sts| sts.policy()),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(

@@ -24,6 +24,7 @@ pub mod forward;
 pub mod http;
 pub mod inbox;
 pub mod ingress;
+pub mod mta_sts;
 pub mod ratelimit;
 pub mod smtp;
 pub mod storage;
@@ -89,6 +90,9 @@ pub struct Config {
     pub templates: TemplatesConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// `[mta_sts]`: served at `/.well-known/mta-sts.txt` when present.
+    #[serde(default)]
+    pub mta_sts: Option<mta_sts::MtaStsConfig>,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -155,6 +159,9 @@ impl Config {
         self.delivery.validate()?;
         self.forward.validate()?;
         self.ingress.validate()?;
+        if let Some(mta_sts) = &self.mta_sts {
+            mta_sts.validate()?;
+        }
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

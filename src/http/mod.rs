@@ -53,6 +53,8 @@ pub struct HttpState {
     pub login_token: Arc<crate::first_run::LoginToken>,
     /// Where this node takes SMTP, for the test-mail commands the dashboard shows.
     pub smtp_addr: Option<std::net::SocketAddr>,
+    /// The MTA-STS policy file of `[mta_sts]`, served at `/.well-known/mta-sts.txt`.
+    pub mta_sts_policy: Option<String>,
 }
 
 impl HttpState {

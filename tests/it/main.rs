@@ -18,6 +18,7 @@ mod hostile_smtp;
 mod inbox_webhook_settings;
 mod ingress;
 mod migrations;
+mod mta_sts;
 mod openapi;
 mod payload;
 mod payload_shapes;
