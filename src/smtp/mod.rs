@@ -141,6 +141,10 @@ async fn serve_proxied(
     };
     let client = match header {
         Ok(header) => header.client.unwrap_or(proxy),
+        Err(proxy::Error::ClosedSilently) => {
+            tracing::debug!("proxy connection closed before its header (a health check)");
+            return;
+        }
         Err(err) => {
             ctx.counters.reject(Rejection::Malformed);
             tracing::warn!(error = %err, "closing connection from proxy");

@@ -53,6 +53,9 @@ pub enum Error {
     Malformed(&'static str),
     #[error("connection closed inside the PROXY header")]
     Truncated,
+    /// A TCP health check (a load balancer's, a kubelet's): connected and closed, said nothing.
+    #[error("connection closed before a PROXY header began")]
+    ClosedSilently,
     #[error("PROXY header not complete within {0:?}")]
     TimedOut(Duration),
     #[error("reading the PROXY header: {0}")]
@@ -247,7 +250,11 @@ async fn read_header_untimed(stream: &mut TcpStream, versions: Versions) -> Resu
         let room = V2_MAX.max(V1_MAX) - seen.len();
         let n = stream.peek(&mut peeked[..room]).await.map_err(io)?;
         if n == 0 {
-            return Err(Error::Truncated);
+            return Err(if seen.is_empty() {
+                Error::ClosedSilently
+            } else {
+                Error::Truncated
+            });
         }
         let seen_before = seen.len();
         seen.extend_from_slice(&peeked[..n]);
