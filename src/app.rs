@@ -120,6 +120,10 @@ async fn serve(
 
     let node_id = node_id(&config.smtp.hostname);
     tracing::info!(node = %node_id, "delivery leases are taken under this node id");
+    // Before the dispatcher claims: on SQLite this releases what the process before left.
+    let liveness = crate::deliver::liveness::Liveness::start(db.clone(), node_id.clone())
+        .await
+        .context("starting the node heartbeat")?;
 
     let wakeup = Arc::new(Notify::new());
     let handoff = crate::deliver::handoff::Handoff::new(
@@ -195,6 +199,7 @@ async fn serve(
             )
             .context("loading the DKIM keys for replies")?,
         ),
+        mta_sts_policy: config.mta_sts.as_ref().map(|sts| sts.policy()),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -243,6 +248,7 @@ async fn serve(
         token.child_token(),
     ));
     tracker.spawn(Arc::clone(&dispatcher).run(tracker.clone(), token.child_token()));
+    tracker.spawn(liveness.run(token.child_token()));
     tracker.spawn(directory.follow(
         db.clone(),
         config.database.directory_refresh(),

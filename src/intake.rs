@@ -816,6 +816,8 @@ impl Intake {
             mail_from: Some(reply.from.clone()),
             recipients: Vec::new(),
             smtputf8: false,
+            // Sent, not received: no session it came over.
+            tls: None,
         };
         let event = Event::Mail(event::build_guarded(
             &EventContext {

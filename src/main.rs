@@ -292,6 +292,9 @@ fn main() -> ExitCode {
     };
     if !serve {
         println!("configuration is valid");
+        if let Some(mta_sts) = &config.mta_sts {
+            print_mta_sts_records(&config, mta_sts);
+        }
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -316,6 +319,35 @@ fn main() -> ExitCode {
             eprintln!("mxhook: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What the operator publishes for `[mta_sts]`: the `_mta-sts` TXT record of each receiving
+/// domain (the domains of the configured inboxes' addresses), whose id changes with the policy.
+fn print_mta_sts_records(
+    config: &mxhook::config::Config,
+    mta_sts: &mxhook::config::mta_sts::MtaStsConfig,
+) {
+    let mut domains: Vec<String> = config
+        .inboxes
+        .iter()
+        .flat_map(|inbox| inbox.addresses.iter())
+        .filter_map(|address| {
+            address
+                .rsplit_once('@')
+                .map(|(_, domain)| domain.to_ascii_lowercase())
+        })
+        .collect();
+    domains.sort();
+    domains.dedup();
+    if domains.is_empty() {
+        domains.push("<your-domain>".to_owned());
+    }
+    println!(
+        "MTA-STS: serve the policy at https://mta-sts.<domain>/.well-known/mta-sts.txt (a TLS proxy in front of the HTTP port) and publish:"
+    );
+    for domain in domains {
+        println!("_mta-sts.{domain}. IN TXT \"{}\"", mta_sts.txt_record());
     }
 }
 

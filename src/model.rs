@@ -79,6 +79,17 @@ pub struct Envelope {
     /// Accepted recipients with the inbox each one resolved to, in RCPT order.
     pub recipients: Vec<Recipient>,
     pub smtputf8: bool,
+    /// The TLS the message came over (after STARTTLS); `None` for plaintext.
+    pub tls: Option<TlsFacts>,
+}
+
+/// The event's `tls`: what STARTTLS negotiated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct TlsFacts {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// The IANA name of the cipher suite, e.g. `TLS_AES_256_GCM_SHA384`.
+    pub cipher: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,6 +26,7 @@ pub mod forward;
 pub mod http;
 pub mod inbox;
 pub mod ingress;
+pub mod mta_sts;
 pub mod ratelimit;
 pub mod replies;
 pub mod smtp;
@@ -102,6 +103,9 @@ pub struct Config {
     pub dkim: DkimConfig,
     #[serde(default)]
     pub spam: SpamConfig,
+    /// `[mta_sts]`: served at `/.well-known/mta-sts.txt` when present.
+    #[serde(default)]
+    pub mta_sts: Option<mta_sts::MtaStsConfig>,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
     #[serde(default, rename = "domain")]
@@ -172,6 +176,9 @@ impl Config {
         self.ingress.validate()?;
         self.dkim.validate()?;
         self.spam.validate()?;
+        if let Some(mta_sts) = &self.mta_sts {
+            mta_sts.validate()?;
+        }
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

@@ -1,7 +1,7 @@
-//! `[smtp]`: the SMTP listener's address, name, size and line limits, timeouts and TLS files,
-//! with their defaults and their validation.
+//! `[smtp]`: the SMTP listener's address, name, size and line limits, timeouts, TLS files and
+//! PROXY protocol, with their defaults and their validation.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,6 +56,47 @@ pub struct SmtpConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Whether connections from `proxy_trusted` open with a PROXY protocol header (a load
+    /// balancer's `send-proxy`), whose client address then stands for the connection's.
+    pub proxy_protocol: ProxyProtocol,
+    /// Networks of the proxies whose PROXY header is believed (CIDR, or a single address).
+    /// Other peers are served as direct clients; one that sends a PROXY header is closed.
+    pub proxy_trusted: Vec<Network>,
+}
+
+/// `smtp.proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
+/// One `smtp.proxy_trusted` entry: `10.0.0.0/8`, `2001:db8::/32` or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Network(ipnet::IpNet);
+
+impl Network {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 proxy on a dual-stack listener shows up as ::ffff:a.b.c.d.
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl TryFrom<String> for Network {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(|net| Self(net.trunc()))
+            .map_err(|_| format!("`{text}` is not a network (10.0.0.0/8) or an address"))
+    }
 }
 
 impl Default for SmtpConfig {
@@ -77,6 +118,8 @@ impl Default for SmtpConfig {
             greet_pause_s: 0.5,
             tls_cert: None,
             tls_key: None,
+            proxy_protocol: ProxyProtocol::Off,
+            proxy_trusted: Vec::new(),
         }
     }
 }
@@ -95,6 +138,12 @@ impl SmtpConfig {
     /// `greet_pause_s`: how long the greeting waits (zero = off).
     pub fn greet_pause(&self) -> Duration {
         seconds(self.greet_pause_s)
+    }
+
+    /// Whether a connection from `peer` must open with a PROXY header.
+    pub fn expects_proxy_header(&self, peer: IpAddr) -> bool {
+        self.proxy_protocol != ProxyProtocol::Off
+            && self.proxy_trusted.iter().any(|net| net.contains(peer))
     }
 
     pub(super) fn validate(&self) -> Result<(), Error> {
@@ -152,6 +201,56 @@ impl SmtpConfig {
                 "set both tls_cert and tls_key, or neither",
             ));
         }
+        if self.proxy_protocol != ProxyProtocol::Off && self.proxy_trusted.is_empty() {
+            return Err(invalid(
+                "smtp.proxy_trusted",
+                "list the networks of the proxies when proxy_protocol is on",
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    #[test]
+    fn proxy_protocol_needs_trusted_networks_and_reads_them() {
+        let config = Config::from_toml_str(
+            "[smtp]\nproxy_protocol = \"v2\"\nproxy_trusted = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+        )
+        .expect("valid");
+        let smtp = &config.smtp;
+        assert_eq!(smtp.proxy_protocol, ProxyProtocol::V2);
+        for (ip, trusted) in [
+            ("10.1.2.3", true),
+            ("::ffff:10.1.2.3", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("2001:db8::1", true),
+            ("127.0.0.1", false),
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(smtp.expects_proxy_header(ip), trusted, "{ip}");
+        }
+        let off = Config::from_toml_str("[smtp]\nproxy_trusted = [\"10.0.0.0/8\"]").expect("valid");
+        assert!(
+            !off.smtp
+                .expects_proxy_header("10.0.0.1".parse().expect("ip"))
+        );
+
+        for (toml, fragment) in [
+            ("proxy_protocol = \"v1\"", "smtp.proxy_trusted"),
+            ("proxy_protocol = \"v3\"", "smtp.proxy_protocol"),
+            ("proxy_trusted = [\"10.0.0.0/33\"]", "smtp.proxy_trusted"),
+            ("proxy_trusted = [\"example.com\"]", "smtp.proxy_trusted"),
+        ] {
+            let err = Config::from_toml_str(&format!("[smtp]\n{toml}"))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(fragment), "{toml}: {err}");
+        }
     }
 }

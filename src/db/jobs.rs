@@ -804,6 +804,96 @@ pub(super) fn delivery_from_row(row: &AnyRow) -> Result<DeliveryRow, Error> {
     })
 }
 
+/// Node liveness: heartbeats and taking over the leases of dead nodes (`deliver::liveness`).
+impl Db {
+    /// Writes this node's heartbeat, creating its row on the first beat (or after another node
+    /// took it for dead and removed it).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn node_heartbeat(&self, node_id: &str, now: i64) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(node_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every node row: (id, heartbeat_at).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn node_heartbeats(&self) -> Result<Vec<(String, i64)>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT id, heartbeat_at FROM nodes")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
+    }
+
+    /// Declares `node_id` dead if its heartbeat is still `heartbeat_at`: removes its row and
+    /// makes its pending jobs due again. Returns how many leases were released; none when the
+    /// node beat meanwhile (it is alive after all).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn reclaim_dead_node(&self, node_id: &str, heartbeat_at: i64) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM nodes WHERE id = $1 AND heartbeat_at = $2")
+            .bind(node_id)
+            .bind(heartbeat_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(0);
+        }
+        let released = sqlx::query(
+            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+             WHERE locked_by = $1 AND status = 'pending'",
+        )
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    /// Releases every lease of a pending job and forgets every node. Only for a database this
+    /// process alone serves (SQLite, under the file lock of `deliver::liveness`): every lease
+    /// found at start then belongs to a process that is gone.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn release_all_leases(&self) -> Result<u64, Error> {
+        let released = sqlx::query(
+            "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+             WHERE locked_by IS NOT NULL AND status = 'pending'",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM nodes").execute(&self.pool).await?;
+        Ok(released)
+    }
+
+    /// Removes this node's row at a clean shutdown (its leases were given back already).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn remove_node(&self, node_id: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod request_log_tests {
     use super::*;

@@ -83,6 +83,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "domains",
         include_str!("../../migrations/0017_domains.sql"),
     ),
+    (19, "nodes", include_str!("../../migrations/0019_nodes.sql")),
     (
         22,
         "replies",

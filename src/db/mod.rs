@@ -215,6 +215,11 @@ impl Db {
         self.backend
     }
 
+    /// The SQLite database file, when that is the backend and it is a file.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref().map(|file| file.path.as_path())
+    }
+
     /// Whether the database answers, and on SQLite whether its file is still the one at its
     /// path (health checks).
     ///

@@ -15,6 +15,7 @@
 
 pub mod forward;
 pub mod handoff;
+pub mod liveness;
 pub mod retry;
 
 pub mod webhook;

@@ -77,6 +77,8 @@ pub struct MailEvent {
     #[schema(value_type = String)]
     pub thread_id: ThreadId,
     pub timestamp: String,
+    /// The TLS the message came over; `null` for a plaintext session.
+    pub tls: Option<crate::model::TlsFacts>,
     pub traffic_types: Vec<String>,
     /// `mail.received`.
     #[serde(rename = "type")]
@@ -349,6 +351,7 @@ pub fn build_with_flags(
         subject: email.subject.clone(),
         thread_id: email.thread_id.clone(),
         timestamp,
+        tls: ctx.envelope.tls.clone(),
         traffic_types: flags.traffic_types,
         kind: MailReceived::MailReceived,
         warnings: parsed.warnings.clone(),

@@ -41,6 +41,8 @@ pub struct QuarantinedEvent {
     #[schema(value_type = String)]
     pub thread_id: ThreadId,
     pub timestamp: String,
+    /// As the mail's `mail.received` event gives it.
+    pub tls: Option<crate::model::TlsFacts>,
     /// `mail.quarantined`.
     #[serde(rename = "type")]
     #[schema(value_type = String, example = "mail.quarantined")]
@@ -94,6 +96,7 @@ impl QuarantinedEvent {
             size: mail.size,
             thread_id: mail.thread_id.clone(),
             timestamp: mail.timestamp.clone(),
+            tls: mail.tls.clone(),
             kind: MailQuarantined::MailQuarantined,
         }
     }

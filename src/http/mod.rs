@@ -55,6 +55,8 @@ pub struct HttpState {
     pub smtp_addr: Option<std::net::SocketAddr>,
     /// Builds the replies agents send through the API.
     pub replier: Arc<crate::reply::Replier>,
+    /// The MTA-STS policy file of `[mta_sts]`, served at `/.well-known/mta-sts.txt`.
+    pub mta_sts_policy: Option<String>,
 }
 
 impl HttpState {

@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, domains, health, inboxes, ingress, keys, messages, metrics, notifications, recover,
-    reply, send_to, webhook,
+    deliveries, domains, health, inboxes, ingress, keys, messages, metrics, mta_sts, notifications,
+    recover, reply, send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -22,6 +22,7 @@ use super::api::{
     paths(
         health::healthz,
         health::readyz,
+        mta_sts::policy,
         document,
         metrics::metrics,
         messages::get_message,

@@ -234,6 +234,7 @@ impl Ingress {
                 .cloned()
                 .collect(),
             smtputf8: true,
+            tls: None,
         };
         let outcome = self.intake.accept(&envelope, &mail.raw).await;
         self.finish(provider, &fresh, &event_key, outcome).await

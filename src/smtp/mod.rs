@@ -8,8 +8,13 @@
 //! session in the middle of DATA finishes its message; while they drain the listener stays open
 //! and greets each new connection with `421 4.3.2`, so senders learn to retry later instead of
 //! seeing a refused connection, and it closes once the last session has ended.
+//!
+//! Behind a load balancer (`smtp.proxy_protocol`), a connection from `smtp.proxy_trusted` opens
+//! with a PROXY header ([`proxy`]); its client, not the balancer, is the session's peer and is
+//! what the per-address cap counts.
 
 pub mod proto;
+pub mod proxy;
 mod reader;
 pub mod session;
 pub mod tls;
@@ -27,6 +32,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 pub use session::SessionContext;
+
+use crate::config::smtp::ProxyProtocol;
+use crate::counters::Rejection;
+
+/// Longest wait for a trusted proxy's header (less when `smtp.idle_timeout_s` is shorter).
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves SMTP on `listener` until `shutdown` is cancelled and the sessions have drained.
 /// Session tasks go on `tracker` too, so the caller can wait for them.
@@ -62,6 +73,25 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        if ctx.config.expects_proxy_header(peer.ip()) {
+            // The header is read in the session's task: a slow or silent proxy connection
+            // must not hold up the accept loop. The per-address cap then counts the client.
+            let ctx = Arc::clone(&ctx);
+            let per_peer = Arc::clone(&per_peer);
+            let session_shutdown = shutdown.child_token();
+            let span =
+                tracing::info_span!("smtp_session", proxy = %peer, peer = tracing::field::Empty);
+            tracker.spawn(
+                sessions.track_future(
+                    async move {
+                        serve_proxied(stream, peer, &ctx, &per_peer, session_shutdown).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                ),
+            );
+            continue;
+        }
         let Some(peer_slot) = per_peer.take(peer.ip(), ctx.config.max_connections_per_ip) else {
             tracing::warn!(%peer, "refusing connection: too many from this address");
             tracker.spawn(async move {
@@ -85,6 +115,50 @@ pub async fn serve(
         );
     }
     drain(&listener, &permits, &sessions, &tracker).await;
+}
+
+/// A connection from a trusted proxy: its PROXY header first, then a session for the client it
+/// names. A connection whose header is missing, malformed, oversized or incomplete in time is
+/// closed without a word: the peer is a proxy, and nothing it sent was read as SMTP.
+async fn serve_proxied(
+    mut stream: TcpStream,
+    proxy: std::net::SocketAddr,
+    ctx: &SessionContext,
+    per_peer: &Arc<PeerCounts>,
+    shutdown: CancellationToken,
+) {
+    let versions = match ctx.config.proxy_protocol {
+        ProxyProtocol::V1 => proxy::Versions::V1,
+        ProxyProtocol::V2 => proxy::Versions::V2,
+        ProxyProtocol::Any | ProxyProtocol::Off => proxy::Versions::Any,
+    };
+    // A proxy sends its header at once; a client's idle allowance is far too generous for it.
+    let timeout = ctx.config.idle_timeout().min(PROXY_HEADER_TIMEOUT);
+    let header = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return,
+        header = proxy::read_header(&mut stream, versions, timeout) => header,
+    };
+    let client = match header {
+        Ok(header) => header.client.unwrap_or(proxy),
+        Err(proxy::Error::ClosedSilently) => {
+            tracing::debug!("proxy connection closed before its header (a health check)");
+            return;
+        }
+        Err(err) => {
+            ctx.counters.reject(Rejection::Malformed);
+            tracing::warn!(error = %err, "closing connection from proxy");
+            return;
+        }
+    };
+    tracing::Span::current().record("peer", tracing::field::display(client));
+    let Some(peer_slot) = per_peer.take(client.ip(), ctx.config.max_connections_per_ip) else {
+        tracing::warn!(%client, "refusing connection: too many from this address");
+        refuse(stream, &proto::replies::too_many_from_address()).await;
+        return;
+    };
+    session::run(stream, client, ctx, shutdown).await;
+    drop(peer_slot);
 }
 
 /// Answers every new connection with `421 4.3.2` until the last session has ended. The

@@ -136,6 +136,20 @@ pub mod replies {
             format!("Message size exceeds fixed limit of {limit} octets"),
         )
     }
+    pub fn foreign_protocol(word: &str) -> Reply {
+        Reply::new(
+            554,
+            "5.7.0",
+            format!("Protocol error: {word} is not SMTP, closing connection"),
+        )
+    }
+    pub fn control_characters() -> Reply {
+        Reply::new(
+            501,
+            "5.5.2",
+            "Syntax error: control character in command line",
+        )
+    }
     pub fn temp_failure() -> Reply {
         Reply::new(
             451,
@@ -164,6 +178,47 @@ pub fn enhance_engine_reply(code: u16) -> Reply {
         code if code >= 400 => Reply::new(code, "4.0.0", "Requested action not taken"),
         code => Reply::new(code, "2.0.0", "OK"),
     }
+}
+
+/// Words that open an HTTP request (or a PROXY header from a peer not trusted to send one):
+/// a client sending them speaks another protocol, maybe in a cross-protocol attack from a
+/// browser, and every further line would only be another error (Postfix's
+/// `smtpd_forbidden_commands`).
+const FOREIGN_VERBS: &[&str] = &[
+    "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "PROXY",
+];
+
+/// The first word of `line` when it shows the client speaks another protocol: an HTTP method
+/// or a header line (`Host:`, `User-Agent:`: a first word ending in a colon, which no SMTP
+/// command has). The session answers and closes at once.
+pub fn foreign_command(line: &[u8]) -> Option<String> {
+    let word: Vec<u8> = line
+        .iter()
+        .take_while(|b| !b.is_ascii_whitespace())
+        .take(32)
+        .copied()
+        .collect();
+    // Only printable ASCII: the word is echoed in the reply.
+    let upper: String = word
+        .iter()
+        .map(|b| {
+            if b.is_ascii_graphic() {
+                char::from(b.to_ascii_uppercase())
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let header_line = upper.len() > 1 && upper.ends_with(':');
+    (header_line || FOREIGN_VERBS.contains(&upper.as_str())).then_some(upper)
+}
+
+/// True when a command line holds a control character (NUL, a bare CR, ESC, DEL …) anywhere
+/// but its line ending; TAB is let through as white space.
+pub fn has_control_bytes(line: &[u8]) -> bool {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    body.iter().any(|b| b.is_ascii_control() && *b != b'\t')
 }
 
 /// The first word of a command line, uppercased (`MAIL`, `RCPT`, …).

@@ -161,15 +161,34 @@ async fn continue_in_tls<S>(
                 return;
             }
         };
+    let tls = tls_facts(stream.get_ref().1);
     let (read_half, write_half) = tokio::io::split(stream);
     // RFC 3207 §4.2: the server forgets everything from before the handshake; the client
     // starts again with EHLO.
     let mut session = Session::new(ctx, peer, read_half, write_half, deadline, shutdown);
     session.secured = true;
+    session.envelope.tls = tls;
     session.errors = errors;
     if let Err(err) = session.serve(false).await {
         tracing::debug!(error = %err, "session ended by connection error");
     }
+}
+
+/// The version and cipher suite a finished handshake agreed on, named as Postfix's Received
+/// header and OpenSSL name them (`TLSv1.3`, IANA suite names).
+fn tls_facts(connection: &rustls::ServerConnection) -> Option<crate::model::TlsFacts> {
+    let version = match connection.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let suite = connection.negotiated_cipher_suite()?.suite();
+    let name = suite.as_str().unwrap_or("unknown");
+    // rustls prefixes the TLS 1.3 suites with `TLS13_`; their IANA names start with `TLS_`.
+    let cipher = name
+        .strip_prefix("TLS13_")
+        .map_or_else(|| name.to_owned(), |rest| format!("TLS_{rest}"));
+    Some(crate::model::TlsFacts { version, cipher })
 }
 
 impl<'a, R, W> Session<'a, SessionReader<R>, W>
@@ -329,6 +348,16 @@ where
     }
 
     async fn handle_command(&mut self) -> std::io::Result<Option<Stop>> {
+        if let Some(word) = proto::foreign_command(&self.line) {
+            tracing::info!(word, "client speaks another protocol, closing");
+            self.ctx.counters.reject(Rejection::Malformed);
+            self.queue(&replies::foreign_protocol(&word));
+            return Ok(Some(Stop::Quit));
+        }
+        if proto::has_control_bytes(&self.line) {
+            self.queue_error(&replies::control_characters());
+            return Ok(None);
+        }
         let verb = proto::verb(&self.line);
         match verb.as_str() {
             "EHLO" | "HELO" => self.handle_hello(&verb),

@@ -580,3 +580,53 @@ fn stored_messages(gateway: &TestGateway) -> Vec<std::path::PathBuf> {
     walk(&gateway.dir.path().join("mail"), &mut found);
     found
 }
+
+/// A browser or HTTP client pointed at the SMTP port (a cross-protocol attack): the first
+/// HTTP-looking line ends the session, so the header lines behind it are never answered.
+#[tokio::test]
+async fn http_requests_are_answered_once_and_closed() {
+    let (gateway, mut receiver) = gateway_with("greet_pause_s = 0", 1 << 20).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: mx.test.example\r\nUser-Agent: curl/8\r\n\r\n"[..],
+        b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\nEHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<agent@example.com>\r\n",
+        b"CONNECT mx.test.example:25 HTTP/1.1\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gateway.smtp).await.expect("connect");
+        let mut greeting = [0u8; 4];
+        stream.read_exact(&mut greeting).await.expect("greeting");
+        assert_eq!(&greeting, b"220 ");
+        stream.write_all(request).await.expect("write");
+        let received = read_until_closed(&mut stream).await;
+        // The rest of the greeting line, then exactly one reply.
+        let replies: Vec<&str> = received.lines().skip(1).collect();
+        assert_eq!(replies.len(), 1, "{received:?}");
+        assert!(replies[0].starts_with("554 5.7.0 "), "{received:?}");
+    }
+    // A header line on its own is foreign too.
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, _) = client.cmd("User-Agent: Mozilla/5.0").await;
+    assert_eq!(code, 554);
+    assert!(client.is_closed().await);
+    receiver.assert_silent(Duration::from_millis(300)).await;
+}
+
+/// NUL and other control characters in a command line get `501 5.5.2`; the session goes on.
+#[tokio::test]
+async fn control_characters_in_commands_get_501() {
+    let (gateway, _receiver) = gateway_with("greet_pause_s = 0", 1 << 20).await;
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    for line in [
+        &b"EHLO evil\0.example\r\n"[..],
+        b"HELO a\x1b[31m.example\r\n",
+        b"MAIL FROM:<a@b\x7f.example>\r\n",
+        b"EHLO a\rb.example\r\n",
+    ] {
+        client.send_raw(line).await;
+        let (code, text) = client.read_reply().await;
+        assert_eq!(code, 501, "{line:?}: {text}");
+        assert!(text.starts_with("5.5.2 "), "{text}");
+    }
+    client.expect("EHLO good.example", 250).await;
+    client.expect("MAIL FROM:<a@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+}

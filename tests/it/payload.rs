@@ -46,6 +46,7 @@ fn build(raw: &[u8], thread: &Thread, max_payload_bytes: usize) -> Value {
             inbox_id: "agent".to_owned(),
         }],
         smtputf8: false,
+        tls: None,
     };
     let parsed = mxhook::parse::parse(raw);
     let event = event::build(

@@ -66,6 +66,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
     assert not smtp.has_extn("starttls"), "STARTTLS offered again inside TLS"
     smtp.sendmail("py@sender.example", ["agent@example.com"],
                   b"From: py@sender.example\r\nSubject: over TLS\r\n\r\nsecret body\r\n")
+    print(smtp.sock.version(), smtp.sock.cipher()[0])
 "#;
     let output = tokio::process::Command::new("python3")
         .arg("-c")
@@ -84,6 +85,51 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
     );
     let event = setup.receiver.recv().await.json();
     assert_eq!(event["subject"], "over TLS");
+    // The event names what OpenSSL on the client's side negotiated (TLS 1.3 suites have the
+    // same IANA name on both sides).
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (version, cipher) = stdout.trim().split_once(' ').expect("version and cipher");
+    assert_eq!(event["tls"]["version"], version, "{event}");
+    if version == "TLSv1.3" {
+        assert_eq!(event["tls"]["cipher"], cipher, "{event}");
+    }
+}
+
+/// A TLS 1.2 session: the event's cipher is the IANA name of the suite OpenSSL names its own way.
+#[tokio::test]
+async fn the_event_names_a_tls_1_2_session_and_its_suite() {
+    let mut setup = tls_gateway().await;
+    let script = r#"
+import smtplib, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=cafile)
+context.maximum_version = ssl.TLSVersion.TLSv1_2
+with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+    smtp.starttls(context=context)
+    smtp.sendmail("py@sender.example", ["agent@example.com"],
+                  b"From: py@sender.example\r\nSubject: over TLS 1.2\r\n\r\nbody\r\n")
+"#;
+    let output = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(setup.gateway.smtp.port().to_string())
+        .arg(&setup.cert_path)
+        .output();
+    let output = tokio::time::timeout(SOON, output)
+        .await
+        .expect("python finished")
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let event = setup.receiver.recv().await.json();
+    assert_eq!(event["tls"]["version"], "TLSv1.2", "{event}");
+    let cipher = event["tls"]["cipher"].as_str().expect("cipher");
+    assert!(cipher.starts_with("TLS_ECDHE_"), "{cipher}");
+    let stored = setup.gateway.messages("agent").await;
+    assert_eq!(stored.len(), 1);
 }
 
 #[tokio::test]

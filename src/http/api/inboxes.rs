@@ -582,6 +582,7 @@ pub(crate) async fn send_test_event(
             inbox_id: id,
         }],
         smtputf8: false,
+        tls: None,
     };
     match state.intake.accept(&envelope, raw.as_bytes()).await {
         Outcome::Accepted { message_ids } => Ok((

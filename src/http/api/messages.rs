@@ -144,6 +144,8 @@ pub(crate) struct StoredEvent {
     /// Size of the raw message in bytes.
     size: Option<u64>,
     remote_ip: Option<String>,
+    /// The TLS the message came over (`version`, `cipher`); null for a plaintext session.
+    tls: Option<crate::model::TlsFacts>,
     helo: Option<String>,
     /// Structured verdicts: checked, spf, dkim[], dmarc, arc.
     auth: Option<crate::event::Auth>,

@@ -15,6 +15,7 @@ pub(crate) mod ingress;
 pub(crate) mod keys;
 pub(crate) mod messages;
 pub(crate) mod metrics;
+pub(crate) mod mta_sts;
 pub(crate) mod notifications;
 pub(crate) mod recover;
 pub(crate) mod reply;
@@ -111,5 +112,6 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))
+        .route("/.well-known/mta-sts.txt", get(mta_sts::policy))
         .merge(v1)
 }

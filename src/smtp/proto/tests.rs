@@ -263,3 +263,56 @@ fn replies_are_crlf_terminated_and_never_split_by_injected_newlines() {
         b"550 5.1.1 no such user <ab>\r\n250-host\r\n250 SIZE 10\r\n"
     );
 }
+
+#[test]
+fn http_requests_and_header_lines_are_foreign() {
+    for line in [
+        &b"GET / HTTP/1.1\r\n"[..],
+        b"post /x HTTP/1.0\r\n",
+        b"CONNECT mx:25 HTTP/1.1\r\n",
+        b"Host: mx.example\r\n",
+        b"User-Agent: curl/8\r\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+    ] {
+        assert!(
+            foreign_command(line).is_some(),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    for line in [
+        &b"EHLO client.example\r\n"[..],
+        b"MAIL FROM:<a@b>\r\n",
+        b"RCPT TO:<a@b>\r\n",
+        b"DATA\r\n",
+        b"GETX\r\n",
+        b":\r\n",
+        b"\r\n",
+    ] {
+        assert_eq!(
+            foreign_command(line),
+            None,
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    // The word is echoed: nothing unprintable gets into the reply.
+    assert_eq!(foreign_command(b"Ho\x01st:\r\n").as_deref(), Some("HO?ST:"));
+}
+
+#[test]
+fn control_bytes_anywhere_but_the_line_ending_are_found() {
+    assert!(!has_control_bytes(b"EHLO a.example\r\n"));
+    assert!(!has_control_bytes(b"EHLO a.example\n"));
+    assert!(!has_control_bytes(b"EHLO\ta.example\r\n"));
+    assert!(!has_control_bytes("RCPT TO:<j\u{f6}rg@b>\r\n".as_bytes()));
+    for line in [
+        &b"EHLO a\0b\r\n"[..],
+        b"EHLO a\rb\r\n",
+        b"EHLO a\x1bb\r\n",
+        b"EHLO a\x7f\r\n",
+        b"\0\r\n",
+    ] {
+        assert!(has_control_bytes(line), "{line:?}");
+    }
+}

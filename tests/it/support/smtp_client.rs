@@ -16,6 +16,12 @@ pub struct SmtpClient {
 impl SmtpClient {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect to SMTP");
+        Self::over(stream).await
+    }
+
+    /// A client on a connection the test opened itself (from a chosen source address, or
+    /// after writing a PROXY header); reads the greeting.
+    pub async fn over(stream: TcpStream) -> Self {
         let (read, writer) = stream.into_split();
         let mut client = Self {
             reader: BufReader::new(read),
