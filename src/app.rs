@@ -167,6 +167,12 @@ async fn serve(
         last_replay_prune: std::sync::atomic::AtomicI64::new(0),
     });
     let login_token = Arc::new(crate::first_run::LoginToken::default());
+    let lifecycle =
+        crate::retention::Lifecycle::new(db.clone(), store.clone(), config.retention.clone());
+    lifecycle
+        .sync_config(&config.inboxes)
+        .await
+        .context("saving the inboxes' retention_days from config")?;
     let http_state = Arc::new(HttpState {
         counters: Arc::clone(&counters),
         db: db.clone(),
@@ -178,6 +184,7 @@ async fn serve(
         intake: Arc::clone(&intake),
         ingress,
         login_token: Arc::clone(&login_token),
+        lifecycle: lifecycle.clone(),
         smtp_addr: smtp_listener.local_addr().ok(),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
@@ -232,6 +239,7 @@ async fn serve(
         config.database.directory_refresh(),
         token.child_token(),
     ));
+    tracker.spawn(lifecycle.run_pruner(token.child_token()));
     let api_token = token.child_token();
     // One HTTP listener: the API, the dashboard and provider ingress (see `http::router`).
     let router = http::router(http_state);

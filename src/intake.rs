@@ -582,6 +582,16 @@ impl Intake {
     /// The delivery jobs of one event (its type and flags): the inbox webhook when it
     /// subscribes to the type, and each route its notification rules add (webhooks and email
     /// forwards).
+    /// The delivery jobs a stored event gets when it is delivered now (a quarantined message
+    /// released): the inbox webhook and rules as they route it today, unleased.
+    pub fn deliveries_of(&self, inbox_id: &str, event: &Event) -> Vec<NewDelivery> {
+        let flags = route::EventFlags::from_event(event);
+        self.deliveries_for(inbox_id, &flags)
+            .into_iter()
+            .map(|routed| routed.delivery)
+            .collect()
+    }
+
     fn deliveries_for(&self, inbox_id: &str, flags: &route::EventFlags) -> Vec<Routed> {
         let Some(inbox) = self.directory.inbox(inbox_id) else {
             return Vec::new();

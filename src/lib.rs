@@ -32,6 +32,7 @@ pub mod model;
 pub mod parse;
 pub mod prompt;
 pub mod ratelimit;
+pub mod retention;
 pub mod route;
 pub mod signature;
 pub mod smtp;

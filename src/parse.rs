@@ -5,6 +5,7 @@
 //! error and never a panic, because a message that fails to parse is still stored and delivered.
 
 pub mod html;
+pub mod part;
 
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;

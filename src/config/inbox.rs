@@ -76,6 +76,10 @@ pub struct InboxConfig {
     pub block_senders: Vec<String>,
     #[serde(default)]
     pub policy_action: PolicyAction,
+    /// Days this inbox's messages are kept (fractions allowed, 0 for ever); unset is
+    /// `retention.days`.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 impl fmt::Debug for InboxConfig {
@@ -109,6 +113,7 @@ impl fmt::Debug for InboxConfig {
             .field("allow_senders", &self.allow_senders)
             .field("block_senders", &self.block_senders)
             .field("policy_action", &self.policy_action)
+            .field("retention_days", &self.retention_days)
             .finish()
     }
 }
@@ -172,6 +177,9 @@ impl InboxConfig {
         allow_http: bool,
         claimed: &mut Claimed<'a>,
     ) -> Result<(), Error> {
+        if let Some(days) = self.retention_days {
+            super::retention::retention_days(&format!("inbox[{idx}].retention_days"), days)?;
+        }
         let key = |field: &str| format!("inbox[{idx}].{field}");
         if !is_valid_inbox_id(&self.id) {
             return Err(invalid(

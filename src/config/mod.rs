@@ -25,6 +25,7 @@ pub mod http;
 pub mod inbox;
 pub mod ingress;
 pub mod ratelimit;
+pub mod retention;
 pub mod smtp;
 pub mod storage;
 pub mod templates;
@@ -37,6 +38,7 @@ pub use http::HttpConfig;
 pub use inbox::InboxConfig;
 pub use ingress::IngressConfig;
 pub use ratelimit::RateLimitConfig;
+pub use retention::{AttachmentsConfig, RetentionConfig};
 pub use smtp::SmtpConfig;
 pub use storage::{StorageBackend, StorageConfig};
 pub use templates::TemplatesConfig;
@@ -89,6 +91,10 @@ pub struct Config {
     pub templates: TemplatesConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub attachments: AttachmentsConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
 }
@@ -155,6 +161,8 @@ impl Config {
         self.delivery.validate()?;
         self.forward.validate()?;
         self.ingress.validate()?;
+        self.retention.validate()?;
+        self.attachments.validate()?;
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

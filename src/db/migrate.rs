@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt request",
         include_str!("../../migrations/0016_attempt_request.sql"),
     ),
+    (
+        18,
+        "lifecycle",
+        include_str!("../../migrations/0018_lifecycle.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

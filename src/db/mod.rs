@@ -16,6 +16,7 @@
 //! - `jobs`: delivery jobs (claim, release, resend) and their attempts;
 //! - `threads`: the reads threading needs (candidates, history);
 //! - `limits`: rate-limit buckets and duplicate fingerprints;
+//! - `erase`: erasing and releasing messages, the pruner's and the store check's reads;
 //! - `stats`: the counts `/metrics` and the endpoint statistics report;
 //! - `ingress`: provider secrets, event types and replay keys;
 //! - `write/`: the critical-path writes and the group committer that batches them.
@@ -239,6 +240,7 @@ impl Db {
 
 mod api_keys;
 mod endpoints;
+mod erase;
 mod inboxes;
 mod ingress;
 mod jobs;
@@ -249,6 +251,7 @@ mod stats;
 mod threads;
 mod write;
 pub use api_keys::ApiKeyRow;
+pub use erase::{Erasure, PruneCandidate, PruneLock};
 pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{

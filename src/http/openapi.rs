@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, send_to,
-    webhook,
+    deliveries, health, inboxes, ingress, keys, lifecycle, messages, metrics, notifications,
+    recover, send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -26,6 +26,9 @@ use super::api::{
         metrics::metrics,
         messages::get_message,
         messages::get_raw_message,
+        lifecycle::erase_message,
+        lifecycle::get_attachment,
+        lifecycle::release_message,
         send_to::send_to,
         deliveries::list_deliveries,
         deliveries::get_delivery,

@@ -12,6 +12,7 @@ pub(crate) mod health;
 pub(crate) mod inboxes;
 pub(crate) mod ingress;
 pub(crate) mod keys;
+pub(crate) mod lifecycle;
 pub(crate) mod messages;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
@@ -72,7 +73,18 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
             post(inboxes::send_test_event),
         )
         .route("/metrics", get(metrics::metrics))
-        .route("/v1/messages/{id}", get(messages::get_message))
+        .route(
+            "/v1/messages/{id}",
+            get(messages::get_message).delete(lifecycle::erase_message),
+        )
+        .route(
+            "/v1/messages/{id}/attachments/{attachment_id}",
+            get(lifecycle::get_attachment),
+        )
+        .route(
+            "/v1/messages/{id}/release",
+            post(lifecycle::release_message),
+        )
         .route("/v1/messages/{id}/raw", get(messages::get_raw_message))
         .route("/v1/messages/{id}/send-to", post(send_to::send_to))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
