@@ -3,3 +3,12 @@
 ALTER TABLE inboxes ADD COLUMN retention_days DOUBLE PRECISION;
 
 CREATE INDEX messages_storage_key ON messages (storage_key);
+
+-- Threads that lost messages to an erasure or to retention: their later emails' thread
+-- history says that older emails are not shown.
+CREATE TABLE thread_removals (
+    inbox_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    removed_at BIGINT NOT NULL,
+    PRIMARY KEY (inbox_id, thread_id)
+);

@@ -477,7 +477,11 @@ impl Intake {
             .db
             .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS + 1)
             .await?;
-        Ok(thread::from_history(thread_id, &history))
+        // Emails of the thread that were erased or pruned are missing from its history.
+        let lost = self.db.thread_lost_messages(inbox_id, &thread_id).await?;
+        let mut thread = thread::from_history(thread_id, &history);
+        thread.earlier_left_out |= lost;
+        Ok(thread)
     }
 
     /// The flags of one inbox's copy, or the reason its policy rejects the message.

@@ -94,15 +94,29 @@ impl Db {
         for statement in ERASE_STATEMENTS {
             sqlx::query(statement).bind(id).execute(&mut *tx).await?;
         }
-        let key = sqlx::query("DELETE FROM messages WHERE id = $1 RETURNING storage_key")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let key = sqlx::query(
+            "DELETE FROM messages WHERE id = $1 RETURNING storage_key, inbox_id, thread_id",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(key) = key else {
             tx.rollback().await?;
             return Ok(Erasure::Missing);
         };
         let storage_key: String = key.try_get("storage_key")?;
+        let inbox_id: String = key.try_get("inbox_id")?;
+        if let Some(thread_id) = key.try_get::<Option<String>, _>("thread_id")? {
+            sqlx::query(
+                "INSERT INTO thread_removals (inbox_id, thread_id, removed_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (inbox_id, thread_id) DO NOTHING",
+            )
+            .bind(&inbox_id)
+            .bind(&thread_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Erasure::Erased { storage_key })
     }
@@ -168,6 +182,25 @@ impl Db {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Whether a message of this thread was erased or pruned: its history is not whole.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn thread_lost_messages(
+        &self,
+        inbox_id: &str,
+        thread_id: &str,
+    ) -> Result<bool, Error> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM thread_removals WHERE inbox_id = $1 AND thread_id = $2",
+        )
+        .bind(inbox_id)
+        .bind(thread_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// The id of the per-inbox API key with this hash, for logs naming who asked.
@@ -286,11 +319,24 @@ impl Db {
         inbox_id: &str,
         days: Option<f64>,
     ) -> Result<bool, Error> {
-        let result = sqlx::query("UPDATE inboxes SET retention_days = $1 WHERE id = $2")
-            .bind(days)
-            .bind(inbox_id)
-            .execute(&self.pool)
-            .await?;
+        // A NULL is written by a statement of its own: a prepared statement whose parameter was
+        // first bound as a NULL keeps that parameter's type on PostgreSQL, and a number bound
+        // to it later is refused.
+        let result = match days {
+            Some(days) => {
+                sqlx::query("UPDATE inboxes SET retention_days = $1 WHERE id = $2")
+                    .bind(days)
+                    .bind(inbox_id)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("UPDATE inboxes SET retention_days = NULL WHERE id = $1")
+                    .bind(inbox_id)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
         Ok(result.rows_affected() > 0)
     }
 

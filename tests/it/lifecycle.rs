@@ -572,3 +572,112 @@ async fn check_store_finds_and_repairs_orphans_both_ways() {
     let _: Value = json!(null);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_thread_that_lost_an_email_says_older_emails_are_left_out() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = TestGateway::start(GatewayOptions::webhook(receiver.url())).await;
+    let first = crate::support::threaded_mail(
+        "Subject: plans\r\nMessage-ID: <first@client.example>",
+        "alpha-body",
+    );
+    let second = crate::support::threaded_mail(
+        "Subject: Re: plans\r\nMessage-ID: <second@client.example>\r\n\
+         In-Reply-To: <first@client.example>\r\nReferences: <first@client.example>",
+        "the second",
+    );
+    let third = crate::support::threaded_mail(
+        "Subject: Re: plans\r\nMessage-ID: <third@client.example>\r\n\
+         In-Reply-To: <second@client.example>\r\n\
+         References: <first@client.example> <second@client.example>",
+        "the third",
+    );
+    let first_id = send_to(&gateway, "agent@example.com", &first).await;
+    receiver.recv().await;
+    send_to(&gateway, "agent@example.com", &second).await;
+    let event = receiver.recv().await.json();
+    let prompt = event["email"]["thread_prompt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!prompt.contains("left out"), "{prompt}");
+
+    let (status, _) = gateway
+        .api("DELETE", &format!("/v1/messages/{first_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    send_to(&gateway, "agent@example.com", &third).await;
+    let event = receiver.recv().await.json();
+    assert_eq!(
+        event["email"]["previous_emails"].as_array().map(Vec::len),
+        Some(1),
+        "{event}"
+    );
+    let prompt = event["email"]["thread_prompt"].as_str().unwrap_or_default();
+    assert!(
+        prompt.contains("Older emails of this thread are left out"),
+        "{prompt}"
+    );
+    assert!(!prompt.contains("alpha-body"), "{prompt}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_inbox_has_its_own_retention_from_the_config_or_the_api() {
+    let mut options = GatewayOptions::no_webhook();
+    options.agent_toml = "retention_days = 7.5\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+    let (_, agent) = gateway.api("GET", "/v1/inboxes/agent", None).await;
+    assert_eq!(agent["retention_days"], 7.5, "{agent}");
+    let (_, other) = gateway.api("GET", "/v1/inboxes/other", None).await;
+    assert_eq!(other["retention_days"], Value::Null, "{other}");
+
+    let (status, patched) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/other",
+            Some(json!({"retention_days": 0.25})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["retention_days"], 0.25);
+    // A PATCH without the field keeps it; null goes back to retention.days.
+    let (_, renamed) = gateway
+        .api("PATCH", "/v1/inboxes/other", Some(json!({"name": "Other"})))
+        .await;
+    assert_eq!(renamed["retention_days"], 0.25);
+    let (_, cleared) = gateway
+        .api(
+            "PATCH",
+            "/v1/inboxes/other",
+            Some(json!({"retention_days": null})),
+        )
+        .await;
+    assert_eq!(cleared["retention_days"], Value::Null);
+    for bad in [json!(-1), json!(40000)] {
+        let (status, body) = gateway
+            .api(
+                "PATCH",
+                "/v1/inboxes/other",
+                Some(json!({"retention_days": bad})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("retention_days")),
+            "{body}"
+        );
+    }
+    let (status, created) = gateway
+        .api(
+            "POST",
+            "/v1/inboxes",
+            Some(json!({"id": "brief", "addresses": ["brief@example.com"], "retention_days": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["retention_days"], 1.0);
+    gateway.stop().await;
+}

@@ -60,6 +60,9 @@ pub(crate) struct InboxView {
     /// tag, reject or quarantine.
     #[schema(value_type = String)]
     policy_action: PolicyAction,
+    /// Days its messages are kept (fractions allowed, 0 for ever); null is `retention.days`.
+    #[schema(required)]
+    retention_days: Option<f64>,
     created_at: String,
     updated_at: String,
 }
@@ -84,6 +87,7 @@ fn inbox_view(inbox: &InboxRow) -> InboxView {
         allow_senders: policy.allow_senders.clone(),
         block_senders: policy.block_senders.clone(),
         policy_action: policy.policy_action,
+        retention_days: inbox.retention_days,
         created_at: rfc3339(inbox.created_at),
         updated_at: rfc3339(inbox.updated_at),
     }
@@ -122,6 +126,8 @@ pub(crate) struct CreateInbox {
     /// What happens to mail that breaks the policy: tag (default), reject or quarantine.
     #[schema(value_type = Option<String>)]
     policy_action: Option<PolicyAction>,
+    /// Days its messages are kept (fractions allowed, 0 for ever); unset is `retention.days`.
+    retention_days: Option<f64>,
 }
 
 /// Every field is optional; what is left out stays as it is.
@@ -141,6 +147,29 @@ pub(crate) struct PatchInbox {
     /// What happens to mail that breaks the policy: tag, reject or quarantine.
     #[schema(value_type = Option<String>)]
     policy_action: Option<PolicyAction>,
+    /// Days its messages are kept (fractions allowed, 0 for ever); null goes back to
+    /// `retention.days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    retention_days: Option<Option<f64>>,
+}
+
+/// A field that is present, `null` included, as `Some`; left out, it stays `None`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A retention the API was given, checked like the config key.
+fn checked_retention(days: Option<f64>) -> Result<Option<f64>, ApiError> {
+    if let Some(days) = days {
+        crate::config::retention::retention_days("retention_days", days)
+            .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    }
+    Ok(days)
 }
 
 /// The policy fields of a create or patch body; `None` keeps what `base` has.
@@ -270,6 +299,7 @@ pub(crate) async fn create_inbox(
         ));
     }
     let addresses = normalized_addresses(&body.addresses)?;
+    let retention_days = checked_retention(body.retention_days)?;
     let sender_policy = PolicyChange {
         spf_pass_required: body.spf_pass_required,
         dkim_pass_required: body.dkim_pass_required,
@@ -293,6 +323,9 @@ pub(crate) async fn create_inbox(
             sender_policy,
         })
         .await?;
+    if retention_days.is_some() {
+        state.db.set_inbox_retention(&id, retention_days).await?;
+    }
     state.refresh_directory().await?;
     let inbox = visible_inbox(&state, &caller, &id).await?;
     Ok((StatusCode::CREATED, Json(inbox_view(&inbox))))
@@ -374,8 +407,12 @@ pub(crate) async fn update_inbox(
             .map(normalized_addresses)
             .transpose()?,
     };
+    let retention_days = body.retention_days.map(checked_retention).transpose()?;
     if !state.db.update_inbox(&id, &update).await? {
         return Err(ApiError::NotFound("inbox"));
+    }
+    if let Some(days) = retention_days {
+        state.db.set_inbox_retention(&id, days).await?;
     }
     state.refresh_directory().await?;
     Ok(Json(inbox_view(
