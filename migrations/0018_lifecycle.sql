@@ -12,3 +12,12 @@ CREATE TABLE thread_removals (
     removed_at BIGINT NOT NULL,
     PRIMARY KEY (inbox_id, thread_id)
 );
+
+-- Keys of the gateway's own: `attachment_urls` signs the attachment download URLs in events
+-- (never a webhook secret). After a rotation the previous key still verifies.
+CREATE TABLE gateway_keys (
+    name TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    previous_secret TEXT,
+    rotated_at BIGINT NOT NULL
+);

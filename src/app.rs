@@ -125,6 +125,18 @@ async fn serve(
         config.delivery.workers,
     );
     let templates = load_templates(&config.templates)?;
+    let attachment_urls = match config.attachments.url_ttl() {
+        Some(ttl) => Some(Arc::new(
+            crate::retention::AttachmentUrls::load(
+                &db,
+                config.http.public_base(http_listener.local_addr().ok()),
+                ttl,
+            )
+            .await
+            .context("loading the attachment URL key")?,
+        )),
+        None => None,
+    };
     let intake = Arc::new(
         Intake::new(
             &config.storage,
@@ -135,6 +147,7 @@ async fn serve(
             Arc::clone(&wakeup),
         )
         .with_handoff(Arc::clone(&handoff))
+        .with_attachment_urls(attachment_urls.clone())
         .with_templates(templates)
         .with_checks(Checks::new(
             Verifier::new(&config.auth, &config.smtp.hostname)
@@ -168,7 +181,8 @@ async fn serve(
     });
     let login_token = Arc::new(crate::first_run::LoginToken::default());
     let lifecycle =
-        crate::retention::Lifecycle::new(db.clone(), store.clone(), config.retention.clone());
+        crate::retention::Lifecycle::new(db.clone(), store.clone(), config.retention.clone())
+            .with_attachment_urls(attachment_urls.clone());
     lifecycle
         .sync_config(&config.inboxes)
         .await

@@ -118,6 +118,7 @@ pub struct Intake {
     templates: Templates,
     checks: Option<Checks>,
     handoff: Option<Arc<Handoff>>,
+    attachment_urls: Option<Arc<crate::retention::AttachmentUrls>>,
 }
 
 impl Intake {
@@ -140,6 +141,7 @@ impl Intake {
             templates: Templates::default(),
             checks: None,
             handoff: None,
+            attachment_urls: None,
         }
     }
 
@@ -147,6 +149,15 @@ impl Intake {
     /// claimed.
     pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
         self.handoff = Some(handoff);
+        self
+    }
+
+    /// Gives each attachment of a mail event a signed download URL.
+    pub fn with_attachment_urls(
+        mut self,
+        urls: Option<Arc<crate::retention::AttachmentUrls>>,
+    ) -> Self {
+        self.attachment_urls = urls;
         self
     }
 
@@ -291,7 +302,7 @@ impl Intake {
             Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
             None => (None, None),
         };
-        let event = Event::Mail(event::build_guarded(
+        let mut event = Event::Mail(event::build_guarded(
             &EventContext {
                 event_id: &event_id,
                 message_id: &message_id,
@@ -309,6 +320,17 @@ impl Intake {
             parsed,
             flags,
         ));
+        if let (Some(urls), Event::Mail(mail)) = (&self.attachment_urls, &mut event) {
+            for attachment in &mut mail.email.attachments {
+                if let Some((url, expires)) =
+                    urls.sign(&message_id, &attachment.id, received_at / 1000)
+                {
+                    attachment.download_url = Some(url);
+                    attachment.expires_at =
+                        Some(crate::model::rfc3339(expires.saturating_mul(1000)));
+                }
+            }
+        }
         let event_json = event::to_json(&event);
         let mut flags = route::EventFlags::from_event(&event);
         let deliveries = if quarantined {

@@ -72,6 +72,8 @@ pub struct Lifecycle {
     pub store: Store,
     pub counters: Arc<Counters>,
     pub retention: RetentionConfig,
+    /// Signed attachment URLs; `None` when `attachments.url_ttl_s = 0`.
+    pub attachment_urls: Option<Arc<AttachmentUrls>>,
 }
 
 impl Lifecycle {
@@ -81,7 +83,14 @@ impl Lifecycle {
             store,
             counters: Arc::new(Counters::default()),
             retention,
+            attachment_urls: None,
         }
+    }
+
+    /// Signs attachment URLs with `urls`.
+    pub fn with_attachment_urls(mut self, urls: Option<Arc<AttachmentUrls>>) -> Self {
+        self.attachment_urls = urls;
+        self
     }
 
     /// Erases one message: its rows in one transaction, then its raw object. With
@@ -311,4 +320,142 @@ pub async fn check_configured_store(
     let report = check_store(&lifecycle, &config.storage.prefix, repair).await;
     db.close().await;
     report
+}
+
+/// The name of the gateway key that signs attachment URLs.
+const ATTACHMENT_URL_KEY: &str = "attachment_urls";
+
+/// Why a signed attachment URL is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlRefusal {
+    /// Its signature does not match (altered, another message's, or a key rotated out twice).
+    Altered,
+    Expired,
+}
+
+/// Signed attachment download URLs: `<public base>/attachments/<message>/<attachment>?expires=
+/// <unix s>&sig=<HMAC-SHA256>`, keyed by a gateway key of its own (stored in the database,
+/// made on first use, rotatable; never a webhook secret), so they work without an API key
+/// until they expire. Pure apart from [`AttachmentUrls::load`] and [`AttachmentUrls::rotate`].
+#[derive(Debug)]
+pub struct AttachmentUrls {
+    base: String,
+    ttl: Duration,
+    /// The current key first, then the previous one (still verifying after a rotation).
+    keys: std::sync::RwLock<Vec<Vec<u8>>>,
+}
+
+fn fresh_key() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl AttachmentUrls {
+    /// The signer with the stored key, made now when there is none.
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn load(db: &Db, base: String, ttl: Duration) -> Result<Self, Error> {
+        let urls = Self {
+            base,
+            ttl,
+            keys: std::sync::RwLock::new(Vec::new()),
+        };
+        urls.reload(db).await?;
+        Ok(urls)
+    }
+
+    /// Reads the keys again (another node may have rotated them).
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn reload(&self, db: &Db) -> Result<(), Error> {
+        let (current, previous) = db
+            .gateway_key(ATTACHMENT_URL_KEY, &fresh_key(), now_ms())
+            .await?;
+        let keys: Vec<Vec<u8>> = std::iter::once(current)
+            .chain(previous)
+            .filter_map(|key| hex::decode(key).ok())
+            .collect();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        Ok(())
+    }
+
+    /// A new signing key; URLs signed with the one before keep working until the next rotation.
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn rotate(&self, db: &Db) -> Result<(), Error> {
+        db.rotate_gateway_key(ATTACHMENT_URL_KEY, &fresh_key(), now_ms())
+            .await?;
+        self.reload(db).await
+    }
+
+    fn signature(key: &[u8], message_id: &str, attachment_id: &str, expires: i64) -> Vec<u8> {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{message_id}/{attachment_id}/{expires}").as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The URL of one attachment, valid until `now_s + ttl`, and that time (unix seconds).
+    pub fn sign(&self, message_id: &str, attachment_id: &str, now_s: i64) -> Option<(String, i64)> {
+        use base64::Engine as _;
+        let expires =
+            now_s.saturating_add(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2));
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = keys.first()?;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Self::signature(
+            key,
+            message_id,
+            attachment_id,
+            expires,
+        ));
+        Some((
+            format!(
+                "{}/attachments/{message_id}/{attachment_id}?expires={expires}&sig={signature}",
+                self.base
+            ),
+            expires,
+        ))
+    }
+
+    /// Whether a presented URL's parts are one this gateway signed and it has not expired.
+    ///
+    /// # Errors
+    /// The [`UrlRefusal`].
+    pub fn verify(
+        &self,
+        message_id: &str,
+        attachment_id: &str,
+        expires: i64,
+        signature: &str,
+        now_s: i64,
+    ) -> Result<(), UrlRefusal> {
+        use base64::Engine as _;
+        use subtle::ConstantTimeEq as _;
+        let presented = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| UrlRefusal::Altered)?;
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let signed = keys.iter().any(|key| {
+            bool::from(Self::signature(key, message_id, attachment_id, expires).ct_eq(&presented))
+        });
+        if !signed {
+            return Err(UrlRefusal::Altered);
+        }
+        if expires < now_s {
+            return Err(UrlRefusal::Expired);
+        }
+        Ok(())
+    }
 }

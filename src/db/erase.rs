@@ -203,6 +203,50 @@ impl Db {
         Ok(row.is_some())
     }
 
+    /// The gateway key `name` (current, previous), made from `fresh` when there is none yet;
+    /// nodes starting together agree on the first one written.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn gateway_key(
+        &self,
+        name: &str,
+        fresh: &str,
+        now: i64,
+    ) -> Result<(String, Option<String>), Error> {
+        sqlx::query(
+            "INSERT INTO gateway_keys (name, secret, rotated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(fresh)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT secret, previous_secret FROM gateway_keys WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("secret")?, row.try_get("previous_secret")?))
+    }
+
+    /// Replaces the gateway key `name` with `fresh`, keeping the current one as the previous.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn rotate_gateway_key(&self, name: &str, fresh: &str, now: i64) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE gateway_keys SET previous_secret = secret, secret = $1, rotated_at = $2 \
+             WHERE name = $3",
+        )
+        .bind(fresh)
+        .bind(now)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The id of the per-inbox API key with this hash, for logs naming who asked.
     ///
     /// # Errors

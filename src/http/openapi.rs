@@ -29,6 +29,8 @@ use super::api::{
         lifecycle::erase_message,
         lifecycle::get_attachment,
         lifecycle::release_message,
+        lifecycle::get_signed_attachment,
+        lifecycle::rotate_url_key,
         send_to::send_to,
         deliveries::list_deliveries,
         deliveries::get_delivery,

@@ -681,3 +681,112 @@ async fn an_inbox_has_its_own_retention_from_the_config_or_the_api() {
     assert_eq!(created["retention_days"], 1.0);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_signed_attachment_link_works_without_a_key_until_it_expires_and_not_when_altered() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.extra_toml = "[attachments]\nurl_ttl_s = 3\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+    let id = send_to(&gateway, "agent@example.com", WITH_ATTACHMENTS.as_bytes()).await;
+    let other = send_to(&gateway, "agent@example.com", WITH_ATTACHMENTS.as_bytes()).await;
+    let event = receiver.recv().await.json();
+    receiver.recv().await;
+    assert_eq!(event["message_id"], id.as_str());
+    let attachment = &event["email"]["attachments"][0];
+    let url = attachment["download_url"]
+        .as_str()
+        .expect("download_url")
+        .to_owned();
+    let prefix = format!("http://{}/attachments/{id}/att_0?expires=", gateway.http);
+    assert!(url.starts_with(&prefix), "{url}");
+    let expires_at = attachment["expires_at"].as_str().expect("expires_at");
+    let expires_at = chrono::DateTime::parse_from_rfc3339(expires_at).expect("RFC 3339");
+    let left = expires_at.timestamp() - chrono::Utc::now().timestamp();
+    assert!((0..=4).contains(&left), "{expires_at}");
+    // The stored event is the delivered one, link included.
+    let (_, stored) = gateway
+        .api("GET", &format!("/v1/messages/{id}"), None)
+        .await;
+    assert_eq!(
+        stored["email"]["attachments"][0]["download_url"],
+        url.as_str()
+    );
+
+    let fetch = |url: String| async move {
+        let response = crate::support::http_client()
+            .get(url)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        let nosniff = response.headers().get("x-content-type-options").cloned();
+        (
+            status,
+            nosniff,
+            response.bytes().await.expect("body").to_vec(),
+        )
+    };
+    let (status, nosniff, body) = fetch(url.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, b"%PDF-1.4\n%\xc7\xec\xe2\nend");
+    assert_eq!(
+        nosniff.as_ref().and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
+
+    let (query_start, query) = url.split_once('?').expect("query");
+    let signature = query.rsplit_once("sig=").expect("sig").1;
+    let mut flipped = signature.to_owned();
+    let last = flipped.pop().expect("signature");
+    flipped.push(if last == 'A' { 'B' } else { 'A' });
+    let expires: i64 = query
+        .split('&')
+        .find_map(|part| part.strip_prefix("expires="))
+        .and_then(|value| value.parse().ok())
+        .expect("expires");
+    for altered in [
+        format!("{query_start}?expires={expires}&sig={flipped}"),
+        format!("{query_start}?expires={}&sig={signature}", expires + 3600),
+        url.replace("/att_0?", "/att_1?"),
+        url.replace(&format!("/{id}/"), &format!("/{other}/")),
+        query_start.to_owned(),
+    ] {
+        let (status, _, _) = fetch(altered.clone()).await;
+        assert_eq!(status, 403, "{altered}");
+    }
+    // After a rotation the link signed before still works; new events are signed anew.
+    let (status, body) = gateway
+        .api("POST", "/v1/attachments/url-key/rotate", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(fetch(url.clone()).await.0, 200);
+    let other_key = inbox_key(&gateway, "agent").await;
+    let (status, _) = gateway
+        .api_as(&other_key, "POST", "/v1/attachments/url-key/rotate", None)
+        .await;
+    assert_eq!(status, 403);
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        fetch(url.clone()).await.0,
+        403,
+        "an expired link still works"
+    );
+
+    // A fresh link of an erased message finds nothing.
+    let fresh = send_to(&gateway, "agent@example.com", WITH_ATTACHMENTS.as_bytes()).await;
+    let event = receiver.recv().await.json();
+    assert_eq!(event["message_id"], fresh.as_str());
+    let fresh_url = event["email"]["attachments"][1]["download_url"]
+        .as_str()
+        .expect("download_url")
+        .to_owned();
+    assert_eq!(fetch(fresh_url.clone()).await.0, 200);
+    let (status, _) = gateway
+        .api("DELETE", &format!("/v1/messages/{fresh}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(fetch(fresh_url).await.0, 404);
+    gateway.stop().await;
+}

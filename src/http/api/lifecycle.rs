@@ -208,6 +208,105 @@ pub(crate) fn content_disposition(filename: Option<&str>, fallback: &str) -> Str
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SignedQuery {
+    /// When the link stops working, in Unix seconds.
+    expires: i64,
+    /// The gateway's signature of the message, the attachment and `expires`.
+    sig: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/attachments/{id}/{attachment_id}",
+    tag = "messages",
+    summary = "One attachment through the signed link an event carries (no API key)",
+    description = "The `download_url` of an attachment in the event: answered like \
+        `GET /v1/messages/{id}/attachments/{attachment_id}` until `expires_at`, then 403; an \
+        altered link (another message or attachment, another time, a changed signature) is \
+        403 too.",
+    params(
+        ("id" = String, Path, description = "Message id"),
+        ("attachment_id" = String, Path, description = "The attachment's `id` in the event"),
+        SignedQuery,
+    ),
+    security(()),
+    responses(
+        (status = 200, description = "The decoded bytes", content_type = "application/octet-stream", body = String),
+        (status = 403, description = "Expired or altered link", body = ErrorBody),
+        (status = 404, description = "The message or attachment is gone", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn get_signed_attachment(
+    State(state): State<Arc<HttpState>>,
+    Path((id, attachment_id)): Path<(String, String)>,
+    query: Result<axum::extract::Query<SignedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let altered = ApiError::Forbidden("this link is not valid");
+    let Ok(axum::extract::Query(query)) = query else {
+        return Err(altered);
+    };
+    let Some(urls) = &state.lifecycle.attachment_urls else {
+        return Err(altered);
+    };
+    let now_s = now_ms() / 1000;
+    let mut verdict = urls.verify(&id, &attachment_id, query.expires, &query.sig, now_s);
+    if verdict == Err(crate::retention::UrlRefusal::Altered) {
+        // Another node may have rotated the key since this one read it.
+        urls.reload(&state.db)
+            .await
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        verdict = urls.verify(&id, &attachment_id, query.expires, &query.sig, now_s);
+    }
+    match verdict {
+        Ok(()) => {}
+        Err(crate::retention::UrlRefusal::Expired) => {
+            return Err(ApiError::Forbidden("this link has expired"));
+        }
+        Err(crate::retention::UrlRefusal::Altered) => return Err(altered),
+    }
+    let message = state
+        .db
+        .get_message(&id)
+        .await?
+        .ok_or(ApiError::NotFound("attachment"))?;
+    attachment_response(&state, &message.storage_key, &attachment_id).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/attachments/url-key/rotate",
+    tag = "messages",
+    summary = "Rotate the key that signs attachment links (admin)",
+    description = "Links signed with the key before keep working until the next rotation or \
+        their expiry; links older than that answer 403.",
+    responses(
+        (status = 204, description = "Rotated"),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Not an admin key", body = ErrorBody),
+        (status = 404, description = "Signed links are off (attachments.url_ttl_s = 0)", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn rotate_url_key(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let urls = state
+        .lifecycle
+        .attachment_urls
+        .as_ref()
+        .ok_or(ApiError::NotFound("attachment URL key"))?;
+    urls.rotate(&state.db)
+        .await
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    let key = key_id(&state, &headers).await;
+    tracing::info!(key_id = %key, "attachment URL key rotated");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// What a release did.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Released {

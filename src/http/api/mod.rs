@@ -85,6 +85,10 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
             "/v1/messages/{id}/release",
             post(lifecycle::release_message),
         )
+        .route(
+            "/v1/attachments/url-key/rotate",
+            post(lifecycle::rotate_url_key),
+        )
         .route("/v1/messages/{id}/raw", get(messages::get_raw_message))
         .route("/v1/messages/{id}/send-to", post(send_to::send_to))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
@@ -113,5 +117,9 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))
+        .route(
+            "/attachments/{id}/{attachment_id}",
+            get(lifecycle::get_signed_attachment),
+        )
         .merge(v1)
 }
