@@ -21,3 +21,12 @@ CREATE TABLE gateway_keys (
     previous_secret TEXT,
     rotated_at BIGINT NOT NULL
 );
+
+-- Inboxes being erased whole in the background (DELETE /v1/inboxes/{id}?purge=true): the
+-- inbox stays, disabled, until its last message is gone, and its GET shows the progress.
+CREATE TABLE inbox_purges (
+    inbox_id TEXT PRIMARY KEY,
+    requested_at BIGINT NOT NULL,
+    requested_by TEXT NOT NULL,
+    removed BIGINT NOT NULL DEFAULT 0
+);

@@ -173,6 +173,61 @@ impl Lifecycle {
         }
     }
 
+    /// Erases every message of an inbox being purged, then the inbox; resumed by the next
+    /// pruner run after a crash. Returns the messages removed.
+    ///
+    /// # Errors
+    /// [`Error::Db`]; what was erased stays erased, and the next run goes on.
+    pub async fn purge_inbox(
+        &self,
+        inbox_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, Error> {
+        let batch = i64::from(self.retention.batch_size);
+        let mut removed = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(removed);
+            }
+            let ids = self.db.inbox_message_ids(inbox_id, batch).await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut erased_now = 0;
+            for id in &ids {
+                if let Erasure::Erased { .. } =
+                    self.erase_when_idle(id, Duration::from_secs(30)).await?
+                {
+                    erased_now += 1;
+                }
+            }
+            self.db.count_purged(inbox_id, erased_now).await?;
+            removed += u64::try_from(erased_now).unwrap_or(0);
+            if erased_now == 0 {
+                // Every one of them stayed in flight: the next run tries again.
+                return Ok(removed);
+            }
+        }
+        self.db.finish_purge(inbox_id).await?;
+        self.db.delete_inbox(inbox_id).await?;
+        tracing::info!(inbox_id, removed, "inbox purged");
+        Ok(removed)
+    }
+
+    /// Goes on with every unfinished purge (after a crash or a restart).
+    async fn resume_purges(&self, shutdown: &CancellationToken) {
+        match self.db.purges().await {
+            Ok(inboxes) => {
+                for inbox_id in inboxes {
+                    if let Err(err) = self.purge_inbox(&inbox_id, shutdown).await {
+                        tracing::error!(error = %err, inbox_id, "purging the inbox failed; the next run goes on");
+                    }
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "reading the inbox purges failed"),
+        }
+    }
+
     /// One pruner run: every inbox's messages past its retention, with no pending delivery,
     /// erased. `None` when another node has the turn.
     ///
@@ -182,6 +237,7 @@ impl Lifecycle {
         let Some(lock) = self.db.try_prune_lock().await? else {
             return Ok(None);
         };
+        self.resume_purges(shutdown).await;
         let result = self.prune_locked(shutdown).await;
         lock.release().await;
         result.map(Some)

@@ -247,6 +247,96 @@ impl Db {
         Ok(())
     }
 
+    /// Records that `inbox_id` is to be erased whole, and disables it so it takes no more mail.
+    /// False when there is no such inbox.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn start_purge(&self, inbox_id: &str, key_id: &str, now: i64) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let disabled =
+            sqlx::query("UPDATE inboxes SET status = 'disabled', updated_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(inbox_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if disabled == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO inbox_purges (inbox_id, requested_at, requested_by, removed) \
+             VALUES ($1, $2, $3, 0) ON CONFLICT (inbox_id) DO NOTHING",
+        )
+        .bind(inbox_id)
+        .bind(now)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The inboxes being purged.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn purges(&self) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query("SELECT inbox_id FROM inbox_purges ORDER BY requested_at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get("inbox_id").map_err(Into::into))
+            .collect()
+    }
+
+    /// A purge's progress: (messages removed so far, messages left), or `None` when the inbox
+    /// is not being purged.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn purge_progress(&self, inbox_id: &str) -> Result<Option<(i64, i64)>, Error> {
+        let row = sqlx::query(
+            "SELECT p.removed, (SELECT COUNT(*) FROM messages m WHERE m.inbox_id = p.inbox_id) \
+             AS remaining FROM inbox_purges p WHERE p.inbox_id = $1",
+        )
+        .bind(inbox_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get("removed")?, row.try_get("remaining")?)))
+            .transpose()
+    }
+
+    /// Adds to a purge's count of removed messages.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn count_purged(&self, inbox_id: &str, removed: i64) -> Result<(), Error> {
+        sqlx::query("UPDATE inbox_purges SET removed = removed + $1 WHERE inbox_id = $2")
+            .bind(removed)
+            .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a purge whose inbox has no message left: the purge record goes, and the inbox
+    /// with it (by [`Db::delete_inbox`], called next).
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn finish_purge(&self, inbox_id: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM inbox_purges WHERE inbox_id = $1")
+            .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The id of the per-inbox API key with this hash, for logs naming who asked.
     ///
     /// # Errors
@@ -259,6 +349,27 @@ impl Db {
         row.map(|row| row.try_get("id"))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// Up to `limit` messages of `inbox_id`, oldest first, whatever their deliveries.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn inbox_message_ids(
+        &self,
+        inbox_id: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT id FROM messages WHERE inbox_id = $1 ORDER BY received_at, id LIMIT $2",
+        )
+        .bind(inbox_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("id").map_err(Into::into))
+            .collect()
     }
 
     /// Up to `limit` messages of `inbox_id` received before `before` (ms) with no pending

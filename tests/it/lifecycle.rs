@@ -790,3 +790,85 @@ async fn a_signed_attachment_link_works_without_a_key_until_it_expires_and_not_w
     assert_eq!(fetch(fresh_url).await.0, 404);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn an_inbox_purge_erases_every_message_in_the_background_then_the_inbox() {
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    // The other inbox's receiver fails: one of its messages has a pending retry.
+    let failing = WebhookReceiver::start(vec![Reply::Status(500); 100]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.other_webhook_url = Some(failing.url());
+    options.retry_base_s = 120.0;
+    let gateway = TestGateway::start(options).await;
+    let mut purged = Vec::new();
+    for n in 0..3 {
+        let subject = format!("purge {n}");
+        purged.push(
+            send_to(
+                &gateway,
+                "other@example.com",
+                &simple_message("jane@client.example", "other@example.com", &subject, "x"),
+            )
+            .await,
+        );
+    }
+    let kept = send_to(
+        &gateway,
+        "agent@example.com",
+        &simple_message("jane@client.example", "agent@example.com", "kept", "x"),
+    )
+    .await;
+    receiver.recv().await;
+
+    let inbox_key = inbox_key(&gateway, "other").await;
+    let (status, _) = gateway
+        .api_as(&inbox_key, "DELETE", "/v1/inboxes/other?purge=true", None)
+        .await;
+    assert_eq!(status, 403, "an inbox key may not purge");
+    let (status, progress) = gateway
+        .api("DELETE", "/v1/inboxes/other?purge=true", None)
+        .await;
+    assert_eq!(status, 202, "{progress}");
+    // The inbox is gone once its last message is: until then its GET shows the progress.
+    let (status, inbox) = gateway.api("GET", "/v1/inboxes/other", None).await;
+    assert!(
+        status == 404 || (inbox["purge"]["state"] == "running" && inbox["status"] == "disabled"),
+        "{status} {inbox}"
+    );
+    eventually("the purged inbox to be gone", || async {
+        let (status, _) = gateway.api("GET", "/v1/inboxes/other", None).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    for id in &purged {
+        let (status, _) = gateway
+            .api("GET", &format!("/v1/messages/{id}"), None)
+            .await;
+        assert_eq!(status, 404, "{id}");
+        assert!(
+            !gateway
+                .dir
+                .path()
+                .join(format!("mail/inbound/other/{id}.eml"))
+                .exists()
+        );
+    }
+    assert!(
+        gateway
+            .all_deliveries()
+            .await
+            .iter()
+            .all(|d| d["inbox_id"] != "other")
+    );
+    let (status, _) = gateway
+        .api("GET", &format!("/v1/messages/{kept}"), None)
+        .await;
+    assert_eq!(status, 200);
+    // Its address takes no more mail.
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    client.expect("MAIL FROM:<jane@client.example>", 250).await;
+    client.expect("RCPT TO:<other@example.com>", 550).await;
+    drop(failing);
+    gateway.stop().await;
+}

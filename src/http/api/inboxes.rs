@@ -63,6 +63,9 @@ pub(crate) struct InboxView {
     /// Days its messages are kept (fractions allowed, 0 for ever); null is `retention.days`.
     #[schema(required)]
     retention_days: Option<f64>,
+    /// Only while the inbox is being erased (`DELETE …?purge=true`): how far it got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purge: Option<super::lifecycle::PurgeProgress>,
     created_at: String,
     updated_at: String,
 }
@@ -87,6 +90,7 @@ fn inbox_view(inbox: &InboxRow) -> InboxView {
         allow_senders: policy.allow_senders.clone(),
         block_senders: policy.block_senders.clone(),
         policy_action: policy.policy_action,
+        purge: None,
         retention_days: inbox.retention_days,
         created_at: rfc3339(inbox.created_at),
         updated_at: rfc3339(inbox.updated_at),
@@ -348,9 +352,9 @@ pub(crate) async fn get_inbox(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<InboxView>, ApiError> {
-    Ok(Json(inbox_view(
-        &visible_inbox(&state, &caller, &id).await?,
-    )))
+    let mut view = inbox_view(&visible_inbox(&state, &caller, &id).await?);
+    view.purge = super::lifecycle::purge_progress(&state, &id).await?;
+    Ok(Json(view))
 }
 
 #[utoipa::path(
@@ -425,8 +429,15 @@ pub(crate) async fn update_inbox(
     path = "/v1/inboxes/{id}",
     tag = "inboxes",
     summary = "Delete an inbox (admin)",
-    params(("id" = String, Path, description = "Inbox id")),
+    description = "Its messages stay, unless `purge=true`: then the inbox is disabled at once \
+        and erased whole in the background (every message as by `DELETE /v1/messages/{id}`, then \
+        the inbox), its GET showing `purge` progress until it is gone.",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        super::lifecycle::PurgeQuery,
+    ),
     responses(
+        (status = 202, description = "Purge started", body = super::lifecycle::PurgeProgress),
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 403, description = "Needs an admin key", body = ErrorBody),

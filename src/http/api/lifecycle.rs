@@ -307,6 +307,87 @@ pub(crate) async fn rotate_url_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PurgeQuery {
+    /// true: erase the inbox whole, its messages included, in the background.
+    pub(crate) purge: Option<bool>,
+}
+
+/// How far the erasure of a whole inbox got.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PurgeProgress {
+    /// Always `running`: a finished purge leaves no inbox to show it.
+    state: &'static str,
+    /// Messages erased so far.
+    removed: i64,
+    /// Messages still to erase.
+    remaining: i64,
+}
+
+pub(crate) async fn purge_progress(
+    state: &HttpState,
+    inbox_id: &str,
+) -> Result<Option<PurgeProgress>, ApiError> {
+    Ok(state
+        .db
+        .purge_progress(inbox_id)
+        .await?
+        .map(|(removed, remaining)| PurgeProgress {
+            state: "running",
+            removed,
+            remaining,
+        }))
+}
+
+/// `DELETE /v1/inboxes/{id}`, documented on [`super::inboxes::delete_inbox`]: with
+/// `purge=true` the whole inbox is erased in the background, otherwise it is deleted as before.
+pub(crate) async fn delete_inbox_route(
+    State(state): State<Arc<HttpState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query?;
+    if query.purge != Some(true) {
+        return super::inboxes::delete_inbox(State(state), Extension(caller), Path(id))
+            .await
+            .map(IntoResponse::into_response);
+    }
+    super::inboxes::visible_inbox(&state, &caller, &id).await?;
+    caller.require_admin()?;
+    purge_inbox(&state, &headers, &id).await
+}
+
+/// `DELETE /v1/inboxes/{id}?purge=true`: disables the inbox, records the purge (which the
+/// pruner resumes after a restart) and starts it in the background; answers 202 with the
+/// progress so far.
+pub(crate) async fn purge_inbox(
+    state: &HttpState,
+    headers: &HeaderMap,
+    inbox_id: &str,
+) -> Result<Response, ApiError> {
+    let key = key_id(state, headers).await;
+    if !state.db.start_purge(inbox_id, &key, now_ms()).await? {
+        return Err(ApiError::NotFound("inbox"));
+    }
+    state.refresh_directory().await?;
+    tracing::info!(inbox_id, key_id = %key, "inbox purge started");
+    let lifecycle = state.lifecycle.clone();
+    let id = inbox_id.to_owned();
+    tokio::spawn(async move {
+        // Not tied to shutdown: a purge cut short is resumed by the next pruner run.
+        let never = tokio_util::sync::CancellationToken::new();
+        if let Err(err) = lifecycle.purge_inbox(&id, &never).await {
+            tracing::error!(error = %err, inbox_id = %id, "purging the inbox failed; the pruner goes on with it");
+        }
+    });
+    let progress = purge_progress(state, inbox_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(progress)).into_response())
+}
+
 /// What a release did.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Released {

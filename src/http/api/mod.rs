@@ -40,7 +40,7 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
             "/v1/inboxes/{id}",
             get(inboxes::get_inbox)
                 .patch(inboxes::update_inbox)
-                .delete(inboxes::delete_inbox),
+                .delete(lifecycle::delete_inbox_route),
         )
         .route(
             "/v1/inboxes/{id}/webhook",
