@@ -30,3 +30,11 @@ CREATE TABLE inbox_purges (
     requested_by TEXT NOT NULL,
     removed BIGINT NOT NULL DEFAULT 0
 );
+
+-- Raw objects of erased messages not yet removed from the store: written in the erasure's
+-- transaction, removed once the object is, so an object whose removal was cut short (a crash,
+-- the store down) is removed by the next pruner run instead of staying behind.
+CREATE TABLE erased_objects (
+    storage_key TEXT PRIMARY KEY,
+    erased_at BIGINT NOT NULL
+);

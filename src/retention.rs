@@ -4,8 +4,9 @@
 //!
 //! **A message is whole or gone.** Its rows (message, event, deliveries, attempts, fingerprint)
 //! go in one transaction ([`Db::erase_message`]), and only after that commit is the raw object
-//! removed. A crash in between leaves an object no row points at, which nothing ever reads and
-//! `mxhook check-store --repair` removes; never a row without its object. Intake writes the
+//! removed. A crash in between leaves an object no row points at, which nothing ever reads, the
+//! next pruner run removes (the erasure's transaction listed it in `erased_objects`) and
+//! `mxhook check-store --repair` would too; never a row without its object. Intake writes the
 //! other way round (object, then row), so its crashes leave the same kind of orphan.
 //!
 //! The pruner runs every `retention.interval_s` on one node at a time (a PostgreSQL advisory
@@ -102,13 +103,16 @@ impl Lifecycle {
     /// object is an orphan that check-store removes.
     pub async fn erase(&self, id: &str, keep_pending: bool) -> Result<Erasure, Error> {
         let erasure = self.db.erase_message(id, now_ms(), keep_pending).await?;
-        if let Erasure::Erased { storage_key } = &erasure
-            && let Err(err) = self.store.delete(storage_key).await
-        {
-            self.counters
-                .object_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %err, message_id = id, key = %storage_key, "removing the raw object of an erased message failed; `mxhook check-store --repair` removes it");
+        if let Erasure::Erased { storage_key } = &erasure {
+            match self.store.delete(storage_key).await {
+                Ok(()) => self.db.forget_erased_object(storage_key).await?,
+                Err(err) => {
+                    self.counters
+                        .object_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %err, message_id = id, key = %storage_key, "removing the raw object of an erased message failed; the next pruner run tries again");
+                }
+            }
         }
         Ok(erasure)
     }
@@ -214,6 +218,31 @@ impl Lifecycle {
         Ok(removed)
     }
 
+    /// Removes the objects of erased messages whose removal was cut short (a crash between the
+    /// commit and the removal, the store down). Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`Error::Db`]; an object that still cannot be removed waits for the next run.
+    pub async fn finish_erasures(&self) -> Result<u64, Error> {
+        let mut removed = 0;
+        for key in self
+            .db
+            .erased_objects(i64::from(self.retention.batch_size))
+            .await?
+        {
+            match self.store.delete(&key).await {
+                Ok(()) => {
+                    self.db.forget_erased_object(&key).await?;
+                    removed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, key, "removing the object of an erased message failed again");
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Goes on with every unfinished purge (after a crash or a restart).
     async fn resume_purges(&self, shutdown: &CancellationToken) {
         match self.db.purges().await {
@@ -237,6 +266,9 @@ impl Lifecycle {
         let Some(lock) = self.db.try_prune_lock().await? else {
             return Ok(None);
         };
+        if let Err(err) = self.finish_erasures().await {
+            tracing::error!(error = %err, "finishing erasures failed");
+        }
         self.resume_purges(shutdown).await;
         let result = self.prune_locked(shutdown).await;
         lock.release().await;
@@ -345,6 +377,7 @@ pub async fn check_store(
     if repair {
         for key in &report.orphan_objects {
             lifecycle.store.delete(key).await?;
+            lifecycle.db.forget_erased_object(key).await?;
             report.repaired += 1;
         }
         for id in &report.missing_objects {

@@ -106,6 +106,14 @@ impl Db {
         };
         let storage_key: String = key.try_get("storage_key")?;
         let inbox_id: String = key.try_get("inbox_id")?;
+        sqlx::query(
+            "INSERT INTO erased_objects (storage_key, erased_at) VALUES ($1, $2) \
+             ON CONFLICT (storage_key) DO NOTHING",
+        )
+        .bind(&storage_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         if let Some(thread_id) = key.try_get::<Option<String>, _>("thread_id")? {
             sqlx::query(
                 "INSERT INTO thread_removals (inbox_id, thread_id, removed_at) \
@@ -332,6 +340,34 @@ impl Db {
     pub async fn finish_purge(&self, inbox_id: &str) -> Result<(), Error> {
         sqlx::query("DELETE FROM inbox_purges WHERE inbox_id = $1")
             .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` raw objects of erased messages still to remove from the store.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn erased_objects(&self, limit: i64) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT storage_key FROM erased_objects ORDER BY erased_at, storage_key LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("storage_key").map_err(Into::into))
+            .collect()
+    }
+
+    /// The object of an erased message is gone from the store.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn forget_erased_object(&self, storage_key: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM erased_objects WHERE storage_key = $1")
+            .bind(storage_key)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -872,3 +872,55 @@ async fn an_inbox_purge_erases_every_message_in_the_background_then_the_inbox() 
     drop(failing);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn an_object_whose_removal_failed_is_removed_by_the_next_pruner_run() {
+    let mut s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.storage_toml = Some(s3.storage_toml(2.0));
+    options.extra_toml = "[retention]\ninterval_s = 0.5\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+    let id = send_to(
+        &gateway,
+        "agent@example.com",
+        &simple_message("jane@client.example", "agent@example.com", "s3 down", "x"),
+    )
+    .await;
+    receiver.recv().await;
+    let key = format!("inbound/agent/{id}.eml");
+    assert!(s3.keys().contains(&key));
+
+    // The store is down when the erasure removes the object: the rows are gone all the same.
+    s3.stop().await;
+    let (status, body) = gateway
+        .api("DELETE", &format!("/v1/messages/{id}"), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = gateway
+        .api("GET", &format!("/v1/messages/{id}"), None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        gateway
+            .metric("mxhook_lifecycle_total{what=\"object_failures\"}")
+            .await,
+        1.0
+    );
+    assert!(s3.keys().contains(&key));
+
+    s3.restart().await;
+    eventually("the pruner to remove the left-behind object", || async {
+        (!s3.keys().contains(&key)).then_some(())
+    })
+    .await;
+    let config = gateway_config(&gateway, Some(&s3));
+    let report = mxhook::retention::check_configured_store(&config, false)
+        .await
+        .expect("check-store");
+    assert!(
+        report.orphan_objects.is_empty() && report.missing_objects.is_empty(),
+        "{report:?}"
+    );
+    gateway.stop().await;
+}
