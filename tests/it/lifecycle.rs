@@ -924,3 +924,72 @@ async fn an_object_whose_removal_failed_is_removed_by_the_next_pruner_run() {
     );
     gateway.stop().await;
 }
+
+/// `kill -9` while the pruner works through a backlog, then a restart: every expired message
+/// ends up gone whole, and no object is left in the store without its row.
+#[tokio::test]
+async fn kill_9_in_the_middle_of_pruning_leaves_no_orphan_after_the_restart() {
+    use crate::support::process::{Process, free_addr};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = GatewayOptions::no_webhook();
+    // 0.000005 days is 0.432 s; one message per batch, a run every 50 ms.
+    options.agent_toml = "retention_days = 0.000005\n".to_owned();
+    options.extra_toml = "[retention]\ninterval_s = 0.05\nbatch_size = 1\n".to_owned();
+    let config_path = dir.path().join("mxhook.toml");
+    let config_text = crate::support::gateway::config_toml(dir.path(), &options);
+    std::fs::write(&config_path, &config_text).expect("write config");
+    let (smtp, http) = (free_addr(), free_addr());
+
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    let mut client = SmtpClient::connect(process.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    for n in 0..40 {
+        let message = simple_message(
+            "jane@client.example",
+            "agent@example.com",
+            &format!("backlog {n}"),
+            "x",
+        );
+        client.expect("MAIL FROM:<jane@client.example>", 250).await;
+        client.expect("RCPT TO:<agent@example.com>", 250).await;
+        let (code, text) = client.data(&message).await;
+        assert_eq!(code, 250, "{text}");
+    }
+    let root = dir.path().join("mail");
+    // Killed while the pruner is removing the backlog one message per transaction.
+    eventually("the pruner to start on the backlog", || async {
+        let left = crate::support::files_ending_with(&root, &[".eml"]).len();
+        (left < 40).then_some(())
+    })
+    .await;
+    process.kill_9();
+
+    let process = Process::start(dir.path(), Some(&config_path), smtp, http).await;
+    eventually(
+        "every expired message and its object to be gone",
+        || async {
+            let (status, body) = crate::support::api_at(
+                process.http,
+                crate::support::gateway::API_KEY,
+                "GET",
+                "/v1/inboxes/agent/messages?limit=500",
+                None,
+            )
+            .await;
+            let rows = body["messages"].as_array().map_or(usize::MAX, Vec::len);
+            let objects = crate::support::files_ending_with(&root, &[".eml"]).len();
+            (status == 200 && rows == 0 && objects == 0).then_some(())
+        },
+    )
+    .await;
+    let config = mxhook::config::Config::from_toml_str(&config_text).expect("config");
+    let report = mxhook::retention::check_configured_store(&config, false)
+        .await
+        .expect("check-store");
+    assert!(
+        report.orphan_objects.is_empty() && report.missing_objects.is_empty(),
+        "{report:?}"
+    );
+    process.kill_9();
+}
