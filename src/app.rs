@@ -132,6 +132,18 @@ async fn serve(
         config.delivery.workers,
     );
     let templates = load_templates(&config.templates)?;
+    let attachment_urls = match config.attachments.url_ttl() {
+        Some(ttl) => Some(Arc::new(
+            crate::retention::AttachmentUrls::load(
+                &db,
+                config.http.public_base(http_listener.local_addr().ok()),
+                ttl,
+            )
+            .await
+            .context("loading the attachment URL key")?,
+        )),
+        None => None,
+    };
     let intake = Arc::new(
         Intake::new(
             &config.storage,
@@ -142,6 +154,7 @@ async fn serve(
             Arc::clone(&wakeup),
         )
         .with_handoff(Arc::clone(&handoff))
+        .with_attachment_urls(attachment_urls.clone())
         .with_templates(templates)
         .with_checks(Checks::new(
             Verifier::new(&config.auth, &config.smtp.hostname)
@@ -178,6 +191,13 @@ async fn serve(
         last_replay_prune: std::sync::atomic::AtomicI64::new(0),
     });
     let login_token = Arc::new(crate::first_run::LoginToken::default());
+    let lifecycle =
+        crate::retention::Lifecycle::new(db.clone(), store.clone(), config.retention.clone())
+            .with_attachment_urls(attachment_urls.clone());
+    lifecycle
+        .sync_config(&config.inboxes)
+        .await
+        .context("saving the inboxes' retention_days from config")?;
     let http_state = Arc::new(HttpState {
         counters: Arc::clone(&counters),
         db: db.clone(),
@@ -189,6 +209,7 @@ async fn serve(
         intake: Arc::clone(&intake),
         ingress,
         login_token: Arc::clone(&login_token),
+        lifecycle: lifecycle.clone(),
         smtp_addr: smtp_listener.local_addr().ok(),
         replier: Arc::new(
             crate::reply::Replier::new(
@@ -254,6 +275,7 @@ async fn serve(
         config.database.directory_refresh(),
         token.child_token(),
     ));
+    tracker.spawn(lifecycle.run_pruner(token.child_token()));
     let api_token = token.child_token();
     // One HTTP listener: the API, the dashboard and provider ingress (see `http::router`).
     let router = http::router(http_state);

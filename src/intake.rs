@@ -125,6 +125,7 @@ pub struct Intake {
     checks: Option<Checks>,
     spam: Option<SpamChecker>,
     handoff: Option<Arc<Handoff>>,
+    attachment_urls: Option<Arc<crate::retention::AttachmentUrls>>,
 }
 
 impl Intake {
@@ -148,6 +149,7 @@ impl Intake {
             checks: None,
             spam: None,
             handoff: None,
+            attachment_urls: None,
         }
     }
 
@@ -155,6 +157,15 @@ impl Intake {
     /// claimed.
     pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
         self.handoff = Some(handoff);
+        self
+    }
+
+    /// Gives each attachment of a mail event a signed download URL.
+    pub fn with_attachment_urls(
+        mut self,
+        urls: Option<Arc<crate::retention::AttachmentUrls>>,
+    ) -> Self {
+        self.attachment_urls = urls;
         self
     }
 
@@ -336,7 +347,7 @@ impl Intake {
             Some(flags) => (Some(flags.flags), Some(flags.fingerprint)),
             None => (None, None),
         };
-        let event = Event::Mail(event::build_guarded(
+        let mut event = Event::Mail(event::build_guarded(
             &EventContext {
                 event_id: &event_id,
                 message_id: &message_id,
@@ -355,6 +366,17 @@ impl Intake {
             parsed,
             flags,
         ));
+        if let (Some(urls), Event::Mail(mail)) = (&self.attachment_urls, &mut event) {
+            for attachment in &mut mail.email.attachments {
+                if let Some((url, expires)) =
+                    urls.sign(&message_id, &attachment.id, received_at / 1000)
+                {
+                    attachment.download_url = Some(url);
+                    attachment.expires_at =
+                        Some(crate::model::rfc3339(expires.saturating_mul(1000)));
+                }
+            }
+        }
         let event_json = event::to_json(&event);
         let mut flags = route::EventFlags::from_event(&event);
         let deliveries = if quarantined {
@@ -524,7 +546,11 @@ impl Intake {
             .db
             .thread_history(inbox_id, &thread_id, thread::MAX_PREVIOUS_EMAILS + 1)
             .await?;
-        Ok(thread::from_history(thread_id, &history))
+        // Emails of the thread that were erased or pruned are missing from its history.
+        let lost = self.db.thread_lost_messages(inbox_id, &thread_id).await?;
+        let mut thread = thread::from_history(thread_id, &history);
+        thread.earlier_left_out |= lost;
+        Ok(thread)
     }
 
     /// The flags of one inbox's copy, or the reason its policy rejects the message.
@@ -642,6 +668,16 @@ impl Intake {
     /// The delivery jobs of one event (its type and flags): the inbox webhook when it
     /// subscribes to the type, and each route its notification rules add (webhooks and email
     /// forwards).
+    /// The delivery jobs a stored event gets when it is delivered now (a quarantined message
+    /// released): the inbox webhook and rules as they route it today, unleased.
+    pub fn deliveries_of(&self, inbox_id: &str, event: &Event) -> Vec<NewDelivery> {
+        let flags = route::EventFlags::from_event(event);
+        self.deliveries_for(inbox_id, &flags)
+            .into_iter()
+            .map(|routed| routed.delivery)
+            .collect()
+    }
+
     fn deliveries_for(&self, inbox_id: &str, flags: &route::EventFlags) -> Vec<Routed> {
         let Some(inbox) = self.directory.inbox(inbox_id) else {
             return Vec::new();

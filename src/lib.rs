@@ -33,6 +33,7 @@ pub mod parse;
 pub mod prompt;
 pub mod ratelimit;
 pub mod reply;
+pub mod retention;
 pub mod route;
 pub mod signature;
 pub mod smtp;

@@ -35,6 +35,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Compare the raw-message store with the database: objects no message points at (older
+    /// than an hour) and messages whose object is missing, printed as JSON; exits 0 when there
+    /// are none (or all were repaired), 1 when some remain, 2 on a bad config.
+    CheckStore {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Remove the orphan objects and erase the messages whose object is missing.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Check a webhook signature against a body; exits 0 when it is valid, 1 when not, 2 when
     /// the arguments are wrong. Give the secret with exactly one of --secret, --secret-env or
     /// --secret-stdin (the last two keep it out of the process list and shell history).
@@ -198,6 +208,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => (config, true),
         Command::CheckConfig { config } => (config, false),
         Command::Init { dir } => return init(&dir),
+        Command::CheckStore { config, repair } => return check_store(config.as_deref(), repair),
         Command::Verify {
             scheme,
             secret,
@@ -348,6 +359,42 @@ fn print_mta_sts_records(
     );
     for domain in domains {
         println!("_mta-sts.{domain}. IN TXT \"{}\"", mta_sts.txt_record());
+    }
+}
+
+/// `mxhook check-store`: the report as JSON on stdout.
+fn check_store(config_path: Option<&std::path::Path>, repair: bool) -> ExitCode {
+    let config = match mxhook::config::Config::load(config_path, std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("mxhook: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mxhook: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mxhook::retention::check_configured_store(&config, repair)) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            let found = report.orphan_objects.len() + report.missing_objects.len();
+            if found == 0 || (repair && report.repaired == found) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("mxhook: checking the store: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod bounce;
 pub mod html;
+pub mod part;
 
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;

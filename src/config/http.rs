@@ -17,6 +17,9 @@ pub struct HttpConfig {
     pub admin_keys: Vec<String>,
     /// Without `admin_keys`, the admin key is made once and kept in this file (mode 0600).
     pub admin_key_file: PathBuf,
+    /// The gateway's address as clients reach it (`https://mx.example.com`), the base of the
+    /// links it hands out; unset is `http://<listen>`.
+    pub public_url: Option<String>,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -28,6 +31,7 @@ impl fmt::Debug for HttpConfig {
                 &format_args!("[{} redacted]", self.admin_keys.len()),
             )
             .field("admin_key_file", &self.admin_key_file)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -38,17 +42,40 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_keys: Vec::new(),
             admin_key_file: PathBuf::from("./data/admin_key"),
+            public_url: None,
         }
     }
 }
 
 impl HttpConfig {
+    /// The base of the links the gateway hands out, without a trailing `/`: `public_url`, or
+    /// the address the listener is bound to.
+    pub fn public_base(&self, bound: Option<SocketAddr>) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", bound.unwrap_or(self.listen)),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), Error> {
         if self.admin_keys.iter().any(|key| key.trim().is_empty()) {
             return Err(invalid("http.admin_keys", "keys must not be empty"));
         }
         if self.admin_key_file.as_os_str().is_empty() {
             return Err(invalid("http.admin_key_file", "must not be empty"));
+        }
+        if let Some(public_url) = &self.public_url {
+            let parsed = url::Url::parse(public_url)
+                .map_err(|err| invalid("http.public_url", format!("not a valid URL: {err}")))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.query().is_some()
+            {
+                return Err(invalid(
+                    "http.public_url",
+                    "must be http(s)://host[:port][/path], without a query",
+                ));
+            }
         }
         Ok(())
     }

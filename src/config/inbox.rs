@@ -82,6 +82,10 @@ pub struct InboxConfig {
     /// The score from which mail counts as spam; unset is rspamd's `required_score`.
     #[serde(default)]
     pub spam_score_threshold: Option<f64>,
+    /// Days this inbox's messages are kept (fractions allowed, 0 for ever); unset is
+    /// `retention.days`.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 impl fmt::Debug for InboxConfig {
@@ -117,6 +121,7 @@ impl fmt::Debug for InboxConfig {
             .field("policy_action", &self.policy_action)
             .field("spam_action", &self.spam_action)
             .field("spam_score_threshold", &self.spam_score_threshold)
+            .field("retention_days", &self.retention_days)
             .finish()
     }
 }
@@ -182,6 +187,9 @@ impl InboxConfig {
         allow_http: bool,
         claimed: &mut Claimed<'a>,
     ) -> Result<(), Error> {
+        if let Some(days) = self.retention_days {
+            super::retention::retention_days(&format!("inbox[{idx}].retention_days"), days)?;
+        }
         let key = |field: &str| format!("inbox[{idx}].{field}");
         if !is_valid_inbox_id(&self.id) {
             return Err(invalid(

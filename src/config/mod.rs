@@ -29,6 +29,7 @@ pub mod ingress;
 pub mod mta_sts;
 pub mod ratelimit;
 pub mod replies;
+pub mod retention;
 pub mod smtp;
 pub mod spam;
 pub mod storage;
@@ -44,6 +45,7 @@ pub use inbox::InboxConfig;
 pub use ingress::IngressConfig;
 pub use ratelimit::RateLimitConfig;
 pub use replies::{DkimConfig, DkimKeyConfig, RepliesConfig};
+pub use retention::{AttachmentsConfig, RetentionConfig};
 pub use smtp::SmtpConfig;
 pub use spam::SpamConfig;
 pub use storage::{StorageBackend, StorageConfig};
@@ -106,6 +108,10 @@ pub struct Config {
     /// `[mta_sts]`: served at `/.well-known/mta-sts.txt` when present.
     #[serde(default)]
     pub mta_sts: Option<mta_sts::MtaStsConfig>,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub attachments: AttachmentsConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
     #[serde(default, rename = "domain")]
@@ -179,6 +185,8 @@ impl Config {
         if let Some(mta_sts) = &self.mta_sts {
             mta_sts.validate()?;
         }
+        self.retention.validate()?;
+        self.attachments.validate()?;
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

@@ -26,6 +26,8 @@ pub struct InboxRow {
     pub addresses: Vec<String>,
     pub webhook: Option<WebhookSettings>,
     pub sender_policy: SenderPolicy,
+    /// Days its messages are kept (0 for ever); `None` is `retention.days`.
+    pub retention_days: Option<f64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -98,7 +100,7 @@ const INBOX_COLUMNS: &str = "id, name, source, status, webhook_url, webhook_enab
     webhook_secret, webhook_signature, webhook_payload, webhook_previous_secret, \
     webhook_previous_secret_expires_at, webhook_verify_tls, webhook_disabled_reason, webhook_ordered, \
     webhook_signature_header, webhook_signature_format, sender_policy, created_at, updated_at, \
-    webhook_events, webhook_endpoint_json";
+    webhook_events, webhook_endpoint_json, retention_days";
 
 impl Db {
     /// Writes a config-declared inbox, replacing what an earlier start wrote for it: the config
@@ -576,6 +578,7 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
         status: row.try_get("status")?,
         addresses: Vec::new(),
         webhook,
+        retention_days: row.try_get("retention_days")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })

@@ -83,6 +83,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "domains",
         include_str!("../../migrations/0017_domains.sql"),
     ),
+    (
+        18,
+        "lifecycle",
+        include_str!("../../migrations/0018_lifecycle.sql"),
+    ),
     (19, "nodes", include_str!("../../migrations/0019_nodes.sql")),
     (
         22,

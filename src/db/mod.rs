@@ -16,6 +16,7 @@
 //! - `jobs`: delivery jobs (claim, release, resend) and their attempts;
 //! - `threads`: the reads threading needs (candidates, history);
 //! - `limits`: rate-limit buckets and duplicate fingerprints;
+//! - `erase`: erasing and releasing messages, the pruner's and the store check's reads;
 //! - `stats`: the counts `/metrics` and the endpoint statistics report;
 //! - `ingress`: provider secrets, event types and replay keys;
 //! - `write/`: the critical-path writes and the group committer that batches them.
@@ -245,6 +246,7 @@ impl Db {
 mod api_keys;
 mod domains;
 mod endpoints;
+mod erase;
 mod inboxes;
 mod ingress;
 mod jobs;
@@ -257,6 +259,7 @@ mod threads;
 mod write;
 pub use api_keys::ApiKeyRow;
 pub use domains::{AutoCreate, DomainChange, DomainRow};
+pub use erase::{Erasure, PruneCandidate, PruneLock};
 pub use inboxes::{InboxRow, InboxUpdate, NewInbox, WebhookSettings};
 pub use ingress::EventTypeRow;
 pub use jobs::{

@@ -158,6 +158,13 @@ pub struct Attachment {
     pub content_encoding: Option<String>,
     pub content_id: Option<String>,
     pub content_type: String,
+    /// A link that downloads the decoded bytes without an API key until `expires_at`, when
+    /// `attachments.url_ttl_s > 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+    /// When `download_url` stops working (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     pub filename: Option<String>,
     /// `att_<n>`, by position in the message.
     pub id: String,
@@ -170,6 +177,8 @@ impl From<&crate::parse::Attachment> for Attachment {
             content_encoding: attachment.content_encoding.clone(),
             content_id: attachment.content_id.clone(),
             content_type: attachment.content_type.clone(),
+            download_url: None,
+            expires_at: None,
             filename: attachment.filename.clone(),
             id: attachment.id.clone(),
             size: u64::try_from(attachment.size).unwrap_or(u64::MAX),

@@ -51,6 +51,8 @@ pub struct HttpState {
     pub ingress: Arc<crate::ingress::Ingress>,
     /// The first run's single-use dashboard login link (none on other starts).
     pub login_token: Arc<crate::first_run::LoginToken>,
+    /// Erasure, release and retention (see `retention`).
+    pub lifecycle: crate::retention::Lifecycle,
     /// Where this node takes SMTP, for the test-mail commands the dashboard shows.
     pub smtp_addr: Option<std::net::SocketAddr>,
     /// Builds the replies agents send through the API.

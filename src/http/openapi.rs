@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, domains, health, inboxes, ingress, keys, messages, metrics, mta_sts, notifications,
-    recover, reply, send_to, webhook,
+    deliveries, domains, health, inboxes, ingress, keys, lifecycle, messages, metrics, mta_sts,
+    notifications, recover, reply, send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +27,11 @@ use super::api::{
         metrics::metrics,
         messages::get_message,
         messages::get_raw_message,
+        lifecycle::erase_message,
+        lifecycle::get_attachment,
+        lifecycle::release_message,
+        lifecycle::get_signed_attachment,
+        lifecycle::rotate_url_key,
         send_to::send_to,
         reply::reply,
         deliveries::list_deliveries,

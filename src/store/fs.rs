@@ -115,6 +115,72 @@ impl FsStore {
     }
 }
 
+impl FsStore {
+    pub async fn exists(&self, key: &str) -> Result<bool, Error> {
+        let path = self.path_of(key)?;
+        tokio::fs::try_exists(&path)
+            .await
+            .map_err(|source| Error::Read {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    /// Every file under the root whose key starts with `prefix`, walked without following
+    /// links.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<super::StoredObject>, Error> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || list_files(&root, &prefix))
+            .await
+            .map_err(|err| Error::Read {
+                key: String::new(),
+                source: std::io::Error::other(err.to_string()),
+            })?
+    }
+}
+
+fn list_files(root: &Path, prefix: &str) -> Result<Vec<super::StoredObject>, Error> {
+    let read_error = |key: &str, source| Error::Read {
+        key: key.to_owned(),
+        source,
+    };
+    let mut objects = Vec::new();
+    let mut dirs = vec![(root.to_owned(), String::new())];
+    while let Some((dir, relative)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(read_error(&relative, err)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|err| read_error(&relative, err))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = format!("{relative}{name}");
+            let kind = entry.file_type().map_err(|err| read_error(&key, err))?;
+            if kind.is_dir() {
+                let dir_key = format!("{key}/");
+                // Only directories on the way to the prefix, or under it.
+                if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                    dirs.push((entry.path(), dir_key));
+                }
+            } else if kind.is_file() && key.starts_with(prefix) {
+                let modified_ms = entry
+                    .metadata()
+                    .and_then(|meta| meta.modified())
+                    .ok()
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |since| {
+                        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+                    });
+                objects.push(super::StoredObject { key, modified_ms });
+            }
+        }
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(objects)
+}
+
 /// The sync thread: writes each waiting batch of puts, makes it durable at once, answers it.
 fn sync_puts(root: &Path, mut queue: mpsc::Receiver<Put>) {
     let mut known_dirs = HashSet::new();

@@ -94,6 +94,38 @@ impl Store {
     }
 }
 
+/// One stored object, as a listing names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    /// When it was last written, in ms since the epoch.
+    pub modified_ms: i64,
+}
+
+impl Store {
+    /// Whether an object exists under `key`.
+    ///
+    /// # Errors
+    /// [`Error::Read`] or [`Error::Remote`] when the store cannot say.
+    pub async fn exists(&self, key: &str) -> Result<bool, Error> {
+        match self {
+            Self::Fs(store) => store.exists(key).await,
+            Self::S3(store) => store.exists(key).await,
+        }
+    }
+
+    /// Every object whose key starts with `prefix` (the store check).
+    ///
+    /// # Errors
+    /// [`Error::Read`] or [`Error::Remote`] when the listing fails.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>, Error> {
+        match self {
+            Self::Fs(store) => store.list(prefix).await,
+            Self::S3(store) => store.list(prefix).await,
+        }
+    }
+}
+
 /// The object key of one stored message.
 pub fn object_key(prefix: &str, agent_id: &str, message_id: &str) -> String {
     format!("{prefix}{agent_id}/{message_id}.eml")

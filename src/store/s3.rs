@@ -118,6 +118,55 @@ impl S3Store {
             .map_err(|err| remote("DELETE", key, &err))
     }
 
+    pub async fn exists(&self, key: &str) -> Result<bool, Error> {
+        let request = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send();
+        match self.within_deadline(key, request).await? {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(service)) if service.err().is_not_found() => Ok(false),
+            Err(err) => Err(remote("HEAD", key, &err)),
+        }
+    }
+
+    /// Every object under `prefix`, page by page (each page under the deadline).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<super::StoredObject>, Error> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send();
+            let page = self
+                .within_deadline(prefix, request)
+                .await?
+                .map_err(|err| remote("LIST", prefix, &err))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let modified_ms = object
+                    .last_modified()
+                    .and_then(|time| time.to_millis().ok())
+                    .unwrap_or(0);
+                objects.push(super::StoredObject {
+                    key: key.to_owned(),
+                    modified_ms,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(objects)
+    }
+
     async fn within_deadline<T>(
         &self,
         key: &str,

@@ -19,6 +19,7 @@ mod group_commit;
 mod hostile_smtp;
 mod inbox_webhook_settings;
 mod ingress;
+mod lifecycle;
 mod migrations;
 mod mta_sts;
 mod openapi;

@@ -66,6 +66,12 @@ pub(crate) struct InboxView {
     /// The score from which mail counts as spam; null is rspamd's required_score.
     #[schema(required)]
     spam_score_threshold: Option<f64>,
+    /// Days its messages are kept (fractions allowed, 0 for ever); null is `retention.days`.
+    #[schema(required)]
+    retention_days: Option<f64>,
+    /// Only while the inbox is being erased (`DELETE …?purge=true`): how far it got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purge: Option<super::lifecycle::PurgeProgress>,
     created_at: String,
     updated_at: String,
 }
@@ -92,6 +98,8 @@ fn inbox_view(inbox: &InboxRow) -> InboxView {
         policy_action: policy.policy_action,
         spam_action: policy.spam_action,
         spam_score_threshold: policy.spam_score_threshold,
+        purge: None,
+        retention_days: inbox.retention_days,
         created_at: rfc3339(inbox.created_at),
         updated_at: rfc3339(inbox.updated_at),
     }
@@ -135,6 +143,8 @@ pub(crate) struct CreateInbox {
     spam_action: Option<SpamAction>,
     /// The score from which mail counts as spam; unset is rspamd's required_score.
     spam_score_threshold: Option<f64>,
+    /// Days its messages are kept (fractions allowed, 0 for ever); unset is `retention.days`.
+    retention_days: Option<f64>,
 }
 
 /// Every field is optional; what is left out stays as it is.
@@ -159,6 +169,29 @@ pub(crate) struct PatchInbox {
     spam_action: Option<SpamAction>,
     /// The score from which mail counts as spam.
     spam_score_threshold: Option<f64>,
+    /// Days its messages are kept (fractions allowed, 0 for ever); null goes back to
+    /// `retention.days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    retention_days: Option<Option<f64>>,
+}
+
+/// A field that is present, `null` included, as `Some`; left out, it stays `None`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A retention the API was given, checked like the config key.
+fn checked_retention(days: Option<f64>) -> Result<Option<f64>, ApiError> {
+    if let Some(days) = days {
+        crate::config::retention::retention_days("retention_days", days)
+            .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    }
+    Ok(days)
 }
 
 /// The policy fields of a create or patch body; `None` keeps what `base` has.
@@ -302,6 +335,7 @@ pub(crate) async fn create_inbox(
         ));
     }
     let addresses = normalized_addresses(&body.addresses)?;
+    let retention_days = checked_retention(body.retention_days)?;
     let sender_policy = PolicyChange {
         spf_pass_required: body.spf_pass_required,
         dkim_pass_required: body.dkim_pass_required,
@@ -327,6 +361,9 @@ pub(crate) async fn create_inbox(
             sender_policy,
         })
         .await?;
+    if retention_days.is_some() {
+        state.db.set_inbox_retention(&id, retention_days).await?;
+    }
     state.refresh_directory().await?;
     let inbox = visible_inbox(&state, &caller, &id).await?;
     Ok((StatusCode::CREATED, Json(inbox_view(&inbox))))
@@ -349,9 +386,9 @@ pub(crate) async fn get_inbox(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<InboxView>, ApiError> {
-    Ok(Json(inbox_view(
-        &visible_inbox(&state, &caller, &id).await?,
-    )))
+    let mut view = inbox_view(&visible_inbox(&state, &caller, &id).await?);
+    view.purge = super::lifecycle::purge_progress(&state, &id).await?;
+    Ok(Json(view))
 }
 
 #[utoipa::path(
@@ -410,8 +447,12 @@ pub(crate) async fn update_inbox(
             .map(normalized_addresses)
             .transpose()?,
     };
+    let retention_days = body.retention_days.map(checked_retention).transpose()?;
     if !state.db.update_inbox(&id, &update).await? {
         return Err(ApiError::NotFound("inbox"));
+    }
+    if let Some(days) = retention_days {
+        state.db.set_inbox_retention(&id, days).await?;
     }
     state.refresh_directory().await?;
     Ok(Json(inbox_view(
@@ -424,8 +465,15 @@ pub(crate) async fn update_inbox(
     path = "/v1/inboxes/{id}",
     tag = "inboxes",
     summary = "Delete an inbox (admin)",
-    params(("id" = String, Path, description = "Inbox id")),
+    description = "Its messages stay, unless `purge=true`: then the inbox is disabled at once \
+        and erased whole in the background (every message as by `DELETE /v1/messages/{id}`, then \
+        the inbox), its GET showing `purge` progress until it is gone.",
+    params(
+        ("id" = String, Path, description = "Inbox id"),
+        super::lifecycle::PurgeQuery,
+    ),
     responses(
+        (status = 202, description = "Purge started", body = super::lifecycle::PurgeProgress),
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 403, description = "Needs an admin key", body = ErrorBody),

@@ -128,6 +128,15 @@ pub async fn metrics(
             "mxhook_ingress_unauthorized_total{{provider=\"{provider}\"}} {n}"
         );
     }
+    out.push_str(
+        "# HELP mxhook_lifecycle_total Messages erased on request and removed by retention, \
+         pruner runs, and raw objects left for check-store because removing them failed \
+         (in memory, since this node started).\n\
+         # TYPE mxhook_lifecycle_total counter\n",
+    );
+    for (what, n) in state.lifecycle.counters.snapshot() {
+        let _ = writeln!(out, "mxhook_lifecycle_total{{what=\"{what}\"}} {n}");
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod health;
 pub(crate) mod inboxes;
 pub(crate) mod ingress;
 pub(crate) mod keys;
+pub(crate) mod lifecycle;
 pub(crate) mod messages;
 pub(crate) mod metrics;
 pub(crate) mod mta_sts;
@@ -42,7 +43,7 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
             "/v1/inboxes/{id}",
             get(inboxes::get_inbox)
                 .patch(inboxes::update_inbox)
-                .delete(inboxes::delete_inbox),
+                .delete(lifecycle::delete_inbox_route),
         )
         .route(
             "/v1/inboxes/{id}/webhook",
@@ -82,7 +83,22 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
                 .delete(domains::delete_domain),
         )
         .route("/metrics", get(metrics::metrics))
-        .route("/v1/messages/{id}", get(messages::get_message))
+        .route(
+            "/v1/messages/{id}",
+            get(messages::get_message).delete(lifecycle::erase_message),
+        )
+        .route(
+            "/v1/messages/{id}/attachments/{attachment_id}",
+            get(lifecycle::get_attachment),
+        )
+        .route(
+            "/v1/messages/{id}/release",
+            post(lifecycle::release_message),
+        )
+        .route(
+            "/v1/attachments/url-key/rotate",
+            post(lifecycle::rotate_url_key),
+        )
         .route("/v1/messages/{id}/raw", get(messages::get_raw_message))
         .route("/v1/messages/{id}/send-to", post(send_to::send_to))
         .route("/v1/messages/{id}/reply", post(reply::reply))
@@ -113,5 +129,9 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))
         .route("/.well-known/mta-sts.txt", get(mta_sts::policy))
+        .route(
+            "/attachments/{id}/{attachment_id}",
+            get(lifecycle::get_signed_attachment),
+        )
         .merge(v1)
 }

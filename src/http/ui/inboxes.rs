@@ -64,6 +64,7 @@ fn inbox_view(inbox: &InboxRow, stats: &[EndpointStats], providers: &[String]) -
             "configured": providers.iter().any(|name| name == provider.as_str()),
         })).collect::<Vec<_>>(),
         "stats": inbox_stats,
+        "retention_days": inbox.retention_days,
     })
 }
 

@@ -684,6 +684,35 @@ pub(super) async fn raw(
     .await?)
 }
 
+/// The release button of a quarantined message's page: delivers it now, then shows the page.
+pub(super) async fn release(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let message =
+        crate::http::api::messages::visible_message(&state.http, &auth.caller, &id).await?;
+    crate::http::api::lifecycle::release(&state.http, &message).await?;
+    tracing::info!(message_id = %id, inbox_id = %message.inbox_id, key_id = "dashboard", "quarantined message released");
+    Ok(Redirect::to(&format!("/ui/messages/{id}")).into_response())
+}
+
+/// One attachment, as the API serves it.
+pub(super) async fn attachment(
+    State(state): State<Arc<UiState>>,
+    Extension(auth): Extension<Auth>,
+    Path((id, attachment_id)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    let message =
+        crate::http::api::messages::visible_message(&state.http, &auth.caller, &id).await?;
+    Ok(crate::http::api::lifecycle::attachment_response(
+        &state.http,
+        &message.storage_key,
+        &attachment_id,
+    )
+    .await?)
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct BackForm {
     #[serde(default)]

@@ -363,6 +363,11 @@ pub(super) fn router(http: Arc<HttpState>) -> Router {
         .route("/ui/messages/{id}/raw", get(messages::raw))
         .route("/ui/messages/{id}/send-to", post(messages::send_to))
         .route("/ui/messages/{id}/reply", post(messages::reply))
+        .route("/ui/messages/{id}/release", post(messages::release))
+        .route(
+            "/ui/messages/{id}/attachments/{attachment_id}",
+            get(messages::attachment),
+        )
         .route("/ui/deliveries/{id}/resend", post(messages::resend))
         .route(
             "/ui/deliveries/{id}/attempts/{attempt}/body",
