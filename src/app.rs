@@ -167,6 +167,7 @@ async fn serve(
         last_replay_prune: std::sync::atomic::AtomicI64::new(0),
     });
     let login_token = Arc::new(crate::first_run::LoginToken::default());
+    let token = CancellationToken::new();
     let http_state = Arc::new(HttpState {
         counters: Arc::clone(&counters),
         db: db.clone(),
@@ -179,6 +180,11 @@ async fn serve(
         ingress,
         login_token: Arc::clone(&login_token),
         smtp_addr: smtp_listener.local_addr().ok(),
+        event_streams: Arc::new(http::EventStreams::new(
+            config.http.event_streams_per_key,
+            config.http.event_stream_heartbeat(),
+            token.child_token(),
+        )),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -194,7 +200,6 @@ async fn serve(
         counters,
     });
 
-    let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let smtp_addr = smtp_listener.local_addr().ok();
     let http_addr = http_listener.local_addr().ok();
@@ -232,6 +237,10 @@ async fn serve(
         config.database.directory_refresh(),
         token.child_token(),
     ));
+    tracker.spawn(
+        db.clone()
+            .follow_arrivals(config.http.event_stream_poll(), token.child_token()),
+    );
     let api_token = token.child_token();
     // One HTTP listener: the API, the dashboard and provider ingress (see `http::router`).
     let router = http::router(http_state);

@@ -17,6 +17,13 @@ pub struct HttpConfig {
     pub admin_keys: Vec<String>,
     /// Without `admin_keys`, the admin key is made once and kept in this file (mode 0600).
     pub admin_key_file: PathBuf,
+    /// Seconds between the comments that keep an idle event stream open through proxies.
+    pub event_stream_heartbeat_s: u64,
+    /// Event streams (and MCP waits) one key may hold open at once; past it, 429.
+    pub event_streams_per_key: usize,
+    /// On PostgreSQL, how often (ms) a node looks for messages other nodes committed, to wake
+    /// its event streams.
+    pub event_stream_poll_ms: u64,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -28,6 +35,9 @@ impl fmt::Debug for HttpConfig {
                 &format_args!("[{} redacted]", self.admin_keys.len()),
             )
             .field("admin_key_file", &self.admin_key_file)
+            .field("event_stream_heartbeat_s", &self.event_stream_heartbeat_s)
+            .field("event_streams_per_key", &self.event_streams_per_key)
+            .field("event_stream_poll_ms", &self.event_stream_poll_ms)
             .finish()
     }
 }
@@ -38,6 +48,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_keys: Vec::new(),
             admin_key_file: PathBuf::from("./data/admin_key"),
+            event_stream_heartbeat_s: 15,
+            event_streams_per_key: 20,
+            event_stream_poll_ms: 500,
         }
     }
 }
@@ -50,6 +63,26 @@ impl HttpConfig {
         if self.admin_key_file.as_os_str().is_empty() {
             return Err(invalid("http.admin_key_file", "must not be empty"));
         }
+        if self.event_stream_heartbeat_s == 0 {
+            return Err(invalid(
+                "http.event_stream_heartbeat_s",
+                "must be at least 1",
+            ));
+        }
+        if self.event_streams_per_key == 0 {
+            return Err(invalid("http.event_streams_per_key", "must be at least 1"));
+        }
+        if self.event_stream_poll_ms == 0 {
+            return Err(invalid("http.event_stream_poll_ms", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    pub fn event_stream_heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.event_stream_heartbeat_s)
+    }
+
+    pub fn event_stream_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.event_stream_poll_ms)
     }
 }

@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt request",
         include_str!("../../migrations/0016_attempt_request.sql"),
     ),
+    (
+        21,
+        "event stream",
+        include_str!("../../migrations/0021_event_stream.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

@@ -82,6 +82,8 @@ pub struct Db {
     writes: write::GroupCommit,
     /// The SQLite file the connections opened, checked by [`Db::ping`].
     sqlite_file: Option<std::sync::Arc<SqliteFile>>,
+    /// Announced after each commit of accepted messages (see `stream`).
+    arrivals: crate::notify::Arrivals,
 }
 
 /// A SQLite database file as it was when the pool opened it.
@@ -208,6 +210,7 @@ impl Db {
             sqlite_file: sqlite_path
                 .as_deref()
                 .map(|path| std::sync::Arc::new(SqliteFile::opened(path))),
+            arrivals: crate::notify::Arrivals::default(),
         })
     }
 
@@ -246,6 +249,7 @@ mod limits;
 mod messages;
 mod migrate;
 mod stats;
+mod stream;
 mod threads;
 mod write;
 pub use api_keys::ApiKeyRow;
@@ -261,3 +265,4 @@ pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow,
 pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };
+pub use stream::{StreamEvent, StreamPosition};

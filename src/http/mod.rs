@@ -21,6 +21,7 @@ use axum::http::StatusCode;
 use axum::{Json, Router};
 use tokio::sync::Notify;
 
+pub use api::events::EventStreams;
 pub use auth::Caller;
 pub use error::{ApiError, ErrorBody};
 
@@ -53,6 +54,8 @@ pub struct HttpState {
     pub login_token: Arc<crate::first_run::LoginToken>,
     /// Where this node takes SMTP, for the test-mail commands the dashboard shows.
     pub smtp_addr: Option<std::net::SocketAddr>,
+    /// The open event streams, bounded per key, and their heartbeat.
+    pub event_streams: Arc<api::events::EventStreams>,
 }
 
 impl HttpState {

@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, health, inboxes, ingress, keys, messages, metrics, notifications, recover, send_to,
-    webhook,
+    deliveries, events, health, inboxes, ingress, keys, messages, metrics, notifications, recover,
+    send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -48,6 +48,7 @@ use super::api::{
         keys::list_keys,
         keys::delete_key,
         messages::list_messages,
+        events::stream_events,
         inboxes::list_deliveries,
         inboxes::resend_dead,
         recover::recover,

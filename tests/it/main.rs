@@ -9,6 +9,7 @@ mod delivery;
 mod delivery_promises;
 mod deploy;
 mod end_to_end;
+mod event_stream;
 mod first_run;
 mod fixtures;
 mod forward;

@@ -8,6 +8,7 @@
 //! response that creates or rotates one) or internal error detail.
 
 pub(crate) mod deliveries;
+pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod inboxes;
 pub(crate) mod ingress;
@@ -58,6 +59,7 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         )
         .route("/v1/inboxes/{id}/keys/{key_id}", delete(keys::delete_key))
         .route("/v1/inboxes/{id}/messages", get(messages::list_messages))
+        .route("/v1/inboxes/{id}/events", get(events::stream_events))
         .route("/v1/inboxes/{id}/deliveries", get(inboxes::list_deliveries))
         .route(
             "/v1/inboxes/{id}/deliveries/resend-dead",
