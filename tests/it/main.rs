@@ -17,6 +17,7 @@ mod group_commit;
 mod hostile_smtp;
 mod inbox_webhook_settings;
 mod ingress;
+mod mcp;
 mod migrations;
 mod openapi;
 mod payload;
