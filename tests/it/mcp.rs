@@ -244,3 +244,30 @@ async fn the_python_sdk_uses_every_tool_over_streamable_http() {
     run_scenario(&gateway, &args, &key).await;
     gateway.stop().await;
 }
+
+/// The inbox page gives an agent's owner what to paste: the stream's path and an MCP host
+/// config naming this inbox, to an inbox key as to the admin.
+#[tokio::test]
+async fn the_inbox_page_shows_the_stream_url_and_the_mcp_snippet() {
+    let (gateway, key) = gateway_with_mail().await;
+    let mut ui = crate::ui::Ui::new(&gateway);
+    let login = ui.login(&key).await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    let page = ui.get("/ui/inboxes/agent").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let escaped = crate::support::escaped;
+    assert!(
+        page.body.contains(&escaped("/v1/inboxes/agent/events")),
+        "{}",
+        page.body
+    );
+    for part in [
+        "\"mcpServers\"",
+        "\"mxhook-agent\"",
+        "\"mcp\"",
+        "\"--api-key\"",
+    ] {
+        assert!(page.body.contains(&escaped(part)), "{part}: {}", page.body);
+    }
+    gateway.stop().await;
+}
