@@ -460,6 +460,26 @@ pub(crate) fn service(
     )
 }
 
+/// The OpenAPI entry of `/mcp`, which [`service`] serves (documentation only).
+#[utoipa::path(
+    post,
+    path = "/mcp",
+    tag = "mcp",
+    summary = "Model Context Protocol over streamable HTTP",
+    description = "JSON-RPC messages of the Model Context Protocol (streamable HTTP transport; \
+        GET and DELETE with `Mcp-Session-Id` as that transport defines). Tools: list_inboxes, \
+        list_messages, get_message, get_thread, get_attachment, wait_for_message; each call runs \
+        with this request's Bearer key, so an inbox key reaches only its inbox.",
+    request_body(content = String, content_type = "application/json", description = "A JSON-RPC request or notification"),
+    responses(
+        (status = 200, description = "The JSON-RPC response, as JSON or as an event stream", content_type = "text/event-stream", body = String),
+        (status = 202, description = "A notification or response was accepted"),
+        (status = 401, description = "Missing or invalid key", body = crate::http::ErrorBody),
+    ),
+)]
+#[allow(dead_code)] // documentation only: `service` answers the route
+pub(crate) async fn mcp_endpoint() {}
+
 /// `mxhook mcp`: serves the tools on standard input and output until the client leaves.
 ///
 /// # Errors

@@ -49,6 +49,7 @@ use super::api::{
         keys::delete_key,
         messages::list_messages,
         events::stream_events,
+        super::mcp::mcp_endpoint,
         inboxes::list_deliveries,
         inboxes::resend_dead,
         recover::recover,
