@@ -198,6 +198,7 @@ async fn serve(
         .sync_config(&config.inboxes)
         .await
         .context("saving the inboxes' retention_days from config")?;
+    let token = CancellationToken::new();
     let http_state = Arc::new(HttpState {
         counters: Arc::clone(&counters),
         db: db.clone(),
@@ -221,6 +222,11 @@ async fn serve(
             .context("loading the DKIM keys for replies")?,
         ),
         mta_sts_policy: config.mta_sts.as_ref().map(|sts| sts.policy()),
+        event_streams: Arc::new(http::EventStreams::new(
+            config.http.event_streams_per_key,
+            config.http.event_stream_heartbeat(),
+            token.child_token(),
+        )),
     });
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -236,7 +242,6 @@ async fn serve(
         counters,
     });
 
-    let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let smtp_addr = smtp_listener.local_addr().ok();
     let http_addr = http_listener.local_addr().ok();
@@ -276,6 +281,10 @@ async fn serve(
         token.child_token(),
     ));
     tracker.spawn(lifecycle.run_pruner(token.child_token()));
+    tracker.spawn(
+        db.clone()
+            .follow_arrivals(config.http.event_stream_poll(), token.child_token()),
+    );
     let api_token = token.child_token();
     // One HTTP listener: the API, the dashboard and provider ingress (see `http::router`).
     let router = http::router(http_state);

@@ -29,6 +29,7 @@ pub mod http;
 pub mod ingress;
 pub mod intake;
 pub mod model;
+pub mod notify;
 pub mod parse;
 pub mod prompt;
 pub mod ratelimit;

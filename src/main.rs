@@ -98,6 +98,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Serve the Model Context Protocol on standard input and output, for an MCP host (Claude
+    /// Desktop, Cursor, …): the tools list_inboxes, list_messages, get_message, get_thread,
+    /// get_attachment and wait_for_message, over the API at --api-url with --api-key (an inbox
+    /// key limits every tool to its inbox).
+    Mcp {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,6 +217,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => (config, false),
         Command::Init { dir } => return init(&dir),
         Command::CheckStore { config, repair } => return check_store(config.as_deref(), repair),
+        Command::Mcp { api } => return mcp(&api),
         Command::Verify {
             scheme,
             secret,
@@ -568,6 +577,29 @@ fn verify(presented: &Presented) -> ExitCode {
     } else {
         println!("signature is NOT valid");
         ExitCode::FAILURE
+    }
+}
+
+/// `mxhook mcp`: the MCP server on stdio until the host closes it. Logs go to stderr, so
+/// stdout carries only the protocol.
+fn mcp(api: &ApiArgs) -> ExitCode {
+    let Some(api_key) = api.api_key.clone().filter(|key| !key.is_empty()) else {
+        eprintln!("mxhook: give an API key with --api-key or MXHOOKCTL_API_KEY");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mxhook: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mxhook::http::mcp::serve_stdio(api.api_url.clone(), api_key)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mxhook: MCP server: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

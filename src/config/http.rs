@@ -20,6 +20,13 @@ pub struct HttpConfig {
     /// The gateway's address as clients reach it (`https://mx.example.com`), the base of the
     /// links it hands out; unset is `http://<listen>`.
     pub public_url: Option<String>,
+    /// Seconds between the comments that keep an idle event stream open through proxies.
+    pub event_stream_heartbeat_s: u64,
+    /// Event streams (and MCP waits) one key may hold open at once; past it, 429.
+    pub event_streams_per_key: usize,
+    /// On PostgreSQL, how often (ms) a node looks for messages other nodes committed, to wake
+    /// its event streams.
+    pub event_stream_poll_ms: u64,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -32,6 +39,9 @@ impl fmt::Debug for HttpConfig {
             )
             .field("admin_key_file", &self.admin_key_file)
             .field("public_url", &self.public_url)
+            .field("event_stream_heartbeat_s", &self.event_stream_heartbeat_s)
+            .field("event_streams_per_key", &self.event_streams_per_key)
+            .field("event_stream_poll_ms", &self.event_stream_poll_ms)
             .finish()
     }
 }
@@ -43,6 +53,9 @@ impl Default for HttpConfig {
             admin_keys: Vec::new(),
             admin_key_file: PathBuf::from("./data/admin_key"),
             public_url: None,
+            event_stream_heartbeat_s: 15,
+            event_streams_per_key: 20,
+            event_stream_poll_ms: 500,
         }
     }
 }
@@ -77,6 +90,26 @@ impl HttpConfig {
                 ));
             }
         }
+        if self.event_stream_heartbeat_s == 0 {
+            return Err(invalid(
+                "http.event_stream_heartbeat_s",
+                "must be at least 1",
+            ));
+        }
+        if self.event_streams_per_key == 0 {
+            return Err(invalid("http.event_streams_per_key", "must be at least 1"));
+        }
+        if self.event_stream_poll_ms == 0 {
+            return Err(invalid("http.event_stream_poll_ms", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    pub fn event_stream_heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.event_stream_heartbeat_s)
+    }
+
+    pub fn event_stream_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.event_stream_poll_ms)
     }
 }

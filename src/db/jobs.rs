@@ -753,7 +753,7 @@ fn decompress_body(stored: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The `mail.quarantined` event of a quarantined message's stored event.
-fn quarantined_event(stored: &str) -> Result<String, Error> {
+pub(super) fn quarantined_event(stored: &str) -> Result<String, Error> {
     match crate::event::Event::from_json(stored) {
         Ok(crate::event::Event::Mail(mail)) => Ok(crate::event::to_json(
             &crate::event::Event::Quarantined(crate::event::QuarantinedEvent::of(&mail)),

@@ -122,7 +122,12 @@ impl Db {
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Option<String>>, Error> {
-        self.writes.accept(messages).await
+        let inboxes: Vec<String> = messages.iter().map(|m| m.inbox_id.clone()).collect();
+        let committed = self.writes.accept(messages).await?;
+        for inbox in &inboxes {
+            self.arrivals.announce(inbox);
+        }
+        Ok(committed)
     }
 
     /// One stored message.

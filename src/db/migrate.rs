@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (19, "nodes", include_str!("../../migrations/0019_nodes.sql")),
     (
+        21,
+        "event stream",
+        include_str!("../../migrations/0021_event_stream.sql"),
+    ),
+    (
         22,
         "replies",
         include_str!("../../migrations/0022_replies.sql"),

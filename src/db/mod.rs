@@ -83,6 +83,8 @@ pub struct Db {
     writes: write::GroupCommit,
     /// The SQLite file the connections opened, checked by [`Db::ping`].
     sqlite_file: Option<std::sync::Arc<SqliteFile>>,
+    /// Announced after each commit of accepted messages (see `stream`).
+    arrivals: crate::notify::Arrivals,
 }
 
 /// A SQLite database file as it was when the pool opened it.
@@ -209,6 +211,7 @@ impl Db {
             sqlite_file: sqlite_path
                 .as_deref()
                 .map(|path| std::sync::Arc::new(SqliteFile::opened(path))),
+            arrivals: crate::notify::Arrivals::default(),
         })
     }
 
@@ -255,6 +258,7 @@ mod messages;
 mod migrate;
 mod replies;
 mod stats;
+mod stream;
 mod threads;
 mod write;
 pub use api_keys::ApiKeyRow;
@@ -273,3 +277,4 @@ pub use replies::KeyReservation;
 pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };
+pub use stream::{StreamEvent, StreamPosition};

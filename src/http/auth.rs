@@ -82,7 +82,7 @@ pub fn authorize_admin(admin_keys: &[String], headers: &HeaderMap) -> Result<(),
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

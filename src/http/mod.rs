@@ -11,6 +11,7 @@ pub(crate) mod api;
 pub(crate) mod auth;
 mod error;
 mod ingress;
+pub mod mcp;
 mod openapi;
 mod ui;
 
@@ -21,6 +22,7 @@ use axum::http::StatusCode;
 use axum::{Json, Router};
 use tokio::sync::Notify;
 
+pub use api::events::EventStreams;
 pub use auth::Caller;
 pub use error::{ApiError, ErrorBody};
 
@@ -59,6 +61,8 @@ pub struct HttpState {
     pub replier: Arc<crate::reply::Replier>,
     /// The MTA-STS policy file of `[mta_sts]`, served at `/.well-known/mta-sts.txt`.
     pub mta_sts_policy: Option<String>,
+    /// The open event streams, bounded per key, and their heartbeat.
+    pub event_streams: Arc<api::events::EventStreams>,
 }
 
 impl HttpState {
@@ -84,9 +88,19 @@ pub fn router(state: Arc<HttpState>) -> Router {
             )
         })
         .with_state(Arc::clone(&state));
+    // MCP tools call the API router in process, with the MCP request's own key.
+    let mcp = Router::new()
+        .route_service(
+            "/mcp",
+            mcp::service(api.clone(), state.event_streams.shutdown().clone()),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::authenticate,
+        ));
     let ingress = ingress::routes()
         .merge(api::ingress::routes())
         .layer(DefaultBodyLimit::max(state.ingress.config.max_body_bytes))
         .with_state(Arc::clone(&state));
-    api.merge(ui::router(state)).merge(ingress)
+    api.merge(ui::router(state)).merge(ingress).merge(mcp)
 }

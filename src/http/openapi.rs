@@ -8,8 +8,8 @@ use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    deliveries, domains, health, inboxes, ingress, keys, lifecycle, messages, metrics, mta_sts,
-    notifications, recover, reply, send_to, webhook,
+    deliveries, domains, events, health, inboxes, ingress, keys, lifecycle, messages, metrics,
+    mta_sts, notifications, recover, reply, send_to, webhook,
 };
 
 #[derive(OpenApi)]
@@ -55,6 +55,8 @@ use super::api::{
         keys::list_keys,
         keys::delete_key,
         messages::list_messages,
+        events::stream_events,
+        super::mcp::mcp_endpoint,
         inboxes::list_deliveries,
         inboxes::resend_dead,
         recover::recover,

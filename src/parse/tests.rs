@@ -222,3 +222,32 @@ fn header_bomb_parses() {
     assert_eq!(parsed.subject.as_deref(), Some("many headers"));
     assert_eq!(parsed.body_as_text.as_deref(), Some("body\r\n"));
 }
+
+#[test]
+fn an_attachment_reads_back_decoded_by_the_id_the_event_lists() {
+    let raw = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: files\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n\
+--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nfirst\r\n\
+--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"b.pdf\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--b--\r\n";
+    let listed = parse(raw).attachments;
+    assert_eq!(listed.len(), 2);
+    let second = attachment(raw, &listed[1].id).expect("att_1");
+    assert_eq!(second.content_type, "application/pdf");
+    assert_eq!(second.filename.as_deref(), Some("b.pdf"));
+    assert_eq!(second.bytes, b"%PDF");
+    let first = attachment(raw, "att_0").expect("att_0");
+    assert_eq!(String::from_utf8_lossy(&first.bytes).trim_end(), "first");
+    for missing in [
+        "att_2",
+        "att_",
+        "att_-1",
+        "1",
+        "",
+        "att_99999999999999999999",
+    ] {
+        assert!(attachment(raw, missing).is_none(), "{missing}");
+    }
+    assert!(attachment(b"\xff\xfe not mail", "att_0").is_none());
+}

@@ -16,12 +16,30 @@ use crate::db::{
 };
 use crate::model::{DeliveryStatus, now_ms};
 
-const INSERT_MESSAGE: &str = "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
-    storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, \
-    subject, received_at, event_json, thread_id, subject_key, participants, quarantined, \
-    event_lz4, direction) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-    $20, $21)";
+/// The insert of a message, with its place in its inbox's event stream (migration 0021) as
+/// the last value.
+macro_rules! insert_message {
+    ($stream_seq:literal) => {
+        concat!(
+            "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
+            storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, \
+            sender, subject, received_at, event_json, thread_id, subject_key, participants, \
+            quarantined, event_lz4, direction, stream_seq) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+            $18, $19, $20, $21, ",
+            $stream_seq,
+            ")"
+        )
+    };
+}
+
+/// SQLite writes one transaction at a time, so the inbox's next number is commit order.
+const INSERT_MESSAGE_SQLITE: &str =
+    insert_message!("(SELECT COALESCE(MAX(stream_seq), 0) + 1 FROM messages WHERE inbox_id = $2)");
+
+/// PostgreSQL: the transaction's id, which readers take only once every transaction below it
+/// has ended (see `db::stream`).
+const INSERT_MESSAGE_POSTGRES: &str = insert_message!("txid_current()");
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
     channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
@@ -81,8 +99,12 @@ pub(super) async fn insert_messages(
         let subject = message.subject.as_deref().map(header_text);
         let subject_key = message.subject_key.as_deref().map(header_text);
         let participants = header_text(&message.participants.join(" "));
+        let insert = match exec.backend() {
+            Backend::Sqlite => INSERT_MESSAGE_SQLITE,
+            Backend::Postgres => INSERT_MESSAGE_POSTGRES,
+        };
         exec.execute(
-            INSERT_MESSAGE,
+            insert,
             &args![
                 &message.id,
                 &message.inbox_id,

@@ -9,6 +9,7 @@
 
 pub(crate) mod deliveries;
 pub(crate) mod domains;
+pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod inboxes;
 pub(crate) mod ingress;
@@ -62,6 +63,7 @@ pub(super) fn routes(state: &Arc<HttpState>) -> Router<Arc<HttpState>> {
         )
         .route("/v1/inboxes/{id}/keys/{key_id}", delete(keys::delete_key))
         .route("/v1/inboxes/{id}/messages", get(messages::list_messages))
+        .route("/v1/inboxes/{id}/events", get(events::stream_events))
         .route("/v1/inboxes/{id}/deliveries", get(inboxes::list_deliveries))
         .route(
             "/v1/inboxes/{id}/deliveries/resend-dead",

@@ -252,6 +252,20 @@ impl WebhookFields {
     }
 }
 
+/// What an agent without a public URL needs for this inbox: its event stream's path and an
+/// MCP host's config for it (README "Use it from an MCP host"). The dashboard does not know the
+/// address its users reach the gateway at, so the snippet names a placeholder for it.
+fn agent_access(id: &str) -> serde_json::Value {
+    let mcp = json!({"mcpServers": {format!("mxhook-{id}"): {
+        "command": "mxhook",
+        "args": ["mcp", "--api-url", "https://GATEWAY", "--api-key", format!("mxk_… (a key of inbox {id})")],
+    }}});
+    json!({
+        "stream_path": format!("/v1/inboxes/{id}/events"),
+        "mcp_snippet": serde_json::to_string_pretty(&mcp).unwrap_or_default(),
+    })
+}
+
 /// The inbox page; after a refused form, with the reason next to that form and what was typed.
 async fn detail_page(
     state: &UiState,
@@ -291,6 +305,7 @@ async fn detail_page(
             "rules_text": rules_text,
             "webhook": webhook,
             "try_it": super::manage::try_it(&state.http, &inbox),
+            "agent_access": agent_access(id),
             "signatures": SIGNATURES,
             "payloads": PAYLOADS,
             "signature_formats": SIGNATURE_FORMATS,
