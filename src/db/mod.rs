@@ -265,3 +265,4 @@ pub use replies::KeyReservation;
 pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };
+pub use write::statement_counts;

@@ -40,3 +40,4 @@ mod tidy;
 mod ui;
 mod ui_endpoint_settings;
 mod verification;
+mod write_batching;
