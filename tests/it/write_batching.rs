@@ -24,7 +24,9 @@ const QUEUED: usize = 20;
 /// with one row per statement: 76 for these 23 messages, 3.3 each). Batched, a transaction
 /// costs BEGIN, one insert per table, COMMIT, and the second copy's replace-or-refresh: 6 for
 /// the blocker (which also prunes old fingerprints, the first time) and 7 for the rest
-/// (measured: 13, 0.57 each). 1.0 leaves room for the batch being split in two or three.
+/// (measured on SQLite: 13, 0.57 each); on PostgreSQL messages and deliveries share one
+/// statement, one fewer per transaction (11, 0.48 each). 1.0 leaves room for the batch being
+/// split in two or three.
 const MAX_STATEMENTS_PER_MESSAGE: f64 = 1.0;
 
 /// See `group_commit.rs`: the CPU-only step from a stored raw file to the committer's queue.
@@ -157,6 +159,48 @@ async fn a_batch_of_accepted_messages_costs_few_statements_each() {
         } else {
             assert_eq!(flags, &[false], "{subject}");
         }
+    }
+    process.kill_9();
+}
+
+/// Messages sent one after the other commit each alone: BEGIN, the fingerprint, the message
+/// with its delivery (one statement on PostgreSQL, two on SQLite), COMMIT.
+#[tokio::test]
+async fn a_message_committed_alone_costs_four_statements_on_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.smtp_toml = "greet_pause_s = 0".to_owned();
+    options.extra_toml = "[rate_limit]\nsender_soft = 0\nsender_hard = 0\ndomain_soft = 0\n\
+                          domain_hard = 0\ninbox_soft = 0\ninbox_hard = 0\n"
+        .to_owned();
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let process =
+        Process::start_logged(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let postgres = test_database_url(dir.path()).starts_with("postgres");
+
+    let send = |subject: String| async move {
+        let message = simple_message("w@sender.example", "agent@example.com", &subject, "b");
+        let mut client = all_but_the_dot(process.smtp, &message).await;
+        client.expect(".", 250).await;
+    };
+    // The first commit also prunes old fingerprints; the count starts after it.
+    send("warm-up".to_owned()).await;
+    let before = accept_statements(process.http).await;
+    let alone = 5;
+    for i in 0..alone {
+        send(format!("alone {i}")).await;
+    }
+    let spent = accept_statements(process.http).await - before;
+    let expected = if postgres { 4 * alone } else { 5 * alone };
+    assert_eq!(
+        spent, expected,
+        "statements for {alone} messages committed alone"
+    );
+    for _ in 0..=alone {
+        let event = receiver.recv().await.json();
+        assert_eq!(event["is_duplicate"], false, "{event}");
     }
     process.kill_9();
 }

@@ -98,19 +98,6 @@ pub(super) async fn insert_messages(
         )?);
         changed.push(flagged);
     }
-    for chunk in rows.chunks(MAX_PARAMS / MESSAGE_PARAMS) {
-        let mut values = Vec::with_capacity(chunk.len() * MESSAGE_PARAMS);
-        for row in chunk {
-            values.extend(row.args());
-        }
-        let sql = multi_row(MESSAGE_COLUMNS, chunk.len(), MESSAGE_PARAMS, |first| {
-            let numbers: Vec<String> = (first..first + MESSAGE_PARAMS)
-                .map(|n| format!("${n}"))
-                .collect();
-            numbers.join(", ")
-        });
-        exec.execute(&sql, &values).await?;
-    }
     let deliveries: Vec<(&NewMessage, &crate::db::NewDelivery)> = messages
         .iter()
         .flat_map(|message| {
@@ -120,25 +107,80 @@ pub(super) async fn insert_messages(
                 .map(move |delivery| (*message, delivery))
         })
         .collect();
-    for chunk in deliveries.chunks(MAX_PARAMS / DELIVERY_PARAMS) {
-        let mut values = Vec::with_capacity(chunk.len() * DELIVERY_PARAMS);
-        for (message, delivery) in chunk {
-            values.extend(args![
-                &delivery.id,
-                &message.id,
-                &message.inbox_id,
-                &message.event_id,
-                delivery.channel,
-                &delivery.endpoint_ref,
-                &delivery.target,
-                message.received_at,
-                &message.thread_id,
-                i64::from(delivery.ordered),
-                delivery.lease.as_ref().map(|lease| lease.until),
-                delivery.lease.as_ref().map(|lease| lease.node.as_str()),
-            ]);
-        }
-        let sql = multi_row(DELIVERY_COLUMNS, chunk.len(), DELIVERY_PARAMS, |n| {
+    let message_chunks: Vec<&[MessageColumns<'_>]> =
+        rows.chunks(MAX_PARAMS / MESSAGE_PARAMS).collect();
+    let delivery_chunks: Vec<&[(&NewMessage, &crate::db::NewDelivery)]> =
+        deliveries.chunks(MAX_PARAMS / DELIVERY_PARAMS).collect();
+    // PostgreSQL runs an INSERT inside WITH as part of the statement, and checks the
+    // deliveries' foreign key at its end: messages and their jobs cost one round trip.
+    // SQLite has no writes inside WITH.
+    if exec.backend() == Backend::Postgres
+        && let ([messages], [deliveries]) = (&message_chunks[..], &delivery_chunks[..])
+        && messages.len() * MESSAGE_PARAMS + deliveries.len() * DELIVERY_PARAMS <= MAX_PARAMS
+    {
+        let (message_sql, mut values) = message_statement(messages, 1);
+        let (delivery_sql, delivery_values) = delivery_statement(deliveries, values.len() + 1);
+        values.extend(delivery_values);
+        let sql = format!("WITH inserted_messages AS ({message_sql}) {delivery_sql}");
+        exec.execute(&sql, &values).await?;
+        return Ok(changed);
+    }
+    for chunk in message_chunks {
+        let (sql, values) = message_statement(chunk, 1);
+        exec.execute(&sql, &values).await?;
+    }
+    for chunk in delivery_chunks {
+        let (sql, values) = delivery_statement(chunk, 1);
+        exec.execute(&sql, &values).await?;
+    }
+    Ok(changed)
+}
+
+/// The insert of `rows` into `messages`, its parameters numbered from `first`.
+fn message_statement<'a>(
+    rows: &'a [MessageColumns<'_>],
+    first: usize,
+) -> (String, Vec<super::exec::Arg<'a>>) {
+    let mut values = Vec::with_capacity(rows.len() * MESSAGE_PARAMS);
+    for row in rows {
+        values.extend(row.args());
+    }
+    let sql = multi_row(MESSAGE_COLUMNS, rows.len(), first, MESSAGE_PARAMS, |n| {
+        let numbers: Vec<String> = (n..n + MESSAGE_PARAMS).map(|n| format!("${n}")).collect();
+        numbers.join(", ")
+    });
+    (sql, values)
+}
+
+/// The insert of `deliveries` (each with its message) into `deliveries`, its parameters
+/// numbered from `first`.
+fn delivery_statement<'a>(
+    deliveries: &[(&'a NewMessage, &'a crate::db::NewDelivery)],
+    first: usize,
+) -> (String, Vec<super::exec::Arg<'a>>) {
+    let mut values = Vec::with_capacity(deliveries.len() * DELIVERY_PARAMS);
+    for (message, delivery) in deliveries {
+        values.extend(args![
+            &delivery.id,
+            &message.id,
+            &message.inbox_id,
+            &message.event_id,
+            delivery.channel,
+            &delivery.endpoint_ref,
+            &delivery.target,
+            message.received_at,
+            &message.thread_id,
+            i64::from(delivery.ordered),
+            delivery.lease.as_ref().map(|lease| lease.until),
+            delivery.lease.as_ref().map(|lease| lease.node.as_str()),
+        ]);
+    }
+    let sql = multi_row(
+        DELIVERY_COLUMNS,
+        deliveries.len(),
+        first,
+        DELIVERY_PARAMS,
+        |n| {
             format!(
                 "${}, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, 0, ${}, ${}, ${}, ${}, ${}, ${}, ${}",
                 n,
@@ -156,17 +198,23 @@ pub(super) async fn insert_messages(
                 n + 10,
                 n + 11
             )
-        });
-        exec.execute(&sql, &values).await?;
-    }
-    Ok(changed)
+        },
+    );
+    (sql, values)
 }
 
 /// `head` followed by `count` rows, each `(…)` from `row` given its first parameter's number;
-/// every row binds `per_row` parameters, numbered on from the row before.
-fn multi_row(head: &str, count: usize, per_row: usize, row: impl Fn(usize) -> String) -> String {
+/// the first row's is `first`, and every row binds `per_row` parameters, numbered on from the
+/// row before.
+fn multi_row(
+    head: &str,
+    count: usize,
+    first: usize,
+    per_row: usize,
+    row: impl Fn(usize) -> String,
+) -> String {
     let rows: Vec<String> = (0..count)
-        .map(|i| format!("({})", row(1 + i * per_row)))
+        .map(|i| format!("({})", row(first + i * per_row)))
         .collect();
     format!("{head}{}", rows.join(", "))
 }
@@ -269,9 +317,13 @@ async fn record_fingerprints(
                 message.received_at,
             ]);
         }
-        let mut sql = multi_row(FINGERPRINT_COLUMNS, chunk.len(), FINGERPRINT_PARAMS, |n| {
-            format!("${}, ${}, ${}, ${}", n, n + 1, n + 2, n + 3)
-        });
+        let mut sql = multi_row(
+            FINGERPRINT_COLUMNS,
+            chunk.len(),
+            1,
+            FINGERPRINT_PARAMS,
+            |n| format!("${}, ${}, ${}, ${}", n, n + 1, n + 2, n + 3),
+        );
         sql.push_str(FINGERPRINT_CONFLICT);
         let inserted: Vec<(String,)> = exec.rows(&sql, &values).await?;
         let inserted: std::collections::HashSet<&str> =
