@@ -147,6 +147,25 @@ pub(super) trait Exec {
     /// Every row a statement returns.
     async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error>;
 
+    /// Runs a statement whose text grows with a batch (a multi-row `INSERT` of `rows` rows).
+    /// Only its one-row form is kept prepared: a text of each batch size would push the
+    /// statements every batch runs out of the connection's cache of prepared statements.
+    async fn execute_sized(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<(), Error>;
+
+    /// Every row a statement whose text grows with a batch returns; see
+    /// [`Exec::execute_sized`].
+    async fn rows_sized<R: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<Vec<R>, Error>;
+
     /// Statements run so far: on PostgreSQL each is a round trip, which is what a batch saves.
     fn statements(&self) -> u64;
 }
@@ -204,6 +223,36 @@ impl Exec for PoolExec<'_> {
     async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error> {
         self.statements += 1;
         bind_pool(sqlx::query(sql), args)
+            .fetch_all(&mut *self.conn)
+            .await?
+            .iter()
+            .map(R::from_pool)
+            .collect()
+    }
+
+    async fn execute_sized(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<(), Error> {
+        self.statements += 1;
+        bind_pool(sqlx::query(sql), args)
+            .persistent(rows <= 1)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn rows_sized<R: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<Vec<R>, Error> {
+        self.statements += 1;
+        bind_pool(sqlx::query(sql), args)
+            .persistent(rows <= 1)
             .fetch_all(&mut *self.conn)
             .await?
             .iter()
@@ -276,6 +325,42 @@ impl Exec for SqliteExec<'_> {
         let mut found = Vec::new();
         let mut rows = statement.raw_query();
         while let Some(row) = rows.next()? {
+            found.push(R::from_sqlite(row)?);
+        }
+        Ok(found)
+    }
+
+    async fn execute_sized(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<(), Error> {
+        if rows <= 1 {
+            return self.execute(sql, args).await;
+        }
+        self.statements += 1;
+        let mut statement = self.conn.prepare(sql)?;
+        bind_numbered(&mut statement, args)?;
+        statement.raw_execute()?;
+        Ok(())
+    }
+
+    async fn rows_sized<R: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<Vec<R>, Error> {
+        if rows <= 1 {
+            return self.rows(sql, args).await;
+        }
+        self.statements += 1;
+        let mut statement = self.conn.prepare(sql)?;
+        bind_numbered(&mut statement, args)?;
+        let mut found = Vec::new();
+        let mut result = statement.raw_query();
+        while let Some(row) = result.next()? {
             found.push(R::from_sqlite(row)?);
         }
         Ok(found)

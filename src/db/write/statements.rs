@@ -122,16 +122,17 @@ pub(super) async fn insert_messages(
         let (delivery_sql, delivery_values) = delivery_statement(deliveries, values.len() + 1);
         values.extend(delivery_values);
         let sql = format!("WITH inserted_messages AS ({message_sql}) {delivery_sql}");
-        exec.execute(&sql, &values).await?;
+        exec.execute_sized(&sql, &values, messages.len()).await?;
         return Ok(changed);
     }
     for chunk in message_chunks {
         let (sql, values) = message_statement(chunk, 1);
-        exec.execute(&sql, &values).await?;
+        exec.execute_sized(&sql, &values, chunk.len()).await?;
     }
+    // A lone message's few texts (one per number of deliveries) stay prepared.
     for chunk in delivery_chunks {
         let (sql, values) = delivery_statement(chunk, 1);
-        exec.execute(&sql, &values).await?;
+        exec.execute_sized(&sql, &values, messages.len()).await?;
     }
     Ok(changed)
 }
@@ -325,7 +326,7 @@ async fn record_fingerprints(
             |n| format!("${}, ${}, ${}, ${}", n, n + 1, n + 2, n + 3),
         );
         sql.push_str(FINGERPRINT_CONFLICT);
-        let inserted: Vec<(String,)> = exec.rows(&sql, &values).await?;
+        let inserted: Vec<(String,)> = exec.rows_sized(&sql, &values, chunk.len()).await?;
         let inserted: std::collections::HashSet<&str> =
             inserted.iter().map(|(id,)| id.as_str()).collect();
         for (index, _) in chunk {
