@@ -47,3 +47,4 @@ mod tidy;
 mod ui;
 mod ui_endpoint_settings;
 mod verification;
+mod write_batching;

@@ -146,6 +146,28 @@ pub(super) trait Exec {
 
     /// Every row a statement returns.
     async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error>;
+
+    /// Runs a statement whose text grows with a batch (a multi-row `INSERT` of `rows` rows).
+    /// Only its one-row form is kept prepared: a text of each batch size would push the
+    /// statements every batch runs out of the connection's cache of prepared statements.
+    async fn execute_sized(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<(), Error>;
+
+    /// Every row a statement whose text grows with a batch returns; see
+    /// [`Exec::execute_sized`].
+    async fn rows_sized<R: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<Vec<R>, Error>;
+
+    /// Statements run so far: on PostgreSQL each is a round trip, which is what a batch saves.
+    fn statements(&self) -> u64;
 }
 
 /// Statements on a sqlx connection: a pooled transaction of the group committer, or a pooled
@@ -153,6 +175,7 @@ pub(super) trait Exec {
 pub(super) struct PoolExec<'c> {
     pub(super) conn: &'c mut sqlx::AnyConnection,
     pub(super) backend: Backend,
+    pub(super) statements: u64,
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, Any, AnyArguments<'q>>;
@@ -181,6 +204,7 @@ impl Exec for PoolExec<'_> {
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<(), Error> {
+        self.statements += 1;
         bind_pool(sqlx::query(sql), args)
             .execute(&mut *self.conn)
             .await?;
@@ -188,6 +212,7 @@ impl Exec for PoolExec<'_> {
     }
 
     async fn first<T: Column>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Option<T>, Error> {
+        self.statements += 1;
         bind_pool(sqlx::query(sql), args)
             .fetch_optional(&mut *self.conn)
             .await?
@@ -196,6 +221,7 @@ impl Exec for PoolExec<'_> {
     }
 
     async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error> {
+        self.statements += 1;
         bind_pool(sqlx::query(sql), args)
             .fetch_all(&mut *self.conn)
             .await?
@@ -203,11 +229,46 @@ impl Exec for PoolExec<'_> {
             .map(R::from_pool)
             .collect()
     }
+
+    async fn execute_sized(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<(), Error> {
+        self.statements += 1;
+        bind_pool(sqlx::query(sql), args)
+            .persistent(rows <= 1)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn rows_sized<R: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<Vec<R>, Error> {
+        self.statements += 1;
+        bind_pool(sqlx::query(sql), args)
+            .persistent(rows <= 1)
+            .fetch_all(&mut *self.conn)
+            .await?
+            .iter()
+            .map(R::from_pool)
+            .collect()
+    }
+
+    fn statements(&self) -> u64 {
+        self.statements
+    }
 }
 
 /// Statements on the SQLite committer's connection, as cached prepared statements.
 pub(super) struct SqliteExec<'c> {
     pub(super) conn: &'c rusqlite::Connection,
+    pub(super) statements: u64,
 }
 
 impl ToSql for Arg<'_> {
@@ -224,7 +285,12 @@ impl ToSql for Arg<'_> {
 }
 
 impl SqliteExec<'_> {
-    fn prepare(&self, sql: &str, args: &[Arg<'_>]) -> Result<rusqlite::CachedStatement<'_>, Error> {
+    fn prepare(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<rusqlite::CachedStatement<'_>, Error> {
+        self.statements += 1;
         let mut statement = self.conn.prepare_cached(sql)?;
         bind_numbered(&mut statement, args)?;
         Ok(statement)
@@ -262,6 +328,46 @@ impl Exec for SqliteExec<'_> {
             found.push(R::from_sqlite(row)?);
         }
         Ok(found)
+    }
+
+    async fn execute_sized(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<(), Error> {
+        if rows <= 1 {
+            return self.execute(sql, args).await;
+        }
+        self.statements += 1;
+        let mut statement = self.conn.prepare(sql)?;
+        bind_numbered(&mut statement, args)?;
+        statement.raw_execute()?;
+        Ok(())
+    }
+
+    async fn rows_sized<R: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        rows: usize,
+    ) -> Result<Vec<R>, Error> {
+        if rows <= 1 {
+            return self.rows(sql, args).await;
+        }
+        self.statements += 1;
+        let mut statement = self.conn.prepare(sql)?;
+        bind_numbered(&mut statement, args)?;
+        let mut found = Vec::new();
+        let mut result = statement.raw_query();
+        while let Some(row) = result.next()? {
+            found.push(R::from_sqlite(row)?);
+        }
+        Ok(found)
+    }
+
+    fn statements(&self) -> u64 {
+        self.statements
     }
 }
 

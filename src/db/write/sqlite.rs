@@ -51,7 +51,10 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
         let (reads, mut batch): (Vec<Request>, Vec<Request>) =
             batch.into_iter().partition(Request::is_read);
         for mut request in reads {
-            let mut exec = SqliteExec { conn: &conn };
+            let mut exec = SqliteExec {
+                conn: &conn,
+                statements: 0,
+            };
             let result = ready(request.run(&mut exec, &mut fingerprint_prune));
             request.answer_alone(result);
         }
@@ -114,7 +117,10 @@ fn commit(
     // IMMEDIATE takes the write lock at the start (waiting through busy_timeout), so a batch
     // never fails half-way on a lock it could not upgrade.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut exec = SqliteExec { conn: &tx };
+    let mut exec = SqliteExec {
+        conn: &tx,
+        statements: 0,
+    };
     ready(run_all(&mut exec, batch, fingerprint_prune))?;
     tx.commit()?;
     Ok(())

@@ -16,39 +16,28 @@ use crate::db::{
 };
 use crate::model::{DeliveryStatus, now_ms};
 
-/// The insert of a message, with its place in its inbox's event stream (migration 0021) as
-/// the last value.
-macro_rules! insert_message {
-    ($stream_seq:literal) => {
-        concat!(
-            "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
-            storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, \
-            sender, subject, received_at, event_json, thread_id, subject_key, participants, \
-            quarantined, event_lz4, direction, stream_seq) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-            $18, $19, $20, $21, ",
-            $stream_seq,
-            ")"
-        )
-    };
-}
+/// The columns of `messages` one accepted message writes, one `$n` each.
+const MESSAGE_COLUMNS: &str = "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
+    storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, \
+    subject, received_at, event_json, thread_id, subject_key, participants, quarantined, \
+    event_lz4, direction, stream_seq) VALUES ";
+const MESSAGE_PARAMS: usize = 21;
 
-/// SQLite writes one transaction at a time, so the inbox's next number is commit order.
-const INSERT_MESSAGE_SQLITE: &str =
-    insert_message!("(SELECT COALESCE(MAX(stream_seq), 0) + 1 FROM messages WHERE inbox_id = $2)");
-
-/// PostgreSQL: the transaction's id, which readers take only once every transaction below it
-/// has ended (see `db::stream`).
-const INSERT_MESSAGE_POSTGRES: &str = insert_message!("txid_current()");
-
-const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
+/// A delivery's row: `$8` (the message's receipt) is its due, creation and update time.
+const DELIVERY_COLUMNS: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
     channel, endpoint_ref, target, status, attempts, failures, next_attempt_at, created_at, \
-    updated_at, thread_id, ordered, locked_until, locked_by) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, $9, $10, $11, $12)";
+    updated_at, thread_id, ordered, locked_until, locked_by) VALUES ";
+const DELIVERY_PARAMS: usize = 12;
 
-const INSERT_FINGERPRINT: &str = "INSERT INTO message_fingerprints (inbox_id, fingerprint, \
-    message_id, received_at) VALUES ($1, $2, $3, $4) \
-    ON CONFLICT (inbox_id, fingerprint) DO NOTHING RETURNING message_id";
+const FINGERPRINT_COLUMNS: &str = "INSERT INTO message_fingerprints (inbox_id, fingerprint, \
+    message_id, received_at) VALUES ";
+const FINGERPRINT_PARAMS: usize = 4;
+const FINGERPRINT_CONFLICT: &str =
+    " ON CONFLICT (inbox_id, fingerprint) DO NOTHING RETURNING message_id";
+
+/// Parameters one multi-row statement binds at most: under SQLite's limit (32766 in the bundled
+/// library) and PostgreSQL's (65535), so a batch of any size splits into statements that fit.
+const MAX_PARAMS: usize = 30_000;
 
 const REPLACE_FINGERPRINT: &str = "UPDATE message_fingerprints SET message_id = $1, \
     received_at = $2 WHERE inbox_id = $3 AND fingerprint = $4 AND received_at < $5 \
@@ -71,113 +60,310 @@ const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (id, delivery_id, at
 /// Commits accepted messages with their fingerprints and delivery jobs. Returns, per message in
 /// order, its event as committed when that differs from the one given (see
 /// [`Db::commit_accepted`](crate::db::Db::commit_accepted)).
+///
+/// Each table gets one multi-row statement for the whole batch (more only past
+/// [`MAX_PARAMS`]), so on PostgreSQL a batch costs a few round trips however many messages it
+/// holds; only a fingerprint already there costs statements of its own.
 pub(super) async fn insert_messages(
     exec: &mut impl Exec,
-    messages: &[NewMessage],
+    messages: &[&NewMessage],
     fingerprint_prune: &mut FingerprintPrune,
 ) -> Result<Vec<Option<String>>, Error> {
-    let mut changed = Vec::with_capacity(messages.len());
+    let first_seen = record_fingerprints(exec, messages).await?;
+    let mut prune_before = None;
     for message in messages {
-        let envelope_to = serde_json::to_string(&message.envelope_to)
-            .map_err(|err| Error::Corrupt(err.to_string()))?;
-        let mut flagged = None;
-        if let Some(fingerprint) = &message.fingerprint {
-            let first_seen = record_fingerprint(exec, message, fingerprint).await?;
-            // The flag the intake computed came from a lookup that cannot see a copy another
-            // node is committing at this moment; the unique index can, so it decides.
-            flagged = crate::event::with_duplicate_flag(&message.event_json, !first_seen);
-            if fingerprint_prune.due(message.received_at) {
-                exec.execute(PRUNE_FINGERPRINTS, &args![fingerprint.forget_before])
-                    .await?;
-            }
+        if let Some(fingerprint) = &message.fingerprint
+            && fingerprint_prune.due(message.received_at)
+        {
+            prune_before = Some(fingerprint.forget_before);
         }
-        let event_json = flagged.as_deref().unwrap_or(&message.event_json);
-        let event_lz4 = exec.compresses_events().then(|| compress_event(event_json));
-        let event_text = if event_lz4.is_some() { "" } else { event_json };
-        let header_message_id = message.header_message_id.as_deref().map(header_text);
-        let sender = message.sender.as_deref().map(header_text);
-        let subject = message.subject.as_deref().map(header_text);
-        let subject_key = message.subject_key.as_deref().map(header_text);
-        let participants = header_text(&message.participants.join(" "));
-        let insert = match exec.backend() {
-            Backend::Sqlite => INSERT_MESSAGE_SQLITE,
-            Backend::Postgres => INSERT_MESSAGE_POSTGRES,
-        };
-        exec.execute(
-            insert,
-            &args![
-                &message.id,
-                &message.inbox_id,
-                &message.event_id,
-                &message.storage_bucket,
-                &message.storage_key,
-                message.size,
-                message.envelope_from.as_deref(),
-                &envelope_to,
-                message.remote_ip.as_deref(),
-                &message.helo,
-                header_message_id.as_deref(),
-                sender.as_deref(),
-                subject.as_deref(),
-                message.received_at,
-                event_text,
-                &message.thread_id,
-                subject_key.as_deref(),
-                &participants,
-                i64::from(message.quarantined),
-                event_lz4.as_deref(),
-                message.direction.as_str(),
-            ],
-        )
-        .await?;
-        for delivery in &message.deliveries {
-            exec.execute(
-                INSERT_DELIVERY,
-                &args![
-                    &delivery.id,
-                    &message.id,
-                    &message.inbox_id,
-                    &message.event_id,
-                    delivery.channel,
-                    &delivery.endpoint_ref,
-                    &delivery.target,
-                    message.received_at,
-                    &message.thread_id,
-                    i64::from(delivery.ordered),
-                    delivery.lease.as_ref().map(|lease| lease.until),
-                    delivery.lease.as_ref().map(|lease| lease.node.as_str()),
-                ],
-            )
+    }
+    if let Some(forget_before) = prune_before {
+        exec.execute(PRUNE_FINGERPRINTS, &args![forget_before])
             .await?;
-        }
+    }
+    let mut changed = Vec::with_capacity(messages.len());
+    let mut rows = Vec::with_capacity(messages.len());
+    for (message, first_seen) in messages.iter().zip(first_seen) {
+        // The flag the intake computed came from a lookup that cannot see a copy another
+        // node is committing at this moment; the unique index can, so it decides.
+        let flagged = match first_seen {
+            Some(first_seen) => crate::event::with_duplicate_flag(&message.event_json, !first_seen),
+            None => None,
+        };
+        rows.push(MessageColumns::new(
+            message,
+            flagged.as_deref(),
+            exec.compresses_events(),
+        )?);
         changed.push(flagged);
+    }
+    let deliveries: Vec<(&NewMessage, &crate::db::NewDelivery)> = messages
+        .iter()
+        .flat_map(|message| {
+            message
+                .deliveries
+                .iter()
+                .map(move |delivery| (*message, delivery))
+        })
+        .collect();
+    let message_chunks: Vec<&[MessageColumns<'_>]> =
+        rows.chunks(MAX_PARAMS / MESSAGE_PARAMS).collect();
+    let delivery_chunks: Vec<&[(&NewMessage, &crate::db::NewDelivery)]> =
+        deliveries.chunks(MAX_PARAMS / DELIVERY_PARAMS).collect();
+    // PostgreSQL runs an INSERT inside WITH as part of the statement, and checks the
+    // deliveries' foreign key at its end: messages and their jobs cost one round trip.
+    // SQLite has no writes inside WITH.
+    if exec.backend() == Backend::Postgres
+        && let ([messages], [deliveries]) = (&message_chunks[..], &delivery_chunks[..])
+        && messages.len() * MESSAGE_PARAMS + deliveries.len() * DELIVERY_PARAMS <= MAX_PARAMS
+    {
+        let (message_sql, mut values) = message_statement(messages, 1, exec.backend());
+        let (delivery_sql, delivery_values) = delivery_statement(deliveries, values.len() + 1);
+        values.extend(delivery_values);
+        let sql = format!("WITH inserted_messages AS ({message_sql}) {delivery_sql}");
+        exec.execute_sized(&sql, &values, messages.len()).await?;
+        return Ok(changed);
+    }
+    for chunk in message_chunks {
+        let (sql, values) = message_statement(chunk, 1, exec.backend());
+        exec.execute_sized(&sql, &values, chunk.len()).await?;
+    }
+    // A lone message's few texts (one per number of deliveries) stay prepared.
+    for chunk in delivery_chunks {
+        let (sql, values) = delivery_statement(chunk, 1);
+        exec.execute_sized(&sql, &values, messages.len()).await?;
     }
     Ok(changed)
 }
 
-/// Records that `message` reached its inbox with this fingerprint. True when it is the first
-/// copy within the duplicate window: the row is new, or the one there fell out of the window.
+/// The insert of `rows` into `messages`, its parameters numbered from `first`. Each row's
+/// place in its inbox's event stream (migration 0021) is computed by the database, last:
+/// on SQLite, which writes one transaction at a time, the inbox's next number (rows of one
+/// statement may share it; the stream orders them by id); on PostgreSQL the transaction's
+/// id, which readers take only once every transaction below it has ended (see `db::stream`).
+fn message_statement<'a>(
+    rows: &'a [MessageColumns<'_>],
+    first: usize,
+    backend: Backend,
+) -> (String, Vec<super::exec::Arg<'a>>) {
+    let mut values = Vec::with_capacity(rows.len() * MESSAGE_PARAMS);
+    for row in rows {
+        values.extend(row.args());
+    }
+    let sql = multi_row(MESSAGE_COLUMNS, rows.len(), first, MESSAGE_PARAMS, |n| {
+        let numbers: Vec<String> = (n..n + MESSAGE_PARAMS).map(|n| format!("${n}")).collect();
+        let stream_seq = match backend {
+            // `$n + 1` is the row's inbox_id.
+            Backend::Sqlite => format!(
+                "(SELECT COALESCE(MAX(stream_seq), 0) + 1 FROM messages WHERE inbox_id = ${})",
+                n + 1
+            ),
+            Backend::Postgres => "txid_current()".to_owned(),
+        };
+        format!("{}, {stream_seq}", numbers.join(", "))
+    });
+    (sql, values)
+}
+
+/// The insert of `deliveries` (each with its message) into `deliveries`, its parameters
+/// numbered from `first`.
+fn delivery_statement<'a>(
+    deliveries: &[(&'a NewMessage, &'a crate::db::NewDelivery)],
+    first: usize,
+) -> (String, Vec<super::exec::Arg<'a>>) {
+    let mut values = Vec::with_capacity(deliveries.len() * DELIVERY_PARAMS);
+    for (message, delivery) in deliveries {
+        values.extend(args![
+            &delivery.id,
+            &message.id,
+            &message.inbox_id,
+            &message.event_id,
+            delivery.channel,
+            &delivery.endpoint_ref,
+            &delivery.target,
+            message.received_at,
+            &message.thread_id,
+            i64::from(delivery.ordered),
+            delivery.lease.as_ref().map(|lease| lease.until),
+            delivery.lease.as_ref().map(|lease| lease.node.as_str()),
+        ]);
+    }
+    let sql = multi_row(
+        DELIVERY_COLUMNS,
+        deliveries.len(),
+        first,
+        DELIVERY_PARAMS,
+        |n| {
+            format!(
+                "${}, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, 0, ${}, ${}, ${}, ${}, ${}, ${}, ${}",
+                n,
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7,
+                n + 7,
+                n + 7,
+                n + 8,
+                n + 9,
+                n + 10,
+                n + 11
+            )
+        },
+    );
+    (sql, values)
+}
+
+/// `head` followed by `count` rows, each `(…)` from `row` given its first parameter's number;
+/// the first row's is `first`, and every row binds `per_row` parameters, numbered on from the
+/// row before.
+fn multi_row(
+    head: &str,
+    count: usize,
+    first: usize,
+    per_row: usize,
+    row: impl Fn(usize) -> String,
+) -> String {
+    let rows: Vec<String> = (0..count)
+        .map(|i| format!("({})", row(first + i * per_row)))
+        .collect();
+    format!("{head}{}", rows.join(", "))
+}
+
+/// One message's row, its texts prepared as stored.
+struct MessageColumns<'m> {
+    message: &'m NewMessage,
+    envelope_to: String,
+    event_text: String,
+    event_lz4: Option<Vec<u8>>,
+    header_message_id: Option<String>,
+    sender: Option<String>,
+    subject: Option<String>,
+    subject_key: Option<String>,
+    participants: String,
+}
+
+impl<'m> MessageColumns<'m> {
+    fn new(message: &'m NewMessage, flagged: Option<&str>, compress: bool) -> Result<Self, Error> {
+        let envelope_to = serde_json::to_string(&message.envelope_to)
+            .map_err(|err| Error::Corrupt(err.to_string()))?;
+        let event_json = flagged.unwrap_or(&message.event_json);
+        let event_lz4 = compress.then(|| compress_event(event_json));
+        let event_text = if event_lz4.is_some() { "" } else { event_json };
+        Ok(Self {
+            message,
+            envelope_to,
+            event_text: event_text.to_owned(),
+            event_lz4,
+            header_message_id: message.header_message_id.as_deref().map(header_text),
+            sender: message.sender.as_deref().map(header_text),
+            subject: message.subject.as_deref().map(header_text),
+            subject_key: message.subject_key.as_deref().map(header_text),
+            participants: header_text(&message.participants.join(" ")),
+        })
+    }
+
+    fn args(&self) -> [super::exec::Arg<'_>; MESSAGE_PARAMS] {
+        let message = self.message;
+        args![
+            &message.id,
+            &message.inbox_id,
+            &message.event_id,
+            &message.storage_bucket,
+            &message.storage_key,
+            message.size,
+            message.envelope_from.as_deref(),
+            &self.envelope_to,
+            message.remote_ip.as_deref(),
+            &message.helo,
+            self.header_message_id.as_deref(),
+            self.sender.as_deref(),
+            self.subject.as_deref(),
+            message.received_at,
+            self.event_text.as_str(),
+            &message.thread_id,
+            self.subject_key.as_deref(),
+            &self.participants,
+            i64::from(message.quarantined),
+            self.event_lz4.as_deref(),
+            message.direction.as_str(),
+        ]
+    }
+}
+
+/// Records that each message with a fingerprint reached its inbox with it: per message, `None`
+/// without a fingerprint, else whether it is the first copy within the duplicate window (the
+/// row is new, or the one there fell out of the window).
+///
+/// All rows go in with one `INSERT … ON CONFLICT DO NOTHING`; a message whose row was not
+/// inserted then runs the replace-or-refresh of [`settle_fingerprint`] alone. The rows go in
+/// sorted by (inbox, fingerprint), copies of one fingerprint in the batch's order: the first
+/// copy is inserted and every later one conflicts with it, as when each message went in alone,
+/// and two nodes' batches take the unique index's entries in the same order.
 /// On PostgreSQL a concurrent insert of the same fingerprint waits on the unique index for the
 /// other transaction, so of two nodes committing one message at once exactly one sees it first.
-async fn record_fingerprint(
+async fn record_fingerprints(
     exec: &mut impl Exec,
-    message: &NewMessage,
-    fingerprint: &NewFingerprint,
-) -> Result<bool, Error> {
-    let inserted: Option<String> = exec
-        .first(
-            INSERT_FINGERPRINT,
-            &args![
+    messages: &[&NewMessage],
+) -> Result<Vec<Option<bool>>, Error> {
+    let mut first_seen: Vec<Option<bool>> = vec![None; messages.len()];
+    let mut order: Vec<(usize, &NewFingerprint)> = messages
+        .iter()
+        .enumerate()
+        .filter_map(|(index, message)| message.fingerprint.as_ref().map(|fp| (index, fp)))
+        .collect();
+    // Stable: copies of one fingerprint keep the batch's order.
+    order.sort_by(|(a, fa), (b, fb)| {
+        (messages[*a].inbox_id.as_str(), fa.fingerprint.as_str())
+            .cmp(&(messages[*b].inbox_id.as_str(), fb.fingerprint.as_str()))
+    });
+    for chunk in order.chunks(MAX_PARAMS / FINGERPRINT_PARAMS) {
+        let mut values = Vec::with_capacity(chunk.len() * FINGERPRINT_PARAMS);
+        for (index, fingerprint) in chunk {
+            let message = messages[*index];
+            values.extend(args![
                 &message.inbox_id,
                 &fingerprint.fingerprint,
                 &message.id,
                 message.received_at,
-            ],
-        )
-        .await?;
-    if inserted.is_some() {
-        return Ok(true);
+            ]);
+        }
+        let mut sql = multi_row(
+            FINGERPRINT_COLUMNS,
+            chunk.len(),
+            1,
+            FINGERPRINT_PARAMS,
+            |n| format!("${}, ${}, ${}, ${}", n, n + 1, n + 2, n + 3),
+        );
+        sql.push_str(FINGERPRINT_CONFLICT);
+        let inserted: Vec<(String,)> = exec.rows_sized(&sql, &values, chunk.len()).await?;
+        let inserted: std::collections::HashSet<&str> =
+            inserted.iter().map(|(id,)| id.as_str()).collect();
+        for (index, _) in chunk {
+            if inserted.contains(messages[*index].id.as_str()) {
+                first_seen[*index] = Some(true);
+            }
+        }
     }
+    for (index, fingerprint) in &order {
+        if first_seen[*index].is_none() {
+            let first = settle_fingerprint(exec, messages[*index], fingerprint).await?;
+            first_seen[*index] = Some(first);
+        }
+    }
+    Ok(first_seen)
+}
+
+/// A message whose fingerprint row was there already: it is the first copy when that row fell
+/// out of the window (the row becomes this message's), else a duplicate.
+async fn settle_fingerprint(
+    exec: &mut impl Exec,
+    message: &NewMessage,
+    fingerprint: &NewFingerprint,
+) -> Result<bool, Error> {
     let replaced: Option<String> = exec
         .first(
             REPLACE_FINGERPRINT,

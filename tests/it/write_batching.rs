@@ -1,0 +1,206 @@
+//! Batched writes (`db/write/statements.rs`) on the real binary: a group commit of many
+//! accepted messages writes each table with one multi-row statement, so the statements per
+//! message (each a round trip on PostgreSQL) fall with the batch, and the duplicate decision
+//! inside one batch stays what it was when each message went in alone.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::db::WriteLock;
+use crate::support::gateway::{API_KEY, config_toml, test_database_url};
+use crate::support::process::{Process, free_addr};
+use crate::support::{
+    GatewayOptions, SmtpClient, WebhookReceiver, eventually, files_ending_with, http_client,
+    simple_message,
+};
+
+/// Messages queued behind the blocker, so they commit as one batch.
+const QUEUED: usize = 20;
+
+/// Statements per accepted message the committer may spend here. Written alone, a message with
+/// a fingerprint and one delivery costs its fingerprint, message and delivery inserts plus its
+/// transaction's BEGIN and COMMIT: 5, or 3 each plus 2 per transaction in a batch (measured
+/// with one row per statement: 76 for these 23 messages, 3.3 each). Batched, a transaction
+/// costs BEGIN, one insert per table, COMMIT, and the second copy's replace-or-refresh: 6 for
+/// the blocker (which also prunes old fingerprints, the first time) and 7 for the rest
+/// (measured on SQLite: 13, 0.57 each); on PostgreSQL messages and deliveries share one
+/// statement, one fewer per transaction (11, 0.48 each). 1.0 leaves room for the batch being
+/// split in two or three.
+const MAX_STATEMENTS_PER_MESSAGE: f64 = 1.0;
+
+/// See `group_commit.rs`: the CPU-only step from a stored raw file to the committer's queue.
+const TO_THE_QUEUE: Duration = Duration::from_millis(300);
+
+/// A session with the whole message sent but for the final dot.
+async fn all_but_the_dot(smtp: std::net::SocketAddr, message: &[u8]) -> SmtpClient {
+    let mut client = SmtpClient::connect(smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    client.expect("MAIL FROM:<w@sender.example>", 250).await;
+    client.expect("RCPT TO:<agent@example.com>", 250).await;
+    client.expect("DATA", 354).await;
+    client.send_raw(message).await;
+    client
+}
+
+async fn until_stored(store: &std::path::Path, count: usize) {
+    eventually(&format!("{count} raw files in the store"), || async {
+        (files_ending_with(store, &[".eml"]).len() == count).then_some(())
+    })
+    .await;
+}
+
+/// `mxhook_db_statements_total{path="accept"}` from `/metrics`.
+async fn accept_statements(http: std::net::SocketAddr) -> u64 {
+    let text = http_client()
+        .get(format!("http://{http}/metrics"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix("mxhook_db_statements_total{path=\"accept\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no accept statement count in\n{text}"))
+}
+
+/// A blocker holds the committer on the test's lock while 20 messages and two copies of one
+/// more queue behind it. Released, they commit together: few statements per message, each
+/// message delivered once, and of the two copies exactly the first committed is the original.
+#[tokio::test]
+async fn a_batch_of_accepted_messages_costs_few_statements_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shm = PathBuf::from("/dev/shm");
+    let store_dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir_in(dir.path())
+    }
+    .expect("store tempdir");
+    let store = store_dir.path().to_owned();
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.storage_path = Some(store.clone());
+    // Every session comes from 127.0.0.1, more of them than the default allows one address.
+    options.smtp_toml = "greet_pause_s = 0\nmax_connections_per_ip = 100".to_owned();
+    // With the limits off a message's only write on the committer is its own insert.
+    options.extra_toml = "[rate_limit]\nsender_soft = 0\nsender_hard = 0\ndomain_soft = 0\n\
+                          domain_hard = 0\ninbox_soft = 0\ninbox_hard = 0\n"
+        .to_owned();
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let process =
+        Process::start_logged(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let database_url = test_database_url(dir.path());
+    let before = accept_statements(process.http).await;
+
+    let blocker_message = simple_message("w@sender.example", "agent@example.com", "blocker", "b");
+    let mut blocker = all_but_the_dot(process.smtp, &blocker_message).await;
+    let mut queued = Vec::new();
+    for i in 0..QUEUED {
+        let message = simple_message(
+            "w@sender.example",
+            "agent@example.com",
+            &format!("queued {i}"),
+            "body",
+        );
+        queued.push(all_but_the_dot(process.smtp, &message).await);
+    }
+    // Same bytes, same Message-ID: one fingerprint twice in one batch.
+    let twice = simple_message("w@sender.example", "agent@example.com", "twice", "same");
+    for _ in 0..2 {
+        queued.push(all_but_the_dot(process.smtp, &twice).await);
+    }
+
+    let mut lock = WriteLock::hold(&database_url).await;
+    blocker.send_raw(b".\r\n").await;
+    until_stored(&store, 1).await;
+    lock.until_an_insert_waits().await;
+    tokio::time::sleep(TO_THE_QUEUE).await;
+    for client in &mut queued {
+        client.send_raw(b".\r\n").await;
+    }
+    until_stored(&store, 1 + queued.len()).await;
+    tokio::time::sleep(TO_THE_QUEUE).await;
+    lock.release().await;
+
+    let (code, text) = blocker.read_reply().await;
+    assert_eq!(code, 250, "blocker: {text}");
+    for client in &mut queued {
+        let (code, text) = client.read_reply().await;
+        assert_eq!(code, 250, "{text}");
+    }
+    let accepted = 1 + queued.len();
+    let spent = accept_statements(process.http).await - before;
+    let per_message = spent as f64 / accepted as f64;
+    eprintln!("{spent} statements for {accepted} accepted messages: {per_message:.2} each");
+    assert!(
+        per_message <= MAX_STATEMENTS_PER_MESSAGE,
+        "{spent} statements for {accepted} messages ({per_message:.2} each)"
+    );
+
+    // Every message delivered once; the two copies as one original and one duplicate.
+    let mut subjects: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for _ in 0..accepted {
+        let event = receiver.recv().await.json();
+        let subject = event["subject"].as_str().expect("subject").to_owned();
+        let duplicate = event["is_duplicate"].as_bool().expect("is_duplicate");
+        subjects.entry(subject).or_default().push(duplicate);
+    }
+    assert_eq!(subjects.len(), accepted - 1, "{subjects:?}");
+    for (subject, flags) in &subjects {
+        if subject == "twice" {
+            let mut flags = flags.clone();
+            flags.sort_unstable();
+            assert_eq!(flags, [false, true], "{subject}");
+        } else {
+            assert_eq!(flags, &[false], "{subject}");
+        }
+    }
+    process.kill_9();
+}
+
+/// Messages sent one after the other commit each alone: BEGIN, the fingerprint, the message
+/// with its delivery (one statement on PostgreSQL, two on SQLite), COMMIT.
+#[tokio::test]
+async fn a_message_committed_alone_costs_four_statements_on_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.smtp_toml = "greet_pause_s = 0".to_owned();
+    options.extra_toml = "[rate_limit]\nsender_soft = 0\nsender_hard = 0\ndomain_soft = 0\n\
+                          domain_hard = 0\ninbox_soft = 0\ninbox_hard = 0\n"
+        .to_owned();
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let process =
+        Process::start_logged(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let postgres = test_database_url(dir.path()).starts_with("postgres");
+
+    let send = |subject: String| async move {
+        let message = simple_message("w@sender.example", "agent@example.com", &subject, "b");
+        let mut client = all_but_the_dot(process.smtp, &message).await;
+        client.expect(".", 250).await;
+    };
+    // The first commit also prunes old fingerprints; the count starts after it.
+    send("warm-up".to_owned()).await;
+    let before = accept_statements(process.http).await;
+    let alone = 5;
+    for i in 0..alone {
+        send(format!("alone {i}")).await;
+    }
+    let spent = accept_statements(process.http).await - before;
+    let expected = if postgres { 4 * alone } else { 5 * alone };
+    assert_eq!(
+        spent, expected,
+        "statements for {alone} messages committed alone"
+    );
+    for _ in 0..=alone {
+        let event = receiver.recv().await.json();
+        assert_eq!(event["is_duplicate"], false, "{event}");
+    }
+    process.kill_9();
+}
