@@ -132,6 +132,61 @@ impl Api {
         serde_json::from_slice(&body).map_err(|err| format!("the API answered with no JSON: {err}"))
     }
 
+    /// A POST of `body` as JSON whose answer must be 2xx; otherwise the API's error, as the
+    /// tool's error.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        auth: Option<&HeaderValue>,
+    ) -> Result<serde_json::Value, String> {
+        let (status, answer) = match self {
+            Self::Remote { client, base, key } => {
+                let response = client
+                    .post(format!("{}{path}", base.trim_end_matches('/')))
+                    .bearer_auth(key)
+                    .json(body)
+                    .send()
+                    .await
+                    .map_err(|err| format!("the mxhook API did not answer: {err}"))?;
+                let status = response.status().as_u16();
+                let answer = response
+                    .bytes()
+                    .await
+                    .map_err(|err| format!("reading the API's answer: {err}"))?;
+                (status, answer.to_vec())
+            }
+            Self::Local { router } => {
+                let mut request =
+                    Request::post(path).header(header::CONTENT_TYPE, "application/json");
+                if let Some(auth) = auth {
+                    request = request.header(header::AUTHORIZATION, auth.clone());
+                }
+                let request = request
+                    .body(Body::from(body.to_string()))
+                    .map_err(|err| format!("bad request path: {err}"))?;
+                let response = router
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map_err(|err| format!("the API failed: {err}"))?;
+                let status = response.status().as_u16();
+                let answer = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .map_err(|err| format!("reading the API's answer: {err}"))?;
+                (status, answer.to_vec())
+            }
+        };
+        if !(200..300).contains(&status) {
+            return Err(format!(
+                "the mxhook API answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            ));
+        }
+        serde_json::from_slice(&answer)
+            .map_err(|err| format!("the API answered with no JSON: {err}"))
+    }
+
     /// The data of the first event on an event stream, or `None` when `within` passes first.
     async fn first_event(
         &self,
@@ -244,6 +299,16 @@ pub struct AttachmentArgs {
     pub message_id: String,
     /// The attachment's `id` (`att_0`, `att_1`, …) from the message's `email.attachments`.
     pub attachment_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReplyArgs {
+    /// The id (`msg_…`) of the received email to answer.
+    pub message_id: String,
+    /// What to say, as plain text; it is also rendered as markdown for the HTML part.
+    pub text: String,
+    /// An HTML body to send instead of the rendered text.
+    pub html: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -413,6 +478,31 @@ impl MailTools {
             }
             None => Ok("null".to_owned()),
         }
+    }
+
+    #[tool(
+        description = "Answer an email you received: the reply goes to its sender from the \
+        address it reached, with the threading headers set so it lands in the same conversation, \
+        and is kept in the thread (later emails show it as your own words in thread_prompt). \
+        Returns the stored reply's message_id. Automatic mail (bounces, out-of-office replies) \
+        is refused, to keep agents and responders from answering each other forever."
+    )]
+    async fn reply(
+        &self,
+        Parameters(args): Parameters<ReplyArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<String, String> {
+        let path = format!("/v1/messages/{}/reply", segment(&args.message_id));
+        let mut body = serde_json::json!({ "text": args.text });
+        if let Some(html) = args.html {
+            body["html"] = serde_json::Value::String(html);
+        }
+        Ok(pretty(
+            &self
+                .api
+                .post_json(&path, &body, auth_of(&ctx).as_ref())
+                .await?,
+        ))
     }
 }
 

@@ -9,14 +9,16 @@ use base64::Engine as _;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::support::smarthost::Aiosmtpd;
 use crate::support::{GatewayOptions, SmtpClient, TestGateway};
 
-const TOOLS: [&str; 6] = [
+const TOOLS: [&str; 7] = [
     "get_attachment",
     "get_message",
     "get_thread",
     "list_inboxes",
     "list_messages",
+    "reply",
     "wait_for_message",
 ];
 
@@ -62,7 +64,7 @@ async fn next(lines: &mut Lines) -> Value {
 }
 
 /// Runs the Python scenario (tests/python/mcp_client.py) with `args` and checks every step.
-async fn run_scenario(gateway: &TestGateway, args: &[String], key: &str) {
+async fn run_scenario(gateway: &TestGateway, smarthost: &Aiosmtpd, args: &[String], key: &str) {
     let other_message = gateway.messages("other").await[0]["id"]
         .as_str()
         .expect("id")
@@ -151,6 +153,34 @@ async fn run_scenario(gateway: &TestGateway, args: &[String], key: &str) {
         .expect("base64");
     assert_eq!(blob, BINARY);
 
+    let replied = next(&mut lines).await;
+    assert!(!replied["is_error"].as_bool().expect("flag"), "{replied}");
+    let answer: Value = serde_json::from_str(&text_of(&replied)).expect("JSON");
+    let reply_id = answer["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_owned();
+    let sent = crate::support::eventually("the reply at the smarthost", || async {
+        smarthost.delivered().into_iter().next()
+    })
+    .await;
+    let sent = mail_parser::MessageParser::default()
+        .parse(sent.as_slice())
+        .expect("reply parses");
+    assert_eq!(sent.subject(), Some("Re: with files"));
+    assert_eq!(
+        sent.to()
+            .and_then(|to| to.first())
+            .and_then(|to| to.address()),
+        Some("jane@sender.example")
+    );
+    let (status, stored) = gateway
+        .api("GET", &format!("/v1/messages/{reply_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["direction"], "outbound");
+
+    // The reply is stored in the inbox, but it is no event: the wait sees nothing.
     let nothing = next(&mut lines).await;
     assert_eq!(
         text_of(&nothing),
@@ -177,6 +207,7 @@ async fn run_scenario(gateway: &TestGateway, args: &[String], key: &str) {
         "get_message",
         "get_thread",
         "get_attachment",
+        "reply",
         "wait_for_message",
     ] {
         let step = next(&mut lines).await;
@@ -192,8 +223,12 @@ async fn run_scenario(gateway: &TestGateway, args: &[String], key: &str) {
     assert!(status.success(), "the MCP client failed: {status}");
 }
 
-async fn gateway_with_mail() -> (TestGateway, String) {
-    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+/// A gateway with mail in both inboxes, an inbox key of `agent`, and a smarthost for replies.
+async fn gateway_with_mail() -> (TestGateway, String, Aiosmtpd) {
+    let smarthost = Aiosmtpd::start().await;
+    let mut options = GatewayOptions::no_webhook();
+    options.extra_toml = format!("[forward]\nsmarthost = \"smtp://{}\"\n", smarthost.addr);
+    let gateway = TestGateway::start(options).await;
     gateway
         .send_simple("other@example.com", "theirs", "a@sender.example")
         .await;
@@ -209,24 +244,24 @@ async fn gateway_with_mail() -> (TestGateway, String) {
     let (status, created) = gateway.api("POST", "/v1/inboxes/agent/keys", None).await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key").to_owned();
-    (gateway, key)
+    (gateway, key, smarthost)
 }
 
 #[tokio::test]
 async fn the_python_sdk_uses_every_tool_over_stdio() {
-    let (gateway, key) = gateway_with_mail().await;
+    let (gateway, key, smarthost) = gateway_with_mail().await;
     let args = [
         "stdio".to_owned(),
         env!("CARGO_BIN_EXE_mxhook").to_owned(),
         format!("http://{}", gateway.http),
     ];
-    run_scenario(&gateway, &args, &key).await;
+    run_scenario(&gateway, &smarthost, &args, &key).await;
     gateway.stop().await;
 }
 
 #[tokio::test]
 async fn the_python_sdk_uses_every_tool_over_streamable_http() {
-    let (gateway, key) = gateway_with_mail().await;
+    let (gateway, key, smarthost) = gateway_with_mail().await;
     // Without a valid key there is no MCP session at all.
     for presented in ["", "Bearer wrong"] {
         let mut request = crate::support::http_client()
@@ -241,7 +276,7 @@ async fn the_python_sdk_uses_every_tool_over_streamable_http() {
         assert_eq!(response.status(), 401, "{presented}");
     }
     let args = ["http".to_owned(), format!("http://{}/mcp", gateway.http)];
-    run_scenario(&gateway, &args, &key).await;
+    run_scenario(&gateway, &smarthost, &args, &key).await;
     gateway.stop().await;
 }
 
@@ -249,7 +284,7 @@ async fn the_python_sdk_uses_every_tool_over_streamable_http() {
 /// config naming this inbox, to an inbox key as to the admin.
 #[tokio::test]
 async fn the_inbox_page_shows_the_stream_url_and_the_mcp_snippet() {
-    let (gateway, key) = gateway_with_mail().await;
+    let (gateway, key, _smarthost) = gateway_with_mail().await;
     let mut ui = crate::ui::Ui::new(&gateway);
     let login = ui.login(&key).await;
     assert_eq!(login.status, 303, "{}", login.body);

@@ -2,7 +2,7 @@
 
 usage: mcp_client.py stdio MXHOOK_BIN API_URL KEY INBOX OTHER_INBOX OTHER_MESSAGE
        mcp_client.py http  MCP_URL        KEY INBOX OTHER_INBOX OTHER_MESSAGE
-Lists the tools, calls each on INBOX, waits for a new mail (printing {"waiting": true} first, so
+Lists the tools, calls each on INBOX (reply included), waits for a new mail (printing {"waiting": true} first, so
 the test sends it), then tries every tool on OTHER_INBOX / OTHER_MESSAGE. One JSON line per step.
 """
 
@@ -44,6 +44,7 @@ async def scenario(session, inbox, other_inbox, other_message):
     await call(session, "get_thread", {"message_id": message_id})
     await call(session, "get_attachment", {"message_id": message_id, "attachment_id": "att_0"})
     await call(session, "get_attachment", {"message_id": message_id, "attachment_id": "att_1"})
+    await call(session, "reply", {"message_id": message_id, "text": "Thanks, got the **files**."})
     await call(session, "wait_for_message", {"inbox_id": inbox, "timeout_s": 1})
     emit({"waiting": True})
     await call(session, "wait_for_message", {"inbox_id": inbox, "timeout_s": 60})
@@ -52,6 +53,7 @@ async def scenario(session, inbox, other_inbox, other_message):
     await call(session, "get_message", {"message_id": other_message})
     await call(session, "get_thread", {"message_id": other_message})
     await call(session, "get_attachment", {"message_id": other_message, "attachment_id": "att_0"})
+    await call(session, "reply", {"message_id": other_message, "text": "not yours"})
     await call(session, "wait_for_message", {"inbox_id": other_inbox, "timeout_s": 1})
     emit({"done": True})
 
