@@ -581,6 +581,8 @@ impl Intake {
             policy_action: action,
             spam_action,
             spam_score_threshold,
+            // Applied at RCPT, before any message.
+            require_tls: _,
         } = self.directory.sender_policy(inbox_id).unwrap_or_default();
         let is_spam = spam.is_some_and(|verdict| verdict.is_spam(spam_score_threshold));
         let policy = InboxPolicy {

@@ -82,6 +82,9 @@ pub struct InboxConfig {
     /// The score from which mail counts as spam; unset is rspamd's `required_score`.
     #[serde(default)]
     pub spam_score_threshold: Option<f64>,
+    /// Mail for this inbox only over TLS: in a plaintext session RCPT gets `530 5.7.0`.
+    #[serde(default)]
+    pub require_tls: bool,
     /// Days this inbox's messages are kept (fractions allowed, 0 for ever); unset is
     /// `retention.days`.
     #[serde(default)]
@@ -121,6 +124,7 @@ impl fmt::Debug for InboxConfig {
             .field("policy_action", &self.policy_action)
             .field("spam_action", &self.spam_action)
             .field("spam_score_threshold", &self.spam_score_threshold)
+            .field("require_tls", &self.require_tls)
             .field("retention_days", &self.retention_days)
             .finish()
     }
@@ -159,6 +163,7 @@ impl InboxConfig {
             policy_action: self.policy_action,
             spam_action: self.spam_action,
             spam_score_threshold: self.spam_score_threshold,
+            require_tls: self.require_tls,
         }
     }
 

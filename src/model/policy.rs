@@ -38,6 +38,10 @@ pub struct SenderPolicy {
     /// The score from which mail counts as spam; unset is rspamd's own `required_score`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spam_score_threshold: Option<f64>,
+    /// Mail for this inbox only over TLS: in a plaintext session RCPT is answered `530 5.7.0`
+    /// (SPEC "Edge"). Left out of the stored JSON when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 /// How an inbox treats mail rspamd scores as spam.

@@ -533,6 +533,14 @@ where
         };
         if self
             .ctx
+            .directory
+            .sender_policy(&inbox_id)
+            .is_some_and(|policy| policy.require_tls)
+        {
+            self.plaintext_refused()?;
+        }
+        if self
+            .ctx
             .intake
             .over_hard_limit(&self.envelope, &inbox_id)
             .await
@@ -545,6 +553,19 @@ where
             ));
         }
         Ok(inbox_id)
+    }
+
+    /// `530 5.7.0` for an inbox that takes mail only over TLS, in a session without it.
+    fn plaintext_refused(&self) -> Result<(), Reply> {
+        if self.envelope.tls.is_some() {
+            return Ok(());
+        }
+        self.ctx.counters.reject(Rejection::Policy);
+        Err(Reply::new(
+            530,
+            "5.7.0",
+            "Must issue a STARTTLS command first: this recipient takes mail only over TLS",
+        ))
     }
 
     fn unknown_recipient(&self, address: &str) -> Reply {
@@ -575,6 +596,9 @@ where
             ));
         }
         let policy = new.inbox.sender_policy();
+        if policy.require_tls {
+            self.plaintext_refused()?;
+        }
         if policy.policy_action == crate::model::PolicyAction::Reject
             && crate::verify::trust::sender_listed(&policy.block_senders, sender)
         {

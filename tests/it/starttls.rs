@@ -20,6 +20,11 @@ struct TlsGateway {
 
 /// A gateway with STARTTLS on a fresh self-signed certificate for 127.0.0.1.
 async fn tls_gateway() -> TlsGateway {
+    tls_gateway_with("").await
+}
+
+/// [`tls_gateway`] with extra `key = value` lines of the `agent` inbox.
+async fn tls_gateway_with(agent_toml: &str) -> TlsGateway {
     let receiver = WebhookReceiver::start(vec![]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let certified = rcgen::generate_simple_self_signed(vec![
@@ -33,6 +38,7 @@ async fn tls_gateway() -> TlsGateway {
     std::fs::write(&cert_path, &cert_pem).expect("write cert");
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
     let mut options = GatewayOptions::webhook(receiver.url());
+    options.agent_toml = agent_toml.to_owned();
     options.smtp_toml = format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"",
         cert_path.display(),
@@ -219,4 +225,50 @@ async fn starttls_is_not_offered_without_a_certificate() {
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     let (code, _) = client.cmd("STARTTLS").await;
     assert_eq!(code, 502);
+}
+
+/// `require_tls` on an inbox: a plaintext session's RCPT for it gets `530 5.7.0` (another inbox
+/// in the same session is unaffected), and the same mail over STARTTLS is delivered.
+#[tokio::test]
+async fn an_inbox_that_requires_tls_refuses_plaintext_at_rcpt() {
+    let mut setup = tls_gateway_with("require_tls = true").await;
+    let (status, inbox) = setup.gateway.api("GET", "/v1/inboxes/agent", None).await;
+    assert_eq!(status, 200, "{inbox}");
+    assert_eq!(inbox["require_tls"], true, "{inbox}");
+
+    let mut client = SmtpClient::connect(setup.gateway.smtp).await;
+    client.expect("EHLO client.test", 250).await;
+    client.expect("MAIL FROM:<plain@sender.example>", 250).await;
+    let (code, text) = client.cmd("RCPT TO:<agent@example.com>").await;
+    assert_eq!(code, 530, "{text}");
+    assert!(text.contains("5.7.0"), "{text}");
+    client.expect("RCPT TO:<other@example.com>", 250).await;
+
+    let script = r#"
+import smtplib, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=cafile)
+with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+    smtp.starttls(context=context)
+    smtp.sendmail("py@sender.example", ["agent@example.com"],
+                  b"From: py@sender.example\r\nSubject: only over TLS\r\n\r\nbody\r\n")
+"#;
+    let output = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(setup.gateway.smtp.port().to_string())
+        .arg(&setup.cert_path)
+        .output();
+    let output = tokio::time::timeout(SOON, output)
+        .await
+        .expect("python finished")
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let event = setup.receiver.recv().await.json();
+    assert_eq!(event["subject"], "only over TLS");
+    assert!(event["tls"]["version"].is_string(), "{event}");
 }

@@ -66,6 +66,8 @@ pub(crate) struct InboxView {
     /// The score from which mail counts as spam; null is rspamd's required_score.
     #[schema(required)]
     spam_score_threshold: Option<f64>,
+    /// Mail for it only over TLS (plaintext sessions get 530 5.7.0 at RCPT).
+    require_tls: bool,
     /// Days its messages are kept (fractions allowed, 0 for ever); null is `retention.days`.
     #[schema(required)]
     retention_days: Option<f64>,
@@ -98,6 +100,7 @@ fn inbox_view(inbox: &InboxRow) -> InboxView {
         policy_action: policy.policy_action,
         spam_action: policy.spam_action,
         spam_score_threshold: policy.spam_score_threshold,
+        require_tls: policy.require_tls,
         purge: None,
         retention_days: inbox.retention_days,
         created_at: rfc3339(inbox.created_at),
@@ -143,6 +146,8 @@ pub(crate) struct CreateInbox {
     spam_action: Option<SpamAction>,
     /// The score from which mail counts as spam; unset is rspamd's required_score.
     spam_score_threshold: Option<f64>,
+    /// Mail for it only over TLS (plaintext sessions get 530 5.7.0 at RCPT); default false.
+    require_tls: Option<bool>,
     /// Days its messages are kept (fractions allowed, 0 for ever); unset is `retention.days`.
     retention_days: Option<f64>,
 }
@@ -169,6 +174,8 @@ pub(crate) struct PatchInbox {
     spam_action: Option<SpamAction>,
     /// The score from which mail counts as spam.
     spam_score_threshold: Option<f64>,
+    /// Mail for it only over TLS (plaintext sessions get 530 5.7.0 at RCPT).
+    require_tls: Option<bool>,
     /// Days its messages are kept (fractions allowed, 0 for ever); null goes back to
     /// `retention.days`.
     #[serde(default, deserialize_with = "present")]
@@ -204,6 +211,7 @@ pub(crate) struct PolicyChange {
     policy_action: Option<PolicyAction>,
     spam_action: Option<SpamAction>,
     spam_score_threshold: Option<f64>,
+    require_tls: Option<bool>,
 }
 
 impl PolicyChange {
@@ -216,6 +224,7 @@ impl PolicyChange {
             && self.policy_action.is_none()
             && self.spam_action.is_none()
             && self.spam_score_threshold.is_none()
+            && self.require_tls.is_none()
     }
 
     fn applied_to(self, base: SenderPolicy) -> Result<SenderPolicy, ApiError> {
@@ -242,6 +251,7 @@ impl PolicyChange {
                 Some(threshold) => Some(threshold),
                 None => base.spam_score_threshold,
             },
+            require_tls: self.require_tls.unwrap_or(base.require_tls),
         })
     }
 }
@@ -345,6 +355,7 @@ pub(crate) async fn create_inbox(
         policy_action: body.policy_action,
         spam_action: body.spam_action,
         spam_score_threshold: body.spam_score_threshold,
+        require_tls: body.require_tls,
     }
     .applied_to(SenderPolicy::default())?;
     state
@@ -431,6 +442,7 @@ pub(crate) async fn update_inbox(
         policy_action: body.policy_action,
         spam_action: body.spam_action,
         spam_score_threshold: body.spam_score_threshold,
+        require_tls: body.require_tls,
     };
     let sender_policy = if policy_change.is_empty() {
         None
