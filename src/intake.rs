@@ -421,12 +421,7 @@ impl Intake {
             event_json,
             deliveries,
             thread_id: thread.thread_id,
-            // Every subject is keyed, so a later "Re:" finds the mail it answers.
-            subject_key: parsed
-                .subject
-                .as_deref()
-                .map(|subject| thread::normalize_subject(subject).0)
-                .filter(|key| !key.is_empty()),
+            subject_key: thread::subject_key(parsed.subject.as_deref()),
             participants: thread_keys.participants.clone(),
             quarantined,
             fingerprint,
@@ -909,11 +904,7 @@ impl Intake {
                 lease: None,
             }],
             thread_id: thread_id.to_owned(),
-            subject_key: parsed
-                .subject
-                .as_deref()
-                .map(|subject| thread::normalize_subject(subject).0)
-                .filter(|key| !key.is_empty()),
+            subject_key: thread::subject_key(parsed.subject.as_deref()),
             participants: thread_keys.participants,
             quarantined: false,
             fingerprint: None,

@@ -73,6 +73,14 @@ pub fn keys(parsed: &ParsedMessage) -> ThreadKeys {
     }
 }
 
+/// The key a stored message's subject is found by (every subject is keyed, so a later "Re:"
+/// finds the mail it answers); `None` for no subject or one of prefixes alone.
+pub fn subject_key(subject: Option<&str>) -> Option<String> {
+    subject
+        .map(|subject| normalize_subject(subject).0)
+        .filter(|key| !key.is_empty())
+}
+
 /// The subject without reply and forward prefixes (`Re:`, `Fwd:`, `AW:`, `WG:`, `SV:`, `Re[2]:`
 /// …, repeated), lower-cased with whitespace collapsed; and whether any prefix was there.
 pub fn normalize_subject(subject: &str) -> (String, bool) {

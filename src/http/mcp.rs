@@ -47,10 +47,12 @@ struct Answer {
 }
 
 impl Api {
-    /// Sends a GET and returns the response head and its body as a stream of chunks.
+    /// Sends a GET, or a POST of `json` when given, and returns the response head and its body
+    /// as a stream of chunks.
     async fn open(
         &self,
         path: &str,
+        json: Option<&serde_json::Value>,
         auth: Option<&HeaderValue>,
     ) -> Result<
         (
@@ -61,8 +63,12 @@ impl Api {
     > {
         match self {
             Self::Remote { client, base, key } => {
-                let response = client
-                    .get(format!("{}{path}", base.trim_end_matches('/')))
+                let url = format!("{}{path}", base.trim_end_matches('/'));
+                let request = match json {
+                    Some(json) => client.post(url).json(json),
+                    None => client.get(url),
+                };
+                let response = request
                     .bearer_auth(key)
                     .send()
                     .await
@@ -78,12 +84,16 @@ impl Api {
                 Ok((status, chunks.boxed()))
             }
             Self::Local { router } => {
-                let mut request = Request::get(path);
+                let mut request = match json {
+                    Some(_) => Request::post(path).header(header::CONTENT_TYPE, "application/json"),
+                    None => Request::get(path),
+                };
                 if let Some(auth) = auth {
                     request = request.header(header::AUTHORIZATION, auth.clone());
                 }
+                let body = json.map_or_else(Body::empty, |json| Body::from(json.to_string()));
                 let request = request
-                    .body(Body::empty())
+                    .body(body)
                     .map_err(|err| format!("bad request path: {err}"))?;
                 let response = router
                     .clone()
@@ -100,8 +110,13 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str, auth: Option<&HeaderValue>) -> Result<Answer, String> {
-        let (status, mut chunks) = self.open(path, auth).await?;
+    async fn call(
+        &self,
+        path: &str,
+        json: Option<&serde_json::Value>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Answer, String> {
+        let (status, mut chunks) = self.open(path, json, auth).await?;
         let mut body = Vec::new();
         while let Some(chunk) = chunks.next().await {
             body.extend_from_slice(&chunk?);
@@ -109,9 +124,15 @@ impl Api {
         Ok(Answer { status, body })
     }
 
-    /// A GET whose answer must be 2xx; otherwise the API's error, as the tool's error.
-    async fn get_ok(&self, path: &str, auth: Option<&HeaderValue>) -> Result<Vec<u8>, String> {
-        let answer = self.get(path, auth).await?;
+    /// A GET (or a POST of `json`) whose answer must be 2xx; otherwise the API's error, as the
+    /// tool's error.
+    async fn call_ok(
+        &self,
+        path: &str,
+        json: Option<&serde_json::Value>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Vec<u8>, String> {
+        let answer = self.call(path, json, auth).await?;
         if (200..300).contains(&answer.status) {
             Ok(answer.body)
         } else {
@@ -128,63 +149,17 @@ impl Api {
         path: &str,
         auth: Option<&HeaderValue>,
     ) -> Result<serde_json::Value, String> {
-        let body = self.get_ok(path, auth).await?;
-        serde_json::from_slice(&body).map_err(|err| format!("the API answered with no JSON: {err}"))
+        self.call_json(path, None, auth).await
     }
 
-    /// A POST of `body` as JSON whose answer must be 2xx; otherwise the API's error, as the
-    /// tool's error.
-    async fn post_json(
+    async fn call_json(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        json: Option<&serde_json::Value>,
         auth: Option<&HeaderValue>,
     ) -> Result<serde_json::Value, String> {
-        let (status, answer) = match self {
-            Self::Remote { client, base, key } => {
-                let response = client
-                    .post(format!("{}{path}", base.trim_end_matches('/')))
-                    .bearer_auth(key)
-                    .json(body)
-                    .send()
-                    .await
-                    .map_err(|err| format!("the mxhook API did not answer: {err}"))?;
-                let status = response.status().as_u16();
-                let answer = response
-                    .bytes()
-                    .await
-                    .map_err(|err| format!("reading the API's answer: {err}"))?;
-                (status, answer.to_vec())
-            }
-            Self::Local { router } => {
-                let mut request =
-                    Request::post(path).header(header::CONTENT_TYPE, "application/json");
-                if let Some(auth) = auth {
-                    request = request.header(header::AUTHORIZATION, auth.clone());
-                }
-                let request = request
-                    .body(Body::from(body.to_string()))
-                    .map_err(|err| format!("bad request path: {err}"))?;
-                let response = router
-                    .clone()
-                    .oneshot(request)
-                    .await
-                    .map_err(|err| format!("the API failed: {err}"))?;
-                let status = response.status().as_u16();
-                let answer = axum::body::to_bytes(response.into_body(), 1 << 20)
-                    .await
-                    .map_err(|err| format!("reading the API's answer: {err}"))?;
-                (status, answer.to_vec())
-            }
-        };
-        if !(200..300).contains(&status) {
-            return Err(format!(
-                "the mxhook API answered {status}: {}",
-                String::from_utf8_lossy(&answer)
-            ));
-        }
-        serde_json::from_slice(&answer)
-            .map_err(|err| format!("the API answered with no JSON: {err}"))
+        let body = self.call_ok(path, json, auth).await?;
+        serde_json::from_slice(&body).map_err(|err| format!("the API answered with no JSON: {err}"))
     }
 
     /// The data of the first event on an event stream, or `None` when `within` passes first.
@@ -195,7 +170,7 @@ impl Api {
         within: Duration,
     ) -> Result<Option<String>, String> {
         let read = async {
-            let (status, mut chunks) = self.open(path, auth).await?;
+            let (status, mut chunks) = self.open(path, None, auth).await?;
             if !(200..300).contains(&status) {
                 let mut body = Vec::new();
                 while let Some(Ok(chunk)) = chunks.next().await {
@@ -422,7 +397,10 @@ impl MailTools {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         let path = format!("/v1/messages/{}/raw", segment(&args.message_id));
-        let raw = self.api.get_ok(&path, auth_of(&ctx).as_ref()).await?;
+        let raw = self
+            .api
+            .call_ok(&path, None, auth_of(&ctx).as_ref())
+            .await?;
         let Some(part) = crate::parse::attachment(&raw, &args.attachment_id) else {
             return Err(format!(
                 "message {} has no attachment {}",
@@ -500,7 +478,7 @@ impl MailTools {
         Ok(pretty(
             &self
                 .api
-                .post_json(&path, &body, auth_of(&ctx).as_ref())
+                .call_json(&path, Some(&body), auth_of(&ctx).as_ref())
                 .await?,
         ))
     }

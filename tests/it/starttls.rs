@@ -55,6 +55,29 @@ async fn tls_gateway_with(agent_toml: &str) -> TlsGateway {
     }
 }
 
+impl TlsGateway {
+    /// Runs a Python smtplib `script` (argv: the SMTP port, the certificate to trust) against
+    /// the gateway; it must succeed.
+    async fn smtplib(&self, script: &str) -> std::process::Output {
+        let output = tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(self.gateway.smtp.port().to_string())
+            .arg(&self.cert_path)
+            .output();
+        let output = tokio::time::timeout(SOON, output)
+            .await
+            .expect("python finished")
+            .expect("run python3");
+        assert!(
+            output.status.success(),
+            "smtplib failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+}
+
 #[tokio::test]
 async fn python_smtplib_upgrades_with_starttls_and_delivers() {
     let mut setup = tls_gateway().await;
@@ -74,21 +97,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
                   b"From: py@sender.example\r\nSubject: over TLS\r\n\r\nsecret body\r\n")
     print(smtp.sock.version(), smtp.sock.cipher()[0])
 "#;
-    let output = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(setup.gateway.smtp.port().to_string())
-        .arg(&setup.cert_path)
-        .output();
-    let output = tokio::time::timeout(SOON, output)
-        .await
-        .expect("python finished")
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = setup.smtplib(script).await;
     let event = setup.receiver.recv().await.json();
     assert_eq!(event["subject"], "over TLS");
     // The event names what OpenSSL on the client's side negotiated (TLS 1.3 suites have the
@@ -115,21 +124,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
     smtp.sendmail("py@sender.example", ["agent@example.com"],
                   b"From: py@sender.example\r\nSubject: over TLS 1.2\r\n\r\nbody\r\n")
 "#;
-    let output = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(setup.gateway.smtp.port().to_string())
-        .arg(&setup.cert_path)
-        .output();
-    let output = tokio::time::timeout(SOON, output)
-        .await
-        .expect("python finished")
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    setup.smtplib(script).await;
     let event = setup.receiver.recv().await.json();
     assert_eq!(event["tls"]["version"], "TLSv1.2", "{event}");
     let cipher = event["tls"]["cipher"].as_str().expect("cipher");
@@ -253,21 +248,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
     smtp.sendmail("py@sender.example", ["agent@example.com"],
                   b"From: py@sender.example\r\nSubject: only over TLS\r\n\r\nbody\r\n")
 "#;
-    let output = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(setup.gateway.smtp.port().to_string())
-        .arg(&setup.cert_path)
-        .output();
-    let output = tokio::time::timeout(SOON, output)
-        .await
-        .expect("python finished")
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    setup.smtplib(script).await;
     let event = setup.receiver.recv().await.json();
     assert_eq!(event["subject"], "only over TLS");
     assert!(event["tls"]["version"].is_string(), "{event}");
