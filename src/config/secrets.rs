@@ -1,0 +1,71 @@
+//! `[secrets]`: the key that encrypts stored signing secrets and the earlier keys that still
+//! decrypt during a rotation (both redacted in `Debug`), with validation. The encryption itself
+//! is [`crate::secrets`].
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::{Error, invalid};
+use crate::secrets::{KEY_LEN, Keyring, key_id, parse_key};
+
+const KEY_FORMAT: &str = "must be 32 bytes as base64 (`head -c32 /dev/urandom | base64`) or as \
+                          64 hex characters";
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Encrypts every secret written from now on; unset, secrets are stored as plaintext.
+    pub key: Option<String>,
+    /// Earlier keys, for reading only: values written under them still decrypt until
+    /// `mxhook rotate-secrets-key` has re-encrypted them under `key`.
+    pub previous_keys: Vec<String>,
+}
+
+impl fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = |text: &String| parse_key(text).map(|key| key_id(&key));
+        f.debug_struct("SecretsConfig")
+            .field("key_id", &self.key.as_ref().map(id))
+            .field(
+                "previous_key_ids",
+                &self.previous_keys.iter().map(id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl SecretsConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if let Some(key) = &self.key
+            && parse_key(key).is_none()
+        {
+            return Err(invalid("secrets.key", KEY_FORMAT));
+        }
+        for (idx, key) in self.previous_keys.iter().enumerate() {
+            if parse_key(key).is_none() {
+                return Err(invalid(format!("secrets.previous_keys[{idx}]"), KEY_FORMAT));
+            }
+        }
+        if self.key.is_none() && !self.previous_keys.is_empty() {
+            // New secrets would be written as plaintext beside encrypted ones.
+            return Err(invalid(
+                "secrets.key",
+                "must be set when secrets.previous_keys is (the key new secrets are written under)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The keyring the database encrypts and decrypts with.
+    ///
+    /// # Errors
+    /// As [`SecretsConfig::validate`]: a key that is not 32 bytes of base64 or hex.
+    pub fn keyring(&self) -> Result<Keyring, Error> {
+        self.validate()?;
+        let parse = |key: &String| -> [u8; KEY_LEN] { parse_key(key).unwrap_or([0; KEY_LEN]) };
+        let previous: Vec<[u8; KEY_LEN]> = self.previous_keys.iter().map(parse).collect();
+        Keyring::new(self.key.as_ref().map(parse), &previous)
+            .map_err(|err| invalid("secrets.key", err.to_string()))
+    }
+}
