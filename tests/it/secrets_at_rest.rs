@@ -364,6 +364,21 @@ async fn with_a_key_no_secret_is_stored_in_plaintext_and_deliveries_still_verify
     .await;
     ingress_verifies(&gateway, &mut receiver, "bk_enc_2").await;
     gateway.stop().await;
+
+    // A value copied into another row does not decrypt: `bob` is not made to sign with
+    // `hooked`'s secret, the start fails instead.
+    let db = pool(&url).await;
+    let moved = sqlx::query(
+        "UPDATE inboxes SET webhook_secret = \
+         (SELECT webhook_secret FROM inboxes WHERE id = 'hooked') WHERE id = 'bob'",
+    )
+    .execute(&db)
+    .await
+    .expect("update");
+    assert_eq!(moved.rows_affected(), 1);
+    db.close().await;
+    let error = start_error(&with_key).await;
+    assert!(error.contains("moved from another row"), "{error}");
 }
 
 #[tokio::test]
