@@ -69,3 +69,68 @@ impl SecretsConfig {
             .map_err(|err| invalid("secrets.key", err.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, crate::config::Error> {
+        Config::load(
+            None,
+            env.iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        )
+    }
+
+    #[test]
+    fn the_key_comes_from_the_environment_and_is_redacted() {
+        let config = load(&[
+            ("MXHOOK_SECRETS__KEY", KEY),
+            (
+                "MXHOOK_SECRETS__PREVIOUS_KEYS",
+                &format!("[\"{}\"]", "ab".repeat(32)),
+            ),
+        ])
+        .expect("valid");
+        let keys = config.secrets.keyring().expect("keyring");
+        let key: [u8; 32] = std::array::from_fn(|n| u8::try_from(n).unwrap_or(0));
+        assert_eq!(
+            keys.current_id(),
+            Some(crate::secrets::key_id(&key).as_str())
+        );
+        assert!(keys.has_key(&crate::secrets::key_id(&[0xab; 32])));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(KEY) && !debug.contains("abab"), "{debug}");
+        assert!(debug.contains(&crate::secrets::key_id(&key)), "{debug}");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        for (env, key) in [
+            (vec![("MXHOOK_SECRETS__KEY", "c2hvcnQ=")], "secrets.key"),
+            (vec![("MXHOOK_SECRETS__KEY", "not base64!")], "secrets.key"),
+            (
+                vec![
+                    ("MXHOOK_SECRETS__KEY", KEY),
+                    ("MXHOOK_SECRETS__PREVIOUS_KEYS", "[\"x\"]"),
+                ],
+                "secrets.previous_keys[0]",
+            ),
+            (
+                vec![("MXHOOK_SECRETS__PREVIOUS_KEYS", &*format!("[\"{KEY}\"]"))],
+                "secrets.key",
+            ),
+        ] {
+            let err = load(&env).expect_err("refused").to_string();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
+        // No section at all: the zero-config start, plaintext.
+        let config = load(&[]).expect("valid");
+        assert_eq!(
+            config.secrets.keyring().expect("keyring").current_id(),
+            None
+        );
+    }
+}
