@@ -99,8 +99,12 @@ async fn serve(
     let store = Store::from_config(&config.storage).await;
     let db = Db::connect(&config.database)
         .await
-        .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
+        .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?
+        .with_secrets(config.secrets.keyring()?);
     db.migrate().await.context("migrating database")?;
+    db.check_secret_keys()
+        .await
+        .context("checking the stored secrets against secrets.key")?;
     for inbox in &config.inboxes {
         db.upsert_config_inbox(inbox)
             .await

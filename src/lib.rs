@@ -13,7 +13,7 @@
 //!
 //! Modules in pipeline order: [`config`], [`model`], [`smtp`], [`directory`], [`ratelimit`],
 //! [`intake`], [`parse`], [`verify`], [`spam`], [`thread`], [`prompt`], [`event`], [`route`], [`store`],
-//! [`db`], [`signature`], [`deliver`], [`reply`], [`ingress`], [`http`], [`app`] (which mounts
+//! [`db`] (its stored secrets sealed by [`secrets`]), [`signature`], [`deliver`], [`reply`], [`ingress`], [`http`], [`app`] (which mounts
 //! [`http::router`] on the one HTTP listener). No two of them import each other in a loop, and
 //! nothing but `app` imports `http`.
 
@@ -36,6 +36,7 @@ pub mod ratelimit;
 pub mod reply;
 pub mod retention;
 pub mod route;
+pub mod secrets;
 pub mod signature;
 pub mod smtp;
 pub mod spam;

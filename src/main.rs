@@ -45,6 +45,14 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Re-encrypt every stored secret (webhook, previous, provider ingress, domain template and
+    /// attachment-URL keys) under `secrets.key`, plaintext ones included, a batch of rows per
+    /// transaction; safe while gateways run. Prints the counts as JSON; exits 0 when done, 1 on
+    /// an error (a value under a key that is not configured), 2 on a bad config.
+    RotateSecretsKey {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Check a webhook signature against a body; exits 0 when it is valid, 1 when not, 2 when
     /// the arguments are wrong. Give the secret with exactly one of --secret, --secret-env or
     /// --secret-stdin (the last two keep it out of the process list and shell history).
@@ -217,6 +225,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => (config, false),
         Command::Init { dir } => return init(&dir),
         Command::CheckStore { config, repair } => return check_store(config.as_deref(), repair),
+        Command::RotateSecretsKey { config } => return rotate_secrets_key(config.as_deref()),
         Command::Mcp { api } => return mcp(&api),
         Command::Verify {
             scheme,
@@ -402,6 +411,65 @@ fn check_store(config_path: Option<&std::path::Path>, repair: bool) -> ExitCode 
         }
         Err(err) => {
             eprintln!("mxhook: checking the store: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mxhook rotate-secrets-key`: the counts as JSON on stdout.
+fn rotate_secrets_key(config_path: Option<&std::path::Path>) -> ExitCode {
+    let config = match mxhook::config::Config::load(config_path, std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("mxhook: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = match config.secrets.keyring() {
+        Ok(keys) if keys.current_id().is_some() => keys,
+        Ok(_) => {
+            eprintln!(
+                "mxhook: invalid configuration: config key `secrets.key`: must be set to rotate to it"
+            );
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("mxhook: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mxhook: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rotated = runtime.block_on(async {
+        let db = mxhook::db::Db::connect(&config.database)
+            .await?
+            .with_secrets(keys);
+        db.migrate().await?;
+        let report = db.rotate_secrets().await;
+        db.close().await;
+        report
+    });
+    match rotated {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            if report.changed_meanwhile() > 0 {
+                eprintln!(
+                    "mxhook: {} secrets changed while being rotated; run the command again to check them",
+                    report.changed_meanwhile()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("mxhook: rotating the secrets key: {err}");
             ExitCode::FAILURE
         }
     }

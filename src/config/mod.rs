@@ -8,7 +8,7 @@
 //! [`Error`] and the checks that span sections. Each section is a file owning its struct, its
 //! defaults and its `validate()`: [`smtp`], [`http`], [`storage`], [`database`], [`auth`],
 //! [`ratelimit`], [`delivery`], [`forward`], [`ingress`], [`templates`], [`spam`], [`replies`]
-//! (and `[dkim]`), [`inbox`] and [`domain`]. Durations stay the `_s` seconds the file spells;
+//! (and `[dkim]`), [`secrets`], [`inbox`] and [`domain`]. Durations stay the `_s` seconds the file spells;
 //! the sections type them with `Duration` accessors.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ pub mod mta_sts;
 pub mod ratelimit;
 pub mod replies;
 pub mod retention;
+pub mod secrets;
 pub mod smtp;
 pub mod spam;
 pub mod storage;
@@ -46,6 +47,7 @@ pub use ingress::IngressConfig;
 pub use ratelimit::RateLimitConfig;
 pub use replies::{DkimConfig, DkimKeyConfig, RepliesConfig};
 pub use retention::{AttachmentsConfig, RetentionConfig};
+pub use secrets::SecretsConfig;
 pub use smtp::SmtpConfig;
 pub use spam::SpamConfig;
 pub use storage::{StorageBackend, StorageConfig};
@@ -112,6 +114,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub attachments: AttachmentsConfig,
+    /// `[secrets]`: the key stored signing secrets are encrypted with.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
     #[serde(default, rename = "inbox")]
     pub inboxes: Vec<InboxConfig>,
     #[serde(default, rename = "domain")]
@@ -187,6 +192,7 @@ impl Config {
         }
         self.retention.validate()?;
         self.attachments.validate()?;
+        self.secrets.validate()?;
         let mut claimed = inbox::Claimed::default();
         for (idx, inbox) in self.inboxes.iter().enumerate() {
             inbox.validate(idx, self.delivery.allow_http, &mut claimed)?;

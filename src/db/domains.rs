@@ -13,6 +13,7 @@ use super::inboxes::{bump_directory_version, endpoint_settings_json, events_json
 use super::{Db, Error};
 use crate::config::{DomainConfig, InboxConfig};
 use crate::model::now_ms;
+use crate::secrets::{Keyring, Place};
 
 /// A domain as stored, its template's secret included; the API decides what of it to show.
 #[derive(Clone)]
@@ -102,7 +103,7 @@ impl Db {
             .bind(i64::from(domain.auto_create))
             .bind(clamp_i64(domain.max_auto_inboxes))
             .bind(clamp_i64(domain.auto_create_per_minute))
-            .bind(Value::Object(domain.template.clone()).to_string())
+            .bind(stored_template(&self.secrets, &name, &domain.template)?)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -132,7 +133,9 @@ impl Db {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(domain_from_row).collect()
+        rows.iter()
+            .map(|row| domain_from_row(&self.secrets, row))
+            .collect()
     }
 
     /// One domain (`name` already normalized).
@@ -146,7 +149,9 @@ impl Db {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(domain_from_row).transpose()
+        row.as_ref()
+            .map(|row| domain_from_row(&self.secrets, row))
+            .transpose()
     }
 
     /// How many auto-created inboxes each domain has, by domain name.
@@ -202,7 +207,11 @@ impl Db {
         .bind(i64::from(domain.auto_create))
         .bind(clamp_i64(domain.max_auto_inboxes))
         .bind(clamp_i64(domain.auto_create_per_minute))
-        .bind(Value::Object(domain.template.clone()).to_string())
+        .bind(stored_template(
+            &self.secrets,
+            &domain.name,
+            &domain.template,
+        )?)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -268,6 +277,11 @@ impl Db {
             ));
         };
         let now = now_ms();
+        let secret = self.secrets.seal_opt(
+            Place::InboxWebhook,
+            &[inbox.id.as_str()],
+            inbox.webhook_secret.as_deref(),
+        )?;
         let mut tx = self.pool.begin().await?;
         bump_directory_version(&mut tx).await?;
         let owner: Option<String> =
@@ -311,7 +325,7 @@ impl Db {
         .bind(&inbox.id)
         .bind(domain)
         .bind(inbox.webhook_url.clone())
-        .bind(inbox.webhook_secret.clone())
+        .bind(secret)
         .bind(inbox.signature.as_str())
         .bind(inbox.payload.as_str())
         .bind(i64::from(inbox.verify_tls))
@@ -345,10 +359,37 @@ fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn domain_from_row(row: &AnyRow) -> Result<DomainRow, Error> {
-    let name: String = row.try_get("name")?;
-    let template_json: String = row.try_get("template_json")?;
-    let template = match serde_json::from_str::<Value>(&template_json) {
+/// The template's key that holds a secret.
+const TEMPLATE_SECRET: &str = "webhook_secret";
+
+/// The stored form of a domain's template: its webhook secret sealed (see [`crate::secrets`]),
+/// bound to the domain's name.
+///
+/// # Errors
+/// [`Error::Secret`].
+pub(super) fn stored_template(
+    secrets: &Keyring,
+    name: &str,
+    template: &Map<String, Value>,
+) -> Result<String, Error> {
+    let mut template = template.clone();
+    if let Some(Value::String(secret)) = template.get(TEMPLATE_SECRET) {
+        let sealed = secrets.seal(Place::DomainTemplate, &[name], secret)?;
+        template.insert(TEMPLATE_SECRET.to_owned(), Value::String(sealed));
+    }
+    Ok(Value::Object(template).to_string())
+}
+
+/// A stored template as given, its webhook secret decrypted.
+///
+/// # Errors
+/// [`Error::Corrupt`] when it is not a JSON object, [`Error::Secret`].
+pub(super) fn template_from_json(
+    secrets: &Keyring,
+    name: &str,
+    template_json: &str,
+) -> Result<Map<String, Value>, Error> {
+    let mut template = match serde_json::from_str::<Value>(template_json) {
         Ok(Value::Object(template)) => template,
         _ => {
             return Err(Error::Corrupt(format!(
@@ -356,6 +397,17 @@ fn domain_from_row(row: &AnyRow) -> Result<DomainRow, Error> {
             )));
         }
     };
+    if let Some(Value::String(stored)) = template.get(TEMPLATE_SECRET) {
+        let secret = secrets.open(Place::DomainTemplate, &[name], stored)?;
+        template.insert(TEMPLATE_SECRET.to_owned(), Value::String(secret));
+    }
+    Ok(template)
+}
+
+fn domain_from_row(secrets: &Keyring, row: &AnyRow) -> Result<DomainRow, Error> {
+    let name: String = row.try_get("name")?;
+    let template_json: String = row.try_get("template_json")?;
+    let template = template_from_json(secrets, &name, &template_json)?;
     let count = |column: &str| -> Result<u64, Error> {
         let value: i64 = row.try_get(column)?;
         Ok(u64::try_from(value).unwrap_or(0))

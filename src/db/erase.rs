@@ -222,12 +222,13 @@ impl Db {
         fresh: &str,
         now: i64,
     ) -> Result<(String, Option<String>), Error> {
+        let place = crate::secrets::Place::GatewayKey;
         sqlx::query(
             "INSERT INTO gateway_keys (name, secret, rotated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .bind(fresh)
+        .bind(self.secrets.seal(place, &[name], fresh)?)
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -235,7 +236,12 @@ impl Db {
             .bind(name)
             .fetch_one(&self.pool)
             .await?;
-        Ok((row.try_get("secret")?, row.try_get("previous_secret")?))
+        let secret: String = row.try_get("secret")?;
+        let previous: Option<String> = row.try_get("previous_secret")?;
+        Ok((
+            self.secrets.open(place, &[name], &secret)?,
+            self.secrets.open_opt(place, &[name], previous.as_deref())?,
+        ))
     }
 
     /// Replaces the gateway key `name` with `fresh`, keeping the current one as the previous.
@@ -247,7 +253,10 @@ impl Db {
             "UPDATE gateway_keys SET previous_secret = secret, secret = $1, rotated_at = $2 \
              WHERE name = $3",
         )
-        .bind(fresh)
+        .bind(
+            self.secrets
+                .seal(crate::secrets::Place::GatewayKey, &[name], fresh)?,
+        )
         .bind(now)
         .bind(name)
         .execute(&self.pool)

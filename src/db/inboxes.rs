@@ -13,6 +13,7 @@ use crate::model::{
     EndpointSettings, Inbox, PayloadFormat, SenderPolicy, SignatureFormat, SignatureScheme,
 };
 use crate::model::{Subscription, WebhookEndpoint, now_ms};
+use crate::secrets::{Keyring, Place};
 
 /// An inbox as stored, secrets included; the API decides what of it to show.
 #[derive(Debug, Clone)]
@@ -110,6 +111,11 @@ impl Db {
     /// [`Error::Query`].
     pub async fn upsert_config_inbox(&self, inbox: &InboxConfig) -> Result<(), Error> {
         let now = now_ms();
+        let secret = self.secrets.seal_opt(
+            Place::InboxWebhook,
+            &[inbox.id.as_str()],
+            inbox.webhook_secret.as_deref(),
+        )?;
         let mut tx = self.pool.begin().await?;
         bump_directory_version(&mut tx).await?;
         sqlx::query(
@@ -127,7 +133,7 @@ impl Db {
         )
         .bind(&inbox.id)
         .bind(inbox.webhook_url.clone())
-        .bind(inbox.webhook_secret.clone())
+        .bind(secret)
         .bind(inbox.signature.as_str())
         .bind(inbox.payload.as_str())
         .bind(now)
@@ -198,7 +204,7 @@ impl Db {
             let policy_json: Option<String> = row.try_get("sender_policy")?;
             inboxes.push(Inbox {
                 sender_policy: sender_policy_from_json(&id, policy_json.as_deref())?,
-                webhook: endpoint_from_row(&row, "")?,
+                webhook: endpoint_from_row(&self.secrets, &row, "", &id)?,
                 addresses: inbox_addresses,
                 rules: rules_from_json(&id, rules_json.as_deref()),
                 id,
@@ -244,7 +250,7 @@ impl Db {
         .await?;
         let mut inboxes = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut inbox = inbox_from_row(row)?;
+            let mut inbox = inbox_from_row(&self.secrets, row)?;
             for address in &addresses {
                 let owner: String = address.try_get("inbox_id")?;
                 if owner == inbox.id {
@@ -388,6 +394,12 @@ impl Db {
             (SignatureScheme::Agentmail, PayloadFormat::Mxhook),
             |webhook| (webhook.signature, webhook.payload),
         );
+        let seal = |secret: Option<&String>| {
+            self.secrets
+                .seal_opt(Place::InboxWebhook, &[inbox_id], secret.map(String::as_str))
+        };
+        let secret = seal(webhook.and_then(|webhook| webhook.secret.as_ref()))?;
+        let previous_secret = seal(webhook.and_then(|webhook| webhook.previous_secret.as_ref()))?;
         let mut tx = self.pool.begin().await?;
         bump_directory_version(&mut tx).await?;
         let result = sqlx::query(
@@ -401,10 +413,10 @@ impl Db {
         )
         .bind(webhook.map(|webhook| webhook.url.clone()))
         .bind(i64::from(webhook.is_none_or(|webhook| webhook.enabled)))
-        .bind(webhook.and_then(|webhook| webhook.secret.clone()))
+        .bind(secret)
         .bind(signature.as_str())
         .bind(payload.as_str())
-        .bind(webhook.and_then(|webhook| webhook.previous_secret.clone()))
+        .bind(previous_secret)
         .bind(webhook.and_then(|webhook| webhook.previous_secret_expires_at))
         .bind(now_ms())
         .bind(inbox_id)
@@ -535,7 +547,12 @@ fn events_from_json(stored: Option<String>) -> Subscription {
     )
 }
 
-fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
+fn inbox_from_row(secrets: &Keyring, row: &AnyRow) -> Result<InboxRow, Error> {
+    let id: String = row.try_get("id")?;
+    let open = |column: &str| -> Result<Option<String>, Error> {
+        let stored: Option<String> = row.try_get(column)?;
+        Ok(secrets.open_opt(Place::InboxWebhook, &[id.as_str()], stored.as_deref())?)
+    };
     let url: Option<String> = row.try_get("webhook_url")?;
     let webhook = match url {
         None => None,
@@ -557,8 +574,8 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
                 signature_format: SignatureFormat::parse(&signature_format).ok_or_else(|| {
                     Error::Corrupt(format!("unknown signature format `{signature_format}`"))
                 })?,
-                secret: row.try_get("webhook_secret")?,
-                previous_secret: row.try_get("webhook_previous_secret")?,
+                secret: open("webhook_secret")?,
+                previous_secret: open("webhook_previous_secret")?,
                 previous_secret_expires_at: row.try_get("webhook_previous_secret_expires_at")?,
                 verify_tls: verify_tls != 0,
                 disabled_reason: row.try_get("webhook_disabled_reason")?,
@@ -568,7 +585,6 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
             })
         }
     };
-    let id: String = row.try_get("id")?;
     let policy_json: Option<String> = row.try_get("sender_policy")?;
     Ok(InboxRow {
         sender_policy: sender_policy_from_json(&id, policy_json.as_deref())?,
@@ -584,11 +600,19 @@ fn inbox_from_row(row: &AnyRow) -> Result<InboxRow, Error> {
     })
 }
 
+/// The inbox webhook of a row whose inbox webhook columns are named `<prefix><column>`, its
+/// secrets decrypted (`inbox_id` is the row's inbox, which they are bound to).
 pub(super) fn endpoint_from_row(
+    secrets: &Keyring,
     row: &AnyRow,
     prefix: &str,
+    inbox_id: &str,
 ) -> Result<Option<WebhookEndpoint>, Error> {
     let column = |name: &str| format!("{prefix}{name}");
+    let open = |name: &str| -> Result<Option<String>, Error> {
+        let stored: Option<String> = row.try_get(column(name).as_str())?;
+        Ok(secrets.open_opt(Place::InboxWebhook, &[inbox_id], stored.as_deref())?)
+    };
     let url: Option<String> = row.try_get(column("webhook_url").as_str())?;
     let Some(url) = url else {
         return Ok(None);
@@ -598,8 +622,7 @@ pub(super) fn endpoint_from_row(
     let enabled: i64 = row.try_get(column("webhook_enabled").as_str())?;
     let previous_expires_at: Option<i64> =
         row.try_get(column("webhook_previous_secret_expires_at").as_str())?;
-    let previous_secret: Option<String> =
-        row.try_get(column("webhook_previous_secret").as_str())?;
+    let previous_secret = open("webhook_previous_secret")?;
     let verify_tls: i64 = row.try_get(column("webhook_verify_tls").as_str())?;
     let ordered: i64 = row.try_get(column("webhook_ordered").as_str())?;
     let signature_format: String = row.try_get(column("webhook_signature_format").as_str())?;
@@ -608,7 +631,7 @@ pub(super) fn endpoint_from_row(
     let mut endpoint = WebhookEndpoint {
         url,
         enabled: enabled != 0,
-        secret: row.try_get(column("webhook_secret").as_str())?,
+        secret: open("webhook_secret")?,
         previous_secret,
         previous_secret_expires_at: previous_expires_at,
         signature: SignatureScheme::parse(&signature)

@@ -6,6 +6,7 @@ use sqlx::Row;
 
 use super::{Db, Error};
 use crate::model::now_ms;
+use crate::secrets::Place;
 
 /// One calendar event type an inbox receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,13 +41,15 @@ impl Db {
         let Some(row) = row else {
             return Ok(Vec::new());
         };
-        let mut secrets = vec![row.try_get::<String, _>("secret")?];
+        let key = [inbox_id, provider];
+        let stored: String = row.try_get("secret")?;
+        let mut secrets = vec![self.secrets.open(Place::IngressSecret, &key, &stored)?];
         let previous: Option<String> = row.try_get("previous_secret")?;
         let valid_until: Option<i64> = row.try_get("previous_valid_until")?;
         if let (Some(previous), Some(until)) = (previous, valid_until)
             && until > now
         {
-            secrets.push(previous);
+            secrets.push(self.secrets.open(Place::IngressSecret, &key, &previous)?);
         }
         Ok(secrets)
     }
@@ -64,6 +67,11 @@ impl Db {
         previous_valid_until: i64,
     ) -> Result<(), Error> {
         let now = now_ms();
+        // Sealed under the same place as the previous secret it becomes, so the statement can
+        // move it there as it is.
+        let secret = self
+            .secrets
+            .seal(Place::IngressSecret, &[inbox_id, provider], secret)?;
         sqlx::query(
             "INSERT INTO ingress_secrets (inbox_id, provider, secret, previous_secret, \
              previous_valid_until, updated_at) VALUES ($1, $2, $3, NULL, NULL, $4) \
@@ -73,7 +81,7 @@ impl Db {
         )
         .bind(inbox_id)
         .bind(provider)
-        .bind(secret)
+        .bind(&secret)
         .bind(now)
         .bind(previous_valid_until)
         .execute(&self.pool)

@@ -340,7 +340,7 @@ impl Db {
             // channel but `email` always went: to the endpoint's webhook.
             let channel = Channel::parse(&channel).unwrap_or(Channel::Webhook);
             let inbox_id: String = row.try_get("inbox_id")?;
-            let inbox_webhook = endpoint_from_row(&row, "")?;
+            let inbox_webhook = endpoint_from_row(&self.secrets, &row, "", &inbox_id)?;
             let target = match endpoint_ref.strip_prefix("rule:") {
                 // A reply goes where it was addressed when it was made, from the inbox.
                 None if channel == Channel::Reply => {

@@ -19,6 +19,8 @@
 //! - `erase`: erasing and releasing messages, the pruner's and the store check's reads;
 //! - `stats`: the counts `/metrics` and the endpoint statistics report;
 //! - `ingress`: provider secrets, event types and replay keys;
+//! - `secrets`: the startup check that every stored secret decrypts, and re-encrypting them
+//!   all under the current key (`mxhook rotate-secrets-key`);
 //! - `write/`: the critical-path writes and the group committer that batches them.
 
 use sqlx::AnyPool;
@@ -67,6 +69,10 @@ pub enum Error {
     /// A uniqueness rule the caller can act on (an id or an address already taken).
     #[error("{0}")]
     Conflict(String),
+    /// A stored secret that does not decrypt here, or one that cannot be stored (see
+    /// [`crate::secrets`]).
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +91,9 @@ pub struct Db {
     sqlite_file: Option<std::sync::Arc<SqliteFile>>,
     /// Announced after each commit of accepted messages (see `stream`).
     arrivals: crate::notify::Arrivals,
+    /// Seals and opens the stored signing secrets (see `secrets`); empty until
+    /// [`Db::with_secrets`], which stores them as plaintext.
+    secrets: std::sync::Arc<crate::secrets::Keyring>,
 }
 
 /// A SQLite database file as it was when the pool opened it.
@@ -212,7 +221,15 @@ impl Db {
                 .as_deref()
                 .map(|path| std::sync::Arc::new(SqliteFile::opened(path))),
             arrivals: crate::notify::Arrivals::default(),
+            secrets: std::sync::Arc::default(),
         })
+    }
+
+    /// Encrypts the secrets written from now on, and decrypts stored ones, with `keys`.
+    #[must_use]
+    pub fn with_secrets(mut self, keys: crate::secrets::Keyring) -> Self {
+        self.secrets = std::sync::Arc::new(keys);
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -257,6 +274,7 @@ mod limits;
 mod messages;
 mod migrate;
 mod replies;
+mod secrets;
 mod stats;
 mod stream;
 mod threads;
@@ -274,6 +292,7 @@ pub use jobs::{
 pub use limits::NewFingerprint;
 pub use messages::{MessageFilter, MessageListing, MessageRow, MessageSummaryRow, NewMessage};
 pub use replies::KeyReservation;
+pub use secrets::{PlaceCounts, RotationReport};
 pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };

@@ -37,6 +37,7 @@ mod replies;
 mod rules;
 mod s3_storage;
 mod scale_out;
+mod secrets_at_rest;
 mod send_to;
 mod signatures;
 mod smtp_session;
