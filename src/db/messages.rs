@@ -43,6 +43,9 @@ pub struct NewMessage {
     pub fingerprint: Option<NewFingerprint>,
     /// Received, or sent by the inbox (a reply).
     pub direction: Direction,
+    /// Where its attachments' bodies lie in the raw message, for streaming them
+    /// (`parse::part::spans_json`); `None` serves them from the whole message.
+    pub attachment_parts: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct MessageRow {
     pub inbox_id: String,
     pub storage_key: String,
     pub event_json: String,
+    /// See [`NewMessage::attachment_parts`].
+    pub attachment_parts: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,7 +141,8 @@ impl Db {
     /// [`Error::Query`].
     pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, Error> {
         let row = sqlx::query(
-            "SELECT id, inbox_id, storage_key, event_json, event_lz4 FROM messages WHERE id = $1",
+            "SELECT id, inbox_id, storage_key, event_json, event_lz4, attachment_parts \
+             FROM messages WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -147,6 +153,7 @@ impl Db {
                 inbox_id: row.try_get("inbox_id")?,
                 storage_key: row.try_get("storage_key")?,
                 event_json: stored_event(&row)?,
+                attachment_parts: row.try_get("attachment_parts")?,
             })
         })
         .transpose()

@@ -2,6 +2,12 @@
 //! /v1/messages/{id}/attachments/{attachment_id}` (one attachment's decoded bytes) and `POST
 //! /v1/messages/{id}/release` (a quarantined message delivered now). Erasure and release are
 //! logged with the id of the key that asked.
+//!
+//! An attachment is streamed: its body's byte range, recorded at intake (see
+//! [`crate::parse::part`]), is read from the store chunk by chunk and decoded on the way, so a
+//! download holds a chunk or two whatever the attachment's size, and is sent with its exact
+//! Content-Length. Only a message stored without that record (before migration 0024, or a part
+//! whose streamed bytes would not be the parser's) is read whole and decoded in memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,23 +126,54 @@ pub(crate) async fn get_attachment(
     Path((id, attachment_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let message = visible_message(&state, &caller, &id).await?;
-    attachment_response(&state, &message.storage_key, &attachment_id).await
+    attachment_response(&state, &message, &attachment_id).await
 }
 
-/// The response of one attachment of the message stored under `storage_key`.
+fn store_error(err: crate::store::Error) -> ApiError {
+    match err {
+        crate::store::Error::NotFound { .. } => ApiError::NotFound("attachment"),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// The headers of an attachment response: the part's type when well formed, a safe
+/// attachment filename, and nothing that lets it run as a page of this origin.
+fn attachment_headers(
+    content_type: &str,
+    filename: Option<&str>,
+    attachment_id: &str,
+) -> [(header::HeaderName, String); 5] {
+    [
+        (header::CONTENT_TYPE, safe_content_type(content_type)),
+        (
+            header::CONTENT_DISPOSITION,
+            content_disposition(filename, attachment_id),
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        // Whatever the part claims to be, it never runs as a page of this origin.
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'".to_owned(),
+        ),
+        (header::CACHE_CONTROL, "private, no-store".to_owned()),
+    ]
+}
+
+/// The response of one attachment of `message`: streamed when intake recorded where the
+/// attachment lies, else read from the whole message.
 pub(crate) async fn attachment_response(
     state: &HttpState,
-    storage_key: &str,
+    message: &crate::db::MessageRow,
     attachment_id: &str,
 ) -> Result<Response, ApiError> {
+    if let Some(response) = streamed_attachment(state, message, attachment_id).await? {
+        return Ok(response);
+    }
     let raw = state
         .store
-        .get(storage_key)
+        .get(&message.storage_key)
         .await
-        .map_err(|err| match err {
-            crate::store::Error::NotFound { .. } => ApiError::NotFound("attachment"),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        .map_err(store_error)?;
     let attachment_id = attachment_id.to_owned();
     // Parsing a large message is CPU work; it stays off the async workers.
     let part = tokio::task::spawn_blocking(move || {
@@ -148,23 +185,121 @@ pub(crate) async fn attachment_response(
         return Err(ApiError::NotFound("attachment"));
     };
     Ok((
-        [
-            (header::CONTENT_TYPE, safe_content_type(&part.content_type)),
-            (
-                header::CONTENT_DISPOSITION,
-                content_disposition(part.filename.as_deref(), &attachment_id),
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-            // Whatever the part claims to be, it never runs as a page of this origin.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "sandbox; default-src 'none'".to_owned(),
-            ),
-            (header::CACHE_CONTROL, "private, no-store".to_owned()),
-        ],
+        attachment_headers(&part.content_type, part.filename.as_deref(), &attachment_id),
         part.bytes,
     )
         .into_response())
+}
+
+/// The attachment streamed from its recorded byte range, or `None` when the message has no
+/// record of it (or its event does not list it) and the whole message must be read.
+async fn streamed_attachment(
+    state: &HttpState,
+    message: &crate::db::MessageRow,
+    attachment_id: &str,
+) -> Result<Option<Response>, ApiError> {
+    let Some(span) = message
+        .attachment_parts
+        .as_deref()
+        .and_then(|stored| crate::parse::part::span_in(stored, attachment_id))
+    else {
+        return Ok(None);
+    };
+    let Ok(Event::Mail(mail)) = Event::from_json(&message.event_json) else {
+        return Ok(None);
+    };
+    let Some(listed) = mail
+        .email
+        .attachments
+        .iter()
+        .find(|listed| listed.id == attachment_id)
+    else {
+        return Ok(None);
+    };
+    let chunks = state
+        .store
+        .get_range(&message.storage_key, span.start, span.end)
+        .await
+        .map_err(store_error)?;
+    let body = decoded_stream(chunks, span, message.id.clone());
+    let mut response = (
+        attachment_headers(
+            &listed.content_type,
+            listed.filename.as_deref(),
+            attachment_id,
+        ),
+        axum::body::Body::from_stream(body),
+    )
+        .into_response();
+    // Checked at intake to be exactly what the range decodes to; a stream that comes out
+    // otherwise ends in an error, and the client sees a cut download, not wrong bytes.
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(span.size));
+    Ok(Some(response))
+}
+
+/// The decoded content of a stream of a part's raw body. Ends with an error when the store
+/// fails, the body does not decode, or it decodes to another length than recorded.
+fn decoded_stream(
+    chunks: crate::store::ByteChunks,
+    span: crate::parse::part::PartSpan,
+    message_id: String,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
+    use futures_util::StreamExt as _;
+
+    let decoder = crate::parse::transfer::Decoder::new(span.encoding);
+    let failed = move |what: String| {
+        tracing::error!(message_id = %message_id, error = %what, "streaming an attachment failed; the download was cut");
+        std::io::Error::other(what)
+    };
+    futures_util::stream::unfold(
+        (chunks, Some(decoder), 0u64, failed),
+        move |(mut chunks, decoder, produced, failed)| async move {
+            let mut decoder = decoder?;
+            match chunks.next().await {
+                Some(Ok(raw)) => {
+                    let mut out = Vec::with_capacity(raw.len());
+                    if let Err(err) = decoder.feed(&raw, &mut out) {
+                        return Some((
+                            Err(failed(err.to_string())),
+                            (chunks, None, produced, failed),
+                        ));
+                    }
+                    let produced = produced + out.len() as u64;
+                    if produced > span.size {
+                        let err = failed(format!("decoded past the recorded {} bytes", span.size));
+                        return Some((Err(err), (chunks, None, produced, failed)));
+                    }
+                    Some((
+                        Ok(bytes::Bytes::from(out)),
+                        (chunks, Some(decoder), produced, failed),
+                    ))
+                }
+                Some(Err(err)) => Some((
+                    Err(failed(err.to_string())),
+                    (chunks, None, produced, failed),
+                )),
+                None => {
+                    let mut out = Vec::new();
+                    decoder.finish(&mut out);
+                    let produced = produced + out.len() as u64;
+                    if produced == span.size {
+                        (!out.is_empty()).then(|| {
+                            (
+                                Ok(bytes::Bytes::from(out)),
+                                (chunks, None, produced, failed),
+                            )
+                        })
+                    } else {
+                        let err =
+                            failed(format!("decoded {produced} bytes, {} recorded", span.size));
+                        Some((Err(err), (chunks, None, produced, failed)))
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// The part's `type/subtype` when it is one (RFC 2045 tokens), else a download.
@@ -271,7 +406,7 @@ pub(crate) async fn get_signed_attachment(
         .get_message(&id)
         .await?
         .ok_or(ApiError::NotFound("attachment"))?;
-    attachment_response(&state, &message.storage_key, &attachment_id).await
+    attachment_response(&state, &message, &attachment_id).await
 }
 
 #[utoipa::path(
