@@ -85,6 +85,8 @@ pub struct MessageSummaryRow {
     pub received_at_ms: i64,
     /// The inbox policy held it back: stored, not delivered.
     pub quarantined: bool,
+    /// Received, or sent by the inbox (a reply).
+    pub direction: Direction,
 }
 
 /// A message as the dashboard lists it: the summary columns, the stored event (for the flags)
@@ -175,7 +177,7 @@ impl Db {
             .unwrap_or_default();
         let rows = sqlx::query(
             "SELECT id, inbox_id, event_id, sender, envelope_from, subject, header_message_id, \
-             size, received_at, quarantined FROM messages WHERE inbox_id = $1 \
+             size, received_at, quarantined, direction FROM messages WHERE inbox_id = $1 \
              AND ($2 = '' OR id < $2) AND ($3 = '' OR LOWER(sender) = $3) \
              AND ($4 = '' OR LOWER(subject) LIKE $4) AND received_at >= $5 AND received_at < $6 \
              AND ($8 < 0 OR quarantined = $8) \
@@ -210,6 +212,10 @@ impl Db {
                     size: row.try_get("size")?,
                     received_at_ms: row.try_get("received_at")?,
                     quarantined: row.try_get::<i64, _>("quarantined")? != 0,
+                    direction: match row.try_get::<String, _>("direction")?.as_str() {
+                        "outbound" => Direction::Outbound,
+                        _ => Direction::Inbound,
+                    },
                 })
             })
             .collect()
