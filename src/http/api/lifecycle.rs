@@ -239,67 +239,89 @@ async fn streamed_attachment(
     Ok(Some(response))
 }
 
-/// The decoded content of a stream of a part's raw body. Ends with an error when the store
-/// fails, the body does not decode, or it decodes to another length than recorded.
+/// A streamed attachment on its way: the raw body still to come, and what was decoded.
+struct Decoding {
+    chunks: crate::store::ByteChunks,
+    /// The rest of the raw chunk the store gave last.
+    pending: bytes::Bytes,
+    /// `None` once the stream ended or failed.
+    decoder: Option<crate::parse::transfer::Decoder>,
+    produced: u64,
+    span: crate::parse::part::PartSpan,
+    message_id: String,
+}
+
+impl Decoding {
+    fn fail(&mut self, what: &str) -> std::io::Error {
+        self.decoder = None;
+        tracing::error!(message_id = %self.message_id, error = %what, "streaming an attachment failed; the download was cut");
+        std::io::Error::other(what.to_owned())
+    }
+
+    /// The next piece of decoded content; `None` at the end.
+    async fn next(&mut self) -> Option<Result<bytes::Bytes, std::io::Error>> {
+        use futures_util::StreamExt as _;
+
+        self.decoder.as_ref()?;
+        while self.pending.is_empty() {
+            match self.chunks.next().await {
+                Some(Ok(raw)) => self.pending = raw,
+                Some(Err(err)) => return Some(Err(self.fail(&err.to_string()))),
+                None => {
+                    let decoder = self.decoder.take()?;
+                    let mut out = Vec::new();
+                    decoder.finish(&mut out);
+                    self.produced += out.len() as u64;
+                    if self.produced != self.span.size {
+                        let what = format!(
+                            "decoded {} bytes, {} recorded",
+                            self.produced, self.span.size
+                        );
+                        return Some(Err(self.fail(&what)));
+                    }
+                    return (!out.is_empty()).then(|| Ok(bytes::Bytes::from(out)));
+                }
+            }
+        }
+        // An S3 body's chunks can be hundreds of KiB; the response holds several of what it
+        // is given, so each is decoded and passed on in pieces of a bounded size.
+        let piece = self
+            .pending
+            .split_to(self.pending.len().min(crate::store::RANGE_CHUNK));
+        let mut out = Vec::with_capacity(piece.len());
+        let decoded = self.decoder.as_mut()?.feed(&piece, &mut out);
+        if let Err(err) = decoded {
+            return Some(Err(self.fail(&err.to_string())));
+        }
+        self.produced += out.len() as u64;
+        if self.produced > self.span.size {
+            let what = format!("decoded past the recorded {} bytes", self.span.size);
+            return Some(Err(self.fail(&what)));
+        }
+        Some(Ok(bytes::Bytes::from(out)))
+    }
+}
+
+/// The decoded content of a stream of a part's raw body, in pieces of at most
+/// [`crate::store::RANGE_CHUNK`] raw bytes. Ends with an error when the store fails, the body
+/// does not decode, or it decodes to another length than recorded.
 fn decoded_stream(
     chunks: crate::store::ByteChunks,
     span: crate::parse::part::PartSpan,
     message_id: String,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
-    use futures_util::StreamExt as _;
-
-    let decoder = crate::parse::transfer::Decoder::new(span.encoding);
-    let failed = move |what: String| {
-        tracing::error!(message_id = %message_id, error = %what, "streaming an attachment failed; the download was cut");
-        std::io::Error::other(what)
+    let decoding = Decoding {
+        chunks,
+        pending: bytes::Bytes::new(),
+        decoder: Some(crate::parse::transfer::Decoder::new(span.encoding)),
+        produced: 0,
+        span,
+        message_id,
     };
-    futures_util::stream::unfold(
-        (chunks, Some(decoder), 0u64, failed),
-        move |(mut chunks, decoder, produced, failed)| async move {
-            let mut decoder = decoder?;
-            match chunks.next().await {
-                Some(Ok(raw)) => {
-                    let mut out = Vec::with_capacity(raw.len());
-                    if let Err(err) = decoder.feed(&raw, &mut out) {
-                        return Some((
-                            Err(failed(err.to_string())),
-                            (chunks, None, produced, failed),
-                        ));
-                    }
-                    let produced = produced + out.len() as u64;
-                    if produced > span.size {
-                        let err = failed(format!("decoded past the recorded {} bytes", span.size));
-                        return Some((Err(err), (chunks, None, produced, failed)));
-                    }
-                    Some((
-                        Ok(bytes::Bytes::from(out)),
-                        (chunks, Some(decoder), produced, failed),
-                    ))
-                }
-                Some(Err(err)) => Some((
-                    Err(failed(err.to_string())),
-                    (chunks, None, produced, failed),
-                )),
-                None => {
-                    let mut out = Vec::new();
-                    decoder.finish(&mut out);
-                    let produced = produced + out.len() as u64;
-                    if produced == span.size {
-                        (!out.is_empty()).then(|| {
-                            (
-                                Ok(bytes::Bytes::from(out)),
-                                (chunks, None, produced, failed),
-                            )
-                        })
-                    } else {
-                        let err =
-                            failed(format!("decoded {produced} bytes, {} recorded", span.size));
-                        Some((Err(err), (chunks, None, produced, failed)))
-                    }
-                }
-            }
-        },
-    )
+    futures_util::stream::unfold(decoding, |mut decoding| async move {
+        let item = decoding.next().await?;
+        Some((item, decoding))
+    })
 }
 
 /// The part's `type/subtype` when it is one (RFC 2045 tokens), else a download.
