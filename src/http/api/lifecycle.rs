@@ -650,6 +650,63 @@ mod tests {
         }
     }
 
+    /// What `decoded_stream` makes of `raw` given in `pieces`, for a span recorded as `size`
+    /// decoded bytes of base64.
+    async fn stream_of(pieces: &[&[u8]], size: u64) -> Vec<Result<bytes::Bytes, String>> {
+        use futures_util::StreamExt as _;
+
+        let chunks: Vec<Result<bytes::Bytes, crate::store::Error>> = pieces
+            .iter()
+            .map(|piece| Ok(bytes::Bytes::copy_from_slice(piece)))
+            .collect();
+        let span = crate::parse::part::PartSpan {
+            start: 0,
+            end: 0,
+            encoding: crate::parse::transfer::TransferEncoding::Base64,
+            size,
+        };
+        decoded_stream(
+            Box::pin(futures_util::stream::iter(chunks)),
+            span,
+            "msg_test".to_owned(),
+        )
+        .map(|item| item.map_err(|err| err.to_string()))
+        .collect()
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_decoded_in_bounded_pieces_and_cut_with_an_error_when_wrong() {
+        use base64::Engine as _;
+
+        let data: Vec<u8> = (0..300_000u32).map(|n| (n % 253) as u8).collect();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+        // One chunk far larger than a piece, as S3 may give, then a small one.
+        let (big, small) = encoded.as_bytes().split_at(encoded.len() - 10);
+        let items = stream_of(&[big, small], data.len() as u64).await;
+        let mut decoded = Vec::new();
+        for item in &items {
+            let piece = item.as_ref().expect("decodes");
+            assert!(piece.len() <= crate::store::RANGE_CHUNK, "{}", piece.len());
+            decoded.extend_from_slice(piece);
+        }
+        assert_eq!(decoded, data);
+        assert!(items.len() > 4, "{} pieces", items.len());
+
+        // Shorter or longer than recorded, or not base64: the stream ends in an error.
+        for (pieces, size) in [
+            (vec![&b"QUJD"[..]], 4),
+            (vec![&b"QUJD"[..], b"QUJD"], 5),
+            (vec![&b"QUJD*"[..]], 3),
+        ] {
+            let items = stream_of(&pieces, size).await;
+            assert!(
+                items.last().is_some_and(Result::is_err),
+                "{pieces:?} {size}: {items:?}"
+            );
+        }
+    }
+
     #[test]
     fn only_well_formed_content_types_are_passed_on() {
         assert_eq!(safe_content_type("application/pdf"), "application/pdf");
