@@ -426,6 +426,7 @@ impl Intake {
             quarantined,
             fingerprint,
             direction: Direction::Inbound,
+            attachment_parts: crate::parse::part::spans_json(&parsed.attachments),
         });
         Ok(())
     }
@@ -807,6 +808,7 @@ impl Intake {
             quarantined: false,
             fingerprint: None,
             direction: Direction::Inbound,
+            attachment_parts: None,
         });
         self.commit_and_hand_over(batch).await
     }
@@ -909,6 +911,7 @@ impl Intake {
             quarantined: false,
             fingerprint: None,
             direction: Direction::Outbound,
+            attachment_parts: crate::parse::part::spans_json(&parsed.attachments),
         });
         self.commit_and_hand_over(batch).await
     }

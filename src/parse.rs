@@ -7,6 +7,7 @@
 pub mod bounce;
 pub mod html;
 pub mod part;
+pub mod transfer;
 
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
@@ -25,6 +26,9 @@ pub struct Attachment {
     pub content_encoding: Option<String>,
     pub content_id: Option<String>,
     pub size: usize,
+    /// Where its body lies in the raw message, for streaming it (see [`part`]).
+    #[serde(skip)]
+    pub span: Option<part::PartSpan>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -385,11 +389,18 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
                 })
                 .unwrap_or_else(|| "application/octet-stream".to_owned())
                 .to_ascii_lowercase();
+            let content = match &part.body {
+                PartType::Message(_) => message
+                    .raw_message
+                    .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)
+                    .unwrap_or_default(),
+                _ => part.contents(),
+            };
             let size = match &part.body {
                 PartType::Message(_) => {
                     part.raw_end_offset().saturating_sub(part.raw_body_offset()) as usize
                 }
-                _ => part.contents().len(),
+                _ => content.len(),
             };
             Some(Attachment {
                 id: format!("att_{position}"),
@@ -402,6 +413,7 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
                     .content_id()
                     .map(|id| id.trim_matches(|c| c == '<' || c == '>').to_owned()),
                 size,
+                span: part::span_of(&message.raw_message, part, content),
             })
         })
         .collect()

@@ -43,6 +43,9 @@ pub struct NewMessage {
     pub fingerprint: Option<NewFingerprint>,
     /// Received, or sent by the inbox (a reply).
     pub direction: Direction,
+    /// Where its attachments' bodies lie in the raw message, for streaming them
+    /// (`parse::part::spans_json`); `None` serves them from the whole message.
+    pub attachment_parts: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct MessageRow {
     pub inbox_id: String,
     pub storage_key: String,
     pub event_json: String,
+    /// See [`NewMessage::attachment_parts`].
+    pub attachment_parts: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,6 +85,8 @@ pub struct MessageSummaryRow {
     pub received_at_ms: i64,
     /// The inbox policy held it back: stored, not delivered.
     pub quarantined: bool,
+    /// Received, or sent by the inbox (a reply).
+    pub direction: Direction,
 }
 
 /// A message as the dashboard lists it: the summary columns, the stored event (for the flags)
@@ -136,7 +143,8 @@ impl Db {
     /// [`Error::Query`].
     pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, Error> {
         let row = sqlx::query(
-            "SELECT id, inbox_id, storage_key, event_json, event_lz4 FROM messages WHERE id = $1",
+            "SELECT id, inbox_id, storage_key, event_json, event_lz4, attachment_parts \
+             FROM messages WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -147,6 +155,7 @@ impl Db {
                 inbox_id: row.try_get("inbox_id")?,
                 storage_key: row.try_get("storage_key")?,
                 event_json: stored_event(&row)?,
+                attachment_parts: row.try_get("attachment_parts")?,
             })
         })
         .transpose()
@@ -168,7 +177,7 @@ impl Db {
             .unwrap_or_default();
         let rows = sqlx::query(
             "SELECT id, inbox_id, event_id, sender, envelope_from, subject, header_message_id, \
-             size, received_at, quarantined FROM messages WHERE inbox_id = $1 \
+             size, received_at, quarantined, direction FROM messages WHERE inbox_id = $1 \
              AND ($2 = '' OR id < $2) AND ($3 = '' OR LOWER(sender) = $3) \
              AND ($4 = '' OR LOWER(subject) LIKE $4) AND received_at >= $5 AND received_at < $6 \
              AND ($8 < 0 OR quarantined = $8) \
@@ -203,6 +212,10 @@ impl Db {
                     size: row.try_get("size")?,
                     received_at_ms: row.try_get("received_at")?,
                     quarantined: row.try_get::<i64, _>("quarantined")? != 0,
+                    direction: match row.try_get::<String, _>("direction")?.as_str() {
+                        "outbound" => Direction::Outbound,
+                        _ => Direction::Inbound,
+                    },
                 })
             })
             .collect()

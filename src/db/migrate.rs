@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replies",
         include_str!("../../migrations/0022_replies.sql"),
     ),
+    (
+        24,
+        "attachment parts",
+        include_str!("../../migrations/0024_attachment_parts.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around

@@ -2,8 +2,112 @@
 //! position among the message's attachments). Pure and total like the rest of `parse`: the
 //! message is read under the same MIME limits, so an id names the same part here as in the
 //! event, and a part past those limits is not found.
+//!
+//! Serving an attachment must not hold the message in memory (a 20 MB attachment read by a
+//! few clients at once would cost a multiple of that), so intake, which parses the message
+//! anyway, records where each attachment's body lies in the raw `.eml` and how it is encoded:
+//! a [`PartSpan`], kept beside the message row (`messages.attachment_parts`, migration 0024).
+//! A download then reads only that byte range from the store, as a stream, through the
+//! incremental decoder of [`super::transfer`]. A span is recorded only when decoding the range
+//! that way gives exactly the bytes the parser gave (checked at intake, chunk by chunk, with no
+//! copy), so the streamed download is the same as [`attachment`] would have served; parts
+//! where it is not (a text part the parser converted from another charset, a malformed
+//! encoding the two read differently) and messages stored before the spans existed are served
+//! by [`attachment`], from the whole message.
 
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
+use serde::{Deserialize, Serialize};
+
+use super::transfer::{Decoder, TransferEncoding};
+
+/// Where one attachment's body lies in the raw message, and what it decodes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartSpan {
+    /// Offset of the body's first byte in the raw message.
+    pub start: u64,
+    /// Offset just past the body's last byte.
+    pub end: u64,
+    pub encoding: TransferEncoding,
+    /// Length of the decoded content, exactly.
+    pub size: u64,
+}
+
+/// Bytes decoded per step while checking a span at intake.
+const CHECK_CHUNK: usize = 64 << 10;
+
+/// The span of `part` in `raw` when decoding it in pieces gives exactly `content`.
+pub(crate) fn span_of(raw: &[u8], part: &MessagePart<'_>, content: &[u8]) -> Option<PartSpan> {
+    let (start, end) = (
+        part.raw_body_offset() as usize,
+        part.raw_end_offset() as usize,
+    );
+    let body = raw.get(start..end)?;
+    let encoding = match (&part.body, part.encoding) {
+        // An attached message is served as the bytes it was sent as.
+        (PartType::Message(_), _) | (_, mail_parser::Encoding::None) => TransferEncoding::Identity,
+        (_, mail_parser::Encoding::Base64) => TransferEncoding::Base64,
+        (_, mail_parser::Encoding::QuotedPrintable) => TransferEncoding::QuotedPrintable,
+    };
+    let mut decoder = Decoder::new(encoding);
+    let mut out = Vec::with_capacity(CHECK_CHUNK + 4);
+    let mut matched = 0usize;
+    for piece in body.chunks(CHECK_CHUNK) {
+        decoder.feed(piece, &mut out).ok()?;
+        if content.get(matched..matched + out.len())? != out.as_slice() {
+            return None;
+        }
+        matched += out.len();
+        out.clear();
+    }
+    decoder.finish(&mut out);
+    if matched != content.len() || !out.is_empty() {
+        return None;
+    }
+    Some(PartSpan {
+        start: u64::try_from(start).ok()?,
+        end: u64::try_from(end).ok()?,
+        encoding,
+        size: u64::try_from(content.len()).ok()?,
+    })
+}
+
+/// The spans of a parsed message's attachments as `messages.attachment_parts` keeps them (entry
+/// `n` for `att_n`, `null` where there is none), or `None` when none has a span.
+pub fn spans_json(attachments: &[super::Attachment]) -> Option<String> {
+    if attachments
+        .iter()
+        .all(|attachment| attachment.span.is_none())
+    {
+        return None;
+    }
+    // Placed by the position the id names, which `span_in` reads back.
+    let mut spans: Vec<Option<PartSpan>> = Vec::new();
+    for attachment in attachments {
+        let Some(position) = attachment
+            .id
+            .strip_prefix("att_")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n < super::MAX_LISTED_ATTACHMENTS)
+        else {
+            continue;
+        };
+        if spans.len() <= position {
+            spans.resize(position + 1, None);
+        }
+        spans[position] = attachment.span;
+    }
+    serde_json::to_string(&spans).ok()
+}
+
+/// The span recorded for attachment `id` in a stored `attachment_parts`.
+pub fn span_in(stored: &str, id: &str) -> Option<PartSpan> {
+    let position: usize = id.strip_prefix("att_")?.parse().ok()?;
+    if id != format!("att_{position}") {
+        return None;
+    }
+    let spans: Vec<Option<PartSpan>> = serde_json::from_str(stored).ok()?;
+    spans.get(position).copied().flatten()
+}
 
 /// An attachment's content, decoded from its transfer encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +168,76 @@ x,y\r\n1,2\r\n--b--\r\n";
         let csv = attachment(MAIL, "att_1").expect("att_1");
         assert_eq!(csv.content_type, "text/csv");
         assert_eq!(csv.bytes, b"x,y\r\n1,2");
+    }
+
+    /// Streams the span of `id` from the raw message in pieces of `piece` bytes.
+    fn streamed(raw: &[u8], span: PartSpan, piece: usize) -> Vec<u8> {
+        let body = &raw[span.start as usize..span.end as usize];
+        let mut decoder = Decoder::new(span.encoding);
+        let mut out = Vec::new();
+        for chunk in body.chunks(piece.max(1)) {
+            decoder.feed(chunk, &mut out).expect("decodes");
+        }
+        decoder.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_recorded_span_streams_the_same_bytes_as_the_whole_message_path() {
+        let forwarded = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: fwd\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\n\
+Content-Type: text/plain\r\n\r\nsee below\r\n--o\r\n\
+Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n\
+From: c@example.com\r\nSubject: inner\r\n\r\ninner body\r\n--o\r\n\
+Content-Type: application/octet-stream; name=\"q.bin\"\r\n\
+Content-Disposition: attachment; filename=\"q.bin\"\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nline one  \r\nsoft =\r\nbreak=00=FF\r\n--o\r\n\
+Content-Type: application/zip\r\nContent-Disposition: attachment; filename=\"z.zip\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nUEsDBAoAAAAAAA\r\n  AAAA==\r\n--o--\r\n";
+        for raw in [MAIL, &forwarded[..]] {
+            let parsed = super::super::parse(raw);
+            assert!(!parsed.attachments.is_empty());
+            for listed in &parsed.attachments {
+                let whole = attachment(raw, &listed.id).expect("attachment").bytes;
+                let span = listed
+                    .span
+                    .unwrap_or_else(|| panic!("no span for {listed:?}"));
+                assert_eq!(span.size, whole.len() as u64);
+                for piece in [1, 2, 3, 7, 64, 4096] {
+                    assert_eq!(
+                        streamed(raw, span, piece),
+                        whole,
+                        "{} by {piece}",
+                        listed.id
+                    );
+                }
+                let stored = spans_json(&parsed.attachments).expect("spans");
+                assert_eq!(span_in(&stored, &listed.id), Some(span));
+            }
+        }
+    }
+
+    #[test]
+    fn a_part_the_parser_converted_from_another_charset_has_no_span() {
+        let raw = b"From: a@example.com\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\n\
+Content-Type: text/plain; charset=iso-8859-1\r\nContent-Disposition: attachment; filename=\"l.txt\"\r\n\r\n\
+Gr\xfc\xdfe\r\n--b--\r\n";
+        let parsed = super::super::parse(raw);
+        assert_eq!(parsed.attachments.len(), 1);
+        assert_eq!(parsed.attachments[0].span, None);
+        assert_eq!(spans_json(&parsed.attachments), None);
+        assert!(attachment(raw, "att_0").is_some(), "served the old way");
+    }
+
+    #[test]
+    fn a_span_is_found_only_under_its_exact_id() {
+        let parsed = super::super::parse(MAIL);
+        let stored = spans_json(&parsed.attachments).expect("spans");
+        for id in ["att_2", "att_01", "att_", "x", "att_-0"] {
+            assert_eq!(span_in(&stored, id), None, "{id}");
+        }
+        assert_eq!(span_in("not json", "att_0"), None);
     }
 
     #[test]

@@ -102,6 +102,52 @@ impl FsStore {
         }
     }
 
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<super::ByteChunks, Error> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+        let path = self.path_of(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    key: key.to_owned(),
+                });
+            }
+            Err(source) => return Err(read_error(key, source)),
+        };
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|source| read_error(key, source))?;
+        let left = end.saturating_sub(start);
+        let key = key.to_owned();
+        Ok(Box::pin(futures_util::stream::try_unfold(
+            (file, left, key),
+            |(mut file, left, key)| async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let want = usize::try_from(left)
+                    .map_or(super::RANGE_CHUNK, |left| left.min(super::RANGE_CHUNK));
+                let mut chunk = bytes::BytesMut::zeroed(want);
+                let read = file
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|source| read_error(&key, source))?;
+                if read == 0 {
+                    return Err(super::short_object(&key, left));
+                }
+                chunk.truncate(read);
+                let left = left - read as u64;
+                Ok(Some((chunk.freeze(), (file, left, key))))
+            },
+        )))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         let path = self.path_of(key)?;
         match tokio::fs::remove_file(&path).await {
@@ -140,11 +186,14 @@ impl FsStore {
     }
 }
 
-fn list_files(root: &Path, prefix: &str) -> Result<Vec<super::StoredObject>, Error> {
-    let read_error = |key: &str, source| Error::Read {
+fn read_error(key: &str, source: std::io::Error) -> Error {
+    Error::Read {
         key: key.to_owned(),
         source,
-    };
+    }
+}
+
+fn list_files(root: &Path, prefix: &str) -> Result<Vec<super::StoredObject>, Error> {
     let mut objects = Vec::new();
     let mut dirs = vec![(root.to_owned(), String::new())];
     while let Some((dir, relative)) = dirs.pop() {
@@ -368,6 +417,38 @@ mod tests {
                 format!("message {i}").into_bytes()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_range_streams_exactly_its_bytes_in_bounded_chunks() {
+        use futures_util::TryStreamExt as _;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path().to_owned());
+        let bytes: Vec<u8> = (0..200_000u32).map(|n| (n % 251) as u8).collect();
+        store.put("inbound/a/msg_1.eml", &bytes).await.expect("put");
+        for (start, end) in [(0, 200_000), (1, 2), (70_000, 199_999), (5, 5)] {
+            let chunks: Vec<bytes::Bytes> = store
+                .get_range("inbound/a/msg_1.eml", start, end)
+                .await
+                .expect("range")
+                .try_collect()
+                .await
+                .expect("read");
+            assert!(chunks.iter().all(|c| c.len() <= super::super::RANGE_CHUNK));
+            assert_eq!(chunks.concat(), &bytes[start as usize..end as usize]);
+        }
+        let past_end = store
+            .get_range("inbound/a/msg_1.eml", 199_000, 200_001)
+            .await
+            .expect("opens")
+            .try_collect::<Vec<_>>()
+            .await;
+        assert!(matches!(past_end, Err(Error::Read { .. })), "{past_end:?}");
+        assert!(matches!(
+            store.get_range("inbound/a/none.eml", 0, 1).await,
+            Err(Error::NotFound { .. })
+        ));
     }
 
     #[tokio::test]

@@ -4,6 +4,10 @@
 //! key and synced to disk together with the other puts waiting at that moment), because the SMTP
 //! `250` waits on it (for the s3 backend: acknowledged by S3 after it verified the body's
 //! checksum). Nothing here parses or rewrites the bytes.
+//!
+//! A byte range of an object can be read as a stream of chunks ([`Store::get_range`]: a seek
+//! and chunked reads on fs, a ranged GET whose body is passed on as it arrives on S3), so an
+//! attachment download holds a chunk at a time, never the message.
 
 mod fs;
 mod s3;
@@ -82,6 +86,20 @@ impl Store {
         }
     }
 
+    /// Bytes `start..end` of an object, as a stream of chunks of at most [`RANGE_CHUNK`]
+    /// bytes (fs; S3 passes on its body's chunks as they come). The object is opened before
+    /// this returns, so a missing one is [`Error::NotFound`] here; a failure later, or an
+    /// object shorter than `end`, ends the stream with an error.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Read`], [`Error::Remote`] or [`Error::Timeout`].
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<ByteChunks, Error> {
+        match self {
+            Self::Fs(store) => store.get_range(key, start, end).await,
+            Self::S3(store) => store.get_range(key, start, end).await,
+        }
+    }
+
     /// Removes an object; used to undo a `put` whose database commit failed.
     ///
     /// # Errors
@@ -91,6 +109,24 @@ impl Store {
             Self::Fs(store) => store.delete(key).await,
             Self::S3(store) => store.delete(key).await,
         }
+    }
+}
+
+/// Largest chunk a ranged read of the fs store yields.
+pub const RANGE_CHUNK: usize = 64 << 10;
+
+/// A ranged read in progress: its chunks, in order.
+pub type ByteChunks =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, Error>> + Send>>;
+
+/// The error that ends a ranged read whose object ended before the range did.
+fn short_object(key: &str, missing: u64) -> Error {
+    Error::Read {
+        key: key.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the object ended {missing} bytes before the range"),
+        ),
     }
 }
 

@@ -104,6 +104,90 @@ impl S3Store {
         self.within_deadline(key, read).await?
     }
 
+    /// A ranged GET (`Range: bytes=start-(end-1)`) whose body is passed on chunk by chunk as
+    /// it arrives; the request and each chunk run under the deadline.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<super::ByteChunks, Error> {
+        if end <= start {
+            // A range of nothing cannot be asked of S3; only whether the object is there.
+            return if self.exists(key).await? {
+                Ok(Box::pin(futures_util::stream::empty()))
+            } else {
+                Err(Error::NotFound {
+                    key: key.to_owned(),
+                })
+            };
+        }
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1))
+            .send();
+        let output = self
+            .within_deadline(key, request)
+            .await?
+            .map_err(|err| match &err {
+                SdkError::ServiceError(service) if service.err().is_no_such_key() => {
+                    Error::NotFound {
+                        key: key.to_owned(),
+                    }
+                }
+                _ => remote("GET", key, &err),
+            })?;
+        // A server that ignored the range would send the object from its start.
+        let ranged = output
+            .content_range()
+            .is_some_and(|range| range.starts_with(&format!("bytes {start}-")));
+        if !ranged {
+            return Err(Error::Remote {
+                operation: "GET",
+                key: key.to_owned(),
+                message: format!(
+                    "asked for bytes {start}-{}, answered Content-Range {:?}",
+                    end - 1,
+                    output.content_range()
+                ),
+            });
+        }
+        let state = (output.body, end - start, key.to_owned(), self.timeout);
+        Ok(Box::pin(futures_util::stream::try_unfold(
+            state,
+            |(mut body, left, key, timeout)| async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let next = tokio::time::timeout(timeout, body.next())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        key: key.clone(),
+                        after: timeout,
+                    })?;
+                let chunk = match next {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(err)) => {
+                        return Err(Error::Remote {
+                            operation: "GET",
+                            key,
+                            message: err.to_string(),
+                        });
+                    }
+                    None => return Err(super::short_object(&key, left)),
+                };
+                // More than asked for would be a server ignoring the range: never passed on.
+                let chunk =
+                    chunk.slice(..chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX)));
+                let left = left - chunk.len() as u64;
+                Ok(Some((chunk, (body, left, key, timeout))))
+            },
+        )))
+    }
+
     /// S3 answers a DELETE of a missing key with success, which is what `undo` wants.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         let request = self

@@ -993,3 +993,278 @@ async fn kill_9_in_the_middle_of_pruning_leaves_no_orphan_after_the_restart() {
     );
     process.kill_9();
 }
+
+/// Size of the attachment the streaming test downloads.
+const LARGE_ATTACHMENT: usize = 20 << 20;
+/// Concurrent downloads of it.
+const DOWNLOADS: usize = 4;
+/// What those downloads may add to the gateway's resident memory, all together: a fraction of
+/// one attachment. Reading the message whole, as before, costs each download the raw message
+/// and the decoded part (about 47 MB here), all held at once until the client took them.
+const DOWNLOAD_MEMORY_BOUND: u64 = 8 << 20;
+
+/// A message of a text part and a `size`-byte random binary in base64 (76-character lines, as
+/// mail clients write it); the message and the attachment's bytes.
+fn message_with_attachment(size: usize) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine as _;
+    use rand::{RngCore as _, SeedableRng as _};
+
+    let mut data = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(size as u64).fill_bytes(&mut data);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+    let mut message = b"From: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
+Subject: the big file\r\nDate: Thu, 16 Apr 2026 12:00:00 +0000\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"BIG\"\r\n\r\n--BIG\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\r\nthe archive\r\n--BIG\r\n\
+Content-Type: application/octet-stream; name=\"archive.bin\"\r\n\
+Content-Disposition: attachment; filename=\"archive.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n"
+        .to_vec();
+    message.reserve(encoded.len() * 78 / 76 + 64);
+    for line in encoded.as_bytes().chunks(76) {
+        message.extend_from_slice(line);
+        message.extend_from_slice(b"\r\n");
+    }
+    message.extend_from_slice(b"--BIG--\r\n");
+    (message, data)
+}
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable {line}"));
+    kib * 1024
+}
+
+/// Downloads `url` (with `key` when given) in a streaming way: its Content-Length, and the
+/// SHA-256 and length of the body. Waits at `barrier` once the response started, so that every
+/// download has its response in hand before any body is read.
+async fn hashed_download(
+    url: String,
+    key: Option<&str>,
+    barrier: std::sync::Arc<tokio::sync::Barrier>,
+) -> (Option<u64>, [u8; 32], u64) {
+    use sha2::Digest as _;
+
+    let mut request = crate::support::http_client().get(&url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let mut response = request.send().await.expect("download");
+    assert_eq!(response.status(), 200, "{url}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .contains("filename=\"archive.bin\""),
+    );
+    let length = response.content_length();
+    barrier.wait().await;
+    let mut hasher = sha2::Sha256::new();
+    let mut read = 0u64;
+    while let Some(chunk) = response.chunk().await.expect("body chunk") {
+        read += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (length, hasher.finalize().into(), read)
+}
+
+/// Sends a message with a `size`-byte attachment through SMTP: its id and the attachment's
+/// SHA-256.
+async fn send_with_attachment(
+    process: &crate::support::process::Process,
+    size: usize,
+) -> (String, [u8; 32]) {
+    use sha2::Digest as _;
+
+    let (message, data) = message_with_attachment(size);
+    let mut client = SmtpClient::connect(process.smtp).await;
+    let (code, text) = client
+        .send_message("jane@client.example", &["agent@example.com"], &message)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let id = text.rsplit(' ').next().expect("queued as id").to_owned();
+    (id, sha2::Sha256::digest(&data).into())
+}
+
+/// `DOWNLOADS` downloads at once of attachment `att_0` (of `size` bytes) of message `id`, half
+/// through the API and half through the event's signed link; the SHA-256 of each.
+async fn concurrent_downloads(
+    process: &crate::support::process::Process,
+    id: &str,
+    size: usize,
+) -> Vec<[u8; 32]> {
+    let key = crate::support::gateway::API_KEY;
+    let (status, event) = crate::support::api_at(
+        process.http,
+        key,
+        "GET",
+        &format!("/v1/messages/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{event}");
+    let attachment = &event["email"]["attachments"][0];
+    assert_eq!(attachment["id"], "att_0");
+    assert_eq!(attachment["size"], size as u64);
+    let signed = attachment["download_url"]
+        .as_str()
+        .expect("download_url")
+        .to_owned();
+    let api_url = format!("http://{}/v1/messages/{id}/attachments/att_0", process.http);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(DOWNLOADS));
+    let downloads = (0..DOWNLOADS).map(|n| {
+        let barrier = barrier.clone();
+        let (url, key) = if n % 2 == 0 {
+            (api_url.clone(), Some(key))
+        } else {
+            (signed.clone(), None)
+        };
+        async move { hashed_download(url, key, barrier).await }
+    });
+    let results = futures_util::future::join_all(downloads).await;
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(n, (length, hash, read))| {
+            assert_eq!(length, Some(size as u64), "download {n}");
+            assert_eq!(read, size as u64, "download {n}");
+            hash
+        })
+        .collect()
+}
+
+/// A 20 MB attachment sent through SMTP is served whole and exact, through the API and its
+/// signed link, while four concurrent downloads of it grow the gateway process (the real
+/// binary, its memory read from /proc) by less than `DOWNLOAD_MEMORY_BOUND`.
+async fn a_large_attachment_is_streamed_exactly_in_bounded_memory(storage: Storage) {
+    use crate::support::process::{Process, free_addr};
+
+    let s3 = match storage {
+        Storage::Fs => None,
+        Storage::S3 => Some(TestS3::start().await),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = GatewayOptions::no_webhook();
+    options.max_message_size = 40 << 20;
+    options.storage_toml = s3.as_ref().map(|s3| s3.storage_toml(30.0));
+    let config_path = dir.path().join("mxhook.toml");
+    let config_text = crate::support::gateway::config_toml(dir.path(), &options);
+    std::fs::write(&config_path, &config_text).expect("write config");
+    let process = Process::start(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let pid = process.pid();
+
+    // Downloads of a small attachment first, as many at once: what any first downloads cost
+    // whatever their size (connections to S3, allocator arenas of the workers) is not counted.
+    let (small, small_hash) = send_with_attachment(&process, 4096).await;
+    for hash in concurrent_downloads(&process, &small, 4096).await {
+        assert!(hash == small_hash, "the small attachment's bytes differ");
+    }
+    let (id, expected) = send_with_attachment(&process, LARGE_ATTACHMENT).await;
+    let (status, listing) = crate::support::api_at(
+        process.http,
+        crate::support::gateway::API_KEY,
+        "GET",
+        "/v1/inboxes/agent/messages",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(listing["messages"][0]["id"], id.as_str());
+    assert_eq!(listing["messages"][0]["direction"], "inbound");
+
+    // Intake is over (the event is committed); what it allocated has settled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proc_status_bytes(pid, "VmRSS");
+    // The peak from here on: VmHWM reset to the current size where the kernel allows it, and
+    // VmRSS sampled in case it does not.
+    let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(proc_status_bytes(pid, "VmRSS"));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let hashes = concurrent_downloads(&process, &id, LARGE_ATTACHMENT).await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut peak = sampler.join().expect("sampler");
+    if hwm_reset {
+        peak = peak.max(proc_status_bytes(pid, "VmHWM"));
+    }
+    for (n, hash) in hashes.iter().enumerate() {
+        assert!(*hash == expected, "download {n}: the bytes differ");
+    }
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "{storage:?}: {DOWNLOADS} concurrent downloads of {LARGE_ATTACHMENT} bytes: VmRSS {before} before, peak {peak} (growth {growth}, VmHWM reset: {hwm_reset})"
+    );
+    assert!(
+        growth < DOWNLOAD_MEMORY_BOUND,
+        "{DOWNLOADS} downloads grew the gateway by {growth} bytes (from {before} to {peak})"
+    );
+    process.kill_9();
+}
+
+#[tokio::test]
+async fn a_large_attachment_is_streamed_exactly_in_bounded_memory_on_the_filesystem() {
+    a_large_attachment_is_streamed_exactly_in_bounded_memory(Storage::Fs).await;
+}
+
+#[tokio::test]
+async fn a_large_attachment_is_streamed_exactly_in_bounded_memory_on_s3() {
+    a_large_attachment_is_streamed_exactly_in_bounded_memory(Storage::S3).await;
+}
+
+/// An attachment intake records no range for (a text part the parser converts from Latin-1) is
+/// served from the whole message, decoded as before, beside one that streams.
+#[tokio::test]
+async fn an_attachment_without_a_recorded_range_is_served_from_the_whole_message() {
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let message = b"From: Jane <jane@client.example>\r\nTo: agent@example.com\r\n\
+Subject: latin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"L\"\r\n\r\n\
+--L\r\nContent-Type: text/plain\r\n\r\nhi\r\n--L\r\n\
+Content-Type: text/plain; charset=iso-8859-1\r\n\
+Content-Disposition: attachment; filename=\"l.txt\"\r\n\r\nGr\xfc\xdfe\r\n--L\r\n\
+Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"b.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n--L--\r\n";
+    let id = send_to(&gateway, "agent@example.com", message).await;
+    let key = crate::support::gateway::API_KEY;
+    let (status, _, body) = get_as(
+        &gateway,
+        key,
+        &format!("/v1/messages/{id}/attachments/att_0"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "Grüße".as_bytes());
+    let (status, headers, body) = get_as(
+        &gateway,
+        key,
+        &format!("/v1/messages/{id}/attachments/att_1"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, b"\x00\x01\x02\xff");
+    assert_eq!(headers["content-length"], "4");
+    gateway.stop().await;
+}

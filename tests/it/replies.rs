@@ -224,6 +224,21 @@ async fn a_reply_goes_out_threaded_and_signed_and_the_next_mail_shows_both_sides
     assert_eq!(status, 200, "{stored}");
     assert_eq!(stored["direction"], "outbound", "{stored}");
     assert_eq!(stored["thread_id"], thread_id);
+    // The inbox's listing says which way each message went.
+    let listed = gateway.messages("agent").await;
+    let direction_of = |id: &str| {
+        listed
+            .iter()
+            .find(|message| message["id"] == id)
+            .map(|message| message["direction"].clone())
+    };
+    assert_eq!(direction_of(reply_id.as_str()), Some("outbound".into()));
+    assert!(
+        listed
+            .iter()
+            .any(|message| message["direction"] == "inbound"),
+        "{listed:?}"
+    );
 
     let answer_id = header(&parsed, "Message-ID").expect("Message-ID");
     let follow_up = mail(

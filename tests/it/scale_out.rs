@@ -696,6 +696,7 @@ fn new_message(delivery_id: &str, fingerprint: Option<&str>) -> NewMessage {
         subject_key: None,
         participants: Vec::new(),
         direction: mxhook::model::Direction::Inbound,
+        attachment_parts: None,
         quarantined: false,
         fingerprint: fingerprint.map(|fingerprint| NewFingerprint {
             fingerprint: fingerprint.to_owned(),

@@ -20,8 +20,8 @@ use crate::model::{DeliveryStatus, now_ms};
 const MESSAGE_COLUMNS: &str = "INSERT INTO messages (id, inbox_id, event_id, storage_bucket, \
     storage_key, size, envelope_from, envelope_to, remote_ip, helo, header_message_id, sender, \
     subject, received_at, event_json, thread_id, subject_key, participants, quarantined, \
-    event_lz4, direction, stream_seq) VALUES ";
-const MESSAGE_PARAMS: usize = 21;
+    event_lz4, direction, attachment_parts, stream_seq) VALUES ";
+const MESSAGE_PARAMS: usize = 22;
 
 /// A delivery's row: `$8` (the message's receipt) is its due, creation and update time.
 const DELIVERY_COLUMNS: &str = "INSERT INTO deliveries (id, message_id, inbox_id, event_id, \
@@ -290,6 +290,7 @@ impl<'m> MessageColumns<'m> {
             i64::from(message.quarantined),
             self.event_lz4.as_deref(),
             message.direction.as_str(),
+            message.attachment_parts.as_deref(),
         ]
     }
 }

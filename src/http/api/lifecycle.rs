@@ -2,6 +2,12 @@
 //! /v1/messages/{id}/attachments/{attachment_id}` (one attachment's decoded bytes) and `POST
 //! /v1/messages/{id}/release` (a quarantined message delivered now). Erasure and release are
 //! logged with the id of the key that asked.
+//!
+//! An attachment is streamed: its body's byte range, recorded at intake (see
+//! [`crate::parse::part`]), is read from the store chunk by chunk and decoded on the way, so a
+//! download holds a chunk or two whatever the attachment's size, and is sent with its exact
+//! Content-Length. Only a message stored without that record (before migration 0024, or a part
+//! whose streamed bytes would not be the parser's) is read whole and decoded in memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,23 +126,54 @@ pub(crate) async fn get_attachment(
     Path((id, attachment_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let message = visible_message(&state, &caller, &id).await?;
-    attachment_response(&state, &message.storage_key, &attachment_id).await
+    attachment_response(&state, &message, &attachment_id).await
 }
 
-/// The response of one attachment of the message stored under `storage_key`.
+fn store_error(err: crate::store::Error) -> ApiError {
+    match err {
+        crate::store::Error::NotFound { .. } => ApiError::NotFound("attachment"),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// The headers of an attachment response: the part's type when well formed, a safe
+/// attachment filename, and nothing that lets it run as a page of this origin.
+fn attachment_headers(
+    content_type: &str,
+    filename: Option<&str>,
+    attachment_id: &str,
+) -> [(header::HeaderName, String); 5] {
+    [
+        (header::CONTENT_TYPE, safe_content_type(content_type)),
+        (
+            header::CONTENT_DISPOSITION,
+            content_disposition(filename, attachment_id),
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        // Whatever the part claims to be, it never runs as a page of this origin.
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'".to_owned(),
+        ),
+        (header::CACHE_CONTROL, "private, no-store".to_owned()),
+    ]
+}
+
+/// The response of one attachment of `message`: streamed when intake recorded where the
+/// attachment lies, else read from the whole message.
 pub(crate) async fn attachment_response(
     state: &HttpState,
-    storage_key: &str,
+    message: &crate::db::MessageRow,
     attachment_id: &str,
 ) -> Result<Response, ApiError> {
+    if let Some(response) = streamed_attachment(state, message, attachment_id).await? {
+        return Ok(response);
+    }
     let raw = state
         .store
-        .get(storage_key)
+        .get(&message.storage_key)
         .await
-        .map_err(|err| match err {
-            crate::store::Error::NotFound { .. } => ApiError::NotFound("attachment"),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        .map_err(store_error)?;
     let attachment_id = attachment_id.to_owned();
     // Parsing a large message is CPU work; it stays off the async workers.
     let part = tokio::task::spawn_blocking(move || {
@@ -148,23 +185,143 @@ pub(crate) async fn attachment_response(
         return Err(ApiError::NotFound("attachment"));
     };
     Ok((
-        [
-            (header::CONTENT_TYPE, safe_content_type(&part.content_type)),
-            (
-                header::CONTENT_DISPOSITION,
-                content_disposition(part.filename.as_deref(), &attachment_id),
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-            // Whatever the part claims to be, it never runs as a page of this origin.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "sandbox; default-src 'none'".to_owned(),
-            ),
-            (header::CACHE_CONTROL, "private, no-store".to_owned()),
-        ],
+        attachment_headers(&part.content_type, part.filename.as_deref(), &attachment_id),
         part.bytes,
     )
         .into_response())
+}
+
+/// The attachment streamed from its recorded byte range, or `None` when the message has no
+/// record of it (or its event does not list it) and the whole message must be read.
+async fn streamed_attachment(
+    state: &HttpState,
+    message: &crate::db::MessageRow,
+    attachment_id: &str,
+) -> Result<Option<Response>, ApiError> {
+    let Some(span) = message
+        .attachment_parts
+        .as_deref()
+        .and_then(|stored| crate::parse::part::span_in(stored, attachment_id))
+    else {
+        return Ok(None);
+    };
+    let Ok(Event::Mail(mail)) = Event::from_json(&message.event_json) else {
+        return Ok(None);
+    };
+    let Some(listed) = mail
+        .email
+        .attachments
+        .iter()
+        .find(|listed| listed.id == attachment_id)
+    else {
+        return Ok(None);
+    };
+    let chunks = state
+        .store
+        .get_range(&message.storage_key, span.start, span.end)
+        .await
+        .map_err(store_error)?;
+    let body = decoded_stream(chunks, span, message.id.clone());
+    let mut response = (
+        attachment_headers(
+            &listed.content_type,
+            listed.filename.as_deref(),
+            attachment_id,
+        ),
+        axum::body::Body::from_stream(body),
+    )
+        .into_response();
+    // Checked at intake to be exactly what the range decodes to; a stream that comes out
+    // otherwise ends in an error, and the client sees a cut download, not wrong bytes.
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(span.size));
+    Ok(Some(response))
+}
+
+/// A streamed attachment on its way: the raw body still to come, and what was decoded.
+struct Decoding {
+    chunks: crate::store::ByteChunks,
+    /// The rest of the raw chunk the store gave last.
+    pending: bytes::Bytes,
+    /// `None` once the stream ended or failed.
+    decoder: Option<crate::parse::transfer::Decoder>,
+    produced: u64,
+    span: crate::parse::part::PartSpan,
+    message_id: String,
+}
+
+impl Decoding {
+    fn fail(&mut self, what: &str) -> std::io::Error {
+        self.decoder = None;
+        tracing::error!(message_id = %self.message_id, error = %what, "streaming an attachment failed; the download was cut");
+        std::io::Error::other(what.to_owned())
+    }
+
+    /// The next piece of decoded content; `None` at the end.
+    async fn next(&mut self) -> Option<Result<bytes::Bytes, std::io::Error>> {
+        use futures_util::StreamExt as _;
+
+        self.decoder.as_ref()?;
+        while self.pending.is_empty() {
+            match self.chunks.next().await {
+                Some(Ok(raw)) => self.pending = raw,
+                Some(Err(err)) => return Some(Err(self.fail(&err.to_string()))),
+                None => {
+                    let decoder = self.decoder.take()?;
+                    let mut out = Vec::new();
+                    decoder.finish(&mut out);
+                    self.produced += out.len() as u64;
+                    if self.produced != self.span.size {
+                        let what = format!(
+                            "decoded {} bytes, {} recorded",
+                            self.produced, self.span.size
+                        );
+                        return Some(Err(self.fail(&what)));
+                    }
+                    return (!out.is_empty()).then(|| Ok(bytes::Bytes::from(out)));
+                }
+            }
+        }
+        // An S3 body's chunks can be hundreds of KiB; the response holds several of what it
+        // is given, so each is decoded and passed on in pieces of a bounded size.
+        let piece = self
+            .pending
+            .split_to(self.pending.len().min(crate::store::RANGE_CHUNK));
+        let mut out = Vec::with_capacity(piece.len());
+        let decoded = self.decoder.as_mut()?.feed(&piece, &mut out);
+        if let Err(err) = decoded {
+            return Some(Err(self.fail(&err.to_string())));
+        }
+        self.produced += out.len() as u64;
+        if self.produced > self.span.size {
+            let what = format!("decoded past the recorded {} bytes", self.span.size);
+            return Some(Err(self.fail(&what)));
+        }
+        Some(Ok(bytes::Bytes::from(out)))
+    }
+}
+
+/// The decoded content of a stream of a part's raw body, in pieces of at most
+/// [`crate::store::RANGE_CHUNK`] raw bytes. Ends with an error when the store fails, the body
+/// does not decode, or it decodes to another length than recorded.
+fn decoded_stream(
+    chunks: crate::store::ByteChunks,
+    span: crate::parse::part::PartSpan,
+    message_id: String,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
+    let decoding = Decoding {
+        chunks,
+        pending: bytes::Bytes::new(),
+        decoder: Some(crate::parse::transfer::Decoder::new(span.encoding)),
+        produced: 0,
+        span,
+        message_id,
+    };
+    futures_util::stream::unfold(decoding, |mut decoding| async move {
+        let item = decoding.next().await?;
+        Some((item, decoding))
+    })
 }
 
 /// The part's `type/subtype` when it is one (RFC 2045 tokens), else a download.
@@ -271,7 +428,7 @@ pub(crate) async fn get_signed_attachment(
         .get_message(&id)
         .await?
         .ok_or(ApiError::NotFound("attachment"))?;
-    attachment_response(&state, &message.storage_key, &attachment_id).await
+    attachment_response(&state, &message, &attachment_id).await
 }
 
 #[utoipa::path(
@@ -489,6 +646,63 @@ mod tests {
                 content_disposition(empty, "att_3"),
                 "attachment; filename=\"att_3\"; filename*=UTF-8''att_3",
                 "{empty:?}"
+            );
+        }
+    }
+
+    /// What `decoded_stream` makes of `raw` given in `pieces`, for a span recorded as `size`
+    /// decoded bytes of base64.
+    async fn stream_of(pieces: &[&[u8]], size: u64) -> Vec<Result<bytes::Bytes, String>> {
+        use futures_util::StreamExt as _;
+
+        let chunks: Vec<Result<bytes::Bytes, crate::store::Error>> = pieces
+            .iter()
+            .map(|piece| Ok(bytes::Bytes::copy_from_slice(piece)))
+            .collect();
+        let span = crate::parse::part::PartSpan {
+            start: 0,
+            end: 0,
+            encoding: crate::parse::transfer::TransferEncoding::Base64,
+            size,
+        };
+        decoded_stream(
+            Box::pin(futures_util::stream::iter(chunks)),
+            span,
+            "msg_test".to_owned(),
+        )
+        .map(|item| item.map_err(|err| err.to_string()))
+        .collect()
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_decoded_in_bounded_pieces_and_cut_with_an_error_when_wrong() {
+        use base64::Engine as _;
+
+        let data: Vec<u8> = (0..300_000u32).map(|n| (n % 253) as u8).collect();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+        // One chunk far larger than a piece, as S3 may give, then a small one.
+        let (big, small) = encoded.as_bytes().split_at(encoded.len() - 10);
+        let items = stream_of(&[big, small], data.len() as u64).await;
+        let mut decoded = Vec::new();
+        for item in &items {
+            let piece = item.as_ref().expect("decodes");
+            assert!(piece.len() <= crate::store::RANGE_CHUNK, "{}", piece.len());
+            decoded.extend_from_slice(piece);
+        }
+        assert_eq!(decoded, data);
+        assert!(items.len() > 4, "{} pieces", items.len());
+
+        // Shorter or longer than recorded, or not base64: the stream ends in an error.
+        for (pieces, size) in [
+            (vec![&b"QUJD"[..]], 4),
+            (vec![&b"QUJD"[..], b"QUJD"], 5),
+            (vec![&b"QUJD*"[..]], 3),
+        ] {
+            let items = stream_of(&pieces, size).await;
+            assert!(
+                items.last().is_some_and(Result::is_err),
+                "{pieces:?} {size}: {items:?}"
             );
         }
     }

@@ -210,6 +210,8 @@ pub(crate) struct MessageSummary {
     received_at: String,
     /// The inbox policy held it back: stored, not delivered.
     quarantined: bool,
+    /// `inbound` for mail the inbox received, `outbound` for a reply it sent.
+    direction: crate::model::Direction,
 }
 
 impl From<MessageSummaryRow> for MessageSummary {
@@ -225,6 +227,7 @@ impl From<MessageSummaryRow> for MessageSummary {
             size: row.size,
             received_at: rfc3339(row.received_at_ms),
             quarantined: row.quarantined,
+            direction: row.direction,
         }
     }
 }

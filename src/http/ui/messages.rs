@@ -705,12 +705,10 @@ pub(super) async fn attachment(
 ) -> Result<Response, Error> {
     let message =
         crate::http::api::messages::visible_message(&state.http, &auth.caller, &id).await?;
-    Ok(crate::http::api::lifecycle::attachment_response(
-        &state.http,
-        &message.storage_key,
-        &attachment_id,
+    Ok(
+        crate::http::api::lifecycle::attachment_response(&state.http, &message, &attachment_id)
+            .await?,
     )
-    .await?)
 }
 
 #[derive(Debug, Deserialize)]

@@ -130,6 +130,11 @@ impl Process {
         self.child.wait().expect("reap");
     }
 
+    /// The gateway's process id (to read its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, as a service manager stopping the gateway does.
     pub fn terminate(&self) {
         let status = Command::new("kill")
