@@ -419,39 +419,6 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
         .collect()
 }
 
-/// One attachment's decoded content, by the `att_<n>` id the event lists it under.
-#[derive(Debug, Clone)]
-pub struct AttachmentContent {
-    pub content_type: String,
-    pub filename: Option<String>,
-    pub bytes: Vec<u8>,
-}
-
-/// The attachment `id` of a raw message, decoded, numbered as [`parse`] numbers them; `None`
-/// when it has no such attachment.
-pub fn attachment(raw: &[u8], id: &str) -> Option<AttachmentContent> {
-    let position: usize = id.strip_prefix("att_")?.parse().ok()?;
-    if position >= MAX_LISTED_ATTACHMENTS {
-        return None;
-    }
-    let raw = raw.get(..mime_part_limit(raw)).unwrap_or(raw);
-    let message = MessageParser::default().parse(raw)?;
-    let idx = *message.attachments.get(position)?;
-    let part = message.parts.get(idx as usize)?;
-    let listed = attachments(&message).into_iter().nth(position)?;
-    let bytes = match &part.body {
-        PartType::Message(_) => raw
-            .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)?
-            .to_vec(),
-        _ => part.contents().to_vec(),
-    };
-    Some(AttachmentContent {
-        content_type: listed.content_type,
-        filename: listed.filename,
-        bytes,
-    })
-}
-
 /// Where the parser must stop reading: the start of the line past the last boundary line it
 /// may read, or the whole message.
 fn mime_part_limit(raw: &[u8]) -> usize {

@@ -401,7 +401,7 @@ impl MailTools {
             .api
             .call_ok(&path, None, auth_of(&ctx).as_ref())
             .await?;
-        let Some(part) = crate::parse::attachment(&raw, &args.attachment_id) else {
+        let Some(part) = crate::parse::part::attachment(&raw, &args.attachment_id) else {
             return Err(format!(
                 "message {} has no attachment {}",
                 args.message_id, args.attachment_id

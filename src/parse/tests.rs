@@ -233,11 +233,11 @@ MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
 Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--b--\r\n";
     let listed = parse(raw).attachments;
     assert_eq!(listed.len(), 2);
-    let second = attachment(raw, &listed[1].id).expect("att_1");
+    let second = part::attachment(raw, &listed[1].id).expect("att_1");
     assert_eq!(second.content_type, "application/pdf");
     assert_eq!(second.filename.as_deref(), Some("b.pdf"));
     assert_eq!(second.bytes, b"%PDF");
-    let first = attachment(raw, "att_0").expect("att_0");
+    let first = part::attachment(raw, "att_0").expect("att_0");
     assert_eq!(String::from_utf8_lossy(&first.bytes).trim_end(), "first");
     for missing in [
         "att_2",
@@ -247,7 +247,7 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--b--\r\n";
         "",
         "att_99999999999999999999",
     ] {
-        assert!(attachment(raw, missing).is_none(), "{missing}");
+        assert!(part::attachment(raw, missing).is_none(), "{missing}");
     }
-    assert!(attachment(b"\xff\xfe not mail", "att_0").is_none());
+    assert!(part::attachment(b"\xff\xfe not mail", "att_0").is_none());
 }
