@@ -278,4 +278,4 @@ pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };
 pub use stream::{StreamEvent, StreamPosition};
-pub use write::statement_counts;
+pub use write::{StatementPath, statement_counts};
