@@ -1,7 +1,9 @@
 //! Delivery jobs and their attempts: the jobs an accepted message makes, leasing due jobs to a
 //! node (with the per-thread ordering and the per-endpoint limits), giving leases back, the
 //! attempt record, resending, and the API's views of both. Claims and attempt records are
-//! critical-path writes (see `write`). Part of [`crate::db`], which owns every SQL statement.
+//! critical-path writes (see `write`): attempt records go through the group committer, and so
+//! do claims on SQLite; on PostgreSQL a claim is one statement of its own that leases its jobs
+//! and reads what their attempts need. Part of [`crate::db`], which owns every SQL statement.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;

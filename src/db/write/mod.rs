@@ -17,7 +17,8 @@
 //! all accepted messages with their jobs in one `WITH … INSERT`, all rate counts in one
 //! `INSERT … ON CONFLICT`, all attempt records in one `WITH … UPDATE … FROM (VALUES …) INSERT`.
 //! A batch of any size then costs `BEGIN` (with its `SET LOCAL`), a statement per kind, and
-//! `COMMIT`. The claim does not come here on PostgreSQL: it is one statement of its own that
+//! `COMMIT`; a batch of attempt records only (the usual one once messages are in) is that one
+//! statement with no transaction around it. The claim does not come here on PostgreSQL: it is one statement of its own that
 //! leases and reads the jobs (see [`Db::claim_due`](crate::db::Db::claim_due)).
 //!
 //! Attempt records are batched by this queue and nowhere else: no record waits in a buffer
@@ -209,7 +210,7 @@ impl Request {
             }
             Self::Attempt(pending) => {
                 let (record, raised) = &pending.write;
-                statements::write_attempts(exec, &[(record, raised.as_ref())]).await?;
+                statements::write_attempts(exec, &[(record, raised.as_ref())], false).await?;
                 pending.reply = Some(());
             }
             Self::RateCount(pending) => {
@@ -337,6 +338,17 @@ async fn count_together(exec: &mut impl exec::Exec, batch: &mut [Request]) -> Re
     Ok(())
 }
 
+/// The records of a batch that holds attempt records only.
+fn attempts_only(batch: &[Request]) -> Option<Vec<(&AttemptRecord, Option<&RaisedEvent>)>> {
+    batch
+        .iter()
+        .map(|request| match request {
+            Request::Attempt(pending) => Some((&pending.write.0, pending.write.1.as_ref())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Writes the attempt records of every attempt request in `batch` together.
 async fn attempts_together(exec: &mut impl exec::Exec, batch: &mut [Request]) -> Result<(), Error> {
     let records: Vec<(&AttemptRecord, Option<&RaisedEvent>)> = batch
@@ -346,7 +358,7 @@ async fn attempts_together(exec: &mut impl exec::Exec, batch: &mut [Request]) ->
             _ => None,
         })
         .collect();
-    statements::write_attempts(exec, &records).await?;
+    statements::write_attempts(exec, &records, false).await?;
     for request in batch {
         if let Request::Attempt(pending) = request {
             pending.reply = Some(());
@@ -655,6 +667,26 @@ async fn commit_on_pool(
     batch: &mut [Request],
     fingerprint_prune: &mut FingerprintPrune,
 ) -> Result<(), Error> {
+    if let Some(records) = attempts_only(batch)
+        && statements::fits_one_statement(backend, &records)
+    {
+        // One statement is a transaction of its own: no BEGIN and COMMIT around it.
+        let mut conn = pool.acquire().await?;
+        let mut exec = exec::PoolExec {
+            conn: &mut conn,
+            backend,
+            statements: 0,
+        };
+        let result = statements::write_attempts(&mut exec, &records, true).await;
+        count_statements(StatementPath::Attempt, exec.statements);
+        result?;
+        for request in batch.iter_mut() {
+            if let Request::Attempt(pending) = request {
+                pending.reply = Some(());
+            }
+        }
+        return Ok(());
+    }
     // As on SQLite (see `sqlite`): only accepted messages wait for the WAL flush. The setting
     // goes with the BEGIN, in the same round trip.
     let mut tx = if backend == Backend::Postgres && !batch.iter().any(Request::must_be_durable) {

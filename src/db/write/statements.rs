@@ -577,9 +577,13 @@ fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64
 /// so logs nothing, as alone. The jobs a
 /// dead-lettering raises (rare) follow in their own statements. SQLite, where a statement is
 /// no round trip, writes each record alone.
+///
+/// `on_its_own`: the statement is not in a transaction (see [`fits_one_statement`]); it then
+/// turns off the wait for the WAL flush itself, as the committer's transaction does.
 pub(super) async fn write_attempts(
     exec: &mut impl Exec,
     records: &[(&AttemptRecord, Option<&RaisedEvent>)],
+    on_its_own: bool,
 ) -> Result<(), Error> {
     let distinct = records
         .iter()
@@ -606,7 +610,7 @@ pub(super) async fn write_attempts(
         for row in chunk {
             values.extend(row.args());
         }
-        let sql = batch_attempt_sql(chunk.len());
+        let sql = batch_attempt_sql(chunk.len(), on_its_own);
         let recorded: Vec<(String,)> = exec.rows_sized(&sql, &values, chunk.len()).await?;
         let recorded: std::collections::HashSet<&str> =
             recorded.iter().map(|(id,)| id.as_str()).collect();
@@ -629,6 +633,25 @@ pub(super) async fn write_attempts(
         }
     }
     Ok(())
+}
+
+/// Whether `records` are written by one statement on `backend`, which then needs no
+/// transaction around it: on PostgreSQL, records of distinct jobs, few enough for one
+/// statement, none raising jobs (those are statements of their own).
+pub(super) fn fits_one_statement(
+    backend: Backend,
+    records: &[(&AttemptRecord, Option<&RaisedEvent>)],
+) -> bool {
+    let ids: std::collections::HashSet<&str> = records
+        .iter()
+        .map(|(record, _)| record.delivery_id.as_str())
+        .collect();
+    backend == Backend::Postgres
+        && ids.len() == records.len()
+        && records.len() <= MAX_PARAMS / ATTEMPT_PARAMS
+        && records
+            .iter()
+            .all(|(record, raised)| raised.is_none() || !matches!(record.next, JobUpdate::Dead))
 }
 
 /// Parameters one record binds in [`batch_attempt_sql`].
@@ -692,13 +715,22 @@ impl<'r> AttemptColumns<'r> {
 
 /// The statement of [`write_attempts`] for `count` records on PostgreSQL: `$1` is the time,
 /// then each record's [`AttemptColumns::args`]. Returns the ids of the jobs it recorded.
-fn batch_attempt_sql(count: usize) -> String {
+/// `on_its_own`: it sets `synchronous_commit = off` for its own (implicit) transaction.
+fn batch_attempt_sql(count: usize, on_its_own: bool) -> String {
     let rows = multi_row("", count, 2, ATTEMPT_PARAMS, |n| {
         let numbers: Vec<String> = (n..n + ATTEMPT_PARAMS).map(|n| format!("${n}")).collect();
         numbers.join(", ")
     });
+    let (async_commit, with_async_commit) = if on_its_own {
+        (
+            "async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), ",
+            " CROSS JOIN async_commit",
+        )
+    } else {
+        ("", "")
+    };
     format!(
-        "WITH v (id, worker, status, next_attempt_at, failed, delivered_at, status_code, error, \
+        "WITH {async_commit}v (id, worker, status, next_attempt_at, failed, delivered_at, status_code, error, \
          attempt_id, started_at, latency_ms, outcome, response_excerpt, request_meta, \
          request_body) AS (VALUES {rows}), \
          finished AS (UPDATE deliveries d SET status = v.status, \
@@ -711,7 +743,7 @@ fn batch_attempt_sql(count: usize) -> String {
              status_code, outcome, error, response_excerpt, request_meta, request_body) \
          SELECT v.attempt_id, v.id, finished.attempts, v.started_at, v.latency_ms, \
              v.status_code, v.outcome, v.error, v.response_excerpt, v.request_meta, \
-             v.request_body FROM finished JOIN v ON v.id = finished.id \
+             v.request_body FROM finished JOIN v ON v.id = finished.id{with_async_commit} \
          RETURNING delivery_id"
     )
 }
