@@ -221,7 +221,7 @@ impl Request {
                 pending.reply = Some(statements::claim_ids(exec, &pending.write).await?);
             }
             Self::ReadLevels(pending) => {
-                pending.reply = Some(statements::read_levels(exec, &pending.write).await?);
+                pending.reply = Some(statements::read_levels(exec, &pending.write, 1).await?);
             }
         }
         Ok(())
@@ -446,7 +446,7 @@ async fn answer_reads(exec: &mut impl exec::Exec, reads: Vec<Request>) {
             }
         }
     }
-    let shared = statements::read_levels(exec, &buckets).await;
+    let shared = statements::read_levels(exec, &buckets, reads.len()).await;
     match shared {
         Ok(rows) => {
             for mut read in reads {
@@ -466,7 +466,7 @@ async fn answer_reads(exec: &mut impl exec::Exec, reads: Vec<Request>) {
         }
         Err(_) => {
             for read in reads {
-                let result = statements::read_levels(exec, &read.write).await;
+                let result = statements::read_levels(exec, &read.write, 1).await;
                 read.send(result);
             }
         }
@@ -613,7 +613,7 @@ pub(super) async fn read_levels_on_pool(
         backend,
         statements: 0,
     };
-    statements::read_levels(&mut exec, buckets).await
+    statements::read_levels(&mut exec, buckets, 1).await
 }
 
 /// The pooled committer: one sqlx transaction per batch.

@@ -490,10 +490,12 @@ pub(super) async fn count_in_buckets(
 }
 
 /// The stored buckets among `buckets`: (bucket, level in thousandths of a message, when it was
-/// written); see [`Db::rate_buckets`](crate::db::Db::rate_buckets).
+/// written); see [`Db::rate_buckets`](crate::db::Db::rate_buckets). `reads`: how many
+/// sessions' reads these buckets answer together; only a lone read's texts stay prepared.
 pub(super) async fn read_levels(
     exec: &mut impl Exec,
     buckets: &[impl AsRef<str>],
+    reads: usize,
 ) -> Result<Vec<(String, i64, i64)>, Error> {
     if buckets.is_empty() {
         return Ok(Vec::new());
@@ -502,7 +504,8 @@ pub(super) async fn read_levels(
         .iter()
         .map(|bucket| super::exec::Arg::from(bucket.as_ref()))
         .collect();
-    exec.rows(&levels_sql(buckets.len()), &values).await
+    exec.rows_sized(&levels_sql(buckets.len()), &values, reads)
+        .await
 }
 
 /// The buckets once each: one statement may not update a row twice (PostgreSQL refuses), so a
