@@ -228,6 +228,32 @@ mod tests {
         assert!(limiter.over_hard_limit(alice, None, "agent").await);
     }
 
+    /// Counts arriving together share one statement in the group commit; each still gets the
+    /// level it would have had alone, so exactly the counts past the soft limit say so.
+    #[tokio::test]
+    async fn counts_committed_together_each_see_their_own_level() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            window_s: 3600.0,
+            sender_soft: 10,
+            sender_hard: 100,
+            domain_soft: 0,
+            domain_hard: 0,
+            inbox_soft: 0,
+            inbox_hard: 0,
+        };
+        let limiter = limiter(&dir, config).await;
+        let alice = Some("alice@example.org");
+        let counts = futures_util::future::join_all(
+            (0..20).map(|_| limiter.count_message(alice, None, &["agent"])),
+        )
+        .await;
+        let over: usize = counts.iter().filter(|flags| flags[..] == [true]).count();
+        assert_eq!(over, 10, "{counts:?}");
+        let stored = level(&limiter, "sender:alice@example.org").await;
+        assert!((19_990..=20_000).contains(&stored), "{stored}");
+    }
+
     /// The stored level of one bucket, in thousandths of a message.
     async fn level(limiter: &RateLimiter, key: &str) -> i64 {
         let stored = limiter.db.rate_buckets(&[key]).await.expect("read");

@@ -1,14 +1,16 @@
 //! Delivery jobs and their attempts: the jobs an accepted message makes, leasing due jobs to a
 //! node (with the per-thread ordering and the per-endpoint limits), giving leases back, the
 //! attempt record, resending, and the API's views of both. Claims and attempt records are
-//! critical-path writes (see `write`). Part of [`crate::db`], which owns every SQL statement.
+//! critical-path writes (see `write`): attempt records go through the group committer, and so
+//! do claims on SQLite; on PostgreSQL a claim is one statement of its own that leases its jobs
+//! and reads what their attempts need. Part of [`crate::db`], which owns every SQL statement.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::inboxes::{endpoint_from_row, rules_from_json};
 use super::messages::stored_event;
-use super::{Db, Error, placeholders, write};
+use super::{Backend, Db, Error, placeholders, write};
 use crate::model::{AttemptOutcome, Channel, DeliveryStatus, WebhookEndpoint, now_ms};
 
 /// The condition (on a `deliveries d` row) that no earlier job of its thread holds it back.
@@ -49,6 +51,25 @@ pub(super) const INSERT_RAISED_DELIVERY: &str = "INSERT INTO deliveries (id, mes
     inbox_id, event_id, channel, endpoint_ref, target, status, attempts, failures, \
     next_attempt_at, created_at, updated_at, ordered, delivery_event) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, 0, $8, $8, $8, 0, $9)";
+
+/// The columns of a claimed job's `deliveries` row its attempt reads (the PostgreSQL claim
+/// returns them from its update).
+const CLAIMED_COLUMNS: &str = "id, message_id, inbox_id, event_id, attempts, failures, \
+    endpoint_ref, channel, target, delivery_event, next_attempt_at";
+
+/// What a claimed job's attempt reads, from its job `d`, message `m` and inbox `i`.
+const JOB_COLUMNS: &str = "d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, \
+    d.failures, d.endpoint_ref, d.channel, d.target, d.delivery_event, m.envelope_from, \
+    m.quarantined, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
+    i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
+    i.webhook_previous_secret, i.webhook_previous_secret_expires_at, i.webhook_verify_tls, \
+    i.webhook_disabled_reason, i.webhook_ordered, i.notifications_json, \
+    i.webhook_signature_header, i.webhook_signature_format, i.webhook_events, \
+    i.webhook_endpoint_json";
+
+/// Joins a job `d` to its message `m` and inbox `i`.
+const JOB_JOINS: &str =
+    "JOIN messages m ON m.id = d.message_id LEFT JOIN inboxes i ON i.id = d.inbox_id";
 
 /// A lease a delivery job is written with.
 #[derive(Debug, Clone)]
@@ -300,38 +321,26 @@ impl Db {
             limit,
             skip: skip.to_vec(),
         };
-        let mut ids = self.writes.claim(claim).await?;
+        let mut rows = match self.backend {
+            Backend::Postgres => self.claim_and_load(&claim).await?,
+            Backend::Sqlite => {
+                let ids = self.writes.claim(claim).await?;
+                self.load_claimed(&ids).await?
+            }
+        };
         // On PostgreSQL the statement can take more rows than the limit: when a row it meets was
         // changed concurrently, the re-check runs the sub-select again and SKIP LOCKED finds
         // further rows. The caller has workers for `limit` jobs only, and a surplus job would
-        // sit out its whole lease, so the surplus goes back at once.
+        // sit out its whole lease, so the surplus (the last due) goes back at once.
         let limit_len = usize::try_from(limit).unwrap_or(0);
-        if ids.len() > limit_len {
-            let surplus = ids.split_off(limit_len);
+        if rows.len() > limit_len {
+            let surplus = rows
+                .split_off(limit_len)
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<Vec<String>, _>>()?;
             self.release_claims(worker, &surplus).await?;
         }
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One read for the whole claim, in claim order.
-        let load = format!(
-            "SELECT d.id, d.message_id, d.inbox_id, d.event_id, d.attempts, d.failures, \
-             d.endpoint_ref, d.channel, d.target, d.delivery_event, m.envelope_from, m.quarantined, m.event_json, m.event_lz4, m.storage_key, i.webhook_url, \
-             i.webhook_enabled, i.webhook_secret, i.webhook_signature, i.webhook_payload, \
-             i.webhook_previous_secret, i.webhook_previous_secret_expires_at, \
-             i.webhook_verify_tls, i.webhook_disabled_reason, i.webhook_ordered, \
-             i.notifications_json, i.webhook_signature_header, i.webhook_signature_format, \
-             i.webhook_events, i.webhook_endpoint_json \
-             FROM deliveries d JOIN messages m ON m.id = d.message_id \
-             LEFT JOIN inboxes i ON i.id = d.inbox_id WHERE d.id IN ({}) \
-             ORDER BY d.next_attempt_at, d.id",
-            placeholders(1, ids.len())
-        );
-        let mut query = sqlx::query(&load);
-        for id in &ids {
-            query = query.bind(id);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
             let endpoint_ref: String = row.try_get("endpoint_ref")?;
@@ -416,6 +425,54 @@ impl Db {
         Ok(jobs)
     }
 
+    /// The PostgreSQL claim: one statement leases the jobs (`FOR UPDATE SKIP LOCKED`) and
+    /// reads everything their attempts need, in due order. Its commit need not wait for the
+    /// WAL flush (as the group committer's claims did not): a claim lost in a crash of the
+    /// database only leaves jobs unleased, and a lease lost with its node runs out anyway. The
+    /// statement sets that for its own transaction.
+    async fn claim_and_load(&self, claim: &write::Claim) -> Result<Vec<AnyRow>, Error> {
+        let claim_sql = write::claim_sql(Backend::Postgres, claim, CLAIMED_COLUMNS);
+        let sql = format!(
+            "WITH claimed AS ({claim_sql}), \
+             async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS setting) \
+             SELECT {JOB_COLUMNS} FROM claimed d {JOB_JOINS} CROSS JOIN async_commit \
+             ORDER BY d.next_attempt_at, d.id"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(claim.lease_until)
+            .bind(&claim.worker)
+            .bind(claim.now);
+        for endpoint in &claim.skip {
+            query = query
+                .bind(&endpoint.inbox_id)
+                .bind(&endpoint.endpoint_ref)
+                .bind(endpoint.channel.as_str());
+        }
+        let rows = query.bind(claim.limit).fetch_all(&self.pool).await?;
+        write::count_statements(write::StatementPath::Claim, 1);
+        Ok(rows)
+    }
+
+    /// What the attempts of the claimed jobs `ids` need, in due order (the SQLite claim, which
+    /// leases on the group committer and reads here).
+    async fn load_claimed(&self, ids: &[String]) -> Result<Vec<AnyRow>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let load = format!(
+            "SELECT {JOB_COLUMNS} FROM deliveries d {JOB_JOINS} WHERE d.id IN ({}) \
+             ORDER BY d.next_attempt_at, d.id",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&load);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        write::count_statements(write::StatementPath::Claim, 1);
+        Ok(rows)
+    }
+
     /// Gives back leases this node took but will not use now (jobs of an endpoint that
     /// reached its in-flight limit within one claimed batch): they are due again at once, for
     /// this node once a slot frees up or for another node.
@@ -436,6 +493,7 @@ impl Db {
             query = query.bind(id);
         }
         query.execute(&self.pool).await?;
+        write::count_statements(write::StatementPath::Claim, 1);
         Ok(())
     }
 
@@ -462,6 +520,7 @@ impl Db {
                 .bind(endpoint.channel.as_str());
         }
         let due: Option<i64> = query.fetch_one(&self.pool).await?;
+        write::count_statements(write::StatementPath::Claim, 1);
         Ok(due)
     }
 

@@ -297,4 +297,4 @@ pub use stats::{
     DeliveryHealth, EndpointStats, Histogram, HourlyLatency, HourlyOutcomes, MetricsSnapshot,
 };
 pub use stream::{StreamEvent, StreamPosition};
-pub use write::statement_counts;
+pub use write::{StatementPath, statement_counts};

@@ -1,7 +1,9 @@
 //! Batched writes (`db/write/statements.rs`) on the real binary: a group commit of many
 //! accepted messages writes each table with one multi-row statement, so the statements per
 //! message (each a round trip on PostgreSQL) fall with the batch, and the duplicate decision
-//! inside one batch stays what it was when each message went in alone.
+//! inside one batch stays what it was when each message went in alone. On PostgreSQL a claim
+//! is one statement for its whole batch of jobs, and a group commit's attempt records one
+//! statement for all of them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,9 +12,11 @@ use std::time::Duration;
 use crate::support::db::WriteLock;
 use crate::support::gateway::{API_KEY, config_toml, test_database_url};
 use crate::support::process::{Process, free_addr};
+use sqlx::{Connection as _, Executor as _};
+
 use crate::support::{
-    GatewayOptions, SmtpClient, WebhookReceiver, eventually, files_ending_with, http_client,
-    simple_message,
+    GatewayOptions, Reply, SmtpClient, WebhookReceiver, api_at, eventually, files_ending_with,
+    http_client, simple_message,
 };
 
 /// Messages queued behind the blocker, so they commit as one batch.
@@ -52,6 +56,11 @@ async fn until_stored(store: &std::path::Path, count: usize) {
 
 /// `mxhook_db_statements_total{path="accept"}` from `/metrics`.
 async fn accept_statements(http: std::net::SocketAddr) -> u64 {
+    statements(http, "accept").await
+}
+
+/// `mxhook_db_statements_total{path}` from `/metrics`.
+async fn statements(http: std::net::SocketAddr, path: &str) -> u64 {
     let text = http_client()
         .get(format!("http://{http}/metrics"))
         .bearer_auth(API_KEY)
@@ -61,10 +70,11 @@ async fn accept_statements(http: std::net::SocketAddr) -> u64 {
         .text()
         .await
         .expect("metrics body");
+    let prefix = format!("mxhook_db_statements_total{{path=\"{path}\"}} ");
     text.lines()
-        .find_map(|line| line.strip_prefix("mxhook_db_statements_total{path=\"accept\"} "))
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no accept statement count in\n{text}"))
+        .unwrap_or_else(|| panic!("no {path} statement count in\n{text}"))
 }
 
 /// A blocker holds the committer on the test's lock while 20 messages and two copies of one
@@ -203,4 +213,172 @@ async fn a_message_committed_alone_costs_four_statements_on_postgres() {
         assert_eq!(event["is_duplicate"], false, "{event}");
     }
     process.kill_9();
+}
+
+/// Deliveries requeued at once by the claim and attempt test.
+const REQUEUED: usize = 30;
+
+/// Claim statements per claimed job the dispatcher may spend on PostgreSQL. One claim takes
+/// all 30 (the endpoint's limit is 32): the claim with its read is one statement, and the empty
+/// claim after it and the look for the next due job two more: 3, 0.1 each, plus two for each
+/// idle poll meanwhile. Through the group committer a claim cost BEGIN, `SET LOCAL`, the
+/// update and COMMIT, and the read of the claimed jobs a fifth: 10 for the same two claims,
+/// 0.33 each (measured: see BENCHMARKS.md).
+const MAX_CLAIM_STATEMENTS_PER_JOB: f64 = 0.25;
+
+/// Attempt statements per attempt record on PostgreSQL. A group commit of records only is one
+/// statement for all of them, with no BEGIN and COMMIT around it, and the records here come in
+/// two or three batches (measured: 2, 0.07 each); in a transaction with other writes a batch
+/// costs 3. One update and one insert per record, with BEGIN, `SET LOCAL` and COMMIT per
+/// batch, made it more than 2 each whatever the batch (measured: 66, 2.2 each).
+const MAX_ATTEMPT_STATEMENTS_PER_RECORD: f64 = 0.5;
+
+/// `n` dead deliveries of `agent`, eventually.
+async fn until_dead(http: std::net::SocketAddr, n: usize) {
+    eventually(&format!("{n} dead deliveries"), || async {
+        let (status, body) = api_at(
+            http,
+            API_KEY,
+            "GET",
+            "/v1/deliveries?status=dead&inbox_id=agent&limit=1000",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        (body["deliveries"].as_array().map(Vec::len) == Some(n)).then_some(())
+    })
+    .await;
+}
+
+/// Every message sent once failed for good (`max_retries = 0`); recovered together, their jobs
+/// are claimed in one batch and their attempt records, held back by the test's lock on
+/// `delivery_attempts`, committed in one or two. Each message arrives exactly once more, and on
+/// PostgreSQL the claims and the records cost few statements per job.
+#[tokio::test]
+async fn claims_and_attempt_records_cost_few_statements_per_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = WebhookReceiver::start(vec![Reply::Status(500); REQUEUED]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.max_retries = 0;
+    options.smtp_toml = "greet_pause_s = 0".to_owned();
+    options.extra_toml = "[rate_limit]\nsender_soft = 0\nsender_hard = 0\ndomain_soft = 0\n\
+                          domain_hard = 0\ninbox_soft = 0\ninbox_hard = 0\n"
+        .to_owned();
+    let config_path = dir.path().join("mxhook.toml");
+    std::fs::write(&config_path, config_toml(dir.path(), &options)).expect("write config");
+    let process =
+        Process::start_logged(dir.path(), Some(&config_path), free_addr(), free_addr()).await;
+    let database_url = test_database_url(dir.path());
+    let postgres = database_url.starts_with("postgres");
+
+    let mut client = SmtpClient::connect(process.smtp).await;
+    for i in 0..REQUEUED {
+        let message = simple_message(
+            "w@sender.example",
+            "agent@example.com",
+            &format!("requeued {i}"),
+            "body",
+        );
+        let (code, text) = client
+            .send_message("w@sender.example", &["agent@example.com"], &message)
+            .await;
+        assert_eq!(code, 250, "{text}");
+    }
+    until_dead(process.http, REQUEUED).await;
+    for _ in 0..REQUEUED {
+        receiver.recv().await;
+    }
+    let claims_before = statements(process.http, "claim").await;
+    let attempts_before = statements(process.http, "attempt").await;
+
+    // PostgreSQL: attempt records wait on the lock while the rest of them come in. SQLite's
+    // lock would hold the claim too; there the records go as they come.
+    let mut lock = if postgres {
+        let mut conn = sqlx::PgConnection::connect(&database_url)
+            .await
+            .expect("connect to postgres");
+        conn.execute("BEGIN").await.expect("BEGIN");
+        conn.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
+            .await
+            .expect("lock delivery_attempts");
+        Some(conn)
+    } else {
+        None
+    };
+    let (status, body) = api_at(
+        process.http,
+        API_KEY,
+        "POST",
+        "/v1/inboxes/agent/deliveries/recover",
+        Some(serde_json::json!({"since": "2000-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["requeued"], REQUEUED, "{body}");
+    let mut arrived = std::collections::BTreeSet::new();
+    for _ in 0..REQUEUED {
+        let event = receiver.recv().await.json();
+        arrived.insert(event["message_id"].as_str().expect("message_id").to_owned());
+    }
+    assert_eq!(arrived.len(), REQUEUED, "each recovered message once");
+    let claim_spent = statements(process.http, "claim").await - claims_before;
+    if let Some(mut conn) = lock.take() {
+        let locks = database_url_pool(&database_url).await;
+        eventually("an attempt record waiting on the lock", || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks \
+                 WHERE relation = 'delivery_attempts'::regclass AND NOT granted",
+            )
+            .fetch_one(&locks)
+            .await
+            .expect("read pg_locks");
+            (waiting > 0).then_some(())
+        })
+        .await;
+        tokio::time::sleep(TO_THE_QUEUE).await;
+        conn.execute("ROLLBACK").await.expect("ROLLBACK");
+        conn.close().await.expect("close");
+    }
+    eventually("every recovered delivery delivered", || async {
+        let (status, body) = api_at(
+            process.http,
+            API_KEY,
+            "GET",
+            "/v1/deliveries?status=delivered&inbox_id=agent&limit=1000",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        (body["deliveries"].as_array().map(Vec::len) == Some(REQUEUED)).then_some(())
+    })
+    .await;
+    let attempt_spent = statements(process.http, "attempt").await - attempts_before;
+    receiver.assert_silent(Duration::from_millis(300)).await;
+
+    let per_claimed = claim_spent as f64 / REQUEUED as f64;
+    let per_record = attempt_spent as f64 / REQUEUED as f64;
+    eprintln!(
+        "claims: {claim_spent} statements for {REQUEUED} jobs ({per_claimed:.2} each); \
+         attempt records: {attempt_spent} for {REQUEUED} ({per_record:.2} each)"
+    );
+    if postgres {
+        assert!(
+            per_claimed <= MAX_CLAIM_STATEMENTS_PER_JOB,
+            "{claim_spent} claim statements for {REQUEUED} jobs ({per_claimed:.2} each)"
+        );
+        assert!(
+            per_record <= MAX_ATTEMPT_STATEMENTS_PER_RECORD,
+            "{attempt_spent} attempt statements for {REQUEUED} records ({per_record:.2} each)"
+        );
+    }
+    process.kill_9();
+}
+
+/// A pool of one connection to read `pg_locks` with.
+async fn database_url_pool(database_url: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .expect("connect to postgres")
 }

@@ -1,16 +1,36 @@
 //! Group commit: the writes that sit on the critical path of a message — its rate-limit count,
-//! the accepted message with its delivery jobs, the claim of its jobs, and each attempt with its
-//! job's next state — go through one committer task per node that puts every write waiting at
-//! that moment into one transaction. The commit (one WAL sync on SQLite, one WAL flush on
-//! PostgreSQL) is then paid once per batch instead of once per write, and on SQLite these
-//! writers never queue on the database's write lock, whose busy handler sleeps in steps of
-//! milliseconds.
+//! the accepted message with its delivery jobs, the claim of its jobs (on SQLite), and each
+//! attempt with its job's next state — go through one committer task per node that puts every
+//! write waiting at that moment into one transaction. The commit (one WAL sync on SQLite, one
+//! WAL flush on PostgreSQL) is then paid once per batch instead of once per write, and on
+//! SQLite these writers never queue on the database's write lock, whose busy handler sleeps in
+//! steps of milliseconds. The reads of rate-limit levels (at RCPT) queue there too and are
+//! answered, outside the transaction, with one statement for all the reads queued together.
 //!
 //! A caller waits for the result of the transaction that contained its write, so "returned Ok"
 //! still means "durable" and the SMTP `250` keeps its meaning. The committer takes whatever is
 //! queued when it becomes free: a lone write is committed at once (no added latency) and a busy
 //! node commits in batches that grow with the load. If a batch fails, each write is retried
 //! alone, so one bad write never fails its neighbours.
+//!
+//! On PostgreSQL each statement is a round trip, so a batch writes each kind of write together:
+//! all accepted messages with their jobs in one `WITH … INSERT`, all rate counts in one
+//! `INSERT … ON CONFLICT`, all attempt records in one `WITH … UPDATE … FROM (VALUES …) INSERT`.
+//! A batch of any size then costs `BEGIN` (with its `SET LOCAL`), a statement per kind, and
+//! `COMMIT`; a batch of attempt records only (the usual one once messages are in) is that one
+//! statement with no transaction around it. The claim does not come here on PostgreSQL: it is one statement of its own that
+//! leases and reads the jobs (see [`Db::claim_due`](crate::db::Db::claim_due)).
+//!
+//! Attempt records are batched by this queue and nowhere else: no record waits in a buffer
+//! of its own. An attempt's worker is free once the receiver answered, but its job keeps its
+//! lease until the commit that records the attempt, and the attempt's task waits for that
+//! commit. A crash before it loses the record, and the job is sent again when its lease runs
+//! out: exactly the at-least-once repeat a crash between the request and its record always
+//! allowed. Batching widens that window only by the time a record waits for the commit in
+//! progress, and only the attempts of that window repeat. A batch of records is not flushed to
+//! disk before it is answered (`synchronous_commit = off`, SQLite's `NORMAL`): a power cut can
+//! lose its last milliseconds, which again only repeats those sends; the next accepted
+//! message's commit flushes them with its own.
 //!
 //! Each write's statement sequence exists once (`statements`), over the [`exec::Exec`] trait,
 //! and runs on either committer: the pooled one here (a sqlx transaction, either backend) or
@@ -30,24 +50,62 @@ mod exec;
 mod sqlite;
 mod statements;
 
+pub(super) use statements::claim_sql;
+
 /// Writes waiting on the committer before new ones wait for room.
 const QUEUE: usize = 1024;
 /// Rows one transaction writes at most, to bound how long it holds SQLite's write lock.
 const MAX_BATCH_ROWS: usize = 256;
 
-/// Statements the committers ran for accepted messages, with the `BEGIN` and `COMMIT` of each
-/// transaction that held one: on PostgreSQL each is a round trip before the `250`.
-static ACCEPT_STATEMENTS: AtomicU64 = AtomicU64::new(0);
-/// Statements the committers ran for every other write (counts, claims, attempts).
-static OTHER_STATEMENTS: AtomicU64 = AtomicU64::new(0);
+/// The critical paths the statement counter tells apart (`mxhook_db_statements_total{path}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementPath {
+    /// Accepted messages with their fingerprints and jobs: before the `250`.
+    Accept,
+    /// Rate-limit counts and the reads of levels the committer serves: before the `250` too.
+    Rate,
+    /// Claims of due jobs, with the read of what they need and the giving back of a surplus.
+    Claim,
+    /// Attempt records with their jobs' next state.
+    Attempt,
+}
 
-/// Statements this process's committers ran since it started: (for accepted messages, for the
-/// rest). In memory, per node, for `GET /metrics`.
-pub fn statement_counts() -> (u64, u64) {
-    (
-        ACCEPT_STATEMENTS.load(Ordering::Relaxed),
-        OTHER_STATEMENTS.load(Ordering::Relaxed),
-    )
+impl StatementPath {
+    pub const ALL: [StatementPath; 4] = [Self::Accept, Self::Rate, Self::Claim, Self::Attempt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Rate => "rate",
+            Self::Claim => "claim",
+            Self::Attempt => "attempt",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Accept => 0,
+            Self::Rate => 1,
+            Self::Claim => 2,
+            Self::Attempt => 3,
+        }
+    }
+}
+
+/// Statements run per path, with the `BEGIN` and `COMMIT` of each transaction charged to the
+/// first path of [`StatementPath::ALL`] it held: on PostgreSQL each is a round trip.
+static STATEMENTS: [AtomicU64; StatementPath::ALL.len()] =
+    [const { AtomicU64::new(0) }; StatementPath::ALL.len()];
+
+/// Counts `n` statements run for `path`.
+pub(super) fn count_statements(path: StatementPath, n: u64) {
+    STATEMENTS[path.index()].fetch_add(n, Ordering::Relaxed);
+}
+
+/// Statements this process ran on each critical path since it started. In memory, per node,
+/// for `GET /metrics`.
+pub fn statement_counts() -> [(StatementPath, u64); StatementPath::ALL.len()] {
+    StatementPath::ALL.map(|path| (path, STATEMENTS[path.index()].load(Ordering::Relaxed)))
 }
 
 /// A lease on due delivery jobs, see [`Db::claim_due`](crate::db::Db::claim_due).
@@ -102,9 +160,9 @@ pub(super) enum Request {
     RateCount(Pending<RateCount, Vec<i64>>),
     /// Answered with the ids of the claimed jobs.
     Claim(Pending<Claim, Vec<String>>),
-    /// A read of rate buckets' levels: (bucket, level, updated at). Only the SQLite committer
-    /// takes it (see [`GroupCommit::takes_reads`]), which answers it before its next commit.
-    ReadLevels(Pending<Vec<String>, Vec<(String, i64, i64)>>),
+    /// A read of rate buckets' levels: (bucket, level, updated at). The committer answers all
+    /// the reads queued with a batch with one statement, outside the batch's transaction.
+    ReadLevels(LevelsRead),
 }
 
 impl Request {
@@ -116,6 +174,15 @@ impl Request {
 
     fn is_read(&self) -> bool {
         matches!(self, Self::ReadLevels(_))
+    }
+
+    fn path(&self) -> StatementPath {
+        match self {
+            Self::Accepted(_) => StatementPath::Accept,
+            Self::RateCount(_) | Self::ReadLevels(_) => StatementPath::Rate,
+            Self::Claim(_) => StatementPath::Claim,
+            Self::Attempt(_) => StatementPath::Attempt,
+        }
     }
 
     fn rows(&self) -> usize {
@@ -143,18 +210,18 @@ impl Request {
             }
             Self::Attempt(pending) => {
                 let (record, raised) = &pending.write;
-                statements::write_attempt(exec, record, raised.as_ref()).await?;
+                statements::write_attempts(exec, &[(record, raised.as_ref())], false).await?;
                 pending.reply = Some(());
             }
             Self::RateCount(pending) => {
-                let RateCount { buckets, now } = &pending.write;
-                pending.reply = Some(statements::count_in_buckets(exec, buckets, *now).await?);
+                let mut levels = statements::count_in_buckets(exec, &[&pending.write]).await?;
+                pending.reply = levels.pop();
             }
             Self::Claim(pending) => {
                 pending.reply = Some(statements::claim_ids(exec, &pending.write).await?);
             }
             Self::ReadLevels(pending) => {
-                pending.reply = Some(statements::read_levels(exec, &pending.write).await?);
+                pending.reply = Some(statements::read_levels(exec, &pending.write, 1).await?);
             }
         }
         Ok(())
@@ -192,40 +259,111 @@ impl Request {
 
 /// Runs every request of a batch on `exec`, inside the caller's transaction: the one sequence
 /// both committers share. The accepted messages of all its requests are written together, at
-/// the place of the first, with one statement per table rather than one per row; the rest run
-/// in order. Moving a later accepted write before the requests between is safe: none of them
-/// reads what an accepted write writes but a claim, which may then claim its jobs sooner.
+/// the place of the first, with one statement per table rather than one per row; so are its
+/// rate counts and its attempt records. Claims run in order. Moving a later write before the
+/// requests between is safe: none of them reads what an accepted message, a count or an
+/// attempt record writes but a claim, which may then find a job due sooner (an attempt's
+/// lease given back, an ordered thread's next job unblocked).
+///
+/// `overhead` is what the caller spends around the batch (its `BEGIN` and `COMMIT`), counted
+/// with the statements.
 async fn run_all(
     exec: &mut impl exec::Exec,
     batch: &mut [Request],
     fingerprint_prune: &mut FingerprintPrune,
+    overhead: u64,
 ) -> Result<(), Error> {
-    let start = exec.statements();
-    let mut accept_statements = 0;
-    let mut accepted_done = false;
+    let mut spent = [0_u64; StatementPath::ALL.len()];
+    let (mut accepted_done, mut counted_done, mut attempts_done) = (false, false, false);
     for index in 0..batch.len() {
-        if matches!(batch[index], Request::Accepted(_)) {
-            if !accepted_done {
-                accepted_done = true;
-                let before = exec.statements();
-                accept_together(exec, &mut batch[index..], fingerprint_prune).await?;
-                accept_statements = exec.statements() - before;
+        let path = batch[index].path();
+        let before = exec.statements();
+        match batch[index] {
+            Request::Accepted(_) => {
+                if !accepted_done {
+                    accepted_done = true;
+                    accept_together(exec, &mut batch[index..], fingerprint_prune).await?;
+                }
             }
-        } else {
-            batch[index].run(exec, fingerprint_prune).await?;
+            Request::RateCount(_) => {
+                if !counted_done {
+                    counted_done = true;
+                    count_together(exec, &mut batch[index..]).await?;
+                }
+            }
+            Request::Attempt(_) => {
+                if !attempts_done {
+                    attempts_done = true;
+                    attempts_together(exec, &mut batch[index..]).await?;
+                }
+            }
+            Request::Claim(_) | Request::ReadLevels(_) => {
+                batch[index].run(exec, fingerprint_prune).await?;
+            }
+        }
+        spent[path.index()] += exec.statements() - before;
+    }
+    if let Some(first) = StatementPath::ALL
+        .into_iter()
+        .find(|path| batch.iter().any(|request| request.path() == *path))
+    {
+        spent[first.index()] += overhead;
+    }
+    for path in StatementPath::ALL {
+        count_statements(path, spent[path.index()]);
+    }
+    Ok(())
+}
+
+/// Counts the messages of every rate-count request in `batch` with one statement and gives
+/// each request its levels.
+async fn count_together(exec: &mut impl exec::Exec, batch: &mut [Request]) -> Result<(), Error> {
+    let counts: Vec<&RateCount> = batch
+        .iter()
+        .filter_map(|request| match request {
+            Request::RateCount(pending) => Some(&pending.write),
+            _ => None,
+        })
+        .collect();
+    let mut levels = statements::count_in_buckets(exec, &counts)
+        .await?
+        .into_iter();
+    for request in batch {
+        if let Request::RateCount(pending) = request {
+            pending.reply = Some(levels.next().ok_or_else(|| {
+                Error::Corrupt("the rate count did not answer every write".to_owned())
+            })?);
         }
     }
-    // BEGIN and COMMIT: charged to the accepted messages when the transaction held any.
-    let (accept, other) = if accepted_done {
-        (
-            accept_statements + 2,
-            exec.statements() - start - accept_statements,
-        )
-    } else {
-        (0, exec.statements() - start + 2)
-    };
-    ACCEPT_STATEMENTS.fetch_add(accept, Ordering::Relaxed);
-    OTHER_STATEMENTS.fetch_add(other, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The records of a batch that holds attempt records only.
+fn attempts_only(batch: &[Request]) -> Option<Vec<(&AttemptRecord, Option<&RaisedEvent>)>> {
+    batch
+        .iter()
+        .map(|request| match request {
+            Request::Attempt(pending) => Some((&pending.write.0, pending.write.1.as_ref())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes the attempt records of every attempt request in `batch` together.
+async fn attempts_together(exec: &mut impl exec::Exec, batch: &mut [Request]) -> Result<(), Error> {
+    let records: Vec<(&AttemptRecord, Option<&RaisedEvent>)> = batch
+        .iter()
+        .filter_map(|request| match request {
+            Request::Attempt(pending) => Some((&pending.write.0, pending.write.1.as_ref())),
+            _ => None,
+        })
+        .collect();
+    statements::write_attempts(exec, &records, false).await?;
+    for request in batch {
+        if let Request::Attempt(pending) = request {
+            pending.reply = Some(());
+        }
+    }
     Ok(())
 }
 
@@ -285,6 +423,57 @@ fn answer_batch(mut batch: Vec<Request>, result: Result<(), Error>) -> Vec<Reque
     }
 }
 
+/// A read of rate buckets' levels waiting for its answer.
+type LevelsRead = Pending<Vec<String>, Vec<(String, i64, i64)>>;
+
+/// Answers every read of levels in `reads` with one statement for all their buckets (each
+/// gets the rows of its own), outside any transaction: they wait for no commit. When the
+/// shared read fails, each read runs alone, so it fails only with its own error.
+async fn answer_reads(exec: &mut impl exec::Exec, reads: Vec<Request>) {
+    let mut reads: Vec<LevelsRead> = reads
+        .into_iter()
+        .filter_map(|request| match request {
+            Request::ReadLevels(pending) => Some(pending),
+            _ => None,
+        })
+        .collect();
+    let before = exec.statements();
+    let mut buckets: Vec<&str> = Vec::new();
+    for read in &reads {
+        for bucket in &read.write {
+            if !buckets.contains(&bucket.as_str()) {
+                buckets.push(bucket);
+            }
+        }
+    }
+    let shared = statements::read_levels(exec, &buckets, reads.len()).await;
+    match shared {
+        Ok(rows) => {
+            for mut read in reads {
+                read.reply = Some(
+                    rows.iter()
+                        .filter(|(bucket, _, _)| read.write.contains(bucket))
+                        .cloned()
+                        .collect(),
+                );
+                read.answer();
+            }
+        }
+        Err(err) if reads.len() == 1 => {
+            if let Some(read) = reads.pop() {
+                read.send(Err(err));
+            }
+        }
+        Err(_) => {
+            for read in reads {
+                let result = statements::read_levels(exec, &read.write, 1).await;
+                read.send(result);
+            }
+        }
+    }
+    count_statements(StatementPath::Rate, exec.statements() - before);
+}
+
 /// `first` and every request queued behind it, up to [`MAX_BATCH_ROWS`] rows.
 fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Request> {
     let mut rows = first.rows();
@@ -306,8 +495,9 @@ fn fill_batch(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Req
 #[derive(Clone)]
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
-    /// The committer is SQLite's own thread, which also serves the critical path's reads, so
-    /// they cost no round trip to a pool connection's thread.
+    /// The committer serves the critical path's reads of rate levels: on SQLite's own thread
+    /// they cost no round trip to a pool connection's thread; on PostgreSQL the reads queued
+    /// together share one statement.
     takes_reads: bool,
 }
 
@@ -324,7 +514,7 @@ impl GroupCommit {
         tokio::spawn(run(pool, backend, requests));
         Self {
             queue,
-            takes_reads: false,
+            takes_reads: true,
         }
     }
 
@@ -423,7 +613,7 @@ pub(super) async fn read_levels_on_pool(
         backend,
         statements: 0,
     };
-    statements::read_levels(&mut exec, buckets).await
+    statements::read_levels(&mut exec, buckets, 1).await
 }
 
 /// The pooled committer: one sqlx transaction per batch.
@@ -431,7 +621,36 @@ async fn run(pool: AnyPool, backend: Backend, mut requests: mpsc::Receiver<Reque
     // Owned by the committer: it is the only writer of this database's accepted messages.
     let mut fingerprint_prune = FingerprintPrune::default();
     while let Some(first) = requests.recv().await {
-        let mut batch = fill_batch(first, &mut requests);
+        let batch = fill_batch(first, &mut requests);
+        let (reads, mut batch): (Vec<Request>, Vec<Request>) =
+            batch.into_iter().partition(Request::is_read);
+        // On a connection of their own, alongside the commit: a read waits for no write.
+        if !reads.is_empty() {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                match pool.acquire().await {
+                    Ok(mut conn) => {
+                        let mut exec = exec::PoolExec {
+                            conn: &mut conn,
+                            backend,
+                            statements: 0,
+                        };
+                        answer_reads(&mut exec, reads).await;
+                    }
+                    Err(err) => {
+                        let message = err.to_string();
+                        for read in reads {
+                            read.fail(Error::Query(sqlx::Error::Io(std::io::Error::other(
+                                message.clone(),
+                            ))));
+                        }
+                    }
+                }
+            });
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let result = commit_on_pool(&pool, backend, &mut batch, &mut fingerprint_prune).await;
         for mut request in answer_batch(batch, result) {
             let alone = std::slice::from_mut(&mut request);
@@ -448,19 +667,41 @@ async fn commit_on_pool(
     batch: &mut [Request],
     fingerprint_prune: &mut FingerprintPrune,
 ) -> Result<(), Error> {
-    let mut tx = pool.begin().await?;
-    // As on SQLite (see `sqlite`): only accepted messages wait for the WAL flush.
-    if backend == Backend::Postgres && !batch.iter().any(Request::must_be_durable) {
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+    if let Some(records) = attempts_only(batch)
+        && statements::fits_one_statement(backend, &records)
+    {
+        // One statement is a transaction of its own: no BEGIN and COMMIT around it.
+        let mut conn = pool.acquire().await?;
+        let mut exec = exec::PoolExec {
+            conn: &mut conn,
+            backend,
+            statements: 0,
+        };
+        let result = statements::write_attempts(&mut exec, &records, true).await;
+        count_statements(StatementPath::Attempt, exec.statements);
+        result?;
+        for request in batch.iter_mut() {
+            if let Request::Attempt(pending) = request {
+                pending.reply = Some(());
+            }
+        }
+        return Ok(());
     }
+    // As on SQLite (see `sqlite`): only accepted messages wait for the WAL flush. The setting
+    // goes with the BEGIN, in the same round trip.
+    let mut tx = if backend == Backend::Postgres && !batch.iter().any(Request::must_be_durable) {
+        pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?
+    } else {
+        pool.begin().await?
+    };
     let mut exec = exec::PoolExec {
         conn: &mut tx,
         backend,
         statements: 0,
     };
-    run_all(&mut exec, batch, fingerprint_prune).await?;
+    // BEGIN and COMMIT.
+    run_all(&mut exec, batch, fingerprint_prune, 2).await?;
     tx.commit().await?;
     Ok(())
 }

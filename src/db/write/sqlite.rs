@@ -50,13 +50,16 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Request>) {
         // Reads are answered first, outside the transaction: they wait for no commit.
         let (reads, mut batch): (Vec<Request>, Vec<Request>) =
             batch.into_iter().partition(Request::is_read);
-        for mut request in reads {
+        if !reads.is_empty() {
             let mut exec = SqliteExec {
                 conn: &conn,
                 statements: 0,
             };
-            let result = ready(request.run(&mut exec, &mut fingerprint_prune));
-            request.answer_alone(result);
+            ready(async {
+                super::answer_reads(&mut exec, reads).await;
+                Ok(())
+            })
+            .unwrap_or_else(|err| tracing::error!(error = %err, "reading rate levels failed"));
         }
         if batch.is_empty() {
             continue;
@@ -121,7 +124,8 @@ fn commit(
         conn: &tx,
         statements: 0,
     };
-    ready(run_all(&mut exec, batch, fingerprint_prune))?;
+    // BEGIN and COMMIT.
+    ready(run_all(&mut exec, batch, fingerprint_prune, 2))?;
     tx.commit()?;
     Ok(())
 }

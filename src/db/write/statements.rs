@@ -394,8 +394,9 @@ async fn settle_fingerprint(
 }
 
 /// The statement of a claim: `$1` lease until, `$2` worker, `$3` now, then each skipped
-/// endpoint's inbox, endpoint ref and channel, then the limit.
-fn claim_sql(backend: Backend, claim: &Claim) -> String {
+/// endpoint's inbox, endpoint ref and channel, then the limit. It returns `returning` (columns
+/// of `deliveries`).
+pub(in crate::db) fn claim_sql(backend: Backend, claim: &Claim, returning: &str) -> String {
     let row_lock = match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -410,7 +411,7 @@ fn claim_sql(backend: Backend, claim: &Claim) -> String {
              AND {NOT_BLOCKED}{skipped} \
              ORDER BY d.next_attempt_at LIMIT ${limit_param} {row_lock}) \
          AND status = 'pending' AND (locked_until IS NULL OR locked_until < $3) \
-         RETURNING id"
+         RETURNING {returning}"
     )
 }
 
@@ -425,36 +426,77 @@ pub(super) async fn claim_ids(exec: &mut impl Exec, claim: &Claim) -> Result<Vec
         ]);
     }
     values.extend(args![claim.limit]);
-    let sql = claim_sql(exec.backend(), claim);
+    let sql = claim_sql(exec.backend(), claim, "id");
     let ids: Vec<(String,)> = exec.rows(&sql, &values).await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
-/// Adds one message to each bucket, draining it first; see
-/// [`Db::add_to_rate_buckets`](crate::db::Db::add_to_rate_buckets). One statement for all of a
-/// message's buckets, each draining at its own rate.
+/// Adds one message to each bucket of each count, draining it first; see
+/// [`Db::add_to_rate_buckets`](crate::db::Db::add_to_rate_buckets). Returns each count's new
+/// levels, in order.
+///
+/// One statement for every count of a group commit, each bucket draining at its own rate: a
+/// bucket several counts share gets all of them at once (one statement may not update a row
+/// twice; PostgreSQL refuses), drained up to the latest count's time. Each count's level is
+/// the one it would have read alone, in order: the bucket's new level less the counts after
+/// it. That leaves out only what the bucket drains between counts of one batch, a few
+/// milliseconds' worth, which can only make a level read higher: the limits never loosen.
 pub(super) async fn count_in_buckets(
     exec: &mut impl Exec,
-    buckets: &[(String, f64)],
-    now: i64,
-) -> Result<Vec<i64>, Error> {
-    let unique = unique_buckets(buckets);
-    if unique.is_empty() {
-        return Ok(Vec::new());
+    counts: &[&super::RateCount],
+) -> Result<Vec<Vec<i64>>, Error> {
+    // (bucket, drain per ms, counts adding to it), in order of first appearance.
+    let mut merged: Vec<(&str, f64, i64)> = Vec::new();
+    let mut now = i64::MIN;
+    for count in counts {
+        now = now.max(count.now);
+        for (bucket, drain_per_ms) in unique_buckets(&count.buckets) {
+            match merged
+                .iter_mut()
+                .find(|(name, _, _)| *name == bucket.as_str())
+            {
+                Some((_, _, n)) => *n += 1,
+                None => merged.push((bucket, *drain_per_ms, 1)),
+            }
+        }
+    }
+    if merged.is_empty() {
+        return Ok(counts.iter().map(|_| Vec::new()).collect());
     }
     let mut values = Vec::from(args![now]);
-    for (bucket, drain_per_ms) in &unique {
-        values.extend(args![bucket, *drain_per_ms]);
+    for (bucket, drain_per_ms, n) in &merged {
+        values.extend(args![*bucket, *drain_per_ms, 1000 * n]);
     }
-    let counted: Vec<(String, i64)> = exec.rows(&count_sql(unique.len()), &values).await?;
-    levels_in_order(buckets, &counted)
+    let counted: Vec<(String, i64)> = exec
+        .rows_sized(&count_sql(merged.len()), &values, counts.len())
+        .await?;
+    // Walked from the last count back: each count's level is the bucket's level less what
+    // the counts after it added.
+    let mut after: Vec<(&str, i64)> = counted
+        .iter()
+        .map(|(name, level)| (name.as_str(), *level))
+        .collect();
+    let mut levels = Vec::with_capacity(counts.len());
+    for count in counts.iter().rev() {
+        let mine = levels_in_order(&count.buckets, &after)?;
+        for (bucket, _) in unique_buckets(&count.buckets) {
+            if let Some((_, level)) = after.iter_mut().find(|(name, _)| *name == bucket.as_str()) {
+                *level -= 1000;
+            }
+        }
+        levels.push(mine);
+    }
+    levels.reverse();
+    Ok(levels)
 }
 
 /// The stored buckets among `buckets`: (bucket, level in thousandths of a message, when it was
-/// written); see [`Db::rate_buckets`](crate::db::Db::rate_buckets).
+/// written); see [`Db::rate_buckets`](crate::db::Db::rate_buckets). `reads`: how many
+/// sessions' reads these buckets answer together; only a lone read's texts stay prepared.
 pub(super) async fn read_levels(
     exec: &mut impl Exec,
     buckets: &[impl AsRef<str>],
+    reads: usize,
 ) -> Result<Vec<(String, i64, i64)>, Error> {
     if buckets.is_empty() {
         return Ok(Vec::new());
@@ -463,7 +505,8 @@ pub(super) async fn read_levels(
         .iter()
         .map(|bucket| super::exec::Arg::from(bucket.as_ref()))
         .collect();
-    exec.rows(&levels_sql(buckets.len()), &values).await
+    exec.rows_sized(&levels_sql(buckets.len()), &values, reads)
+        .await
 }
 
 /// The buckets once each: one statement may not update a row twice (PostgreSQL refuses), so a
@@ -478,14 +521,14 @@ fn unique_buckets(buckets: &[(String, f64)]) -> Vec<&(String, f64)> {
     unique
 }
 
-/// The counting statement for `count` buckets: `$1` is the time, then each bucket's name and
-/// drain per millisecond.
+/// The counting statement for `count` buckets: `$1` is the time, then each bucket's name,
+/// drain per millisecond and what it adds (in thousandths of a message).
 fn count_sql(count: usize) -> String {
     let rows: Vec<String> = (0..count)
-        .map(|i| format!("(${}, 1000, $1)", 2 + 2 * i))
+        .map(|i| format!("(${}, ${}, $1)", 2 + 3 * i, 4 + 3 * i))
         .collect();
     let drains: String = (0..count)
-        .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+        .map(|i| format!(" WHEN ${} THEN ${}", 2 + 3 * i, 3 + 3 * i))
         .collect();
     let drained = format!(
         "CAST(($1 - rate_buckets.updated_at) * CASE rate_buckets.bucket{drains} END AS BIGINT)"
@@ -493,7 +536,7 @@ fn count_sql(count: usize) -> String {
     format!(
         "INSERT INTO rate_buckets (bucket, level_milli, updated_at) VALUES {} \
          ON CONFLICT (bucket) DO UPDATE SET \
-         level_milli = 1000 + CASE \
+         level_milli = excluded.level_milli + CASE \
              WHEN rate_buckets.updated_at >= $1 THEN rate_buckets.level_milli \
              WHEN rate_buckets.level_milli > {drained} THEN rate_buckets.level_milli - {drained} \
              ELSE 0 END, \
@@ -505,16 +548,13 @@ fn count_sql(count: usize) -> String {
 
 /// Each bucket's new level, in the order asked: `RETURNING` promises no order, so the counted
 /// (bucket, level) rows are matched by name.
-fn levels_in_order(
-    buckets: &[(String, f64)],
-    counted: &[(String, i64)],
-) -> Result<Vec<i64>, Error> {
+fn levels_in_order(buckets: &[(String, f64)], counted: &[(&str, i64)]) -> Result<Vec<i64>, Error> {
     buckets
         .iter()
         .map(|(bucket, _)| {
             counted
                 .iter()
-                .find(|(name, _)| name == bucket)
+                .find(|(name, _)| *name == bucket.as_str())
                 .map(|(_, level)| *level)
                 .ok_or_else(|| Error::Corrupt(format!("rate bucket `{bucket}` was not counted")))
         })
@@ -531,8 +571,190 @@ fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64
     }
 }
 
-/// Logs one attempt and moves its job on, releasing the lease.
-pub(super) async fn write_attempt(
+/// Logs attempts and moves their jobs on, releasing their leases; see
+/// [`Db::record_attempt_raising`](crate::db::Db::record_attempt_raising).
+///
+/// On PostgreSQL every record of a group commit goes in one statement: an `UPDATE … FROM
+/// (VALUES …)` of the jobs inside `WITH`, and the `INSERT` of the attempt rows of the jobs it
+/// updated, numbered by their new attempt counts; a lone record too, one statement instead of
+/// two. A record whose job is gone or whose lease passed to another node updates nothing and
+/// so logs nothing, as alone. The jobs a
+/// dead-lettering raises (rare) follow in their own statements. SQLite, where a statement is
+/// no round trip, writes each record alone.
+///
+/// `on_its_own`: the statement is not in a transaction (see [`fits_one_statement`]); it then
+/// turns off the wait for the WAL flush itself, as the committer's transaction does.
+pub(super) async fn write_attempts(
+    exec: &mut impl Exec,
+    records: &[(&AttemptRecord, Option<&RaisedEvent>)],
+    on_its_own: bool,
+) -> Result<(), Error> {
+    let distinct = records
+        .iter()
+        .map(|(record, _)| record.delivery_id.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        == records.len();
+    // One statement may not update a row twice: two records of one job (which a lease rules
+    // out) go alone, in order.
+    if exec.backend() != Backend::Postgres || !distinct {
+        for (record, raised) in records {
+            write_attempt_alone(exec, record, *raised).await?;
+        }
+        return Ok(());
+    }
+    let now = now_ms();
+    let rows: Vec<AttemptColumns<'_>> = records
+        .iter()
+        .map(|(record, _)| AttemptColumns::new(record, now))
+        .collect();
+    for chunk in rows.chunks(MAX_PARAMS / ATTEMPT_PARAMS) {
+        let mut values = Vec::with_capacity(1 + chunk.len() * ATTEMPT_PARAMS);
+        values.extend(args![now]);
+        for row in chunk {
+            values.extend(row.args());
+        }
+        let sql = batch_attempt_sql(chunk.len(), on_its_own);
+        let recorded: Vec<(String,)> = exec.rows_sized(&sql, &values, chunk.len()).await?;
+        let recorded: std::collections::HashSet<&str> =
+            recorded.iter().map(|(id,)| id.as_str()).collect();
+        for row in chunk {
+            if !recorded.contains(row.record.delivery_id.as_str()) {
+                tracing::warn!(
+                    delivery = %row.record.delivery_id,
+                    node = %row.record.worker,
+                    "attempt not recorded: the job is gone or its lease passed to another node"
+                );
+            }
+        }
+        for (record, raised) in records {
+            if matches!(record.next, JobUpdate::Dead)
+                && recorded.contains(record.delivery_id.as_str())
+                && let Some(raised) = raised
+            {
+                insert_raised(exec, raised, now).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `records` are written by one statement on `backend`, which then needs no
+/// transaction around it: on PostgreSQL, records of distinct jobs, few enough for one
+/// statement, none raising jobs (those are statements of their own).
+pub(super) fn fits_one_statement(
+    backend: Backend,
+    records: &[(&AttemptRecord, Option<&RaisedEvent>)],
+) -> bool {
+    let ids: std::collections::HashSet<&str> = records
+        .iter()
+        .map(|(record, _)| record.delivery_id.as_str())
+        .collect();
+    backend == Backend::Postgres
+        && ids.len() == records.len()
+        && records.len() <= MAX_PARAMS / ATTEMPT_PARAMS
+        && records
+            .iter()
+            .all(|(record, raised)| raised.is_none() || !matches!(record.next, JobUpdate::Dead))
+}
+
+/// Parameters one record binds in [`batch_attempt_sql`].
+const ATTEMPT_PARAMS: usize = 15;
+
+/// One attempt record's values, as [`batch_attempt_sql`] binds them.
+struct AttemptColumns<'r> {
+    record: &'r AttemptRecord,
+    attempt_id: String,
+    status: DeliveryStatus,
+    next_attempt_at: i64,
+    failed: i64,
+    delivered_at: Option<i64>,
+    request_meta: Option<String>,
+    request_body: Option<&'r [u8]>,
+}
+
+impl<'r> AttemptColumns<'r> {
+    fn new(record: &'r AttemptRecord, now: i64) -> Self {
+        let (status, next_attempt_at, failed, delivered_at) = job_after(record.next, now);
+        let (request_meta, request_body) = match &record.request {
+            Some(request) => {
+                let (meta, body) = request.columns();
+                (Some(meta), body)
+            }
+            None => (None, None),
+        };
+        Self {
+            record,
+            attempt_id: crate::model::new_id("att"),
+            status,
+            next_attempt_at,
+            failed,
+            delivered_at,
+            request_meta,
+            request_body,
+        }
+    }
+
+    fn args(&self) -> [super::exec::Arg<'_>; ATTEMPT_PARAMS] {
+        let record = self.record;
+        args![
+            &record.delivery_id,
+            &record.worker,
+            self.status.as_str(),
+            self.next_attempt_at,
+            self.failed,
+            self.delivered_at,
+            record.status_code.map(i64::from),
+            record.error.as_deref(),
+            &self.attempt_id,
+            record.started_at,
+            record.latency_ms,
+            record.outcome.as_str(),
+            record.response_excerpt.as_deref(),
+            self.request_meta.as_deref(),
+            self.request_body,
+        ]
+    }
+}
+
+/// The statement of [`write_attempts`] for `count` records on PostgreSQL: `$1` is the time,
+/// then each record's [`AttemptColumns::args`]. Returns the ids of the jobs it recorded.
+/// `on_its_own`: it sets `synchronous_commit = off` for its own (implicit) transaction.
+fn batch_attempt_sql(count: usize, on_its_own: bool) -> String {
+    let rows = multi_row("", count, 2, ATTEMPT_PARAMS, |n| {
+        let numbers: Vec<String> = (n..n + ATTEMPT_PARAMS).map(|n| format!("${n}")).collect();
+        numbers.join(", ")
+    });
+    let (async_commit, with_async_commit) = if on_its_own {
+        (
+            "async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), ",
+            " CROSS JOIN async_commit",
+        )
+    } else {
+        ("", "")
+    };
+    format!(
+        "WITH {async_commit}v (id, worker, status, next_attempt_at, failed, delivered_at, status_code, error, \
+         attempt_id, started_at, latency_ms, outcome, response_excerpt, request_meta, \
+         request_body) AS (VALUES {rows}), \
+         finished AS (UPDATE deliveries d SET status = v.status, \
+             next_attempt_at = v.next_attempt_at, attempts = d.attempts + 1, \
+             failures = d.failures + v.failed, delivered_at = v.delivered_at, \
+             last_status_code = v.status_code, last_error = v.error, locked_until = NULL, \
+             locked_by = NULL, updated_at = $1 \
+             FROM v WHERE d.id = v.id AND d.locked_by = v.worker RETURNING d.id, d.attempts) \
+         INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, latency_ms, \
+             status_code, outcome, error, response_excerpt, request_meta, request_body) \
+         SELECT v.attempt_id, v.id, finished.attempts, v.started_at, v.latency_ms, \
+             v.status_code, v.outcome, v.error, v.response_excerpt, v.request_meta, \
+             v.request_body FROM finished JOIN v ON v.id = finished.id{with_async_commit} \
+         RETURNING delivery_id"
+    )
+}
+
+/// Logs one attempt and moves its job on, releasing the lease: two statements, and the
+/// raised jobs of a dead-lettering.
+async fn write_attempt_alone(
     exec: &mut impl Exec,
     record: &AttemptRecord,
     raised: Option<&RaisedEvent>,
@@ -600,23 +822,29 @@ pub(super) async fn write_attempt(
     if status == DeliveryStatus::Dead
         && let Some(raised) = raised
     {
-        for delivery in &raised.deliveries {
-            exec.execute(
-                INSERT_RAISED_DELIVERY,
-                &args![
-                    &delivery.id,
-                    &raised.message_id,
-                    &raised.inbox_id,
-                    &raised.event_id,
-                    delivery.channel,
-                    &delivery.endpoint_ref,
-                    &delivery.target,
-                    now,
-                    &raised.event_json,
-                ],
-            )
-            .await?;
-        }
+        insert_raised(exec, raised, now).await?;
+    }
+    Ok(())
+}
+
+/// The jobs of an event a dead-lettering raised.
+async fn insert_raised(exec: &mut impl Exec, raised: &RaisedEvent, now: i64) -> Result<(), Error> {
+    for delivery in &raised.deliveries {
+        exec.execute(
+            INSERT_RAISED_DELIVERY,
+            &args![
+                &delivery.id,
+                &raised.message_id,
+                &raised.inbox_id,
+                &raised.event_id,
+                delivery.channel,
+                &delivery.endpoint_ref,
+                &delivery.target,
+                now,
+                &raised.event_json,
+            ],
+        )
+        .await?;
     }
     Ok(())
 }

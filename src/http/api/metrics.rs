@@ -137,15 +137,19 @@ pub async fn metrics(
     for (what, n) in state.lifecycle.counters.snapshot() {
         let _ = writeln!(out, "mxhook_lifecycle_total{{what=\"{what}\"}} {n}");
     }
-    let (accept, other) = crate::db::statement_counts();
-    let _ = writeln!(
-        out,
-        "# HELP mxhook_db_statements_total Statements this node's group committer ran (BEGIN and \
-         COMMIT included), for accepted messages (path=accept) and other writes (in memory, since \
-         this node started).\n# TYPE mxhook_db_statements_total counter\n\
-         mxhook_db_statements_total{{path=\"accept\"}} {accept}\n\
-         mxhook_db_statements_total{{path=\"other\"}} {other}"
+    out.push_str(
+        "# HELP mxhook_db_statements_total Statements this node ran on each critical path \
+         (BEGIN and COMMIT included): accepted messages (accept), rate-limit counts (rate), claims \
+         of due jobs (claim) and attempt records (attempt) (in memory, since this node started).\n\
+         # TYPE mxhook_db_statements_total counter\n",
     );
+    for (path, n) in crate::db::statement_counts() {
+        let _ = writeln!(
+            out,
+            "mxhook_db_statements_total{{path=\"{}\"}} {n}",
+            path.as_str()
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
