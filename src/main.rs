@@ -312,12 +312,9 @@ fn main() -> ExitCode {
             return call_api(&api, "POST", &path, None);
         }
     };
-    let mut config = match mxhook::config::Config::load(config_path.as_deref(), std::env::vars()) {
+    let mut config = match load_config(config_path.as_deref()) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("mxhook: invalid configuration: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if !serve {
         println!("configuration is valid");
@@ -326,12 +323,9 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mxhook: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let welcome = mxhook::app::Welcome {
         key_file: own_admin_key(&mut config),
@@ -380,21 +374,32 @@ fn print_mta_sts_records(
     }
 }
 
+/// The configuration from the file and the environment, or exit code 2 with the error
+/// (which names the key) on stderr.
+fn load_config(path: Option<&std::path::Path>) -> Result<mxhook::config::Config, ExitCode> {
+    mxhook::config::Config::load(path, std::env::vars()).map_err(|err| {
+        eprintln!("mxhook: invalid configuration: {err}");
+        ExitCode::from(2)
+    })
+}
+
+/// The async runtime a command runs on, or a failure exit with the reason on stderr.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|err| {
+        eprintln!("mxhook: starting the async runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `mxhook check-store`: the report as JSON on stdout.
 fn check_store(config_path: Option<&std::path::Path>, repair: bool) -> ExitCode {
-    let config = match mxhook::config::Config::load(config_path, std::env::vars()) {
+    let config = match load_config(config_path) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("mxhook: invalid configuration: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mxhook: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(mxhook::retention::check_configured_store(&config, repair)) {
         Ok(report) => {
@@ -418,12 +423,9 @@ fn check_store(config_path: Option<&std::path::Path>, repair: bool) -> ExitCode 
 
 /// `mxhook rotate-secrets-key`: the counts as JSON on stdout.
 fn rotate_secrets_key(config_path: Option<&std::path::Path>) -> ExitCode {
-    let config = match mxhook::config::Config::load(config_path, std::env::vars()) {
+    let config = match load_config(config_path) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("mxhook: invalid configuration: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let keys = match config.secrets.keyring() {
         Ok(keys) if keys.current_id().is_some() => keys,
@@ -438,12 +440,9 @@ fn rotate_secrets_key(config_path: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mxhook: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let rotated = runtime.block_on(async {
         let db = mxhook::db::Db::connect(&config.database)
@@ -655,12 +654,9 @@ fn mcp(api: &ApiArgs) -> ExitCode {
         eprintln!("mxhook: give an API key with --api-key or MXHOOKCTL_API_KEY");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mxhook: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(mxhook::http::mcp::serve_stdio(api.api_url.clone(), api_key)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -701,12 +697,9 @@ fn call_api(api: &ApiArgs, method: &str, path: &str, body: Option<serde_json::Va
         let text = response.text().await?;
         anyhow::Ok((status, text))
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mxhook: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(request) {
         Ok((status, text)) => {
