@@ -416,6 +416,7 @@ pub(crate) async fn get_inbox(
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Changing addresses needs an admin key", body = ErrorBody),
         (status = 409, description = "Address taken", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -487,6 +488,7 @@ pub(crate) async fn update_inbox(
     responses(
         (status = 202, description = "Purge started", body = super::lifecycle::PurgeProgress),
         (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad query (`purge` not true or false)", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 403, description = "Needs an admin key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
