@@ -2,10 +2,11 @@
 
 The Rust test writes a JSON file (path in MXTEST_SCHEMATHESIS_IDS) naming:
 
-- "known": path parameter name -> ids that exist in the gateway (inboxes, messages,
-  deliveries, keys, domains). Generated ids alone would almost never name a real object, so
-  most requests would stop at a 404; each path parameter is drawn from the generated value and
-  these, so the handlers behind the lookups are reached too.
+- "known": path prefix -> path parameter name -> ids that exist in the gateway under that
+  prefix (inboxes, messages, deliveries, keys, domains). Generated ids alone would almost never
+  name a real object, so most requests would stop at a 404: half the time a path parameter is
+  one of these instead (see `_valid_in_place`), so the handlers behind the lookups are reached
+  too.
 - "foreign": strings that belong to another inbox (its id, address, message, delivery, event
   and key ids). With an inbox key no 2xx response may contain any of them.
 """
@@ -24,13 +25,30 @@ FOREIGN_EXACT = IDS.get("foreign_exact", [])
 FOREIGN_SUBSTRINGS = IDS.get("foreign_substrings", [])
 
 
+def _valid_in_place(generated, known):
+    """Whether a known id may stand in for the generated value without making a request that
+    was generated to break the schema valid: string parameters (ids, names) have no
+    constraints, so any string is valid; the one integer (`attempt`) only when the generated
+    value is a valid one too."""
+    if isinstance(known, str):
+        return isinstance(generated, str)
+    return isinstance(generated, int) and not isinstance(generated, bool) and 1 <= generated <= 1000
+
+
 @schemathesis.hook
 def flatmap_path_parameters(ctx, path_parameters):
     if not path_parameters:
         return st.just(path_parameters)
+    path = ctx.operation.path if ctx.operation is not None else ""
+    prefixes = [prefix for prefix in KNOWN if path.startswith(prefix)]
+    known = KNOWN[max(prefixes, key=len)] if prefixes else {}
     choices = {}
     for name, generated in path_parameters.items():
-        choices[name] = st.sampled_from([generated, *KNOWN.get(name, [])])
+        ids = [id_ for id_ in known.get(name, []) if _valid_in_place(generated, id_)]
+        if ids:
+            choices[name] = st.one_of(st.just(generated), st.sampled_from(ids))
+        else:
+            choices[name] = st.just(generated)
     return st.fixed_dictionaries(choices)
 
 
