@@ -107,6 +107,17 @@ struct Filler {
 }
 
 impl Filler {
+    /// Gives `bytes` back, so that a larger write starts and then runs out of space.
+    fn leave_free(&self, bytes: u64) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .expect("open the filler");
+        let len = file.metadata().expect("filler size").len();
+        file.set_len(len.saturating_sub(bytes))
+            .expect("shorten the filler");
+    }
+
     fn remove(self) {
         std::fs::remove_file(&self.path).expect("remove the filler");
     }
@@ -115,12 +126,21 @@ impl Filler {
 /// Sends one message to `agent` over a real SMTP session: the final reply and, on `250`, the
 /// message id from `queued as`.
 async fn send(gateway: &TestGateway, subject: &str) -> (u16, String, Option<String>) {
+    send_lines(gateway, subject, 40).await
+}
+
+/// [`send`] with a body of `lines` lines (23 bytes each).
+async fn send_lines(
+    gateway: &TestGateway,
+    subject: &str,
+    lines: usize,
+) -> (u16, String, Option<String>) {
     let mut client = SmtpClient::connect(gateway.smtp).await;
     let message = simple_message(
         "jane@client.example",
         "agent@example.com",
         subject,
-        &format!("{subject}\r\n{}", "some text of the body\r\n".repeat(40)),
+        &format!("{subject}\r\n{}", "some text of the body\r\n".repeat(lines)),
     );
     let (code, text) = client
         .send_message("jane@client.example", &["agent@example.com"], &message)
@@ -138,7 +158,11 @@ async fn send(gateway: &TestGateway, subject: &str) -> (u16, String, Option<Stri
 
 /// Sends one message and requires the exact temporary failure.
 async fn send_refused(gateway: &TestGateway, subject: &str) {
-    let (code, text, _) = send(gateway, subject).await;
+    send_refused_lines(gateway, subject, 40).await;
+}
+
+async fn send_refused_lines(gateway: &TestGateway, subject: &str, lines: usize) {
+    let (code, text, _) = send_lines(gateway, subject, lines).await;
     assert_eq!(
         (code, text.as_str()),
         (
@@ -238,7 +262,10 @@ async fn a_full_store_disk_answers_451_keeps_delivering_and_recovers_by_itself()
     for n in 0..3 {
         send_refused(&gateway, &format!("while full {n}")).await;
     }
-    // Nothing half-written stays behind: one object per accepted message.
+    // A message larger than the space left starts to be written and then runs out.
+    filler.leave_free(64 * 1024);
+    send_refused_lines(&gateway, "larger than the space left", 10_000).await;
+    // Nothing half-written stays behind: one object per accepted message, each whole.
     let objects = files_ending_with(store.path(), &[".eml", ".tmp"]);
     assert_eq!(objects.len(), accepted.len(), "{objects:?}");
     // The held deliveries complete while the store is still full: delivery reads no object.
