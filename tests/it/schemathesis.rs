@@ -280,3 +280,58 @@ async fn the_api_answers_generated_requests_as_its_openapi_document_says() {
     gateway.stop().await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Schemathesis generates path parameters as text; a parameter whose percent-encoding decodes
+/// to bytes that are not UTF-8 is refused by the router before any handler runs. Every
+/// operation with a path parameter answers it with the documented 400 and the JSON error body.
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_gets_the_documented_json_400() {
+    let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
+    let (status, document) = gateway.api_as("", "GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        if !path.contains('{') {
+            continue;
+        }
+        let bad: String = path
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "%FF"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, operation) in item.as_object().expect("path item") {
+            let documented = &operation["responses"]["400"]["content"]["application/json"];
+            assert_eq!(
+                documented["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                "{method} {path} does not document its 400"
+            );
+            let response = crate::support::http_client()
+                .request(
+                    method.to_uppercase().parse().expect("method"),
+                    format!("http://{}{bad}", gateway.http),
+                )
+                .bearer_auth(crate::support::gateway::API_KEY)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(response.status(), 400, "{method} {bad}");
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(
+                body["error"]["code"], "bad_request",
+                "{method} {bad}: {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 30,
+        "only {checked} operations have path parameters"
+    );
+    gateway.stop().await;
+}
