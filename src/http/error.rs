@@ -3,7 +3,7 @@
 //! carries no internal detail.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// The body of every error response. Responses serialize this type, so the OpenAPI document
@@ -129,4 +129,23 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// axum refuses a path it cannot decode (percent-encoded bytes that are not UTF-8) with a
+/// plain-text 400 before any handler runs. The API answers every error with [`ErrorBody`], so
+/// such an answer is rewritten into one, its text kept as the message.
+pub(super) async fn json_rejection(response: Response) -> Response {
+    let plain_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/plain"));
+    if response.status() != StatusCode::BAD_REQUEST || !plain_text {
+        return response;
+    }
+    // The rejection texts are one short line; anything longer is cut, never read whole.
+    let text = match axum::body::to_bytes(response.into_body(), 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => "malformed request".to_owned(),
+    };
+    ApiError::BadRequest(text).into_response()
 }

@@ -87,6 +87,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
                 Json(ErrorBody::new("method_not_allowed", "method not allowed")),
             )
         })
+        .layer(axum::middleware::map_response(error::json_rejection))
         .with_state(Arc::clone(&state));
     // MCP tools call the API router in process, with the MCP request's own key.
     let mcp = Router::new()
@@ -101,6 +102,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     let ingress = ingress::routes()
         .merge(api::ingress::routes())
         .layer(DefaultBodyLimit::max(state.ingress.config.max_body_bytes))
+        .layer(axum::middleware::map_response(error::json_rejection))
         .with_state(Arc::clone(&state));
     api.merge(ui::router(state)).merge(ingress).merge(mcp)
 }

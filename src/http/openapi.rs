@@ -138,6 +138,7 @@ impl Modify for EventCatalogue {
 pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
     let mut document = ApiDoc::openapi();
     document_internal_errors(&mut document);
+    document_undecodable_paths(&mut document);
     // MailerSend users keep the route path they already configured; it is the same handler,
     // documented under its own operation id (ids must be unique in a document).
     if let Some(mut alias) = document
@@ -183,6 +184,45 @@ fn document_internal_errors(document: &mut utoipa::openapi::OpenApi) {
                 .or_insert_with(|| {
                     ResponseBuilder::new()
                         .description("Internal error; details are only logged")
+                        .content(
+                            "application/json",
+                            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                        )
+                        .into()
+                });
+        }
+    }
+}
+
+/// Adds the 400 answer to every operation with a path parameter that does not list one: a
+/// parameter percent-encoding bytes that are not UTF-8 is refused before the handler runs
+/// (the error body, see `error::json_rejection`).
+fn document_undecodable_paths(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let has_path_parameter = operation
+                .parameters
+                .iter()
+                .flatten()
+                .any(|parameter| parameter.parameter_in == ParameterIn::Path);
+            if !has_path_parameter {
+                continue;
+            }
+            operation
+                .responses
+                .responses
+                .entry("400".to_owned())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description("A path parameter is not UTF-8 once decoded")
                         .content(
                             "application/json",
                             Content::new(Some(Ref::from_schema_name("ErrorBody"))),

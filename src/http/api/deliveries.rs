@@ -22,8 +22,11 @@ use crate::model::{AttemptOutcome, Channel, DeliveryStatus, rfc3339};
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeliveryQuery {
     /// pending, delivered or dead (the dead-letter queue).
+    #[param(value_type = Option<DeliveryStatus>)]
     pub(crate) status: Option<String>,
     pub(crate) inbox_id: Option<String>,
+    /// Default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<i64>,
 }
 

@@ -129,6 +129,7 @@ impl InboxStatus {
 pub(crate) struct CreateInbox {
     id: Option<String>,
     name: Option<String>,
+    #[schema(min_items = 1)]
     addresses: Vec<String>,
     status: Option<InboxStatus>,
     spf_pass_required: Option<bool>,
@@ -149,6 +150,7 @@ pub(crate) struct CreateInbox {
     /// Mail for it only over TLS (plaintext sessions get 530 5.7.0 at RCPT); default false.
     require_tls: Option<bool>,
     /// Days its messages are kept (fractions allowed, 0 for ever); unset is `retention.days`.
+    #[schema(minimum = 0, maximum = 36500)]
     retention_days: Option<f64>,
 }
 
@@ -157,6 +159,7 @@ pub(crate) struct CreateInbox {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatchInbox {
     name: Option<String>,
+    #[schema(min_items = 1)]
     addresses: Option<Vec<String>>,
     status: Option<InboxStatus>,
     spf_pass_required: Option<bool>,
@@ -179,7 +182,7 @@ pub(crate) struct PatchInbox {
     /// Days its messages are kept (fractions allowed, 0 for ever); null goes back to
     /// `retention.days`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 36500)]
     retention_days: Option<Option<f64>>,
 }
 
@@ -416,6 +419,7 @@ pub(crate) async fn get_inbox(
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Wrong types or unknown fields", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Changing addresses needs an admin key", body = ErrorBody),
         (status = 409, description = "Address taken", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -487,6 +491,7 @@ pub(crate) async fn update_inbox(
     responses(
         (status = 202, description = "Purge started", body = super::lifecycle::PurgeProgress),
         (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad query (`purge` not true or false)", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 403, description = "Needs an admin key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
@@ -510,7 +515,11 @@ pub(crate) async fn delete_inbox(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InboxDeliveriesQuery {
+    /// pending, delivered or dead (the dead-letter queue).
+    #[param(value_type = Option<crate::model::DeliveryStatus>)]
     status: Option<String>,
+    /// Default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

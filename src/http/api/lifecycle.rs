@@ -115,7 +115,7 @@ pub(crate) async fn erase_message(
         ("attachment_id" = String, Path, description = "The attachment's `id` in the event (`att_<n>`)"),
     ),
     responses(
-        (status = 200, description = "The decoded bytes", content_type = "application/octet-stream", body = String),
+        (status = 200, description = "The decoded bytes, as the part's own Content-Type", content_type = "*/*", body = String),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 404, description = "No such object visible to this key", body = ErrorBody),
     ),
@@ -390,7 +390,7 @@ pub(crate) struct SignedQuery {
     ),
     security(()),
     responses(
-        (status = 200, description = "The decoded bytes", content_type = "application/octet-stream", body = String),
+        (status = 200, description = "The decoded bytes, as the part's own Content-Type", content_type = "*/*", body = String),
         (status = 403, description = "Expired or altered link", body = ErrorBody),
         (status = 404, description = "The message or attachment is gone", body = ErrorBody),
     ),

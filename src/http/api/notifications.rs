@@ -44,6 +44,14 @@ impl<'de> Deserialize<'de> for NotificationsBody {
             };
             D::Error::custom(format!("{path}: {}", err.inner()))
         };
+        let rules = match &value {
+            Value::Array(rules) => Some(rules),
+            Value::Object(body) => body.get("rules").and_then(Value::as_array),
+            _ => None,
+        };
+        if let Some(rules) = rules {
+            objects_where_expected(rules).map_err(D::Error::custom)?;
+        }
         match value {
             Value::Array(_) => serde_path_to_error::deserialize(value)
                 .map(Self::List)
@@ -56,6 +64,32 @@ impl<'de> Deserialize<'de> for NotificationsBody {
             )),
         }
     }
+}
+
+/// Serde reads a struct from a JSON array too (its fields in order), so `"channels": [null]`
+/// would be taken as no channels. The document says objects; anything else is refused here,
+/// with the path, before serde sees it.
+fn objects_where_expected(rules: &[Value]) -> Result<(), String> {
+    let object_or_null = |value: Option<&Value>, path: String| match value {
+        None | Some(Value::Null | Value::Object(_)) => Ok(()),
+        Some(_) => Err(format!("{path}: expected an object")),
+    };
+    for (idx, rule) in rules.iter().enumerate() {
+        let Value::Object(rule) = rule else {
+            return Err(format!("rules[{idx}]: expected an object"));
+        };
+        object_or_null(rule.get("filters"), format!("rules[{idx}].filters"))?;
+        object_or_null(rule.get("channels"), format!("rules[{idx}].channels"))?;
+        if let Some(Value::Object(channels)) = rule.get("channels") {
+            for channel in ["webhook", "email"] {
+                object_or_null(
+                    channels.get(channel),
+                    format!("rules[{idx}].channels.{channel}"),
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_rules(state: &HttpState, rules: &mut [Rule]) -> Result<(), ApiError> {
@@ -159,4 +193,36 @@ pub(crate) async fn put_notifications(
     // The rules route the next message at once.
     state.refresh_directory().await?;
     Ok(Json(rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NotificationsBody;
+
+    #[test]
+    fn arrays_where_the_document_says_objects_are_refused_with_their_path() {
+        for (body, path) in [
+            (
+                r#"[{"name": "a", "channels": [null, null]}]"#,
+                "rules[0].channels",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "filters": []}]}"#,
+                "rules[0].filters",
+            ),
+            (
+                r#"[{"name": "a"}, {"name": "b", "channels": {"webhook": ["https://x"]}}]"#,
+                "rules[1].channels.webhook",
+            ),
+            (r#"[["a", "b"]]"#, "rules[0]"),
+        ] {
+            let err = serde_json::from_str::<NotificationsBody>(body)
+                .expect_err("an array taken for an object");
+            assert!(err.to_string().starts_with(path), "{body}: {err}");
+        }
+        let taken: NotificationsBody =
+            serde_json::from_str(r#"[{"name": "a", "channels": {}, "filters": {}}]"#)
+                .expect("objects are taken");
+        assert!(matches!(taken, NotificationsBody::List(rules) if rules.len() == 1));
+    }
 }
