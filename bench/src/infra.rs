@@ -350,6 +350,13 @@ impl PgDatabase {
             .context("WAL position")
     }
 
+    /// This database's size on disk, `pg_database_size`.
+    pub fn size(&self) -> anyhow::Result<i64> {
+        psql(&self.url(), "SELECT pg_database_size(current_database())")?
+            .parse()
+            .context("database size")
+    }
+
     /// This database's committed transactions and tuple writes from pg_stat_database.
     pub fn activity(&self) -> anyhow::Result<[i64; 4]> {
         let row = psql(

@@ -686,6 +686,8 @@ struct Row {
     pg_xacts: Option<f64>,
     pg_tuples: Option<[f64; 3]>,
     pg_connections: Option<i64>,
+    /// PostgreSQL: growth of the database on disk per message, bytes.
+    pg_bytes: Option<f64>,
     pg_sizes: Option<String>,
     /// The S3 server's CPU per message, ms.
     s3_ms: Option<f64>,
@@ -782,7 +784,12 @@ async fn bench_mxhook(
     let (cpu_before, _) = process_usage(pid);
     let s3_before = s3.as_ref().and_then(|s3| infra::cpu_ticks(s3.pid()));
     let pg_before = match &database {
-        Some(db) => Some((db.process_ticks(), db.wal_lsn()?, db.activity()?)),
+        Some(db) => Some((
+            db.process_ticks(),
+            db.wal_lsn()?,
+            db.activity()?,
+            db.size()?,
+        )),
         None => None,
     };
     let run = run_load(server.smtp, args, bodies, concurrency, reuse).await;
@@ -811,15 +818,16 @@ async fn bench_mxhook(
     if let (Some(s3), Some(before)) = (&s3, s3_before) {
         row.s3_ms = infra::cpu_ticks(s3.pid()).map(|after| per_message(after - before));
     }
-    if let (Some(db), Some((ticks_before, wal_before, _))) = (&database, &pg_before) {
+    if let (Some(db), Some((ticks_before, wal_before, _, size_before))) = (&database, &pg_before) {
         let (backends, background) = db.process_ticks().since(ticks_before);
         row.pg_backend_ms = Some(per_message(backends));
         row.pg_background_ms = Some(per_message(background));
         row.pg_wal_bytes = Some(per_message_count((db.wal_lsn()? - wal_before) as f64));
         row.pg_connections = Some(db.connections()?);
+        row.pg_bytes = Some(per_message_count((db.size()? - size_before) as f64));
     }
     drop(server);
-    if let (Some(db), Some((_, _, activity_before))) = (&database, &pg_before) {
+    if let (Some(db), Some((_, _, activity_before, _))) = (&database, &pg_before) {
         // Backends flush their statistics when they exit; give them a moment.
         tokio::time::sleep(Duration::from_millis(700)).await;
         let after = db.activity()?;
@@ -913,8 +921,11 @@ async fn bench_mxhook(
     );
     if let (Some(sizes), Some(tuples)) = (&row.pg_sizes, row.pg_tuples) {
         println!(
-            "          per message {:.2} rows inserted, {:.2} updated, {:.2} deleted; largest relations (name, kind, bytes, rows):",
-            tuples[0], tuples[1], tuples[2]
+            "          per message {:.2} rows inserted, {:.2} updated, {:.2} deleted, {:.0} bytes more on disk; largest relations (name, kind, bytes, rows):",
+            tuples[0],
+            tuples[1],
+            tuples[2],
+            row.pg_bytes.unwrap_or(0.0)
         );
         for line in sizes.lines() {
             println!("            {line}");

@@ -270,6 +270,7 @@ pub fn append_json(
         "pg_xacts_per_msg": row.pg_xacts,
         "pg_tuples_per_msg": row.pg_tuples,
         "pg_connections": row.pg_connections,
+        "pg_bytes_per_msg": row.pg_bytes,
         "peak_rss_mib": row.peak_mib,
         "lost": row.lost,
         "duplicated": row.duplicated,
