@@ -4,8 +4,17 @@
 //! server CPU per message, peak RSS, and lost/duplicated counts. Optionally it runs the same load
 //! against Postfix's `smtp-sink` for a ceiling to compare with.
 //!
+//! `--database postgres`, `--storage s3` and `--verify` run the production choices instead:
+//! a fresh PostgreSQL database, a real S3 server process (`mxhook-bench-s3`), and sender
+//! verification on with every message DKIM-signed (RSA-2048) and the records served by a local
+//! dnsmasq. `--matrix` runs `smtp-sink` and then all eight combinations under one load and
+//! prints them as one table (see BENCHMARKS.md).
+//!
 //! This is a measuring tool, not a test: results go to BENCHMARKS.md with the machine and the
 //! exact command.
+
+mod infra;
+mod matrix;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,9 +32,9 @@ use tokio::net::TcpStream;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmark mxhook over real SMTP and HTTP on loopback")]
 struct Args {
-    /// Messages per run.
-    #[arg(long, default_value_t = 20_000)]
-    messages: usize,
+    /// Messages per run (default 20,000; 10,000 with `--matrix`).
+    #[arg(long)]
+    messages: Option<usize>,
     /// Concurrent SMTP connections; one run per value.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,100")]
     concurrency: Vec<usize>,
@@ -56,6 +65,43 @@ struct Args {
     /// Score every message with the rspamd at this URL (`spam.rspamd_url`).
     #[arg(long)]
     rspamd_url: Option<String>,
+    /// `sqlite` (the embedded default) or `postgres` (a fresh database per run on `--pg-url`).
+    #[arg(long, default_value = "sqlite")]
+    database: String,
+    /// `local` (the embedded store) or `s3` (a real S3 server process on loopback).
+    #[arg(long, default_value = "local")]
+    storage: String,
+    /// Sender verification on (`auth.enabled = true`): every message DKIM-signed with a fresh
+    /// RSA-2048 key, SPF/DKIM/DMARC records served by a dnsmasq on loopback.
+    #[arg(long)]
+    verify: bool,
+    /// DKIM-sign the messages (as `--verify` does) while verification stays off, so that
+    /// verification off and on can be compared on the same messages.
+    #[arg(long)]
+    sign: bool,
+    /// The PostgreSQL server (trust auth), without a database name.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg_url: String,
+    /// The S3 server binary (default: `mxhook-bench-s3` next to this binary).
+    #[arg(long)]
+    s3_binary: Option<PathBuf>,
+    /// smtp-sink, then mxhook for {sqlite, postgres} × {local, s3} × {verify off, on}, one
+    /// table (c=32 and new connections unless given).
+    #[arg(long)]
+    matrix: bool,
+    /// Run the matrix this many times, rows interleaved round by round.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Append one JSON object per run to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Args {
+    fn messages(&self) -> usize {
+        self.messages
+            .unwrap_or(if self.matrix { 10_000 } else { 20_000 })
+    }
 }
 
 /// Words the bench's bodies are drawn from, so that no two messages share their text and a body
@@ -236,6 +282,33 @@ Content-Transfer-Encoding: base64\r\n\r\n{attachment}--b1--\r\n"
 #[derive(Default)]
 struct Seen {
     arrivals: HashMap<usize, (Instant, usize)>,
+    /// Events whose `auth` says SPF, DKIM and DMARC all passed.
+    auth_passed: usize,
+    /// Events whose `auth.checked` is false (verification off).
+    auth_unchecked: usize,
+    /// The first `auth` object that was checked and did not pass everything, to show why.
+    auth_example: Option<String>,
+}
+
+/// Reads the verdicts from an event: (all three passed, not checked, the `auth` object).
+fn auth_verdicts(body: &[u8]) -> (bool, bool, Option<serde_json::Value>) {
+    // Only the `auth` object is parsed, not the whole 11 KB event: the receiver shares the two
+    // cores with the server it measures.
+    const KEY: &[u8] = b"\"auth\":";
+    let Some(start) = body.windows(KEY.len()).position(|w| w == KEY) else {
+        return (false, false, None);
+    };
+    let Some(Ok(auth)) = serde_json::Deserializer::from_slice(&body[start + KEY.len()..])
+        .into_iter::<serde_json::Value>()
+        .next()
+    else {
+        return (false, false, None);
+    };
+    let passed = auth["spf"]["result"] == "pass"
+        && auth["dkim"][0]["result"] == "pass"
+        && auth["dmarc"]["result"] == "pass";
+    let unchecked = auth["checked"] == false;
+    (passed, unchecked, Some(auth))
 }
 
 async fn start_receiver(seen: Arc<Mutex<Seen>>) -> anyhow::Result<SocketAddr> {
@@ -245,11 +318,18 @@ async fn start_receiver(seen: Arc<Mutex<Seen>>) -> anyhow::Result<SocketAddr> {
         let seen = Arc::clone(&seen);
         async move {
             if let Some(sequence) = sequence_in(&body) {
+                let arrived = Instant::now();
+                let (passed, unchecked, auth) = auth_verdicts(&body);
                 let mut seen = seen
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let entry = seen.arrivals.entry(sequence).or_insert((Instant::now(), 0));
+                let entry = seen.arrivals.entry(sequence).or_insert((arrived, 0));
                 entry.1 += 1;
+                seen.auth_passed += usize::from(passed);
+                seen.auth_unchecked += usize::from(unchecked);
+                if !passed && !unchecked && seen.auth_example.is_none() {
+                    seen.auth_example = auth.map(|auth| auth.to_string());
+                }
             }
             "ok"
         }
@@ -333,6 +413,7 @@ async fn start_mxhook(
     greet_pause: Option<f64>,
     max_connections: usize,
     rspamd_url: Option<&str>,
+    sections: &str,
 ) -> anyhow::Result<Server> {
     let greet = greet_pause
         .map(|pause| format!("greet_pause_s = {pause}\n"))
@@ -346,10 +427,10 @@ async fn start_mxhook(
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = {max_connections}\nmax_connections_per_ip = {max_connections}\n{greet}[http]\nlisten = \"{http}\"\n[auth]\nenabled = false\n[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
-[delivery]\nallow_http = true\nallow_private_targets = true\n\
+            "[smtp]\nlisten = \"{smtp}\"\nmax_connections = {max_connections}\nmax_connections_per_ip = {max_connections}\n{greet}[http]\nlisten = \"{http}\"\n{sections}[rate_limit]\nsender_hard = 1000000000\nsender_soft = 1000000000\ndomain_hard = 1000000000\ndomain_soft = 1000000000\ninbox_hard = 1000000000\ninbox_soft = 1000000000\n\
+{spam}[delivery]\nallow_http = true\nallow_private_targets = true\n\
 [[inbox]]\nid = \"agent\"\naddresses = [\"agent@example.com\"]\nwebhook_url = \"http://{receiver}/hook\"\n\
-webhook_secret = \"bench-secret\"\n{spam}"
+webhook_secret = \"bench-secret\"\n"
         ),
     )?;
     let child = Command::new(binary)
@@ -363,6 +444,13 @@ webhook_secret = \"bench-secret\"\n{spam}"
             std::env::var("MXBENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
         )
         .stdin(Stdio::null())
+        // The first-run banner (stderr) and stdout only with MXBENCH_SERVER_LOG.
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("MXBENCH_SERVER_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let server = Server { child, smtp };
@@ -455,16 +543,20 @@ struct RunResult {
     sent_at: HashMap<usize, Instant>,
 }
 
-async fn run_load(addr: SocketAddr, args: &Args, concurrency: usize, reuse: bool) -> RunResult {
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..args.messages).map(message).collect());
+async fn run_load(
+    addr: SocketAddr,
+    args: &Args,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    concurrency: usize,
+    reuse: bool,
+) -> RunResult {
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new((Vec::new(), HashMap::new(), 0usize)));
     let started = Instant::now();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (bodies, next, results) =
-            (Arc::clone(&bodies), Arc::clone(&next), Arc::clone(&results));
+        let (bodies, next, results) = (Arc::clone(bodies), Arc::clone(&next), Arc::clone(&results));
         tasks.push(tokio::spawn(async move {
             let mut connection: Option<SmtpConnection> = None;
             loop {
@@ -566,10 +658,118 @@ fn process_usage(pid: u32) -> (Duration, u64) {
     (cpu, peak_kib)
 }
 
-async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::Result<f64> {
+/// What one run of the gateway measured.
+#[derive(Debug, Clone, Default)]
+struct Row {
+    label: String,
+    accepted: usize,
+    failed: usize,
+    rate: f64,
+    reply_p50: f64,
+    reply_p99: f64,
+    e2e_p50: f64,
+    e2e_p99: f64,
+    /// The gateway's CPU per accepted message, ms.
+    cpu_ms: f64,
+    peak_mib: u64,
+    lost: usize,
+    duplicated: usize,
+    auth_passed: usize,
+    auth_unchecked: usize,
+    /// PostgreSQL: CPU per message of this database's backends, and of the server's
+    /// background processes (WAL writer, checkpointer, …), ms.
+    pg_backend_ms: Option<f64>,
+    pg_background_ms: Option<f64>,
+    /// PostgreSQL: WAL bytes, committed transactions, and tuples inserted/updated/deleted per
+    /// message; connections open at the end.
+    pg_wal_bytes: Option<f64>,
+    pg_xacts: Option<f64>,
+    pg_tuples: Option<[f64; 3]>,
+    pg_connections: Option<i64>,
+    /// PostgreSQL: growth of the database on disk per message, bytes.
+    pg_bytes: Option<f64>,
+    pg_sizes: Option<String>,
+    /// The S3 server's CPU per message, ms.
+    s3_ms: Option<f64>,
+}
+
+impl Row {
+    /// The gateway's CPU plus its database's and object store's, per message.
+    fn total_cpu_ms(&self) -> f64 {
+        self.cpu_ms
+            + self.pg_backend_ms.unwrap_or(0.0)
+            + self.pg_background_ms.unwrap_or(0.0)
+            + self.s3_ms.unwrap_or(0.0)
+    }
+}
+
+/// The production choices of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Setup {
+    postgres: bool,
+    s3: bool,
+    verify: bool,
+}
+
+impl Setup {
+    fn label(self) -> String {
+        format!(
+            "{} {} verify-{}",
+            if self.postgres { "postgres" } else { "sqlite" },
+            if self.s3 { "s3" } else { "local" },
+            if self.verify { "on" } else { "off" }
+        )
+    }
+}
+
+/// What the runs share: the signing key and the DNS server serving its record.
+struct Shared {
+    dns: Option<infra::Dns>,
+    s3_binary: PathBuf,
+    run_tag: String,
+}
+
+async fn bench_mxhook(
+    args: &Args,
+    shared: &Shared,
+    setup: Setup,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    concurrency: usize,
+    reuse: bool,
+) -> anyhow::Result<Row> {
+    static DATABASES: AtomicUsize = AtomicUsize::new(0);
     let dir = ScratchDir::new()?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let receiver = start_receiver(Arc::clone(&seen)).await?;
+    let mut sections = String::new();
+    match (&shared.dns, setup.verify) {
+        (Some(dns), true) => sections.push_str(&format!(
+            "[auth]\nenabled = true\nnameservers = [\"127.0.0.1:{}\"]\ndns_timeout_s = 2\n",
+            dns.port
+        )),
+        (None, true) => bail!("verification on needs the DNS server"),
+        (_, false) => sections.push_str("[auth]\nenabled = false\n"),
+    }
+    let database = if setup.postgres {
+        let name = format!(
+            "mxbench_{}_{}",
+            shared.run_tag,
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
+        let database = infra::PgDatabase::create(&args.pg_url, &name)?;
+        sections.push_str(&format!("[database]\nurl = \"{}\"\n", database.url()));
+        Some(database)
+    } else {
+        None
+    };
+    let s3 = if setup.s3 {
+        let root = dir.path().join("s3");
+        let s3 = infra::S3Server::start(&shared.s3_binary, &root)?;
+        sections.push_str(&s3.storage_toml());
+        Some(s3)
+    } else {
+        None
+    };
     let server = start_mxhook(
         &args.binary,
         dir.path(),
@@ -577,11 +777,22 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
         args.greet_pause,
         2000,
         args.rspamd_url.as_deref(),
+        &sections,
     )
     .await?;
     let pid = server.child.id();
     let (cpu_before, _) = process_usage(pid);
-    let run = run_load(server.smtp, args, concurrency, reuse).await;
+    let s3_before = s3.as_ref().and_then(|s3| infra::cpu_ticks(s3.pid()));
+    let pg_before = match &database {
+        Some(db) => Some((
+            db.process_ticks(),
+            db.wal_lsn()?,
+            db.activity()?,
+            db.size()?,
+        )),
+        None => None,
+    };
+    let run = run_load(server.smtp, args, bodies, concurrency, reuse).await;
 
     // Wait for delivery of everything accepted (bounded), then read the counters.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -598,19 +809,55 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (cpu_after, peak_kib) = process_usage(pid);
+    let per_message = |ticks: u64| ticks as f64 * 10.0 / run.accepted.max(1) as f64;
+    let per_message_count = |count: f64| count / run.accepted.max(1) as f64;
+    let mut row = Row {
+        label: setup.label(),
+        ..Row::default()
+    };
+    if let (Some(s3), Some(before)) = (&s3, s3_before) {
+        row.s3_ms = infra::cpu_ticks(s3.pid()).map(|after| per_message(after - before));
+    }
+    if let (Some(db), Some((ticks_before, wal_before, _, size_before))) = (&database, &pg_before) {
+        let (backends, background) = db.process_ticks().since(ticks_before);
+        row.pg_backend_ms = Some(per_message(backends));
+        row.pg_background_ms = Some(per_message(background));
+        row.pg_wal_bytes = Some(per_message_count((db.wal_lsn()? - wal_before) as f64));
+        row.pg_connections = Some(db.connections()?);
+        row.pg_bytes = Some(per_message_count((db.size()? - size_before) as f64));
+    }
+    drop(server);
+    if let (Some(db), Some((_, _, activity_before, _))) = (&database, &pg_before) {
+        // Backends flush their statistics when they exit; give them a moment.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let after = db.activity()?;
+        row.pg_xacts = Some(per_message_count((after[0] - activity_before[0]) as f64));
+        row.pg_tuples =
+            Some([1, 2, 3].map(|i| per_message_count((after[i] - activity_before[i]) as f64)));
+        row.pg_sizes = match db.sizes() {
+            Ok(sizes) => Some(sizes),
+            Err(err) => {
+                println!("          (no table sizes: {err:#})");
+                None
+            }
+        };
+    }
+    drop(s3);
     let seen = seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let lost = run
+    row.lost = run
         .sent_at
         .keys()
         .filter(|seq| !seen.arrivals.contains_key(seq))
         .count();
-    let duplicated: usize = seen
+    row.duplicated = seen
         .arrivals
         .values()
         .map(|(_, count)| count.saturating_sub(1))
         .sum();
+    row.auth_passed = seen.auth_passed;
+    row.auth_unchecked = seen.auth_unchecked;
     let mut e2e: Vec<Duration> = run
         .sent_at
         .iter()
@@ -623,28 +870,91 @@ async fn bench_mxhook(args: &Args, concurrency: usize, reuse: bool) -> anyhow::R
     e2e.sort();
     let mut reply = run.reply_latencies.clone();
     reply.sort();
-    let rate = run.accepted as f64 / run.elapsed.as_secs_f64();
-    let cpu_per_message =
+    row.accepted = run.accepted;
+    row.failed = run.failed;
+    row.rate = run.accepted as f64 / run.elapsed.as_secs_f64();
+    row.reply_p50 = ms(percentile(&reply, 0.5));
+    row.reply_p99 = ms(percentile(&reply, 0.99));
+    row.e2e_p50 = ms(percentile(&e2e, 0.5));
+    row.e2e_p99 = ms(percentile(&e2e, 0.99));
+    row.cpu_ms =
         (cpu_after.saturating_sub(cpu_before)).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64;
+    row.peak_mib = peak_kib / 1024;
+    let mut extra = String::new();
+    if setup != Setup::default() {
+        extra.push_str(&format!("  [{}]", row.label));
+    }
+    if setup.verify {
+        extra.push_str(&format!("  auth_pass={}", row.auth_passed));
+        if let Some(example) = &seen.auth_example {
+            extra.push_str(&format!(" (not passed: {example})"));
+        }
+    }
+    if let Some(s3_ms) = row.s3_ms {
+        extra.push_str(&format!("  s3_cpu={s3_ms:.3}ms/msg"));
+    }
+    if let (Some(b), Some(g), Some(w), Some(x), Some(c)) = (
+        row.pg_backend_ms,
+        row.pg_background_ms,
+        row.pg_wal_bytes,
+        row.pg_xacts,
+        row.pg_connections,
+    ) {
+        extra.push_str(&format!(
+            "  pg_cpu={b:.3}+{g:.3}ms/msg wal={w:.0}B/msg xacts={x:.2}/msg connections={c}"
+        ));
+    }
     println!(
-        "mxhook    c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s  reply p50={:>6.2}ms p99={:>7.2}ms  e2e p50={:>7.2}ms p99={:>8.2}ms  cpu={:.3}ms/msg  peak_rss={}MiB  lost={lost} duplicated={duplicated}",
+        "mxhook    c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s  reply p50={:>6.2}ms p99={:>7.2}ms  e2e p50={:>7.2}ms p99={:>8.2}ms  cpu={:.3}ms/msg  peak_rss={}MiB  lost={} duplicated={}{extra}",
         if reuse { "reuse" } else { "new" },
-        run.accepted,
-        run.failed,
-        rate,
-        ms(percentile(&reply, 0.5)),
-        ms(percentile(&reply, 0.99)),
-        ms(percentile(&e2e, 0.5)),
-        ms(percentile(&e2e, 0.99)),
-        cpu_per_message,
-        peak_kib / 1024,
+        row.accepted,
+        row.failed,
+        row.rate,
+        row.reply_p50,
+        row.reply_p99,
+        row.e2e_p50,
+        row.e2e_p99,
+        row.cpu_ms,
+        row.peak_mib,
+        row.lost,
+        row.duplicated,
     );
-    drop(server);
+    if let (Some(sizes), Some(tuples)) = (&row.pg_sizes, row.pg_tuples) {
+        println!(
+            "          per message {:.2} rows inserted, {:.2} updated, {:.2} deleted, {:.0} bytes more on disk; largest relations (name, kind, bytes, rows):",
+            tuples[0],
+            tuples[1],
+            tuples[2],
+            row.pg_bytes.unwrap_or(0.0)
+        );
+        for line in sizes.lines() {
+            println!("            {line}");
+        }
+    }
     keep_until_exit(dir);
-    Ok(rate)
+    if let Some(db) = database {
+        keep_database_until_exit(db);
+    }
+    Ok(row)
 }
 
-async fn bench_smtp_sink(args: &Args, concurrency: usize, reuse: bool) -> anyhow::Result<f64> {
+/// Databases made by this bench, dropped at exit.
+static KEPT_DATABASES: Mutex<Vec<infra::PgDatabase>> = Mutex::new(Vec::new());
+
+fn keep_database_until_exit(database: infra::PgDatabase) {
+    KEPT_DATABASES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(database);
+}
+
+/// Runs the load against `smtp-sink`: (msg/s, its CPU per message in ms).
+async fn bench_smtp_sink(
+    args: &Args,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    concurrency: usize,
+    reuse: bool,
+) -> anyhow::Result<(f64, f64)> {
     let addr = free_addr()?;
     let mut command = Command::new("smtp-sink");
     // As root, smtp-sink insists on dropping privileges to a named user.
@@ -664,16 +974,20 @@ async fn bench_smtp_sink(args: &Args, concurrency: usize, reuse: bool) -> anyhow
         .context("starting smtp-sink (apt-get install postfix)")?;
     let server = Server { child, smtp: addr };
     wait_for_smtp(server.smtp).await?;
-    let run = run_load(server.smtp, args, concurrency, reuse).await;
+    let (cpu_before, _) = process_usage(server.child.id());
+    let run = run_load(server.smtp, args, bodies, concurrency, reuse).await;
+    let (cpu_after, _) = process_usage(server.child.id());
     let rate = run.accepted as f64 / run.elapsed.as_secs_f64();
+    let cpu_ms =
+        cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64;
     println!(
-        "smtp-sink c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s",
+        "smtp-sink c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s  cpu={cpu_ms:.3}ms/msg",
         if reuse { "reuse" } else { "new" },
         run.accepted,
         run.failed,
         rate
     );
-    Ok(rate)
+    Ok((rate, cpu_ms))
 }
 
 /// Resident memory of a process now, in KiB.
@@ -698,6 +1012,7 @@ async fn bench_idle(args: &Args, idle: usize) -> anyhow::Result<()> {
         args.greet_pause,
         idle + 100,
         args.rspamd_url.as_deref(),
+        "[auth]\nenabled = false\n",
     )
     .await?;
     let pid = server.child.id();
@@ -760,37 +1075,99 @@ fn ms(duration: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.matrix && args.greet_pause.is_none() {
+        // A new connection per message would wait out the 0.5 s pre-greeting pause each time.
+        args.greet_pause = Some(0.0);
+    }
     if !args.binary.exists() {
         bail!(
             "{} not found: build it with `cargo build --release`",
             args.binary.display()
         );
     }
+    if let Some(idle) = args.idle {
+        return bench_idle(&args, idle).await;
+    }
+    let single = Setup {
+        postgres: match args.database.as_str() {
+            "sqlite" => false,
+            "postgres" => true,
+            other => bail!("--database takes sqlite or postgres, not {other}"),
+        },
+        s3: match args.storage.as_str() {
+            "local" => false,
+            "s3" => true,
+            other => bail!("--storage takes local or s3, not {other}"),
+        },
+        verify: args.verify,
+    };
+    // The key, the DNS server and the signatures are made before any clock starts: signing is
+    // the sender's cost, not the gateway's.
+    let scratch = ScratchDir::new()?;
+    let signing = args.matrix || args.verify || args.sign;
+    let key = if signing {
+        Some(infra::DkimKey::generate(scratch.path())?)
+    } else {
+        None
+    };
+    let dns = match &key {
+        Some(key) => Some(infra::Dns::start(key)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let bodies: Vec<Vec<u8>> = (0..args.messages())
+        .map(|sequence| match &key {
+            Some(key) => key.sign(&message(sequence)),
+            None => Ok(message(sequence)),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let bodies = Arc::new(bodies);
     println!(
-        "mxhook-bench: {} messages of {} bytes per run, rate {}",
-        args.messages,
-        message(0).len(),
+        "mxhook-bench: {} messages of {} bytes per run{}, rate {}",
+        args.messages(),
+        bodies.first().map_or(0, Vec::len),
+        if signing {
+            format!(
+                ", DKIM-signed (RSA-2048, {:.2} ms each, before the runs)",
+                started.elapsed().as_secs_f64() * 1000.0 / bodies.len().max(1) as f64
+            )
+        } else {
+            String::new()
+        },
         if args.rate == 0 {
             "unlimited".to_owned()
         } else {
             format!("{}/s", args.rate)
         }
     );
-    if let Some(idle) = args.idle {
-        return bench_idle(&args, idle).await;
-    }
-    for mode in &args.connections {
-        let reuse = match mode.as_str() {
-            "new" => false,
-            "reuse" => true,
-            other => bail!("--connections takes new or reuse, not {other}"),
-        };
-        for &concurrency in &args.concurrency {
-            let rate = bench_mxhook(&args, concurrency, reuse).await?;
-            if args.smtp_sink {
-                let sink = bench_smtp_sink(&args, concurrency, reuse).await?;
-                println!("          ratio mxhook/smtp-sink = {:.2}", rate / sink);
+    let shared = Shared {
+        dns,
+        s3_binary: args
+            .s3_binary
+            .clone()
+            .unwrap_or_else(|| infra::sibling_binary("mxhook-bench-s3")),
+        run_tag: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs().to_string())
+            .unwrap_or_default(),
+    };
+    if args.matrix {
+        matrix::run(&args, &shared, &bodies).await?;
+    } else {
+        for mode in &args.connections {
+            let reuse = match mode.as_str() {
+                "new" => false,
+                "reuse" => true,
+                other => bail!("--connections takes new or reuse, not {other}"),
+            };
+            for &concurrency in &args.concurrency {
+                let row = bench_mxhook(&args, &shared, single, &bodies, concurrency, reuse).await?;
+                matrix::append_json(&args, &row, concurrency, reuse, None)?;
+                if args.smtp_sink {
+                    let (sink, _) = bench_smtp_sink(&args, &bodies, concurrency, reuse).await?;
+                    println!("          ratio mxhook/smtp-sink = {:.2}", row.rate / sink);
+                }
             }
         }
     }
@@ -799,10 +1176,24 @@ async fn main() -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
+    let databases = std::mem::take(
+        &mut *KEPT_DATABASES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     if args.keep_data {
         for dir in kept {
             println!("kept {}", dir.0.display());
             std::mem::forget(dir);
+        }
+    }
+    // A database is a handful of files, not the thousands a data directory holds, so dropping
+    // it does not slow the next run (see `KEPT`); it is inspected through the printed sizes.
+    for database in databases {
+        if std::env::var_os("MXBENCH_KEEP_DATABASES").is_some() {
+            println!("kept database {}", database.url());
+        } else {
+            database.drop_database();
         }
     }
     Ok(())
