@@ -405,10 +405,16 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// inbox `agent@example.com`, a TLS-only inbox `secure@example.com` and an auto-creating domain
 /// `auto.example`. Without STARTTLS (a handshake with random bytes only fuzzes rustls) and
 /// without sender verification (it needs DNS). Every reply the session writes must be
-/// well-formed, and it may accept at most one message per end-of-data marker sent.
+/// well-formed, it may accept at most one message per end-of-data marker sent, and each message
+/// it answered `250` for must have its row, a readable event and its raw bytes in the store.
 pub fn smtp_session(data: &[u8]) {
+    session_replies(data);
+}
+
+/// [`smtp_session`], returning what the session wrote.
+fn session_replies(data: &[u8]) -> Vec<u8> {
     let Some((&chunk, client)) = data.split_first() else {
-        return;
+        return Vec::new();
     };
     let chunk = if chunk == 0 { 4096 } else { usize::from(chunk) };
     let harness = session_harness();
@@ -427,7 +433,9 @@ pub fn smtp_session(data: &[u8]) {
         accepted <= markers,
         "{accepted} messages accepted for {markers} end-of-data markers"
     );
+    harness.check_durable(&wire.output);
     harness.after_session();
+    wire.output
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
@@ -440,11 +448,38 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 struct SessionHarness {
     runtime: tokio::runtime::Runtime,
     ctx: crate::smtp::SessionContext,
+    db: crate::db::Db,
+    store: crate::store::Store,
     store_root: PathBuf,
     sessions: std::sync::atomic::AtomicUsize,
 }
 
 impl SessionHarness {
+    /// 250 means durable: every message the session said it queued has its row, with an event
+    /// that reads back, and its raw bytes in the store.
+    fn check_durable(&self, output: &[u8]) {
+        let text = String::from_utf8_lossy(output);
+        let ids: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("250 2.0.0 OK queued as "))
+            .flat_map(|ids| ids.trim_end().split(','))
+            .collect();
+        self.runtime.block_on(async {
+            for id in ids {
+                let row = self
+                    .db
+                    .get_message(id)
+                    .await
+                    .expect("the harness database answers")
+                    .unwrap_or_else(|| panic!("250 for {id}, but it has no row"));
+                Event::from_json(&row.event_json).expect("the stored event reads back");
+                if let Err(err) = self.store.get(&row.storage_key).await {
+                    panic!("250 for {id}, but its raw message is not in the store: {err}");
+                }
+            }
+        });
+    }
+
     /// Empties the store now and then: a long run accepts many messages, and tmpfs is memory.
     /// The database keeps their rows, which only the API would read.
     fn after_session(&self) {
@@ -465,10 +500,12 @@ fn session_harness() -> &'static SessionHarness {
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let ctx = runtime.block_on(session_context(&dir));
+        let (ctx, db, store) = runtime.block_on(session_context(&dir));
         SessionHarness {
             runtime,
             ctx,
+            db,
+            store,
             store_root: dir.join("store"),
             sessions: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -499,7 +536,13 @@ pub fn remove_scratch() {
     let _ = std::fs::remove_dir_all(scratch_path("session"));
 }
 
-async fn session_context(dir: &Path) -> crate::smtp::SessionContext {
+async fn session_context(
+    dir: &Path,
+) -> (
+    crate::smtp::SessionContext,
+    crate::db::Db,
+    crate::store::Store,
+) {
     let toml = format!(
         r#"
 [smtp]
@@ -556,18 +599,19 @@ webhook_url = "https://hooks.example.com/auto"
     let intake = crate::intake::Intake::new(
         &config.storage,
         config.delivery.max_payload_bytes,
-        store,
-        db,
+        store.clone(),
+        db.clone(),
         directory.clone(),
         Arc::new(tokio::sync::Notify::new()),
     );
-    crate::smtp::SessionContext {
+    let ctx = crate::smtp::SessionContext {
         config: config.smtp.clone(),
         directory,
         intake: Arc::new(intake),
         tls: None,
         counters: Arc::new(crate::counters::Counters::default()),
-    }
+    };
+    (ctx, db, store)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -983,13 +1027,14 @@ mod tests {
                     .map(|_| format!("{target}: {}", path.display()))
             })
             .collect();
-        remove_scratch();
         assert!(failures.is_empty(), "inputs that fail: {failures:#?}");
         count
     }
 
     /// What a fuzz run found stays fixed: every committed seed and regression input of every
-    /// target (fuzz/seeds/, fuzz/regressions/) runs through its entry function cleanly.
+    /// target (fuzz/seeds/, fuzz/regressions/) runs through its entry function cleanly. Also
+    /// shows that the session harness gets a message through intake (the only test that runs
+    /// sessions: it removes their scratch directory).
     #[test]
     fn committed_fuzz_inputs_run_clean() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -1002,6 +1047,15 @@ mod tests {
             }
         }
         let count = run_all(runs);
+        // The session harness reaches intake: a well-formed transaction is queued.
+        let replies = session_replies(
+            b"\x05EHLO c.example\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<agent@example.com>\r\n\
+              DATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+        );
+        let text = String::from_utf8_lossy(&replies);
+        assert!(text.contains("\r\n250 2.0.0 OK queued as msg_"), "{text}");
+        // Only this test runs sessions, whose database and store live in the scratch directory.
+        remove_scratch();
         assert!(count >= 30, "only {count} committed inputs found");
     }
 
@@ -1028,14 +1082,48 @@ mod tests {
         assert!(count >= 60, "only {count} fixture runs");
     }
 
-    /// The checks can fail: a reply line with a bare LF, a header split differently, and a DATA
-    /// round trip that loses a pipelined command are all caught.
+    /// Messages on which mail-parser 0.11.9 panics in debug builds (a `debug_assert!` in
+    /// `parsers/message.rs`, "Invalid part ID, could not find multipart", on a message/rfc822
+    /// part whose multipart is cut off), found by `parse_event` and `ingress_mailersend`. Release
+    /// builds have no such assertion and parse on; in either mode the production path, the
+    /// guarded parser and event builder, yields an event with the message's headers.
+    #[test]
+    fn messages_mail_parser_asserts_on_are_still_delivered() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/parse_guarded");
+        let found = inputs(&dir);
+        assert!(
+            found.len() >= 2,
+            "regression inputs missing in {}",
+            dir.display()
+        );
+        let envelope = Envelope::default();
+        let recipients = vec!["agent@example.com".to_owned()];
+        let thread = Thread::default();
+        for (path, raw) in found {
+            let parsed = crate::parse::parse_guarded(&raw);
+            let event = event::build_guarded(
+                &context(&raw, &envelope, &recipients, &thread, 1 << 20, templates()),
+                &parsed,
+                None,
+            );
+            let from = parsed.from.as_ref().map(|from| from.address.as_str());
+            assert_eq!(
+                event.email.from_address.address.as_str(),
+                from.unwrap_or_default(),
+                "{}",
+                path.display()
+            );
+            check_event(&Event::Mail(event));
+        }
+    }
+
+    /// The reply check fails on a bare LF and on a continuation line with nothing after it, and
+    /// the DATA harness keeps the command pipelined after the end marker.
     #[test]
     fn the_invariant_checks_catch_what_they_describe() {
         assert!(std::panic::catch_unwind(|| check_reply_lines(b"250 ok\nmore\r\n")).is_err());
         assert!(std::panic::catch_unwind(|| check_reply_lines(b"250-first\r\n")).is_err());
         check_reply_lines(b"250-first\r\n250 last\r\n");
-        let wire = b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 25\r\n";
         let received = receive_data(
             b"line\r\n.\r\nQUIT\r\n",
             1,
@@ -1047,12 +1135,5 @@ mod tests {
         );
         assert_eq!(received.outcome, Some(Ok(b"line\r\n".to_vec())));
         assert_eq!(received.after, b"QUIT\r\n");
-        assert_eq!(
-            proxy::parse(wire, proxy::Versions::V1)
-                .ok()
-                .flatten()
-                .map(|header| header.len),
-            Some(wire.len())
-        );
     }
 }
