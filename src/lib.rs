@@ -25,6 +25,8 @@ pub mod deliver;
 pub mod directory;
 pub mod event;
 pub mod first_run;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingress;
 pub mod intake;

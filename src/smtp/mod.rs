@@ -15,7 +15,7 @@
 
 pub mod proto;
 pub mod proxy;
-mod reader;
+pub(crate) mod reader;
 pub mod session;
 pub mod tls;
 

@@ -60,7 +60,7 @@ impl Handler for EngineHandler {
     }
 }
 
-enum LineRead {
+pub(crate) enum LineRead {
     Line,
     TooLong { ended_crlf: bool },
     Eof,
@@ -784,7 +784,7 @@ fn normalized_line(line: &[u8]) -> Vec<u8> {
 /// Reads through the next LF into `out`, keeping at most `limit` bytes; a longer line is
 /// consumed and reported as `TooLong` without being kept, so memory stays bounded. `None` when
 /// `until` (or the rate's deadline, moved on by every chunk received) passes first.
-async fn read_line<R>(
+pub(crate) async fn read_line<R>(
     reader: &mut R,
     out: &mut Vec<u8>,
     limit: usize,
