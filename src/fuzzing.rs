@@ -685,7 +685,7 @@ fn mail_event(raw: &[u8], envelope: &Envelope, max_payload: usize) {
     check_event(&reply);
     for attachment in &parsed.attachments {
         assert!(
-            crate::parse::attachment(raw, &attachment.id).is_some(),
+            crate::parse::part::attachment(raw, &attachment.id).is_some(),
             "listed attachment {} cannot be fetched",
             attachment.id
         );
