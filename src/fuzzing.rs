@@ -827,9 +827,11 @@ pub fn ingress_mailersend(data: &[u8]) {
     mail_event(&mail.raw, &envelope, 1 << 20);
 }
 
-/// A SendGrid Inbound Parse request's signature check: `data` is the signature header line,
-/// the timestamp header line, then the body, against an ECDSA public key and a key that is not
-/// one. (Its multipart form is read in `http::ingress`, which this does not reach.)
+/// A SendGrid Inbound Parse request: `data` is the signature header line, the timestamp
+/// header line, then the body. The signature is checked against an ECDSA public key and a key
+/// that is not one; the body is read as the multipart form the handler reads, with the boundary
+/// its first line names (so the fuzzer reaches both well-formed and broken forms), and a mail
+/// read from it goes on into an event.
 pub fn ingress_sendgrid(data: &[u8]) {
     let (signature, rest) = header_and_body(data);
     let (timestamp, body) = header_and_body(rest);
@@ -840,6 +842,41 @@ pub fn ingress_sendgrid(data: &[u8]) {
         _ => None,
     };
     let _ = provider::verify(Provider::SendGrid, &headers, body, &secrets, NOW_S, 300);
+    let first_line = body.split(|byte| *byte == b'\n').next().unwrap_or_default();
+    let boundary = String::from_utf8_lossy(first_line.strip_prefix(b"--").unwrap_or(first_line));
+    let content_type = format!("multipart/form-data; boundary={}", boundary.trim_end());
+    let read = runtime().block_on(provider::sendgrid_mail(
+        &content_type,
+        bytes::Bytes::copy_from_slice(body),
+    ));
+    let Ok(mail) = read else {
+        return;
+    };
+    assert!(!mail.recipients.is_empty(), "a mail without recipients");
+    assert!(
+        mail.recipients
+            .iter()
+            .all(|address| *address == address.to_ascii_lowercase()),
+        "recipients are matched lowercased: {:?}",
+        mail.recipients
+    );
+    let envelope = Envelope {
+        remote_ip: None,
+        helo: "sendgrid".to_owned(),
+        mail_from: mail.mail_from.clone(),
+        recipients: mail
+            .recipients
+            .iter()
+            .map(|address| Recipient {
+                address: address.clone(),
+                as_sent: address.clone(),
+                inbox_id: "agent".to_owned(),
+            })
+            .collect(),
+        smtputf8: true,
+        tls: None,
+    };
+    mail_event(&mail.raw, &envelope, 1 << 20);
 }
 
 /// A P-256 public key in the form SendGrid shows it (base64 DER SubjectPublicKeyInfo).

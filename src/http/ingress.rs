@@ -152,67 +152,19 @@ pub(crate) async fn sendgrid(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IngressAck>, Refusal> {
-    let mail = sendgrid_mail(&headers, body.clone()).await?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let mail = provider::sendgrid_mail(content_type, body.clone())
+        .await
+        .map_err(|err| Refusal::BadPayload(bad_payload_text(err)))?;
     let headers = header_reader(&headers);
     let ack = state
         .ingress
         .mail(Provider::SendGrid, &headers, &body, mail, "sendgrid")
         .await?;
     Ok(Json(ack.into()))
-}
-
-/// Reads SendGrid Inbound Parse's multipart form ("POST the raw, full MIME message" mode: the
-/// `email` field holds the message, `envelope` the SMTP envelope as JSON).
-async fn sendgrid_mail(headers: &HeaderMap, body: Bytes) -> Result<provider::InboundMail, Refusal> {
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let boundary = multer::parse_boundary(content_type)
-        .map_err(|_| Refusal::BadPayload("expected multipart/form-data".to_owned()))?;
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
-    let mut form = multer::Multipart::new(stream, boundary);
-    let mut raw = None;
-    let mut envelope = Value::Null;
-    while let Some(field) = form
-        .next_field()
-        .await
-        .map_err(|err| Refusal::BadPayload(format!("malformed form: {err}")))?
-    {
-        let name = field.name().unwrap_or_default().to_owned();
-        let bytes = field
-            .bytes()
-            .await
-            .map_err(|err| Refusal::BadPayload(format!("malformed form: {err}")))?;
-        match name.as_str() {
-            "email" => raw = Some(bytes.to_vec()),
-            "envelope" => envelope = serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            _ => {}
-        }
-    }
-    let raw = raw.ok_or_else(|| {
-        Refusal::BadPayload(
-            "no `email` field (enable \"POST the raw, full MIME message\")".to_owned(),
-        )
-    })?;
-    let recipients: Vec<String> = envelope["to"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    if recipients.is_empty() {
-        return Err(Refusal::BadPayload("no envelope recipients".to_owned()));
-    }
-    Ok(provider::InboundMail {
-        event_key: String::new(),
-        // SendGrid's signed timestamp header bounds its age instead.
-        created_at_s: None,
-        mail_from: envelope["from"].as_str().map(str::to_owned),
-        recipients,
-        raw,
-    })
 }
 
 /// A Cal.com webhook.
@@ -293,4 +245,12 @@ async fn calendar(
         .calendar(provider, &headers, body, request)
         .await?;
     Ok(Json(ack.into()))
+}
+
+/// The refusal text of a payload error: the detail alone, as the handlers answer it.
+fn bad_payload_text(err: provider::Error) -> String {
+    match err {
+        provider::Error::BadPayload(detail) => detail,
+        other => other.to_string(),
+    }
 }

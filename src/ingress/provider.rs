@@ -159,6 +159,60 @@ pub struct InboundMail {
     pub raw: Vec<u8>,
 }
 
+/// Reads SendGrid Inbound Parse's multipart form ("POST the raw, full MIME message" mode: the
+/// `email` field holds the message, `envelope` the SMTP envelope as JSON); `content_type` is
+/// the request's, which carries the form's boundary.
+///
+/// # Errors
+/// [`Error::BadPayload`] naming what is malformed or missing.
+pub async fn sendgrid_mail(content_type: &str, body: bytes::Bytes) -> Result<InboundMail, Error> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| Error::BadPayload("expected multipart/form-data".to_owned()))?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut raw = None;
+    let mut envelope = Value::Null;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|err| Error::BadPayload(format!("malformed form: {err}")))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|err| Error::BadPayload(format!("malformed form: {err}")))?;
+        match name.as_str() {
+            "email" => raw = Some(bytes.to_vec()),
+            "envelope" => envelope = serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            _ => {}
+        }
+    }
+    let raw = raw.ok_or_else(|| {
+        Error::BadPayload(
+            "no `email` field (enable \"POST the raw, full MIME message\")".to_owned(),
+        )
+    })?;
+    let recipients: Vec<String> = envelope["to"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if recipients.is_empty() {
+        return Err(Error::BadPayload("no envelope recipients".to_owned()));
+    }
+    Ok(InboundMail {
+        event_key: String::new(),
+        // SendGrid's signed timestamp header bounds its age instead.
+        created_at_s: None,
+        mail_from: envelope["from"].as_str().map(str::to_owned),
+        recipients,
+        raw,
+    })
+}
+
 /// Reads a MailerSend `inbound.message` webhook; `received_at` dates a message built from
 /// parsed fields when the payload gives no date.
 ///

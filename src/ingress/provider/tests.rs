@@ -300,3 +300,31 @@ fn mime_built_without_raw_has_date_message_id_and_encoded_headers() {
     assert_eq!(odd.subject(), Some("odd"));
     assert!(odd.date().is_some() && odd.message_id().is_some());
 }
+
+#[tokio::test]
+async fn a_sendgrid_form_gives_its_raw_message_and_lowercased_envelope_recipients() {
+    let body = "--xYzZY\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n\
+        {\"to\":[\"Agent@Example.com\"],\"from\":\"a@x.example\"}\r\n\
+        --xYzZY\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n\
+        Subject: s\r\n\r\nbody\r\n--xYzZY--\r\n";
+    let mail = sendgrid_mail(
+        "multipart/form-data; boundary=xYzZY",
+        bytes::Bytes::from(body),
+    )
+    .await
+    .expect("a well-formed form");
+    assert_eq!(mail.recipients, ["agent@example.com"]);
+    assert_eq!(mail.mail_from.as_deref(), Some("a@x.example"));
+    assert_eq!(mail.raw, b"Subject: s\r\n\r\nbody");
+    for (content_type, body) in [
+        ("application/json", body),
+        ("multipart/form-data; boundary=other", body),
+        ("multipart/form-data; boundary=xYzZY", "--xYzZY--\r\n"),
+    ] {
+        let refused = sendgrid_mail(content_type, bytes::Bytes::from(body)).await;
+        assert!(
+            matches!(refused, Err(Error::BadPayload(_))),
+            "{content_type}: {refused:?}"
+        );
+    }
+}
