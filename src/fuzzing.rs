@@ -808,23 +808,7 @@ pub fn ingress_mailersend(data: &[u8]) {
             String::from_utf8_lossy(&mail.raw)
         );
     }
-    let envelope = Envelope {
-        remote_ip: None,
-        helo: "mailersend".to_owned(),
-        mail_from: mail.mail_from.clone(),
-        recipients: mail
-            .recipients
-            .iter()
-            .map(|address| Recipient {
-                address: address.clone(),
-                as_sent: address.clone(),
-                inbox_id: "agent".to_owned(),
-            })
-            .collect(),
-        smtputf8: true,
-        tls: None,
-    };
-    mail_event(&mail.raw, &envelope, 1 << 20);
+    mail_event(&mail.raw, &provider_envelope("mailersend", &mail), 1 << 20);
 }
 
 /// A SendGrid Inbound Parse request: `data` is the signature header line, the timestamp
@@ -860,9 +844,14 @@ pub fn ingress_sendgrid(data: &[u8]) {
         "recipients are matched lowercased: {:?}",
         mail.recipients
     );
-    let envelope = Envelope {
+    mail_event(&mail.raw, &provider_envelope("sendgrid", &mail), 1 << 20);
+}
+
+/// The envelope ingress gives a provider's mail: its recipients, all for the one inbox.
+fn provider_envelope(helo: &str, mail: &provider::InboundMail) -> Envelope {
+    Envelope {
         remote_ip: None,
-        helo: "sendgrid".to_owned(),
+        helo: helo.to_owned(),
         mail_from: mail.mail_from.clone(),
         recipients: mail
             .recipients
@@ -875,8 +864,7 @@ pub fn ingress_sendgrid(data: &[u8]) {
             .collect(),
         smtputf8: true,
         tls: None,
-    };
-    mail_event(&mail.raw, &envelope, 1 << 20);
+    }
 }
 
 /// A P-256 public key in the form SendGrid shows it (base64 DER SubjectPublicKeyInfo).
