@@ -247,17 +247,11 @@ pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// The From, To, Cc, Subject and threading headers, read without the MIME parser: unfolded,
-/// undecoded (encoded words stay as sent), addresses taken from `<…>` where present.
-fn headers_only(raw: &[u8]) -> ParsedMessage {
-    let header_end = raw
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .unwrap_or(raw.len());
-    let text = String::from_utf8_lossy(raw.get(..header_end).unwrap_or(raw));
+/// A header block's fields, unfolded, names lowercased, values trimmed; for reading headers
+/// without the MIME parser (a message the parser gave up on, a delivery-status block).
+fn header_fields(block: &str) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = Vec::new();
-    for line in text.split('\n') {
-        let line = line.trim_end_matches('\r');
+    for line in block.lines() {
         if line.starts_with([' ', '\t']) {
             if let Some((_, value)) = fields.last_mut() {
                 value.push(' ');
@@ -267,6 +261,18 @@ fn headers_only(raw: &[u8]) -> ParsedMessage {
             fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
+    fields
+}
+
+/// The From, To, Cc, Subject and threading headers, read without the MIME parser: unfolded,
+/// undecoded (encoded words stay as sent), addresses taken from `<…>` where present.
+fn headers_only(raw: &[u8]) -> ParsedMessage {
+    let header_end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let text = String::from_utf8_lossy(raw.get(..header_end).unwrap_or(raw));
+    let fields = header_fields(&text);
     let field = |name: &str| {
         fields
             .iter()

@@ -86,7 +86,7 @@ fn standard(message: &Message<'_>) -> Option<Bounce> {
         })
     })?;
     let text = String::from_utf8_lossy(status_part.contents()).replace("\r\n", "\n");
-    let blocks: Vec<Vec<(String, String)>> = text.split("\n\n").map(fields).collect();
+    let blocks: Vec<Vec<(String, String)>> = text.split("\n\n").map(super::header_fields).collect();
     let recipients = blocks
         .iter()
         .filter_map(|block| recipient_block(block))
@@ -104,22 +104,6 @@ fn standard(message: &Message<'_>) -> Option<Bounce> {
         recipients,
         standard: true,
     })
-}
-
-/// A block's fields, unfolded, names lowercased.
-fn fields(block: &str) -> Vec<(String, String)> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in block.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = fields.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-        } else if let Some((name, value)) = line.split_once(':') {
-            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-    }
-    fields
 }
 
 /// One per-recipient block; `None` for the per-message block (it names no recipient).

@@ -545,12 +545,7 @@ where
             .over_hard_limit(&self.envelope, &inbox_id)
             .await
         {
-            self.ctx.counters.reject(Rejection::RateLimited);
-            return Err(Reply::new(
-                451,
-                "4.7.1",
-                "Rate limit reached, try again later",
-            ));
+            return Err(self.rate_limited());
         }
         Ok(inbox_id)
     }
@@ -566,6 +561,11 @@ where
             "5.7.0",
             "Must issue a STARTTLS command first: this recipient takes mail only over TLS",
         ))
+    }
+
+    fn rate_limited(&self) -> Reply {
+        self.ctx.counters.reject(Rejection::RateLimited);
+        Reply::new(451, "4.7.1", "Rate limit reached, try again later")
     }
 
     fn unknown_recipient(&self, address: &str) -> Reply {
@@ -588,12 +588,7 @@ where
             .over_hard_limit(&self.envelope, new.id())
             .await
         {
-            self.ctx.counters.reject(Rejection::RateLimited);
-            return Err(Reply::new(
-                451,
-                "4.7.1",
-                "Rate limit reached, try again later",
-            ));
+            return Err(self.rate_limited());
         }
         let policy = new.inbox.sender_policy();
         if policy.require_tls {

@@ -82,14 +82,7 @@ impl S3Store {
                 .key(key)
                 .send()
                 .await
-                .map_err(|err| match &err {
-                    SdkError::ServiceError(service) if service.err().is_no_such_key() => {
-                        Error::NotFound {
-                            key: key.to_owned(),
-                        }
-                    }
-                    _ => remote("GET", key, &err),
-                })?;
+                .map_err(|err| get_failed(key, &err))?;
             output
                 .body
                 .collect()
@@ -132,14 +125,7 @@ impl S3Store {
         let output = self
             .within_deadline(key, request)
             .await?
-            .map_err(|err| match &err {
-                SdkError::ServiceError(service) if service.err().is_no_such_key() => {
-                    Error::NotFound {
-                        key: key.to_owned(),
-                    }
-                }
-                _ => remote("GET", key, &err),
-            })?;
+            .map_err(|err| get_failed(key, &err))?;
         // A server that ignored the range would send the object from its start.
         let ranged = output
             .content_range()
@@ -262,6 +248,19 @@ impl S3Store {
                 key: key.to_owned(),
                 after: self.timeout,
             })
+    }
+}
+
+/// A failed GET: [`Error::NotFound`] when the object is not there, else the remote error.
+fn get_failed<R: std::fmt::Debug>(
+    key: &str,
+    err: &SdkError<aws_sdk_s3::operation::get_object::GetObjectError, R>,
+) -> Error {
+    match err {
+        SdkError::ServiceError(service) if service.err().is_no_such_key() => Error::NotFound {
+            key: key.to_owned(),
+        },
+        _ => remote("GET", key, err),
     }
 }
 
