@@ -386,6 +386,54 @@ impl PgDatabase {
         .context("connection count")
     }
 
+    /// This database's statements by execution time, when the server has `pg_stat_statements`
+    /// loaded (`shared_preload_libraries`; the extension is made in the `postgres` database):
+    /// per statement its calls and execution time per message, and the first of its text.
+    /// `None` when the server has no such view, so the bench still runs on a plain server.
+    pub fn statements(&self, messages: usize) -> Option<String> {
+        let admin = format!("{}/postgres", self.server);
+        let messages = messages.max(1);
+        let rows = psql(
+            &admin,
+            &format!(
+                "SELECT calls || '|' || total_exec_time || '|' || rows || '|' || \
+regexp_replace(left(query, 110), '\\s+', ' ', 'g') FROM pg_stat_statements s \
+JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{}' ORDER BY total_exec_time DESC LIMIT 12",
+                self.name
+            ),
+        )
+        .ok()?;
+        let mut out = String::new();
+        let (mut calls_total, mut ms_total) = (0.0, 0.0);
+        for line in rows.lines() {
+            let mut fields = line.splitn(4, '|');
+            let (Some(calls), Some(ms), Some(rows), Some(text)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let calls: f64 = calls.parse().unwrap_or(0.0);
+            let ms: f64 = ms.parse().unwrap_or(0.0);
+            let rows: f64 = rows.parse().unwrap_or(0.0);
+            calls_total += calls;
+            ms_total += ms;
+            out.push_str(&format!(
+                "{:.3} calls {:.4} ms {:.2} rows per message: {text}\n",
+                calls / messages as f64,
+                ms / messages as f64,
+                rows / messages as f64,
+            ));
+        }
+        (!out.is_empty()).then(|| {
+            format!(
+                "{out}the {} statements above: {:.3} calls, {:.4} ms of execution per message",
+                rows.lines().count(),
+                calls_total / messages as f64,
+                ms_total / messages as f64
+            )
+        })
+    }
+
     /// The largest tables and indexes (name, kind, bytes, rows after ANALYZE), then each
     /// table's row writes: inserts, updates (how many were HOT, i.e. rewrote no index), deletes
     /// and dead rows left for vacuum.

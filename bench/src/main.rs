@@ -689,6 +689,8 @@ struct Row {
     /// PostgreSQL: growth of the database on disk per message, bytes.
     pg_bytes: Option<f64>,
     pg_sizes: Option<String>,
+    /// Top statements from `pg_stat_statements`, when the server has it.
+    pg_statements: Option<String>,
     /// The S3 server's CPU per message, ms.
     s3_ms: Option<f64>,
 }
@@ -834,6 +836,7 @@ async fn bench_mxhook(
         row.pg_xacts = Some(per_message_count((after[0] - activity_before[0]) as f64));
         row.pg_tuples =
             Some([1, 2, 3].map(|i| per_message_count((after[i] - activity_before[i]) as f64)));
+        row.pg_statements = db.statements(run.accepted);
         row.pg_sizes = match db.sizes() {
             Ok(sizes) => Some(sizes),
             Err(err) => {
@@ -928,6 +931,12 @@ async fn bench_mxhook(
             row.pg_bytes.unwrap_or(0.0)
         );
         for line in sizes.lines() {
+            println!("            {line}");
+        }
+    }
+    if let Some(statements) = &row.pg_statements {
+        println!("          pg_stat_statements, this run's database, by execution time:");
+        for line in statements.lines() {
             println!("            {line}");
         }
     }
