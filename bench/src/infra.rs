@@ -396,40 +396,49 @@ impl PgDatabase {
         let rows = psql(
             &admin,
             &format!(
-                "SELECT calls || '|' || total_exec_time || '|' || rows || '|' || \
+                "SELECT calls || '|' || total_exec_time || '|' || total_plan_time || '|' || rows || '|' || \
 regexp_replace(left(query, 110), '\\s+', ' ', 'g') FROM pg_stat_statements s \
-JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{}' ORDER BY total_exec_time DESC LIMIT 12",
+JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{}' ORDER BY total_exec_time + total_plan_time DESC LIMIT 12",
                 self.name
             ),
         )
         .ok()?;
         let mut out = String::new();
-        let (mut calls_total, mut ms_total) = (0.0, 0.0);
+        let (mut calls_total, mut ms_total, mut plan_total) = (0.0, 0.0, 0.0);
         for line in rows.lines() {
-            let mut fields = line.splitn(4, '|');
-            let (Some(calls), Some(ms), Some(rows), Some(text)) =
-                (fields.next(), fields.next(), fields.next(), fields.next())
-            else {
+            let mut fields = line.splitn(5, '|');
+            let (Some(calls), Some(ms), Some(plan_ms), Some(rows), Some(text)) = (
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+            ) else {
                 continue;
             };
             let calls: f64 = calls.parse().unwrap_or(0.0);
             let ms: f64 = ms.parse().unwrap_or(0.0);
+            let plan_ms: f64 = plan_ms.parse().unwrap_or(0.0);
             let rows: f64 = rows.parse().unwrap_or(0.0);
             calls_total += calls;
             ms_total += ms;
+            plan_total += plan_ms;
             out.push_str(&format!(
-                "{:.3} calls {:.4} ms {:.2} rows per message: {text}\n",
+                "{:.3} calls {:.4} ms exec {:.4} ms plan {:.2} rows per message: {text}\n",
                 calls / messages as f64,
                 ms / messages as f64,
+                plan_ms / messages as f64,
                 rows / messages as f64,
             ));
         }
         (!out.is_empty()).then(|| {
             format!(
-                "{out}the {} statements above: {:.3} calls, {:.4} ms of execution per message",
+                "{out}the {} statements above: {:.3} calls, {:.4} ms of execution and {:.4} ms of \
+                 planning per message (planning is 0 unless pg_stat_statements.track_planning is on)",
                 rows.lines().count(),
                 calls_total / messages as f64,
-                ms_total / messages as f64
+                ms_total / messages as f64,
+                plan_total / messages as f64
             )
         })
     }
