@@ -27,6 +27,13 @@ use super::Error;
 /// Entries kept before the cache starts over; bounds memory whatever senders make us look up.
 const MAX_ENTRIES: usize = 10_000;
 
+/// The shortest time a "no such record" answer is kept. mail-auth caches records, not their
+/// absence, and DMARC's tree walk asks for names that rarely exist (`_dmarc.com`,
+/// `_dmarc.co.uk`, …) for every message. A resolver's NXDOMAIN normally carries its zone's SOA,
+/// whose minimum TTL hickory honours; an answer without one (a local DNS server, a forwarder
+/// that strips it) would otherwise be asked again for the next message, on the path to `250`.
+const NEGATIVE_MIN_TTL: Duration = Duration::from_secs(60);
+
 /// Builds the authenticator over the configured nameservers (`"ip:port"` or `"ip"`), or the
 /// system resolver when the list is empty.
 ///
@@ -41,12 +48,14 @@ pub fn authenticator(
             .map_err(|err| Error::Resolver(format!("reading the system resolver config: {err}")))?;
         options.timeout = timeout;
         options.attempts = 2;
+        options.negative_min_ttl = Some(NEGATIVE_MIN_TTL);
         return MessageAuthenticator::new(config, options)
             .map_err(|err| Error::Resolver(err.to_string()));
     }
     let mut options = ResolverOpts::default();
     options.timeout = timeout;
     options.attempts = 2;
+    options.negative_min_ttl = Some(NEGATIVE_MIN_TTL);
     let mut servers = Vec::with_capacity(nameservers.len());
     for server in nameservers {
         let addr = server

@@ -212,6 +212,42 @@ async fn signed_tampered_and_spoofed_mail_get_their_verdicts_from_a_real_dns_ser
     gateway.stop().await;
 }
 
+/// DMARC's tree walk asks for the policy of every parent of the From domain up to its top
+/// level (`_dmarc.test` here, `_dmarc.com` for real mail), a name that rarely exists. dnsmasq
+/// answers NXDOMAIN without an SOA, which carries no TTL to cache it by: the gateway still asks
+/// once, not once per message.
+#[tokio::test]
+async fn a_missing_dmarc_record_is_asked_for_once_not_per_message() {
+    let sender = Signer::new("sender.test");
+    let dns = LocalDns::start(&sender.records()).await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.auth_toml = dns.auth_toml();
+    let gateway = TestGateway::start(options).await;
+
+    for n in 0..3 {
+        let signed = sender.sign(&message(
+            "alice@sender.test",
+            &format!("Note {n}"),
+            "Three of these.",
+        ));
+        let event = event_of(
+            &mut receiver,
+            &send(&gateway, "alice@sender.test", &signed).await,
+        )
+        .await;
+        assert_eq!(event["auth"]["dmarc"]["result"], "pass", "{}", event["auth"]);
+    }
+    assert_eq!(dns.txt_queries("_dmarc.sender.test"), 1);
+    assert_eq!(
+        dns.txt_queries("_dmarc.test"),
+        1,
+        "the parent's NXDOMAIN is kept, not asked for each message"
+    );
+
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn allow_listed_senders_with_a_dmarc_pass_are_trusted() {
     let sender = Signer::new("sender.test");

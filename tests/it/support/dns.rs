@@ -9,6 +9,8 @@ use tokio::process::{Child, Command};
 /// dnsmasq answering for `*.test` on a loopback port, killed when dropped.
 pub struct LocalDns {
     pub port: u16,
+    /// dnsmasq's query log, one line per question it was asked.
+    log: tempfile::NamedTempFile,
     _child: Child,
 }
 
@@ -19,6 +21,7 @@ impl LocalDns {
         // A port picked free can be taken again before dnsmasq binds it (both UDP and TCP are
         // needed); then dnsmasq exits and another port is tried.
         for _ in 0..5 {
+            let log = tempfile::NamedTempFile::new().expect("query log file");
             let port = {
                 let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("pick a port");
                 socket.local_addr().expect("addr").port()
@@ -32,7 +35,12 @@ impl LocalDns {
                 .arg("--no-resolv")
                 .arg("--no-hosts")
                 .arg("--pid-file=")
-                .arg("--local=/test/");
+                .arg("--local=/test/")
+                // dnsmasq serves its own records with TTL 0 unless told; a real zone's
+                // records live minutes, and the gateway's cache keeps them that long.
+                .arg("--local-ttl=300")
+                .arg("--log-queries")
+                .arg(format!("--log-facility={}", log.path().display()));
             for (name, text) in txt_records {
                 command.arg(format!("--txt-record={name},{text}"));
             }
@@ -54,6 +62,7 @@ impl LocalDns {
                 {
                     return Self {
                         port,
+                        log,
                         _child: child,
                     };
                 }
@@ -61,6 +70,16 @@ impl LocalDns {
             }
         }
         panic!("dnsmasq did not start on a loopback port");
+    }
+
+    /// How many times dnsmasq was asked for the TXT records of `name`.
+    pub fn txt_queries(&self, name: &str) -> usize {
+        let needle = format!("query[TXT] {name} from ");
+        std::fs::read_to_string(self.log.path())
+            .expect("read the query log")
+            .lines()
+            .filter(|line| line.contains(&needle))
+            .count()
     }
 
     pub fn auth_toml(&self) -> String {
