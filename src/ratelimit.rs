@@ -6,17 +6,44 @@
 //! refused with `451 4.7.1`, so the sender retries later. A database error never refuses mail
 //! here: it is logged and the message counts as under the limits (storage errors are caught
 //! where they matter, before the 250).
+//!
+//! RCPT asks for levels once per recipient, which on PostgreSQL is a round trip per session.
+//! A node remembers the levels its own counts and reads returned ([`KNOWN_FOR_MS`]) and
+//! answers RCPT from them when they settle it with room to spare: a level at or over the hard
+//! limit refuses (drained, it is still a lower bound of the shared level), one under half of
+//! it accepts. In between, or for a bucket it has not seen lately, it reads the database. So
+//! on one node the answer is what the read would have said; on several, counts other nodes
+//! made in the last second can be missed only while a bucket is below half its hard limit.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use crate::config::RateLimitConfig;
 use crate::db::Db;
 use crate::model::now_ms;
 
+/// How long a level this node learned answers RCPT without a read.
+const KNOWN_FOR_MS: i64 = 1_000;
+
+/// Buckets a node remembers at most; past it the stale ones are forgotten, then all.
+const MAX_KNOWN: usize = 10_000;
+
 #[derive(Clone)]
 pub struct RateLimiter {
     config: RateLimitConfig,
     db: Db,
+    known: Arc<Mutex<HashMap<String, Known>>>,
+}
+
+/// A bucket's level as this node last learned it.
+#[derive(Clone, Copy)]
+struct Known {
+    level_milli: i64,
+    /// When the level was that (the bucket drains from here).
+    updated_at: i64,
+    /// When this node learned it.
+    learned_at: i64,
 }
 
 /// One bucket and its limits.
@@ -31,6 +58,7 @@ impl RateLimiter {
         Self {
             config: config.clone(),
             db,
+            known: Arc::default(),
         }
     }
 
@@ -100,6 +128,9 @@ impl RateLimiter {
         let mut buckets = self.sender_buckets(mail_from, remote_ip);
         buckets.push(self.inbox_bucket(inbox_id));
         buckets.retain(|bucket| bucket.hard != 0);
+        if let Some(over) = self.settled_from_memory(&buckets, now) {
+            return over;
+        }
         let keys: Vec<&str> = buckets.iter().map(|bucket| bucket.key.as_str()).collect();
         let stored = match self.db.rate_buckets(&keys).await {
             Ok(stored) => stored,
@@ -108,12 +139,73 @@ impl RateLimiter {
                 return false;
             }
         };
+        for bucket in &buckets {
+            let (level, updated_at) = stored
+                .iter()
+                .find(|(key, _, _)| *key == bucket.key)
+                .map_or((0, now), |(_, level, updated_at)| (*level, *updated_at));
+            self.learn(bucket, level, updated_at, now);
+        }
         stored.iter().any(|(key, level, updated_at)| {
             buckets.iter().any(|bucket| {
                 &bucket.key == key
                     && (level - self.drained(bucket, now - updated_at)).max(0) >= milli(bucket.hard)
             })
         })
+    }
+
+    /// The RCPT answer from levels learned in the last [`KNOWN_FOR_MS`], when they settle it:
+    /// `Some(true)` when a bucket is at its hard limit, `Some(false)` when every bucket is known
+    /// and under half of it, `None` when the database must be asked.
+    fn settled_from_memory(&self, buckets: &[Bucket], now: i64) -> Option<bool> {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all_low = true;
+        for bucket in buckets {
+            let Some(level) = known
+                .get(&bucket.key)
+                .filter(|known| now - known.learned_at <= KNOWN_FOR_MS)
+                .map(|known| (known.level_milli - self.drained(bucket, now - known.updated_at)).max(0))
+            else {
+                all_low = false;
+                continue;
+            };
+            if level >= milli(bucket.hard) {
+                return Some(true);
+            }
+            all_low &= level < milli(bucket.hard) / 2;
+        }
+        all_low.then_some(false)
+    }
+
+    /// Remembers a bucket's level at `updated_at`, learned at `now`; of two fresh levels the
+    /// higher one now is kept (counts committed together report levels in between).
+    fn learn(&self, bucket: &Bucket, level_milli: i64, updated_at: i64, now: i64) {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let level_now = |known: &Known| known.level_milli - self.drained(bucket, now - known.updated_at);
+        let learned = Known {
+            level_milli,
+            updated_at,
+            learned_at: now,
+        };
+        if let Some(existing) = known.get(&bucket.key)
+            && now - existing.learned_at <= KNOWN_FOR_MS
+            && level_now(existing) > level_now(&learned)
+        {
+            return;
+        }
+        if known.len() >= MAX_KNOWN && !known.contains_key(&bucket.key) {
+            known.retain(|_, entry| now - entry.learned_at <= KNOWN_FOR_MS);
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+        }
+        known.insert(bucket.key.clone(), learned);
     }
 
     /// Counts one message against its sender, its sender domain and each of its inboxes, all
@@ -142,10 +234,12 @@ impl RateLimiter {
                 .iter()
                 .map(|(_, bucket)| (bucket.key.as_str(), self.drain_per_ms(bucket)))
                 .collect();
-            match self.db.add_to_rate_buckets(&keys, now_ms()).await {
+            let counted_at = now_ms();
+            match self.db.add_to_rate_buckets(&keys, counted_at).await {
                 Ok(levels) => {
                     for ((index, bucket), level) in counted.iter().zip(levels) {
                         over_soft[*index] = bucket.soft != 0 && level > milli(bucket.soft);
+                        self.learn(bucket, level, counted_at, counted_at);
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "counting a message failed"),
@@ -212,6 +306,8 @@ mod tests {
         );
 
         // The same level written one window ago has drained by the soft limit (one message).
+        // Read by a node that has not counted it itself (another node, or this one a second
+        // later), so the database answers.
         let key = "sender:alice@example.org";
         let an_hour_ago = now_ms() - 3_600_000;
         limiter
@@ -219,6 +315,7 @@ mod tests {
             .set_rate_bucket(key, 2000, an_hour_ago)
             .await
             .expect("write");
+        let limiter = RateLimiter::new(&limiter.config, limiter.db.clone());
         assert!(!limiter.over_hard_limit(alice, None, "agent").await);
         assert_eq!(
             limiter.count_message(alice, None, &["agent"]).await,
@@ -226,6 +323,73 @@ mod tests {
             "1 left + 1 new > 1"
         );
         assert!(limiter.over_hard_limit(alice, None, "agent").await);
+    }
+
+    /// RCPT is answered from the levels this node's own counts returned while they are fresh
+    /// and far from the hard limit; near it, or a second later, the shared level is read, so
+    /// counts another node made are seen.
+    #[tokio::test]
+    async fn rcpt_trusts_fresh_levels_far_from_the_limit_and_reads_near_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RateLimitConfig {
+            window_s: 3600.0,
+            sender_soft: 0,
+            sender_hard: 10,
+            domain_soft: 0,
+            domain_hard: 0,
+            inbox_soft: 0,
+            inbox_hard: 0,
+        };
+        let limiter = limiter(&dir, config).await;
+        let alice = Some("alice@example.org");
+        let key = "sender:alice@example.org";
+        limiter.count_message(alice, None, &["agent"]).await;
+        // Another node fills the bucket behind this one's back (past the limit, so the
+        // second of draining below leaves it there).
+        limiter
+            .db
+            .set_rate_bucket(key, 10_500, now_ms())
+            .await
+            .expect("write");
+        assert!(
+            !limiter.over_hard_limit(alice, None, "agent").await,
+            "1 of 10 a moment ago settles it here"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(
+            u64::try_from(KNOWN_FOR_MS).expect("positive") + 100,
+        ))
+        .await;
+        assert!(
+            limiter.over_hard_limit(alice, None, "agent").await,
+            "a second later the shared level is read"
+        );
+
+        // Half way to the hard limit the node reads at once.
+        let bob = Some("bob@example.org");
+        for _ in 0..5 {
+            limiter.count_message(bob, None, &["agent"]).await;
+        }
+        assert!(!limiter.over_hard_limit(bob, None, "agent").await);
+        limiter
+            .db
+            .set_rate_bucket("sender:bob@example.org", 10_500, now_ms())
+            .await
+            .expect("write");
+        assert!(
+            limiter.over_hard_limit(bob, None, "agent").await,
+            "5 of 10 is near enough to read"
+        );
+        // A level this node counted to the hard limit refuses without a read.
+        let carol = Some("carol@example.org");
+        for _ in 0..10 {
+            limiter.count_message(carol, None, &["agent"]).await;
+        }
+        limiter
+            .db
+            .set_rate_bucket("sender:carol@example.org", 0, now_ms())
+            .await
+            .expect("write");
+        assert!(limiter.over_hard_limit(carol, None, "agent").await);
     }
 
     /// Counts arriving together share one statement in the group commit; each still gets the
