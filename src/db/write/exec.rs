@@ -134,8 +134,10 @@ pub(super) trait Exec {
 
     /// Whether a message's event is stored compressed in `event_lz4` (migration 0013) rather
     /// than as text in `event_json`. The SQLite committer compresses: a third of the pages, each
-    /// written to the WAL and again by the checkpoint. The pool does not: it writes PostgreSQL,
-    /// which compresses large text itself, and in-memory SQLite.
+    /// written to the WAL and again by the checkpoint. So does PostgreSQL's pool: left to
+    /// PostgreSQL, the event is compressed by TOAST with pglz, which was two fifths of the
+    /// database's CPU per message (BENCHMARKS.md), on the one server every node shares; LZ4
+    /// on the node costs a tenth of that. In-memory SQLite keeps the text.
     fn compresses_events(&self) -> bool;
 
     /// Runs a statement, ignoring any rows it returns.
@@ -148,8 +150,10 @@ pub(super) trait Exec {
     async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error>;
 
     /// Runs a statement whose text grows with a batch (a multi-row `INSERT` of `rows` rows).
-    /// Only its one-row form is kept prepared: a text of each batch size would push the
-    /// statements every batch runs out of the connection's cache of prepared statements.
+    /// On a pooled connection only its one-row form is kept prepared: a text of each batch
+    /// size would push the statements every batch runs out of the connection's cache of
+    /// prepared statements. The SQLite committer's cache has room for every size a batch
+    /// usually has ([`SQLITE_CACHED_ROWS`]).
     async fn execute_sized(
         &mut self,
         sql: &str,
@@ -200,7 +204,7 @@ impl Exec for PoolExec<'_> {
     }
 
     fn compresses_events(&self) -> bool {
-        false
+        self.backend == Backend::Postgres
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<(), Error> {
@@ -264,6 +268,12 @@ impl Exec for PoolExec<'_> {
         self.statements
     }
 }
+
+/// Rows up to which the SQLite committer keeps a batch statement's text prepared. Preparing a
+/// multi-row insert anew for each batch was a sixth of the committer's instructions
+/// (BENCHMARKS.md); with at most five such texts per size, their statements fit the
+/// connection's cache (`write::sqlite`), and a bigger batch, rare, is prepared once.
+pub(super) const SQLITE_CACHED_ROWS: usize = 64;
 
 /// Statements on the SQLite committer's connection, as cached prepared statements.
 pub(super) struct SqliteExec<'c> {
@@ -336,7 +346,7 @@ impl Exec for SqliteExec<'_> {
         args: &[Arg<'_>],
         rows: usize,
     ) -> Result<(), Error> {
-        if rows <= 1 {
+        if rows <= SQLITE_CACHED_ROWS {
             return self.execute(sql, args).await;
         }
         self.statements += 1;
@@ -352,7 +362,7 @@ impl Exec for SqliteExec<'_> {
         args: &[Arg<'_>],
         rows: usize,
     ) -> Result<Vec<R>, Error> {
-        if rows <= 1 {
+        if rows <= SQLITE_CACHED_ROWS {
             return self.rows(sql, args).await;
         }
         self.statements += 1;

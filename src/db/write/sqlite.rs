@@ -14,13 +14,16 @@
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::exec::{SqliteExec, ready};
+use super::exec::{SQLITE_CACHED_ROWS, SqliteExec, ready};
 use super::{Request, answer_batch, fill_batch, run_all};
 use crate::db::Error;
 use crate::db::limits::FingerprintPrune;
 
-/// Prepared statements kept per connection: the fixed ones, plus claims and counts of each shape.
-const STATEMENT_CACHE: usize = 64;
+/// Prepared statements kept per connection: the fixed ones, claims and counts of each shape,
+/// and the batch inserts of each size up to [`SQLITE_CACHED_ROWS`] rows (messages,
+/// deliveries, fingerprints, rate counts and reads: about five per size; past that the
+/// least recently used are prepared again).
+const STATEMENT_CACHE: usize = 64 + 5 * SQLITE_CACHED_ROWS;
 
 /// Opens the writer's connection and starts its thread, which ends when every sender of
 /// `requests` is dropped.
