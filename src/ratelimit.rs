@@ -167,7 +167,9 @@ impl RateLimiter {
             let Some(level) = known
                 .get(&bucket.key)
                 .filter(|known| now - known.learned_at <= KNOWN_FOR_MS)
-                .map(|known| (known.level_milli - self.drained(bucket, now - known.updated_at)).max(0))
+                .map(|known| {
+                    (known.level_milli - self.drained(bucket, now - known.updated_at)).max(0)
+                })
             else {
                 all_low = false;
                 continue;
@@ -187,7 +189,8 @@ impl RateLimiter {
             .known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let level_now = |known: &Known| known.level_milli - self.drained(bucket, now - known.updated_at);
+        let level_now =
+            |known: &Known| known.level_milli - self.drained(bucket, now - known.updated_at);
         let learned = Known {
             level_milli,
             updated_at,

@@ -236,7 +236,11 @@ async fn a_missing_dmarc_record_is_asked_for_once_not_per_message() {
             &send(&gateway, "alice@sender.test", &signed).await,
         )
         .await;
-        assert_eq!(event["auth"]["dmarc"]["result"], "pass", "{}", event["auth"]);
+        assert_eq!(
+            event["auth"]["dmarc"]["result"], "pass",
+            "{}",
+            event["auth"]
+        );
     }
     assert_eq!(dns.txt_queries("_dmarc.sender.test"), 1);
     assert_eq!(

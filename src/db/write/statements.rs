@@ -445,7 +445,7 @@ pub(super) async fn count_in_buckets(
     exec: &mut impl Exec,
     counts: &[&super::RateCount],
 ) -> Result<Vec<Vec<i64>>, Error> {
-    // (bucket, drain per ms, counts adding to it), in order of first appearance.
+    // (bucket, drain per ms, counts adding to it).
     let mut merged: Vec<(&str, f64, i64)> = Vec::new();
     let mut now = i64::MIN;
     for count in counts {
@@ -463,6 +463,10 @@ pub(super) async fn count_in_buckets(
     if merged.is_empty() {
         return Ok(counts.iter().map(|_| Vec::new()).collect());
     }
+    // By name: two nodes' transactions counting into shared buckets lock them in one order,
+    // so neither waits for a row the other holds while holding one it wants. Levels are
+    // matched by name below.
+    merged.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut values = Vec::from(args![now]);
     for (bucket, drain_per_ms, n) in &merged {
         values.extend(args![*bucket, *drain_per_ms, 1000 * n]);
