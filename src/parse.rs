@@ -419,7 +419,9 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
                     .content_id()
                     .map(|id| id.trim_matches(|c| c == '<' || c == '>').to_owned()),
                 size,
-                span: part::span_of(&message.raw_message, part, content),
+                span: (message.raw_message.len() >= part::STREAMED_FROM_BYTES)
+                    .then(|| part::span_of(&message.raw_message, part, content))
+                    .flatten(),
             })
         })
         .collect()

@@ -13,7 +13,10 @@
 //! copy), so the streamed download is the same as [`attachment`] would have served; parts
 //! where it is not (a text part the parser converted from another charset, a malformed
 //! encoding the two read differently) and messages stored before the spans existed are served
-//! by [`attachment`], from the whole message.
+//! by [`attachment`], from the whole message. So are the attachments of a message smaller than
+//! [`STREAMED_FROM_BYTES`]: reading such a message whole costs a download little memory, and
+//! the check's second decode of every attachment was a twentieth of the instructions intake
+//! spends on a 10 KB message (BENCHMARKS.md).
 
 use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,9 @@ pub struct PartSpan {
 
 /// Bytes decoded per step while checking a span at intake.
 const CHECK_CHUNK: usize = 64 << 10;
+
+/// Raw size from which a message's attachments get spans and are streamed.
+pub const STREAMED_FROM_BYTES: usize = 1 << 20;
 
 /// The span of `part` in `raw` when decoding it in pieces gives exactly `content`.
 pub(crate) fn span_of(raw: &[u8], part: &MessagePart<'_>, content: &[u8]) -> Option<PartSpan> {
@@ -170,6 +176,38 @@ x,y\r\n1,2\r\n--b--\r\n";
         assert_eq!(csv.bytes, b"x,y\r\n1,2");
     }
 
+    /// `raw` grown past [`STREAMED_FROM_BYTES`] by a MIME preamble (text before the first
+    /// boundary, which no part contains), so that intake records its attachments' spans.
+    fn large(raw: &[u8]) -> Vec<u8> {
+        let end_of_header = raw
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a header")
+            + 4;
+        let mut grown = raw[..end_of_header].to_vec();
+        while grown.len() < STREAMED_FROM_BYTES {
+            grown.extend_from_slice(b"This is a multi-part message in MIME format.\r\n");
+        }
+        grown.extend_from_slice(&raw[end_of_header..]);
+        grown
+    }
+
+    #[test]
+    fn only_a_message_past_the_streaming_size_records_spans() {
+        let small = super::super::parse(MAIL);
+        assert!(small.attachments.iter().all(|listed| listed.span.is_none()));
+        assert_eq!(spans_json(&small.attachments), None);
+        let raw = large(MAIL);
+        let parsed = super::super::parse(&raw);
+        assert_eq!(parsed.attachments.len(), 2);
+        assert!(
+            parsed
+                .attachments
+                .iter()
+                .all(|listed| listed.span.is_some())
+        );
+    }
+
     /// Streams the span of `id` from the raw message in pieces of `piece` bytes.
     fn streamed(raw: &[u8], span: PartSpan, piece: usize) -> Vec<u8> {
         let body = &raw[span.start as usize..span.end as usize];
@@ -194,7 +232,8 @@ Content-Disposition: attachment; filename=\"q.bin\"\r\n\
 Content-Transfer-Encoding: quoted-printable\r\n\r\nline one  \r\nsoft =\r\nbreak=00=FF\r\n--o\r\n\
 Content-Type: application/zip\r\nContent-Disposition: attachment; filename=\"z.zip\"\r\n\
 Content-Transfer-Encoding: base64\r\n\r\nUEsDBAoAAAAAAA\r\n  AAAA==\r\n--o--\r\n";
-        for raw in [MAIL, &forwarded[..]] {
+        for raw in [large(MAIL), large(forwarded)] {
+            let raw = &raw[..];
             let parsed = super::super::parse(raw);
             assert!(!parsed.attachments.is_empty());
             for listed in &parsed.attachments {
@@ -223,6 +262,7 @@ Content-Transfer-Encoding: base64\r\n\r\nUEsDBAoAAAAAAA\r\n  AAAA==\r\n--o--\r\n
 Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\n\
 Content-Type: text/plain; charset=iso-8859-1\r\nContent-Disposition: attachment; filename=\"l.txt\"\r\n\r\n\
 Gr\xfc\xdfe\r\n--b--\r\n";
+        let raw = &large(raw)[..];
         let parsed = super::super::parse(raw);
         assert_eq!(parsed.attachments.len(), 1);
         assert_eq!(parsed.attachments[0].span, None);
@@ -232,7 +272,7 @@ Gr\xfc\xdfe\r\n--b--\r\n";
 
     #[test]
     fn a_span_is_found_only_under_its_exact_id() {
-        let parsed = super::super::parse(MAIL);
+        let parsed = super::super::parse(&large(MAIL));
         let stored = spans_json(&parsed.attachments).expect("spans");
         for id in ["att_2", "att_01", "att_", "x", "att_-0"] {
             assert_eq!(span_in(&stored, id), None, "{id}");

@@ -1235,6 +1235,87 @@ async fn a_large_attachment_is_streamed_exactly_in_bounded_memory_on_s3() {
     a_large_attachment_is_streamed_exactly_in_bounded_memory(Storage::S3).await;
 }
 
+/// A message of a megabyte or more has its attachments' byte ranges recorded and streams them,
+/// a quoted-printable one too; a smaller one records none (its attachments are read from the
+/// whole message), and both serve the same decoded bytes.
+#[tokio::test]
+async fn attachments_of_large_messages_stream_and_small_ones_are_read_whole() {
+    use base64::Engine as _;
+
+    let mut options = GatewayOptions::no_webhook();
+    options.max_message_size = 4 << 20;
+    let gateway = TestGateway::start(options).await;
+    // The same CSV beside a base64 filler that takes the message past a megabyte.
+    let filler = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 800 << 10]);
+    let wrapped: String = filler
+        .as_bytes()
+        .chunks(76)
+        .map(|line| format!("{}\r\n", String::from_utf8_lossy(line)))
+        .collect();
+    let large = WITH_ATTACHMENTS.replace(
+        "--XYZ--\r\n",
+        &format!(
+            "--XYZ\r\nContent-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"fill.bin\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{wrapped}--XYZ--\r\n"
+        ),
+    );
+    assert!(large.len() >= 1 << 20, "{} bytes", large.len());
+    let small_id = send_to(&gateway, "agent@example.com", WITH_ATTACHMENTS.as_bytes()).await;
+    let large_id = send_to(&gateway, "agent@example.com", large.as_bytes()).await;
+
+    let database_url = crate::support::gateway::test_database_url(gateway.dir.path());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database_url)
+        .await
+        .expect("open the database");
+    let mut recorded = Vec::new();
+    for id in [&small_id, &large_id] {
+        let parts: Option<String> =
+            sqlx::query_scalar("SELECT attachment_parts FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+        recorded.push(parts);
+    }
+    pool.close().await;
+    assert_eq!(recorded[0], None, "a small message records no ranges");
+    let spans: Vec<Option<Value>> = serde_json::from_str(
+        recorded[1]
+            .as_deref()
+            .expect("the large one records ranges"),
+    )
+    .expect("JSON");
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    assert_eq!(
+        spans[1].as_ref().expect("the CSV's range")["encoding"],
+        "quoted-printable"
+    );
+
+    let key = crate::support::gateway::API_KEY;
+    for id in [&small_id, &large_id] {
+        let (status, headers, body) = get_as(
+            &gateway,
+            key,
+            &format!("/v1/messages/{id}/attachments/att_1"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "a,b\r\n1,ü".as_bytes());
+        assert_eq!(headers["content-length"], "9");
+    }
+    let (status, _, body) = get_as(
+        &gateway,
+        key,
+        &format!("/v1/messages/{large_id}/attachments/att_2"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.len() == 800 << 10 && body.iter().all(|byte| *byte == 7));
+    gateway.stop().await;
+}
+
 /// An attachment intake records no range for (a text part the parser converts from Latin-1) is
 /// served from the whole message, decoded as before, beside one that streams.
 #[tokio::test]
