@@ -1316,8 +1316,9 @@ async fn attachments_of_large_messages_stream_and_small_ones_are_read_whole() {
     gateway.stop().await;
 }
 
-/// An attachment intake records no range for (a text part the parser converts from Latin-1) is
-/// served from the whole message, decoded as before, beside one that streams.
+/// Attachments with no recorded range are served from the whole message, decoded as before:
+/// here a text part the parser converts from Latin-1 (which gets no range in any message) and
+/// a base64 one (none, since the message is under a megabyte; the test above has both kinds).
 #[tokio::test]
 async fn an_attachment_without_a_recorded_range_is_served_from_the_whole_message() {
     let gateway = TestGateway::start(GatewayOptions::no_webhook()).await;
