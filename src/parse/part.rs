@@ -15,8 +15,8 @@
 //! encoding the two read differently) and messages stored before the spans existed are served
 //! by [`attachment`], from the whole message. So are the attachments of a message smaller than
 //! [`STREAMED_FROM_BYTES`]: reading such a message whole costs a download little memory, and
-//! the check's second decode of every attachment was a twentieth of the instructions intake
-//! spends on a 10 KB message (BENCHMARKS.md).
+//! the check's second decode of every attachment was a twentieth of all the instructions a
+//! 10 KB message costs (BENCHMARKS.md).
 
 use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
 use serde::{Deserialize, Serialize};

@@ -135,9 +135,9 @@ pub(super) trait Exec {
     /// Whether a message's event is stored compressed in `event_lz4` (migration 0013) rather
     /// than as text in `event_json`. The SQLite committer compresses: a third of the pages, each
     /// written to the WAL and again by the checkpoint. So does PostgreSQL's pool: left to
-    /// PostgreSQL, the event is compressed by TOAST with pglz, which was two fifths of the
+    /// PostgreSQL, the event is compressed by TOAST with pglz, which was about a quarter of the
     /// database's CPU per message (BENCHMARKS.md), on the one server every node shares; LZ4
-    /// on the node costs a tenth of that. In-memory SQLite keeps the text.
+    /// on the node costs a fraction of that. In-memory SQLite keeps the text.
     fn compresses_events(&self) -> bool;
 
     /// Runs a statement, ignoring any rows it returns.
@@ -270,7 +270,7 @@ impl Exec for PoolExec<'_> {
 }
 
 /// Rows up to which the SQLite committer keeps a batch statement's text prepared. Preparing a
-/// multi-row insert anew for each batch was a sixth of the committer's instructions
+/// multi-row insert anew for each batch was a quarter of the committer's instructions
 /// (BENCHMARKS.md); with at most five such texts per size, their statements fit the
 /// connection's cache (`write::sqlite`), and a bigger batch, rare, is prepared once.
 pub(super) const SQLITE_CACHED_ROWS: usize = 64;
