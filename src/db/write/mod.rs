@@ -40,7 +40,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::limits::FingerprintPrune;
@@ -623,6 +624,10 @@ pub(super) async fn read_levels_on_pool(
 async fn run(pool: AnyPool, backend: Backend, mut requests: mpsc::Receiver<Request>) {
     // Owned by the committer: it is the only writer of this database's accepted messages.
     let mut fingerprint_prune = FingerprintPrune::default();
+    let mut held = HeldConnection {
+        pool: pool.clone(),
+        conn: None,
+    };
     while let Some(first) = requests.recv().await {
         let batch = fill_batch(first, &mut requests);
         let (reads, mut batch): (Vec<Request>, Vec<Request>) =
@@ -654,18 +659,57 @@ async fn run(pool: AnyPool, backend: Backend, mut requests: mpsc::Receiver<Reque
         if batch.is_empty() {
             continue;
         }
-        let result = commit_on_pool(&pool, backend, &mut batch, &mut fingerprint_prune).await;
+        let result = commit_on_pool(&mut held, backend, &mut batch, &mut fingerprint_prune).await;
         for mut request in answer_batch(batch, result) {
             let alone = std::slice::from_mut(&mut request);
-            let result = commit_on_pool(&pool, backend, alone, &mut fingerprint_prune).await;
+            let result = commit_on_pool(&mut held, backend, alone, &mut fingerprint_prune).await;
             request.answer_alone(result);
         }
+        if requests.is_empty() {
+            // Idle: back to the pool, which tests it again before the next batch (a server
+            // restarted meanwhile costs no batch).
+            held.conn = None;
+        }
+    }
+}
+
+/// The connection the pooled committer writes on, kept from one batch to the next while
+/// writes keep queueing: taking it from the pool for each batch cost a round trip of its own
+/// on PostgreSQL, where the pool tests a connection before it hands it out. When the queue is
+/// empty, or after a batch that failed, it goes back to the pool, and the next batch takes
+/// one the pool has tested.
+struct HeldConnection {
+    pool: AnyPool,
+    conn: Option<PoolConnection<Any>>,
+}
+
+impl HeldConnection {
+    async fn get(&mut self) -> Result<&mut PoolConnection<Any>, Error> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        Ok(self.conn.insert(conn))
     }
 }
 
 /// Commits a batch in one pooled transaction: all or none.
 async fn commit_on_pool(
-    pool: &AnyPool,
+    held: &mut HeldConnection,
+    backend: Backend,
+    batch: &mut [Request],
+    fingerprint_prune: &mut FingerprintPrune,
+) -> Result<(), Error> {
+    let result = commit_on(held.get().await?, backend, batch, fingerprint_prune).await;
+    if result.is_err() {
+        held.conn = None;
+    }
+    result
+}
+
+/// Commits a batch on `conn`: all or none.
+async fn commit_on(
+    conn: &mut PoolConnection<Any>,
     backend: Backend,
     batch: &mut [Request],
     fingerprint_prune: &mut FingerprintPrune,
@@ -674,9 +718,8 @@ async fn commit_on_pool(
         && statements::fits_one_statement(backend, &records)
     {
         // One statement is a transaction of its own: no BEGIN and COMMIT around it.
-        let mut conn = pool.acquire().await?;
         let mut exec = exec::PoolExec {
-            conn: &mut conn,
+            conn: &mut *conn,
             backend,
             statements: 0,
         };
@@ -693,10 +736,10 @@ async fn commit_on_pool(
     // As on SQLite (see `sqlite`): only accepted messages wait for the WAL flush. The setting
     // goes with the BEGIN, in the same round trip.
     let mut tx = if backend == Backend::Postgres && !batch.iter().any(Request::must_be_durable) {
-        pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        sqlx::Connection::begin_with(&mut **conn, "BEGIN; SET LOCAL synchronous_commit = off")
             .await?
     } else {
-        pool.begin().await?
+        sqlx::Connection::begin(&mut **conn).await?
     };
     let mut exec = exec::PoolExec {
         conn: &mut tx,
