@@ -278,18 +278,23 @@ mod tests {
         RateLimiter::new(&config, db)
     }
 
-    #[tokio::test]
-    async fn buckets_fill_per_sender_and_drain_their_soft_limit_per_window() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = RateLimitConfig {
-            window_s: 3600.0,
-            sender_soft: 1,
-            sender_hard: 2,
+    /// Limits per envelope sender only (sender domain and inbox off).
+    fn sender_limits(window_s: f64, sender_soft: u64, sender_hard: u64) -> RateLimitConfig {
+        RateLimitConfig {
+            window_s,
+            sender_soft,
+            sender_hard,
             domain_soft: 0,
             domain_hard: 0,
             inbox_soft: 0,
             inbox_hard: 0,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn buckets_fill_per_sender_and_drain_their_soft_limit_per_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = sender_limits(3600.0, 1, 2);
         let limiter = limiter(&dir, config).await;
         let alice = Some("alice@example.org");
         assert_eq!(
@@ -334,15 +339,7 @@ mod tests {
     #[tokio::test]
     async fn rcpt_trusts_fresh_levels_far_from_the_limit_and_reads_near_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = RateLimitConfig {
-            window_s: 3600.0,
-            sender_soft: 0,
-            sender_hard: 10,
-            domain_soft: 0,
-            domain_hard: 0,
-            inbox_soft: 0,
-            inbox_hard: 0,
-        };
+        let config = sender_limits(3600.0, 0, 10);
         let limiter = limiter(&dir, config).await;
         let alice = Some("alice@example.org");
         let key = "sender:alice@example.org";
@@ -400,15 +397,7 @@ mod tests {
     #[tokio::test]
     async fn counts_committed_together_each_see_their_own_level() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = RateLimitConfig {
-            window_s: 3600.0,
-            sender_soft: 10,
-            sender_hard: 100,
-            domain_soft: 0,
-            domain_hard: 0,
-            inbox_soft: 0,
-            inbox_hard: 0,
-        };
+        let config = sender_limits(3600.0, 10, 100);
         let limiter = limiter(&dir, config).await;
         let alice = Some("alice@example.org");
         let counts = futures_util::future::join_all(
@@ -512,15 +501,7 @@ mod tests {
     #[tokio::test]
     async fn bounces_are_counted_per_connecting_address_and_zero_turns_a_limit_off() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = RateLimitConfig {
-            window_s: 3600.0,
-            sender_soft: 1,
-            sender_hard: 1,
-            domain_soft: 0,
-            domain_hard: 0,
-            inbox_soft: 0,
-            inbox_hard: 0,
-        };
+        let config = sender_limits(3600.0, 1, 1);
         let limiter = limiter(&dir, config).await;
         let first: IpAddr = "192.0.2.1".parse().expect("ip");
         let second: IpAddr = "192.0.2.2".parse().expect("ip");
@@ -547,16 +528,8 @@ mod tests {
     #[tokio::test]
     async fn concurrent_sessions_never_lose_a_count() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = RateLimitConfig {
-            // A window so long that nothing measurable drains during the test.
-            window_s: 1e12,
-            sender_soft: 0,
-            sender_hard: 1_000_000,
-            domain_soft: 0,
-            domain_hard: 0,
-            inbox_soft: 0,
-            inbox_hard: 0,
-        };
+        // A window so long that nothing measurable drains during the test.
+        let config = sender_limits(1e12, 0, 1_000_000);
         let limiter = limiter(&dir, config).await;
         let sessions: Vec<_> = (0..40)
             .map(|_| {
