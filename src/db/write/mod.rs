@@ -286,7 +286,12 @@ async fn run_all(
         StatementPath::Attempt,
     ] {
         let Some(first) = batch.iter().position(|request| {
-            request.path() == kind && !matches!(request, Request::Claim(_) | Request::ReadLevels(_))
+            matches!(
+                (kind, request),
+                (StatementPath::Rate, Request::RateCount(_))
+                    | (StatementPath::Accept, Request::Accepted(_))
+                    | (StatementPath::Attempt, Request::Attempt(_))
+            )
         }) else {
             continue;
         };
