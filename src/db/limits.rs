@@ -34,6 +34,11 @@ impl FingerprintPrune {
             false
         }
     }
+
+    /// Whether [`Self::due`] would say so, without taking the turn.
+    pub(super) fn is_due(&self, received_at: i64) -> bool {
+        received_at - self.last >= FINGERPRINT_PRUNE_EVERY_MS
+    }
 }
 
 impl Db {

@@ -152,6 +152,12 @@ pub(super) fn header_text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
 
+/// Prepared statements a pooled PostgreSQL connection keeps, unless the URL sets
+/// `statement-cache-capacity`: sqlx's default of 100 is less than the group committer's batch
+/// texts (`write::exec::POOL_CACHED_ROWS` sizes of about five kinds) and the rest together,
+/// and a statement pushed out costs a round trip and its planning when it runs again.
+pub(crate) const POOL_STATEMENT_CACHE: usize = 256;
+
 impl Db {
     /// Connects, creating the SQLite file and its directory when needed.
     ///
@@ -189,6 +195,10 @@ impl Db {
                 url.push(if url.contains('?') { '&' } else { '?' });
                 url.push_str("mode=rwc");
             }
+        }
+        if backend == Backend::Postgres && !url.contains("statement-cache-capacity") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("statement-cache-capacity={POOL_STATEMENT_CACHE}"));
         }
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections)

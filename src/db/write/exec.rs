@@ -150,10 +150,9 @@ pub(super) trait Exec {
     async fn rows<R: FromRow>(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<R>, Error>;
 
     /// Runs a statement whose text grows with a batch (a multi-row `INSERT` of `rows` rows).
-    /// On a pooled connection only its one-row form is kept prepared: a text of each batch
-    /// size would push the statements every batch runs out of the connection's cache of
-    /// prepared statements. The SQLite committer's cache has room for every size a batch
-    /// usually has ([`SQLITE_CACHED_ROWS`]).
+    /// Texts of up to [`POOL_CACHED_ROWS`] rows stay prepared on a pooled connection, and of
+    /// up to [`SQLITE_CACHED_ROWS`] on the SQLite committer's; a bigger batch, rare, is
+    /// prepared for its one run.
     async fn execute_sized(
         &mut self,
         sql: &str,
@@ -242,7 +241,7 @@ impl Exec for PoolExec<'_> {
     ) -> Result<(), Error> {
         self.statements += 1;
         bind_pool(sqlx::query(sql), args)
-            .persistent(rows <= 1)
+            .persistent(rows <= POOL_CACHED_ROWS)
             .execute(&mut *self.conn)
             .await?;
         Ok(())
@@ -256,7 +255,7 @@ impl Exec for PoolExec<'_> {
     ) -> Result<Vec<R>, Error> {
         self.statements += 1;
         bind_pool(sqlx::query(sql), args)
-            .persistent(rows <= 1)
+            .persistent(rows <= POOL_CACHED_ROWS)
             .fetch_all(&mut *self.conn)
             .await?
             .iter()
@@ -268,6 +267,13 @@ impl Exec for PoolExec<'_> {
         self.statements
     }
 }
+
+/// Rows up to which a pooled connection keeps a batch statement's text prepared. On
+/// PostgreSQL a statement not prepared yet is two round trips (sqlx parses and describes it,
+/// then binds and runs it) and is planned anew, and a busy node's batches are mostly of a
+/// few rows: with one text per size and kind (about five kinds), their statements fit the
+/// connection's cache ([`crate::db::POOL_STATEMENT_CACHE`]) beside everything else it runs.
+pub(super) const POOL_CACHED_ROWS: usize = 16;
 
 /// Rows up to which the SQLite committer keeps a batch statement's text prepared. Preparing a
 /// multi-row insert anew for each batch was a quarter of the committer's instructions

@@ -13,13 +13,15 @@
 //! node commits in batches that grow with the load. If a batch fails, each write is retried
 //! alone, so one bad write never fails its neighbours.
 //!
-//! On PostgreSQL each statement is a round trip, so a batch writes each kind of write together:
-//! all accepted messages with their jobs in one `WITH … INSERT`, all rate counts in one
-//! `INSERT … ON CONFLICT`, all attempt records in one `WITH … UPDATE … FROM (VALUES …) INSERT`.
-//! A batch of any size then costs `BEGIN` (with its `SET LOCAL`), a statement per kind, and
-//! `COMMIT`; a batch of attempt records only (the usual one once messages are in) is that one
-//! statement with no transaction around it. The claim does not come here on PostgreSQL: it is one statement of its own that
-//! leases and reads the jobs (see [`Db::claim_due`](crate::db::Db::claim_due)).
+//! On PostgreSQL each statement is a round trip, so a batch is one statement with no
+//! transaction around it: its rate counts, accepted messages with their fingerprints and jobs,
+//! and attempt records, all in one `WITH` of data-modifying statements whose text is the same
+//! for every batch (`one_statement`). The few batches it does not cover (and every batch on
+//! SQLite) write each kind of write together in a transaction: all accepted messages with their
+//! jobs in one `WITH … INSERT` (two statements on SQLite), all rate counts in one `INSERT … ON
+//! CONFLICT`, all attempt records in one `WITH … UPDATE … FROM (VALUES …) INSERT`. The claim
+//! does not come here on PostgreSQL: it is one statement of its own that leases and reads the
+//! jobs (see [`Db::claim_due`](crate::db::Db::claim_due)).
 //!
 //! Attempt records are batched by this queue and nowhere else: no record waits in a buffer
 //! of its own. An attempt's worker is free once the receiver answered, but its job keeps its
@@ -48,6 +50,7 @@ use super::limits::FingerprintPrune;
 use super::{AttemptRecord, Backend, EndpointKey, Error, NewMessage, RaisedEvent};
 
 mod exec;
+mod one_statement;
 mod sqlite;
 mod statements;
 
@@ -211,7 +214,7 @@ impl Request {
             }
             Self::Attempt(pending) => {
                 let (record, raised) = &pending.write;
-                statements::write_attempts(exec, &[(record, raised.as_ref())], false).await?;
+                statements::write_attempts(exec, &[(record, raised.as_ref())]).await?;
                 pending.reply = Some(());
             }
             Self::RateCount(pending) => {
@@ -347,17 +350,6 @@ async fn count_together(exec: &mut impl exec::Exec, batch: &mut [Request]) -> Re
     Ok(())
 }
 
-/// The records of a batch that holds attempt records only.
-fn attempts_only(batch: &[Request]) -> Option<Vec<(&AttemptRecord, Option<&RaisedEvent>)>> {
-    batch
-        .iter()
-        .map(|request| match request {
-            Request::Attempt(pending) => Some((&pending.write.0, pending.write.1.as_ref())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Writes the attempt records of every attempt request in `batch` together.
 async fn attempts_together(exec: &mut impl exec::Exec, batch: &mut [Request]) -> Result<(), Error> {
     let records: Vec<(&AttemptRecord, Option<&RaisedEvent>)> = batch
@@ -367,7 +359,7 @@ async fn attempts_together(exec: &mut impl exec::Exec, batch: &mut [Request]) ->
             _ => None,
         })
         .collect();
-    statements::write_attempts(exec, &records, false).await?;
+    statements::write_attempts(exec, &records).await?;
     for request in batch {
         if let Request::Attempt(pending) = request {
             pending.reply = Some(());
@@ -712,6 +704,30 @@ async fn commit_on_pool(
     result
 }
 
+/// Gives each request of a batch [`one_statement::write`] wrote its reply: each rate count its
+/// levels (in order), each accepted message its event unchanged (the statement writes only
+/// events whose duplicate flag was right), each attempt record its acknowledgement.
+fn answer_written(batch: &mut [Request], levels: Vec<Vec<i64>>) -> Result<(), Error> {
+    let mut levels = levels.into_iter();
+    for request in batch {
+        match request {
+            Request::RateCount(pending) => {
+                pending.reply = Some(levels.next().ok_or_else(|| {
+                    Error::Corrupt("the rate count did not answer every write".to_owned())
+                })?);
+            }
+            Request::Accepted(pending) => pending.reply = Some(vec![None; pending.write.len()]),
+            Request::Attempt(pending) => pending.reply = Some(()),
+            Request::Claim(_) | Request::ReadLevels(_) => {
+                return Err(Error::Corrupt(
+                    "one statement wrote a batch with a claim or a read".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Commits a batch on `conn`: all or none.
 async fn commit_on(
     conn: &mut PoolConnection<Any>,
@@ -719,24 +735,34 @@ async fn commit_on(
     batch: &mut [Request],
     fingerprint_prune: &mut FingerprintPrune,
 ) -> Result<(), Error> {
-    if let Some(records) = attempts_only(batch)
-        && statements::fits_one_statement(backend, &records)
+    if backend == Backend::Postgres
+        && let Some(covered) = one_statement::covered(batch, fingerprint_prune)
     {
-        // One statement is a transaction of its own: no BEGIN and COMMIT around it.
         let mut exec = exec::PoolExec {
             conn: &mut *conn,
             backend,
             statements: 0,
         };
-        let result = statements::write_attempts(&mut exec, &records, true).await;
-        count_statements(StatementPath::Attempt, exec.statements);
-        result?;
-        for request in batch.iter_mut() {
-            if let Request::Attempt(pending) = request {
-                pending.reply = Some(());
-            }
+        let written = one_statement::write(&mut exec, &covered).await;
+        if let Some(path) = StatementPath::ALL
+            .into_iter()
+            .find(|path| batch.iter().any(|request| request.path() == *path))
+        {
+            count_statements(path, exec.statements);
         }
-        return Ok(());
+        match written {
+            Ok(written) => {
+                answer_written(batch, written.levels)?;
+                return Ok(());
+            }
+            // Nothing of it was written: the transaction below writes it, deciding what the
+            // statement could not (a duplicate flag intake guessed wrong) or failing alike.
+            Err(err) => tracing::debug!(
+                error = %err,
+                writes = batch.len(),
+                "batch not written in one statement; writing it in a transaction"
+            ),
+        }
     }
     // As on SQLite (see `sqlite`): only accepted messages wait for the WAL flush. The setting
     // goes with the BEGIN, in the same round trip.

@@ -234,20 +234,24 @@ fn multi_row(
 }
 
 /// One message's row, its texts prepared as stored.
-struct MessageColumns<'m> {
-    message: &'m NewMessage,
-    envelope_to: String,
-    event_text: String,
-    event_lz4: Option<Vec<u8>>,
-    header_message_id: Option<String>,
-    sender: Option<String>,
-    subject: Option<String>,
-    subject_key: Option<String>,
-    participants: String,
+pub(super) struct MessageColumns<'m> {
+    pub(super) message: &'m NewMessage,
+    pub(super) envelope_to: String,
+    pub(super) event_text: String,
+    pub(super) event_lz4: Option<Vec<u8>>,
+    pub(super) header_message_id: Option<String>,
+    pub(super) sender: Option<String>,
+    pub(super) subject: Option<String>,
+    pub(super) subject_key: Option<String>,
+    pub(super) participants: String,
 }
 
 impl<'m> MessageColumns<'m> {
-    fn new(message: &'m NewMessage, flagged: Option<&str>, compress: bool) -> Result<Self, Error> {
+    pub(super) fn new(
+        message: &'m NewMessage,
+        flagged: Option<&str>,
+        compress: bool,
+    ) -> Result<Self, Error> {
         let envelope_to = serde_json::to_string(&message.envelope_to)
             .map_err(|err| Error::Corrupt(err.to_string()))?;
         let event_json = flagged.unwrap_or(&message.event_json);
@@ -445,7 +449,25 @@ pub(super) async fn count_in_buckets(
     exec: &mut impl Exec,
     counts: &[&super::RateCount],
 ) -> Result<Vec<Vec<i64>>, Error> {
-    // (bucket, drain per ms, counts adding to it).
+    let (now, merged) = merge_counts(counts);
+    if merged.is_empty() {
+        return Ok(counts.iter().map(|_| Vec::new()).collect());
+    }
+    let mut values = Vec::from(args![now]);
+    for (bucket, drain_per_ms, n) in &merged {
+        values.extend(args![*bucket, *drain_per_ms, *n]);
+    }
+    let counted: Vec<(String, i64)> = exec
+        .rows_sized(&count_sql(merged.len()), &values, counts.len())
+        .await?;
+    levels_of_counts(counts, &counted)
+}
+
+/// The counts of a batch merged per bucket: the latest count's time, and (bucket, drain per
+/// ms, what the counts add in thousandths of a message), sorted by name. Two nodes'
+/// transactions counting into shared buckets then lock them in one order, so neither waits for
+/// a row the other holds while holding one it wants.
+pub(super) fn merge_counts<'c>(counts: &[&'c super::RateCount]) -> (i64, Vec<(&'c str, f64, i64)>) {
     let mut merged: Vec<(&str, f64, i64)> = Vec::new();
     let mut now = i64::MIN;
     for count in counts {
@@ -455,25 +477,20 @@ pub(super) async fn count_in_buckets(
                 .iter_mut()
                 .find(|(name, _, _)| *name == bucket.as_str())
             {
-                Some((_, _, n)) => *n += 1,
-                None => merged.push((bucket, *drain_per_ms, 1)),
+                Some((_, _, n)) => *n += 1000,
+                None => merged.push((bucket, *drain_per_ms, 1000)),
             }
         }
     }
-    if merged.is_empty() {
-        return Ok(counts.iter().map(|_| Vec::new()).collect());
-    }
-    // By name: two nodes' transactions counting into shared buckets lock them in one order,
-    // so neither waits for a row the other holds while holding one it wants. Levels are
-    // matched by name below.
     merged.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut values = Vec::from(args![now]);
-    for (bucket, drain_per_ms, n) in &merged {
-        values.extend(args![*bucket, *drain_per_ms, 1000 * n]);
-    }
-    let counted: Vec<(String, i64)> = exec
-        .rows_sized(&count_sql(merged.len()), &values, counts.len())
-        .await?;
+    (now, merged)
+}
+
+/// Each count's levels from the buckets' new levels (`counted`, matched by name).
+pub(super) fn levels_of_counts(
+    counts: &[&super::RateCount],
+    counted: &[(String, i64)],
+) -> Result<Vec<Vec<i64>>, Error> {
     // Walked from the last count back: each count's level is the bucket's level less what
     // the counts after it added.
     let mut after: Vec<(&str, i64)> = counted
@@ -586,12 +603,9 @@ fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64
 /// dead-lettering raises (rare) follow in their own statements. SQLite, where a statement is
 /// no round trip, writes each record alone.
 ///
-/// `on_its_own`: the statement is not in a transaction (see [`fits_one_statement`]); it then
-/// turns off the wait for the WAL flush itself, as the committer's transaction does.
 pub(super) async fn write_attempts(
     exec: &mut impl Exec,
     records: &[(&AttemptRecord, Option<&RaisedEvent>)],
-    on_its_own: bool,
 ) -> Result<(), Error> {
     let distinct = records
         .iter()
@@ -618,7 +632,7 @@ pub(super) async fn write_attempts(
         for row in chunk {
             values.extend(row.args());
         }
-        let sql = batch_attempt_sql(chunk.len(), on_its_own);
+        let sql = batch_attempt_sql(chunk.len());
         let recorded: Vec<(String,)> = exec.rows_sized(&sql, &values, chunk.len()).await?;
         let recorded: std::collections::HashSet<&str> =
             recorded.iter().map(|(id,)| id.as_str()).collect();
@@ -643,42 +657,23 @@ pub(super) async fn write_attempts(
     Ok(())
 }
 
-/// Whether `records` are written by one statement on `backend`, which then needs no
-/// transaction around it: on PostgreSQL, records of distinct jobs, few enough for one
-/// statement, none raising jobs (those are statements of their own).
-pub(super) fn fits_one_statement(
-    backend: Backend,
-    records: &[(&AttemptRecord, Option<&RaisedEvent>)],
-) -> bool {
-    let ids: std::collections::HashSet<&str> = records
-        .iter()
-        .map(|(record, _)| record.delivery_id.as_str())
-        .collect();
-    backend == Backend::Postgres
-        && ids.len() == records.len()
-        && records.len() <= MAX_PARAMS / ATTEMPT_PARAMS
-        && records
-            .iter()
-            .all(|(record, raised)| raised.is_none() || !matches!(record.next, JobUpdate::Dead))
-}
-
 /// Parameters one record binds in [`batch_attempt_sql`].
 const ATTEMPT_PARAMS: usize = 15;
 
 /// One attempt record's values, as [`batch_attempt_sql`] binds them.
-struct AttemptColumns<'r> {
-    record: &'r AttemptRecord,
-    attempt_id: String,
-    status: DeliveryStatus,
-    next_attempt_at: i64,
-    failed: i64,
-    delivered_at: Option<i64>,
-    request_meta: Option<String>,
-    request_body: Option<&'r [u8]>,
+pub(super) struct AttemptColumns<'r> {
+    pub(super) record: &'r AttemptRecord,
+    pub(super) attempt_id: String,
+    pub(super) status: DeliveryStatus,
+    pub(super) next_attempt_at: i64,
+    pub(super) failed: i64,
+    pub(super) delivered_at: Option<i64>,
+    pub(super) request_meta: Option<String>,
+    pub(super) request_body: Option<&'r [u8]>,
 }
 
 impl<'r> AttemptColumns<'r> {
-    fn new(record: &'r AttemptRecord, now: i64) -> Self {
+    pub(super) fn new(record: &'r AttemptRecord, now: i64) -> Self {
         let (status, next_attempt_at, failed, delivered_at) = job_after(record.next, now);
         let (request_meta, request_body) = match &record.request {
             Some(request) => {
@@ -723,22 +718,13 @@ impl<'r> AttemptColumns<'r> {
 
 /// The statement of [`write_attempts`] for `count` records on PostgreSQL: `$1` is the time,
 /// then each record's [`AttemptColumns::args`]. Returns the ids of the jobs it recorded.
-/// `on_its_own`: it sets `synchronous_commit = off` for its own (implicit) transaction.
-fn batch_attempt_sql(count: usize, on_its_own: bool) -> String {
+fn batch_attempt_sql(count: usize) -> String {
     let rows = multi_row("", count, 2, ATTEMPT_PARAMS, |n| {
         let numbers: Vec<String> = (n..n + ATTEMPT_PARAMS).map(|n| format!("${n}")).collect();
         numbers.join(", ")
     });
-    let (async_commit, with_async_commit) = if on_its_own {
-        (
-            "async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), ",
-            " CROSS JOIN async_commit",
-        )
-    } else {
-        ("", "")
-    };
     format!(
-        "WITH {async_commit}v (id, worker, status, next_attempt_at, failed, delivered_at, status_code, error, \
+        "WITH v (id, worker, status, next_attempt_at, failed, delivered_at, status_code, error, \
          attempt_id, started_at, latency_ms, outcome, response_excerpt, request_meta, \
          request_body) AS (VALUES {rows}), \
          finished AS (UPDATE deliveries d SET status = v.status, \
@@ -751,7 +737,7 @@ fn batch_attempt_sql(count: usize, on_its_own: bool) -> String {
              status_code, outcome, error, response_excerpt, request_meta, request_body) \
          SELECT v.attempt_id, v.id, finished.attempts, v.started_at, v.latency_ms, \
              v.status_code, v.outcome, v.error, v.response_excerpt, v.request_meta, \
-             v.request_body FROM finished JOIN v ON v.id = finished.id{with_async_commit} \
+             v.request_body FROM finished JOIN v ON v.id = finished.id \
          RETURNING delivery_id"
     )
 }
