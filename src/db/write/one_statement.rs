@@ -16,6 +16,12 @@
 //!   purpose (a division by zero on that row) and the committer writes the batch again in a
 //!   transaction, which corrects the event: an event is never written twice to be safe.
 //!
+//! The rows come from JSON, whose row count the planner cannot know (it assumes 100), and the
+//! plan of a prepared statement is kept: a join of the records with `deliveries` was planned
+//! as a hash join over a sequential scan of the whole table, every batch. So the records'
+//! jobs are found by `id = ANY (…)`, which only an index scan of the primary key answers well
+//! at any table size, and each job reads its record by a lookup in the batch's own rows.
+//!
 //! Batches this statement does not cover go the transaction way: copies of one fingerprint in
 //! one batch (`ON CONFLICT DO UPDATE` may not touch a row twice), two records of one job, a
 //! record that dead-letters and raises jobs, and the batch that prunes old fingerprints.
@@ -94,12 +100,14 @@ const BATCH: &str = "WITH \
         delivered_at BIGINT, status_code BIGINT, error TEXT, attempt_id TEXT, \
         started_at BIGINT, latency_ms BIGINT, outcome TEXT, response_excerpt TEXT, \
         request_meta TEXT, body_at BIGINT, body_len BIGINT)), \
-    finished AS (UPDATE deliveries d SET status = v.status, \
-        next_attempt_at = v.next_attempt_at, attempts = d.attempts + 1, \
-        failures = d.failures + v.failed, delivered_at = v.delivered_at, \
-        last_status_code = v.status_code, last_error = v.error, locked_until = NULL, \
-        locked_by = NULL, updated_at = $8::BIGINT \
-        FROM v WHERE d.id = v.id AND d.locked_by = v.worker RETURNING d.id, d.attempts), \
+    finished AS (UPDATE deliveries d SET (status, next_attempt_at, attempts, failures, \
+        delivered_at, last_status_code, last_error, locked_until, locked_by, updated_at) = \
+        (SELECT v.status, v.next_attempt_at, d.attempts + 1, d.failures + v.failed, \
+            v.delivered_at, v.status_code, v.error, NULL::BIGINT, NULL::TEXT, $8::BIGINT FROM v \
+            WHERE v.id = d.id) \
+        WHERE d.id = ANY (ARRAY(SELECT id FROM v)) \
+        AND d.locked_by = (SELECT worker FROM v WHERE v.id = d.id) \
+        RETURNING d.id, d.attempts), \
     recorded AS (INSERT INTO delivery_attempts (id, delivery_id, attempt, started_at, \
         latency_ms, status_code, outcome, error, response_excerpt, request_meta, request_body) \
         SELECT v.attempt_id, v.id, finished.attempts, v.started_at, v.latency_ms, \
