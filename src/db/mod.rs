@@ -152,6 +152,13 @@ pub(super) fn header_text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
 
+/// The statement one PostgreSQL group commit runs, and its parameters' types (for `PREPARE`):
+/// exposed for the test that checks its plan, which must stay right at any table size.
+#[doc(hidden)]
+pub fn postgres_batch_statement() -> (&'static str, &'static str) {
+    write::postgres_batch_statement()
+}
+
 /// Prepared statements a pooled PostgreSQL connection keeps, unless the URL sets
 /// `statement-cache-capacity`: sqlx's default of 100 is less than the group committer's batch
 /// texts (`write::exec::POOL_CACHED_ROWS` sizes of about five kinds) and the rest together,

@@ -384,3 +384,43 @@ async fn database_url_pool(database_url: &str) -> sqlx::PgPool {
         .await
         .expect("connect to postgres")
 }
+
+/// PostgreSQL keeps the plan of the batch statement, whose text is the same for every batch,
+/// and may have made it while the tables were nearly empty; a plan that reads a table whole
+/// would then cost more with every row the table gains. Planned as a kept plan is (generic,
+/// for any parameters) on empty tables, where reading a table whole looks cheapest, the
+/// statement still finds its rows by index.
+#[tokio::test]
+async fn the_postgres_batch_statement_finds_rows_by_index_even_planned_on_empty_tables() {
+    let database_url = crate::support::gateway::postgres_database_url();
+    let db = mxhook::db::Db::connect(&mxhook::config::DatabaseConfig {
+        url: database_url.clone(),
+        ..mxhook::config::DatabaseConfig::default()
+    })
+    .await
+    .expect("connect");
+    db.migrate().await.expect("migrate");
+    db.close().await;
+
+    let mut conn = sqlx::PgConnection::connect(&database_url)
+        .await
+        .expect("connect");
+    let (statement, types) = mxhook::db::postgres_batch_statement();
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("set");
+    conn.execute(format!("PREPARE batch ({types}) AS {statement}").as_str())
+        .await
+        .expect("the statement prepares");
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN EXECUTE batch (0, '[]', '[]', '[]', '', '[]', '[]', 0, '', 1)")
+            .fetch_all(&mut conn)
+            .await
+            .expect("explain");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Cond: (id = ANY"),
+        "attempt records find their jobs by primary key:\n{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}

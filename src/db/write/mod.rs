@@ -56,6 +56,12 @@ mod statements;
 
 pub(super) use statements::claim_sql;
 
+/// The PostgreSQL batch statement (`one_statement`) and its parameters' types, for the test
+/// that checks how PostgreSQL plans it.
+pub(super) fn postgres_batch_statement() -> (&'static str, &'static str) {
+    (one_statement::BATCH, one_statement::PARAMETER_TYPES)
+}
+
 /// Writes waiting on the committer before new ones wait for room.
 const QUEUE: usize = 1024;
 /// Rows one transaction writes at most, to bound how long it holds SQLite's write lock.
