@@ -5,13 +5,15 @@
 # the largest inclusive cost per message, the same difference taken function by function
 # (bench/scripts/callgrind_top.py).
 #   bench/scripts/callgrind.sh            (from the project root, after the release build)
-# M, B: the mxhook and mxhook-bench binaries; OUT: where the profiles go (default /tmp/mxcg).
+# M, B: the mxhook and mxhook-bench binaries; OUT: where the profiles go (default /tmp/mxcg);
+# DB: sqlite (default) or postgres (the gateway's own instructions; PostgreSQL's are not counted).
 set -eu
 T=${CARGO_TARGET_DIR:-target}
 M=$(realpath "${M:-$T/release/mxhook}")
 B=${B:-$T/release/mxhook-bench}
 OUT=${OUT:-/tmp/mxcg}
 BIG=${BIG:-1200}; SMALL=${SMALL:-400}
+DB=${DB:-sqlite}
 mkdir -p "$OUT"
 # The bench kills the wrapper it started; valgrind, left running with its output closed, is
 # stopped by the pid the wrapper wrote, with SIGTERM so that callgrind writes its counts.
@@ -28,7 +30,7 @@ for mode in off on; do
   for n in $BIG $SMALL; do
     export MXCG_LABEL=$mode.$n
     rm -f "$OUT/cg.$MXCG_LABEL"
-    "$B" --binary "$OUT/vg-mxhook" --messages $n --concurrency 8 --connections reuse --greet-pause 0 --keep-data $flag
+    "$B" --binary "$OUT/vg-mxhook" --messages $n --concurrency 8 --connections reuse --greet-pause 0 --keep-data --database "$DB" $flag
     pid=$(cat "$OUT/vg.pid")
     kill -TERM "$pid" 2>/dev/null || true
     while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
