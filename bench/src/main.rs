@@ -728,6 +728,9 @@ impl Setup {
 struct Shared {
     dns: Option<infra::Dns>,
     s3_binary: PathBuf,
+    /// Names this bench's PostgreSQL databases: its start time and process id, so that two
+    /// benches started in the same second (callgrind of two binaries side by side) never share
+    /// one, and one's exit never drops the other's.
     run_tag: String,
 }
 
@@ -1156,10 +1159,14 @@ async fn main() -> anyhow::Result<()> {
             .s3_binary
             .clone()
             .unwrap_or_else(|| infra::sibling_binary("mxhook-bench-s3")),
-        run_tag: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_secs().to_string())
-            .unwrap_or_default(),
+        run_tag: format!(
+            "{}_{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_secs())
+                .unwrap_or_default(),
+            std::process::id()
+        ),
     };
     if args.matrix {
         matrix::run(&args, &shared, &bodies).await?;
