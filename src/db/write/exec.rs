@@ -388,37 +388,56 @@ impl Exec for SqliteExec<'_> {
 }
 
 /// Binds `values[n - 1]` to each `$n` of a statement. SQLite numbers parameters in order of
-/// first appearance, whatever their names say, so they are matched by name, as sqlx does:
-/// read off the statement's text in one pass. (Asking SQLite for each parameter's name walks
-/// its list of names from the start every time, which for a multi-row insert of a thousand
-/// parameters was a percent of the gateway's CPU.)
+/// first appearance, whatever their names say, so they are matched by name, as sqlx does.
+/// SQLite finds a parameter's name by walking its list of names from the start, so asking it
+/// for each name is quadratic: for a multi-row insert of a thousand parameters that was a
+/// percent of the gateway's CPU. Past [`NAMES_ASKED_UP_TO`] parameters the names are read off
+/// the statement's text in one pass instead, which for a few parameters costs more than asking.
 fn bind_numbered(
     statement: &mut rusqlite::Statement<'_>,
     sql: &str,
     values: &[Arg<'_>],
 ) -> Result<(), Error> {
-    let numbers = numbers_in_order_of_first_use(sql);
-    if numbers.len() != statement.parameter_count() {
+    let count = statement.parameter_count();
+    let numbers: Vec<Option<usize>> = if count <= NAMES_ASKED_UP_TO {
+        (1..=count)
+            .map(|index| {
+                statement
+                    .parameter_name(index)
+                    .and_then(|name| name.strip_prefix('$'))
+                    .and_then(|number| number.parse::<usize>().ok())
+            })
+            .collect()
+    } else {
+        numbers_in_order_of_first_use(sql)
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    if numbers.len() != count {
         return Err(Error::Corrupt(format!(
-            "statement has {} parameters, its text names {}",
-            statement.parameter_count(),
+            "statement has {count} parameters, its text names {}",
             numbers.len()
         )));
     }
     for (index, number) in numbers.into_iter().enumerate() {
         let value = number
-            .checked_sub(1)
+            .and_then(|number| number.checked_sub(1))
             .and_then(|number| values.get(number))
-            .ok_or_else(|| Error::Corrupt(format!("statement parameter ${number} has no value")))?;
+            .ok_or_else(|| {
+                Error::Corrupt(format!("statement parameter {} has no value", index + 1))
+            })?;
         statement.raw_bind_parameter(index + 1, value)?;
     }
     Ok(())
 }
 
+/// Parameters up to which [`bind_numbered`] asks SQLite for their names.
+const NAMES_ASKED_UP_TO: usize = 64;
+
 /// The `n` of each distinct `$n` in `sql`, in order of first appearance. The statements here
 /// have no `$` anywhere else (no string literal holds one). The `$` are found with `memchr`
-/// (`match_indices` of a `char`): a byte-by-byte scan of every statement's text cost more, for
-/// the few parameters of a lone message, than SQLite's lookups it replaces.
+/// (`match_indices` of a `char`).
 fn numbers_in_order_of_first_use(sql: &str) -> Vec<usize> {
     let bytes = sql.as_bytes();
     let mut seen: Vec<bool> = Vec::new();
@@ -498,5 +517,22 @@ mod tests {
         let mut rows = statement.raw_query();
         let row = rows.next().expect("step").expect("a row");
         assert_eq!(row.get::<_, String>(0).expect("text"), "caba");
+    }
+
+    #[test]
+    fn a_statement_of_many_parameters_binds_each_to_its_own_number_too() {
+        // Past the parameters whose names SQLite is asked for: numbered from the text.
+        let count = 2 * super::NAMES_ASKED_UP_TO;
+        let terms: Vec<String> = (1..=count).rev().map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT {}", terms.join(" || ',' || "));
+        let texts: Vec<String> = (1..=count).map(|n| n.to_string()).collect();
+        let values: Vec<super::Arg<'_>> = texts.iter().map(super::Arg::from).collect();
+        let conn = rusqlite::Connection::open_in_memory().expect("open");
+        let mut statement = conn.prepare(&sql).expect("prepare");
+        super::bind_numbered(&mut statement, &sql, &values).expect("bind");
+        let mut rows = statement.raw_query();
+        let row = rows.next().expect("step").expect("a row");
+        let expected: Vec<String> = (1..=count).rev().map(|n| n.to_string()).collect();
+        assert_eq!(row.get::<_, String>(0).expect("text"), expected.join(","));
     }
 }

@@ -40,7 +40,7 @@ use crate::model::now_ms;
 /// the records' request bodies, `$10` 1 when the batch must be flushed to disk before it is
 /// answered (it holds an accepted message). Returns (0, bucket, level) per counted bucket,
 /// (1, message id, 0) per fingerprint row written, (2, job id, 0) per attempt recorded.
-pub(crate) const BATCH: &str = "WITH \
+pub(super) const BATCH: &str = "WITH \
     flush AS (SELECT CASE WHEN $10::BIGINT = 0 \
         THEN set_config('synchronous_commit', 'off', true) ELSE '' END AS setting), \
     counts AS (SELECT * FROM json_to_recordset($2::JSON) \
@@ -120,8 +120,8 @@ pub(crate) const BATCH: &str = "WITH \
     UNION ALL SELECT 2, delivery_id, 0 FROM recorded \
     UNION ALL SELECT 3, setting, 0 FROM flush";
 
-/// The statement's text, with the types of its parameters, as `PREPARE` takes them.
-pub(crate) const PARAMETER_TYPES: &str =
+/// The types of [`BATCH`]'s parameters, in order, as `PREPARE` takes them.
+pub(super) const PARAMETER_TYPES: &str =
     "BIGINT, JSON, JSON, JSON, BYTEA, JSON, JSON, BIGINT, BYTEA, BIGINT";
 
 /// The writes of a batch this statement covers, gathered from its requests.
