@@ -125,18 +125,25 @@ pub fn to_json(event: &impl Serialize) -> String {
     serde_json::to_string(event).expect("an event serializes: every map key is a string")
 }
 
+/// What a stored event says of `is_duplicate`, read without parsing it; `None` for an event
+/// without the flag (no mail event). Events are compact JSON, where a quote inside a string is
+/// escaped: only the event's own key can read `"is_duplicate":`.
+pub fn stored_duplicate_flag(stored: &str) -> Option<bool> {
+    if stored.contains("\"is_duplicate\":false") {
+        Some(false)
+    } else if stored.contains("\"is_duplicate\":true") {
+        Some(true)
+    } else {
+        None
+    }
+}
+
 /// The stored event with `is_duplicate` set to `duplicate`, or `None` when it already says so
 /// (or is no mail event). The commit decides the flag, on the fingerprint index, after intake
 /// stored its guess; it is rarely wrong, so the event is read and written again only then.
 pub fn with_duplicate_flag(stored: &str, duplicate: bool) -> Option<String> {
-    // Events are compact JSON, where a quote inside a string is escaped: without the opposite
-    // flag's text no key can hold it, and reading the event (up to megabytes) is skipped.
-    let opposite = if duplicate {
-        "\"is_duplicate\":false"
-    } else {
-        "\"is_duplicate\":true"
-    };
-    if !stored.contains(opposite) {
+    // Reading the event (up to megabytes) is skipped unless it says the opposite.
+    if stored_duplicate_flag(stored) != Some(!duplicate) {
         return None;
     }
     let Ok(Event::Mail(mut event)) = Event::from_json(stored) else {

@@ -27,7 +27,7 @@ impl FingerprintPrune {
     /// see the duplicate window, so old rows are dead weight, not wrong answers: they are pruned
     /// once a minute, not on every message.
     pub(super) fn due(&mut self, received_at: i64) -> bool {
-        if received_at - self.last >= FINGERPRINT_PRUNE_EVERY_MS {
+        if self.is_due(received_at) {
             self.last = received_at;
             true
         } else {

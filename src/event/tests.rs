@@ -365,6 +365,13 @@ fn the_duplicate_flag_is_set_in_the_stored_event_and_nothing_else_changes() {
     let flagged = with_duplicate_flag(&stored, true).expect("the guess was wrong");
     assert_eq!(flagged, to_json(&event));
     assert_eq!(with_duplicate_flag(&flagged, true), None);
+    // The same flag read without parsing, as the PostgreSQL commit checks the guess.
+    assert_eq!(super::stored_duplicate_flag(&stored), Some(false));
+    assert_eq!(super::stored_duplicate_flag(&flagged), Some(true));
+    assert_eq!(
+        super::stored_duplicate_flag("{\"kind\":\"calendar\"}"),
+        None
+    );
 }
 
 #[test]

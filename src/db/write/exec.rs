@@ -399,35 +399,28 @@ fn bind_numbered(
     values: &[Arg<'_>],
 ) -> Result<(), Error> {
     let count = statement.parameter_count();
-    let numbers: Vec<Option<usize>> = if count <= NAMES_ASKED_UP_TO {
-        (1..=count)
-            .map(|index| {
-                statement
-                    .parameter_name(index)
-                    .and_then(|name| name.strip_prefix('$'))
-                    .and_then(|number| number.parse::<usize>().ok())
-            })
-            .collect()
-    } else {
-        numbers_in_order_of_first_use(sql)
-            .into_iter()
-            .map(Some)
-            .collect()
-    };
-    if numbers.len() != count {
+    let from_text = (count > NAMES_ASKED_UP_TO).then(|| numbers_in_order_of_first_use(sql));
+    if let Some(numbers) = &from_text
+        && numbers.len() != count
+    {
         return Err(Error::Corrupt(format!(
             "statement has {count} parameters, its text names {}",
             numbers.len()
         )));
     }
-    for (index, number) in numbers.into_iter().enumerate() {
+    for index in 1..=count {
+        let number = match &from_text {
+            Some(numbers) => numbers.get(index - 1).copied(),
+            None => statement
+                .parameter_name(index)
+                .and_then(|name| name.strip_prefix('$'))
+                .and_then(|number| number.parse::<usize>().ok()),
+        };
         let value = number
             .and_then(|number| number.checked_sub(1))
             .and_then(|number| values.get(number))
-            .ok_or_else(|| {
-                Error::Corrupt(format!("statement parameter {} has no value", index + 1))
-            })?;
-        statement.raw_bind_parameter(index + 1, value)?;
+            .ok_or_else(|| Error::Corrupt(format!("statement parameter {index} has no value")))?;
+        statement.raw_bind_parameter(index, value)?;
     }
     Ok(())
 }

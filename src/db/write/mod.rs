@@ -321,16 +321,21 @@ async fn run_all(
             spent[request.path().index()] += exec.statements() - before;
         }
     }
-    if let Some(first) = StatementPath::ALL
-        .into_iter()
-        .find(|path| batch.iter().any(|request| request.path() == *path))
-    {
+    if let Some(first) = first_path(batch) {
         spent[first.index()] += overhead;
     }
     for path in StatementPath::ALL {
         count_statements(path, spent[path.index()]);
     }
     Ok(())
+}
+
+/// The first of [`StatementPath::ALL`] that a request of `batch` takes: the path a statement
+/// serving the whole batch (its `BEGIN` and `COMMIT`, or the one statement) is charged to.
+fn first_path(batch: &[Request]) -> Option<StatementPath> {
+    StatementPath::ALL
+        .into_iter()
+        .find(|path| batch.iter().any(|request| request.path() == *path))
 }
 
 /// Counts the messages of every rate-count request in `batch` with one statement and gives
@@ -750,15 +755,12 @@ async fn commit_on(
             statements: 0,
         };
         let written = one_statement::write(&mut exec, &covered).await;
-        if let Some(path) = StatementPath::ALL
-            .into_iter()
-            .find(|path| batch.iter().any(|request| request.path() == *path))
-        {
+        if let Some(path) = first_path(batch) {
             count_statements(path, exec.statements);
         }
         match written {
-            Ok(written) => {
-                answer_written(batch, written.levels)?;
+            Ok(levels) => {
+                answer_written(batch, levels)?;
                 return Ok(());
             }
             // Nothing of it was written: the transaction below writes it, deciding what the

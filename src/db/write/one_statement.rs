@@ -175,17 +175,15 @@ pub(super) fn covered<'b>(
     Some(covered)
 }
 
-/// What the statement returned for the batch's requests.
-pub(super) struct Written {
-    /// Per rate count in order, its buckets' levels.
-    pub(super) levels: Vec<Vec<i64>>,
-}
-
-/// Writes `covered` with one statement, outside any transaction.
+/// Writes `covered` with one statement, outside any transaction. Returns, per rate count in
+/// order, its buckets' levels.
 ///
 /// # Errors
 /// The statement's error; nothing of the batch is written then.
-pub(super) async fn write(exec: &mut impl Exec, covered: &Covered<'_>) -> Result<Written, Error> {
+pub(super) async fn write(
+    exec: &mut impl Exec,
+    covered: &Covered<'_>,
+) -> Result<Vec<Vec<i64>>, Error> {
     let (count_time, merged) = merge_counts(&covered.counts);
     let counts: Vec<CountRow<'_>> = merged
         .iter()
@@ -308,9 +306,7 @@ pub(super) async fn write(exec: &mut impl Exec, covered: &Covered<'_>) -> Result
             );
         }
     }
-    Ok(Written {
-        levels: levels_of_counts(&covered.counts, &counted)?,
-    })
+    levels_of_counts(&covered.counts, &counted)
 }
 
 /// Appends `bytes` to `all` and returns where they start and how long they are; (-1, 0) for
@@ -330,17 +326,14 @@ fn append(all: &mut Vec<u8>, bytes: Option<&[u8]>) -> (i64, i64) {
 }
 
 /// Intake's guess of whether the message is the first copy, as its stored event says: 1 or 0,
-/// or -1 when nothing is to be checked (no fingerprint, or no mail event). Events are compact
-/// JSON, where a quote inside a string is escaped, so only the event's own key can read so.
+/// or -1 when nothing is to be checked (no fingerprint, or no mail event).
 fn first_guess(message: &NewMessage) -> i64 {
     if message.fingerprint.is_none() {
-        -1
-    } else if message.event_json.contains("\"is_duplicate\":false") {
-        1
-    } else if message.event_json.contains("\"is_duplicate\":true") {
-        0
-    } else {
-        -1
+        return -1;
+    }
+    match crate::event::stored_duplicate_flag(&message.event_json) {
+        Some(duplicate) => i64::from(!duplicate),
+        None => -1,
     }
 }
 

@@ -602,7 +602,6 @@ fn job_after(next: JobUpdate, now: i64) -> (DeliveryStatus, i64, i64, Option<i64
 /// so logs nothing, as alone. The jobs a
 /// dead-lettering raises (rare) follow in their own statements. SQLite, where a statement is
 /// no round trip, writes each record alone.
-///
 pub(super) async fn write_attempts(
     exec: &mut impl Exec,
     records: &[(&AttemptRecord, Option<&RaisedEvent>)],
