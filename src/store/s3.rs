@@ -2,6 +2,8 @@
 //!
 //! A `put` is durable once S3 acknowledged the PUT; the body carries an `x-amz-checksum-sha256`
 //! that S3 verifies before it acknowledges, so a corrupted upload is refused rather than stored.
+//! The request is signed with that header and an unsigned payload (`UNSIGNED-PAYLOAD`): the
+//! body is hashed once, not once for the checksum and again for the signature.
 //! Every call runs under `storage.timeout_s`: a slow or hanging S3 becomes an error (and so a
 //! `451` at end of DATA) instead of holding the SMTP session open.
 
@@ -66,6 +68,10 @@ impl S3Store {
             .content_type("message/rfc822")
             .checksum_sha256(checksum)
             .body(ByteStream::from(bytes.to_vec()))
+            .customize()
+            // The signature covers the checksum header, which S3 checks against the body, so
+            // signing the body too would hash it a second time on both sides for nothing.
+            .disable_payload_signing()
             .send();
         self.within_deadline(key, request)
             .await?

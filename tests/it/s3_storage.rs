@@ -175,6 +175,28 @@ async fn every_put_carries_the_sha256_of_the_stored_bytes_and_an_altered_body_is
         sent, expected,
         "the checksum is not that of the stored bytes"
     );
+    // The body is hashed once: the signature leaves the payload unsigned and covers the
+    // checksum header instead, so the body is still bound to the signed request.
+    let header = |name: &str| {
+        puts[0]
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("x-amz-content-sha256"), "UNSIGNED-PAYLOAD");
+    let authorization = header("authorization");
+    let signed_headers = authorization
+        .split(", ")
+        .find_map(|part| part.strip_prefix("SignedHeaders="))
+        .expect("a SigV4 Authorization header");
+    assert!(
+        signed_headers
+            .split(';')
+            .any(|name| name == "x-amz-checksum-sha256"),
+        "the signature does not cover the checksum: {authorization}"
+    );
 
     s3.set_behaviour(Behaviour::CorruptPutBody);
     let altered = simple_message("a@elsewhere.example", "agent@example.com", "altered", "x");
