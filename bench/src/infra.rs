@@ -201,9 +201,19 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    pub fn start(binary: &Path, root: &Path) -> anyhow::Result<Self> {
+    /// With `cpus`, the server runs under `taskset -c <cpus>` (util-linux), which execs it, so
+    /// the child's pid is the server's.
+    pub fn start(binary: &Path, root: &Path, cpus: Option<&str>) -> anyhow::Result<Self> {
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", cpus]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         let mut child = Owned(
-            Command::new(binary)
+            command
                 .arg(root)
                 .args([S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY])
                 .stdin(Stdio::null())
@@ -243,6 +253,40 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The whole machine's CPU so far, in clock ticks summed over its cores, from the first line of
+/// `/proc/stat`: (busy, all). Idle and I/O wait are not busy; everything else is (every process,
+/// the kernel, interrupts).
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTicks {
+    busy: u64,
+    all: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(|field| field.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let all: u64 = fields.iter().take(8).sum();
+        let idle = fields.get(3)? + fields.get(4)?;
+        Some(Self {
+            busy: all - idle,
+            all,
+        })
+    }
+
+    /// Busy ticks since `before`, and that as a share of all the cores' ticks.
+    pub fn since(&self, before: &Self) -> (u64, f64) {
+        let busy = self.busy.saturating_sub(before.busy);
+        let all = self.all.saturating_sub(before.all).max(1);
+        (busy, busy as f64 / all as f64)
+    }
 }
 
 /// Runs one statement with psql and returns its unaligned output.

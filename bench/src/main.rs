@@ -85,6 +85,11 @@ struct Args {
     /// The S3 server binary (default: `mxhook-bench-s3` next to this binary).
     #[arg(long)]
     s3_binary: Option<PathBuf>,
+    /// Runs the S3 server on these cores only (a `taskset` list, e.g. `1`), as if it ran on a
+    /// machine of its own; start the bench itself under `taskset -c 0`, so that the gateway
+    /// and the load, which inherit its cores, keep to the others.
+    #[arg(long)]
+    s3_cpus: Option<String>,
     /// smtp-sink, then mxhook for {sqlite, postgres} × {local, s3} × {verify off, on}, one
     /// table (c=32 and new connections unless given).
     #[arg(long)]
@@ -693,6 +698,12 @@ struct Row {
     pg_statements: Option<String>,
     /// The S3 server's CPU per message, ms.
     s3_ms: Option<f64>,
+    /// This process's own CPU per message: the load generator and the webhook receiver, ms.
+    bench_ms: f64,
+    /// The whole machine's busy CPU per message (every process and the kernel), ms, and the
+    /// share of all cores that was busy during the run.
+    machine_ms: f64,
+    machine_busy: f64,
 }
 
 impl Row {
@@ -728,6 +739,7 @@ impl Setup {
 struct Shared {
     dns: Option<infra::Dns>,
     s3_binary: PathBuf,
+    s3_cpus: Option<String>,
     /// Names this bench's PostgreSQL databases: its start time and process id, so that two
     /// benches started in the same second (callgrind of two binaries side by side) never share
     /// one, and one's exit never drops the other's.
@@ -769,7 +781,7 @@ async fn bench_mxhook(
     };
     let s3 = if setup.s3 {
         let root = dir.path().join("s3");
-        let s3 = infra::S3Server::start(&shared.s3_binary, &root)?;
+        let s3 = infra::S3Server::start(&shared.s3_binary, &root, shared.s3_cpus.as_deref())?;
         sections.push_str(&s3.storage_toml());
         Some(s3)
     } else {
@@ -787,6 +799,7 @@ async fn bench_mxhook(
     .await?;
     let pid = server.child.id();
     let (cpu_before, _) = process_usage(pid);
+    let budget_before = Budget::now();
     let s3_before = s3.as_ref().and_then(|s3| infra::cpu_ticks(s3.pid()));
     let pg_before = match &database {
         Some(db) => Some((
@@ -820,6 +833,7 @@ async fn bench_mxhook(
         label: setup.label(),
         ..Row::default()
     };
+    (row.bench_ms, row.machine_ms, row.machine_busy) = budget_before.per_message(run.accepted);
     if let (Some(s3), Some(before)) = (&s3, s3_before) {
         row.s3_ms = infra::cpu_ticks(s3.pid()).map(|after| per_message(after - before));
     }
@@ -899,6 +913,12 @@ async fn bench_mxhook(
     if let Some(s3_ms) = row.s3_ms {
         extra.push_str(&format!("  s3_cpu={s3_ms:.3}ms/msg"));
     }
+    extra.push_str(&format!(
+        "  bench_cpu={:.3}ms/msg machine_cpu={:.3}ms/msg busy={:.0}%",
+        row.bench_ms,
+        row.machine_ms,
+        row.machine_busy * 100.0
+    ));
     if let (Some(b), Some(g), Some(w), Some(x), Some(c)) = (
         row.pg_backend_ms,
         row.pg_background_ms,
@@ -961,12 +981,24 @@ fn keep_database_until_exit(database: infra::PgDatabase) {
 }
 
 /// Runs the load against `smtp-sink`: (msg/s, its CPU per message in ms).
+/// What one `smtp-sink` run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct SinkRun {
+    rate: f64,
+    /// smtp-sink's own CPU per message, ms.
+    cpu_ms: f64,
+    /// As in [`Row`]: the load generator's CPU, and the whole machine's, per message.
+    bench_ms: f64,
+    machine_ms: f64,
+    machine_busy: f64,
+}
+
 async fn bench_smtp_sink(
     args: &Args,
     bodies: &Arc<Vec<Vec<u8>>>,
     concurrency: usize,
     reuse: bool,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<SinkRun> {
     let addr = free_addr()?;
     let mut command = Command::new("smtp-sink");
     // As root, smtp-sink insists on dropping privileges to a named user.
@@ -987,19 +1019,61 @@ async fn bench_smtp_sink(
     let server = Server { child, smtp: addr };
     wait_for_smtp(server.smtp).await?;
     let (cpu_before, _) = process_usage(server.child.id());
+    let budget_before = Budget::now();
     let run = run_load(server.smtp, args, bodies, concurrency, reuse).await;
     let (cpu_after, _) = process_usage(server.child.id());
+    let (bench_ms, machine_ms, machine_busy) = budget_before.per_message(run.accepted);
     let rate = run.accepted as f64 / run.elapsed.as_secs_f64();
     let cpu_ms =
         cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64;
     println!(
-        "smtp-sink c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s  cpu={cpu_ms:.3}ms/msg",
+        "smtp-sink c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s  cpu={cpu_ms:.3}ms/msg  bench_cpu={bench_ms:.3}ms/msg machine_cpu={machine_ms:.3}ms/msg busy={:.0}%",
         if reuse { "reuse" } else { "new" },
         run.accepted,
         run.failed,
-        rate
+        rate,
+        machine_busy * 100.0
     );
-    Ok((rate, cpu_ms))
+    Ok(SinkRun {
+        rate,
+        cpu_ms,
+        bench_ms,
+        machine_ms,
+        machine_busy,
+    })
+}
+
+/// The bench's own CPU and the whole machine's at the start of a run.
+struct Budget {
+    bench: Option<u64>,
+    machine: Option<infra::MachineTicks>,
+}
+
+impl Budget {
+    fn now() -> Self {
+        Self {
+            bench: infra::cpu_ticks(std::process::id()),
+            machine: infra::MachineTicks::now(),
+        }
+    }
+
+    /// Since the start: the bench's CPU and the machine's busy CPU per message (ms), and the
+    /// busy share of all cores. Zero where `/proc` could not be read.
+    fn per_message(&self, messages: usize) -> (f64, f64, f64) {
+        let per_message = |ticks: u64| ticks as f64 * 10.0 / messages.max(1) as f64;
+        let bench = match (self.bench, infra::cpu_ticks(std::process::id())) {
+            (Some(before), Some(after)) => per_message(after.saturating_sub(before)),
+            _ => 0.0,
+        };
+        let (machine, busy) = match (self.machine, infra::MachineTicks::now()) {
+            (Some(before), Some(after)) => {
+                let (ticks, busy) = after.since(&before);
+                (per_message(ticks), busy)
+            }
+            _ => (0.0, 0.0),
+        };
+        (bench, machine, busy)
+    }
 }
 
 /// Resident memory of a process now, in KiB.
@@ -1159,6 +1233,7 @@ async fn main() -> anyhow::Result<()> {
             .s3_binary
             .clone()
             .unwrap_or_else(|| infra::sibling_binary("mxhook-bench-s3")),
+        s3_cpus: args.s3_cpus.clone(),
         run_tag: format!(
             "{}_{}",
             std::time::SystemTime::now()
@@ -1181,8 +1256,11 @@ async fn main() -> anyhow::Result<()> {
                 let row = bench_mxhook(&args, &shared, single, &bodies, concurrency, reuse).await?;
                 matrix::append_json(&args, &row, concurrency, reuse, None)?;
                 if args.smtp_sink {
-                    let (sink, _) = bench_smtp_sink(&args, &bodies, concurrency, reuse).await?;
-                    println!("          ratio mxhook/smtp-sink = {:.2}", row.rate / sink);
+                    let sink = bench_smtp_sink(&args, &bodies, concurrency, reuse).await?;
+                    println!(
+                        "          ratio mxhook/smtp-sink = {:.2}",
+                        row.rate / sink.rate
+                    );
                 }
             }
         }

@@ -38,6 +38,12 @@ const SETUPS: [Setup; 8] = {
 struct Round {
     sink_rate: f64,
     sink_cpu_ms: f64,
+    /// The whole machine's busy CPU per message in the `smtp-sink` runs (ms) and its share of
+    /// the cores, the means of the round's two.
+    sink_machine_ms: f64,
+    sink_busy: f64,
+    /// The load generator's own CPU per message in those runs, ms.
+    sink_bench_ms: f64,
     rows: Vec<(Setup, Row)>,
 }
 
@@ -64,16 +70,19 @@ pub async fn run(args: &Args, shared: &Shared, bodies: &Arc<Vec<Vec<u8>>>) -> an
             args.rounds.max(1),
             load_average()
         );
-        let (first_rate, first_cpu) = bench_smtp_sink(args, bodies, CONCURRENCY, REUSE).await?;
+        let first = bench_smtp_sink(args, bodies, CONCURRENCY, REUSE).await?;
         let mut rows = Vec::new();
         for setup in SETUPS {
             let row = bench_mxhook(args, shared, setup, bodies, CONCURRENCY, REUSE).await?;
             rows.push((setup, row));
         }
-        let (last_rate, last_cpu) = bench_smtp_sink(args, bodies, CONCURRENCY, REUSE).await?;
+        let last = bench_smtp_sink(args, bodies, CONCURRENCY, REUSE).await?;
         let current = Round {
-            sink_rate: (first_rate + last_rate) / 2.0,
-            sink_cpu_ms: (first_cpu + last_cpu) / 2.0,
+            sink_rate: (first.rate + last.rate) / 2.0,
+            sink_cpu_ms: (first.cpu_ms + last.cpu_ms) / 2.0,
+            sink_machine_ms: (first.machine_ms + last.machine_ms) / 2.0,
+            sink_busy: (first.machine_busy + last.machine_busy) / 2.0,
+            sink_bench_ms: (first.bench_ms + last.bench_ms) / 2.0,
             rows,
         };
         for (_, row) in &current.rows {
@@ -104,17 +113,23 @@ fn optional(value: Option<f64>, digits: usize) -> String {
 fn print_round(number: usize, round: &Round, messages: usize) {
     println!();
     println!(
-        "Round {number}: {messages} messages per run, c={CONCURRENCY}, a new connection per message; smtp-sink {:.0} msg/s ({:.3} ms CPU per message), mean of the round's first and last run",
-        round.sink_rate, round.sink_cpu_ms
+        "Round {number}: {messages} messages per run, c={CONCURRENCY}, a new connection per message; smtp-sink {:.0} msg/s ({:.3} ms CPU per message, the load generator {:.3} ms; the whole machine {:.3} ms per message, {:.0} % of its cores busy), mean of the round's first and last run",
+        round.sink_rate,
+        round.sink_cpu_ms,
+        round.sink_bench_ms,
+        round.sink_machine_ms,
+        round.sink_busy * 100.0
     );
     println!();
     println!(
-        "| database | store | verification | msg/s | ratio to smtp-sink | mxhook CPU/msg | PostgreSQL CPU/msg (backends + background) | S3 server CPU/msg | total CPU/msg | reply p50 / p99 | e2e p50 / p99 | peak RSS | lost / dup | SPF+DKIM+DMARC pass | WAL/msg | transactions/msg | PG connections |"
+        "| database | store | verification | msg/s | ratio to smtp-sink | mxhook CPU/msg | PostgreSQL CPU/msg (backends + background) | S3 server CPU/msg | total CPU/msg | bench CPU/msg | machine CPU/msg (cores busy) | reply p50 / p99 | e2e p50 / p99 | peak RSS | lost / dup | SPF+DKIM+DMARC pass | WAL/msg | transactions/msg | PG connections |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (setup, row) in &round.rows {
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.3} ms | {} | {} | {:.3} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {} MiB | {} / {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.3} ms | {} | {} | {:.3} ms | {:.3} ms | {:.3} ms ({:.0} %) | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {} MiB | {} / {} | {} | {} | {} | {} |",
             if setup.postgres {
                 "PostgreSQL"
             } else {
@@ -132,6 +147,9 @@ fn print_round(number: usize, round: &Round, messages: usize) {
             row.s3_ms
                 .map_or_else(|| "—".to_owned(), |v| format!("{v:.3} ms")),
             row.total_cpu_ms(),
+            row.bench_ms,
+            row.machine_ms,
+            row.machine_busy * 100.0,
             row.reply_p50,
             row.reply_p99,
             row.e2e_p50,
@@ -196,6 +214,14 @@ fn print_targets(round: &Round) {
         println!(
             "- SQLite, local, c=32 new connections ≥ 0.5× smtp-sink: {ratio:.2}× — {}",
             verdict(ratio >= 0.5)
+        );
+        println!(
+            "  (the whole machine per message: {:.3} ms against smtp-sink's {:.3} ms, {:.0} % and {:.0} % of the cores busy; at equal load 0.5× would need at most {:.3} ms)",
+            sqlite.machine_ms,
+            round.sink_machine_ms,
+            sqlite.machine_busy * 100.0,
+            round.sink_busy * 100.0,
+            2.0 * round.sink_machine_ms
         );
         println!(
             "- server CPU ≤ 0.4 ms per message (SQLite, local, verification off): {:.3} ms — {}",
@@ -266,6 +292,9 @@ pub fn append_json(
         "pg_backend_cpu_ms_per_msg": row.pg_backend_ms,
         "pg_background_cpu_ms_per_msg": row.pg_background_ms,
         "s3_cpu_ms_per_msg": row.s3_ms,
+        "bench_cpu_ms_per_msg": row.bench_ms,
+        "machine_cpu_ms_per_msg": row.machine_ms,
+        "machine_busy": row.machine_busy,
         "pg_wal_bytes_per_msg": row.pg_wal_bytes,
         "pg_xacts_per_msg": row.pg_xacts,
         "pg_tuples_per_msg": row.pg_tuples,
