@@ -1,8 +1,9 @@
 //! The pre-`250` sequence, in one place. [`Intake::accept`] reads as the README's invariants:
-//! parse → verify (SPF, DKIM, DMARC, ARC) → per-inbox policy and flags (reject, quarantine,
-//! duplicate, rate levels) → for each inbox's copy: thread → event → route → store the raw bytes
-//! → commit every copy with its delivery jobs in one transaction → hand the jobs leased to this
-//! node over to its dispatcher. Which jobs are leased, and giving leases back, is the
+//! store each inbox's copy of the raw bytes and count the rate buckets, while parse → verify
+//! (SPF, DKIM, DMARC, ARC) → spam score run → per-inbox policy and flags (reject, quarantine,
+//! duplicate, rate levels) → for each inbox's copy: thread → event → route → commit every copy
+//! with its delivery jobs in one transaction → hand the jobs leased to this node over to its
+//! dispatcher. Which jobs are leased, and giving leases back, is the
 //! dispatcher's side ([`crate::deliver::handoff::Handover`]); intake only asks.
 //! [`Intake::accept_event`] (provider events) shares the store, commit and hand-over steps.
 //!
@@ -93,6 +94,33 @@ struct InboxFlags {
     /// when every inbox says so, and this copy quarantined when not.
     spam_reject: bool,
     fingerprint: NewFingerprint,
+}
+
+/// What the checks made of a message before any inbox's policy is applied.
+struct Examined {
+    parsed: crate::parse::ParsedMessage,
+    verdict: AuthVerdict,
+    spam: Option<SpamVerdict>,
+}
+
+/// The ids of one inbox's copy of a message and the object key its raw bytes go under, made
+/// before anything else so that the bytes can be stored while the message is examined.
+struct CopyIds {
+    message_id: String,
+    event_id: String,
+    key: String,
+}
+
+impl CopyIds {
+    fn new(prefix: &str, inbox_id: &str) -> Self {
+        let message_id = new_id("msg");
+        let key = store::object_key(prefix, inbox_id, &message_id);
+        Self {
+            message_id,
+            event_id: new_id("evt"),
+            key,
+        }
+    }
 }
 
 /// What one accepted transfer commits together: a row per inbox's copy, the objects stored
@@ -201,37 +229,96 @@ impl Intake {
         self
     }
 
-    /// Makes one received message durable for every inbox among its recipients: parse →
-    /// verify → policy and flags → per inbox (thread → event → route → store) → commit →
-    /// hand over. Nothing before the commit is kept if a step fails.
+    /// Makes one received message durable for every inbox among its recipients: store each
+    /// inbox's copy of the raw bytes and count the rate buckets while parse → verify → score
+    /// run, then policy and flags → per inbox (thread → event → route) → commit → hand over.
+    /// Nothing is kept if a step fails or the policy refuses the message.
+    ///
+    /// The store's durable write and the rate count each wait for a group sync or commit that
+    /// other sessions share; run one after the other with the rest, they were most of the time
+    /// to `250`. Started first, they wait while this message is parsed and checked. A refused
+    /// message has its objects removed again, as a failed commit does.
     pub async fn accept(&self, envelope: &Envelope, raw: &[u8]) -> Outcome {
         let received_at = now_ms();
-        let parsed = crate::parse::parse_guarded(raw);
-        let verdict = self.verify(envelope, raw).await;
-        let spam = self.score(envelope, raw, &verdict).await;
         let inbox_ids = inboxes_of(envelope);
+        let copies: Vec<CopyIds> = inbox_ids
+            .iter()
+            .map(|inbox_id| CopyIds::new(&self.prefix, inbox_id))
+            .collect();
+        let keys: Vec<String> = copies.iter().map(|copy| copy.key.clone()).collect();
+        let examine = async {
+            let parsed = crate::parse::parse_guarded(raw);
+            let verdict = self.verify(envelope, raw).await;
+            let spam = self.score(envelope, raw, &verdict).await;
+            Examined {
+                parsed,
+                verdict,
+                spam,
+            }
+        };
+        let (stored, rate_limited, examined) = tokio::join!(
+            self.store_copies(&keys, raw),
+            self.count_rate(envelope, &inbox_ids),
+            examine
+        );
         let inbox_flags = match self
-            .policy_and_flags(envelope, raw, &parsed, &verdict, spam.as_ref(), &inbox_ids)
+            .policy_and_flags(envelope, raw, &examined, &inbox_ids, rate_limited)
             .await
         {
             Ok(inbox_flags) => inbox_flags,
-            Err(reason) => return Outcome::Reject { reason },
+            Err(reason) => {
+                self.undo(&keys).await;
+                return Outcome::Reject { reason };
+            }
         };
+        if let Err(reason) = stored {
+            self.undo(&keys).await;
+            return Outcome::TempFail { reason };
+        }
+        let parsed = &examined.parsed;
         let mail = Mail {
             envelope,
             raw,
-            parsed: &parsed,
-            thread_keys: thread::keys(&parsed),
+            parsed,
+            thread_keys: thread::keys(parsed),
             received_at,
         };
         let mut batch = Batch::new(inbox_ids.len(), self.handoff.as_ref());
-        for (inbox_id, flags) in inbox_ids.into_iter().zip(inbox_flags) {
-            if let Err(reason) = self.add_copy(&mail, inbox_id, flags, &mut batch).await {
+        batch.stored_keys = keys;
+        for ((inbox_id, ids), flags) in inbox_ids.into_iter().zip(copies).zip(inbox_flags) {
+            if let Err(reason) = self.add_copy(&mail, inbox_id, ids, flags, &mut batch).await {
                 self.undo(&batch.stored_keys).await;
                 return Outcome::TempFail { reason };
             }
         }
         self.commit_and_hand_over(batch).await
+    }
+
+    /// Stores the raw bytes under every copy's fresh key, the puts running side by side; the
+    /// error is the reason to answer `451`. Every key is for the caller to undo, stored or not.
+    async fn store_copies(&self, keys: &[String], raw: &[u8]) -> Result<(), String> {
+        let puts = keys.iter().map(|key| async move {
+            self.store.put(key, raw).await.map_err(|err| {
+                tracing::error!(error = %err, key, "storing raw message failed");
+                "storage unavailable".to_owned()
+            })
+        });
+        futures_util::future::join_all(puts)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Counts the message against the rate limits: for each inbox, whether it or its sender is
+    /// over a soft limit. Without checks nothing is counted (`None`).
+    async fn count_rate(&self, envelope: &Envelope, inbox_ids: &[&str]) -> Option<Vec<bool>> {
+        let checks = self.checks.as_ref()?;
+        Some(
+            checks
+                .rate_limiter
+                .count_message(envelope.mail_from.as_deref(), envelope.remote_ip, inbox_ids)
+                .await,
+        )
     }
 
     /// The sender's authentication results (SPF, DKIM, DMARC, ARC); unverified defaults
@@ -255,26 +342,27 @@ impl Intake {
         Some(spam.check(envelope, raw, verdict, &new_id("q")).await)
     }
 
-    /// Counts the message against the rate limits and concludes each inbox's flags, or the
-    /// reason an inbox's policy rejects the message. Without checks, no inbox has flags.
+    /// Concludes each inbox's flags from the checks and the rate count ([`Self::count_rate`]),
+    /// or the reason an inbox's policy rejects the message. Without checks, no inbox has flags.
     async fn policy_and_flags(
         &self,
         envelope: &Envelope,
         raw: &[u8],
-        parsed: &crate::parse::ParsedMessage,
-        verdict: &AuthVerdict,
-        spam: Option<&SpamVerdict>,
+        examined: &Examined,
         inbox_ids: &[&str],
+        rate_limited: Option<Vec<bool>>,
     ) -> Result<Vec<Option<InboxFlags>>, String> {
+        let Examined {
+            parsed,
+            verdict,
+            spam,
+        } = examined;
+        let spam = spam.as_ref();
         let mut inbox_flags = Vec::with_capacity(inbox_ids.len());
-        let Some(checks) = &self.checks else {
+        let (Some(checks), Some(rate_limited)) = (&self.checks, rate_limited) else {
             inbox_flags.resize_with(inbox_ids.len(), || None);
             return Ok(inbox_flags);
         };
-        let rate_limited = checks
-            .rate_limiter
-            .count_message(envelope.mail_from.as_deref(), envelope.remote_ip, inbox_ids)
-            .await;
         let headers = trust::header_facts(raw, parsed);
         let from = parsed.from.as_ref().map(|from| from.address.as_str());
         let mut checked = Vec::with_capacity(inbox_ids.len());
@@ -309,13 +397,14 @@ impl Intake {
         Ok(inbox_flags)
     }
 
-    /// Adds one inbox's copy to the batch: thread → event → route (leasing what this node's
-    /// dispatcher takes) → store the raw bytes. The error is the reason to answer `451`; the
-    /// caller undoes what the batch stored.
+    /// Adds one inbox's copy, its raw bytes already stored under `ids.key`, to the batch:
+    /// thread → event → route (leasing what this node's dispatcher takes). The error is the
+    /// reason to answer `451`; the caller undoes what the batch stored.
     async fn add_copy(
         &self,
         mail: &Mail<'_>,
         inbox_id: &str,
+        ids: CopyIds,
         flags: Option<InboxFlags>,
         batch: &mut Batch<'_>,
     ) -> Result<(), String> {
@@ -326,9 +415,11 @@ impl Intake {
             ref thread_keys,
             received_at,
         } = *mail;
-        let message_id = new_id("msg");
-        let event_id = new_id("evt");
-        let key = store::object_key(&self.prefix, inbox_id, &message_id);
+        let CopyIds {
+            message_id,
+            event_id,
+            key,
+        } = ids;
         let inbox_recipients: Vec<String> = envelope
             .recipients
             .iter()
@@ -402,7 +493,6 @@ impl Intake {
                 },
             )
         };
-        self.store_raw(&key, raw, &mut batch.stored_keys).await?;
         batch.messages.push(NewMessage {
             id: message_id,
             inbox_id: inbox_id.to_owned(),

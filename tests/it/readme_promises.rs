@@ -563,6 +563,15 @@ async fn a_rejecting_inbox_refuses_the_whole_transaction_and_nothing_is_kept_for
     assert_eq!(event["message_id"], accepted.as_str());
     // Not even a duplicate fingerprint was kept of the refused copy.
     assert_eq!(event["is_duplicate"], false, "{event}");
+    // Nor its raw bytes: the store, written while the message was checked, holds only the
+    // accepted message's object.
+    let stored = eml_files(&gateway.dir.path().join("mail"));
+    let accepted_object = gateway
+        .dir
+        .path()
+        .join("mail")
+        .join(event["s3_key"].as_str().expect("s3_key"));
+    assert_eq!(stored, vec![accepted_object], "objects in the store");
     let deliveries = delivered(&gateway, 1).await;
     let for_messages: Vec<&Value> = deliveries
         .iter()
@@ -570,6 +579,26 @@ async fn a_rejecting_inbox_refuses_the_whole_transaction_and_nothing_is_kept_for
         .collect();
     assert_eq!(for_messages, [&json!(accepted)], "{deliveries:?}");
     gateway.stop().await;
+}
+
+/// Every `.eml` file under `dir`, sorted.
+fn eml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "eml") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 // ---------------------------------------------------------------------------------------------
