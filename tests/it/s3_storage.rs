@@ -281,3 +281,40 @@ async fn another_storage_prefix_is_where_objects_go_and_what_the_event_names() {
     assert!(raw == message, "raw endpoint differs from the bytes sent");
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_the_policy_refuses_leaves_no_object_in_the_bucket() {
+    // The raw bytes go to S3 while the message is checked; a refusal removes them again.
+    let s3 = TestS3::start().await;
+    let mut receiver = WebhookReceiver::start(vec![]).await;
+    let mut options = GatewayOptions::webhook(receiver.url());
+    options.storage_toml = Some(s3.storage_toml(10.0));
+    options.agent_toml = "block_senders = [\"spam.test\"]\npolicy_action = \"reject\"\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+
+    let refused = simple_message("promo@spam.test", "agent@example.com", "Deal", "Buy");
+    let mut client = SmtpClient::connect(gateway.smtp).await;
+    let (code, text) = client
+        .send_message("promo@spam.test", &["agent@example.com"], &refused)
+        .await;
+    assert_eq!(code, 550, "{text}");
+    let methods: Vec<String> = s3
+        .seen()
+        .into_iter()
+        .map(|request| request.method)
+        .collect();
+    assert_eq!(methods, ["PUT", "DELETE"], "requests to S3");
+    assert!(s3.keys().is_empty(), "objects left: {:?}", s3.keys());
+    receiver.assert_silent(Duration::from_millis(300)).await;
+    assert!(gateway.messages("agent").await.is_empty());
+
+    let accepted = simple_message("a@elsewhere.example", "agent@example.com", "fine", "x");
+    let (code, text) = send(&gateway, &accepted).await;
+    assert_eq!(code, 250, "{text}");
+    let event = receiver.recv().await.json();
+    assert_eq!(
+        s3.keys(),
+        vec![event["s3_key"].as_str().expect("s3_key").to_owned()]
+    );
+    gateway.stop().await;
+}
