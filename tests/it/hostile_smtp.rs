@@ -258,7 +258,7 @@ async fn a_header_section_over_max_header_bytes_is_refused_and_one_under_it_is_b
         "{text}"
     );
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert!(stored_messages(&gateway).is_empty());
+    assert!(gateway.stored_messages().is_empty());
     assert_eq!(
         gateway.messages("agent").await,
         Vec::<serde_json::Value>::new()
@@ -431,7 +431,7 @@ RCPT TO:<agent@example.com>\r\nDATA\r\nSubject: trickled\r\n\r\n";
         "{received:?}"
     );
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert!(stored_messages(&gateway).is_empty());
+    assert!(gateway.stored_messages().is_empty());
     assert_eq!(
         gateway.messages("agent").await,
         Vec::<serde_json::Value>::new()
@@ -471,7 +471,7 @@ async fn a_data_line_over_max_text_line_gets_554_and_the_session_goes_on() {
     assert_eq!(code, 554, "{text}");
     assert!(text.starts_with("5.6.0 "), "{text}");
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert!(stored_messages(&gateway).is_empty());
+    assert!(gateway.stored_messages().is_empty());
     assert_eq!(
         gateway.messages("agent").await,
         Vec::<serde_json::Value>::new()
@@ -550,7 +550,7 @@ From: evil@sender.example\r\nSubject: smuggled\r\n\r\nevil",
         );
     }
     receiver.assert_silent(Duration::from_millis(300)).await;
-    assert_eq!(stored_messages(&gateway).len(), 3);
+    assert_eq!(gateway.stored_messages().len(), 3);
     assert_eq!(gateway.messages("agent").await.len(), 3);
 }
 
@@ -560,25 +560,6 @@ fn has_bare_cr_or_lf(bytes: &[u8]) -> bool {
         b'\n' => idx == 0 || bytes[idx - 1] != b'\r',
         _ => false,
     })
-}
-
-/// The `.eml` files in the gateway's store.
-fn stored_messages(gateway: &TestGateway) -> Vec<std::path::PathBuf> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|ext| ext == "eml") {
-                out.push(path);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    walk(&gateway.dir.path().join("mail"), &mut found);
-    found
 }
 
 /// A browser or HTTP client pointed at the SMTP port (a cross-protocol attack): the first

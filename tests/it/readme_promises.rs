@@ -565,7 +565,7 @@ async fn a_rejecting_inbox_refuses_the_whole_transaction_and_nothing_is_kept_for
     assert_eq!(event["is_duplicate"], false, "{event}");
     // Nor its raw bytes: the store, written while the message was checked, holds only the
     // accepted message's object.
-    let stored = eml_files(&gateway.dir.path().join("mail"));
+    let stored = gateway.stored_messages();
     let accepted_object = gateway
         .dir
         .path()
@@ -579,26 +579,6 @@ async fn a_rejecting_inbox_refuses_the_whole_transaction_and_nothing_is_kept_for
         .collect();
     assert_eq!(for_messages, [&json!(accepted)], "{deliveries:?}");
     gateway.stop().await;
-}
-
-/// Every `.eml` file under `dir`, sorted.
-fn eml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|extension| extension == "eml") {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 // ---------------------------------------------------------------------------------------------

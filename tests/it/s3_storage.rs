@@ -204,11 +204,7 @@ async fn every_put_carries_the_sha256_of_the_stored_bytes_and_an_altered_body_is
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.3.0"), "{text}");
     // The SDK may retry the refused PUT; each try is refused, and the key is undone after.
-    let methods: Vec<String> = s3
-        .seen()
-        .into_iter()
-        .map(|request| request.method)
-        .collect();
+    let methods = s3.methods();
     let (last, tries) = methods[1..]
         .split_last()
         .expect("requests after the first PUT");
@@ -242,11 +238,7 @@ async fn a_put_stored_but_never_acknowledged_is_451_and_leaves_no_orphan() {
     let (code, text) = send(&gateway, &message).await;
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.3.0"), "{text}");
-    let methods: Vec<String> = s3
-        .seen()
-        .into_iter()
-        .map(|request| request.method)
-        .collect();
+    let methods = s3.methods();
     assert_eq!(
         methods,
         ["PUT", "DELETE"],
@@ -298,11 +290,7 @@ async fn a_message_the_policy_refuses_leaves_no_object_in_the_bucket() {
         .send_message("promo@spam.test", &["agent@example.com"], &refused)
         .await;
     assert_eq!(code, 550, "{text}");
-    let methods: Vec<String> = s3
-        .seen()
-        .into_iter()
-        .map(|request| request.method)
-        .collect();
+    let methods = s3.methods();
     assert_eq!(methods, ["PUT", "DELETE"], "requests to S3");
     assert!(s3.keys().is_empty(), "objects left: {:?}", s3.keys());
     receiver.assert_silent(Duration::from_millis(300)).await;

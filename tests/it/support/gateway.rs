@@ -360,6 +360,26 @@ impl TestGateway {
             .await
     }
 
+    /// The `.eml` files in the gateway's local store, sorted.
+    pub fn stored_messages(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.dir.path().join("mail")];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|extension| extension == "eml") {
+                    found.push(path);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
     /// Asks the gateway to stop and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

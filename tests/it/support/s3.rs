@@ -126,6 +126,14 @@ timeout_s = {timeout_s}
         self.seen.lock().expect("seen lock").clone()
     }
 
+    /// The method of every request received so far, in order.
+    pub fn methods(&self) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .map(|request| request.method)
+            .collect()
+    }
+
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *self.behaviour.lock().expect("behaviour lock") = behaviour;
     }
