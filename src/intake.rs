@@ -3,8 +3,8 @@
 //! (SPF, DKIM, DMARC, ARC) → spam score run → per-inbox policy and flags (reject, quarantine,
 //! duplicate, rate levels) → for each inbox's copy: thread → event → route → commit every copy
 //! with its delivery jobs in one transaction → hand the jobs leased to this node over to its
-//! dispatcher. Which jobs are leased, and giving leases back, is the
-//! dispatcher's side ([`crate::deliver::handoff::Handover`]); intake only asks.
+//! dispatcher. Which jobs are leased, and giving leases back, is the dispatcher's side
+//! ([`crate::deliver::handoff::Handover`]); intake only asks.
 //! [`Intake::accept_event`] (provider events) shares the store, commit and hand-over steps.
 //!
 //! **250 means durable**: [`Intake::accept`] returns [`Outcome::Accepted`] only after the raw
@@ -297,12 +297,7 @@ impl Intake {
     /// Stores the raw bytes under every copy's fresh key, the puts running side by side; the
     /// error is the reason to answer `451`. Every key is for the caller to undo, stored or not.
     async fn store_copies(&self, keys: &[String], raw: &[u8]) -> Result<(), String> {
-        let puts = keys.iter().map(|key| async move {
-            self.store.put(key, raw).await.map_err(|err| {
-                tracing::error!(error = %err, key, "storing raw message failed");
-                "storage unavailable".to_owned()
-            })
-        });
+        let puts = keys.iter().map(|key| self.put_raw(key, raw));
         futures_util::future::join_all(puts)
             .await
             .into_iter()
@@ -531,6 +526,11 @@ impl Intake {
         stored_keys: &mut Vec<String>,
     ) -> Result<(), String> {
         stored_keys.push(key.to_owned());
+        self.put_raw(key, raw).await
+    }
+
+    /// One durable put of the raw bytes; the error, logged here, is the reason to answer `451`.
+    async fn put_raw(&self, key: &str, raw: &[u8]) -> Result<(), String> {
         self.store.put(key, raw).await.map_err(|err| {
             tracing::error!(error = %err, key, "storing raw message failed");
             "storage unavailable".to_owned()

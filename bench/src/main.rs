@@ -980,7 +980,6 @@ fn keep_database_until_exit(database: infra::PgDatabase) {
         .push(database);
 }
 
-/// Runs the load against `smtp-sink`: (msg/s, its CPU per message in ms).
 /// What one `smtp-sink` run measured.
 #[derive(Debug, Clone, Copy, Default)]
 struct SinkRun {
@@ -993,6 +992,7 @@ struct SinkRun {
     machine_busy: f64,
 }
 
+/// Runs the load against `smtp-sink`.
 async fn bench_smtp_sink(
     args: &Args,
     bodies: &Arc<Vec<Vec<u8>>>,
