@@ -827,7 +827,7 @@ async fn bench_mxhook(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (cpu_after, peak_kib) = process_usage(pid);
-    let per_message = |ticks: u64| ticks as f64 * 10.0 / run.accepted.max(1) as f64;
+    let per_message = |ticks: u64| ticks_per_message_ms(ticks, run.accepted);
     let per_message_count = |count: f64| count / run.accepted.max(1) as f64;
     let mut row = Row {
         label: setup.label(),
@@ -1043,6 +1043,11 @@ async fn bench_smtp_sink(
     })
 }
 
+/// CPU clock ticks (100 a second) spent over `messages` messages, as ms per message.
+fn ticks_per_message_ms(ticks: u64, messages: usize) -> f64 {
+    ticks as f64 * 10.0 / messages.max(1) as f64
+}
+
 /// The bench's own CPU and the whole machine's at the start of a run.
 struct Budget {
     bench: Option<u64>,
@@ -1060,7 +1065,7 @@ impl Budget {
     /// Since the start: the bench's CPU and the machine's busy CPU per message (ms), and the
     /// busy share of all cores. Zero where `/proc` could not be read.
     fn per_message(&self, messages: usize) -> (f64, f64, f64) {
-        let per_message = |ticks: u64| ticks as f64 * 10.0 / messages.max(1) as f64;
+        let per_message = |ticks: u64| ticks_per_message_ms(ticks, messages);
         let bench = match (self.bench, infra::cpu_ticks(std::process::id())) {
             (Some(before), Some(after)) => per_message(after.saturating_sub(before)),
             _ => 0.0,
