@@ -100,6 +100,11 @@ struct Args {
     /// Append one JSON object per run to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Gateway nodes sharing one PostgreSQL database (needs `--database postgres`), each a
+    /// process with its own SMTP port and local store; the senders are spread over them in
+    /// turn. Scale-out in simulation: what the primary spends per message as nodes are added.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 impl Args {
@@ -548,8 +553,9 @@ struct RunResult {
     sent_at: HashMap<usize, Instant>,
 }
 
+/// Sends every body once, from `concurrency` clients; client `n` talks to `addrs[n % len]`.
 async fn run_load(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     args: &Args,
     bodies: &Arc<Vec<Vec<u8>>>,
     concurrency: usize,
@@ -560,7 +566,8 @@ async fn run_load(
     let started = Instant::now();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for client in 0..concurrency {
+        let addr = addrs[client % addrs.len().max(1)];
         let (bodies, next, results) = (Arc::clone(bodies), Arc::clone(&next), Arc::clone(&results));
         tasks.push(tokio::spawn(async move {
             let mut connection: Option<SmtpConnection> = None;
@@ -674,8 +681,11 @@ struct Row {
     reply_p99: f64,
     e2e_p50: f64,
     e2e_p99: f64,
-    /// The gateway's CPU per accepted message, ms.
+    /// The gateway's CPU per accepted message, ms: all its nodes' together.
     cpu_ms: f64,
+    /// Gateway processes sharing the database, and each one's CPU per accepted message, ms.
+    nodes: usize,
+    node_cpu_ms: Vec<f64>,
     peak_mib: u64,
     lost: usize,
     duplicated: usize,
@@ -787,18 +797,34 @@ async fn bench_mxhook(
     } else {
         None
     };
-    let server = start_mxhook(
-        &args.binary,
-        dir.path(),
-        receiver,
-        args.greet_pause,
-        2000,
-        args.rspamd_url.as_deref(),
-        &sections,
-    )
-    .await?;
-    let pid = server.child.id();
-    let (cpu_before, _) = process_usage(pid);
+    if args.nodes > 1 && !setup.postgres {
+        bail!("--nodes above 1 needs --database postgres: the nodes share their database");
+    }
+    let mut servers = Vec::with_capacity(args.nodes);
+    for node in 0..args.nodes.max(1) {
+        let node_dir = if args.nodes > 1 {
+            let node_dir = dir.path().join(format!("node-{node}"));
+            std::fs::create_dir_all(&node_dir)?;
+            node_dir
+        } else {
+            dir.path().to_owned()
+        };
+        servers.push(
+            start_mxhook(
+                &args.binary,
+                &node_dir,
+                receiver,
+                args.greet_pause,
+                2000,
+                args.rspamd_url.as_deref(),
+                &sections,
+            )
+            .await?,
+        );
+    }
+    let pids: Vec<u32> = servers.iter().map(|server| server.child.id()).collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|server| server.smtp).collect();
+    let cpu_before: Vec<Duration> = pids.iter().map(|pid| process_usage(*pid).0).collect();
     let budget_before = Budget::now();
     let s3_before = s3.as_ref().and_then(|s3| infra::cpu_ticks(s3.pid()));
     let pg_before = match &database {
@@ -810,7 +836,7 @@ async fn bench_mxhook(
         )),
         None => None,
     };
-    let run = run_load(server.smtp, args, bodies, concurrency, reuse).await;
+    let run = run_load(&addrs, args, bodies, concurrency, reuse).await;
 
     // Wait for delivery of everything accepted (bounded), then read the counters.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -826,7 +852,7 @@ async fn bench_mxhook(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (cpu_after, peak_kib) = process_usage(pid);
+    let usage_after: Vec<(Duration, u64)> = pids.iter().map(|pid| process_usage(*pid)).collect();
     let per_message = |ticks: u64| ticks_per_message_ms(ticks, run.accepted);
     let per_message_count = |count: f64| count / run.accepted.max(1) as f64;
     let mut row = Row {
@@ -845,7 +871,7 @@ async fn bench_mxhook(
         row.pg_connections = Some(db.connections()?);
         row.pg_bytes = Some(per_message_count((db.size()? - size_before) as f64));
     }
-    drop(server);
+    drop(servers);
     if let (Some(db), Some((_, _, activity_before, _))) = (&database, &pg_before) {
         // Backends flush their statistics when they exit; give them a moment.
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -897,9 +923,16 @@ async fn bench_mxhook(
     row.reply_p99 = ms(percentile(&reply, 0.99));
     row.e2e_p50 = ms(percentile(&e2e, 0.5));
     row.e2e_p99 = ms(percentile(&e2e, 0.99));
-    row.cpu_ms =
-        (cpu_after.saturating_sub(cpu_before)).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64;
-    row.peak_mib = peak_kib / 1024;
+    row.node_cpu_ms = usage_after
+        .iter()
+        .zip(&cpu_before)
+        .map(|((after, _), before)| {
+            after.saturating_sub(*before).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64
+        })
+        .collect();
+    row.cpu_ms = row.node_cpu_ms.iter().sum();
+    row.nodes = pids.len();
+    row.peak_mib = usage_after.iter().map(|(_, peak)| *peak).max().unwrap_or(0) / 1024;
     let mut extra = String::new();
     if setup != Setup::default() {
         extra.push_str(&format!("  [{}]", row.label));
@@ -912,6 +945,18 @@ async fn bench_mxhook(
     }
     if let Some(s3_ms) = row.s3_ms {
         extra.push_str(&format!("  s3_cpu={s3_ms:.3}ms/msg"));
+    }
+    if row.nodes > 1 {
+        let each: Vec<String> = row
+            .node_cpu_ms
+            .iter()
+            .map(|cpu| format!("{cpu:.3}"))
+            .collect();
+        extra.push_str(&format!(
+            "  nodes={} (cpu per node {} ms/msg; peak_rss is the largest node's)",
+            row.nodes,
+            each.join(" + ")
+        ));
     }
     extra.push_str(&format!(
         "  bench_cpu={:.3}ms/msg machine_cpu={:.3}ms/msg busy={:.0}%",
@@ -1020,7 +1065,7 @@ async fn bench_smtp_sink(
     wait_for_smtp(server.smtp).await?;
     let (cpu_before, _) = process_usage(server.child.id());
     let budget_before = Budget::now();
-    let run = run_load(server.smtp, args, bodies, concurrency, reuse).await;
+    let run = run_load(&[server.smtp], args, bodies, concurrency, reuse).await;
     let (cpu_after, _) = process_usage(server.child.id());
     let (bench_ms, machine_ms, machine_busy) = budget_before.per_message(run.accepted);
     let rate = run.accepted as f64 / run.elapsed.as_secs_f64();
@@ -1249,6 +1294,9 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     if args.matrix {
+        if args.nodes > 1 {
+            bail!("--nodes is for single runs, not --matrix");
+        }
         matrix::run(&args, &shared, &bodies).await?;
     } else {
         for mode in &args.connections {
