@@ -69,19 +69,6 @@ pub(crate) async fn caller_for_key(state: &HttpState, presented: &str) -> Result
     }
 }
 
-/// Checks `Authorization: Bearer <key>` against the admin keys, for routes outside the
-/// authenticated `/v1` group (provider ingress secrets and event types).
-///
-/// # Errors
-/// [`ApiError::Unauthorized`] when the header is missing or the key is not an admin key.
-pub fn authorize_admin(admin_keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
-    if is_admin_key(admin_keys, bearer_token(headers)?) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("invalid API key"))
-    }
-}
-
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)

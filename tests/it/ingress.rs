@@ -1099,3 +1099,57 @@ async fn an_event_older_than_the_replay_keys_is_acknowledged_but_not_processed()
     assert_eq!((status, reply["status"].clone()), (200, json!("accepted")));
     assert_eq!(receiver.recv().await.json()["booking"]["uid"], "bk_new");
 }
+
+/// The ingress secrets and event types are admin-only with the API's answers: no key or an
+/// unknown one is 401, the inbox's own key is known but not enough (403), and neither
+/// changes anything.
+#[tokio::test]
+async fn an_inbox_key_is_forbidden_the_ingress_settings_of_its_own_inbox() {
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let gateway = gateway(&receiver).await;
+    let (status, created) = gateway.api("POST", "/v1/inboxes/agent/keys", None).await;
+    assert_eq!(status, 201, "{created}");
+    let inbox_key = created["key"].as_str().expect("key").to_owned();
+    let routes = [
+        ("GET", "/v1/inboxes/agent/ingress", None),
+        (
+            "PUT",
+            "/v1/inboxes/agent/ingress/mailersend",
+            Some(json!({"secret": "set by an inbox key"})),
+        ),
+        ("DELETE", "/v1/inboxes/agent/ingress/mailersend", None),
+        ("GET", "/v1/inboxes/agent/ingress/event-types", None),
+        (
+            "PUT",
+            "/v1/inboxes/agent/ingress/event-types",
+            Some(json!({"event_types": ["calcom:7"]})),
+        ),
+        ("DELETE", "/v1/inboxes/agent/ingress/event-types", None),
+    ];
+    for (method, path, body) in &routes {
+        let (status, answer) = gateway.api_as(&inbox_key, method, path, body.clone()).await;
+        assert_eq!(
+            status, 403,
+            "{method} {path} with the inbox's key: {answer}"
+        );
+        assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
+        let (status, answer) = gateway
+            .api_as("mxk_not_a_key", method, path, body.clone())
+            .await;
+        assert_eq!(status, 401, "{method} {path} with an unknown key: {answer}");
+    }
+    let (status, secrets) = gateway.api("GET", "/v1/inboxes/agent/ingress", None).await;
+    assert_eq!(status, 200, "{secrets}");
+    assert_eq!(
+        secrets["providers"]["mailersend"]["configured"], false,
+        "an inbox key set a secret: {secrets}"
+    );
+    let (status, types) = gateway
+        .api("GET", "/v1/inboxes/agent/ingress/event-types", None)
+        .await;
+    assert_eq!(status, 200, "{types}");
+    assert!(
+        !types.to_string().contains("calcom:7"),
+        "an inbox key mapped an event type: {types}"
+    );
+}

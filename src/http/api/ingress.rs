@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use serde::Deserialize;
 
-use crate::http::auth::authorize_admin;
+use crate::http::auth::{bearer_token, caller_for_key};
 use crate::http::{ApiError, ErrorBody, HttpState};
 use crate::ingress::provider::Provider;
 use crate::model::{duration_ms, now_ms};
@@ -75,8 +75,12 @@ pub struct SecretBody {
     secret: String,
 }
 
-fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
-    authorize_admin(&state.admin_keys, headers)
+/// Admin only, with the answers of the rest of the API: no key or an unknown one is `401`; a
+/// per-inbox key is known but not enough, `403`.
+async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    caller_for_key(state, bearer_token(headers)?)
+        .await?
+        .require_admin()
 }
 
 fn known_inbox(state: &HttpState, id: &str) -> Result<(), ApiError> {
@@ -105,6 +109,7 @@ fn known_provider(name: &str) -> Result<Provider, ApiError> {
     responses(
         (status = 200, description = "Which providers have a secret", body = IngressSecrets),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "A per-inbox key: this needs an admin key", body = ErrorBody),
         (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
@@ -113,7 +118,7 @@ pub(crate) async fn list_secrets(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<IngressSecrets>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     known_inbox(&state, &id)?;
     let configured = state.db.ingress_providers(&id).await?;
     let providers = Provider::ALL
@@ -148,6 +153,7 @@ pub(crate) async fn list_secrets(
         (status = 200, description = "Set", body = SecretSet),
         (status = 400, description = "Unknown provider or empty secret", body = ErrorBody),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "A per-inbox key: this needs an admin key", body = ErrorBody),
         (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
@@ -157,7 +163,7 @@ pub(crate) async fn set_secret(
     Path((id, provider)): Path<(String, String)>,
     body: Result<Json<SecretBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<SecretSet>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     known_inbox(&state, &id)?;
     let provider = known_provider(&provider)?;
     let Json(body) = body.map_err(|err| ApiError::BadRequest(err.body_text()))?;
@@ -194,6 +200,7 @@ pub(crate) async fn set_secret(
         (status = 204, description = "Removed"),
         (status = 400, description = "Unknown provider", body = ErrorBody),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "A per-inbox key: this needs an admin key", body = ErrorBody),
         (status = 404, description = "No such inbox or no secret", body = ErrorBody),
     ),
 )]
@@ -202,7 +209,7 @@ pub(crate) async fn delete_secret(
     headers: HeaderMap,
     Path((id, provider)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     known_inbox(&state, &id)?;
     let provider = known_provider(&provider)?;
     if state
@@ -252,6 +259,7 @@ async fn event_types_reply(state: &HttpState, id: &str) -> Result<Json<EventType
     responses(
         (status = 200, description = "The event types", body = EventTypes),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "A per-inbox key: this needs an admin key", body = ErrorBody),
         (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
@@ -260,7 +268,7 @@ pub(crate) async fn get_event_types(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<EventTypes>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     known_inbox(&state, &id)?;
     event_types_reply(&state, &id).await
 }
@@ -277,6 +285,7 @@ pub(crate) async fn get_event_types(
         (status = 200, description = "The event types", body = EventTypes),
         (status = 400, description = "Not `calcom:<id>` / `calendly:<URI>`, or too many", body = ErrorBody),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "A per-inbox key: this needs an admin key", body = ErrorBody),
         (status = 404, description = "No such inbox", body = ErrorBody),
         (status = 409, description = "An event type belongs to another inbox", body = ErrorBody),
     ),
@@ -287,7 +296,7 @@ pub(crate) async fn put_event_types(
     Path(id): Path<String>,
     body: Result<Json<EventTypesBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<EventTypes>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     known_inbox(&state, &id)?;
     let Json(body) = body.map_err(|err| ApiError::BadRequest(err.body_text()))?;
     if body.event_types.len() > MAX_EVENT_TYPES {
@@ -329,6 +338,7 @@ pub(crate) async fn put_event_types(
     responses(
         (status = 204, description = "Removed"),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "A per-inbox key: this needs an admin key", body = ErrorBody),
         (status = 404, description = "No such inbox", body = ErrorBody),
     ),
 )]
@@ -337,7 +347,7 @@ pub(crate) async fn delete_event_types(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     known_inbox(&state, &id)?;
     state.db.set_ingress_event_types(&id, &[]).await?;
     Ok(StatusCode::NO_CONTENT)
