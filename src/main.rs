@@ -477,8 +477,9 @@ fn rotate_secrets_key(config_path: Option<&std::path::Path>) -> ExitCode {
 /// The commented example config, the file `mxhook init` starts from.
 const EXAMPLE_CONFIG: &str = include_str!("../deploy/config.example.toml");
 
-/// `mxhook init`: the example config with its placeholders replaced by fresh secrets, written
-/// owner-only (it holds the admin key) and never over an existing file.
+/// `mxhook init`: the example config with its placeholders replaced by fresh secrets (the admin
+/// key, the webhook secret and the key that encrypts stored secrets), written owner-only and
+/// never over an existing file.
 fn init(dir: &std::path::Path) -> ExitCode {
     use std::io::Write as _;
 
@@ -492,6 +493,10 @@ fn init(dir: &std::path::Path) -> ExitCode {
         .replace(
             "\"replace-with-a-long-random-secret\"",
             &format!("\"whsec_{}\"", random()),
+        )
+        .replace(
+            "# key = \"...\"                    # 32 bytes as base64 (head -c32 /dev/urandom | base64) or 64 hex; unset: stored as plaintext",
+            &format!("key = \"{}\"  # made by mxhook init; keep a copy apart from the database: without it the stored secrets cannot be read", random()),
         );
     let written = std::fs::create_dir_all(dir).and_then(|()| {
         let mut options = std::fs::OpenOptions::new();
@@ -505,7 +510,7 @@ fn init(dir: &std::path::Path) -> ExitCode {
     match written {
         Ok(()) => {
             println!(
-                "wrote {} (mode 0600: it holds the admin key and the webhook secret)\n\
+                "wrote {} (mode 0600: it holds the admin key, the webhook secret and the secrets key)\n\
                  edit the [[inbox]] at its end (addresses, webhook_url), then run:\n\n    \
                  mxhook serve --config {}",
                 path.display(),

@@ -260,6 +260,11 @@ fn init_writes_a_config_with_fresh_secrets_that_check_config_accepts() {
             .as_ref()
             .is_some_and(|secret| secret.len() >= 64),
     );
+    // Stored secrets are encrypted from the first start: the key is there, and valid (the
+    // config's check refuses any other), and the example's placeholder line is gone.
+    let secrets_key = config.secrets.key.clone().expect("a secrets key");
+    assert_eq!(secrets_key.len(), 64, "{secrets_key}");
+    assert!(!text.contains("# key = "), "{text}");
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
@@ -291,4 +296,5 @@ fn init_writes_a_config_with_fresh_secrets_that_check_config_accepts() {
     assert!(output.status.success());
     let other_text = std::fs::read_to_string(other.join("mxhook.toml")).expect("config");
     assert!(!other_text.contains(&key));
+    assert!(!other_text.contains(&secrets_key));
 }
