@@ -176,9 +176,37 @@ fn address_normalization_refuses_routing_syntax() {
         "a@",
         "a@-x.com",
         ".a@b.c",
+        // Lowercases to `i` and a combining dot, which is no address character.
+        "\u{130}nfo@example.com",
     ] {
         assert_eq!(normalize_address(bad), None, "{bad} accepted");
     }
+}
+
+/// What normalization returns normalizes to itself: an address stored normalized is found
+/// and accepted again when it is read back, compared or sent through the API once more.
+#[test]
+fn address_normalization_is_idempotent() {
+    for address in [
+        "Agent@Example.COM",
+        "\u{130}nfo@example.com",
+        "\u{212a}elvin@example.com",
+        "STRASSE\u{1e9e}@example.com",
+        "\u{dc}ber@b\u{fc}cher.example",
+        "o'Brien+tag@example.org",
+    ] {
+        if let Some(once) = normalize_address(address) {
+            assert_eq!(
+                normalize_address(&once).as_deref(),
+                Some(once.as_str()),
+                "{address:?} normalized to {once:?}, which does not normalize to itself"
+            );
+        }
+    }
+    assert_eq!(
+        normalize_address("\u{212a}elvin@Example.com").as_deref(),
+        Some("kelvin@example.com")
+    );
 }
 
 #[test]

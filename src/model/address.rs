@@ -14,7 +14,10 @@ pub fn is_valid_inbox_id(id: &str) -> bool {
 /// Lowercases a `local@domain` address, or returns `None` if it is not one we would route:
 /// quoted local parts, source routes and `%`/`!` relay syntax are refused outright.
 pub fn normalize_address(address: &str) -> Option<String> {
-    let address = address.trim();
+    // The lowercase form is what is checked and kept, so that what this returns normalizes to
+    // itself again: `İ` lowercases to `i` and a combining dot, which the check refuses, so an
+    // address with it is refused now rather than stored and refused when read back.
+    let address = address.trim().to_lowercase();
     let (local, domain) = address.rsplit_once('@')?;
     let local_ok = !local.is_empty()
         && local.len() <= 64
@@ -33,7 +36,7 @@ pub fn normalize_address(address: &str) -> Option<String> {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
-    (local_ok && domain_ok).then(|| address.to_lowercase())
+    (local_ok && domain_ok).then_some(address)
 }
 
 /// Checks a webhook URL: https, or plain http where `allow_http` (`delivery.allow_http`) says
