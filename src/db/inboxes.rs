@@ -189,17 +189,23 @@ impl Db {
             sqlx::query("SELECT address, inbox_id FROM inbox_addresses ORDER BY address")
                 .fetch_all(&self.pool)
                 .await?;
+        // Grouped once: matching every inbox against every address made each load quadratic,
+        // 30 s at 30,000 inboxes (BENCHMARKS.md), and the directory loads again after every
+        // inbox change, including each inbox a domain makes on first mail.
+        let mut addresses_of: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for address in &addresses {
+            if let (Ok(owner), Ok(address)) = (
+                address.try_get::<String, _>("inbox_id"),
+                address.try_get::<String, _>("address"),
+            ) {
+                addresses_of.entry(owner).or_default().push(address);
+            }
+        }
         let mut inboxes = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id")?;
-            let inbox_addresses = addresses
-                .iter()
-                .filter(|a| {
-                    a.try_get::<String, _>("inbox_id")
-                        .is_ok_and(|owner| owner == id)
-                })
-                .filter_map(|a| a.try_get::<String, _>("address").ok())
-                .collect();
+            let inbox_addresses = addresses_of.remove(&id).unwrap_or_default();
             let rules_json: Option<String> = row.try_get("notifications_json")?;
             let policy_json: Option<String> = row.try_get("sender_policy")?;
             inboxes.push(Inbox {
