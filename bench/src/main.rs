@@ -683,8 +683,7 @@ struct Row {
     e2e_p99: f64,
     /// The gateway's CPU per accepted message, ms: all its nodes' together.
     cpu_ms: f64,
-    /// Gateway processes sharing the database, and each one's CPU per accepted message, ms.
-    nodes: usize,
+    /// Each gateway process's CPU per accepted message, ms, one entry per node.
     node_cpu_ms: Vec<f64>,
     peak_mib: u64,
     lost: usize,
@@ -927,11 +926,10 @@ async fn bench_mxhook(
         .iter()
         .zip(&cpu_before)
         .map(|((after, _), before)| {
-            after.saturating_sub(*before).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64
+            duration_per_message_ms(after.saturating_sub(*before), run.accepted)
         })
         .collect();
     row.cpu_ms = row.node_cpu_ms.iter().sum();
-    row.nodes = pids.len();
     row.peak_mib = usage_after.iter().map(|(_, peak)| *peak).max().unwrap_or(0) / 1024;
     let mut extra = String::new();
     if setup != Setup::default() {
@@ -946,7 +944,7 @@ async fn bench_mxhook(
     if let Some(s3_ms) = row.s3_ms {
         extra.push_str(&format!("  s3_cpu={s3_ms:.3}ms/msg"));
     }
-    if row.nodes > 1 {
+    if row.node_cpu_ms.len() > 1 {
         let each: Vec<String> = row
             .node_cpu_ms
             .iter()
@@ -954,7 +952,7 @@ async fn bench_mxhook(
             .collect();
         extra.push_str(&format!(
             "  nodes={} (cpu per node {} ms/msg; peak_rss is the largest node's)",
-            row.nodes,
+            row.node_cpu_ms.len(),
             each.join(" + ")
         ));
     }
@@ -1069,8 +1067,7 @@ async fn bench_smtp_sink(
     let (cpu_after, _) = process_usage(server.child.id());
     let (bench_ms, machine_ms, machine_busy) = budget_before.per_message(run.accepted);
     let rate = run.accepted as f64 / run.elapsed.as_secs_f64();
-    let cpu_ms =
-        cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1000.0 / run.accepted.max(1) as f64;
+    let cpu_ms = duration_per_message_ms(cpu_after.saturating_sub(cpu_before), run.accepted);
     println!(
         "smtp-sink c={concurrency:<3} {:<5} accepted={:<6} failed={:<4} {:>8.0} msg/s  cpu={cpu_ms:.3}ms/msg  bench_cpu={bench_ms:.3}ms/msg machine_cpu={machine_ms:.3}ms/msg busy={:.0}%",
         if reuse { "reuse" } else { "new" },
@@ -1091,6 +1088,11 @@ async fn bench_smtp_sink(
 /// CPU clock ticks (100 a second) spent over `messages` messages, as ms per message.
 fn ticks_per_message_ms(ticks: u64, messages: usize) -> f64 {
     ticks as f64 * 10.0 / messages.max(1) as f64
+}
+
+/// CPU time spent over `messages` messages, as ms per message.
+fn duration_per_message_ms(spent: Duration, messages: usize) -> f64 {
+    spent.as_secs_f64() * 1000.0 / messages.max(1) as f64
 }
 
 /// The bench's own CPU and the whole machine's at the start of a run.

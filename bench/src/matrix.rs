@@ -289,7 +289,7 @@ pub fn append_json(
         "e2e_p50_ms": row.e2e_p50,
         "e2e_p99_ms": row.e2e_p99,
         "cpu_ms_per_msg": row.cpu_ms,
-        "nodes": row.nodes,
+        "nodes": row.node_cpu_ms.len(),
         "node_cpu_ms_per_msg": row.node_cpu_ms,
         "pg_backend_cpu_ms_per_msg": row.pg_backend_ms,
         "pg_background_cpu_ms_per_msg": row.pg_background_ms,
