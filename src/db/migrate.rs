@@ -4,9 +4,9 @@
 
 use super::{Backend, Db, Error};
 
-/// Schema migrations, in order: (version, description, SQL). sqlx's migrator runs each file once
-/// per database as one script and records it in `_sqlx_migrations`; the description is the file
-/// name's, as `sqlx migrate` would read it. Listed by hand rather than with `sqlx::migrate!`, whose
+/// Schema migrations, in order: (version, description, SQL), for both databases. sqlx's migrator
+/// runs each file once per database as one script and records it in `_sqlx_migrations`; the
+/// description is the file name's, as `sqlx migrate` would read it. Listed by hand rather than with `sqlx::migrate!`, whose
 /// `macros` feature would also compile sqlx's query macros and their database drivers for the
 /// build host; the checksums are the same either way (SHA-384 of the file), and
 /// `tests/it/migrations.rs` fails when a file in `migrations/` is missing here.
@@ -106,14 +106,24 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Migrations for PostgreSQL alone (`migrations/postgres/`), for what only its dialect can say
+/// (column storage). Their versions are never used by a shared migration, so a SQLite database
+/// simply has none of them recorded.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    25,
+    "compressed columns external",
+    include_str!("../../migrations/postgres/0025_compressed_columns_external.sql"),
+)];
+
 /// The PostgreSQL advisory lock the migration runner before sqlx's took. Still taken around
 /// adoption and the migrator, so a node of an older release starting beside this one (a rolling
 /// upgrade) cannot apply a migration while this one adopts or applies it.
 const LEGACY_MIGRATION_LOCK: i64 = 7262737;
 
-/// [`MIGRATIONS`] as a source for sqlx's [`Migrator`](sqlx::migrate::Migrator).
+/// [`MIGRATIONS`], and on PostgreSQL [`POSTGRES_MIGRATIONS`] too, in version order, as a source
+/// for sqlx's [`Migrator`](sqlx::migrate::Migrator).
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(Backend);
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(
@@ -122,9 +132,15 @@ impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
         'static,
         Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
     > {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
+        let own: &[(i64, &str, &str)] = match self.0 {
+            Backend::Sqlite => &[],
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let mut listed: Vec<_> = MIGRATIONS.iter().chain(own).collect();
+        listed.sort_by_key(|(version, _, _)| *version);
+        Box::pin(async move {
+            Ok(listed
+                .into_iter()
                 .map(|(version, description, sql)| {
                     sqlx::migrate::Migration::new(
                         *version,
@@ -147,7 +163,7 @@ impl Db {
     /// # Errors
     /// [`Error::Migrate`] naming the version that failed, or [`Error::Migrator`].
     pub async fn migrate(&self) -> Result<(), Error> {
-        let migrator = sqlx::migrate::Migrator::new(EmbeddedMigrations)
+        let migrator = sqlx::migrate::Migrator::new(EmbeddedMigrations(self.backend))
             .await
             .map_err(Error::Migrator)?;
         let mut conn = self.pool.acquire().await?;

@@ -10,13 +10,31 @@ use sqlx::AnyPool;
 
 use crate::support::gateway::postgres_database_url;
 
-/// The migration files, (version, SQL), in version order, read as the earlier runner did.
+/// The shared migration files, (version, SQL), in version order, read as the earlier runner did
+/// (it knew no others).
 fn migration_files() -> Vec<(i64, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    read_migrations("migrations")
+}
+
+/// What sqlx's migrator applies to the database at `url`: the shared files, and on PostgreSQL
+/// its own (`migrations/postgres/`) too, in version order.
+fn applied_migration_files(url: &str) -> Vec<(i64, String)> {
+    let mut files = migration_files();
+    if !url.starts_with("sqlite:") {
+        files.extend(read_migrations("migrations/postgres"));
+    }
+    files.sort_by_key(|(version, _)| *version);
+    files
+}
+
+/// The `NNNN_*.sql` files of one folder of the crate, (version, SQL), in version order.
+fn read_migrations(folder: &str) -> Vec<(i64, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
     let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
         .expect("migrations directory")
-        .map(|entry| {
-            let path = entry.expect("directory entry").path();
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.is_file())
+        .map(|path| {
             let name = path.file_name().expect("file name").to_string_lossy();
             let version = name
                 .split('_')
@@ -139,7 +157,8 @@ async fn schema(url: &str) -> Vec<String> {
     lines
 }
 
-/// Every migration file is listed in `_sqlx_migrations` as applied, with sqlx's checksum.
+/// Every migration file for this database is listed in `_sqlx_migrations` as applied, with
+/// sqlx's checksum.
 async fn assert_recorded_by_sqlx(url: &str) {
     let pool = pool(url).await;
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
@@ -148,7 +167,7 @@ async fn assert_recorded_by_sqlx(url: &str) {
     .fetch_all(&pool)
     .await
     .expect("read _sqlx_migrations");
-    let expected: Vec<(i64, Vec<u8>)> = migration_files()
+    let expected: Vec<(i64, Vec<u8>)> = applied_migration_files(url)
         .into_iter()
         .map(|(version, sql)| (version, sha2::Sha384::digest(sql.as_bytes()).to_vec()))
         .collect();
@@ -247,4 +266,38 @@ async fn two_nodes_migrate_a_fresh_postgres_database_at_once() {
     first.expect("first node migrates");
     second.expect("second node migrates");
     assert_recorded_by_sqlx(&url).await;
+}
+
+/// The columns holding LZ4 the gateway compressed are stored without PostgreSQL's own attempt
+/// at compressing them (`e`: EXTERNAL), on a fresh database and on one the old runner made.
+#[tokio::test]
+async fn postgres_stores_the_gateways_compressed_columns_as_they_are() {
+    let fresh = postgres_database_url();
+    node(&fresh).await.migrate().await.expect("migrate");
+    let upgraded = postgres_database_url();
+    migrate_with_old_runner(&upgraded).await;
+    node(&upgraded).await.migrate().await.expect("migrate");
+    for url in [fresh, upgraded] {
+        let pool = pool(&url).await;
+        let storage: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT c.relname::text, a.attname::text, a.attstorage::text \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND a.attnum > 0 \
+             AND (c.relname, a.attname) IN (('messages', 'event_lz4'), \
+             ('delivery_attempts', 'request_body'), ('messages', 'event_json')) \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("read column storage");
+        let expected = [
+            ("delivery_attempts", "request_body", "e"),
+            ("messages", "event_json", "x"),
+            ("messages", "event_lz4", "e"),
+        ]
+        .map(|(table, column, storage)| (table.to_owned(), column.to_owned(), storage.to_owned()));
+        assert_eq!(storage, expected, "{url}");
+        pool.close().await;
+    }
 }
