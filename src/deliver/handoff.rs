@@ -9,6 +9,12 @@
 //! bounded (`capacity`), and past it intake commits jobs unleased for the dispatcher to claim,
 //! so a slow receiver cannot make this node hold an unbounded backlog under lease.
 //!
+//! A job whose endpoint has all its slots in flight waits parked, keeping its place, until a
+//! slot frees, for a short while at most ([`Handoff::park`]); giving it back through the database
+//! instead costs two writes (the release, the claim) on the one queue every job of the node goes
+//! through, and under load that turned a receiver's pause of a few milliseconds into seconds of
+//! lag for every later message (BENCHMARKS.md).
+//!
 //! Intake asks one question of this module per commit, through [`Handover`]: which of a
 //! message's jobs are written leased to this node ([`Handover::lease`]), then, once the commit
 //! returned, passes them over ([`Handover::hand_over`]) or, when what was committed is unknown,
@@ -18,6 +24,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -35,9 +42,13 @@ pub struct Handoff {
 
 #[derive(Default)]
 struct State {
-    /// Reservations taken plus jobs queued: leased rows not yet started.
+    /// Reservations taken plus jobs queued or parked: leased rows not yet started.
     held: usize,
-    queue: VecDeque<ClaimedJob>,
+    /// Jobs to start, each with when it was queued (about when its lease began).
+    queue: VecDeque<(ClaimedJob, Instant)>,
+    /// Jobs whose endpoint had no free slot, oldest first, to be queued again ahead of the rest
+    /// once one may have freed ([`Handoff::unpark`]).
+    parked: Vec<(ClaimedJob, Instant)>,
     /// The dispatcher has stopped: nothing is reserved or queued any more.
     closed: bool,
 }
@@ -108,18 +119,44 @@ impl Handoff {
             state.held -= 1;
             return Err(job.delivery_id);
         }
-        state.queue.push_back(job);
+        state.queue.push_back((job, Instant::now()));
         drop(state);
         self.ready.notify_one();
         Ok(())
     }
 
-    /// The oldest queued job; its place is free again.
-    pub(super) fn pop(&self) -> Option<ClaimedJob> {
+    /// The oldest queued job, with when it was first queued; its place is free again.
+    pub(super) fn pop(&self) -> Option<(ClaimedJob, Instant)> {
         let mut state = self.lock();
-        let job = state.queue.pop_front()?;
+        let popped = state.queue.pop_front()?;
         state.held -= 1;
-        Some(job)
+        Some(popped)
+    }
+
+    /// Keeps a popped job whose endpoint has no free slot, in its place again, until
+    /// [`Handoff::unpark`]. The caller bounds how long a job may wait so, since its lease runs
+    /// meanwhile.
+    ///
+    /// # Errors
+    /// The job's delivery id, when the dispatcher stopped meanwhile (its lease must be given back).
+    pub(super) fn park(&self, job: ClaimedJob, queued_at: Instant) -> Result<(), String> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(job.delivery_id);
+        }
+        state.held += 1;
+        state.parked.push((job, queued_at));
+        Ok(())
+    }
+
+    /// Queues the parked jobs again, ahead of the others and in their order: a slot of their
+    /// endpoint may have freed.
+    pub(super) fn unpark(&self) {
+        let mut state = self.lock();
+        let parked = std::mem::take(&mut state.parked);
+        for entry in parked.into_iter().rev() {
+            state.queue.push_front(entry);
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -135,7 +172,8 @@ impl Handoff {
     fn close(&self) -> Vec<ClaimedJob> {
         let mut state = self.lock();
         state.closed = true;
-        let jobs: Vec<ClaimedJob> = state.queue.drain(..).collect();
+        let mut jobs: Vec<ClaimedJob> = state.parked.drain(..).map(|(job, _)| job).collect();
+        jobs.extend(state.queue.drain(..).map(|(job, _)| job));
         state.held -= jobs.len();
         jobs
     }
@@ -352,10 +390,59 @@ mod tests {
         assert!(handoff.push(third, job("b")).is_ok());
         assert!(handoff.reserve().is_none(), "queued jobs keep their places");
         assert_eq!(
-            handoff.pop().map(|job| job.delivery_id).as_deref(),
+            handoff.pop().map(|(job, _)| job.delivery_id).as_deref(),
             Some("a")
         );
         assert!(handoff.reserve().is_some(), "a popped job frees its place");
+    }
+
+    #[test]
+    fn a_parked_job_keeps_its_place_and_comes_back_first_in_order() {
+        let handoff = Handoff::new("node".to_owned(), 1000, 3);
+        for id in ["a", "b", "c"] {
+            let reservation = handoff.reserve().expect("room");
+            assert!(handoff.push(reservation, job(id)).is_ok());
+        }
+        let (first, first_queued) = handoff.pop().expect("a");
+        let (second, second_queued) = handoff.pop().expect("b");
+        assert!(handoff.park(first, first_queued).is_ok());
+        assert!(handoff.park(second, second_queued).is_ok());
+        assert!(handoff.reserve().is_none(), "parked jobs keep their places");
+        let (next, _) = handoff.pop().expect("c is still queued");
+        assert_eq!(next.delivery_id, "c");
+        assert!(handoff.pop().is_none(), "parked jobs wait for unpark");
+        assert!(handoff.reserve().is_some(), "c's place is free");
+        handoff.unpark();
+        let (again, queued_at) = handoff.pop().expect("a again");
+        assert_eq!(again.delivery_id, "a");
+        assert_eq!(
+            queued_at, first_queued,
+            "its wait counts from its first queueing"
+        );
+        assert_eq!(
+            handoff.pop().map(|(job, _)| job.delivery_id).as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn closing_returns_parked_jobs_and_refuses_to_park() {
+        let handoff = Handoff::new("node".to_owned(), 1000, 2);
+        for id in ["a", "b"] {
+            let reservation = handoff.reserve().expect("room");
+            assert!(handoff.push(reservation, job(id)).is_ok());
+        }
+        let (first, queued_at) = handoff.pop().expect("a");
+        assert!(handoff.park(first, queued_at).is_ok());
+        let (second, queued_at) = handoff.pop().expect("b");
+        let returned: Vec<String> = handoff
+            .close()
+            .into_iter()
+            .map(|job| job.delivery_id)
+            .collect();
+        assert_eq!(returned, ["a"]);
+        assert_eq!(handoff.park(second, queued_at).expect_err("closed"), "b");
+        assert!(handoff.reserve().is_none());
     }
 
     #[test]

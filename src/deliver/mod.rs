@@ -49,6 +49,10 @@ const CLEAR_RECHECK: Duration = Duration::from_secs(10);
 /// Endpoints remembered as clear at most, before the memory starts over.
 const KNOWN_CLEAR_MAX: usize = 4096;
 
+/// How long a handed-over job waits parked for a slot of its endpoint at most (a tenth of the
+/// lease, if that is shorter): its lease runs meanwhile, and must still outlast the attempt.
+const PARK_AT_MOST: Duration = Duration::from_secs(10);
+
 /// Jobs claimed per database round trip.
 const CLAIM_BATCH: usize = 32;
 
@@ -234,9 +238,17 @@ impl Dispatcher {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wakeup.notified() => claim_due = true,
+                // A wake-up may be a slot freeing (see `EndpointSlot`'s drop), and the idle
+                // poll bounds how long a parked job can miss one.
+                () = self.wakeup.notified() => {
+                    self.handoff.unpark();
+                    claim_due = true;
+                }
                 () = self.handoff.queued() => {}
-                () = tokio::time::sleep_until(next_look) => claim_due = true,
+                () = tokio::time::sleep_until(next_look) => {
+                    self.handoff.unpark();
+                    claim_due = true;
+                }
             }
         }
         self.handoff.close_and_give_back(&self.db).await;
@@ -255,22 +267,30 @@ impl Dispatcher {
         };
         let mut permit = Some(first);
         let mut over_limit = Vec::new();
+        let park_at_most = PARK_AT_MOST.min(self.lease / 10);
         while let Some(free) = permit.take() {
-            let Some(job) = self.handoff.pop() else {
+            let Some((job, queued_at)) = self.handoff.pop() else {
                 break;
             };
             match self.take_slot(job.endpoint()) {
                 Some(slot) => self.spawn_attempt(tracker, job, free, slot),
                 None => {
-                    over_limit.push(job.delivery_id);
+                    // The endpoint is at its limit on this node: the job waits parked for the
+                    // next free slot, or, once it waited long enough, in the database, where the
+                    // claim that follows a free slot finds it.
+                    if queued_at.elapsed() < park_at_most {
+                        if let Err(delivery_id) = self.handoff.park(job, queued_at) {
+                            over_limit.push(delivery_id);
+                        }
+                    } else {
+                        over_limit.push(job.delivery_id);
+                    }
                     permit = Some(free);
                     continue;
                 }
             }
             permit = Arc::clone(permits).try_acquire_owned().ok();
         }
-        // The endpoint is at its limit on this node: the job waits in the database, where the
-        // claim that follows a free slot finds it, instead of holding a lease in memory.
         if !over_limit.is_empty()
             && let Err(err) = self.db.release_claims(&self.node_id, &over_limit).await
         {

@@ -570,6 +570,63 @@ async fn a_hanging_endpoint_holds_only_its_own_slots_and_never_delays_another_in
     gateway.stop().await;
 }
 
+/// Jobs handed over in memory while their endpoint has every slot in flight wait parked on this
+/// node, still leased to it, and start as slots free: giving each back to the database and
+/// claiming it again cost two writes a job, and under load turned a receiver's brief pause into
+/// seconds of lag (BENCHMARKS.md).
+#[tokio::test]
+async fn jobs_waiting_for_a_busy_endpoint_stay_leased_in_memory_and_are_all_sent() {
+    const WAITING: usize = 3;
+    let slow = GatedReceiver::start().await;
+    let mut options = GatewayOptions::webhook(slow.url.clone());
+    options.delivery_timeout_s = 120;
+    options.lease_s = 300;
+    // Workers to spare: only the endpoint's limit holds the jobs back.
+    options.delivery_toml = "workers = 8\nmax_in_flight_per_endpoint = 1\n".to_owned();
+    let gateway = TestGateway::start(options).await;
+
+    for idx in 0..=WAITING {
+        send_to(&gateway, "agent@example.com", &format!("busy {idx}")).await;
+    }
+    eventually("the endpoint to hold its one request", || async {
+        (slow.state.current.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // The dispatcher takes each handed-over job as it is queued; given back, a job would be
+    // unleased in its row within milliseconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let database_url = crate::support::gateway::test_database_url(gateway.dir.path());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database_url)
+        .await
+        .expect("open the database");
+    let (jobs, leased): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(locked_by) FROM deliveries WHERE status = 'pending'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count jobs");
+    pool.close().await;
+    assert_eq!(jobs, i64::try_from(WAITING + 1).expect("count"));
+    assert_eq!(leased, jobs, "a waiting job was given back to the database");
+
+    slow.release();
+    eventually("every message delivered", || async {
+        let (_, body) = gateway
+            .api("GET", "/v1/inboxes/agent/deliveries?status=delivered", None)
+            .await;
+        (body["deliveries"].as_array()?.len() == WAITING + 1).then_some(())
+    })
+    .await;
+    assert_eq!(slow.state.received.load(Ordering::SeqCst), WAITING + 1);
+    assert_eq!(
+        slow.state.max.load(Ordering::SeqCst),
+        1,
+        "one request at a time"
+    );
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn a_failed_commit_after_the_raw_file_was_written_is_451_and_leaves_nothing() {
     let mut receiver = WebhookReceiver::start(vec![]).await;
