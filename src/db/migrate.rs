@@ -6,10 +6,10 @@ use super::{Backend, Db, Error};
 
 /// Schema migrations, in order: (version, description, SQL), for both databases. sqlx's migrator
 /// runs each file once per database as one script and records it in `_sqlx_migrations`; the
-/// description is the file name's, as `sqlx migrate` would read it. Listed by hand rather than with `sqlx::migrate!`, whose
-/// `macros` feature would also compile sqlx's query macros and their database drivers for the
-/// build host; the checksums are the same either way (SHA-384 of the file), and
-/// `tests/it/migrations.rs` fails when a file in `migrations/` is missing here.
+/// description is the file name's, as `sqlx migrate` would read it. Listed by hand rather than
+/// with `sqlx::migrate!`, whose `macros` feature would also compile sqlx's query macros and their
+/// database drivers for the build host; the checksums are the same either way (SHA-384 of the
+/// file), and `tests/it/migrations.rs` fails when a file in `migrations/` is missing here.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (

@@ -426,39 +426,26 @@ mod tests {
     }
 
     #[test]
-    fn closing_returns_parked_jobs_and_refuses_to_park() {
-        let handoff = Handoff::new("node".to_owned(), 1000, 2);
-        for id in ["a", "b"] {
+    fn a_closed_queue_refuses_and_returns_what_it_held() {
+        let handoff = Handoff::new("node".to_owned(), 1000, 4);
+        for id in ["parked", "popped", "queued"] {
             let reservation = handoff.reserve().expect("room");
             assert!(handoff.push(reservation, job(id)).is_ok());
         }
-        let (first, queued_at) = handoff.pop().expect("a");
-        assert!(handoff.park(first, queued_at).is_ok());
-        let (second, queued_at) = handoff.pop().expect("b");
-        let returned: Vec<String> = handoff
-            .close()
-            .into_iter()
-            .map(|job| job.delivery_id)
-            .collect();
-        assert_eq!(returned, ["a"]);
-        assert_eq!(handoff.park(second, queued_at).expect_err("closed"), "b");
-        assert!(handoff.reserve().is_none());
-    }
-
-    #[test]
-    fn a_closed_queue_refuses_and_returns_what_it_held() {
-        let handoff = Handoff::new("node".to_owned(), 1000, 4);
-        let queued = handoff.reserve().expect("room");
         let late = handoff.reserve().expect("room");
-        assert!(handoff.push(queued, job("a")).is_ok());
+        let (parked, queued_at) = handoff.pop().expect("parked");
+        assert!(handoff.park(parked, queued_at).is_ok());
+        let (popped, popped_at) = handoff.pop().expect("popped");
         let returned: Vec<String> = handoff
             .close()
             .into_iter()
             .map(|job| job.delivery_id)
             .collect();
-        assert_eq!(returned, ["a"]);
-        let refused = handoff.push(late, job("b")).expect_err("closed");
-        assert_eq!(refused, "b");
+        assert_eq!(returned, ["parked", "queued"]);
+        let refused = handoff.push(late, job("late")).expect_err("closed");
+        assert_eq!(refused, "late");
+        let refused = handoff.park(popped, popped_at).expect_err("closed");
+        assert_eq!(refused, "popped");
         assert!(handoff.reserve().is_none());
         assert!(handoff.is_empty());
     }
