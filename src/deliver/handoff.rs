@@ -376,6 +376,14 @@ mod tests {
         }
     }
 
+    /// Reserves a place for each id and queues its job there, in order.
+    fn queue_jobs(handoff: &Arc<Handoff>, ids: &[&str]) {
+        for id in ids {
+            let reservation = handoff.reserve().expect("room");
+            assert!(handoff.push(reservation, job(id)).is_ok());
+        }
+    }
+
     #[test]
     fn places_are_bounded_and_given_back_by_unused_reservations_and_pops() {
         let handoff = Handoff::new("node".to_owned(), 1000, 2);
@@ -399,10 +407,7 @@ mod tests {
     #[test]
     fn a_parked_job_keeps_its_place_and_comes_back_first_in_order() {
         let handoff = Handoff::new("node".to_owned(), 1000, 3);
-        for id in ["a", "b", "c"] {
-            let reservation = handoff.reserve().expect("room");
-            assert!(handoff.push(reservation, job(id)).is_ok());
-        }
+        queue_jobs(&handoff, &["a", "b", "c"]);
         let (first, first_queued) = handoff.pop().expect("a");
         let (second, second_queued) = handoff.pop().expect("b");
         assert!(handoff.park(first, first_queued).is_ok());
@@ -428,10 +433,7 @@ mod tests {
     #[test]
     fn a_closed_queue_refuses_and_returns_what_it_held() {
         let handoff = Handoff::new("node".to_owned(), 1000, 4);
-        for id in ["parked", "popped", "queued"] {
-            let reservation = handoff.reserve().expect("room");
-            assert!(handoff.push(reservation, job(id)).is_ok());
-        }
+        queue_jobs(&handoff, &["parked", "popped", "queued"]);
         let late = handoff.reserve().expect("room");
         let (parked, queued_at) = handoff.pop().expect("parked");
         assert!(handoff.park(parked, queued_at).is_ok());
